@@ -1,0 +1,75 @@
+//! Counters kept per CPU by the dataplane and summed by the agent.
+
+use crate::pod;
+
+/// Packet counters of a service or backend (one per CPU in the map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (L3 length).
+    pub bytes: u64,
+    /// New flows assigned.
+    pub new_flows: u64,
+}
+
+impl core::ops::AddAssign for Counters {
+    fn add_assign(&mut self, rhs: Self) {
+        self.packets += rhs.packets;
+        self.bytes += rhs.bytes;
+        self.new_flows += rhs.new_flows;
+    }
+}
+
+/// Why the dataplane dropped a packet (index into the drops map).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A header was cut short or had impossible lengths.
+    Malformed = 0,
+    /// A service had no backend that takes new flows.
+    NoBackend = 1,
+    /// A VXLAN packet for a network this node does not know.
+    UnknownVni = 2,
+    /// A decapsulated packet for an address with no endpoint here.
+    NoEndpoint = 3,
+    /// A packet that would exceed the underlay MTU once encapsulated.
+    TooBig = 4,
+    /// A fragment of a packet addressed to a service (only unfragmented packets are balanced).
+    Fragment = 5,
+    /// A helper failed (adjusting headroom, redirecting).
+    Internal = 6,
+}
+
+impl DropReason {
+    /// Every reason, in index order.
+    pub const ALL: [Self; 7] = [
+        Self::Malformed,
+        Self::NoBackend,
+        Self::UnknownVni,
+        Self::NoEndpoint,
+        Self::TooBig,
+        Self::Fragment,
+        Self::Internal,
+    ];
+
+    /// Number of reasons (size of the drops map).
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// A short snake_case name, used as a metric label.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::NoBackend => "no_backend",
+            Self::UnknownVni => "unknown_vni",
+            Self::NoEndpoint => "no_endpoint",
+            Self::TooBig => "too_big",
+            Self::Fragment => "fragment",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+pod!(Counters);

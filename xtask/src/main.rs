@@ -1,0 +1,4 @@
+//! `cargo xtask`: the project's tasks.
+#![forbid(unsafe_code)]
+
+fn main() {}
