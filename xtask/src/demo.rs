@@ -1,0 +1,54 @@
+//! `cargo xtask demo`: a local three-node mesh in network namespaces.
+//!
+//! Sets up, builds the agent and the test harness's binaries, then hands over to
+//! `mesh-demo` (written in the `tests` crate), which builds the mesh and prints which
+//! task answers each request. `--down` tears a left-over demo down; `--once` runs one
+//! round and exits.
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{self, Cmd};
+use crate::{setup, test};
+
+/// Options of `cargo xtask demo`, passed through to `mesh-demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Tear down a demo mesh left running, then exit.
+    #[arg(long)]
+    pub down: bool,
+    /// Send one round of requests, print the answers, tear down and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Skip `cargo xtask setup`.
+    #[arg(long)]
+    pub no_setup: bool,
+}
+
+/// Runs the demo; on success this process becomes `mesh-demo` and does not return.
+pub fn run(args: DemoArgs) -> Result<()> {
+    if !args.no_setup {
+        setup::run()?;
+    }
+    cmd::step("build");
+    test::build_bins()?;
+    let demo = cmd::target_dir().join("debug").join("mesh-demo");
+    if !demo.exists() {
+        bail!(
+            "{} was not built: the `mesh-tests` crate has no `mesh-demo` binary yet",
+            demo.display()
+        );
+    }
+    if !cmd::is_root() {
+        bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
+    }
+    let mut demo = Cmd::new(&demo);
+    if args.down {
+        demo = demo.arg("--down");
+    }
+    if args.once {
+        demo = demo.arg("--once");
+    }
+    cmd::step("mesh-demo");
+    // `exec`, so that Ctrl-C reaches mesh-demo alone and it can tear the mesh down.
+    Err(demo.exec())
+}

@@ -1,0 +1,253 @@
+//! `cargo xtask setup`: installs every prerequisite, idempotently.
+//!
+//! Each step checks first and acts only when something is missing, so a second run on a
+//! ready machine takes about a second and changes nothing:
+//!
+//! 1. rustup components `rust-src` (for `-Z build-std=core`), `rustfmt`, `clippy`;
+//! 2. Debian packages: LLVM 22 for `bpf-linker`, and the tools tests and demos use;
+//! 3. `bpf-linker` 0.13.0, built against Debian's LLVM 22;
+//! 4. bpffs mounted at `/sys/fs/bpf`.
+//!
+//! Steps 2 and 4 need root; steps 1 and 3 do not. A machine that already has everything
+//! passes without root. See docs/toolchain.md.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{self, Cmd};
+
+/// rustup components the build needs.
+const COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
+
+/// Debian packages `bpf-linker` links against (llvm-22 is in Debian 12's security suite).
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+/// Debian packages the tests, the demo and the benchmarks run.
+const TOOL_PACKAGES: &[&str] = &[
+    "iproute2", "ethtool", "bpftool", "tcpdump", "nftables", "socat", "curl",
+];
+
+/// The `bpf-linker` version this workspace is built and tested with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where Debian's LLVM 22 lives; `bpf-linker`'s build needs it as `LLVM_PREFIX`.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Where the agent pins programs and maps.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// What a step did, for the summary.
+enum Outcome {
+    Present(String),
+    Done(String),
+}
+
+/// One setup step: checks, acts if needed, and says what it did.
+type Step = fn() -> Result<Outcome>;
+
+/// Runs every setup step and prints what it did and what it skipped.
+pub fn run() -> Result<()> {
+    cmd::step("setup: checking prerequisites");
+    let steps: [(&str, Step); 4] = [
+        ("rustup components", components),
+        ("Debian packages", packages),
+        ("bpf-linker", bpf_linker),
+        ("bpffs", bpffs),
+    ];
+    let mut summary = Vec::new();
+    for (name, f) in steps {
+        let outcome = f().with_context(|| format!("setup step `{name}` failed"))?;
+        summary.push((name, outcome));
+    }
+    eprintln!("\nsetup summary:");
+    for (name, outcome) in summary {
+        match outcome {
+            Outcome::Present(what) => eprintln!("  {name:<18} skipped: {what}"),
+            Outcome::Done(what) => eprintln!("  {name:<18} done:    {what}"),
+        }
+    }
+    Ok(())
+}
+
+fn components() -> Result<Outcome> {
+    let Some(list) = Cmd::new("rustup")
+        .args(["component", "list", "--installed"])
+        .probe()
+    else {
+        // No rustup (a distribution's Rust, say): check the one thing we cannot do without.
+        let sysroot = Cmd::new("rustc")
+            .args(["--print", "sysroot"])
+            .probe()
+            .unwrap_or_default();
+        let src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+        if src.is_dir() {
+            return Ok(Outcome::Present(
+                "no rustup; rust-src found in the sysroot".into(),
+            ));
+        }
+        bail!(
+            "`rustup` was not found and the toolchain has no rust-src; install Rust with \
+             rustup (https://rustup.rs) or add the standard library's sources"
+        );
+    };
+    let installed: Vec<&str> = list.lines().map(str::trim).collect();
+    // Installed components carry a target suffix (`clippy-x86_64-unknown-linux-gnu`),
+    // except target-independent ones (`rust-src`).
+    let missing: Vec<&str> = COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| {
+            !installed
+                .iter()
+                .any(|i| *i == *c || i.starts_with(&format!("{c}-")))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(Outcome::Present(format!(
+            "{} installed",
+            COMPONENTS.join(", ")
+        )));
+    }
+    Cmd::new("rustup")
+        .args(["component", "add"])
+        .args(&missing)
+        .run()?;
+    Ok(Outcome::Done(format!("added {}", missing.join(", "))))
+}
+
+/// Whether dpkg reports `pkg` as installed (not merely known, or removed with its config).
+fn dpkg_installed(pkg: &str) -> Result<bool> {
+    let out = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${db:Status-Abbrev}", pkg])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(out) => {
+            Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ii"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "`dpkg-query` not found: the setup step installs packages on Debian or Ubuntu only. \
+             Install by hand: LLVM 22 development files (llvm-22-dev, libpolly-22-dev), \
+             zstd and zlib headers, and {}",
+            TOOL_PACKAGES.join(", ")
+        ),
+        Err(e) => Err(e).context("running dpkg-query"),
+    }
+}
+
+fn packages() -> Result<Outcome> {
+    let all = LLVM_PACKAGES.iter().chain(TOOL_PACKAGES);
+    let mut missing = Vec::new();
+    for pkg in all {
+        if !dpkg_installed(pkg)? {
+            missing.push(*pkg);
+        }
+    }
+    let total = LLVM_PACKAGES.len() + TOOL_PACKAGES.len();
+    if missing.is_empty() {
+        return Ok(Outcome::Present(format!("all {total} packages installed")));
+    }
+    eprintln!("missing Debian packages: {}", missing.join(" "));
+    if !cmd::is_root() {
+        bail!(
+            "installing Debian packages needs root; run `cargo xtask setup` as root, or \
+             install them yourself: apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    let apt = |args: &[&str]| {
+        Cmd::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "Dpkg::Use-Pty=0", "-q"])
+            .args(args)
+    };
+    apt(&["update"]).run().context(
+        "`apt-get update` failed: check the network and /etc/apt/sources.list \
+         (llvm-22 comes from Debian 12's security suite)",
+    )?;
+    apt(&["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .run()
+        .with_context(|| format!("`apt-get install` of {} failed", missing.join(" ")))?;
+    Ok(Outcome::Done(format!("installed {}", missing.join(" "))))
+}
+
+/// The installed `bpf-linker`'s version, from `bpf-linker --version` ("bpf-linker 0.13.0").
+fn bpf_linker_version() -> Option<String> {
+    let out = Cmd::new("bpf-linker").arg("--version").probe()?;
+    out.split_whitespace().nth(1).map(str::to_owned)
+}
+
+fn bpf_linker() -> Result<Outcome> {
+    let found = bpf_linker_version();
+    if found.as_deref() == Some(BPF_LINKER_VERSION) {
+        return Ok(Outcome::Present(format!(
+            "bpf-linker {BPF_LINKER_VERSION} installed"
+        )));
+    }
+    match &found {
+        Some(v) => eprintln!("bpf-linker {v} found, want {BPF_LINKER_VERSION}: reinstalling"),
+        None => {
+            eprintln!("bpf-linker not found: installing {BPF_LINKER_VERSION} (about 2 minutes)")
+        }
+    }
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+        bail!("{LLVM_PREFIX}/bin/llvm-config is missing: llvm-22-dev must be installed first");
+    }
+    Cmd::cargo()
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22", "--force"])
+        .run()
+        .context(
+            "building bpf-linker failed (is crates.io reachable? is llvm-22-dev installed?)",
+        )?;
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => {}
+        other => bail!(
+            "bpf-linker was installed but `bpf-linker --version` reports {other:?}; \
+             is {} on PATH?",
+            cmd::cargo_bin_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        ),
+    }
+    Ok(Outcome::Done(format!(
+        "installed bpf-linker {BPF_LINKER_VERSION}"
+    )))
+}
+
+/// Whether a bpf filesystem is mounted at [`BPFFS`].
+fn bpffs_mounted() -> Result<bool> {
+    let mounts = cmd::read_to_string(Path::new("/proc/self/mounts"))?;
+    Ok(mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next(), f.next(), f.next());
+        dir == Some(BPFFS) && fstype == Some("bpf")
+    }))
+}
+
+fn bpffs() -> Result<Outcome> {
+    if bpffs_mounted()? {
+        return Ok(Outcome::Present(format!("bpffs mounted at {BPFFS}")));
+    }
+    if !cmd::is_root() {
+        bail!(
+            "bpffs is not mounted at {BPFFS} and mounting it needs root: mount -t bpf bpf {BPFFS}"
+        );
+    }
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    Cmd::new("mount")
+        .args(["-t", "bpf", "bpf", BPFFS])
+        .run()
+        .with_context(|| {
+            format!("mounting bpffs at {BPFFS} failed (in a container, give it CAP_SYS_ADMIN)")
+        })?;
+    Ok(Outcome::Done(format!("mounted bpffs at {BPFFS}")))
+}
