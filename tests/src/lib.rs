@@ -1,2 +1,89 @@
 //! Harness for the mesh's end-to-end tests: network-namespace topologies, agents, tasks.
+//!
+//! A [`Topology`] builds, on this machine, an underlay bridge in its own namespace, node
+//! namespaces plugged into it, a client namespace, and tasks (each in its own namespace,
+//! behind a veth in its node's namespace, running `task-echo`). It writes each node's
+//! `lb-agent` configuration, runs the agents, reloads and kills them. Everything it creates
+//! carries a short prefix unique to the topology, so topologies can coexist, and `Drop`
+//! tears everything down.
+//!
+//! The [`client`] module has the requests tests make from inside a namespace.
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod client;
+pub mod netns;
+pub mod topology;
+
+pub use agent::{Agent, BackendSpec, PortSpec, Protocol, ServiceSpec};
+pub use client::Reply;
+pub use netns::{in_netns, spawn_in_netns};
+pub use topology::{Task, Topology, teardown_prefix};
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+/// Calls `f` until it returns `Ok(Some(_))`, every `interval`, and fails once `timeout`
+/// has passed (with the last error `f` returned, if any). Never assert on timing: use
+/// generous timeouts; this returns as soon as the condition holds.
+pub fn poll_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut interval = Duration::from_millis(10);
+    loop {
+        let last_err = match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if Instant::now() >= deadline {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(interval);
+        interval = (interval * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Where the harness finds `lb-agent`, `task-echo` and `mesh-demo`: `$MESH_BIN_DIR`, else
+/// the cargo target directory that holds the running executable (tests live in
+/// `target/<profile>/deps`), else `<workspace>/target/debug`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESH_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let dir = if dir.ends_with("deps") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        if dir.join("task-echo").is_file() || dir.join("lb-agent").is_file() {
+            return dir.to_path_buf();
+        }
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+}
+
+/// The path of one of the workspace's binaries; fails with what to run if it is missing.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        bail!(
+            "binary {} not found; build it first: run `cargo xtask test` (or \
+             `cargo build -p lb-agent -p mesh-tests --bins`), or point $MESH_BIN_DIR at \
+             the directory that holds it",
+            path.display()
+        );
+    }
+    Ok(path)
+}

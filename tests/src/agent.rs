@@ -1,0 +1,368 @@
+//! `lb-agent` processes and the configuration files the harness writes for them.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::poll_until;
+
+/// The log line an agent prints once its dataplane is loaded and programmed.
+pub const READY_MARKER: &str = "lb-agent ready";
+/// The log line an agent prints once a reload (SIGHUP) has been applied.
+pub const RELOADED_MARKER: &str = "lb-agent reloaded";
+/// How long an agent may take to become ready (it loads and attaches eBPF programs).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The name used in configuration files.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// A port mapping of a service: `published` on every node (and on the VIP as `target`)
+/// goes to `target` on the tasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// The port published on every node.
+    pub published: u16,
+    /// The port the tasks listen on.
+    pub target: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+}
+
+/// A backend of a service: a task (endpoint) by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Name of the endpoint (the task's name).
+    pub endpoint: String,
+    /// Relative weight for new flows.
+    pub weight: u32,
+    /// A draining backend takes no new flows; its established flows go on.
+    pub draining: bool,
+}
+
+impl BackendSpec {
+    /// An active backend of weight 1.
+    #[must_use]
+    pub fn new(endpoint: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_owned(),
+            weight: 1,
+            draining: false,
+        }
+    }
+}
+
+/// A service as the agents' configuration describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Service name.
+    pub name: String,
+    /// Virtual IP on the overlay, if any.
+    pub vip: Option<Ipv4Addr>,
+    /// Port mappings.
+    pub ports: Vec<PortSpec>,
+    /// Backends.
+    pub backends: Vec<BackendSpec>,
+}
+
+/// A node of the mesh as every agent's `[[peers]]` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Node name (`n1`).
+    pub name: String,
+    /// Underlay address.
+    pub address: Ipv4Addr,
+}
+
+/// An endpoint (task address) of the overlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Task name.
+    pub name: String,
+    /// Task address on the overlay.
+    pub address: Ipv4Addr,
+    /// Name of the node that runs it.
+    pub node: String,
+    /// Host side of the task's veth, in the node's namespace.
+    pub iface: String,
+}
+
+/// Everything one node's configuration file says.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node: String,
+    /// The underlay interface inside the node's namespace.
+    pub underlay: String,
+    /// Where the agent pins its programs and maps.
+    pub pin_dir: PathBuf,
+    /// Address of the agent's metrics server (inside the node's namespace).
+    pub metrics_listen: String,
+    /// The other nodes.
+    pub peers: Vec<PeerSpec>,
+    /// Every endpoint of the overlay, local or remote.
+    pub endpoints: Vec<EndpointSpec>,
+    /// The services.
+    pub services: Vec<ServiceSpec>,
+}
+
+fn q(s: &str) -> String {
+    // TOML basic string; names here are plain ASCII, but escape what needs escaping.
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl AgentConfig {
+    /// The configuration as `lb-agent`'s TOML file (see `deploy/agent.example.toml`).
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Written by the mesh-tests harness.\n");
+        let _ = writeln!(s, "[node]");
+        let _ = writeln!(s, "name = {}", q(&self.node));
+        let _ = writeln!(s, "underlay = {}\n", q(&self.underlay));
+        let _ = writeln!(s, "[dataplane]");
+        let _ = writeln!(s, "pin_dir = {}\n", q(&self.pin_dir.to_string_lossy()));
+        let _ = writeln!(s, "[metrics]");
+        let _ = writeln!(s, "listen = {}\n", q(&self.metrics_listen));
+        for p in &self.peers {
+            let _ = writeln!(s, "[[peers]]");
+            let _ = writeln!(s, "name = {}", q(&p.name));
+            let _ = writeln!(s, "address = {}\n", q(&p.address.to_string()));
+        }
+        for e in &self.endpoints {
+            let _ = writeln!(s, "[[endpoints]]");
+            let _ = writeln!(s, "name = {}", q(&e.name));
+            let _ = writeln!(s, "address = {}", q(&e.address.to_string()));
+            let _ = writeln!(s, "node = {}", q(&e.node));
+            if e.node == self.node {
+                let _ = writeln!(s, "iface = {}", q(&e.iface));
+            }
+            s.push('\n');
+        }
+        for svc in &self.services {
+            let _ = writeln!(s, "[[services]]");
+            let _ = writeln!(s, "name = {}", q(&svc.name));
+            if let Some(vip) = svc.vip {
+                let _ = writeln!(s, "vip = {}", q(&vip.to_string()));
+            }
+            let ports: Vec<String> = svc
+                .ports
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{{ published = {}, target = {}, protocol = {} }}",
+                        p.published,
+                        p.target,
+                        q(p.protocol.as_str())
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "ports = [{}]", ports.join(", "));
+            let backends: Vec<String> = svc
+                .backends
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{{ endpoint = {}, weight = {}, draining = {} }}",
+                        q(&b.endpoint),
+                        b.weight,
+                        b.draining
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "backends = [\n  {},\n]\n", backends.join(",\n  "));
+        }
+        s
+    }
+}
+
+/// A running `lb-agent` in a node's namespace.
+#[derive(Debug)]
+pub struct Agent {
+    ns: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts `ip netns exec <ns> <bin> --config <config>`, output appended to `log`.
+    /// Does not wait for readiness: see [`Agent::wait_ready`].
+    pub fn start(ns: &str, bin: &Path, config: &Path, log: &Path) -> Result<Self> {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {} in {ns}", bin.display()))?;
+        Ok(Self {
+            ns: ns.to_owned(),
+            config: config.to_owned(),
+            log: log.to_owned(),
+            child: Some(child),
+        })
+    }
+
+    /// The agent's pid, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The agent's log file.
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The agent's configuration file.
+    #[must_use]
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The agent's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the agent's log.
+    #[must_use]
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn count(&self, marker: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(marker)).count()
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        match self.child.as_mut() {
+            None => bail!("the agent in {} is not running", self.ns),
+            Some(c) => {
+                if let Some(status) = c.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "the agent in {} exited ({status}); its log {} ends with:\n{}",
+                        self.ns,
+                        self.log.display(),
+                        self.log_tail(30)
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the agent has logged [`READY_MARKER`] `n` times in its log (a restarted
+    /// agent appends to the same log), failing early if it exits.
+    pub fn wait_ready_count(&mut self, n: usize) -> Result<()> {
+        let what = format!("the agent in {} to log `{READY_MARKER}`", self.ns);
+        poll_until(READY_TIMEOUT, &what, || {
+            self.check_alive()?;
+            Ok((self.count(READY_MARKER) >= n).then_some(()))
+        })
+        .with_context(|| format!("agent log ({}):\n{}", self.log.display(), self.log_tail(30)))
+    }
+
+    /// Waits until the agent has become ready once.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        self.wait_ready_count(1)
+    }
+
+    /// Sends SIGHUP and waits until the agent logs [`RELOADED_MARKER`] once more.
+    pub fn reload(&mut self) -> Result<()> {
+        self.check_alive()?;
+        let before = self.count(RELOADED_MARKER);
+        let pid = self.pid().context("agent not running")?;
+        kill(Pid::from_raw(pid as i32), Signal::SIGHUP).context("SIGHUP the agent")?;
+        let what = format!("the agent in {} to log `{RELOADED_MARKER}`", self.ns);
+        poll_until(Duration::from_secs(15), &what, || {
+            self.check_alive()?;
+            Ok((self.count(RELOADED_MARKER) > before).then_some(()))
+        })
+        .with_context(|| format!("agent log ({}):\n{}", self.log.display(), self.log_tail(30)))
+    }
+
+    /// Kills the agent with SIGKILL (no cleanup on its side) and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            c.wait().context("reap the agent")?;
+        }
+        Ok(())
+    }
+
+    /// Stops the agent with SIGTERM, and SIGKILL if it has not exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let exited = poll_until(grace, "the agent to exit", || Ok(c.try_wait()?.map(drop)));
+            if exited.is_err() {
+                let _ = c.kill();
+            }
+            c.wait().context("reap the agent")?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the agent running when this value is dropped (for the demo).
+    pub fn detach(&mut self) {
+        self.child = None;
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}

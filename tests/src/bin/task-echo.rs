@@ -1,0 +1,160 @@
+//! `task-echo`: the tiny server every test task runs.
+//!
+//! ```text
+//! task-echo --name web.1 --port 80 [--udp]
+//! ```
+//!
+//! TCP: on each connection it first writes one line `task=<name> peer=<ip>:<port>\n`
+//! (the peer address as the server saw it, which proves that the client's source address
+//! was preserved), then echoes every byte it receives until EOF.
+//!
+//! UDP (with `--udp`, on the same port): answers each datagram with the same line
+//! followed by the datagram's payload.
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::thread;
+use std::time::Duration;
+
+struct Args {
+    name: String,
+    port: u16,
+    udp: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut name = None;
+    let mut port = None;
+    let mut udp = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--name" => name = it.next(),
+            "--port" => {
+                let v = it.next().ok_or("--port needs a value")?;
+                port = Some(v.parse::<u16>().map_err(|e| format!("--port {v}: {e}"))?);
+            }
+            "--udp" => udp = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Args {
+        name: name.ok_or("--name is required")?,
+        port: port.unwrap_or(80),
+        udp,
+    })
+}
+
+fn banner(name: &str, peer: SocketAddr) -> String {
+    format!("task={name} peer={peer}\n")
+}
+
+fn serve_tcp_conn(name: &str, mut conn: TcpStream, peer: SocketAddr) {
+    if conn.write_all(banner(name, peer).as_bytes()).is_err() {
+        return;
+    }
+    let _ = conn.set_nodelay(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+fn serve_tcp(name: String, listener: TcpListener) {
+    loop {
+        match listener.accept() {
+            Ok((conn, peer)) => {
+                let name = name.clone();
+                let spawned = thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || serve_tcp_conn(&name, conn, peer));
+                if let Err(e) = spawned {
+                    eprintln!("task-echo: cannot spawn a connection thread: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("task-echo: accept: {e}");
+                // Out of file descriptors or similar: back off a little instead of spinning.
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn serve_udp(name: &str, socket: &UdpSocket) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                let mut out = banner(name, peer).into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                if let Err(e) = socket.send_to(&out, peer) {
+                    eprintln!("task-echo: udp send to {peer}: {e}");
+                }
+            }
+            Err(e) => eprintln!("task-echo: udp recv: {e}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("task-echo: {e}");
+            }
+            eprintln!("usage: task-echo --name NAME [--port PORT] [--udp]");
+            return ExitCode::from(2);
+        }
+    };
+    let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port));
+    let listener = match TcpListener::bind(bind) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("task-echo: bind tcp {bind}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let udp = if args.udp {
+        match UdpSocket::bind(bind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("task-echo: bind udp {bind}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    eprintln!(
+        "task-echo {} listening on {bind} (tcp{})",
+        args.name,
+        if udp.is_some() { ", udp" } else { "" }
+    );
+    if let Some(socket) = udp {
+        let name = args.name.clone();
+        if let Err(e) = thread::Builder::new()
+            .name("udp".into())
+            .spawn(move || serve_udp(&name, &socket))
+        {
+            eprintln!("task-echo: cannot spawn the udp thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    serve_tcp(args.name, listener);
+    ExitCode::SUCCESS
+}
