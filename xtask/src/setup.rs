@@ -28,9 +28,18 @@ const LLVM_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 
-/// Debian packages the tests, the demo and the benchmarks run.
+/// Debian packages the tests, the demo and the benchmarks run. A test that starts a new
+/// tool adds its package here, so that a fresh machine gets it.
 const TOOL_PACKAGES: &[&str] = &[
-    "iproute2", "ethtool", "bpftool", "tcpdump", "nftables", "socat", "curl",
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "bpftool",
+    "tcpdump",
+    "nftables",
+    "socat",
+    "netcat-openbsd",
+    "curl",
 ];
 
 /// The `bpf-linker` version this workspace is built and tested with.
