@@ -9,7 +9,9 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest_dir).join("../lb-ebpf");
     let ebpf_dir = ebpf_dir.canonicalize()?;
-    let root_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     for dir in ["src", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={root_dir}/{dir}");
     }
@@ -17,6 +19,10 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded at this point; the variable is read by
     // aya-build below and inherited by the cargo process it spawns.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
-    let package = aya_build::Package { name: "lb-ebpf", root_dir, ..Default::default() };
+    let package = aya_build::Package {
+        name: "lb-ebpf",
+        root_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], aya_build::Toolchain::Custom("stable"))
 }

@@ -1,6 +1,18 @@
 //! The mesh's node agent as a library: the dataplane loader, map programming from desired
 //! state, the standalone configuration, metrics.
+//!
+//! Pure logic (configuration validation, desired state, diffing into ordered map
+//! operations, id allocation, flow expiry, weighted slot tables) lives in modules without
+//! I/O and is unit-tested without root; the dataplane, netlink and HTTP shells are thin.
 #![deny(unsafe_code)]
+
+pub mod config;
+pub mod desired;
+pub mod flows;
+pub mod host;
+pub mod ids;
+pub mod state;
+pub mod wrr;
 
 /// The compiled eBPF object (all programs and map definitions), built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
