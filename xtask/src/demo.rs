@@ -2,8 +2,9 @@
 //!
 //! Sets up, builds the agent and the test harness's binaries, then hands over to
 //! `mesh-demo` (written in the `tests` crate), which builds the mesh and prints which
-//! task answers each request. `--down` tears a left-over demo down; `--once` runs one
-//! round and exits.
+//! task answers each request. Without flags the mesh stays up to be explored;
+//! `--once` tears it down after one round (a smoke test); `--down` tears down a mesh an
+//! earlier run left up.
 
 use anyhow::{Result, bail};
 
@@ -13,10 +14,10 @@ use crate::{setup, test};
 /// Options of `cargo xtask demo`, passed through to `mesh-demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Tear down a demo mesh left running, then exit.
-    #[arg(long)]
+    /// Tear down the mesh an earlier `cargo xtask demo` left running, then exit.
+    #[arg(long, conflicts_with = "once")]
     pub down: bool,
-    /// Send one round of requests, print the answers, tear down and exit.
+    /// Build the mesh, show it answering, then tear it down and exit.
     #[arg(long)]
     pub once: bool,
     /// Skip `cargo xtask setup`.
