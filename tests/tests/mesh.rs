@@ -1,0 +1,337 @@
+//! End-to-end tests of the routing mesh: three nodes in network namespaces, real `lb-agent`s
+//! with the real eBPF dataplane, tasks running `task-echo`, a client on the underlay.
+//!
+//! Packet paths (DESIGN.md): P1 client -> node -> local task; P2 client -> node -> VXLAN ->
+//! task on another node; P3 task -> VIP; P5 UDP; P7 traffic that is not the mesh's.
+//!
+//! Needs root, iproute2, ethtool and the binaries `lb-agent` and `task-echo`
+//! (`cargo build -p lb-agent -p mesh-tests --bins`, which `cargo xtask test` runs first).
+//! Each test builds its own topology with a unique prefix, so they may run concurrently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+use anyhow::{Context, Result, ensure};
+use mesh_tests::client::{EchoConn, ping, request_tcp, request_udp};
+use mesh_tests::{BackendSpec, PortSpec, Protocol, ServiceSpec, Topology, in_netns};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 10);
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 8081;
+const TASKS: [(usize, &str, Ipv4Addr); 3] = [
+    (1, "web.1", Ipv4Addr::new(10, 255, 1, 1)),
+    (2, "web.2", Ipv4Addr::new(10, 255, 2, 1)),
+    (3, "web.3", Ipv4Addr::new(10, 255, 3, 1)),
+];
+
+fn web_service(backends: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: "web".into(),
+        vip: Some(VIP),
+        ports: vec![
+            PortSpec {
+                published: TCP_PORT,
+                target: 80,
+                protocol: Protocol::Tcp,
+            },
+            PortSpec {
+                published: UDP_PORT,
+                target: 80,
+                protocol: Protocol::Udp,
+            },
+        ],
+        backends: backends.iter().map(|b| BackendSpec::new(b)).collect(),
+    }
+}
+
+/// The standard mesh: 3 nodes, web.k on node k, service `web` over the three, agents ready.
+fn mesh() -> Topology {
+    let mut topo = Topology::new(3).unwrap_or_else(|e| panic!("{e:#}"));
+    for (node, name, addr) in TASKS {
+        topo.add_task(node, name, addr)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    topo.set_services(vec![web_service(&["web.1", "web.2", "web.3"])]);
+    topo.start_agents().unwrap_or_else(|e| panic!("{e:#}"));
+    topo
+}
+
+/// Runs `f` in the client's namespace.
+fn from_client<R: Send>(topo: &Topology, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    in_netns(&topo.client_ns(), f)?
+}
+
+/// Unwraps, or panics with the whole error chain.
+#[track_caller]
+fn ok<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn published(topo: &Topology, k: usize) -> SocketAddr {
+    SocketAddr::from((topo.node_addr(k), TCP_PORT))
+}
+
+/// P1 and P2 from every node: every task answers through every node, and sees the
+/// client's real address.
+#[test]
+fn p1_p2_every_node_reaches_every_task() {
+    let topo = mesh();
+    let client = topo.client_addr();
+    for k in 1..=3 {
+        let addr = published(&topo, k);
+        let replies = ok(from_client(&topo, || {
+            (0..12)
+                .map(|i| request_tcp(addr).with_context(|| format!("request {i} to {addr}")))
+                .collect::<Result<Vec<_>>>()
+        }));
+        let tasks: BTreeSet<&str> = replies.iter().map(|r| r.task.as_str()).collect();
+        assert_eq!(
+            tasks,
+            BTreeSet::from(["web.1", "web.2", "web.3"]),
+            "tasks answering through n{k}"
+        );
+        for r in &replies {
+            assert_eq!(
+                r.peer_ip(),
+                Some(client),
+                "peer seen by {} via n{k}",
+                r.task
+            );
+        }
+    }
+}
+
+/// 300 new connections through the three nodes spread evenly over the three tasks.
+#[test]
+fn new_connections_spread_evenly() {
+    let topo = mesh();
+    let addrs: Vec<SocketAddr> = (1..=3).map(|k| published(&topo, k)).collect();
+    let replies = ok(from_client(&topo, || {
+        (0..300)
+            .map(|i| request_tcp(addrs[i % 3]).with_context(|| format!("request {i}")))
+            .collect::<Result<Vec<_>>>()
+    }));
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in replies {
+        *counts.entry(r.task).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (task, n) in &counts {
+        assert!(
+            (90..=110).contains(n),
+            "{task} got {n} of 300 connections: {counts:?}"
+        );
+    }
+}
+
+/// P3: a task connects to the service's VIP and reaches tasks on its own and other nodes.
+#[test]
+fn p3_task_to_vip() {
+    let topo = mesh();
+    let web1 = ok(topo.task("web.1"));
+    let (ns, src) = (web1.ns.clone(), web1.addr);
+    let vip = SocketAddr::from((VIP, 80));
+    let replies = ok(ok(in_netns(&ns, || {
+        (0..12)
+            .map(|i| request_tcp(vip).with_context(|| format!("request {i} to {vip}")))
+            .collect::<Result<Vec<_>>>()
+    })));
+    let tasks: BTreeSet<&str> = replies.iter().map(|r| r.task.as_str()).collect();
+    assert!(
+        tasks.iter().any(|t| *t != "web.1"),
+        "only {tasks:?} answered the VIP from web.1"
+    );
+    for r in &replies {
+        assert_eq!(r.peer_ip(), Some(src), "peer seen by {}", r.task);
+    }
+}
+
+/// P5: UDP through every node's published port, and to the VIP from a task.
+#[test]
+fn p5_udp() {
+    let topo = mesh();
+    let client = topo.client_addr();
+    for k in 1..=3 {
+        let addr = SocketAddr::from((topo.node_addr(k), UDP_PORT));
+        let replies = ok(from_client(&topo, || {
+            (0..9u8)
+                .map(|i| {
+                    let payload = [b'u', b'd', b'p', i];
+                    let (r, back) = request_udp(addr, &payload)?;
+                    ensure!(back == payload, "payload came back as {back:?}");
+                    Ok(r)
+                })
+                .collect::<Result<Vec<_>>>()
+        }));
+        for r in &replies {
+            assert_eq!(
+                r.peer_ip(),
+                Some(client),
+                "peer seen by {} via n{k}",
+                r.task
+            );
+        }
+        let tasks: BTreeSet<&str> = replies.iter().map(|r| r.task.as_str()).collect();
+        assert!(tasks.len() > 1, "only {tasks:?} answered UDP through n{k}");
+    }
+    let web2 = ok(topo.task("web.2"));
+    let vip = SocketAddr::from((VIP, 80));
+    let (r, back) = ok(ok(in_netns(&web2.ns, || request_udp(vip, b"to the vip"))));
+    assert_eq!(back, b"to the vip");
+    assert_eq!(r.peer_ip(), Some(web2.addr));
+}
+
+/// P7: what is not the mesh's passes untouched: a node's own listener, ping.
+#[test]
+fn p7_other_traffic_passes() {
+    let topo = mesh();
+    let n1 = topo.node_addr(1);
+    let listen = SocketAddr::from((n1, 2222));
+    let listener = ok(in_netns(&topo.node_ns(1), || TcpListener::bind(listen)))
+        .unwrap_or_else(|e| panic!("listen on {listen} in n1: {e}"));
+    let server = std::thread::spawn(move || -> Result<SocketAddr> {
+        let (mut conn, peer) = listener.accept()?;
+        conn.write_all(b"sshd here\n")?;
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf)?;
+        conn.write_all(&buf)?;
+        Ok(peer)
+    });
+    let got = ok(from_client(&topo, || {
+        let mut s = std::net::TcpStream::connect_timeout(&listen, mesh_tests::client::TIMEOUT)?;
+        s.set_read_timeout(Some(mesh_tests::client::TIMEOUT))?;
+        let mut banner = [0u8; 10];
+        s.read_exact(&mut banner)?;
+        s.write_all(b"ping")?;
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back)?;
+        ensure!(&back == b"ping");
+        Ok(banner)
+    }));
+    assert_eq!(&got, b"sshd here\n");
+    let peer = ok(server.join().expect("server thread"));
+    assert_eq!(peer.ip(), topo.client_addr());
+    for k in 1..=3 {
+        let addr = topo.node_addr(k);
+        ok(from_client(&topo, || ping(addr, 3)));
+    }
+    // Node to node, too (underlay traffic between nodes, not VXLAN).
+    let n3 = topo.node_addr(3);
+    ok(ok(in_netns(&topo.node_ns(1), || ping(n3, 3))));
+}
+
+/// An established connection survives backend-set changes and its own backend draining;
+/// a draining backend takes no new connections.
+#[test]
+fn established_flow_survives_reload_and_draining() {
+    let mut topo = mesh();
+    let entry = published(&topo, 1);
+    let mut conn = ok(from_client(&topo, || EchoConn::connect(entry)));
+    let mine = conn.reply.task.clone();
+    ok(conn.roundtrip(b"before any change"));
+
+    // Add a backend (a new task on n2), reload.
+    ok(topo
+        .add_task(2, "web.4", Ipv4Addr::new(10, 255, 2, 2))
+        .map(drop));
+    topo.services_mut()[0]
+        .backends
+        .push(BackendSpec::new("web.4"));
+    ok(topo.reload());
+    ok(conn.roundtrip(b"after adding web.4"));
+
+    // Remove a backend that is not ours.
+    let other = ["web.1", "web.2", "web.3"]
+        .into_iter()
+        .find(|t| *t != mine)
+        .expect("another task");
+    topo.services_mut()[0]
+        .backends
+        .retain(|b| b.endpoint != other);
+    ok(topo.reload());
+    ok(conn.roundtrip(b"after removing another backend"));
+
+    // Drain our own backend.
+    for b in &mut topo.services_mut()[0].backends {
+        if b.endpoint == mine {
+            b.draining = true;
+        }
+    }
+    ok(topo.reload());
+    ok(conn.roundtrip(b"while our backend drains"));
+
+    let addrs: Vec<SocketAddr> = (1..=3).map(|k| published(&topo, k)).collect();
+    let replies = ok(from_client(&topo, || {
+        (0..30)
+            .map(|i| request_tcp(addrs[i % 3]))
+            .collect::<Result<Vec<_>>>()
+    }));
+    let tasks: BTreeMap<&str, usize> = replies.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.task.as_str()).or_default() += 1;
+        m
+    });
+    assert!(
+        !tasks.contains_key(mine.as_str()),
+        "draining {mine} got new connections: {tasks:?}"
+    );
+    assert!(
+        !tasks.contains_key(other),
+        "removed {other} got new connections: {tasks:?}"
+    );
+    ok(conn.roundtrip(&[7u8; 100_000]));
+    ok(conn.finish());
+}
+
+/// Connects through node `k` until the chosen task is not on node `k` (P2).
+fn connect_remote(topo: &Topology, k: usize) -> EchoConn {
+    let entry = published(topo, k);
+    let local = format!("web.{k}");
+    ok(from_client(topo, || {
+        for _ in 0..20 {
+            let c = EchoConn::connect(entry)?;
+            if c.reply.task != local {
+                return Ok(c);
+            }
+        }
+        anyhow::bail!("20 connections through n{k} all went to the local task")
+    }))
+}
+
+/// P2 carries 1 MiB each way (upload and download at once) intact.
+#[test]
+fn p2_one_mib_each_way() {
+    let topo = mesh();
+    let mut conn = connect_remote(&topo, 1);
+    assert_eq!(conn.reply.peer_ip(), Some(topo.client_addr()));
+    let n = ok(conn.transfer(1 << 20, || Ok(())));
+    assert_eq!(n, 1 << 20);
+    ok(conn.finish());
+}
+
+/// `kill -9` of an agent in the middle of a transfer through its node loses nothing; the
+/// agent restarts, picks its pinned dataplane up, and new connections work.
+#[test]
+fn agent_kill9_mid_transfer_loses_nothing() {
+    let mut topo = mesh();
+    let mut conn = connect_remote(&topo, 1);
+    let topo_cell = std::cell::RefCell::new(&mut topo);
+    let n = ok(conn.transfer(8 << 20, || topo_cell.borrow_mut().kill_agent(1)));
+    assert_eq!(n, 8 << 20);
+    ok(conn.roundtrip(b"still there after the agent died"));
+    ok(topo.restart_agent(1));
+    ok(conn.roundtrip(b"and after it came back"));
+    ok(conn.finish());
+    let entry = published(&topo, 1);
+    let replies = ok(from_client(&topo, || {
+        (0..9)
+            .map(|_| request_tcp(entry))
+            .collect::<Result<Vec<_>>>()
+    }));
+    let tasks: BTreeSet<&str> = replies.iter().map(|r| r.task.as_str()).collect();
+    assert_eq!(
+        tasks.len(),
+        3,
+        "tasks answering through n1 after the restart: {tasks:?}"
+    );
+}
