@@ -40,11 +40,13 @@ pub enum DropReason {
     Fragment = 5,
     /// A helper failed (adjusting headroom, redirecting).
     Internal = 6,
+    /// No next hop with a resolved neighbour for an encapsulated packet.
+    NoRoute = 7,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Malformed,
         Self::NoBackend,
         Self::UnknownVni,
@@ -52,6 +54,7 @@ impl DropReason {
         Self::TooBig,
         Self::Fragment,
         Self::Internal,
+        Self::NoRoute,
     ];
 
     /// Number of reasons (size of the drops map).
@@ -68,6 +71,7 @@ impl DropReason {
             Self::TooBig => "too_big",
             Self::Fragment => "fragment",
             Self::Internal => "internal",
+            Self::NoRoute => "no_route",
         }
     }
 }

@@ -17,8 +17,11 @@ pub struct FlowKey {
     pub dst_port: u16,
     /// IP protocol number.
     pub proto: u8,
+    /// Padding, always 0. (Scalar fields, not an array: a small array makes LLVM emit a
+    /// `memset` call that the BPF backend miscompiles around.)
+    pub pad: u8,
     /// Padding, always 0.
-    pub pad: [u8; 3],
+    pub pad2: u16,
 }
 
 impl FlowKey {
@@ -32,7 +35,8 @@ impl FlowKey {
             src_port: self.dst_port,
             dst_port: self.src_port,
             proto: self.proto,
-            pad: [0; 3],
+            pad: 0,
+            pad2: 0,
         }
     }
 }

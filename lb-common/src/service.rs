@@ -24,7 +24,12 @@ impl ServiceKey {
     /// A service key from a host-order address, port and protocol.
     #[must_use]
     pub const fn new(addr: u32, port: u16, proto: u8) -> Self {
-        Self { addr: addr.to_be(), port: port.to_be(), proto, pad: 0 }
+        Self {
+            addr: addr.to_be(),
+            port: port.to_be(),
+            proto,
+            pad: 0,
+        }
     }
 
     /// The key of a port published on every node (the routing mesh).
@@ -76,7 +81,12 @@ impl Backend {
     /// A backend from a host-order address and port.
     #[must_use]
     pub const fn new(addr: u32, port: u16, service_id: u32) -> Self {
-        Self { addr: addr.to_be(), port: port.to_be(), flags: 0, service_id }
+        Self {
+            addr: addr.to_be(),
+            port: port.to_be(),
+            flags: 0,
+            service_id,
+        }
     }
 }
 

@@ -1,11 +1,57 @@
+//! The mesh's eBPF dataplane.
+//!
+//! - `lb_xdp`: XDP on each node's underlay interface.
+//! - `lb_tc_task`: TC (clsact ingress) on the host side of each local task's veth.
+//! - `lb_xdp_pass`: passes everything; attached to the receiving end of veths that get
+//!   XDP_TX/XDP_REDIRECT frames, which turns on the veth's NAPI so the frames arrive.
+//! - `bench_*`: baselines for `cargo xtask bench dataplane`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+mod csum;
+mod decide;
+mod maps;
+mod packet;
+mod tc;
+mod xdp;
 
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use network_types::eth::EthHdr;
+
+/// The routing mesh on the underlay interface.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    xdp::handle(&ctx)
+}
+
+/// Load balancing and overlay routing of traffic leaving a local task.
+#[classifier]
+pub fn lb_tc_task(ctx: TcContext) -> i32 {
+    tc::handle(&ctx)
+}
+
+/// Passes every frame.
 #[xdp]
 pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Benchmark floor: the cheapest useful forwarding program, swap MACs and bounce.
+#[xdp]
+pub fn bench_xdp_mac_swap(ctx: XdpContext) -> u32 {
+    let Some(eth) = packet::ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        let e = &mut *eth;
+        core::mem::swap(&mut e.dst_addr, &mut e.src_addr);
+    }
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]
@@ -13,3 +59,8 @@ pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
+
+/// The kernel checks that programs using GPL-only helpers declare a GPL-compatible license.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,499 @@
+//! The dataplane's decisions, shared by the XDP and TC programs: which flow a packet
+//! belongs to, which backend a new flow gets, how the packet is rewritten, and where it
+//! goes next. Nothing here touches packet memory; `xdp` and `tc` apply the result.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{
+    Backend, Counters, DropReason, Endpoint, Flow, FlowKey, FlowKind, IPPROTO_TCP, NodeConfig,
+    Service, ServiceKey, maps::slot_index,
+};
+
+use crate::maps::{
+    LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOWS, LB_NODE_CONFIG,
+    LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS,
+};
+
+/// TCP flag bits as they sit in the 13th byte of the TCP header.
+pub const TCP_FIN: u8 = 0x01;
+/// SYN.
+pub const TCP_SYN: u8 = 0x02;
+/// RST.
+pub const TCP_RST: u8 = 0x04;
+
+/// How a packet's addresses change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// Nothing.
+    None,
+    /// Destination becomes (addr, port): the original direction of a balanced flow.
+    Dnat,
+    /// Source becomes (addr, port): a reply, made to look as the client expects.
+    Snat,
+}
+
+/// What to do to a packet's addresses.
+///
+/// Decisions are plain structs with fieldless kinds rather than enums with payloads: an
+/// enum's unused payload is `undef` to LLVM, which may then spill a register the kernel
+/// verifier knows to be uninitialised, and the program is refused.
+#[derive(Clone, Copy)]
+pub struct Rewrite {
+    /// Which address changes.
+    pub kind: NatKind,
+    /// The new address (network order).
+    pub addr: u32,
+    /// The new port (network order).
+    pub port: u16,
+}
+
+impl Rewrite {
+    /// No change.
+    pub const NONE: Self = Self {
+        kind: NatKind::None,
+        addr: 0,
+        port: 0,
+    };
+}
+
+/// Where a packet goes after its rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NextKind {
+    /// To a task on this node, through the host side of its veth (`Next::ep`).
+    Local,
+    /// VXLAN-encapsulated to a peer node's underlay address (`Next::node`).
+    Encap,
+    /// Out of the underlay towards its destination, as routed by the kernel's FIB.
+    Underlay,
+}
+
+/// Where a packet goes after its rewrite.
+#[derive(Clone, Copy)]
+pub struct Next {
+    /// Which way.
+    pub kind: NextKind,
+    /// Encap: the peer's underlay address.
+    pub node: u32,
+    /// Local: the task's endpoint.
+    pub ep: Endpoint,
+}
+
+const NO_ENDPOINT: Endpoint = Endpoint {
+    node: 0,
+    ifindex: 0,
+    mac: [0; 6],
+    gw_mac: [0; 6],
+    vni: 0,
+};
+
+impl Next {
+    const fn local(ep: Endpoint) -> Self {
+        Self {
+            kind: NextKind::Local,
+            node: 0,
+            ep,
+        }
+    }
+    const fn encap(node: u32) -> Self {
+        Self {
+            kind: NextKind::Encap,
+            node,
+            ep: NO_ENDPOINT,
+        }
+    }
+    const UNDERLAY: Self = Self {
+        kind: NextKind::Underlay,
+        node: 0,
+        ep: NO_ENDPOINT,
+    };
+}
+
+/// The verdict of a decision.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not the mesh's: hand it to the kernel untouched.
+    Pass,
+    /// Rewrite, then send on.
+    Forward,
+    /// Drop, counting why.
+    Drop,
+}
+
+/// The decision for one packet.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    /// What happens.
+    pub verdict: Verdict,
+    /// Drop: why.
+    pub reason: DropReason,
+    /// Forward: the rewrite.
+    pub rewrite: Rewrite,
+    /// Forward: where to.
+    pub next: Next,
+    /// Forward: clamp the MSS of a SYN that gets encapsulated.
+    pub mss_clamp: bool,
+}
+
+impl Decision {
+    /// Hand to the kernel.
+    pub const PASS: Self = Self {
+        verdict: Verdict::Pass,
+        reason: DropReason::Internal,
+        rewrite: Rewrite::NONE,
+        next: Next::UNDERLAY,
+        mss_clamp: false,
+    };
+
+    /// Drop for `reason`.
+    #[must_use]
+    pub const fn drop(reason: DropReason) -> Self {
+        Self {
+            verdict: Verdict::Drop,
+            reason,
+            ..Self::PASS
+        }
+    }
+
+    /// Rewrite and send on.
+    #[must_use]
+    pub const fn forward(rewrite: Rewrite, next: Next, mss_clamp: bool) -> Self {
+        Self {
+            verdict: Verdict::Forward,
+            reason: DropReason::Internal,
+            rewrite,
+            next,
+            mss_clamp,
+        }
+    }
+}
+
+/// This node's settings; a zeroed config (agent not started yet) is returned as `None`.
+#[inline(always)]
+pub fn node_config() -> Option<&'static NodeConfig> {
+    match LB_NODE_CONFIG.get(0) {
+        Some(cfg) if cfg.addr != 0 => Some(cfg),
+        _ => None,
+    }
+}
+
+/// Counts a drop.
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(v) = LB_DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn bump(counters: Option<*mut Counters>, bytes: u16, new_flow: bool) {
+    if let Some(c) = counters {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(bytes);
+            if new_flow {
+                (*c).new_flows += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count(service_id: u32, backend_id: u32, bytes: u16, new_flow: bool) {
+    bump(LB_SERVICE_COUNTERS.get_ptr_mut(service_id), bytes, new_flow);
+    bump(LB_BACKEND_COUNTERS.get_ptr_mut(backend_id), bytes, new_flow);
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Notes TCP events and liveness on an existing flow without a map update: a write into
+/// the value only when a FIN/RST is new or `last_seen_ns` is over a second old.
+#[inline(always)]
+fn touch(flow: *mut Flow, proto: u8, tcp_flags: u8, fin_bit: u8) {
+    // SAFETY: `flow` points at a live map value; racing writers only store monotonic
+    // timestamps and set bits, so a lost update is harmless.
+    unsafe {
+        if proto == IPPROTO_TCP {
+            let mut seen = 0;
+            if tcp_flags & TCP_FIN != 0 {
+                seen |= fin_bit;
+            }
+            if tcp_flags & TCP_RST != 0 {
+                seen |= Flow::SEEN_RST;
+            }
+            if seen != 0 && (*flow).tcp & seen != seen {
+                (*flow).tcp |= seen;
+            }
+        }
+        let t = now();
+        if t.wrapping_sub((*flow).last_seen_ns) > Flow::REFRESH_NS {
+            (*flow).last_seen_ns = t;
+        }
+    }
+}
+
+/// Where a (post-rewrite) destination address lives.
+#[inline(always)]
+pub fn route(dst: u32) -> Next {
+    // SAFETY: read-only copy of the value.
+    match unsafe { LB_ENDPOINTS.get(dst) } {
+        Some(ep) if ep.is_local() => Next::local(*ep),
+        Some(ep) => Next::encap(ep.node),
+        None => Next::UNDERLAY,
+    }
+}
+
+/// The service a packet is addressed to: its VIP, or a port published on this node.
+#[inline(always)]
+pub fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service> {
+    let vip = ServiceKey {
+        addr: key.dst_addr,
+        port: key.dst_port,
+        proto: key.proto,
+        pad: 0,
+    };
+    // SAFETY: read-only access to the value.
+    if let Some(svc) = unsafe { LB_SERVICES.get(vip) } {
+        return Some(svc);
+    }
+    if key.dst_addr == cfg.addr {
+        let published = ServiceKey {
+            addr: 0,
+            port: key.dst_port,
+            proto: key.proto,
+            pad: 0,
+        };
+        // SAFETY: as above.
+        return unsafe { LB_SERVICES.get(published) };
+    }
+    None
+}
+
+/// Picks the next backend of `svc` for a new flow: this CPU's round-robin cursor over the
+/// service's live slot table (weights are already expanded into slots by the agent).
+#[inline(always)]
+fn pick_backend(svc: &Service) -> Option<(u32, Backend)> {
+    let slots = svc.slots;
+    if slots == 0 {
+        return None;
+    }
+    let cursor = LB_RR_CURSORS.get_ptr_mut(svc.id)?;
+    // SAFETY: per-CPU value, only this CPU writes it.
+    let pos = unsafe {
+        let pos = *cursor;
+        *cursor = pos.wrapping_add(1);
+        pos
+    };
+    let id = *LB_SLOTS.get(slot_index(svc.id, svc.table, pos % slots))?;
+    // SAFETY: read-only copy.
+    let backend = unsafe { *LB_BACKENDS.get(id)? };
+    Some((id, backend))
+}
+
+/// A new flow of `svc`: choose a backend and record both directions.
+#[inline(always)]
+fn new_flow(key: &FlowKey, svc: &Service, bytes: u16) -> Decision {
+    let Some((backend_id, backend)) = pick_backend(svc) else {
+        return Decision::drop(DropReason::NoBackend);
+    };
+    let t = now();
+    let forward = Flow {
+        kind: FlowKind::Forward as u8,
+        backend_id,
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        service_id: svc.id,
+        created_ns: t,
+        last_seen_ns: t,
+        ..Flow::default()
+    };
+    let reply_key = FlowKey {
+        src_addr: backend.addr,
+        dst_addr: key.src_addr,
+        src_port: backend.port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        pad: 0,
+        pad2: 0,
+    };
+    let reply = Flow {
+        kind: FlowKind::Reply as u8,
+        backend_id,
+        nat_addr: key.dst_addr,
+        nat_port: key.dst_port,
+        service_id: svc.id,
+        created_ns: t,
+        last_seen_ns: t,
+        ..Flow::default()
+    };
+    // Reply first: by the time the backend can answer, its entry exists.
+    if LB_FLOWS.insert(reply_key, reply, 0).is_err() || LB_FLOWS.insert(key, forward, 0).is_err() {
+        return Decision::drop(DropReason::Internal);
+    }
+    count(svc.id, backend_id, bytes, true);
+    Decision::forward(
+        Rewrite {
+            kind: NatKind::Dnat,
+            addr: backend.addr,
+            port: backend.port,
+        },
+        route(backend.addr),
+        svc.flags & Service::FLAG_MSS_CLAMP != 0,
+    )
+}
+
+/// Sets TCP event bits on the other direction's entry too, so that each entry alone tells
+/// the agent's sweep whether the connection is closed. Runs only on FIN/RST packets.
+#[inline(always)]
+fn mirror_tcp_close(sibling: &FlowKey, tcp_flags: u8, fin_bit: u8) {
+    if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    if let Some(other) = LB_FLOWS.get_ptr_mut(sibling) {
+        touch(other, IPPROTO_TCP, tcp_flags, fin_bit);
+    }
+}
+
+/// A packet of a flow we have state for, looked up by its own 5-tuple.
+#[inline(always)]
+fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option<Decision> {
+    // SAFETY: copy of a live map value.
+    let f = unsafe { *flow };
+    match f.kind()? {
+        FlowKind::Forward => {
+            // The backend must still exist with the same address; a removed backend's
+            // flows are reassigned (the new backend answers a stray TCP segment with RST,
+            // which tells the client at once instead of leaving it hanging).
+            // SAFETY: read-only copy.
+            let backend = unsafe { LB_BACKENDS.get(f.backend_id) }.copied();
+            match backend {
+                Some(b) if b.addr == f.nat_addr && b.port == f.nat_port => {}
+                _ => return None,
+            }
+            touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
+            let reply_key = FlowKey {
+                src_addr: f.nat_addr,
+                dst_addr: key.src_addr,
+                src_port: f.nat_port,
+                dst_port: key.src_port,
+                proto: key.proto,
+                pad: 0,
+                pad2: 0,
+            };
+            mirror_tcp_close(&reply_key, tcp_flags, Flow::SEEN_FIN_FWD);
+            count(f.service_id, f.backend_id, bytes, false);
+            Some(Decision::forward(
+                Rewrite {
+                    kind: NatKind::Dnat,
+                    addr: f.nat_addr,
+                    port: f.nat_port,
+                },
+                route(f.nat_addr),
+                false,
+            ))
+        }
+        FlowKind::Reply => {
+            touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_REV);
+            let forward_key = FlowKey {
+                src_addr: key.dst_addr,
+                dst_addr: f.nat_addr,
+                src_port: key.dst_port,
+                dst_port: f.nat_port,
+                proto: key.proto,
+                pad: 0,
+                pad2: 0,
+            };
+            mirror_tcp_close(&forward_key, tcp_flags, Flow::SEEN_FIN_REV);
+            count(f.service_id, f.backend_id, bytes, false);
+            Some(Decision::forward(
+                Rewrite {
+                    kind: NatKind::Snat,
+                    addr: f.nat_addr,
+                    port: f.nat_port,
+                },
+                route(key.dst_addr),
+                false,
+            ))
+        }
+        FlowKind::Return => {
+            touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_REV);
+            Some(Decision::forward(Rewrite::NONE, Next::encap(f.node), false))
+        }
+    }
+}
+
+/// A packet arriving from outside the node, not encapsulated: published ports and VIPs.
+#[inline(always)]
+pub fn from_underlay(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
+    let Some(svc) = find_service(key, cfg) else {
+        return Decision::PASS;
+    };
+    if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
+        && let Some(d) = existing(key, flow, tcp_flags, bytes)
+    {
+        return d;
+    }
+    new_flow(key, svc, bytes)
+}
+
+/// A packet leaving a local task (TC on the host side of its veth).
+#[inline(always)]
+pub fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
+    if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
+        && let Some(d) = existing(key, flow, tcp_flags, bytes)
+    {
+        return d;
+    }
+    if let Some(svc) = find_service(key, cfg) {
+        return new_flow(key, svc, bytes);
+    }
+    let next = route(key.dst_addr);
+    match next.kind {
+        NextKind::Underlay => Decision::PASS,
+        _ => Decision::forward(Rewrite::NONE, next, false),
+    }
+}
+
+/// A packet that came out of a VXLAN tunnel from the peer at `outer_src`.
+#[inline(always)]
+pub fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: u16) -> Decision {
+    if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
+        && let Some(d) = existing(key, flow, tcp_flags, bytes)
+    {
+        return d;
+    }
+    let next = route(key.dst_addr);
+    if next.kind != NextKind::Local {
+        return Decision::drop(DropReason::NoEndpoint);
+    }
+    // A flow from outside the overlay (a client that reached the sender's published port):
+    // its replies must go back through the sender, so remember it. Established flows
+    // only look the entry up.
+    // SAFETY: read-only access.
+    if unsafe { LB_ENDPOINTS.get(key.src_addr) }.is_none() {
+        let reverse = key.reversed();
+        match LB_FLOWS.get_ptr_mut(reverse) {
+            Some(ret) if unsafe { (*ret).node } == outer_src => {
+                touch(ret, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
+            }
+            _ => {
+                let t = now();
+                let ret = Flow {
+                    kind: FlowKind::Return as u8,
+                    node: outer_src,
+                    created_ns: t,
+                    last_seen_ns: t,
+                    ..Flow::default()
+                };
+                if LB_FLOWS.insert(reverse, ret, 0).is_err() {
+                    return Decision::drop(DropReason::Internal);
+                }
+            }
+        }
+    }
+    Decision::forward(Rewrite::NONE, next, false)
+}

@@ -1,0 +1,195 @@
+//! TC on the host side of each local task's veth (clsact ingress: traffic leaving the
+//! task). East-west load balancing to VIPs, replies of mesh flows (back to the client
+//! through the underlay, or back through the ingress node's tunnel), and overlay routing
+//! to tasks on this node or on peers. Everything else continues into the node's stack.
+//!
+//! Packets from a local stack usually carry a partial checksum (`CHECKSUM_PARTIAL`), so
+//! rewrites go through the kernel's checksum helpers, which know how to update one; and
+//! encapsulation uses `bpf_skb_adjust_room` with the encap flags, which keeps TSO/GSO
+//! super-packets segmentable as UDP-tunnelled traffic.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::{bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use lb_common::{DropReason, IPPROTO_TCP, NodeConfig, VXLAN_OVERHEAD, service::task_mac};
+use network_types::eth::EthHdr;
+
+use crate::{
+    csum,
+    decide::{self, NatKind, NextKind, Rewrite, Verdict, count_drop},
+    packet::{Ipv4Packet, parse_ipv4},
+    xdp::flow_entropy,
+};
+
+/// Bytes of headers the program reads directly: Ethernet, IPv4 with options, L4 ports.
+const HEADERS: u32 = 14 + 60 + 20;
+
+/// The program's entry: never fails, every error becomes a verdict.
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    let Some(cfg) = decide::node_config() else {
+        return TC_ACT_OK;
+    };
+    // Make the headers directly readable (they may sit in paged fragments).
+    if ctx.data() + (HEADERS as usize) > ctx.data_end() {
+        let _ = ctx.pull_data(ctx.len().min(HEADERS));
+    }
+    let Ok(pkt) = parse_ipv4(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    if pkt.fragment {
+        return TC_ACT_OK;
+    }
+    let decision = decide::from_task(&pkt.key, cfg, pkt.tcp_flags, pkt.tot_len);
+    match decision.verdict {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => drop(decision.reason),
+        Verdict::Forward => {
+            if nat(ctx, &pkt, decision.rewrite).is_none() {
+                return drop(DropReason::Internal);
+            }
+            let next = decision.next;
+            match next.kind {
+                NextKind::Local => {
+                    let ep = next.ep;
+                    let macs = Macs {
+                        dst: ep.mac,
+                        src: ep.gw_mac,
+                    };
+                    if ctx.store(0, &macs, 0).is_err() {
+                        return drop(DropReason::Internal);
+                    }
+                    // SAFETY: the helper has no memory preconditions.
+                    unsafe { bpf_redirect(ep.ifindex, 0) as i32 }
+                }
+                NextKind::Encap => encapsulate(ctx, cfg, &pkt, next.node),
+                NextKind::Underlay => redirect_underlay(cfg),
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn drop(reason: DropReason) -> i32 {
+    count_drop(reason);
+    TC_ACT_SHOT
+}
+
+/// Destination and source MAC, the first 12 bytes of a frame.
+#[repr(C)]
+struct Macs {
+    dst: [u8; 6],
+    src: [u8; 6],
+}
+
+/// Out of the underlay interface; the kernel's neighbour subsystem fills in the MACs
+/// (and resolves them if needed), so no FIB miss is possible here.
+#[inline(always)]
+fn redirect_underlay(cfg: &NodeConfig) -> i32 {
+    // SAFETY: a null params pointer with length 0 is the documented "use the FIB" form.
+    unsafe { bpf_redirect_neigh(cfg.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Rewrites an address and port through the kernel's checksum helpers.
+#[inline(always)]
+fn nat(ctx: &TcContext, pkt: &Ipv4Packet, rewrite: Rewrite) -> Option<()> {
+    let dnat = match rewrite.kind {
+        NatKind::None => return Some(()),
+        NatKind::Dnat => true,
+        NatKind::Snat => false,
+    };
+    let (addr, port) = (rewrite.addr, rewrite.port);
+    let (old_addr, addr_at, old_port, port_at) = if dnat {
+        (
+            pkt.key.dst_addr,
+            EthHdr::LEN + 16,
+            pkt.key.dst_port,
+            pkt.l4 + 2,
+        )
+    } else {
+        (pkt.key.src_addr, EthHdr::LEN + 12, pkt.key.src_port, pkt.l4)
+    };
+    let (check_at, mangled) = if pkt.key.proto == IPPROTO_TCP {
+        (pkt.l4 + 16, 0)
+    } else {
+        (pkt.l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let (old_a, new_a) = (u64::from(old_addr), u64::from(addr));
+    let (old_p, new_p) = (u64::from(old_port), u64::from(port));
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR);
+    ctx.l4_csum_replace(check_at, old_a, new_a, pseudo | mangled | 4)
+        .ok()?;
+    ctx.l4_csum_replace(check_at, old_p, new_p, mangled | 2)
+        .ok()?;
+    ctx.l3_csum_replace(EthHdr::LEN + 10, old_a, new_a, 4)
+        .ok()?;
+    ctx.store(addr_at, &addr, 0).ok()?;
+    ctx.store(port_at, &port, 0).ok()?;
+    Some(())
+}
+
+/// What goes between the outer Ethernet header and the inner IPv4 packet.
+#[repr(C)]
+struct Tunnel {
+    ip: [u8; 20],
+    udp: [u8; 8],
+    vxlan: [u8; 8],
+    inner_dst: [u8; 6],
+    inner_src: [u8; 6],
+    inner_type: [u8; 2],
+}
+
+/// VXLAN-encapsulates towards the peer at `node` and sends it out of the underlay.
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) -> i32 {
+    // SAFETY: reading a plain field of the context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let outer_len = u32::from(pkt.tot_len) + u32::from(VXLAN_OVERHEAD);
+    if gso_size == 0 && outer_len > cfg.mtu {
+        return drop(DropReason::TooBig);
+    }
+    let outer_len = outer_len as u16;
+    let len = outer_len.to_be_bytes();
+    let (src, dst) = (cfg.addr.to_ne_bytes(), node.to_ne_bytes());
+    let mut ip = [
+        0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3],
+        dst[0], dst[1], dst[2], dst[3],
+    ];
+    let check = csum::ipv4_bytes(&ip).to_ne_bytes();
+    ip[10] = check[0];
+    ip[11] = check[1];
+    let sport = (0xc000 | (flow_entropy(pkt) & 0x3fff)).to_be_bytes();
+    let dport = cfg.vxlan_port.to_ne_bytes();
+    let ulen = (outer_len - 20).to_be_bytes();
+    let vni = cfg.vni.to_be_bytes();
+    let t = Tunnel {
+        ip,
+        udp: [
+            sport[0], sport[1], dport[0], dport[1], ulen[0], ulen[1], 0, 0,
+        ],
+        vxlan: [0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0],
+        inner_dst: task_mac(u32::from_be(pkt.key.dst_addr)),
+        inner_src: cfg.mac,
+        inner_type: 0x0800_u16.to_be_bytes(),
+    };
+
+    let flags = u64::from(
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+    ) | ((EthHdr::LEN as u64 & 0xff) << 56);
+    if ctx
+        .adjust_room(i32::from(VXLAN_OVERHEAD), BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
+        return drop(DropReason::Internal);
+    }
+    if ctx.store(EthHdr::LEN, &t, 0).is_err() {
+        return drop(DropReason::Internal);
+    }
+    redirect_underlay(cfg)
+}

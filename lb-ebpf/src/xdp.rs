@@ -1,0 +1,374 @@
+//! XDP on the node's underlay interface: the routing mesh's ingress (published ports and
+//! VIPs from outside), VXLAN decapsulation of overlay traffic, replies of mesh flows back
+//! to clients, and encapsulation towards peers. Everything else passes untouched.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use lb_common::{DropReason, IPPROTO_TCP, IPPROTO_UDP, NodeConfig, VXLAN_OVERHEAD};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+
+use crate::{
+    csum,
+    decide::{self, Decision, NatKind, NextKind, Rewrite, TCP_SYN, Verdict, count_drop},
+    packet::{Ipv4Packet, ParseError, parse_ipv4, ptr_at},
+};
+
+const AF_INET: u8 = 2;
+/// VXLAN's "VNI present" flag.
+const VXLAN_FLAG_VNI: u8 = 0x08;
+
+/// The program's entry: never fails, every error becomes a verdict.
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> u32 {
+    let Some(cfg) = decide::node_config() else {
+        return XDP_PASS;
+    };
+    let pkt = match parse_ipv4(ctx.data(), ctx.data_end()) {
+        Ok(pkt) => pkt,
+        // Not ours to judge: the kernel drops what is really broken.
+        Err(ParseError::NotIpv4 | ParseError::Malformed) => return XDP_PASS,
+    };
+    let key = pkt.key;
+    if key.proto == IPPROTO_UDP && key.dst_addr == cfg.addr && key.dst_port == cfg.vxlan_port {
+        if pkt.fragment {
+            return drop(DropReason::Fragment);
+        }
+        return decapsulate(ctx, cfg, &pkt);
+    }
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        return XDP_PASS;
+    }
+    if pkt.fragment {
+        // Only whole packets are balanced; a fragment addressed to a service is dropped
+        // (counted), any other passes.
+        return match decide::find_service(&key, cfg) {
+            Some(_) => drop(DropReason::Fragment),
+            None => XDP_PASS,
+        };
+    }
+    let decision = decide::from_underlay(&key, cfg, pkt.tcp_flags, pkt.tot_len);
+    apply(ctx, cfg, &pkt, decision)
+}
+
+#[inline(always)]
+fn drop(reason: DropReason) -> u32 {
+    count_drop(reason);
+    XDP_DROP
+}
+
+/// Strips the outer headers of a VXLAN packet addressed to this node and handles the
+/// inner packet.
+#[inline(always)]
+fn decapsulate(ctx: &XdpContext, cfg: &NodeConfig, outer: &Ipv4Packet) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // Outer IP options would shift everything: VXLAN senders never use them.
+    if outer.l4 != EthHdr::LEN + Ipv4Hdr::LEN {
+        return drop(DropReason::Malformed);
+    }
+    let Some(vxlan) = ptr_at::<VxlanHdr>(start, end, outer.l4 + UdpHdr::LEN) else {
+        return drop(DropReason::Malformed);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let vxlan = unsafe { &*vxlan };
+    let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
+    if vxlan.flags & VXLAN_FLAG_VNI == 0 || vni != cfg.vni {
+        return drop(DropReason::UnknownVni);
+    }
+    let outer_src = outer.key.src_addr;
+    // SAFETY: the context pointer is valid; moving the start forward over the outer
+    // headers is bounds-checked by the kernel.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), i32::from(VXLAN_OVERHEAD)) } != 0 {
+        return drop(DropReason::Malformed);
+    }
+    let inner = match parse_ipv4(ctx.data(), ctx.data_end()) {
+        Ok(pkt) if !pkt.fragment => pkt,
+        _ => return drop(DropReason::Malformed),
+    };
+    let decision = decide::from_overlay(&inner.key, outer_src, inner.tcp_flags, inner.tot_len);
+    apply(ctx, cfg, &inner, decision)
+}
+
+/// Carries out a decision on the frame at the start of the context.
+#[inline(always)]
+fn apply(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, decision: Decision) -> u32 {
+    match decision.verdict {
+        Verdict::Pass => return XDP_PASS,
+        Verdict::Drop => return drop(decision.reason),
+        Verdict::Forward => {}
+    }
+    let (rewrite, next) = (decision.rewrite, decision.next);
+    if nat(ctx, pkt, rewrite).is_none() {
+        return drop(DropReason::Malformed);
+    }
+    match next.kind {
+        NextKind::Local => {
+            let ep = next.ep;
+            let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+                return drop(DropReason::Malformed);
+            };
+            // SAFETY: bounds checked by ptr_at.
+            unsafe {
+                (*eth).dst_addr = ep.mac;
+                (*eth).src_addr = ep.gw_mac;
+                bpf_redirect(ep.ifindex, 0) as u32
+            }
+        }
+        NextKind::Encap => {
+            if decision.mss_clamp && pkt.tcp_flags & TCP_SYN != 0 {
+                clamp_mss(ctx, pkt, cfg.overlay_mss());
+            }
+            encapsulate(ctx, cfg, pkt, next.node)
+        }
+        NextKind::Underlay => {
+            let (src, dst) = match rewrite.kind {
+                NatKind::Snat => (rewrite.addr, pkt.key.dst_addr),
+                NatKind::Dnat => (pkt.key.src_addr, rewrite.addr),
+                NatKind::None => (pkt.key.src_addr, pkt.key.dst_addr),
+            };
+            match fib(ctx, src, dst, pkt.tot_len) {
+                Some(hop) => send(ctx, hop),
+                // No resolved neighbour: the kernel can route it and resolve.
+                None => XDP_PASS,
+            }
+        }
+    }
+}
+
+/// Rewrites addresses and ports in place with incremental checksum updates.
+#[inline(always)]
+fn nat(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: Rewrite) -> Option<()> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let dnat = match rewrite.kind {
+        NatKind::None => return Some(()),
+        NatKind::Dnat => true,
+        NatKind::Snat => false,
+    };
+    let (addr, port) = (rewrite.addr, rewrite.port);
+    let ip: *mut Ipv4Hdr = ptr_at(start, end, EthHdr::LEN)?;
+    let (ports_at, check_at) = match pkt.key.proto {
+        IPPROTO_TCP => (pkt.l4, pkt.l4 + 16),
+        _ => (pkt.l4, pkt.l4 + 6),
+    };
+    let ports: *mut [u16; 2] = ptr_at(start, end, ports_at)?;
+    let check: *mut u16 = ptr_at(start, end, check_at)?;
+    let udp = pkt.key.proto == IPPROTO_UDP;
+    // SAFETY: all three pointers were bounds-checked by ptr_at; fields are byte arrays
+    // or accessed unaligned.
+    unsafe {
+        let ip = &mut *ip;
+        let field = if dnat {
+            &mut ip.dst_addr
+        } else {
+            &mut ip.src_addr
+        };
+        let old_addr = u32::from_ne_bytes(*field);
+        *field = addr.to_ne_bytes();
+        let ip_check = u16::from_ne_bytes(ip.check);
+        ip.check = csum::replace4(ip_check, old_addr, addr).to_ne_bytes();
+
+        let mut p = ports.read_unaligned();
+        let idx = if dnat { 1 } else { 0 };
+        let old_port = p[idx];
+        p[idx] = port;
+        ports.write_unaligned(p);
+
+        let before = check.read_unaligned();
+        let mut after = csum::replace4(before, old_addr, addr);
+        after = csum::replace2(after, old_port, port);
+        check.write_unaligned(if udp {
+            csum::udp_fixup(before, after)
+        } else {
+            after
+        });
+    }
+    Some(())
+}
+
+/// Lowers the MSS option of a SYN to `mss` if it is larger, so that full-size segments
+/// still fit the underlay once encapsulated. Linux and every common stack put MSS first
+/// in a SYN's options; only that position is checked (a bounded, verifier-friendly rule).
+#[inline(always)]
+fn clamp_mss(ctx: &XdpContext, pkt: &Ipv4Packet, mss: u16) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some(doff) = ptr_at::<u8>(start, end, pkt.l4 + 12) else {
+        return;
+    };
+    // SAFETY: bounds checked.
+    if unsafe { *doff } >> 4 < 6 {
+        return;
+    }
+    let Some(opt) = ptr_at::<[u8; 4]>(start, end, pkt.l4 + 20) else {
+        return;
+    };
+    let Some(check) = ptr_at::<u16>(start, end, pkt.l4 + 16) else {
+        return;
+    };
+    // SAFETY: bounds checked; byte arrays and unaligned accesses.
+    unsafe {
+        let o = *opt;
+        if o[0] != 2 || o[1] != 4 {
+            return;
+        }
+        let old = u16::from_be_bytes([o[2], o[3]]);
+        if old <= mss {
+            return;
+        }
+        let new = mss.to_be_bytes();
+        (*opt)[2] = new[0];
+        (*opt)[3] = new[1];
+        let c = check.read_unaligned();
+        check.write_unaligned(csum::replace2(
+            c,
+            u16::from_ne_bytes([o[2], o[3]]),
+            u16::from_ne_bytes(new),
+        ));
+    }
+}
+
+/// A next hop found in the kernel's FIB: output interface and MAC addresses.
+#[derive(Clone, Copy)]
+struct Hop {
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+#[inline(always)]
+fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
+    // SAFETY: plain-old-data struct, all-zero is its "unset" state.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: params is a valid, fully initialised struct of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return None;
+    }
+    Some(Hop {
+        ifindex: params.ifindex,
+        smac: params.smac,
+        dmac: params.dmac,
+    })
+}
+
+/// Sets the frame's MACs for `hop` and sends it: back out the same port, or redirected.
+#[inline(always)]
+fn send(ctx: &XdpContext, hop: Hop) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+        return drop(DropReason::Malformed);
+    };
+    // SAFETY: bounds checked.
+    unsafe {
+        (*eth).src_addr = hop.smac;
+        (*eth).dst_addr = hop.dmac;
+    }
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        XDP_TX
+    } else {
+        // SAFETY: the helper has no memory preconditions.
+        unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
+    }
+}
+
+/// Wraps the frame in Ethernet/IPv4/UDP/VXLAN towards the peer at `node`.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) -> u32 {
+    let outer_len = pkt.tot_len.wrapping_add(VXLAN_OVERHEAD);
+    if u32::from(outer_len) > cfg.mtu || outer_len < pkt.tot_len {
+        return drop(DropReason::TooBig);
+    }
+    let Some(hop) = fib(ctx, cfg.addr, node, outer_len) else {
+        return drop(DropReason::NoRoute);
+    };
+    let entropy = flow_entropy(pkt);
+    // SAFETY: valid context; growing the headroom is bounds-checked by the kernel.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -i32::from(VXLAN_OVERHEAD)) } != 0 {
+        return drop(DropReason::Internal);
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some(hdr) = ptr_at::<OuterHeaders>(start, end, 0) else {
+        return drop(DropReason::Internal);
+    };
+    let mut ip = [0u16; 10];
+    let b = |hi: u8, lo: u8| u16::from_ne_bytes([hi, lo]);
+    ip[0] = b(0x45, 0);
+    ip[1] = outer_len.to_be();
+    ip[3] = b(0x40, 0); // DF
+    ip[4] = b(64, 17); // TTL, UDP
+    ip[6] = cfg.addr as u16;
+    ip[7] = (cfg.addr >> 16) as u16;
+    ip[8] = node as u16;
+    ip[9] = (node >> 16) as u16;
+    ip[5] = csum::ipv4_header(&ip);
+    let udp_len = outer_len - Ipv4Hdr::LEN as u16;
+    let vni = cfg.vni.to_be_bytes();
+    // SAFETY: bounds checked by ptr_at; OuterHeaders is made of byte arrays.
+    unsafe {
+        let h = &mut *hdr;
+        h.eth_dst = hop.dmac;
+        h.eth_src = hop.smac;
+        h.eth_type = 0x0800_u16.to_be_bytes();
+        let mut i = 0;
+        while i < 10 {
+            let w = ip[i].to_ne_bytes();
+            h.ip[2 * i] = w[0];
+            h.ip[2 * i + 1] = w[1];
+            i += 1;
+        }
+        h.udp_src = (0xc000 | (entropy & 0x3fff)).to_be_bytes();
+        h.udp_dst = cfg.vxlan_port.to_ne_bytes();
+        h.udp_len = udp_len.to_be_bytes();
+        h.udp_check = [0, 0];
+        h.vxlan = [VXLAN_FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0];
+    }
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        XDP_TX
+    } else {
+        // SAFETY: the helper has no memory preconditions.
+        unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
+    }
+}
+
+/// The outer headers of a VXLAN frame, as bytes (alignment 1).
+#[repr(C)]
+struct OuterHeaders {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    eth_type: [u8; 2],
+    ip: [u8; 20],
+    udp_src: [u8; 2],
+    udp_dst: [u8; 2],
+    udp_len: [u8; 2],
+    udp_check: [u8; 2],
+    vxlan: [u8; 8],
+}
+
+/// A per-flow value for the outer UDP source port, so ECMP and RSS spread flows.
+#[inline(always)]
+pub fn flow_entropy(pkt: &Ipv4Packet) -> u16 {
+    let k = &pkt.key;
+    let mut h = k.src_addr ^ k.dst_addr.rotate_left(16);
+    h ^= (u32::from(k.src_port) << 16) | u32::from(k.dst_port);
+    h ^= u32::from(k.proto);
+    h = h.wrapping_mul(0x9e37_79b1);
+    (h >> 16) as u16
+}

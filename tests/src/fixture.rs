@@ -1,0 +1,370 @@
+//! A loaded dataplane for `BPF_PROG_TEST_RUN`: the real eBPF object in the kernel, maps
+//! programmed by hand, crafted frames in, verdicts and output bytes out.
+//!
+//! [`Dataplane::new`] moves the calling thread into a fresh network namespace with an
+//! underlay veth (`ul0`, the node's address [`NODE`]) and permanent neighbour entries for
+//! [`PEER`] and [`CLIENT`], so the programs' FIB lookups succeed; its maps are pinned
+//! under a private directory that `Drop` removes.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use lb_common::{
+    Backend, Counters, DropReason, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey, maps,
+};
+
+/// This node's underlay address.
+pub const NODE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 11);
+/// A peer node's underlay address.
+pub const PEER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 12);
+/// A client on the underlay.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+/// The node's underlay MAC.
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 10, 99, 0, 11];
+/// The peer's underlay MAC (a permanent neighbour entry).
+pub const PEER_MAC: [u8; 6] = [0x02, 0, 10, 99, 0, 12];
+/// The client's MAC (a permanent neighbour entry).
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 10, 99, 0, 100];
+/// VNI of the ingress network.
+pub const VNI: u32 = 4096;
+/// The underlay MTU.
+pub const MTU: u32 = 1500;
+
+/// Big-endian (network order) `u32` of an address, as the maps store it.
+#[must_use]
+pub fn be(addr: Ipv4Addr) -> u32 {
+    u32::from(addr).to_be()
+}
+
+/// The eBPF object loaded into the kernel, in its own network namespace.
+#[derive(Debug)]
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// ifindex of the underlay veth `ul0` in the private namespace.
+    pub underlay_ifindex: u32,
+}
+
+fn ip(args: &str) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .context("running `ip` (install iproute2: `cargo xtask setup`)")?;
+    ensure!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Fails with a clear message unless the process can load eBPF and make namespaces.
+///
+/// # Errors
+/// When not root or bpffs is not mounted.
+pub fn require_root() -> Result<()> {
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests load eBPF programs and create network namespaces: run them as root \
+         (`sudo cargo xtask test`)"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    ensure!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")),
+        "bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup`"
+    );
+    Ok(())
+}
+
+impl Dataplane {
+    /// Loads the programs and writes this node's config (see the module docs).
+    ///
+    /// # Errors
+    /// When not root, when the namespace cannot be made, or the kernel refuses a program.
+    pub fn new() -> Result<Self> {
+        require_root()?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("unshare(CLONE_NEWNET): a private network namespace for the test")?;
+        ip("link set lo up")?;
+        ip("link add ul0 type veth peer name ul1")?;
+        ip("link set ul0 address 02:00:0a:63:00:0b")?;
+        ip("addr add 10.99.0.11/24 dev ul0")?;
+        ip("link set ul0 up")?;
+        ip("link set ul1 up")?;
+        ip("neigh replace 10.99.0.12 lladdr 02:00:0a:63:00:0c dev ul0 nud permanent")?;
+        ip("neigh replace 10.99.0.100 lladdr 02:00:0a:63:00:64 dev ul0 nud permanent")?;
+        let underlay_ifindex = nix::net::if_::if_nametoindex("ul0").context("ifindex of ul0")?;
+
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/lbtest-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&pin_dir).context("creating the pin directory")?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(lb_agent::EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        for name in ["lb_xdp", "lb_xdp_pass", "bench_xdp_mac_swap"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| name.to_owned())?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifier refused {name}"))?;
+        }
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut("lb_tc_task")
+            .context("lb_tc_task")?
+            .try_into()?;
+        prog.load().context("verifier refused lb_tc_task")?;
+        let mut dp = Self {
+            ebpf,
+            pin_dir,
+            underlay_ifindex,
+        };
+        dp.set_node_config(NodeConfig {
+            addr: be(NODE),
+            ifindex: underlay_ifindex,
+            mac: NODE_MAC,
+            vxlan_port: lb_common::VXLAN_PORT.to_be(),
+            vni: VNI,
+            mtu: MTU,
+            udp_timeout_s: 120,
+        })?;
+        Ok(dp)
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name}"))
+    }
+
+    /// Writes the node's settings.
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn set_node_config(&mut self, cfg: NodeConfig) -> Result<()> {
+        let mut m: Array<&mut MapData, NodeConfig> = self.map(maps::NODE_CONFIG)?.try_into()?;
+        m.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Adds or replaces a service key.
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<()> {
+        let mut m: HashMap<&mut MapData, ServiceKey, Service> =
+            self.map(maps::SERVICES)?.try_into()?;
+        m.insert(key, svc, 0)?;
+        Ok(())
+    }
+
+    /// Fills table `table` of a service with backend ids.
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn set_slots(&mut self, service_id: u32, table: u32, backend_ids: &[u32]) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = self.map(maps::SLOTS)?.try_into()?;
+        for (slot, id) in backend_ids.iter().enumerate() {
+            m.set(maps::slot_index(service_id, table, slot as u32), *id, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a backend.
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, Backend> = self.map(maps::BACKENDS)?.try_into()?;
+        m.insert(id, backend, 0)?;
+        Ok(())
+    }
+
+    /// Removes a backend.
+    ///
+    /// # Errors
+    /// When the backend is not there.
+    pub fn remove_backend(&mut self, id: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, Backend> = self.map(maps::BACKENDS)?.try_into()?;
+        m.remove(&id)?;
+        Ok(())
+    }
+
+    /// Adds or replaces an endpoint of the overlay.
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn set_endpoint(&mut self, addr: Ipv4Addr, ep: Endpoint) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, Endpoint> = self.map(maps::ENDPOINTS)?.try_into()?;
+        m.insert(be(addr), ep, 0)?;
+        Ok(())
+    }
+
+    /// The flow table's entry for a 5-tuple.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<Flow>> {
+        let m: HashMap<&mut MapData, FlowKey, Flow> = self.map(maps::FLOWS)?.try_into()?;
+        match m.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every entry of the flow table.
+    ///
+    /// # Errors
+    /// When the map cannot be read or written.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let mut m: HashMap<&mut MapData, FlowKey, Flow> = self.map(maps::FLOWS)?.try_into()?;
+        let keys: Vec<FlowKey> = m.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            m.remove(&k)?;
+        }
+        Ok(())
+    }
+
+    fn counters(&mut self, map: &str, id: u32) -> Result<Counters> {
+        let m: PerCpuArray<&mut MapData, Counters> = self.map(map)?.try_into()?;
+        let mut sum = Counters::default();
+        for c in m.get(&id, 0)?.iter() {
+            sum += *c;
+        }
+        Ok(sum)
+    }
+
+    /// A service's counters summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn service_counters(&mut self, id: u32) -> Result<Counters> {
+        self.counters(maps::SERVICE_COUNTERS, id)
+    }
+
+    /// A backend's counters summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn backend_counters(&mut self, id: u32) -> Result<Counters> {
+        self.counters(maps::BACKEND_COUNTERS, id)
+    }
+
+    /// Drops counted for a reason, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn drops(&mut self, reason: DropReason) -> Result<u64> {
+        let m: PerCpuArray<&mut MapData, u64> = self.map(maps::DROPS)?.try_into()?;
+        Ok(m.get(&(reason as u32), 0)?.iter().sum())
+    }
+
+    /// Runs an XDP program once on `frame` arriving on the underlay; returns the verdict
+    /// and the frame as the program left it.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_xdp(&self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (verdict, out, _) = self.run_xdp_timed(prog, frame, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// Runs an XDP program `repeat` times; also returns the kernel's mean time per run.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_xdp_timed(
+        &self,
+        prog: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration)> {
+        let p: &Xdp = self
+            .ebpf
+            .program(prog)
+            .with_context(|| prog.to_owned())?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.underlay_ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let res = p
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out, res.duration))
+    }
+
+    /// Runs the TC program once on `frame` leaving a task; returns verdict and frame.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_tc(&self, frame: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let (verdict, out, _) = self.run_tc_timed(frame, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// Runs the TC program `repeat` times; also returns the mean time per run.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_tc_timed(&self, frame: &[u8], repeat: u32) -> Result<(i32, Vec<u8>, Duration)> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program("lb_tc_task")
+            .context("lb_tc_task")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let res = p
+            .test_run(opts)
+            .context("BPF_PROG_TEST_RUN of lb_tc_task")?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value as i32, out, res.duration))
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Fails unless `cond`, with a message; a tiny helper for the bench's self-checks.
+///
+/// # Errors
+/// When `cond` is false.
+pub fn check(cond: bool, what: &str) -> Result<()> {
+    if !cond {
+        bail!("check failed: {what}");
+    }
+    Ok(())
+}
