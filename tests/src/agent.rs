@@ -285,6 +285,19 @@ impl Agent {
         self.log().lines().filter(|l| l.contains(marker)).count()
     }
 
+    /// Appends the tail of the log to an error, unless it is there already.
+    fn with_log(&self, e: anyhow::Error) -> anyhow::Error {
+        let msg = format!("{e:#}");
+        if msg.contains("its log") {
+            return e;
+        }
+        anyhow::anyhow!(
+            "{msg}; its log {} ends with:\n{}",
+            self.log.display(),
+            self.log_tail(30)
+        )
+    }
+
     fn check_alive(&mut self) -> Result<()> {
         match self.child.as_mut() {
             None => bail!("the agent in {} is not running", self.ns),
@@ -311,7 +324,7 @@ impl Agent {
             self.check_alive()?;
             Ok((self.count(READY_MARKER) >= n).then_some(()))
         })
-        .with_context(|| format!("agent log ({}):\n{}", self.log.display(), self.log_tail(30)))
+        .map_err(|e| self.with_log(e))
     }
 
     /// Waits until the agent has become ready once.
@@ -330,7 +343,7 @@ impl Agent {
             self.check_alive()?;
             Ok((self.count(RELOADED_MARKER) > before).then_some(()))
         })
-        .with_context(|| format!("agent log ({}):\n{}", self.log.display(), self.log_tail(30)))
+        .map_err(|e| self.with_log(e))
     }
 
     /// Kills the agent with SIGKILL (no cleanup on its side) and reaps it.

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-/// Calls `f` until it returns `Ok(Some(_))`, every `interval`, and fails once `timeout`
-/// has passed (with the last error `f` returned, if any). Never assert on timing: use
-/// generous timeouts; this returns as soon as the condition holds.
+/// Calls `f` until it returns `Ok(Some(_))`, every 10 to 200 ms, and fails once `timeout`
+/// has passed. An `Err` from `f` is final and returned at once. Never assert on timing:
+/// use generous timeouts; this returns as soon as the condition holds.
 pub fn poll_until<T>(
     timeout: Duration,
     what: &str,
@@ -36,16 +36,11 @@ pub fn poll_until<T>(
     let deadline = Instant::now() + timeout;
     let mut interval = Duration::from_millis(10);
     loop {
-        let last_err = match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => None,
-            Err(e) => Some(e),
-        };
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
         if Instant::now() >= deadline {
-            match last_err {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
+            bail!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(interval);
         interval = (interval * 2).min(Duration::from_millis(200));
@@ -87,4 +82,3 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
-pub mod fixture;
