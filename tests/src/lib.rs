@@ -82,3 +82,4 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+pub mod fixture;
