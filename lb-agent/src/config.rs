@@ -848,7 +848,8 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
 
     #[test]
     fn errors_name_the_offending_item() {
-        let cases: Vec<(Box<dyn FnOnce(&mut Config)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut Config)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|c| c.endpoints[1].node = "node9".into()), "node9"),
             (
                 Box::new(|c| c.services[0].backends[0].endpoint = "nope".into()),

@@ -426,9 +426,7 @@ mod tests {
         let (d3, _) = step(&text, &s2, &mut fresh);
         assert!(diff(&s2, &d3.state).is_empty());
         // Removing api frees id 1 and backend 2; a new service does not reuse them at once.
-        let text4 = EXAMPLE
-            .replace("name = \"web\"", "name = \"web\"")
-            .replace("8080", "8081");
+        let text4 = EXAMPLE.replace("8080", "8081");
         let (d4, _) = step(&text4, &s2, &mut allocs);
         let ids: BTreeSet<u32> = d4.state.service_ids();
         // 8081 is a new key, but the VIP key keeps id 0.

@@ -6,12 +6,19 @@
 //! I/O and is unit-tested without root; the dataplane, netlink and HTTP shells are thin.
 #![deny(unsafe_code)]
 
+pub mod agent;
+pub mod bpffs;
 pub mod config;
+pub mod dataplane;
 pub mod desired;
 pub mod flows;
 pub mod host;
 pub mod ids;
+pub mod links;
+pub mod metrics;
+pub mod neigh;
 pub mod state;
+pub mod watch;
 pub mod wrr;
 
 /// The compiled eBPF object (all programs and map definitions), built by `build.rs`.

@@ -1,0 +1,460 @@
+//! The standalone agent: start, reconcile, reload, run until a signal.
+//!
+//! Start: read and validate the configuration (a bad one is an error, nothing is
+//! touched), prepare bpffs, load the object reusing pinned maps, rebuild the current
+//! state and the id allocators from the maps, program the maps, THEN attach (or replace
+//! in place) the programs, so the first packet a new program sees finds its maps
+//! programmed; resolve peers; serve metrics; log `lb-agent ready`.
+//!
+//! Reload (SIGHUP, or the configuration file changing): a configuration that fails to
+//! parse or validate, or changes a setting that needs a restart, is logged, counted as a
+//! failure, and leaves the dataplane exactly as it was. A valid one is diffed against the
+//! maps and applied in the safe order of [`crate::state::diff`]; TC is attached to new
+//! local endpoints' interfaces and detached from removed ones.
+//!
+//! SIGTERM and SIGINT end the agent WITHOUT detaching anything: maps and links are
+//! pinned, traffic keeps flowing, and the next agent picks them up (an upgrade is stop,
+//! then start). `lb-agent cleanup` removes the dataplane.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aya::programs::XdpMode;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{debug, error, info, warn};
+
+use crate::bpffs::{self, BpffsError};
+use crate::config::{Config, ConfigError, XdpModeConfig};
+use crate::dataplane::{self, Dataplane, DataplaneError, FlowTable};
+use crate::desired::{self, Allocators, Desired};
+use crate::host::{HostError, HostInfo};
+use crate::links::{self, AttachError};
+use crate::metrics::{self, Metrics};
+use crate::neigh::{self, NeighError};
+use crate::state::{self, DataplaneState};
+use crate::watch;
+
+/// Command-line overrides of configuration settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replaces `dataplane.pin_dir`.
+    pub pin_dir: Option<PathBuf>,
+    /// Replaces `metrics.listen`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Overrides {
+    /// Applies the overrides to `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(d) = &self.pin_dir {
+            config.dataplane.pin_dir.clone_from(d);
+        }
+        if let Some(l) = self.metrics_listen {
+            config.metrics.listen = l;
+        }
+    }
+}
+
+/// Failures of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A reload changes a setting that needs a restart.
+    #[error("{0} changed; restart the agent to apply it")]
+    NeedsRestart(&'static str),
+    /// Preparing bpffs failed.
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    /// The dataplane failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// Attaching failed.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// Reading interfaces failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// Managing neighbours failed.
+    #[error(transparent)]
+    Neigh(#[from] NeighError),
+    /// An I/O error (netlink socket, metrics listener, signals, watcher).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file watcher failed.
+    #[error("watching the configuration: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |source| AgentError::Io { what, source }
+}
+
+/// Reads and parses the configuration at `path` and applies `overrides` (no validation).
+///
+/// # Errors
+/// As [`Config::load`].
+pub fn load_config(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let mut config = Config::load(path)?;
+    overrides.apply(&mut config);
+    Ok(config)
+}
+
+/// Opens an rtnetlink connection, driving it on the current tokio runtime.
+///
+/// # Errors
+/// If the netlink socket cannot be opened.
+pub fn netlink() -> Result<rtnetlink::Handle, AgentError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(io("opening rtnetlink"))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Validates the configuration at `path` against this host and computes its desired
+/// state against an empty dataplane, touching nothing.
+///
+/// # Errors
+/// The first problem of the configuration.
+pub async fn check(path: &Path, overrides: &Overrides) -> Result<Desired, AgentError> {
+    let config = load_config(path, overrides)?;
+    let host = HostInfo::query(&netlink()?).await?;
+    config.validate(&host)?;
+    Ok(desired::compute(
+        &config,
+        &host,
+        &DataplaneState::default(),
+        &mut Allocators::default(),
+    )?)
+}
+
+/// Detaches every pinned link under `pin_dir` and removes every pin and the directory.
+///
+/// # Errors
+/// If a pin cannot be removed.
+pub fn cleanup(pin_dir: &Path) -> Result<(usize, usize), AgentError> {
+    let links = links::remove_all(pin_dir)?;
+    let maps = dataplane::remove_map_pins(pin_dir)?;
+    Ok((links, maps))
+}
+
+/// What a reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Map operations applied.
+    pub ops: usize,
+    /// TC links attached.
+    pub tc_attached: usize,
+    /// TC links detached.
+    pub tc_detached: usize,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    config_path: PathBuf,
+    overrides: Overrides,
+    config: Config,
+    netlink: rtnetlink::Handle,
+    dataplane: Dataplane,
+    allocs: Allocators,
+    metrics: Arc<Metrics>,
+    udp_timeout_ns: Arc<AtomicU64>,
+    tc_ifaces: BTreeSet<String>,
+    peers: BTreeSet<Ipv4Addr>,
+    underlay_ifindex: u32,
+    flow_table: Option<FlowTable>,
+}
+
+impl Agent {
+    /// Starts the agent: everything up to `lb-agent ready` (see the module documentation).
+    ///
+    /// # Errors
+    /// A bad configuration, or any failure to load, program or attach the dataplane.
+    pub async fn start(config_path: &Path, overrides: Overrides) -> Result<Self, AgentError> {
+        let config_path =
+            std::path::absolute(config_path).map_err(io("resolving the configuration path"))?;
+        let config = load_config(&config_path, &overrides)?;
+        let netlink = netlink()?;
+        let host = HostInfo::query(&netlink).await?;
+        config.validate(&host)?;
+
+        let pin_dir = config.dataplane.pin_dir.clone();
+        bpffs::prepare(&pin_dir)?;
+        let mut dataplane = Dataplane::open(
+            crate::EBPF_OBJECT,
+            &pin_dir,
+            config.dataplane.flow_table_size,
+        )?;
+        let current = dataplane.read_state()?;
+        info!(
+            pin_dir = %pin_dir.display(),
+            services = current.services.len(),
+            backends = current.backends.len(),
+            endpoints = current.endpoints.len(),
+            "dataplane loaded (existing pinned state recovered)"
+        );
+        let allocs = Allocators::resume(&current);
+        let metrics = Arc::new(Metrics::new(dataplane.counters()));
+        let flow_table = dataplane.take_flow_table();
+        let mut agent = Self {
+            config_path,
+            overrides,
+            underlay_ifindex: 0,
+            udp_timeout_ns: Arc::new(AtomicU64::new(
+                u64::from(config.dataplane.udp_timeout_secs) * 1_000_000_000,
+            )),
+            config: config.clone(),
+            netlink,
+            dataplane,
+            allocs,
+            metrics,
+            tc_ifaces: BTreeSet::new(),
+            peers: BTreeSet::new(),
+            flow_table,
+        };
+        let done = agent.reconcile(config, &host, true).await?;
+        info!(
+            ops = done.ops,
+            tc = done.tc_attached,
+            "maps programmed, programs attached"
+        );
+        Ok(agent)
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub const fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies `config` (validated against `host`): maps, then attachments, neighbours,
+    /// metrics labels.
+    async fn reconcile(
+        &mut self,
+        config: Config,
+        host: &HostInfo,
+        first: bool,
+    ) -> Result<Reconciled, AgentError> {
+        let current = self.dataplane.read_state()?;
+        let mut allocs = self.allocs.clone();
+        let desired = desired::compute(&config, host, &current, &mut allocs)?;
+        let ops = state::diff(&current, &desired.state);
+        self.dataplane.apply(&ops)?;
+        self.allocs = allocs;
+        let mut done = Reconciled {
+            ops: ops.len(),
+            ..Reconciled::default()
+        };
+
+        let pin_dir = config.dataplane.pin_dir.clone();
+        if first {
+            let mode = match config.dataplane.xdp_mode {
+                XdpModeConfig::Native => XdpMode::Driver,
+                XdpModeConfig::Skb => XdpMode::Skb,
+            };
+            links::attach_xdp(
+                self.dataplane.xdp_program()?,
+                &pin_dir,
+                &config.node.underlay,
+                mode,
+            )?;
+        }
+        for iface in desired.task_ifaces.keys() {
+            if !self.tc_ifaces.contains(iface) {
+                links::attach_tc(self.dataplane.tc_program()?, &pin_dir, iface)?;
+                self.tc_ifaces.insert(iface.clone());
+                done.tc_attached += 1;
+            }
+        }
+        for iface in links::pinned_tc_ifaces(&pin_dir)? {
+            if !desired.task_ifaces.contains_key(&iface) {
+                links::detach(&links::tc_pin(&pin_dir, &iface))?;
+                self.tc_ifaces.remove(&iface);
+                done.tc_detached += 1;
+            }
+        }
+
+        let underlay = host.interface(&config.node.underlay).map_or(0, |i| i.index);
+        for gone in self.peers.difference(&desired.peers) {
+            if let Err(e) = neigh::remove(&self.netlink, self.underlay_ifindex, *gone).await {
+                warn!(peer = %gone, error = %e, "cannot remove the neighbour entry of a removed peer");
+            }
+        }
+        self.underlay_ifindex = underlay;
+        self.peers.clone_from(&desired.peers);
+        self.ensure_neighbours().await;
+
+        self.udp_timeout_ns.store(
+            u64::from(config.dataplane.udp_timeout_secs) * 1_000_000_000,
+            Ordering::Relaxed,
+        );
+        self.metrics.reload_succeeded(&desired);
+        self.config = config;
+        Ok(done)
+    }
+
+    async fn ensure_neighbours(&self) {
+        match neigh::ensure(&self.netlink, self.underlay_ifindex, &self.peers).await {
+            Ok(0) => {}
+            Ok(n) => info!(entries = n, "created managed neighbour entries for peers"),
+            Err(e) => warn!(error = %e, "checking peer neighbour entries failed"),
+        }
+    }
+
+    /// Re-reads the configuration file and applies it. On any error before the first map
+    /// write (parse, validation, a change that needs a restart) the dataplane is left
+    /// exactly as it was.
+    ///
+    /// # Errors
+    /// Why the new configuration was not applied (or not completely).
+    pub async fn reload(&mut self) -> Result<Reconciled, AgentError> {
+        let result = self.try_reload().await;
+        if result.is_err() {
+            self.metrics.reload_failed();
+        }
+        result
+    }
+
+    async fn try_reload(&mut self) -> Result<Reconciled, AgentError> {
+        let config = load_config(&self.config_path, &self.overrides)?;
+        let host = HostInfo::query(&self.netlink).await?;
+        config.validate(&host)?;
+        let (old, new) = (&self.config, &config);
+        if old.node.underlay != new.node.underlay {
+            return Err(AgentError::NeedsRestart("node.underlay"));
+        }
+        if old.dataplane.pin_dir != new.dataplane.pin_dir {
+            return Err(AgentError::NeedsRestart("dataplane.pin_dir"));
+        }
+        if old.dataplane.xdp_mode != new.dataplane.xdp_mode {
+            return Err(AgentError::NeedsRestart("dataplane.xdp_mode"));
+        }
+        if old.dataplane.flow_table_size != new.dataplane.flow_table_size {
+            return Err(AgentError::NeedsRestart("dataplane.flow_table_size"));
+        }
+        if old.dataplane.flow_sweep_interval_secs != new.dataplane.flow_sweep_interval_secs {
+            return Err(AgentError::NeedsRestart(
+                "dataplane.flow_sweep_interval_secs",
+            ));
+        }
+        if old.metrics.listen != new.metrics.listen {
+            return Err(AgentError::NeedsRestart("metrics.listen"));
+        }
+        self.reconcile(config, &host, false).await
+    }
+
+    async fn reload_logged(&mut self, why: &str) {
+        match self.reload().await {
+            Ok(done) => info!(
+                trigger = why,
+                ops = done.ops,
+                tc_attached = done.tc_attached,
+                tc_detached = done.tc_detached,
+                "config reloaded"
+            ),
+            Err(e) => error!(
+                trigger = why,
+                "config reload failed, dataplane unchanged: {e}"
+            ),
+        }
+    }
+
+    /// Serves metrics, sweeps flows, watches the configuration and signals; logs
+    /// `lb-agent ready`; returns on SIGTERM or SIGINT, leaving the dataplane attached.
+    ///
+    /// # Errors
+    /// If the metrics listener, the signal handlers or the file watch cannot be set up.
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let listen = self.config.metrics.listen;
+        let listener = metrics::bind(listen)
+            .await
+            .map_err(io("binding the metrics listener"))?;
+        let m = Arc::clone(&self.metrics);
+        tokio::spawn(async move {
+            if let Err(e) = m.serve(listener).await {
+                error!(error = %e, "metrics server failed");
+            }
+        });
+
+        if let Some(table) = self.flow_table.take() {
+            spawn_sweeper(
+                table,
+                Duration::from_secs(u64::from(self.config.dataplane.flow_sweep_interval_secs)),
+                Arc::clone(&self.udp_timeout_ns),
+                Arc::clone(&self.metrics),
+            );
+        }
+
+        let mut hup = signal(SignalKind::hangup()).map_err(io("installing SIGHUP handler"))?;
+        let mut term = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
+        let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        let _watcher = watch::watch(&self.config_path, tx)?;
+        let mut neigh_tick = tokio::time::interval(Duration::from_secs(10));
+        neigh_tick.tick().await;
+
+        info!(
+            pin_dir = %self.config.dataplane.pin_dir.display(),
+            underlay = %self.config.node.underlay,
+            metrics = %listen,
+            config = %self.config_path.display(),
+            "lb-agent ready"
+        );
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload_logged("SIGHUP").await,
+                Some(()) = changes.recv() => {
+                    // Debounce: editors write in several steps.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    while changes.try_recv().is_ok() {}
+                    self.reload_logged("file changed").await;
+                }
+                _ = neigh_tick.tick() => self.ensure_neighbours().await,
+                _ = term.recv() => {
+                    info!("SIGTERM: exiting; programs stay attached and maps pinned");
+                    return Ok(());
+                }
+                _ = int.recv() => {
+                    info!("SIGINT: exiting; programs stay attached and maps pinned");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn spawn_sweeper(
+    mut table: FlowTable,
+    every: Duration,
+    udp_timeout_ns: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+) {
+    std::thread::Builder::new()
+        .name("flow-sweep".into())
+        .spawn(move || {
+            loop {
+                match table.sweep(udp_timeout_ns.load(Ordering::Relaxed)) {
+                    Ok((counts, deleted)) => {
+                        metrics.set_flows(counts);
+                        if deleted > 0 {
+                            debug!(deleted, ?counts, "flow sweep");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "flow sweep failed"),
+                }
+                std::thread::sleep(every);
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|e| warn!(error = %e, "cannot start the flow sweeper"));
+}

@@ -1,0 +1,505 @@
+//! The eBPF dataplane shell: loads the object with its maps pinned under the pin
+//! directory, reads the maps back into a [`DataplaneState`], applies [`MapOp`]s, and owns
+//! the programs for attaching (see [`crate::links`]).
+//!
+//! Maps are declared pinned by name, so loading with `default_map_pin_directory` reuses
+//! maps an earlier agent pinned: their contents, and the traffic that depends on them,
+//! survive restarts. A pinned map whose key or value size differs from the new object's
+//! (a layout change across versions) cannot be reused; it is unpinned and created afresh,
+//! with a warning, and the agent reprograms it from the configuration.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::programs::{ProgramError, SchedClassifier, Xdp};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use lb_common::maps as names;
+use lb_common::{Backend, Counters, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey};
+use tracing::{debug, info, warn};
+
+use crate::flows::{self, FlowCounts};
+use crate::state::{DataplaneState, MapOp, SvcKey};
+
+/// Name of the XDP program in the object.
+pub const XDP_PROGRAM: &str = "lb_xdp";
+/// Name of the TC program in the object.
+pub const TC_PROGRAM: &str = "lb_tc_task";
+
+/// Failures of the dataplane shell.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Loading the object failed (verifier, map creation, pinning).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// Parsing the object to check pinned maps failed.
+    #[error("parsing the eBPF object: {0}")]
+    Parse(String),
+    /// The object lacks a map or program the agent needs.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The cause.
+        source: MapError,
+    },
+    /// A program operation failed.
+    #[error("program {program}: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// The cause.
+        source: ProgramError,
+    },
+    /// A file-system operation under the pin directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// The per-CPU counter maps, shared between the map writer (which zeroes counters of
+/// fresh ids) and the metrics collector (which sums them at scrape time).
+pub struct CounterMaps {
+    services: PerCpuArray<MapData, Counters>,
+    backends: PerCpuArray<MapData, Counters>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for CounterMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterMaps").finish_non_exhaustive()
+    }
+}
+
+impl CounterMaps {
+    /// The sum over CPUs of service `id`'s counters.
+    ///
+    /// # Errors
+    /// If the lookup fails (e.g. `id` out of range).
+    pub fn service(&self, id: u32) -> Result<Counters, MapError> {
+        Ok(sum(&self.services.get(&id, 0)?))
+    }
+
+    /// The sum over CPUs of backend `id`'s counters.
+    ///
+    /// # Errors
+    /// If the lookup fails.
+    pub fn backend(&self, id: u32) -> Result<Counters, MapError> {
+        Ok(sum(&self.backends.get(&id, 0)?))
+    }
+
+    /// The sum over CPUs of drops with reason index `reason`.
+    ///
+    /// # Errors
+    /// If the lookup fails.
+    pub fn drops(&self, reason: u32) -> Result<u64, MapError> {
+        Ok(self.drops.get(&reason, 0)?.iter().sum())
+    }
+}
+
+fn sum(values: &PerCpuValues<Counters>) -> Counters {
+    let mut total = Counters::default();
+    for v in values.iter() {
+        total += *v;
+    }
+    total
+}
+
+fn zeroes<T: aya::Pod + Default + Clone>() -> Result<PerCpuValues<T>, MapError> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e))?;
+    PerCpuValues::try_from(vec![T::default(); n]).map_err(MapError::IoError)
+}
+
+/// The flow table, handed to the sweeper thread.
+#[derive(Debug)]
+pub struct FlowTable {
+    flows: HashMap<MapData, FlowKey, Flow>,
+}
+
+impl FlowTable {
+    /// Deletes expired flows (see [`flows::expired`]) and counts the rest by protocol.
+    ///
+    /// # Errors
+    /// If reading the clock fails. Failed deletions (an entry that the LRU evicted in
+    /// the meantime) are ignored.
+    pub fn sweep(&mut self, udp_timeout_ns: u64) -> Result<(FlowCounts, u64), MapError> {
+        let now = flows::monotonic_now_ns().map_err(|e| MapError::IoError(e.into()))?;
+        let mut expired = Vec::new();
+        let mut counts = FlowCounts::default();
+        for entry in self.flows.iter() {
+            // Entries can vanish during iteration (LRU eviction); skip errors.
+            let Ok((key, flow)) = entry else { continue };
+            if flows::expired(&key, &flow, now, udp_timeout_ns) {
+                expired.push(key);
+            } else {
+                counts.add(key.proto);
+            }
+        }
+        let mut deleted = 0;
+        for key in &expired {
+            if self.flows.remove(key).is_ok() {
+                deleted += 1;
+            }
+        }
+        Ok((counts, deleted))
+    }
+}
+
+/// The loaded object and the maps the agent writes.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    services: HashMap<MapData, ServiceKey, Service>,
+    slots: Array<MapData, u32>,
+    backends: HashMap<MapData, u32, Backend>,
+    endpoints: HashMap<MapData, u32, Endpoint>,
+    rr_cursors: PerCpuArray<MapData, u32>,
+    node: Array<MapData, NodeConfig>,
+    counters: Arc<Mutex<CounterMaps>>,
+    flows: Option<FlowTable>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Loads `object` with its maps pinned under `pin_dir` (which must exist on bpffs),
+    /// reusing compatible pinned maps, and loads the XDP and TC programs into the kernel.
+    ///
+    /// # Errors
+    /// If the object is malformed, lacks a program or map, or the kernel rejects it.
+    pub fn open(
+        object: &[u8],
+        pin_dir: &Path,
+        flow_table_size: u32,
+    ) -> Result<Self, DataplaneError> {
+        check_pinned_maps(object, pin_dir, flow_table_size)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(names::FLOWS, flow_table_size)
+            .load(object)?;
+        for name in [XDP_PROGRAM, TC_PROGRAM] {
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?;
+            let err = |source| DataplaneError::Program {
+                program: name,
+                source,
+            };
+            match program {
+                aya::programs::Program::Xdp(p) => p.load().map_err(err)?,
+                aya::programs::Program::SchedClassifier(p) => p.load().map_err(err)?,
+                _ => return Err(DataplaneError::Missing(name)),
+            }
+        }
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        let services =
+            HashMap::try_from(take(names::SERVICES)?).map_err(map_err(names::SERVICES))?;
+        let slots = Array::try_from(take(names::SLOTS)?).map_err(map_err(names::SLOTS))?;
+        let backends =
+            HashMap::try_from(take(names::BACKENDS)?).map_err(map_err(names::BACKENDS))?;
+        let endpoints =
+            HashMap::try_from(take(names::ENDPOINTS)?).map_err(map_err(names::ENDPOINTS))?;
+        let flows = HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?;
+        let rr_cursors =
+            PerCpuArray::try_from(take(names::RR_CURSORS)?).map_err(map_err(names::RR_CURSORS))?;
+        let node =
+            Array::try_from(take(names::NODE_CONFIG)?).map_err(map_err(names::NODE_CONFIG))?;
+        let counters = CounterMaps {
+            services: PerCpuArray::try_from(take(names::SERVICE_COUNTERS)?)
+                .map_err(map_err(names::SERVICE_COUNTERS))?,
+            backends: PerCpuArray::try_from(take(names::BACKEND_COUNTERS)?)
+                .map_err(map_err(names::BACKEND_COUNTERS))?,
+            drops: PerCpuArray::try_from(take(names::DROPS)?).map_err(map_err(names::DROPS))?,
+        };
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            services,
+            slots,
+            backends,
+            endpoints,
+            rr_cursors,
+            node,
+            counters: Arc::new(Mutex::new(counters)),
+            flows: Some(FlowTable { flows }),
+        })
+    }
+
+    /// The pin directory.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The counter maps, for the metrics collector.
+    #[must_use]
+    pub fn counters(&self) -> Arc<Mutex<CounterMaps>> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Hands out the flow table (once), for the sweeper.
+    pub fn take_flow_table(&mut self) -> Option<FlowTable> {
+        self.flows.take()
+    }
+
+    /// The loaded XDP program.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Missing`] if the object has no such XDP program.
+    pub fn xdp_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        match self.ebpf.program_mut(XDP_PROGRAM) {
+            Some(aya::programs::Program::Xdp(p)) => Ok(p),
+            _ => Err(DataplaneError::Missing(XDP_PROGRAM)),
+        }
+    }
+
+    /// The loaded TC program.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Missing`] if the object has no such classifier.
+    pub fn tc_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        match self.ebpf.program_mut(TC_PROGRAM) {
+            Some(aya::programs::Program::SchedClassifier(p)) => Ok(p),
+            _ => Err(DataplaneError::Missing(TC_PROGRAM)),
+        }
+    }
+
+    /// Reads what the maps hold now.
+    ///
+    /// # Errors
+    /// If a map cannot be read.
+    pub fn read_state(&self) -> Result<DataplaneState, DataplaneError> {
+        let mut state = DataplaneState::default();
+        for entry in self.services.iter() {
+            let (k, v) = entry.map_err(map_err(names::SERVICES))?;
+            state.services.insert(SvcKey::from_map(&k), v);
+        }
+        let mut live: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+        for svc in state.services.values() {
+            live.entry(svc.id)
+                .or_insert((svc.table & 1, svc.slots.min(names::MAX_SLOTS)));
+        }
+        for (id, (table, n)) in live {
+            let mut seq = Vec::with_capacity(n as usize);
+            for slot in 0..n {
+                let idx = names::slot_index(id, table, slot);
+                seq.push(self.slots.get(&idx, 0).map_err(map_err(names::SLOTS))?);
+            }
+            state.slots.insert(id, seq);
+        }
+        for entry in self.backends.iter() {
+            let (k, v) = entry.map_err(map_err(names::BACKENDS))?;
+            state.backends.insert(k, v);
+        }
+        for entry in self.endpoints.iter() {
+            let (k, v) = entry.map_err(map_err(names::ENDPOINTS))?;
+            state.endpoints.insert(Ipv4Addr::from(u32::from_be(k)), v);
+        }
+        let node = self.node.get(&0, 0).map_err(map_err(names::NODE_CONFIG))?;
+        state.node = (node != NodeConfig::default()).then_some(node);
+        Ok(state)
+    }
+
+    /// Applies operations in order, stopping at the first failure.
+    ///
+    /// # Errors
+    /// The first failed map operation; the operations before it stay applied (the order
+    /// of [`crate::state::diff`] keeps every prefix consistent for packets).
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        for op in ops {
+            debug!(?op, "map op");
+            self.apply_one(op)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
+        match op {
+            MapOp::SetNodeConfig(n) => self.node.set(0, n, 0).map_err(map_err(names::NODE_CONFIG)),
+            MapOp::ResetServiceCounters(id) => {
+                self.rr_cursors
+                    .set(*id, zeroes()?, 0)
+                    .map_err(map_err(names::RR_CURSORS))?;
+                let mut c = self
+                    .counters
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                c.services
+                    .set(*id, zeroes()?, 0)
+                    .map_err(map_err(names::SERVICE_COUNTERS))
+            }
+            MapOp::ResetBackendCounters(id) => {
+                let mut c = self
+                    .counters
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                c.backends
+                    .set(*id, zeroes()?, 0)
+                    .map_err(map_err(names::BACKEND_COUNTERS))
+            }
+            MapOp::UpsertEndpoint(addr, ep) => self
+                .endpoints
+                .insert(u32::from(*addr).to_be(), ep, 0)
+                .map_err(map_err(names::ENDPOINTS)),
+            MapOp::UpsertBackend(id, b) => self
+                .backends
+                .insert(id, b, 0)
+                .map_err(map_err(names::BACKENDS)),
+            MapOp::WriteSlots {
+                service_id,
+                table,
+                backends,
+            } => {
+                for (slot, id) in backends.iter().enumerate() {
+                    let idx = names::slot_index(*service_id, *table, slot as u32);
+                    self.slots.set(idx, id, 0).map_err(map_err(names::SLOTS))?;
+                }
+                Ok(())
+            }
+            MapOp::UpsertService(k, s) => self
+                .services
+                .insert(k.to_map(), s, 0)
+                .map_err(map_err(names::SERVICES)),
+            MapOp::DeleteService(k) => {
+                ignore_missing(self.services.remove(&k.to_map())).map_err(map_err(names::SERVICES))
+            }
+            MapOp::DeleteBackend(id) => {
+                ignore_missing(self.backends.remove(id)).map_err(map_err(names::BACKENDS))
+            }
+            MapOp::DeleteEndpoint(addr) => {
+                ignore_missing(self.endpoints.remove(&u32::from(*addr).to_be()))
+                    .map_err(map_err(names::ENDPOINTS))
+            }
+        }
+    }
+}
+
+impl From<MapError> for DataplaneError {
+    fn from(source: MapError) -> Self {
+        Self::Map {
+            map: "per-CPU values",
+            source,
+        }
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Unpins maps under `pin_dir` whose layout no longer matches `object`'s, so the loader
+/// creates them afresh instead of reusing an incompatible map.
+fn check_pinned_maps(
+    object: &[u8],
+    pin_dir: &Path,
+    flow_table_size: u32,
+) -> Result<(), DataplaneError> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| DataplaneError::Parse(e.to_string()))?;
+    for (name, def) in &obj.maps {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info) => info,
+            Err(e) => {
+                warn!(map = %name, error = %e, "pinned map unreadable, recreating it");
+                remove_pin(&path)?;
+                continue;
+            }
+        };
+        let want_entries = if name == names::FLOWS {
+            flow_table_size
+        } else {
+            def.max_entries()
+        };
+        if info.key_size() != def.key_size() || info.value_size() != def.value_size() {
+            warn!(
+                map = %name,
+                pinned_key = info.key_size(),
+                pinned_value = info.value_size(),
+                key = def.key_size(),
+                value = def.value_size(),
+                "pinned map has another layout, recreating it (its contents are lost)"
+            );
+            remove_pin(&path)?;
+        } else if info.max_entries() != want_entries {
+            if name == names::FLOWS {
+                // Recreating the flow table would break every established connection.
+                warn!(
+                    pinned = info.max_entries(),
+                    configured = want_entries,
+                    "flow table size differs from the pinned table's; keeping the pinned table \
+                     (run `lb-agent cleanup` and restart to resize it)"
+                );
+            } else {
+                warn!(map = %name, pinned = info.max_entries(), wanted = want_entries,
+                    "pinned map has another size, recreating it");
+                remove_pin(&path)?;
+            }
+        } else {
+            debug!(map = %name, "reusing pinned map");
+        }
+    }
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    std::fs::remove_file(path).map_err(|source| DataplaneError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Removes every map pin directly under `pin_dir` (not the links, see
+/// [`crate::links::remove_all`]) and the directory if it ends up empty.
+///
+/// # Errors
+/// If a pin cannot be removed.
+pub fn remove_map_pins(pin_dir: &Path) -> Result<usize, DataplaneError> {
+    let io = |source| DataplaneError::Io {
+        path: pin_dir.to_owned(),
+        source,
+    };
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        if entry.file_type().map_err(io)?.is_file() {
+            remove_pin(&entry.path())?;
+            removed += 1;
+        }
+    }
+    if std::fs::remove_dir(pin_dir).is_ok() {
+        info!(dir = %pin_dir.display(), "removed pin directory");
+    }
+    Ok(removed)
+}

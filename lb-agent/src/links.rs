@@ -1,0 +1,319 @@
+//! Program attachments as pinned bpf links, so that they outlive the agent.
+//!
+//! Layout: `<pin_dir>/links/xdp-<ifname>` (XDP on the underlay) and
+//! `<pin_dir>/links/tc-<ifname>` (TCX ingress of a task's host-side veth).
+//!
+//! Attaching when a pinned link exists replaces the link's program atomically
+//! (`BPF_LINK_UPDATE`): no packet goes unprocessed during an agent upgrade. A pinned link
+//! whose interface is gone (the kernel reports `ENOLINK`) is unpinned and a new link is
+//! created. Removing the pin of a link the agent holds no other reference to detaches it.
+//!
+//! The XDP mode (native or skb) is fixed when a link is created; a link replaced in place
+//! keeps its mode, so changing `xdp_mode` needs `lb-agent cleanup` first.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::sys::SyscallError;
+use tracing::{info, warn};
+
+/// Failures of attaching, replacing or detaching.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Attaching or replacing a program failed.
+    #[error("{what} on {iface}: {source}")]
+    Program {
+        /// `xdp` or `tc`.
+        what: &'static str,
+        /// The interface.
+        iface: String,
+        /// The cause.
+        source: ProgramError,
+    },
+    /// A link operation failed.
+    #[error("{what} link on {iface}: {source}")]
+    Link {
+        /// `xdp` or `tc`.
+        what: &'static str,
+        /// The interface.
+        iface: String,
+        /// The cause.
+        source: LinkError,
+    },
+    /// Pinning a link failed.
+    #[error("pinning {path}: {source}")]
+    Pin {
+        /// The pin path.
+        path: PathBuf,
+        /// The cause.
+        source: aya::pin::PinError,
+    },
+    /// A file-system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// What [`attach_xdp`] or [`attach_tc`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link was created and pinned.
+    Created,
+    /// The program of an existing pinned link was replaced atomically.
+    Replaced,
+}
+
+/// The directory of link pins.
+#[must_use]
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+/// The pin path of the XDP link on `iface`.
+#[must_use]
+pub fn xdp_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("xdp-{iface}"))
+}
+
+/// The pin path of the TC link on `iface`.
+#[must_use]
+pub fn tc_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("tc-{iface}"))
+}
+
+/// Interfaces that have a pinned TC link.
+///
+/// # Errors
+/// If the links directory cannot be read.
+pub fn pinned_tc_ifaces(pin_dir: &Path) -> Result<BTreeSet<String>, AttachError> {
+    let dir = links_dir(pin_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => return Err(AttachError::Io { path: dir, source }),
+    };
+    let mut out = BTreeSet::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| AttachError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("tc-"))
+        {
+            out.insert(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the pinned link at `path`, `None` if there is none.
+fn open_pinned(
+    path: &Path,
+    what: &'static str,
+    iface: &str,
+) -> Result<Option<FdLink>, AttachError> {
+    match PinnedLink::from_pin(path) {
+        Ok(p) => Ok(Some(p.into())),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(AttachError::Link {
+            what,
+            iface: iface.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn unpin_stale(
+    path: &Path,
+    what: &'static str,
+    iface: &str,
+    why: &dyn std::fmt::Display,
+) -> Result<(), AttachError> {
+    warn!(what, iface, error = %why, "pinned link cannot be reused, creating a new one");
+    std::fs::remove_file(path).map_err(|source| AttachError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn ensure_links_dir(pin_dir: &Path) -> Result<(), AttachError> {
+    let dir = links_dir(pin_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| AttachError::Io { path: dir, source })
+}
+
+/// Attaches `prog` (loaded) as XDP on `iface` through the pinned link, replacing the
+/// program of an existing pinned link atomically.
+///
+/// # Errors
+/// If the interface does not exist or the kernel refuses.
+pub fn attach_xdp(
+    prog: &mut Xdp,
+    pin_dir: &Path,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<Attached, AttachError> {
+    const WHAT: &str = "xdp";
+    ensure_links_dir(pin_dir)?;
+    let path = xdp_pin(pin_dir, iface);
+    let prog_err = |source| AttachError::Program {
+        what: WHAT,
+        iface: iface.to_owned(),
+        source,
+    };
+    if let Some(fd) = open_pinned(&path, WHAT, iface)? {
+        match XdpLink::try_from(fd) {
+            Ok(link) => match prog.attach_to_link(link) {
+                Ok(id) => {
+                    // Dropping our handle closes the fd; the pin keeps the link.
+                    drop(prog.take_link(id).map_err(prog_err)?);
+                    info!(iface, "replaced the XDP program of the pinned link");
+                    return Ok(Attached::Replaced);
+                }
+                Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
+            },
+            Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
+        }
+    }
+    let id = prog.attach(iface, mode).map_err(prog_err)?;
+    let link = prog.take_link(id).map_err(prog_err)?;
+    let fd = FdLink::try_from(link).map_err(|source| AttachError::Link {
+        what: WHAT,
+        iface: iface.to_owned(),
+        source,
+    })?;
+    fd.pin(&path).map_err(|source| AttachError::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    info!(iface, ?mode, "attached XDP");
+    Ok(Attached::Created)
+}
+
+/// Attaches `prog` (loaded) at TCX ingress of `iface` through the pinned link, replacing
+/// the program of an existing pinned link atomically.
+///
+/// # Errors
+/// If the interface does not exist or the kernel refuses.
+pub fn attach_tc(
+    prog: &mut SchedClassifier,
+    pin_dir: &Path,
+    iface: &str,
+) -> Result<Attached, AttachError> {
+    const WHAT: &str = "tc";
+    ensure_links_dir(pin_dir)?;
+    let path = tc_pin(pin_dir, iface);
+    let prog_err = |source| AttachError::Program {
+        what: WHAT,
+        iface: iface.to_owned(),
+        source,
+    };
+    if let Some(fd) = open_pinned(&path, WHAT, iface)? {
+        match SchedClassifierLink::try_from(fd) {
+            Ok(link) => match prog.attach_to_link(link) {
+                Ok(id) => {
+                    drop(prog.take_link(id).map_err(prog_err)?);
+                    info!(iface, "replaced the TC program of the pinned link");
+                    return Ok(Attached::Replaced);
+                }
+                Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
+            },
+            Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
+        }
+    }
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(prog_err)?;
+    let link = prog.take_link(id).map_err(prog_err)?;
+    let fd = FdLink::try_from(link).map_err(|source| AttachError::Link {
+        what: WHAT,
+        iface: iface.to_owned(),
+        source,
+    })?;
+    fd.pin(&path).map_err(|source| AttachError::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    info!(iface, "attached TC ingress");
+    Ok(Attached::Created)
+}
+
+/// Unpins the link at `path`, which detaches it (unless someone else holds it).
+///
+/// # Errors
+/// If the pin exists but cannot be removed.
+pub fn detach(path: &Path) -> Result<bool, AttachError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            info!(pin = %path.display(), "detached");
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(AttachError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Detaches every pinned link under `pin_dir` and removes the links directory.
+///
+/// # Errors
+/// If a pin cannot be removed.
+pub fn remove_all(pin_dir: &Path) -> Result<usize, AttachError> {
+    let dir = links_dir(pin_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(AttachError::Io { path: dir, source }),
+    };
+    let mut n = 0;
+    for entry in entries {
+        let entry = entry.map_err(|source| AttachError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if detach(&entry.path())? {
+            n += 1;
+        }
+    }
+    std::fs::remove_dir(&dir).map_err(|source| AttachError::Io { path: dir, source })?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_layout() {
+        let d = Path::new("/sys/fs/bpf/mesh");
+        assert_eq!(
+            xdp_pin(d, "eth0"),
+            Path::new("/sys/fs/bpf/mesh/links/xdp-eth0")
+        );
+        assert_eq!(
+            tc_pin(d, "vweb1"),
+            Path::new("/sys/fs/bpf/mesh/links/tc-vweb1")
+        );
+    }
+}
