@@ -68,7 +68,13 @@ pub fn handle(ctx: &TcContext) -> i32 {
                     // SAFETY: the helper has no memory preconditions.
                     unsafe { bpf_redirect(ep.ifindex, 0) as i32 }
                 }
-                NextKind::Encap => encapsulate(ctx, cfg, &pkt, next.node),
+                NextKind::Encap => {
+                    let inner_dst = match decision.rewrite.kind {
+                        NatKind::Dnat => decision.rewrite.addr,
+                        _ => pkt.key.dst_addr,
+                    };
+                    encapsulate(ctx, cfg, &pkt, next.node, inner_dst)
+                }
                 NextKind::Underlay => redirect_underlay(cfg),
             }
         }
@@ -145,9 +151,16 @@ struct Tunnel {
     inner_type: [u8; 2],
 }
 
-/// VXLAN-encapsulates towards the peer at `node` and sends it out of the underlay.
+/// VXLAN-encapsulates towards the peer at `node` and sends it out of the underlay;
+/// `inner_dst` is the packet's destination after its rewrite.
 #[inline(always)]
-fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) -> i32 {
+fn encapsulate(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    node: u32,
+    inner_dst: u32,
+) -> i32 {
     // SAFETY: reading a plain field of the context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     let outer_len = u32::from(pkt.tot_len) + u32::from(VXLAN_OVERHEAD);
@@ -174,7 +187,7 @@ fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) -
             sport[0], sport[1], dport[0], dport[1], ulen[0], ulen[1], 0, 0,
         ],
         vxlan: [0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0],
-        inner_dst: task_mac(u32::from_be(pkt.key.dst_addr)),
+        inner_dst: task_mac(u32::from_be(inner_dst)),
         inner_src: cfg.mac,
         inner_type: 0x0800_u16.to_be_bytes(),
     };

@@ -7,13 +7,15 @@ use core::mem::{size_of, zeroed};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use lb_common::{DropReason, IPPROTO_TCP, IPPROTO_UDP, NodeConfig, VXLAN_OVERHEAD};
+use lb_common::{
+    DropReason, IPPROTO_TCP, IPPROTO_UDP, NodeConfig, VXLAN_OVERHEAD, service::task_mac,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 
 use crate::{
@@ -251,13 +253,15 @@ fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
     params.ifindex = ctx.ingress_ifindex() as u32;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
+    // An output lookup: the node sends these packets as itself (encapsulated from its
+    // address, or SNATed to it), so the ingress interface's forwarding setting is moot.
     // SAFETY: params is a valid, fully initialised struct of the size passed.
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
             &mut params,
             size_of::<bpf_fib_lookup>() as i32,
-            0,
+            BPF_FIB_LOOKUP_OUTPUT,
         )
     };
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
@@ -300,6 +304,11 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) 
         return drop(DropReason::NoRoute);
     };
     let entropy = flow_entropy(pkt);
+    let inner_dst = match ptr_at::<Ipv4Hdr>(ctx.data(), ctx.data_end(), EthHdr::LEN) {
+        // SAFETY: bounds checked; read after the rewrite, so it is the backend.
+        Some(ip) => u32::from_ne_bytes(unsafe { (*ip).dst_addr }),
+        None => return drop(DropReason::Malformed),
+    };
     // SAFETY: valid context; growing the headroom is bounds-checked by the kernel.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -i32::from(VXLAN_OVERHEAD)) } != 0 {
         return drop(DropReason::Internal);
@@ -339,6 +348,8 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) 
         h.udp_len = udp_len.to_be_bytes();
         h.udp_check = [0, 0];
         h.vxlan = [VXLAN_FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0];
+        h.inner_dst = task_mac(u32::from_be(inner_dst));
+        h.inner_src = cfg.mac;
     }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         XDP_TX
@@ -348,7 +359,7 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) 
     }
 }
 
-/// The outer headers of a VXLAN frame, as bytes (alignment 1).
+/// The outer headers of a VXLAN frame and the inner MACs, as bytes (alignment 1).
 #[repr(C)]
 struct OuterHeaders {
     eth_dst: [u8; 6],
@@ -360,6 +371,8 @@ struct OuterHeaders {
     udp_len: [u8; 2],
     udp_check: [u8; 2],
     vxlan: [u8; 8],
+    inner_dst: [u8; 6],
+    inner_src: [u8; 6],
 }
 
 /// A per-flow value for the outer UDP source port, so ECMP and RSS spread flows.

@@ -69,6 +69,26 @@ fn ip(args: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `load` again while the kernel answers EAGAIN: the verifier gives up with EAGAIN
+/// when a signal is pending (as libbpf does, retry a few times).
+fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+const EAGAIN: i32 = 11;
+
 /// Fails with a clear message unless the process can load eBPF and make namespaces.
 ///
 /// # Errors
@@ -104,6 +124,16 @@ impl Dataplane {
         ip("addr add 10.99.0.11/24 dev ul0")?;
         ip("link set ul0 up")?;
         ip("link set ul1 up")?;
+        // bpf_fib_lookup answers only on interfaces that forward (the agent sets the same).
+        let out = Command::new("sysctl")
+            .args(["-qw", "net.ipv4.conf.ul0.forwarding=1"])
+            .output()
+            .context("running sysctl")?;
+        ensure!(
+            out.status.success(),
+            "sysctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ip("neigh replace 10.99.0.12 lladdr 02:00:0a:63:00:0c dev ul0 nud permanent")?;
         ip("neigh replace 10.99.0.100 lladdr 02:00:0a:63:00:64 dev ul0 nud permanent")?;
         let underlay_ifindex = nix::net::if_::if_nametoindex("ul0").context("ifindex of ul0")?;
@@ -124,14 +154,13 @@ impl Dataplane {
                 .program_mut(name)
                 .with_context(|| name.to_owned())?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifier refused {name}"))?;
+            retry_eagain(|| prog.load()).with_context(|| format!("verifier refused {name}"))?;
         }
         let prog: &mut SchedClassifier = ebpf
             .program_mut("lb_tc_task")
             .context("lb_tc_task")?
             .try_into()?;
-        prog.load().context("verifier refused lb_tc_task")?;
+        retry_eagain(|| prog.load()).context("verifier refused lb_tc_task")?;
         let mut dp = Self {
             ebpf,
             pin_dir,

@@ -1,7 +1,770 @@
-//! The dataplane's programs, run by the kernel on crafted frames (BPF_PROG_TEST_RUN).
-use mesh_tests::fixture::Dataplane;
+//! The dataplane's programs, run by the kernel on crafted frames (BPF_PROG_TEST_RUN):
+//! verdicts and exact output bytes for every packet path, with populated maps.
+//!
+//! Each test loads its own copy of the object (own maps) in its own network namespace.
+use std::net::Ipv4Addr;
+
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder, TcpOptionElement};
+use lb_common::{
+    Backend, DropReason, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, Service, ServiceKey,
+    service::task_mac,
+};
+use mesh_tests::fixture::{CLIENT, CLIENT_MAC, Dataplane, NODE, NODE_MAC, PEER, PEER_MAC, VNI, be};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_REDIRECT: i32 = 7;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 10);
+/// A task on this node (backend 0 of `web`, backend 2 of `dns`).
+const LOCAL_TASK: Ipv4Addr = Ipv4Addr::new(10, 255, 1, 1);
+/// A second task on this node (backend 3 of `web`).
+const LOCAL_TASK2: Ipv4Addr = Ipv4Addr::new(10, 255, 1, 2);
+/// A task on the peer node (backend 1 of `web`).
+const REMOTE_TASK: Ipv4Addr = Ipv4Addr::new(10, 255, 2, 1);
+const LOCAL_IFINDEX: u32 = 42;
+const LOCAL_IFINDEX2: u32 = 43;
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
+const WEB: u32 = 0;
+const DNS: u32 = 1;
+
+/// Service `web` (TCP, published 8080 and VIP:80) with backends 0 (local), 1 (remote),
+/// 3 (local); `dns` (UDP, published 5353) with backend 2. Slots as given.
+fn mesh(web_slots: &[u32]) -> Dataplane {
+    let mut dp = Dataplane::new().expect("the dataplane loads (run as root)");
+    let web = Service {
+        id: WEB,
+        table: 0,
+        slots: web_slots.len() as u32,
+        flags: Service::FLAG_MSS_CLAMP,
+    };
+    dp.set_slots(WEB, 0, web_slots).unwrap();
+    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
+        .unwrap();
+    dp.set_service(ServiceKey::new(u32::from(VIP), 80, IPPROTO_TCP), web)
+        .unwrap();
+    dp.set_backend(0, Backend::new(u32::from(LOCAL_TASK), 80, WEB))
+        .unwrap();
+    dp.set_backend(1, Backend::new(u32::from(REMOTE_TASK), 80, WEB))
+        .unwrap();
+    dp.set_backend(3, Backend::new(u32::from(LOCAL_TASK2), 80, WEB))
+        .unwrap();
+    let dns = Service {
+        id: DNS,
+        table: 0,
+        slots: 1,
+        flags: 0,
+    };
+    dp.set_slots(DNS, 0, &[2]).unwrap();
+    dp.set_service(ServiceKey::published(5353, IPPROTO_UDP), dns)
+        .unwrap();
+    dp.set_backend(2, Backend::new(u32::from(LOCAL_TASK), 53, DNS))
+        .unwrap();
+    for (addr, ifindex) in [(LOCAL_TASK, LOCAL_IFINDEX), (LOCAL_TASK2, LOCAL_IFINDEX2)] {
+        let ep = Endpoint {
+            node: 0,
+            ifindex,
+            mac: task_mac(u32::from(addr)),
+            gw_mac: GW_MAC,
+            vni: VNI,
+        };
+        dp.set_endpoint(addr, ep).unwrap();
+    }
+    let remote = Endpoint {
+        node: be(PEER),
+        ifindex: 0,
+        mac: task_mac(u32::from(REMOTE_TASK)),
+        gw_mac: [0; 6],
+        vni: VNI,
+    };
+    dp.set_endpoint(REMOTE_TASK, remote).unwrap();
+    dp
+}
+
+#[derive(Clone, Copy)]
+enum Tcp {
+    Syn,
+    SynAck,
+    Ack,
+    Fin,
+}
+
+/// A TCP frame; SYNs carry an MSS option of 1460.
+fn tcp(
+    macs: ([u8; 6], [u8; 6]),
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    kind: Tcp,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .tcp(src.1, dst.1, 1000, 64240);
+    let b = match kind {
+        Tcp::Syn => b
+            .syn()
+            .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+            .unwrap(),
+        Tcp::SynAck => b
+            .syn()
+            .ack(1)
+            .options(&[TcpOptionElement::MaximumSegmentSize(1410)])
+            .unwrap(),
+        Tcp::Ack => b.ack(1),
+        Tcp::Fin => b.fin().ack(1),
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// A TCP SYN whose MSS option says `mss`.
+fn syn_with_mss(
+    macs: ([u8; 6], [u8; 6]),
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    mss: u16,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .tcp(src.1, dst.1, 1000, 64240)
+        .syn()
+        .options(&[TcpOptionElement::MaximumSegmentSize(mss)])
+        .unwrap();
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+fn udp(macs: ([u8; 6], [u8; 6]), src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), p: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1)
+        .write(&mut out, p)
+        .unwrap();
+    out
+}
+
+/// Client -> node, as it arrives on the underlay.
+const FROM_CLIENT: ([u8; 6], [u8; 6]) = (CLIENT_MAC, NODE_MAC);
+
+/// What a VXLAN frame from `src` to `dst` (underlay) carrying `inner` looks like, given
+/// the UDP source port the sender chose.
+fn vxlan(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&macs.1); // dst
+    out.extend_from_slice(&macs.0); // src
+    out.extend_from_slice(&[0x08, 0x00]);
+    let udp_len = (8 + 8 + inner.len()) as u16;
+    let mut ip = Ipv4Header::new(udp_len, 64, IpNumber::UDP, src.octets(), dst.octets()).unwrap();
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    ip.write(&mut out).unwrap();
+    out.extend_from_slice(&sport.to_be_bytes());
+    out.extend_from_slice(&4789u16.to_be_bytes());
+    out.extend_from_slice(&udp_len.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    let v = VNI.to_be_bytes();
+    out.extend_from_slice(&[0x08, 0, 0, 0, v[1], v[2], v[3], 0]);
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The outer UDP source port of a VXLAN frame (flow entropy), checked to be in range.
+fn vxlan_sport(frame: &[u8]) -> u16 {
+    let sport = u16::from_be_bytes([frame[34], frame[35]]);
+    assert!(
+        sport >= 0xc000,
+        "VXLAN source port {sport} outside 49152..=65535"
+    );
+    sport
+}
+
+fn key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: be(src.0),
+        dst_addr: be(dst.0),
+        src_port: src.1.to_be(),
+        dst_port: dst.1.to_be(),
+        proto,
+        pad: 0,
+        pad2: 0,
+    }
+}
+
+const TASK_MACS: ([u8; 6], [u8; 6]) = (GW_MAC, [0x02, 0x42, 10, 255, 1, 1]);
 
 #[test]
-fn programs_pass_the_verifier() {
-    let _dp = Dataplane::new().expect("dataplane loads");
+fn p1_new_flow_to_a_local_task_is_redirected_with_dnat() {
+    let mut dp = mesh(&[0]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 40000), (NODE, 8080), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &syn).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    let expected = tcp(TASK_MACS, (CLIENT, 40000), (LOCAL_TASK, 80), Tcp::Syn, &[]);
+    assert_eq!(
+        out, expected,
+        "DNAT to the task, MACs of its veth, checksums right"
+    );
+    // Both directions are recorded.
+    let fwd = dp
+        .flow(&key((CLIENT, 40000), (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert_eq!(fwd.backend_id, 0);
+    let rev = dp
+        .flow(&key((LOCAL_TASK, 80), (CLIENT, 40000), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert_eq!((rev.nat_addr, rev.nat_port), (be(NODE), 8080u16.to_be()));
+    let c = dp.service_counters(WEB).unwrap();
+    assert_eq!((c.packets, c.new_flows), (1, 1));
+}
+
+#[test]
+fn p1_established_flow_keeps_its_backend_across_backend_set_changes() {
+    let mut dp = mesh(&[0]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 40001), (NODE, 8080), Tcp::Syn, &[]);
+    assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_REDIRECT);
+    // The service's backend set flips atomically to the remote task only.
+    dp.set_slots(WEB, 1, &[1]).unwrap();
+    let web = Service {
+        id: WEB,
+        table: 1,
+        slots: 1,
+        flags: Service::FLAG_MSS_CLAMP,
+    };
+    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
+        .unwrap();
+    let ack = tcp(
+        FROM_CLIENT,
+        (CLIENT, 40001),
+        (NODE, 8080),
+        Tcp::Ack,
+        b"GET /",
+    );
+    let (verdict, out) = dp.run_xdp("lb_xdp", &ack).unwrap();
+    assert_eq!(
+        verdict, XDP_REDIRECT,
+        "the established flow stays on its local task"
+    );
+    assert_eq!(
+        out,
+        tcp(
+            TASK_MACS,
+            (CLIENT, 40001),
+            (LOCAL_TASK, 80),
+            Tcp::Ack,
+            b"GET /"
+        )
+    );
+    // A new flow takes the new set.
+    let syn2 = tcp(FROM_CLIENT, (CLIENT, 40002), (NODE, 8080), Tcp::Syn, &[]);
+    assert_eq!(
+        dp.run_xdp("lb_xdp", &syn2).unwrap().0,
+        XDP_TX,
+        "new flow encapsulated"
+    );
+    let c = dp.service_counters(WEB).unwrap();
+    assert_eq!(
+        (c.packets, c.new_flows),
+        (3, 2),
+        "no new flow for the established one"
+    );
+}
+
+#[test]
+fn p2_remote_task_gets_the_exact_vxlan_frame_with_mss_clamped() {
+    let dp = mesh(&[1]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 40010), (NODE, 8080), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &syn).unwrap();
+    assert_eq!(verdict, XDP_TX, "back out of the underlay towards the peer");
+    let inner_macs = (NODE_MAC, task_mac(u32::from(REMOTE_TASK)));
+    // The client's address is kept; MSS lowered to 1500 - 50 - 40.
+    let inner = syn_with_mss(inner_macs, (CLIENT, 40010), (REMOTE_TASK, 80), 1410);
+    let expected = vxlan((NODE_MAC, PEER_MAC), NODE, PEER, vxlan_sport(&out), &inner);
+    assert_eq!(out, expected);
+    // The same flow always gets the same entropy (ECMP keeps it on one path).
+    let ack = tcp(FROM_CLIENT, (CLIENT, 40010), (NODE, 8080), Tcp::Ack, &[]);
+    let (_, out2) = dp.run_xdp("lb_xdp", &ack).unwrap();
+    assert_eq!(vxlan_sport(&out2), vxlan_sport(&out));
+}
+
+#[test]
+fn p2_replies_return_through_the_ingress_node_to_the_client() {
+    let dp = mesh(&[1]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 40020), (NODE, 8080), Tcp::Syn, &[]);
+    assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_TX);
+    // The peer sends the task's SYN-ACK back, encapsulated.
+    let inner = tcp(
+        (PEER_MAC, NODE_MAC),
+        (REMOTE_TASK, 80),
+        (CLIENT, 40020),
+        Tcp::SynAck,
+        &[],
+    );
+    let frame = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &inner);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &frame).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    let expected = tcp(
+        (NODE_MAC, CLIENT_MAC),
+        (NODE, 8080),
+        (CLIENT, 40020),
+        Tcp::SynAck,
+        &[],
+    );
+    assert_eq!(
+        out, expected,
+        "decapsulated, source back to the published port"
+    );
+}
+
+#[test]
+fn p2_on_the_task_node_decap_delivers_and_replies_go_back_to_the_ingress_node() {
+    let mut dp = mesh(&[0]);
+    // This node runs LOCAL_TASK; the peer balanced a client's flow to it.
+    let inner = tcp(
+        (PEER_MAC, NODE_MAC),
+        (CLIENT, 40030),
+        (LOCAL_TASK, 80),
+        Tcp::Syn,
+        &[],
+    );
+    let frame = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50001, &inner);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &frame).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        tcp(TASK_MACS, (CLIENT, 40030), (LOCAL_TASK, 80), Tcp::Syn, &[])
+    );
+    let ret = dp
+        .flow(&key((LOCAL_TASK, 80), (CLIENT, 40030), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ret.node, be(PEER), "return path remembered");
+    // The task answers; TC sends it back through the tunnel, not straight to the client.
+    let reply = tcp(
+        (task_mac(u32::from(LOCAL_TASK)), GW_MAC),
+        (LOCAL_TASK, 80),
+        (CLIENT, 40030),
+        Tcp::SynAck,
+        &[],
+    );
+    let (verdict, out) = dp.run_tc(&reply).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let inner = tcp(
+        (NODE_MAC, task_mac(u32::from(CLIENT))),
+        (LOCAL_TASK, 80),
+        (CLIENT, 40030),
+        Tcp::SynAck,
+        &[],
+    );
+    // TC leaves the outer MACs to bpf_redirect_neigh: compare from the EtherType on.
+    let expected = vxlan((NODE_MAC, PEER_MAC), NODE, PEER, vxlan_sport(&out), &inner);
+    assert_eq!(out[12..], expected[12..]);
+}
+
+#[test]
+fn p1_reply_from_a_local_task_leaves_with_the_published_address() {
+    let dp = mesh(&[0]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 40040), (NODE, 8080), Tcp::Syn, &[]);
+    assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_REDIRECT);
+    let reply = tcp(
+        (task_mac(u32::from(LOCAL_TASK)), GW_MAC),
+        (LOCAL_TASK, 80),
+        (CLIENT, 40040),
+        Tcp::SynAck,
+        &[],
+    );
+    let (verdict, out) = dp.run_tc(&reply).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected to the underlay");
+    let expected = tcp(
+        (task_mac(u32::from(LOCAL_TASK)), GW_MAC),
+        (NODE, 8080),
+        (CLIENT, 40040),
+        Tcp::SynAck,
+        &[],
+    );
+    assert_eq!(
+        out, expected,
+        "SNAT with checksums right; MACs set by redirect_neigh"
+    );
+}
+
+#[test]
+fn draining_backend_takes_no_new_flows_but_keeps_its_established_ones() {
+    let mut dp = mesh(&[0, 1]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 41000), (NODE, 8080), Tcp::Syn, &[]);
+    dp.run_xdp("lb_xdp", &syn).unwrap();
+    let first = dp
+        .flow(&key((CLIENT, 41000), (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    // Drain whichever backend it got: it leaves the slot table, stays in the backends.
+    let drained = first.backend_id;
+    let other = 1 - drained;
+    let mut b = if drained == 0 {
+        Backend::new(u32::from(LOCAL_TASK), 80, WEB)
+    } else {
+        Backend::new(u32::from(REMOTE_TASK), 80, WEB)
+    };
+    b.flags |= Backend::FLAG_DRAINING;
+    dp.set_backend(drained, b).unwrap();
+    dp.set_slots(WEB, 1, &[other]).unwrap();
+    let web = Service {
+        id: WEB,
+        table: 1,
+        slots: 1,
+        flags: Service::FLAG_MSS_CLAMP,
+    };
+    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
+        .unwrap();
+    for port in 41001..41021 {
+        let syn = tcp(FROM_CLIENT, (CLIENT, port), (NODE, 8080), Tcp::Syn, &[]);
+        dp.run_xdp("lb_xdp", &syn).unwrap();
+        let f = dp
+            .flow(&key((CLIENT, port), (NODE, 8080), IPPROTO_TCP))
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.backend_id, other, "new flows avoid the draining backend");
+    }
+    let ack = tcp(
+        FROM_CLIENT,
+        (CLIENT, 41000),
+        (NODE, 8080),
+        Tcp::Ack,
+        b"more",
+    );
+    dp.run_xdp("lb_xdp", &ack).unwrap();
+    let f = dp
+        .flow(&key((CLIENT, 41000), (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.backend_id, drained, "its established flow goes on");
+    assert_eq!(dp.backend_counters(drained).unwrap().packets, 2);
+}
+
+#[test]
+fn flows_of_a_removed_backend_are_reassigned() {
+    let mut dp = mesh(&[0]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 42000), (NODE, 8080), Tcp::Syn, &[]);
+    assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_REDIRECT);
+    dp.set_slots(WEB, 1, &[1]).unwrap();
+    let web = Service {
+        id: WEB,
+        table: 1,
+        slots: 1,
+        flags: Service::FLAG_MSS_CLAMP,
+    };
+    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
+        .unwrap();
+    dp.remove_backend(0).unwrap();
+    let ack = tcp(FROM_CLIENT, (CLIENT, 42000), (NODE, 8080), Tcp::Ack, &[]);
+    assert_eq!(
+        dp.run_xdp("lb_xdp", &ack).unwrap().0,
+        XDP_TX,
+        "now to the remote task"
+    );
+    let f = dp
+        .flow(&key((CLIENT, 42000), (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.backend_id, 1);
+}
+
+#[test]
+fn udp_published_port_is_balanced_and_checksums_stay_right() {
+    let dp = mesh(&[0]);
+    let q = udp(FROM_CLIENT, (CLIENT, 5000), (NODE, 5353), b"query");
+    let (verdict, out) = dp.run_xdp("lb_xdp", &q).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        udp(TASK_MACS, (CLIENT, 5000), (LOCAL_TASK, 53), b"query")
+    );
+    // A datagram without a checksum keeps none.
+    let mut q0 = udp(FROM_CLIENT, (CLIENT, 5001), (NODE, 5353), b"query");
+    q0[40..42].copy_from_slice(&[0, 0]);
+    let (_, out) = dp.run_xdp("lb_xdp", &q0).unwrap();
+    assert_eq!(&out[40..42], &[0, 0]);
+    // The answer goes back from the published port.
+    let a = udp(
+        (task_mac(u32::from(LOCAL_TASK)), GW_MAC),
+        (LOCAL_TASK, 53),
+        (CLIENT, 5000),
+        b"a",
+    );
+    let (verdict, out) = dp.run_tc(&a).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let expected = udp(
+        (task_mac(u32::from(LOCAL_TASK)), GW_MAC),
+        (NODE, 5353),
+        (CLIENT, 5000),
+        b"a",
+    );
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn p3_task_to_vip_reaches_local_and_remote_tasks() {
+    let mut dp = mesh(&[3]);
+    let from = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    let syn = tcp(from, (LOCAL_TASK, 33000), (VIP, 80), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&syn).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let to = (GW_MAC, task_mac(u32::from(LOCAL_TASK2)));
+    assert_eq!(
+        out,
+        tcp(to, (LOCAL_TASK, 33000), (LOCAL_TASK2, 80), Tcp::Syn, &[])
+    );
+    // The other task's reply comes back from the VIP.
+    let reply = tcp(to, (LOCAL_TASK2, 80), (LOCAL_TASK, 33000), Tcp::SynAck, &[]);
+    let (verdict, out) = dp.run_tc(&reply).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        tcp(TASK_MACS, (VIP, 80), (LOCAL_TASK, 33000), Tcp::SynAck, &[])
+    );
+
+    // To a task on the peer: encapsulated.
+    dp.set_slots(WEB, 1, &[1]).unwrap();
+    let web = Service {
+        id: WEB,
+        table: 1,
+        slots: 1,
+        flags: Service::FLAG_MSS_CLAMP,
+    };
+    dp.set_service(ServiceKey::new(u32::from(VIP), 80, IPPROTO_TCP), web)
+        .unwrap();
+    let syn = tcp(from, (LOCAL_TASK, 33001), (VIP, 80), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&syn).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let inner = tcp(
+        (NODE_MAC, task_mac(u32::from(REMOTE_TASK))),
+        (LOCAL_TASK, 33001),
+        (REMOTE_TASK, 80),
+        Tcp::Syn,
+        &[],
+    );
+    let expected = vxlan((NODE_MAC, PEER_MAC), NODE, PEER, vxlan_sport(&out), &inner);
+    assert_eq!(out[12..], expected[12..]);
+}
+
+#[test]
+fn p7_traffic_that_is_not_the_meshs_passes_untouched() {
+    let dp = mesh(&[0]);
+    let frames = [
+        tcp(FROM_CLIENT, (CLIENT, 50000), (NODE, 22), Tcp::Syn, &[]),
+        udp(FROM_CLIENT, (CLIENT, 50000), (NODE, 53), b"x"),
+        tcp(
+            FROM_CLIENT,
+            (CLIENT, 50000),
+            (Ipv4Addr::new(10, 99, 0, 50), 8080),
+            Tcp::Syn,
+            &[],
+        ),
+    ];
+    for f in &frames {
+        assert_eq!(dp.run_xdp("lb_xdp", f).unwrap(), (XDP_PASS, f.clone()));
+    }
+    // ARP and IPv6 frames.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    assert_eq!(dp.run_xdp("lb_xdp", &arp).unwrap(), (XDP_PASS, arp.clone()));
+    let mut v6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv6([1; 16], [2; 16], 64)
+        .udp(1, 2)
+        .write(&mut v6, b"x")
+        .unwrap();
+    assert_eq!(dp.run_xdp("lb_xdp", &v6).unwrap(), (XDP_PASS, v6.clone()));
+    // A task talking to the outside world: the node's stack handles it.
+    let out = tcp(
+        (task_mac(u32::from(LOCAL_TASK)), GW_MAC),
+        (LOCAL_TASK, 40000),
+        (Ipv4Addr::new(192, 0, 2, 1), 443),
+        Tcp::Syn,
+        &[],
+    );
+    assert_eq!(dp.run_tc(&out).unwrap(), (TC_ACT_OK, out.clone()));
+}
+
+#[test]
+fn malformed_frames_get_sensible_verdicts_and_change_nothing() {
+    let mut dp = mesh(&[0]);
+    let good = tcp(FROM_CLIENT, (CLIENT, 43000), (NODE, 8080), Tcp::Syn, &[]);
+    // Cut short anywhere in the headers: passed to the kernel, which discards it.
+    for len in [0, 10, 14, 20, 33, 34, 40] {
+        let f = &good[..len.min(good.len())];
+        let (verdict, _) = dp.run_xdp("lb_xdp", f).unwrap_or((XDP_PASS, Vec::new()));
+        assert_eq!(verdict, XDP_PASS, "truncated to {len} bytes");
+    }
+    // IHL below 5, total length beyond the frame, wrong version.
+    for (at, value) in [(14, 0x44u8), (16, 0xff), (14, 0x65)] {
+        let mut f = good.clone();
+        f[at] = value;
+        assert_eq!(
+            dp.run_xdp("lb_xdp", &f).unwrap().0,
+            XDP_PASS,
+            "byte {at} = {value:#x}"
+        );
+    }
+    assert!(
+        dp.flow(&key((CLIENT, 43000), (NODE, 8080), IPPROTO_TCP))
+            .unwrap()
+            .is_none()
+    );
+    // A fragment addressed to a service is dropped and counted; others pass.
+    let mut frag = good.clone();
+    frag[20] |= 0x20; // more fragments
+    let ip_check = Ipv4Header::from_slice(&frag[14..])
+        .unwrap()
+        .0
+        .calc_header_checksum();
+    frag[24..26].copy_from_slice(&ip_check.to_be_bytes());
+    assert_eq!(dp.run_xdp("lb_xdp", &frag).unwrap().0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::Fragment).unwrap(), 1);
+    let mut other = tcp(FROM_CLIENT, (CLIENT, 43000), (NODE, 22), Tcp::Syn, &[]);
+    other[20] |= 0x20;
+    assert_eq!(dp.run_xdp("lb_xdp", &other).unwrap().0, XDP_PASS);
+    // IP options are skipped correctly: the flow is balanced as usual.
+    let mut opts = Vec::new();
+    let mut ip = Ipv4Header::new(20, 64, IpNumber::TCP, CLIENT.octets(), NODE.octets()).unwrap();
+    ip.options = [1, 1, 1, 0][..].try_into().unwrap(); // NOP NOP NOP EOL
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(43001, 8080, 1, 64240)
+        .syn()
+        .write(&mut opts, &[])
+        .unwrap();
+    assert_eq!(dp.run_xdp("lb_xdp", &opts).unwrap().0, XDP_REDIRECT);
+    let f = dp
+        .flow(&key((CLIENT, 43001), (NODE, 8080), IPPROTO_TCP))
+        .unwrap();
+    assert!(f.is_some(), "a packet with IP options is balanced");
+    // VXLAN for an unknown network, cut short, or for an address with no task here.
+    let inner = tcp(
+        (PEER_MAC, NODE_MAC),
+        (CLIENT, 1),
+        (LOCAL_TASK, 80),
+        Tcp::Syn,
+        &[],
+    );
+    let mut wrong_vni = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &inner);
+    wrong_vni[48] ^= 0xff;
+    assert_eq!(dp.run_xdp("lb_xdp", &wrong_vni).unwrap().0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::UnknownVni).unwrap(), 1);
+    let whole = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &inner);
+    let cut = &whole[..60];
+    let (verdict, _) = dp.run_xdp("lb_xdp", cut).unwrap();
+    assert_ne!(
+        verdict, XDP_REDIRECT,
+        "a cut-short tunnel frame is not delivered"
+    );
+    let stray = tcp(
+        (PEER_MAC, NODE_MAC),
+        (CLIENT, 1),
+        (Ipv4Addr::new(10, 255, 9, 9), 80),
+        Tcp::Syn,
+        &[],
+    );
+    let stray = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &stray);
+    assert_eq!(dp.run_xdp("lb_xdp", &stray).unwrap().0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::NoEndpoint).unwrap(), 1);
+}
+
+#[test]
+fn round_robin_spreads_new_flows_by_weight() {
+    // Equal weights: three backends, 300 flows.
+    let mut dp = mesh(&[0, 1, 3]);
+    let mut per_backend = [0u32; 4];
+    for port in 0..300u16 {
+        let syn = tcp(
+            FROM_CLIENT,
+            (CLIENT, 20000 + port),
+            (NODE, 8080),
+            Tcp::Syn,
+            &[],
+        );
+        dp.run_xdp("lb_xdp", &syn).unwrap();
+        let k = key((CLIENT, 20000 + port), (NODE, 8080), IPPROTO_TCP);
+        per_backend[dp.flow(&k).unwrap().unwrap().backend_id as usize] += 1;
+    }
+    for id in [0, 1, 3] {
+        let n = per_backend[id];
+        assert!(
+            (90..=110).contains(&n),
+            "backend {id} got {n} of 300: {per_backend:?}"
+        );
+        assert_eq!(
+            u64::from(n),
+            dp.backend_counters(id as u32).unwrap().new_flows
+        );
+    }
+    // Weight 2:1 is expanded into slots by the agent: [0, 0, 1].
+    let mut dp = mesh(&[0, 1, 0]);
+    let mut zero = 0;
+    for port in 0..300u16 {
+        let syn = tcp(
+            FROM_CLIENT,
+            (CLIENT, 30000 + port),
+            (NODE, 8080),
+            Tcp::Syn,
+            &[],
+        );
+        dp.run_xdp("lb_xdp", &syn).unwrap();
+        let k = key((CLIENT, 30000 + port), (NODE, 8080), IPPROTO_TCP);
+        zero += u32::from(dp.flow(&k).unwrap().unwrap().backend_id == 0);
+    }
+    assert!(
+        (180..=220).contains(&zero),
+        "weight 2 backend got {zero} of 300"
+    );
+}
+
+#[test]
+fn tcp_close_is_recorded_on_both_directions() {
+    let mut dp = mesh(&[0]);
+    let c = (CLIENT, 44000);
+    dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Syn, &[]))
+        .unwrap();
+    dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Fin, &[]))
+        .unwrap();
+    let from_task = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    dp.run_tc(&tcp(from_task, (LOCAL_TASK, 80), c, Tcp::Fin, &[]))
+        .unwrap();
+    let fwd = dp
+        .flow(&key(c, (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    let rev = dp
+        .flow(&key((LOCAL_TASK, 80), c, IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert!(
+        fwd.tcp_closed() && rev.tcp_closed(),
+        "FIN both ways closes both entries"
+    );
+    // An established flow that is merely idle is never closed by the dataplane.
+    dp.run_xdp(
+        "lb_xdp",
+        &tcp(FROM_CLIENT, (CLIENT, 44001), (NODE, 8080), Tcp::Syn, &[]),
+    )
+    .unwrap();
+    let idle = dp
+        .flow(&key((CLIENT, 44001), (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert!(!idle.tcp_closed());
 }
