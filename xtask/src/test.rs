@@ -6,6 +6,8 @@
 //! CI log shows everything; the command fails if any step failed, with `cargo test`'s exit
 //! code when the tests failed.
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
 
 use crate::cmd::{self, Cmd};
@@ -47,10 +49,12 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     if !args.no_lint {
         cmd::step("rustfmt");
-        results.push((
-            "cargo fmt --check",
-            Cmd::cargo().args(["fmt", "--all", "--", "--check"]).run(),
-        ));
+        let mut fmt = Cmd::cargo().args(["fmt", "--all", "--", "--check"]);
+        if !std::io::stderr().is_terminal() {
+            // rustfmt colours its diff even into a CI log file.
+            fmt = fmt.args(["--color", "never"]);
+        }
+        results.push(("cargo fmt --check", fmt.run()));
 
         cmd::step("clippy (host crates)");
         let clippy = Cmd::cargo()
