@@ -823,6 +823,13 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
     }
 
     #[test]
+    fn deploy_example_is_valid() {
+        let c = Config::from_toml(include_str!("../../deploy/agent.example.toml")).unwrap();
+        c.validate(&host()).unwrap();
+        assert_eq!(c.services[0].ports[1].label(), "53/udp");
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let err = Config::from_toml(&EXAMPLE.replace("underlay =", "underlya =")).unwrap_err();
         assert!(err.to_string().contains("underlya"), "{err}");

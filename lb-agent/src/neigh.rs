@@ -5,7 +5,8 @@
 //! as `managed` by `ip neigh`, Linux >= 5.16) on the underlay interface through
 //! rtnetlink: the kernel then resolves the address itself and keeps it resolved, like a
 //! permanent entry that follows MAC changes. The agent re-checks the entries periodically
-//! and recreates missing ones. Where the kernel refuses managed entries, the agent falls
+//! and recreates missing ones (a managed entry that failed to resolve stays, and the
+//! kernel keeps probing it). Where the kernel refuses managed entries, the agent falls
 //! back to triggering ordinary resolution: it sends an empty UDP datagram to the peer's
 //! discard port (9), which makes the kernel resolve the peer's MAC; the periodic re-check
 //! repeats it, so the entry stays fresh.
@@ -51,9 +52,9 @@ pub async fn missing(
                 _ => {}
             }
         }
+        // A managed entry in FAILED state is fine: the kernel keeps re-probing it.
         if let Some(a) = dst
             && managed
-            && msg.header.state != NeighbourState::Failed
         {
             missing.remove(&a);
         }
