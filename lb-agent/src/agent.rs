@@ -36,6 +36,7 @@ use crate::links::{self, AttachError};
 use crate::metrics::{self, Metrics};
 use crate::neigh::{self, NeighError};
 use crate::state::{self, DataplaneState};
+use crate::sysctl;
 use crate::watch;
 
 /// Command-line overrides of configuration settings.
@@ -187,6 +188,8 @@ impl Agent {
         let netlink = netlink()?;
         let host = HostInfo::query(&netlink).await?;
         config.validate(&host)?;
+        sysctl::enable_forwarding(&config.node.underlay)
+            .map_err(io("enabling IPv4 forwarding on the underlay interface"))?;
 
         let pin_dir = config.dataplane.pin_dir.clone();
         bpffs::prepare(&pin_dir)?;

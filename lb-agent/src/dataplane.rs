@@ -205,8 +205,10 @@ impl Dataplane {
                 source,
             };
             match program {
-                aya::programs::Program::Xdp(p) => p.load().map_err(err)?,
-                aya::programs::Program::SchedClassifier(p) => p.load().map_err(err)?,
+                aya::programs::Program::Xdp(p) => retry_eagain(|| p.load()).map_err(err)?,
+                aya::programs::Program::SchedClassifier(p) => {
+                    retry_eagain(|| p.load()).map_err(err)?;
+                }
                 _ => return Err(DataplaneError::Missing(name)),
             }
         }
@@ -399,6 +401,22 @@ impl From<MapError> for DataplaneError {
         Self::Map {
             map: "per-CPU values",
             source,
+        }
+    }
+}
+
+/// Runs `load` again while the kernel answers EAGAIN: the verifier gives up with EAGAIN
+/// when a signal is pending, and a retry succeeds (libbpf does the same).
+fn retry_eagain(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => return other,
         }
     }
 }
