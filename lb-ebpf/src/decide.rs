@@ -371,7 +371,11 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
             // SAFETY: read-only copy.
             let backend = unsafe { LB_BACKENDS.get(f.backend_id) }.copied();
             match backend {
-                Some(b) if b.addr == f.nat_addr && b.port == f.nat_port => {}
+                // Ids are recycled: the same id must still mean the same backend.
+                Some(b)
+                    if b.addr == f.nat_addr
+                        && b.port == f.nat_port
+                        && b.service_id == f.service_id => {}
                 _ => return None,
             }
             touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);

@@ -83,3 +83,4 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 pub mod fixture;
+pub mod frames;

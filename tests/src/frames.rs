@@ -1,0 +1,225 @@
+//! Crafted frames for the dataplane's tests and benchmarks, and the standard scenario
+//! they run against: service `web` (TCP, published 8080 and a VIP) with local and remote
+//! backends, and `dns` (UDP, published 5353).
+
+use std::net::Ipv4Addr;
+
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder, TcpOptionElement};
+use lb_common::{
+    Backend, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, Service, ServiceKey, service::task_mac,
+};
+
+use crate::fixture::{CLIENT_MAC, Dataplane, NODE_MAC, PEER, VNI, be};
+
+/// `web`'s virtual IP.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 10);
+/// A task on this node (backend 0 of `web`, backend 2 of `dns`).
+pub const LOCAL_TASK: Ipv4Addr = Ipv4Addr::new(10, 255, 1, 1);
+/// A second task on this node (backend 3 of `web`).
+pub const LOCAL_TASK2: Ipv4Addr = Ipv4Addr::new(10, 255, 1, 2);
+/// A task on the peer node (backend 1 of `web`).
+pub const REMOTE_TASK: Ipv4Addr = Ipv4Addr::new(10, 255, 2, 1);
+/// ifindex of `LOCAL_TASK`'s veth (set to a real veth by benchmarks).
+pub const LOCAL_IFINDEX: u32 = 42;
+/// ifindex of `LOCAL_TASK2`'s veth.
+pub const LOCAL_IFINDEX2: u32 = 43;
+/// MAC of the host side of local tasks' veths.
+pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
+/// Service id of `web`.
+pub const WEB: u32 = 0;
+/// Service id of `dns`.
+pub const DNS: u32 = 1;
+
+/// Service `web` (TCP, published 8080 and VIP:80) with backends 0 (local), 1 (remote),
+/// 3 (local); `dns` (UDP, published 5353) with backend 2. Slots as given.
+pub fn mesh(web_slots: &[u32]) -> Dataplane {
+    let mut dp = Dataplane::new().expect("the dataplane loads (run as root)");
+    mesh_on(&mut dp, web_slots, LOCAL_IFINDEX);
+    dp
+}
+
+/// Programs the standard scenario into `dp`, with `LOCAL_TASK` behind `local_ifindex`.
+///
+/// # Panics
+/// When a map update fails.
+pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
+    let web = Service {
+        id: WEB,
+        table: 0,
+        slots: web_slots.len() as u32,
+        flags: Service::FLAG_MSS_CLAMP,
+    };
+    dp.set_slots(WEB, 0, web_slots).unwrap();
+    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
+        .unwrap();
+    dp.set_service(ServiceKey::new(u32::from(VIP), 80, IPPROTO_TCP), web)
+        .unwrap();
+    dp.set_backend(0, Backend::new(u32::from(LOCAL_TASK), 80, WEB))
+        .unwrap();
+    dp.set_backend(1, Backend::new(u32::from(REMOTE_TASK), 80, WEB))
+        .unwrap();
+    dp.set_backend(3, Backend::new(u32::from(LOCAL_TASK2), 80, WEB))
+        .unwrap();
+    let dns = Service {
+        id: DNS,
+        table: 0,
+        slots: 1,
+        flags: 0,
+    };
+    dp.set_slots(DNS, 0, &[2]).unwrap();
+    dp.set_service(ServiceKey::published(5353, IPPROTO_UDP), dns)
+        .unwrap();
+    dp.set_backend(2, Backend::new(u32::from(LOCAL_TASK), 53, DNS))
+        .unwrap();
+    for (addr, ifindex) in [(LOCAL_TASK, local_ifindex), (LOCAL_TASK2, LOCAL_IFINDEX2)] {
+        let ep = Endpoint {
+            node: 0,
+            ifindex,
+            mac: task_mac(u32::from(addr)),
+            gw_mac: GW_MAC,
+            vni: VNI,
+        };
+        dp.set_endpoint(addr, ep).unwrap();
+    }
+    let remote = Endpoint {
+        node: be(PEER),
+        ifindex: 0,
+        mac: task_mac(u32::from(REMOTE_TASK)),
+        gw_mac: [0; 6],
+        vni: VNI,
+    };
+    dp.set_endpoint(REMOTE_TASK, remote).unwrap();
+}
+
+/// Which TCP segment to build.
+#[derive(Clone, Copy, Debug)]
+pub enum Tcp {
+    /// SYN with MSS 1460.
+    Syn,
+    /// SYN-ACK with MSS 1410.
+    SynAck,
+    /// A plain ACK.
+    Ack,
+    /// FIN-ACK.
+    Fin,
+}
+
+/// A TCP frame; SYNs carry an MSS option of 1460.
+pub fn tcp(
+    macs: ([u8; 6], [u8; 6]),
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    kind: Tcp,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .tcp(src.1, dst.1, 1000, 64240);
+    let b = match kind {
+        Tcp::Syn => b
+            .syn()
+            .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+            .unwrap(),
+        Tcp::SynAck => b
+            .syn()
+            .ack(1)
+            .options(&[TcpOptionElement::MaximumSegmentSize(1410)])
+            .unwrap(),
+        Tcp::Ack => b.ack(1),
+        Tcp::Fin => b.fin().ack(1),
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// A TCP SYN whose MSS option says `mss`.
+pub fn syn_with_mss(
+    macs: ([u8; 6], [u8; 6]),
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    mss: u16,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .tcp(src.1, dst.1, 1000, 64240)
+        .syn()
+        .options(&[TcpOptionElement::MaximumSegmentSize(mss)])
+        .unwrap();
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// A UDP frame.
+pub fn udp(
+    macs: ([u8; 6], [u8; 6]),
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    p: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1)
+        .write(&mut out, p)
+        .unwrap();
+    out
+}
+
+/// Client -> node, as it arrives on the underlay.
+pub const FROM_CLIENT: ([u8; 6], [u8; 6]) = (CLIENT_MAC, NODE_MAC);
+
+/// What a VXLAN frame from `src` to `dst` (underlay) carrying `inner` looks like, given
+/// the UDP source port the sender chose.
+pub fn vxlan(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&macs.1); // dst
+    out.extend_from_slice(&macs.0); // src
+    out.extend_from_slice(&[0x08, 0x00]);
+    let udp_len = (8 + 8 + inner.len()) as u16;
+    let mut ip = Ipv4Header::new(udp_len, 64, IpNumber::UDP, src.octets(), dst.octets()).unwrap();
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    ip.write(&mut out).unwrap();
+    out.extend_from_slice(&sport.to_be_bytes());
+    out.extend_from_slice(&4789u16.to_be_bytes());
+    out.extend_from_slice(&udp_len.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    let v = VNI.to_be_bytes();
+    out.extend_from_slice(&[0x08, 0, 0, 0, v[1], v[2], v[3], 0]);
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The outer UDP source port of a VXLAN frame (flow entropy), checked to be in range.
+pub fn vxlan_sport(frame: &[u8]) -> u16 {
+    let sport = u16::from_be_bytes([frame[34], frame[35]]);
+    assert!(
+        sport >= 0xc000,
+        "VXLAN source port {sport} outside 49152..=65535"
+    );
+    sport
+}
+
+/// The flow key of a 5-tuple in host order.
+pub fn key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: be(src.0),
+        dst_addr: be(dst.0),
+        src_port: src.1.to_be(),
+        dst_port: dst.1.to_be(),
+        proto,
+        pad: 0,
+        pad2: 0,
+    }
+}
+
+/// MACs of a frame delivered to `LOCAL_TASK` (source, destination).
+pub const TASK_MACS: ([u8; 6], [u8; 6]) = (GW_MAC, [0x02, 0x42, 10, 255, 1, 1]);
