@@ -15,8 +15,10 @@ use crate::poll_until;
 
 /// The log line an agent prints once its dataplane is loaded and programmed.
 pub const READY_MARKER: &str = "lb-agent ready";
-/// The log line an agent prints once a reload (SIGHUP) has been applied.
-pub const RELOADED_MARKER: &str = "lb-agent reloaded";
+/// The log line an agent prints once a reload (SIGHUP or the file changing) has been applied.
+pub const RELOADED_MARKER: &str = "config reloaded";
+/// The log line an agent prints when a reload failed (the dataplane is left unchanged).
+pub const RELOAD_FAILED_MARKER: &str = "config reload failed";
 /// How long an agent may take to become ready (it loads and attaches eBPF programs).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -218,7 +220,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `ip netns exec <ns> <bin> --config <config>`, output appended to `log`.
+    /// Starts `nsenter --net=/run/netns/<ns> -- <bin> --config <config>`, output appended
+    /// to `log`.
     /// Does not wait for readiness: see [`Agent::wait_ready`].
     pub fn start(ns: &str, bin: &Path, config: &Path, log: &Path) -> Result<Self> {
         let out = File::options()
@@ -227,11 +230,16 @@ impl Agent {
             .open(log)
             .with_context(|| format!("open {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
+        // Not `ip netns exec`: it gives the process a private mount namespace with a fresh
+        // /sys, so the agent would pin into a bpffs of its own that dies with it. `nsenter
+        // --net` changes the network namespace only; pins land in the host's bpffs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
             .arg(bin)
             .arg("--config")
             .arg(config)
+            .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
                 std::env::var("MESH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
@@ -332,18 +340,41 @@ impl Agent {
         self.wait_ready_count(1)
     }
 
-    /// Sends SIGHUP and waits until the agent logs [`RELOADED_MARKER`] once more.
-    pub fn reload(&mut self) -> Result<()> {
+    /// How many reloads the agent has logged (applied, failed): take it before changing
+    /// the configuration file, for [`Agent::reload_since`].
+    #[must_use]
+    pub fn reload_counts(&self) -> (usize, usize) {
+        let log = self.log();
+        let count = |m: &str| log.lines().filter(|l| l.contains(m)).count();
+        (count(RELOADED_MARKER), count(RELOAD_FAILED_MARKER))
+    }
+
+    /// Sends SIGHUP and waits until the agent logs [`RELOADED_MARKER`] more often than in
+    /// `before` (from [`Agent::reload_counts`] taken before the file was rewritten); fails
+    /// at once if it logs [`RELOAD_FAILED_MARKER`] or exits.
+    ///
+    /// The agent also reloads when it sees the file change; any reload that completes after
+    /// the rewrite has read the new file, so either one will do.
+    pub fn reload_since(&mut self, before: (usize, usize)) -> Result<()> {
         self.check_alive()?;
-        let before = self.count(RELOADED_MARKER);
         let pid = self.pid().context("agent not running")?;
         kill(Pid::from_raw(pid as i32), Signal::SIGHUP).context("SIGHUP the agent")?;
         let what = format!("the agent in {} to log `{RELOADED_MARKER}`", self.ns);
         poll_until(Duration::from_secs(15), &what, || {
             self.check_alive()?;
-            Ok((self.count(RELOADED_MARKER) > before).then_some(()))
+            let (ok, failed) = self.reload_counts();
+            if failed > before.1 {
+                bail!("the agent in {} logged `{RELOAD_FAILED_MARKER}`", self.ns);
+            }
+            Ok((ok > before.0).then_some(()))
         })
         .map_err(|e| self.with_log(e))
+    }
+
+    /// Sends SIGHUP (the configuration file is unchanged) and waits for the reload.
+    pub fn reload(&mut self) -> Result<()> {
+        let before = self.reload_counts();
+        self.reload_since(before)
     }
 
     /// Kills the agent with SIGKILL (no cleanup on its side) and reaps it.

@@ -46,6 +46,7 @@ fn install_hint(program: &str) -> Option<&'static str> {
         "ethtool" => Some("install ethtool (apt-get install -y ethtool)"),
         "tcpdump" => Some("install tcpdump (apt-get install -y tcpdump)"),
         "bpftool" => Some("install bpftool (apt-get install -y bpftool)"),
+        "nsenter" => Some("install util-linux (apt-get install -y util-linux)"),
         _ => None,
     }
 }
@@ -116,6 +117,7 @@ fn check_prerequisites() -> Result<()> {
     }
     run("ip", &["-V"])?;
     run("ethtool", &["--version"])?;
+    run("nsenter", &["--version"])?;
     if !is_bpffs(BPFFS)? {
         std::fs::create_dir_all(BPFFS).with_context(|| format!("mkdir {BPFFS}"))?;
         nix::mount::mount(

@@ -537,9 +537,13 @@ impl Topology {
     /// Rewrites every configuration from the current services and SIGHUPs every agent;
     /// returns once each has applied the new configuration.
     pub fn reload(&mut self) -> Result<()> {
+        let mut before = Vec::new();
+        for k in 1..=self.nodes {
+            before.push(self.agent_mut(k)?.reload_counts());
+        }
         self.write_configs()?;
         for k in 1..=self.nodes {
-            self.agent_mut(k)?.reload()?;
+            self.agent_mut(k)?.reload_since(before[k - 1])?;
         }
         Ok(())
     }
