@@ -237,6 +237,23 @@ pub fn request_udp(addr: SocketAddr, payload: &[u8]) -> Result<(Reply, Vec<u8>)>
     ))
 }
 
+/// A minimal HTTP/1.0 GET (for `/metrics`): returns the body of a 200 answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .with_context(|| format!("read the answer of {addr}{path}"))?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP answer from {addr}{path}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    ensure!(status.contains(" 200"), "GET {addr}{path}: {status}");
+    Ok(body.to_owned())
+}
+
 /// Connects to `addr` with a short timeout: `Ok(true)` if it connected.
 pub fn tcp_reachable(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()

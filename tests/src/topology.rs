@@ -589,6 +589,52 @@ impl Topology {
         s
     }
 
+    /// Node `k`'s `/metrics` text.
+    pub fn metrics(&self, k: usize) -> Result<String> {
+        let addr: SocketAddr = METRICS_LISTEN.parse()?;
+        in_netns(&self.node_ns(k), || {
+            crate::client::http_get(addr, "/metrics")
+        })?
+    }
+
+    /// What to look at when a test fails: per node, the non-zero drop and flow metrics
+    /// and the kernel's IP error counters (packets the dataplane handed to the stack that
+    /// the stack dropped show up there).
+    #[must_use]
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        for k in 1..=self.nodes {
+            s.push_str(&format!("--- n{k} ({}) ---\n", self.node_ns(k)));
+            match self.metrics(k) {
+                Ok(m) => {
+                    for l in m.lines().filter(|l| {
+                        (l.starts_with("lb_dropped") || l.starts_with("lb_flows"))
+                            && !l.ends_with(" 0")
+                    }) {
+                        s.push_str(l);
+                        s.push('\n');
+                    }
+                }
+                Err(e) => s.push_str(&format!("metrics: {e:#}\n")),
+            }
+            if let Ok(nstat) = netns::exec_in(&self.node_ns(k), "nstat", &["-a", "-z"]) {
+                for l in nstat.lines().filter(|l| {
+                    (l.starts_with("IpInAddrErrors")
+                        || l.starts_with("IpOutNoRoutes")
+                        || l.starts_with("IpInDiscards")
+                        || l.starts_with("IpInHdrErrors")
+                        || l.starts_with("TcpInCsumErrors")
+                        || l.starts_with("UdpInCsumErrors"))
+                        && l.split_whitespace().nth(1) != Some("0")
+                }) {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+            }
+        }
+        s
+    }
+
     /// Leaves everything running when the topology is dropped (the demo).
     pub fn keep(&mut self) {
         self.keep = true;
@@ -608,10 +654,11 @@ impl Drop for Topology {
         }
         if std::thread::panicking() {
             eprintln!(
-                "topology {} failed; logs and configs kept in {}\n{}",
+                "topology {} failed; logs and configs kept in {}\n{}{}",
                 self.prefix,
                 self.dir.display(),
-                self.agent_logs(40)
+                self.agent_logs(20),
+                self.diagnostics()
             );
         }
         for a in self.agents.iter_mut().flatten() {

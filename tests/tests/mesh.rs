@@ -335,3 +335,36 @@ fn agent_kill9_mid_transfer_loses_nothing() {
         "tasks answering through n1 after the restart: {tasks:?}"
     );
 }
+
+/// The agents' lifecycle as the harness drives it, without traffic: a reload that changes
+/// the backend set is applied, `kill -9` and a restart pick the pinned dataplane up, and
+/// every agent serves metrics.
+#[test]
+fn agent_lifecycle_reload_kill_restart() {
+    let mut topo = mesh();
+    for k in 1..=3 {
+        let m = ok(topo.metrics(k));
+        assert!(m.contains("lb_backends"), "n{k} metrics:\n{m}");
+    }
+    topo.services_mut()[0].backends[1].draining = true;
+    topo.services_mut()[0].backends.remove(2);
+    ok(topo.reload());
+    let m = ok(topo.metrics(2));
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("lb_backends{") && l.contains("draining") && l.ends_with(" 1")),
+        "n2 metrics after the reload:\n{m}"
+    );
+    ok(topo.kill_agent(1));
+    assert!(
+        topo.pin_dir(1).join("LB_FLOWS").exists(),
+        "pins survive kill -9"
+    );
+    ok(topo.restart_agent(1));
+    let log = topo
+        .agent(1)
+        .map(mesh_tests::Agent::log)
+        .unwrap_or_default();
+    assert!(log.contains("lb-agent ready"), "{log}");
+    ok(topo.metrics(1).map(drop));
+}
