@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -223,7 +224,10 @@ impl Agent {
     /// Starts `nsenter --net=/run/netns/<ns> -- <bin> --config <config>`, output appended
     /// to `log`.
     /// Does not wait for readiness: see [`Agent::wait_ready`].
-    pub fn start(ns: &str, bin: &Path, config: &Path, log: &Path) -> Result<Self> {
+    ///
+    /// `detached` starts it in a process group of its own, so that a Ctrl-C meant for the
+    /// program that started it (the demo) does not reach it.
+    pub fn start(ns: &str, bin: &Path, config: &Path, log: &Path, detached: bool) -> Result<Self> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -233,7 +237,11 @@ impl Agent {
         // Not `ip netns exec`: it gives the process a private mount namespace with a fresh
         // /sys, so the agent would pin into a bpffs of its own that dies with it. `nsenter
         // --net` changes the network namespace only; pins land in the host's bpffs.
-        let child = Command::new("nsenter")
+        let mut cmd = Command::new("nsenter");
+        if detached {
+            cmd.process_group(0);
+        }
+        let child = cmd
             .arg(format!("--net=/run/netns/{ns}"))
             .arg("--")
             .arg(bin)

@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -85,6 +86,7 @@ pub struct Topology {
     services: Vec<ServiceSpec>,
     agents: Vec<Option<Agent>>,
     keep: bool,
+    detached: bool,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -165,6 +167,7 @@ impl Topology {
             services: Vec::new(),
             agents: (0..nodes).map(|_| None).collect(),
             keep: false,
+            detached: false,
         };
         topo.build()
             .with_context(|| format!("build topology {prefix}"))?;
@@ -378,7 +381,11 @@ impl Topology {
 
         let log = self.dir.join(format!("task-{name}.log"));
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if self.detached {
+            cmd.process_group(0);
+        }
+        let child = cmd
             .args(["netns", "exec", &tns])
             .arg(&echo)
             .args(["--name", name, "--port", &TASK_PORT.to_string(), "--udp"])
@@ -515,6 +522,7 @@ impl Topology {
             &agent_bin,
             &self.config_path(k),
             &self.agent_log_path(k),
+            self.detached,
         )?;
         self.agents[k - 1] = Some(agent);
         Ok(())
@@ -633,6 +641,13 @@ impl Topology {
             }
         }
         s
+    }
+
+    /// Starts tasks and agents from now on in process groups of their own, so they outlive
+    /// a Ctrl-C aimed at the program that built the topology (the demo, which leaves the
+    /// mesh running).
+    pub fn set_detached(&mut self, detached: bool) {
+        self.detached = detached;
     }
 
     /// Leaves everything running when the topology is dropped (the demo).

@@ -64,6 +64,7 @@ fn demo(once: bool) -> Result<()> {
         "mesh-demo: building 3 nodes, a client and 4 tasks in network namespaces `{PREFIX}-*`"
     );
     let mut topo = Topology::with_prefix(PREFIX, 3, [10, 99, 0])?;
+    topo.set_detached(!once);
     let tasks = [(1, "web.1"), (2, "web.2"), (3, "web.3"), (1, "web.4")];
     for (j, (node, name)) in tasks.iter().enumerate() {
         let addr = Ipv4Addr::new(10, 255, *node as u8, j as u8 + 1);
