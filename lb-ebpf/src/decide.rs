@@ -275,8 +275,10 @@ pub fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service>
 
 /// Picks the next backend of `svc` for a new flow: this CPU's round-robin cursor over the
 /// service's live slot table (weights are already expanded into slots by the agent).
+/// A task connecting to its own service's VIP is not balanced to itself when another
+/// backend exists: the task's kernel would drop a packet from its own address.
 #[inline(always)]
-fn pick_backend(svc: &Service) -> Option<(u32, Backend)> {
+fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
     let slots = svc.slots;
     if slots == 0 {
         return None;
@@ -291,13 +293,19 @@ fn pick_backend(svc: &Service) -> Option<(u32, Backend)> {
     let id = *LB_SLOTS.get(slot_index(svc.id, svc.table, pos % slots))?;
     // SAFETY: read-only copy.
     let backend = unsafe { *LB_BACKENDS.get(id)? };
+    if backend.addr != client || slots == 1 {
+        return Some((id, backend));
+    }
+    let id = *LB_SLOTS.get(slot_index(svc.id, svc.table, pos.wrapping_add(1) % slots))?;
+    // SAFETY: read-only copy.
+    let backend = unsafe { *LB_BACKENDS.get(id)? };
     Some((id, backend))
 }
 
 /// A new flow of `svc`: choose a backend and record both directions.
 #[inline(always)]
 fn new_flow(key: &FlowKey, svc: &Service, bytes: u16) -> Decision {
-    let Some((backend_id, backend)) = pick_backend(svc) else {
+    let Some((backend_id, backend)) = pick_backend(svc, key.src_addr) else {
         return Decision::drop(DropReason::NoBackend);
     };
     let t = now();

@@ -49,8 +49,11 @@ pub enum ParseError {
 
 /// Parses the Ethernet and IPv4 headers at the start of `[start, end)` and, for TCP and
 /// UDP, the ports. IP options are skipped; non-first fragments get zero ports.
+///
+/// `frame_len` is the whole frame's length, which may exceed `end - start`: an skb's
+/// payload can sit in paged fragments beyond the directly readable headers.
 #[inline(always)]
-pub fn parse_ipv4(start: usize, end: usize) -> Result<Ipv4Packet, ParseError> {
+pub fn parse_ipv4(start: usize, end: usize, frame_len: usize) -> Result<Ipv4Packet, ParseError> {
     let eth: *const EthHdr = ptr_at(start, end, 0).ok_or(ParseError::NotIpv4)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != ETH_P_IP {
@@ -64,7 +67,7 @@ pub fn parse_ipv4(start: usize, end: usize) -> Result<Ipv4Packet, ParseError> {
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || usize::from(tot_len) < ihl {
         return Err(ParseError::Malformed);
     }
-    if start + EthHdr::LEN + usize::from(tot_len) > end {
+    if EthHdr::LEN + usize::from(tot_len) > frame_len {
         return Err(ParseError::Malformed);
     }
     let frags = u16::from_be_bytes(ip.frags);

@@ -40,7 +40,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if ctx.data() + (HEADERS as usize) > ctx.data_end() {
         let _ = ctx.pull_data(ctx.len().min(HEADERS));
     }
-    let Ok(pkt) = parse_ipv4(ctx.data(), ctx.data_end()) else {
+    let Ok(pkt) = parse_ipv4(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
     if pkt.fragment {

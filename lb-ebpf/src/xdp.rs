@@ -34,7 +34,8 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     let Some(cfg) = decide::node_config() else {
         return XDP_PASS;
     };
-    let pkt = match parse_ipv4(ctx.data(), ctx.data_end()) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let pkt = match parse_ipv4(start, end, end - start) {
         Ok(pkt) => pkt,
         // Not ours to judge: the kernel drops what is really broken.
         Err(ParseError::NotIpv4 | ParseError::Malformed) => return XDP_PASS,
@@ -91,7 +92,8 @@ fn decapsulate(ctx: &XdpContext, cfg: &NodeConfig, outer: &Ipv4Packet) -> u32 {
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), i32::from(VXLAN_OVERHEAD)) } != 0 {
         return drop(DropReason::Malformed);
     }
-    let inner = match parse_ipv4(ctx.data(), ctx.data_end()) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let inner = match parse_ipv4(start, end, end - start) {
         Ok(pkt) if !pkt.fragment => pkt,
         _ => return drop(DropReason::Malformed),
     };

@@ -156,7 +156,11 @@ impl AgentConfig {
         let _ = writeln!(s, "name = {}", q(&self.node));
         let _ = writeln!(s, "underlay = {}\n", q(&self.underlay));
         let _ = writeln!(s, "[dataplane]");
-        let _ = writeln!(s, "pin_dir = {}\n", q(&self.pin_dir.to_string_lossy()));
+        let _ = writeln!(s, "pin_dir = {}", q(&self.pin_dir.to_string_lossy()));
+        // Generic XDP on the veth underlay: with native XDP on a veth, frames sent by
+        // XDP_TX wait in the peer's queue until other traffic schedules its NAPI poll
+        // (seen here as replies arriving seconds late, in bursts). docs/dataplane.md.
+        let _ = writeln!(s, "xdp_mode = \"skb\"\n");
         let _ = writeln!(s, "[metrics]");
         let _ = writeln!(s, "listen = {}\n", q(&self.metrics_listen));
         for p in &self.peers {
