@@ -18,6 +18,8 @@ use crate::poll_until;
 pub const READY_MARKER: &str = "lb-agent ready";
 /// The log line an agent prints once a reload (SIGHUP or the file changing) has been applied.
 pub const RELOADED_MARKER: &str = "config reloaded";
+/// How the agent's log names a reload that SIGHUP triggered.
+pub const SIGHUP_TRIGGER: &str = "trigger=\"SIGHUP\"";
 /// The log line an agent prints when a reload failed (the dataplane is left unchanged).
 pub const RELOAD_FAILED_MARKER: &str = "config reload failed";
 /// How long an agent may take to become ready (it loads and attaches eBPF programs).
@@ -358,15 +360,21 @@ impl Agent {
     pub fn reload_counts(&self) -> (usize, usize) {
         let log = self.log();
         let count = |m: &str| log.lines().filter(|l| l.contains(m)).count();
-        (count(RELOADED_MARKER), count(RELOAD_FAILED_MARKER))
+        let sighup = log
+            .lines()
+            .filter(|l| l.contains(RELOADED_MARKER) && l.contains(SIGHUP_TRIGGER))
+            .count();
+        (sighup, count(RELOAD_FAILED_MARKER))
     }
 
-    /// Sends SIGHUP and waits until the agent logs [`RELOADED_MARKER`] more often than in
-    /// `before` (from [`Agent::reload_counts`] taken before the file was rewritten); fails
-    /// at once if it logs [`RELOAD_FAILED_MARKER`] or exits.
+    /// Sends SIGHUP and waits until the agent logs a SIGHUP-triggered [`RELOADED_MARKER`]
+    /// more often than in `before` (from [`Agent::reload_counts`]); fails at once if it
+    /// logs [`RELOAD_FAILED_MARKER`] or exits.
     ///
-    /// The agent also reloads when it sees the file change; any reload that completes after
-    /// the rewrite has read the new file, so either one will do.
+    /// Only the reload our own SIGHUP triggers counts: it starts after the rewrite, so it
+    /// has read the new file. A reload the file watcher started may have read the file
+    /// before the rewrite and still log after it; counting that one made a test go on
+    /// before the new configuration was in force.
     pub fn reload_since(&mut self, before: (usize, usize)) -> Result<()> {
         self.check_alive()?;
         let pid = self.pid().context("agent not running")?;
