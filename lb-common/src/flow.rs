@@ -25,6 +25,28 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The same 5-tuple with another destination (network order).
+    #[inline(always)]
+    #[must_use]
+    pub const fn with_dst(&self, addr: u32, port: u16) -> Self {
+        Self {
+            dst_addr: addr,
+            dst_port: port,
+            ..*self
+        }
+    }
+
+    /// The same 5-tuple with another source (network order).
+    #[inline(always)]
+    #[must_use]
+    pub const fn with_src(&self, addr: u32, port: u16) -> Self {
+        Self {
+            src_addr: addr,
+            src_port: port,
+            ..*self
+        }
+    }
+
     /// The key of the packets that answer this one.
     #[inline(always)]
     #[must_use]

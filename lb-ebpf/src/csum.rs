@@ -40,18 +40,6 @@ pub fn udp_fixup(before: u16, after: u16) -> u16 {
     }
 }
 
-/// The checksum of a 20-byte IPv4 header given as ten 16-bit words (checksum word zero).
-#[inline(always)]
-pub fn ipv4_header(words: &[u16; 10]) -> u16 {
-    let mut sum = 0u64;
-    let mut i = 0;
-    while i < 10 {
-        sum += u64::from(words[i]);
-        i += 1;
-    }
-    !fold(sum)
-}
-
 /// The checksum of a 20-byte IPv4 header given as bytes (checksum bytes zero).
 #[inline(always)]
 pub fn ipv4_bytes(h: &[u8; 20]) -> u16 {

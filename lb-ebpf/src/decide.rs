@@ -319,15 +319,7 @@ fn new_flow(key: &FlowKey, svc: &Service, bytes: u16) -> Decision {
         last_seen_ns: t,
         ..Flow::default()
     };
-    let reply_key = FlowKey {
-        src_addr: backend.addr,
-        dst_addr: key.src_addr,
-        src_port: backend.port,
-        dst_port: key.src_port,
-        proto: key.proto,
-        pad: 0,
-        pad2: 0,
-    };
+    let reply_key = key.with_dst(backend.addr, backend.port).reversed();
     let reply = Flow {
         kind: FlowKind::Reply as u8,
         backend_id,
@@ -387,15 +379,7 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
                 _ => return None,
             }
             touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
-            let reply_key = FlowKey {
-                src_addr: f.nat_addr,
-                dst_addr: key.src_addr,
-                src_port: f.nat_port,
-                dst_port: key.src_port,
-                proto: key.proto,
-                pad: 0,
-                pad2: 0,
-            };
+            let reply_key = key.with_dst(f.nat_addr, f.nat_port).reversed();
             mirror_tcp_close(&reply_key, tcp_flags, Flow::SEEN_FIN_FWD);
             count(f.service_id, f.backend_id, bytes, false);
             Some(Decision::forward(
@@ -410,15 +394,7 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
         }
         FlowKind::Reply => {
             touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_REV);
-            let forward_key = FlowKey {
-                src_addr: key.dst_addr,
-                dst_addr: f.nat_addr,
-                src_port: key.dst_port,
-                dst_port: f.nat_port,
-                proto: key.proto,
-                pad: 0,
-                pad2: 0,
-            };
+            let forward_key = key.with_src(f.nat_addr, f.nat_port).reversed();
             mirror_tcp_close(&forward_key, tcp_flags, Flow::SEEN_FIN_REV);
             count(f.service_id, f.backend_id, bytes, false);
             Some(Decision::forward(

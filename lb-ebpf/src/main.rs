@@ -13,6 +13,7 @@ mod decide;
 mod maps;
 mod packet;
 mod tc;
+mod vxlan;
 mod xdp;
 
 use aya_ebpf::{

@@ -21,10 +21,9 @@ use lb_common::{DropReason, IPPROTO_TCP, NodeConfig, VXLAN_OVERHEAD, service::ta
 use network_types::eth::EthHdr;
 
 use crate::{
-    csum,
     decide::{self, NatKind, NextKind, Rewrite, Verdict, count_drop},
     packet::{Ipv4Packet, parse_ipv4},
-    xdp::flow_entropy,
+    vxlan,
 };
 
 /// Bytes of headers the program reads directly: Ethernet, IPv4 with options, L4 ports.
@@ -143,9 +142,7 @@ fn nat(ctx: &TcContext, pkt: &Ipv4Packet, rewrite: Rewrite) -> Option<()> {
 /// What goes between the outer Ethernet header and the inner IPv4 packet.
 #[repr(C)]
 struct Tunnel {
-    ip: [u8; 20],
-    udp: [u8; 8],
-    vxlan: [u8; 8],
+    tunnel: [u8; 36],
     inner_dst: [u8; 6],
     inner_src: [u8; 6],
     inner_type: [u8; 2],
@@ -167,26 +164,8 @@ fn encapsulate(
     if gso_size == 0 && outer_len > cfg.mtu {
         return drop(DropReason::TooBig);
     }
-    let outer_len = outer_len as u16;
-    let len = outer_len.to_be_bytes();
-    let (src, dst) = (cfg.addr.to_ne_bytes(), node.to_ne_bytes());
-    let mut ip = [
-        0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3],
-        dst[0], dst[1], dst[2], dst[3],
-    ];
-    let check = csum::ipv4_bytes(&ip).to_ne_bytes();
-    ip[10] = check[0];
-    ip[11] = check[1];
-    let sport = (0xc000 | (flow_entropy(pkt) & 0x3fff)).to_be_bytes();
-    let dport = cfg.vxlan_port.to_ne_bytes();
-    let ulen = (outer_len - 20).to_be_bytes();
-    let vni = cfg.vni.to_be_bytes();
     let t = Tunnel {
-        ip,
-        udp: [
-            sport[0], sport[1], dport[0], dport[1], ulen[0], ulen[1], 0, 0,
-        ],
-        vxlan: [0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0],
+        tunnel: vxlan::tunnel_header(cfg, node, pkt),
         inner_dst: task_mac(u32::from_be(inner_dst)),
         inner_src: cfg.mac,
         inner_type: 0x0800_u16.to_be_bytes(),

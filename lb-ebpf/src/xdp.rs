@@ -22,11 +22,10 @@ use crate::{
     csum,
     decide::{self, Decision, NatKind, NextKind, Rewrite, TCP_SYN, Verdict, count_drop},
     packet::{Ipv4Packet, ParseError, parse_ipv4, ptr_at},
+    vxlan,
 };
 
 const AF_INET: u8 = 2;
-/// VXLAN's "VNI present" flag.
-const VXLAN_FLAG_VNI: u8 = 0x08;
 
 /// The program's entry: never fails, every error becomes a verdict.
 #[inline(always)]
@@ -83,7 +82,7 @@ fn decapsulate(ctx: &XdpContext, cfg: &NodeConfig, outer: &Ipv4Packet) -> u32 {
     // SAFETY: bounds checked by ptr_at.
     let vxlan = unsafe { &*vxlan };
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
-    if vxlan.flags & VXLAN_FLAG_VNI == 0 || vni != cfg.vni {
+    if vxlan.flags & vxlan::FLAG_VNI == 0 || vni != cfg.vni {
         return drop(DropReason::UnknownVni);
     }
     let outer_src = outer.key.src_addr;
@@ -305,7 +304,6 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) 
     let Some(hop) = fib(ctx, cfg.addr, node, outer_len) else {
         return drop(DropReason::NoRoute);
     };
-    let entropy = flow_entropy(pkt);
     let inner_dst = match ptr_at::<Ipv4Hdr>(ctx.data(), ctx.data_end(), EthHdr::LEN) {
         // SAFETY: bounds checked; read after the rewrite, so it is the backend.
         Some(ip) => u32::from_ne_bytes(unsafe { (*ip).dst_addr }),
@@ -319,37 +317,14 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) 
     let Some(hdr) = ptr_at::<OuterHeaders>(start, end, 0) else {
         return drop(DropReason::Internal);
     };
-    let mut ip = [0u16; 10];
-    let b = |hi: u8, lo: u8| u16::from_ne_bytes([hi, lo]);
-    ip[0] = b(0x45, 0);
-    ip[1] = outer_len.to_be();
-    ip[3] = b(0x40, 0); // DF
-    ip[4] = b(64, 17); // TTL, UDP
-    ip[6] = cfg.addr as u16;
-    ip[7] = (cfg.addr >> 16) as u16;
-    ip[8] = node as u16;
-    ip[9] = (node >> 16) as u16;
-    ip[5] = csum::ipv4_header(&ip);
-    let udp_len = outer_len - Ipv4Hdr::LEN as u16;
-    let vni = cfg.vni.to_be_bytes();
+    let tunnel = vxlan::tunnel_header(cfg, node, pkt);
     // SAFETY: bounds checked by ptr_at; OuterHeaders is made of byte arrays.
     unsafe {
         let h = &mut *hdr;
         h.eth_dst = hop.dmac;
         h.eth_src = hop.smac;
         h.eth_type = 0x0800_u16.to_be_bytes();
-        let mut i = 0;
-        while i < 10 {
-            let w = ip[i].to_ne_bytes();
-            h.ip[2 * i] = w[0];
-            h.ip[2 * i + 1] = w[1];
-            i += 1;
-        }
-        h.udp_src = (0xc000 | (entropy & 0x3fff)).to_be_bytes();
-        h.udp_dst = cfg.vxlan_port.to_ne_bytes();
-        h.udp_len = udp_len.to_be_bytes();
-        h.udp_check = [0, 0];
-        h.vxlan = [VXLAN_FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0];
+        h.tunnel = tunnel;
         h.inner_dst = task_mac(u32::from_be(inner_dst));
         h.inner_src = cfg.mac;
     }
@@ -367,23 +342,7 @@ struct OuterHeaders {
     eth_dst: [u8; 6],
     eth_src: [u8; 6],
     eth_type: [u8; 2],
-    ip: [u8; 20],
-    udp_src: [u8; 2],
-    udp_dst: [u8; 2],
-    udp_len: [u8; 2],
-    udp_check: [u8; 2],
-    vxlan: [u8; 8],
+    tunnel: [u8; 36],
     inner_dst: [u8; 6],
     inner_src: [u8; 6],
-}
-
-/// A per-flow value for the outer UDP source port, so ECMP and RSS spread flows.
-#[inline(always)]
-pub fn flow_entropy(pkt: &Ipv4Packet) -> u16 {
-    let k = &pkt.key;
-    let mut h = k.src_addr ^ k.dst_addr.rotate_left(16);
-    h ^= (u32::from(k.src_port) << 16) | u32::from(k.dst_port);
-    h ^= u32::from(k.proto);
-    h = h.wrapping_mul(0x9e37_79b1);
-    (h >> 16) as u16
 }
