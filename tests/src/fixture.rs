@@ -145,22 +145,11 @@ impl Dataplane {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&pin_dir).context("creating the pin directory")?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .load(lb_agent::EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-        for name in ["lb_xdp", "lb_xdp_pass", "bench_xdp_mac_swap"] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| name.to_owned())?
-                .try_into()?;
-            retry_eagain(|| prog.load()).with_context(|| format!("verifier refused {name}"))?;
+        let loaded = Self::load(&pin_dir);
+        if loaded.is_err() {
+            let _ = std::fs::remove_dir_all(&pin_dir);
         }
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut("lb_tc_task")
-            .context("lb_tc_task")?
-            .try_into()?;
-        retry_eagain(|| prog.load()).context("verifier refused lb_tc_task")?;
+        let ebpf = loaded?;
         let mut dp = Self {
             ebpf,
             pin_dir,
@@ -176,6 +165,27 @@ impl Dataplane {
             udp_timeout_s: 120,
         })?;
         Ok(dp)
+    }
+
+    /// Loads the object with its maps pinned under `pin_dir`, and every program.
+    fn load(pin_dir: &std::path::Path) -> Result<Ebpf> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(lb_agent::EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        for name in ["lb_xdp", "lb_xdp_pass", "bench_xdp_mac_swap"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| name.to_owned())?
+                .try_into()?;
+            retry_eagain(|| prog.load()).with_context(|| format!("verifier refused {name}"))?;
+        }
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut("lb_tc_task")
+            .context("lb_tc_task")?
+            .try_into()?;
+        retry_eagain(|| prog.load()).context("verifier refused lb_tc_task")?;
+        Ok(ebpf)
     }
 
     fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
