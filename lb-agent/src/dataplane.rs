@@ -407,7 +407,12 @@ impl From<MapError> for DataplaneError {
 
 /// Runs `load` again while the kernel answers EAGAIN: the verifier gives up with EAGAIN
 /// when a signal is pending, and a retry succeeds (libbpf does the same).
-fn retry_eagain(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+///
+/// # Errors
+/// The last error of `load`, after a few EAGAINs or at once for any other error.
+pub fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
     let mut tries = 0;
     loop {
         match load() {

@@ -157,6 +157,52 @@ fn ensure_links_dir(pin_dir: &Path) -> Result<(), AttachError> {
     std::fs::create_dir_all(&dir).map_err(|source| AttachError::Io { path: dir, source })
 }
 
+/// The mechanism both program types share. If a link is pinned at `path`, `replace`
+/// swaps the program inside it atomically (traffic never sees a gap); a pinned link that
+/// cannot be reused (`replace` returns the reason) is unpinned. Otherwise `attach`
+/// creates a link, which is pinned at `path` so it outlives the agent.
+fn attach_pinned<P>(
+    prog: &mut P,
+    path: &Path,
+    what: &'static str,
+    iface: &str,
+    replace: impl FnOnce(&mut P, FdLink) -> Result<Result<(), String>, AttachError>,
+    attach: impl FnOnce(&mut P) -> Result<FdLink, AttachError>,
+) -> Result<Attached, AttachError> {
+    if let Some(fd) = open_pinned(path, what, iface)? {
+        match replace(prog, fd)? {
+            Ok(()) => {
+                info!(what, iface, "replaced the program of the pinned link");
+                return Ok(Attached::Replaced);
+            }
+            Err(why) => unpin_stale(path, what, iface, &why)?,
+        }
+    }
+    let fd = attach(prog)?;
+    fd.pin(path).map_err(|source| AttachError::Pin {
+        path: path.to_owned(),
+        source,
+    })?;
+    info!(what, iface, "attached and pinned");
+    Ok(Attached::Created)
+}
+
+fn program_error(what: &'static str, iface: &str) -> impl Fn(ProgramError) -> AttachError {
+    move |source| AttachError::Program {
+        what,
+        iface: iface.to_owned(),
+        source,
+    }
+}
+
+fn link_error(what: &'static str, iface: &str) -> impl Fn(LinkError) -> AttachError {
+    move |source| AttachError::Link {
+        what,
+        iface: iface.to_owned(),
+        source,
+    }
+}
+
 /// Attaches `prog` (loaded) as XDP on `iface` through the pinned link, replacing the
 /// program of an existing pinned link atomically.
 ///
@@ -170,39 +216,33 @@ pub fn attach_xdp(
 ) -> Result<Attached, AttachError> {
     const WHAT: &str = "xdp";
     ensure_links_dir(pin_dir)?;
-    let path = xdp_pin(pin_dir, iface);
-    let prog_err = |source| AttachError::Program {
-        what: WHAT,
-        iface: iface.to_owned(),
-        source,
-    };
-    if let Some(fd) = open_pinned(&path, WHAT, iface)? {
-        match XdpLink::try_from(fd) {
-            Ok(link) => match prog.attach_to_link(link) {
+    let prog_err = program_error(WHAT, iface);
+    attach_pinned(
+        prog,
+        &xdp_pin(pin_dir, iface),
+        WHAT,
+        iface,
+        |prog, fd| {
+            let link = match XdpLink::try_from(fd) {
+                Ok(link) => link,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            match prog.attach_to_link(link) {
                 Ok(id) => {
                     // Dropping our handle closes the fd; the pin keeps the link.
-                    drop(prog.take_link(id).map_err(prog_err)?);
-                    info!(iface, "replaced the XDP program of the pinned link");
-                    return Ok(Attached::Replaced);
+                    drop(prog.take_link(id).map_err(&prog_err)?);
+                    Ok(Ok(()))
                 }
-                Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
-            },
-            Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
-        }
-    }
-    let id = prog.attach(iface, mode).map_err(prog_err)?;
-    let link = prog.take_link(id).map_err(prog_err)?;
-    let fd = FdLink::try_from(link).map_err(|source| AttachError::Link {
-        what: WHAT,
-        iface: iface.to_owned(),
-        source,
-    })?;
-    fd.pin(&path).map_err(|source| AttachError::Pin {
-        path: path.clone(),
-        source,
-    })?;
-    info!(iface, ?mode, "attached XDP");
-    Ok(Attached::Created)
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        },
+        |prog| {
+            info!(iface, ?mode, "attaching XDP");
+            let id = prog.attach(iface, mode).map_err(&prog_err)?;
+            let link = prog.take_link(id).map_err(&prog_err)?;
+            FdLink::try_from(link).map_err(link_error(WHAT, iface))
+        },
+    )
 }
 
 /// Attaches `prog` (loaded) at TCX ingress of `iface` through the pinned link, replacing
@@ -217,44 +257,34 @@ pub fn attach_tc(
 ) -> Result<Attached, AttachError> {
     const WHAT: &str = "tc";
     ensure_links_dir(pin_dir)?;
-    let path = tc_pin(pin_dir, iface);
-    let prog_err = |source| AttachError::Program {
-        what: WHAT,
-        iface: iface.to_owned(),
-        source,
-    };
-    if let Some(fd) = open_pinned(&path, WHAT, iface)? {
-        match SchedClassifierLink::try_from(fd) {
-            Ok(link) => match prog.attach_to_link(link) {
+    let prog_err = program_error(WHAT, iface);
+    attach_pinned(
+        prog,
+        &tc_pin(pin_dir, iface),
+        WHAT,
+        iface,
+        |prog, fd| {
+            let link = match SchedClassifierLink::try_from(fd) {
+                Ok(link) => link,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            match prog.attach_to_link(link) {
                 Ok(id) => {
-                    drop(prog.take_link(id).map_err(prog_err)?);
-                    info!(iface, "replaced the TC program of the pinned link");
-                    return Ok(Attached::Replaced);
+                    drop(prog.take_link(id).map_err(&prog_err)?);
+                    Ok(Ok(()))
                 }
-                Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
-            },
-            Err(e) => unpin_stale(&path, WHAT, iface, &e)?,
-        }
-    }
-    let id = prog
-        .attach_with_options(
-            iface,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(prog_err)?;
-    let link = prog.take_link(id).map_err(prog_err)?;
-    let fd = FdLink::try_from(link).map_err(|source| AttachError::Link {
-        what: WHAT,
-        iface: iface.to_owned(),
-        source,
-    })?;
-    fd.pin(&path).map_err(|source| AttachError::Pin {
-        path: path.clone(),
-        source,
-    })?;
-    info!(iface, "attached TC ingress");
-    Ok(Attached::Created)
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        },
+        |prog| {
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let id = prog
+                .attach_with_options(iface, TcAttachType::Ingress, options)
+                .map_err(&prog_err)?;
+            let link = prog.take_link(id).map_err(&prog_err)?;
+            FdLink::try_from(link).map_err(link_error(WHAT, iface))
+        },
+    )
 }
 
 /// Unpins the link at `path`, which detaches it (unless someone else holds it).

@@ -20,6 +20,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use lb_agent::dataplane::retry_eagain;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey, maps,
 };
@@ -68,26 +69,6 @@ fn ip(args: &str) -> Result<()> {
     );
     Ok(())
 }
-
-/// Runs `load` again while the kernel answers EAGAIN: the verifier gives up with EAGAIN
-/// when a signal is pending (as libbpf does, retry a few times).
-fn retry_eagain(
-    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
-) -> Result<(), aya::programs::ProgramError> {
-    let mut tries = 0;
-    loop {
-        match load() {
-            Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                if io_error.raw_os_error() == Some(EAGAIN) && tries < 5 =>
-            {
-                tries += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-const EAGAIN: i32 = 11;
 
 /// Fails with a clear message unless the process can load eBPF and make namespaces.
 ///
@@ -317,6 +298,15 @@ impl Dataplane {
         Ok(m.get(&(reason as u32), 0)?.iter().sum())
     }
 
+    /// The `struct xdp_md` a test run passes: `frame` arriving on the underlay veth.
+    /// Fields: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    fn xdp_md(&self, frame: &[u8]) -> [u8; 24] {
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.underlay_ifindex.to_ne_bytes());
+        ctx
+    }
+
     /// Runs an XDP program once on `frame` arriving on the underlay; returns the verdict
     /// and the frame as the program left it.
     ///
@@ -343,10 +333,7 @@ impl Dataplane {
             .with_context(|| prog.to_owned())?
             .try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.underlay_ifindex.to_ne_bytes());
+        let ctx = self.xdp_md(frame);
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
@@ -372,9 +359,7 @@ impl Dataplane {
             .program(prog)
             .with_context(|| prog.to_owned())?
             .try_into()?;
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.underlay_ifindex.to_ne_bytes());
+        let ctx = self.xdp_md(frame);
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod client;
 pub mod netns;
 pub mod topology;
+pub mod web;
 
 pub use agent::{Agent, BackendSpec, PortSpec, Protocol, ServiceSpec};
 pub use client::Reply;

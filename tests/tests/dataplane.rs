@@ -16,6 +16,14 @@ const XDP_REDIRECT: u32 = 4;
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_REDIRECT: i32 = 7;
 
+/// Asserts that TC's output is `inner` VXLAN-encapsulated from this node to the peer. TC
+/// leaves the outer MACs to `bpf_redirect_neigh`, so the comparison starts at the
+/// EtherType.
+fn assert_tc_encapsulated_to_peer(out: &[u8], inner: &[u8]) {
+    let expected = vxlan((NODE_MAC, PEER_MAC), NODE, PEER, vxlan_sport(out), inner);
+    assert_eq!(out[12..], expected[12..]);
+}
+
 #[test]
 fn p1_new_flow_to_a_local_task_is_redirected_with_dnat() {
     let mut dp = mesh(&[0]);
@@ -180,9 +188,7 @@ fn p2_on_the_task_node_decap_delivers_and_replies_go_back_to_the_ingress_node() 
         Tcp::SynAck,
         &[],
     );
-    // TC leaves the outer MACs to bpf_redirect_neigh: compare from the EtherType on.
-    let expected = vxlan((NODE_MAC, PEER_MAC), NODE, PEER, vxlan_sport(&out), &inner);
-    assert_eq!(out[12..], expected[12..]);
+    assert_tc_encapsulated_to_peer(&out, &inner);
 }
 
 #[test]
@@ -367,8 +373,7 @@ fn p3_task_to_vip_reaches_local_and_remote_tasks() {
         Tcp::Syn,
         &[],
     );
-    let expected = vxlan((NODE_MAC, PEER_MAC), NODE, PEER, vxlan_sport(&out), &inner);
-    assert_eq!(out[12..], expected[12..]);
+    assert_tc_encapsulated_to_peer(&out, &inner);
 }
 
 #[test]

@@ -14,36 +14,14 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 use anyhow::{Context, Result, ensure};
 use mesh_tests::client::{EchoConn, ping, request_tcp, request_udp};
-use mesh_tests::{BackendSpec, PortSpec, Protocol, ServiceSpec, Topology, in_netns};
+use mesh_tests::web::{self, TCP_PORT, UDP_PORT, VIP};
+use mesh_tests::{BackendSpec, Topology, in_netns};
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 10);
-const TCP_PORT: u16 = 8080;
-const UDP_PORT: u16 = 8081;
 const TASKS: [(usize, &str, Ipv4Addr); 3] = [
     (1, "web.1", Ipv4Addr::new(10, 255, 1, 1)),
     (2, "web.2", Ipv4Addr::new(10, 255, 2, 1)),
     (3, "web.3", Ipv4Addr::new(10, 255, 3, 1)),
 ];
-
-fn web_service(backends: &[&str]) -> ServiceSpec {
-    ServiceSpec {
-        name: "web".into(),
-        vip: Some(VIP),
-        ports: vec![
-            PortSpec {
-                published: TCP_PORT,
-                target: 80,
-                protocol: Protocol::Tcp,
-            },
-            PortSpec {
-                published: UDP_PORT,
-                target: 80,
-                protocol: Protocol::Udp,
-            },
-        ],
-        backends: backends.iter().map(|b| BackendSpec::new(b)).collect(),
-    }
-}
 
 /// The standard mesh: 3 nodes, web.k on node k, service `web` over the three, agents ready.
 fn mesh() -> Topology {
@@ -52,7 +30,7 @@ fn mesh() -> Topology {
         topo.add_task(node, name, addr)
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
-    topo.set_services(vec![web_service(&["web.1", "web.2", "web.3"])]);
+    topo.set_services(vec![web::service(&["web.1", "web.2", "web.3"])]);
     topo.start_agents().unwrap_or_else(|e| panic!("{e:#}"));
     topo
 }
@@ -66,6 +44,18 @@ fn from_client<R: Send>(topo: &Topology, f: impl FnOnce() -> Result<R> + Send) -
 #[track_caller]
 fn ok<T>(r: Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Every reply came from a task that saw the client's own address (through node `k`).
+fn assert_client_address_seen(replies: &[mesh_tests::Reply], client: Ipv4Addr, k: usize) {
+    for r in replies {
+        assert_eq!(
+            r.peer_ip(),
+            Some(client),
+            "peer seen by {} via n{k}",
+            r.task
+        );
+    }
 }
 
 fn published(topo: &Topology, k: usize) -> SocketAddr {
@@ -91,14 +81,7 @@ fn p1_p2_every_node_reaches_every_task() {
             BTreeSet::from(["web.1", "web.2", "web.3"]),
             "tasks answering through n{k}"
         );
-        for r in &replies {
-            assert_eq!(
-                r.peer_ip(),
-                Some(client),
-                "peer seen by {} via n{k}",
-                r.task
-            );
-        }
+        assert_client_address_seen(&replies, client, k);
     }
 }
 
@@ -164,14 +147,7 @@ fn p5_udp() {
                 })
                 .collect::<Result<Vec<_>>>()
         }));
-        for r in &replies {
-            assert_eq!(
-                r.peer_ip(),
-                Some(client),
-                "peer seen by {} via n{k}",
-                r.task
-            );
-        }
+        assert_client_address_seen(&replies, client, k);
         let tasks: BTreeSet<&str> = replies.iter().map(|r| r.task.as_str()).collect();
         assert!(tasks.len() > 1, "only {tasks:?} answered UDP through n{k}");
     }

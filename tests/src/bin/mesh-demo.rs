@@ -14,14 +14,10 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use mesh_tests::client::request_tcp;
 use mesh_tests::client::request_udp;
-use mesh_tests::{
-    BackendSpec, PortSpec, Protocol, ServiceSpec, Topology, in_netns, teardown_prefix,
-};
+use mesh_tests::web::{self, TCP_PORT, UDP_PORT, VIP};
+use mesh_tests::{Topology, in_netns, teardown_prefix};
 
 const PREFIX: &str = "mesh";
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 10);
-const TCP_PORT: u16 = 8080;
-const UDP_PORT: u16 = 8081;
 
 fn usage() -> ExitCode {
     eprintln!("usage: mesh-demo [--once | --down]");
@@ -70,23 +66,8 @@ fn demo(once: bool) -> Result<()> {
         let addr = Ipv4Addr::new(10, 255, *node as u8, j as u8 + 1);
         topo.add_task(*node, name, addr)?;
     }
-    topo.set_services(vec![ServiceSpec {
-        name: "web".into(),
-        vip: Some(VIP),
-        ports: vec![
-            PortSpec {
-                published: TCP_PORT,
-                target: 80,
-                protocol: Protocol::Tcp,
-            },
-            PortSpec {
-                published: UDP_PORT,
-                target: 80,
-                protocol: Protocol::Udp,
-            },
-        ],
-        backends: tasks.iter().map(|(_, n)| BackendSpec::new(n)).collect(),
-    }]);
+    let names: Vec<&str> = tasks.iter().map(|(_, n)| *n).collect();
+    topo.set_services(vec![web::service(&names)]);
     println!(
         "mesh-demo: starting lb-agent on every node (configs in {})",
         topo.dir().display()
