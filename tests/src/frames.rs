@@ -91,6 +91,22 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
     dp.set_endpoint(REMOTE_TASK, remote).unwrap();
 }
 
+/// Switches `web`'s backend set for `key` atomically, as the agent does: fills slot
+/// table 1, then points the service at it with one map update.
+///
+/// # Panics
+/// When a map update fails.
+pub fn switch_web_backends(dp: &mut Dataplane, key: ServiceKey, backend_ids: &[u32]) {
+    dp.set_slots(WEB, 1, backend_ids).unwrap();
+    let web = Service {
+        id: WEB,
+        table: 1,
+        slots: backend_ids.len() as u32,
+        flags: Service::FLAG_MSS_CLAMP,
+    };
+    dp.set_service(key, web).unwrap();
+}
+
 /// Which TCP segment to build.
 #[derive(Clone, Copy, Debug)]
 pub enum Tcp {

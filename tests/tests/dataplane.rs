@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
-use lb_common::{Backend, DropReason, IPPROTO_TCP, Service, ServiceKey, service::task_mac};
+use lb_common::{Backend, DropReason, IPPROTO_TCP, ServiceKey, service::task_mac};
 use mesh_tests::fixture::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, PEER, PEER_MAC, be};
 use mesh_tests::frames::*;
 
@@ -56,15 +56,7 @@ fn p1_established_flow_keeps_its_backend_across_backend_set_changes() {
     let syn = tcp(FROM_CLIENT, (CLIENT, 40001), (NODE, 8080), Tcp::Syn, &[]);
     assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_REDIRECT);
     // The service's backend set flips atomically to the remote task only.
-    dp.set_slots(WEB, 1, &[1]).unwrap();
-    let web = Service {
-        id: WEB,
-        table: 1,
-        slots: 1,
-        flags: Service::FLAG_MSS_CLAMP,
-    };
-    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
-        .unwrap();
+    switch_web_backends(&mut dp, ServiceKey::published(8080, IPPROTO_TCP), &[1]);
     let ack = tcp(
         FROM_CLIENT,
         (CLIENT, 40001),
@@ -237,15 +229,7 @@ fn draining_backend_takes_no_new_flows_but_keeps_its_established_ones() {
     };
     b.flags |= Backend::FLAG_DRAINING;
     dp.set_backend(drained, b).unwrap();
-    dp.set_slots(WEB, 1, &[other]).unwrap();
-    let web = Service {
-        id: WEB,
-        table: 1,
-        slots: 1,
-        flags: Service::FLAG_MSS_CLAMP,
-    };
-    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
-        .unwrap();
+    switch_web_backends(&mut dp, ServiceKey::published(8080, IPPROTO_TCP), &[other]);
     for port in 41001..41021 {
         let syn = tcp(FROM_CLIENT, (CLIENT, port), (NODE, 8080), Tcp::Syn, &[]);
         dp.run_xdp("lb_xdp", &syn).unwrap();
@@ -276,15 +260,7 @@ fn flows_of_a_removed_backend_are_reassigned() {
     let mut dp = mesh(&[0]);
     let syn = tcp(FROM_CLIENT, (CLIENT, 42000), (NODE, 8080), Tcp::Syn, &[]);
     assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_REDIRECT);
-    dp.set_slots(WEB, 1, &[1]).unwrap();
-    let web = Service {
-        id: WEB,
-        table: 1,
-        slots: 1,
-        flags: Service::FLAG_MSS_CLAMP,
-    };
-    dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
-        .unwrap();
+    switch_web_backends(&mut dp, ServiceKey::published(8080, IPPROTO_TCP), &[1]);
     dp.remove_backend(0).unwrap();
     let ack = tcp(FROM_CLIENT, (CLIENT, 42000), (NODE, 8080), Tcp::Ack, &[]);
     assert_eq!(
@@ -354,15 +330,11 @@ fn p3_task_to_vip_reaches_local_and_remote_tasks() {
     );
 
     // To a task on the peer: encapsulated.
-    dp.set_slots(WEB, 1, &[1]).unwrap();
-    let web = Service {
-        id: WEB,
-        table: 1,
-        slots: 1,
-        flags: Service::FLAG_MSS_CLAMP,
-    };
-    dp.set_service(ServiceKey::new(u32::from(VIP), 80, IPPROTO_TCP), web)
-        .unwrap();
+    switch_web_backends(
+        &mut dp,
+        ServiceKey::new(u32::from(VIP), 80, IPPROTO_TCP),
+        &[1],
+    );
     let syn = tcp(from, (LOCAL_TASK, 33001), (VIP, 80), Tcp::Syn, &[]);
     let (verdict, out) = dp.run_tc(&syn).unwrap();
     assert_eq!(verdict, TC_ACT_REDIRECT);
