@@ -1,3 +1,19 @@
-//! The mesh's control plane. Not built yet: the dataplane runs standalone from
-//! `lb-agent --config`; the Raft-replicated manager and `meshctl` come next.
+//! The mesh's control plane: a Raft-replicated manager, its gRPC API, the
+//! cluster PKI and join tokens, and the `meshctl` CLI's client side.
+//!
+//! The orchestration logic is a pure core ([`state`], [`liveness`]) tested
+//! without I/O; the gRPC services, Raft storage and network are thin shells
+//! around it.
 #![forbid(unsafe_code)]
+
+pub mod proto {
+    //! Generated gRPC types for `proto/mesh.proto`.
+    #![allow(missing_docs, missing_debug_implementations, unused_qualifications)]
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("mesh.v1");
+}
+
+pub mod state;
+pub mod auth;
+pub mod pki;
+pub mod raft;

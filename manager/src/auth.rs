@@ -1,0 +1,1 @@
+//! Per-RPC authentication and authorisation from the caller's certificate. (In progress.)

@@ -1,0 +1,1 @@
+//! The cluster PKI: CA, certificate issuance, join tokens, TLS configuration. (In progress.)

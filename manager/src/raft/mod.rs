@@ -1,0 +1,1 @@
+//! Raft plumbing: openraft types, redb log storage, the state machine and the gRPC network. (In progress.)

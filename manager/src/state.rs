@@ -1,0 +1,732 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! This is the Raft state machine's pure core: [`ClusterState::apply`] is a
+//! deterministic function of the state and a [`Command`]. Every replica
+//! applies the same commands in the same order and reaches the same state;
+//! a command that fails validation returns a [`StateError`] and changes
+//! nothing. Time enters only through the commands (the leader stamps them).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity: random, assigned at join, written as 16 hex digits.
+pub type NodeId = u64;
+
+/// The state every manager reads and the state machine writes.
+pub type SharedState = Arc<RwLock<ClusterState>>;
+
+/// Formats a node ID the way users see it.
+#[must_use]
+pub fn format_id(id: NodeId) -> String {
+    format!("{id:016x}")
+}
+
+/// A node's role in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs tasks only.
+    Worker,
+    /// Runs tasks and takes part in Raft.
+    Manager,
+}
+
+impl Role {
+    /// The lower-case name (`worker`, `manager`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = StateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "worker" => Ok(Role::Worker),
+            "manager" => Ok(Role::Manager),
+            other => Err(StateError::Invalid(format!(
+                "invalid role {other:?}: expected worker or manager"
+            ))),
+        }
+    }
+}
+
+/// Whether the scheduler may place tasks on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// New tasks may be scheduled here.
+    Active,
+    /// No new tasks; running tasks stay.
+    Pause,
+    /// No tasks; running tasks move elsewhere.
+    Drain,
+}
+
+impl Availability {
+    /// The lower-case name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Availability {
+    type Err = StateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(Availability::Active),
+            "pause" => Ok(Availability::Pause),
+            "drain" => Ok(Availability::Drain),
+            other => Err(StateError::Invalid(format!(
+                "invalid availability {other:?}: expected active, pause or drain"
+            ))),
+        }
+    }
+}
+
+/// A node's liveness, as the leader's dispatcher last committed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Joined, no session yet.
+    Unknown,
+    /// Holds a session with heartbeats.
+    Ready,
+    /// Missed its heartbeats or closed its session.
+    Down,
+}
+
+impl NodeStatus {
+    /// The lower-case name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Unknown => "unknown",
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Identity; the CN of the node's certificate.
+    pub id: NodeId,
+    /// The hostname the node reported when it joined.
+    pub hostname: String,
+    /// Worker or manager.
+    pub role: Role,
+    /// Whether tasks may be placed here.
+    pub availability: Availability,
+    /// Liveness from the dispatcher.
+    pub status: NodeStatus,
+    /// Operator labels, for placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// Where this node's manager API listens, if it runs a manager.
+    pub manager_addr: Option<String>,
+    /// Agent version reported in the last session.
+    pub agent_version: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub updated_at_ms: u64,
+}
+
+impl Node {
+    /// A freshly joined node: active, status unknown, no labels.
+    #[must_use]
+    pub fn new(id: NodeId, hostname: String, role: Role, at_ms: u64) -> Self {
+        Self {
+            id,
+            hostname,
+            role,
+            availability: Availability::Active,
+            status: NodeStatus::Unknown,
+            labels: BTreeMap::new(),
+            manager_addr: None,
+            agent_version: String::new(),
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+        }
+    }
+}
+
+/// The cluster CA, replicated so that any leader can sign certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaMaterial {
+    /// PEM certificate.
+    pub cert_pem: String,
+    /// PEM private key (PKCS#8).
+    pub key_pem: String,
+}
+
+/// The secret halves of the current join tokens, one per role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSecrets {
+    /// Secret of the worker token.
+    pub worker: String,
+    /// Secret of the manager token.
+    pub manager: String,
+}
+
+impl JoinSecrets {
+    /// The secret for `role`.
+    #[must_use]
+    pub fn for_role(&self, role: Role) -> &str {
+        match role {
+            Role::Worker => &self.worker,
+            Role::Manager => &self.manager,
+        }
+    }
+}
+
+/// Everything the managers replicate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set by the bootstrap command; empty before.
+    pub cluster_id: String,
+    /// The cluster CA; `None` before bootstrap.
+    pub ca: Option<CaMaterial>,
+    /// Current join-token secrets.
+    pub secrets: JoinSecrets,
+    /// Members, by ID.
+    pub nodes: BTreeMap<NodeId, Node>,
+}
+
+/// A change to the cluster state, as committed to the Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// The first entry of a new cluster.
+    Bootstrap {
+        /// New cluster's ID.
+        cluster_id: String,
+        /// The CA the first manager generated.
+        ca: CaMaterial,
+        /// Initial join-token secrets.
+        secrets: JoinSecrets,
+        /// The first manager's node.
+        first: Node,
+    },
+    /// Replaces one role's join-token secret; the old token stops working.
+    RotateSecret {
+        /// Which token.
+        role: Role,
+        /// Its new secret.
+        secret: String,
+    },
+    /// A node joined.
+    AddNode {
+        /// The new node.
+        node: Node,
+    },
+    /// Operator changes to availability and labels.
+    UpdateNode {
+        /// Which node.
+        id: NodeId,
+        /// New availability, if any.
+        availability: Option<Availability>,
+        /// Labels to set.
+        label_add: BTreeMap<String, String>,
+        /// Label keys to remove.
+        label_rm: Vec<String>,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// Promotion or demotion.
+    SetRole {
+        /// Which node.
+        id: NodeId,
+        /// The new role.
+        role: Role,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// Records where a manager's API listens.
+    SetManagerAddr {
+        /// Which node.
+        id: NodeId,
+        /// Its API address, `None` when it stops being a manager.
+        addr: Option<String>,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// The dispatcher saw a session start or heartbeats stop.
+    SetStatus {
+        /// Which node.
+        id: NodeId,
+        /// New liveness.
+        status: NodeStatus,
+        /// Agent version reported by the session (kept if empty).
+        agent_version: String,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// Removes a node; its certificate stops working.
+    RemoveNode {
+        /// Which node.
+        id: NodeId,
+        /// Remove even if it is not down.
+        force: bool,
+    },
+}
+
+/// What a successfully applied command returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to return.
+    Done,
+    /// The node as it is after the command.
+    Node(Node),
+}
+
+/// The state machine's answer to a command: every replica computes the same.
+pub type Response = Result<Applied, StateError>;
+
+/// Why a command or a lookup was refused. Refused commands change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StateError {
+    /// No node matches the name.
+    #[error("node {0} not found")]
+    UnknownNode(String),
+    /// A prefix or hostname matched more than one node.
+    #[error("node {0} is ambiguous ({1} matches)")]
+    AmbiguousNode(String, usize),
+    /// Demoting or removing the only manager.
+    #[error("node {0} is the last manager of the cluster and can't be demoted")]
+    LastManager(String),
+    /// Removing a manager that is still a Raft member.
+    #[error("node {0} is a cluster manager and is a member of the raft cluster; it must be demoted to worker before removal")]
+    ManagerStillMember(String),
+    /// Removing a node that is still up.
+    #[error("node {0} is not down and can't be removed; use --force to remove it anyway")]
+    NodeNotDown(String),
+    /// A second bootstrap.
+    #[error("the cluster is already initialised")]
+    AlreadyBootstrapped,
+    /// A command before bootstrap.
+    #[error("the cluster is not initialised")]
+    NotBootstrapped,
+    /// A node ID that is already taken.
+    #[error("node {0} already exists")]
+    NodeExists(String),
+    /// A malformed value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClusterState {
+    /// Applies one committed command. Returns the error and leaves the state
+    /// unchanged when the command is not valid in this state.
+    ///
+    /// # Errors
+    /// The command's [`StateError`]; see each variant.
+    pub fn apply(&mut self, command: &Command) -> Response {
+        if !matches!(command, Command::Bootstrap { .. }) && self.ca.is_none() {
+            return Err(StateError::NotBootstrapped);
+        }
+        match command {
+            Command::Bootstrap {
+                cluster_id,
+                ca,
+                secrets,
+                first,
+            } => {
+                if self.ca.is_some() {
+                    return Err(StateError::AlreadyBootstrapped);
+                }
+                self.cluster_id.clone_from(cluster_id);
+                self.ca = Some(ca.clone());
+                self.secrets = secrets.clone();
+                self.nodes.insert(first.id, first.clone());
+                Ok(Applied::Node(first.clone()))
+            }
+            Command::RotateSecret { role, secret } => {
+                match role {
+                    Role::Worker => self.secrets.worker.clone_from(secret),
+                    Role::Manager => self.secrets.manager.clone_from(secret),
+                }
+                Ok(Applied::Done)
+            }
+            Command::AddNode { node } => {
+                if self.nodes.contains_key(&node.id) {
+                    return Err(StateError::NodeExists(format_id(node.id)));
+                }
+                self.nodes.insert(node.id, node.clone());
+                Ok(Applied::Node(node.clone()))
+            }
+            Command::UpdateNode {
+                id,
+                availability,
+                label_add,
+                label_rm,
+                at_ms,
+            } => {
+                for key in label_add.keys().chain(label_rm) {
+                    validate_label_key(key)?;
+                }
+                let node = self.node_mut(*id)?;
+                if let Some(availability) = availability {
+                    node.availability = *availability;
+                }
+                for key in label_rm {
+                    node.labels.remove(key);
+                }
+                node.labels
+                    .extend(label_add.iter().map(|(k, v)| (k.clone(), v.clone())));
+                node.updated_at_ms = *at_ms;
+                Ok(Applied::Node(node.clone()))
+            }
+            Command::SetRole { id, role, at_ms } => {
+                self.check_role_change(*id, *role)?;
+                let node = self.node_mut(*id)?;
+                node.role = *role;
+                node.updated_at_ms = *at_ms;
+                Ok(Applied::Node(node.clone()))
+            }
+            Command::SetManagerAddr { id, addr, at_ms } => {
+                let node = self.node_mut(*id)?;
+                node.manager_addr.clone_from(addr);
+                node.updated_at_ms = *at_ms;
+                Ok(Applied::Node(node.clone()))
+            }
+            Command::SetStatus {
+                id,
+                status,
+                agent_version,
+                at_ms,
+            } => {
+                let node = self.node_mut(*id)?;
+                node.status = *status;
+                if !agent_version.is_empty() {
+                    node.agent_version.clone_from(agent_version);
+                }
+                node.updated_at_ms = *at_ms;
+                Ok(Applied::Node(node.clone()))
+            }
+            Command::RemoveNode { id, force } => {
+                self.check_remove(*id, *force)?;
+                self.nodes.remove(id);
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    /// Checks a promotion or demotion without applying it.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownNode`], or [`StateError::LastManager`] when the
+    /// change would leave no manager.
+    pub fn check_role_change(&self, id: NodeId, role: Role) -> Result<(), StateError> {
+        let node = self.node(id)?;
+        if node.role == Role::Manager && role == Role::Worker && self.managers().count() <= 1 {
+            return Err(StateError::LastManager(format_id(id)));
+        }
+        Ok(())
+    }
+
+    /// Checks a removal without applying it.
+    ///
+    /// # Errors
+    /// [`StateError::ManagerStillMember`] for a manager,
+    /// [`StateError::NodeNotDown`] for a live node without `force`.
+    pub fn check_remove(&self, id: NodeId, force: bool) -> Result<(), StateError> {
+        let node = self.node(id)?;
+        if node.role == Role::Manager {
+            return Err(StateError::ManagerStillMember(format_id(id)));
+        }
+        if node.status == NodeStatus::Ready && !force {
+            return Err(StateError::NodeNotDown(format_id(id)));
+        }
+        Ok(())
+    }
+
+    /// The node with this ID.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownNode`].
+    pub fn node(&self, id: NodeId) -> Result<&Node, StateError> {
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| StateError::UnknownNode(format_id(id)))
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> Result<&mut Node, StateError> {
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| StateError::UnknownNode(format_id(id)))
+    }
+
+    /// Nodes with the manager role.
+    pub fn managers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| n.role == Role::Manager)
+    }
+
+    /// Resolves what a user typed: a full ID, a unique ID prefix, or a
+    /// unique hostname (in that order of preference, as docker does).
+    ///
+    /// # Errors
+    /// [`StateError::UnknownNode`] or [`StateError::AmbiguousNode`].
+    pub fn resolve(&self, name: &str) -> Result<NodeId, StateError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(StateError::Invalid("a node name is required".into()));
+        }
+        if let Some(node) = self.nodes.values().find(|n| format_id(n.id) == name) {
+            return Ok(node.id);
+        }
+        let by_prefix: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| format_id(n.id).starts_with(name))
+            .map(|n| n.id)
+            .collect();
+        let by_hostname: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.hostname == name)
+            .map(|n| n.id)
+            .collect();
+        match (by_prefix.as_slice(), by_hostname.as_slice()) {
+            ([id], _) | ([], [id]) => Ok(*id),
+            ([], []) => Err(StateError::UnknownNode(name.to_string())),
+            ([], many) | (many, _) => Err(StateError::AmbiguousNode(name.to_string(), many.len())),
+        }
+    }
+}
+
+/// Parses `key=value` (or a bare `key`, value empty) as docker's
+/// `--label-add` does.
+///
+/// # Errors
+/// [`StateError::Invalid`] for an empty or malformed key.
+pub fn parse_label(spec: &str) -> Result<(String, String), StateError> {
+    let (key, value) = spec.split_once('=').unwrap_or((spec, ""));
+    validate_label_key(key)?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+fn validate_label_key(key: &str) -> Result<(), StateError> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::Invalid(format!(
+            "invalid label key {key:?}: use letters, digits, '.', '-', '_' and '/'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bootstrapped() -> ClusterState {
+        let mut state = ClusterState::default();
+        let first = Node::new(0xaa00, "m1".into(), Role::Manager, 1);
+        state
+            .apply(&Command::Bootstrap {
+                cluster_id: "c".into(),
+                ca: CaMaterial {
+                    cert_pem: "cert".into(),
+                    key_pem: "key".into(),
+                },
+                secrets: JoinSecrets {
+                    worker: "w".into(),
+                    manager: "m".into(),
+                },
+                first,
+            })
+            .unwrap();
+        state
+    }
+
+    fn add(state: &mut ClusterState, id: NodeId, host: &str, role: Role) {
+        state
+            .apply(&Command::AddNode {
+                node: Node::new(id, host.into(), role, 2),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn commands_before_bootstrap_are_refused() {
+        let mut state = ClusterState::default();
+        let err = state
+            .apply(&Command::RemoveNode { id: 1, force: true })
+            .unwrap_err();
+        assert_eq!(err, StateError::NotBootstrapped);
+        assert_eq!(state, ClusterState::default());
+    }
+
+    #[test]
+    fn second_bootstrap_is_refused_and_changes_nothing() {
+        let mut state = bootstrapped();
+        let before = state.clone();
+        let err = state
+            .apply(&Command::Bootstrap {
+                cluster_id: "other".into(),
+                ca: CaMaterial {
+                    cert_pem: String::new(),
+                    key_pem: String::new(),
+                },
+                secrets: JoinSecrets::default(),
+                first: Node::new(1, "x".into(), Role::Manager, 0),
+            })
+            .unwrap_err();
+        assert_eq!(err, StateError::AlreadyBootstrapped);
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn the_last_manager_cannot_be_demoted() {
+        let mut state = bootstrapped();
+        let before = state.clone();
+        let err = state
+            .apply(&Command::SetRole {
+                id: 0xaa00,
+                role: Role::Worker,
+                at_ms: 5,
+            })
+            .unwrap_err();
+        assert!(matches!(err, StateError::LastManager(_)));
+        assert_eq!(state, before);
+
+        add(&mut state, 0xbb00, "m2", Role::Manager);
+        state
+            .apply(&Command::SetRole {
+                id: 0xaa00,
+                role: Role::Worker,
+                at_ms: 6,
+            })
+            .unwrap();
+        assert_eq!(state.node(0xaa00).unwrap().role, Role::Worker);
+    }
+
+    #[test]
+    fn removal_refuses_managers_and_live_nodes() {
+        let mut state = bootstrapped();
+        add(&mut state, 0xbb00, "w1", Role::Worker);
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(&Command::RemoveNode {
+                id: 0xaa00,
+                force: true
+            }),
+            Err(StateError::ManagerStillMember(_))
+        ));
+        state
+            .apply(&Command::SetStatus {
+                id: 0xbb00,
+                status: NodeStatus::Ready,
+                agent_version: "v".into(),
+                at_ms: 3,
+            })
+            .unwrap();
+        let ready = state.clone();
+        assert!(matches!(
+            state.apply(&Command::RemoveNode {
+                id: 0xbb00,
+                force: false
+            }),
+            Err(StateError::NodeNotDown(_))
+        ));
+        assert_eq!(state, ready);
+        state
+            .apply(&Command::RemoveNode {
+                id: 0xbb00,
+                force: true,
+            })
+            .unwrap();
+        assert_eq!(state.nodes.len(), before.nodes.len() - 1);
+    }
+
+    #[test]
+    fn names_resolve_by_id_prefix_and_hostname() {
+        let mut state = bootstrapped();
+        add(&mut state, 0xbb00, "w1", Role::Worker);
+        add(&mut state, 0xbb01, "w2", Role::Worker);
+        assert_eq!(state.resolve("000000000000bb00").unwrap(), 0xbb00);
+        assert_eq!(state.resolve("000000000000aa").unwrap(), 0xaa00);
+        assert_eq!(state.resolve("w2").unwrap(), 0xbb01);
+        assert_eq!(
+            state.resolve("000000000000bb").unwrap_err(),
+            StateError::AmbiguousNode("000000000000bb".into(), 2)
+        );
+        assert!(matches!(
+            state.resolve("nope"),
+            Err(StateError::UnknownNode(_))
+        ));
+        assert!(matches!(state.resolve(" "), Err(StateError::Invalid(_))));
+    }
+
+    #[test]
+    fn labels_are_validated_before_anything_changes() {
+        let mut state = bootstrapped();
+        let before = state.clone();
+        let err = state
+            .apply(&Command::UpdateNode {
+                id: 0xaa00,
+                availability: Some(Availability::Drain),
+                label_add: BTreeMap::from([("bad key".to_string(), "v".to_string())]),
+                label_rm: vec![],
+                at_ms: 9,
+            })
+            .unwrap_err();
+        assert!(matches!(err, StateError::Invalid(_)));
+        assert_eq!(state, before);
+
+        let Applied::Node(node) = state
+            .apply(&Command::UpdateNode {
+                id: 0xaa00,
+                availability: Some(Availability::Drain),
+                label_add: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+                label_rm: vec![],
+                at_ms: 9,
+            })
+            .unwrap()
+        else {
+            panic!("expected the node back");
+        };
+        assert_eq!(node.availability, Availability::Drain);
+        assert_eq!(node.labels["zone"], "a");
+        assert_eq!(parse_label("k=v=w").unwrap(), ("k".into(), "v=w".into()));
+        assert!(parse_label("=v").is_err());
+    }
+}
