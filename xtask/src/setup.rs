@@ -40,6 +40,8 @@ const TOOL_PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
     "curl",
+    // `cargo xtask bench mesh`: the userspace L4 proxy it compares the mesh with.
+    "haproxy",
 ];
 
 /// The `bpf-linker` version this workspace is built and tested with.
