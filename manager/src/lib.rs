@@ -13,6 +13,7 @@ pub mod proto {
     tonic::include_proto!("mesh.v1");
 }
 
+pub mod liveness;
 pub mod state;
 pub mod auth;
 pub mod pki;

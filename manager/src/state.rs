@@ -6,7 +6,7 @@
 //! a command that fails validation returns a [`StateError`] and changes
 //! nothing. Time enters only through the commands (the leader stamps them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -224,6 +224,8 @@ pub struct ClusterState {
     pub secrets: JoinSecrets,
     /// Members, by ID.
     pub nodes: BTreeMap<NodeId, Node>,
+    /// Nodes removed from the cluster; their certificates are refused.
+    pub removed: BTreeSet<NodeId>,
 }
 
 /// A change to the cluster state, as committed to the Raft log.
@@ -381,7 +383,7 @@ impl ClusterState {
                 Ok(Applied::Done)
             }
             Command::AddNode { node } => {
-                if self.nodes.contains_key(&node.id) {
+                if self.nodes.contains_key(&node.id) || self.removed.contains(&node.id) {
                     return Err(StateError::NodeExists(format_id(node.id)));
                 }
                 self.nodes.insert(node.id, node.clone());
@@ -439,6 +441,7 @@ impl ClusterState {
             Command::RemoveNode { id, force } => {
                 self.check_remove(*id, *force)?;
                 self.nodes.remove(id);
+                self.removed.insert(*id);
                 Ok(Applied::Done)
             }
         }
