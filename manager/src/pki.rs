@@ -1,1 +1,0 @@
-//! The cluster PKI: CA, certificate issuance, join tokens, TLS configuration. (In progress.)
