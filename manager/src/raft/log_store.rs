@@ -1,0 +1,385 @@
+//! The Raft log, the vote and the committed/purged markers, in redb.
+//!
+//! One redb database file holds the log (table `raft_log`, key = log index,
+//! value = the entry as JSON), a small metadata table (`raft_meta`: vote,
+//! committed log id, last purged log id) and, written by the state machine,
+//! the latest snapshot. Every write transaction commits with
+//! [`Durability::Immediate`] (fsync) before openraft is told that the write
+//! is done, so an acknowledged vote or log entry survives a crash.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Entry, TypeConfig};
+use crate::state::NodeId;
+
+/// Log entries by index, JSON-encoded.
+pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+/// Vote, committed and last purged log ids, JSON-encoded.
+pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// A failure of the redb database or of (de)serialising what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// redb failed.
+    #[error("raft database: {0}")]
+    Redb(#[from] redb::Error),
+    /// A stored value is not valid JSON for its type, or a value could not be encoded.
+    #[error("raft database: bad stored value: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The blocking task running a database write panicked or was cancelled.
+    #[error("raft database: write task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                DbError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Wraps a [`DbError`] as openraft's storage error for `subject` and `verb`.
+pub(crate) fn storage_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: &DbError,
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
+}
+
+/// Runs one durable write transaction: `f` fills it, then it is committed
+/// with immediate durability (fsync).
+pub(crate) fn write_txn<T>(
+    db: &Database,
+    f: impl FnOnce(&WriteTransaction) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let out = f(&txn)?;
+    txn.commit()?;
+    Ok(out)
+}
+
+/// Runs a blocking database job on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DbError> + Send + 'static,
+) -> Result<T, DbError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+fn put_meta<T: Serialize>(txn: &WriteTransaction, key: &str, value: &T) -> Result<(), DbError> {
+    let bytes = serde_json::to_vec(value)?;
+    txn.open_table(META)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+/// The redb-backed Raft log. Cheap to clone: clones share the database.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// Opens the log in `db`, creating its tables if needed.
+    ///
+    /// # Errors
+    /// [`DbError`] when the tables cannot be created.
+    pub fn new(db: Arc<Database>) -> Result<Self, DbError> {
+        write_txn(&db, |txn| {
+            txn.open_table(LOG)?;
+            txn.open_table(META)?;
+            Ok(())
+        })?;
+        Ok(Self { db })
+    }
+
+    fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DbError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        match table.get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, DbError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        let mut out = Vec::new();
+        for row in table.range::<u64>(range)? {
+            let (_, v) = row?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, DbError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        match table.last()? {
+            Some((_, v)) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The last purged log id, if any.
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn last_purged(&self) -> Result<Option<LogId<NodeId>>, DbError> {
+        self.meta(LAST_PURGED)
+    }
+
+    /// The id of the last entry in the log (or the last purged one when
+    /// the log is empty).
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, DbError> {
+        match self.last_entry()? {
+            Some(e) => Ok(Some(e.log_id)),
+            None => self.last_purged(),
+        }
+    }
+
+    /// The saved vote, if any.
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn vote(&self) -> Result<Option<Vote<NodeId>>, DbError> {
+        self.meta(VOTE)
+    }
+
+    /// Entries from `from` (inclusive) to the end of the log.
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn entries_from(&self, from: u64) -> Result<Vec<Entry>, DbError> {
+        self.entries((Bound::Included(from), Bound::Unbounded))
+    }
+
+    /// Appends `entries` and saves `vote` in one durable transaction,
+    /// outside openraft (used to force a new cluster before starting it).
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn append_with_vote(&self, entries: &[Entry], vote: &Vote<NodeId>) -> Result<(), DbError> {
+        write_txn(&self.db, |txn| {
+            {
+                let mut table = txn.open_table(LOG)?;
+                for e in entries {
+                    let bytes = serde_json::to_vec(e)?;
+                    table.insert(e.log_id.index, bytes.as_slice())?;
+                }
+            }
+            put_meta(txn, VOTE, vote)
+        })
+    }
+
+    async fn put_meta_durable<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), DbError> {
+        let bytes = serde_json::to_vec(value)?;
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |txn| {
+                txn.open_table(META)?.insert(key, bytes.as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.entries(bounds)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let read = || -> Result<_, DbError> {
+            let last_purged = self.last_purged()?;
+            let last = self.last_entry()?.map(|e| e.log_id).or(last_purged);
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        };
+        read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.put_meta_durable(VOTE, vote)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.vote()
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, &e))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.put_meta_durable(COMMITTED, &committed)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        self.meta::<Option<LogId<NodeId>>>(COMMITTED)
+            .map(Option::flatten)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, &e))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encode = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e)?)))
+            .collect::<Result<Vec<_>, DbError>>();
+        let db = self.db.clone();
+        let result = match encode {
+            Ok(rows) => {
+                blocking(move || {
+                    write_txn(&db, |txn| {
+                        let mut table = txn.open_table(LOG)?;
+                        for (index, bytes) in &rows {
+                            table.insert(*index, bytes.as_slice())?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                // Durable: tell openraft the entries are on disk.
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |txn| {
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in::<u64, _>(log_id.index.., |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |txn| {
+                put_meta(txn, LAST_PURGED, &log_id)?;
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in::<u64, _>(..=log_id.index, |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::StorageError;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::LogStore;
+    use crate::raft::TypeConfig;
+    use crate::raft::state_machine::StateMachineStore;
+    use crate::raft::test_support::TestDir;
+    use crate::state::NodeId;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TestDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(TestDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+            let dir = TestDir::new("suite");
+            let db =
+                Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("create db"));
+            let log = LogStore::new(db.clone()).expect("log store");
+            let sm = StateMachineStore::open(db, Arc::default()).expect("state machine");
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage conformance suite against the redb store.
+    #[test]
+    fn openraft_storage_suite() {
+        if let Err(e) = Suite::test_all(Builder) {
+            panic!("storage suite failed: {e}");
+        }
+    }
+}
