@@ -13,8 +13,10 @@ pub mod proto {
     tonic::include_proto!("mesh.v1");
 }
 
-pub mod liveness;
-pub mod state;
 pub mod auth;
+pub mod liveness;
+pub mod metrics;
 pub mod pki;
 pub mod raft;
+pub mod state;
+pub mod table;

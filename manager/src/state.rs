@@ -330,7 +330,9 @@ pub enum StateError {
     #[error("node {0} is the last manager of the cluster and can't be demoted")]
     LastManager(String),
     /// Removing a manager that is still a Raft member.
-    #[error("node {0} is a cluster manager and is a member of the raft cluster; it must be demoted to worker before removal")]
+    #[error(
+        "node {0} is a cluster manager and is a member of the raft cluster; it must be demoted to worker before removal"
+    )]
     ManagerStillMember(String),
     /// Removing a node that is still up.
     #[error("node {0} is not down and can't be removed; use --force to remove it anyway")]
