@@ -39,7 +39,7 @@ pub fn generate_key_and_csr() -> Result<(String, String), PkiError> {
     Ok((key.serialize_pem(), csr))
 }
 
-/// A node's TLS material, in memory.
+/// A node's TLS material, in memory: what [`TlsDir`] stores.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeIdentity {
     /// The cluster CA certificate, PEM.
@@ -48,79 +48,90 @@ pub struct NodeIdentity {
     pub cert_pem: String,
     /// The node's private key, PEM (PKCS#8).
     pub key_pem: String,
-    info: CertInfo,
 }
 
 impl std::fmt::Debug for NodeIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeIdentity")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        let mut s = f.debug_struct("NodeIdentity");
+        match self.info() {
+            Ok(info) => s.field("info", &info),
+            Err(e) => s.field("invalid", &e.to_string()),
+        };
+        s.finish_non_exhaustive()
     }
 }
 
 impl NodeIdentity {
-    /// Checks and bundles a node's material.
+    /// What the node certificate says.
     ///
     /// # Errors
     ///
-    /// [`PkiError::InvalidCertificate`] if the certificate is not a node
-    /// certificate or the key does not belong to it.
-    pub fn new(ca_pem: String, cert_pem: String, key_pem: String) -> Result<Self, PkiError> {
-        let info = parse_cert_pem(&cert_pem)?;
-        super::ca::first_cert_der(&ca_pem)?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| PkiError::InvalidCertificate(format!("node key: {e}")))?;
-        let der = super::ca::first_cert_der(&cert_pem)?;
+    /// As [`parse_cert_pem`](super::parse_cert_pem).
+    pub fn info(&self) -> Result<CertInfo, PkiError> {
+        parse_cert_pem(&self.cert_pem)
+    }
+
+    /// The node ID from the certificate's CN.
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeIdentity::info`].
+    pub fn node_id(&self) -> Result<NodeId, PkiError> {
+        Ok(self.info()?.node_id)
+    }
+
+    /// The role from the certificate's OU (the role when it was issued).
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeIdentity::info`].
+    pub fn role(&self) -> Result<Role, PkiError> {
+        Ok(self.info()?.role)
+    }
+
+    /// Whether the certificate has expired (or cannot be read).
+    #[must_use]
+    pub fn is_expired(&self) -> bool {
+        self.info()
+            .map_or(true, |info| info.is_expired_at(SystemTime::now()))
+    }
+
+    /// Whether the certificate expires within `margin` from now (or cannot
+    /// be read): time to renew.
+    #[must_use]
+    pub fn expires_within(&self, margin: Duration) -> bool {
+        self.info()
+            .map_or(true, |info| info.expires_within(margin, SystemTime::now()))
+    }
+
+    /// Checks that the material belongs together: the certificate is a node
+    /// certificate signed by the CA, and the key is the certificate's.
+    /// Returns what the certificate says.
+    ///
+    /// # Errors
+    ///
+    /// [`PkiError::InvalidCertificate`] saying which check failed.
+    pub fn check(&self) -> Result<CertInfo, PkiError> {
+        let info = self.info()?;
+        let ca_der = super::ca::first_cert_der(&self.ca_pem)?;
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
+            .map_err(|e| PkiError::InvalidCertificate(format!("CA certificate: {e}")))?;
+        let der = super::ca::first_cert_der(&self.cert_pem)?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| PkiError::InvalidCertificate(e.to_string()))?;
+        cert.verify_signature(Some(ca.public_key())).map_err(|_| {
+            PkiError::InvalidCertificate(
+                "the node certificate is not signed by the cluster CA".into(),
+            )
+        })?;
+        let key = KeyPair::from_pem(&self.key_pem)
+            .map_err(|e| PkiError::InvalidCertificate(format!("node key: {e}")))?;
         if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
             return Err(PkiError::InvalidCertificate(
                 "the node key does not belong to the node certificate".into(),
             ));
         }
-        Ok(Self {
-            ca_pem,
-            cert_pem,
-            key_pem,
-            info,
-        })
-    }
-
-    /// What the certificate says.
-    #[must_use]
-    pub fn info(&self) -> &CertInfo {
-        &self.info
-    }
-
-    /// The node ID from the certificate's CN.
-    #[must_use]
-    pub fn node_id(&self) -> NodeId {
-        self.info.node_id
-    }
-
-    /// The role from the certificate's OU (the role when it was issued).
-    #[must_use]
-    pub fn role(&self) -> Role {
-        self.info.role
-    }
-
-    /// End of the certificate's validity.
-    #[must_use]
-    pub fn not_after(&self) -> SystemTime {
-        self.info.not_after
-    }
-
-    /// Whether the certificate has expired.
-    #[must_use]
-    pub fn is_expired(&self) -> bool {
-        self.info.is_expired_at(SystemTime::now())
-    }
-
-    /// Whether the certificate expires within `margin` from now.
-    #[must_use]
-    pub fn expires_within(&self, margin: Duration) -> bool {
-        self.info.expires_within(margin, SystemTime::now())
+        Ok(info)
     }
 }
 
@@ -167,19 +178,21 @@ impl TlsDir {
         self.ca_path().is_file() && self.cert_path().is_file() && self.key_path().is_file()
     }
 
-    /// Reads and checks the node's material.
+    /// Reads the node's material and checks it ([`NodeIdentity::check`]).
     ///
     /// # Errors
     ///
-    /// [`PkiError::Io`] if a file cannot be read; as [`NodeIdentity::new`]
-    /// if the material is not valid.
+    /// [`PkiError::Io`] if a file cannot be read; as
+    /// [`NodeIdentity::check`] if the material is not valid.
     pub fn load(&self) -> Result<NodeIdentity, PkiError> {
         let read = |p: PathBuf| fs::read_to_string(&p).map_err(|e| PkiError::io(p, e));
-        NodeIdentity::new(
-            read(self.ca_path())?,
-            read(self.cert_path())?,
-            read(self.key_path())?,
-        )
+        let identity = NodeIdentity {
+            ca_pem: read(self.ca_path())?,
+            cert_pem: read(self.cert_path())?,
+            key_pem: read(self.key_path())?,
+        };
+        identity.check()?;
+        Ok(identity)
     }
 
     /// Writes the node's material, creating the directory (mode 0700). Each
@@ -249,7 +262,12 @@ mod tests {
         let authority = Authority::new(&ca).unwrap();
         let (key, csr) = generate_key_and_csr().unwrap();
         let cert = authority.sign_csr(&csr, 0x42, Role::Manager, "c").unwrap();
-        let identity = NodeIdentity::new(ca.cert_pem.clone(), cert, key).unwrap();
+        let identity = NodeIdentity {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert,
+            key_pem: key,
+        };
+        identity.check().unwrap();
 
         let root = temp_dir();
         let dir = TlsDir::new(root.join("tls"));
@@ -260,8 +278,8 @@ mod tests {
         assert_eq!(mode, 0o600);
         let loaded = dir.load().unwrap();
         assert_eq!(loaded, identity);
-        assert_eq!(loaded.node_id(), 0x42);
-        assert_eq!(loaded.role(), Role::Manager);
+        assert_eq!(loaded.node_id().unwrap(), 0x42);
+        assert_eq!(loaded.role().unwrap(), Role::Manager);
         assert!(!loaded.is_expired());
         assert!(!loaded.expires_within(Duration::from_secs(30 * 86400)));
         // Saving again replaces the files.
@@ -282,8 +300,34 @@ mod tests {
         let (_, csr) = generate_key_and_csr().unwrap();
         let (other_key, _) = generate_key_and_csr().unwrap();
         let cert = authority.sign_csr(&csr, 1, Role::Worker, "c").unwrap();
-        let err = NodeIdentity::new(ca.cert_pem, cert, other_key).unwrap_err();
+        let identity = NodeIdentity {
+            ca_pem: ca.cert_pem,
+            cert_pem: cert,
+            key_pem: other_key,
+        };
+        let err = identity.check().unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_of_another_ca_is_refused() {
+        let ca = generate_ca("c").unwrap();
+        let other = generate_ca("d").unwrap();
+        let (key, csr) = generate_key_and_csr().unwrap();
+        let cert = Authority::new(&other)
+            .unwrap()
+            .sign_csr(&csr, 1, Role::Worker, "d")
+            .unwrap();
+        let identity = NodeIdentity {
+            ca_pem: ca.cert_pem,
+            cert_pem: cert,
+            key_pem: key,
+        };
+        let err = identity.check().unwrap_err();
+        assert!(
+            err.to_string().contains("not signed by the cluster CA"),
+            "{err}"
+        );
     }
 
     #[test]

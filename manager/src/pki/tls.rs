@@ -7,12 +7,13 @@ use std::time::Duration;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::AsyncWriteExt as _;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use super::ca::ca_digest_der;
+use super::ca::{ca_digest_der, first_cert_der};
 use super::{MANAGER_SERVER_NAME, PkiError};
 
 /// How long a server waits for a client to finish the TLS handshake, and
@@ -29,20 +30,31 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `Join`. A client with a certificate the CA did not sign fails the
 /// handshake.
 ///
-/// The PEM inputs are checked when the server is built
-/// (`Server::builder().tls_config(..)`), which fails on bad material.
-#[must_use]
-pub fn server_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> ServerTlsConfig {
+/// # Errors
+///
+/// [`PkiError::InvalidCertificate`] if a PEM input holds no certificate or
+/// no private key (tonic would only notice when the server starts, with a
+/// vaguer message).
+pub fn server_tls(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ServerTlsConfig, PkiError> {
+    first_cert_der(ca_pem)
+        .map_err(|e| PkiError::InvalidCertificate(format!("CA certificate: {e}")))?;
+    first_cert_der(cert_pem)?;
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::InvalidCertificate(format!("private key: {e}")))?;
     let chain = if cert_pem.contains(ca_pem.trim()) {
         cert_pem.to_owned()
     } else {
         format!("{}\n{}", cert_pem.trim_end(), ca_pem)
     };
-    ServerTlsConfig::new()
+    Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(chain, key_pem))
         .client_ca_root(Certificate::from_pem(ca_pem))
         .client_auth_optional(true)
-        .timeout(HANDSHAKE_TIMEOUT)
+        .timeout(HANDSHAKE_TIMEOUT))
 }
 
 /// The TLS configuration of a client of a manager: it trusts the cluster CA
@@ -272,7 +284,6 @@ fn der_to_pem(der: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::pki::generate_ca;
-    use rustls::pki_types::pem::PemObject as _;
 
     #[test]
     fn der_to_pem_round_trips() {
