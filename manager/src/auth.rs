@@ -234,7 +234,8 @@ mod tests {
 
     use super::*;
     use crate::pki::{
-        Authority, client_tls, fetch_ca, generate_ca, generate_key_and_csr, server_tls,
+        Authority, client_tls, explain_tls_failure, fetch_ca, generate_ca, generate_key_and_csr,
+        server_tls,
     };
     use crate::proto;
     use crate::state::{CaMaterial, ClusterState, Node};
@@ -258,7 +259,11 @@ mod tests {
 
     impl Fixture {
         fn new() -> Self {
-            let ca = generate_ca("cluster-1").unwrap();
+            Self::for_cluster("cluster-1")
+        }
+
+        fn for_cluster(cluster_id: &str) -> Self {
+            let ca = generate_ca(cluster_id).unwrap();
             let authority = Authority::from_material(&ca).unwrap();
             let nodes: BTreeMap<NodeId, Node> = [
                 (MANAGER, Role::Manager),
@@ -269,7 +274,7 @@ mod tests {
             .map(|(id, role)| (id, Node::new(id, format!("host-{id:x}"), role, 1)))
             .collect();
             let state = ClusterState {
-                cluster_id: "cluster-1".into(),
+                cluster_id: cluster_id.into(),
                 ca: Some(ca.clone()),
                 nodes,
                 removed: BTreeSet::from([REMOVED]),
@@ -583,25 +588,51 @@ mod tests {
     async fn a_certificate_of_another_ca_fails_the_handshake() {
         let f = Fixture::new();
         let addr = serve(&f).await;
-        let other = Fixture::new();
-        let stranger = other.issue(MANAGER, Role::Manager);
-        // The stranger trusts our CA (it got our ca.pem somehow), so only
-        // its own certificate is wrong.
-        let status = info(addr, &f.ca.cert_pem, Some(&stranger))
-            .await
-            .unwrap_err();
-        eprintln!("another CA: {status:?}");
-        assert_ne!(status.code(), Code::Ok);
-        assert_ne!(
-            status.code(),
-            Code::PermissionDenied,
-            "it must not reach the interceptor"
-        );
+        // Another cluster's CA, with another name (the usual case: cluster
+        // IDs are random) and with the same name (the issuer matches, the
+        // signature does not).
+        for other in [Fixture::for_cluster("cluster-2"), Fixture::new()] {
+            let stranger = other.issue(MANAGER, Role::Manager);
+            // The stranger trusts our CA (it got our ca.pem somehow), so only
+            // its own certificate is wrong. With TLS 1.3 the client learns of
+            // the refusal when it first reads, as the call's transport error.
+            let status = info(addr, &f.ca.cert_pem, Some(&stranger))
+                .await
+                .unwrap_err();
+            eprintln!("certificate of another CA: {status:?}");
+            assert_eq!(status.code(), Code::Unknown, "{status:?}");
+            assert_eq!(status.message(), "transport error");
+            assert_eq!(
+                explain_tls_failure(&status),
+                Some(
+                    "the manager refused this node's certificate: it is not signed by the \
+                     cluster's CA (is this node from another cluster?)"
+                )
+            );
 
-        // A client that trusts another CA refuses our server.
-        let status = info(addr, &other.ca.cert_pem, None).await.unwrap_err();
-        eprintln!("client trusting another CA: {status:?}");
-        assert_eq!(status.code(), Code::Unavailable);
+            // A client that trusts another CA refuses our server.
+            let tls = client_tls(&other.ca.cert_pem, None);
+            let err = Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap_err();
+            eprintln!("client trusting another CA: {err:?}");
+            assert_eq!(
+                explain_tls_failure(&err),
+                Some(
+                    "the manager's certificate is not signed by the cluster CA this node trusts \
+                     (is it a manager of another cluster?)"
+                )
+            );
+        }
+        // Failures that are not about certificates are not explained away.
+        assert_eq!(
+            explain_tls_failure(&Status::unavailable("connection refused")),
+            None
+        );
     }
 
     #[tokio::test]

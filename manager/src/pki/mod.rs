@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 pub use ca::{Authority, CertInfo, ca_digest, generate_ca, parse_cert_der, parse_cert_pem};
 pub use identity::{NodeIdentity, TlsDir, generate_key_and_csr};
-pub use tls::{client_tls, fetch_ca, server_tls};
+pub use tls::{client_tls, explain_tls_failure, fetch_ca, server_tls};
 pub use token::{JoinToken, TokenError, generate_secret, role_for};
 
 /// The DNS name in every manager's certificate, and the name clients verify.

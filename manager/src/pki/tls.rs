@@ -146,6 +146,38 @@ pub async fn fetch_ca(addr: &str, expected_digest: &str) -> Result<String, PkiEr
     }
 }
 
+/// Explains, in the cluster's terms, a connection to a manager that failed
+/// because one side refused the other's certificate; `None` if `err` (or
+/// its sources) is not such a failure. Clients put this in front of the
+/// bare "transport error" tonic reports.
+#[must_use]
+pub fn explain_tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if let Some(alert) = text.split("received fatal alert: ").nth(1) {
+            return Some(if alert.starts_with("CertificateExpired") {
+                "the manager refused this node's certificate: it has expired"
+            } else if alert.starts_with("CertificateRequired") {
+                "the manager requires a client certificate: join the cluster first"
+            } else {
+                "the manager refused this node's certificate: it is not signed by the \
+                 cluster's CA (is this node from another cluster?)"
+            });
+        }
+        if let Some(what) = text.split("invalid peer certificate: ").nth(1) {
+            return Some(if what.starts_with("Expired") {
+                "the manager's certificate has expired"
+            } else {
+                "the manager's certificate is not signed by the cluster CA this node trusts \
+                 (is it a manager of another cluster?)"
+            });
+        }
+        current = e.source();
+    }
+    None
+}
+
 enum Outcome {
     Pinned(CertificateDer<'static>),
     Mismatch { found: String },
