@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::entry::RaftEntry;
@@ -237,6 +237,8 @@ struct Inner {
     state: SharedState,
     network: Network,
     tuning: RaftTuning,
+    /// The database, to see when openraft's tasks have let go of it.
+    db: Weak<redb::Database>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -256,14 +258,25 @@ pub struct RaftNode {
     inner: Arc<Inner>,
 }
 
-fn open_db(dir: &Path) -> Result<Arc<redb::Database>, RaftError> {
+/// Opens the database in `dir`. A database that is still being closed by
+/// this process (the last reference of a shut-down node is dropped on
+/// another thread) is retried for up to 3 s.
+async fn open_db(dir: &Path) -> Result<Arc<redb::Database>, RaftError> {
     std::fs::create_dir_all(dir).map_err(|source| RaftError::Dir {
         path: dir.to_owned(),
         source,
     })?;
     let path = dir.join(DB_FILE);
-    let db = redb::Database::create(&path).map_err(|source| RaftError::Open { path, source })?;
-    Ok(Arc::new(db))
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match redb::Database::create(&path) {
+            Ok(db) => return Ok(Arc::new(db)),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(source) => return Err(RaftError::Open { path, source }),
+        }
+    }
 }
 
 impl RaftNode {
@@ -280,7 +293,7 @@ impl RaftNode {
         connector: Connector,
         tuning: RaftTuning,
     ) -> Result<Self, RaftError> {
-        let db = open_db(dir)?;
+        let db = open_db(dir).await?;
         Self::start(db, id, connector, tuning).await
     }
 
@@ -302,7 +315,7 @@ impl RaftNode {
         connector: Connector,
         tuning: RaftTuning,
     ) -> Result<Self, RaftError> {
-        let db = open_db(dir)?;
+        let db = open_db(dir).await?;
         let log = LogStore::new(db.clone())?;
         let mut sm = StateMachineStore::open(db.clone(), SharedState::default())?;
         let (snapshot_last, _) = sm
@@ -341,8 +354,9 @@ impl RaftNode {
         let config = Arc::new(tuning.config()?);
         let log = LogStore::new(db.clone())?;
         let state = SharedState::default();
-        let sm = StateMachineStore::open(db, state.clone())?;
+        let sm = StateMachineStore::open(db.clone(), state.clone())?;
         let network = Network::new(id, connector);
+        let db = Arc::downgrade(&db);
         let raft = MeshRaft::new(id, config, network.clone(), log, sm).await?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -351,6 +365,7 @@ impl RaftNode {
                 state,
                 network,
                 tuning,
+                db,
             }),
         })
     }
@@ -621,17 +636,28 @@ impl RaftNode {
         }
     }
 
-    /// Stops Raft. The database is closed once openraft's tasks have
-    /// ended, so the same directory can be opened again afterwards.
+    /// Stops Raft and waits (up to 5 s) until openraft's tasks have let go
+    /// of the database, so the same directory can be opened again.
     ///
     /// # Errors
-    /// [`RaftError::Shutdown`] when openraft's task failed.
+    /// [`RaftError::Shutdown`] when openraft's task failed or the database
+    /// is still held after 5 s.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
         self.inner
             .raft
             .shutdown()
             .await
-            .map_err(|e| RaftError::Shutdown(e.to_string()))
+            .map_err(|e| RaftError::Shutdown(e.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.inner.db.strong_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(RaftError::Shutdown(
+                    "raft tasks still hold the database 5 s after shutdown".to_owned(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 }
 
@@ -690,3 +716,6 @@ pub(crate) mod test_support {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
