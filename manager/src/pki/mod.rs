@@ -26,10 +26,13 @@ mod token;
 use std::io;
 use std::path::PathBuf;
 
-pub use ca::{Authority, CertInfo, ca_digest, generate_ca, parse_cert_der, parse_cert_pem};
-pub use identity::{NodeIdentity, TlsDir, generate_key_and_csr};
-pub use tls::{client_tls, explain_tls_failure, fetch_ca, server_tls};
-pub use token::{JoinToken, TokenError, generate_secret, role_for};
+pub use ca::{
+    Authority, CA_VALIDITY, CertInfo, NODE_CERT_VALIDITY, ca_digest, ca_digest_der, generate_ca,
+    parse_cert_der, parse_cert_pem, parse_node_id, role_ou,
+};
+pub use identity::{CA_FILE, CERT_FILE, KEY_FILE, NodeIdentity, TlsDir, generate_key_and_csr};
+pub use tls::{HANDSHAKE_TIMEOUT, client_tls, explain_tls_failure, fetch_ca, server_tls};
+pub use token::{JoinToken, SECRET_LEN, TokenError, generate_secret, role_for};
 
 /// The DNS name in every manager's certificate, and the name clients verify.
 pub const MANAGER_SERVER_NAME: &str = "mesh-manager";
