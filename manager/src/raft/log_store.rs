@@ -188,17 +188,30 @@ impl LogStore {
 
     /// Appends `entries` and saves `vote` in one durable transaction,
     /// outside openraft (used to force a new cluster before starting it).
+    /// With `purged`, the log up to it is purged in the same transaction
+    /// (when a snapshot is ahead of the log, the log must resume after it).
     ///
     /// # Errors
     /// [`DbError`] on a database failure.
-    pub fn append_with_vote(&self, entries: &[Entry], vote: &Vote<NodeId>) -> Result<(), DbError> {
+    pub fn append_with_vote(
+        &self,
+        entries: &[Entry],
+        vote: &Vote<NodeId>,
+        purged: Option<LogId<NodeId>>,
+    ) -> Result<(), DbError> {
         write_txn(&self.db, |txn| {
             {
                 let mut table = txn.open_table(LOG)?;
+                if let Some(purged) = purged {
+                    table.retain_in::<u64, _>(..=purged.index, |_, _| false)?;
+                }
                 for e in entries {
                     let bytes = serde_json::to_vec(e)?;
                     table.insert(e.log_id.index, bytes.as_slice())?;
                 }
+            }
+            if let Some(purged) = purged {
+                put_meta(txn, LAST_PURGED, &purged)?;
             }
             put_meta(txn, VOTE, vote)
         })

@@ -322,8 +322,11 @@ impl RaftNode {
             .applied_state()
             .await
             .map_err(|e| RaftError::Initialize(e.to_string()))?;
-        let last = log.last_log_id()?.max(snapshot_last);
-        let Some(last) = last else {
+        let log_last = log.last_log_id()?;
+        // A snapshot ahead of the log (installed, then a crash before the
+        // purge): the log resumes after the snapshot.
+        let purge = snapshot_last.filter(|s| Some(*s) > log_last);
+        let Some(last) = log_last.max(snapshot_last) else {
             return Err(RaftError::NothingToRecover(dir.to_owned()));
         };
         let vote_term = log.vote()?.map_or(0, |v| v.leader_id.term);
@@ -334,7 +337,7 @@ impl RaftNode {
             BTreeMap::from([(id, BasicNode::new(addr))]),
         );
         let entry = Entry::new_membership(log_id, membership);
-        log.append_with_vote(&[entry], &Vote::new_committed(term, id))?;
+        log.append_with_vote(&[entry], &Vote::new_committed(term, id), purge)?;
         tracing::warn!(
             node = %state::format_id(id),
             term,

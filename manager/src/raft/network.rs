@@ -120,14 +120,20 @@ pub struct Connection {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 /// Maps a gRPC status from a Raft RPC to openraft's error: the peer could
-/// not be reached (back off), a timeout, or another network failure
-/// (retry at once).
+/// not be reached or refused us (back off), a timeout, or another network
+/// failure (retry at once). openraft's own errors never travel as a status:
+/// they are inside the payload.
 fn status_error<E: std::error::Error>(
     status: tonic::Status,
     timeout: Timeout<NodeId>,
 ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
     match status.code() {
-        Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        // Down, or refused by the peer's authentication: retrying at once
+        // will not help, so openraft backs off.
+        Code::Unavailable
+        | Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::Unimplemented => RPCError::Unreachable(Unreachable::new(&status)),
         Code::DeadlineExceeded | Code::Cancelled => RPCError::Timeout(timeout),
         _ => RPCError::Network(NetworkError::new(&status)),
     }
