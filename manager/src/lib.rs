@@ -13,10 +13,14 @@ pub mod proto {
     tonic::include_proto!("mesh.v1");
 }
 
+pub mod api;
 pub mod auth;
+pub mod client;
 pub mod liveness;
 pub mod metrics;
 pub mod pki;
 pub mod raft;
+pub mod server;
+pub mod session;
 pub mod state;
 pub mod table;

@@ -105,6 +105,8 @@ fn put_meta<T: Serialize>(txn: &WriteTransaction, key: &str, value: &T) -> Resul
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The last committed index openraft saved, for metrics (0 = none).
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogStore {
@@ -118,7 +120,16 @@ impl LogStore {
             txn.open_table(META)?;
             Ok(())
         })?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            committed: Arc::default(),
+        })
+    }
+
+    /// The highest log index known committed (as last saved by openraft).
+    #[must_use]
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DbError> {
@@ -279,6 +290,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        if let Some(log_id) = committed {
+            self.committed
+                .fetch_max(log_id.index, std::sync::atomic::Ordering::Relaxed);
+        }
         self.put_meta_durable(COMMITTED, &committed)
             .await
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))

@@ -236,6 +236,7 @@ struct Inner {
     raft: MeshRaft,
     state: SharedState,
     network: Network,
+    log: LogStore,
     tuning: RaftTuning,
     /// The database, to see when openraft's tasks have let go of it.
     db: Weak<redb::Database>,
@@ -360,13 +361,14 @@ impl RaftNode {
         let sm = StateMachineStore::open(db.clone(), state.clone())?;
         let network = Network::new(id, connector);
         let db = Arc::downgrade(&db);
-        let raft = MeshRaft::new(id, config, network.clone(), log, sm).await?;
+        let raft = MeshRaft::new(id, config, network.clone(), log.clone(), sm).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 id,
                 raft,
                 state,
                 network,
+                log,
                 tuning,
                 db,
             }),
@@ -423,6 +425,19 @@ impl RaftNode {
     #[must_use]
     pub fn metrics(&self) -> Metrics {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// Whether this node is the leader.
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.metrics().current_leader == Some(self.inner.id)
+    }
+
+    /// The highest log index known committed here (the leader's commit
+    /// index, or what the leader last told this follower).
+    #[must_use]
+    pub fn committed_index(&self) -> u64 {
+        self.inner.log.committed_index()
     }
 
     /// The current leader and its Raft address, if this node knows one.

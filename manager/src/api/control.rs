@@ -1,0 +1,342 @@
+//! The operator's API (`meshctl`): cluster info, join tokens and nodes.
+
+use std::collections::BTreeMap;
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::{Manager, now_ms, rfc3339, state_status};
+use crate::client;
+use crate::pki;
+use crate::proto::{self, control_client::ControlClient, control_server::Control};
+use crate::state::{
+    Applied, Availability, ClusterState, Command, Node, NodeId, NodeStatus, Role, format_id,
+    parse_label,
+};
+
+/// The `Control` service.
+#[derive(Clone, Debug)]
+pub struct ControlService {
+    manager: Manager,
+}
+
+impl ControlService {
+    /// Serves `manager`'s state.
+    #[must_use]
+    pub fn new(manager: Manager) -> Self {
+        Self { manager }
+    }
+
+    fn node_info(&self, state: &ClusterState, node: &Node) -> proto::NodeInfo {
+        node_info(&self.manager, state, node)
+    }
+
+    /// The leader's `Control` service, for calls that only the leader can
+    /// carry out (Raft membership changes).
+    async fn leader_control(&self) -> Result<ControlClient<Channel>, Status> {
+        let (_, addr) = self.manager.raft().leader().ok_or_else(|| {
+            Status::unavailable("no quorum: no leader to carry out a membership change")
+        })?;
+        let identity = self
+            .manager
+            .tls()
+            .load()
+            .map_err(|e| Status::internal(format!("reading this manager's identity: {e}")))?;
+        let channel = client::connect(&[addr], &client::identity_tls(&identity))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(ControlClient::new(channel))
+    }
+
+    async fn set_role(&self, name: &str, role: Role) -> Result<proto::NodeInfo, Status> {
+        if !self.manager.raft().is_leader() {
+            let mut leader = self.leader_control().await?;
+            let request = proto::NodeRef {
+                name: name.to_string(),
+            };
+            let response = match role {
+                Role::Manager => leader.promote_node(request).await?,
+                Role::Worker => leader.demote_node(request).await?,
+            };
+            return Ok(response.into_inner());
+        }
+        let (id, current) = {
+            let state = self.manager.read()?;
+            let id = state.resolve(name).map_err(state_status)?;
+            state.check_role_change(id, role).map_err(state_status)?;
+            (id, state.node(id).map_err(state_status)?.role)
+        };
+        if current != role {
+            if role == Role::Worker && self.manager.raft().is_voter(id) {
+                // Leave the Raft membership first: a node that is a worker
+                // in the state but still votes would be a manager in all
+                // but name.
+                self.manager.raft().remove_voter(id).await.map_err(|e| {
+                    Status::unavailable(format!("removing {} from raft: {e}", format_id(id)))
+                })?;
+            }
+            self.manager
+                .commit(Command::SetRole {
+                    id,
+                    role,
+                    at_ms: now_ms(),
+                })
+                .await?;
+            if role == Role::Worker {
+                self.manager
+                    .commit(Command::SetManagerAddr {
+                        id,
+                        addr: None,
+                        at_ms: now_ms(),
+                    })
+                    .await?;
+            }
+        }
+        let state = self.manager.read_unchecked();
+        let node = state.node(id).map_err(state_status)?;
+        Ok(self.node_info(&state, node))
+    }
+}
+
+/// The API's view of a node.
+#[must_use]
+pub fn node_info(manager: &Manager, state: &ClusterState, node: &Node) -> proto::NodeInfo {
+    let leader = manager.raft().metrics().current_leader;
+    let manager_status = match node.role {
+        Role::Worker => String::new(),
+        Role::Manager if leader == Some(node.id) => "Leader".into(),
+        Role::Manager if node.status == NodeStatus::Ready => "Reachable".into(),
+        Role::Manager => "Unreachable".into(),
+    };
+    let _ = state;
+    proto::NodeInfo {
+        id: format_id(node.id),
+        hostname: node.hostname.clone(),
+        role: node.role.to_string(),
+        availability: node.availability.to_string(),
+        status: node.status.to_string(),
+        manager_status,
+        manager_addr: node.manager_addr.clone().unwrap_or_default(),
+        labels: node.labels.clone().into_iter().collect(),
+        created_at: rfc3339(node.created_at_ms),
+        updated_at: rfc3339(node.updated_at_ms),
+        last_heartbeat: String::new(),
+        agent_version: node.agent_version.clone(),
+    }
+}
+
+fn expect_node(applied: Applied) -> Result<Node, Status> {
+    match applied {
+        Applied::Node(node) => Ok(node),
+        Applied::Done => Err(Status::internal("the state machine returned no node")),
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn info(
+        &self,
+        _request: Request<proto::InfoRequest>,
+    ) -> Result<Response<proto::InfoResponse>, Status> {
+        let metrics = self.manager.raft().metrics();
+        let state = self.manager.read_unchecked();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let managers = membership
+            .nodes()
+            .map(|(id, node)| proto::ManagerInfo {
+                node_id: format_id(*id),
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader = metrics.current_leader;
+        let leader_addr = leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        Ok(Response::new(proto::InfoResponse {
+            cluster_id: state.cluster_id.clone(),
+            node_id: format_id(self.manager.id()),
+            leader_id: leader.map(format_id).unwrap_or_default(),
+            leader_addr,
+            term: metrics.current_term,
+            commit_index: self.manager.raft().committed_index(),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            managers,
+            is_leader: leader == Some(self.manager.id()),
+        }))
+    }
+
+    async fn join_tokens(
+        &self,
+        request: Request<proto::JoinTokensRequest>,
+    ) -> Result<Response<proto::JoinTokensResponse>, Status> {
+        let request = request.into_inner();
+        self.manager.require_quorum()?;
+        for (rotate, role) in [
+            (request.rotate_worker, Role::Worker),
+            (request.rotate_manager, Role::Manager),
+        ] {
+            if rotate {
+                self.manager
+                    .commit(Command::RotateSecret {
+                        role,
+                        secret: pki::generate_secret(),
+                    })
+                    .await?;
+            }
+        }
+        let state = self.manager.read_unchecked();
+        let ca = state
+            .ca
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("the cluster is not initialised"))?;
+        let digest = pki::ca_digest(&ca.cert_pem)
+            .map_err(|e| Status::internal(format!("reading the cluster CA: {e}")))?;
+        let token = |role: Role| {
+            pki::JoinToken {
+                ca_digest: digest.clone(),
+                secret: state.secrets.for_role(role).to_string(),
+            }
+            .to_string()
+        };
+        Ok(Response::new(proto::JoinTokensResponse {
+            worker: token(Role::Worker),
+            manager: token(Role::Manager),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        let state = self.manager.read()?;
+        let nodes = state
+            .nodes
+            .values()
+            .map(|n| self.node_info(&state, n))
+            .collect();
+        Ok(Response::new(proto::ListNodesResponse { nodes }))
+    }
+
+    async fn inspect_node(
+        &self,
+        request: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        let state = self.manager.read()?;
+        let id = state
+            .resolve(&request.get_ref().name)
+            .map_err(state_status)?;
+        let node = state.node(id).map_err(state_status)?;
+        Ok(Response::new(self.node_info(&state, node)))
+    }
+
+    async fn update_node(
+        &self,
+        request: Request<proto::UpdateNodeRequest>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        let request = request.into_inner();
+        // Parse everything before touching the state.
+        let availability = match request.availability.as_str() {
+            "" => None,
+            value => Some(value.parse::<Availability>().map_err(state_status)?),
+        };
+        let label_add = request
+            .label_add
+            .iter()
+            .map(|spec| parse_label(spec))
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map_err(state_status)?;
+        let id = self
+            .manager
+            .read()?
+            .resolve(&request.name)
+            .map_err(state_status)?;
+        let node = expect_node(
+            self.manager
+                .commit(Command::UpdateNode {
+                    id,
+                    availability,
+                    label_add,
+                    label_rm: request.label_rm,
+                    at_ms: now_ms(),
+                })
+                .await?,
+        )?;
+        let state = self.manager.read_unchecked();
+        Ok(Response::new(self.node_info(&state, &node)))
+    }
+
+    async fn promote_node(
+        &self,
+        request: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        self.set_role(&request.get_ref().name, Role::Manager)
+            .await
+            .map(Response::new)
+    }
+
+    async fn demote_node(
+        &self,
+        request: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        self.set_role(&request.get_ref().name, Role::Worker)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        let request = request.into_inner();
+        let id = {
+            let state = self.manager.read()?;
+            let id = state.resolve(&request.name).map_err(state_status)?;
+            state
+                .check_remove(id, request.force)
+                .map_err(state_status)?;
+            id
+        };
+        self.manager
+            .commit(Command::RemoveNode {
+                id,
+                force: request.force,
+            })
+            .await?;
+        if let Some(live) = self.manager.liveness().as_mut() {
+            live.forget(id);
+        }
+        Ok(Response::new(proto::RemoveNodeResponse {
+            id: format_id(id),
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<proto::LeaveRequest>,
+    ) -> Result<Response<proto::LeaveResponse>, Status> {
+        let id = self.manager.id();
+        {
+            let state = self.manager.read()?;
+            if state.managers().count() <= 1 {
+                return Err(Status::failed_precondition(
+                    "this is the last manager: leaving would destroy the cluster; \
+                     stop the manager instead",
+                ));
+            }
+            if !request.get_ref().force {
+                return Err(Status::failed_precondition(
+                    "this node is a manager: leaving reduces the cluster's fault tolerance; \
+                     use --force to leave anyway",
+                ));
+            }
+        }
+        self.set_role(&format_id(id), Role::Worker).await?;
+        self.manager
+            .commit(Command::RemoveNode { id, force: true })
+            .await?;
+        self.manager.request_stop();
+        Ok(Response::new(proto::LeaveResponse {}))
+    }
+}
