@@ -14,6 +14,7 @@ pub mod desired;
 pub mod flows;
 pub mod host;
 pub mod ids;
+pub mod join;
 pub mod links;
 pub mod metrics;
 pub mod neigh;

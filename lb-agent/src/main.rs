@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::agent::{self, Agent, Overrides};
+use lb_agent::join::{self, JoinOptions};
 use tracing_subscriber::EnvFilter;
 
 /// The mesh's node agent: loads the eBPF dataplane, programs it from a configuration
@@ -25,6 +26,19 @@ struct Cli {
     /// Address of the metrics endpoint (overrides `metrics.listen`).
     #[arg(long, env = "LB_AGENT_METRICS_LISTEN", global = true)]
     metrics_listen: Option<SocketAddr>,
+    /// Join a cluster: manager address(es), comma-separated. The node keeps a session
+    /// with the leader; without `--config` the agent runs the session only.
+    #[arg(long, env = "LB_AGENT_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// Join token (`meshctl cluster join-token worker`); needed only the first time.
+    #[arg(long, env = "LB_AGENT_JOIN_TOKEN")]
+    token: Option<String>,
+    /// Where the node's cluster identity is kept.
+    #[arg(long, env = "LB_AGENT_STATE_DIR", default_value = "/var/lib/mesh/agent")]
+    state_dir: PathBuf,
+    /// The hostname reported to the managers (default: the system's).
+    #[arg(long, env = "LB_AGENT_HOSTNAME")]
+    hostname: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -56,6 +70,59 @@ impl Cli {
     }
 }
 
+/// Runs the dataplane (with `--config`), the cluster session (with `--join`), or both.
+async fn run(cli: &Cli) -> Result<()> {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let session = if cli.join.is_empty() {
+        None
+    } else {
+        let hostname = match &cli.hostname {
+            Some(h) => h.clone(),
+            None => nix::unistd::gethostname()
+                .context("reading the hostname")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let options = JoinOptions {
+            managers: cli.join.clone(),
+            token: cli.token.clone(),
+            state_dir: cli.state_dir.clone(),
+            hostname,
+        };
+        Some(join::start(options, stop).await?)
+    };
+    match (&cli.config, session) {
+        (Some(config), session) => {
+            let agent = Agent::start(config, cli.overrides()).await?;
+            if let Some(session) = session {
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = session.await {
+                        tracing::error!(error = %e, "cluster session ended");
+                    }
+                });
+            }
+            agent.run().await?;
+            stop_tx.send_replace(true);
+        }
+        (None, Some(session)) => {
+            tracing::info!("lb-agent ready (cluster session only: no --config, no dataplane)");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
+            tokio::select! {
+                result = session => result.context("the session task")??,
+                _ = term.recv() => {
+                    stop_tx.send_replace(true);
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    stop_tx.send_replace(true);
+                }
+            }
+        }
+        (None, None) => bail!("--config (or LB_AGENT_CONFIG) or --join is required"),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -67,10 +134,7 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command.as_ref().unwrap_or(&Command::Run) {
-        Command::Run => {
-            let agent = Agent::start(cli.config()?, cli.overrides()).await?;
-            agent.run().await?;
-        }
+        Command::Run => run(&cli).await?,
         Command::Check => {
             let desired = agent::check(cli.config()?, &cli.overrides()).await?;
             println!("configuration OK");

@@ -6,6 +6,7 @@
 //! | `mesh_manager_raft_term` (gauge) | |
 //! | `mesh_manager_raft_commit_index`, `mesh_manager_raft_applied_index` (gauges) | |
 //! | `mesh_manager_raft_voters` (gauge) | |
+//! | `mesh_manager_raft_snapshot_index`, `mesh_manager_raft_purged_index` (gauges) | |
 //! | `mesh_manager_nodes` (gauge) | `state` = `ready`, `down` or `unknown` |
 //! | `mesh_manager_rpc_duration_seconds` (histogram) | `method`, `code` |
 //! | `mesh_manager_raft_write_duration_seconds` (histogram) | |
@@ -53,6 +54,10 @@ pub struct RaftFigures {
     pub applied_index: u64,
     /// Voting members.
     pub voters: u64,
+    /// Last log index the latest snapshot covers (0 without one).
+    pub snapshot_index: u64,
+    /// Last log index purged from the log after a snapshot (0 if none).
+    pub purged_index: u64,
 }
 
 /// The manager's metrics.
@@ -64,6 +69,8 @@ pub struct Metrics {
     commit_index: Gauge,
     applied_index: Gauge,
     voters: Gauge,
+    snapshot_index: Gauge,
+    purged_index: Gauge,
     nodes: Family<NodeLabels, Gauge>,
     rpc: Family<RpcLabels, Histogram>,
     writes: Histogram,
@@ -107,6 +114,18 @@ impl Metrics {
         );
         let voters = Gauge::default();
         registry.register("raft_voters", "Voting Raft members", voters.clone());
+        let snapshot_index = Gauge::default();
+        registry.register(
+            "raft_snapshot_index",
+            "Last Raft log index the latest snapshot covers",
+            snapshot_index.clone(),
+        );
+        let purged_index = Gauge::default();
+        registry.register(
+            "raft_purged_index",
+            "Last Raft log index purged (compacted) from the log",
+            purged_index.clone(),
+        );
         let nodes = Family::<NodeLabels, Gauge>::default();
         registry.register("nodes", "Cluster nodes by state", nodes.clone());
         let rpc = Family::<RpcLabels, Histogram>::new_with_constructor(
@@ -130,6 +149,8 @@ impl Metrics {
             commit_index,
             applied_index,
             voters,
+            snapshot_index,
+            purged_index,
             nodes,
             rpc,
             writes,
@@ -159,6 +180,8 @@ impl Metrics {
         self.commit_index.set(to_i64(raft.commit_index));
         self.applied_index.set(to_i64(raft.applied_index));
         self.voters.set(to_i64(raft.voters));
+        self.snapshot_index.set(to_i64(raft.snapshot_index));
+        self.purged_index.set(to_i64(raft.purged_index));
         for status in [NodeStatus::Ready, NodeStatus::Down, NodeStatus::Unknown] {
             let count = state.nodes.values().filter(|n| n.status == status).count();
             self.nodes

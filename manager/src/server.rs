@@ -103,7 +103,16 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     let data_dir = options.data_dir.display().to_string();
     let has_identity = tls.exists();
     let mut new_ca = None;
+    let promoted = has_identity && !raft_dir.join(crate::raft::DB_FILE).exists();
     let (identity, force_new_cluster) = match &start {
+        // A worker promoted by `meshctl node promote` already holds a
+        // manager certificate (renewed through its session): it joins the
+        // Raft membership without a token.
+        Start::Join { .. } if promoted => (
+            tls.load()
+                .map_err(|e| failed("reading the identity")(e.to_string()))?,
+            false,
+        ),
         Start::Init | Start::Join { .. } if has_identity => {
             return Err(DaemonError::AlreadyMember(data_dir));
         }
@@ -117,6 +126,11 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
             let (identity, ca) = create_first_identity(&tls)?;
             new_ca = Some(ca);
             (identity, false)
+        }
+        Start::Join { token, .. } if token.is_empty() => {
+            return Err(DaemonError::Failed(
+                "--token is required to join (`meshctl cluster join-token manager`)".into(),
+            ));
         }
         Start::Join { remote, token } => {
             (join_as_manager(&tls, remote, token, &options).await?, false)
@@ -270,6 +284,8 @@ fn refresh_metrics(manager: &Manager) {
         applied_index: metrics.last_applied.map_or(0, |l| l.index),
         voters: u64::try_from(metrics.membership_config.membership().voter_ids().count())
             .unwrap_or(0),
+        snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+        purged_index: metrics.purged.map_or(0, |l| l.index),
     };
     let state = manager.read_unchecked();
     manager.metrics().refresh(figures, &state);

@@ -5,8 +5,10 @@
 //! SIGTERM.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -32,8 +34,10 @@ enum Command {
     Init(Common),
     /// Join a cluster as a manager, with a manager join token.
     Join {
-        /// A manager join token (`meshctl cluster join-token manager`).
-        #[arg(long, env = "MESH_JOIN_TOKEN")]
+        /// A manager join token (`meshctl cluster join-token manager`); not needed
+        /// on a node that was promoted (its data directory already holds a manager
+        /// certificate).
+        #[arg(long, env = "MESH_JOIN_TOKEN", default_value = "")]
         token: String,
         /// Address of a manager of the cluster (`host:port`).
         remote: String,
@@ -122,13 +126,24 @@ impl Common {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let (options, start) = match cli.command {
