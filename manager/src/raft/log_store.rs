@@ -126,10 +126,11 @@ impl LogStore {
         })
     }
 
-    /// The highest log index known committed (as last saved by openraft).
+    /// The highest log index known committed (as last saved by openraft),
+    /// shared: it stays readable without holding the database open.
     #[must_use]
-    pub fn committed_index(&self) -> u64 {
-        self.committed.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.committed)
     }
 
     fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DbError> {
@@ -300,9 +301,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        self.meta::<Option<LogId<NodeId>>>(COMMITTED)
+        let committed = self
+            .meta::<Option<LogId<NodeId>>>(COMMITTED)
             .map(Option::flatten)
-            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, &e))
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        if let Some(log_id) = committed {
+            self.committed
+                .fetch_max(log_id.index, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(committed)
     }
 
     async fn append<I>(

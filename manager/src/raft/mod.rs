@@ -236,7 +236,9 @@ struct Inner {
     raft: MeshRaft,
     state: SharedState,
     network: Network,
-    log: LogStore,
+    /// The committed index the log store records (for metrics); not the
+    /// store itself, which would keep the database open after shutdown.
+    committed: Arc<std::sync::atomic::AtomicU64>,
     tuning: RaftTuning,
     /// The database, to see when openraft's tasks have let go of it.
     db: Weak<redb::Database>,
@@ -361,14 +363,15 @@ impl RaftNode {
         let sm = StateMachineStore::open(db.clone(), state.clone())?;
         let network = Network::new(id, connector);
         let db = Arc::downgrade(&db);
-        let raft = MeshRaft::new(id, config, network.clone(), log.clone(), sm).await?;
+        let committed = log.committed_index();
+        let raft = MeshRaft::new(id, config, network.clone(), log, sm).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 id,
                 raft,
                 state,
                 network,
-                log,
+                committed,
                 tuning,
                 db,
             }),
@@ -437,7 +440,9 @@ impl RaftNode {
     /// index, or what the leader last told this follower).
     #[must_use]
     pub fn committed_index(&self) -> u64 {
-        self.inner.log.committed_index()
+        self.inner
+            .committed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current leader and its Raft address, if this node knows one.
