@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod cluster;
 pub mod netns;
 pub mod topology;
 pub mod web;
@@ -76,7 +77,7 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     if !path.is_file() {
         bail!(
             "binary {} not found; build it first: run `cargo xtask test` (or \
-             `cargo build -p lb-agent -p mesh-tests --bins`), or point $MESH_BIN_DIR at \
+             `cargo build -p lb-agent -p manager -p mesh-tests --bins`), or point $MESH_BIN_DIR at \
              the directory that holds it",
             path.display()
         );

@@ -36,7 +36,16 @@ pub struct TestArgs {
 /// Builds the packages whose binaries the end-to-end tests and the demo start.
 pub fn build_bins() -> Result<()> {
     Cmd::cargo()
-        .args(["build", "-p", "lb-agent", "-p", "mesh-tests", "--bins"])
+        .args([
+            "build",
+            "-p",
+            "lb-agent",
+            "-p",
+            "manager",
+            "-p",
+            "mesh-tests",
+            "--bins",
+        ])
         .run()
 }
 
