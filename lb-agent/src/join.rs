@@ -25,9 +25,7 @@ pub struct JoinOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     /// No identity yet and no token to get one.
-    #[error(
-        "{0} holds no cluster identity yet: pass --token (or LB_AGENT_JOIN_TOKEN) to join"
-    )]
+    #[error("{0} holds no cluster identity yet: pass --token (or LB_AGENT_JOIN_TOKEN) to join")]
     NeedToken(String),
     /// The managers refused or could not be reached.
     #[error("joining the cluster: {0}")]
@@ -52,13 +50,13 @@ pub async fn start(
             .token
             .as_deref()
             .ok_or_else(|| JoinError::NeedToken(options.state_dir.display().to_string()))?;
-        std::fs::create_dir_all(&options.state_dir)
-            .map_err(|e| JoinError::Join(format!("creating {}: {e}", options.state_dir.display())))?;
+        std::fs::create_dir_all(&options.state_dir).map_err(|e| {
+            JoinError::Join(format!("creating {}: {e}", options.state_dir.display()))
+        })?;
         let mut last = String::new();
         let mut joined = false;
         for manager in &options.managers {
-            match manager::server::join_cluster(&tls, manager, token, &options.hostname, "").await
-            {
+            match manager::server::join_cluster(&tls, manager, token, &options.hostname, "").await {
                 Ok(_) => {
                     joined = true;
                     break;

@@ -34,7 +34,11 @@ struct Cli {
     #[arg(long, env = "LB_AGENT_JOIN_TOKEN")]
     token: Option<String>,
     /// Where the node's cluster identity is kept.
-    #[arg(long, env = "LB_AGENT_STATE_DIR", default_value = "/var/lib/mesh/agent")]
+    #[arg(
+        long,
+        env = "LB_AGENT_STATE_DIR",
+        default_value = "/var/lib/mesh/agent"
+    )]
     state_dir: PathBuf,
     /// The hostname reported to the managers (default: the system's).
     #[arg(long, env = "LB_AGENT_HOSTNAME")]
@@ -106,8 +110,9 @@ async fn run(cli: &Cli) -> Result<()> {
         }
         (None, Some(session)) => {
             tracing::info!("lb-agent ready (cluster session only: no --config, no dataplane)");
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("installing the SIGTERM handler")?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
             tokio::select! {
                 result = session => result.context("the session task")??,
                 _ = term.recv() => {
