@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod client;
 pub mod cluster;
+pub mod load;
 pub mod netns;
 pub mod topology;
 pub mod web;
