@@ -11,7 +11,8 @@ pub enum Bench {
     /// Cost of the eBPF programs per packet, timed in the kernel with BPF_PROG_TEST_RUN;
     /// writes bench-results/dataplane.md.
     Dataplane,
-    /// Throughput and latency through a namespace mesh (not implemented yet).
+    /// Throughput, latency and CPU cost through a namespace mesh, beside direct,
+    /// nftables and HAProxy; writes bench-results/mesh.md (root; about 5 minutes).
     Mesh,
     /// Endpoint-change propagation through the control plane (not implemented yet).
     ControlPlane,
@@ -34,16 +35,60 @@ pub struct BenchArgs {
 /// Runs a benchmark.
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
-        Bench::Dataplane => {}
-        Bench::Mesh => bail!(
-            "`bench mesh` is not implemented yet: it needs the namespace mesh harness \
-             (tests/) and comes after the dataplane benchmark"
-        ),
+        Bench::Dataplane => dataplane(&args),
+        Bench::Mesh => mesh(&args),
         Bench::ControlPlane => bail!(
             "`bench control-plane` is not implemented yet: it needs the Raft manager, \
              which does not exist yet"
         ),
     }
+}
+
+/// `bench mesh`: builds the agent, `task-echo` and `bench-mesh` in release mode, then
+/// runs `bench-mesh`, which builds two namespace topologies, measures direct, the mesh,
+/// nftables and HAProxy in interleaved rounds, and writes bench-results/mesh.md.
+fn mesh(args: &BenchArgs) -> Result<()> {
+    if !args.no_setup {
+        setup::run()?;
+    }
+    if !cmd::is_root() {
+        bail!(
+            "`bench mesh` creates network namespaces, loads eBPF programs and runs \
+             nftables and HAProxy in them: run it as root"
+        );
+    }
+    cmd::step("build (release): lb-agent, task-echo, bench-mesh");
+    Cmd::cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "lb-agent",
+            "-p",
+            "mesh-tests",
+            "--bins",
+        ])
+        .run()?;
+    cmd::step("bench mesh");
+    std::fs::create_dir_all(cmd::workspace_root().join("bench-results"))?;
+    Cmd::cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "mesh-tests",
+            "--bin",
+            "bench-mesh",
+            "--",
+        ])
+        .args(["--out", "bench-results/mesh.md"])
+        .args(&args.extra)
+        // The release binaries it starts: lb-agent and task-echo.
+        .env("MESH_BIN_DIR", cmd::target_dir().join("release"))
+        .run()
+}
+
+fn dataplane(args: &BenchArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
