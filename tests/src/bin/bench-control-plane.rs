@@ -1,0 +1,428 @@
+//! `bench-control-plane`: committed writes per second on 1 and 3 managers, and leader
+//! failover time, with real `mesh-manager` processes on loopback. Writes the report
+//! (`cargo xtask bench control-plane` passes `--out bench-results/control-plane.md`).
+//!
+//! Each round measures, one after the other (interleaved, so drift hits every case):
+//! 1. throughput on a 1-manager cluster: `--writers` concurrent gRPC clients, each
+//!    committing node label updates through the leader one after the other, for
+//!    `--seconds`; committed writes per second, and the writes' latency;
+//! 2. the same on a 3-manager cluster;
+//! 3. failover on the 3-manager cluster: a client writes through a follower without
+//!    pause; the leader is killed with SIGKILL; the time until a survivor reports a new
+//!    leader, and until a write started after the kill commits. The killed manager is
+//!    then restarted and caught up before the next round.
+//!
+//! Medians over `--rounds` rounds.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser;
+use manager::proto;
+use mesh_tests::cluster::{Cluster, ClusterOptions, connect_control, write_label};
+
+#[derive(Debug, Parser)]
+#[command(about = "Control-plane benchmark: committed writes/s on 1 and 3 managers, failover")]
+struct Args {
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench-results/control-plane.md")]
+    out: PathBuf,
+    /// Rounds; the report gives medians.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of writes per throughput measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Concurrent writers in the throughput measurements.
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+}
+
+/// One throughput measurement.
+#[derive(Clone, Copy, Debug)]
+struct Throughput {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+/// One failover measurement.
+#[derive(Clone, Copy, Debug)]
+struct Failover {
+    election_ms: f64,
+    write_ms: f64,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => f64::midpoint(values[n / 2 - 1], values[n / 2]),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `writers` clients commit label writes through manager `target` for `seconds`.
+async fn throughput(
+    cluster: &Cluster,
+    target: usize,
+    writers: usize,
+    seconds: f64,
+) -> Result<Throughput> {
+    let addr = vec![cluster.manager(target).addr.to_string()];
+    let tls = cluster.manager(target).tls_dir();
+    let node = cluster.manager(target).hostname.clone();
+    let mut clients = Vec::new();
+    for _ in 0..writers {
+        clients.push(connect_control(&addr, &tls).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for (w, mut client) in clients.into_iter().enumerate() {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("bench-w{w}");
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let t = Instant::now();
+                match write_label(
+                    &mut client,
+                    &node,
+                    &key,
+                    &n.to_string(),
+                    Duration::from_secs(10),
+                )
+                .await
+                {
+                    Ok(()) => latencies.push(ms(t.elapsed())),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_precision_loss)]
+    let per_second = latencies.len() as f64 / elapsed;
+    Ok(Throughput {
+        per_second,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        errors,
+    })
+}
+
+/// Kills the leader of `cluster` during writes through a follower; then restarts it and
+/// waits until it has caught up.
+async fn failover(cluster: &mut Cluster) -> Result<Failover> {
+    let leader = cluster.wait_leader(Duration::from_secs(30))?;
+    let leader_id = cluster.manager(leader).node_id.clone();
+    let follower = (0..cluster.len())
+        .find(|&i| i != leader)
+        .context("a follower")?;
+    let addr = vec![cluster.manager(follower).addr.to_string()];
+    let tls = cluster.manager(follower).tls_dir();
+    let node = cluster.manager(follower).hostname.clone();
+    let mut writer = connect_control(&addr, &tls).await?;
+    let mut watcher = connect_control(&addr, &tls).await?;
+    // Writes flow before the kill.
+    for n in 0..20 {
+        write_label(
+            &mut writer,
+            &node,
+            "failover",
+            &n.to_string(),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("a write before the kill: {}", s.message()))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    // The writer: one write after the other, through the follower; returns the time the
+    // first write that started after the kill committed.
+    let writes = {
+        let (stop, killed_at, node) = (stop.clone(), killed_at.clone(), node.clone());
+        tokio::spawn(async move {
+            let mut n = 100u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let started = Instant::now();
+                let result = write_label(
+                    &mut writer,
+                    &node,
+                    "failover",
+                    &n.to_string(),
+                    Duration::from_secs(10),
+                )
+                .await;
+                let after_kill = killed_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some_and(|k| started >= k);
+                match result {
+                    Ok(()) if after_kill => return Some(Instant::now()),
+                    Ok(()) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+            None
+        })
+    };
+    // Let the writer run, then kill the leader.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    cluster.kill(leader)?;
+    *killed_at
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t0);
+    // A survivor names a new leader.
+    let elected = loop {
+        if let Ok(info) = watcher.info(proto::InfoRequest {}).await {
+            let info = info.into_inner();
+            if !info.leader_id.is_empty() && info.leader_id != leader_id {
+                break Instant::now();
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            stop.store(true, Ordering::Relaxed);
+            bail!("no new leader within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let committed = tokio::time::timeout(Duration::from_secs(30), writes).await;
+    stop.store(true, Ordering::Relaxed);
+    let committed = committed
+        .context("no write committed within 30 s of the kill")??
+        .context("the writer stopped")?;
+    // Bring the killed manager back and let it catch up.
+    cluster.restart(leader, &[])?;
+    let new_leader = cluster.wait_leader(Duration::from_secs(30))?;
+    let target = cluster.info(new_leader)?.commit_index;
+    cluster.wait_until(
+        Duration::from_secs(30),
+        "the restarted manager to catch up",
+        |c| Ok((c.info(leader)?.applied_index >= target).then_some(())),
+    )?;
+    Ok(Failover {
+        election_ms: ms(elected - t0),
+        write_ms: ms(committed - t0),
+    })
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn machine() -> Result<String> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_owned();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    Ok(format!("{cpu}, {cores} cores, kernel {kernel}"))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    ensure!(args.writers >= 1, "--writers must be at least 1");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let options = |managers: usize, name: &str| ClusterOptions {
+        managers,
+        heartbeat_ms: 1000,
+        heartbeat_misses: 3,
+        snapshot_interval: 5000,
+        name: name.into(),
+    };
+    let load_before = loadavg();
+    eprintln!("starting a 1-manager and a 3-manager cluster (load average {load_before})");
+    let mut one = Cluster::start(options(1, "bench-1"))?;
+    let mut three = Cluster::start(options(3, "bench-3"))?;
+    let bin_dir = mesh_tests::bin_dir();
+    let mut t1 = Vec::new();
+    let mut t3 = Vec::new();
+    let mut fo = Vec::new();
+    for round in 1..=args.rounds {
+        let l1 = one.wait_leader(Duration::from_secs(30))?;
+        let r1 = runtime.block_on(throughput(&one, l1, args.writers, args.seconds))?;
+        let l3 = three.wait_leader(Duration::from_secs(30))?;
+        let r3 = runtime.block_on(throughput(&three, l3, args.writers, args.seconds))?;
+        let f = runtime.block_on(failover(&mut three))?;
+        eprintln!(
+            "round {round}/{}: 1 manager {:.0} writes/s (p50 {:.1} ms), 3 managers {:.0} writes/s \
+             (p50 {:.1} ms); failover: leader after {:.0} ms, write after {:.0} ms",
+            args.rounds,
+            r1.per_second,
+            r1.p50_ms,
+            r3.per_second,
+            r3.p50_ms,
+            f.election_ms,
+            f.write_ms
+        );
+        t1.push(r1);
+        t3.push(r3);
+        fo.push(f);
+    }
+    drop(one);
+    drop(three);
+    let load_after = loadavg();
+
+    let med = |v: &[Throughput], f: fn(&Throughput) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        median(&mut xs)
+    };
+    let mut s = String::new();
+    writeln!(
+        s,
+        "# Control-plane benchmark: committed writes per second and leader failover\n"
+    )?;
+    writeln!(
+        s,
+        "Machine: {}; load average (1, 5, 15 min) {load_before} before, {load_after} after \
+         (other work on the machine shows here: the figures are only comparable at a low load).",
+        machine()?
+    )?;
+    writeln!(
+        s,
+        "Rounds: {} interleaved; {} concurrent writers for {} s per throughput measurement. \
+         Medians over rounds.\n",
+        args.rounds, args.writers, args.seconds
+    )?;
+    writeln!(
+        s,
+        "| managers | committed writes/s | write latency p50 | p99 | failed writes |"
+    )?;
+    writeln!(s, "| ---: | ---: | ---: | ---: | ---: |")?;
+    for (n, v) in [(1, &t1), (3, &t3)] {
+        let errors: usize = v.iter().map(|t| t.errors).sum();
+        writeln!(
+            s,
+            "| {n} | {:.0} | {:.2} ms | {:.2} ms | {errors} |",
+            med(v, |t| t.per_second),
+            med(v, |t| t.p50_ms),
+            med(v, |t| t.p99_ms),
+        )?;
+    }
+    let mut election: Vec<f64> = fo.iter().map(|f| f.election_ms).collect();
+    let mut write: Vec<f64> = fo.iter().map(|f| f.write_ms).collect();
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.0}-{hi:.0} ms")
+    };
+    let (er, wr) = (range(&election), range(&write));
+    writeln!(
+        s,
+        "\n| leader failover (3 managers, kill -9) | median | range |"
+    )?;
+    writeln!(s, "| --- | ---: | ---: |")?;
+    writeln!(
+        s,
+        "| until a survivor names a new leader | {:.0} ms | {er} |",
+        median(&mut election)
+    )?;
+    writeln!(
+        s,
+        "| until a write started after the kill commits | {:.0} ms | {wr} |",
+        median(&mut write)
+    )?;
+    writeln!(s, "\nPer round:\n")?;
+    writeln!(
+        s,
+        "| round | 1 manager writes/s | 3 managers writes/s | new leader | write commits |"
+    )?;
+    writeln!(s, "| ---: | ---: | ---: | ---: | ---: |")?;
+    for (i, ((a, b), f)) in t1.iter().zip(&t3).zip(&fo).enumerate() {
+        writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.0} ms | {:.0} ms |",
+            i + 1,
+            a.per_second,
+            b.per_second,
+            f.election_ms,
+            f.write_ms
+        )?;
+    }
+    writeln!(
+        s,
+        "\n## Method\n\n\
+Rerun with `cargo xtask bench control-plane` (no root; about a minute after the release \
+build).\n\n\
+- Release builds of `mesh-manager` and `meshctl` from {bin}, started by the test harness \
+(`tests/src/cluster.rs`): each manager is its own process with its own data directory \
+(redb, fsync on every commit), on its own loopback address; mutual TLS on every \
+connection. Raft: 150 ms heartbeat, election timeout 600-1200 ms (the daemon's \
+defaults); node heartbeats every 1 s; snapshots every 5000 entries. The 1-manager and \
+the 3-manager cluster run side by side; each round measures both, then the failover.\n\
+- Committed writes: {w} gRPC clients (one connection each) send `UpdateNode` (a label \
+write) through the leader, each waiting for the answer before the next, for {sec} s. \
+The answer comes after the entry is committed by a majority and applied; every \
+acknowledged write counts. Latency is per write, over all writers of the round.\n\
+- Failover: a client writes through a follower without pause (a failed write is retried \
+after 5 ms); the leader is sent SIGKILL. \"New leader\" is the time until the follower's \
+`Info` names a leader other than the killed one (polled every 5 ms); \"write commits\" \
+the time until the first write *started after the kill* is acknowledged (the follower \
+forwards it to the new leader). The killed manager is then restarted from its data \
+directory and caught up before the next round, so leadership moves between rounds.\n\
+- The benchmark's clients share the machine's cores with the managers.",
+        bin = bin_dir.display(),
+        w = args.writers,
+        sec = args.seconds,
+    )?;
+    if let Some(dir) = args.out.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, &s).with_context(|| format!("writing {}", args.out.display()))?;
+    print!("{s}");
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
