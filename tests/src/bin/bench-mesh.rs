@@ -161,6 +161,7 @@ impl Phase {
 /// Counters read at the edges of a window.
 #[derive(Clone, Copy, Debug, Default)]
 struct Snap {
+    at: Option<Instant>,
     machine: CpuTimes,
     group: GroupUsage,
     ksoftirqd_ns: u64,
@@ -182,6 +183,8 @@ struct Sample {
     p99_us: f64,
     /// Machine-wide, `/proc/stat`.
     machine: CpuTimes,
+    /// CPU capacity between the two snapshots: cores times seconds, in µs.
+    capacity_us: f64,
     /// The bench's own processes (client, tasks, agents or HAProxy).
     group: GroupUsage,
     ksoftirqd_ns: u64,
@@ -213,9 +216,13 @@ impl Sample {
     fn softirq_us(&self) -> f64 {
         self.per_op(Self::ticks_us(self.machine.softirq))
     }
-    /// Machine-wide busy time per operation, whatever ran.
+    /// Machine-wide busy time (capacity minus idle; idle is measured by the idle loop,
+    /// not sampled) per operation, whatever ran.
+    fn machine_busy_us(&self) -> f64 {
+        (self.capacity_us - Self::ticks_us(self.machine.idle)).max(0.0)
+    }
     fn machine_us(&self) -> f64 {
-        self.per_op(Self::ticks_us(self.machine.busy()))
+        self.per_op(self.machine_busy_us())
     }
     fn proc_us(&self) -> f64 {
         self.per_op(self.proc_ns as f64 / 1000.0)
@@ -225,10 +232,8 @@ impl Sample {
     }
     /// Share of the machine's CPU that went to other work during the window.
     fn other_share(&self) -> f64 {
-        let m = &self.machine;
-        let capacity = Self::ticks_us(m.busy() + m.idle);
         let ours = self.group.usage_us as f64 + self.ksoftirqd_ns as f64 / 1000.0;
-        ((Self::ticks_us(m.busy()) - ours) / capacity.max(1.0)).clamp(0.0, 1.0)
+        ((self.machine_busy_us() - ours) / self.capacity_us.max(1.0)).clamp(0.0, 1.0)
     }
     fn bpf_runs_per_op(&self) -> f64 {
         self.bpf_runs as f64 / self.ops.max(1) as f64
@@ -538,6 +543,7 @@ fn measure(
             ksoftirqd_ns += load::process_runtime_ns(pid).unwrap_or(0);
         }
         Ok(Snap {
+            at: Some(Instant::now()),
             machine: CpuTimes::read()?,
             group: group.usage()?,
             ksoftirqd_ns,
@@ -564,6 +570,14 @@ fn measure(
         p50_us: out.percentile_us(50.0).unwrap_or(f64::NAN),
         p99_us: out.percentile_us(99.0).unwrap_or(f64::NAN),
         machine: b.machine.since(&a.machine),
+        capacity_us: match (a.at, b.at) {
+            (Some(a), Some(b)) => {
+                b.duration_since(a).as_secs_f64()
+                    * 1e6
+                    * std::thread::available_parallelism().map_or(1, usize::from) as f64
+            }
+            _ => f64::NAN,
+        },
         group: b.group.since(&a.group),
         ksoftirqd_ns: b.ksoftirqd_ns.saturating_sub(a.ksoftirqd_ns),
         proc_ns: b.proc_ns.saturating_sub(a.proc_ns),
@@ -1179,8 +1193,9 @@ fn render(
          tasks, and HAProxy or the lb-agents), with the kernel work they caused in their \
          context, plus ksoftirqd's, per operation; +direct: cpu minus direct's in the same \
          phase, i.e. what the load balancer added; kernel / user: its split; softirq: \
-         machine-wide softirq time; machine: the whole machine's busy time, whatever \
-         ran (other work on the machine shows here, not in cpu); proxy: HAProxy's own process (for the mesh, the three \
+         machine-wide softirq time (sampled); machine: the whole machine's busy time \
+         (capacity minus idle), whatever ran (other work on the machine shows here, not \
+         in cpu); proxy: HAProxy's own process (for the mesh, the three \
          lb-agents, which are not on the packet path); eBPF: run time of the mesh's XDP and \
          TC programs on all three nodes, and program runs per operation. See Method.\n"
     )?;
