@@ -632,6 +632,8 @@ impl GroupUsage {
 pub struct CpuGroup {
     dir: std::path::PathBuf,
     home: std::path::PathBuf,
+    /// Whether this process moved itself into the group (and moves back on drop).
+    entered: bool,
 }
 
 impl CpuGroup {
@@ -675,7 +677,39 @@ impl CpuGroup {
         let dir = home.join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir(&dir)?;
         std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())?;
-        Ok(Self { dir, home })
+        Ok(Self {
+            dir,
+            home,
+            entered: true,
+        })
+    }
+
+    /// A second, empty group beside this one (`<name>-<pid>-<suffix>`), for processes
+    /// to be counted apart with [`CpuGroup::adopt`]; removed on drop.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the group cannot be created.
+    pub fn sibling(&self, suffix: &str) -> io::Result<Self> {
+        let mut name = self.dir.file_name().unwrap_or_default().to_owned();
+        name.push(format!("-{suffix}"));
+        let dir = self.home.join(name);
+        std::fs::create_dir(&dir)?;
+        Ok(Self {
+            dir,
+            home: self.home.clone(),
+            entered: false,
+        })
+    }
+
+    /// Moves a process, all its threads, into the group. Its children started later
+    /// are born there.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the process does not exist or cannot be moved.
+    pub fn adopt(&self, pid: u32) -> io::Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
     }
 
     /// The group's CPU time so far.
@@ -700,10 +734,12 @@ impl CpuGroup {
 
 impl Drop for CpuGroup {
     fn drop(&mut self) {
-        let _ = std::fs::write(
-            self.home.join("cgroup.procs"),
-            std::process::id().to_string(),
-        );
+        if self.entered {
+            let _ = std::fs::write(
+                self.home.join("cgroup.procs"),
+                std::process::id().to_string(),
+            );
+        }
         // Processes that were started in the group may take a moment to be reaped.
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {

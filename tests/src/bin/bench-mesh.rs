@@ -270,6 +270,9 @@ struct Rig {
     base: Option<Topology>,
     /// The mesh's eBPF programs (ids), for their run time.
     mesh_progs: Vec<u32>,
+    /// The mesh's agents, counted apart from the bench's group: they are not on the
+    /// packet path (see Method).
+    agents: Option<CpuGroup>,
 }
 
 impl Rig {
@@ -301,14 +304,18 @@ impl Rig {
         }
     }
 
-    /// Processes on the node whose CPU time belongs to the case.
-    fn pids(&self, case: Case) -> Vec<u32> {
+    /// Run time so far of the case's own process, in ns: HAProxy, or the mesh's agents.
+    fn proc_ns(&self, case: Case) -> io::Result<u64> {
         match case {
-            Case::Mesh => (1..=3)
-                .filter_map(|k| self.topo(case).agent(k).and_then(|a| a.pid()))
-                .collect(),
-            Case::Haproxy => self.haproxy.iter().map(|h| h.pid).collect(),
-            _ => Vec::new(),
+            Case::Mesh => self
+                .agents
+                .as_ref()
+                .map_or(Ok(0), |g| g.usage().map(|u| u.usage_us * 1000)),
+            Case::Haproxy => self
+                .haproxy
+                .as_ref()
+                .map_or(Ok(0), |h| load::process_runtime_ns(h.pid)),
+            _ => Ok(0),
         }
     }
 }
@@ -350,6 +357,7 @@ fn bench(args: &Args) -> Result<()> {
         mesh: None,
         base: None,
         mesh_progs: Vec::new(),
+        agents: None,
     };
     if cases.contains(&Case::Mesh) {
         eprintln!("bench-mesh: building the mesh topology {MESH_PREFIX}-* (3 nodes, agents)");
@@ -359,6 +367,12 @@ fn bench(args: &Args) -> Result<()> {
         let names: Vec<&str> = TASKS.iter().map(|&(_, n, _)| n).collect();
         t.set_services(vec![web::service(&names)]);
         t.start_agents()?;
+        let agents = group.sibling("agents")?;
+        for k in 1..=t.nodes() {
+            let pid = t.agent(k).and_then(|a| a.pid()).context("an agent's pid")?;
+            agents.adopt(pid)?;
+        }
+        rig.agents = Some(agents);
         rig.mesh_progs = mesh_programs(&t)?;
         rig.mesh = Some(t);
     }
@@ -526,7 +540,6 @@ fn measure(
     phase: Phase,
     plan: &Plan,
 ) -> Result<Sample> {
-    let pids = rig.pids(case);
     let progs = if case == Case::Mesh {
         rig.mesh_progs.clone()
     } else {
@@ -534,10 +547,7 @@ fn measure(
     };
     let snap = || -> io::Result<Snap> {
         let (bpf_ns, bpf_runs) = bpf_run_time(&progs)?;
-        let mut proc_ns = 0;
-        for &pid in &pids {
-            proc_ns += load::process_runtime_ns(pid)?;
-        }
+        let proc_ns = rig.proc_ns(case)?;
         let mut ksoftirqd_ns = 0;
         for &pid in ksoftirqd {
             ksoftirqd_ns += load::process_runtime_ns(pid).unwrap_or(0);
@@ -1190,13 +1200,13 @@ fn render(
     writeln!(
         w,
         "cpu: CPU time of the bench's own processes (the client's load generator, the three \
-         tasks, and HAProxy or the lb-agents), with the kernel work they caused in their \
-         context, plus ksoftirqd's, per operation; +direct: cpu minus direct's in the same \
+         tasks, and HAProxy), with the kernel work they caused in their context, plus \
+         ksoftirqd's, per operation; +direct: cpu minus direct's in the same \
          phase, i.e. what the load balancer added; kernel / user: its split; softirq: \
          machine-wide softirq time (sampled); machine: the whole machine's busy time \
          (capacity minus idle), whatever ran (other work on the machine shows here, not \
-         in cpu); proxy: HAProxy's own process (for the mesh, the three \
-         lb-agents, which are not on the packet path); eBPF: run time of the mesh's XDP and \
+         in cpu); proxy: HAProxy's own process (in cpu), or for the mesh \
+         the three lb-agents (not in cpu: not on the packet path; see Method); eBPF: run time of the mesh's XDP and \
          TC programs on all three nodes, and program runs per operation. See Method.\n"
     )?;
     writeln!(
@@ -1404,10 +1414,13 @@ nodes, so two thirds of the traffic crosses the underlay twice.
   again); the tables show the median over rounds of each figure.
 - CPU: all namespaces share one kernel and two CPUs, so time cannot be charged to a
   namespace. `bench-mesh` moves itself into a cgroup (v2) of its own before it starts
-  anything, so the load generator, the tasks, the agents and HAProxy run in it and
-  nothing else does; the `cpu` figure is that cgroup's `usage_usec` (the scheduler's
-  exact clock) plus the run time of the `ksoftirqd` threads, over the window, per
-  operation. On veth, a packet's whole journey (bridge, node, NAT or XDP or proxy
+  anything, so the load generator, the tasks and HAProxy run in it and nothing else
+  does; the `cpu` figure is that cgroup's `usage_usec` (the scheduler's exact clock)
+  plus the run time of the `ksoftirqd` threads, over the window, per operation. The
+  mesh's agents are moved to a group of their own once they are ready: they are not on
+  the packet path, and their periodic flow-table sweep is the counterpart of
+  conntrack's garbage collection, which runs in a kworker and is not counted for
+  nftables either; their time is in the `proxy` column. On veth, a packet's whole journey (bridge, node, NAT or XDP or proxy
   socket, tunnel, task) runs as softirq work inside the sending task's system call, so it
   is charged to the bench's processes; what overflows goes to ksoftirqd. Not counted:
   softirq work that lands while a CPU idles (timers), conntrack's garbage collection
