@@ -222,6 +222,9 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
                 () = manager.stopped() => {}
                 () = shutdown_signal() => {}
             }
+            // The server's graceful shutdown waits for every open stream: end the
+            // agents' sessions (and this manager's own) too.
+            manager.request_stop();
         }
     };
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop));

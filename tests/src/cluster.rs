@@ -616,7 +616,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sends SIGTERM to manager `i` and waits for it to exit (SIGKILL after 15 s).
+    /// Sends SIGTERM to manager `i` and waits for it to exit (SIGKILL after 15 s, and
+    /// then the status says so).
     ///
     /// # Errors
     /// If it was not running.

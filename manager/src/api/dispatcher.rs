@@ -170,6 +170,9 @@ async fn serve_session(
     let mut tick = tokio::time::interval(manager.heartbeat());
     loop {
         tokio::select! {
+            // The manager is stopping: end the stream, or the server's graceful
+            // shutdown would wait for it forever.
+            () = manager.stopped() => break,
             message = inbound.message() => match message {
                 Ok(Some(_)) => {
                     if let Some(live) = manager.liveness().as_mut() {
