@@ -65,7 +65,12 @@ fn mesh(args: &BenchArgs) -> Result<()> {
             "lb-agent",
             "-p",
             "mesh-tests",
-            "--bins",
+            "--bin",
+            "lb-agent",
+            "--bin",
+            "task-echo",
+            "--bin",
+            "bench-mesh",
         ])
         .run()?;
     cmd::step("bench mesh");

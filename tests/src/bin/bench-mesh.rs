@@ -85,6 +85,9 @@ struct Args {
     /// The cases to run, in this order within each round.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Case::ALL)]
     cases: Vec<Case>,
+    /// The phases to run for each case, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::ALL)]
+    phases: Vec<Phase>,
     /// Do not turn on the kernel's eBPF run-time statistics (the eBPF column stays empty).
     #[arg(long)]
     no_bpf_stats: bool,
@@ -94,7 +97,7 @@ struct Args {
     nice: i32,
     /// Seconds, over the whole run, the bench may wait for other work on the machine to
     /// calm down before its rounds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 60)]
     quiet_budget: u64,
     /// Remove the namespaces and pins a killed run left behind, then exit.
     #[arg(long)]
@@ -128,11 +131,17 @@ impl Case {
 }
 
 /// What is measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum Phase {
+    /// New connections per second.
+    #[value(name = "conn")]
     Connections,
+    /// Requests per second on kept-alive connections.
+    #[value(name = "keepalive")]
     KeepAlive,
+    /// UDP request/response pairs per second.
     Udp,
+    /// Latency and CPU at a fixed request rate.
     Paced,
 }
 
@@ -419,7 +428,7 @@ fn bench(args: &Args) -> Result<()> {
             } else {
                 None
             };
-            for phase in Phase::ALL {
+            for &phase in &args.phases {
                 let Some(plan) = plan(args, &rig, case, phase) else {
                     continue;
                 };
@@ -1435,7 +1444,7 @@ nodes, so two thirds of the traffic crosses the underlay twice.
   divided by the rate; the fixed-rate phase compares CPU cost at the same load.
 - Other work on the machine: the bench renices itself to -10 before it starts anything
   (the tasks, agents and HAProxy inherit it), so that other work yields to it; before
-  each round it waits (up to 30 s a round, 2 minutes a run) until the machine is less
+  each round it waits (up to 30 s a round, a minute a run) until the machine is less
   than 15 % busy. Each window's share of CPU that went to other work is in the raw
   numbers. Such work still slows every case it overlaps (throughput and tail latency
   most; CPU per operation, which counts only the bench's processes, least); the
