@@ -80,13 +80,8 @@ async fn run(cli: &Cli) -> Result<()> {
     let session = if cli.join.is_empty() {
         None
     } else {
-        let hostname = match &cli.hostname {
-            Some(h) => h.clone(),
-            None => nix::unistd::gethostname()
-                .context("reading the hostname")?
-                .to_string_lossy()
-                .into_owned(),
-        };
+        let hostname = manager::session::node_hostname(cli.hostname.as_deref())
+            .context("reading the hostname")?;
         let options = JoinOptions {
             managers: cli.join.clone(),
             token: cli.token.clone(),

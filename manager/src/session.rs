@@ -152,13 +152,8 @@ async fn attempt(
             Ok(response) => response.into_inner(),
             Err(status) => match status.code() {
                 tonic::Code::FailedPrecondition => {
-                    if let Some(leader) = status
-                        .metadata()
-                        .get(LEADER_METADATA)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|l| *l != addr)
-                    {
-                        return Attempt::Redirect(leader.to_string());
+                    if let Some(leader) = leader_hint(&status, addr) {
+                        return Attempt::Redirect(leader);
                     }
                     last = format!("{addr}: {}", status.message());
                     continue;
@@ -214,13 +209,8 @@ async fn attempt(
                     if let Some(h) = heartbeats.take() {
                         h.abort();
                     }
-                    if let Some(leader) = status
-                        .metadata()
-                        .get(LEADER_METADATA)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|l| *l != addr)
-                    {
-                        return Attempt::Redirect(leader.to_string());
+                    if let Some(leader) = leader_hint(&status, addr) {
+                        return Attempt::Redirect(leader);
                     }
                     break format!("{addr}: {}", status.message());
                 }
@@ -236,6 +226,28 @@ async fn attempt(
         reason: last,
         learned: Vec::new(),
     }
+}
+
+/// The hostname a node reports: `given`, else the system's.
+///
+/// # Errors
+/// If the system hostname cannot be read.
+pub fn node_hostname(given: Option<&str>) -> std::io::Result<String> {
+    match given {
+        Some(hostname) => Ok(hostname.to_string()),
+        None => Ok(nix::unistd::gethostname()?.to_string_lossy().into_owned()),
+    }
+}
+
+/// The leader a follower named when it refused a session, unless it is
+/// the manager just tried.
+fn leader_hint(status: &tonic::Status, tried: &str) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .filter(|leader| *leader != tried)
+        .map(str::to_string)
 }
 
 async fn send_heartbeats(tx: mpsc::Sender<proto::AgentMessage>, period: Duration) {

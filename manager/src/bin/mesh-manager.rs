@@ -100,13 +100,8 @@ impl Common {
                     .with_context(|| format!("invalid --metrics-addr {addr:?}"))?,
             ),
         };
-        let hostname = match &self.hostname {
-            Some(h) => h.clone(),
-            None => nix::unistd::gethostname()
-                .context("reading the hostname")?
-                .to_string_lossy()
-                .into_owned(),
-        };
+        let hostname = manager::session::node_hostname(self.hostname.as_deref())
+            .context("reading the hostname")?;
         let tuning = RaftTuning {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
             logs_to_keep: self.snapshot_interval / 2,
