@@ -214,7 +214,9 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
             RaftService::new(raft.clone()).into_server(),
             auth::RaftPeer::new(state.clone()),
         ));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY, small gRPC replies wait for the peer's delayed
+    // ACK (~40 ms each): writes ran at ~20 per second per client.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = {
         let manager = manager.clone();
         async move {

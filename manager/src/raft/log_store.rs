@@ -3,9 +3,12 @@
 //! One redb database file holds the log (table `raft_log`, key = log index,
 //! value = the entry as JSON), a small metadata table (`raft_meta`: vote,
 //! committed log id, last purged log id) and, written by the state machine,
-//! the latest snapshot. Every write transaction commits with
-//! [`Durability::Immediate`] (fsync) before openraft is told that the write
-//! is done, so an acknowledged vote or log entry survives a crash.
+//! the latest snapshot. Votes, truncations, purges and snapshots commit with
+//! [`Durability::Immediate`] (fsync) before they return. Appends commit
+//! without fsync and are made durable by a flusher thread that fsyncs once
+//! for every batch of appends waiting (group commit) and only then tells
+//! openraft they are on disk; openraft acknowledges nothing before that, so
+//! an acknowledged vote or log entry survives a crash.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -107,6 +110,38 @@ pub struct LogStore {
     db: Arc<Database>,
     /// The last committed index openraft saved, for metrics (0 = none).
     committed: Arc<std::sync::atomic::AtomicU64>,
+    /// Appends waiting for their fsync, handed to the flusher thread.
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Group commit: appends are committed without fsync (visible to readers
+/// at once); this thread then makes everything appended so far durable
+/// with one fsync (an empty commit with immediate durability, which in
+/// redb persists every earlier non-durable commit) and tells openraft,
+/// for every append that was waiting, in order. Under load one fsync
+/// covers many appends; openraft never waits for the disk to accept the
+/// next entries. The thread holds the database weakly and ends when the
+/// last `LogStore` clone is dropped.
+fn spawn_flusher(db: &Arc<Database>) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    let db = Arc::downgrade(db);
+    std::thread::Builder::new()
+        .name("raft-log-flush".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(rx.try_iter());
+                let flushed = match db.upgrade() {
+                    Some(db) => write_txn(&db, |_| Ok(())).map_err(|e| e.to_string()),
+                    None => Err("the raft database is closed".to_string()),
+                };
+                for callback in waiting {
+                    callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
+                }
+            }
+        })
+        .expect("spawning the raft log flusher thread");
+    tx
 }
 
 impl LogStore {
@@ -120,9 +155,11 @@ impl LogStore {
             txn.open_table(META)?;
             Ok(())
         })?;
+        let flusher = spawn_flusher(&db);
         Ok(Self {
             db,
             committed: Arc::default(),
+            flusher,
         })
     }
 
@@ -343,13 +380,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = match encode {
             Ok(rows) => {
                 blocking(move || {
-                    write_txn(&db, |txn| {
+                    let mut txn = db.begin_write()?;
+                    // Visible to readers now, durable when the flusher's
+                    // next fsync lands.
+                    txn.set_durability(Durability::None)?;
+                    {
                         let mut table = txn.open_table(LOG)?;
                         for (index, bytes) in &rows {
                             table.insert(*index, bytes.as_slice())?;
                         }
-                        Ok(())
-                    })
+                    }
+                    txn.commit()?;
+                    Ok(())
                 })
                 .await
             }
@@ -357,8 +399,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         match result {
             Ok(()) => {
-                // Durable: tell openraft the entries are on disk.
-                callback.log_io_completed(Ok(()));
+                if let Err(unsent) = self.flusher.send(callback) {
+                    unsent
+                        .0
+                        .log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+                }
                 Ok(())
             }
             Err(e) => {
