@@ -14,6 +14,7 @@ pub mod agent;
 pub mod client;
 pub mod cluster;
 pub mod load;
+pub mod machine;
 pub mod netns;
 pub mod topology;
 pub mod web;

@@ -73,44 +73,30 @@ fn mesh(args: &BenchArgs) -> Result<()> {
             "bench-mesh",
         ])
         .run()?;
-    cmd::step("bench mesh");
+    // The release binaries it starts: lb-agent and task-echo.
+    run_bench("bench-mesh", "mesh.md", args, true)
+}
+
+/// Runs the release build of benchmark binary `bin` from `mesh-tests`, writing
+/// `bench-results/<out>`; with `starts_bins`, points it at the release binaries it starts.
+fn run_bench(bin: &str, out: &str, args: &BenchArgs, starts_bins: bool) -> Result<()> {
+    cmd::step(&format!("bench {}", bin.trim_start_matches("bench-")));
     std::fs::create_dir_all(cmd::workspace_root().join("bench-results"))?;
-    Cmd::cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "mesh-tests",
-            "--bin",
-            "bench-mesh",
-            "--",
-        ])
-        .args(["--out", "bench-results/mesh.md"])
-        .args(&args.extra)
-        // The release binaries it starts: lb-agent and task-echo.
-        .env("MESH_BIN_DIR", cmd::target_dir().join("release"))
-        .run()
+    let mut run = Cmd::cargo()
+        .args(["run", "--release", "-p", "mesh-tests", "--bin", bin, "--"])
+        .args(["--out", &format!("bench-results/{out}")])
+        .args(&args.extra);
+    if starts_bins {
+        run = run.env("MESH_BIN_DIR", cmd::target_dir().join("release"));
+    }
+    run.run()
 }
 
 fn dataplane(args: &BenchArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
-    cmd::step("bench dataplane");
-    std::fs::create_dir_all(cmd::workspace_root().join("bench-results"))?;
-    Cmd::cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "mesh-tests",
-            "--bin",
-            "bench-dataplane",
-            "--",
-        ])
-        .args(["--out", "bench-results/dataplane.md"])
-        .args(&args.extra)
-        .run()
+    run_bench("bench-dataplane", "dataplane.md", args, false)
 }
 
 /// `bench control-plane`: builds `mesh-manager`, `meshctl` and `bench-control-plane` in
@@ -132,21 +118,6 @@ fn control_plane(args: &BenchArgs) -> Result<()> {
             "bench-control-plane",
         ])
         .run()?;
-    cmd::step("bench control-plane");
-    std::fs::create_dir_all(cmd::workspace_root().join("bench-results"))?;
-    Cmd::cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "mesh-tests",
-            "--bin",
-            "bench-control-plane",
-            "--",
-        ])
-        .args(["--out", "bench-results/control-plane.md"])
-        .args(&args.extra)
-        // The release binaries it starts: mesh-manager and meshctl.
-        .env("MESH_BIN_DIR", cmd::target_dir().join("release"))
-        .run()
+    // The release binaries it starts: mesh-manager and meshctl.
+    run_bench("bench-control-plane", "control-plane.md", args, true)
 }

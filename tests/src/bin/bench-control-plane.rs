@@ -252,21 +252,6 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn machine() -> Result<String> {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
-        .trim()
-        .to_owned();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    Ok(format!("{cpu}, {cores} cores, kernel {kernel}"))
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.rounds >= 1, "--rounds must be at least 1");
@@ -327,7 +312,7 @@ fn main() -> Result<()> {
         s,
         "Machine: {}; load average (1, 5, 15 min) {load_before} before, {load_after} after \
          (other work on the machine shows here: the figures are only comparable at a low load).",
-        machine()?
+        mesh_tests::machine::Machine::this()
     )?;
     writeln!(
         s,

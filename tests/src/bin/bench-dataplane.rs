@@ -300,22 +300,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn render(cases: &[Case], medians: &[f64], args: &Args) -> Result<String> {
     let mut s = String::new();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
-        .trim()
-        .to_owned();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let machine = mesh_tests::machine::Machine::this();
     writeln!(
         s,
         "# Dataplane benchmark: ns per packet through the eBPF programs\n"
     )?;
-    writeln!(s, "Machine: {cpu}, {cores} cores, kernel {kernel}.")?;
+    writeln!(s, "Machine: {machine}.")?;
     writeln!(
         s,
         "Rounds: {} interleaved; {} runs per live/repeat measurement; {} single runs per \

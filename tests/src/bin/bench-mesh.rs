@@ -990,20 +990,11 @@ impl Env {
                 .unwrap_or_else(|| "unknown".into())
         };
         let first_line = |s: String| s.lines().next().unwrap_or_default().to_owned();
+        let machine = mesh_tests::machine::Machine::this();
         Self {
-            cpu: std::fs::read_to_string("/proc/cpuinfo")
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("model name")
-                        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-                })
-                .unwrap_or_else(|| "unknown".into()),
-            cores: std::thread::available_parallelism().map_or(0, usize::from),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
+            cpu: machine.cpu,
+            cores: machine.cores,
+            kernel: machine.kernel,
             date: cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             commit: cmd("git", &["rev-parse", "--short", "HEAD"]),
             haproxy: first_line(cmd("haproxy", &["-v"])),
