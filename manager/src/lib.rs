@@ -18,6 +18,7 @@ pub mod auth;
 pub mod client;
 pub mod liveness;
 pub mod metrics;
+pub mod orchestrator;
 pub mod pki;
 pub mod raft;
 pub mod scheduler;
