@@ -264,7 +264,7 @@ mod tests {
 
         fn for_cluster(cluster_id: &str) -> Self {
             let ca = generate_ca(cluster_id).unwrap();
-            let authority = Authority::from_material(&ca).unwrap();
+            let authority = Authority::new(&ca).unwrap();
             let nodes: BTreeMap<NodeId, Node> = [
                 (MANAGER, Role::Manager),
                 (WORKER, Role::Worker),

@@ -31,18 +31,17 @@ pub enum ClientError {
 
 /// A gRPC endpoint for `addr` (`host:port`) with `tls`.
 ///
+/// Managers use it for their Raft peers too (as the Raft connector).
+///
 /// # Errors
-/// [`ClientError::Tls`] if the address or TLS settings are unusable.
-pub fn endpoint(addr: &str, tls: ClientTlsConfig) -> Result<Endpoint, ClientError> {
-    Endpoint::from_shared(format!("https://{addr}"))
-        .and_then(|e| e.tls_config(tls))
-        .map(|e| {
-            e.connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
-        })
-        .map_err(|e| ClientError::Tls(format!("{addr}: {}", error_chain(&e))))
+/// If the address or TLS settings are unusable.
+pub fn endpoint(addr: &str, tls: ClientTlsConfig) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5)))
 }
 
 /// The client TLS settings for a node identity.
@@ -65,7 +64,9 @@ pub async fn connect(addrs: &[String], tls: &ClientTlsConfig) -> Result<Channel,
     }
     let mut reason = String::new();
     for addr in addrs {
-        match endpoint(addr, tls.clone())?.connect().await {
+        let endpoint = endpoint(addr, tls.clone())
+            .map_err(|e| ClientError::Tls(format!("{addr}: {}", error_chain(&e))))?;
+        match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
             Err(e) => {
                 reason = match pki::explain_tls_failure(&e) {

@@ -132,19 +132,7 @@ pub fn reconcile_global(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Node, Role};
-
-    fn cluster(nodes: &[(NodeId, NodeStatus, Availability, &str)]) -> ClusterState {
-        let mut state = ClusterState::default();
-        for (id, status, availability, zone) in nodes {
-            let mut node = Node::new(*id, format!("n{id}"), Role::Worker, 0);
-            node.status = *status;
-            node.availability = *availability;
-            node.labels.insert("zone".into(), (*zone).into());
-            state.nodes.insert(*id, node);
-        }
-        state
-    }
+    use crate::state::test_cluster;
 
     fn task(id: TaskId, slot: u32, node: NodeId) -> TaskView {
         TaskView {
@@ -160,7 +148,7 @@ mod tests {
 
     #[test]
     fn scaling_up_creates_the_missing_slots_and_down_removes_the_highest() {
-        let state = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
+        let state = test_cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
         let tasks = [task(10, 1, 1), task(11, 2, 2)];
         assert_eq!(
             reconcile_replicated(&state, 4, &tasks),
@@ -184,7 +172,7 @@ mod tests {
 
     #[test]
     fn tasks_on_down_or_drained_nodes_are_replaced_in_their_slot() {
-        let state = cluster(&[
+        let state = test_cluster(&[
             (1, Ready, Active, "a"),
             (2, Down, Active, "a"),
             (3, Ready, Drain, "a"),
@@ -209,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_slot_with_two_live_tasks_keeps_the_oldest() {
-        let state = cluster(&[(1, Ready, Active, "a")]);
+        let state = test_cluster(&[(1, Ready, Active, "a")]);
         let tasks = [task(21, 1, 1), task(20, 1, 1)];
         assert_eq!(
             reconcile_replicated(&state, 1, &tasks),
@@ -219,7 +207,7 @@ mod tests {
 
     #[test]
     fn global_runs_one_task_per_eligible_node() {
-        let state = cluster(&[
+        let state = test_cluster(&[
             (1, Ready, Active, "a"),
             (2, Ready, Active, "b"),
             (3, Down, Active, "a"),

@@ -110,19 +110,7 @@ fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Role;
-
-    fn cluster(nodes: &[(NodeId, &str, NodeStatus, Availability)]) -> ClusterState {
-        let mut state = ClusterState::default();
-        for (id, zone, status, availability) in nodes {
-            let mut node = Node::new(*id, format!("n{id}"), Role::Worker, 0);
-            node.status = *status;
-            node.availability = *availability;
-            node.labels.insert("zone".into(), (*zone).into());
-            state.nodes.insert(*id, node);
-        }
-        state
-    }
+    use crate::state::test_cluster;
 
     use Availability::{Active, Drain, Pause};
     use NodeStatus::{Down, Ready};
@@ -137,13 +125,13 @@ mod tests {
 
     #[test]
     fn tasks_spread_evenly_over_ready_active_nodes() {
-        let state = cluster(&[
-            (1, "a", Ready, Active),
-            (2, "a", Ready, Active),
-            (3, "b", Ready, Active),
-            (4, "b", Down, Active),
-            (5, "b", Ready, Drain),
-            (6, "b", Ready, Pause),
+        let state = test_cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "a"),
+            (3, Ready, Active, "b"),
+            (4, Down, Active, "b"),
+            (5, Ready, Drain, "b"),
+            (6, Ready, Pause, "b"),
         ]);
         let placed = place(&state, &Load::default(), &[], 10).unwrap();
         assert_eq!(counts(&placed), BTreeMap::from([(1, 4), (2, 3), (3, 3)]));
@@ -151,10 +139,10 @@ mod tests {
 
     #[test]
     fn new_tasks_fill_the_least_loaded_nodes_first() {
-        let state = cluster(&[
-            (1, "a", Ready, Active),
-            (2, "a", Ready, Active),
-            (3, "a", Ready, Active),
+        let state = test_cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "a"),
+            (3, Ready, Active, "a"),
         ]);
         let load = Load {
             service: BTreeMap::from([(1, 3), (2, 1)]),
@@ -168,10 +156,10 @@ mod tests {
 
     #[test]
     fn constraints_restrict_placement_and_explain_a_refusal() {
-        let state = cluster(&[
-            (1, "a", Ready, Active),
-            (2, "b", Ready, Active),
-            (3, "b", Down, Active),
+        let state = test_cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "b"),
+            (3, Down, Active, "b"),
         ]);
         let zone_b: Vec<Constraint> = vec!["node.labels.zone==b".parse().unwrap()];
         assert_eq!(

@@ -144,14 +144,8 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     }
 
     let client_tls = client::identity_tls(&identity);
-    let connector: Connector = Arc::new(move |addr: &str| {
-        Ok(
-            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-                .tls_config(client_tls.clone())?
-                .connect_timeout(client::CONNECT_TIMEOUT)
-                .tcp_nodelay(true),
-        )
-    });
+    let connector: Connector =
+        Arc::new(move |addr: &str| client::endpoint(addr, client_tls.clone()));
     let raft = if force_new_cluster {
         RaftNode::force_new_cluster(
             &raft_dir,
@@ -452,7 +446,7 @@ async fn become_voter(
                 Ok(_) => return Ok(()),
                 Err(status) => {
                     last = status.message().to_string();
-                    if let Some(leader) = leader_from(&status)
+                    if let Some(leader) = crate::raft::service::leader_addr(&status)
                         && !targets.contains(&leader)
                     {
                         targets.insert(0, leader);
@@ -465,14 +459,6 @@ async fn become_voter(
     Err(DaemonError::Failed(format!(
         "could not join the raft membership: {last}"
     )))
-}
-
-fn leader_from(status: &tonic::Status) -> Option<String> {
-    status
-        .metadata()
-        .get(crate::raft::service::LEADER_ADDR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 /// Keeps the state's record of this manager's address current (it changes

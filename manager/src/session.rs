@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::dispatcher::LEADER_METADATA;
 use crate::client::{self, ClientError};
 use crate::pki::{self, TlsDir};
 use crate::proto::{self, agent_message, dispatcher_client::DispatcherClient, manager_message};
+use crate::raft::service::leader_addr;
 use crate::state::Role;
 
 /// What a session reports to its owner.
@@ -242,12 +242,7 @@ pub fn node_hostname(given: Option<&str>) -> std::io::Result<String> {
 /// The leader a follower named when it refused a session, unless it is
 /// the manager just tried.
 fn leader_hint(status: &tonic::Status, tried: &str) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .filter(|leader| *leader != tried)
-        .map(str::to_string)
+    leader_addr(status).filter(|leader| leader != tried)
 }
 
 async fn send_heartbeats(tx: mpsc::Sender<proto::AgentMessage>, period: Duration) {

@@ -417,6 +417,10 @@ impl ClusterState {
                 self.check_role_change(*id, *role)?;
                 let node = self.node_mut(*id)?;
                 node.role = *role;
+                if *role == Role::Worker {
+                    // A worker runs no manager API.
+                    node.manager_addr = None;
+                }
                 node.updated_at_ms = *at_ms;
                 Ok(Applied::Node(node.clone()))
             }
@@ -556,6 +560,21 @@ fn validate_label_key(key: &str) -> Result<(), StateError> {
             "invalid label key {key:?}: use letters, digits, '.', '-', '_' and '/'"
         )))
     }
+}
+
+/// A state holding worker nodes `n<id>` with the given status,
+/// availability and `zone` label, for the scheduling cores' tests.
+#[cfg(test)]
+pub(crate) fn test_cluster(nodes: &[(NodeId, NodeStatus, Availability, &str)]) -> ClusterState {
+    let mut state = ClusterState::default();
+    for (id, status, availability, zone) in nodes {
+        let mut node = Node::new(*id, format!("n{id}"), Role::Worker, 0);
+        node.status = *status;
+        node.availability = *availability;
+        node.labels.insert("zone".into(), (*zone).into());
+        state.nodes.insert(*id, node);
+    }
+    state
 }
 
 #[cfg(test)]

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{Manager, now_ms, rfc3339, state_status};
+use super::{Manager, ca_digest, cluster_ca, now_ms, rfc3339, state_status};
 use crate::client;
 use crate::pki;
 use crate::proto::{self, control_client::ControlClient, control_server::Control};
 use crate::state::{
-    Applied, Availability, ClusterState, Command, Node, NodeId, NodeStatus, Role, format_id,
-    parse_label,
+    Applied, Availability, Command, Node, NodeId, NodeStatus, Role, format_id, parse_label,
 };
 
 /// The `Control` service.
@@ -27,8 +26,9 @@ impl ControlService {
         Self { manager }
     }
 
-    fn node_info(&self, state: &ClusterState, node: &Node) -> proto::NodeInfo {
-        node_info(&self.manager, state, node)
+    /// The API's view of `node`.
+    fn node_info(&self, node: &Node) -> proto::NodeInfo {
+        node_info(node, self.manager.raft().metrics().current_leader)
     }
 
     /// The leader's `Control` service, for calls that only the leader can
@@ -82,33 +82,22 @@ impl ControlService {
                     at_ms: now_ms(),
                 })
                 .await?;
-            if role == Role::Worker {
-                self.manager
-                    .commit(Command::SetManagerAddr {
-                        id,
-                        addr: None,
-                        at_ms: now_ms(),
-                    })
-                    .await?;
-            }
         }
         let state = self.manager.read_unchecked();
         let node = state.node(id).map_err(state_status)?;
-        Ok(self.node_info(&state, node))
+        Ok(self.node_info(node))
     }
 }
 
-/// The API's view of a node.
+/// The API's view of a node, given the current leader.
 #[must_use]
-pub fn node_info(manager: &Manager, state: &ClusterState, node: &Node) -> proto::NodeInfo {
-    let leader = manager.raft().metrics().current_leader;
+pub fn node_info(node: &Node, leader: Option<NodeId>) -> proto::NodeInfo {
     let manager_status = match node.role {
         Role::Worker => String::new(),
         Role::Manager if leader == Some(node.id) => "Leader".into(),
         Role::Manager if node.status == NodeStatus::Ready => "Reachable".into(),
         Role::Manager => "Unreachable".into(),
     };
-    let _ = state;
     proto::NodeInfo {
         id: format_id(node.id),
         hostname: node.hostname.clone(),
@@ -187,12 +176,7 @@ impl Control for ControlService {
             }
         }
         let state = self.manager.read_unchecked();
-        let ca = state
-            .ca
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("the cluster is not initialised"))?;
-        let digest = pki::ca_digest(&ca.cert_pem)
-            .map_err(|e| Status::internal(format!("reading the cluster CA: {e}")))?;
+        let digest = ca_digest(cluster_ca(&state)?)?;
         let token = |role: Role| {
             pki::JoinToken {
                 ca_digest: digest.clone(),
@@ -211,11 +195,8 @@ impl Control for ControlService {
         _request: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
         let state = self.manager.read()?;
-        let nodes = state
-            .nodes
-            .values()
-            .map(|n| self.node_info(&state, n))
-            .collect();
+        let leader = self.manager.raft().metrics().current_leader;
+        let nodes = state.nodes.values().map(|n| node_info(n, leader)).collect();
         Ok(Response::new(proto::ListNodesResponse { nodes }))
     }
 
@@ -228,7 +209,7 @@ impl Control for ControlService {
             .resolve(&request.get_ref().name)
             .map_err(state_status)?;
         let node = state.node(id).map_err(state_status)?;
-        Ok(Response::new(self.node_info(&state, node)))
+        Ok(Response::new(self.node_info(node)))
     }
 
     async fn update_node(
@@ -263,8 +244,7 @@ impl Control for ControlService {
                 })
                 .await?,
         )?;
-        let state = self.manager.read_unchecked();
-        Ok(Response::new(self.node_info(&state, &node)))
+        Ok(Response::new(self.node_info(&node)))
     }
 
     async fn promote_node(

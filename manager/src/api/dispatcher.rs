@@ -9,16 +9,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Manager, now_ms, state_status};
-use crate::auth::Caller;
+use super::{Manager, now_ms, sign_certificate, state_status};
+use crate::auth::{self, Caller};
 use crate::liveness::Liveness;
-use crate::pki;
 use crate::proto::{self, agent_message, dispatcher_server::Dispatcher, manager_message};
+use crate::raft::service::not_leader;
 use crate::state::{Command, NodeStatus, format_id};
-
-/// gRPC metadata key naming the leader's address when a follower refuses
-/// a session.
-pub const LEADER_METADATA: &str = crate::raft::service::LEADER_ADDR_HEADER;
 
 /// The `Dispatcher` service.
 #[derive(Clone, Debug)]
@@ -34,33 +30,6 @@ impl DispatcherService {
     }
 }
 
-fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .copied()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required for this call"))
-}
-
-/// `FAILED_PRECONDITION` naming the leader, for a follower asked for a
-/// session.
-fn not_leader(manager: &Manager) -> Status {
-    let leader = manager.raft().leader();
-    let mut status = Status::failed_precondition(match &leader {
-        Some((id, addr)) => format!(
-            "this manager is not the leader; the leader is {} at {addr}",
-            format_id(*id)
-        ),
-        None => "this manager is not the leader and knows of none (no quorum)".to_string(),
-    });
-    if let Some((_, addr)) = leader
-        && let Ok(value) = addr.parse()
-    {
-        status.metadata_mut().insert(LEADER_METADATA, value);
-    }
-    status
-}
-
 type SessionStream = Pin<Box<dyn Stream<Item = Result<proto::ManagerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -71,9 +40,9 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<Streaming<proto::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let caller = caller(&request)?;
+        let caller = auth::caller(&request)?;
         if !self.manager.raft().is_leader() {
-            return Err(not_leader(&self.manager));
+            return Err(not_leader(self.manager.raft().leader()));
         }
         let mut inbound = request.into_inner();
         let deadline = self.manager.heartbeat() * self.manager.allowed_misses();
@@ -130,26 +99,16 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<proto::RenewCertificateRequest>,
     ) -> Result<Response<proto::RenewCertificateResponse>, Status> {
-        let caller = caller(&request)?;
-        let (ca, cluster_id, role) = {
+        let caller = auth::caller(&request)?;
+        let (cert_pem, role) = {
             let state = self.manager.read()?;
-            let node = state.node(caller.node_id).map_err(state_status)?;
-            let ca = state
-                .ca
-                .clone()
-                .ok_or_else(|| Status::failed_precondition("the cluster is not initialised"))?;
-            (ca, state.cluster_id.clone(), node.role)
-        };
-        let authority = pki::Authority::from_material(&ca)
-            .map_err(|e| Status::internal(format!("loading the cluster CA: {e}")))?;
-        let cert_pem = authority
-            .sign_csr(
-                &request.get_ref().csr_pem,
-                caller.node_id,
+            let role = state.node(caller.node_id).map_err(state_status)?.role;
+            let csr_pem = &request.get_ref().csr_pem;
+            (
+                sign_certificate(&state, csr_pem, caller.node_id, role)?,
                 role,
-                &cluster_id,
             )
-            .map_err(|e| Status::invalid_argument(format!("invalid certificate request: {e}")))?;
+        };
         Ok(Response::new(proto::RenewCertificateResponse {
             cert_pem,
             role: role.to_string(),
@@ -183,7 +142,7 @@ async fn serve_session(
             },
             _ = tick.tick() => {
                 if !manager.raft().is_leader() {
-                    let _ = tx.send(Err(not_leader(&manager))).await;
+                    let _ = tx.send(Err(not_leader(manager.raft().leader()))).await;
                     break;
                 }
                 let current = manager.read_unchecked().node(id).map(|n| n.role).ok();

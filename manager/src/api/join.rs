@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{Manager, now_ms, state_status};
+use super::{Manager, ca_digest, cluster_ca, now_ms, sign_certificate};
 use crate::pki;
 use crate::proto::{self, join_server::Join};
 use crate::state::{Command, Node, Role, format_id};
@@ -44,54 +44,37 @@ impl Join for JoinService {
     ) -> Result<Response<proto::JoinResponse>, Status> {
         let request = request.into_inner();
         validate_hostname(&request.hostname)?;
-        let (role, ca, cluster_id, id) = {
+        let (role, id, cert_pem, ca_pem) = {
             let state = self.manager.read()?;
-            let ca = state
-                .ca
-                .clone()
-                .ok_or_else(|| Status::failed_precondition("the cluster is not initialised"))?;
-            let digest = pki::ca_digest(&ca.cert_pem)
-                .map_err(|e| Status::internal(format!("reading the cluster CA: {e}")))?;
-            let role = pki::role_for(&request.token, &state.secrets, &digest)
+            let ca = cluster_ca(&state)?;
+            let role = pki::role_for(&request.token, &state.secrets, &ca_digest(ca)?)
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            if role == Role::Manager && request.manager_addr.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a manager joins with the address its API listens on (manager_addr)",
+                ));
+            }
             let id = loop {
                 let id: u64 = rand::random();
                 if id != 0 && !state.nodes.contains_key(&id) && !state.removed.contains(&id) {
                     break id;
                 }
             };
-            (role, ca, state.cluster_id.clone(), id)
+            // Sign before committing: a malformed request changes nothing.
+            let cert_pem = sign_certificate(&state, &request.csr_pem, id, role)?;
+            (role, id, cert_pem, ca.cert_pem.clone())
         };
-        if role == Role::Manager && request.manager_addr.is_empty() {
-            return Err(Status::invalid_argument(
-                "a manager joins with the address its API listens on (manager_addr)",
-            ));
-        }
-        // Sign before committing: a malformed request changes nothing.
-        let authority = pki::Authority::from_material(&ca)
-            .map_err(|e| Status::internal(format!("loading the cluster CA: {e}")))?;
-        let cert_pem = authority
-            .sign_csr(&request.csr_pem, id, role, &cluster_id)
-            .map_err(|e| Status::invalid_argument(format!("invalid certificate request: {e}")))?;
         let mut node = Node::new(id, request.hostname, role, now_ms());
         if role == Role::Manager {
             node.manager_addr = Some(request.manager_addr);
         }
-        self.manager
-            .commit(Command::AddNode { node })
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::AlreadyExists => {
-                    state_status(crate::state::StateError::NodeExists(format_id(id)))
-                }
-                _ => status,
-            })?;
+        self.manager.commit(Command::AddNode { node }).await?;
         tracing::info!(node = %format_id(id), %role, "node joined");
         Ok(Response::new(proto::JoinResponse {
             node_id: format_id(id),
             role: role.to_string(),
             cert_pem,
-            ca_pem: ca.cert_pem,
+            ca_pem,
         }))
     }
 }

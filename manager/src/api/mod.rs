@@ -15,9 +15,10 @@ use tonic::Status;
 
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
+use crate::pki;
 use crate::pki::TlsDir;
 use crate::raft::{RaftNode, WriteError};
-use crate::state::{Applied, ClusterState, Command, NodeId, StateError};
+use crate::state::{Applied, CaMaterial, ClusterState, Command, NodeId, Role, StateError};
 
 /// Everything a manager's services share.
 #[derive(Clone, Debug)]
@@ -149,9 +150,12 @@ impl Manager {
                 // A leader cut off from its followers still believes it
                 // leads until its lease runs out; openraft reports how
                 // long ago a quorum acknowledged it.
+                // Stale after two election timeouts: by then the
+                // followers have elected someone else.
+                let lease = 2 * self.inner.raft.tuning().election_max.as_millis();
                 let stale = metrics
                     .millis_since_quorum_ack
-                    .is_none_or(|ms| u128::from(ms) > 2 * self.inner.heartbeat.as_millis());
+                    .is_none_or(|ms| u128::from(ms) > lease);
                 let alone = metrics.membership_config.membership().voter_ids().count() == 1;
                 if stale && !alone {
                     Err(no_quorum(self.inner.id))
@@ -212,6 +216,43 @@ fn no_quorum(id: NodeId) -> Status {
          the cluster is electing a leader or has lost quorum",
         crate::state::format_id(id)
     ))
+}
+
+/// The cluster CA held in `state`.
+///
+/// # Errors
+/// `FAILED_PRECONDITION` before bootstrap.
+pub(crate) fn cluster_ca(state: &ClusterState) -> Result<&CaMaterial, Status> {
+    state
+        .ca
+        .as_ref()
+        .ok_or_else(|| Status::failed_precondition("the cluster is not initialised"))
+}
+
+/// The digest join tokens carry for `ca`.
+///
+/// # Errors
+/// `INTERNAL` if the stored CA certificate does not parse.
+pub(crate) fn ca_digest(ca: &CaMaterial) -> Result<String, Status> {
+    pki::ca_digest(&ca.cert_pem)
+        .map_err(|e| Status::internal(format!("reading the cluster CA: {e}")))
+}
+
+/// Signs a node's certificate request with the cluster CA in `state`.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` for a malformed request; `INTERNAL` or
+/// `FAILED_PRECONDITION` if the CA is unusable or missing.
+pub(crate) fn sign_certificate(
+    state: &ClusterState,
+    csr_pem: &str,
+    id: NodeId,
+    role: Role,
+) -> Result<String, Status> {
+    pki::Authority::new(cluster_ca(state)?)
+        .map_err(|e| Status::internal(format!("loading the cluster CA: {e}")))?
+        .sign_csr(csr_pem, id, role, &state.cluster_id)
+        .map_err(|e| Status::invalid_argument(format!("invalid certificate request: {e}")))
 }
 
 /// Milliseconds since the Unix epoch.

@@ -3,7 +3,7 @@
 //! identity (by default the local manager's).
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use manager::client;
 use manager::pki::TlsDir;
 use manager::proto::{self, control_client::ControlClient};
+use manager::state::Role;
 use manager::table;
 use tonic::transport::Channel;
 
@@ -172,16 +173,21 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn control(cli: &Cli) -> Result<ControlClient<Channel>> {
-    let tls = TlsDir::new(cli.tls_dir.clone());
-    let identity = tls.load().with_context(|| {
+/// A `Control` client of the first of `hosts` that answers, as the manager
+/// whose identity is in `tls_dir`.
+async fn control_at(hosts: &[String], tls_dir: &Path) -> Result<ControlClient<Channel>> {
+    let identity = TlsDir::new(tls_dir).load().with_context(|| {
         format!(
             "reading the manager identity in {} (set --tls-dir or MESH_TLS_DIR to a manager's tls directory)",
-            cli.tls_dir.display()
+            tls_dir.display()
         )
     })?;
-    let channel = client::connect(&cli.host, &client::identity_tls(&identity)).await?;
+    let channel = client::connect(hosts, &client::identity_tls(&identity)).await?;
     Ok(ControlClient::new(channel))
+}
+
+async fn control(cli: &Cli) -> Result<ControlClient<Channel>> {
+    control_at(&cli.host, &cli.tls_dir).await
 }
 
 /// A failed call as the user should read it.
@@ -234,7 +240,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{token}");
             } else {
                 if *rotate {
-                    println!("Successfully rotated {} join token.\n", role_name(*role));
+                    println!("Successfully rotated {} join token.\n", Role::from(*role));
                 }
                 print_join_command(*role, &token, &addr);
             }
@@ -253,10 +259,12 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn role_name(role: TokenRole) -> &'static str {
-    match role {
-        TokenRole::Worker => "worker",
-        TokenRole::Manager => "manager",
+impl From<TokenRole> for Role {
+    fn from(role: TokenRole) -> Self {
+        match role {
+            TokenRole::Worker => Role::Worker,
+            TokenRole::Manager => Role::Manager,
+        }
     }
 }
 
@@ -548,29 +556,20 @@ async fn cluster_init(args: &InitArgs) -> Result<()> {
     let tls_dir = args.data_dir.join("tls");
     let host = vec![args.advertise_addr.clone()];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let info = loop {
+    let (info, mut control) = loop {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
             bail!(
                 "mesh-manager exited ({status}):\n{}",
-                log.lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                lines[lines.len().saturating_sub(5)..].join("\n")
             );
         }
-        if let Ok(identity) = TlsDir::new(tls_dir.clone()).load()
-            && let Ok(channel) = client::connect(&host, &client::identity_tls(&identity)).await
-            && let Ok(info) = ControlClient::new(channel)
-                .info(proto::InfoRequest {})
-                .await
+        if let Ok(mut control) = control_at(&host, &tls_dir).await
+            && let Ok(info) = control.info(proto::InfoRequest {}).await
             && info.get_ref().is_leader
         {
-            break info.into_inner();
+            break (info.into_inner(), control);
         }
         if std::time::Instant::now() > deadline {
             bail!(
@@ -580,15 +579,7 @@ async fn cluster_init(args: &InitArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let cli = Cli {
-        host,
-        tls_dir,
-        command: Command::Cluster(ClusterCommand::Inspect {
-            format: Format::Table,
-        }),
-    };
-    let tokens = control(&cli)
-        .await?
+    let tokens = control
         .join_tokens(proto::JoinTokensRequest::default())
         .await
         .map_err(rpc)?
@@ -606,7 +597,7 @@ async fn cluster_init(args: &InitArgs) -> Result<()> {
     println!(
         "Talk to it with: export MESH_HOST={} MESH_TLS_DIR={}",
         args.advertise_addr,
-        cli.tls_dir.display()
+        tls_dir.display()
     );
     Ok(())
 }

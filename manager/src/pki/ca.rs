@@ -112,15 +112,6 @@ impl Authority {
     ///
     /// [`PkiError::InvalidCa`] if the certificate or key does not parse, the
     /// certificate is not a CA, or the key is not the certificate's.
-    pub fn from_material(ca: &CaMaterial) -> Result<Self, PkiError> {
-        Self::new(ca)
-    }
-
-    /// The same as [`Authority::from_material`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Authority::from_material`].
     pub fn new(ca: &CaMaterial) -> Result<Self, PkiError> {
         let der = first_cert_der(&ca.cert_pem)
             .map_err(|e| PkiError::InvalidCa(format!("certificate: {e}")))?;

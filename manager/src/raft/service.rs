@@ -80,6 +80,16 @@ pub(crate) fn not_leader(leader: Option<(NodeId, String)>) -> Status {
     }
 }
 
+/// The leader's address a "not the leader" answer names, if any.
+#[must_use]
+pub fn leader_addr(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_ADDR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn append_entries(
