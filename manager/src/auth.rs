@@ -461,6 +461,49 @@ mod tests {
         ) -> Result<Response<proto::LeaveResponse>, Status> {
             unimplemented()
         }
+        type ServiceLogsStream = futures::stream::Empty<Result<proto::LogLine, Status>>;
+        async fn create_service(
+            &self,
+            _: Request<proto::CreateServiceRequest>,
+        ) -> Result<Response<proto::ServiceReply>, Status> {
+            unimplemented()
+        }
+        async fn update_service(
+            &self,
+            _: Request<proto::UpdateServiceRequest>,
+        ) -> Result<Response<proto::ServiceReply>, Status> {
+            unimplemented()
+        }
+        async fn remove_service(
+            &self,
+            _: Request<proto::ServiceRef>,
+        ) -> Result<Response<proto::RemoveServiceResponse>, Status> {
+            unimplemented()
+        }
+        async fn inspect_service(
+            &self,
+            _: Request<proto::ServiceRef>,
+        ) -> Result<Response<proto::ServiceReply>, Status> {
+            unimplemented()
+        }
+        async fn list_services(
+            &self,
+            _: Request<proto::ListServicesRequest>,
+        ) -> Result<Response<proto::ListServicesResponse>, Status> {
+            unimplemented()
+        }
+        async fn list_tasks(
+            &self,
+            _: Request<proto::ListTasksRequest>,
+        ) -> Result<Response<proto::ListTasksResponse>, Status> {
+            unimplemented()
+        }
+        async fn service_logs(
+            &self,
+            _: Request<proto::ServiceLogsRequest>,
+        ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+            unimplemented()
+        }
     }
 
     /// Serves `Join` behind [`AnyNode`] and `Control` behind [`ManagerOnly`]

@@ -13,7 +13,9 @@ pub mod proto {
     tonic::include_proto!("mesh.v1");
 }
 
+pub mod allocator;
 pub mod api;
+pub mod assignment;
 pub mod auth;
 pub mod client;
 pub mod liveness;
@@ -23,6 +25,7 @@ pub mod pki;
 pub mod raft;
 pub mod scheduler;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod spec;
 pub mod state;

@@ -143,6 +143,7 @@ async fn attempt(
             kind: Some(agent_message::Kind::Hello(proto::Hello {
                 hostname: options.hostname.clone(),
                 agent_version: options.agent_version.clone(),
+                data_addr: String::new(),
             })),
         };
         if tx.send(hello).await.is_err() {
@@ -196,6 +197,7 @@ async fn attempt(
                             Err(e) => tracing::warn!(error = %e, "renewing the certificate failed"),
                         }
                     }
+                    manager_message::Kind::Assignment(_) | manager_message::Kind::Logs(_) => {}
                 },
                 Ok(Some(_)) => {}
                 Ok(None) => break format!("{addr} closed the session"),

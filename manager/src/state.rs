@@ -8,9 +8,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+
+use crate::allocator::{self, IngressNetwork};
+use crate::service::{
+    DesiredState, Service, ServiceEndpoint, ServiceId, Task, TaskId, TaskState, TaskStatus,
+    UpdateState, UpdateStatus,
+};
+use crate::spec::{EndpointMode, ServiceSpec};
 
 /// A node's identity: random, assigned at join, written as 16 hex digits.
 pub type NodeId = u64;
@@ -159,6 +167,11 @@ pub struct Node {
     pub manager_addr: Option<String>,
     /// Agent version reported in the last session.
     pub agent_version: String,
+    /// The underlay address its agent's dataplane listens on; `None` until
+    /// an agent with a dataplane holds a session (a node without one runs no
+    /// tasks).
+    #[serde(default)]
+    pub data_addr: Option<Ipv4Addr>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// Milliseconds since the Unix epoch.
@@ -178,6 +191,7 @@ impl Node {
             labels: BTreeMap::new(),
             manager_addr: None,
             agent_version: String::new(),
+            data_addr: None,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
         }
@@ -226,6 +240,48 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, Node>,
     /// Nodes removed from the cluster; their certificates are refused.
     pub removed: BTreeSet<NodeId>,
+    /// The ingress network and its allocation cursor.
+    #[serde(default)]
+    pub ingress: IngressNetwork,
+    /// Services, by ID.
+    #[serde(default)]
+    pub services: BTreeMap<ServiceId, Service>,
+    /// Tasks (live ones and history), by ID.
+    #[serde(default)]
+    pub tasks: BTreeMap<TaskId, Task>,
+    /// Bumped by every command that changes services, tasks or where nodes'
+    /// dataplanes are: agents report the version they applied.
+    #[serde(default)]
+    pub version: u64,
+    /// Counter behind service and task IDs.
+    #[serde(default)]
+    pub next_id: u64,
+}
+
+/// A task to create (by the orchestrators).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// Its service; the task runs the service's current task spec.
+    pub service: ServiceId,
+    /// Its slot (0 for global).
+    pub slot: u32,
+    /// Where it runs; `None` leaves it pending.
+    pub node: Option<NodeId>,
+    /// Why it is pending, when it is.
+    pub message: String,
+}
+
+/// A change to an existing task (by the leader's loops).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskChange {
+    /// Which task.
+    pub id: TaskId,
+    /// Assigns it to a node (a pending task).
+    pub node: Option<NodeId>,
+    /// A new desired state.
+    pub desired: Option<DesiredState>,
+    /// A status set by the leader (pending, orphaned, rejected).
+    pub status: Option<TaskStatus>,
 }
 
 /// A change to the cluster state, as committed to the Raft log.
@@ -303,6 +359,68 @@ pub enum Command {
         /// Remove even if it is not down.
         force: bool,
     },
+    /// Records (or clears) where a node's agent dataplane is.
+    SetDataAddr {
+        /// Which node.
+        id: NodeId,
+        /// Its underlay address.
+        addr: Option<Ipv4Addr>,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// A new service (`meshctl service create`).
+    CreateService {
+        /// What the user asked for.
+        spec: ServiceSpec,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// A new spec for a service (update, scale, publish, rollback).
+    UpdateService {
+        /// Which service.
+        id: ServiceId,
+        /// The new spec.
+        spec: ServiceSpec,
+        /// A rollback: `spec` is the previous spec.
+        rollback: bool,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// Removes a service; its tasks are stopped and forgotten.
+    RemoveService {
+        /// Which service.
+        id: ServiceId,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// The updater's progress.
+    SetUpdateStatus {
+        /// Which service.
+        id: ServiceId,
+        /// Its update status.
+        status: Option<UpdateStatus>,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// The leader's loops create, change and forget tasks, all or nothing.
+    ChangeTasks {
+        /// Tasks to create.
+        create: Vec<NewTask>,
+        /// Changes to existing tasks.
+        update: Vec<TaskChange>,
+        /// Task records to forget (history beyond the limit, removed ones).
+        delete: Vec<TaskId>,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// A node's agent reports its tasks' states. Reports for tasks that are
+    /// not on that node, or that would move a task backwards, are ignored.
+    ReportTasks {
+        /// The reporting node.
+        node: NodeId,
+        /// Task and status.
+        reports: Vec<(TaskId, TaskStatus)>,
+    },
 }
 
 /// What a successfully applied command returns.
@@ -312,6 +430,10 @@ pub enum Applied {
     Done,
     /// The node as it is after the command.
     Node(Node),
+    /// The service as it is after the command.
+    Service(Box<Service>),
+    /// The IDs of the tasks created, in order.
+    Tasks(Vec<TaskId>),
 }
 
 /// The state machine's answer to a command: every replica computes the same.
@@ -349,6 +471,18 @@ pub enum StateError {
     /// A malformed value.
     #[error("{0}")]
     Invalid(String),
+    /// No service matches the name.
+    #[error("service {0} not found")]
+    UnknownService(String),
+    /// A prefix matched more than one service.
+    #[error("service {0} is ambiguous ({1} matches)")]
+    AmbiguousService(String, usize),
+    /// A service name that is taken.
+    #[error("service {0} already exists")]
+    ServiceExists(String),
+    /// No task matches the name.
+    #[error("task {0} not found")]
+    UnknownTask(String),
 }
 
 impl ClusterState {
@@ -448,9 +582,295 @@ impl ClusterState {
                 self.check_remove(*id, *force)?;
                 self.nodes.remove(id);
                 self.removed.insert(*id);
+                self.version += 1;
+                Ok(Applied::Done)
+            }
+            Command::SetDataAddr { id, addr, at_ms } => {
+                let node = self.node_mut(*id)?;
+                if node.data_addr != *addr {
+                    node.data_addr = *addr;
+                    node.updated_at_ms = *at_ms;
+                    self.version += 1;
+                }
+                Ok(Applied::Done)
+            }
+            Command::CreateService { spec, at_ms } => self.create_service(spec, *at_ms),
+            Command::UpdateService {
+                id,
+                spec,
+                rollback,
+                at_ms,
+            } => self.update_service(*id, spec, *rollback, *at_ms),
+            Command::RemoveService { id, at_ms: _ } => {
+                self.service(*id)?;
+                self.services.remove(id);
+                self.version += 1;
+                let version = self.version;
+                for task in self.tasks.values_mut().filter(|t| t.service == *id) {
+                    task.desired = DesiredState::Remove;
+                    task.desired_version = version;
+                }
+                Ok(Applied::Done)
+            }
+            Command::SetUpdateStatus { id, status, at_ms } => {
+                let service = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| StateError::UnknownService(format_id(*id)))?;
+                service.update_status.clone_from(status);
+                service.updated_at_ms = *at_ms;
+                Ok(Applied::Service(Box::new(service.clone())))
+            }
+            Command::ChangeTasks {
+                create,
+                update,
+                delete,
+                at_ms,
+            } => self.change_tasks(create, update, delete, *at_ms),
+            Command::ReportTasks { node, reports } => {
+                let mut changed = false;
+                for (id, status) in reports {
+                    let Some(task) = self.tasks.get_mut(id) else {
+                        continue;
+                    };
+                    if task.node != Some(*node) || status.state < task.status.state {
+                        continue;
+                    }
+                    if task.status != *status {
+                        task.status = status.clone();
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.version += 1;
+                }
                 Ok(Applied::Done)
             }
         }
+    }
+
+    /// A fresh service or task ID: deterministic (every replica computes the
+    /// same), but spread over the whole range like a random one.
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        let seed = self
+            .cluster_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        // splitmix64
+        let mut z = seed.wrapping_add(self.next_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn create_service(&mut self, spec: &ServiceSpec, at_ms: u64) -> Response {
+        spec.validate()
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
+        if self.services.values().any(|s| s.spec.name == spec.name) {
+            return Err(StateError::ServiceExists(spec.name.clone()));
+        }
+        let ports = allocator::allocate_ports(self, None, &spec.endpoint.ports, &[])?;
+        // Allocate on a copy: a refusal changes nothing.
+        let mut next = self.clone();
+        let vip = match spec.endpoint.mode {
+            EndpointMode::Vip => Some(allocator::allocate_addr(&mut next)?),
+            EndpointMode::Dnsrr => None,
+        };
+        let id = next.fresh_id();
+        let service = Service {
+            id,
+            spec: spec.clone(),
+            previous_spec: None,
+            spec_version: 1,
+            endpoint: ServiceEndpoint { vip, ports },
+            update_status: None,
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+        };
+        next.services.insert(id, service.clone());
+        next.version += 1;
+        *self = next;
+        Ok(Applied::Service(Box::new(service)))
+    }
+
+    fn update_service(
+        &mut self,
+        id: ServiceId,
+        spec: &ServiceSpec,
+        rollback: bool,
+        at_ms: u64,
+    ) -> Response {
+        spec.validate()
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
+        let current = self.service(id)?.clone();
+        if spec.name != current.spec.name {
+            return Err(StateError::Invalid(format!(
+                "service {} can't be renamed",
+                current.spec.name
+            )));
+        }
+        let ports = allocator::allocate_ports(
+            self,
+            Some(id),
+            &spec.endpoint.ports,
+            &current.endpoint.ports,
+        )?;
+        let mut next = self.clone();
+        let vip = match (spec.endpoint.mode, current.endpoint.vip) {
+            (EndpointMode::Vip, Some(vip)) => Some(vip),
+            (EndpointMode::Vip, None) => Some(allocator::allocate_addr(&mut next)?),
+            (EndpointMode::Dnsrr, _) => None,
+        };
+        let tasks_change = spec.task != current.spec.task;
+        let service = next.services.get_mut(&id).expect("checked above");
+        service.previous_spec = Some(current.spec.clone());
+        service.spec = spec.clone();
+        service.spec_version += 1;
+        service.endpoint = ServiceEndpoint { vip, ports };
+        service.updated_at_ms = at_ms;
+        if tasks_change {
+            service.update_status = Some(UpdateStatus {
+                state: if rollback {
+                    UpdateState::RollbackStarted
+                } else {
+                    UpdateState::Updating
+                },
+                started_at_ms: at_ms,
+                completed_at_ms: None,
+                message: if rollback {
+                    "rollback started".into()
+                } else {
+                    "update in progress".into()
+                },
+            });
+        }
+        let service = service.clone();
+        next.version += 1;
+        *self = next;
+        Ok(Applied::Service(Box::new(service)))
+    }
+
+    fn change_tasks(
+        &mut self,
+        create: &[NewTask],
+        update: &[TaskChange],
+        delete: &[TaskId],
+        at_ms: u64,
+    ) -> Response {
+        // Work on a copy: one refused item refuses the whole batch.
+        let mut next = self.clone();
+        next.version += 1;
+        let version = next.version;
+        let mut created = Vec::with_capacity(create.len());
+        for new in create {
+            let service = next.service(new.service)?;
+            let (spec, spec_version) = (service.spec.task.clone(), service.spec_version);
+            if let Some(node) = new.node {
+                next.node(node)?;
+            }
+            let addr = allocator::allocate_addr(&mut next)?;
+            let id = next.fresh_id();
+            let status = match new.node {
+                Some(_) => TaskStatus::new(TaskState::Assigned, "scheduled", at_ms),
+                None => TaskStatus::new(TaskState::Pending, new.message.clone(), at_ms),
+            };
+            next.tasks.insert(
+                id,
+                Task {
+                    id,
+                    service: new.service,
+                    slot: new.slot,
+                    node: new.node,
+                    spec,
+                    spec_version,
+                    desired: DesiredState::Running,
+                    desired_version: version,
+                    status,
+                    addr: Some(addr),
+                    created_at_ms: at_ms,
+                },
+            );
+            created.push(id);
+        }
+        for change in update {
+            if let Some(node) = change.node {
+                next.node(node)?;
+            }
+            let task = next
+                .tasks
+                .get_mut(&change.id)
+                .ok_or_else(|| StateError::UnknownTask(format_id(change.id)))?;
+            if let Some(node) = change.node {
+                task.node = Some(node);
+                if task.status.state < TaskState::Assigned {
+                    task.status = TaskStatus::new(TaskState::Assigned, "scheduled", at_ms);
+                }
+            }
+            if let Some(desired) = change.desired
+                && desired != task.desired
+            {
+                task.desired = desired;
+                task.desired_version = version;
+            }
+            if let Some(status) = &change.status {
+                task.status = status.clone();
+            }
+        }
+        for id in delete {
+            next.tasks
+                .remove(id)
+                .ok_or_else(|| StateError::UnknownTask(format_id(*id)))?;
+        }
+        *self = next;
+        Ok(Applied::Tasks(created))
+    }
+
+    /// The service with this ID.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownService`].
+    pub fn service(&self, id: ServiceId) -> Result<&Service, StateError> {
+        self.services
+            .get(&id)
+            .ok_or_else(|| StateError::UnknownService(format_id(id)))
+    }
+
+    /// Resolves what a user typed: a service's full ID, its name, or a
+    /// unique ID prefix (in that order, as docker does).
+    ///
+    /// # Errors
+    /// [`StateError::UnknownService`] or [`StateError::AmbiguousService`].
+    pub fn resolve_service(&self, name: &str) -> Result<ServiceId, StateError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(StateError::Invalid("a service name is required".into()));
+        }
+        if let Some(s) = self
+            .services
+            .values()
+            .find(|s| format_id(s.id) == name || s.spec.name == name)
+        {
+            return Ok(s.id);
+        }
+        let by_prefix: Vec<ServiceId> = self
+            .services
+            .values()
+            .filter(|s| format_id(s.id).starts_with(name))
+            .map(|s| s.id)
+            .collect();
+        match by_prefix.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(StateError::UnknownService(name.to_string())),
+            many => Err(StateError::AmbiguousService(name.to_string(), many.len())),
+        }
+    }
+
+    /// The tasks of a service, history included, in ID order.
+    pub fn service_tasks(&self, service: ServiceId) -> impl Iterator<Item = &Task> {
+        self.tasks.values().filter(move |t| t.service == service)
     }
 
     /// Checks a promotion or demotion without applying it.

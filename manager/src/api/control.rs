@@ -117,12 +117,65 @@ pub fn node_info(node: &Node, leader: Option<NodeId>) -> proto::NodeInfo {
 fn expect_node(applied: Applied) -> Result<Node, Status> {
     match applied {
         Applied::Node(node) => Ok(node),
-        Applied::Done => Err(Status::internal("the state machine returned no node")),
+        _ => Err(Status::internal("the state machine returned no node")),
     }
 }
 
 #[tonic::async_trait]
 impl Control for ControlService {
+    type ServiceLogsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::LogLine, Status>> + Send + 'static>,
+    >;
+
+    async fn create_service(
+        &self,
+        _request: Request<proto::CreateServiceRequest>,
+    ) -> Result<Response<proto::ServiceReply>, Status> {
+        Err(Status::unimplemented("services are being built"))
+    }
+
+    async fn update_service(
+        &self,
+        _request: Request<proto::UpdateServiceRequest>,
+    ) -> Result<Response<proto::ServiceReply>, Status> {
+        Err(Status::unimplemented("services are being built"))
+    }
+
+    async fn remove_service(
+        &self,
+        _request: Request<proto::ServiceRef>,
+    ) -> Result<Response<proto::RemoveServiceResponse>, Status> {
+        Err(Status::unimplemented("services are being built"))
+    }
+
+    async fn inspect_service(
+        &self,
+        _request: Request<proto::ServiceRef>,
+    ) -> Result<Response<proto::ServiceReply>, Status> {
+        Err(Status::unimplemented("services are being built"))
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<proto::ListServicesRequest>,
+    ) -> Result<Response<proto::ListServicesResponse>, Status> {
+        Err(Status::unimplemented("services are being built"))
+    }
+
+    async fn list_tasks(
+        &self,
+        _request: Request<proto::ListTasksRequest>,
+    ) -> Result<Response<proto::ListTasksResponse>, Status> {
+        Err(Status::unimplemented("services are being built"))
+    }
+
+    async fn service_logs(
+        &self,
+        _request: Request<proto::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        Err(Status::unimplemented("services are being built"))
+    }
+
     async fn info(
         &self,
         _request: Request<proto::InfoRequest>,

@@ -281,15 +281,19 @@ pub fn rfc3339(ms: u64) -> String {
 pub fn state_status(err: StateError) -> Status {
     let message = err.to_string();
     match err {
-        StateError::UnknownNode(_) => Status::not_found(message),
-        StateError::AmbiguousNode(..) | StateError::Invalid(_) => Status::invalid_argument(message),
+        StateError::UnknownNode(_) | StateError::UnknownService(_) | StateError::UnknownTask(_) => {
+            Status::not_found(message)
+        }
+        StateError::AmbiguousNode(..)
+        | StateError::AmbiguousService(..)
+        | StateError::Invalid(_) => Status::invalid_argument(message),
         StateError::LastManager(_)
         | StateError::ManagerStillMember(_)
         | StateError::NodeNotDown(_)
         | StateError::NotBootstrapped => Status::failed_precondition(message),
-        StateError::AlreadyBootstrapped | StateError::NodeExists(_) => {
-            Status::already_exists(message)
-        }
+        StateError::AlreadyBootstrapped
+        | StateError::NodeExists(_)
+        | StateError::ServiceExists(_) => Status::already_exists(message),
     }
 }
 

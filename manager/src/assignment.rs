@@ -1,0 +1,333 @@
+//! What the dispatcher sends each node: the tasks it must run and the
+//! routing tables of every service, computed from the state alone.
+//!
+//! A pure function ([`for_node`]) of the state and of the lowest version
+//! every live agent has applied, so it is tested without I/O. The
+//! draining rule lives here: a task the leader wants stopped is first
+//! listed as a draining backend everywhere (no new flows); its own node is
+//! told to stop it only once every live node has applied a version in which
+//! it drains, so no node still sends it new flows when it stops.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::allocator::IngressNetwork;
+use crate::service::{DesiredState, ServiceId, Task, TaskId, TaskState};
+use crate::spec::{PortSpec, TaskSpec};
+use crate::state::{ClusterState, NodeId, NodeStatus};
+
+/// What a node's agent must do with one of its tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskAction {
+    /// Start it if it is not running; keep it running.
+    Run,
+    /// Keep it running: it takes no new flows, its flows go on; the stop
+    /// comes later.
+    Drain,
+    /// Stop it: let its remaining flows end (up to its stop grace period),
+    /// then SIGTERM, then SIGKILL.
+    Stop,
+}
+
+/// One of the node's tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedTask {
+    /// The task.
+    pub id: TaskId,
+    /// `web.1`.
+    pub name: String,
+    /// Its service.
+    pub service_id: ServiceId,
+    /// Its service's name.
+    pub service_name: String,
+    /// What it runs.
+    pub spec: TaskSpec,
+    /// Its address on the ingress network.
+    pub addr: Ipv4Addr,
+    /// Run, drain or stop.
+    pub action: TaskAction,
+    /// The state the managers last recorded (the agent resumes from it
+    /// after a restart).
+    pub state: TaskState,
+}
+
+/// A task as a backend of its service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    /// The task.
+    pub task: TaskId,
+    /// `web.1`.
+    pub name: String,
+    /// Its ingress address.
+    pub addr: Ipv4Addr,
+    /// The node that runs it.
+    pub node: NodeId,
+    /// Takes no new flows.
+    pub draining: bool,
+}
+
+/// A service as every node routes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRoutes {
+    /// The service.
+    pub id: ServiceId,
+    /// Its name.
+    pub name: String,
+    /// Its VIP (endpoint mode `vip`).
+    pub vip: Option<Ipv4Addr>,
+    /// Its published ports, each with its published port filled in.
+    pub ports: Vec<PortSpec>,
+    /// Its running tasks.
+    pub backends: Vec<Backend>,
+}
+
+/// Another node whose tasks this node may reach through the overlay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The node.
+    pub id: NodeId,
+    /// Its hostname.
+    pub hostname: String,
+    /// Its underlay (data path) address.
+    pub addr: Ipv4Addr,
+}
+
+/// Everything one node's agent needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// [`ClusterState::version`] it was computed from.
+    pub version: u64,
+    /// The node it is for.
+    pub node: NodeId,
+    /// The ingress network.
+    pub ingress: IngressNetwork,
+    /// The other nodes with a dataplane.
+    pub peers: Vec<Peer>,
+    /// The node's tasks that exist on it (or must).
+    pub tasks: Vec<AssignedTask>,
+    /// Every service's routing table.
+    pub services: Vec<ServiceRoutes>,
+}
+
+/// Whether `task` is a backend of its service now, and whether it drains.
+/// A backend runs on a node that is up and has a dataplane, has reported
+/// `running` (healthy), and has not ended.
+fn backend_state(state: &ClusterState, task: &Task) -> Option<bool> {
+    let node = state.nodes.get(&task.node?)?;
+    if node.status == NodeStatus::Down || node.data_addr.is_none() {
+        return None;
+    }
+    if task.status.state != TaskState::Running || task.addr.is_none() {
+        return None;
+    }
+    Some(task.desired != DesiredState::Running)
+}
+
+/// The assignment of `node`, given the lowest version every live agent has
+/// applied (`acked`): a stopping task whose `desired_version` is at most
+/// `acked` is drained everywhere, so its node may stop it.
+#[must_use]
+pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
+    let peers = state
+        .nodes
+        .values()
+        .filter(|n| n.id != node)
+        .filter_map(|n| {
+            n.data_addr.map(|addr| Peer {
+                id: n.id,
+                hostname: n.hostname.clone(),
+                addr,
+            })
+        })
+        .collect();
+    let tasks = state
+        .tasks
+        .values()
+        .filter(|t| t.node == Some(node) && !t.status.state.is_terminal())
+        .filter_map(|t| {
+            let service_name = state
+                .services
+                .get(&t.service)
+                .map(|s| s.spec.name.clone())
+                .unwrap_or_default();
+            let action = match t.desired {
+                DesiredState::Running => TaskAction::Run,
+                _ if t.desired_version <= acked => TaskAction::Stop,
+                _ => TaskAction::Drain,
+            };
+            Some(AssignedTask {
+                id: t.id,
+                name: t.name(&service_name),
+                service_id: t.service,
+                service_name,
+                spec: t.spec.clone(),
+                addr: t.addr?,
+                action,
+                state: t.status.state,
+            })
+        })
+        .collect();
+    let services = state
+        .services
+        .values()
+        .map(|s| ServiceRoutes {
+            id: s.id,
+            name: s.spec.name.clone(),
+            vip: s.endpoint.vip,
+            ports: s.endpoint.ports.clone(),
+            backends: state
+                .service_tasks(s.id)
+                .filter_map(|t| {
+                    let draining = backend_state(state, t)?;
+                    Some(Backend {
+                        task: t.id,
+                        name: t.name(&s.spec.name),
+                        addr: t.addr?,
+                        node: t.node?,
+                        draining,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    Assignment {
+        version: state.version,
+        node,
+        ingress: state.ingress.clone(),
+        peers,
+        tasks,
+        services,
+    }
+}
+
+/// The nodes whose agents must have applied a version before a stopping
+/// task is stopped: those that are up and have a dataplane.
+pub fn routing_nodes(state: &ClusterState) -> impl Iterator<Item = NodeId> + '_ {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.status != NodeStatus::Down && n.data_addr.is_some())
+        .map(|n| n.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::TaskStatus;
+    use crate::spec::{RuntimeKind, ServiceSpec};
+    use crate::state::{Availability, Command, NewTask, TaskChange, test_cluster};
+
+    /// Three ready nodes with dataplanes and a service `web` publishing
+    /// 8080:80, with one task on each node.
+    fn cluster() -> (ClusterState, Vec<TaskId>) {
+        let mut state = test_cluster(&[
+            (1, NodeStatus::Ready, Availability::Active, "a"),
+            (2, NodeStatus::Ready, Availability::Active, "a"),
+            (3, NodeStatus::Ready, Availability::Active, "a"),
+        ]);
+        state.ca = Some(crate::state::CaMaterial {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        });
+        for (id, node) in &mut state.nodes {
+            node.data_addr = Some(Ipv4Addr::new(10, 99, 0, 10 + *id as u8));
+        }
+        let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
+        spec.endpoint.ports = vec!["8080:80".parse().unwrap()];
+        let crate::state::Applied::Service(service) = state
+            .apply(&Command::CreateService { spec, at_ms: 1 })
+            .unwrap()
+        else {
+            panic!()
+        };
+        let create = (1..=3)
+            .map(|k| NewTask {
+                service: service.id,
+                slot: k as u32,
+                node: Some(k),
+                message: String::new(),
+            })
+            .collect();
+        let crate::state::Applied::Tasks(ids) = state
+            .apply(&Command::ChangeTasks {
+                create,
+                update: vec![],
+                delete: vec![],
+                at_ms: 2,
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        (state, ids)
+    }
+
+    fn report(state: &mut ClusterState, node: NodeId, task: TaskId, s: TaskState) {
+        state
+            .apply(&Command::ReportTasks {
+                node,
+                reports: vec![(task, TaskStatus::new(s, "", 3))],
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn only_running_tasks_are_backends_and_each_node_gets_its_own_tasks() {
+        let (mut state, ids) = cluster();
+        let a = for_node(&state, 1, 0);
+        assert_eq!(a.peers.len(), 2);
+        assert_eq!(a.tasks.len(), 1);
+        assert_eq!(a.tasks[0].name, "web.1");
+        assert_eq!(a.tasks[0].action, TaskAction::Run);
+        assert!(a.services[0].backends.is_empty(), "nothing runs yet");
+        assert_eq!(a.services[0].ports[0].published, Some(8080));
+        report(&mut state, 2, ids[1], TaskState::Running);
+        // A report from the wrong node changes nothing.
+        report(&mut state, 1, ids[2], TaskState::Running);
+        let a = for_node(&state, 1, 0);
+        let backends = &a.services[0].backends;
+        assert_eq!(backends.len(), 1);
+        assert_eq!((backends[0].node, backends[0].draining), (2, false));
+        assert_eq!(a.version, state.version);
+    }
+
+    #[test]
+    fn a_stopping_task_drains_until_every_node_applied_it() {
+        let (mut state, ids) = cluster();
+        report(&mut state, 2, ids[1], TaskState::Running);
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![TaskChange {
+                    id: ids[1],
+                    desired: Some(DesiredState::Shutdown),
+                    ..TaskChange::default()
+                }],
+                delete: vec![],
+                at_ms: 4,
+            })
+            .unwrap();
+        let v = state.tasks[&ids[1]].desired_version;
+        let on_2 = for_node(&state, 2, v - 1);
+        assert_eq!(on_2.tasks[0].action, TaskAction::Drain);
+        assert!(on_2.services[0].backends[0].draining);
+        assert_eq!(for_node(&state, 2, v).tasks[0].action, TaskAction::Stop);
+        // Once it reports shutdown it is gone from both lists.
+        report(&mut state, 2, ids[1], TaskState::Shutdown);
+        let on_2 = for_node(&state, 2, v);
+        assert!(on_2.tasks.is_empty());
+        assert!(on_2.services[0].backends.is_empty());
+    }
+
+    #[test]
+    fn tasks_on_down_nodes_are_not_backends() {
+        let (mut state, ids) = cluster();
+        report(&mut state, 3, ids[2], TaskState::Running);
+        assert_eq!(for_node(&state, 1, 0).services[0].backends.len(), 1);
+        state.nodes.get_mut(&3).unwrap().status = NodeStatus::Down;
+        assert!(for_node(&state, 1, 0).services[0].backends.is_empty());
+        assert_eq!(routing_nodes(&state).collect::<Vec<_>>(), vec![1, 2]);
+    }
+}
