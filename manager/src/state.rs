@@ -249,8 +249,8 @@ pub struct ClusterState {
     /// Tasks (live ones and history), by ID.
     #[serde(default)]
     pub tasks: BTreeMap<TaskId, Task>,
-    /// Bumped by every command that changes services, tasks or where nodes'
-    /// dataplanes are: agents report the version they applied.
+    /// Bumped by every applied command: assignments carry it, and agents
+    /// report the version they applied.
     #[serde(default)]
     pub version: u64,
     /// Counter behind service and task IDs.
@@ -492,6 +492,12 @@ impl ClusterState {
     /// # Errors
     /// The command's [`StateError`]; see each variant.
     pub fn apply(&mut self, command: &Command) -> Response {
+        let applied = self.apply_command(command)?;
+        self.version += 1;
+        Ok(applied)
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Response {
         if !matches!(command, Command::Bootstrap { .. }) && self.ca.is_none() {
             return Err(StateError::NotBootstrapped);
         }
@@ -582,7 +588,6 @@ impl ClusterState {
                 self.check_remove(*id, *force)?;
                 self.nodes.remove(id);
                 self.removed.insert(*id);
-                self.version += 1;
                 Ok(Applied::Done)
             }
             Command::SetDataAddr { id, addr, at_ms } => {
@@ -590,7 +595,6 @@ impl ClusterState {
                 if node.data_addr != *addr {
                     node.data_addr = *addr;
                     node.updated_at_ms = *at_ms;
-                    self.version += 1;
                 }
                 Ok(Applied::Done)
             }
@@ -604,8 +608,7 @@ impl ClusterState {
             Command::RemoveService { id, at_ms: _ } => {
                 self.service(*id)?;
                 self.services.remove(id);
-                self.version += 1;
-                let version = self.version;
+                let version = self.version + 1;
                 for task in self.tasks.values_mut().filter(|t| t.service == *id) {
                     task.desired = DesiredState::Remove;
                     task.desired_version = version;
@@ -628,7 +631,6 @@ impl ClusterState {
                 at_ms,
             } => self.change_tasks(create, update, delete, *at_ms),
             Command::ReportTasks { node, reports } => {
-                let mut changed = false;
                 for (id, status) in reports {
                     let Some(task) = self.tasks.get_mut(id) else {
                         continue;
@@ -636,13 +638,7 @@ impl ClusterState {
                     if task.node != Some(*node) || status.state < task.status.state {
                         continue;
                     }
-                    if task.status != *status {
-                        task.status = status.clone();
-                        changed = true;
-                    }
-                }
-                if changed {
-                    self.version += 1;
+                    task.status.clone_from(status);
                 }
                 Ok(Applied::Done)
             }
@@ -691,7 +687,6 @@ impl ClusterState {
             updated_at_ms: at_ms,
         };
         next.services.insert(id, service.clone());
-        next.version += 1;
         *self = next;
         Ok(Applied::Service(Box::new(service)))
     }
@@ -748,7 +743,6 @@ impl ClusterState {
             });
         }
         let service = service.clone();
-        next.version += 1;
         *self = next;
         Ok(Applied::Service(Box::new(service)))
     }
@@ -762,8 +756,8 @@ impl ClusterState {
     ) -> Response {
         // Work on a copy: one refused item refuses the whole batch.
         let mut next = self.clone();
-        next.version += 1;
-        let version = next.version;
+        // The version this command will have once applied.
+        let version = self.version + 1;
         let mut created = Vec::with_capacity(create.len());
         for new in create {
             let service = next.service(new.service)?;

@@ -123,9 +123,7 @@ fn expect_node(applied: Applied) -> Result<Node, Status> {
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    type ServiceLogsStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<proto::LogLine, Status>> + Send + 'static>,
-    >;
+    type ServiceLogsStream = super::logs::LogStream;
 
     async fn create_service(
         &self,
@@ -171,9 +169,9 @@ impl Control for ControlService {
 
     async fn service_logs(
         &self,
-        _request: Request<proto::ServiceLogsRequest>,
+        request: Request<proto::ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
-        Err(Status::unimplemented("services are being built"))
+        super::logs::service_logs(&self.manager, request.into_inner()).await
     }
 
     async fn info(

@@ -7,6 +7,7 @@
 pub mod control;
 pub mod dispatcher;
 pub mod join;
+pub mod logs;
 
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -176,6 +177,12 @@ impl Manager {
         let result = self.inner.raft.write(command).await;
         self.inner.metrics.observe_write(started.elapsed());
         result.map_err(write_status)?.map_err(state_status)
+    }
+
+    /// Announces the replicated state's version whenever it changes.
+    #[must_use]
+    pub fn state_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.raft.state_changes()
     }
 
     /// Heartbeat bookkeeping; `None` unless this manager leads.

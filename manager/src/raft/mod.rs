@@ -235,6 +235,7 @@ struct Inner {
     id: NodeId,
     raft: MeshRaft,
     state: SharedState,
+    changes: tokio::sync::watch::Receiver<u64>,
     network: Network,
     /// The committed index the log store records (for metrics); not the
     /// store itself, which would keep the database open after shutdown.
@@ -361,6 +362,7 @@ impl RaftNode {
         let log = LogStore::new(db.clone())?;
         let state = SharedState::default();
         let sm = StateMachineStore::open(db.clone(), state.clone())?;
+        let changes = sm.changes();
         let network = Network::new(id, connector);
         let db = Arc::downgrade(&db);
         let committed = log.committed_index();
@@ -370,6 +372,7 @@ impl RaftNode {
                 id,
                 raft,
                 state,
+                changes,
                 network,
                 committed,
                 tuning,
@@ -421,6 +424,13 @@ impl RaftNode {
     #[must_use]
     pub fn shared_state(&self) -> SharedState {
         self.inner.state.clone()
+    }
+
+    /// Announces the state's version whenever the state machine applies
+    /// commands or installs a snapshot.
+    #[must_use]
+    pub fn state_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.clone()
     }
 
     /// A copy of openraft's current metrics (role, term, leader, log and

@@ -46,6 +46,8 @@ struct AppliedInfo {
 #[derive(Clone, Debug)]
 pub struct StateMachineStore {
     state: SharedState,
+    /// The state's version after every apply or snapshot install.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
     applied: Arc<Mutex<AppliedInfo>>,
     db: Arc<Database>,
     snapshot_seq: Arc<AtomicU64>,
@@ -68,6 +70,7 @@ impl StateMachineStore {
         })?;
         let sm = Self {
             state,
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
             applied: Arc::default(),
             db,
             snapshot_seq: Arc::default(),
@@ -85,6 +88,14 @@ impl StateMachineStore {
         self.state.clone()
     }
 
+    /// Announces the state's version after every change (commands applied,
+    /// a snapshot installed): what the leader's loops and the dispatcher
+    /// wait on.
+    #[must_use]
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// The last applied log id and membership.
     fn applied_info(&self) -> AppliedInfo {
         let _state = self.state.read().unwrap_or_else(PoisonError::into_inner);
@@ -94,6 +105,7 @@ impl StateMachineStore {
     fn replace(&self, meta: &Meta, new_state: ClusterState) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         *state = new_state;
+        self.changed.send_replace(state.version);
         *lock(&self.applied) = AppliedInfo {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
@@ -187,6 +199,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             out.push(response);
         }
+        self.changed.send_replace(state.version);
         Ok(out)
     }
 
