@@ -1167,4 +1167,185 @@ mod tests {
         assert_eq!(parse_label("k=v=w").unwrap(), ("k".into(), "v=w".into()));
         assert!(parse_label("=v").is_err());
     }
+
+    mod services {
+        use super::*;
+        use crate::spec::{RuntimeKind, ServiceSpec};
+
+        fn spec(name: &str, publish: &[&str]) -> ServiceSpec {
+            let mut spec = ServiceSpec::new(name, RuntimeKind::Process, "task-echo", vec![]);
+            spec.endpoint.ports = publish.iter().map(|p| p.parse().unwrap()).collect();
+            spec
+        }
+
+        fn create(state: &mut ClusterState, spec: ServiceSpec) -> Result<Service, StateError> {
+            match state.apply(&Command::CreateService { spec, at_ms: 10 })? {
+                Applied::Service(service) => Ok(*service),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn tasks(state: &mut ClusterState, service: ServiceId, n: u32) -> Vec<TaskId> {
+            let create = (1..=n)
+                .map(|slot| NewTask {
+                    service,
+                    slot,
+                    node: Some(0xaa00),
+                    message: String::new(),
+                })
+                .collect();
+            match state
+                .apply(&Command::ChangeTasks {
+                    create,
+                    update: vec![],
+                    delete: vec![],
+                    at_ms: 11,
+                })
+                .unwrap()
+            {
+                Applied::Tasks(ids) => ids,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_service_gets_a_vip_and_its_ports_and_refusals_change_nothing() {
+            let mut state = bootstrapped();
+            let web = create(&mut state, spec("web", &["8080:80", "90"])).unwrap();
+            assert!(web.endpoint.vip.is_some());
+            assert_eq!(web.endpoint.ports[1].published, Some(30_000));
+            assert_eq!(state.resolve_service("web").unwrap(), web.id);
+            assert_eq!(
+                state.resolve_service(&format_id(web.id)[..6]).unwrap(),
+                web.id
+            );
+            let before = state.clone();
+            for (bad, reason) in [
+                (spec("web", &[]), "already exists"),
+                (spec("api", &["8080:81"]), "already in use by service 'web'"),
+                (spec("bad name", &[]), "invalid name"),
+            ] {
+                let err = create(&mut state, bad).unwrap_err().to_string();
+                assert!(err.contains(reason), "{err}");
+                assert_eq!(state, before);
+            }
+            assert!(matches!(
+                state.resolve_service("nope"),
+                Err(StateError::UnknownService(_))
+            ));
+        }
+
+        #[test]
+        fn updates_keep_allocations_and_mark_task_changes() {
+            let mut state = bootstrapped();
+            let web = create(&mut state, spec("web", &["80"])).unwrap();
+            let mut scaled = web.spec.clone();
+            scaled.mode = crate::spec::ServiceMode::Replicated { replicas: 5 };
+            let Applied::Service(after) = state
+                .apply(&Command::UpdateService {
+                    id: web.id,
+                    spec: scaled.clone(),
+                    rollback: false,
+                    at_ms: 12,
+                })
+                .unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(after.endpoint, web.endpoint, "VIP and ports are kept");
+            assert_eq!(after.spec_version, 2);
+            assert_eq!(after.update_status, None, "scaling replaces no task");
+            assert_eq!(after.previous_spec.as_ref(), Some(&web.spec));
+            let mut v2 = scaled;
+            v2.task.args = vec!["--tag".into(), "v2".into()];
+            let Applied::Service(after) = state
+                .apply(&Command::UpdateService {
+                    id: web.id,
+                    spec: v2,
+                    rollback: false,
+                    at_ms: 13,
+                })
+                .unwrap()
+            else {
+                panic!()
+            };
+            let status = after.update_status.unwrap();
+            assert_eq!(status.state, UpdateState::Updating);
+            let mut renamed = web.spec.clone();
+            renamed.name = "other".into();
+            let before = state.clone();
+            assert!(
+                state
+                    .apply(&Command::UpdateService {
+                        id: web.id,
+                        spec: renamed,
+                        rollback: false,
+                        at_ms: 14,
+                    })
+                    .is_err()
+            );
+            assert_eq!(state, before);
+        }
+
+        #[test]
+        fn task_batches_are_all_or_nothing_and_replicas_agree() {
+            let mut a = bootstrapped();
+            let web = create(&mut a, spec("web", &[])).unwrap();
+            let mut b = a.clone();
+            let ids = tasks(&mut a, web.id, 3);
+            assert_eq!(ids, tasks(&mut b, web.id, 3), "IDs are deterministic");
+            assert_eq!(a, b);
+            let addrs: BTreeSet<_> = ids.iter().map(|id| a.tasks[id].addr).collect();
+            assert_eq!(addrs.len(), 3, "every task has its own address");
+            let before = a.clone();
+            let err = a
+                .apply(&Command::ChangeTasks {
+                    create: vec![NewTask {
+                        service: web.id,
+                        slot: 4,
+                        node: None,
+                        message: "pending".into(),
+                    }],
+                    update: vec![TaskChange {
+                        id: 12345,
+                        ..TaskChange::default()
+                    }],
+                    delete: vec![],
+                    at_ms: 15,
+                })
+                .unwrap_err();
+            assert!(matches!(err, StateError::UnknownTask(_)));
+            assert_eq!(a, before);
+        }
+
+        #[test]
+        fn reports_come_from_the_tasks_node_and_never_go_backwards() {
+            let mut state = bootstrapped();
+            let web = create(&mut state, spec("web", &[])).unwrap();
+            let id = tasks(&mut state, web.id, 1)[0];
+            let report = |state: &mut ClusterState, node, s| {
+                state
+                    .apply(&Command::ReportTasks {
+                        node,
+                        reports: vec![(id, TaskStatus::new(s, "", 20))],
+                    })
+                    .unwrap();
+            };
+            report(&mut state, 0xbb00, TaskState::Running);
+            assert_eq!(state.tasks[&id].status.state, TaskState::Assigned);
+            report(&mut state, 0xaa00, TaskState::Running);
+            report(&mut state, 0xaa00, TaskState::Starting);
+            assert_eq!(state.tasks[&id].status.state, TaskState::Running);
+            state
+                .apply(&Command::RemoveService {
+                    id: web.id,
+                    at_ms: 21,
+                })
+                .unwrap();
+            let task = &state.tasks[&id];
+            assert_eq!(task.desired, DesiredState::Remove);
+            assert_eq!(task.desired_version, state.version);
+            assert!(state.services.is_empty());
+        }
+    }
 }
