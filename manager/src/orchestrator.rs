@@ -107,23 +107,6 @@ impl<'a> Work<'a> {
         slot_key(self.service, task)
     }
 
-    /// Whether a slot holds a live task, or one to be created.
-    #[must_use]
-    pub fn occupied(&self, key: SlotKey) -> bool {
-        let global = self.global();
-        self.tasks.iter().any(|t| t.is_live() && self.key(t) == key)
-            || self.create.iter().any(|p| p.key(global) == key)
-    }
-
-    /// The newest task of a slot (by creation time, then ID).
-    #[must_use]
-    pub fn latest(&self, key: SlotKey) -> Option<&Task> {
-        self.tasks
-            .iter()
-            .filter(|t| self.key(t) == key)
-            .max_by_key(|t| (t.created_at_ms, t.id))
-    }
-
     fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
         self.tasks.iter_mut().find(|t| t.id == id)
     }
@@ -209,17 +192,36 @@ fn orphan(task: &mut Task, message: &str, now_ms: u64) {
 /// it apart from a stop the leader asked for.
 pub fn fill(state: &ClusterState, work: &mut Work<'_>, now_ms: u64) {
     let policy = work.service.spec.task.restart;
+    let global = work.global();
     let wanted = work.wanted(state);
+    // One pass over the tasks: a service may have a thousand slots.
+    let mut by_key: BTreeMap<SlotKey, Vec<usize>> = BTreeMap::new();
+    let mut occupied: BTreeSet<SlotKey> = work.create.iter().map(|p| p.key(global)).collect();
+    for (i, task) in work.tasks.iter().enumerate() {
+        let key = work.key(task);
+        by_key.entry(key).or_default().push(i);
+        if task.is_live() {
+            occupied.insert(key);
+        }
+    }
     let mut waiting = BTreeSet::new();
     for key in &wanted {
-        if work.occupied(*key) {
+        if occupied.contains(key) {
             continue;
         }
         let (slot, node) = match key {
             SlotKey::Slot(slot) => (*slot, None),
             SlotKey::Node(node) => (0, *node),
         };
-        let Some(latest) = work.latest(*key) else {
+        let history: Vec<&Task> = by_key
+            .get(key)
+            .map(|ids| ids.iter().map(|&i| &work.tasks[i]).collect())
+            .unwrap_or_default();
+        let Some(latest) = history
+            .iter()
+            .copied()
+            .max_by_key(|t| (t.created_at_ms, t.id))
+        else {
             work.add(slot, node);
             continue;
         };
@@ -229,7 +231,6 @@ pub fn fill(state: &ClusterState, work: &mut Work<'_>, now_ms: u64) {
             work.add(slot, node);
             continue;
         }
-        let history: Vec<&Task> = work.tasks.iter().filter(|t| work.key(t) == *key).collect();
         let (id, state_now) = (latest.id, latest.status.state);
         match restart::decide(&policy, latest, &history, now_ms) {
             Decision::Now => {

@@ -16,6 +16,8 @@
 //! - the update completes once every live task runs the current spec and
 //!   is running, and the monitor window of the last of them has passed.
 
+use std::collections::BTreeSet;
+
 use crate::orchestrator::slot_key;
 use crate::restart;
 use crate::service::{Service, Task, TaskId, TaskState, UpdateState, UpdateStatus};
@@ -116,7 +118,7 @@ pub fn step(service: &Service, tasks: &[Task], now_ms: u64) -> Step {
     let live: Vec<&Task> = tasks.iter().filter(|t| t.is_live()).collect();
     // Slots where a live task on the current spec already exists: their
     // old task is being replaced (start-first) or is an extra.
-    let covered: Vec<_> = live
+    let covered: BTreeSet<_> = live
         .iter()
         .filter(|t| t.spec == *current)
         .map(|t| slot_key(service, t))
