@@ -337,3 +337,100 @@ pub fn prune_history(work: &mut Work<'_>) {
         work.delete.extend(tasks.iter().skip(keep).map(|t| t.id));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::ServiceEndpoint;
+    use crate::spec::{RuntimeKind, ServiceSpec};
+
+    fn service(replicas: u32) -> Service {
+        let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "v2", vec![]);
+        spec.mode = ServiceMode::Replicated { replicas };
+        Service {
+            id: 1,
+            spec,
+            previous_spec: None,
+            spec_version: 2,
+            endpoint: ServiceEndpoint::default(),
+            update_status: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn task(service: &Service, id: TaskId, slot: u32, image: &str, state: TaskState) -> Task {
+        let mut spec = service.spec.task.clone();
+        spec.image = image.into();
+        Task {
+            id,
+            service: service.id,
+            slot,
+            node: Some(1),
+            spec,
+            spec_version: 1,
+            desired: DesiredState::Running,
+            desired_version: 1,
+            status: TaskStatus::new(state, "", id),
+            addr: None,
+            created_at_ms: id,
+        }
+    }
+
+    fn stopped(work: &Work<'_>) -> Vec<TaskId> {
+        work.tasks
+            .iter()
+            .filter(|t| t.desired == DesiredState::Shutdown)
+            .map(|t| t.id)
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_keeps_its_current_spec_task_else_its_oldest() {
+        let web = service(3);
+        let mut work = Work {
+            service: &web,
+            tasks: vec![
+                // Slot 1: two old tasks: the oldest stays.
+                task(&web, 10, 1, "v1", TaskState::Running),
+                task(&web, 11, 1, "v1", TaskState::Running),
+                // Slot 2: the new task is not running yet: both stay.
+                task(&web, 20, 2, "v1", TaskState::Running),
+                task(&web, 21, 2, "v2", TaskState::Starting),
+                // Slot 3: the new task runs: the old one stops.
+                task(&web, 30, 3, "v1", TaskState::Running),
+                task(&web, 31, 3, "v2", TaskState::Running),
+                // Slot 4 is beyond the replica count.
+                task(&web, 40, 4, "v2", TaskState::Running),
+            ],
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        };
+        dedupe(&mut work);
+        assert_eq!(stopped(&work), vec![11, 30, 40]);
+    }
+
+    #[test]
+    fn history_beyond_five_per_slot_is_forgotten() {
+        let web = service(1);
+        let mut tasks: Vec<Task> = (1..=8)
+            .map(|id| {
+                let mut t = task(&web, id, 1, "v2", TaskState::Failed);
+                t.desired = DesiredState::Shutdown;
+                t
+            })
+            .collect();
+        tasks.push(task(&web, 9, 1, "v2", TaskState::Running));
+        let mut gone = task(&web, 20, 2, "v2", TaskState::Shutdown);
+        gone.desired = DesiredState::Shutdown;
+        tasks.push(gone);
+        let mut work = Work {
+            service: &web,
+            tasks,
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        };
+        prune_history(&mut work);
+        assert_eq!(work.delete, BTreeSet::from([1, 2, 3, 20]));
+    }
+}

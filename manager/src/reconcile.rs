@@ -36,10 +36,15 @@ const MAX_ROUNDS: usize = 16;
 /// restart delay, shows up in a later plan).
 #[must_use]
 pub fn plan(state: &ClusterState, now_ms: u64) -> Vec<Command> {
+    // The common case, nothing to do, costs no copy of the state.
+    let mut next = round(state, now_ms);
+    if next.is_empty() {
+        return next;
+    }
     let mut sim = state.clone();
     let mut commands = Vec::new();
     for _ in 0..MAX_ROUNDS {
-        let round = round(&sim, now_ms);
+        let round = std::mem::take(&mut next);
         if round.is_empty() {
             break;
         }
@@ -56,6 +61,7 @@ pub fn plan(state: &ClusterState, now_ms: u64) -> Vec<Command> {
         if refused {
             break;
         }
+        next = self::round(&sim, now_ms);
     }
     commands
 }
@@ -743,6 +749,31 @@ mod tests {
         sim.settle_with(|sim| assert!(sim.running(web) >= 2));
         assert_eq!(sim.update_state(web), Some(UpdateState::Completed));
         assert_eq!(sim.running(web), 2);
+        assert!(sim.live(web).iter().all(|t| t.spec.image == "task-echo-v2"));
+    }
+
+    #[test]
+    fn slots_added_during_an_update_get_the_new_spec() {
+        let mut sim = Sim::new(3);
+        let mut s = spec(3);
+        s.update.monitor_ms = 1_000;
+        let web = sim.create(s);
+        sim.settle();
+        sim.update(web, |s| s.task.image = "task-echo-v2".into());
+        sim.lead();
+        sim.update(web, scale(5));
+        assert_eq!(sim.update_state(web), Some(UpdateState::Updating));
+        sim.lead();
+        let added: Vec<&str> = sim
+            .live(web)
+            .iter()
+            .filter(|t| t.slot > 3)
+            .map(|t| t.spec.image.as_str())
+            .collect();
+        assert_eq!(added, vec!["task-echo-v2", "task-echo-v2"]);
+        sim.settle();
+        assert_eq!(sim.update_state(web), Some(UpdateState::Completed));
+        assert_eq!(sim.running(web), 5);
         assert!(sim.live(web).iter().all(|t| t.spec.image == "task-echo-v2"));
     }
 
