@@ -753,6 +753,33 @@ mod tests {
     }
 
     #[test]
+    fn the_next_batch_waits_for_the_update_delay() {
+        let mut sim = Sim::new(2);
+        let mut s = spec(2);
+        s.update.delay_ms = 2_000;
+        let web = sim.create(s);
+        sim.settle();
+        sim.update(web, |s| s.task.image = "task-echo-v2".into());
+        let v2 = |sim: &Sim| {
+            sim.live(web)
+                .iter()
+                .filter(|t| t.spec.image == "task-echo-v2")
+                .count()
+        };
+        sim.lead();
+        assert_eq!(v2(&sim), 1);
+        sim.agents();
+        sim.lead();
+        sim.agents();
+        sim.now += 1_999;
+        sim.lead();
+        assert_eq!(v2(&sim), 1, "the delay runs");
+        sim.now += 1;
+        sim.lead();
+        assert_eq!(v2(&sim), 2);
+    }
+
+    #[test]
     fn slots_added_during_an_update_get_the_new_spec() {
         let mut sim = Sim::new(3);
         let mut s = spec(3);
