@@ -1,6 +1,7 @@
 //! Task placement: a pure function of the nodes, the tasks already placed
 //! and a service's constraints, as Swarm's scheduler does it: only ready,
-//! active nodes that satisfy every constraint; spread, so each new task
+//! active nodes that satisfy every constraint and hold a dataplane (an
+//! agent that reported its data address); spread, so each new task
 //! goes to the eligible node running the fewest tasks of its service
 //! (ties: the fewest tasks overall, then the lowest node ID, so placement
 //! is deterministic).
@@ -13,16 +14,20 @@ use crate::state::{Availability, ClusterState, Node, NodeId, NodeStatus};
 /// Why tasks could not be placed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    /// No node is ready, active and satisfies the constraints.
+    /// No node is ready, active, has a dataplane and satisfies the
+    /// constraints.
     #[error("no suitable node ({0})")]
     NoSuitableNode(String),
 }
 
-/// Whether the scheduler may place a new task on `node`.
+/// Whether the scheduler may place a new task on `node`: ready, active,
+/// with a dataplane (a node without one cannot plumb a task into the
+/// mesh), and satisfying every constraint.
 #[must_use]
 pub fn eligible(node: &Node, constraints: &[Constraint]) -> bool {
     node.status == NodeStatus::Ready
         && node.availability == Availability::Active
+        && node.data_addr.is_some()
         && constraints.iter().all(|c| c.matches(node))
 }
 
@@ -79,12 +84,14 @@ pub fn place(
 }
 
 fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
-    let (mut down, mut unavailable, mut unmatched) = (0, 0, 0);
+    let (mut down, mut unavailable, mut no_dataplane, mut unmatched) = (0, 0, 0, 0);
     for node in state.nodes.values() {
         if node.status != NodeStatus::Ready {
             down += 1;
         } else if node.availability != Availability::Active {
             unavailable += 1;
+        } else if node.data_addr.is_none() {
+            no_dataplane += 1;
         } else if !constraints.iter().all(|c| c.matches(node)) {
             unmatched += 1;
         }
@@ -97,6 +104,9 @@ fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
     }
     if unavailable > 0 {
         parts.push(format!("{unavailable} nodes paused or drained"));
+    }
+    if no_dataplane > 0 {
+        parts.push(format!("{no_dataplane} nodes without a dataplane"));
     }
     if down > 0 {
         parts.push(format!("{down} nodes not ready"));
@@ -115,6 +125,15 @@ mod tests {
     use Availability::{Active, Drain, Pause};
     use NodeStatus::{Down, Ready};
 
+    /// [`test_cluster`] with a dataplane on every node.
+    fn cluster(nodes: &[(NodeId, NodeStatus, Availability, &str)]) -> ClusterState {
+        let mut state = test_cluster(nodes);
+        for node in state.nodes.values_mut() {
+            node.data_addr = Some(std::net::Ipv4Addr::new(10, 99, 0, 1));
+        }
+        state
+    }
+
     fn counts(placed: &[NodeId]) -> BTreeMap<NodeId, usize> {
         let mut out = BTreeMap::new();
         for id in placed {
@@ -125,7 +144,7 @@ mod tests {
 
     #[test]
     fn tasks_spread_evenly_over_ready_active_nodes() {
-        let state = test_cluster(&[
+        let state = cluster(&[
             (1, Ready, Active, "a"),
             (2, Ready, Active, "a"),
             (3, Ready, Active, "b"),
@@ -139,7 +158,7 @@ mod tests {
 
     #[test]
     fn new_tasks_fill_the_least_loaded_nodes_first() {
-        let state = test_cluster(&[
+        let state = cluster(&[
             (1, Ready, Active, "a"),
             (2, Ready, Active, "a"),
             (3, Ready, Active, "a"),
@@ -156,7 +175,7 @@ mod tests {
 
     #[test]
     fn constraints_restrict_placement_and_explain_a_refusal() {
-        let state = test_cluster(&[
+        let state = cluster(&[
             (1, Ready, Active, "a"),
             (2, Ready, Active, "b"),
             (3, Down, Active, "b"),
@@ -171,6 +190,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "no suitable node (scheduling constraints not satisfied on 2 nodes; 1 nodes not ready)"
+        );
+        // A ready, active node without a dataplane runs nothing.
+        let mut bare = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
+        bare.nodes.get_mut(&1).unwrap().data_addr = None;
+        assert_eq!(place(&bare, &Load::default(), &[], 2).unwrap(), vec![2, 2]);
+        bare.nodes.get_mut(&2).unwrap().data_addr = None;
+        assert_eq!(
+            place(&bare, &Load::default(), &[], 1)
+                .unwrap_err()
+                .to_string(),
+            "no suitable node (2 nodes without a dataplane)"
         );
         assert!(
             place(&ClusterState::default(), &Load::default(), &[], 1)

@@ -229,6 +229,7 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         become_voter(&manager, &identity, remote).await?;
     }
     tokio::spawn(run_liveness_loop(manager.clone()));
+    tokio::spawn(crate::api::leader::run_leader_loops(manager.clone()));
     tokio::spawn(record_manager_addr(manager.clone()));
     let (session_stop_tx, session_stop) = watch::channel(false);
     tokio::spawn(own_session(

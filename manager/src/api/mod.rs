@@ -7,6 +7,7 @@
 pub mod control;
 pub mod dispatcher;
 pub mod join;
+pub mod leader;
 pub mod logs;
 
 use std::sync::{Arc, Mutex, RwLockReadGuard};
