@@ -325,15 +325,15 @@ fn pace(out: &mut String, title: &str, what: &str, c: &UpdateConfig) {
     let _ = writeln!(out, " On failure:\t{}", c.failure_action);
     let _ = writeln!(
         out,
-        " Monitoring Period: {}",
+        " Monitoring Period:\t{}",
         format_duration_ms(c.monitor_ms)
     );
     let _ = writeln!(
         out,
-        " Max failure ratio: {}",
+        " Max failure ratio:\t{}",
         f64::from(c.max_failure_permille) / 1000.0
     );
-    let _ = writeln!(out, " {what} order:      {}", c.order);
+    let _ = writeln!(out, " {what} order:\t{}", c.order);
 }
 
 /// `service inspect --pretty`: docker's summary of a service.
@@ -396,7 +396,7 @@ pub fn pretty_service(row: &ServiceRow) -> String {
     }
     let _ = writeln!(
         out,
-        " StopGracePeriod: {}",
+        " StopGracePeriod:\t{}",
         format_duration_ms(task.stop_grace_ms)
     );
     if let Some(h) = &task.health {
@@ -440,7 +440,25 @@ pub fn pretty_service(row: &ServiceRow) -> String {
             let _ = writeln!(out, "  PublishMode = {}", p.mode);
         }
     }
-    out.replace('\t', "  ")
+    align(&out)
+}
+
+/// Lines `key:\tvalue` with the values lined up, as docker's tabwriter does.
+fn align(text: &str) -> String {
+    const WIDTH: usize = 20;
+    let mut out = String::new();
+    for line in text.lines() {
+        match line.split_once('\t') {
+            Some((key, value)) => {
+                let value = value.trim_start_matches('\t');
+                let _ = writeln!(out, "{key:<WIDTH$}{value}");
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -596,13 +614,13 @@ mod tests {
             desired: 3,
         });
         for wanted in [
-            "Name:    web",
-            "Replicas:  3",
-            "1 running, 3 wanted",
-            "Constraints:  [node.labels.zone==a]",
-            "Image:    /bin/sleep",
-            "Args:    1000",
-            "Virtual IP:  10.255.0.2",
+            "Name:               web",
+            " Replicas:          3",
+            "Tasks:              1 running, 3 wanted",
+            " Constraints:       [node.labels.zone==a]",
+            " Image:             /bin/sleep",
+            " Args:              1000",
+            "Virtual IP:         10.255.0.2",
             " PublishedPort = 8080",
             "  TargetPort = 80",
         ] {
