@@ -563,3 +563,125 @@ impl Control for ControlService {
         Ok(Response::new(proto::LeaveResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::TaskStatus;
+    use crate::spec::{RuntimeKind, ServiceMode};
+    use crate::state::{CaMaterial, JoinSecrets, NewTask, TaskChange};
+
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut first = Node::new(0xaa, "m1".into(), Role::Manager, 0);
+        first.status = NodeStatus::Ready;
+        first.data_addr = Some("192.168.1.1".parse().unwrap());
+        state
+            .apply(&Command::Bootstrap {
+                cluster_id: "c".into(),
+                ca: CaMaterial {
+                    cert_pem: String::new(),
+                    key_pem: String::new(),
+                },
+                secrets: JoinSecrets::default(),
+                first,
+            })
+            .unwrap();
+        state
+    }
+
+    fn create(state: &mut ClusterState, spec: ServiceSpec) -> Service {
+        expect_service(
+            state
+                .apply(&Command::CreateService { spec, at_ms: 1 })
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_are_running_tasks_and_replicas_or_eligible_nodes() {
+        let mut state = cluster();
+        let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "/bin/sleep", vec![]);
+        spec.mode = ServiceMode::Replicated { replicas: 3 };
+        let web = create(&mut state, spec);
+        let Applied::Tasks(ids) = state
+            .apply(&Command::ChangeTasks {
+                create: (1..=2)
+                    .map(|slot| NewTask {
+                        service: web.id,
+                        slot,
+                        node: Some(0xaa),
+                        message: String::new(),
+                    })
+                    .collect(),
+                update: vec![],
+                delete: vec![],
+                at_ms: 2,
+            })
+            .unwrap()
+        else {
+            panic!("expected tasks");
+        };
+        state
+            .apply(&Command::ReportTasks {
+                node: 0xaa,
+                reports: vec![(ids[0], TaskStatus::new(TaskState::Running, "started", 3))],
+            })
+            .unwrap();
+        assert_eq!(task_counts(&state, &web), (1, 3));
+        // A running task told to stop no longer counts.
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![TaskChange {
+                    id: ids[0],
+                    desired: Some(DesiredState::Shutdown),
+                    ..TaskChange::default()
+                }],
+                delete: vec![],
+                at_ms: 4,
+            })
+            .unwrap();
+        assert_eq!(task_counts(&state, &web), (0, 3));
+
+        let mut spec = ServiceSpec::new("agent", RuntimeKind::Process, "/bin/true", vec![]);
+        spec.mode = ServiceMode::Global;
+        let global = create(&mut state, spec);
+        assert_eq!(task_counts(&state, &global), (0, 1), "one eligible node");
+
+        let info = task_info(&state, &state.tasks[&ids[1]]).unwrap();
+        assert_eq!(
+            (
+                info.name.as_str(),
+                info.service_name.as_str(),
+                info.node_hostname.as_str()
+            ),
+            ("web.2", "web", "m1")
+        );
+    }
+
+    #[test]
+    fn updates_against_a_stale_version_are_refused() {
+        let mut state = cluster();
+        let web = create(
+            &mut state,
+            ServiceSpec::new("web", RuntimeKind::Process, "/bin/sleep", vec![]),
+        );
+        check_version(&web, 0).unwrap();
+        check_version(&web, web.spec_version).unwrap();
+        let err = check_version(&web, web.spec_version + 1).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("update out of sequence"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_spec_is_an_invalid_argument_with_serdes_reason() {
+        let err = decode_spec(b"{\"name\": 3}").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("invalid service spec: invalid type"),
+            "{err}"
+        );
+    }
+}
