@@ -17,6 +17,7 @@ pub mod allocator;
 pub mod api;
 pub mod assignment;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod liveness;
 pub mod metrics;

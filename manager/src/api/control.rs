@@ -1,4 +1,5 @@
-//! The operator's API (`meshctl`): cluster info, join tokens and nodes.
+//! The operator's API (`meshctl`): cluster info, join tokens, nodes,
+//! services and their tasks.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +10,12 @@ use super::{Manager, ca_digest, cluster_ca, now_ms, rfc3339, state_status};
 use crate::client;
 use crate::pki;
 use crate::proto::{self, control_client::ControlClient, control_server::Control};
+use crate::scheduler;
+use crate::service::{DesiredState, Service, Task, TaskState};
+use crate::spec::ServiceSpec;
 use crate::state::{
-    Applied, Availability, Command, Node, NodeId, NodeStatus, Role, format_id, parse_label,
+    Applied, Availability, ClusterState, Command, Node, NodeId, NodeStatus, Role, format_id,
+    parse_label,
 };
 
 /// The `Control` service.
@@ -121,50 +126,237 @@ fn expect_node(applied: Applied) -> Result<Node, Status> {
     }
 }
 
+/// Decodes a `spec::ServiceSpec` sent as JSON.
+fn decode_spec(json: &[u8]) -> Result<ServiceSpec, Status> {
+    serde_json::from_slice(json)
+        .map_err(|e| Status::invalid_argument(format!("invalid service spec: {e}")))
+}
+
+/// Refuses an update based on a spec that has changed since it was read.
+fn check_version(service: &Service, expected: u64) -> Result<(), Status> {
+    if expected != 0 && expected != service.spec_version {
+        return Err(Status::failed_precondition(format!(
+            "update out of sequence: service {} is at version {}, the update was made \
+             against version {expected}; inspect it again and retry",
+            service.spec.name, service.spec_version
+        )));
+    }
+    Ok(())
+}
+
+fn expect_service(applied: Applied) -> Result<Service, Status> {
+    match applied {
+        Applied::Service(service) => Ok(*service),
+        _ => Err(Status::internal("the state machine returned no service")),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value).map_err(|e| Status::internal(format!("encoding a record: {e}")))
+}
+
+/// Tasks of `service` running now, and tasks it wants: its replicas, or for
+/// a global service its live tasks or its eligible nodes, whichever is more.
+#[must_use]
+pub fn task_counts(state: &ClusterState, service: &Service) -> (u32, u32) {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let tasks: Vec<&Task> = state.service_tasks(service.id).collect();
+    let running = count(
+        tasks
+            .iter()
+            .filter(|t| t.desired == DesiredState::Running && t.status.state == TaskState::Running)
+            .count(),
+    );
+    let desired = match service.spec.replicas() {
+        Some(replicas) => replicas,
+        None => {
+            let live = tasks.iter().filter(|t| t.is_live()).count();
+            let eligible = state
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.data_addr.is_some() && scheduler::eligible(n, &service.spec.constraints)
+                })
+                .count();
+            count(live.max(eligible))
+        }
+    };
+    (running, desired)
+}
+
+/// The API's view of a service.
+///
+/// # Errors
+/// `INTERNAL` if the record does not encode.
+pub fn service_reply(
+    state: &ClusterState,
+    service: &Service,
+) -> Result<proto::ServiceReply, Status> {
+    let (running, desired) = task_counts(state, service);
+    Ok(proto::ServiceReply {
+        service_json: to_json(service)?,
+        running,
+        desired,
+    })
+}
+
+/// The API's view of a task: its record with its service's and node's names.
+///
+/// # Errors
+/// `INTERNAL` if the record does not encode.
+pub fn task_info(state: &ClusterState, task: &Task) -> Result<proto::TaskInfo, Status> {
+    // A removed service's tasks live on until they are stopped: name them
+    // by the service's ID.
+    let service_name = state
+        .services
+        .get(&task.service)
+        .map_or_else(|| format_id(task.service), |s| s.spec.name.clone());
+    let node_hostname = task
+        .node
+        .map(|id| {
+            state
+                .nodes
+                .get(&id)
+                .map_or_else(|| format_id(id), |n| n.hostname.clone())
+        })
+        .unwrap_or_default();
+    Ok(proto::TaskInfo {
+        task_json: to_json(task)?,
+        name: task.name(&service_name),
+        service_name,
+        node_hostname,
+    })
+}
+
 #[tonic::async_trait]
 impl Control for ControlService {
     type ServiceLogsStream = super::logs::LogStream;
 
     async fn create_service(
         &self,
-        _request: Request<proto::CreateServiceRequest>,
+        request: Request<proto::CreateServiceRequest>,
     ) -> Result<Response<proto::ServiceReply>, Status> {
-        Err(Status::unimplemented("services are being built"))
+        let spec = decode_spec(&request.get_ref().spec_json)?;
+        self.manager.require_quorum()?;
+        let service = expect_service(
+            self.manager
+                .commit(Command::CreateService {
+                    spec,
+                    at_ms: now_ms(),
+                })
+                .await?,
+        )?;
+        let state = self.manager.read_unchecked();
+        service_reply(&state, &service).map(Response::new)
     }
 
     async fn update_service(
         &self,
-        _request: Request<proto::UpdateServiceRequest>,
+        request: Request<proto::UpdateServiceRequest>,
     ) -> Result<Response<proto::ServiceReply>, Status> {
-        Err(Status::unimplemented("services are being built"))
+        let request = request.into_inner();
+        let new_spec = if request.rollback {
+            None
+        } else {
+            Some(decode_spec(&request.spec_json)?)
+        };
+        let (id, spec) = {
+            let state = self.manager.read()?;
+            let id = state.resolve_service(&request.name).map_err(state_status)?;
+            let current = state.service(id).map_err(state_status)?;
+            check_version(current, request.expected_version)?;
+            let spec = match new_spec {
+                Some(spec) => spec,
+                None => current.previous_spec.clone().ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "service {} does not have a previous spec",
+                        current.spec.name
+                    ))
+                })?,
+            };
+            (id, spec)
+        };
+        let service = expect_service(
+            self.manager
+                .commit(Command::UpdateService {
+                    id,
+                    spec,
+                    rollback: request.rollback,
+                    at_ms: now_ms(),
+                })
+                .await?,
+        )?;
+        let state = self.manager.read_unchecked();
+        service_reply(&state, &service).map(Response::new)
     }
 
     async fn remove_service(
         &self,
-        _request: Request<proto::ServiceRef>,
+        request: Request<proto::ServiceRef>,
     ) -> Result<Response<proto::RemoveServiceResponse>, Status> {
-        Err(Status::unimplemented("services are being built"))
+        let id = self
+            .manager
+            .read()?
+            .resolve_service(&request.get_ref().name)
+            .map_err(state_status)?;
+        self.manager
+            .commit(Command::RemoveService {
+                id,
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(proto::RemoveServiceResponse {
+            id: format_id(id),
+        }))
     }
 
     async fn inspect_service(
         &self,
-        _request: Request<proto::ServiceRef>,
+        request: Request<proto::ServiceRef>,
     ) -> Result<Response<proto::ServiceReply>, Status> {
-        Err(Status::unimplemented("services are being built"))
+        let state = self.manager.read()?;
+        let id = state
+            .resolve_service(&request.get_ref().name)
+            .map_err(state_status)?;
+        let service = state.service(id).map_err(state_status)?;
+        service_reply(&state, service).map(Response::new)
     }
 
     async fn list_services(
         &self,
         _request: Request<proto::ListServicesRequest>,
     ) -> Result<Response<proto::ListServicesResponse>, Status> {
-        Err(Status::unimplemented("services are being built"))
+        let state = self.manager.read()?;
+        let services = state
+            .services
+            .values()
+            .map(|s| service_reply(&state, s))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(proto::ListServicesResponse { services }))
     }
 
     async fn list_tasks(
         &self,
-        _request: Request<proto::ListTasksRequest>,
+        request: Request<proto::ListTasksRequest>,
     ) -> Result<Response<proto::ListTasksResponse>, Status> {
-        Err(Status::unimplemented("services are being built"))
+        let request = request.into_inner();
+        let state = self.manager.read()?;
+        let service = match request.service.trim() {
+            "" => None,
+            name => Some(state.resolve_service(name).map_err(state_status)?),
+        };
+        let node = match request.node.trim() {
+            "" => None,
+            name => Some(state.resolve(name).map_err(state_status)?),
+        };
+        let tasks = state
+            .tasks
+            .values()
+            .filter(|t| service.is_none_or(|s| t.service == s))
+            .filter(|t| node.is_none_or(|n| t.node == Some(n)))
+            .map(|t| task_info(&state, t))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(proto::ListTasksResponse { tasks }))
     }
 
     async fn service_logs(
@@ -369,5 +561,127 @@ impl Control for ControlService {
             .await?;
         self.manager.request_stop();
         Ok(Response::new(proto::LeaveResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::TaskStatus;
+    use crate::spec::{RuntimeKind, ServiceMode};
+    use crate::state::{CaMaterial, JoinSecrets, NewTask, TaskChange};
+
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut first = Node::new(0xaa, "m1".into(), Role::Manager, 0);
+        first.status = NodeStatus::Ready;
+        first.data_addr = Some("192.168.1.1".parse().unwrap());
+        state
+            .apply(&Command::Bootstrap {
+                cluster_id: "c".into(),
+                ca: CaMaterial {
+                    cert_pem: String::new(),
+                    key_pem: String::new(),
+                },
+                secrets: JoinSecrets::default(),
+                first,
+            })
+            .unwrap();
+        state
+    }
+
+    fn create(state: &mut ClusterState, spec: ServiceSpec) -> Service {
+        expect_service(
+            state
+                .apply(&Command::CreateService { spec, at_ms: 1 })
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_are_running_tasks_and_replicas_or_eligible_nodes() {
+        let mut state = cluster();
+        let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "/bin/sleep", vec![]);
+        spec.mode = ServiceMode::Replicated { replicas: 3 };
+        let web = create(&mut state, spec);
+        let Applied::Tasks(ids) = state
+            .apply(&Command::ChangeTasks {
+                create: (1..=2)
+                    .map(|slot| NewTask {
+                        service: web.id,
+                        slot,
+                        node: Some(0xaa),
+                        message: String::new(),
+                    })
+                    .collect(),
+                update: vec![],
+                delete: vec![],
+                at_ms: 2,
+            })
+            .unwrap()
+        else {
+            panic!("expected tasks");
+        };
+        state
+            .apply(&Command::ReportTasks {
+                node: 0xaa,
+                reports: vec![(ids[0], TaskStatus::new(TaskState::Running, "started", 3))],
+            })
+            .unwrap();
+        assert_eq!(task_counts(&state, &web), (1, 3));
+        // A running task told to stop no longer counts.
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![TaskChange {
+                    id: ids[0],
+                    desired: Some(DesiredState::Shutdown),
+                    ..TaskChange::default()
+                }],
+                delete: vec![],
+                at_ms: 4,
+            })
+            .unwrap();
+        assert_eq!(task_counts(&state, &web), (0, 3));
+
+        let mut spec = ServiceSpec::new("agent", RuntimeKind::Process, "/bin/true", vec![]);
+        spec.mode = ServiceMode::Global;
+        let global = create(&mut state, spec);
+        assert_eq!(task_counts(&state, &global), (0, 1), "one eligible node");
+
+        let info = task_info(&state, &state.tasks[&ids[1]]).unwrap();
+        assert_eq!(
+            (
+                info.name.as_str(),
+                info.service_name.as_str(),
+                info.node_hostname.as_str()
+            ),
+            ("web.2", "web", "m1")
+        );
+    }
+
+    #[test]
+    fn updates_against_a_stale_version_are_refused() {
+        let mut state = cluster();
+        let web = create(
+            &mut state,
+            ServiceSpec::new("web", RuntimeKind::Process, "/bin/sleep", vec![]),
+        );
+        check_version(&web, 0).unwrap();
+        check_version(&web, web.spec_version).unwrap();
+        let err = check_version(&web, web.spec_version + 1).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("update out of sequence"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_spec_is_an_invalid_argument_with_serdes_reason() {
+        let err = decode_spec(b"{\"name\": 3}").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("invalid service spec: invalid type"),
+            "{err}"
+        );
     }
 }

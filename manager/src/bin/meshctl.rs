@@ -16,6 +16,9 @@ use manager::state::Role;
 use manager::table;
 use tonic::transport::Channel;
 
+#[path = "meshctl/service.rs"]
+mod service;
+
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version, about = "Manage a mesh cluster")]
 struct Cli {
@@ -49,6 +52,9 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +125,8 @@ enum NodeCommand {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// List the tasks running on a node (default: the manager meshctl talks to).
+    Ps(service::NodePsArgs),
     /// Display detailed information on one or more nodes (JSON; `--pretty` for text).
     Inspect {
         #[arg(required = true)]
@@ -256,6 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node(command) => node(&cli, command).await,
+        Command::Service(command) => service::run(&mut control(&cli).await?, command).await,
     }
 }
 
@@ -366,6 +375,7 @@ fn node_json(node: &proto::NodeInfo) -> serde_json::Value {
 async fn node(cli: &Cli, command: &NodeCommand) -> Result<()> {
     let mut control = control(cli).await?;
     match command {
+        NodeCommand::Ps(args) => service::node_ps(&mut control, args).await?,
         NodeCommand::Ls { format, quiet } => {
             let mut nodes = control
                 .list_nodes(proto::ListNodesRequest {})
