@@ -100,11 +100,13 @@ impl DockerRuntime {
     ) -> Result<Self, String> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| format!("cannot connect to the docker engine: {e}"))?;
-        match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("the docker engine does not answer: {e}")),
-            Err(_) => return Err("the docker engine does not answer within 5 s".into()),
-        }
+        // Speak the engine's API version (Debian's engine is older than bollard's default).
+        let docker =
+            match tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version()).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => return Err(format!("the docker engine does not answer: {e}")),
+                Err(_) => return Err("the docker engine does not answer within 5 s".into()),
+            };
         Ok(Self {
             docker,
             owner: owner(state_dir),
