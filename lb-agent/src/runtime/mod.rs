@@ -252,12 +252,15 @@ impl Runtimes {
     /// # Errors
     /// [`RuntimeError::Failed`] if the sandbox or veth cannot be removed.
     pub async fn stop(&self, id: TaskId, grace: Duration) -> Result<(), RuntimeError> {
-        if let Ok(d) = self.docker()
-            && d.has(id)
-        {
-            d.stop(id, grace).await?;
-        } else {
-            self.inner.process.stop(id, grace).await?;
+        match self.docker() {
+            Ok(d) if d.has(id) => d.stop(id, grace).await?,
+            Ok(d) if !self.inner.process.has(id) => {
+                // Not known to this run: remove a labelled container of this agent's
+                // as well as a process task's namespace.
+                d.stop(id, grace).await?;
+                self.inner.process.stop(id, grace).await?;
+            }
+            _ => self.inner.process.stop(id, grace).await?,
         }
         plumb::unplumb(&self.inner.netlink, id).await?;
         remove_record(&self.inner.state_dir, id);
