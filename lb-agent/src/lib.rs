@@ -18,6 +18,7 @@ pub mod join;
 pub mod links;
 pub mod metrics;
 pub mod neigh;
+pub mod plumb;
 pub mod runtime;
 pub mod state;
 pub mod sysctl;

@@ -6,9 +6,12 @@
 //! 1. rustup components `rust-src` (for `-Z build-std=core`), `rustfmt`, `clippy`;
 //! 2. Debian packages: LLVM 22 for `bpf-linker`, and the tools tests and demos use;
 //! 3. `bpf-linker` 0.13.0, built against Debian's LLVM 22;
-//! 4. bpffs mounted at `/sys/fs/bpf`.
+//! 4. bpffs mounted at `/sys/fs/bpf`;
+//! 5. a docker engine answering (for the docker task runtime and its tests): when
+//!    `docker info` fails, `dockerd --iptables=false --bridge=none` is started in the
+//!    background (its log: `/var/log/mesh-dockerd.log`) and awaited.
 //!
-//! Steps 2 and 4 need root; steps 1 and 3 do not. A machine that already has everything
+//! Steps 2, 4 and 5 need root; steps 1 and 3 do not. A machine that already has everything
 //! passes without root. See docs/toolchain.md.
 
 use std::path::Path;
@@ -42,7 +45,14 @@ const TOOL_PACKAGES: &[&str] = &[
     "curl",
     // `cargo xtask bench mesh`: the userspace L4 proxy it compares the mesh with.
     "haproxy",
+    // The docker task runtime: the engine, and a static busybox the runtime tests put in
+    // locally built images (and run as process tasks).
+    "docker.io",
+    "busybox-static",
 ];
+
+/// Where the docker engine that setup starts logs.
+const DOCKERD_LOG: &str = "/var/log/mesh-dockerd.log";
 
 /// The `bpf-linker` version this workspace is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -65,11 +75,12 @@ type Step = fn() -> Result<Outcome>;
 /// Runs every setup step and prints what it did and what it skipped.
 pub fn run() -> Result<()> {
     cmd::step("setup: checking prerequisites");
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("rustup components", components),
         ("Debian packages", packages),
         ("bpf-linker", bpf_linker),
         ("bpffs", bpffs),
+        ("docker engine", docker_engine),
     ];
     let mut summary = Vec::new();
     for (name, f) in steps {
@@ -261,4 +272,51 @@ fn bpffs() -> Result<Outcome> {
             format!("mounting bpffs at {BPFFS} failed (in a container, give it CAP_SYS_ADMIN)")
         })?;
     Ok(Outcome::Done(format!("mounted bpffs at {BPFFS}")))
+}
+
+/// Whether a docker engine answers `docker info`.
+fn docker_answers() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn docker_engine() -> Result<Outcome> {
+    use std::os::unix::process::CommandExt as _;
+    if docker_answers() {
+        return Ok(Outcome::Present("the docker engine answers".into()));
+    }
+    if !cmd::is_root() {
+        bail!(
+            "no docker engine answers and starting one needs root: dockerd --iptables=false --bridge=none &"
+        );
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(DOCKERD_LOG)
+        .with_context(|| format!("opening {DOCKERD_LOG}"))?;
+    // No bridge and no iptables rules: the mesh plumbs its containers itself (network
+    // mode `none`), and the engine must not touch the host's firewall.
+    std::process::Command::new("dockerd")
+        .args(["--iptables=false", "--bridge=none"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting dockerd (is docker.io installed?)")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !docker_answers() {
+        if std::time::Instant::now() > deadline {
+            bail!("dockerd did not answer within 60 s; see {DOCKERD_LOG}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(Outcome::Done(format!(
+        "started dockerd --iptables=false --bridge=none (log: {DOCKERD_LOG})"
+    )))
 }

@@ -1,0 +1,462 @@
+//! The docker runtime: a task is a container (bollard, the engine's local socket) with
+//! network mode `none`, whose namespace (`/proc/<pid>/ns/net`) the agent plumbs like a
+//! process task's.
+//!
+//! Containers are named `<task name>.<task id>` (`web.1.00000000000000a3`) and carry the
+//! labels [`LABEL_TASK_ID`] and [`LABEL_TASK_NAME`], by which a later agent run finds
+//! them. Exits come from the engine's wait API, logs from its logs API, health checks
+//! run through exec.
+//!
+//! The container's program starts before its `eth0` exists: the engine offers no hook
+//! between creating a container's namespace and starting its program, so plumbing
+//! follows the start (a task that needs the network at its first instruction must retry).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::StreamExt as _;
+use manager::service::TaskId;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::{Exit, RuntimeError, Started, TaskConfig, failed, task_env};
+use crate::plumb::{self, Netlink};
+
+/// The label holding a container's task ID (16 hex digits).
+pub const LABEL_TASK_ID: &str = "mesh.task.id";
+/// The label holding the state directory of the agent that owns a container.
+pub const LABEL_OWNER: &str = "mesh.agent.state-dir";
+/// The label holding a container's task name.
+pub const LABEL_TASK_NAME: &str = "mesh.task.name";
+
+/// The container name of a task.
+#[must_use]
+pub fn container_name(task: &TaskConfig) -> String {
+    let clean: String = task
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{clean}.{:016x}", task.id)
+}
+
+/// The owner label's value for an agent's state directory.
+fn owner(state_dir: &Path) -> String {
+    std::fs::canonicalize(state_dir)
+        .unwrap_or_else(|_| state_dir.to_owned())
+        .display()
+        .to_string()
+}
+
+struct Ctr {
+    /// The container's ID.
+    id: String,
+    exited: watch::Receiver<Option<Exit>>,
+}
+
+/// Docker tasks on this node.
+pub(crate) struct DockerRuntime {
+    docker: Docker,
+    owner: String,
+    tasks: Mutex<HashMap<TaskId, Arc<Ctr>>>,
+    exits: mpsc::UnboundedSender<(TaskId, Exit)>,
+}
+
+fn dk(what: impl Into<String>) -> impl FnOnce(DockerError) -> RuntimeError {
+    failed(what)
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine and checks that it answers.
+    pub(crate) async fn connect(
+        state_dir: &Path,
+        exits: mpsc::UnboundedSender<(TaskId, Exit)>,
+    ) -> Result<Self, String> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| format!("cannot connect to the docker engine: {e}"))?;
+        // Speak the engine's API version (Debian's engine is older than bollard's default).
+        let docker =
+            match tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version()).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => return Err(format!("the docker engine does not answer: {e}")),
+                Err(_) => return Err("the docker engine does not answer within 5 s".into()),
+            };
+        Ok(Self {
+            docker,
+            owner: owner(state_dir),
+            tasks: Mutex::new(HashMap::new()),
+            exits,
+        })
+    }
+
+    fn get(&self, id: TaskId) -> Option<Arc<Ctr>> {
+        self.tasks.lock().expect("poisoned").get(&id).cloned()
+    }
+
+    pub(crate) fn ids(&self) -> Vec<TaskId> {
+        self.tasks
+            .lock()
+            .expect("poisoned")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    pub(crate) fn has(&self, id: TaskId) -> bool {
+        self.tasks.lock().expect("poisoned").contains_key(&id)
+    }
+
+    /// Creates and starts the container, plumbs its namespace.
+    pub(crate) async fn start(
+        &self,
+        netlink: &Netlink,
+        task: &TaskConfig,
+    ) -> Result<Started, RuntimeError> {
+        let name = container_name(task);
+        // A container of the same task left by a failed attempt.
+        self.remove(&name).await?;
+        let body = ContainerCreateBody {
+            image: Some(task.spec.image.clone()),
+            cmd: (!task.spec.args.is_empty()).then(|| task.spec.args.clone()),
+            env: Some(
+                task_env(task)
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            labels: Some(HashMap::from([
+                (LABEL_TASK_ID.to_owned(), format!("{:016x}", task.id)),
+                (LABEL_TASK_NAME.to_owned(), task.name.clone()),
+                (LABEL_OWNER.to_owned(), self.owner.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(dk(format!(
+                "create container {name} from {}",
+                task.spec.image
+            )))?;
+        let result = async {
+            self.docker
+                .start_container(&created.id, None)
+                .await
+                .map_err(dk(format!("start container {name}")))?;
+            let pid = self.pid(&created.id).await?;
+            self.watch(task.id, created.id.clone());
+            let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+            let started = plumb::plumb(netlink, task.id, task.addr, task.mtu, &ns).await?;
+            info!(
+                task = task.name,
+                container = name,
+                pid,
+                "docker task started"
+            );
+            Ok(started)
+        }
+        .await;
+        if result.is_err() {
+            self.tasks.lock().expect("poisoned").remove(&task.id);
+            let _ = self.remove(&created.id).await;
+        }
+        result
+    }
+
+    /// The PID of the container's main process.
+    async fn pid(&self, container: &str) -> Result<i64, RuntimeError> {
+        let inspect = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(dk(format!("inspect {container}")))?;
+        let state = inspect.state.unwrap_or_default();
+        match state.pid {
+            Some(pid) if pid > 0 && state.running == Some(true) => Ok(pid),
+            _ => Err(RuntimeError::Failed(format!(
+                "container {container} is not running (exit code {})",
+                state.exit_code.unwrap_or(-1)
+            ))),
+        }
+    }
+
+    /// Registers the container and reports its exit through the wait API.
+    fn watch(&self, id: TaskId, container: String) {
+        let (tx, rx) = watch::channel(None);
+        self.tasks.lock().expect("poisoned").insert(
+            id,
+            Arc::new(Ctr {
+                id: container.clone(),
+                exited: rx,
+            }),
+        );
+        let docker = self.docker.clone();
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let mut wait = docker.wait_container(&container, None);
+            let code = match wait.next().await {
+                Some(Ok(r)) => r.status_code,
+                // bollard reports a non-zero exit as this error.
+                Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
+                other => {
+                    if let Some(Err(e)) = other {
+                        warn!(container, error = %e, "waiting for the container failed");
+                    }
+                    docker
+                        .inspect_container(&container, None)
+                        .await
+                        .ok()
+                        .and_then(|i| i.state)
+                        .and_then(|s| s.exit_code)
+                        .unwrap_or(-1)
+                }
+            };
+            let exit = Exit {
+                code: i32::try_from(code).unwrap_or(-1),
+            };
+            info!(container, code = exit.code, "container exited");
+            let _ = tx.send(Some(exit));
+            let _ = exits.send((id, exit));
+        });
+    }
+
+    async fn kill(&self, container: &str, signal: &str) {
+        let opts = KillContainerOptionsBuilder::new().signal(signal).build();
+        if let Err(e) = self.docker.kill_container(container, Some(opts)).await {
+            // 409: not running any more.
+            info!(container, signal, error = %e, "kill");
+        }
+    }
+
+    /// SIGTERM, SIGKILL after `grace`, then removes the container (and with it its
+    /// namespace). A labelled container this run does not know is removed too.
+    pub(crate) async fn stop(&self, id: TaskId, grace: Duration) -> Result<(), RuntimeError> {
+        let Some(c) = self.get(id) else {
+            for (task, container) in self.ours().await? {
+                if task == id {
+                    self.remove(&container).await?;
+                }
+            }
+            return Ok(());
+        };
+        let mut exited = c.exited.clone();
+        if exited.borrow().is_none() {
+            self.kill(&c.id, "SIGTERM").await;
+            if tokio::time::timeout(grace, exited.wait_for(Option::is_some))
+                .await
+                .is_err()
+            {
+                self.kill(&c.id, "SIGKILL").await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some))
+                        .await;
+            }
+        }
+        self.remove(&c.id).await?;
+        self.tasks.lock().expect("poisoned").remove(&id);
+        Ok(())
+    }
+
+    /// Removes a container (forcibly); a missing one is fine.
+    pub(crate) async fn remove(&self, container: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(container, Some(opts)).await {
+            Err(e) if !is_not_found(&e) => Err(dk(format!("remove container {container}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `/bin/sh -c cmd` in the container through exec.
+    pub(crate) async fn health_check(
+        &self,
+        id: TaskId,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<bool, RuntimeError> {
+        let c = self.get(id).ok_or(RuntimeError::Unknown(id))?;
+        let exec = self
+            .docker
+            .create_exec(
+                &c.id,
+                CreateExecOptions {
+                    cmd: Some(vec!["/bin/sh", "-c", cmd]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(dk("create the health check"))?;
+        let run = async {
+            match self
+                .docker
+                .start_exec(&exec.id, Some(StartExecOptions::default()))
+                .await
+                .map_err(dk("start the health check"))?
+            {
+                StartExecResults::Attached { mut output, .. } => {
+                    while output.next().await.is_some() {}
+                }
+                StartExecResults::Detached => {}
+            }
+            // The output ends when the command does; its exit code may lag a moment.
+            loop {
+                let inspect = self
+                    .docker
+                    .inspect_exec(&exec.id)
+                    .await
+                    .map_err(dk("inspect the health check"))?;
+                if inspect.running != Some(true) {
+                    return Ok::<_, RuntimeError>(inspect.exit_code == Some(0));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Kill the check that overran, so checks do not pile up.
+                if let Ok(i) = self.docker.inspect_exec(&exec.id).await
+                    && let Some(pid) = i.pid.and_then(|p| i32::try_from(p).ok())
+                    && pid > 0
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The last `tail` lines of the container's output (0: all).
+    pub(crate) async fn logs(&self, id: TaskId, tail: usize) -> Result<Vec<String>, RuntimeError> {
+        let c = self.get(id).ok_or(RuntimeError::Unknown(id))?;
+        let tail_s = if tail == 0 {
+            "all".to_owned()
+        } else {
+            tail.to_string()
+        };
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail_s)
+            .build();
+        let mut text = String::new();
+        let mut stream = self.docker.logs(&c.id, Some(opts));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(dk(format!("logs of {}", c.id)))?;
+            text.push_str(&chunk.to_string());
+        }
+        Ok(super::tail_lines(&text, tail))
+    }
+
+    /// The containers labelled as this agent's: (task ID, container ID).
+    pub(crate) async fn ours(&self) -> Result<Vec<(TaskId, String)>, RuntimeError> {
+        let owner = format!("{LABEL_OWNER}={}", self.owner);
+        let filters = HashMap::from([("label", vec![LABEL_TASK_ID, owner.as_str()])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(dk("list containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let task = c
+                    .labels
+                    .as_ref()?
+                    .get(LABEL_TASK_ID)
+                    .and_then(|h| TaskId::from_str_radix(h, 16).ok())?;
+                Some((task, c.id?))
+            })
+            .collect())
+    }
+
+    /// Takes over a container a previous agent run started (its exit, even a past one,
+    /// is reported).
+    pub(crate) async fn adopt(&self, id: TaskId, container: &str) -> Result<bool, RuntimeError> {
+        if self.has(id) {
+            return Ok(true);
+        }
+        match self.docker.inspect_container(container, None).await {
+            Ok(_) => {
+                self.watch(id, container.to_owned());
+                info!(
+                    task = format!("{id:016x}"),
+                    container, "adopted a container"
+                );
+                Ok(true)
+            }
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(dk(format!("inspect {container}"))(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manager::spec::TaskSpec;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn names() {
+        let t = TaskConfig {
+            id: 0xa3,
+            name: "web app.1".into(),
+            spec: TaskSpec {
+                runtime: manager::spec::RuntimeKind::Docker,
+                image: "x".into(),
+                args: vec![],
+                env: vec![],
+                restart: Default::default(),
+                health: None,
+                stop_grace_ms: 0,
+                force_update: 0,
+            },
+            addr: Ipv4Addr::new(10, 0, 0, 1),
+            mtu: 1450,
+        };
+        assert_eq!(container_name(&t), "web_app.1.00000000000000a3");
+    }
+}

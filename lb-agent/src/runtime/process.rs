@@ -1,0 +1,368 @@
+//! The process runtime: a task is a program the agent runs in a network namespace of its
+//! own (`/run/netns/mesh-<task id>`, visible to `ip netns`), in a process group of its
+//! own, with its output appended to `<state dir>/tasks/<task id>.log`.
+//!
+//! The program is spawned from a short-lived thread that entered the task's namespace
+//! ([`netns::run_in`]): the child inherits that thread's namespace, so no `pre_exec`
+//! (and no `unsafe`) is needed. Stopping signals the whole process group, then kills
+//! whatever else still runs in the namespace, so nothing the task started survives it.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use manager::service::TaskId;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::{Exit, RuntimeError, TaskConfig, failed, netns, task_env};
+
+/// The named namespace of task `id`.
+#[must_use]
+pub fn netns_name(id: TaskId) -> String {
+    format!("mesh-{id:016x}")
+}
+
+/// The task ID a namespace name of ours encodes.
+#[must_use]
+pub fn parse_netns_name(name: &str) -> Option<TaskId> {
+    let hex = name.strip_prefix("mesh-")?;
+    (hex.len() == 16)
+        .then(|| TaskId::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// The log file of task `id`.
+#[must_use]
+pub fn log_path(state_dir: &Path, id: TaskId) -> PathBuf {
+    state_dir.join("tasks").join(format!("{id:016x}.log"))
+}
+
+/// The exit of a status: its code, or 128 + the signal that killed it.
+#[must_use]
+pub fn exit_of(status: std::process::ExitStatus) -> Exit {
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1);
+    Exit { code }
+}
+
+struct Proc {
+    pid: i32,
+    env: Vec<(String, String)>,
+    /// `Some` once the main process ended.
+    exited: watch::Receiver<Option<Exit>>,
+}
+
+/// Process tasks on this node.
+pub(crate) struct ProcessRuntime {
+    state_dir: PathBuf,
+    tasks: Mutex<HashMap<TaskId, Arc<Proc>>>,
+    exits: mpsc::UnboundedSender<(TaskId, Exit)>,
+}
+
+impl ProcessRuntime {
+    pub(crate) fn new(state_dir: &Path, exits: mpsc::UnboundedSender<(TaskId, Exit)>) -> Self {
+        Self {
+            state_dir: state_dir.to_owned(),
+            tasks: Mutex::new(HashMap::new()),
+            exits,
+        }
+    }
+
+    fn get(&self, id: TaskId) -> Option<Arc<Proc>> {
+        self.tasks.lock().expect("poisoned").get(&id).cloned()
+    }
+
+    pub(crate) fn ids(&self) -> Vec<TaskId> {
+        self.tasks
+            .lock()
+            .expect("poisoned")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    pub(crate) fn has(&self, id: TaskId) -> bool {
+        self.tasks.lock().expect("poisoned").contains_key(&id)
+    }
+
+    /// Creates the namespace; the caller plumbs it, then calls [`Self::spawn`].
+    pub(crate) async fn create_netns(&self, id: TaskId) -> Result<PathBuf, RuntimeError> {
+        netns::create(&netns_name(id))
+            .await
+            .map_err(failed(format!("create the namespace of task {id:016x}")))
+    }
+
+    /// Starts the task's program in its (plumbed) namespace.
+    pub(crate) async fn spawn(&self, task: &TaskConfig) -> Result<(), RuntimeError> {
+        let id = task.id;
+        let log = log_path(&self.state_dir, id);
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(failed(format!("create {}", dir.display())))?;
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(failed(format!("open {}", log.display())))?;
+        let env = task_env(task);
+        let program = task.spec.image.clone();
+        let args = task.spec.args.clone();
+        let env2 = env.clone();
+        let rt = tokio::runtime::Handle::current();
+        let mut child = netns::run_in(&netns::path(&netns_name(id)), move || {
+            // The child registers with this runtime's SIGCHLD handling.
+            let _guard = rt.enter();
+            let err = out.try_clone()?;
+            tokio::process::Command::new(&program)
+                .args(&args)
+                .env_clear()
+                .envs(env2)
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .kill_on_drop(false)
+                .spawn()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("run {program:?}: {e}")))
+        })
+        .await
+        .map_err(failed(format!("start task {}", task.name)))?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| RuntimeError::Failed("the task ended at once".into()))?;
+        let (tx, rx) = watch::channel(None);
+        self.tasks.lock().expect("poisoned").insert(
+            id,
+            Arc::new(Proc {
+                pid,
+                env,
+                exited: rx,
+            }),
+        );
+        let exits = self.exits.clone();
+        let name = task.name.clone();
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => exit_of(status),
+                Err(e) => {
+                    warn!(task = name, error = %e, "cannot wait for the task");
+                    Exit { code: -1 }
+                }
+            };
+            info!(task = name, code = exit.code, "task exited");
+            let _ = tx.send(Some(exit));
+            let _ = exits.send((id, exit));
+        });
+        info!(task = task.name, pid, "process task started");
+        Ok(())
+    }
+
+    /// Signals the task's process group: SIGTERM, SIGKILL after `grace`; then kills
+    /// anything left in its namespace and deletes the namespace.
+    pub(crate) async fn stop(&self, id: TaskId, grace: Duration) -> Result<(), RuntimeError> {
+        if let Some(p) = self.get(id) {
+            let mut exited = p.exited.clone();
+            if exited.borrow().is_none() {
+                let _ = killpg(Pid::from_raw(p.pid), Signal::SIGTERM);
+                let overran = tokio::time::timeout(grace, exited.wait_for(Option::is_some))
+                    .await
+                    .is_err();
+                if overran {
+                    debug!(task = format!("{id:016x}"), "grace period over: SIGKILL");
+                    let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        exited.wait_for(Option::is_some),
+                    )
+                    .await;
+                }
+            }
+        }
+        remove_netns(id).await?;
+        self.tasks.lock().expect("poisoned").remove(&id);
+        Ok(())
+    }
+
+    /// Runs `/bin/sh -c cmd` in the task's namespace with its environment.
+    pub(crate) async fn health_check(
+        &self,
+        id: TaskId,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<bool, RuntimeError> {
+        let p = self.get(id).ok_or(RuntimeError::Unknown(id))?;
+        let env = p.env.clone();
+        let cmd = cmd.to_owned();
+        let rt = tokio::runtime::Handle::current();
+        let mut child = netns::run_in(&netns::path(&netns_name(id)), move || {
+            let _guard = rt.enter();
+            tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&cmd)
+                .env_clear()
+                .envs(env)
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+        })
+        .await
+        .map_err(failed("start the health check"))?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => Ok(status.success()),
+            Ok(Err(e)) => Err(RuntimeError::Failed(format!("health check: {e}"))),
+            Err(_) => {
+                if let Some(pid) = pid {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                let _ = child.wait().await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The last `tail` lines of the task's log (0: all); the log outlives the task.
+    pub(crate) fn logs(&self, id: TaskId, tail: usize) -> Result<Vec<String>, RuntimeError> {
+        let path = log_path(&self.state_dir, id);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(super::tail_lines(&String::from_utf8_lossy(&bytes), tail)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.has(id) {
+                    Ok(Vec::new())
+                } else {
+                    Err(RuntimeError::Unknown(id))
+                }
+            }
+            Err(e) => Err(RuntimeError::Failed(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Takes over a task a previous agent run started (kept by cleanup): its main
+    /// process is the process-group leader in its namespace. Its exit code cannot be
+    /// known (it is not our child): its end is reported with code -1.
+    pub(crate) fn adopt(&self, id: TaskId) -> Result<bool, RuntimeError> {
+        let ns = netns::path(&netns_name(id));
+        let pids = netns::processes_in(&ns).map_err(failed(format!("{}", ns.display())))?;
+        let leader = pids
+            .iter()
+            .copied()
+            .filter(|&p| {
+                nix::unistd::getpgid(Some(Pid::from_raw(p))).is_ok_and(|g| g.as_raw() == p)
+            })
+            .min();
+        let Some(pid) = leader else {
+            // Its main process is gone: report the end, keep the namespace until stop.
+            let exit = Exit { code: -1 };
+            let (_tx, rx) = watch::channel(Some(exit));
+            self.tasks.lock().expect("poisoned").insert(
+                id,
+                Arc::new(Proc {
+                    pid: 0,
+                    env: Vec::new(),
+                    exited: rx,
+                }),
+            );
+            let _ = self.exits.send((id, exit));
+            return Ok(false);
+        };
+        let env = std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .filter_map(|kv| {
+                        let kv = String::from_utf8_lossy(kv);
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (tx, rx) = watch::channel(None);
+        self.tasks.lock().expect("poisoned").insert(
+            id,
+            Arc::new(Proc {
+                pid,
+                env,
+                exited: rx,
+            }),
+        );
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if kill(Pid::from_raw(pid), None).is_err()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .is_some_and(|r| r.trim_start().starts_with('Z'))
+                    })
+                {
+                    break;
+                }
+            }
+            let exit = Exit { code: -1 };
+            let _ = tx.send(Some(exit));
+            let _ = exits.send((id, exit));
+        });
+        info!(task = format!("{id:016x}"), pid, "adopted a process task");
+        Ok(true)
+    }
+}
+
+/// Kills every process in task `id`'s namespace and deletes the namespace.
+pub(crate) async fn remove_netns(id: TaskId) -> Result<bool, RuntimeError> {
+    let name = netns_name(id);
+    let ns = netns::path(&name);
+    if !ns.exists() {
+        return Ok(false);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = netns::processes_in(&ns).unwrap_or_default();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        if tokio::time::Instant::now() > deadline {
+            warn!(netns = name, ?pids, "processes survive SIGKILL");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    netns::delete(&name).map_err(failed(format!("delete namespace {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_names_round_trip() {
+        assert_eq!(netns_name(0xabc), "mesh-0000000000000abc");
+        assert_eq!(parse_netns_name(&netns_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_netns_name("mesh-xyz"), None);
+        assert_eq!(parse_netns_name("other"), None);
+    }
+
+    #[test]
+    fn exit_codes() {
+        use std::process::ExitStatus;
+        assert_eq!(exit_of(ExitStatus::from_raw(3 << 8)).code, 3);
+        // Killed by SIGKILL (9).
+        assert_eq!(exit_of(ExitStatus::from_raw(9)).code, 137);
+    }
+}

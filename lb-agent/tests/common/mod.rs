@@ -1,0 +1,272 @@
+//! Helpers shared by the runtime tests (and reusable by end-to-end tests: include this
+//! file with `#[path = "../../lb-agent/tests/common/mod.rs"] mod runtime_common;`):
+//! a throwaway network namespace that plays the node, the docker engine's preflight,
+//! and a busybox image built locally (no registry).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nix::sched::CloneFlags;
+
+/// Fails clearly unless the test runs as root.
+pub fn require_root() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().nth(1))
+        .unwrap_or("");
+    ensure!(
+        euid == "0",
+        "this test needs root (network namespaces, veths): run it as root"
+    );
+    Ok(())
+}
+
+/// Runs `cmd args` and returns its stdout; fails with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `f` until it returns `Some`, failing after `timeout` with `what`.
+pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A throwaway network namespace that plays the node: [`Node::run`] runs a test body on
+/// a thread inside it (with a current-thread tokio runtime), so the agent's netlink
+/// socket, the task veths' host sides and the test's own sockets all live there.
+pub struct Node {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+/// The node namespace's own address.
+pub const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+
+impl Node {
+    /// Creates the namespace (`lo` up).
+    ///
+    /// # Errors
+    /// If not root or namespaces are unavailable.
+    pub fn new(tag: &str) -> Result<Self> {
+        require_root()?;
+        let name = format!("rtnode-{tag}-{}", std::process::id());
+        let _ = run("ip", &["netns", "del", &name]);
+        run("ip", &["netns", "add", &name]).context(
+            "cannot create a network namespace (is this a container without CAP_SYS_ADMIN?)",
+        )?;
+        run("ip", &["-n", &name, "link", "set", "lo", "up"])?;
+        // The node's own address (a node has one on its underlay), the source of what
+        // the test sends to tasks.
+        run(
+            "ip",
+            &[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{NODE_ADDR}/32"),
+                "dev",
+                "lo",
+            ],
+        )?;
+        Ok(Self { name })
+    }
+
+    /// Runs `body` inside the namespace and returns its result.
+    ///
+    /// # Errors
+    /// What `body` returns, or if the namespace cannot be entered.
+    pub fn run<F, Fut>(&self, body: F) -> Result<()>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>>,
+    {
+        let path = PathBuf::from(format!("/run/netns/{}", self.name));
+        std::thread::spawn(move || -> Result<()> {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).context("enter the node namespace")?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(body())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the test body panicked"))?
+    }
+
+    /// `ip ARGS` inside the node namespace.
+    ///
+    /// # Errors
+    /// If `ip` fails.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Connects to `addr:port` (from the calling thread's namespace) and returns what the
+/// server sends before closing, `None` if the connection fails.
+pub async fn fetch(addr: Ipv4Addr, port: u16) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let connect = tokio::net::TcpStream::connect(SocketAddr::from((addr, port)));
+    let mut s = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(buf)
+}
+
+/// A unique task ID for this test process (`n` distinguishes tasks within it).
+#[must_use]
+pub fn task_id(n: u64) -> u64 {
+    (u64::from(std::process::id()) << 16) | n
+}
+
+/// Where static busybox lives (Debian's `busybox-static`, which `cargo xtask setup`
+/// installs).
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Fails clearly without a static busybox.
+pub fn require_busybox() -> Result<()> {
+    ensure!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: run `cargo xtask setup` (it installs busybox-static)"
+    );
+    Ok(())
+}
+
+/// Where the test starts its own engine logs.
+const DOCKERD_LOG: &str = "/var/log/mesh-dockerd.log";
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure a docker engine answers, starting `dockerd --iptables=false
+/// --bridge=none` the way `cargo xtask setup` does when it is installed but not
+/// running; fails with what to do otherwise.
+///
+/// # Errors
+/// If no engine answers within a minute.
+pub fn ensure_docker() -> Result<()> {
+    if docker_answers() {
+        return Ok(());
+    }
+    ensure!(
+        Path::new("/usr/bin/dockerd").exists() || which("dockerd"),
+        "no docker engine: run `cargo xtask setup` (installs docker.io and starts dockerd)"
+    );
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(DOCKERD_LOG)?;
+    Command::new("dockerd")
+        .args(["--iptables=false", "--bridge=none"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("start dockerd")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !docker_answers() {
+        ensure!(
+            Instant::now() < deadline,
+            "dockerd did not answer within 60 s; see {DOCKERD_LOG}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
+}
+
+use std::os::unix::process::CommandExt as _;
+
+/// Builds (once) the image `tag`: a root filesystem with static busybox and its applets
+/// as symlinks in /bin, imported with `docker import` (no registry needed).
+///
+/// # Errors
+/// If busybox is missing or docker fails.
+pub fn busybox_image(tag: &str) -> Result<()> {
+    ensure_docker()?;
+    if run("docker", &["image", "inspect", tag]).is_ok() {
+        return Ok(());
+    }
+    require_busybox()?;
+    let root = std::env::temp_dir().join(format!("mesh-busybox-rootfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for dir in ["bin", "tmp", "etc", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
+    for applet in run(BUSYBOX, &["--list"])?.lines() {
+        let link = root.join("bin").join(applet.trim());
+        if applet.trim().is_empty() || link.exists() {
+            continue;
+        }
+        std::os::unix::fs::symlink("busybox", &link)?;
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C '{}' -c . | docker import --change 'CMD [\"/bin/sh\"]' - '{tag}'",
+            root.display()
+        ))
+        .stdout(Stdio::null())
+        .status()?;
+    let _ = std::fs::remove_dir_all(&root);
+    ensure!(status.success(), "docker import of {tag} failed");
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The docker runtime end to end: a container from a locally imported busybox image,
+//! plumbed by the agent into a throwaway namespace that plays the node. Needs root and
+//! a docker engine (`cargo xtask setup` installs and starts one; the preflight starts an
+//! installed engine the same way).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use common::{Node, fetch, poll, run, task_id};
+use lb_agent::plumb;
+use lb_agent::runtime::{Exit, Runtimes, TaskConfig};
+use manager::service::TaskId;
+use manager::spec::{RuntimeKind, TaskSpec};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const IMAGE: &str = "mesh-test/busybox:1";
+
+fn task(id: TaskId, name: &str, addr: Ipv4Addr, args: &[&str]) -> TaskConfig {
+    TaskConfig {
+        id,
+        name: name.into(),
+        spec: TaskSpec {
+            runtime: RuntimeKind::Docker,
+            image: IMAGE.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: vec!["GREETING=hello".into()],
+            restart: Default::default(),
+            health: None,
+            stop_grace_ms: 1000,
+            force_update: 0,
+        },
+        addr,
+        mtu: 1450,
+    }
+}
+
+async fn next_exit(exits: &mut UnboundedReceiver<(TaskId, Exit)>) -> Result<(TaskId, Exit)> {
+    tokio::time::timeout(Duration::from_secs(30), exits.recv())
+        .await
+        .context("no exit reported within 30 s")?
+        .context("the exits channel closed")
+}
+
+fn containers_of(id: TaskId) -> Result<String> {
+    run(
+        "docker",
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            &format!(
+                "label={}={id:016x}",
+                lb_agent::runtime::docker::LABEL_TASK_ID
+            ),
+            "--format",
+            "{{.Names}}",
+        ],
+    )
+}
+
+#[test]
+fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
+    common::require_root()?;
+    common::busybox_image(IMAGE)?;
+    let node = Node::new("docker")?;
+    let node_name = node.name.clone();
+    let state = std::path::Path::new("/tmp").join(format!("mesh-rt-docker-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    node.run(move || async move {
+        // Without docker, docker tasks are refused with the reason.
+        let off = Runtimes::new(&state.join("off"), false).await?;
+        let err = off
+            .start(&task(
+                task_id(20),
+                "off.1",
+                Ipv4Addr::new(10, 202, 0, 9),
+                &[],
+            ))
+            .await
+            .expect_err("docker is off");
+        assert!(
+            matches!(
+                err,
+                lb_agent::runtime::RuntimeError::Unavailable(RuntimeKind::Docker, _)
+            ),
+            "{err}"
+        );
+
+        let rt = Runtimes::new(&state, true).await?;
+        let mut exits = rt.take_exits().context("exits")?;
+        let id = task_id(21);
+        let addr = Ipv4Addr::new(10, 202, 0, 2);
+        let started = rt
+            .start(&task(
+                id,
+                "web.1",
+                addr,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "echo started $MESH_TASK_NAME $MESH_SERVICE_NAME $MESH_TASK_ADDR $GREETING; \
+                 echo to-stderr >&2; exec nc -ll -p 80 -e echo hi",
+                ],
+            ))
+            .await?;
+        assert_eq!(started.host_iface, plumb::host_iface(id));
+        let names = containers_of(id)?;
+        assert_eq!(names.trim(), format!("web.1.{id:016x}"));
+        let link = run(
+            "ip",
+            &["-n", &node_name, "-o", "link", "show", &started.host_iface],
+        )?;
+        assert!(
+            link.starts_with(&format!("{}:", started.ifindex))
+                && link.contains("02:fe:0a:ca:00:02"),
+            "{link}"
+        );
+
+        // Inside the container: its eth0 with the /32 and the gateway.
+        let pid = run("docker", &["inspect", "-f", "{{.State.Pid}}", names.trim()])?;
+        let ns = format!("/proc/{}/ns/net", pid.trim());
+        let addrs = run(
+            "nsenter",
+            &[&format!("--net={ns}"), "ip", "-o", "addr", "show", "eth0"],
+        )?;
+        assert!(addrs.contains(&format!("inet {addr}/32")), "{addrs}");
+        let features = run(
+            "nsenter",
+            &[&format!("--net={ns}"), "ethtool", "-k", "eth0"],
+        )?;
+        assert!(
+            features.contains("generic-receive-offload: on"),
+            "{features}"
+        );
+
+        let hi = poll(
+            Duration::from_secs(10),
+            "the container to answer on port 80",
+            || fetch(addr, 80),
+        )
+        .await?;
+        assert_eq!(hi.trim(), "hi");
+
+        let logs = poll(Duration::from_secs(5), "the container's output", || {
+            let rt = rt.clone();
+            async move { rt.logs(id, 0).await.ok().filter(|l| l.len() >= 2) }
+        })
+        .await?;
+        assert!(
+            logs.contains(&format!("started web.1 web {addr} hello")),
+            "{logs:?}"
+        );
+        assert!(logs.contains(&"to-stderr".to_owned()), "{logs:?}");
+        assert_eq!(rt.logs(id, 1).await?.len(), 1);
+
+        assert!(
+            rt.health_check(
+                id,
+                "test \"$MESH_TASK_NAME\" = web.1 && nc 127.0.0.1 80 </dev/null | grep -q hi",
+                Duration::from_secs(10)
+            )
+            .await?
+        );
+        assert!(
+            !rt.health_check(id, "exit 4", Duration::from_secs(10))
+                .await?
+        );
+        assert!(
+            !rt.health_check(id, "sleep 30", Duration::from_millis(500))
+                .await?
+        );
+
+        // nc is PID 1 of its PID namespace, where SIGTERM without a handler is ignored:
+        // the SIGKILL after the grace period ends it.
+        rt.stop(id, Duration::from_millis(500)).await?;
+        assert_eq!(next_exit(&mut exits).await?, (id, Exit { code: 137 }));
+        assert_eq!(containers_of(id)?.trim(), "");
+        ensure!(
+            run(
+                "ip",
+                &["-n", &node_name, "link", "show", &started.host_iface]
+            )
+            .is_err(),
+            "veth left"
+        );
+        rt.stop(id, Duration::from_secs(1))
+            .await
+            .context("a second stop")?;
+
+        // Exit codes come from the engine; SIGTERM reaches a task that handles it.
+        let quitter = task_id(22);
+        rt.start(&task(
+            quitter,
+            "quit.1",
+            Ipv4Addr::new(10, 202, 0, 3),
+            &["/bin/sh", "-c", "sleep 0.2; exit 5"],
+        ))
+        .await?;
+        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit { code: 5 }));
+        rt.stop(quitter, Duration::from_secs(1)).await?;
+        let stubborn = task_id(23);
+        rt.start(&task(
+            stubborn,
+            "graceful.1",
+            Ipv4Addr::new(10, 202, 0, 4),
+            &[
+                "/bin/sh",
+                "-c",
+                "trap 'echo bye; exit 3' TERM; echo ready; while :; do sleep 0.1; done",
+            ],
+        ))
+        .await?;
+        poll(
+            Duration::from_secs(10),
+            "the graceful container to start",
+            || {
+                let rt = rt.clone();
+                async move {
+                    rt.logs(stubborn, 0)
+                        .await
+                        .ok()
+                        .filter(|l| l.iter().any(|x| x == "ready"))
+                }
+            },
+        )
+        .await?;
+        rt.stop(stubborn, Duration::from_secs(20)).await?;
+        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit { code: 3 }));
+
+        // Cleanup by a later run removes this agent's leftover containers.
+        let left = task_id(24);
+        rt.start(&task(
+            left,
+            "left.1",
+            Ipv4Addr::new(10, 202, 0, 5),
+            &["/bin/sh", "-c", "sleep 600"],
+        ))
+        .await?;
+        let later = Runtimes::new(&state, true).await?;
+        assert_eq!(later.cleanup(&BTreeSet::new()).await?, [left]);
+        assert_eq!(containers_of(left)?.trim(), "");
+        ensure!(
+            run(
+                "ip",
+                &["-n", &node_name, "link", "show", &plumb::host_iface(left)]
+            )
+            .is_err(),
+            "veth of the removed container left"
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,279 @@
+//! The process runtime and the task plumbing, end to end: real namespaces, veths and
+//! processes, inside a throwaway namespace that plays the node. Needs root and
+//! `busybox-static` (`cargo xtask setup`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use common::{Node, fetch, poll, run, task_id};
+use lb_agent::plumb;
+use lb_agent::runtime::{Exit, Runtimes, TaskConfig};
+use manager::service::TaskId;
+use manager::spec::{RuntimeKind, TaskSpec};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const MTU: u32 = 1450;
+
+fn task(id: TaskId, name: &str, addr: Ipv4Addr, program: &str, args: &[&str]) -> TaskConfig {
+    TaskConfig {
+        id,
+        name: name.into(),
+        spec: TaskSpec {
+            runtime: RuntimeKind::Process,
+            image: program.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: vec!["GREETING=hello".into()],
+            restart: Default::default(),
+            health: None,
+            stop_grace_ms: 1000,
+            force_update: 0,
+        },
+        addr,
+        mtu: MTU,
+    }
+}
+
+/// A task that prints its environment and serves "hi" on TCP port 80.
+fn server(id: TaskId, name: &str, addr: Ipv4Addr) -> TaskConfig {
+    task(
+        id,
+        name,
+        addr,
+        "sh",
+        &[
+            "-c",
+            "echo started $MESH_TASK_NAME $MESH_SERVICE_NAME $MESH_TASK_ADDR $MESH_TASK_ID $GREETING; \
+             echo to-stderr >&2; exec busybox nc -ll -p 80 -e busybox echo hi",
+        ],
+    )
+}
+
+async fn next_exit(exits: &mut UnboundedReceiver<(TaskId, Exit)>) -> Result<(TaskId, Exit)> {
+    tokio::time::timeout(Duration::from_secs(20), exits.recv())
+        .await
+        .context("no exit reported within 20 s")?
+        .context("the exits channel closed")
+}
+
+fn netns_of(id: TaskId) -> String {
+    lb_agent::runtime::process::netns_name(id)
+}
+
+fn in_task(id: TaskId, args: &[&str]) -> Result<String> {
+    let ns = netns_of(id);
+    let mut all = vec!["-n", ns.as_str()];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+#[test]
+fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
+    common::require_busybox()?;
+    let node = Node::new("proc")?;
+    let node_name = node.name.clone();
+    let state = tempdir("proc")?;
+    node.run(move || async move {
+        let rt = Runtimes::new(&state, false).await?;
+        let mut exits = rt.take_exits().context("exits")?;
+        ensure!(rt.take_exits().is_none(), "take_exits twice");
+        let id = task_id(1);
+        let addr = Ipv4Addr::new(10, 200, 0, 2);
+        let started = rt.start(&server(id, "web.1", addr)).await?;
+        assert_eq!(started.host_iface, plumb::host_iface(id));
+
+        // The host side, in the node's namespace.
+        let node_ip = |args: &[&str]| {
+            let mut all = vec!["-n", node_name.as_str()];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        let link = node_ip(&["-o", "link", "show", &started.host_iface])?;
+        assert!(link.starts_with(&format!("{}:", started.ifindex)), "{link}");
+        assert!(link.contains("mtu 1450") && link.contains("state UP") || link.contains("LOWER_UP"), "{link}");
+        assert!(link.contains("02:fe:0a:c8:00:02"), "{link}");
+        let routes = node_ip(&["route", "show", &format!("{addr}/32")])?;
+        assert!(
+            routes.contains(&format!("dev {}", started.host_iface)) && routes.contains("scope link"),
+            "{routes}"
+        );
+
+        // The task side, in the task's namespace (visible to `ip netns`).
+        assert!(run("ip", &["netns", "list"])?.contains(&netns_of(id)));
+        let eth = in_task(id, &["-o", "addr", "show", "eth0"])?;
+        assert!(eth.contains(&format!("inet {addr}/32")), "{eth}");
+        let eth_link = in_task(id, &["-o", "link", "show", "eth0"])?;
+        assert!(eth_link.contains("mtu 1450") && eth_link.contains("02:42:0a:c8:00:02"), "{eth_link}");
+        let lo = in_task(id, &["-o", "link", "show", "lo"])?;
+        assert!(lo.contains("UP"), "{lo}");
+        let troutes = in_task(id, &["route"])?;
+        assert!(troutes.contains("default via 169.254.1.1 dev eth0"), "{troutes}");
+        assert!(
+            troutes.lines().any(|l| l.starts_with("169.254.1.1 dev eth0") && l.contains("scope link")),
+            "{troutes}"
+        );
+        let neigh = in_task(id, &["neigh", "show", "169.254.1.1"])?;
+        assert!(neigh.contains("lladdr 02:fe:0a:c8:00:02") && neigh.contains("PERMANENT"), "{neigh}");
+        let features = run("ip", &["netns", "exec", &netns_of(id), "ethtool", "-k", "eth0"])?;
+        assert!(features.contains("generic-receive-offload: on"), "{features}");
+
+        // Reachable at its /32 from the node.
+        let hi = poll(Duration::from_secs(10), "the task to answer on port 80", || fetch(addr, 80)).await?;
+        assert_eq!(hi.trim(), "hi");
+
+        // Logs: stdout and stderr, with the task's environment.
+        let logs = poll(Duration::from_secs(5), "the task's first output", || {
+            let rt = rt.clone();
+            async move { rt.logs(id, 0).await.ok().filter(|l| l.len() >= 2) }
+        })
+        .await?;
+        let want = format!("started web.1 web {addr} {id:016x} hello");
+        assert!(logs.contains(&want), "{logs:?}");
+        assert!(logs.contains(&"to-stderr".to_owned()), "{logs:?}");
+        assert_eq!(rt.logs(id, 1).await?.len(), 1);
+
+        // Health checks run in the task's namespace with its environment.
+        assert!(rt.health_check(id, "test \"$MESH_TASK_NAME\" = web.1 && busybox nc 127.0.0.1 80 </dev/null | grep -q hi", Duration::from_secs(5)).await?);
+        assert!(!rt.health_check(id, "exit 3", Duration::from_secs(5)).await?);
+        assert!(!rt.health_check(id, "sleep 30", Duration::from_millis(300)).await?);
+        assert!(matches!(
+            rt.health_check(task_id(999), "true", Duration::from_secs(1)).await,
+            Err(lb_agent::runtime::RuntimeError::Unknown(_))
+        ));
+
+        // Stop: SIGTERM ends it (128 + 15); namespace, veth and route go.
+        rt.stop(id, Duration::from_secs(5)).await?;
+        assert_eq!(next_exit(&mut exits).await?, (id, Exit { code: 143 }));
+        assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(id)));
+        ensure!(node_ip(&["link", "show", &started.host_iface]).is_err(), "host side still there");
+        assert_eq!(node_ip(&["route", "show", &format!("{addr}/32")])?.trim(), "");
+        ensure!(fetch(addr, 80).await.is_none(), "still reachable after stop");
+        rt.stop(id, Duration::from_secs(1)).await.context("a second stop")?;
+        // The log outlives the task.
+        assert!(rt.logs(id, 0).await?.contains(&want));
+
+        // A task that ignores SIGTERM is killed after the grace period (128 + 9).
+        let stubborn = task_id(2);
+        rt.start(&task(stubborn, "stubborn.1", Ipv4Addr::new(10, 200, 0, 3), "sh", &[
+            "-c", "trap '' TERM; echo ready; while :; do busybox sleep 1 || :; done",
+        ]))
+        .await?;
+        poll(Duration::from_secs(5), "the stubborn task to start", || {
+            let rt = rt.clone();
+            async move { rt.logs(stubborn, 0).await.ok().filter(|l| l.iter().any(|x| x == "ready")) }
+        })
+        .await?;
+        rt.stop(stubborn, Duration::from_millis(300)).await?;
+        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit { code: 137 }));
+        assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(stubborn)));
+
+        // Exits are reported with the task's code.
+        let quitter = task_id(3);
+        rt.start(&task(quitter, "quit.1", Ipv4Addr::new(10, 200, 0, 4), "sh", &["-c", "echo bye; exit 7"])).await?;
+        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit { code: 7 }));
+        assert_eq!(rt.logs(quitter, 0).await?, ["bye"]);
+        rt.stop(quitter, Duration::from_secs(1)).await?;
+        assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(quitter)));
+
+        // A program that does not exist: start fails and leaves nothing behind.
+        let missing = task_id(4);
+        let err = rt
+            .start(&task(missing, "missing.1", Ipv4Addr::new(10, 200, 0, 5), "/nonexistent/program", &[]))
+            .await
+            .expect_err("a missing program must fail");
+        assert!(err.to_string().contains("nonexistent"), "{err}");
+        assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(missing)));
+        ensure!(node_ip(&["link", "show", &plumb::host_iface(missing)]).is_err(), "veth left behind");
+        Ok(())
+    })
+}
+
+#[test]
+fn cleanup_removes_leftovers_and_adopts_kept_tasks() -> Result<()> {
+    common::require_busybox()?;
+    let node = Node::new("clean")?;
+    let node_name = node.name.clone();
+    let state = tempdir("clean")?;
+    node.run(move || async move {
+        let gone = task_id(11);
+        let kept = task_id(12);
+        let (a_gone, a_kept) = (Ipv4Addr::new(10, 201, 0, 2), Ipv4Addr::new(10, 201, 0, 3));
+        {
+            // A first agent run starts two tasks, then goes away without stopping them.
+            let first = Runtimes::new(&state, false).await?;
+            first.start(&server(gone, "gone.1", a_gone)).await?;
+            first.start(&server(kept, "kept.1", a_kept)).await?;
+            for addr in [a_gone, a_kept] {
+                poll(Duration::from_secs(10), "the tasks to answer", || {
+                    fetch(addr, 80)
+                })
+                .await?;
+            }
+        }
+        // A stray host-side veth of an unknown task.
+        let stray = plumb::host_iface(task_id(13));
+        run(
+            "ip",
+            &[
+                "-n", &node_name, "link", "add", &stray, "type", "veth", "peer", "name", "strayp",
+            ],
+        )?;
+
+        let second = Runtimes::new(&state, false).await?;
+        let mut exits = second.take_exits().context("exits")?;
+        let removed = second.cleanup(&BTreeSet::from([kept])).await?;
+        assert_eq!(removed, [gone]);
+        let netns = run("ip", &["netns", "list"])?;
+        assert!(
+            !netns.contains(&netns_of(gone)) && netns.contains(&netns_of(kept)),
+            "{netns}"
+        );
+        ensure!(
+            fetch(a_gone, 80).await.is_none(),
+            "the removed task still answers"
+        );
+        let links = run("ip", &["-n", &node_name, "-o", "link"])?;
+        assert!(!links.contains(&plumb::host_iface(gone)), "{links}");
+        assert!(!links.contains(&stray), "{links}");
+        assert!(links.contains(&plumb::host_iface(kept)), "{links}");
+        assert_eq!(
+            fetch(a_kept, 80).await.as_deref().map(str::trim),
+            Some("hi")
+        );
+
+        // The kept task is adopted: logs, health and stop work in the new run.
+        assert!(
+            second
+                .logs(kept, 0)
+                .await?
+                .iter()
+                .any(|l| l.starts_with("started kept.1"))
+        );
+        assert!(
+            second
+                .health_check(
+                    kept,
+                    "test \"$MESH_TASK_NAME\" = kept.1",
+                    Duration::from_secs(5)
+                )
+                .await?
+        );
+        second.stop(kept, Duration::from_secs(5)).await?;
+        let (id, _) = next_exit(&mut exits).await?;
+        assert_eq!(id, kept);
+        assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(kept)));
+        assert!(second.cleanup(&BTreeSet::new()).await?.is_empty());
+        Ok(())
+    })
+}
+
+fn tempdir(tag: &str) -> Result<std::path::PathBuf> {
+    let d = Path::new("/tmp").join(format!("mesh-rt-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
