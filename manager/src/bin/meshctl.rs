@@ -49,6 +49,21 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Fetch the output of a service's tasks (or of one task).
+    Logs {
+        /// Lines from the end of each task's output (default: all).
+        #[arg(long, short = 'n')]
+        tail: Option<u32>,
+        /// A service (name, ID or ID prefix) or a task ID.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,7 +271,29 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node(command) => node(&cli, command).await,
+        Command::Service(ServiceCommand::Logs { tail, name }) => {
+            service_logs(&cli, name, tail.unwrap_or(0)).await
+        }
     }
+}
+
+/// `meshctl service logs`: every line, prefixed with its task as docker does.
+async fn service_logs(cli: &Cli, name: &str, tail: u32) -> Result<()> {
+    use std::io::Write as _;
+    let mut stream = control(cli)
+        .await?
+        .service_logs(proto::ServiceLogsRequest {
+            name: name.to_string(),
+            tail,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(line) = stream.message().await.map_err(rpc)? {
+        writeln!(stdout, "{}    | {}", line.source, line.line)?;
+    }
+    Ok(())
 }
 
 impl From<TokenRole> for Role {
