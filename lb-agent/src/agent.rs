@@ -19,8 +19,8 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::programs::XdpMode;
@@ -162,7 +162,9 @@ pub struct Reconciled {
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
-    config_path: PathBuf,
+    /// The file the configuration comes from (standalone); `None` when the
+    /// cluster's assignments drive the agent.
+    config_path: Option<PathBuf>,
     overrides: Overrides,
     config: Config,
     netlink: rtnetlink::Handle,
@@ -173,7 +175,8 @@ pub struct Agent {
     tc_ifaces: BTreeSet<String>,
     peers: BTreeSet<Ipv4Addr>,
     underlay_ifindex: u32,
-    flow_table: Option<FlowTable>,
+    flow_table: Arc<Mutex<Option<FlowTable>>>,
+    serving: bool,
 }
 
 impl Agent {
@@ -185,6 +188,24 @@ impl Agent {
         let config_path =
             std::path::absolute(config_path).map_err(io("resolving the configuration path"))?;
         let config = load_config(&config_path, &overrides)?;
+        Self::start_with(config, Some(config_path), overrides).await
+    }
+
+    /// Starts the agent from a configuration value (the managed agent, whose
+    /// configuration comes from the cluster's assignments): as
+    /// [`Agent::start`], without a file to watch.
+    ///
+    /// # Errors
+    /// A bad configuration, or any failure to load, program or attach the dataplane.
+    pub async fn start_config(config: Config) -> Result<Self, AgentError> {
+        Self::start_with(config, None, Overrides::default()).await
+    }
+
+    async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        overrides: Overrides,
+    ) -> Result<Self, AgentError> {
         let netlink = netlink()?;
         let host = HostInfo::query(&netlink).await?;
         config.validate(&host)?;
@@ -208,7 +229,7 @@ impl Agent {
         );
         let allocs = Allocators::resume(&current);
         let metrics = Arc::new(Metrics::new(dataplane.counters()));
-        let flow_table = dataplane.take_flow_table();
+        let flow_table = Arc::new(Mutex::new(dataplane.take_flow_table()));
         let mut agent = Self {
             config_path,
             overrides,
@@ -224,6 +245,7 @@ impl Agent {
             tc_ifaces: BTreeSet::new(),
             peers: BTreeSet::new(),
             flow_table,
+            serving: false,
         };
         let done = agent.reconcile(config, &host, true).await?;
         info!(
@@ -232,6 +254,13 @@ impl Agent {
             "maps programmed, programs attached"
         );
         Ok(agent)
+    }
+
+    /// The flow table, shared with the sweeper (for a draining task's live
+    /// flows).
+    #[must_use]
+    pub fn flow_table(&self) -> Arc<Mutex<Option<FlowTable>>> {
+        Arc::clone(&self.flow_table)
     }
 
     /// The configuration in force.
@@ -306,7 +335,8 @@ impl Agent {
         Ok(done)
     }
 
-    async fn ensure_neighbours(&self) {
+    /// Makes sure every peer has a neighbour entry on the underlay.
+    pub async fn ensure_neighbours(&self) {
         match neigh::ensure(&self.netlink, self.underlay_ifindex, &self.peers).await {
             Ok(0) => {}
             Ok(n) => info!(entries = n, "created managed neighbour entries for peers"),
@@ -329,7 +359,28 @@ impl Agent {
     }
 
     async fn try_reload(&mut self) -> Result<Reconciled, AgentError> {
-        let config = load_config(&self.config_path, &self.overrides)?;
+        let Some(path) = &self.config_path else {
+            return Ok(Reconciled::default());
+        };
+        let config = load_config(path, &self.overrides)?;
+        self.try_apply(config).await
+    }
+
+    /// Applies a new configuration (the managed agent's path): validated
+    /// against the host, refused if it changes a setting that needs a
+    /// restart (the dataplane is then left as it was), else reconciled.
+    ///
+    /// # Errors
+    /// Why the configuration was not applied (or not completely).
+    pub async fn apply(&mut self, config: Config) -> Result<Reconciled, AgentError> {
+        let result = self.try_apply(config).await;
+        if result.is_err() {
+            self.metrics.reload_failed();
+        }
+        result
+    }
+
+    async fn try_apply(&mut self, config: Config) -> Result<Reconciled, AgentError> {
         let host = HostInfo::query(&self.netlink).await?;
         config.validate(&host)?;
         let (old, new) = (&self.config, &config);
@@ -372,12 +423,15 @@ impl Agent {
         }
     }
 
-    /// Serves metrics, sweeps flows, watches the configuration and signals; logs
-    /// `lb-agent ready`; returns on SIGTERM or SIGINT, leaving the dataplane attached.
+    /// Starts serving metrics and sweeping the flow table in the background
+    /// (once).
     ///
     /// # Errors
-    /// If the metrics listener, the signal handlers or the file watch cannot be set up.
-    pub async fn run(mut self) -> Result<(), AgentError> {
+    /// If the metrics listener cannot be bound.
+    pub async fn serve(&mut self) -> Result<(), AgentError> {
+        if self.serving {
+            return Ok(());
+        }
         let listen = self.config.metrics.listen;
         let listener = metrics::bind(listen)
             .await
@@ -388,21 +442,32 @@ impl Agent {
                 error!(error = %e, "metrics server failed");
             }
         });
+        spawn_sweeper(
+            Arc::clone(&self.flow_table),
+            Duration::from_secs(u64::from(self.config.dataplane.flow_sweep_interval_secs)),
+            Arc::clone(&self.udp_timeout_ns),
+            Arc::clone(&self.metrics),
+        );
+        self.serving = true;
+        Ok(())
+    }
 
-        if let Some(table) = self.flow_table.take() {
-            spawn_sweeper(
-                table,
-                Duration::from_secs(u64::from(self.config.dataplane.flow_sweep_interval_secs)),
-                Arc::clone(&self.udp_timeout_ns),
-                Arc::clone(&self.metrics),
-            );
-        }
-
+    /// Serves metrics, sweeps flows, watches the configuration and signals; logs
+    /// `lb-agent ready`; returns on SIGTERM or SIGINT, leaving the dataplane attached.
+    ///
+    /// # Errors
+    /// If the metrics listener, the signal handlers or the file watch cannot be set up.
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        self.serve().await?;
+        let listen = self.config.metrics.listen;
         let mut hup = signal(SignalKind::hangup()).map_err(io("installing SIGHUP handler"))?;
         let mut term = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
         let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-        let _watcher = watch::watch(&self.config_path, tx)?;
+        let _watcher = match &self.config_path {
+            Some(path) => Some(watch::watch(path, tx)?),
+            None => None,
+        };
         let mut neigh_tick = tokio::time::interval(Duration::from_secs(10));
         neigh_tick.tick().await;
 
@@ -410,7 +475,7 @@ impl Agent {
             pin_dir = %self.config.dataplane.pin_dir.display(),
             underlay = %self.config.node.underlay,
             metrics = %listen,
-            config = %self.config_path.display(),
+            config = %self.config_path.as_deref().unwrap_or(Path::new("-")).display(),
             "lb-agent ready"
         );
         loop {
@@ -437,7 +502,7 @@ impl Agent {
 }
 
 fn spawn_sweeper(
-    mut table: FlowTable,
+    table: Arc<Mutex<Option<FlowTable>>>,
     every: Duration,
     udp_timeout_ns: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
@@ -446,14 +511,20 @@ fn spawn_sweeper(
         .name("flow-sweep".into())
         .spawn(move || {
             loop {
-                match table.sweep(udp_timeout_ns.load(Ordering::Relaxed)) {
-                    Ok((counts, deleted)) => {
+                let swept = table
+                    .lock()
+                    .expect("flow table lock poisoned")
+                    .as_mut()
+                    .map(|t| t.sweep(udp_timeout_ns.load(Ordering::Relaxed)));
+                match swept {
+                    None => return,
+                    Some(Ok((counts, deleted))) => {
                         metrics.set_flows(counts);
                         if deleted > 0 {
                             debug!(deleted, ?counts, "flow sweep");
                         }
                     }
-                    Err(e) => warn!(error = %e, "flow sweep failed"),
+                    Some(Err(e)) => warn!(error = %e, "flow sweep failed"),
                 }
                 std::thread::sleep(every);
             }

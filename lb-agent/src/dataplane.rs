@@ -156,6 +156,14 @@ impl FlowTable {
         }
         Ok((counts, deleted))
     }
+
+    /// Calls `visit` on every entry; entries that vanish meanwhile (LRU
+    /// eviction) are skipped.
+    pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, &Flow)) {
+        for (key, flow) in self.flows.iter().flatten() {
+            visit(&key, &flow);
+        }
+    }
 }
 
 /// The loaded object and the maps the agent writes.

@@ -1,12 +1,28 @@
-//! The agent's side of the cluster: join with a token (once), then keep a
-//! session with the leader (heartbeats up; assignments come with services).
+//! The agent's side of the cluster: join with a token (once), keep a
+//! session with the leader, and, in managed mode, act on its assignments:
+//! program the dataplane from them ([`crate::managed`]), run the node's
+//! tasks through the runtimes ([`crate::tasks`]), report their states, and
+//! answer log requests.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use manager::assignment::Assignment;
 use manager::pki::TlsDir;
-use manager::session::{self, SessionError, SessionEvent, SessionOptions};
+use manager::proto;
+use manager::service::TaskId;
+use manager::session::{self, SessionError, SessionEvent, SessionOptions, Uplink, UplinkSender};
+use manager::state::format_id;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+use crate::agent::Agent;
+use crate::agent::AgentError;
+use crate::config::Config;
+use crate::runtime::{Runtimes, Started};
+use crate::tasks::{self, Action, Supervisor};
 
 /// How the agent joins a cluster.
 #[derive(Clone, Debug)]
@@ -19,6 +35,8 @@ pub struct JoinOptions {
     pub state_dir: PathBuf,
     /// Reported to the managers.
     pub hostname: String,
+    /// The underlay address of the node's dataplane (managed mode only).
+    pub data_addr: Option<Ipv4Addr>,
 }
 
 /// Why joining failed.
@@ -32,16 +50,40 @@ pub enum JoinError {
     Join(String),
 }
 
+/// Why the managed agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagedError {
+    /// The cluster removed this node, or its identity is unusable.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The session task panicked or was cancelled.
+    #[error("the session task: {0}")]
+    SessionTask(#[from] tokio::task::JoinError),
+    /// The runtimes' exit channel was taken already.
+    #[error("the runtimes' exit channel was already taken")]
+    Exits,
+}
+
+/// A running session.
+#[derive(Debug)]
+pub struct Session {
+    /// What the session reports.
+    pub events: mpsc::Receiver<SessionEvent>,
+    /// Messages up the current session.
+    pub uplink: UplinkSender,
+    /// Ends with an error only if the cluster removed this node.
+    pub task: tokio::task::JoinHandle<Result<(), SessionError>>,
+}
+
 /// Joins the cluster if this node has no identity yet, then runs the
-/// session in the background. The returned task ends with an error only
-/// if the cluster removed this node.
+/// session in the background.
 ///
 /// # Errors
 /// [`JoinError`] if the node has no identity and cannot get one.
 pub async fn start(
     options: JoinOptions,
     stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<Result<(), SessionError>>, JoinError> {
+) -> Result<Session, JoinError> {
     let tls = TlsDir::new(options.state_dir.join("tls"));
     if tls.exists() {
         info!(dir = %options.state_dir.display(), "reusing the node's cluster identity");
@@ -68,25 +110,334 @@ pub async fn start(
             return Err(JoinError::Join(last));
         }
     }
-    let (events, mut rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            match event {
-                SessionEvent::Established { manager, .. } => {
-                    info!(%manager, "session established");
-                }
-                SessionEvent::RoleChanged(role) => {
-                    info!(%role, "this node's role changed; its certificate was renewed");
-                }
-                SessionEvent::Lost(reason) => warn!(%reason, "session lost"),
-            }
-        }
-    });
+    let (events, rx) = mpsc::channel(64);
+    let (uplink, uplink_rx) = session::uplink();
     let session = SessionOptions {
         managers: options.managers,
         tls,
         hostname: options.hostname,
         agent_version: format!("lb-agent {}", env!("CARGO_PKG_VERSION")),
+        data_addr: options.data_addr,
     };
-    Ok(tokio::spawn(session::run(session, events, stop)))
+    let task = tokio::spawn(session::run_with_uplink(session, events, uplink_rx, stop));
+    Ok(Session {
+        events: rx,
+        uplink,
+        task,
+    })
+}
+
+/// Logs a session's events (an agent without a dataplane).
+pub async fn log_events(mut events: mpsc::Receiver<SessionEvent>) {
+    while let Some(event) = events.recv().await {
+        log_event(&event);
+    }
+}
+
+fn log_event(event: &SessionEvent) {
+    match event {
+        SessionEvent::Established { manager, .. } => info!(%manager, "session established"),
+        SessionEvent::RoleChanged(role) => {
+            info!(%role, "this node's role changed; its certificate was renewed");
+        }
+        SessionEvent::Lost(reason) => warn!(%reason, "session lost"),
+        SessionEvent::Assignment(_) | SessionEvent::LogsRequest { .. } => {}
+    }
+}
+
+/// The managed agent's settings.
+#[derive(Debug)]
+pub struct Managed {
+    /// `[node]`, `[dataplane]` and `[metrics]`; no services, endpoints or peers.
+    pub base: Config,
+    /// The MTU of the tasks' interfaces (underlay MTU - 50).
+    pub task_mtu: u32,
+    /// The task runtimes.
+    pub runtimes: Runtimes,
+}
+
+/// How long a stopping task's processes get between SIGTERM and SIGKILL
+/// (its flows had `stop_grace` to end before).
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How often the supervisor looks at health checks and draining flows.
+const TICK: Duration = Duration::from_millis(200);
+/// Lines per log chunk.
+const CHUNK_LINES: usize = 500;
+
+/// What the shell's background work reports back.
+enum Done {
+    Started(TaskId, Result<Started, String>),
+    Stopped(TaskId),
+    Checked(TaskId, bool),
+    Flows(BTreeMap<TaskId, bool>),
+}
+
+/// Runs the managed agent until `stop` turns true: the first assignment
+/// starts the dataplane, every assignment reprograms it and drives the
+/// supervisor, and every change is reported up the session.
+///
+/// # Errors
+/// [`ManagedError`] when the session ends for good. A dataplane that cannot
+/// be programmed is logged and retried with the next change (the leader
+/// sees no acknowledgement meanwhile).
+pub async fn run_managed(
+    mut session: Session,
+    managed: Managed,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ManagedError> {
+    let Managed {
+        base,
+        task_mtu,
+        runtimes,
+    } = managed;
+    match runtimes.cleanup(&std::collections::BTreeSet::new()).await {
+        Ok(removed) if !removed.is_empty() => {
+            info!(tasks = removed.len(), "removed the tasks of a previous run");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cleaning up the tasks of a previous run failed"),
+    }
+    let mut exits = runtimes.take_exits().ok_or(ManagedError::Exits)?;
+    let mut supervisor = Supervisor::new(task_mtu);
+    let mut agent: Option<Agent> = None;
+    let mut current: Option<Assignment> = None;
+    let mut applied_config: Option<Config> = None;
+    let mut applied_version: Option<u64> = None;
+    let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut neigh_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut probing = false;
+    info!("lb-agent ready (managed: waiting for the leader's assignment)");
+    loop {
+        let now = Instant::now();
+        supervisor.set_clock_ms(manager::api::now_ms());
+        let mut reprogram = false;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            event = session.events.recv() => {
+                let Some(event) = event else {
+                    let result = (&mut session.task).await?;
+                    result?;
+                    return Ok(());
+                };
+                log_event(&event);
+                match event {
+                    SessionEvent::Established { .. } => {
+                        let statuses = supervisor.statuses();
+                        if !statuses.is_empty() {
+                            let _ = session.uplink.send(Uplink::Reports(statuses));
+                        }
+                        if let Some(version) = applied_version {
+                            let _ = session.uplink.send(Uplink::Applied(version));
+                        }
+                    }
+                    SessionEvent::Assignment(assignment) => {
+                        supervisor.assign(&assignment.tasks, now);
+                        current = Some(*assignment);
+                        reprogram = true;
+                    }
+                    SessionEvent::LogsRequest { request_id, task_ids, tail } => {
+                        tokio::spawn(answer_logs(
+                            runtimes.clone(),
+                            session.uplink.clone(),
+                            request_id,
+                            task_ids,
+                            tail,
+                        ));
+                    }
+                    SessionEvent::RoleChanged(_) | SessionEvent::Lost(_) => {}
+                }
+            }
+            Some((id, exit)) = exits.recv() => supervisor.exited(id, exit),
+            Some(event) = done.recv() => match event {
+                Done::Started(id, result) => {
+                    if let Err(e) = &result {
+                        warn!(task = %format_id(id), error = %e, "a task could not start");
+                    }
+                    supervisor.started(id, result, now);
+                }
+                Done::Stopped(id) => supervisor.stopped(id),
+                Done::Checked(id, healthy) => supervisor.checked(id, healthy, now),
+                Done::Flows(live) => {
+                    probing = false;
+                    for (id, live) in live {
+                        supervisor.flows(id, live, now);
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                supervisor.tick(now);
+                let draining = supervisor.draining();
+                if !draining.is_empty() && !probing {
+                    if let Some(agent) = &agent {
+                        probing = true;
+                        let table = agent.flow_table();
+                        let tx = done_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.send(Done::Flows(live_flows(&table, &draining)));
+                        });
+                    } else {
+                        let idle = draining.keys().map(|id| (*id, false)).collect();
+                        let _ = done_tx.send(Done::Flows(idle));
+                    }
+                }
+            }
+            _ = neigh_tick.tick() => {
+                if let Some(agent) = &agent {
+                    agent.ensure_neighbours().await;
+                }
+            }
+        }
+        let (actions, reports) = supervisor.take();
+        for action in actions {
+            execute(&runtimes, &done_tx, action);
+        }
+        // Interfaces came or went: the dataplane follows.
+        let Some(assignment) = &current else {
+            if !reports.is_empty() {
+                let _ = session.uplink.send(Uplink::Reports(reports));
+            }
+            continue;
+        };
+        let config = crate::managed::config(&base, assignment, &supervisor.running_ifaces());
+        if applied_config.as_ref() != Some(&config) || reprogram {
+            match program(&mut agent, &config).await {
+                Ok(()) => {
+                    applied_config = Some(config);
+                    if applied_version != Some(assignment.version) {
+                        applied_version = Some(assignment.version);
+                        let _ = session.uplink.send(Uplink::Applied(assignment.version));
+                    }
+                }
+                Err(e) => error!(
+                    version = assignment.version,
+                    "programming the dataplane failed: {e}"
+                ),
+            }
+        }
+        // Reported after the dataplane follows: a task is `running` (and
+        // becomes a backend) once its endpoint is programmed here.
+        if !reports.is_empty() {
+            let _ = session.uplink.send(Uplink::Reports(reports));
+        }
+    }
+}
+
+/// Applies `config`, starting the dataplane on the first call.
+async fn program(agent: &mut Option<Agent>, config: &Config) -> Result<(), AgentError> {
+    match agent {
+        Some(agent) => {
+            let done = agent.apply(config.clone()).await?;
+            if done.ops > 0 || done.tc_attached > 0 || done.tc_detached > 0 {
+                info!(
+                    ops = done.ops,
+                    tc_attached = done.tc_attached,
+                    tc_detached = done.tc_detached,
+                    "dataplane reprogrammed"
+                );
+            }
+        }
+        None => {
+            let mut started = Agent::start_config(config.clone()).await?;
+            started.serve().await?;
+            info!(
+                underlay = %config.node.underlay,
+                metrics = %config.metrics.listen,
+                "dataplane started from the first assignment"
+            );
+            *agent = Some(started);
+        }
+    }
+    Ok(())
+}
+
+fn execute(runtimes: &Runtimes, done: &mpsc::UnboundedSender<Done>, action: Action) {
+    let (runtimes, done) = (runtimes.clone(), done.clone());
+    match action {
+        Action::Start(config) => {
+            info!(task = %format_id(config.id), name = %config.name, "starting a task");
+            tokio::spawn(async move {
+                let result = runtimes.start(&config).await.map_err(|e| e.to_string());
+                let _ = done.send(Done::Started(config.id, result));
+            });
+        }
+        Action::Stop(id) => {
+            info!(task = %format_id(id), "stopping a task");
+            tokio::spawn(async move {
+                if let Err(e) = runtimes.stop(id, KILL_GRACE).await {
+                    warn!(task = %format_id(id), error = %e, "stopping a task");
+                }
+                let _ = done.send(Done::Stopped(id));
+            });
+        }
+        Action::Check { id, cmd, timeout } => {
+            tokio::spawn(async move {
+                let healthy = runtimes
+                    .health_check(id, &cmd, timeout)
+                    .await
+                    .unwrap_or(false);
+                let _ = done.send(Done::Checked(id, healthy));
+            });
+        }
+    }
+}
+
+/// Whether each draining task still has live flows in the flow table.
+fn live_flows(
+    table: &std::sync::Mutex<Option<crate::dataplane::FlowTable>>,
+    draining: &BTreeMap<TaskId, Ipv4Addr>,
+) -> BTreeMap<TaskId, bool> {
+    let now = crate::flows::monotonic_now_ns().unwrap_or(0);
+    let mut busy = std::collections::BTreeSet::new();
+    if let Some(table) = table.lock().expect("flow table lock poisoned").as_ref() {
+        table.for_each(|key, flow| {
+            if let Some(addr) = tasks::live_flow_task(key, flow, now) {
+                busy.insert(addr);
+            }
+        });
+    }
+    draining
+        .iter()
+        .map(|(id, addr)| (*id, busy.contains(addr)))
+        .collect()
+}
+
+/// Answers a log request: each task's lines in chunks, then `done`.
+async fn answer_logs(
+    runtimes: Runtimes,
+    uplink: UplinkSender,
+    request_id: u64,
+    task_ids: Vec<TaskId>,
+    tail: usize,
+) {
+    for id in task_ids {
+        let task_id = format_id(id);
+        let (lines, error) = match runtimes.logs(id, tail).await {
+            Ok(lines) => (lines, String::new()),
+            Err(e) => (Vec::new(), e.to_string()),
+        };
+        let mut chunks: Vec<Vec<String>> =
+            lines.chunks(CHUNK_LINES).map(<[String]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        for (k, lines) in chunks.into_iter().enumerate() {
+            let chunk = proto::LogChunk {
+                request_id,
+                task_id: task_id.clone(),
+                lines,
+                done: k == last,
+                error: if k == last {
+                    error.clone()
+                } else {
+                    String::new()
+                },
+            };
+            if uplink.send(Uplink::Logs(chunk)).is_err() {
+                return;
+            }
+        }
+    }
 }

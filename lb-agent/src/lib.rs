@@ -16,12 +16,14 @@ pub mod host;
 pub mod ids;
 pub mod join;
 pub mod links;
+pub mod managed;
 pub mod metrics;
 pub mod neigh;
 pub mod plumb;
 pub mod runtime;
 pub mod state;
 pub mod sysctl;
+pub mod tasks;
 pub mod watch;
 pub mod wrr;
 

@@ -3,13 +3,16 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal as _;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::agent::{self, Agent, Overrides};
-use lb_agent::join::{self, JoinOptions};
+use lb_agent::config::{Config, XdpModeConfig};
+use lb_agent::host::HostInfo;
+use lb_agent::join::{self, JoinOptions, Managed};
+use lb_agent::runtime::Runtimes;
 use tracing_subscriber::EnvFilter;
 
 /// The mesh's node agent: loads the eBPF dataplane, programs it from a configuration
@@ -27,7 +30,9 @@ struct Cli {
     #[arg(long, env = "LB_AGENT_METRICS_LISTEN", global = true)]
     metrics_listen: Option<SocketAddr>,
     /// Join a cluster: manager address(es), comma-separated. The node keeps a session
-    /// with the leader; without `--config` the agent runs the session only.
+    /// with the leader; with `--underlay` (or a `--config` naming one) it is a managed
+    /// node: it runs the tasks the leader assigns and programs its dataplane from the
+    /// cluster; without, it runs the session only.
     #[arg(long, env = "LB_AGENT_JOIN", value_delimiter = ',')]
     join: Vec<String>,
     /// Join token (`meshctl cluster join-token worker`); needed only the first time.
@@ -43,6 +48,19 @@ struct Cli {
     /// The hostname reported to the managers (default: the system's).
     #[arg(long, env = "LB_AGENT_HOSTNAME")]
     hostname: Option<String>,
+    /// Managed node: the underlay interface (XDP attaches here; overrides `node.underlay`).
+    #[arg(long, env = "LB_AGENT_UNDERLAY")]
+    underlay: Option<String>,
+    /// Managed node: XDP attach mode (overrides `dataplane.xdp_mode`).
+    #[arg(long, env = "LB_AGENT_XDP_MODE", value_parser = ["native", "skb"])]
+    xdp_mode: Option<String>,
+    /// Managed node: the underlay address announced to the cluster (default: the
+    /// underlay interface's first IPv4 address).
+    #[arg(long, env = "LB_AGENT_ADVERTISE_ADDR")]
+    advertise_addr: Option<Ipv4Addr>,
+    /// Managed node: enable the docker runtime (tasks with `--runtime docker`).
+    #[arg(long, env = "LB_AGENT_DOCKER")]
+    docker: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,53 +92,157 @@ impl Cli {
     }
 }
 
-/// Runs the dataplane (with `--config`), the cluster session (with `--join`), or both.
+/// Runs the standalone dataplane (`--config` without `--join`), a managed node
+/// (`--join` with `--underlay` or a `--config` that names one), or a session only.
 async fn run(cli: &Cli) -> Result<()> {
+    if cli.join.is_empty() {
+        let agent = Agent::start(cli.config()?, cli.overrides()).await?;
+        return agent.run().await.map_err(Into::into);
+    }
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let session = if cli.join.is_empty() {
-        None
-    } else {
-        let hostname = manager::session::node_hostname(cli.hostname.as_deref())
-            .context("reading the hostname")?;
-        let options = JoinOptions {
-            managers: cli.join.clone(),
-            token: cli.token.clone(),
-            state_dir: cli.state_dir.clone(),
-            hostname,
-        };
-        Some(join::start(options, stop).await?)
+    let hostname =
+        manager::session::node_hostname(cli.hostname.as_deref()).context("reading the hostname")?;
+    let base = managed_base(cli)?;
+    let data_addr = match &base {
+        Some(base) => Some(data_addr(base).await?),
+        None => None,
     };
-    match (&cli.config, session) {
-        (Some(config), session) => {
-            let agent = Agent::start(config, cli.overrides()).await?;
-            if let Some(session) = session {
-                tokio::spawn(async move {
-                    if let Ok(Err(e)) = session.await {
-                        tracing::error!(error = %e, "cluster session ended");
-                    }
-                });
+    let options = JoinOptions {
+        managers: cli.join.clone(),
+        token: cli.token.clone(),
+        state_dir: cli.state_dir.clone(),
+        hostname,
+        data_addr,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let Some(base) = base else {
+        let session = join::start(options, stop).await?;
+        tokio::spawn(join::log_events(session.events));
+        tracing::info!("lb-agent ready (cluster session only: no --underlay, no dataplane)");
+        tokio::select! {
+            result = session.task => result.context("the session task")??,
+            _ = term.recv() => {
+                stop_tx.send_replace(true);
             }
-            agent.run().await?;
+            _ = tokio::signal::ctrl_c() => {
+                stop_tx.send_replace(true);
+            }
+        }
+        return Ok(());
+    };
+    let mtu = underlay_mtu(&base).await?;
+    let runtimes = Runtimes::new(&cli.state_dir, cli.docker)
+        .await
+        .context("setting up the task runtimes")?;
+    let session = join::start(options, stop.clone()).await?;
+    let managed = Managed {
+        base,
+        task_mtu: mtu.saturating_sub(50),
+        runtimes,
+    };
+    let run = join::run_managed(session, managed, stop);
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => result?,
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: exiting; tasks and the dataplane stay until the next start");
             stop_tx.send_replace(true);
         }
-        (None, Some(session)) => {
-            tracing::info!("lb-agent ready (cluster session only: no --config, no dataplane)");
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?;
-            tokio::select! {
-                result = session => result.context("the session task")??,
-                _ = term.recv() => {
-                    stop_tx.send_replace(true);
-                }
-                _ = tokio::signal::ctrl_c() => {
-                    stop_tx.send_replace(true);
-                }
-            }
+        _ = tokio::signal::ctrl_c() => {
+            stop_tx.send_replace(true);
         }
-        (None, None) => bail!("--config (or LB_AGENT_CONFIG) or --join is required"),
     }
     Ok(())
+}
+
+/// The `[node]`, `[dataplane]` and `[metrics]` sections of a managed node, from
+/// `--config` (which must not list services, endpoints or peers) and the flags;
+/// `None` when neither names an underlay (a session-only agent).
+fn managed_base(cli: &Cli) -> Result<Option<Config>> {
+    let mut table = match &cli.config {
+        Some(path) => read_table(path)?,
+        None => toml::Table::new(),
+    };
+    for key in ["services", "endpoints", "peers"] {
+        if table.contains_key(key) {
+            bail!(
+                "{}: with --join, the configuration supplies only [node], [dataplane] and \
+                 [metrics]; the cluster provides the services, endpoints and peers \
+                 (remove [[{key}]])",
+                cli.config.as_deref().unwrap_or(Path::new("-")).display()
+            );
+        }
+    }
+    let node = table
+        .entry("node")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(node) = node.as_table_mut() else {
+        bail!("[node] must be a table");
+    };
+    if let Some(underlay) = &cli.underlay {
+        node.insert("underlay".into(), underlay.clone().into());
+    }
+    if !node.contains_key("underlay") {
+        return Ok(None);
+    }
+    // Replaced by the node's ID once the first assignment names it.
+    node.entry("name").or_insert_with(|| "managed".into());
+    if let Some(addr) = cli.advertise_addr {
+        node.insert("address".into(), addr.to_string().into());
+    }
+    let mut config = Config::from_toml(&table.to_string())?;
+    cli.overrides().apply(&mut config);
+    match cli.xdp_mode.as_deref() {
+        Some("native") => config.dataplane.xdp_mode = XdpModeConfig::Native,
+        Some("skb") => config.dataplane.xdp_mode = XdpModeConfig::Skb,
+        _ => {}
+    }
+    Ok(Some(config))
+}
+
+fn read_table(path: &Path) -> Result<toml::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.parse::<toml::Table>()
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+async fn underlay_info(base: &Config) -> Result<lb_agent::host::Interface> {
+    let host = HostInfo::query(&agent::netlink()?).await?;
+    host.interface(&base.node.underlay)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "the underlay interface {:?} does not exist",
+                base.node.underlay
+            )
+        })
+}
+
+/// The underlay address announced to the cluster.
+async fn data_addr(base: &Config) -> Result<Ipv4Addr> {
+    if let Some(addr) = base.node.address {
+        return Ok(addr);
+    }
+    underlay_info(base)
+        .await?
+        .ipv4
+        .first()
+        .copied()
+        .with_context(|| {
+            format!(
+                "the underlay interface {:?} has no IPv4 address (or pass --advertise-addr)",
+                base.node.underlay
+            )
+        })
+}
+
+async fn underlay_mtu(base: &Config) -> Result<u32> {
+    match base.node.mtu {
+        Some(mtu) => Ok(mtu),
+        None => Ok(underlay_info(base).await?.mtu),
+    }
 }
 
 #[tokio::main]

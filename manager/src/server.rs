@@ -505,6 +505,7 @@ async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<b
         tls: manager.tls().clone(),
         hostname,
         agent_version: format!("mesh-manager {}", env!("CARGO_PKG_VERSION")),
+        data_addr: None,
     };
     if let Err(e) = session::run(options, events, stop).await {
         tracing::warn!(error = %e, "the manager's own session ended");

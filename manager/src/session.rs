@@ -2,15 +2,18 @@
 //! manager's own node: heartbeats up, session messages down, failover to
 //! the leader, and certificate renewal when the node's role changes.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::assignment::Assignment;
 use crate::client::{self, ClientError};
 use crate::pki::{self, TlsDir};
 use crate::proto::{self, agent_message, dispatcher_client::DispatcherClient, manager_message};
 use crate::raft::service::leader_addr;
+use crate::service::{TaskId, TaskStatus};
 use crate::state::Role;
 
 /// What a session reports to its owner.
@@ -27,6 +30,59 @@ pub enum SessionEvent {
     RoleChanged(Role),
     /// The session ended; it will be retried.
     Lost(String),
+    /// What the node must run and route now (sent whole on every change).
+    Assignment(Box<Assignment>),
+    /// The leader asks for some tasks' output; answer with
+    /// [`Uplink::Logs`] chunks carrying `request_id`, one with `done` per task.
+    LogsRequest {
+        /// Echoed in every answer.
+        request_id: u64,
+        /// The tasks asked for.
+        task_ids: Vec<TaskId>,
+        /// Lines from the end of each task's output (0: all).
+        tail: usize,
+    },
+}
+
+/// What the node sends up its session, besides heartbeats. Messages queued
+/// while no session is up are sent on the next one; after a reconnect
+/// ([`SessionEvent::Established`]) an agent re-sends its current statuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uplink {
+    /// Task state changes.
+    Reports(Vec<(TaskId, TaskStatus)>),
+    /// The node has programmed its dataplane and acted on this assignment
+    /// version.
+    Applied(u64),
+    /// Part of an answer to a [`SessionEvent::LogsRequest`].
+    Logs(proto::LogChunk),
+}
+
+/// The sending side of a session's uplink; survives reconnects.
+pub type UplinkSender = mpsc::UnboundedSender<Uplink>;
+/// The session's end of the uplink.
+pub type UplinkReceiver = mpsc::UnboundedReceiver<Uplink>;
+
+/// A new uplink: give the receiver to [`run_with_uplink`], keep the sender.
+#[must_use]
+pub fn uplink() -> (UplinkSender, UplinkReceiver) {
+    mpsc::unbounded_channel()
+}
+
+impl Uplink {
+    fn into_message(self) -> Option<proto::AgentMessage> {
+        let kind = match self {
+            Uplink::Reports(reports) => {
+                let json = serde_json::to_vec(&reports).ok()?;
+                agent_message::Kind::Reports(proto::TaskReports { json })
+            }
+            Uplink::Applied(version) => {
+                agent_message::Kind::Applied(proto::AssignmentApplied { version })
+            }
+            Uplink::Logs(chunk) => agent_message::Kind::Logs(chunk),
+        };
+        Some(proto::AgentMessage { kind: Some(kind) })
+    }
 }
 
 /// A session's settings.
@@ -40,6 +96,10 @@ pub struct SessionOptions {
     pub hostname: String,
     /// Reported in `Hello`.
     pub agent_version: String,
+    /// The underlay address of the node's dataplane, reported in `Hello`:
+    /// set, the session is the node's agent session (it runs tasks and its
+    /// heartbeats alone keep the node ready).
+    pub data_addr: Option<Ipv4Addr>,
 }
 
 /// Why a session gave up for good.
@@ -64,6 +124,20 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 pub async fn run(
     options: SessionOptions,
     events: mpsc::Sender<SessionEvent>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let (_keep, uplink) = uplink();
+    run_with_uplink(options, events, uplink, stop).await
+}
+
+/// As [`run`], and sends what arrives on `uplink` up the current session.
+///
+/// # Errors
+/// [`SessionError::Removed`] when the cluster refuses this node for good.
+pub async fn run_with_uplink(
+    options: SessionOptions,
+    events: mpsc::Sender<SessionEvent>,
+    mut uplink: UplinkReceiver,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     let mut managers = options.managers.clone();
@@ -80,7 +154,7 @@ pub async fn run(
             }
         }
         let outcome = tokio::select! {
-            outcome = attempt(&options, &order, &events) => outcome,
+            outcome = attempt(&options, &order, &events, &mut uplink) => outcome,
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         match outcome {
@@ -121,6 +195,7 @@ async fn attempt(
     options: &SessionOptions,
     order: &[String],
     events: &mpsc::Sender<SessionEvent>,
+    uplink: &mut UplinkReceiver,
 ) -> Attempt {
     let identity = match options.tls.load() {
         Ok(identity) => identity,
@@ -138,12 +213,12 @@ async fn attempt(
             Err(e) => return Attempt::Identity(e.to_string()),
         };
         let mut dispatcher = DispatcherClient::new(channel);
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(64);
         let hello = proto::AgentMessage {
             kind: Some(agent_message::Kind::Hello(proto::Hello {
                 hostname: options.hostname.clone(),
                 agent_version: options.agent_version.clone(),
-                data_addr: String::new(),
+                data_addr: options.data_addr.map(|a| a.to_string()).unwrap_or_default(),
             })),
         };
         if tx.send(hello).await.is_err() {
@@ -171,7 +246,18 @@ async fn attempt(
         let mut learned = Vec::new();
         let mut heartbeats: Option<tokio::task::JoinHandle<()>> = None;
         let reason = loop {
-            match inbound.message().await {
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                Some(up) = uplink.recv() => {
+                    if let Some(message) = up.into_message()
+                        && tx.send(message).await.is_err()
+                    {
+                        break format!("{addr}: the session's stream closed");
+                    }
+                    continue;
+                }
+            };
+            match message {
                 Ok(Some(proto::ManagerMessage { kind: Some(kind) })) => match kind {
                     manager_message::Kind::Established(established) => {
                         learned.clone_from(&established.managers);
@@ -197,7 +283,32 @@ async fn attempt(
                             Err(e) => tracing::warn!(error = %e, "renewing the certificate failed"),
                         }
                     }
-                    manager_message::Kind::Assignment(_) | manager_message::Kind::Logs(_) => {}
+                    manager_message::Kind::Assignment(assignment) => {
+                        match serde_json::from_slice::<Assignment>(&assignment.json) {
+                            Ok(assignment) => {
+                                let _ = events
+                                    .send(SessionEvent::Assignment(Box::new(assignment)))
+                                    .await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ignoring an unreadable assignment")
+                            }
+                        }
+                    }
+                    manager_message::Kind::Logs(request) => {
+                        let task_ids = request
+                            .task_ids
+                            .iter()
+                            .filter_map(|id| u64::from_str_radix(id, 16).ok())
+                            .collect();
+                        let _ = events
+                            .send(SessionEvent::LogsRequest {
+                                request_id: request.request_id,
+                                task_ids,
+                                tail: request.tail as usize,
+                            })
+                            .await;
+                    }
                 },
                 Ok(Some(_)) => {}
                 Ok(None) => break format!("{addr} closed the session"),

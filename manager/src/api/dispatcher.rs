@@ -1,20 +1,27 @@
-//! Agents' sessions with the leader: heartbeats up, session messages down,
-//! and the leader loop that turns silence into `down`.
+//! Agents' sessions with the leader: heartbeats, task reports,
+//! acknowledgements and log chunks up; assignments, role changes and log
+//! requests down; and the leader loops that turn silence into `down` and
+//! keep every agent's assignment current.
 
+use std::net::Ipv4Addr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::agents::SessionHandle;
 use super::{Manager, now_ms, sign_certificate, state_status};
+use crate::assignment::Assignment;
 use crate::auth::{self, Caller};
 use crate::liveness::Liveness;
 use crate::proto::{self, agent_message, dispatcher_server::Dispatcher, manager_message};
 use crate::raft::service::not_leader;
-use crate::state::{Command, NodeStatus, format_id};
+use crate::service::{TaskId, TaskStatus};
+use crate::state::{Command, NodeId, NodeStatus, format_id};
 
 /// The `Dispatcher` service.
 #[derive(Clone, Debug)]
@@ -57,15 +64,44 @@ impl Dispatcher for DispatcherService {
                 ));
             }
         };
-        if let Some(live) = self.manager.liveness().as_mut() {
-            live.heartbeat(caller.node_id, Instant::now());
-        }
-        let needs_update = {
+        let data_addr: Option<Ipv4Addr> = if hello.data_addr.is_empty() {
+            None
+        } else {
+            Some(hello.data_addr.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "invalid data address {:?} in Hello",
+                    hello.data_addr
+                ))
+            })?)
+        };
+        let (needs_status, needs_addr, counts) = {
             let state = self.manager.read_unchecked();
             let node = state.node(caller.node_id).map_err(state_status)?;
-            node.status != NodeStatus::Ready || node.agent_version != hello.agent_version
+            // Once a node has a dataplane, only its agent's session speaks
+            // for its liveness (a manager host also holds the manager's own
+            // session, which must not keep the node ready without its agent).
+            let counts = data_addr.is_some() || node.data_addr.is_none();
+            (
+                counts
+                    && (node.status != NodeStatus::Ready
+                        || node.agent_version != hello.agent_version),
+                data_addr.is_some() && node.data_addr != data_addr,
+                counts,
+            )
         };
-        if needs_update {
+        if counts && let Some(live) = self.manager.liveness().as_mut() {
+            live.heartbeat(caller.node_id, Instant::now());
+        }
+        if needs_addr {
+            self.manager
+                .commit(Command::SetDataAddr {
+                    id: caller.node_id,
+                    addr: data_addr,
+                    at_ms: now_ms(),
+                })
+                .await?;
+        }
+        if needs_status {
             self.manager
                 .commit(Command::SetStatus {
                     id: caller.node_id,
@@ -75,7 +111,12 @@ impl Dispatcher for DispatcherService {
                 })
                 .await?;
         }
-        tracing::info!(node = %format_id(caller.node_id), hostname = %hello.hostname, "session started");
+        tracing::info!(
+            node = %format_id(caller.node_id),
+            hostname = %hello.hostname,
+            data_addr = %hello.data_addr,
+            "session started"
+        );
 
         let (tx, rx) = mpsc::channel(16);
         let established = proto::ManagerMessage {
@@ -91,7 +132,14 @@ impl Dispatcher for DispatcherService {
         tx.send(Ok(established))
             .await
             .map_err(|_| Status::cancelled("the agent went away"))?;
-        tokio::spawn(serve_session(self.manager.clone(), caller, inbound, tx));
+        let agent = data_addr.map(|_| self.manager.agents().register(caller.node_id));
+        tokio::spawn(serve_session(
+            self.manager.clone(),
+            caller,
+            inbound,
+            tx,
+            agent,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -116,30 +164,60 @@ impl Dispatcher for DispatcherService {
     }
 }
 
-/// Reads heartbeats until the agent goes away, this manager stops leading
-/// or the node is removed; tells the agent when its role changes.
+/// Reads the agent's messages until it goes away, this manager stops
+/// leading or the node is removed; tells the agent when its role changes;
+/// for an agent session, sends its assignments and log requests down.
 async fn serve_session(
     manager: Manager,
     caller: Caller,
     mut inbound: Streaming<proto::AgentMessage>,
     tx: mpsc::Sender<Result<proto::ManagerMessage, Status>>,
+    agent: Option<SessionHandle>,
 ) {
     let id = caller.node_id;
     let mut role = caller.role;
     let mut tick = tokio::time::interval(manager.heartbeat());
+    let reports = spawn_report_committer(manager.clone(), id);
+    let serial = agent.as_ref().map(|a| a.serial);
+    let (mut assignments, mut logs) = match agent {
+        Some(a) => (Some(a.assignments), Some(a.logs)),
+        None => (None, None),
+    };
     loop {
         tokio::select! {
             // The manager is stopping: end the stream, or the server's graceful
             // shutdown would wait for it forever.
             () = manager.stopped() => break,
             message = inbound.message() => match message {
-                Ok(Some(_)) => {
-                    if let Some(live) = manager.liveness().as_mut() {
-                        live.heartbeat(id, Instant::now());
+                Ok(Some(message)) => {
+                    if !on_message(&manager, id, serial, message, &reports) {
+                        break;
                     }
                 }
                 Ok(None) | Err(_) => break,
             },
+            Some(assignment) = next_assignment(assignments.as_mut()) => {
+                let message = match serde_json::to_vec(&*assignment) {
+                    Ok(json) => proto::ManagerMessage {
+                        kind: Some(manager_message::Kind::Assignment(proto::Assignment { json })),
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "serializing an assignment");
+                        continue;
+                    }
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    break;
+                }
+            }
+            Some(request) = next_logs_request(logs.as_mut()) => {
+                let message = proto::ManagerMessage {
+                    kind: Some(manager_message::Kind::Logs(request)),
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    break;
+                }
+            }
             _ = tick.tick() => {
                 if !manager.raft().is_leader() {
                     let _ = tx.send(Err(not_leader(manager.raft().leader()))).await;
@@ -172,12 +250,120 @@ async fn serve_session(
             }
         }
     }
+    if let Some(serial) = serial {
+        manager.agents().unregister(id, serial);
+    }
     tracing::info!(node = %format_id(id), "session ended");
+}
+
+/// The next assignment to send, when the registry hands one out.
+async fn next_assignment(
+    assignments: Option<&mut watch::Receiver<Option<Arc<Assignment>>>>,
+) -> Option<Arc<Assignment>> {
+    let assignments = assignments?;
+    assignments.changed().await.ok()?;
+    assignments.borrow_and_update().clone()
+}
+
+async fn next_logs_request(
+    logs: Option<&mut mpsc::UnboundedReceiver<proto::LogsRequest>>,
+) -> Option<proto::LogsRequest> {
+    logs?.recv().await
+}
+
+/// Handles one message from the node; `false` ends the session.
+fn on_message(
+    manager: &Manager,
+    id: NodeId,
+    serial: Option<u64>,
+    message: proto::AgentMessage,
+    reports: &mpsc::UnboundedSender<Vec<(TaskId, TaskStatus)>>,
+) -> bool {
+    // Only the agent's session speaks for a node with a dataplane.
+    let counts = serial.is_some()
+        || manager
+            .read_unchecked()
+            .node(id)
+            .is_ok_and(|n| n.data_addr.is_none());
+    if counts && let Some(live) = manager.liveness().as_mut() {
+        live.heartbeat(id, Instant::now());
+    }
+    match message.kind {
+        Some(agent_message::Kind::Reports(batch)) => {
+            match serde_json::from_slice::<Vec<(TaskId, TaskStatus)>>(&batch.json) {
+                Ok(batch) => return reports.send(batch).is_ok(),
+                Err(e) => {
+                    tracing::warn!(node = %format_id(id), error = %e, "ignoring unreadable task reports");
+                }
+            }
+        }
+        Some(agent_message::Kind::Applied(applied)) => {
+            if let Some(serial) = serial {
+                manager.agents().applied(id, serial, applied.version);
+            }
+        }
+        Some(agent_message::Kind::Logs(chunk)) => manager.agents().deliver(chunk),
+        Some(agent_message::Kind::Hello(_) | agent_message::Kind::Heartbeat(_)) | None => {}
+    }
+    true
+}
+
+/// Commits the node's task reports, batching those that arrive while a
+/// commit is under way. Ends when the session drops its sender.
+fn spawn_report_committer(
+    manager: Manager,
+    node: NodeId,
+) -> mpsc::UnboundedSender<Vec<(TaskId, TaskStatus)>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(TaskId, TaskStatus)>>();
+    tokio::spawn(async move {
+        while let Some(mut reports) = rx.recv().await {
+            while let Ok(more) = rx.try_recv() {
+                reports.extend(more);
+            }
+            if reports.is_empty() {
+                continue;
+            }
+            let command = Command::ReportTasks { node, reports };
+            if let Err(status) = manager.commit(command).await {
+                tracing::warn!(node = %format_id(node), error = %status.message(), "committing task reports failed");
+            }
+        }
+    });
+    tx
+}
+
+/// The leader loop that keeps every agent's assignment current: on every
+/// state change, session change or acknowledgement, recomputes each agent
+/// session's assignment and sends those that changed. An agent that sits on
+/// an assignment for two heartbeat periods stops holding drains back.
+pub async fn run_assignment_loop(manager: Manager) {
+    let mut changes = manager.state_changes();
+    let mut tick = tokio::time::interval(manager.heartbeat() / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let bound = manager.heartbeat() * 2;
+    loop {
+        tokio::select! {
+            () = manager.stopped() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            () = manager.agents().changed() => {}
+            _ = tick.tick() => {}
+        }
+        if !manager.raft().is_leader() {
+            manager.agents().clear();
+            continue;
+        }
+        let state = manager.read_unchecked();
+        let pushed = manager.agents().refresh(&state, Instant::now(), bound);
+        if pushed > 0 {
+            tracing::debug!(version = state.version, pushed, "assignments sent");
+        }
+    }
 }
 
 /// The leader loop: while this manager leads, commits status changes for
 /// nodes whose heartbeats started or stopped. Runs until the manager stops.
 pub async fn run_liveness_loop(manager: Manager) {
+    tokio::spawn(run_assignment_loop(manager.clone()));
     let mut tick = tokio::time::interval(manager.heartbeat() / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -4,6 +4,7 @@
 //! a leader that a quorum acknowledges; writes go through Raft (followers
 //! forward them to the leader) and answer only after they are committed.
 
+pub mod agents;
 pub mod control;
 pub mod dispatcher;
 pub mod join;
@@ -40,6 +41,7 @@ struct Inner {
     liveness: Mutex<Option<Liveness>>,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Sender<bool>,
+    agents: agents::AgentRegistry,
 }
 
 /// How a manager is set up.
@@ -74,6 +76,7 @@ impl Manager {
                 liveness: Mutex::new(None),
                 metrics,
                 stop,
+                agents: agents::AgentRegistry::default(),
             }),
         }
     }
@@ -189,6 +192,12 @@ impl Manager {
     /// Heartbeat bookkeeping; `None` unless this manager leads.
     pub(crate) fn liveness(&self) -> std::sync::MutexGuard<'_, Option<Liveness>> {
         self.inner.liveness.lock().expect("liveness lock poisoned")
+    }
+
+    /// The leader's agent sessions.
+    #[must_use]
+    pub fn agents(&self) -> &agents::AgentRegistry {
+        &self.inner.agents
     }
 
     /// The heartbeat period agents are given.

@@ -268,6 +268,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+
 impl From<TokenRole> for Role {
     fn from(role: TokenRole) -> Self {
         match role {

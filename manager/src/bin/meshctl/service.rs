@@ -67,6 +67,14 @@ pub enum ServiceCommand {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Fetch the output of a service's tasks (or of one task).
+    Logs {
+        /// Lines from the end of each task's output (default: all).
+        #[arg(long, short = 'n')]
+        tail: Option<u32>,
+        /// A service (name, ID or ID prefix) or a task ID.
+        name: String,
+    },
     /// Remove one or more services.
     #[command(alias = "remove")]
     Rm {
@@ -382,6 +390,7 @@ pub async fn run(control: &mut ControlClient<Channel>, command: &ServiceCommand)
             detach,
             quiet,
         } => rollback(control, service, *detach, *quiet).await?,
+        ServiceCommand::Logs { tail, name } => logs(control, name, tail.unwrap_or(0)).await?,
         ServiceCommand::Rm { services } => {
             let mut failed = Vec::new();
             for name in services {
@@ -508,4 +517,22 @@ pub async fn node_ps(control: &mut ControlClient<Channel>, args: &NodePsArgs) ->
         .collect();
     let rows = task_rows(&infos, &ports)?;
     print_tasks(&rows, args.no_trunc, args.format, args.quiet)
+}
+
+/// `meshctl service logs`: every line, prefixed with its task as docker does.
+async fn logs(control: &mut ControlClient<Channel>, name: &str, tail: u32) -> Result<()> {
+    use std::io::Write as _;
+    let mut stream = control
+        .service_logs(proto::ServiceLogsRequest {
+            name: name.to_string(),
+            tail,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(line) = stream.message().await.map_err(rpc)? {
+        writeln!(stdout, "{}    | {}", line.source, line.line)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,453 @@
+//! The leader's registry of agent sessions: what each node's agent was last
+//! sent and has applied, the lowest version every routing agent applied
+//! (which turns a draining task's `Drain` into `Stop`), and the log
+//! requests waiting for answers.
+//!
+//! The bookkeeping ([`AgentRegistry::acked`], [`AgentRegistry::refresh`])
+//! takes the state and the clock as arguments, so the drain rule is
+//! unit-tested without sessions or I/O; the dispatcher feeds it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::assignment::{self, Assignment};
+use crate::proto;
+use crate::service::TaskId;
+use crate::state::{ClusterState, NodeId};
+
+/// What a registered session hands its serve loop.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Identifies this session among the node's successive ones.
+    pub serial: u64,
+    /// The latest assignment to send (whole; older ones are skipped).
+    pub assignments: watch::Receiver<Option<Arc<Assignment>>>,
+    /// Log requests to send down the session.
+    pub logs: mpsc::UnboundedReceiver<proto::LogsRequest>,
+}
+
+#[derive(Debug)]
+struct AgentSession {
+    serial: u64,
+    push: watch::Sender<Option<Arc<Assignment>>>,
+    logs: mpsc::UnboundedSender<proto::LogsRequest>,
+    /// The last assignment handed to the session.
+    sent: Option<Assignment>,
+    /// The highest version the agent reported applied.
+    applied: u64,
+    /// The newest state version whose assignment for this node equals
+    /// `sent` (the agent that applied `sent` is up to date with it).
+    current_through: u64,
+    /// Since when an assignment the agent has not applied is out.
+    waiting_since: Option<Instant>,
+}
+
+impl AgentSession {
+    /// The newest state version this agent is known to act on.
+    fn effective(&self) -> u64 {
+        match &self.sent {
+            Some(sent) if self.applied >= sent.version => self.current_through.max(self.applied),
+            _ => self.applied,
+        }
+    }
+
+    /// Whether it sits on an assignment for longer than `bound`: it no
+    /// longer holds drains back.
+    fn stuck(&self, now: Instant, bound: Duration) -> bool {
+        self.waiting_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= bound)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<NodeId, AgentSession>,
+    next_serial: u64,
+    next_request: u64,
+    /// Log request -> where its chunks go.
+    pending: HashMap<u64, mpsc::UnboundedSender<proto::LogChunk>>,
+}
+
+/// The leader's live agent sessions (one per node with a dataplane).
+#[derive(Debug, Default)]
+pub struct AgentRegistry {
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+/// Whether two assignments say the same, whatever their versions.
+fn same_content(a: &Assignment, b: &Assignment) -> bool {
+    a.node == b.node
+        && a.ingress == b.ingress
+        && a.peers == b.peers
+        && a.tasks == b.tasks
+        && a.services == b.services
+}
+
+impl AgentRegistry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("agent registry lock poisoned")
+    }
+
+    /// Registers `node`'s new agent session, replacing an older one.
+    pub fn register(&self, node: NodeId) -> SessionHandle {
+        let (push, assignments) = watch::channel(None);
+        let (logs_tx, logs) = mpsc::unbounded_channel();
+        let serial = {
+            let mut inner = self.lock();
+            inner.next_serial += 1;
+            let serial = inner.next_serial;
+            inner.sessions.insert(
+                node,
+                AgentSession {
+                    serial,
+                    push,
+                    logs: logs_tx,
+                    sent: None,
+                    applied: 0,
+                    current_through: 0,
+                    waiting_since: None,
+                },
+            );
+            serial
+        };
+        self.changed.notify_one();
+        SessionHandle {
+            serial,
+            assignments,
+            logs,
+        }
+    }
+
+    /// Forgets session `serial` of `node` (a newer one stays).
+    pub fn unregister(&self, node: NodeId, serial: u64) {
+        {
+            let mut inner = self.lock();
+            if inner
+                .sessions
+                .get(&node)
+                .is_some_and(|s| s.serial == serial)
+            {
+                inner.sessions.remove(&node);
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Forgets every session (this manager stopped leading).
+    pub fn clear(&self) {
+        self.lock().sessions.clear();
+    }
+
+    /// Whether `node` has a live agent session.
+    #[must_use]
+    pub fn has_session(&self, node: NodeId) -> bool {
+        self.lock().sessions.contains_key(&node)
+    }
+
+    /// Records that session `serial` of `node` applied `version`.
+    pub fn applied(&self, node: NodeId, serial: u64, version: u64) {
+        {
+            let mut inner = self.lock();
+            let Some(session) = inner.sessions.get_mut(&node) else {
+                return;
+            };
+            if session.serial != serial {
+                return;
+            }
+            session.applied = session.applied.max(version);
+            if session
+                .sent
+                .as_ref()
+                .is_some_and(|sent| session.applied >= sent.version)
+            {
+                session.waiting_since = None;
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Resolves when a session came, went or applied something.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The lowest version every routing node's agent acts on (see
+    /// [`assignment::for_node`]). Routing nodes without a session, and
+    /// agents that sat on an assignment for `bound`, do not count.
+    #[must_use]
+    pub fn acked(&self, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
+        let inner = self.lock();
+        acked_of(&inner, state, now, bound)
+    }
+
+    /// Computes every agent's assignment from `state` and hands each one that
+    /// changed (in more than its version) to its session. Repeats while the
+    /// acknowledged version moves, so a drain that every agent applied turns
+    /// into a stop in the same call. Returns how many assignments were handed
+    /// out.
+    pub fn refresh(&self, state: &ClusterState, now: Instant, bound: Duration) -> usize {
+        let mut inner = self.lock();
+        let mut pushed = 0;
+        for _ in 0..4 {
+            let acked = acked_of(&inner, state, now, bound);
+            for (node, session) in &mut inner.sessions {
+                let next = assignment::for_node(state, *node, acked);
+                match &session.sent {
+                    Some(sent) if same_content(sent, &next) => {
+                        if session.applied >= sent.version {
+                            session.current_through = state.version;
+                        }
+                    }
+                    _ => {
+                        session.waiting_since.get_or_insert(now);
+                        session.current_through = next.version;
+                        session.push.send_replace(Some(Arc::new(next.clone())));
+                        session.sent = Some(next);
+                        pushed += 1;
+                    }
+                }
+            }
+            if acked_of(&inner, state, now, bound) == acked {
+                break;
+            }
+        }
+        pushed
+    }
+
+    /// Sends a log request for `tasks` to `node`'s agent; its chunks go to
+    /// `answers`. Returns the request's ID, or `None` if the node has no
+    /// agent session.
+    pub fn request_logs(
+        &self,
+        node: NodeId,
+        tasks: &[TaskId],
+        tail: u32,
+        answers: mpsc::UnboundedSender<proto::LogChunk>,
+    ) -> Option<u64> {
+        let mut inner = self.lock();
+        inner.next_request += 1;
+        let request_id = inner.next_request;
+        let session = inner.sessions.get(&node)?;
+        let request = proto::LogsRequest {
+            request_id,
+            task_ids: tasks.iter().map(|t| crate::state::format_id(*t)).collect(),
+            tail,
+        };
+        session.logs.send(request).ok()?;
+        inner.pending.insert(request_id, answers);
+        Some(request_id)
+    }
+
+    /// Hands a chunk to the request waiting for it.
+    pub fn deliver(&self, chunk: proto::LogChunk) {
+        let inner = self.lock();
+        if let Some(answers) = inner.pending.get(&chunk.request_id) {
+            let _ = answers.send(chunk);
+        }
+    }
+
+    /// Forgets log requests (answered or given up).
+    pub fn finish_logs(&self, requests: &[u64]) {
+        let mut inner = self.lock();
+        for id in requests {
+            inner.pending.remove(id);
+        }
+    }
+}
+
+fn acked_of(inner: &Inner, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
+    assignment::routing_nodes(state)
+        .filter_map(|node| inner.sessions.get(&node))
+        .filter(|s| !s.stuck(now, bound))
+        .map(AgentSession::effective)
+        .min()
+        .unwrap_or(state.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::assignment::TaskAction;
+    use crate::service::{DesiredState, TaskState, TaskStatus};
+    use crate::spec::{RuntimeKind, ServiceSpec};
+    use crate::state::{Applied, CaMaterial, Command, NewTask, Node, Role, TaskChange};
+
+    const BOUND: Duration = Duration::from_secs(1);
+
+    /// Nodes 1 and 2 with dataplanes, a service with one running task on 2.
+    fn cluster() -> (ClusterState, TaskId) {
+        let mut state = ClusterState {
+            ca: Some(CaMaterial {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            }),
+            ..ClusterState::default()
+        };
+        for id in [1, 2] {
+            let mut node = Node::new(id, format!("n{id}"), Role::Worker, 0);
+            node.status = crate::state::NodeStatus::Ready;
+            node.data_addr = Some(Ipv4Addr::new(10, 0, 0, id as u8));
+            state.nodes.insert(id, node);
+        }
+        let spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
+        let Applied::Service(service) = state
+            .apply(&Command::CreateService { spec, at_ms: 1 })
+            .unwrap()
+        else {
+            panic!()
+        };
+        let Applied::Tasks(ids) = state
+            .apply(&Command::ChangeTasks {
+                create: vec![NewTask {
+                    service: service.id,
+                    slot: 1,
+                    node: Some(2),
+                    message: String::new(),
+                }],
+                update: vec![],
+                delete: vec![],
+                at_ms: 2,
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        state
+            .apply(&Command::ReportTasks {
+                node: 2,
+                reports: vec![(ids[0], TaskStatus::new(TaskState::Running, "", 3))],
+            })
+            .unwrap();
+        (state, ids[0])
+    }
+
+    fn shut_down(state: &mut ClusterState, task: TaskId) {
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![TaskChange {
+                    id: task,
+                    desired: Some(DesiredState::Shutdown),
+                    ..TaskChange::default()
+                }],
+                delete: vec![],
+                at_ms: 4,
+            })
+            .unwrap();
+    }
+
+    fn latest(handle: &SessionHandle) -> Arc<Assignment> {
+        handle.assignments.borrow().clone().expect("an assignment")
+    }
+
+    #[test]
+    fn a_drain_turns_into_a_stop_once_every_agent_applied_it() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        assert_eq!(registry.refresh(&state, t0, BOUND), 2);
+        registry.applied(1, a.serial, state.version);
+        registry.applied(2, b.serial, state.version);
+        assert_eq!(registry.refresh(&state, t0, BOUND), 0, "nothing changed");
+
+        shut_down(&mut state, task);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Drain);
+        assert!(latest(&a).services[0].backends[0].draining);
+        registry.applied(2, b.serial, state.version);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(
+            latest(&b).tasks[0].action,
+            TaskAction::Drain,
+            "node 1 has not applied the drain yet"
+        );
+        registry.applied(1, a.serial, latest(&a).version);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+    }
+
+    #[test]
+    fn an_agent_whose_assignment_did_not_change_does_not_hold_drains_back() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(1, a.serial, state.version);
+        registry.applied(2, b.serial, state.version);
+        // Commands that change nothing node 1 sees (a report) move the version.
+        state
+            .apply(&Command::ReportTasks {
+                node: 2,
+                reports: vec![(task, TaskStatus::new(TaskState::Running, "again", 5))],
+            })
+            .unwrap();
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
+    }
+
+    #[test]
+    fn a_stuck_agent_holds_drains_back_for_a_bounded_time_only() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (_a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(2, b.serial, state.version);
+        shut_down(&mut state, task);
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(2, b.serial, state.version);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Drain);
+        registry.refresh(&state, t0 + BOUND, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+    }
+
+    #[test]
+    fn nodes_without_an_agent_session_do_not_count() {
+        let (state, _) = cluster();
+        let registry = AgentRegistry::default();
+        let b = registry.register(2);
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(registry.acked(&state, t0, BOUND), 0);
+        registry.applied(2, b.serial, state.version);
+        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
+        registry.unregister(2, b.serial);
+        assert!(!registry.has_session(2));
+        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
+    }
+
+    #[test]
+    fn log_chunks_reach_the_request_that_asked() {
+        let registry = AgentRegistry::default();
+        let mut handle = registry.register(7);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        assert!(registry.request_logs(8, &[1], 0, tx.clone()).is_none());
+        let id = registry.request_logs(7, &[0xab], 5, tx).unwrap();
+        let sent = handle.logs.try_recv().unwrap();
+        assert_eq!(sent.task_ids, vec!["00000000000000ab".to_string()]);
+        assert_eq!(sent.tail, 5);
+        registry.deliver(proto::LogChunk {
+            request_id: id,
+            task_id: "00000000000000ab".into(),
+            lines: vec!["hello".into()],
+            done: true,
+            error: String::new(),
+        });
+        assert_eq!(rx.try_recv().unwrap().lines, vec!["hello".to_string()]);
+        registry.finish_logs(&[id]);
+        registry.deliver(proto::LogChunk {
+            request_id: id,
+            ..proto::LogChunk::default()
+        });
+        assert!(rx.try_recv().is_err());
+    }
+}
