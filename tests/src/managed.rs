@@ -888,16 +888,10 @@ impl Drop for ManagedCluster {
                 pids.extend(descendants(pid));
             }
         }
-        // The tasks' namespaces, whatever the runtime named them: those of the processes
-        // the agents started, other than the nodes' own (the topology deletes those).
-        let node_nets: BTreeSet<u64> = (1..=self.options.nodes)
-            .filter_map(|k| netns_inode(&format!("/run/netns/{}", self.topo.node_ns(k))))
+        let node_ns: Vec<String> = (1..=self.options.nodes)
+            .map(|k| self.topo.node_ns(k))
             .collect();
-        let task_nets: BTreeSet<u64> = pids
-            .iter()
-            .filter_map(|pid| netns_inode(&format!("/proc/{pid}/ns/net")))
-            .filter(|ino| !node_nets.contains(ino))
-            .collect();
+        let task_nets = task_namespaces(&pids, &node_ns);
         for m in self.managers.iter_mut().flatten() {
             let _ = m.kill();
             let _ = m.wait();
@@ -905,19 +899,61 @@ impl Drop for ManagedCluster {
         for a in self.agents.iter_mut().flatten() {
             let _ = a.kill9();
         }
-        for pid in pids {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if let Ok(names) = netns::list_netns() {
-            for name in names {
-                if netns_inode(&format!("/run/netns/{name}"))
-                    .is_some_and(|i| task_nets.contains(&i))
-                {
-                    let _ = netns::ip(&["netns", "del", &name]);
-                }
+        kill_and_delete(&pids, &task_nets);
+    }
+}
+
+/// The network namespaces (inodes) of `pids`, other than the nodes' own: the tasks'
+/// namespaces, whatever the runtime named them.
+fn task_namespaces(pids: &[i32], node_ns: &[String]) -> BTreeSet<u64> {
+    let node_nets: BTreeSet<u64> = node_ns
+        .iter()
+        .filter_map(|ns| netns_inode(&format!("/run/netns/{ns}")))
+        .collect();
+    pids.iter()
+        .filter_map(|pid| netns_inode(&format!("/proc/{pid}/ns/net")))
+        .filter(|ino| !node_nets.contains(ino))
+        .collect()
+}
+
+/// SIGKILLs `pids`, then deletes the named network namespaces among `nets`.
+fn kill_and_delete(pids: &[i32], nets: &BTreeSet<u64>) {
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    if let Ok(names) = netns::list_netns() {
+        for name in names {
+            if netns_inode(&format!("/run/netns/{name}")).is_some_and(|i| nets.contains(&i)) {
+                let _ = netns::ip(&["netns", "del", &name]);
             }
         }
     }
+}
+
+/// Tears down what a [`ManagedCluster`] with `prefix` left running ([`ManagedCluster::keep`],
+/// the demo): the tasks its agents started and their namespaces, then every process and
+/// namespace of the topology ([`crate::teardown_prefix`]).
+///
+/// # Errors
+/// As [`crate::teardown_prefix`].
+pub fn teardown_managed(prefix: &str) -> Result<()> {
+    let node_ns: Vec<String> = netns::list_netns()?
+        .into_iter()
+        .filter(|n| {
+            n.strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix("-n"))
+                .is_some_and(|k| k.parse::<usize>().is_ok())
+        })
+        .collect();
+    let mut pids = Vec::new();
+    for ns in &node_ns {
+        for pid in netns::netns_pids(ns) {
+            pids.extend(u32::try_from(pid).map(descendants).unwrap_or_default());
+        }
+    }
+    let nets = task_namespaces(&pids, &node_ns);
+    kill_and_delete(&pids, &nets);
+    crate::teardown_prefix(prefix)
 }
 
 /// The inode of a network namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`), which
