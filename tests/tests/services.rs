@@ -191,28 +191,44 @@ fn step2_scale_spreads_reaches_every_task_and_keeps_connections() {
             held.push(conn);
         }
     }
-    ctl(&c, &["service", "scale", "web=1"]);
-    let left = ok(c.wait_converged("web", 1));
-    let survivor = left[0].name.clone();
-    let removed: Vec<String> = held
-        .iter()
-        .map(|h| h.reply.task.clone())
-        .filter(|t| *t != survivor)
-        .collect();
-    assert!(
-        !removed.is_empty(),
-        "no held connection went to a task that was removed (held: {reached:?})"
-    );
-    for mut conn in held {
-        let task = conn.reply.task.clone();
-        ok(conn
-            .roundtrip(b"still there after the scale-down\n")
-            .map_err(|e| e.context(format!("the connection to {task}"))));
-        ok(conn
-            .finish()
-            .map_err(|e| e.context(format!("closing the connection to {task}"))));
-    }
-    ok(c.wait_every_node_reaches(WEB, &BTreeSet::from([survivor]), PROPAGATE));
+    // `service scale` may wait for the removed tasks to stop, which they do only once
+    // their connections close (or the grace period ends): it runs aside while the held
+    // connections are checked and closed.
+    std::thread::scope(|s| {
+        let scale = s.spawn(|| c.ctl_timeout(&["service", "scale", "web=1"], CONVERGE));
+        let left = ok(mesh_tests::poll_until(CONVERGE, "one task left", || {
+            let tasks = c.service_tasks("web")?;
+            let wanted = tasks
+                .iter()
+                .filter(|t| t.desired.eq_ignore_ascii_case("running"))
+                .count();
+            let running: Vec<TaskRow> = tasks.into_iter().filter(TaskRow::is_running).collect();
+            Ok((wanted == 1 && running.len() == 1).then_some(running))
+        }));
+        let survivor = left[0].name.clone();
+        let removed: Vec<String> = held
+            .iter()
+            .map(|h| h.reply.task.clone())
+            .filter(|t| *t != survivor)
+            .collect();
+        assert!(
+            !removed.is_empty(),
+            "no held connection went to a task that was removed (held: {reached:?})"
+        );
+        for mut conn in held {
+            let task = conn.reply.task.clone();
+            ok(conn
+                .roundtrip(b"still there after the scale-down\n")
+                .map_err(|e| e.context(format!("the connection to {task}"))));
+            ok(conn
+                .finish()
+                .map_err(|e| e.context(format!("closing the connection to {task}"))));
+        }
+        let out = scale.join().expect("the scale thread");
+        ok(out);
+        ok(c.wait_every_node_reaches(WEB, &BTreeSet::from([survivor]), PROPAGATE));
+    });
+    ok(c.wait_converged("web", 1));
 }
 
 /// Step 3: a rolling update of 20 replicas (v1 -> v2, 5 at a time, a delay between) under
