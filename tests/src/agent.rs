@@ -1,5 +1,6 @@
 //! `lb-agent` processes and the configuration files the harness writes for them.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -234,6 +235,24 @@ impl Agent {
     /// `detached` starts it in a process group of its own, so that a Ctrl-C meant for the
     /// program that started it (the demo) does not reach it.
     pub fn start(ns: &str, bin: &Path, config: &Path, log: &Path, detached: bool) -> Result<Self> {
+        let args = [OsStr::new("--config"), config.as_os_str()];
+        let mut agent = Self::spawn(ns, bin, &args, log, detached)?;
+        config.clone_into(&mut agent.config);
+        Ok(agent)
+    }
+
+    /// Starts `nsenter --net=/run/netns/<ns> -- <bin> <args>`, output appended to `log`:
+    /// an agent with any command line, e.g. a managed one (`--join`, no `--config`).
+    /// [`Agent::config_path`] is empty then. Does not wait for readiness.
+    ///
+    /// `detached` as in [`Agent::start`].
+    pub fn spawn(
+        ns: &str,
+        bin: &Path,
+        args: &[&OsStr],
+        log: &Path,
+        detached: bool,
+    ) -> Result<Self> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -251,8 +270,7 @@ impl Agent {
             .arg(format!("--net=/run/netns/{ns}"))
             .arg("--")
             .arg(bin)
-            .arg("--config")
-            .arg(config)
+            .args(args)
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
@@ -265,7 +283,7 @@ impl Agent {
             .with_context(|| format!("start {} in {ns}", bin.display()))?;
         Ok(Self {
             ns: ns.to_owned(),
-            config: config.to_owned(),
+            config: PathBuf::new(),
             log: log.to_owned(),
             child: Some(child),
         })
@@ -277,13 +295,22 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the agent exited by itself (it is reaped then). `false` while it runs, and
+    /// after the harness killed or stopped it.
+    pub fn has_exited(&mut self) -> Result<bool> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait().context("wait for the agent")?.is_some()),
+            None => Ok(false),
+        }
+    }
+
     /// The agent's log file.
     #[must_use]
     pub fn log_path(&self) -> &Path {
         &self.log
     }
 
-    /// The agent's configuration file.
+    /// The agent's configuration file (empty for one started by [`Agent::spawn`]).
     #[must_use]
     pub fn config_path(&self) -> &Path {
         &self.config

@@ -12,30 +12,35 @@ use anyhow::{Context, Result, bail, ensure};
 /// Default timeout of a request.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What `task-echo` said first: which task answered and the peer address it saw.
+/// What `task-echo` said first: which task answered, its tag, and the peer address it saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     /// The task's name.
     pub task: String,
+    /// The task's `--tag` (a version during a rolling update), if it has one.
+    pub tag: Option<String>,
     /// The client address as the task saw it.
     pub peer: SocketAddr,
 }
 
 impl Reply {
-    /// Parses `task=<name> peer=<ip>:<port>` (with or without the newline).
+    /// Parses `task=<name> [tag=<tag>] peer=<ip>:<port>` (with or without the newline).
     pub fn parse(line: &str) -> Result<Self> {
         let line = line.trim_end();
         let mut task = None;
+        let mut tag = None;
         let mut peer = None;
         for field in line.split_whitespace() {
             if let Some(v) = field.strip_prefix("task=") {
                 task = Some(v.to_owned());
+            } else if let Some(v) = field.strip_prefix("tag=") {
+                tag = Some(v.to_owned());
             } else if let Some(v) = field.strip_prefix("peer=") {
                 peer = Some(v.parse().with_context(|| format!("peer in {line:?}"))?);
             }
         }
         match (task, peer) {
-            (Some(task), Some(peer)) => Ok(Self { task, peer }),
+            (Some(task), Some(peer)) => Ok(Self { task, tag, peer }),
             _ => bail!("not a task-echo banner: {line:?}"),
         }
     }
@@ -330,6 +335,10 @@ mod tests {
         let r = Reply::parse("task=web.1 peer=10.99.0.100:40000\n").unwrap();
         assert_eq!(r.task, "web.1");
         assert_eq!(r.peer_ip(), Some(Ipv4Addr::new(10, 99, 0, 100)));
+        assert_eq!(r.tag, None);
         assert!(Reply::parse("hello").is_err());
+        let r = Reply::parse("task=web.3 tag=v2 peer=10.99.0.100:40000").unwrap();
+        assert_eq!(r.task, "web.3");
+        assert_eq!(r.tag.as_deref(), Some("v2"));
     }
 }

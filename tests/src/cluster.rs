@@ -246,7 +246,10 @@ fn temp_root(name: &str) -> Result<PathBuf> {
 }
 
 /// Runs `cmd` to completion, killing it after `timeout`; captures its output.
-fn run_captured(mut cmd: Command, timeout: Duration) -> Result<CtlOutput> {
+///
+/// # Errors
+/// If it cannot be started or does not finish in time.
+pub fn run_captured(mut cmd: Command, timeout: Duration) -> Result<CtlOutput> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

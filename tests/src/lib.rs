@@ -15,12 +15,14 @@ pub mod client;
 pub mod cluster;
 pub mod load;
 pub mod machine;
+pub mod managed;
 pub mod netns;
 pub mod topology;
 pub mod web;
 
 pub use agent::{Agent, BackendSpec, PortSpec, Protocol, ServiceSpec};
 pub use client::Reply;
+pub use managed::{ManagedCluster, ManagedOptions, TaskRow};
 pub use netns::{in_netns, spawn_in_netns};
 pub use topology::{Task, Topology, teardown_prefix};
 

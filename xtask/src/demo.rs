@@ -1,10 +1,11 @@
-//! `cargo xtask demo`: a local three-node mesh in network namespaces.
+//! `cargo xtask demo`: a local three-node managed cluster in network namespaces.
 //!
-//! Sets up, builds the agent and the test harness's binaries, then hands over to
-//! `mesh-demo` (written in the `tests` crate), which builds the mesh and prints which
-//! task answers each request. Without flags the mesh stays up to be explored;
-//! `--once` tears it down after one round (a smoke test); `--down` tears down a mesh an
-//! earlier run left up.
+//! Sets up, builds the manager, the agent and the test harness's binaries, then hands
+//! over to `mesh-demo` (written in the `tests` crate), which starts a manager and three
+//! agents joined by token, creates the service `web` with `meshctl`, and prints which task
+//! answers each request through each node. Without flags the cluster stays up to be
+//! explored with `meshctl`; `--once` tears it down after one round (a smoke test);
+//! `--down` tears down a cluster an earlier run left up.
 
 use anyhow::{Result, bail};
 
@@ -14,10 +15,10 @@ use crate::{setup, test};
 /// Options of `cargo xtask demo`, passed through to `mesh-demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Tear down the mesh an earlier `cargo xtask demo` left running, then exit.
+    /// Tear down the cluster an earlier `cargo xtask demo` left running, then exit.
     #[arg(long, conflicts_with = "once")]
     pub down: bool,
-    /// Build the mesh, show it answering, then tear it down and exit.
+    /// Start the cluster, show it answering, then tear it down and exit.
     #[arg(long)]
     pub once: bool,
     /// Skip `cargo xtask setup`.
@@ -50,6 +51,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         demo = demo.arg("--once");
     }
     cmd::step("mesh-demo");
-    // `exec`, so that Ctrl-C reaches mesh-demo alone and it can tear the mesh down.
+    // `exec`, so that Ctrl-C reaches mesh-demo alone and it can tear the cluster down.
     Err(demo.exec())
 }

@@ -1,23 +1,27 @@
-//! `mesh-demo`: a 3-node mesh in network namespaces, with agents and tasks, that answers
-//! requests through every node, and then stays up to be explored.
+//! `mesh-demo`: a managed 3-node cluster in network namespaces (a manager on n1, workers
+//! n2 and n3 joined with a token, an agent on every node), the service `web` created with
+//! `meshctl`, requests through every node answered by its tasks; then it stays up to be
+//! explored with `meshctl`.
 //!
 //! ```text
-//! mesh-demo          build the mesh (prefix `mesh`), show it working, leave it running
+//! mesh-demo          build the cluster (prefix `demo`), show it working, leave it running
 //! mesh-demo --once   the same, then tear it down (CI smoke test)
 //! mesh-demo --down   tear down what an earlier `mesh-demo` left running
 //! ```
 #![forbid(unsafe_code)]
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use mesh_tests::client::request_tcp;
-use mesh_tests::client::request_udp;
-use mesh_tests::web::{self, TCP_PORT, UDP_PORT, VIP};
-use mesh_tests::{Topology, in_netns, teardown_prefix};
+use mesh_tests::managed::teardown_managed;
+use mesh_tests::{ManagedCluster, ManagedOptions, bin};
 
-const PREFIX: &str = "mesh";
+/// Not `mesh`: the process runtime names task namespaces `mesh-<task id>`, which a
+/// teardown of `mesh-*` would take for the demo's.
+const PREFIX: &str = "demo";
+const NODES: usize = 3;
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 8081;
 
 fn usage() -> ExitCode {
     eprintln!("usage: mesh-demo [--once | --down]");
@@ -35,7 +39,6 @@ fn main() -> ExitCode {
         [] => demo(false),
         ["--once"] => demo(true),
         ["--down"] => down(),
-        ["-h" | "--help"] => return usage(),
         _ => return usage(),
     };
     match result {
@@ -49,56 +52,89 @@ fn main() -> ExitCode {
 
 fn down() -> Result<()> {
     mesh_tests::netns::preflight()?;
-    teardown_prefix(PREFIX)?;
+    teardown_managed(PREFIX)?;
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join("mesh-tests").join(PREFIX));
-    println!("mesh-demo: removed the namespaces {PREFIX}-* and the pins /sys/fs/bpf/{PREFIX}-*");
+    println!(
+        "mesh-demo: stopped the managers, agents and tasks; removed the namespaces {PREFIX}-* \
+         and the pins /sys/fs/bpf/{PREFIX}-*"
+    );
+    Ok(())
+}
+
+/// Prints a command line and what it printed.
+fn show(c: &ManagedCluster, args: &[&str]) -> Result<()> {
+    println!("$ meshctl {}", args.join(" "));
+    let out = c.meshctl_timeout(args, std::time::Duration::from_secs(120))?;
+    print!("{}{}", out.stdout, out.stderr);
+    if !out.success() {
+        bail!("meshctl {} failed ({})", args.join(" "), out.status);
+    }
+    println!();
     Ok(())
 }
 
 fn demo(once: bool) -> Result<()> {
     println!(
-        "mesh-demo: building 3 nodes, a client and 4 tasks in network namespaces `{PREFIX}-*`"
+        "mesh-demo: {NODES} nodes and a client in network namespaces `{PREFIX}-*`: a manager \
+         on n1, workers n2 and n3 joined with a token, lb-agent on every node"
     );
-    let mut topo = Topology::with_prefix(PREFIX, 3, [10, 99, 0])?;
-    topo.set_detached(!once);
-    let tasks = [(1, "web.1"), (2, "web.2"), (3, "web.3"), (1, "web.4")];
-    for (j, (node, name)) in tasks.iter().enumerate() {
-        let addr = Ipv4Addr::new(10, 255, *node as u8, j as u8 + 1);
-        topo.add_task(*node, name, addr)?;
-    }
-    let names: Vec<&str> = tasks.iter().map(|(_, n)| *n).collect();
-    topo.set_services(vec![web::service(&names)]);
-    println!(
-        "mesh-demo: starting lb-agent on every node (configs in {})",
-        topo.dir().display()
-    );
-    topo.start_agents()?;
-
-    let client = topo.client_ns();
+    let mut options = ManagedOptions::new(NODES, 1);
+    options.prefix = Some((PREFIX.to_owned(), [10, 99, 0]));
+    options.detached = !once;
+    let mut c = ManagedCluster::start_with(options)?;
     println!();
+    show(&c, &["node", "ls"])?;
+
+    let echo = bin("task-echo")?;
+    let echo = echo.to_string_lossy();
+    let tcp = format!("{TCP_PORT}:80");
+    let udp = format!("{UDP_PORT}:80/udp");
+    show(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "-p",
+            &tcp,
+            "-p",
+            &udp,
+            "--",
+            &echo,
+            "--port",
+            "80",
+            "--udp",
+        ],
+    )?;
+    c.wait_converged("web", 3)?;
+    show(&c, &["service", "ps", "web"])?;
+
     println!(
         "{:<6} {:<22} {:<8} {:<22}",
         "node", "request", "task", "peer seen by the task"
     );
     let mut failures = 0;
-    for k in 1..=topo.nodes() {
-        let node = topo.node_addr(k);
-        for (proto, port) in [
-            ("tcp", TCP_PORT),
-            ("tcp", TCP_PORT),
-            ("tcp", TCP_PORT),
-            ("udp", UDP_PORT),
-        ] {
-            let addr = SocketAddr::from((node, port));
-            let res = in_netns(&client, move || {
-                if proto == "tcp" {
-                    request_tcp(addr)
+    for k in 1..=NODES {
+        let node = c.node_addr(k);
+        for udp in [false, false, false, true] {
+            let (what, res) = if udp {
+                (
+                    format!("udp {node}:{UDP_PORT}"),
+                    c.request_udp(k, UDP_PORT, b"hello").map(|(r, _)| r),
+                )
+            } else {
+                // The first request through a node may race the node programming the
+                // port it was just told to publish.
+                let res = if failures == 0 {
+                    c.wait_answered(k, TCP_PORT, std::time::Duration::from_secs(10))
                 } else {
-                    request_udp(addr, b"hello").map(|(r, _)| r)
-                }
-            })
-            .and_then(|r| r);
-            let what = format!("{proto} {addr}");
+                    c.request(k, TCP_PORT)
+                };
+                (format!("tcp {node}:{TCP_PORT}"), res)
+            };
             match res {
                 Ok(r) => println!(
                     "{:<6} {:<22} {:<8} {:<22}",
@@ -116,36 +152,44 @@ fn demo(once: bool) -> Result<()> {
     }
     println!();
     if once {
-        drop(topo);
+        drop(c);
         if failures > 0 {
             bail!("{failures} requests failed");
         }
         println!("mesh-demo: all requests answered; torn down (--once)");
         return Ok(());
     }
-    topo.keep();
+    c.keep();
     let p = PREFIX;
-    let c = topo.client_addr();
-    println!("The mesh keeps running. Look around:");
+    let meshctl = bin("meshctl")?;
+    let tls = c.data_dir(1).join("tls");
+    println!("The cluster keeps running. Talk to it as the manager on n1:");
     println!(
-        "  ip netns list | grep {p}-              # namespaces: {p}-ul (bridge), {p}-n1..n3, {p}-c (client {c}), {p}-t-<task>"
+        "  alias meshctl='ip netns exec {p}-n1 env MESH_HOST={} MESH_TLS_DIR={} {}'",
+        c.hosts(),
+        tls.display(),
+        meshctl.display()
     );
-    println!(
-        "  ip netns exec {p}-c curl -s --max-time 2 telnet://10.99.0.11:{TCP_PORT} </dev/null"
-    );
-    println!(
-        "  ip netns exec {p}-c nc -w1 10.99.0.12 {TCP_PORT} </dev/null    # answered by any task"
-    );
+    println!("  meshctl node ls");
+    println!("  meshctl service ps web");
+    println!("  meshctl service scale web=6");
+    println!("  meshctl service update --args \"--port 80 --udp --tag v2\" web   # rolling update");
+    println!("  meshctl service rollback web");
+    println!("  meshctl node update --availability drain n3");
+    println!("Requests from the client namespace ({p}-c), through any node:");
+    println!("  ip netns exec {p}-c nc -w1 10.99.0.12 {TCP_PORT} </dev/null");
     println!("  echo hi | ip netns exec {p}-c nc -u -w1 10.99.0.13 {UDP_PORT}");
-    println!("  ip netns exec {p}-t-web.1 nc -w1 {VIP} 80 </dev/null          # a task to the VIP");
-    println!("  ip netns exec {p}-n1 curl -s 127.0.0.1:9464/metrics");
-    println!("  bpftool map dump pinned /sys/fs/bpf/{p}-n1/LB_FLOWS");
-    println!("  ip -n {p}-n1 link show eth0                          # the XDP program");
-    println!("  cat {}/agent-n1.log", topo.dir().display());
+    println!("Inside:");
+    println!("  ip netns exec {p}-n1 curl -s 127.0.0.1:9464/metrics     # n1's agent");
+    println!("  ip -n {p}-n1 -d link show eth0                          # its XDP program");
+    println!(
+        "  ls {}                    # managers' and agents' logs",
+        c.topology().dir().display()
+    );
     println!("Tear it down:");
-    println!("  mesh-demo --down      (or: cargo xtask demo --down)");
+    println!("  cargo xtask demo --down     (or: mesh-demo --down)");
     if failures > 0 {
-        bail!("{failures} requests failed; the mesh was left running for inspection");
+        bail!("{failures} requests failed; the cluster was left running for inspection");
     }
     Ok(())
 }

@@ -1,12 +1,17 @@
 //! `task-echo`: the tiny server every test task runs.
 //!
 //! ```text
-//! task-echo --name web.1 --port 80 [--udp]
+//! task-echo [--name web.1] [--tag v1] [--port 80] [--udp]
 //! ```
 //!
-//! TCP: on each connection it first writes one line `task=<name> peer=<ip>:<port>\n`
-//! (the peer address as the server saw it, which proves that the client's source address
-//! was preserved), then echoes every byte it receives until EOF.
+//! The name defaults to `$MESH_TASK_NAME`, which the agent's process runtime sets for
+//! every task it starts (`web.3`).
+//!
+//! TCP: on each connection it first writes one line `task=<name> peer=<ip>:<port>\n`, or
+//! `task=<name> tag=<tag> peer=<ip>:<port>\n` with `--tag` (the peer address as the server
+//! saw it, which proves that the client's source address was preserved; the tag tells
+//! versions of a service apart during a rolling update), then echoes every byte it
+//! receives until EOF.
 //!
 //! UDP (with `--udp`, on the same port): answers each datagram with the same line
 //! followed by the datagram's payload.
@@ -20,18 +25,27 @@ use std::time::Duration;
 
 struct Args {
     name: String,
+    tag: Option<String>,
     port: u16,
     udp: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut name = None;
+    let mut tag = None;
     let mut port = None;
     let mut udp = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--name" => name = it.next(),
+            "--name" => name = Some(it.next().ok_or("--name needs a value")?),
+            "--tag" => {
+                let v = it.next().ok_or("--tag needs a value")?;
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return Err(format!("--tag {v:?}: one word, please"));
+                }
+                tag = Some(v);
+            }
             "--port" => {
                 let v = it.next().ok_or("--port needs a value")?;
                 port = Some(v.parse::<u16>().map_err(|e| format!("--port {v}: {e}"))?);
@@ -41,15 +55,28 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    let name = name
+        .or_else(|| std::env::var("MESH_TASK_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or("--name is required (or $MESH_TASK_NAME)")?;
     Ok(Args {
-        name: name.ok_or("--name is required")?,
+        name,
+        tag,
         port: port.unwrap_or(80),
         udp,
     })
 }
 
-fn banner(name: &str, peer: SocketAddr) -> String {
-    format!("task={name} peer={peer}\n")
+/// Who answers: `task=<name>`, plus ` tag=<tag>` when tagged.
+fn who(args: &Args) -> String {
+    match &args.tag {
+        Some(tag) => format!("task={} tag={tag}", args.name),
+        None => format!("task={}", args.name),
+    }
+}
+
+fn banner(who: &str, peer: SocketAddr) -> String {
+    format!("{who} peer={peer}\n")
 }
 
 fn serve_tcp_conn(name: &str, mut conn: TcpStream, peer: SocketAddr) {
@@ -117,7 +144,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("task-echo: {e}");
             }
-            eprintln!("usage: task-echo --name NAME [--port PORT] [--udp]");
+            eprintln!("usage: task-echo [--name NAME] [--tag TAG] [--port PORT] [--udp]");
             return ExitCode::from(2);
         }
     };
@@ -140,13 +167,13 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    let who = who(&args);
     eprintln!(
-        "task-echo {} listening on {bind} (tcp{})",
-        args.name,
+        "task-echo {who} listening on {bind} (tcp{})",
         if udp.is_some() { ", udp" } else { "" }
     );
     if let Some(socket) = udp {
-        let name = args.name.clone();
+        let name = who.clone();
         if let Err(e) = thread::Builder::new()
             .name("udp".into())
             .spawn(move || serve_udp(&name, &socket))
@@ -155,6 +182,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    serve_tcp(args.name, listener);
+    serve_tcp(who, listener);
     ExitCode::SUCCESS
 }

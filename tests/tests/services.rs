@@ -1,0 +1,594 @@
+//! End-to-end tests of services on a managed mesh (issue 4): `mesh-manager`s and
+//! `lb-agent --join`s in network namespaces ([`ManagedCluster`]), services created,
+//! scaled, updated and rolled back with `meshctl`, tasks run by the agents' process
+//! runtime (`task-echo`), requests from a client on the underlay through every node.
+//!
+//! One test per step of the issue, each on a 3-node cluster of its own (1 manager, 3 for
+//! step 1). The tests take turns (a lock): each cluster runs a dozen processes and up to
+//! twenty tasks, and CI has two cores.
+//!
+//! Step 7 of the issue (the same create/scale/update with `--runtime docker` and a locally
+//! built image) is not here yet: it needs a Docker engine and an image built from a
+//! static `task-echo` (docs in /work/shared/TOOLCHAIN.md's "Docker engine" section).
+//!
+//! Needs root, iproute2, ethtool, and the binaries `mesh-manager`, `meshctl`, `lb-agent`
+//! and `task-echo` (`cargo xtask test` builds them first).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Result;
+use mesh_tests::managed::{per_node, rows};
+use mesh_tests::{ManagedCluster, TaskRow, bin};
+
+/// The published port of the `web` service.
+const WEB: u16 = 8080;
+/// How long a `meshctl` command that waits for convergence may take.
+const CONVERGE: Duration = Duration::from_secs(120);
+/// How long a change may take to reach every node's dataplane.
+const PROPAGATE: Duration = Duration::from_secs(30);
+
+static TURN: Mutex<()> = Mutex::new(());
+
+/// Takes this test's turn: hold it for the whole test, declared before the cluster.
+fn turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Unwraps, or panics with the whole error chain.
+#[track_caller]
+fn ok<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn cluster(managers: usize) -> ManagedCluster {
+    ok(ManagedCluster::start(3, managers))
+}
+
+/// `meshctl service create OPTS -- task-echo --port 80 --udp ECHO_ARGS`, which waits for
+/// the service to converge; checks that it says so.
+fn create(c: &ManagedCluster, opts: &[&str], echo_args: &[&str]) {
+    let echo = ok(bin("task-echo"));
+    let echo = echo.to_string_lossy();
+    let mut args = vec!["service", "create"];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["--", &echo, "--port", "80", "--udp"]);
+    args.extend_from_slice(echo_args);
+    let out = ok(c.meshctl_timeout(&args, CONVERGE));
+    assert!(
+        out.success(),
+        "meshctl {} failed: {}{}",
+        args.join(" "),
+        out.stderr,
+        out.stdout
+    );
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("verify: Service converged"),
+        "meshctl service create did not report convergence:\n{all}"
+    );
+}
+
+/// `meshctl ARGS` that must succeed (with the long timeout: it may wait for convergence).
+fn ctl(c: &ManagedCluster, args: &[&str]) -> String {
+    ok(c.ctl_timeout(args, CONVERGE))
+}
+
+fn names(tasks: &[TaskRow]) -> BTreeSet<String> {
+    tasks.iter().map(|t| t.name.clone()).collect()
+}
+
+/// The running tasks are spread evenly: per node, counts differ by at most one, over
+/// every node when there are at least as many tasks as nodes.
+fn assert_spread(tasks: &[TaskRow], nodes: usize) {
+    let per = per_node(tasks);
+    let max = per.values().copied().max().unwrap_or(0);
+    let min = if per.len() < nodes.min(tasks.len()) {
+        0
+    } else {
+        per.values().copied().min().unwrap_or(0)
+    };
+    assert!(
+        max - min <= 1,
+        "{} tasks not spread evenly over {nodes} nodes: {per:?}\n{}",
+        tasks.len(),
+        rows(tasks)
+    );
+}
+
+/// Requests through every node, `n` per node, every one answered; the tags that answered.
+fn tags_everywhere(c: &ManagedCluster, n: usize) -> BTreeMap<String, usize> {
+    let mut tags = BTreeMap::new();
+    for (_, r) in ok(c.requests_everywhere(WEB, n)) {
+        *tags.entry(r.tag.unwrap_or_else(|| "-".into())).or_default() += 1;
+    }
+    tags
+}
+
+/// The cluster forms: every node ready, the managers' roles right, every agent's XDP
+/// program attached to its node's underlay interface.
+#[test]
+fn cluster_forms_with_every_node_ready() {
+    let _turn = turn();
+    let c = cluster(1);
+    let nodes = ok(c.ctl_json(&["node", "ls", "--format", "json"]));
+    let nodes = nodes.as_array().expect("a list");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for n in nodes {
+        let host = n["Hostname"].as_str().unwrap_or_default();
+        let manager = !n["ManagerStatus"].as_str().unwrap_or_default().is_empty();
+        assert_eq!(manager, host == "n1", "manager status of {host}: {n}");
+    }
+    for k in 1..=3 {
+        assert!(ok(c.dataplane_attached(k)), "no XDP program on n{k}'s eth0");
+    }
+}
+
+/// Step 1: `web` with one replica published on 8080: every node's 8080 is answered, by
+/// that task, which sees the client's own address. Three managers.
+#[test]
+fn step1_one_replica_answers_on_every_node() {
+    let _turn = turn();
+    let mut c = cluster(3);
+    create(
+        &c,
+        &["--name", "web", "--replicas", "1", "-p", "8080:80"],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("web", 1));
+    assert_eq!(names(&tasks), BTreeSet::from(["web.1".to_owned()]));
+    let client = c.topology().client_addr();
+    for k in 1..=3 {
+        let r = ok(c.wait_answered(k, WEB, PROPAGATE));
+        assert_eq!(r.task, "web.1", "answered through n{k}");
+    }
+    for (k, r) in ok(c.requests_everywhere(WEB, 5)) {
+        assert_eq!(r.task, "web.1", "answered through n{k}");
+        assert_eq!(r.peer_ip(), Some(client), "peer seen by web.1 via n{k}");
+    }
+}
+
+/// Step 2: scale to 2, 5, 10, then 1: tasks spread evenly across the nodes, requests
+/// through any node reach every task, and scaling down does not reset open connections.
+#[test]
+fn step2_scale_spreads_reaches_every_task_and_keeps_connections() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "-p",
+            "8080:80",
+            "--stop-grace-period",
+            "30s",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("web", 2));
+    assert_spread(&tasks, 3);
+    ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+    for n in [5, 10] {
+        ctl(&c, &["service", "scale", &format!("web={n}")]);
+        let tasks = ok(c.wait_converged("web", n));
+        assert_spread(&tasks, 3);
+        ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+    }
+
+    // Connections to as many tasks as possible, held across the scale-down.
+    let mut held = Vec::new();
+    let mut reached = BTreeSet::new();
+    for i in 0..60 {
+        if reached.len() >= 10 {
+            break;
+        }
+        let conn = ok(c.connect(1 + i % 3, WEB));
+        if reached.insert(conn.reply.task.clone()) {
+            held.push(conn);
+        }
+    }
+    // `service scale` may wait for the removed tasks to stop, which they do only once
+    // their connections close (or the grace period ends): it runs aside while the held
+    // connections are checked and closed.
+    std::thread::scope(|s| {
+        let scale = s.spawn(|| c.ctl_timeout(&["service", "scale", "web=1"], CONVERGE));
+        let left = ok(mesh_tests::poll_until(CONVERGE, "one task left", || {
+            let tasks = c.service_tasks("web")?;
+            let wanted = tasks
+                .iter()
+                .filter(|t| t.desired.eq_ignore_ascii_case("running"))
+                .count();
+            let running: Vec<TaskRow> = tasks.into_iter().filter(TaskRow::is_running).collect();
+            Ok((wanted == 1 && running.len() == 1).then_some(running))
+        }));
+        let survivor = left[0].name.clone();
+        let removed: Vec<String> = held
+            .iter()
+            .map(|h| h.reply.task.clone())
+            .filter(|t| *t != survivor)
+            .collect();
+        assert!(
+            !removed.is_empty(),
+            "no held connection went to a task that was removed (held: {reached:?})"
+        );
+        for mut conn in held {
+            let task = conn.reply.task.clone();
+            ok(conn
+                .roundtrip(b"still there after the scale-down\n")
+                .map_err(|e| e.context(format!("the connection to {task}"))));
+            ok(conn
+                .finish()
+                .map_err(|e| e.context(format!("closing the connection to {task}"))));
+        }
+        let out = scale.join().expect("the scale thread");
+        ok(out);
+        ok(c.wait_every_node_reaches(WEB, &BTreeSet::from([survivor]), PROPAGATE));
+    });
+    ok(c.wait_converged("web", 1));
+}
+
+/// Step 3: a rolling update of 20 replicas (v1 -> v2, 5 at a time, a delay between) under
+/// continuous load: both versions answer during the update, only v2 after, no request
+/// fails; then a rollback: only v1, no request fails.
+#[test]
+fn step3_rolling_update_and_rollback_under_load() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "20",
+            "-p",
+            "8080:80",
+            "--update-parallelism",
+            "5",
+            "--update-delay",
+            "1s",
+            "--stop-grace-period",
+            "5s",
+        ],
+        &["--tag", "v1"],
+    );
+    let tasks = ok(c.wait_converged("web", 20));
+    assert_spread(&tasks, 3);
+    for k in 1..=3 {
+        ok(c.wait_answered(k, WEB, PROPAGATE));
+    }
+    assert_eq!(tags_everywhere(&c, 5).keys().collect::<Vec<_>>(), ["v1"]);
+
+    for (from, to, command) in [
+        (
+            "v1",
+            "v2",
+            vec![
+                "service",
+                "update",
+                "--args",
+                "--port 80 --udp --tag v2",
+                "web",
+            ],
+        ),
+        ("v2", "v1", vec!["service", "rollback", "web"]),
+    ] {
+        let load = ok(c.start_load(WEB));
+        ok(load.wait_more(&load.stats(), 10, PROPAGATE));
+        ctl(&c, &command);
+        let tasks = ok(c.wait_converged("web", 20));
+        let before = load.stats();
+        ok(load.wait_more(&before, 10, PROPAGATE));
+        let stats = ok(load.stop());
+        assert!(
+            stats.failed.is_empty(),
+            "{} of {} requests failed during {from} -> {to}: {:?}",
+            stats.failed.len(),
+            stats.ok + stats.failed.len(),
+            &stats.failed[..stats.failed.len().min(10)]
+        );
+        assert!(
+            stats.by_tag.get(from).copied().unwrap_or(0) > 0
+                && stats.by_tag.get(to).copied().unwrap_or(0) > 0,
+            "both versions should have answered during {from} -> {to}: {:?}",
+            stats.by_tag
+        );
+        assert_spread(&tasks, 3);
+        let after = tags_everywhere(&c, 10);
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            [to],
+            "after {from} -> {to}, answered by {after:?}"
+        );
+    }
+}
+
+/// Step 4: a task's process is killed: the task is restarted (a new task in its slot),
+/// its backend leaves the mesh and the new one joins: once the service has converged
+/// again, every request is answered and every task, the new one included, is reached.
+#[test]
+fn step4_killed_task_is_replaced_and_the_mesh_follows() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "-p",
+            "8080:80",
+            "--restart-delay",
+            "0s",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("web", 3));
+    ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+    let victim = tasks[0].clone();
+    let pids = ok(c.kill_task(&victim.id));
+
+    let what = format!("a new task in {}'s slot", victim.name);
+    let replacement = ok(mesh_tests::poll_until(CONVERGE, &what, || {
+        let all = c.service_tasks("web")?;
+        let old_ended = all
+            .iter()
+            .any(|t| t.id == victim.id && !t.state.eq_ignore_ascii_case("running"));
+        let new = all
+            .iter()
+            .find(|t| t.name == victim.name && t.id != victim.id && t.is_running())
+            .cloned();
+        Ok(new.filter(|_| old_ended))
+    }));
+    assert!(
+        c.task_pids(&victim.id).is_empty(),
+        "the killed task's processes {pids:?} still run"
+    );
+    assert!(
+        !c.task_pids(&replacement.id).is_empty(),
+        "no process of the new task {}",
+        replacement.id
+    );
+    let tasks = ok(c.wait_converged("web", 3));
+    ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+    let load = ok(c.start_load(WEB));
+    ok(load.wait_more(&load.stats(), 60, PROPAGATE));
+    let stats = ok(load.stop());
+    assert!(
+        stats.failed.is_empty(),
+        "requests failed after the replacement converged: {:?}",
+        stats.failed
+    );
+    assert_eq!(
+        stats.by_task.keys().cloned().collect::<BTreeSet<_>>(),
+        names(&tasks)
+    );
+}
+
+/// Step 5: draining a node moves its tasks elsewhere without a failed request; a node
+/// whose agent stops and that is cut off loses its tasks to the others, and the mesh
+/// stops sending it flows: every request through the other nodes is answered (a flow
+/// sent to the cut-off node would go unanswered).
+#[test]
+fn step5_drain_and_lost_node() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "-p",
+            "8080:80",
+            "--stop-grace-period",
+            "2s",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("web", 6));
+    assert_eq!(
+        per_node(&tasks).values().copied().collect::<Vec<_>>(),
+        [2, 2, 2]
+    );
+    ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+
+    // Drain n3.
+    let load = ok(c.start_load(WEB));
+    ok(load.wait_more(&load.stats(), 10, PROPAGATE));
+    ctl(&c, &["node", "update", "--availability", "drain", "n3"]);
+    let tasks = ok(mesh_tests::poll_until(
+        CONVERGE,
+        "n3's tasks to move",
+        || {
+            let running = c.running_tasks("web")?;
+            let on_n3 = running.iter().any(|t| t.node == "n3");
+            Ok((!on_n3 && running.len() == 6).then_some(running))
+        },
+    ));
+    ok(c.wait_converged("web", 6));
+    let before = load.stats();
+    ok(load.wait_more(&before, 20, PROPAGATE));
+    let stats = ok(load.stop());
+    assert!(
+        stats.failed.is_empty(),
+        "requests failed while n3 drained: {:?}",
+        stats.failed
+    );
+    assert_eq!(
+        per_node(&tasks).values().copied().collect::<Vec<_>>(),
+        [3, 3]
+    );
+    ctl(&c, &["node", "update", "--availability", "active", "n3"]);
+
+    // Lose n2: its agent stops, its cable is pulled.
+    ok(c.stop_agent(2));
+    ok(c.cut_off(2));
+    let tasks = ok(mesh_tests::poll_until(
+        CONVERGE,
+        "n2's tasks to be rescheduled",
+        || {
+            let ready = c.ready_nodes()?;
+            let running = c.running_tasks("web")?;
+            let on_n2 = running.iter().any(|t| t.node == "n2");
+            Ok((!ready.contains("n2") && !on_n2 && running.len() == 6).then_some(running))
+        },
+    ));
+    assert!(
+        tasks.iter().all(|t| t.node == "n1" || t.node == "n3"),
+        "{}",
+        rows(&tasks)
+    );
+    // Once every surviving node reaches every task, no flow goes to n2 any more.
+    let survivors: Vec<usize> = vec![1, 3];
+    let what = "n1 and n3 to reach the rescheduled tasks";
+    ok(mesh_tests::poll_until(PROPAGATE, what, || {
+        let mut seen = BTreeSet::new();
+        for &k in &survivors {
+            for _ in 0..12 {
+                match c.request(k, WEB) {
+                    Ok(r) => {
+                        seen.insert(r.task);
+                    }
+                    Err(_) => return Ok(None),
+                }
+            }
+        }
+        Ok((seen == names(&tasks)).then_some(()))
+    }));
+    for &k in &survivors {
+        for i in 0..30 {
+            ok(c.request(k, WEB)
+                .map_err(|e| e.context(format!("request {i} via n{k}, n2 cut off"))));
+        }
+    }
+}
+
+/// Step 6: placement constraints (labels, role), global mode (one task per eligible
+/// node), host-mode publishing (answered only where a task runs), and a UDP service.
+#[test]
+fn step6_constraints_global_host_mode_udp() {
+    let _turn = turn();
+    let mut c = cluster(1);
+
+    // A label constraint: every task on n2, answered through every node.
+    ctl(&c, &["node", "update", "--label-add", "zone=a", "n2"]);
+    create(
+        &c,
+        &[
+            "--name",
+            "zoned",
+            "--replicas",
+            "3",
+            "-p",
+            "8090:80",
+            "--constraint",
+            "node.labels.zone==a",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("zoned", 3));
+    assert!(tasks.iter().all(|t| t.node == "n2"), "{}", rows(&tasks));
+    for k in 1..=3 {
+        ok(c.wait_answered(k, 8090, PROPAGATE));
+    }
+
+    // A role constraint: every task on the manager.
+    create(
+        &c,
+        &[
+            "--name",
+            "onmgr",
+            "--replicas",
+            "2",
+            "-p",
+            "8091:80",
+            "--constraint",
+            "node.role==manager",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("onmgr", 2));
+    assert!(tasks.iter().all(|t| t.node == "n1"), "{}", rows(&tasks));
+
+    // Global mode on the workers: one task on each of n2 and n3.
+    create(
+        &c,
+        &[
+            "--name",
+            "glob",
+            "--mode",
+            "global",
+            "-p",
+            "8092:80",
+            "--constraint",
+            "node.role==worker",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("glob", 2));
+    assert_eq!(
+        per_node(&tasks),
+        BTreeMap::from([("n2".to_owned(), 1), ("n3".to_owned(), 1)]),
+        "{}",
+        rows(&tasks)
+    );
+    ok(c.wait_every_node_reaches(8092, &names(&tasks), PROPAGATE));
+
+    // Host mode: the port is answered on the task's node only.
+    create(
+        &c,
+        &[
+            "--name",
+            "hosted",
+            "--replicas",
+            "1",
+            "-p",
+            "mode=host,published=8093,target=80",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("hosted", 1));
+    let home = ManagedCluster::node_index(&tasks[0].node).expect("a node nK");
+    let r = ok(c.wait_answered(home, 8093, PROPAGATE));
+    assert_eq!(r.task, "hosted.1");
+    for k in (1..=3).filter(|&k| k != home) {
+        assert!(
+            c.request(k, 8093).is_err(),
+            "n{k} answered host-mode port 8093, but hosted.1 runs on n{home}"
+        );
+    }
+
+    // UDP: every node answers, every task is reached, the payload comes back.
+    create(
+        &c,
+        &["--name", "dns", "--replicas", "3", "-p", "8094:80/udp"],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("dns", 3));
+    let want = names(&tasks);
+    let mut seen: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    ok(mesh_tests::poll_until(
+        PROPAGATE,
+        "every node to reach every UDP task",
+        || {
+            for k in 1..=3 {
+                for i in 0..6 {
+                    let payload = format!("datagram {i} via n{k}");
+                    let Ok((r, echo)) = c.request_udp(k, 8094, payload.as_bytes()) else {
+                        return Ok(None);
+                    };
+                    anyhow::ensure!(echo == payload.as_bytes(), "echo differs via n{k}");
+                    seen.entry(k).or_default().insert(r.task);
+                }
+            }
+            Ok((1..=3).all(|k| seen.get(&k) == Some(&want)).then_some(()))
+        },
+    ));
+}
