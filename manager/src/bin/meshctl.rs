@@ -268,7 +268,6 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-
 impl From<TokenRole> for Role {
     fn from(role: TokenRole) -> Self {
         match role {
