@@ -109,6 +109,8 @@ fn service_round(
                     id: service.id,
                     spec: previous.clone(),
                     rollback: true,
+                    // Refused if a user updated the service meanwhile.
+                    expected_version: Some(service.spec_version),
                     at_ms: now_ms,
                 }];
             }
@@ -343,6 +345,7 @@ mod tests {
                 id,
                 spec,
                 rollback: false,
+                expected_version: None,
                 at_ms: self.now,
             });
         }

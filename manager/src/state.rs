@@ -383,6 +383,10 @@ pub enum Command {
         spec: ServiceSpec,
         /// A rollback: `spec` is the previous spec.
         rollback: bool,
+        /// The `spec_version` the writer based the new spec on: the update is
+        /// refused if the service changed since (`None`: no check).
+        #[serde(default)]
+        expected_version: Option<u64>,
         /// Leader's clock.
         at_ms: u64,
     },
@@ -483,6 +487,19 @@ pub enum StateError {
     /// No task matches the name.
     #[error("task {0} not found")]
     UnknownTask(String),
+    /// An update made against a spec that has changed since.
+    #[error(
+        "update out of sequence: service {service} is at version {version}, the update was \
+         made against version {expected}; inspect it again and retry"
+    )]
+    OutOfSequence {
+        /// The service.
+        service: String,
+        /// Its spec version now.
+        version: u64,
+        /// The version the update was based on.
+        expected: u64,
+    },
 }
 
 impl ClusterState {
@@ -603,8 +620,9 @@ impl ClusterState {
                 id,
                 spec,
                 rollback,
+                expected_version,
                 at_ms,
-            } => self.update_service(*id, spec, *rollback, *at_ms),
+            } => self.update_service(*id, spec, *rollback, *expected_version, *at_ms),
             Command::RemoveService { id, at_ms: _ } => {
                 self.service(*id)?;
                 self.services.remove(id);
@@ -696,11 +714,21 @@ impl ClusterState {
         id: ServiceId,
         spec: &ServiceSpec,
         rollback: bool,
+        expected_version: Option<u64>,
         at_ms: u64,
     ) -> Response {
         spec.validate()
             .map_err(|e| StateError::Invalid(e.to_string()))?;
         let current = self.service(id)?.clone();
+        if let Some(expected) = expected_version
+            && expected != current.spec_version
+        {
+            return Err(StateError::OutOfSequence {
+                service: current.spec.name,
+                version: current.spec_version,
+                expected,
+            });
+        }
         if spec.name != current.spec.name {
             return Err(StateError::Invalid(format!(
                 "service {} can't be renamed",
@@ -1246,6 +1274,7 @@ mod tests {
                     id: web.id,
                     spec: scaled.clone(),
                     rollback: false,
+                    expected_version: Some(1),
                     at_ms: 12,
                 })
                 .unwrap()
@@ -1263,6 +1292,7 @@ mod tests {
                     id: web.id,
                     spec: v2,
                     rollback: false,
+                    expected_version: None,
                     at_ms: 13,
                 })
                 .unwrap()
@@ -1280,10 +1310,23 @@ mod tests {
                         id: web.id,
                         spec: renamed,
                         rollback: false,
+                        expected_version: None,
                         at_ms: 14,
                     })
                     .is_err()
             );
+            assert_eq!(state, before);
+            // An update based on an old version changes nothing.
+            let err = state
+                .apply(&Command::UpdateService {
+                    id: web.id,
+                    spec: web.spec.clone(),
+                    rollback: true,
+                    expected_version: Some(1),
+                    at_ms: 15,
+                })
+                .unwrap_err();
+            assert!(matches!(err, StateError::OutOfSequence { .. }), "{err}");
             assert_eq!(state, before);
         }
 

@@ -133,17 +133,6 @@ fn decode_spec(json: &[u8]) -> Result<ServiceSpec, Status> {
 }
 
 /// Refuses an update based on a spec that has changed since it was read.
-fn check_version(service: &Service, expected: u64) -> Result<(), Status> {
-    if expected != 0 && expected != service.spec_version {
-        return Err(Status::failed_precondition(format!(
-            "update out of sequence: service {} is at version {}, the update was made \
-             against version {expected}; inspect it again and retry",
-            service.spec.name, service.spec_version
-        )));
-    }
-    Ok(())
-}
-
 fn expect_service(applied: Applied) -> Result<Service, Status> {
     match applied {
         Applied::Service(service) => Ok(*service),
@@ -260,11 +249,17 @@ impl Control for ControlService {
         } else {
             Some(decode_spec(&request.spec_json)?)
         };
-        let (id, spec) = {
+        let (id, spec, expected_version) = {
             let state = self.manager.read()?;
             let id = state.resolve_service(&request.name).map_err(state_status)?;
             let current = state.service(id).map_err(state_status)?;
-            check_version(current, request.expected_version)?;
+            // The state machine checks the version the update was based on: a
+            // rollback is based on what was read here.
+            let expected_version = if request.rollback {
+                Some(current.spec_version)
+            } else {
+                (request.expected_version != 0).then_some(request.expected_version)
+            };
             let spec = match new_spec {
                 Some(spec) => spec,
                 None => current.previous_spec.clone().ok_or_else(|| {
@@ -274,7 +269,7 @@ impl Control for ControlService {
                     ))
                 })?,
             };
-            (id, spec)
+            (id, spec, expected_version)
         };
         let service = expect_service(
             self.manager
@@ -282,6 +277,7 @@ impl Control for ControlService {
                     id,
                     spec,
                     rollback: request.rollback,
+                    expected_version,
                     at_ms: now_ms(),
                 })
                 .await?,
@@ -668,10 +664,20 @@ mod tests {
             &mut state,
             ServiceSpec::new("web", RuntimeKind::Process, "/bin/sleep", vec![]),
         );
-        check_version(&web, 0).unwrap();
-        check_version(&web, web.spec_version).unwrap();
-        let err = check_version(&web, web.spec_version + 1).unwrap_err();
+        let update = |expected_version| Command::UpdateService {
+            id: web.id,
+            spec: web.spec.clone(),
+            rollback: false,
+            expected_version,
+            at_ms: 2,
+        };
+        let err = state
+            .apply(&update(Some(web.spec_version + 1)))
+            .unwrap_err();
+        let err = state_status(err);
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        state.apply(&update(Some(web.spec_version))).unwrap();
+        state.apply(&update(None)).unwrap();
         assert!(err.message().contains("update out of sequence"), "{err}");
     }
 

@@ -307,6 +307,7 @@ pub fn state_status(err: StateError) -> Status {
         StateError::LastManager(_)
         | StateError::ManagerStillMember(_)
         | StateError::NodeNotDown(_)
+        | StateError::OutOfSequence { .. }
         | StateError::NotBootstrapped => Status::failed_precondition(message),
         StateError::AlreadyBootstrapped
         | StateError::NodeExists(_)
