@@ -213,7 +213,8 @@ pub struct ServiceConfig {
 pub struct PortConfig {
     /// Port published on every node's underlay address (the routing mesh), if any.
     pub published: Option<u16>,
-    /// Port the tasks listen on (and the port of the VIP).
+    /// Port the tasks listen on (and the port of the VIP). `0`, on a VIP and unpublished:
+    /// every port of the VIP, each to the same port of a backend (Swarm's VIPs).
     pub target: u16,
     /// `tcp` (default) or `udp`.
     #[serde(default)]
@@ -224,9 +225,10 @@ impl PortConfig {
     /// The metric label of the mapping: `8080:80/tcp` if published, else `80/tcp`.
     #[must_use]
     pub fn label(&self) -> String {
-        match self.published {
-            Some(p) => format!("{p}:{}/{}", self.target, self.protocol),
-            None => format!("{}/{}", self.target, self.protocol),
+        match (self.published, self.target) {
+            (Some(p), _) => format!("{p}:{}/{}", self.target, self.protocol),
+            (None, 0) => format!("*/{}", self.protocol),
+            (None, target) => format!("{target}/{}", self.protocol),
         }
     }
 }
@@ -631,8 +633,14 @@ impl Config {
             }
             let mut seen_targets = BTreeSet::new();
             for port in &svc.ports {
-                if port.target == 0 || port.published == Some(0) {
-                    return Err(invalid(&what, "port 0 is not a valid port"));
+                if port.published == Some(0)
+                    || (port.target == 0 && (port.published.is_some() || svc.vip.is_none()))
+                {
+                    return Err(invalid(
+                        &what,
+                        "port 0 is not a valid port (target = 0 means every port, on a VIP \
+                         and unpublished only)",
+                    ));
                 }
                 if port.published.is_none() && svc.vip.is_none() {
                     return Err(invalid(
@@ -939,6 +947,30 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
                 err.to_string().contains(needle),
                 "{err} does not contain {needle}"
             );
+        }
+    }
+
+    #[test]
+    fn target_zero_means_every_port_of_a_vip_and_nothing_else() {
+        check(|c| {
+            let mut s = c.services[0].clone();
+            s.name = "web/vip".into();
+            s.ports[0].published = None;
+            s.ports[0].target = 0;
+            c.services.push(s);
+        })
+        .unwrap();
+        for edit in [
+            (|c: &mut Config| c.services[0].ports[0].target = 0) as fn(&mut Config),
+            |c| {
+                c.services[0].vip = None;
+                c.services[0].ports[0].published = None;
+                c.services[0].ports[0].target = 0;
+            },
+            |c| c.services[0].ports[0].published = Some(0),
+        ] {
+            let err = check(edit).unwrap_err().to_string();
+            assert!(err.contains("port 0 is not a valid port"), "{err}");
         }
     }
 

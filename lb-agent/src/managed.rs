@@ -13,6 +13,9 @@
 //!   run one of its backends, balanced over the local backends only. A port
 //!   whose target the VIP already carries goes in a third entry without the
 //!   VIP (`<name>/ports`), since a VIP key can lead to one backend set only.
+//!   A service with a VIP also gets `<name>/vip`: every other TCP and UDP
+//!   port of the VIP, to the same port of a task (target 0), as Swarm's VIPs
+//!   take every port; so services reach each other by VIP without publishing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -146,6 +149,22 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
                 name: routes.name.clone(),
                 vip: routes.vip,
                 ports: on_vip,
+                backends: all.clone(),
+            });
+        }
+        if let Some(vip) = routes.vip {
+            // Every other port of the VIP, TCP and UDP, to the same port of a task.
+            services.push(ServiceConfig {
+                name: format!("{}/vip", routes.name),
+                vip: Some(vip),
+                ports: [Protocol::Tcp, Protocol::Udp]
+                    .into_iter()
+                    .map(|protocol| PortConfig {
+                        published: None,
+                        target: 0,
+                        protocol,
+                    })
+                    .collect(),
                 backends: all.clone(),
             });
         }
@@ -318,10 +337,16 @@ mod tests {
         );
         assert_eq!(c.endpoints[0].iface.as_deref(), Some("veth-1"));
         assert_eq!(c.endpoints[1].node, "000000000000000b");
-        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services.len(), 2);
         let web = &c.services[0];
         assert_eq!(web.vip, a.services[0].vip);
         assert_eq!(web.ports[0].published, Some(8080));
+        let every_port = &c.services[1];
+        assert_eq!(every_port.name, "web/vip");
+        assert_eq!(every_port.vip, a.services[0].vip);
+        let labels: Vec<String> = every_port.ports.iter().map(PortConfig::label).collect();
+        assert_eq!(labels, ["*/tcp", "*/udp"]);
+        assert_eq!(every_port.backends, web.backends);
         let backends: Vec<(&str, bool)> = web
             .backends
             .iter()
@@ -341,8 +366,13 @@ mod tests {
         let a = assignment(vec![port(9090, 80, PublishMode::Host)]);
         let c = config(&base(), &a, &local());
         c.validate(&host()).expect("a valid configuration");
-        assert_eq!(c.services.len(), 1, "no ingress port: only the host entry");
-        let host_svc = &c.services[0];
+        let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["web/vip", "web/host"],
+            "no ingress port: no `web` entry"
+        );
+        let host_svc = &c.services[1];
         assert_eq!(host_svc.name, "web/host");
         assert_eq!(host_svc.vip, None);
         assert_eq!(host_svc.backends.len(), 1);
@@ -350,7 +380,7 @@ mod tests {
 
         // Without a running local task, no host port at all.
         let c = config(&base(), &a, &BTreeMap::new());
-        assert!(c.services.is_empty());
+        assert!(c.services.iter().all(|s| s.name != "web/host"));
     }
 
     #[test]
@@ -362,8 +392,8 @@ mod tests {
         let c = config(&base(), &a, &local());
         c.validate(&host()).expect("a valid configuration");
         let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, vec!["web", "web/ports"]);
-        assert_eq!(c.services[1].ports[0].published, Some(8081));
+        assert_eq!(names, vec!["web", "web/vip", "web/ports"]);
+        assert_eq!(c.services[2].ports[0].published, Some(8081));
     }
 
     #[test]

@@ -247,7 +247,8 @@ pub fn route(dst: u32) -> Next {
     }
 }
 
-/// The service a packet is addressed to: its VIP, or a port published on this node.
+/// The service a packet is addressed to: its VIP on that port, its VIP on every port
+/// (port 0 in the key: Swarm's VIPs take every port), or a port published on this node.
 #[inline(always)]
 pub fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service> {
     let vip = ServiceKey {
@@ -260,17 +261,24 @@ pub fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service>
     if let Some(svc) = unsafe { LB_SERVICES.get(vip) } {
         return Some(svc);
     }
-    if key.dst_addr == cfg.addr {
-        let published = ServiceKey {
-            addr: 0,
-            port: key.dst_port,
+    if key.dst_addr != cfg.addr {
+        let any_port = ServiceKey {
+            addr: key.dst_addr,
+            port: 0,
             proto: key.proto,
             pad: 0,
         };
         // SAFETY: as above.
-        return unsafe { LB_SERVICES.get(published) };
+        return unsafe { LB_SERVICES.get(any_port) };
     }
-    None
+    let published = ServiceKey {
+        addr: 0,
+        port: key.dst_port,
+        proto: key.proto,
+        pad: 0,
+    };
+    // SAFETY: as above.
+    unsafe { LB_SERVICES.get(published) }
 }
 
 /// Picks the next backend of `svc` for a new flow: this CPU's round-robin cursor over the
@@ -305,9 +313,13 @@ fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
 /// A new flow of `svc`: choose a backend and record both directions.
 #[inline(always)]
 fn new_flow(key: &FlowKey, svc: &Service, bytes: u16) -> Decision {
-    let Some((backend_id, backend)) = pick_backend(svc, key.src_addr) else {
+    let Some((backend_id, mut backend)) = pick_backend(svc, key.src_addr) else {
         return Decision::drop(DropReason::NoBackend);
     };
+    // A backend of a VIP's every-port entry keeps the port the client asked for.
+    if backend.port == 0 {
+        backend.port = key.dst_port;
+    }
     let t = now();
     let forward = Flow {
         kind: FlowKind::Forward as u8,
@@ -374,7 +386,7 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
                 // Ids are recycled: the same id must still mean the same backend.
                 Some(b)
                     if b.addr == f.nat_addr
-                        && b.port == f.nat_port
+                        && (b.port == f.nat_port || b.port == 0)
                         && b.service_id == f.service_id => {}
                 _ => return None,
             }

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
-use lb_common::{Backend, DropReason, IPPROTO_TCP, ServiceKey, service::task_mac};
+use lb_common::{Backend, DropReason, IPPROTO_TCP, Service, ServiceKey, service::task_mac};
 use mesh_tests::fixture::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, PEER, PEER_MAC, be};
 use mesh_tests::frames::*;
 
@@ -346,6 +346,88 @@ fn p3_task_to_vip_reaches_local_and_remote_tasks() {
         &[],
     );
     assert_tc_encapsulated_to_peer(&out, &inner);
+}
+
+#[test]
+fn p3_every_port_of_a_vip_reaches_the_same_port_of_a_task() {
+    let mut dp = mesh(&[0]);
+    // `cache`: every TCP port of its VIP (port 0 in the key), one task, backend port 0.
+    const CACHE: u32 = 2;
+    let cache = Service {
+        id: CACHE,
+        table: 0,
+        slots: 1,
+        flags: 0,
+    };
+    dp.set_slots(CACHE, 0, &[4]).unwrap();
+    dp.set_service(ServiceKey::new(u32::from(VIP), 0, IPPROTO_TCP), cache)
+        .unwrap();
+    dp.set_backend(4, Backend::new(u32::from(LOCAL_TASK2), 0, CACHE))
+        .unwrap();
+
+    let from = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    let to = (GW_MAC, task_mac(u32::from(LOCAL_TASK2)));
+    let syn = tcp(from, (LOCAL_TASK, 33000), (VIP, 6379), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&syn).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        tcp(to, (LOCAL_TASK, 33000), (LOCAL_TASK2, 6379), Tcp::Syn, &[])
+    );
+    let reply = tcp(
+        to,
+        (LOCAL_TASK2, 6379),
+        (LOCAL_TASK, 33000),
+        Tcp::SynAck,
+        &[],
+    );
+    let (verdict, out) = dp.run_tc(&reply).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        tcp(
+            TASK_MACS,
+            (VIP, 6379),
+            (LOCAL_TASK, 33000),
+            Tcp::SynAck,
+            &[]
+        )
+    );
+    // The established flow keeps its backend and port.
+    let ack = tcp(from, (LOCAL_TASK, 33000), (VIP, 6379), Tcp::Ack, b"ping");
+    let (verdict, out) = dp.run_tc(&ack).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        tcp(
+            to,
+            (LOCAL_TASK, 33000),
+            (LOCAL_TASK2, 6379),
+            Tcp::Ack,
+            b"ping"
+        )
+    );
+    // A port the VIP names exactly still goes to its own service (`web`, backend 0 on
+    // LOCAL_TASK), and the node's own address takes no every-port entry.
+    let syn = tcp(from, (LOCAL_TASK2, 33001), (VIP, 80), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&syn).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        &out[30..34],
+        &LOCAL_TASK.octets(),
+        "VIP:80 is web's, not cache's"
+    );
+    dp.set_service(ServiceKey::new(u32::from(NODE), 0, IPPROTO_TCP), cache)
+        .unwrap();
+    let syn = tcp(
+        (CLIENT_MAC, NODE_MAC),
+        (CLIENT, 40000),
+        (NODE, 22),
+        Tcp::Syn,
+        &[],
+    );
+    let (verdict, _) = dp.run_xdp("lb_xdp", &syn).unwrap();
+    assert_eq!(verdict, XDP_PASS, "the node's own ports are not a VIP's");
 }
 
 #[test]

@@ -15,12 +15,14 @@
 //! and `task-echo` (`cargo xtask test` builds them first).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Result;
+use mesh_tests::client::request_tcp;
 use mesh_tests::managed::{per_node, rows};
-use mesh_tests::{ManagedCluster, TaskRow, bin};
+use mesh_tests::{ManagedCluster, TaskRow, bin, in_netns};
 
 /// The published port of the `web` service.
 const WEB: u16 = 8080;
@@ -471,7 +473,8 @@ fn step5_drain_and_lost_node() {
 }
 
 /// Step 6: placement constraints (labels, role), global mode (one task per eligible
-/// node), host-mode publishing (answered only where a task runs), and a UDP service.
+/// node), host-mode publishing (answered only where a task runs), a UDP service, and a
+/// task reaching an unpublished service through its VIP (P3).
 #[test]
 fn step6_constraints_global_host_mode_udp() {
     let _turn = turn();
@@ -589,6 +592,40 @@ fn step6_constraints_global_host_mode_udp() {
                 }
             }
             Ok((1..=3).all(|k| seen.get(&k) == Some(&want)).then_some(()))
+        },
+    ));
+
+    // P3: a task reaches a service that publishes nothing through its VIP, on any port,
+    // balanced over its tasks, and the tasks see the caller's own address.
+    create(&c, &["--name", "api", "--replicas", "2"], &[]);
+    let api = ok(c.wait_converged("api", 2));
+    let inspect = ok(c.ctl_json(&["service", "inspect", "api"]));
+    let vip: Ipv4Addr = inspect[0]["endpoint"]["vip"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("api has no VIP: {inspect}"));
+    let caller = ok(c.wait_converged("dns", 3)).remove(0);
+    let caller_addr = caller.addr.expect("a task address");
+    let netns = format!("mesh-{}", caller.id);
+    let want = names(&api);
+    ok(mesh_tests::poll_until(
+        PROPAGATE,
+        "a dns task to reach both api tasks through api's VIP",
+        || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..8 {
+                let Ok(Ok(r)) = in_netns(&netns, || request_tcp(SocketAddr::from((vip, 80))))
+                else {
+                    return Ok(None);
+                };
+                anyhow::ensure!(
+                    r.peer_ip() == Some(caller_addr),
+                    "api saw {:?}, not the caller {caller_addr}",
+                    r.peer_ip()
+                );
+                seen.insert(r.task);
+            }
+            Ok((seen == want).then_some(()))
         },
     ));
 }
