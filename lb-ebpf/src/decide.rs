@@ -19,6 +19,8 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 /// RST.
 pub const TCP_RST: u8 = 0x04;
+/// ACK.
+pub const TCP_ACK: u8 = 0x10;
 
 /// How a packet's addresses change.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -376,6 +378,16 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
     // SAFETY: copy of a live map value.
     let f = unsafe { *flow };
     match f.kind()? {
+        // A new connection on the 5-tuple of a closed one (the client's port came round
+        // again while the entry waits for the sweep) is a new flow: it must not follow
+        // the old one to a backend that may be draining or stopped by now.
+        FlowKind::Forward
+            if key.proto == IPPROTO_TCP
+                && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                && f.tcp_closed() =>
+        {
+            None
+        }
         FlowKind::Forward => {
             // The backend must still exist with the same address; a removed backend's
             // flows are reassigned (the new backend answers a stray TCP segment with RST,

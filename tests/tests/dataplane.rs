@@ -627,6 +627,23 @@ fn tcp_close_is_recorded_on_both_directions() {
         fwd.tcp_closed() && rev.tcp_closed(),
         "FIN both ways closes both entries"
     );
+    // A new connection from the same client port, while the closed entries wait for the
+    // sweep, is a new flow: it follows the service's current backends, not the old one.
+    switch_web_backends(&mut dp, ServiceKey::published(8080, IPPROTO_TCP), &[3]);
+    let (verdict, out) = dp
+        .run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Syn, &[]))
+        .unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        &out[30..34],
+        &LOCAL_TASK2.octets(),
+        "the SYN went to backend 3"
+    );
+    let fwd = dp
+        .flow(&key(c, (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert!(!fwd.tcp_closed(), "the new flow's entry starts open");
     // An established flow that is merely idle is never closed by the dataplane.
     dp.run_xdp(
         "lb_xdp",
