@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod client;
 pub mod cluster;
+pub mod images;
 pub mod load;
 pub mod machine;
 pub mod managed;
@@ -22,7 +23,7 @@ pub mod web;
 
 pub use agent::{Agent, BackendSpec, PortSpec, Protocol, ServiceSpec};
 pub use client::Reply;
-pub use managed::{ManagedCluster, ManagedOptions, TaskRow};
+pub use managed::{Container, ManagedCluster, ManagedOptions, TaskRow};
 pub use netns::{in_netns, spawn_in_netns};
 pub use topology::{Task, Topology, teardown_prefix};
 

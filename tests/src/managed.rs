@@ -68,6 +68,10 @@ pub struct ManagedOptions {
     /// Start every process in a process group of its own, so they outlive a Ctrl-C aimed
     /// at the program that started them (the demo).
     pub detached: bool,
+    /// Agents run with `--docker` (tasks with `--runtime docker`); the engine must answer
+    /// ([`crate::images::ensure_docker`]). Dropping the cluster removes every container
+    /// its agents started.
+    pub docker: bool,
 }
 
 impl ManagedOptions {
@@ -82,6 +86,7 @@ impl ManagedOptions {
             heartbeat_misses: 3,
             prefix: None,
             detached: false,
+            docker: false,
         }
     }
 }
@@ -192,6 +197,9 @@ impl ManagedCluster {
             Some((prefix, subnet)) => Topology::with_prefix(prefix, options.nodes, *subnet)?,
             None => Topology::new(options.nodes)?,
         };
+        if options.docker {
+            crate::images::ensure_docker()?;
+        }
         topo.set_detached(options.detached);
         let mut cluster = Self {
             managers: (0..options.nodes).map(|_| None).collect(),
@@ -322,8 +330,11 @@ impl ManagedCluster {
             self.topo.pin_dir(k).to_string_lossy().into_owned(),
             "--metrics-listen".to_owned(),
             METRICS_LISTEN.to_owned(),
-            "--state-dir".to_owned(),
         ];
+        if self.options.docker {
+            args.push("--docker".to_owned());
+        }
+        args.push("--state-dir".to_owned());
         if self.is_manager(k) {
             // The manager's node identity: the same node, no token needed.
             args.push(self.data_dir(k).to_string_lossy().into_owned());
@@ -758,6 +769,46 @@ impl ManagedCluster {
         pids
     }
 
+    /// The docker containers this cluster's agents started (running or not): those whose
+    /// owner label ([`lb_agent::runtime::docker::LABEL_OWNER`], the agent's state
+    /// directory) lies in this cluster's directory.
+    ///
+    /// # Errors
+    /// If `docker ps` fails.
+    pub fn containers(&self) -> Result<Vec<Container>> {
+        use lb_agent::runtime::docker::{LABEL_OWNER, LABEL_TASK_NAME};
+        let format = format!(
+            "{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.Image}}}}\t{{{{.State}}}}\t\
+             {{{{.Label \"{LABEL_TASK_NAME}\"}}}}\t{{{{.Label \"{LABEL_OWNER}\"}}}}"
+        );
+        let out = crate::images::docker(&[
+            "ps",
+            "--all",
+            "--no-trunc",
+            "--filter",
+            &format!("label={LABEL_OWNER}"),
+            "--format",
+            &format,
+        ])?;
+        let dir = std::fs::canonicalize(self.topo.dir()).unwrap_or_else(|_| self.topo.dir().into());
+        Ok(out
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                let [id, name, image, state, task, owner] = f[..] else {
+                    return None;
+                };
+                Path::new(owner).starts_with(&dir).then(|| Container {
+                    id: id.to_owned(),
+                    name: name.to_owned(),
+                    image: image.to_owned(),
+                    state: state.to_owned(),
+                    task: task.to_owned(),
+                })
+            })
+            .collect())
+    }
+
     /// `kill -9` of task `id`'s processes (as the task's program crashing would).
     ///
     /// # Errors
@@ -900,7 +951,37 @@ impl Drop for ManagedCluster {
             let _ = a.kill9();
         }
         kill_and_delete(&pids, &task_nets);
+        if self.options.docker {
+            // The agents leave their containers running (as they would across a
+            // restart): remove them.
+            match self.containers() {
+                Ok(left) if !left.is_empty() => {
+                    let mut args = vec!["rm", "--force", "--volumes"];
+                    args.extend(left.iter().map(|c| c.id.as_str()));
+                    if let Err(e) = crate::images::docker(&args) {
+                        eprintln!("removing the cluster's containers: {e:#}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("listing the cluster's containers: {e:#}"),
+            }
+        }
     }
+}
+
+/// A docker container of a task, as `docker ps` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// The container's ID.
+    pub id: String,
+    /// Its name (`<task name>.<task id>`).
+    pub name: String,
+    /// Its image (`mesh-echo:v1`).
+    pub image: String,
+    /// `running`, `exited`, `created`...
+    pub state: String,
+    /// Its task's name (`web.3`).
+    pub task: String,
 }
 
 /// The network namespaces (inodes) of `pids`, other than the nodes' own: the tasks'

@@ -7,12 +7,13 @@
 //! step 1). The tests take turns (a lock): each cluster runs a dozen processes and up to
 //! twenty tasks, and CI has two cores.
 //!
-//! Step 7 of the issue (the same create/scale/update with `--runtime docker` and a locally
-//! built image) is not here yet: it needs a Docker engine and an image built from a
-//! static `task-echo` (docs in /work/shared/TOOLCHAIN.md's "Docker engine" section).
+//! Step 7 runs the same create/scale/update/rollback with `--runtime docker`: the agents
+//! run with `--docker`, the tasks are containers of `mesh-echo:v1`/`mesh-echo:v2`, images
+//! of `task-echo` built on this machine ([`mesh_tests::images`]).
 //!
 //! Needs root, iproute2, ethtool, and the binaries `mesh-manager`, `meshctl`, `lb-agent`
-//! and `task-echo` (`cargo xtask test` builds them first).
+//! and `task-echo` (`cargo xtask test` builds them first); step 7 also a docker engine
+//! (`cargo xtask setup` installs docker.io; the test starts an installed engine).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,7 +23,7 @@ use std::time::Duration;
 use anyhow::Result;
 use mesh_tests::client::request_tcp;
 use mesh_tests::managed::{per_node, rows};
-use mesh_tests::{ManagedCluster, TaskRow, bin, in_netns};
+use mesh_tests::{Container, ManagedCluster, ManagedOptions, TaskRow, bin, images, in_netns};
 
 /// The published port of the `web` service.
 const WEB: u16 = 8080;
@@ -57,7 +58,12 @@ fn create(c: &ManagedCluster, opts: &[&str], echo_args: &[&str]) {
     args.extend_from_slice(opts);
     args.extend_from_slice(&["--", &echo, "--port", "80", "--udp"]);
     args.extend_from_slice(echo_args);
-    let out = ok(c.meshctl_timeout(&args, CONVERGE));
+    create_with(c, &args);
+}
+
+/// `meshctl ARGS` (a `service create`), which must succeed and report convergence.
+fn create_with(c: &ManagedCluster, args: &[&str]) {
+    let out = ok(c.meshctl_timeout(args, CONVERGE));
     assert!(
         out.success(),
         "meshctl {} failed: {}{}",
@@ -99,10 +105,11 @@ fn assert_spread(tasks: &[TaskRow], nodes: usize) {
     );
 }
 
-/// Requests through every node, `n` per node, every one answered; the tags that answered.
-fn tags_everywhere(c: &ManagedCluster, n: usize) -> BTreeMap<String, usize> {
+/// Requests through every node's `port`, `n` per node, every one answered; the tags that
+/// answered.
+fn tags_everywhere(c: &ManagedCluster, port: u16, n: usize) -> BTreeMap<String, usize> {
     let mut tags = BTreeMap::new();
-    for (_, r) in ok(c.requests_everywhere(WEB, n)) {
+    for (_, r) in ok(c.requests_everywhere(port, n)) {
         *tags.entry(r.tag.unwrap_or_else(|| "-".into())).or_default() += 1;
     }
     tags
@@ -263,7 +270,10 @@ fn step3_rolling_update_and_rollback_under_load() {
     for k in 1..=3 {
         ok(c.wait_answered(k, WEB, PROPAGATE));
     }
-    assert_eq!(tags_everywhere(&c, 5).keys().collect::<Vec<_>>(), ["v1"]);
+    assert_eq!(
+        tags_everywhere(&c, WEB, 5).keys().collect::<Vec<_>>(),
+        ["v1"]
+    );
 
     for (from, to, command) in [
         (
@@ -300,7 +310,7 @@ fn step3_rolling_update_and_rollback_under_load() {
             stats.by_tag
         );
         assert_spread(&tasks, 3);
-        let after = tags_everywhere(&c, 10);
+        let after = tags_everywhere(&c, WEB, 10);
         assert_eq!(
             after.keys().collect::<Vec<_>>(),
             [to],
@@ -628,4 +638,143 @@ fn step6_constraints_global_host_mode_udp() {
             Ok((seen == want).then_some(()))
         },
     ));
+}
+
+/// Waits until exactly the containers of `tasks` run for service `name`, every one from
+/// `image`, and no other container of the service is left (stopped ones are removed).
+fn wait_containers(c: &ManagedCluster, name: &str, tasks: &[TaskRow], image: &str) {
+    let want = names(tasks);
+    let what = format!("the containers of {want:?}, all from {image}, and no other");
+    let mut last = Vec::new();
+    let waited = mesh_tests::poll_until(PROPAGATE, &what, || {
+        let prefix = format!("{name}.");
+        let all: Vec<Container> = c
+            .containers()?
+            .into_iter()
+            .filter(|k| k.task.starts_with(&prefix))
+            .collect();
+        let running: BTreeSet<String> = all
+            .iter()
+            .filter(|k| k.state == "running" && k.image == image)
+            .map(|k| k.task.clone())
+            .collect();
+        let done = running == want && all.len() == want.len();
+        last = all;
+        Ok(done.then_some(()))
+    });
+    if let Err(e) = waited {
+        panic!("{e:#}\ncontainers: {last:#?}\ntasks:\n{}", rows(tasks));
+    }
+}
+
+/// Step 7: the same steps with the docker runtime: a service of a locally built image
+/// (`mesh-echo:v1`) published on 8090 answers on every node, scaled to 5 it spreads and
+/// every task is reached through any node, an image update to `mesh-echo:v2` (2 at a
+/// time) and a rollback under load fail no request and leave only the new (old) version,
+/// and removing the service removes its containers.
+#[test]
+fn step7_docker_runtime_create_scale_update() {
+    const DWEB: u16 = 8090;
+    let _turn = turn();
+    let v1 = ok(images::echo_image("v1"));
+    let v2 = ok(images::echo_image("v2"));
+    let mut options = ManagedOptions::new(3, 1);
+    options.docker = true;
+    let mut c = ok(ManagedCluster::start_with(options));
+
+    // Create: one task, a container, answering through every node with the client's
+    // own address.
+    create_with(
+        &c,
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "docker",
+            "--name",
+            "dweb",
+            "--replicas",
+            "1",
+            "-p",
+            &format!("{DWEB}:80"),
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "1s",
+            "--stop-grace-period",
+            "2s",
+            &v1,
+        ],
+    );
+    let tasks = ok(c.wait_converged("dweb", 1));
+    wait_containers(&c, "dweb", &tasks, &v1);
+    let client = c.topology().client_addr();
+    for k in 1..=3 {
+        let r = ok(c.wait_answered(k, DWEB, PROPAGATE));
+        assert_eq!(r.task, "dweb.1", "answered through n{k}");
+        assert_eq!(r.tag.as_deref(), Some("v1"), "answered through n{k}");
+        assert_eq!(r.peer_ip(), Some(client), "peer seen by dweb.1 via n{k}");
+    }
+
+    // Scale to 5: spread over the nodes, every task reached through any node.
+    ctl(&c, &["service", "scale", "dweb=5"]);
+    let tasks = ok(c.wait_converged("dweb", 5));
+    assert_spread(&tasks, 3);
+    wait_containers(&c, "dweb", &tasks, &v1);
+    ok(c.wait_every_node_reaches(DWEB, &names(&tasks), PROPAGATE));
+
+    // An image update, then a rollback, under load.
+    for (from, to, image, command) in [
+        (
+            "v1",
+            "v2",
+            &v2,
+            vec!["service", "update", "--image", v2.as_str(), "dweb"],
+        ),
+        ("v2", "v1", &v1, vec!["service", "rollback", "dweb"]),
+    ] {
+        let load = ok(c.start_load(DWEB));
+        ok(load.wait_more(&load.stats(), 10, PROPAGATE));
+        ctl(&c, &command);
+        let tasks = ok(c.wait_converged("dweb", 5));
+        let before = load.stats();
+        ok(load.wait_more(&before, 10, PROPAGATE));
+        let stats = ok(load.stop());
+        assert!(
+            stats.failed.is_empty(),
+            "{} of {} requests failed during {from} -> {to}: {:?}",
+            stats.failed.len(),
+            stats.ok + stats.failed.len(),
+            &stats.failed[..stats.failed.len().min(10)]
+        );
+        assert!(
+            stats.by_tag.get(from).copied().unwrap_or(0) > 0
+                && stats.by_tag.get(to).copied().unwrap_or(0) > 0,
+            "both versions should have answered during {from} -> {to}: {:?}",
+            stats.by_tag
+        );
+        assert_spread(&tasks, 3);
+        wait_containers(&c, "dweb", &tasks, image);
+        let after = tags_everywhere(&c, DWEB, 10);
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            [to],
+            "after {from} -> {to}, answered by {after:?}"
+        );
+    }
+
+    // Remove: every container goes.
+    ctl(&c, &["service", "rm", "dweb"]);
+    let left = mesh_tests::poll_until(CONVERGE, "dweb's containers to be removed", || {
+        let prefix = "dweb.";
+        let left: Vec<Container> = c
+            .containers()?
+            .into_iter()
+            .filter(|k| k.task.starts_with(prefix))
+            .collect();
+        Ok(left.is_empty().then_some(()))
+    });
+    if let Err(e) = left {
+        panic!("{e:#}\nleft: {:#?}", c.containers());
+    }
 }
