@@ -18,6 +18,7 @@ pub mod load;
 pub mod machine;
 pub mod managed;
 pub mod netns;
+pub mod pinned;
 pub mod topology;
 pub mod web;
 

@@ -15,8 +15,12 @@ pub enum Bench {
     /// nftables and HAProxy; writes bench-results/mesh.md (root; about 5 minutes).
     Mesh,
     /// Committed writes per second on 1 and 3 managers and leader failover time, with
-    /// real `mesh-manager` processes; writes bench-results/control-plane.md (no root;
-    /// about a minute after the release build).
+    /// real `mesh-manager` processes (phase `raft`, no root); the time from a committed
+    /// `service scale` until every node's dataplane maps follow, and from a node's loss
+    /// until its backends are gone everywhere, on managed clusters in network namespaces
+    /// (phase `services`, root); writes bench-results/control-plane.md (about 5 minutes
+    /// after the release build). Run as root; `-- --phases raft` runs only what needs no
+    /// root.
     ControlPlane,
 }
 
@@ -99,25 +103,39 @@ fn dataplane(args: &BenchArgs) -> Result<()> {
     run_bench("bench-dataplane", "dataplane.md", args, false)
 }
 
-/// `bench control-plane`: builds `mesh-manager`, `meshctl` and `bench-control-plane` in
-/// release mode, then runs `bench-control-plane`, which starts a 1-manager and a
-/// 3-manager cluster, measures committed writes per second on each and leader failover
-/// on the second in interleaved rounds, and writes bench-results/control-plane.md.
+/// `bench control-plane`: builds `mesh-manager`, `meshctl`, `lb-agent`, `task-echo` and
+/// `bench-control-plane` in release mode, then runs `bench-control-plane`. Its `raft`
+/// phase (no root) starts a 1-manager and a 3-manager cluster on loopback and measures
+/// committed writes per second on each and leader failover on the second in interleaved
+/// rounds; its `services` phase (root) starts managed 3-node clusters in network
+/// namespaces and measures how fast scaling and a node's loss reach every agent's maps.
+/// Writes bench-results/control-plane.md. Without root, the binary stops with a message
+/// unless given `-- --phases raft`. Does not run `cargo xtask setup` (`--no-setup` is
+/// accepted and changes nothing): the agent's build needs its prerequisites.
 fn control_plane(args: &BenchArgs) -> Result<()> {
-    cmd::step("build (release): mesh-manager, meshctl, bench-control-plane");
-    Cmd::cargo()
-        .args(["build", "--release", "-p", "manager", "--bins"])
-        .run()?;
+    cmd::step("build (release): mesh-manager, meshctl, lb-agent, task-echo, bench-control-plane");
     Cmd::cargo()
         .args([
             "build",
             "--release",
             "-p",
+            "manager",
+            "-p",
+            "lb-agent",
+            "-p",
             "mesh-tests",
+            "--bin",
+            "mesh-manager",
+            "--bin",
+            "meshctl",
+            "--bin",
+            "lb-agent",
+            "--bin",
+            "task-echo",
             "--bin",
             "bench-control-plane",
         ])
         .run()?;
-    // The release binaries it starts: mesh-manager and meshctl.
+    // The release binaries it starts: mesh-manager, meshctl, lb-agent and task-echo.
     run_bench("bench-control-plane", "control-plane.md", args, true)
 }

@@ -1,8 +1,9 @@
-//! `bench-control-plane`: committed writes per second on 1 and 3 managers, and leader
-//! failover time, with real `mesh-manager` processes on loopback. Writes the report
-//! (`cargo xtask bench control-plane` passes `--out bench-results/control-plane.md`).
+//! `bench-control-plane`: committed writes per second on 1 and 3 managers, leader
+//! failover time, and how fast service changes reach every node's dataplane. Writes the
+//! report (`cargo xtask bench control-plane` passes `--out bench-results/control-plane.md`).
 //!
-//! Each round measures, one after the other (interleaved, so drift hits every case):
+//! Phase `raft` (no root), with real `mesh-manager` processes on loopback; each round
+//! measures, one after the other (interleaved, so drift hits every case):
 //! 1. throughput on a 1-manager cluster: `--writers` concurrent gRPC clients, each
 //!    committing node label updates through the leader one after the other, for
 //!    `--seconds`; committed writes per second, and the writes' latency;
@@ -13,6 +14,12 @@
 //!    then restarted and caught up before the next round.
 //!
 //! Medians over `--rounds` rounds.
+//!
+//! Phase `services` (root: network namespaces, XDP), on managed clusters of 3 nodes
+//! (`mesh-manager`s and `lb-agent --join`s, tasks run by the process runtime): the time
+//! from a committed `service scale` until every node's maps hold the new backend set,
+//! and from a node's loss until no other node's maps hold its backends (see
+//! `services.rs`).
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -25,6 +32,17 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use manager::proto;
 use mesh_tests::cluster::{Cluster, ClusterOptions, connect_control, write_label};
+
+mod services;
+
+/// A part of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    /// Committed writes per second and leader failover (no root).
+    Raft,
+    /// Scale and node-loss propagation to the agents' maps (root).
+    Services,
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "Control-plane benchmark: committed writes/s on 1 and 3 managers, failover")]
@@ -41,6 +59,18 @@ struct Args {
     /// Concurrent writers in the throughput measurements.
     #[arg(long, default_value_t = 16)]
     writers: usize,
+    /// The phases to run, comma-separated: `raft` (no root), `services` (root).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Phase::Raft, Phase::Services])]
+    phases: Vec<Phase>,
+    /// Scale rounds (one scale-up and one scale-down each) per managed cluster.
+    #[arg(long, default_value_t = 20)]
+    scale_rounds: usize,
+    /// Node losses (on the 1-manager managed cluster).
+    #[arg(long, default_value_t = 3)]
+    node_losses: usize,
+    /// Managers of the managed clusters the scale rounds run on, comma-separated (1, 3).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
+    service_managers: Vec<usize>,
 }
 
 /// One throughput measurement.
@@ -252,10 +282,8 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    ensure!(args.writers >= 1, "--writers must be at least 1");
+/// The `raft` phase; returns its section of the report.
+fn raft_phase(args: &Args) -> Result<String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -266,8 +294,7 @@ fn main() -> Result<()> {
         snapshot_interval: 5000,
         name: name.into(),
     };
-    let load_before = loadavg();
-    eprintln!("starting a 1-manager and a 3-manager cluster (load average {load_before})");
+    eprintln!("raft: starting a 1-manager and a 3-manager cluster");
     let mut one = Cluster::start(options(1, "bench-1"))?;
     let mut three = Cluster::start(options(3, "bench-3"))?;
     let bin_dir = mesh_tests::bin_dir();
@@ -297,7 +324,6 @@ fn main() -> Result<()> {
     }
     drop(one);
     drop(three);
-    let load_after = loadavg();
 
     let med = |v: &[Throughput], f: fn(&Throughput) -> f64| {
         let mut xs: Vec<f64> = v.iter().map(f).collect();
@@ -306,13 +332,7 @@ fn main() -> Result<()> {
     let mut s = String::new();
     writeln!(
         s,
-        "# Control-plane benchmark: committed writes per second and leader failover\n"
-    )?;
-    writeln!(
-        s,
-        "Machine: {}; load average (1, 5, 15 min) {load_before} before, {load_after} after \
-         (other work on the machine shows here: the figures are only comparable at a low load).",
-        mesh_tests::machine::Machine::this()
+        "## Raft: committed writes per second and leader failover\n"
     )?;
     writeln!(
         s,
@@ -377,9 +397,9 @@ fn main() -> Result<()> {
     }
     writeln!(
         s,
-        "\n## Method\n\n\
-Rerun with `cargo xtask bench control-plane` (no root; about a minute after the release \
-build).\n\n\
+        "\n### Method\n\n\
+Rerun alone with `cargo xtask bench control-plane -- --phases raft` (no root; about a \
+minute after the release build).\n\n\
 - Release builds of `mesh-manager` and `meshctl` from {bin}, started by the test harness \
 (`tests/src/cluster.rs`): each manager is its own process with its own data directory \
 (redb; log appends are fsynced in groups before openraft counts them), on its own loopback address; mutual TLS on every \
@@ -397,7 +417,7 @@ the time until the first write *started after the kill* is acknowledged (the fol
 forwards it to the new leader). The killed manager is then restarted from its data \
 directory and caught up before the next round, so leadership moves between rounds.\n\
 - The benchmark's clients share the machine's cores with the managers.\n\n\
-## Reading\n\n\
+### Reading\n\n\
 - 1 and 3 managers commit about as many writes per second: on loopback, replicating an \
 entry to a follower costs less than the leader's own work per write (TLS, HTTP/2, JSON \
 encoding of the entry, the state machine), which the two cores share with the clients.\n\
@@ -411,6 +431,61 @@ machine; the daemon's defaults favour stability.",
         w = args.writers,
         sec = args.seconds,
     )?;
+    Ok(s)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    ensure!(args.writers >= 1, "--writers must be at least 1");
+    ensure!(!args.phases.is_empty(), "--phases: at least one phase");
+    let services = args.phases.contains(&Phase::Services);
+    if services {
+        ensure!(
+            services::is_root(),
+            "the `services` phase creates network namespaces and runs lb-agent (XDP) in them: \
+             run the benchmark as root, or only the `raft` phase with `--phases raft`"
+        );
+        ensure!(
+            !args.service_managers.is_empty()
+                && args.service_managers.iter().all(|&m| m == 1 || m == 3),
+            "--service-managers: 1 and/or 3"
+        );
+        ensure!(args.scale_rounds >= 1, "--scale-rounds must be at least 1");
+    }
+    let load_before = loadavg();
+    eprintln!("load average {load_before}");
+    let mut sections = Vec::new();
+    if args.phases.contains(&Phase::Raft) {
+        sections.push(raft_phase(&args)?);
+    }
+    if services {
+        let mut measured = Vec::new();
+        for (i, &managers) in args.service_managers.iter().enumerate() {
+            // Node losses on the first cluster with one manager (a worker is lost; with
+            // every node a manager, a loss would also be a manager's).
+            let losses = if managers == 1 && !args.service_managers[..i].contains(&1) {
+                args.node_losses
+            } else {
+                0
+            };
+            measured.push(services::measure(managers, args.scale_rounds, losses)?);
+        }
+        sections.push(services::report(&measured)?);
+    }
+    let load_after = loadavg();
+    let mut s = String::new();
+    writeln!(
+        s,
+        "# Control-plane benchmark: Raft writes, leader failover, service propagation\n"
+    )?;
+    writeln!(
+        s,
+        "Machine: {}; load average (1, 5, 15 min) {load_before} before, {load_after} after \
+         (other work on the machine shows here: the figures are only comparable at a low load).\n",
+        mesh_tests::machine::Machine::this()
+    )?;
+    s.push_str(&sections.join("\n"));
     if let Some(dir) = args.out.parent()
         && !dir.as_os_str().is_empty()
     {
