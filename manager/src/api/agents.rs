@@ -7,7 +7,7 @@
 //! takes the state and the clock as arguments, so the drain rule is
 //! unit-tested without sessions or I/O; the dispatcher feeds it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,11 @@ struct AgentSession {
     /// The newest state version whose assignment for this node equals
     /// `sent` (the agent that applied `sent` is up to date with it).
     current_through: u64,
-    /// Since when an assignment the agent has not applied is out.
-    waiting_since: Option<Instant>,
+    /// The versions handed to the session that it has not applied yet, with
+    /// when each was handed over, oldest first. An agent that keeps up with a
+    /// stream of changes a few milliseconds behind is not stuck: only how
+    /// long its oldest unapplied assignment has waited counts.
+    unapplied: VecDeque<(u64, Instant)>,
 }
 
 impl AgentSession {
@@ -57,8 +60,9 @@ impl AgentSession {
     /// Whether it sits on an assignment for longer than `bound`: it no
     /// longer holds drains back.
     fn stuck(&self, now: Instant, bound: Duration) -> bool {
-        self.waiting_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= bound)
+        self.unapplied
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= bound)
     }
 }
 
@@ -109,7 +113,7 @@ impl AgentRegistry {
                     sent: None,
                     applied: 0,
                     current_through: 0,
-                    waiting_since: None,
+                    unapplied: VecDeque::new(),
                 },
             );
             serial
@@ -159,12 +163,12 @@ impl AgentRegistry {
                 return;
             }
             session.applied = session.applied.max(version);
-            if session
-                .sent
-                .as_ref()
-                .is_some_and(|sent| session.applied >= sent.version)
+            while session
+                .unapplied
+                .front()
+                .is_some_and(|(v, _)| *v <= session.applied)
             {
-                session.waiting_since = None;
+                session.unapplied.pop_front();
             }
         }
         self.changed.notify_one();
@@ -203,7 +207,7 @@ impl AgentRegistry {
                         }
                     }
                     _ => {
-                        session.waiting_since.get_or_insert(now);
+                        session.unapplied.push_back((next.version, now));
                         session.current_through = next.version;
                         session.push.send_replace(Some(Arc::new(next.clone())));
                         session.sent = Some(next);
@@ -408,6 +412,37 @@ mod tests {
         assert_eq!(latest(&b).tasks[0].action, TaskAction::Drain);
         registry.refresh(&state, t0 + BOUND, BOUND);
         assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+    }
+
+    #[test]
+    fn an_agent_that_keeps_up_a_step_behind_a_stream_of_changes_is_not_stuck() {
+        let (mut state, _) = cluster();
+        let registry = AgentRegistry::default();
+        let (a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(1, a.serial, state.version);
+        registry.applied(2, b.serial, state.version);
+        // For three bounds' time node 1's assignment changes every 100 ms (its peer's
+        // name); its agent is always one assignment behind: it applies each one only
+        // once the next is out.
+        let mut previous = latest(&a).version;
+        for step in 1..=30u32 {
+            let now = t0 + BOUND * step / 10;
+            state.nodes.get_mut(&2).unwrap().hostname = format!("n2-{step}");
+            state.version += 1;
+            registry.refresh(&state, now, BOUND);
+            registry.applied(2, b.serial, state.version);
+            registry.applied(1, a.serial, previous);
+            let pending = latest(&a).version;
+            let acked = registry.acked(&state, now, BOUND);
+            assert!(
+                acked < pending,
+                "step {step}: node 1 has not applied {pending} yet, but drains may pass \
+                 at {acked}"
+            );
+            previous = pending;
+        }
     }
 
     #[test]
