@@ -9,16 +9,14 @@
 //! libraries and the tag, kept in the image's comment), so re-runs cost one `docker image
 //! inspect`.
 //!
-//! [`ensure_docker`] starts an installed engine the way `cargo xtask setup` does (the same
-//! preflight as the agent's own docker tests, `lb-agent/tests/common`).
+//! [`ensure_docker`] checks that an engine answers: `cargo xtask setup` (which
+//! `cargo xtask test` runs first) is the one place that installs and starts it.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
@@ -26,12 +24,6 @@ use crate::bin;
 
 /// The repository of the images [`echo_image`] builds.
 pub const ECHO_REPO: &str = "mesh-echo";
-
-/// Where an engine this module starts logs.
-pub const DOCKERD_LOG: &str = "/var/log/mesh-dockerd.log";
-
-/// How long a freshly started engine may take to answer.
-const DOCKERD_START: Duration = Duration::from_secs(60);
 
 /// Builds run one at a time in this process (tests run on threads).
 static BUILD: Mutex<()> = Mutex::new(());
@@ -66,53 +58,16 @@ fn docker_answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-/// Makes sure a docker engine answers: when one is installed but not running, starts
-/// `dockerd --iptables=false --bridge=none` in a process group of its own (it outlives the
-/// test, as the engine `cargo xtask setup` starts does) and waits for it.
+/// Fails, saying what to do, unless a docker engine answers.
 ///
 /// # Errors
-/// If no engine is installed, or the one started does not answer within a minute (the
-/// error says where its log is).
+/// When `docker info` fails: the engine is not installed or not running.
 pub fn ensure_docker() -> Result<()> {
-    if docker_answers() {
-        return Ok(());
-    }
     ensure!(
-        on_path("docker") && (Path::new("/usr/sbin/dockerd").is_file() || on_path("dockerd")),
-        "no docker engine: run `cargo xtask setup` (it installs docker.io and starts dockerd)"
+        docker_answers(),
+        "no docker engine answers: run `cargo xtask setup` (it installs docker.io and \
+         starts dockerd)"
     );
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(DOCKERD_LOG)
-        .with_context(|| format!("open {DOCKERD_LOG}"))?;
-    let dockerd = if on_path("dockerd") {
-        PathBuf::from("dockerd")
-    } else {
-        PathBuf::from("/usr/sbin/dockerd")
-    };
-    Command::new(&dockerd)
-        .args(["--iptables=false", "--bridge=none"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("start {}", dockerd.display()))?;
-    let deadline = Instant::now() + DOCKERD_START;
-    while !docker_answers() {
-        ensure!(
-            Instant::now() < deadline,
-            "the docker engine started by the test did not answer within {DOCKERD_START:?}; \
-             see {DOCKERD_LOG}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     Ok(())
 }
 

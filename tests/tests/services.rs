@@ -115,6 +115,48 @@ fn tags_everywhere(c: &ManagedCluster, port: u16, n: usize) -> BTreeMap<String, 
     tags
 }
 
+/// Runs `command` (an update or a rollback of `service`, `n` tasks) under continuous load
+/// through every node's `port`: no request fails, both versions (`from`, `to`: task-echo
+/// tags) answer while it runs, only `to` once it converged, and the tasks stay spread.
+/// Returns them.
+fn change_under_load(
+    c: &mut ManagedCluster,
+    port: u16,
+    service: &str,
+    n: usize,
+    (from, to): (&str, &str),
+    command: &[&str],
+) -> Vec<TaskRow> {
+    let load = ok(c.start_load(port));
+    ok(load.wait_more(&load.stats(), 10, PROPAGATE));
+    ctl(c, command);
+    let tasks = ok(c.wait_converged(service, n));
+    let before = load.stats();
+    ok(load.wait_more(&before, 10, PROPAGATE));
+    let stats = ok(load.stop());
+    assert!(
+        stats.failed.is_empty(),
+        "{} of {} requests failed during {from} -> {to}: {:?}",
+        stats.failed.len(),
+        stats.ok + stats.failed.len(),
+        &stats.failed[..stats.failed.len().min(10)]
+    );
+    assert!(
+        stats.by_tag.get(from).copied().unwrap_or(0) > 0
+            && stats.by_tag.get(to).copied().unwrap_or(0) > 0,
+        "both versions should have answered during {from} -> {to}: {:?}",
+        stats.by_tag
+    );
+    assert_spread(&tasks, 3);
+    let after = tags_everywhere(c, port, 10);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        [to],
+        "after {from} -> {to}, answered by {after:?}"
+    );
+    tasks
+}
+
 /// The cluster forms: every node ready, the managers' roles right, every agent's XDP
 /// program attached to its node's underlay interface.
 #[test]
@@ -289,33 +331,7 @@ fn step3_rolling_update_and_rollback_under_load() {
         ),
         ("v2", "v1", vec!["service", "rollback", "web"]),
     ] {
-        let load = ok(c.start_load(WEB));
-        ok(load.wait_more(&load.stats(), 10, PROPAGATE));
-        ctl(&c, &command);
-        let tasks = ok(c.wait_converged("web", 20));
-        let before = load.stats();
-        ok(load.wait_more(&before, 10, PROPAGATE));
-        let stats = ok(load.stop());
-        assert!(
-            stats.failed.is_empty(),
-            "{} of {} requests failed during {from} -> {to}: {:?}",
-            stats.failed.len(),
-            stats.ok + stats.failed.len(),
-            &stats.failed[..stats.failed.len().min(10)]
-        );
-        assert!(
-            stats.by_tag.get(from).copied().unwrap_or(0) > 0
-                && stats.by_tag.get(to).copied().unwrap_or(0) > 0,
-            "both versions should have answered during {from} -> {to}: {:?}",
-            stats.by_tag
-        );
-        assert_spread(&tasks, 3);
-        let after = tags_everywhere(&c, WEB, 10);
-        assert_eq!(
-            after.keys().collect::<Vec<_>>(),
-            [to],
-            "after {from} -> {to}, answered by {after:?}"
-        );
+        change_under_load(&mut c, WEB, "web", 20, (from, to), &command);
     }
 }
 
@@ -733,34 +749,8 @@ fn step7_docker_runtime_create_scale_update() {
         ),
         ("v2", "v1", &v1, vec!["service", "rollback", "dweb"]),
     ] {
-        let load = ok(c.start_load(DWEB));
-        ok(load.wait_more(&load.stats(), 10, PROPAGATE));
-        ctl(&c, &command);
-        let tasks = ok(c.wait_converged("dweb", 5));
-        let before = load.stats();
-        ok(load.wait_more(&before, 10, PROPAGATE));
-        let stats = ok(load.stop());
-        assert!(
-            stats.failed.is_empty(),
-            "{} of {} requests failed during {from} -> {to}: {:?}",
-            stats.failed.len(),
-            stats.ok + stats.failed.len(),
-            &stats.failed[..stats.failed.len().min(10)]
-        );
-        assert!(
-            stats.by_tag.get(from).copied().unwrap_or(0) > 0
-                && stats.by_tag.get(to).copied().unwrap_or(0) > 0,
-            "both versions should have answered during {from} -> {to}: {:?}",
-            stats.by_tag
-        );
-        assert_spread(&tasks, 3);
+        let tasks = change_under_load(&mut c, DWEB, "dweb", 5, (from, to), &command);
         wait_containers(&c, "dweb", &tasks, image);
-        let after = tags_everywhere(&c, DWEB, 10);
-        assert_eq!(
-            after.keys().collect::<Vec<_>>(),
-            [to],
-            "after {from} -> {to}, answered by {after:?}"
-        );
     }
 
     // Remove: every container goes.

@@ -178,9 +178,6 @@ pub fn require_busybox() -> Result<()> {
     Ok(())
 }
 
-/// Where the test starts its own engine logs.
-const DOCKERD_LOG: &str = "/var/log/mesh-dockerd.log";
-
 fn docker_answers() -> bool {
     Command::new("docker")
         .arg("info")
@@ -190,49 +187,19 @@ fn docker_answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Makes sure a docker engine answers, starting `dockerd --iptables=false
-/// --bridge=none` the way `cargo xtask setup` does when it is installed but not
-/// running; fails with what to do otherwise.
+/// Fails, saying what to do, unless a docker engine answers (`cargo xtask setup`, which
+/// `cargo xtask test` runs first, installs and starts it).
 ///
 /// # Errors
-/// If no engine answers within a minute.
+/// When `docker info` fails.
 pub fn ensure_docker() -> Result<()> {
-    if docker_answers() {
-        return Ok(());
-    }
     ensure!(
-        Path::new("/usr/bin/dockerd").exists() || which("dockerd"),
-        "no docker engine: run `cargo xtask setup` (installs docker.io and starts dockerd)"
+        docker_answers(),
+        "no docker engine answers: run `cargo xtask setup` (it installs docker.io and \
+         starts dockerd)"
     );
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(DOCKERD_LOG)?;
-    Command::new("dockerd")
-        .args(["--iptables=false", "--bridge=none"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("start dockerd")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !docker_answers() {
-        ensure!(
-            Instant::now() < deadline,
-            "dockerd did not answer within 60 s; see {DOCKERD_LOG}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     Ok(())
 }
-
-fn which(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
-}
-
-use std::os::unix::process::CommandExt as _;
 
 /// Builds (once) the image `tag`: a root filesystem with static busybox and its applets
 /// as symlinks in /bin, imported with `docker import` (no registry needed).
