@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -29,6 +29,7 @@ use manager::service::TaskId;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::table::TaskTable;
 use super::{Exit, RuntimeError, Started, TaskConfig, failed, task_env};
 use crate::plumb::{self, Netlink};
 
@@ -74,7 +75,7 @@ struct Ctr {
 pub(crate) struct DockerRuntime {
     docker: Docker,
     owner: String,
-    tasks: Mutex<HashMap<TaskId, Arc<Ctr>>>,
+    tasks: TaskTable<Ctr>,
     exits: mpsc::UnboundedSender<(TaskId, Exit)>,
 }
 
@@ -110,26 +111,21 @@ impl DockerRuntime {
         Ok(Self {
             docker,
             owner: owner(state_dir),
-            tasks: Mutex::new(HashMap::new()),
+            tasks: TaskTable::new(),
             exits,
         })
     }
 
     fn get(&self, id: TaskId) -> Option<Arc<Ctr>> {
-        self.tasks.lock().expect("poisoned").get(&id).cloned()
+        self.tasks.get(id)
     }
 
     pub(crate) fn ids(&self) -> Vec<TaskId> {
-        self.tasks
-            .lock()
-            .expect("poisoned")
-            .keys()
-            .copied()
-            .collect()
+        self.tasks.ids()
     }
 
     pub(crate) fn has(&self, id: TaskId) -> bool {
-        self.tasks.lock().expect("poisoned").contains_key(&id)
+        self.tasks.has(id)
     }
 
     /// Creates and starts the container, plumbs its namespace.
@@ -191,7 +187,7 @@ impl DockerRuntime {
         }
         .await;
         if result.is_err() {
-            self.tasks.lock().expect("poisoned").remove(&task.id);
+            self.tasks.remove(task.id);
             let _ = self.remove(&created.id).await;
         }
         result
@@ -217,12 +213,12 @@ impl DockerRuntime {
     /// Registers the container and reports its exit through the wait API.
     fn watch(&self, id: TaskId, container: String) {
         let (tx, rx) = watch::channel(None);
-        self.tasks.lock().expect("poisoned").insert(
+        self.tasks.insert(
             id,
-            Arc::new(Ctr {
+            Ctr {
                 id: container.clone(),
                 exited: rx,
-            }),
+            },
         );
         let docker = self.docker.clone();
         let exits = self.exits.clone();
@@ -287,7 +283,7 @@ impl DockerRuntime {
             }
         }
         self.remove(&c.id).await?;
-        self.tasks.lock().expect("poisoned").remove(&id);
+        self.tasks.remove(id);
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 pub mod docker;
 pub mod netns;
 pub mod process;
+mod table;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

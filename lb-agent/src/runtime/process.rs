@@ -7,11 +7,10 @@
 //! (and no `unsafe`) is needed. Stopping signals the whole process group, then kills
 //! whatever else still runs in the namespace, so nothing the task started survives it.
 
-use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use manager::service::TaskId;
@@ -20,6 +19,7 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::table::TaskTable;
 use super::{Exit, RuntimeError, TaskConfig, failed, netns, task_env};
 
 /// The named namespace of task `id`.
@@ -63,7 +63,7 @@ struct Proc {
 /// Process tasks on this node.
 pub(crate) struct ProcessRuntime {
     state_dir: PathBuf,
-    tasks: Mutex<HashMap<TaskId, Arc<Proc>>>,
+    tasks: TaskTable<Proc>,
     exits: mpsc::UnboundedSender<(TaskId, Exit)>,
 }
 
@@ -71,26 +71,21 @@ impl ProcessRuntime {
     pub(crate) fn new(state_dir: &Path, exits: mpsc::UnboundedSender<(TaskId, Exit)>) -> Self {
         Self {
             state_dir: state_dir.to_owned(),
-            tasks: Mutex::new(HashMap::new()),
+            tasks: TaskTable::new(),
             exits,
         }
     }
 
     fn get(&self, id: TaskId) -> Option<Arc<Proc>> {
-        self.tasks.lock().expect("poisoned").get(&id).cloned()
+        self.tasks.get(id)
     }
 
     pub(crate) fn ids(&self) -> Vec<TaskId> {
-        self.tasks
-            .lock()
-            .expect("poisoned")
-            .keys()
-            .copied()
-            .collect()
+        self.tasks.ids()
     }
 
     pub(crate) fn has(&self, id: TaskId) -> bool {
-        self.tasks.lock().expect("poisoned").contains_key(&id)
+        self.tasks.has(id)
     }
 
     /// Creates the namespace; the caller plumbs it, then calls [`Self::spawn`].
@@ -140,13 +135,13 @@ impl ProcessRuntime {
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| RuntimeError::Failed("the task ended at once".into()))?;
         let (tx, rx) = watch::channel(None);
-        self.tasks.lock().expect("poisoned").insert(
+        self.tasks.insert(
             id,
-            Arc::new(Proc {
+            Proc {
                 pid,
                 env,
                 exited: rx,
-            }),
+            },
         );
         let exits = self.exits.clone();
         let name = task.name.clone();
@@ -188,7 +183,7 @@ impl ProcessRuntime {
             }
         }
         remove_netns(id).await?;
-        self.tasks.lock().expect("poisoned").remove(&id);
+        self.tasks.remove(id);
         Ok(())
     }
 
@@ -266,13 +261,13 @@ impl ProcessRuntime {
             // Its main process is gone: report the end, keep the namespace until stop.
             let exit = Exit { code: -1 };
             let (_tx, rx) = watch::channel(Some(exit));
-            self.tasks.lock().expect("poisoned").insert(
+            self.tasks.insert(
                 id,
-                Arc::new(Proc {
+                Proc {
                     pid: 0,
                     env: Vec::new(),
                     exited: rx,
-                }),
+                },
             );
             let _ = self.exits.send((id, exit));
             return Ok(false);
@@ -289,13 +284,13 @@ impl ProcessRuntime {
             })
             .unwrap_or_default();
         let (tx, rx) = watch::channel(None);
-        self.tasks.lock().expect("poisoned").insert(
+        self.tasks.insert(
             id,
-            Arc::new(Proc {
+            Proc {
                 pid,
                 env,
                 exited: rx,
-            }),
+            },
         );
         let exits = self.exits.clone();
         tokio::spawn(async move {
