@@ -215,62 +215,18 @@ pub fn routing_nodes(state: &ClusterState) -> impl Iterator<Item = NodeId> + '_ 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::TaskStatus;
     use crate::spec::{RuntimeKind, ServiceSpec};
-    use crate::state::{Availability, Command, NewTask, TaskChange, test_cluster};
+    use crate::state::testing::{self, report};
 
     /// Three ready nodes with dataplanes and a service `web` publishing
     /// 8080:80, with one task on each node.
     fn cluster() -> (ClusterState, Vec<TaskId>) {
-        let mut state = test_cluster(&[
-            (1, NodeStatus::Ready, Availability::Active, "a"),
-            (2, NodeStatus::Ready, Availability::Active, "a"),
-            (3, NodeStatus::Ready, Availability::Active, "a"),
-        ]);
-        state.ca = Some(crate::state::CaMaterial {
-            cert_pem: String::new(),
-            key_pem: String::new(),
-        });
-        for (id, node) in &mut state.nodes {
-            node.data_addr = Some(Ipv4Addr::new(10, 99, 0, 10 + *id as u8));
-        }
+        let mut state = testing::ready(&[1, 2, 3]);
         let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
         spec.endpoint.ports = vec!["8080:80".parse().unwrap()];
-        let crate::state::Applied::Service(service) = state
-            .apply(&Command::CreateService { spec, at_ms: 1 })
-            .unwrap()
-        else {
-            panic!()
-        };
-        let create = (1..=3)
-            .map(|k| NewTask {
-                service: service.id,
-                slot: k as u32,
-                node: Some(k),
-                message: String::new(),
-            })
-            .collect();
-        let crate::state::Applied::Tasks(ids) = state
-            .apply(&Command::ChangeTasks {
-                create,
-                update: vec![],
-                delete: vec![],
-                at_ms: 2,
-            })
-            .unwrap()
-        else {
-            panic!()
-        };
+        let service = testing::create_service(&mut state, spec);
+        let ids = testing::create_tasks(&mut state, service.id, &[Some(1), Some(2), Some(3)]);
         (state, ids)
-    }
-
-    fn report(state: &mut ClusterState, node: NodeId, task: TaskId, s: TaskState) {
-        state
-            .apply(&Command::ReportTasks {
-                node,
-                reports: vec![(task, TaskStatus::new(s, "", 3))],
-            })
-            .unwrap();
     }
 
     #[test]
@@ -297,18 +253,7 @@ mod tests {
     fn a_stopping_task_drains_until_every_node_applied_it() {
         let (mut state, ids) = cluster();
         report(&mut state, 2, ids[1], TaskState::Running);
-        state
-            .apply(&Command::ChangeTasks {
-                create: vec![],
-                update: vec![TaskChange {
-                    id: ids[1],
-                    desired: Some(DesiredState::Shutdown),
-                    ..TaskChange::default()
-                }],
-                delete: vec![],
-                at_ms: 4,
-            })
-            .unwrap();
+        testing::shut_down(&mut state, ids[1]);
         let v = state.tasks[&ids[1]].desired_version;
         let on_2 = for_node(&state, 2, v - 1);
         assert_eq!(on_2.tasks[0].action, TaskAction::Drain);

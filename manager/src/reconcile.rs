@@ -292,7 +292,8 @@ mod tests {
     use crate::spec::{
         FailureAction, RestartCondition, RuntimeKind, ServiceMode, ServiceSpec, UpdateOrder,
     };
-    use crate::state::{Applied, Availability, CaMaterial, test_cluster};
+    use crate::state::testing;
+    use crate::state::{Applied, Availability};
 
     /// The image fake agents fail to run.
     const BAD: &str = "bad-image";
@@ -310,14 +311,7 @@ mod tests {
             let nodes: Vec<_> = (1..=n)
                 .map(|id| (id, NodeStatus::Ready, Availability::Active, "a"))
                 .collect();
-            let mut state = test_cluster(&nodes);
-            state.ca = Some(CaMaterial {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            });
-            for (id, node) in &mut state.nodes {
-                node.data_addr = Some(Ipv4Addr::new(10, 99, 0, *id as u8));
-            }
+            let state = testing::cluster(&nodes);
             Self {
                 state,
                 now: 1_000_000,

@@ -120,19 +120,10 @@ fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_cluster;
+    use crate::state::testing::cluster;
 
     use Availability::{Active, Drain, Pause};
     use NodeStatus::{Down, Ready};
-
-    /// [`test_cluster`] with a dataplane on every node.
-    fn cluster(nodes: &[(NodeId, NodeStatus, Availability, &str)]) -> ClusterState {
-        let mut state = test_cluster(nodes);
-        for node in state.nodes.values_mut() {
-            node.data_addr = Some(std::net::Ipv4Addr::new(10, 99, 0, 1));
-        }
-        state
-    }
 
     fn counts(placed: &[NodeId]) -> BTreeMap<NodeId, usize> {
         let mut out = BTreeMap::new();

@@ -1004,19 +1004,104 @@ fn validate_label_key(key: &str) -> Result<(), StateError> {
     }
 }
 
-/// A state holding worker nodes `n<id>` with the given status,
-/// availability and `zone` label, for the scheduling cores' tests.
+/// Fixtures for the pure cores' tests.
 #[cfg(test)]
-pub(crate) fn test_cluster(nodes: &[(NodeId, NodeStatus, Availability, &str)]) -> ClusterState {
-    let mut state = ClusterState::default();
-    for (id, status, availability, zone) in nodes {
-        let mut node = Node::new(*id, format!("n{id}"), Role::Worker, 0);
-        node.status = *status;
-        node.availability = *availability;
-        node.labels.insert("zone".into(), (*zone).into());
-        state.nodes.insert(*id, node);
+pub(crate) mod testing {
+    use super::*;
+    use crate::service::{Service, TaskId, TaskState, TaskStatus};
+    use crate::spec::ServiceSpec;
+
+    /// A bootstrapped state (commands apply) holding worker nodes `n<id>` with the
+    /// given status, availability and `zone` label, each with a dataplane
+    /// (`10.99.0.<id>`).
+    pub(crate) fn cluster(nodes: &[(NodeId, NodeStatus, Availability, &str)]) -> ClusterState {
+        let mut state = ClusterState {
+            ca: Some(CaMaterial {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            }),
+            ..ClusterState::default()
+        };
+        for (id, status, availability, zone) in nodes {
+            let mut node = Node::new(*id, format!("n{id}"), Role::Worker, 0);
+            node.status = *status;
+            node.availability = *availability;
+            node.labels.insert("zone".into(), (*zone).into());
+            node.data_addr = Some(Ipv4Addr::new(10, 99, 0, u8::try_from(*id).unwrap_or(0)));
+            state.nodes.insert(*id, node);
+        }
+        state
     }
-    state
+
+    /// [`cluster`] of ready, active nodes in zone `a`.
+    pub(crate) fn ready(ids: &[NodeId]) -> ClusterState {
+        let nodes: Vec<_> = ids
+            .iter()
+            .map(|id| (*id, NodeStatus::Ready, Availability::Active, "a"))
+            .collect();
+        cluster(&nodes)
+    }
+
+    /// Creates the service; panics if the state refuses it.
+    pub(crate) fn create_service(state: &mut ClusterState, spec: ServiceSpec) -> Service {
+        match state.apply(&Command::CreateService { spec, at_ms: 1 }) {
+            Ok(Applied::Service(service)) => *service,
+            other => panic!("creating a service: {other:?}"),
+        }
+    }
+
+    /// Creates one task of `service` per entry, in slots 1, 2, ..., on the given
+    /// node (or pending); returns their IDs.
+    pub(crate) fn create_tasks(
+        state: &mut ClusterState,
+        service: ServiceId,
+        nodes: &[Option<NodeId>],
+    ) -> Vec<TaskId> {
+        let create = (1..)
+            .zip(nodes)
+            .map(|(slot, node)| NewTask {
+                service,
+                slot,
+                node: *node,
+                message: String::new(),
+            })
+            .collect();
+        match state.apply(&Command::ChangeTasks {
+            create,
+            update: vec![],
+            delete: vec![],
+            at_ms: 2,
+        }) {
+            Ok(Applied::Tasks(ids)) => ids,
+            other => panic!("creating tasks: {other:?}"),
+        }
+    }
+
+    /// `node`'s agent reports `task` in `state`.
+    pub(crate) fn report(state: &mut ClusterState, node: NodeId, task: TaskId, s: TaskState) {
+        state
+            .apply(&Command::ReportTasks {
+                node,
+                reports: vec![(task, TaskStatus::new(s, "", 3))],
+            })
+            .expect("reports always apply");
+    }
+
+    /// The leader asks `task` to stop.
+    pub(crate) fn shut_down(state: &mut ClusterState, task: TaskId) {
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![TaskChange {
+                    id: task,
+                    desired: Some(DesiredState::Shutdown),
+                    ..TaskChange::default()
+                }],
+                delete: vec![],
+                at_ms: 4,
+            })
+            .expect("the task exists");
+    }
 }
 
 #[cfg(test)]

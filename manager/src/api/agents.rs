@@ -274,76 +274,22 @@ fn acked_of(inner: &Inner, state: &ClusterState, now: Instant, bound: Duration) 
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
     use crate::assignment::TaskAction;
-    use crate::service::{DesiredState, TaskState, TaskStatus};
+    use crate::service::TaskState;
     use crate::spec::{RuntimeKind, ServiceSpec};
-    use crate::state::{Applied, CaMaterial, Command, NewTask, Node, Role, TaskChange};
+    use crate::state::testing::{self, shut_down};
 
     const BOUND: Duration = Duration::from_secs(1);
 
     /// Nodes 1 and 2 with dataplanes, a service with one running task on 2.
     fn cluster() -> (ClusterState, TaskId) {
-        let mut state = ClusterState {
-            ca: Some(CaMaterial {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            }),
-            ..ClusterState::default()
-        };
-        for id in [1, 2] {
-            let mut node = Node::new(id, format!("n{id}"), Role::Worker, 0);
-            node.status = crate::state::NodeStatus::Ready;
-            node.data_addr = Some(Ipv4Addr::new(10, 0, 0, id as u8));
-            state.nodes.insert(id, node);
-        }
+        let mut state = testing::ready(&[1, 2]);
         let spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
-        let Applied::Service(service) = state
-            .apply(&Command::CreateService { spec, at_ms: 1 })
-            .unwrap()
-        else {
-            panic!()
-        };
-        let Applied::Tasks(ids) = state
-            .apply(&Command::ChangeTasks {
-                create: vec![NewTask {
-                    service: service.id,
-                    slot: 1,
-                    node: Some(2),
-                    message: String::new(),
-                }],
-                update: vec![],
-                delete: vec![],
-                at_ms: 2,
-            })
-            .unwrap()
-        else {
-            panic!()
-        };
-        state
-            .apply(&Command::ReportTasks {
-                node: 2,
-                reports: vec![(ids[0], TaskStatus::new(TaskState::Running, "", 3))],
-            })
-            .unwrap();
-        (state, ids[0])
-    }
-
-    fn shut_down(state: &mut ClusterState, task: TaskId) {
-        state
-            .apply(&Command::ChangeTasks {
-                create: vec![],
-                update: vec![TaskChange {
-                    id: task,
-                    desired: Some(DesiredState::Shutdown),
-                    ..TaskChange::default()
-                }],
-                delete: vec![],
-                at_ms: 4,
-            })
-            .unwrap();
+        let service = testing::create_service(&mut state, spec);
+        let task = testing::create_tasks(&mut state, service.id, &[Some(2)])[0];
+        testing::report(&mut state, 2, task, TaskState::Running);
+        (state, task)
     }
 
     fn latest(handle: &SessionHandle) -> Arc<Assignment> {
@@ -387,12 +333,7 @@ mod tests {
         registry.applied(1, a.serial, state.version);
         registry.applied(2, b.serial, state.version);
         // Commands that change nothing node 1 sees (a report) move the version.
-        state
-            .apply(&Command::ReportTasks {
-                node: 2,
-                reports: vec![(task, TaskStatus::new(TaskState::Running, "again", 5))],
-            })
-            .unwrap();
+        testing::report(&mut state, 2, task, TaskState::Running);
         registry.refresh(&state, t0, BOUND);
         assert_eq!(registry.acked(&state, t0, BOUND), state.version);
     }

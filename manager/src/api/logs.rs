@@ -189,58 +189,20 @@ async fn relay_to_leader(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::TaskStatus;
+    use crate::service::TaskState;
     use crate::spec::{RuntimeKind, ServiceSpec};
-    use crate::state::{Applied, CaMaterial, Command, NewTask, Node, Role};
+    use crate::state::testing;
 
     #[test]
     fn a_service_names_its_started_tasks_by_node_and_a_task_id_names_one() {
-        let mut state = ClusterState {
-            ca: Some(CaMaterial {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            }),
-            ..ClusterState::default()
-        };
-        for id in [1, 2] {
-            state
-                .nodes
-                .insert(id, Node::new(id, format!("host{id}"), Role::Worker, 0));
+        let mut state = testing::ready(&[1, 2]);
+        for (id, node) in &mut state.nodes {
+            node.hostname = format!("host{id}");
         }
         let spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
-        let Applied::Service(service) = state
-            .apply(&Command::CreateService { spec, at_ms: 1 })
-            .unwrap()
-        else {
-            panic!()
-        };
-        let create = [Some(1), Some(2), None]
-            .iter()
-            .enumerate()
-            .map(|(k, node)| NewTask {
-                service: service.id,
-                slot: k as u32 + 1,
-                node: *node,
-                message: String::new(),
-            })
-            .collect();
-        let Applied::Tasks(ids) = state
-            .apply(&Command::ChangeTasks {
-                create,
-                update: vec![],
-                delete: vec![],
-                at_ms: 2,
-            })
-            .unwrap()
-        else {
-            panic!()
-        };
-        state
-            .apply(&Command::ReportTasks {
-                node: 1,
-                reports: vec![(ids[0], TaskStatus::new(TaskState::Running, "", 3))],
-            })
-            .unwrap();
+        let service = testing::create_service(&mut state, spec);
+        let ids = testing::create_tasks(&mut state, service.id, &[Some(1), Some(2), None]);
+        testing::report(&mut state, 1, ids[0], TaskState::Running);
         let t = targets(&state, "web").unwrap();
         assert_eq!(t.len(), 1, "only node 1's task started: {t:?}");
         assert_eq!(t[&1][&ids[0]], format!("web.1.{}@host1", format_id(ids[0])));
