@@ -181,7 +181,7 @@ impl AgentRegistry {
 
     /// The lowest version every routing node's agent acts on (see
     /// [`assignment::for_node`]). Routing nodes without a session, and
-    /// agents that sat on an assignment for `bound`, do not count.
+    /// agents whose oldest unapplied assignment is older than `bound`, do not count.
     #[must_use]
     pub fn acked(&self, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
         let inner = self.lock();

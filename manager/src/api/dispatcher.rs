@@ -334,8 +334,8 @@ fn spawn_report_committer(
 
 /// The leader loop that keeps every agent's assignment current: on every
 /// state change, session change or acknowledgement, recomputes each agent
-/// session's assignment and sends those that changed. An agent that sits on
-/// an assignment for two heartbeat periods stops holding drains back.
+/// session's assignment and sends those that changed. An agent whose oldest
+/// unapplied assignment is two heartbeat periods old stops holding drains back.
 pub async fn run_assignment_loop(manager: Manager) {
     let mut changes = manager.state_changes();
     let mut tick = tokio::time::interval(manager.heartbeat() / 2);
