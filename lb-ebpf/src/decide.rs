@@ -395,6 +395,17 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
             // SAFETY: read-only copy.
             let backend = unsafe { LB_BACKENDS.get(f.backend_id) }.copied();
             match backend {
+                // A retransmitted SYN of a connection whose backend now drains (the
+                // first SYN went there just before this node learned it drains, and got
+                // no answer: the task may be stopping) is balanced again, to a backend
+                // that takes new flows.
+                Some(b)
+                    if b.flags & Backend::FLAG_DRAINING != 0
+                        && key.proto == IPPROTO_TCP
+                        && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN =>
+                {
+                    return None;
+                }
                 // Ids are recycled: the same id must still mean the same backend.
                 Some(b)
                     if b.addr == f.nat_addr

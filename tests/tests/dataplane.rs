@@ -253,6 +253,14 @@ fn draining_backend_takes_no_new_flows_but_keeps_its_established_ones() {
         .unwrap();
     assert_eq!(f.backend_id, drained, "its established flow goes on");
     assert_eq!(dp.backend_counters(drained).unwrap().packets, 2);
+    // A retransmitted SYN of a flow whose backend drains (the first one got no answer:
+    // the task may be stopping) is balanced again, to a backend that takes new flows.
+    dp.run_xdp("lb_xdp", &syn).unwrap();
+    let f = dp
+        .flow(&key((CLIENT, 41000), (NODE, 8080), IPPROTO_TCP))
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.backend_id, other, "the SYN again: a new flow");
 }
 
 #[test]
