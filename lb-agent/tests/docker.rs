@@ -10,32 +10,17 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use common::{Node, fetch, poll, run, task_id};
+use common::{Node, fetch, poll, run, task_config, task_id};
 use lb_agent::plumb;
 use lb_agent::runtime::{Exit, Runtimes, TaskConfig};
 use manager::service::TaskId;
-use manager::spec::{RuntimeKind, TaskSpec};
+use manager::spec::RuntimeKind;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const IMAGE: &str = "mesh-test/busybox:1";
 
 fn task(id: TaskId, name: &str, addr: Ipv4Addr, args: &[&str]) -> TaskConfig {
-    TaskConfig {
-        id,
-        name: name.into(),
-        spec: TaskSpec {
-            runtime: RuntimeKind::Docker,
-            image: IMAGE.into(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env: vec!["GREETING=hello".into()],
-            restart: Default::default(),
-            health: None,
-            stop_grace_ms: 1000,
-            force_update: 0,
-        },
-        addr,
-        mtu: 1450,
-    }
+    task_config(RuntimeKind::Docker, (id, name), addr, IMAGE, args)
 }
 
 async fn next_exit(exits: &mut UnboundedReceiver<(TaskId, Exit)>) -> Result<(TaskId, Exit)> {

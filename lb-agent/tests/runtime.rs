@@ -10,32 +10,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use common::{Node, fetch, poll, run, task_id};
+use common::{Node, fetch, poll, run, task_config, task_id};
 use lb_agent::plumb;
 use lb_agent::runtime::{Exit, Runtimes, TaskConfig};
 use manager::service::TaskId;
-use manager::spec::{RuntimeKind, TaskSpec};
+use manager::spec::RuntimeKind;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-const MTU: u32 = 1450;
-
 fn task(id: TaskId, name: &str, addr: Ipv4Addr, program: &str, args: &[&str]) -> TaskConfig {
-    TaskConfig {
-        id,
-        name: name.into(),
-        spec: TaskSpec {
-            runtime: RuntimeKind::Process,
-            image: program.into(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env: vec!["GREETING=hello".into()],
-            restart: Default::default(),
-            health: None,
-            stop_grace_ms: 1000,
-            force_update: 0,
-        },
-        addr,
-        mtu: MTU,
-    }
+    task_config(RuntimeKind::Process, (id, name), addr, program, args)
 }
 
 /// A task that prints its environment and serves "hi" on TCP port 80.

@@ -88,6 +88,26 @@ impl ProcessRuntime {
         self.tasks.has(id)
     }
 
+    /// Records task `id`'s main process; its watcher reports the exit through the
+    /// returned sender.
+    fn track(
+        &self,
+        id: TaskId,
+        pid: i32,
+        env: Vec<(String, String)>,
+    ) -> watch::Sender<Option<Exit>> {
+        let (tx, rx) = watch::channel(None);
+        self.tasks.insert(
+            id,
+            Proc {
+                pid,
+                env,
+                exited: rx,
+            },
+        );
+        tx
+    }
+
     /// Creates the namespace; the caller plumbs it, then calls [`Self::spawn`].
     pub(crate) async fn create_netns(&self, id: TaskId) -> Result<PathBuf, RuntimeError> {
         netns::create(&netns_name(id))
@@ -134,15 +154,7 @@ impl ProcessRuntime {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| RuntimeError::Failed("the task ended at once".into()))?;
-        let (tx, rx) = watch::channel(None);
-        self.tasks.insert(
-            id,
-            Proc {
-                pid,
-                env,
-                exited: rx,
-            },
-        );
+        let tx = self.track(id, pid, env);
         let exits = self.exits.clone();
         let name = task.name.clone();
         tokio::spawn(async move {
@@ -283,15 +295,7 @@ impl ProcessRuntime {
                     .collect()
             })
             .unwrap_or_default();
-        let (tx, rx) = watch::channel(None);
-        self.tasks.insert(
-            id,
-            Proc {
-                pid,
-                env,
-                exited: rx,
-            },
-        );
+        let tx = self.track(id, pid, env);
         let exits = self.exits.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));

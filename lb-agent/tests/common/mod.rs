@@ -11,6 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lb_agent::runtime::TaskConfig;
+use manager::service::TaskId;
+use manager::spec::{RuntimeKind, TaskSpec};
 use nix::sched::CloneFlags;
 
 /// Fails clearly unless the test runs as root.
@@ -236,4 +239,34 @@ pub fn busybox_image(tag: &str) -> Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     ensure!(status.success(), "docker import of {tag} failed");
     Ok(())
+}
+
+/// MTU of the tests' task interfaces.
+pub const MTU: u32 = 1450;
+
+/// A task of `runtime` running `image` (the program, for the process runtime) with
+/// `args`, `GREETING=hello` in its environment and a 1 s stop grace period.
+pub fn task_config(
+    runtime: RuntimeKind,
+    (id, name): (TaskId, &str),
+    addr: Ipv4Addr,
+    image: &str,
+    args: &[&str],
+) -> TaskConfig {
+    TaskConfig {
+        id,
+        name: name.into(),
+        spec: TaskSpec {
+            runtime,
+            image: image.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: vec!["GREETING=hello".into()],
+            restart: Default::default(),
+            health: None,
+            stop_grace_ms: 1000,
+            force_update: 0,
+        },
+        addr,
+        mtu: MTU,
+    }
 }
