@@ -9,12 +9,14 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use manager::assignment::Assignment;
-use manager::pki::TlsDir;
-use manager::proto;
-use manager::service::TaskId;
-use manager::session::{self, SessionError, SessionEvent, SessionOptions, Uplink, UplinkSender};
-use manager::state::format_id;
+use mesh_api::assignment::Assignment;
+use mesh_api::node::format_id;
+use mesh_api::task::TaskId;
+use mesh_client::pki::TlsDir;
+use mesh_client::proto;
+use mesh_client::session::{
+    self, SessionError, SessionEvent, SessionOptions, Uplink, UplinkSender,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -98,7 +100,8 @@ pub async fn start(
         let mut last = String::new();
         let mut joined = false;
         for manager in &options.managers {
-            match manager::server::join_cluster(&tls, manager, token, &options.hostname, "").await {
+            match mesh_client::join::join_cluster(&tls, manager, token, &options.hostname, "").await
+            {
                 Ok(_) => {
                     joined = true;
                     break;
@@ -211,7 +214,7 @@ pub async fn run_managed(
     info!("lb-agent ready (managed: waiting for the leader's assignment)");
     loop {
         let now = Instant::now();
-        supervisor.set_clock_ms(manager::api::now_ms());
+        supervisor.set_clock_ms(mesh_api::time::now_ms());
         let mut reprogram = false;
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),

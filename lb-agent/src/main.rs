@@ -100,8 +100,8 @@ async fn run(cli: &Cli) -> Result<()> {
         return agent.run().await.map_err(Into::into);
     }
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let hostname =
-        manager::session::node_hostname(cli.hostname.as_deref()).context("reading the hostname")?;
+    let hostname = mesh_client::join::node_hostname(cli.hostname.as_deref())
+        .context("reading the hostname")?;
     let base = managed_base(cli)?;
     let data_addr = match &base {
         Some(base) => Some(data_addr(base).await?),

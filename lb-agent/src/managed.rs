@@ -20,10 +20,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use manager::assignment::{Assignment, Backend};
-use manager::service::TaskId;
-use manager::spec::{PortSpec, PublishMode};
-use manager::state::format_id;
+use mesh_api::assignment::{Assignment, Backend};
+use mesh_api::node::format_id;
+use mesh_api::spec::{PortSpec, PublishMode};
+use mesh_api::task::TaskId;
 
 use crate::config::{
     BackendConfig, Config, EndpointConfig, PeerConfig, PortConfig, Protocol, ServiceConfig,
@@ -35,10 +35,10 @@ pub fn endpoint_name(name: &str, task: TaskId) -> String {
     format!("{name}.{}", format_id(task))
 }
 
-fn protocol(p: manager::spec::Protocol) -> Protocol {
+fn protocol(p: mesh_api::spec::Protocol) -> Protocol {
     match p {
-        manager::spec::Protocol::Tcp => Protocol::Tcp,
-        manager::spec::Protocol::Udp => Protocol::Udp,
+        mesh_api::spec::Protocol::Tcp => Protocol::Tcp,
+        mesh_api::spec::Protocol::Udp => Protocol::Udp,
     }
 }
 
@@ -207,10 +207,10 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
 mod tests {
     use std::collections::BTreeMap;
 
-    use manager::allocator::IngressNetwork;
-    use manager::assignment::{AssignedTask, Peer, ServiceRoutes, TaskAction};
-    use manager::service::TaskState;
-    use manager::spec::{Protocol as P, RuntimeKind, ServiceSpec};
+    use mesh_api::assignment::{AssignedTask, Peer, ServiceRoutes, TaskAction};
+    use mesh_api::network::IngressNetwork;
+    use mesh_api::spec::{Protocol as P, RuntimeKind, ServiceSpec};
+    use mesh_api::task::TaskState;
 
     use super::*;
     use crate::config::{DataplaneSection, MetricsSection, NodeSection};

@@ -31,7 +31,7 @@ use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
 use futures::TryStreamExt as _;
-use manager::service::TaskId;
+use mesh_api::task::TaskId;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::route::RouteScope;

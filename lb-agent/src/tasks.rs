@@ -27,9 +27,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use lb_common::{Flow, FlowKey, FlowKind, IPPROTO_TCP};
-use manager::assignment::{AssignedTask, TaskAction};
-use manager::service::{TaskId, TaskState, TaskStatus};
-use manager::spec::HealthCheck;
+use mesh_api::assignment::{AssignedTask, TaskAction};
+use mesh_api::spec::HealthCheck;
+use mesh_api::task::{TaskId, TaskState, TaskStatus};
 
 use crate::runtime::{Exit, Started, TaskConfig};
 
@@ -460,7 +460,7 @@ pub fn live_flow_task(key: &FlowKey, flow: &Flow, now_ns: u64) -> Option<Ipv4Add
 
 #[cfg(test)]
 mod tests {
-    use manager::spec::{RuntimeKind, ServiceSpec};
+    use mesh_api::spec::{RuntimeKind, ServiceSpec};
 
     use super::*;
 

@@ -13,8 +13,8 @@ use anyhow::{Context as _, Result, ensure};
 use common::{Node, fetch, poll, run, task_config, task_id};
 use lb_agent::plumb;
 use lb_agent::runtime::{Exit, Runtimes, TaskConfig};
-use manager::service::TaskId;
-use manager::spec::RuntimeKind;
+use mesh_api::spec::RuntimeKind;
+use mesh_api::task::TaskId;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn task(id: TaskId, name: &str, addr: Ipv4Addr, program: &str, args: &[&str]) -> TaskConfig {

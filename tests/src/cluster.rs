@@ -25,8 +25,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use manager::pki::TlsDir;
-use manager::proto::{self, control_client::ControlClient};
+use mesh_client::pki::TlsDir;
+use mesh_client::proto::{self, control_client::ControlClient};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -843,9 +843,10 @@ pub async fn connect_control(addrs: &[String], tls_dir: &Path) -> Result<Control
     let identity = TlsDir::new(tls_dir.to_path_buf())
         .load()
         .with_context(|| format!("reading the identity in {}", tls_dir.display()))?;
-    let channel = manager::client::connect(addrs, &manager::client::identity_tls(&identity))
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let channel =
+        mesh_client::connect::connect(addrs, &mesh_client::connect::identity_tls(&identity))
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
     Ok(ControlClient::new(channel))
 }
 
@@ -916,7 +917,7 @@ impl LabelWriter {
                         let result = match client.as_mut() {
                             Some(c) => write_label(c, &node, &key, "1", Duration::from_secs(10))
                                 .await
-                                .map_err(|s| manager::client::status_message(&s)),
+                                .map_err(|s| mesh_client::connect::status_message(&s)),
                             None => {
                                 match connect_control(&addrs[cursor..=cursor], &tls_dir).await {
                                     Ok(mut c) => {
@@ -928,7 +929,7 @@ impl LabelWriter {
                                             Duration::from_secs(10),
                                         )
                                         .await
-                                        .map_err(|s| manager::client::status_message(&s));
+                                        .map_err(|s| mesh_client::connect::status_message(&s));
                                         client = Some(c);
                                         r
                                     }

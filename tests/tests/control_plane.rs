@@ -571,11 +571,11 @@ fn security(a: &mut Cluster, b: &Cluster) -> Result<()> {
     // Control API does not.
     let ca_a = std::fs::read_to_string(a.manager(0).tls_dir().join("ca.pem"))?;
     let status = rt.block_on(async {
-        let tls = manager::pki::client_tls(&ca_a, None);
-        let channel = manager::client::connect(std::slice::from_ref(&addr_a), &tls).await?;
-        let mut control = manager::proto::control_client::ControlClient::new(channel);
+        let tls = mesh_client::pki::client_tls(&ca_a, None);
+        let channel = mesh_client::connect::connect(std::slice::from_ref(&addr_a), &tls).await?;
+        let mut control = mesh_client::proto::control_client::ControlClient::new(channel);
         let err = control
-            .list_nodes(manager::proto::ListNodesRequest {})
+            .list_nodes(mesh_client::proto::ListNodesRequest {})
             .await
             .err()
             .context("ListNodes without a certificate succeeded")?;
@@ -598,17 +598,18 @@ fn security(a: &mut Cluster, b: &Cluster) -> Result<()> {
     // reads either the server's alert ("refused this node's certificate") or, when its
     // first request races the alert, only a closed connection: the message is not
     // asserted.
-    let identity_b = manager::pki::TlsDir::new(b.manager(0).tls_dir()).load()?;
+    let identity_b = mesh_client::pki::TlsDir::new(b.manager(0).tls_dir()).load()?;
     let refused = rt.block_on(async {
-        let tls = manager::pki::client_tls(
+        let tls = mesh_client::pki::client_tls(
             &ca_a,
             Some((identity_b.cert_pem.as_str(), identity_b.key_pem.as_str())),
         );
-        let channel = match manager::client::connect(std::slice::from_ref(&addr_a), &tls).await {
+        let channel = match mesh_client::connect::connect(std::slice::from_ref(&addr_a), &tls).await
+        {
             Err(e) => return anyhow::Ok(e.to_string()),
             Ok(channel) => channel,
         };
-        let mut control = manager::proto::control_client::ControlClient::new(channel);
+        let mut control = mesh_client::proto::control_client::ControlClient::new(channel);
         match mesh_tests::cluster::write_label(
             &mut control,
             "m0",
@@ -619,7 +620,7 @@ fn security(a: &mut Cluster, b: &Cluster) -> Result<()> {
         .await
         {
             Ok(()) => anyhow::bail!("another CA's certificate was accepted"),
-            Err(status) => Ok(manager::client::status_message(&status)),
+            Err(status) => Ok(mesh_client::connect::status_message(&status)),
         }
     })?;
     eprintln!("another CA's client certificate: {refused}");
@@ -675,7 +676,7 @@ fn security(a: &mut Cluster, b: &Cluster) -> Result<()> {
         let mut control = a.control(0, Some(&worker_tls)).await?;
         anyhow::Ok(
             control
-                .remove_node(manager::proto::RemoveNodeRequest {
+                .remove_node(mesh_client::proto::RemoveNodeRequest {
                     name: "m0".into(),
                     force: true,
                 })
@@ -696,11 +697,12 @@ fn security(a: &mut Cluster, b: &Cluster) -> Result<()> {
         ("bad host", "", "invalid hostname"),
     ] {
         let status = rt.block_on(async {
-            let tls = manager::pki::client_tls(&ca_a, None);
-            let channel = manager::client::connect(std::slice::from_ref(&addr_a), &tls).await?;
-            let mut join = manager::proto::join_client::JoinClient::new(channel);
+            let tls = mesh_client::pki::client_tls(&ca_a, None);
+            let channel =
+                mesh_client::connect::connect(std::slice::from_ref(&addr_a), &tls).await?;
+            let mut join = mesh_client::proto::join_client::JoinClient::new(channel);
             anyhow::Ok(
-                join.join(manager::proto::JoinRequest {
+                join.join(mesh_client::proto::JoinRequest {
                     token: new_token.clone(),
                     csr_pem: csr.into(),
                     hostname: hostname.into(),

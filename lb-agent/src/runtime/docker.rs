@@ -25,7 +25,7 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures::StreamExt as _;
-use manager::service::TaskId;
+use mesh_api::task::TaskId;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -432,7 +432,7 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use manager::spec::TaskSpec;
+    use mesh_api::spec::TaskSpec;
     use std::net::Ipv4Addr;
 
     #[test]
@@ -441,7 +441,7 @@ mod tests {
             id: 0xa3,
             name: "web app.1".into(),
             spec: TaskSpec {
-                runtime: manager::spec::RuntimeKind::Docker,
+                runtime: mesh_api::spec::RuntimeKind::Docker,
                 image: "x".into(),
                 args: vec![],
                 env: vec![],

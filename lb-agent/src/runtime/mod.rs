@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use manager::service::TaskId;
-use manager::spec::{RuntimeKind, TaskSpec};
+use mesh_api::spec::{RuntimeKind, TaskSpec};
+use mesh_api::task::TaskId;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -411,7 +411,7 @@ fn list_records(state_dir: &Path) -> Result<Vec<(TaskId, RuntimeKind)>, RuntimeE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use manager::spec::RuntimeKind;
+    use mesh_api::spec::RuntimeKind;
 
     fn task() -> TaskConfig {
         TaskConfig {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use manager::service::TaskId;
+use mesh_api::task::TaskId;
 
 /// Task ID -> what the runtime keeps of the task. Shared by the runtime's
 /// calls and the tasks' exit watchers.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_agent::runtime::TaskConfig;
-use manager::service::TaskId;
-use manager::spec::{RuntimeKind, TaskSpec};
+use mesh_api::spec::{RuntimeKind, TaskSpec};
+use mesh_api::task::TaskId;
 use nix::sched::CloneFlags;
 
 /// Fails clearly unless the test runs as root.

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use manager::proto;
+use mesh_client::proto;
 use mesh_tests::cluster::{Cluster, ClusterOptions, connect_control, write_label};
 
 mod services;

@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use manager::proto;
-use manager::service::Service;
-use manager::spec::ServiceMode;
+use mesh_api::service::Service;
+use mesh_api::spec::ServiceMode;
+use mesh_client::proto;
 use mesh_tests::cluster::connect_control;
 use mesh_tests::managed::FORM_TIMEOUT;
 use mesh_tests::pinned::{PinnedMaps, ServiceBackends};

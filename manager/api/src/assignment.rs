@@ -1,0 +1,113 @@
+//! What the dispatcher sends each node: the tasks it must run and the
+//! routing tables of every service. The leader builds it (`mesh-core`'s
+//! assignment builder); the agent turns it into its dataplane configuration
+//! and its task supervisor's work.
+//!
+//! The draining rule: a task the leader wants stopped is first listed as a
+//! draining backend everywhere (no new flows); its own node is told to stop
+//! it ([`TaskAction::Stop`]) only once every live node has applied a version
+//! in which it drains.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::network::IngressNetwork;
+use crate::node::NodeId;
+use crate::service::ServiceId;
+use crate::spec::{PortSpec, TaskSpec};
+use crate::task::{TaskId, TaskState};
+
+/// What a node's agent must do with one of its tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskAction {
+    /// Start it if it is not running; keep it running.
+    Run,
+    /// Keep it running: it takes no new flows, its flows go on; the stop
+    /// comes later.
+    Drain,
+    /// Stop it: let its remaining flows end (up to its stop grace period),
+    /// then SIGTERM, then SIGKILL.
+    Stop,
+}
+
+/// One of the node's tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedTask {
+    /// The task.
+    pub id: TaskId,
+    /// `web.1`.
+    pub name: String,
+    /// Its service.
+    pub service_id: ServiceId,
+    /// Its service's name.
+    pub service_name: String,
+    /// What it runs.
+    pub spec: TaskSpec,
+    /// Its address on the ingress network.
+    pub addr: Ipv4Addr,
+    /// Run, drain or stop.
+    pub action: TaskAction,
+    /// The state the managers last recorded (the agent resumes from it
+    /// after a restart).
+    pub state: TaskState,
+}
+
+/// A task as a backend of its service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    /// The task.
+    pub task: TaskId,
+    /// `web.1`.
+    pub name: String,
+    /// Its ingress address.
+    pub addr: Ipv4Addr,
+    /// The node that runs it.
+    pub node: NodeId,
+    /// Takes no new flows.
+    pub draining: bool,
+}
+
+/// A service as every node routes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRoutes {
+    /// The service.
+    pub id: ServiceId,
+    /// Its name.
+    pub name: String,
+    /// Its VIP (endpoint mode `vip`).
+    pub vip: Option<Ipv4Addr>,
+    /// Its published ports, each with its published port filled in.
+    pub ports: Vec<PortSpec>,
+    /// Its running tasks.
+    pub backends: Vec<Backend>,
+}
+
+/// Another node whose tasks this node may reach through the overlay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The node.
+    pub id: NodeId,
+    /// Its hostname.
+    pub hostname: String,
+    /// Its underlay (data path) address.
+    pub addr: Ipv4Addr,
+}
+
+/// Everything one node's agent needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The cluster state's version it was computed from.
+    pub version: u64,
+    /// The node it is for.
+    pub node: NodeId,
+    /// The ingress network.
+    pub ingress: IngressNetwork,
+    /// The other nodes with a dataplane.
+    pub peers: Vec<Peer>,
+    /// The node's tasks that exist on it (or must).
+    pub tasks: Vec<AssignedTask>,
+    /// Every service's routing table.
+    pub services: Vec<ServiceRoutes>,
+}

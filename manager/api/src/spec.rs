@@ -1,0 +1,933 @@
+//! A service's specification, as users write it: the whole [`ServiceSpec`]
+//! and its parts (`--publish`, `--constraint`, restart, health, update
+//! policies), parsed with docker's syntax and checked before anything is
+//! stored ([`ServiceSpec::validate`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{Node, Role, format_id};
+
+/// Why a spec value was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(String);
+
+fn invalid(message: impl Into<String>) -> SpecError {
+    SpecError(message.into())
+}
+
+/// A transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// How a port is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, balanced over all tasks through the mesh.
+    Ingress,
+    /// Only on the nodes that run a task, to that node's task.
+    Host,
+}
+
+/// One `--publish` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// The port clients connect to; `None` asks the allocator for one.
+    pub published: Option<u16>,
+    /// The task's port.
+    pub target: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Ingress (the mesh) or host.
+    pub mode: PublishMode,
+}
+
+fn port(value: &str, what: &str) -> Result<u16, SpecError> {
+    match value.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(invalid(format!(
+            "invalid {what} port {value:?}: expected 1-65535"
+        ))),
+        Ok(port) => Ok(port),
+    }
+}
+
+fn protocol(value: &str) -> Result<Protocol, SpecError> {
+    match value {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        other => Err(invalid(format!(
+            "invalid protocol {other:?}: expected tcp or udp"
+        ))),
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = SpecError;
+
+    /// Docker's two syntaxes: `[published:]target[/protocol]`, and
+    /// `published=P,target=T[,protocol=udp][,mode=host]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.contains('=') {
+            let mut spec = PortSpec {
+                published: None,
+                target: 0,
+                protocol: Protocol::Tcp,
+                mode: PublishMode::Ingress,
+            };
+            for field in s.split(',') {
+                let (key, value) = field.split_once('=').ok_or_else(|| {
+                    invalid(format!(
+                        "invalid publish field {field:?}: expected key=value"
+                    ))
+                })?;
+                match key.trim() {
+                    "published" => spec.published = Some(port(value, "published")?),
+                    "target" => spec.target = port(value, "target")?,
+                    "protocol" => spec.protocol = protocol(value.trim())?,
+                    "mode" => {
+                        spec.mode = match value.trim() {
+                            "ingress" => PublishMode::Ingress,
+                            "host" => PublishMode::Host,
+                            other => {
+                                return Err(invalid(format!(
+                                    "invalid publish mode {other:?}: expected ingress or host"
+                                )));
+                            }
+                        }
+                    }
+                    other => return Err(invalid(format!("unknown publish field {other:?}"))),
+                }
+            }
+            if spec.target == 0 {
+                return Err(invalid(format!("publish {s:?} has no target port")));
+            }
+            return Ok(spec);
+        }
+        let (ports, proto) = match s.split_once('/') {
+            Some((ports, proto)) => (ports, protocol(proto)?),
+            None => (s, Protocol::Tcp),
+        };
+        let (published, target) = match ports.split_once(':') {
+            Some((published, target)) => {
+                (Some(port(published, "published")?), port(target, "target")?)
+            }
+            None => (None, port(ports, "target")?),
+        };
+        Ok(PortSpec {
+            published,
+            target,
+            protocol: proto,
+            mode: PublishMode::Ingress,
+        })
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        match self.published {
+            Some(published) => write!(f, "*:{published}->{}/{proto}", self.target),
+            None => write!(f, "*:?->{}/{proto}", self.target),
+        }
+    }
+}
+
+/// What a placement constraint tests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstraintKey {
+    /// `node.role`.
+    Role,
+    /// `node.hostname`.
+    Hostname,
+    /// `node.id`.
+    Id,
+    /// `node.labels.<key>`.
+    Label(String),
+}
+
+/// One `--constraint` value, e.g. `node.labels.zone==a`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    /// What is tested.
+    pub key: ConstraintKey,
+    /// `==` (true) or `!=` (false).
+    pub equal: bool,
+    /// The value compared with.
+    pub value: String,
+}
+
+impl FromStr for Constraint {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, equal, value) = if let Some((k, v)) = s.split_once("==") {
+            (k, true, v)
+        } else if let Some((k, v)) = s.split_once("!=") {
+            (k, false, v)
+        } else {
+            return Err(invalid(format!(
+                "invalid constraint {s:?}: expected <key>==<value> or <key>!=<value>"
+            )));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if value.is_empty() {
+            return Err(invalid(format!("invalid constraint {s:?}: empty value")));
+        }
+        let key = match key {
+            "node.role" => {
+                value.parse::<Role>().map_err(|e| invalid(e.to_string()))?;
+                ConstraintKey::Role
+            }
+            "node.hostname" => ConstraintKey::Hostname,
+            "node.id" => ConstraintKey::Id,
+            other => match other.strip_prefix("node.labels.") {
+                Some(label) if !label.is_empty() => ConstraintKey::Label(label.to_string()),
+                _ => {
+                    return Err(invalid(format!(
+                        "invalid constraint key {other:?}: expected node.role, node.hostname, \
+                         node.id or node.labels.<key>"
+                    )));
+                }
+            },
+        };
+        Ok(Constraint {
+            key,
+            equal,
+            value: value.to_string(),
+        })
+    }
+}
+
+impl Constraint {
+    /// Whether `node` satisfies the constraint. A missing label is unequal
+    /// to every value, as in Swarm.
+    #[must_use]
+    pub fn matches(&self, node: &Node) -> bool {
+        let actual = match &self.key {
+            ConstraintKey::Role => Some(node.role.to_string()),
+            ConstraintKey::Hostname => Some(node.hostname.clone()),
+            ConstraintKey::Id => Some(format_id(node.id)),
+            ConstraintKey::Label(key) => node.labels.get(key).cloned(),
+        };
+        (actual.as_deref() == Some(self.value.as_str())) == self.equal
+    }
+}
+
+impl Protocol {
+    /// `tcp` or `udp`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for PublishMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishMode::Ingress => "ingress",
+            PublishMode::Host => "host",
+        })
+    }
+}
+
+/// Replicated (a number of tasks) or global (one task per eligible node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// `replicas` tasks, spread over the eligible nodes.
+    Replicated {
+        /// How many tasks.
+        replicas: u32,
+    },
+    /// One task on every eligible node.
+    Global,
+}
+
+/// What runs a task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// A command the agent runs in a network namespace of its own (the default).
+    #[default]
+    Process,
+    /// A Docker container (bollard), network mode `none`, plumbed by the agent.
+    Docker,
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+        })
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "process" => Ok(RuntimeKind::Process),
+            "docker" => Ok(RuntimeKind::Docker),
+            other => Err(invalid(format!(
+                "invalid runtime {other:?}: expected process or docker"
+            ))),
+        }
+    }
+}
+
+/// When a task that ended is replaced (docker's `--restart-condition`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Whenever it ends (the default).
+    #[default]
+    Any,
+    /// Only when it fails (non-zero exit, unhealthy, lost node).
+    OnFailure,
+    /// Never.
+    None,
+}
+
+impl FromStr for RestartCondition {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(RestartCondition::Any),
+            "on-failure" => Ok(RestartCondition::OnFailure),
+            "none" => Ok(RestartCondition::None),
+            other => Err(invalid(format!(
+                "invalid restart condition {other:?}: expected any, on-failure or none"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for RestartCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartCondition::Any => "any",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::None => "none",
+        })
+    }
+}
+
+/// Docker's restart policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub condition: RestartCondition,
+    /// Wait between a task's end and its replacement's start, ms (docker: 5 s).
+    pub delay_ms: u64,
+    /// Restarts allowed within `window_ms` (0: unlimited).
+    pub max_attempts: u32,
+    /// The window `max_attempts` counts in, ms (0: since the service was created).
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            condition: RestartCondition::Any,
+            delay_ms: 5_000,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
+}
+
+/// A health check (docker's `--health-cmd` and friends). The command runs in
+/// the task's environment (its network namespace; for docker, in the
+/// container) through `/bin/sh -c`; exit 0 is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// The shell command.
+    pub cmd: String,
+    /// Between two checks, ms (docker: 30 s).
+    pub interval_ms: u64,
+    /// A check that takes longer fails, ms (docker: 30 s).
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the task unhealthy (docker: 3).
+    pub retries: u32,
+    /// Failures in this first period do not count, ms (docker: 0).
+    pub start_period_ms: u64,
+}
+
+impl HealthCheck {
+    /// A check with docker's defaults.
+    #[must_use]
+    pub fn new(cmd: String) -> Self {
+        Self {
+            cmd,
+            interval_ms: 30_000,
+            timeout_ms: 30_000,
+            retries: 3,
+            start_period_ms: 0,
+        }
+    }
+}
+
+/// What a task runs and how (docker's `ContainerSpec` plus task policies).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Process or docker.
+    pub runtime: RuntimeKind,
+    /// Docker: the image. Process: the program (a path, or a name on `PATH`).
+    pub image: String,
+    /// Docker: replaces the image's command when not empty. Process: the arguments.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` environment variables.
+    pub env: Vec<String>,
+    /// When an ended task is replaced.
+    pub restart: RestartPolicy,
+    /// How the agent checks the task's health; `None`: running is healthy.
+    pub health: Option<HealthCheck>,
+    /// Between SIGTERM and SIGKILL, ms (docker: 10 s). A draining task's flows
+    /// may go on this long.
+    pub stop_grace_ms: u64,
+    /// Bumped by `service update --force`: the spec differs, so every task is
+    /// replaced even if nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
+}
+
+/// How a service's tasks are reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// A virtual IP balanced over the tasks (the default).
+    #[default]
+    Vip,
+    /// No VIP: the tasks' own addresses (DNS round robin).
+    Dnsrr,
+}
+
+impl FromStr for EndpointMode {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vip" => Ok(EndpointMode::Vip),
+            "dnsrr" => Ok(EndpointMode::Dnsrr),
+            other => Err(invalid(format!(
+                "invalid endpoint mode {other:?}: expected vip or dnsrr"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for EndpointMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        })
+    }
+}
+
+/// What a failed rolling update does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop updating; the operator decides (docker's default).
+    #[default]
+    Pause,
+    /// Go on with the next batch.
+    Continue,
+    /// Roll back to the previous spec.
+    Rollback,
+}
+
+impl FromStr for FailureAction {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pause" => Ok(FailureAction::Pause),
+            "continue" => Ok(FailureAction::Continue),
+            "rollback" => Ok(FailureAction::Rollback),
+            other => Err(invalid(format!(
+                "invalid failure action {other:?}: expected pause, continue or rollback"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for FailureAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        })
+    }
+}
+
+/// Whether a replaced task stops before or after its replacement starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Stop the old task, then start the new one (docker's default).
+    #[default]
+    StopFirst,
+    /// Start the new task; stop the old one once the new one runs.
+    StartFirst,
+}
+
+impl FromStr for UpdateOrder {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stop-first" => Ok(UpdateOrder::StopFirst),
+            "start-first" => Ok(UpdateOrder::StartFirst),
+            other => Err(invalid(format!(
+                "invalid update order {other:?}: expected stop-first or start-first"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for UpdateOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        })
+    }
+}
+
+/// A rolling update's (or rollback's) pace and failure handling
+/// (docker's `--update-*` and `--rollback-*` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once (0: all at once).
+    pub parallelism: u32,
+    /// Between two batches, ms.
+    pub delay_ms: u64,
+    /// What a failure does.
+    pub failure_action: FailureAction,
+    /// How long after a task starts its failure counts against the update, ms.
+    pub monitor_ms: u64,
+    /// Failed fraction of updated tasks tolerated, in thousandths (docker's
+    /// `--update-max-failure-ratio 0.2` is 200).
+    pub max_failure_permille: u32,
+    /// Stop-first or start-first.
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_permille: 0,
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+/// How a service is reached: a VIP or not, and its published ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    /// `vip` or `dnsrr`.
+    pub mode: EndpointMode,
+    /// Published ports; an ingress port without `published` gets one from
+    /// the allocator.
+    pub ports: Vec<PortSpec>,
+}
+
+/// Everything a user says about a service (`meshctl service create`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Unique name.
+    pub name: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Replicated or global.
+    pub mode: ServiceMode,
+    /// What each task runs.
+    pub task: TaskSpec,
+    /// VIP and published ports.
+    pub endpoint: EndpointSpec,
+    /// Placement constraints.
+    pub constraints: Vec<Constraint>,
+    /// Rolling update policy.
+    pub update: UpdateConfig,
+    /// Rollback policy.
+    pub rollback: UpdateConfig,
+}
+
+/// The longest service name (docker's limit: a DNS label).
+pub const MAX_NAME_LEN: usize = 63;
+/// The most replicas a service may ask for.
+pub const MAX_REPLICAS: u32 = 1_000;
+
+impl ServiceSpec {
+    /// A replicated service of one task running `image` with `args`, every
+    /// policy at docker's defaults.
+    #[must_use]
+    pub fn new(name: &str, runtime: RuntimeKind, image: &str, args: Vec<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            mode: ServiceMode::Replicated { replicas: 1 },
+            task: TaskSpec {
+                runtime,
+                image: image.to_string(),
+                args,
+                env: Vec::new(),
+                restart: RestartPolicy::default(),
+                health: None,
+                stop_grace_ms: 10_000,
+                force_update: 0,
+            },
+            endpoint: EndpointSpec::default(),
+            constraints: Vec::new(),
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+        }
+    }
+
+    /// The replica count (`None` for global services).
+    #[must_use]
+    pub fn replicas(&self) -> Option<u32> {
+        match self.mode {
+            ServiceMode::Replicated { replicas } => Some(replicas),
+            ServiceMode::Global => None,
+        }
+    }
+
+    /// Checks everything that does not depend on other services (names,
+    /// sizes, ports, policies). Port conflicts between services are the
+    /// allocator's to find.
+    ///
+    /// # Errors
+    /// The first problem, worded for the user.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(&self.name)?;
+        if let ServiceMode::Replicated { replicas } = self.mode
+            && replicas > MAX_REPLICAS
+        {
+            return Err(invalid(format!(
+                "invalid replicas {replicas}: at most {MAX_REPLICAS}"
+            )));
+        }
+        if self.task.image.trim().is_empty() {
+            return Err(invalid(match self.task.runtime {
+                RuntimeKind::Docker => "an image is required".to_string(),
+                RuntimeKind::Process => "a command to run is required".to_string(),
+            }));
+        }
+        for var in &self.task.env {
+            match var.split_once('=') {
+                Some((key, _)) if !key.is_empty() && !key.contains(char::is_whitespace) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "invalid environment variable {var:?}: expected KEY=VALUE"
+                    )));
+                }
+            }
+        }
+        if let Some(health) = &self.task.health {
+            if health.cmd.trim().is_empty() {
+                return Err(invalid("the health command is empty"));
+            }
+            if health.interval_ms == 0 || health.timeout_ms == 0 {
+                return Err(invalid(
+                    "health-interval and health-timeout must be greater than 0",
+                ));
+            }
+        }
+        for config in [&self.update, &self.rollback] {
+            if config.max_failure_permille > 1000 {
+                return Err(invalid("max-failure-ratio must be between 0 and 1"));
+            }
+        }
+        let mut seen = Vec::new();
+        for port in &self.endpoint.ports {
+            if port.mode == PublishMode::Host && port.published.is_none() {
+                return Err(invalid(format!(
+                    "port {}/{}: a host-mode port needs a published port",
+                    port.target, port.protocol
+                )));
+            }
+            if port.mode == PublishMode::Ingress && self.endpoint.mode == EndpointMode::Dnsrr {
+                return Err(invalid(
+                    "port published with ingress mode can't be used with dnsrr mode",
+                ));
+            }
+            if let Some(published) = port.published {
+                if seen.contains(&(published, port.protocol)) {
+                    return Err(invalid(format!(
+                        "port {published}/{} is published twice",
+                        port.protocol
+                    )));
+                }
+                seen.push((published, port.protocol));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a service name: a DNS label (letters, digits, `-`, `_`), as docker
+/// requires.
+///
+/// # Errors
+/// Why the name is refused.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_-] are allowed, at most \
+             {MAX_NAME_LEN} characters"
+        )))
+    }
+}
+
+/// Parses a docker-style duration: `10s`, `500ms`, `1m30s`, `2h`, `0`.
+///
+/// # Errors
+/// A malformed duration.
+pub fn parse_duration_ms(s: &str) -> Result<u64, SpecError> {
+    let s = s.trim();
+    let bad = || {
+        invalid(format!(
+            "invalid duration {s:?}: expected e.g. 10s, 500ms, 1m30s"
+        ))
+    };
+    if s == "0" {
+        return Ok(0);
+    }
+    let mut total = 0u64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ms" => 1.0,
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        {
+            total += (value * factor).round() as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// Formats milliseconds the way docker prints durations (`10s`, `1m30s`, `500ms`).
+#[must_use]
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    if !ms.is_multiple_of(1000) {
+        return if ms < 1000 {
+            format!("{ms}ms")
+        } else {
+            format!("{}s", ms as f64 / 1000.0)
+        };
+    }
+    let secs = ms / 1000;
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_short_and_long_syntax() {
+        let p: PortSpec = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (Some(8080), 80, Protocol::Tcp)
+        );
+        let p: PortSpec = "53:53/udp".parse().unwrap();
+        assert_eq!(p.protocol, Protocol::Udp);
+        let p: PortSpec = "80".parse().unwrap();
+        assert_eq!((p.published, p.target), (None, 80));
+        let p: PortSpec = "published=8081,target=81,protocol=udp,mode=host"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            p,
+            PortSpec {
+                published: Some(8081),
+                target: 81,
+                protocol: Protocol::Udp,
+                mode: PublishMode::Host
+            }
+        );
+        assert_eq!(p.to_string(), "*:8081->81/udp");
+    }
+
+    #[test]
+    fn bad_publish_values_are_refused_with_a_reason() {
+        for (bad, reason) in [
+            ("0:80", "published port"),
+            ("8080:70000", "target port"),
+            ("8080:80/sctp", "protocol"),
+            ("a:b", "published port"),
+            ("published=80", "no target"),
+            ("target=80,mode=bridge", "publish mode"),
+            ("target=80,color=red", "unknown publish field"),
+            ("", "target port"),
+        ] {
+            let err = bad.parse::<PortSpec>().unwrap_err().to_string();
+            assert!(err.contains(reason), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn constraints_match_like_swarm() {
+        let mut node = Node::new(0xab, "n1".into(), Role::Worker, 0);
+        node.labels.insert("zone".into(), "a".into());
+        let c = |s: &str| s.parse::<Constraint>().unwrap();
+        assert!(c("node.role==worker").matches(&node));
+        assert!(!c("node.role==manager").matches(&node));
+        assert!(c("node.role != manager").matches(&node));
+        assert!(c("node.hostname==n1").matches(&node));
+        assert!(c("node.id==00000000000000ab").matches(&node));
+        assert!(c("node.labels.zone==a").matches(&node));
+        assert!(!c("node.labels.disk==ssd").matches(&node));
+        assert!(c("node.labels.disk!=ssd").matches(&node));
+    }
+
+    #[test]
+    fn bad_constraints_are_refused_with_a_reason() {
+        for (bad, reason) in [
+            ("node.role=manager", "expected <key>==<value>"),
+            ("node.role==boss", "invalid role"),
+            ("node.colour==red", "invalid constraint key"),
+            ("node.labels.==x", "invalid constraint key"),
+            ("node.hostname==", "empty value"),
+        ] {
+            let err = bad.parse::<Constraint>().unwrap_err().to_string();
+            assert!(err.contains(reason), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_like_docker() {
+        assert_eq!(parse_duration_ms("10s").unwrap(), 10_000);
+        assert_eq!(parse_duration_ms("500ms").unwrap(), 500);
+        assert_eq!(parse_duration_ms("1m30s").unwrap(), 90_000);
+        assert_eq!(parse_duration_ms("0.5s").unwrap(), 500);
+        assert_eq!(parse_duration_ms("0").unwrap(), 0);
+        for bad in ["", "10", "s", "10x", "-1s"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_duration_ms(90_000), "1m30s");
+        assert_eq!(format_duration_ms(500), "500ms");
+        assert_eq!(format_duration_ms(0), "0s");
+    }
+
+    #[test]
+    fn service_specs_are_validated_with_a_reason() {
+        let good = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
+        good.validate().unwrap();
+        type Change = Box<dyn Fn(&mut ServiceSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|s| s.name = "bad name".into()), "invalid name"),
+            (Box::new(|s| s.name = String::new()), "invalid name"),
+            (
+                Box::new(|s| s.mode = ServiceMode::Replicated { replicas: 5000 }),
+                "invalid replicas",
+            ),
+            (Box::new(|s| s.task.image = " ".into()), "command to run"),
+            (
+                Box::new(|s| s.task.env = vec!["NOEQUALS".into()]),
+                "KEY=VALUE",
+            ),
+            (
+                Box::new(|s| {
+                    s.endpoint.ports = vec!["8080:80".parse().unwrap(), "8080:81".parse().unwrap()]
+                }),
+                "published twice",
+            ),
+            (
+                Box::new(|s| {
+                    s.endpoint.mode = EndpointMode::Dnsrr;
+                    s.endpoint.ports = vec!["8080:80".parse().unwrap()];
+                }),
+                "dnsrr",
+            ),
+            (
+                Box::new(|s| s.endpoint.ports = vec!["target=80,mode=host".parse().unwrap()]),
+                "host-mode port needs a published port",
+            ),
+        ];
+        for (change, reason) in cases {
+            let mut spec = good.clone();
+            change(&mut spec);
+            let err = spec.validate().unwrap_err().to_string();
+            assert!(err.contains(reason), "{err} should mention {reason}");
+        }
+    }
+}

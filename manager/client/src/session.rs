@@ -1,0 +1,382 @@
+//! A node's session with the leader, shared by `lb-agent --join` and each
+//! manager's own node: heartbeats up, session messages down, failover to
+//! the leader, and certificate renewal when the node's role changes.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::connect::{self, ClientError, leader_addr};
+use crate::pki::{self, TlsDir};
+use crate::proto::{self, agent_message, dispatcher_client::DispatcherClient, manager_message};
+use mesh_api::assignment::Assignment;
+use mesh_api::node::Role;
+use mesh_api::task::{TaskId, TaskStatus};
+
+/// What a session reports to its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A leader accepted the session.
+    Established {
+        /// The leader's address.
+        manager: String,
+        /// Every manager's address, for failover.
+        managers: Vec<String>,
+    },
+    /// The node's role changed and its certificate was renewed.
+    RoleChanged(Role),
+    /// The session ended; it will be retried.
+    Lost(String),
+    /// What the node must run and route now (sent whole on every change).
+    Assignment(Box<Assignment>),
+    /// The leader asks for some tasks' output; answer with
+    /// [`Uplink::Logs`] chunks carrying `request_id`, one with `done` per task.
+    LogsRequest {
+        /// Echoed in every answer.
+        request_id: u64,
+        /// The tasks asked for.
+        task_ids: Vec<TaskId>,
+        /// Lines from the end of each task's output (0: all).
+        tail: usize,
+    },
+}
+
+/// What the node sends up its session, besides heartbeats. Messages queued
+/// while no session is up are sent on the next one; after a reconnect
+/// ([`SessionEvent::Established`]) an agent re-sends its current statuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uplink {
+    /// Task state changes.
+    Reports(Vec<(TaskId, TaskStatus)>),
+    /// The node has programmed its dataplane and acted on this assignment
+    /// version.
+    Applied(u64),
+    /// Part of an answer to a [`SessionEvent::LogsRequest`].
+    Logs(proto::LogChunk),
+}
+
+/// The sending side of a session's uplink; survives reconnects.
+pub type UplinkSender = mpsc::UnboundedSender<Uplink>;
+/// The session's end of the uplink.
+pub type UplinkReceiver = mpsc::UnboundedReceiver<Uplink>;
+
+/// A new uplink: give the receiver to [`run_with_uplink`], keep the sender.
+#[must_use]
+pub fn uplink() -> (UplinkSender, UplinkReceiver) {
+    mpsc::unbounded_channel()
+}
+
+impl Uplink {
+    fn into_message(self) -> Option<proto::AgentMessage> {
+        let kind = match self {
+            Uplink::Reports(reports) => {
+                let json = serde_json::to_vec(&reports).ok()?;
+                agent_message::Kind::Reports(proto::TaskReports { json })
+            }
+            Uplink::Applied(version) => {
+                agent_message::Kind::Applied(proto::AssignmentApplied { version })
+            }
+            Uplink::Logs(chunk) => agent_message::Kind::Logs(chunk),
+        };
+        Some(proto::AgentMessage { kind: Some(kind) })
+    }
+}
+
+/// A session's settings.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Managers to try, in order.
+    pub managers: Vec<String>,
+    /// The node's identity.
+    pub tls: TlsDir,
+    /// Reported in `Hello`.
+    pub hostname: String,
+    /// Reported in `Hello`.
+    pub agent_version: String,
+    /// The underlay address of the node's dataplane, reported in `Hello`:
+    /// set, the session is the node's agent session (it runs tasks and its
+    /// heartbeats alone keep the node ready).
+    pub data_addr: Option<Ipv4Addr>,
+}
+
+/// Why a session gave up for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The node was removed from the cluster.
+    #[error("this node was removed from the cluster: {0}")]
+    Removed(String),
+    /// The node's identity could not be read.
+    #[error("reading the node identity: {0}")]
+    Identity(String),
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Keeps a session with the leader until `stop` turns true, reconnecting
+/// (to the leader a follower names, or the next manager) when it drops.
+///
+/// # Errors
+/// [`SessionError::Removed`] when the cluster refuses this node for good.
+pub async fn run(
+    options: SessionOptions,
+    events: mpsc::Sender<SessionEvent>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let (_keep, uplink) = uplink();
+    run_with_uplink(options, events, uplink, stop).await
+}
+
+/// As [`run`], and sends what arrives on `uplink` up the current session.
+///
+/// # Errors
+/// [`SessionError::Removed`] when the cluster refuses this node for good.
+pub async fn run_with_uplink(
+    options: SessionOptions,
+    events: mpsc::Sender<SessionEvent>,
+    mut uplink: UplinkReceiver,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let mut managers = options.managers.clone();
+    let mut hint: Option<String> = None;
+    let mut backoff = RETRY_MIN;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let mut order: Vec<String> = hint.take().into_iter().collect();
+        for manager in &managers {
+            if !order.contains(manager) {
+                order.push(manager.clone());
+            }
+        }
+        let outcome = tokio::select! {
+            outcome = attempt(&options, &order, &events, &mut uplink) => outcome,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        match outcome {
+            Attempt::Redirect(leader) => {
+                hint = Some(leader);
+                continue;
+            }
+            Attempt::Removed(reason) => return Err(SessionError::Removed(reason)),
+            Attempt::Identity(reason) => return Err(SessionError::Identity(reason)),
+            Attempt::Ended { reason, learned } => {
+                if !learned.is_empty() {
+                    managers = learned;
+                    backoff = RETRY_MIN;
+                }
+                tracing::warn!(%reason, "session lost; reconnecting");
+                let _ = events.send(SessionEvent::Lost(reason)).await;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+}
+
+enum Attempt {
+    Redirect(String),
+    Removed(String),
+    Identity(String),
+    Ended {
+        reason: String,
+        learned: Vec<String>,
+    },
+}
+
+async fn attempt(
+    options: &SessionOptions,
+    order: &[String],
+    events: &mpsc::Sender<SessionEvent>,
+    uplink: &mut UplinkReceiver,
+) -> Attempt {
+    let identity = match options.tls.load() {
+        Ok(identity) => identity,
+        Err(e) => return Attempt::Identity(e.to_string()),
+    };
+    let tls = connect::identity_tls(&identity);
+    let mut last = String::from("no manager reachable");
+    for addr in order {
+        let channel = match connect::connect(std::slice::from_ref(addr), &tls).await {
+            Ok(channel) => channel,
+            Err(ClientError::Unreachable { reason, .. }) => {
+                last = reason;
+                continue;
+            }
+            Err(e) => return Attempt::Identity(e.to_string()),
+        };
+        let mut dispatcher = DispatcherClient::new(channel);
+        let (tx, rx) = mpsc::channel(64);
+        let hello = proto::AgentMessage {
+            kind: Some(agent_message::Kind::Hello(proto::Hello {
+                hostname: options.hostname.clone(),
+                agent_version: options.agent_version.clone(),
+                data_addr: options.data_addr.map(|a| a.to_string()).unwrap_or_default(),
+            })),
+        };
+        if tx.send(hello).await.is_err() {
+            continue;
+        }
+        let mut inbound = match dispatcher.session(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => match status.code() {
+                tonic::Code::FailedPrecondition => {
+                    if let Some(leader) = leader_hint(&status, addr) {
+                        return Attempt::Redirect(leader);
+                    }
+                    last = format!("{addr}: {}", status.message());
+                    continue;
+                }
+                tonic::Code::PermissionDenied => {
+                    return Attempt::Removed(status.message().to_string());
+                }
+                _ => {
+                    last = format!("{addr}: {}", connect::status_message(&status));
+                    continue;
+                }
+            },
+        };
+        let mut learned = Vec::new();
+        let mut heartbeats: Option<tokio::task::JoinHandle<()>> = None;
+        let reason = loop {
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                Some(up) = uplink.recv() => {
+                    if let Some(message) = up.into_message()
+                        && tx.send(message).await.is_err()
+                    {
+                        break format!("{addr}: the session's stream closed");
+                    }
+                    continue;
+                }
+            };
+            match message {
+                Ok(Some(proto::ManagerMessage { kind: Some(kind) })) => match kind {
+                    manager_message::Kind::Established(established) => {
+                        learned.clone_from(&established.managers);
+                        let period = Duration::from_millis(established.heartbeat_period_ms.max(50));
+                        if let Some(old) = heartbeats.take() {
+                            old.abort();
+                        }
+                        heartbeats = Some(tokio::spawn(send_heartbeats(tx.clone(), period)));
+                        tracing::info!(manager = %addr, node = %established.node_id, "session established");
+                        let _ = events
+                            .send(SessionEvent::Established {
+                                manager: addr.clone(),
+                                managers: established.managers,
+                            })
+                            .await;
+                    }
+                    manager_message::Kind::RoleChanged(changed) => {
+                        match renew(&options.tls, &mut dispatcher).await {
+                            Ok(role) => {
+                                tracing::info!(role = %changed.role, "role changed; certificate renewed");
+                                let _ = events.send(SessionEvent::RoleChanged(role)).await;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "renewing the certificate failed"),
+                        }
+                    }
+                    manager_message::Kind::Assignment(assignment) => {
+                        match serde_json::from_slice::<Assignment>(&assignment.json) {
+                            Ok(assignment) => {
+                                let _ = events
+                                    .send(SessionEvent::Assignment(Box::new(assignment)))
+                                    .await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ignoring an unreadable assignment")
+                            }
+                        }
+                    }
+                    manager_message::Kind::Logs(request) => {
+                        let task_ids = request
+                            .task_ids
+                            .iter()
+                            .filter_map(|id| u64::from_str_radix(id, 16).ok())
+                            .collect();
+                        let _ = events
+                            .send(SessionEvent::LogsRequest {
+                                request_id: request.request_id,
+                                task_ids,
+                                tail: request.tail as usize,
+                            })
+                            .await;
+                    }
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => break format!("{addr} closed the session"),
+                Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                    if let Some(h) = heartbeats.take() {
+                        h.abort();
+                    }
+                    return Attempt::Removed(status.message().to_string());
+                }
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    if let Some(h) = heartbeats.take() {
+                        h.abort();
+                    }
+                    if let Some(leader) = leader_hint(&status, addr) {
+                        return Attempt::Redirect(leader);
+                    }
+                    break format!("{addr}: {}", status.message());
+                }
+                Err(status) => break format!("{addr}: {}", connect::status_message(&status)),
+            }
+        };
+        if let Some(h) = heartbeats.take() {
+            h.abort();
+        }
+        return Attempt::Ended { reason, learned };
+    }
+    Attempt::Ended {
+        reason: last,
+        learned: Vec::new(),
+    }
+}
+
+/// The leader a follower named when it refused a session, unless it is
+/// the manager just tried.
+fn leader_hint(status: &tonic::Status, tried: &str) -> Option<String> {
+    leader_addr(status).filter(|leader| leader != tried)
+}
+
+async fn send_heartbeats(tx: mpsc::Sender<proto::AgentMessage>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let beat = proto::AgentMessage {
+            kind: Some(agent_message::Kind::Heartbeat(proto::Heartbeat {})),
+        };
+        if tx.send(beat).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Asks for a certificate for the node's current role and stores it.
+async fn renew(
+    tls: &TlsDir,
+    dispatcher: &mut DispatcherClient<tonic::transport::Channel>,
+) -> Result<Role, String> {
+    let (key_pem, csr_pem) = pki::generate_key_and_csr().map_err(|e| e.to_string())?;
+    let response = dispatcher
+        .renew_certificate(proto::RenewCertificateRequest { csr_pem })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let role: Role = response
+        .role
+        .parse()
+        .map_err(|e: mesh_api::node::ParseError| e.to_string())?;
+    let mut identity = tls.load().map_err(|e| e.to_string())?;
+    identity.cert_pem = response.cert_pem;
+    identity.key_pem = key_pem;
+    tls.save(&identity).map_err(|e| e.to_string())?;
+    Ok(role)
+}

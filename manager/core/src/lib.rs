@@ -1,0 +1,27 @@
+//! The managers' pure core, as quinn-proto is to quinn: every decision the
+//! leader makes, as functions of the replicated state and of times passed in.
+//!
+//! - [`state`]: the replicated [`state::ClusterState`] and the
+//!   [`state::Command`]s that change it (the Raft state machine's `apply`);
+//! - [`allocator`]: addresses and published ports, inside `apply`;
+//! - the leader's loops, composed by [`reconcile::plan`]: the orchestrators
+//!   ([`orchestrator`]), the [`scheduler`], the [`restart`] supervisor and the
+//!   rolling [`updater`];
+//! - [`liveness`]: node status from heartbeats;
+//! - [`assignment`]: what each node is sent.
+//!
+//! Nothing here does I/O, reads a clock (`.clippy.toml` bans the clock reads)
+//! or depends on an async runtime; the shells in `mesh-manager` feed it the
+//! clock and commit what it returns. Its tests run alone:
+//! `cargo test -p mesh-core`.
+#![forbid(unsafe_code)]
+
+pub mod allocator;
+pub mod assignment;
+pub mod liveness;
+pub mod orchestrator;
+pub mod reconcile;
+pub mod restart;
+pub mod scheduler;
+pub mod state;
+pub mod updater;

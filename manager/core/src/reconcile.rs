@@ -1,0 +1,955 @@
+//! The leader's loops composed: one pure, deterministic function of the
+//! state and the leader's clock, [`plan`], returns the commands that move
+//! the cluster toward what its services ask for. The leader commits them
+//! in order (see `api::leader`).
+//!
+//! One round, per service in ID order: the orchestrator orphans and evicts
+//! tasks ([`orchestrator::evict`]), the updater takes its next step
+//! ([`updater::step`]), the orchestrator fills empty slots with the
+//! restart supervisor's consent ([`orchestrator::fill`]) and stops extras
+//! ([`orchestrator::dedupe`]), the scheduler places new and pending tasks,
+//! and old history is pruned ([`orchestrator::prune_history`]). Each
+//! service's changes become one [`Command::ChangeTasks`] (plus
+//! [`Command::SetUpdateStatus`] or a rollback's [`Command::UpdateService`]).
+//! Tasks of removed services are forgotten once they have stopped.
+//!
+//! [`plan`] repeats rounds on a copy of the state until a round has
+//! nothing to do (a rollback's first batch, for example, follows the
+//! rollback in the same plan), so applying a plan and planning again with
+//! the same clock yields nothing: the leader never commits empty churn.
+
+use std::collections::BTreeMap;
+
+use crate::orchestrator::{self, Planned, Work};
+use crate::scheduler::{self, Load};
+use crate::state::{ClusterState, Command, NewTask, TaskChange};
+use crate::updater::{self, Step};
+use mesh_api::node::{NodeId, NodeStatus};
+use mesh_api::service::Service;
+use mesh_api::task::Task;
+
+/// Rounds a plan runs at most; a round that still has work after this many
+/// is left for the next plan.
+const MAX_ROUNDS: usize = 16;
+
+/// The commands that bring the state closer to what its services ask for,
+/// at `now_ms` (the leader's clock, ms since the epoch). Deterministic;
+/// empty when there is nothing to do now (time-based work, such as a
+/// restart delay, shows up in a later plan).
+#[must_use]
+pub fn plan(state: &ClusterState, now_ms: u64) -> Vec<Command> {
+    // The common case, nothing to do, costs no copy of the state.
+    let mut next = round(state, now_ms);
+    if next.is_empty() {
+        return next;
+    }
+    let mut sim = state.clone();
+    let mut commands = Vec::new();
+    for _ in 0..MAX_ROUNDS {
+        let round = std::mem::take(&mut next);
+        if round.is_empty() {
+            break;
+        }
+        let mut refused = false;
+        for command in round {
+            // A command the state machine would refuse is not worth
+            // committing; the next plan tries again.
+            if sim.apply(&command).is_ok() {
+                commands.push(command);
+            } else {
+                refused = true;
+            }
+        }
+        if refused {
+            break;
+        }
+        next = self::round(&sim, now_ms);
+    }
+    commands
+}
+
+/// One round: each service's changes computed on `state` as it is.
+fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
+    let mut commands = Vec::new();
+    let mut total = total_load(state);
+    for service in state.services.values() {
+        commands.extend(service_round(state, service, &mut total, now_ms));
+    }
+    if let Some(command) = forget_removed(state, now_ms) {
+        commands.push(command);
+    }
+    commands
+}
+
+/// Non-terminal tasks per node, every service counted.
+fn total_load(state: &ClusterState) -> BTreeMap<NodeId, usize> {
+    let mut total = BTreeMap::new();
+    for task in state.tasks.values() {
+        if let (Some(node), false) = (task.node, task.status.state.is_terminal()) {
+            *total.entry(node).or_default() += 1;
+        }
+    }
+    total
+}
+
+fn service_round(
+    state: &ClusterState,
+    service: &Service,
+    total: &mut BTreeMap<NodeId, usize>,
+    now_ms: u64,
+) -> Vec<Command> {
+    let mut work = Work::new(state, service);
+    let mut commands = Vec::new();
+    orchestrator::evict(state, &mut work, now_ms);
+    match updater::step(service, &work.tasks, now_ms) {
+        Step::Wait => {}
+        Step::Rollback => {
+            // The rollback changes the spec new tasks get: this service's
+            // task changes wait for the next round.
+            if let Some(previous) = &service.previous_spec {
+                return vec![Command::UpdateService {
+                    id: service.id,
+                    spec: previous.clone(),
+                    rollback: true,
+                    // Refused if a user updated the service meanwhile.
+                    expected_version: Some(service.spec_version),
+                    at_ms: now_ms,
+                }];
+            }
+        }
+        Step::Status(status) => commands.push(Command::SetUpdateStatus {
+            id: service.id,
+            status: Some(status),
+            at_ms: now_ms,
+        }),
+        Step::Replace { tasks, order } => {
+            for id in tasks {
+                let Some(task) = work.tasks.iter().find(|t| t.id == id) else {
+                    continue;
+                };
+                let (slot, node) = match service.spec.replicas() {
+                    Some(_) => (task.slot, None),
+                    None => (0, task.node),
+                };
+                if order == mesh_api::spec::UpdateOrder::StopFirst {
+                    work.shut_down(id);
+                }
+                work.add(slot, node);
+            }
+        }
+    }
+    orchestrator::fill(state, &mut work, now_ms);
+    orchestrator::dedupe(&mut work);
+    schedule(state, &mut work, total);
+    orchestrator::prune_history(&mut work);
+    if let Some(command) = change_tasks(state, &work, now_ms) {
+        commands.insert(0, command);
+    }
+    commands
+}
+
+/// Places the planned tasks that have no node and the live tasks still
+/// pending, spreading them with the scheduler; what does not fit stays
+/// pending with the scheduler's reason.
+fn schedule(state: &ClusterState, work: &mut Work<'_>, total: &mut BTreeMap<NodeId, usize>) {
+    let pending_tasks: Vec<usize> = (0..work.tasks.len())
+        .filter(|&i| work.tasks[i].is_live() && work.tasks[i].node.is_none())
+        .collect();
+    let pending_planned: Vec<usize> = (0..work.create.len())
+        .filter(|&i| work.create[i].node.is_none())
+        .collect();
+    for planned in work.create.iter().filter_map(|p| p.node) {
+        *total.entry(planned).or_default() += 1;
+    }
+    let count = pending_tasks.len() + pending_planned.len();
+    if count == 0 {
+        return;
+    }
+    let mut service_load = BTreeMap::new();
+    for node in work
+        .tasks
+        .iter()
+        .filter(|t| t.is_live())
+        .filter_map(|t| t.node)
+        .chain(work.create.iter().filter_map(|p| p.node))
+    {
+        *service_load.entry(node).or_default() += 1;
+    }
+    let load = Load {
+        service: service_load,
+        total: total.clone(),
+    };
+    match scheduler::place(state, &load, &work.service.spec.constraints, count) {
+        Ok(nodes) => {
+            let mut nodes = nodes.into_iter();
+            for i in pending_tasks {
+                let node = nodes.next().expect("one node per task");
+                work.tasks[i].node = Some(node);
+                *total.entry(node).or_default() += 1;
+            }
+            for i in pending_planned {
+                let node = nodes.next().expect("one node per task");
+                work.create[i].node = Some(node);
+                *total.entry(node).or_default() += 1;
+            }
+        }
+        Err(err) => {
+            for i in pending_planned {
+                work.create[i].message = err.to_string();
+            }
+        }
+    }
+}
+
+/// The service's changes as one command, if there are any.
+fn change_tasks(state: &ClusterState, work: &Work<'_>, now_ms: u64) -> Option<Command> {
+    let mut update = Vec::new();
+    for task in &work.tasks {
+        if work.delete.contains(&task.id) {
+            continue;
+        }
+        let Some(before) = state.tasks.get(&task.id) else {
+            continue;
+        };
+        if let Some(change) = diff(before, task) {
+            update.push(change);
+        }
+    }
+    let create: Vec<NewTask> = work
+        .create
+        .iter()
+        .map(
+            |Planned {
+                 slot,
+                 node,
+                 message,
+             }| NewTask {
+                service: work.service.id,
+                slot: *slot,
+                node: *node,
+                message: message.clone(),
+            },
+        )
+        .collect();
+    let delete: Vec<_> = work.delete.iter().copied().collect();
+    if create.is_empty() && update.is_empty() && delete.is_empty() {
+        return None;
+    }
+    Some(Command::ChangeTasks {
+        create,
+        update,
+        delete,
+        at_ms: now_ms,
+    })
+}
+
+fn diff(before: &Task, after: &Task) -> Option<TaskChange> {
+    let change = TaskChange {
+        id: after.id,
+        node: (after.node != before.node).then_some(after.node).flatten(),
+        desired: (after.desired != before.desired).then_some(after.desired),
+        status: (after.status != before.status).then(|| after.status.clone()),
+    };
+    (change
+        != TaskChange {
+            id: after.id,
+            ..TaskChange::default()
+        })
+    .then_some(change)
+}
+
+/// Forgets the tasks of removed services (their desired state is `Remove`)
+/// once they have stopped, or at once when no agent will report them
+/// stopped (never placed, node down or gone).
+fn forget_removed(state: &ClusterState, now_ms: u64) -> Option<Command> {
+    let delete: Vec<_> = state
+        .tasks
+        .values()
+        .filter(|t| !state.services.contains_key(&t.service))
+        .filter(|t| {
+            let unreachable = t
+                .node
+                .and_then(|id| state.nodes.get(&id))
+                .is_none_or(|n| n.status == NodeStatus::Down);
+            t.status.state.is_terminal() || unreachable
+        })
+        .map(|t| t.id)
+        .collect();
+    (!delete.is_empty()).then_some(Command::ChangeTasks {
+        create: Vec::new(),
+        update: Vec::new(),
+        delete,
+        at_ms: now_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::assignment;
+    use crate::state::Applied;
+    use crate::state::testing;
+    use mesh_api::node::Availability;
+    use mesh_api::service::{ServiceId, UpdateState};
+    use mesh_api::spec::{
+        FailureAction, RestartCondition, RuntimeKind, ServiceMode, ServiceSpec, UpdateOrder,
+    };
+    use mesh_api::task::{DesiredState, TaskId, TaskState, TaskStatus};
+
+    /// The image fake agents fail to run.
+    const BAD: &str = "bad-image";
+
+    /// A cluster driven by [`plan`], with fake agents that report what the
+    /// real ones would.
+    struct Sim {
+        state: ClusterState,
+        now: u64,
+    }
+
+    impl Sim {
+        /// `n` ready, active worker nodes with dataplanes, zone `a`.
+        fn new(n: u64) -> Self {
+            let nodes: Vec<_> = (1..=n)
+                .map(|id| (id, NodeStatus::Ready, Availability::Active, "a"))
+                .collect();
+            let state = testing::cluster(&nodes);
+            Self {
+                state,
+                now: 1_000_000,
+            }
+        }
+
+        fn apply(&mut self, command: Command) -> Applied {
+            self.state.apply(&command).expect("command applies")
+        }
+
+        fn create(&mut self, spec: ServiceSpec) -> ServiceId {
+            let Applied::Service(service) = self.apply(Command::CreateService {
+                spec,
+                at_ms: self.now,
+            }) else {
+                panic!("expected the service back")
+            };
+            service.id
+        }
+
+        fn update(&mut self, id: ServiceId, change: impl FnOnce(&mut ServiceSpec)) {
+            let mut spec = self.state.services[&id].spec.clone();
+            change(&mut spec);
+            self.apply(Command::UpdateService {
+                id,
+                spec,
+                rollback: false,
+                expected_version: None,
+                at_ms: self.now,
+            });
+        }
+
+        fn node(&mut self, id: NodeId, availability: Availability) {
+            self.apply(Command::UpdateNode {
+                id,
+                availability: Some(availability),
+                label_add: BTreeMap::new(),
+                label_rm: Vec::new(),
+                at_ms: self.now,
+            });
+        }
+
+        fn label(&mut self, id: NodeId, zone: &str) {
+            self.apply(Command::UpdateNode {
+                id,
+                availability: None,
+                label_add: BTreeMap::from([("zone".to_string(), zone.to_string())]),
+                label_rm: Vec::new(),
+                at_ms: self.now,
+            });
+        }
+
+        fn status(&mut self, id: NodeId, status: NodeStatus) {
+            self.apply(Command::SetStatus {
+                id,
+                status,
+                agent_version: String::new(),
+                at_ms: self.now,
+            });
+        }
+
+        /// Plans and commits; checks that a plan reaches a fixed point.
+        /// Returns how many commands were committed.
+        fn lead(&mut self) -> usize {
+            let commands = plan(&self.state, self.now);
+            for command in &commands {
+                self.state.apply(command).expect("planned commands apply");
+            }
+            let again = plan(&self.state, self.now);
+            assert!(again.is_empty(), "not a fixed point: {again:#?}");
+            commands.len()
+        }
+
+        /// Every reachable agent moves its tasks on: tasks to run start
+        /// (and run, or fail for [`BAD`]), tasks to stop stop.
+        fn agents(&mut self) {
+            let mut reports: BTreeMap<NodeId, Vec<(TaskId, TaskStatus)>> = BTreeMap::new();
+            for task in self.state.tasks.values() {
+                let Some(node) = task.node else { continue };
+                if self.state.nodes.get(&node).map(|n| n.status) != Some(NodeStatus::Ready)
+                    || task.status.state.is_terminal()
+                {
+                    continue;
+                }
+                let status = if task.desired != DesiredState::Running {
+                    TaskStatus::new(TaskState::Shutdown, "stopped", self.now)
+                } else if task.spec.image == BAD {
+                    TaskStatus {
+                        exit_code: Some(1),
+                        ..TaskStatus::new(TaskState::Failed, "exited", self.now)
+                    }
+                } else if task.status.state < TaskState::Running {
+                    TaskStatus::new(TaskState::Running, "started", self.now)
+                } else {
+                    continue;
+                };
+                reports.entry(node).or_default().push((task.id, status));
+            }
+            for (node, reports) in reports {
+                self.apply(Command::ReportTasks { node, reports });
+            }
+        }
+
+        /// One task's agent reports it ended.
+        fn end(&mut self, task: TaskId, state: TaskState, exit_code: Option<i32>) {
+            let node = self.state.tasks[&task].node.expect("placed");
+            let status = TaskStatus {
+                exit_code,
+                ..TaskStatus::new(state, "exited", self.now)
+            };
+            self.apply(Command::ReportTasks {
+                node,
+                reports: vec![(task, status)],
+            });
+        }
+
+        /// Leads and lets the agents work, 100 ms apart, until nothing
+        /// changes for a while (long enough for restart delays and monitor
+        /// windows), checking `invariant` after every step.
+        fn settle_with(&mut self, mut invariant: impl FnMut(&Self)) {
+            let mut quiet = 0;
+            for _ in 0..2_000 {
+                let version = self.state.version;
+                self.lead();
+                invariant(self);
+                self.agents();
+                invariant(self);
+                self.now += 100;
+                if self.state.version == version {
+                    quiet += 1;
+                    if quiet > 120 {
+                        return;
+                    }
+                } else {
+                    quiet = 0;
+                }
+            }
+            panic!("the cluster did not settle");
+        }
+
+        fn settle(&mut self) {
+            self.settle_with(|_| {});
+        }
+
+        fn tasks(&self, service: ServiceId) -> Vec<&Task> {
+            self.state.service_tasks(service).collect()
+        }
+
+        fn live(&self, service: ServiceId) -> Vec<&Task> {
+            let mut live: Vec<&Task> = self
+                .state
+                .service_tasks(service)
+                .filter(|t| t.is_live())
+                .collect();
+            live.sort_by_key(|t| t.slot);
+            live
+        }
+
+        fn running(&self, service: ServiceId) -> usize {
+            self.live(service)
+                .iter()
+                .filter(|t| t.status.state == TaskState::Running)
+                .count()
+        }
+
+        fn per_node(&self, service: ServiceId) -> BTreeMap<NodeId, usize> {
+            let mut out = BTreeMap::new();
+            for task in self.live(service) {
+                *out.entry(task.node.expect("placed")).or_default() += 1;
+            }
+            out
+        }
+
+        fn update_state(&self, service: ServiceId) -> Option<UpdateState> {
+            self.state.services[&service]
+                .update_status
+                .as_ref()
+                .map(|s| s.state)
+        }
+    }
+
+    fn spec(replicas: u32) -> ServiceSpec {
+        let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
+        spec.mode = ServiceMode::Replicated { replicas };
+        spec
+    }
+
+    fn scale(replicas: u32) -> impl FnOnce(&mut ServiceSpec) {
+        move |spec| spec.mode = ServiceMode::Replicated { replicas }
+    }
+
+    #[test]
+    fn replicas_spread_over_the_nodes_and_follow_the_scale() {
+        let mut sim = Sim::new(3);
+        let web = sim.create(spec(3));
+        sim.settle();
+        assert_eq!(sim.running(web), 3);
+        assert_eq!(sim.per_node(web), BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+        let slots: Vec<u32> = sim.live(web).iter().map(|t| t.slot).collect();
+        assert_eq!(slots, vec![1, 2, 3]);
+
+        sim.update(web, scale(10));
+        assert_eq!(
+            sim.update_state(web),
+            None,
+            "a scale is not a rolling update"
+        );
+        sim.settle();
+        assert_eq!(sim.running(web), 10);
+        let mut spread: Vec<usize> = sim.per_node(web).into_values().collect();
+        spread.sort_unstable();
+        assert_eq!(spread, vec![3, 3, 4]);
+
+        sim.update(web, scale(1));
+        sim.lead();
+        // The highest slots are asked to stop; the agents drain them.
+        let mut stopping: Vec<u32> = sim
+            .tasks(web)
+            .iter()
+            .filter(|t| t.desired == DesiredState::Shutdown)
+            .map(|t| t.slot)
+            .collect();
+        stopping.sort_unstable();
+        assert_eq!(stopping, (2..=10).collect::<Vec<u32>>());
+        sim.settle();
+        assert_eq!(sim.running(web), 1);
+        assert_eq!(sim.live(web)[0].slot, 1);
+        // The removed slots' records are forgotten once they stopped.
+        assert_eq!(sim.tasks(web).len(), 1);
+    }
+
+    #[test]
+    fn tasks_of_a_down_node_are_orphaned_and_replaced_in_their_slot() {
+        let mut sim = Sim::new(3);
+        let web = sim.create(spec(3));
+        sim.settle();
+        let lost = sim
+            .live(web)
+            .into_iter()
+            .find(|t| t.node == Some(3))
+            .unwrap();
+        let (lost_id, slot) = (lost.id, lost.slot);
+
+        sim.status(3, NodeStatus::Down);
+        sim.lead();
+        let lost = &sim.state.tasks[&lost_id];
+        assert_eq!(lost.status.state, TaskState::Orphaned);
+        assert_eq!(lost.status.message, "node down");
+        assert_eq!(lost.desired, DesiredState::Shutdown);
+        assert_eq!(sim.live(web).len(), 2, "the restart delay runs first");
+
+        sim.now += 5_000;
+        sim.lead();
+        let replacement = sim
+            .live(web)
+            .into_iter()
+            .find(|t| t.slot == slot)
+            .expect("replaced in its slot");
+        assert_ne!(replacement.node, Some(3));
+        sim.settle();
+        assert_eq!(sim.running(web), 3);
+
+        // Back, the node's agent is given nothing of the old task: it stops it.
+        sim.status(3, NodeStatus::Ready);
+        sim.settle();
+        let assignment = assignment::for_node(&sim.state, 3, sim.state.version);
+        assert!(assignment.tasks.iter().all(|t| t.id != lost_id));
+        assert_eq!(sim.running(web), 3);
+    }
+
+    #[test]
+    fn a_drained_node_hands_its_tasks_over_at_once() {
+        let mut sim = Sim::new(3);
+        let web = sim.create(spec(6));
+        sim.settle();
+        let on_2: Vec<TaskId> = sim
+            .live(web)
+            .iter()
+            .filter(|t| t.node == Some(2))
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(on_2.len(), 2);
+
+        sim.node(2, Availability::Drain);
+        sim.lead();
+        for id in &on_2 {
+            let task = &sim.state.tasks[id];
+            assert_eq!(task.desired, DesiredState::Shutdown);
+            // Still running: its agent drains its flows before stopping it.
+            assert_eq!(task.status.state, TaskState::Running);
+        }
+        assert_eq!(sim.live(web).len(), 6, "replacements are created at once");
+        sim.settle();
+        assert_eq!(sim.per_node(web), BTreeMap::from([(1, 3), (3, 3)]));
+        assert!(
+            on_2.iter()
+                .all(|id| sim.state.tasks[id].status.state == TaskState::Shutdown)
+        );
+    }
+
+    #[test]
+    fn ended_tasks_restart_after_the_delay_until_the_attempts_run_out() {
+        let mut sim = Sim::new(1);
+        let mut s = spec(1);
+        s.task.restart.delay_ms = 1_000;
+        s.task.restart.max_attempts = 2;
+        let web = sim.create(s);
+        sim.settle();
+        for attempt in 0..3 {
+            let task = sim.live(web)[0].id;
+            sim.end(task, TaskState::Failed, Some(2));
+            sim.lead();
+            assert!(sim.live(web).is_empty());
+            sim.now += 999;
+            sim.lead();
+            assert!(sim.live(web).is_empty(), "the delay is respected");
+            sim.now += 1;
+            sim.lead();
+            if attempt < 2 {
+                assert_eq!(sim.state.tasks[&task].desired, DesiredState::Shutdown);
+                assert_eq!(sim.live(web).len(), 1, "restart {}", attempt + 1);
+                assert_eq!(sim.live(web)[0].slot, 1);
+                sim.settle();
+            } else {
+                // Two restarts were allowed: the slot stays empty.
+                assert_eq!(sim.state.tasks[&task].desired, DesiredState::Shutdown);
+                sim.settle();
+                assert!(sim.live(web).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn on_failure_restarts_failures_only_and_none_never() {
+        let mut sim = Sim::new(2);
+        let mut s = spec(2);
+        s.task.restart.condition = RestartCondition::OnFailure;
+        s.task.restart.delay_ms = 0;
+        let web = sim.create(s);
+        let mut s = spec(1);
+        s.name = "once".into();
+        s.task.restart.condition = RestartCondition::None;
+        let once = sim.create(s);
+        sim.settle();
+
+        let (done, crashed) = (sim.live(web)[0].id, sim.live(web)[1].id);
+        sim.end(done, TaskState::Complete, Some(0));
+        sim.end(crashed, TaskState::Failed, Some(1));
+        let task = sim.live(once)[0].id;
+        sim.end(task, TaskState::Failed, Some(1));
+        sim.settle();
+        let slots: Vec<u32> = sim.live(web).iter().map(|t| t.slot).collect();
+        assert_eq!(slots, vec![2], "exit 0 is not restarted, exit 1 is");
+        assert_eq!(sim.state.tasks[&done].desired, DesiredState::Shutdown);
+        assert!(sim.live(once).is_empty());
+        assert_eq!(sim.state.tasks[&task].desired, DesiredState::Shutdown);
+    }
+
+    #[test]
+    fn history_keeps_five_ended_tasks_per_slot() {
+        let mut sim = Sim::new(1);
+        let mut s = spec(1);
+        s.task.restart.delay_ms = 0;
+        let web = sim.create(s);
+        sim.settle();
+        for _ in 0..9 {
+            let task = sim.live(web)[0].id;
+            sim.end(task, TaskState::Failed, Some(1));
+            sim.settle();
+        }
+        let tasks = sim.tasks(web);
+        assert_eq!(tasks.len(), 6, "one running and five ended");
+        assert_eq!(
+            tasks
+                .iter()
+                .filter(|t| t.status.state == TaskState::Failed)
+                .count(),
+            5
+        );
+    }
+
+    #[test]
+    fn stop_first_update_replaces_five_at_a_time_and_completes() {
+        let mut sim = Sim::new(4);
+        let mut s = spec(20);
+        s.update.parallelism = 5;
+        s.update.monitor_ms = 1_000;
+        let web = sim.create(s);
+        sim.settle();
+        assert_eq!(sim.running(web), 20);
+
+        sim.update(web, |s| s.task.image = "task-echo-v2".into());
+        assert_eq!(sim.update_state(web), Some(UpdateState::Updating));
+        let mut most_in_flight = 0;
+        sim.settle_with(|sim| {
+            let current = &sim.state.services[&web].spec.task;
+            let in_flight = sim
+                .live(web)
+                .iter()
+                .filter(|t| t.spec == *current && t.status.state < TaskState::Running)
+                .count();
+            most_in_flight = most_in_flight.max(in_flight);
+            assert!(in_flight <= 5, "{in_flight} tasks replaced at once");
+            assert!(sim.running(web) >= 15, "stop-first keeps 15 running");
+        });
+        assert_eq!(most_in_flight, 5);
+        let status = sim.state.services[&web].update_status.clone().unwrap();
+        assert_eq!(status.state, UpdateState::Completed);
+        assert!(status.completed_at_ms.is_some());
+        assert_eq!(sim.running(web), 20);
+        assert!(sim.live(web).iter().all(|t| t.spec.image == "task-echo-v2"));
+    }
+
+    #[test]
+    fn start_first_update_stops_the_old_task_once_the_new_one_runs() {
+        let mut sim = Sim::new(2);
+        let mut s = spec(2);
+        s.update.order = UpdateOrder::StartFirst;
+        s.update.monitor_ms = 500;
+        let web = sim.create(s);
+        sim.settle();
+        let old: Vec<TaskId> = sim.live(web).iter().map(|t| t.id).collect();
+
+        sim.update(web, |s| s.task.image = "task-echo-v2".into());
+        sim.lead();
+        // A new task in slot 1 beside the old one, which runs on.
+        assert_eq!(sim.live(web).len(), 3);
+        assert_eq!(sim.state.tasks[&old[0]].desired, DesiredState::Running);
+        sim.agents();
+        sim.lead();
+        assert_eq!(sim.state.tasks[&old[0]].desired, DesiredState::Shutdown);
+        sim.settle_with(|sim| assert!(sim.running(web) >= 2));
+        assert_eq!(sim.update_state(web), Some(UpdateState::Completed));
+        assert_eq!(sim.running(web), 2);
+        assert!(sim.live(web).iter().all(|t| t.spec.image == "task-echo-v2"));
+    }
+
+    #[test]
+    fn the_next_batch_waits_for_the_update_delay() {
+        let mut sim = Sim::new(2);
+        let mut s = spec(2);
+        s.update.delay_ms = 2_000;
+        let web = sim.create(s);
+        sim.settle();
+        sim.update(web, |s| s.task.image = "task-echo-v2".into());
+        let v2 = |sim: &Sim| {
+            sim.live(web)
+                .iter()
+                .filter(|t| t.spec.image == "task-echo-v2")
+                .count()
+        };
+        sim.lead();
+        assert_eq!(v2(&sim), 1);
+        sim.agents();
+        sim.lead();
+        sim.agents();
+        sim.now += 1_999;
+        sim.lead();
+        assert_eq!(v2(&sim), 1, "the delay runs");
+        sim.now += 1;
+        sim.lead();
+        assert_eq!(v2(&sim), 2);
+    }
+
+    #[test]
+    fn slots_added_during_an_update_get_the_new_spec() {
+        let mut sim = Sim::new(3);
+        let mut s = spec(3);
+        s.update.monitor_ms = 1_000;
+        let web = sim.create(s);
+        sim.settle();
+        sim.update(web, |s| s.task.image = "task-echo-v2".into());
+        sim.lead();
+        sim.update(web, scale(5));
+        assert_eq!(sim.update_state(web), Some(UpdateState::Updating));
+        sim.lead();
+        let added: Vec<&str> = sim
+            .live(web)
+            .iter()
+            .filter(|t| t.slot > 3)
+            .map(|t| t.spec.image.as_str())
+            .collect();
+        assert_eq!(added, vec!["task-echo-v2", "task-echo-v2"]);
+        sim.settle();
+        assert_eq!(sim.update_state(web), Some(UpdateState::Completed));
+        assert_eq!(sim.running(web), 5);
+        assert!(sim.live(web).iter().all(|t| t.spec.image == "task-echo-v2"));
+    }
+
+    #[test]
+    fn a_failing_update_pauses() {
+        let mut sim = Sim::new(3);
+        let mut s = spec(3);
+        s.update.monitor_ms = 10_000;
+        // The failed slot is restarted (on the new spec) twice, then left.
+        s.task.restart.max_attempts = 2;
+        let web = sim.create(s);
+        sim.settle();
+
+        sim.update(web, |s| s.task.image = BAD.into());
+        sim.settle();
+        let status = sim.state.services[&web].update_status.clone().unwrap();
+        assert_eq!(status.state, UpdateState::Paused);
+        // The first new task failed; the update stopped there.
+        let first = sim
+            .tasks(web)
+            .into_iter()
+            .filter(|t| t.spec.image == BAD)
+            .min_by_key(|t| t.created_at_ms)
+            .unwrap();
+        assert_eq!(first.status.state, TaskState::Failed);
+        assert_eq!(
+            status.message,
+            format!(
+                "update paused due to failure or early termination of task {}",
+                mesh_api::node::format_id(first.id)
+            )
+        );
+        // Nothing else was replaced: two slots still run the old spec.
+        let old = sim
+            .live(web)
+            .iter()
+            .filter(|t| t.spec.image == "task-echo" && t.status.state == TaskState::Running)
+            .count();
+        assert_eq!(old, 2);
+    }
+
+    #[test]
+    fn a_failing_update_rolls_back_when_asked() {
+        let mut sim = Sim::new(3);
+        let mut s = spec(4);
+        s.update.monitor_ms = 10_000;
+        s.update.parallelism = 2;
+        s.update.failure_action = FailureAction::Rollback;
+        s.rollback.parallelism = 0;
+        let web = sim.create(s);
+        sim.settle();
+
+        sim.update(web, |s| s.task.image = BAD.into());
+        sim.settle();
+        let service = &sim.state.services[&web];
+        assert_eq!(
+            service.update_status.as_ref().map(|s| s.state),
+            Some(UpdateState::RollbackCompleted)
+        );
+        assert_eq!(service.spec.task.image, "task-echo");
+        assert_eq!(sim.running(web), 4);
+        assert!(sim.live(web).iter().all(|t| t.spec.image == "task-echo"));
+    }
+
+    #[test]
+    fn a_global_service_follows_node_eligibility() {
+        let mut sim = Sim::new(3);
+        sim.label(3, "b");
+        let mut s = spec(1);
+        s.mode = ServiceMode::Global;
+        s.constraints = vec!["node.labels.zone==a".parse().unwrap()];
+        s.task.restart.delay_ms = 0;
+        let agent = sim.create(s);
+        sim.settle();
+        assert_eq!(sim.per_node(agent), BTreeMap::from([(1, 1), (2, 1)]));
+
+        sim.label(3, "a");
+        sim.settle();
+        assert_eq!(
+            sim.per_node(agent),
+            BTreeMap::from([(1, 1), (2, 1), (3, 1)])
+        );
+
+        sim.node(1, Availability::Drain);
+        sim.status(2, NodeStatus::Down);
+        sim.settle();
+        assert_eq!(sim.per_node(agent), BTreeMap::from([(3, 1)]));
+
+        // A node joins; it runs nothing until its agent has a dataplane.
+        let mut node = mesh_api::node::Node::new(4, "n4".into(), mesh_api::node::Role::Worker, 0);
+        node.labels.insert("zone".into(), "a".into());
+        sim.apply(Command::AddNode { node });
+        sim.status(4, NodeStatus::Ready);
+        sim.settle();
+        assert_eq!(sim.per_node(agent), BTreeMap::from([(3, 1)]));
+        sim.apply(Command::SetDataAddr {
+            id: 4,
+            addr: Some(Ipv4Addr::new(10, 99, 0, 4)),
+            at_ms: sim.now,
+        });
+        sim.node(1, Availability::Active);
+        sim.status(2, NodeStatus::Ready);
+        sim.settle();
+        assert_eq!(
+            sim.per_node(agent),
+            BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1)])
+        );
+    }
+
+    #[test]
+    fn tasks_wait_pending_until_a_node_fits() {
+        let mut sim = Sim::new(2);
+        let mut s = spec(2);
+        s.constraints = vec!["node.labels.zone==c".parse().unwrap()];
+        let web = sim.create(s);
+        sim.settle();
+        let pending = sim.live(web);
+        assert_eq!(pending.len(), 2);
+        assert!(pending.iter().all(|t| t.status.state == TaskState::Pending
+            && t.node.is_none()
+            && t.status.message
+                == "no suitable node (scheduling constraints not satisfied on 2 nodes)"));
+
+        sim.label(2, "c");
+        sim.settle();
+        assert_eq!(sim.per_node(web), BTreeMap::from([(2, 2)]));
+        assert_eq!(sim.running(web), 2);
+    }
+
+    #[test]
+    fn a_removed_service_s_tasks_are_forgotten_once_stopped() {
+        let mut sim = Sim::new(2);
+        let web = sim.create(spec(4));
+        sim.settle();
+        sim.status(2, NodeStatus::Down);
+        sim.apply(Command::RemoveService {
+            id: web,
+            at_ms: sim.now,
+        });
+        sim.lead();
+        // Those of the down node at once; the others once their agent stopped them.
+        assert_eq!(sim.tasks(web).len(), 2);
+        assert!(
+            sim.tasks(web)
+                .iter()
+                .all(|t| t.desired == DesiredState::Remove && t.node == Some(1))
+        );
+        sim.settle();
+        assert!(sim.state.tasks.is_empty());
+    }
+}

@@ -1,0 +1,166 @@
+//! The restart supervisor's pure core: whether a task that ended by itself
+//! is replaced, and when, per its service's [`RestartPolicy`] (docker's
+//! `--restart-condition`, `--restart-delay`, `--restart-max-attempts`,
+//! `--restart-window`).
+//!
+//! The decision depends only on the records: the task that ended (its
+//! state, exit code and the time it ended) and the history of its slot, so
+//! every leader computes the same answer and a new leader picks up a
+//! pending restart where the old one left it.
+
+use mesh_api::spec::{RestartCondition, RestartPolicy};
+use mesh_api::task::{DesiredState, Task, TaskState};
+
+/// What becomes of an ended task's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Replace it now.
+    Now,
+    /// Replace it at this time (ms since the epoch): the restart delay runs.
+    At(u64),
+    /// Leave the slot empty: the condition says no, or the attempts are
+    /// used up (as in Swarm, the slot stays empty until the service is
+    /// updated or scaled).
+    Never,
+}
+
+/// Whether `task` ended without the leader asking: it is terminal, and
+/// not a stop the leader asked for (`Shutdown` with a desired state other
+/// than running).
+#[must_use]
+pub fn ended_by_itself(task: &Task) -> bool {
+    task.status.state.is_terminal()
+        && !(task.status.state == TaskState::Shutdown && task.desired != DesiredState::Running)
+}
+
+/// Whether an ended task failed: a non-zero exit code, or it failed, was
+/// rejected, or its node was lost.
+#[must_use]
+pub fn failed(task: &Task) -> bool {
+    matches!(
+        task.status.state,
+        TaskState::Failed | TaskState::Rejected | TaskState::Orphaned
+    ) || task.status.exit_code.is_some_and(|code| code != 0)
+}
+
+/// Decides whether the slot of `ended` (the newest task of its slot, ended
+/// by itself) gets a replacement. `history` is every task of the slot
+/// (`ended` included); the restarts already made are the tasks of the slot
+/// that ended by themselves within `window_ms` before `ended` did (or
+/// since the service was created, for a window of 0). The window is
+/// anchored on the end of `ended`, not on `now_ms`, so a decision never
+/// changes as time passes except for the delay.
+#[must_use]
+pub fn decide(policy: &RestartPolicy, ended: &Task, history: &[&Task], now_ms: u64) -> Decision {
+    let wanted = match policy.condition {
+        RestartCondition::Any => true,
+        RestartCondition::OnFailure => failed(ended),
+        RestartCondition::None => false,
+    };
+    if !wanted {
+        return Decision::Never;
+    }
+    if policy.max_attempts > 0 {
+        let end = ended.status.at_ms;
+        let ends = history
+            .iter()
+            .filter(|t| ended_by_itself(t) && t.status.at_ms <= end)
+            .filter(|t| policy.window_ms == 0 || t.status.at_ms + policy.window_ms > end)
+            .count();
+        // The first end is not a restart: `ends - 1` restarts were made.
+        if ends > policy.max_attempts as usize {
+            return Decision::Never;
+        }
+    }
+    let at = ended.status.at_ms.saturating_add(policy.delay_ms);
+    if at <= now_ms {
+        Decision::Now
+    } else {
+        Decision::At(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::spec::{RuntimeKind, ServiceSpec};
+    use mesh_api::task::TaskStatus;
+
+    fn task(id: u64, state: TaskState, exit_code: Option<i32>, at_ms: u64) -> Task {
+        let spec = ServiceSpec::new("web", RuntimeKind::Process, "x", vec![]).task;
+        Task {
+            id,
+            service: 1,
+            slot: 1,
+            node: Some(1),
+            spec,
+            spec_version: 1,
+            desired: DesiredState::Running,
+            desired_version: 1,
+            status: TaskStatus {
+                exit_code,
+                ..TaskStatus::new(state, "", at_ms)
+            },
+            addr: None,
+            created_at_ms: at_ms.saturating_sub(10),
+        }
+    }
+
+    fn policy(condition: RestartCondition, max_attempts: u32, window_ms: u64) -> RestartPolicy {
+        RestartPolicy {
+            condition,
+            delay_ms: 100,
+            max_attempts,
+            window_ms,
+        }
+    }
+
+    #[test]
+    fn the_condition_decides_which_ends_restart() {
+        let ok = task(1, TaskState::Complete, Some(0), 1_000);
+        let crashed = task(2, TaskState::Failed, Some(1), 1_000);
+        let lost = task(3, TaskState::Orphaned, None, 1_000);
+        let any = policy(RestartCondition::Any, 0, 0);
+        let on_failure = policy(RestartCondition::OnFailure, 0, 0);
+        let none = policy(RestartCondition::None, 0, 0);
+        assert_eq!(decide(&any, &ok, &[&ok], 2_000), Decision::Now);
+        assert_eq!(decide(&on_failure, &ok, &[&ok], 2_000), Decision::Never);
+        assert_eq!(
+            decide(&on_failure, &crashed, &[&crashed], 2_000),
+            Decision::Now
+        );
+        assert_eq!(decide(&on_failure, &lost, &[&lost], 2_000), Decision::Now);
+        assert_eq!(decide(&none, &crashed, &[&crashed], 2_000), Decision::Never);
+    }
+
+    #[test]
+    fn the_delay_runs_from_the_end() {
+        let crashed = task(2, TaskState::Failed, Some(1), 1_000);
+        let any = policy(RestartCondition::Any, 0, 0);
+        assert_eq!(
+            decide(&any, &crashed, &[&crashed], 1_050),
+            Decision::At(1_100)
+        );
+        assert_eq!(decide(&any, &crashed, &[&crashed], 1_100), Decision::Now);
+    }
+
+    #[test]
+    fn attempts_are_counted_in_the_window_before_the_last_end() {
+        let first = task(1, TaskState::Failed, Some(1), 1_000);
+        let second = task(2, TaskState::Failed, Some(1), 2_000);
+        let third = task(3, TaskState::Failed, Some(1), 3_000);
+        let mut stopped = task(4, TaskState::Shutdown, None, 2_500);
+        stopped.desired = DesiredState::Shutdown;
+        let history = [&first, &second, &stopped, &third];
+        // Two restarts were made (for the first and second end).
+        let two = policy(RestartCondition::Any, 2, 0);
+        assert_eq!(decide(&two, &third, &history, 9_000), Decision::Never);
+        let three = policy(RestartCondition::Any, 3, 0);
+        assert_eq!(decide(&three, &third, &history, 9_000), Decision::Now);
+        // In a 1.5 s window only the second and third ends count.
+        let windowed = policy(RestartCondition::Any, 2, 1_500);
+        assert_eq!(decide(&windowed, &third, &history, 9_000), Decision::Now);
+        // A stop the leader asked for is not an end.
+        assert!(!ended_by_itself(&stopped));
+    }
+}

@@ -1,0 +1,204 @@
+//! Task placement: a pure function of the nodes, the tasks already placed
+//! and a service's constraints, as Swarm's scheduler does it: only ready,
+//! active nodes that satisfy every constraint and hold a dataplane (an
+//! agent that reported its data address); spread, so each new task
+//! goes to the eligible node running the fewest tasks of its service
+//! (ties: the fewest tasks overall, then the lowest node ID, so placement
+//! is deterministic).
+
+use std::collections::BTreeMap;
+
+use crate::state::ClusterState;
+use mesh_api::node::{Availability, Node, NodeId, NodeStatus};
+use mesh_api::spec::Constraint;
+
+/// Why tasks could not be placed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// No node is ready, active, has a dataplane and satisfies the
+    /// constraints.
+    #[error("no suitable node ({0})")]
+    NoSuitableNode(String),
+}
+
+/// Whether the scheduler may place a new task on `node`: ready, active,
+/// with a dataplane (a node without one cannot plumb a task into the
+/// mesh), and satisfying every constraint.
+#[must_use]
+pub fn eligible(node: &Node, constraints: &[Constraint]) -> bool {
+    node.status == NodeStatus::Ready
+        && node.availability == Availability::Active
+        && node.data_addr.is_some()
+        && constraints.iter().all(|c| c.matches(node))
+}
+
+/// How many tasks each node runs now: of the service being placed, and in
+/// all.
+#[derive(Clone, Debug, Default)]
+pub struct Load {
+    /// Tasks of the service being placed, per node.
+    pub service: BTreeMap<NodeId, usize>,
+    /// Tasks of every service, per node.
+    pub total: BTreeMap<NodeId, usize>,
+}
+
+/// Chooses nodes for `count` new tasks, one at a time, each to the
+/// least-loaded eligible node (counting the tasks placed before it).
+///
+/// # Errors
+/// [`ScheduleError::NoSuitableNode`] when no node is eligible, saying why
+/// the nodes were passed over (as `docker service ps` does).
+pub fn place(
+    state: &ClusterState,
+    load: &Load,
+    constraints: &[Constraint],
+    count: usize,
+) -> Result<Vec<NodeId>, ScheduleError> {
+    let candidates: Vec<&Node> = state
+        .nodes
+        .values()
+        .filter(|n| eligible(n, constraints))
+        .collect();
+    if candidates.is_empty() {
+        return Err(ScheduleError::NoSuitableNode(why_none(state, constraints)));
+    }
+    let mut service = load.service.clone();
+    let mut total = load.total.clone();
+    let mut placed = Vec::with_capacity(count);
+    for _ in 0..count {
+        let node = candidates
+            .iter()
+            .min_by_key(|n| {
+                (
+                    service.get(&n.id).copied().unwrap_or(0),
+                    total.get(&n.id).copied().unwrap_or(0),
+                    n.id,
+                )
+            })
+            .map(|n| n.id)
+            .expect("candidates is not empty");
+        *service.entry(node).or_default() += 1;
+        *total.entry(node).or_default() += 1;
+        placed.push(node);
+    }
+    Ok(placed)
+}
+
+fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
+    let (mut down, mut unavailable, mut no_dataplane, mut unmatched) = (0, 0, 0, 0);
+    for node in state.nodes.values() {
+        if node.status != NodeStatus::Ready {
+            down += 1;
+        } else if node.availability != Availability::Active {
+            unavailable += 1;
+        } else if node.data_addr.is_none() {
+            no_dataplane += 1;
+        } else if !constraints.iter().all(|c| c.matches(node)) {
+            unmatched += 1;
+        }
+    }
+    let mut parts = Vec::new();
+    if unmatched > 0 {
+        parts.push(format!(
+            "scheduling constraints not satisfied on {unmatched} nodes"
+        ));
+    }
+    if unavailable > 0 {
+        parts.push(format!("{unavailable} nodes paused or drained"));
+    }
+    if no_dataplane > 0 {
+        parts.push(format!("{no_dataplane} nodes without a dataplane"));
+    }
+    if down > 0 {
+        parts.push(format!("{down} nodes not ready"));
+    }
+    if parts.is_empty() {
+        parts.push("the cluster has no nodes".to_string());
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing::cluster;
+
+    use Availability::{Active, Drain, Pause};
+    use NodeStatus::{Down, Ready};
+
+    fn counts(placed: &[NodeId]) -> BTreeMap<NodeId, usize> {
+        let mut out = BTreeMap::new();
+        for id in placed {
+            *out.entry(*id).or_default() += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn tasks_spread_evenly_over_ready_active_nodes() {
+        let state = cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "a"),
+            (3, Ready, Active, "b"),
+            (4, Down, Active, "b"),
+            (5, Ready, Drain, "b"),
+            (6, Ready, Pause, "b"),
+        ]);
+        let placed = place(&state, &Load::default(), &[], 10).unwrap();
+        assert_eq!(counts(&placed), BTreeMap::from([(1, 4), (2, 3), (3, 3)]));
+    }
+
+    #[test]
+    fn new_tasks_fill_the_least_loaded_nodes_first() {
+        let state = cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "a"),
+            (3, Ready, Active, "a"),
+        ]);
+        let load = Load {
+            service: BTreeMap::from([(1, 3), (2, 1)]),
+            total: BTreeMap::from([(1, 3), (2, 1), (3, 5)]),
+        };
+        let placed = place(&state, &load, &[], 3).unwrap();
+        // Node 3 has no task of this service: it gets the first; then 2 and 3 tie
+        // on the service at 1, and 2 runs fewer tasks overall.
+        assert_eq!(placed, vec![3, 2, 3]);
+    }
+
+    #[test]
+    fn constraints_restrict_placement_and_explain_a_refusal() {
+        let state = cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "b"),
+            (3, Down, Active, "b"),
+        ]);
+        let zone_b: Vec<Constraint> = vec!["node.labels.zone==b".parse().unwrap()];
+        assert_eq!(
+            place(&state, &Load::default(), &zone_b, 2).unwrap(),
+            vec![2, 2]
+        );
+        let zone_c: Vec<Constraint> = vec!["node.labels.zone==c".parse().unwrap()];
+        let err = place(&state, &Load::default(), &zone_c, 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no suitable node (scheduling constraints not satisfied on 2 nodes; 1 nodes not ready)"
+        );
+        // A ready, active node without a dataplane runs nothing.
+        let mut bare = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
+        bare.nodes.get_mut(&1).unwrap().data_addr = None;
+        assert_eq!(place(&bare, &Load::default(), &[], 2).unwrap(), vec![2, 2]);
+        bare.nodes.get_mut(&2).unwrap().data_addr = None;
+        assert_eq!(
+            place(&bare, &Load::default(), &[], 1)
+                .unwrap_err()
+                .to_string(),
+            "no suitable node (2 nodes without a dataplane)"
+        );
+        assert!(
+            place(&ClusterState::default(), &Load::default(), &[], 1)
+                .unwrap_err()
+                .to_string()
+                .contains("no nodes")
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! `meshctl service ...` and `meshctl node ps`: the gRPC calls and the
+//! progress loop around the pure parts in `meshctl::cli`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use mesh_api::node::format_id;
+use mesh_api::service::Service;
+use mesh_api::spec::{PortSpec, ServiceMode, ServiceSpec};
+use mesh_api::task::Task;
+use mesh_api::time::now_ms;
+use mesh_client::proto::{self, control_client::ControlClient};
+use meshctl::cli::flags::{self, CreateFlags, UpdateFlags};
+use meshctl::cli::progress::{Phase, Watch, progress};
+use meshctl::cli::view::{self, ServiceRow, TaskRow};
+use tonic::transport::Channel;
+
+use super::{Format, rpc};
+
+/// How often progress polls the manager.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a converged service must stay so (docker waits 5 s).
+const STABLE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a new service: `IMAGE` is the program to run (process
+    /// runtime, the default) or a container image (`--runtime docker`).
+    Create(Box<CreateFlags>),
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Only display IDs.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List the tasks of one or more services.
+    Ps(PsArgs),
+    /// Display detailed information on one or more services (JSON; `--pretty` for text).
+    Inspect {
+        #[arg(required = true)]
+        services: Vec<String>,
+        /// Print human-readable text.
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Scale one or more replicated services (`SERVICE=REPLICAS`).
+    Scale {
+        #[arg(required = true, value_name = "SERVICE=REPLICAS")]
+        specs: Vec<String>,
+        /// Exit immediately instead of waiting for the services to converge.
+        #[arg(long, short)]
+        detach: bool,
+    },
+    /// Update a service (rolling update when its tasks change).
+    Update(Box<UpdateFlags>),
+    /// Revert a service to its previous spec.
+    Rollback {
+        service: String,
+        /// Exit immediately instead of waiting for the service to converge.
+        #[arg(long, short)]
+        detach: bool,
+        /// Suppress progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Fetch the output of a service's tasks (or of one task).
+    Logs {
+        /// Lines from the end of each task's output (default: all).
+        #[arg(long, short = 'n')]
+        tail: Option<u32>,
+        /// A service (name, ID or ID prefix) or a task ID.
+        name: String,
+    },
+    /// Remove one or more services.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Publish ports of a service on every node (`--rm` to unpublish), e.g.
+    /// `meshctl service publish web 9090:80`.
+    Publish {
+        service: String,
+        /// [PUBLISHED:]TARGET[/PROTOCOL] or published=P,target=T[,...];
+        /// with --rm, the published or target port.
+        #[arg(required = true, value_name = "PORT")]
+        ports: Vec<String>,
+        /// Unpublish the ports instead.
+        #[arg(long)]
+        rm: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[arg(required = true)]
+    services: Vec<String>,
+    /// Do not truncate IDs and errors.
+    #[arg(long)]
+    no_trunc: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Only display task IDs.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// `meshctl node ps`'s arguments.
+#[derive(Debug, Args)]
+pub struct NodePsArgs {
+    /// The node (ID, ID prefix or hostname); default: the manager meshctl talks to.
+    node: Option<String>,
+    /// Do not truncate IDs and errors.
+    #[arg(long)]
+    no_trunc: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Only display task IDs.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn decode_service(reply: &proto::ServiceReply) -> Result<ServiceRow> {
+    let service: Service = serde_json::from_slice(&reply.service_json)
+        .context("the manager sent a service record this meshctl can't read")?;
+    Ok(ServiceRow {
+        service,
+        running: reply.running,
+        desired: reply.desired,
+    })
+}
+
+fn decode_task(info: &proto::TaskInfo) -> Result<Task> {
+    serde_json::from_slice(&info.task_json)
+        .context("the manager sent a task record this meshctl can't read")
+}
+
+async fn inspect(control: &mut ControlClient<Channel>, name: &str) -> Result<ServiceRow> {
+    let reply = control
+        .inspect_service(proto::ServiceRef {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    decode_service(&reply)
+}
+
+async fn list_services(control: &mut ControlClient<Channel>) -> Result<Vec<ServiceRow>> {
+    control
+        .list_services(proto::ListServicesRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .services
+        .iter()
+        .map(decode_service)
+        .collect()
+}
+
+async fn list_tasks(
+    control: &mut ControlClient<Channel>,
+    service: &str,
+    node: &str,
+) -> Result<Vec<proto::TaskInfo>> {
+    Ok(control
+        .list_tasks(proto::ListTasksRequest {
+            service: service.to_string(),
+            node: node.to_string(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .tasks)
+}
+
+/// Tasks as table rows, with their services' host-mode ports.
+fn task_rows(
+    infos: &[proto::TaskInfo],
+    ports: &BTreeMap<u64, Vec<PortSpec>>,
+) -> Result<Vec<TaskRow>> {
+    infos
+        .iter()
+        .map(|info| {
+            let task = decode_task(info)?;
+            Ok(TaskRow {
+                host_ports: ports.get(&task.service).cloned().unwrap_or_default(),
+                name: info.name.clone(),
+                service_name: info.service_name.clone(),
+                node: info.node_hostname.clone(),
+                task,
+            })
+        })
+        .collect()
+}
+
+fn print_tasks(rows: &[TaskRow], no_trunc: bool, format: Format, quiet: bool) -> Result<()> {
+    let now = now_ms();
+    if quiet {
+        for row in rows {
+            println!("{}", format_id(row.task.id));
+        }
+    } else if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view::tasks_json(rows, now))?
+        );
+    } else {
+        print!("{}", view::tasks_table(rows, now, no_trunc));
+    }
+    Ok(())
+}
+
+async fn update(
+    control: &mut ControlClient<Channel>,
+    current: &Service,
+    spec: &ServiceSpec,
+) -> Result<ServiceRow> {
+    let reply = control
+        .update_service(proto::UpdateServiceRequest {
+            name: format_id(current.id),
+            spec_json: serde_json::to_vec(spec)?,
+            expected_version: current.spec_version,
+            rollback: false,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    decode_service(&reply)
+}
+
+/// Prints docker's progress lines until the service converges and stays
+/// so for [`STABLE`], or its update pauses (an error).
+async fn watch(
+    control: &mut ControlClient<Channel>,
+    id: u64,
+    watch: Watch,
+    quiet: bool,
+) -> Result<()> {
+    let say = |line: &str| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
+    let id = format_id(id);
+    let mut last_line = String::new();
+    let mut last_note = None;
+    let mut stable_since: Option<Instant> = None;
+    loop {
+        let row = inspect(control, &id).await?;
+        let tasks = list_tasks(control, &id, "")
+            .await?
+            .iter()
+            .map(decode_task)
+            .collect::<Result<Vec<_>>>()?;
+        let p = progress(&row.service, row.desired, &tasks, watch);
+        let line = format!("overall progress: {} out of {} tasks", p.done, p.wanted);
+        if line != last_line {
+            say(&line);
+            last_line = line;
+        }
+        if p.note != last_note {
+            if let Some(note) = &p.note {
+                say(&format!("waiting: {note}"));
+            }
+            last_note.clone_from(&p.note);
+        }
+        match p.phase {
+            Phase::Failed(message) => bail!("{message}"),
+            Phase::Converged => match stable_since {
+                None => {
+                    say(&format!(
+                        "verify: Waiting {} seconds to verify that tasks are stable...",
+                        STABLE.as_secs()
+                    ));
+                    stable_since = Some(Instant::now());
+                }
+                Some(since) if since.elapsed() >= STABLE => {
+                    say("verify: Service converged");
+                    return Ok(());
+                }
+                Some(_) => {}
+            },
+            Phase::Converging => {
+                if stable_since.take().is_some() {
+                    say("verify: Detected task failure");
+                }
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs a `meshctl service` command.
+pub async fn run(control: &mut ControlClient<Channel>, command: &ServiceCommand) -> Result<()> {
+    match command {
+        ServiceCommand::Create(flags) => {
+            let suffix = format!("{:04x}", rand::random::<u16>());
+            let spec = flags.spec(&suffix)?;
+            let reply = control
+                .create_service(proto::CreateServiceRequest {
+                    spec_json: serde_json::to_vec(&spec)?,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let row = decode_service(&reply)?;
+            println!("{}", format_id(row.service.id));
+            if !flags.detach {
+                watch(control, row.service.id, Watch::default(), flags.quiet).await?;
+            }
+        }
+        ServiceCommand::Ls { format, quiet } => {
+            let rows = list_services(control).await?;
+            if *quiet {
+                for row in &rows {
+                    println!("{}", format_id(row.service.id));
+                }
+            } else if *format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view::services_json(&rows))?
+                );
+            } else {
+                print!("{}", view::services_table(&rows));
+            }
+        }
+        ServiceCommand::Ps(args) => {
+            let mut ports = BTreeMap::new();
+            let mut infos = Vec::new();
+            for name in &args.services {
+                let row = inspect(control, name).await?;
+                infos.extend(list_tasks(control, &format_id(row.service.id), "").await?);
+                ports.insert(row.service.id, row.service.endpoint.ports.clone());
+            }
+            let rows = task_rows(&infos, &ports)?;
+            print_tasks(&rows, args.no_trunc, args.format, args.quiet)?;
+        }
+        ServiceCommand::Inspect { services, pretty } => {
+            let mut rows = Vec::new();
+            for name in services {
+                rows.push(inspect(control, name).await?);
+            }
+            if *pretty {
+                let texts: Vec<String> = rows.iter().map(view::pretty_service).collect();
+                print!("{}", texts.join("\n"));
+            } else {
+                let list: Vec<&Service> = rows.iter().map(|r| &r.service).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            }
+        }
+        ServiceCommand::Scale { specs, detach } => {
+            // Check every specifier and service before changing any.
+            let wanted = specs
+                .iter()
+                .map(|s| flags::parse_scale(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut targets = Vec::new();
+            for (name, replicas) in wanted {
+                let row = inspect(control, &name).await?;
+                if row.service.spec.mode == ServiceMode::Global {
+                    bail!("{name}: scale can only be used with replicated mode");
+                }
+                targets.push((name, replicas, row.service));
+            }
+            let mut changed = Vec::new();
+            for (name, replicas, current) in targets {
+                let mut spec = current.spec.clone();
+                spec.mode = ServiceMode::Replicated { replicas };
+                spec.validate()?;
+                if spec != current.spec {
+                    update(control, &current, &spec).await?;
+                }
+                println!("{name} scaled to {replicas}");
+                changed.push(current.id);
+            }
+            if !detach {
+                for id in changed {
+                    watch(control, id, Watch::default(), false).await?;
+                }
+            }
+        }
+        ServiceCommand::Update(flags) => service_update(control, flags).await?,
+        ServiceCommand::Rollback {
+            service,
+            detach,
+            quiet,
+        } => rollback(control, service, *detach, *quiet).await?,
+        ServiceCommand::Logs { tail, name } => logs(control, name, tail.unwrap_or(0)).await?,
+        ServiceCommand::Rm { services } => {
+            let mut failed = Vec::new();
+            for name in services {
+                match control
+                    .remove_service(proto::ServiceRef { name: name.clone() })
+                    .await
+                {
+                    Ok(_) => println!("{name}"),
+                    Err(status) => failed.push(rpc(status).to_string()),
+                }
+            }
+            if !failed.is_empty() {
+                bail!("{}", failed.join("\n"));
+            }
+        }
+        ServiceCommand::Publish { service, ports, rm } => {
+            let row = inspect(control, service).await?;
+            let mut spec = row.service.spec.clone();
+            if *rm {
+                flags::publish_rm(&mut spec, ports)?;
+            } else {
+                flags::publish_add(&mut spec, ports)?;
+            }
+            spec.validate()?;
+            let row = if spec == row.service.spec {
+                row
+            } else {
+                update(control, &row.service, &spec).await?
+            };
+            let published = view::ports_text(&row.service);
+            println!(
+                "{}: {}",
+                row.service.spec.name,
+                if published.is_empty() {
+                    "no published ports"
+                } else {
+                    &published
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn service_update(control: &mut ControlClient<Channel>, flags: &UpdateFlags) -> Result<()> {
+    let current = inspect(control, &flags.service).await?.service;
+    let mut spec = current.spec.clone();
+    flags.apply(&mut spec)?;
+    if flags.rollback {
+        if spec != current.spec {
+            bail!("--rollback can't be combined with other changes");
+        }
+        return rollback(control, &flags.service, flags.detach, flags.quiet).await;
+    }
+    println!("{}", current.spec.name);
+    if spec == current.spec {
+        // Nothing changed: keep the previous spec for a rollback.
+        return Ok(());
+    }
+    update(control, &current, &spec).await?;
+    if !flags.detach {
+        let task_spec_changed = spec.task != current.spec.task;
+        let w = Watch {
+            task_spec_changed,
+            rollback: false,
+        };
+        watch(control, current.id, w, flags.quiet).await?;
+    }
+    Ok(())
+}
+
+async fn rollback(
+    control: &mut ControlClient<Channel>,
+    name: &str,
+    detach: bool,
+    quiet: bool,
+) -> Result<()> {
+    let current = inspect(control, name).await?.service;
+    control
+        .update_service(proto::UpdateServiceRequest {
+            name: format_id(current.id),
+            spec_json: Vec::new(),
+            expected_version: current.spec_version,
+            rollback: true,
+        })
+        .await
+        .map_err(rpc)?;
+    println!("{}", current.spec.name);
+    if !quiet {
+        println!("rollback: manually requested rollback");
+    }
+    if !detach {
+        let task_spec_changed = current
+            .previous_spec
+            .as_ref()
+            .is_some_and(|p| p.task != current.spec.task);
+        let w = Watch {
+            task_spec_changed,
+            rollback: true,
+        };
+        watch(control, current.id, w, quiet).await?;
+    }
+    Ok(())
+}
+
+/// `meshctl node ps`: the tasks on a node.
+pub async fn node_ps(control: &mut ControlClient<Channel>, args: &NodePsArgs) -> Result<()> {
+    let node = match &args.node {
+        Some(node) => node.clone(),
+        None => {
+            control
+                .info(proto::InfoRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .node_id
+        }
+    };
+    let infos = list_tasks(control, "", &node).await?;
+    let ports = list_services(control)
+        .await?
+        .into_iter()
+        .map(|r| (r.service.id, r.service.endpoint.ports))
+        .collect();
+    let rows = task_rows(&infos, &ports)?;
+    print_tasks(&rows, args.no_trunc, args.format, args.quiet)
+}
+
+/// `meshctl service logs`: every line, prefixed with its task as docker does.
+async fn logs(control: &mut ControlClient<Channel>, name: &str, tail: u32) -> Result<()> {
+    use std::io::Write as _;
+    let mut stream = control
+        .service_logs(proto::ServiceLogsRequest {
+            name: name.to_string(),
+            tail,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(line) = stream.message().await.map_err(rpc)? {
+        writeln!(stdout, "{}    | {}", line.source, line.line)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,435 @@
+//! The leader's registry of agent sessions: what each node's agent was last
+//! sent and has applied, the lowest version every routing agent applied
+//! (which turns a draining task's `Drain` into `Stop`), and the log
+//! requests waiting for answers.
+//!
+//! The bookkeeping ([`AgentRegistry::acked`], [`AgentRegistry::refresh`])
+//! takes the state and the clock as arguments, so the drain rule is
+//! unit-tested without sessions or I/O; the dispatcher feeds it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use mesh_api::assignment::Assignment;
+
+use crate::proto;
+use mesh_api::node::NodeId;
+use mesh_api::task::TaskId;
+use mesh_core::assignment;
+use mesh_core::state::ClusterState;
+
+/// What a registered session hands its serve loop.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Identifies this session among the node's successive ones.
+    pub serial: u64,
+    /// The latest assignment to send (whole; older ones are skipped).
+    pub assignments: watch::Receiver<Option<Arc<Assignment>>>,
+    /// Log requests to send down the session.
+    pub logs: mpsc::UnboundedReceiver<proto::LogsRequest>,
+}
+
+#[derive(Debug)]
+struct AgentSession {
+    serial: u64,
+    push: watch::Sender<Option<Arc<Assignment>>>,
+    logs: mpsc::UnboundedSender<proto::LogsRequest>,
+    /// The last assignment handed to the session.
+    sent: Option<Assignment>,
+    /// The highest version the agent reported applied.
+    applied: u64,
+    /// The newest state version whose assignment for this node equals
+    /// `sent` (the agent that applied `sent` is up to date with it).
+    current_through: u64,
+    /// The versions handed to the session that it has not applied yet, with
+    /// when each was handed over, oldest first. An agent that keeps up with a
+    /// stream of changes a few milliseconds behind is not stuck: only how
+    /// long its oldest unapplied assignment has waited counts.
+    unapplied: VecDeque<(u64, Instant)>,
+}
+
+impl AgentSession {
+    /// The newest state version this agent is known to act on.
+    fn effective(&self) -> u64 {
+        match &self.sent {
+            Some(sent) if self.applied >= sent.version => self.current_through.max(self.applied),
+            _ => self.applied,
+        }
+    }
+
+    /// Whether it sits on an assignment for longer than `bound`: it no
+    /// longer holds drains back.
+    fn stuck(&self, now: Instant, bound: Duration) -> bool {
+        self.unapplied
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= bound)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<NodeId, AgentSession>,
+    next_serial: u64,
+    next_request: u64,
+    /// Log request -> where its chunks go.
+    pending: HashMap<u64, mpsc::UnboundedSender<proto::LogChunk>>,
+}
+
+/// The leader's live agent sessions (one per node with a dataplane).
+#[derive(Debug, Default)]
+pub struct AgentRegistry {
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+/// Whether two assignments say the same, whatever their versions.
+fn same_content(a: &Assignment, b: &Assignment) -> bool {
+    a.node == b.node
+        && a.ingress == b.ingress
+        && a.peers == b.peers
+        && a.tasks == b.tasks
+        && a.services == b.services
+}
+
+impl AgentRegistry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("agent registry lock poisoned")
+    }
+
+    /// Registers `node`'s new agent session, replacing an older one.
+    pub fn register(&self, node: NodeId) -> SessionHandle {
+        let (push, assignments) = watch::channel(None);
+        let (logs_tx, logs) = mpsc::unbounded_channel();
+        let serial = {
+            let mut inner = self.lock();
+            inner.next_serial += 1;
+            let serial = inner.next_serial;
+            inner.sessions.insert(
+                node,
+                AgentSession {
+                    serial,
+                    push,
+                    logs: logs_tx,
+                    sent: None,
+                    applied: 0,
+                    current_through: 0,
+                    unapplied: VecDeque::new(),
+                },
+            );
+            serial
+        };
+        self.changed.notify_one();
+        SessionHandle {
+            serial,
+            assignments,
+            logs,
+        }
+    }
+
+    /// Forgets session `serial` of `node` (a newer one stays).
+    pub fn unregister(&self, node: NodeId, serial: u64) {
+        {
+            let mut inner = self.lock();
+            if inner
+                .sessions
+                .get(&node)
+                .is_some_and(|s| s.serial == serial)
+            {
+                inner.sessions.remove(&node);
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Forgets every session (this manager stopped leading).
+    pub fn clear(&self) {
+        self.lock().sessions.clear();
+    }
+
+    /// Whether `node` has a live agent session.
+    #[must_use]
+    pub fn has_session(&self, node: NodeId) -> bool {
+        self.lock().sessions.contains_key(&node)
+    }
+
+    /// Records that session `serial` of `node` applied `version`.
+    pub fn applied(&self, node: NodeId, serial: u64, version: u64) {
+        {
+            let mut inner = self.lock();
+            let Some(session) = inner.sessions.get_mut(&node) else {
+                return;
+            };
+            if session.serial != serial {
+                return;
+            }
+            session.applied = session.applied.max(version);
+            while session
+                .unapplied
+                .front()
+                .is_some_and(|(v, _)| *v <= session.applied)
+            {
+                session.unapplied.pop_front();
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Resolves when a session came, went or applied something.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The lowest version every routing node's agent acts on (see
+    /// [`assignment::for_node`]). Routing nodes without a session, and
+    /// agents whose oldest unapplied assignment is older than `bound`, do not count.
+    #[must_use]
+    pub fn acked(&self, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
+        let inner = self.lock();
+        acked_of(&inner, state, now, bound)
+    }
+
+    /// Computes every agent's assignment from `state` and hands each one that
+    /// changed (in more than its version) to its session. Repeats while the
+    /// acknowledged version moves, so a drain that every agent applied turns
+    /// into a stop in the same call. Returns how many assignments were handed
+    /// out.
+    pub fn refresh(&self, state: &ClusterState, now: Instant, bound: Duration) -> usize {
+        let mut inner = self.lock();
+        let mut pushed = 0;
+        for _ in 0..4 {
+            let acked = acked_of(&inner, state, now, bound);
+            for (node, session) in &mut inner.sessions {
+                let next = assignment::for_node(state, *node, acked);
+                match &session.sent {
+                    Some(sent) if same_content(sent, &next) => {
+                        if session.applied >= sent.version {
+                            session.current_through = state.version;
+                        }
+                    }
+                    _ => {
+                        session.unapplied.push_back((next.version, now));
+                        session.current_through = next.version;
+                        session.push.send_replace(Some(Arc::new(next.clone())));
+                        session.sent = Some(next);
+                        pushed += 1;
+                    }
+                }
+            }
+            if acked_of(&inner, state, now, bound) == acked {
+                break;
+            }
+        }
+        pushed
+    }
+
+    /// Sends a log request for `tasks` to `node`'s agent; its chunks go to
+    /// `answers`. Returns the request's ID, or `None` if the node has no
+    /// agent session.
+    pub fn request_logs(
+        &self,
+        node: NodeId,
+        tasks: &[TaskId],
+        tail: u32,
+        answers: mpsc::UnboundedSender<proto::LogChunk>,
+    ) -> Option<u64> {
+        let mut inner = self.lock();
+        inner.next_request += 1;
+        let request_id = inner.next_request;
+        let session = inner.sessions.get(&node)?;
+        let request = proto::LogsRequest {
+            request_id,
+            task_ids: tasks
+                .iter()
+                .map(|t| mesh_api::node::format_id(*t))
+                .collect(),
+            tail,
+        };
+        session.logs.send(request).ok()?;
+        inner.pending.insert(request_id, answers);
+        Some(request_id)
+    }
+
+    /// Hands a chunk to the request waiting for it.
+    pub fn deliver(&self, chunk: proto::LogChunk) {
+        let inner = self.lock();
+        if let Some(answers) = inner.pending.get(&chunk.request_id) {
+            let _ = answers.send(chunk);
+        }
+    }
+
+    /// Forgets log requests (answered or given up).
+    pub fn finish_logs(&self, requests: &[u64]) {
+        let mut inner = self.lock();
+        for id in requests {
+            inner.pending.remove(id);
+        }
+    }
+}
+
+fn acked_of(inner: &Inner, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
+    assignment::routing_nodes(state)
+        .filter_map(|node| inner.sessions.get(&node))
+        .filter(|s| !s.stuck(now, bound))
+        .map(AgentSession::effective)
+        .min()
+        .unwrap_or(state.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::assignment::TaskAction;
+    use mesh_api::spec::{RuntimeKind, ServiceSpec};
+    use mesh_api::task::TaskState;
+    use mesh_core::state::testing::{self, shut_down};
+
+    const BOUND: Duration = Duration::from_secs(1);
+
+    /// Nodes 1 and 2 with dataplanes, a service with one running task on 2.
+    fn cluster() -> (ClusterState, TaskId) {
+        let mut state = testing::ready(&[1, 2]);
+        let spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
+        let service = testing::create_service(&mut state, spec);
+        let task = testing::create_tasks(&mut state, service.id, &[Some(2)])[0];
+        testing::report(&mut state, 2, task, TaskState::Running);
+        (state, task)
+    }
+
+    fn latest(handle: &SessionHandle) -> Arc<Assignment> {
+        handle.assignments.borrow().clone().expect("an assignment")
+    }
+
+    #[test]
+    fn a_drain_turns_into_a_stop_once_every_agent_applied_it() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        assert_eq!(registry.refresh(&state, t0, BOUND), 2);
+        registry.applied(1, a.serial, state.version);
+        registry.applied(2, b.serial, state.version);
+        assert_eq!(registry.refresh(&state, t0, BOUND), 0, "nothing changed");
+
+        shut_down(&mut state, task);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Drain);
+        assert!(latest(&a).services[0].backends[0].draining);
+        registry.applied(2, b.serial, state.version);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(
+            latest(&b).tasks[0].action,
+            TaskAction::Drain,
+            "node 1 has not applied the drain yet"
+        );
+        registry.applied(1, a.serial, latest(&a).version);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+    }
+
+    #[test]
+    fn an_agent_whose_assignment_did_not_change_does_not_hold_drains_back() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(1, a.serial, state.version);
+        registry.applied(2, b.serial, state.version);
+        // Commands that change nothing node 1 sees (a report) move the version.
+        testing::report(&mut state, 2, task, TaskState::Running);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
+    }
+
+    #[test]
+    fn a_stuck_agent_holds_drains_back_for_a_bounded_time_only() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (_a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(2, b.serial, state.version);
+        shut_down(&mut state, task);
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(2, b.serial, state.version);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Drain);
+        registry.refresh(&state, t0 + BOUND, BOUND);
+        assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+    }
+
+    #[test]
+    fn an_agent_that_keeps_up_a_step_behind_a_stream_of_changes_is_not_stuck() {
+        let (mut state, _) = cluster();
+        let registry = AgentRegistry::default();
+        let (a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(1, a.serial, state.version);
+        registry.applied(2, b.serial, state.version);
+        // For three bounds' time node 1's assignment changes every 100 ms (its peer's
+        // name); its agent is always one assignment behind: it applies each one only
+        // once the next is out.
+        let mut previous = latest(&a).version;
+        for step in 1..=30u32 {
+            let now = t0 + BOUND * step / 10;
+            state.nodes.get_mut(&2).unwrap().hostname = format!("n2-{step}");
+            state.version += 1;
+            registry.refresh(&state, now, BOUND);
+            registry.applied(2, b.serial, state.version);
+            registry.applied(1, a.serial, previous);
+            let pending = latest(&a).version;
+            let acked = registry.acked(&state, now, BOUND);
+            assert!(
+                acked < pending,
+                "step {step}: node 1 has not applied {pending} yet, but drains may pass \
+                 at {acked}"
+            );
+            previous = pending;
+        }
+    }
+
+    #[test]
+    fn nodes_without_an_agent_session_do_not_count() {
+        let (state, _) = cluster();
+        let registry = AgentRegistry::default();
+        let b = registry.register(2);
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(registry.acked(&state, t0, BOUND), 0);
+        registry.applied(2, b.serial, state.version);
+        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
+        registry.unregister(2, b.serial);
+        assert!(!registry.has_session(2));
+        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
+    }
+
+    #[test]
+    fn log_chunks_reach_the_request_that_asked() {
+        let registry = AgentRegistry::default();
+        let mut handle = registry.register(7);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        assert!(registry.request_logs(8, &[1], 0, tx.clone()).is_none());
+        let id = registry.request_logs(7, &[0xab], 5, tx).unwrap();
+        let sent = handle.logs.try_recv().unwrap();
+        assert_eq!(sent.task_ids, vec!["00000000000000ab".to_string()]);
+        assert_eq!(sent.tail, 5);
+        registry.deliver(proto::LogChunk {
+            request_id: id,
+            task_id: "00000000000000ab".into(),
+            lines: vec!["hello".into()],
+            done: true,
+            error: String::new(),
+        });
+        assert_eq!(rx.try_recv().unwrap().lines, vec!["hello".to_string()]);
+        registry.finish_logs(&[id]);
+        registry.deliver(proto::LogChunk {
+            request_id: id,
+            ..proto::LogChunk::default()
+        });
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -1,0 +1,694 @@
+//! The operator's API (`meshctl`): cluster info, join tokens, nodes,
+//! services and their tasks.
+
+use std::collections::BTreeMap;
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::{Manager, ca_digest, cluster_ca, state_status};
+use crate::proto::{self, control_client::ControlClient, control_server::Control};
+use mesh_api::node::{Availability, Node, NodeId, NodeStatus, Role, format_id, parse_label};
+use mesh_api::service::Service;
+use mesh_api::spec::ServiceSpec;
+use mesh_api::task::{DesiredState, Task, TaskState};
+use mesh_api::time::{now_ms, rfc3339};
+use mesh_client::connect;
+use mesh_client::pki;
+use mesh_core::scheduler;
+use mesh_core::state::{Applied, ClusterState, Command};
+
+/// The `Control` service.
+#[derive(Clone, Debug)]
+pub struct ControlService {
+    manager: Manager,
+}
+
+impl ControlService {
+    /// Serves `manager`'s state.
+    #[must_use]
+    pub fn new(manager: Manager) -> Self {
+        Self { manager }
+    }
+
+    /// The API's view of `node`.
+    fn node_info(&self, node: &Node) -> proto::NodeInfo {
+        node_info(node, self.manager.raft().metrics().current_leader)
+    }
+
+    /// The leader's `Control` service, for calls that only the leader can
+    /// carry out (Raft membership changes).
+    async fn leader_control(&self) -> Result<ControlClient<Channel>, Status> {
+        let (_, addr) = self.manager.raft().leader().ok_or_else(|| {
+            Status::unavailable("no quorum: no leader to carry out a membership change")
+        })?;
+        let identity = self
+            .manager
+            .tls()
+            .load()
+            .map_err(|e| Status::internal(format!("reading this manager's identity: {e}")))?;
+        let channel = connect::connect(&[addr], &connect::identity_tls(&identity))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(ControlClient::new(channel))
+    }
+
+    async fn set_role(&self, name: &str, role: Role) -> Result<proto::NodeInfo, Status> {
+        if !self.manager.raft().is_leader() {
+            let mut leader = self.leader_control().await?;
+            let request = proto::NodeRef {
+                name: name.to_string(),
+            };
+            let response = match role {
+                Role::Manager => leader.promote_node(request).await?,
+                Role::Worker => leader.demote_node(request).await?,
+            };
+            return Ok(response.into_inner());
+        }
+        let (id, current) = {
+            let state = self.manager.read()?;
+            let id = state.resolve(name).map_err(state_status)?;
+            state.check_role_change(id, role).map_err(state_status)?;
+            (id, state.node(id).map_err(state_status)?.role)
+        };
+        if current != role {
+            if role == Role::Worker && self.manager.raft().is_voter(id) {
+                // Leave the Raft membership first: a node that is a worker
+                // in the state but still votes would be a manager in all
+                // but name.
+                self.manager.raft().remove_voter(id).await.map_err(|e| {
+                    Status::unavailable(format!("removing {} from raft: {e}", format_id(id)))
+                })?;
+            }
+            self.manager
+                .commit(Command::SetRole {
+                    id,
+                    role,
+                    at_ms: now_ms(),
+                })
+                .await?;
+        }
+        let state = self.manager.read_unchecked();
+        let node = state.node(id).map_err(state_status)?;
+        Ok(self.node_info(node))
+    }
+}
+
+/// The API's view of a node, given the current leader.
+#[must_use]
+pub fn node_info(node: &Node, leader: Option<NodeId>) -> proto::NodeInfo {
+    let manager_status = match node.role {
+        Role::Worker => String::new(),
+        Role::Manager if leader == Some(node.id) => "Leader".into(),
+        Role::Manager if node.status == NodeStatus::Ready => "Reachable".into(),
+        Role::Manager => "Unreachable".into(),
+    };
+    proto::NodeInfo {
+        id: format_id(node.id),
+        hostname: node.hostname.clone(),
+        role: node.role.to_string(),
+        availability: node.availability.to_string(),
+        status: node.status.to_string(),
+        manager_status,
+        manager_addr: node.manager_addr.clone().unwrap_or_default(),
+        labels: node.labels.clone().into_iter().collect(),
+        created_at: rfc3339(node.created_at_ms),
+        updated_at: rfc3339(node.updated_at_ms),
+        last_heartbeat: String::new(),
+        agent_version: node.agent_version.clone(),
+    }
+}
+
+fn expect_node(applied: Applied) -> Result<Node, Status> {
+    match applied {
+        Applied::Node(node) => Ok(node),
+        _ => Err(Status::internal("the state machine returned no node")),
+    }
+}
+
+/// Decodes a `spec::ServiceSpec` sent as JSON.
+fn decode_spec(json: &[u8]) -> Result<ServiceSpec, Status> {
+    serde_json::from_slice(json)
+        .map_err(|e| Status::invalid_argument(format!("invalid service spec: {e}")))
+}
+
+/// Refuses an update based on a spec that has changed since it was read.
+fn expect_service(applied: Applied) -> Result<Service, Status> {
+    match applied {
+        Applied::Service(service) => Ok(*service),
+        _ => Err(Status::internal("the state machine returned no service")),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value).map_err(|e| Status::internal(format!("encoding a record: {e}")))
+}
+
+/// Tasks of `service` running now, and tasks it wants: its replicas, or for
+/// a global service its live tasks or its eligible nodes, whichever is more.
+#[must_use]
+pub fn task_counts(state: &ClusterState, service: &Service) -> (u32, u32) {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let tasks: Vec<&Task> = state.service_tasks(service.id).collect();
+    let running = count(
+        tasks
+            .iter()
+            .filter(|t| t.desired == DesiredState::Running && t.status.state == TaskState::Running)
+            .count(),
+    );
+    let desired = match service.spec.replicas() {
+        Some(replicas) => replicas,
+        None => {
+            let live = tasks.iter().filter(|t| t.is_live()).count();
+            let eligible = state
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.data_addr.is_some() && scheduler::eligible(n, &service.spec.constraints)
+                })
+                .count();
+            count(live.max(eligible))
+        }
+    };
+    (running, desired)
+}
+
+/// The API's view of a service.
+///
+/// # Errors
+/// `INTERNAL` if the record does not encode.
+pub fn service_reply(
+    state: &ClusterState,
+    service: &Service,
+) -> Result<proto::ServiceReply, Status> {
+    let (running, desired) = task_counts(state, service);
+    Ok(proto::ServiceReply {
+        service_json: to_json(service)?,
+        running,
+        desired,
+    })
+}
+
+/// The API's view of a task: its record with its service's and node's names.
+///
+/// # Errors
+/// `INTERNAL` if the record does not encode.
+pub fn task_info(state: &ClusterState, task: &Task) -> Result<proto::TaskInfo, Status> {
+    // A removed service's tasks live on until they are stopped: name them
+    // by the service's ID.
+    let service_name = state
+        .services
+        .get(&task.service)
+        .map_or_else(|| format_id(task.service), |s| s.spec.name.clone());
+    let node_hostname = task
+        .node
+        .map(|id| {
+            state
+                .nodes
+                .get(&id)
+                .map_or_else(|| format_id(id), |n| n.hostname.clone())
+        })
+        .unwrap_or_default();
+    Ok(proto::TaskInfo {
+        task_json: to_json(task)?,
+        name: task.name(&service_name),
+        service_name,
+        node_hostname,
+    })
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    type ServiceLogsStream = super::logs::LogStream;
+
+    async fn create_service(
+        &self,
+        request: Request<proto::CreateServiceRequest>,
+    ) -> Result<Response<proto::ServiceReply>, Status> {
+        let spec = decode_spec(&request.get_ref().spec_json)?;
+        self.manager.require_quorum()?;
+        let service = expect_service(
+            self.manager
+                .commit(Command::CreateService {
+                    spec,
+                    at_ms: now_ms(),
+                })
+                .await?,
+        )?;
+        let state = self.manager.read_unchecked();
+        service_reply(&state, &service).map(Response::new)
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<proto::UpdateServiceRequest>,
+    ) -> Result<Response<proto::ServiceReply>, Status> {
+        let request = request.into_inner();
+        let new_spec = if request.rollback {
+            None
+        } else {
+            Some(decode_spec(&request.spec_json)?)
+        };
+        let (id, spec, expected_version) = {
+            let state = self.manager.read()?;
+            let id = state.resolve_service(&request.name).map_err(state_status)?;
+            let current = state.service(id).map_err(state_status)?;
+            // The state machine checks the version the update was based on: a
+            // rollback is based on what was read here.
+            let expected_version = if request.rollback {
+                Some(current.spec_version)
+            } else {
+                (request.expected_version != 0).then_some(request.expected_version)
+            };
+            let spec = match new_spec {
+                Some(spec) => spec,
+                None => current.previous_spec.clone().ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "service {} does not have a previous spec",
+                        current.spec.name
+                    ))
+                })?,
+            };
+            (id, spec, expected_version)
+        };
+        let service = expect_service(
+            self.manager
+                .commit(Command::UpdateService {
+                    id,
+                    spec,
+                    rollback: request.rollback,
+                    expected_version,
+                    at_ms: now_ms(),
+                })
+                .await?,
+        )?;
+        let state = self.manager.read_unchecked();
+        service_reply(&state, &service).map(Response::new)
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<proto::ServiceRef>,
+    ) -> Result<Response<proto::RemoveServiceResponse>, Status> {
+        let id = self
+            .manager
+            .read()?
+            .resolve_service(&request.get_ref().name)
+            .map_err(state_status)?;
+        self.manager
+            .commit(Command::RemoveService {
+                id,
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(proto::RemoveServiceResponse {
+            id: format_id(id),
+        }))
+    }
+
+    async fn inspect_service(
+        &self,
+        request: Request<proto::ServiceRef>,
+    ) -> Result<Response<proto::ServiceReply>, Status> {
+        let state = self.manager.read()?;
+        let id = state
+            .resolve_service(&request.get_ref().name)
+            .map_err(state_status)?;
+        let service = state.service(id).map_err(state_status)?;
+        service_reply(&state, service).map(Response::new)
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<proto::ListServicesRequest>,
+    ) -> Result<Response<proto::ListServicesResponse>, Status> {
+        let state = self.manager.read()?;
+        let services = state
+            .services
+            .values()
+            .map(|s| service_reply(&state, s))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(proto::ListServicesResponse { services }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<proto::ListTasksRequest>,
+    ) -> Result<Response<proto::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let state = self.manager.read()?;
+        let service = match request.service.trim() {
+            "" => None,
+            name => Some(state.resolve_service(name).map_err(state_status)?),
+        };
+        let node = match request.node.trim() {
+            "" => None,
+            name => Some(state.resolve(name).map_err(state_status)?),
+        };
+        let tasks = state
+            .tasks
+            .values()
+            .filter(|t| service.is_none_or(|s| t.service == s))
+            .filter(|t| node.is_none_or(|n| t.node == Some(n)))
+            .map(|t| task_info(&state, t))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(proto::ListTasksResponse { tasks }))
+    }
+
+    async fn service_logs(
+        &self,
+        request: Request<proto::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        super::logs::service_logs(&self.manager, request.into_inner()).await
+    }
+
+    async fn info(
+        &self,
+        _request: Request<proto::InfoRequest>,
+    ) -> Result<Response<proto::InfoResponse>, Status> {
+        let metrics = self.manager.raft().metrics();
+        let state = self.manager.read_unchecked();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let managers = membership
+            .nodes()
+            .map(|(id, node)| proto::ManagerInfo {
+                node_id: format_id(*id),
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader = metrics.current_leader;
+        let leader_addr = leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        Ok(Response::new(proto::InfoResponse {
+            cluster_id: state.cluster_id.clone(),
+            node_id: format_id(self.manager.id()),
+            leader_id: leader.map(format_id).unwrap_or_default(),
+            leader_addr,
+            term: metrics.current_term,
+            commit_index: self.manager.raft().committed_index(),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            managers,
+            is_leader: leader == Some(self.manager.id()),
+        }))
+    }
+
+    async fn join_tokens(
+        &self,
+        request: Request<proto::JoinTokensRequest>,
+    ) -> Result<Response<proto::JoinTokensResponse>, Status> {
+        let request = request.into_inner();
+        self.manager.require_quorum()?;
+        for (rotate, role) in [
+            (request.rotate_worker, Role::Worker),
+            (request.rotate_manager, Role::Manager),
+        ] {
+            if rotate {
+                self.manager
+                    .commit(Command::RotateSecret {
+                        role,
+                        secret: pki::generate_secret(),
+                    })
+                    .await?;
+            }
+        }
+        let state = self.manager.read_unchecked();
+        let digest = ca_digest(cluster_ca(&state)?)?;
+        let token = |role: Role| {
+            pki::JoinToken {
+                ca_digest: digest.clone(),
+                secret: state.secrets.for_role(role).to_string(),
+            }
+            .to_string()
+        };
+        Ok(Response::new(proto::JoinTokensResponse {
+            worker: token(Role::Worker),
+            manager: token(Role::Manager),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        let state = self.manager.read()?;
+        let leader = self.manager.raft().metrics().current_leader;
+        let nodes = state.nodes.values().map(|n| node_info(n, leader)).collect();
+        Ok(Response::new(proto::ListNodesResponse { nodes }))
+    }
+
+    async fn inspect_node(
+        &self,
+        request: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        let state = self.manager.read()?;
+        let id = state
+            .resolve(&request.get_ref().name)
+            .map_err(state_status)?;
+        let node = state.node(id).map_err(state_status)?;
+        Ok(Response::new(self.node_info(node)))
+    }
+
+    async fn update_node(
+        &self,
+        request: Request<proto::UpdateNodeRequest>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        let request = request.into_inner();
+        // Parse everything before touching the state.
+        let availability = match request.availability.as_str() {
+            "" => None,
+            value => Some(value.parse::<Availability>().map_err(state_status)?),
+        };
+        let label_add = request
+            .label_add
+            .iter()
+            .map(|spec| parse_label(spec))
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map_err(state_status)?;
+        let id = self
+            .manager
+            .read()?
+            .resolve(&request.name)
+            .map_err(state_status)?;
+        let node = expect_node(
+            self.manager
+                .commit(Command::UpdateNode {
+                    id,
+                    availability,
+                    label_add,
+                    label_rm: request.label_rm,
+                    at_ms: now_ms(),
+                })
+                .await?,
+        )?;
+        Ok(Response::new(self.node_info(&node)))
+    }
+
+    async fn promote_node(
+        &self,
+        request: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        self.set_role(&request.get_ref().name, Role::Manager)
+            .await
+            .map(Response::new)
+    }
+
+    async fn demote_node(
+        &self,
+        request: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        self.set_role(&request.get_ref().name, Role::Worker)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        let request = request.into_inner();
+        let id = {
+            let state = self.manager.read()?;
+            let id = state.resolve(&request.name).map_err(state_status)?;
+            state
+                .check_remove(id, request.force)
+                .map_err(state_status)?;
+            id
+        };
+        self.manager
+            .commit(Command::RemoveNode {
+                id,
+                force: request.force,
+            })
+            .await?;
+        if let Some(live) = self.manager.liveness().as_mut() {
+            live.forget(id);
+        }
+        Ok(Response::new(proto::RemoveNodeResponse {
+            id: format_id(id),
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<proto::LeaveRequest>,
+    ) -> Result<Response<proto::LeaveResponse>, Status> {
+        let id = self.manager.id();
+        {
+            let state = self.manager.read()?;
+            if state.managers().count() <= 1 {
+                return Err(Status::failed_precondition(
+                    "this is the last manager: leaving would destroy the cluster; \
+                     stop the manager instead",
+                ));
+            }
+            if !request.get_ref().force {
+                return Err(Status::failed_precondition(
+                    "this node is a manager: leaving reduces the cluster's fault tolerance; \
+                     use --force to leave anyway",
+                ));
+            }
+        }
+        self.set_role(&format_id(id), Role::Worker).await?;
+        self.manager
+            .commit(Command::RemoveNode { id, force: true })
+            .await?;
+        self.manager.request_stop();
+        Ok(Response::new(proto::LeaveResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::cluster::{CaMaterial, JoinSecrets};
+    use mesh_api::spec::{RuntimeKind, ServiceMode};
+    use mesh_api::task::TaskStatus;
+    use mesh_core::state::{NewTask, TaskChange};
+
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut first = Node::new(0xaa, "m1".into(), Role::Manager, 0);
+        first.status = NodeStatus::Ready;
+        first.data_addr = Some("192.168.1.1".parse().unwrap());
+        state
+            .apply(&Command::Bootstrap {
+                cluster_id: "c".into(),
+                ca: CaMaterial {
+                    cert_pem: String::new(),
+                    key_pem: String::new(),
+                },
+                secrets: JoinSecrets::default(),
+                first,
+            })
+            .unwrap();
+        state
+    }
+
+    fn create(state: &mut ClusterState, spec: ServiceSpec) -> Service {
+        expect_service(
+            state
+                .apply(&Command::CreateService { spec, at_ms: 1 })
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_are_running_tasks_and_replicas_or_eligible_nodes() {
+        let mut state = cluster();
+        let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "/bin/sleep", vec![]);
+        spec.mode = ServiceMode::Replicated { replicas: 3 };
+        let web = create(&mut state, spec);
+        let Applied::Tasks(ids) = state
+            .apply(&Command::ChangeTasks {
+                create: (1..=2)
+                    .map(|slot| NewTask {
+                        service: web.id,
+                        slot,
+                        node: Some(0xaa),
+                        message: String::new(),
+                    })
+                    .collect(),
+                update: vec![],
+                delete: vec![],
+                at_ms: 2,
+            })
+            .unwrap()
+        else {
+            panic!("expected tasks");
+        };
+        state
+            .apply(&Command::ReportTasks {
+                node: 0xaa,
+                reports: vec![(ids[0], TaskStatus::new(TaskState::Running, "started", 3))],
+            })
+            .unwrap();
+        assert_eq!(task_counts(&state, &web), (1, 3));
+        // A running task told to stop no longer counts.
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![TaskChange {
+                    id: ids[0],
+                    desired: Some(DesiredState::Shutdown),
+                    ..TaskChange::default()
+                }],
+                delete: vec![],
+                at_ms: 4,
+            })
+            .unwrap();
+        assert_eq!(task_counts(&state, &web), (0, 3));
+
+        let mut spec = ServiceSpec::new("agent", RuntimeKind::Process, "/bin/true", vec![]);
+        spec.mode = ServiceMode::Global;
+        let global = create(&mut state, spec);
+        assert_eq!(task_counts(&state, &global), (0, 1), "one eligible node");
+
+        let info = task_info(&state, &state.tasks[&ids[1]]).unwrap();
+        assert_eq!(
+            (
+                info.name.as_str(),
+                info.service_name.as_str(),
+                info.node_hostname.as_str()
+            ),
+            ("web.2", "web", "m1")
+        );
+    }
+
+    #[test]
+    fn updates_against_a_stale_version_are_refused() {
+        let mut state = cluster();
+        let web = create(
+            &mut state,
+            ServiceSpec::new("web", RuntimeKind::Process, "/bin/sleep", vec![]),
+        );
+        let update = |expected_version| Command::UpdateService {
+            id: web.id,
+            spec: web.spec.clone(),
+            rollback: false,
+            expected_version,
+            at_ms: 2,
+        };
+        let err = state
+            .apply(&update(Some(web.spec_version + 1)))
+            .unwrap_err();
+        let err = state_status(err);
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        state.apply(&update(Some(web.spec_version))).unwrap();
+        state.apply(&update(None)).unwrap();
+        assert!(err.message().contains("update out of sequence"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_spec_is_an_invalid_argument_with_serdes_reason() {
+        let err = decode_spec(b"{\"name\": 3}").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("invalid service spec: invalid type"),
+            "{err}"
+        );
+    }
+}

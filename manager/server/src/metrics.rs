@@ -1,0 +1,315 @@
+//! The manager's Prometheus metrics, served on `/metrics` by axum.
+//!
+//! | metric | labels |
+//! | --- | --- |
+//! | `mesh_manager_is_leader` (gauge, 0 or 1) | |
+//! | `mesh_manager_raft_term` (gauge) | |
+//! | `mesh_manager_raft_commit_index`, `mesh_manager_raft_applied_index` (gauges) | |
+//! | `mesh_manager_raft_voters` (gauge) | |
+//! | `mesh_manager_raft_snapshot_index`, `mesh_manager_raft_purged_index` (gauges) | |
+//! | `mesh_manager_nodes` (gauge) | `state` = `ready`, `down` or `unknown` |
+//! | `mesh_manager_rpc_duration_seconds` (histogram) | `method`, `code` |
+//! | `mesh_manager_raft_write_duration_seconds` (histogram) | |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use mesh_api::node::NodeStatus;
+
+use mesh_core::state::ClusterState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    state: &'static str,
+}
+
+/// Raft figures the metrics report, read at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RaftFigures {
+    /// Whether this manager leads.
+    pub is_leader: bool,
+    /// Current term.
+    pub term: u64,
+    /// Highest committed log index known here.
+    pub commit_index: u64,
+    /// Highest applied log index.
+    pub applied_index: u64,
+    /// Voting members.
+    pub voters: u64,
+    /// Last log index the latest snapshot covers (0 without one).
+    pub snapshot_index: u64,
+    /// Last log index purged from the log after a snapshot (0 if none).
+    pub purged_index: u64,
+}
+
+/// The manager's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    is_leader: Gauge,
+    term: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    voters: Gauge,
+    snapshot_index: Gauge,
+    purged_index: Gauge,
+    nodes: Family<NodeLabels, Gauge>,
+    rpc: Family<RpcLabels, Histogram>,
+    writes: Histogram,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mesh_manager");
+        let is_leader = Gauge::default();
+        registry.register(
+            "is_leader",
+            "1 if this manager is the Raft leader",
+            is_leader.clone(),
+        );
+        let term = Gauge::default();
+        registry.register("raft_term", "Current Raft term", term.clone());
+        let commit_index = Gauge::default();
+        registry.register(
+            "raft_commit_index",
+            "Highest Raft log index known to be committed",
+            commit_index.clone(),
+        );
+        let applied_index = Gauge::default();
+        registry.register(
+            "raft_applied_index",
+            "Highest Raft log index applied to the state machine",
+            applied_index.clone(),
+        );
+        let voters = Gauge::default();
+        registry.register("raft_voters", "Voting Raft members", voters.clone());
+        let snapshot_index = Gauge::default();
+        registry.register(
+            "raft_snapshot_index",
+            "Last Raft log index the latest snapshot covers",
+            snapshot_index.clone(),
+        );
+        let purged_index = Gauge::default();
+        registry.register(
+            "raft_purged_index",
+            "Last Raft log index purged (compacted) from the log",
+            purged_index.clone(),
+        );
+        let nodes = Family::<NodeLabels, Gauge>::default();
+        registry.register("nodes", "Cluster nodes by state", nodes.clone());
+        let rpc = Family::<RpcLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC calls served, by method and status code",
+            rpc.clone(),
+        );
+        let writes = latency_histogram();
+        registry.register(
+            "raft_write_duration_seconds",
+            "Time from proposing a command to its commit (or failure)",
+            writes.clone(),
+        );
+        Self {
+            registry,
+            is_leader,
+            term,
+            commit_index,
+            applied_index,
+            voters,
+            snapshot_index,
+            purged_index,
+            nodes,
+            rpc,
+            writes,
+        }
+    }
+
+    /// Records one write's latency.
+    pub fn observe_write(&self, elapsed: Duration) {
+        self.writes.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one RPC.
+    pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
+        self.rpc
+            .get_or_create(&RpcLabels {
+                method: method.to_string(),
+                code: code.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the gauges from Raft and the state.
+    pub fn refresh(&self, raft: RaftFigures, state: &ClusterState) {
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.is_leader.set(i64::from(raft.is_leader));
+        self.term.set(to_i64(raft.term));
+        self.commit_index.set(to_i64(raft.commit_index));
+        self.applied_index.set(to_i64(raft.applied_index));
+        self.voters.set(to_i64(raft.voters));
+        self.snapshot_index.set(to_i64(raft.snapshot_index));
+        self.purged_index.set(to_i64(raft.purged_index));
+        for status in [NodeStatus::Ready, NodeStatus::Down, NodeStatus::Unknown] {
+            let count = state.nodes.values().filter(|n| n.status == status).count();
+            self.nodes
+                .get_or_create(&NodeLabels {
+                    state: status.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The text exposition.
+    ///
+    /// # Errors
+    /// If encoding fails.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Serves `/metrics` and `/healthz`; `refresh` runs before each scrape.
+///
+/// # Errors
+/// If binding or serving fails.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                let refresh = Arc::clone(&refresh);
+                async move {
+                    refresh();
+                    match metrics.encode() {
+                        Ok(body) => (
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        )
+                            .into_response(),
+                        Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app).await
+}
+
+/// A tower layer timing every gRPC call into `mesh_manager_rpc_duration_seconds`.
+#[derive(Clone, Debug)]
+pub struct RpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcMetricsLayer {
+    /// Records into `metrics`.
+    #[must_use]
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] wraps around the gRPC router.
+#[derive(Clone, Debug)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let metrics = Arc::clone(&self.metrics);
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            // Unary errors carry grpc-status in the headers; streams and
+            // successes carry it in trailers, which this layer does not wait for.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("0")
+                .to_string();
+            metrics.observe_rpc(&method, &code, started.elapsed());
+            Ok(response)
+        })
+    }
+}

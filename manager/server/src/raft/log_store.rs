@@ -1,0 +1,479 @@
+//! The Raft log, the vote and the committed/purged markers, in redb.
+//!
+//! One redb database file holds the log (table `raft_log`, key = log index,
+//! value = the entry as JSON), a small metadata table (`raft_meta`: vote,
+//! committed log id, last purged log id) and, written by the state machine,
+//! the latest snapshot. Votes, truncations, purges and snapshots commit with
+//! [`Durability::Immediate`] (fsync) before they return. Appends commit
+//! without fsync and are made durable by a flusher thread that fsyncs once
+//! for every batch of appends waiting (group commit) and only then tells
+//! openraft they are on disk; openraft acknowledges nothing before that, so
+//! an acknowledged vote or log entry survives a crash.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Entry, TypeConfig};
+use mesh_api::node::NodeId;
+
+/// Log entries by index, JSON-encoded.
+pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+/// Vote, committed and last purged log ids, JSON-encoded.
+pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// A failure of the redb database or of (de)serialising what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// redb failed.
+    #[error("raft database: {0}")]
+    Redb(#[from] redb::Error),
+    /// A stored value is not valid JSON for its type, or a value could not be encoded.
+    #[error("raft database: bad stored value: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The blocking task running a database write panicked or was cancelled.
+    #[error("raft database: write task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                DbError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Wraps a [`DbError`] as openraft's storage error for `subject` and `verb`.
+pub(crate) fn storage_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: &DbError,
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
+}
+
+/// Runs one durable write transaction: `f` fills it, then it is committed
+/// with immediate durability (fsync).
+pub(crate) fn write_txn<T>(
+    db: &Database,
+    f: impl FnOnce(&WriteTransaction) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let out = f(&txn)?;
+    txn.commit()?;
+    Ok(out)
+}
+
+/// Runs a blocking database job on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DbError> + Send + 'static,
+) -> Result<T, DbError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+fn put_meta<T: Serialize>(txn: &WriteTransaction, key: &str, value: &T) -> Result<(), DbError> {
+    let bytes = serde_json::to_vec(value)?;
+    txn.open_table(META)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+/// The redb-backed Raft log. Cheap to clone: clones share the database.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    db: Arc<Database>,
+    /// The last committed index openraft saved, for metrics (0 = none).
+    committed: Arc<std::sync::atomic::AtomicU64>,
+    /// Appends waiting for their fsync, handed to the flusher thread.
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Group commit: appends are committed without fsync (visible to readers
+/// at once); this thread then makes everything appended so far durable
+/// with one fsync (an empty commit with immediate durability, which in
+/// redb persists every earlier non-durable commit) and tells openraft,
+/// for every append that was waiting, in order. Under load one fsync
+/// covers many appends; openraft never waits for the disk to accept the
+/// next entries. The thread holds the database weakly and ends when the
+/// last `LogStore` clone is dropped.
+fn spawn_flusher(db: &Arc<Database>) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    let db = Arc::downgrade(db);
+    std::thread::Builder::new()
+        .name("raft-log-flush".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(rx.try_iter());
+                let flushed = match db.upgrade() {
+                    Some(db) => write_txn(&db, |_| Ok(())).map_err(|e| e.to_string()),
+                    None => Err("the raft database is closed".to_string()),
+                };
+                for callback in waiting {
+                    callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
+                }
+            }
+        })
+        .expect("spawning the raft log flusher thread");
+    tx
+}
+
+impl LogStore {
+    /// Opens the log in `db`, creating its tables if needed.
+    ///
+    /// # Errors
+    /// [`DbError`] when the tables cannot be created.
+    pub fn new(db: Arc<Database>) -> Result<Self, DbError> {
+        write_txn(&db, |txn| {
+            txn.open_table(LOG)?;
+            txn.open_table(META)?;
+            Ok(())
+        })?;
+        let flusher = spawn_flusher(&db);
+        Ok(Self {
+            db,
+            committed: Arc::default(),
+            flusher,
+        })
+    }
+
+    /// The highest log index known committed (as last saved by openraft),
+    /// shared: it stays readable without holding the database open.
+    #[must_use]
+    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.committed)
+    }
+
+    fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DbError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        match table.get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, DbError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        let mut out = Vec::new();
+        for row in table.range::<u64>(range)? {
+            let (_, v) = row?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, DbError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        match table.last()? {
+            Some((_, v)) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The last purged log id, if any.
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn last_purged(&self) -> Result<Option<LogId<NodeId>>, DbError> {
+        self.meta(LAST_PURGED)
+    }
+
+    /// The id of the last entry in the log (or the last purged one when
+    /// the log is empty).
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, DbError> {
+        match self.last_entry()? {
+            Some(e) => Ok(Some(e.log_id)),
+            None => self.last_purged(),
+        }
+    }
+
+    /// The saved vote, if any.
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn vote(&self) -> Result<Option<Vote<NodeId>>, DbError> {
+        self.meta(VOTE)
+    }
+
+    /// Entries from `from` (inclusive) to the end of the log.
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn entries_from(&self, from: u64) -> Result<Vec<Entry>, DbError> {
+        self.entries((Bound::Included(from), Bound::Unbounded))
+    }
+
+    /// Appends `entries` and saves `vote` in one durable transaction,
+    /// outside openraft (used to force a new cluster before starting it).
+    /// With `purged`, the log up to it is purged in the same transaction
+    /// (when a snapshot is ahead of the log, the log must resume after it).
+    ///
+    /// # Errors
+    /// [`DbError`] on a database failure.
+    pub fn append_with_vote(
+        &self,
+        entries: &[Entry],
+        vote: &Vote<NodeId>,
+        purged: Option<LogId<NodeId>>,
+    ) -> Result<(), DbError> {
+        write_txn(&self.db, |txn| {
+            {
+                let mut table = txn.open_table(LOG)?;
+                if let Some(purged) = purged {
+                    table.retain_in::<u64, _>(..=purged.index, |_, _| false)?;
+                }
+                for e in entries {
+                    let bytes = serde_json::to_vec(e)?;
+                    table.insert(e.log_id.index, bytes.as_slice())?;
+                }
+            }
+            if let Some(purged) = purged {
+                put_meta(txn, LAST_PURGED, &purged)?;
+            }
+            put_meta(txn, VOTE, vote)
+        })
+    }
+
+    async fn put_meta_durable<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), DbError> {
+        let bytes = serde_json::to_vec(value)?;
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |txn| {
+                txn.open_table(META)?.insert(key, bytes.as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.entries(bounds)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let read = || -> Result<_, DbError> {
+            let last_purged = self.last_purged()?;
+            let last = self.last_entry()?.map(|e| e.log_id).or(last_purged);
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        };
+        read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.put_meta_durable(VOTE, vote)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.vote()
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, &e))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        if let Some(log_id) = committed {
+            self.committed
+                .fetch_max(log_id.index, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Not fsynced: the committed marker only saves re-applying entries
+        // after a restart. If it is lost, the node applies from its snapshot
+        // and learns the commit index from the leader again; nothing that
+        // was acknowledged depends on it (the entries themselves are
+        // durable). One fsync per commit fewer.
+        let bytes = serde_json::to_vec(&committed)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &DbError::from(e)))?;
+        let db = self.db.clone();
+        blocking(move || {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            txn.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e: DbError| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let committed = self
+            .meta::<Option<LogId<NodeId>>>(COMMITTED)
+            .map(Option::flatten)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        if let Some(log_id) = committed {
+            self.committed
+                .fetch_max(log_id.index, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encode = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e)?)))
+            .collect::<Result<Vec<_>, DbError>>();
+        let db = self.db.clone();
+        let result = match encode {
+            Ok(rows) => {
+                blocking(move || {
+                    let mut txn = db.begin_write()?;
+                    // Visible to readers now, durable when the flusher's
+                    // next fsync lands.
+                    txn.set_durability(Durability::None)?;
+                    {
+                        let mut table = txn.open_table(LOG)?;
+                        for (index, bytes) in &rows {
+                            table.insert(*index, bytes.as_slice())?;
+                        }
+                    }
+                    txn.commit()?;
+                    Ok(())
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                if let Err(unsent) = self.flusher.send(callback) {
+                    unsent
+                        .0
+                        .log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |txn| {
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in::<u64, _>(log_id.index.., |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |txn| {
+                put_meta(txn, LAST_PURGED, &log_id)?;
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in::<u64, _>(..=log_id.index, |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::StorageError;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::LogStore;
+    use crate::raft::TypeConfig;
+    use crate::raft::state_machine::StateMachineStore;
+    use crate::raft::test_support::TestDir;
+    use mesh_api::node::NodeId;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TestDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(TestDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+            let dir = TestDir::new("suite");
+            let db =
+                Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("create db"));
+            let log = LogStore::new(db.clone()).expect("log store");
+            let sm = StateMachineStore::open(db, Arc::default()).expect("state machine");
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage conformance suite against the redb store.
+    #[test]
+    fn openraft_storage_suite() {
+        if let Err(e) = Suite::test_all(Builder) {
+            panic!("storage suite failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The `mesh.v1.Raft` gRPC service: openraft's RPCs from peers, writes
+//! forwarded by followers, and managers asking to join the voters.
+//!
+//! Authentication and authorisation (manager certificates only) are the
+//! interceptor's job; this service trusts the [`Caller`] it finds in the
+//! request's extensions.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::network::MAX_MESSAGE_BYTES;
+use super::{LocalWriteError, MembershipError, RaftNode};
+use mesh_api::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+
+use crate::auth::Caller;
+use crate::proto::raft_server::{Raft, RaftServer};
+use crate::proto::{AddManagerRequest, AddManagerResponse, RaftPayload};
+use mesh_api::node::{NodeId, format_id};
+use mesh_core::state::Command;
+
+/// The Raft gRPC service of one manager.
+#[derive(Clone, Debug)]
+pub struct RaftService {
+    node: RaftNode,
+}
+
+impl RaftService {
+    /// The service for `node`.
+    #[must_use]
+    pub fn new(node: RaftNode) -> Self {
+        Self { node }
+    }
+
+    /// The tonic server for this service, with message limits large enough
+    /// for snapshot chunks.
+    #[must_use]
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&request.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    let json = serde_json::to_vec(value)
+        .map_err(|e| Status::internal(format!("cannot encode raft payload: {e}")))?;
+    Ok(Response::new(RaftPayload { json }))
+}
+
+/// `FAILED_PRECONDITION` naming the leader (in the message and in metadata),
+/// or saying that no leader is known.
+pub(crate) fn not_leader(leader: Option<(NodeId, String)>) -> Status {
+    match leader {
+        Some((id, addr)) => {
+            let mut status = Status::failed_precondition(format!(
+                "this manager is not the leader; the leader is {} at {addr}",
+                format_id(id)
+            ));
+            if let Ok(v) = MetadataValue::try_from(format_id(id)) {
+                status.metadata_mut().insert(LEADER_ID_HEADER, v);
+            }
+            if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+                status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
+            }
+            status
+        }
+        None => Status::failed_precondition(
+            "this manager is not the leader and knows no leader (election in progress or no quorum)",
+        ),
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request)?;
+        encode(&self.node.raft().append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request)?;
+        encode(&self.node.raft().vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request)?;
+        encode(&self.node.raft().install_snapshot(rpc).await)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let command: Command = decode(request)?;
+        match self.node.write_local(command).await {
+            Ok(response) => encode(&response),
+            Err(LocalWriteError::NotLeader(leader)) => Err(not_leader(leader)),
+            Err(LocalWriteError::NoQuorum) => Err(Status::deadline_exceeded(
+                "no quorum: the write was not committed",
+            )),
+            Err(LocalWriteError::Fatal(e)) => Err(Status::internal(format!("raft stopped: {e}"))),
+        }
+    }
+
+    async fn add_manager(
+        &self,
+        request: Request<AddManagerRequest>,
+    ) -> Result<Response<AddManagerResponse>, Status> {
+        let Some(caller) = request.extensions().get::<Caller>().copied() else {
+            return Err(Status::unauthenticated("no authenticated caller"));
+        };
+        let addr = request.into_inner().addr;
+        if addr.is_empty() {
+            return Err(Status::invalid_argument("addr is empty"));
+        }
+        match self.node.add_voter(caller.node_id, addr).await {
+            Ok(()) => Ok(Response::new(AddManagerResponse {})),
+            Err(MembershipError::NotLeader(leader)) => Err(not_leader(leader)),
+            Err(e @ MembershipError::Timeout(_)) => Err(Status::deadline_exceeded(e.to_string())),
+            Err(e @ MembershipError::Refused(_)) => Err(Status::failed_precondition(e.to_string())),
+            Err(e @ MembershipError::Fatal(_)) => Err(Status::internal(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Clusters of real Raft nodes in one process, over tonic servers on
+//! 127.0.0.1 (plaintext). Every wait is a poll of openraft's metrics with a
+//! deadline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Endpoint, Server};
+
+use super::test_support::TestDir;
+use super::{RaftNode, RaftService, RaftTuning, WriteError};
+use crate::auth::Caller;
+use crate::proto::AddManagerRequest;
+use crate::proto::raft_client::RaftClient;
+use mesh_api::cluster::{CaMaterial, JoinSecrets};
+use mesh_api::node::{Node, NodeId, Role};
+use mesh_core::state::{Applied, ClusterState, Command};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Test-only authentication: the caller names itself in a header.
+const TEST_CALLER: &str = "x-test-node-id";
+
+fn tuning() -> RaftTuning {
+    RaftTuning {
+        heartbeat: Duration::from_millis(50),
+        election_min: Duration::from_millis(300),
+        election_max: Duration::from_millis(600),
+        write_timeout: Duration::from_secs(2),
+        ..RaftTuning::default()
+    }
+}
+
+fn connector() -> super::Connector {
+    Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")))
+}
+
+/// One manager: its data dir, address, Raft node and gRPC server.
+struct TestNode {
+    id: NodeId,
+    addr: SocketAddr,
+    node: RaftNode,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    /// Opens the node's data in `dir` and serves it on `addr` (port 0: any).
+    async fn start(id: NodeId, dir: &TestDir, addr: SocketAddr, tuning: RaftTuning) -> Self {
+        let node = RaftNode::open(dir.path(), id, connector(), tuning)
+            .await
+            .expect("open raft node");
+        Self::serve(id, node, addr).await
+    }
+
+    async fn serve(id: NodeId, node: RaftNode, addr: SocketAddr) -> Self {
+        let listener = bind(addr).await;
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = InterceptedService::new(
+            RaftService::new(node.clone()).into_server(),
+            |mut req: tonic::Request<()>| {
+                let id = req
+                    .metadata()
+                    .get(TEST_CALLER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<NodeId>().ok());
+                if let Some(node_id) = id {
+                    req.extensions_mut().insert(Caller {
+                        node_id,
+                        role: Role::Manager,
+                    });
+                }
+                Ok(req)
+            },
+        );
+        let server = tokio::spawn(async move {
+            let _ = Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            id,
+            addr,
+            node,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops Raft and the server (a crash, as far as peers can tell).
+    async fn stop(&mut self) {
+        self.node.shutdown().await.expect("raft shutdown");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(2), &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    fn state(&self) -> ClusterState {
+        self.node.shared_state().read().expect("state lock").clone()
+    }
+
+    fn last_applied(&self) -> u64 {
+        self.node.metrics().last_applied.map_or(0, |l| l.index)
+    }
+
+    async fn wait_applied(&self, index: u64, what: &str) {
+        self.node
+            .raft()
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(index), what)
+            .await
+            .unwrap_or_else(|e| panic!("node {}: {what}: {e}", self.id));
+    }
+}
+
+/// Binds `addr`, retrying briefly while a just-closed listener lingers.
+async fn bind(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline && addr.port() != 0 => {
+                tracing::debug!("rebinding {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn bootstrap(first: NodeId) -> Command {
+    Command::Bootstrap {
+        cluster_id: "test-cluster".to_owned(),
+        ca: CaMaterial {
+            cert_pem: "cert".to_owned(),
+            key_pem: "key".to_owned(),
+        },
+        secrets: JoinSecrets::default(),
+        first: Node::new(first, "m1".to_owned(), Role::Manager, 0),
+    }
+}
+
+fn add_worker(k: NodeId) -> Command {
+    Command::AddNode {
+        node: Node::new(k, format!("w{k}"), Role::Worker, 0),
+    }
+}
+
+fn has_node(state: &ClusterState, k: NodeId) -> bool {
+    state.nodes.contains_key(&k)
+}
+
+/// Writes `cmd` through `node` and expects it committed and accepted.
+async fn must_write(node: &RaftNode, cmd: Command) {
+    let response = node.write(cmd).await.expect("write committed");
+    assert!(matches!(response, Ok(Applied::Node(_))), "{response:?}");
+}
+
+/// A bootstrapped single-node cluster with node `id`, serving.
+async fn first_node(id: NodeId, dir: &TestDir, tuning: RaftTuning) -> TestNode {
+    let n = TestNode::start(id, dir, any_port(), tuning).await;
+    n.node.initialize(n.addr()).await.expect("initialize");
+    n.node
+        .raft()
+        .wait(Some(WAIT))
+        .state(ServerState::Leader, "bootstrap leader")
+        .await
+        .expect("leader after initialize");
+    must_write(&n.node, bootstrap(id)).await;
+    n
+}
+
+/// Three voters: 1 bootstraps; 2 joins with the AddManager RPC, 3 with
+/// `add_voter`.
+async fn three_nodes(dirs: &[TestDir; 3], tuning: &RaftTuning) -> Vec<TestNode> {
+    let n1 = first_node(1, &dirs[0], tuning.clone()).await;
+    let n2 = TestNode::start(2, &dirs[1], any_port(), tuning.clone()).await;
+    let n3 = TestNode::start(3, &dirs[2], any_port(), tuning.clone()).await;
+
+    let mut client = RaftClient::connect(format!("http://{}", n1.addr))
+        .await
+        .expect("connect to n1");
+    // Without an authenticated caller the RPC is refused.
+    let refused = client
+        .add_manager(AddManagerRequest { addr: n2.addr() })
+        .await
+        .expect_err("AddManager without a caller");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(!n1.node.is_voter(2));
+    for _ in 0..2 {
+        // Twice: AddManager is idempotent.
+        let mut req = tonic::Request::new(AddManagerRequest { addr: n2.addr() });
+        req.metadata_mut()
+            .insert(TEST_CALLER, "2".parse().expect("metadata"));
+        client.add_manager(req).await.expect("AddManager for n2");
+    }
+    n1.node
+        .add_voter(3, n3.addr())
+        .await
+        .expect("add n3 as voter");
+    let voters: BTreeSet<NodeId> = n1.node.voters().into_keys().collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3]));
+    assert!(n1.node.is_voter(3));
+    vec![n1, n2, n3]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_forwards_survives_leader_loss_and_restarts() {
+    let dirs = [TestDir::new("c1"), TestDir::new("c2"), TestDir::new("c3")];
+    let tuning = tuning();
+    let mut nodes = three_nodes(&dirs, &tuning).await;
+
+    // Writes through the leader and through a follower (forwarded).
+    must_write(&nodes[0].node, add_worker(100)).await;
+    assert_eq!(nodes[1].node.leader().map(|l| l.0), Some(1));
+    must_write(&nodes[1].node, add_worker(101)).await;
+    must_write(&nodes[2].node, add_worker(102)).await;
+    // A refused command is a committed, deterministic answer.
+    let refused = nodes[2]
+        .node
+        .write(add_worker(102))
+        .await
+        .expect("committed");
+    assert!(refused.is_err(), "{refused:?}");
+    for n in &nodes {
+        n.wait_applied(nodes[0].last_applied(), "replicated").await;
+        for k in 100..=102 {
+            assert!(has_node(&n.state(), k), "node {} lacks {k}", n.id);
+        }
+    }
+
+    // A stream of writes through the followers while the leader dies.
+    let acked = Arc::new(Mutex::new(Vec::<NodeId>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = [nodes[1].node.clone(), nodes[2].node.clone()];
+    let stream = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut k = 1000;
+            let mut failed = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let via = &writers[usize::try_from(k % 2).unwrap_or(0)];
+                match via.write(add_worker(k)).await {
+                    Ok(Ok(_)) => acked.lock().await.push(k),
+                    Ok(Err(e)) => panic!("write {k} refused: {e}"),
+                    Err(_) => failed += 1,
+                }
+                k += 1;
+            }
+            failed
+        })
+    };
+    let wait_acked = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while acked.lock().await.len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "fewer than {n} writes acknowledged"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_acked(20).await;
+    let leader = nodes[0].node.leader().expect("leader").0;
+    assert_eq!(leader, 1);
+    let killed_at = Instant::now();
+    nodes[0].stop().await;
+    let new_leader = nodes[1]
+        .node
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != 1),
+            "a new leader after the old one died",
+        )
+        .await
+        .expect("new leader")
+        .current_leader
+        .expect("leader");
+    let failover = killed_at.elapsed();
+    let before = acked.lock().await.len();
+    wait_acked(before + 20).await;
+    stop.store(true, Ordering::Relaxed);
+    let failed = stream.await.expect("writer task");
+    let acked = acked.lock().await.clone();
+    tracing::info!(
+        ?failover,
+        new_leader,
+        failed,
+        acked = acked.len(),
+        "failover"
+    );
+
+    // Every acknowledged write is on both survivors.
+    let leader_node = nodes
+        .iter()
+        .find(|n| n.id == new_leader)
+        .expect("new leader is a survivor");
+    let target = leader_node.last_applied();
+    for n in &nodes[1..] {
+        n.wait_applied(target, "survivors converge").await;
+        let state = n.state();
+        for k in &acked {
+            assert!(
+                has_node(&state, *k),
+                "acknowledged write {k} missing on node {}",
+                n.id
+            );
+        }
+    }
+
+    // The old leader restarts from its directory and catches up.
+    let addr = nodes[0].addr;
+    nodes[0] = TestNode::start(1, &dirs[0], addr, tuning.clone()).await;
+    must_write(&nodes[1].node, add_worker(5000)).await;
+    let target = leader_node_index(&nodes, new_leader);
+    nodes[0]
+        .wait_applied(target, "restarted node catches up")
+        .await;
+    assert_eq!(nodes[0].state(), nodes[1].state());
+    assert!(has_node(&nodes[0].state(), 5000));
+    assert_eq!(nodes[0].node.leader().map(|l| l.0), Some(new_leader));
+    // And serves writes again (forwarded to the new leader).
+    must_write(&nodes[0].node, add_worker(5001)).await;
+
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+fn leader_node_index(nodes: &[TestNode], leader: NodeId) -> u64 {
+    nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .map_or(0, TestNode::last_applied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_purge_logs_install_on_new_nodes_and_restore_on_restart() {
+    let dirs = [TestDir::new("s1"), TestDir::new("s2")];
+    let tuning = RaftTuning {
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10),
+        logs_to_keep: 0,
+        ..tuning()
+    };
+    let mut n1 = first_node(1, &dirs[0], tuning.clone()).await;
+    for k in 0..40 {
+        must_write(&n1.node, add_worker(100 + k)).await;
+    }
+    let m = n1
+        .node
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= 20) && m.snapshot.is_some(),
+            "snapshot built and log purged",
+        )
+        .await
+        .expect("log compaction");
+    let purged = m.purged.expect("purged").index;
+
+    // A new node can only catch up by snapshot: the log it needs is gone.
+    let mut n2 = TestNode::start(2, &dirs[1], any_port(), tuning.clone()).await;
+    n1.node.add_voter(2, n2.addr()).await.expect("add n2");
+    n2.wait_applied(n1.last_applied(), "n2 catches up").await;
+    let m2 = n2.node.metrics();
+    assert!(
+        m2.snapshot.is_some_and(|s| s.index >= purged),
+        "n2 installed a snapshot: {:?}",
+        m2.snapshot
+    );
+    assert_eq!(n2.state(), n1.state());
+    must_write(&n2.node, add_worker(999)).await;
+    n1.wait_applied(n2.last_applied(), "n1 applied n2's write")
+        .await;
+    n2.wait_applied(n1.last_applied(), "n2 applied its write")
+        .await;
+
+    // Both stop; n1 alone (no quorum) rebuilds its state from its snapshot
+    // and the committed log tail.
+    let before = n1.state();
+    let applied = n1.last_applied();
+    n2.stop().await;
+    n1.stop().await;
+    let mut n1 = TestNode::start(1, &dirs[0], n1.addr, tuning.clone()).await;
+    n1.wait_applied(applied, "restored from snapshot + log")
+        .await;
+    assert_eq!(n1.state(), before);
+    assert!(has_node(&n1.state(), 999));
+    n1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_quorum_fails_in_bounded_time_and_force_new_cluster_recovers() {
+    let dirs = [TestDir::new("f1"), TestDir::new("f2"), TestDir::new("f3")];
+    let tuning = tuning();
+    let mut nodes = three_nodes(&dirs, &tuning).await;
+    for k in 0..5 {
+        must_write(
+            &nodes[usize::try_from(k % 3).unwrap_or(0)].node,
+            add_worker(100 + k),
+        )
+        .await;
+    }
+    let committed = nodes[0].state();
+    assert_eq!(nodes[0].node.leader().map(|l| l.0), Some(1));
+
+    // The two followers die: the leader cannot commit.
+    nodes[1].stop().await;
+    nodes[2].stop().await;
+    let started = Instant::now();
+    let err = nodes[0]
+        .node
+        .write(add_worker(200))
+        .await
+        .expect_err("a write without quorum fails");
+    let took = started.elapsed();
+    assert!(matches!(err, WriteError::NoQuorum), "{err:?}");
+    assert_eq!(err.to_string(), "no quorum: the write was not committed");
+    assert!(
+        took < tuning.write_timeout + Duration::from_secs(1),
+        "took {took:?}"
+    );
+
+    // The lone survivor is forced into a new one-manager cluster.
+    nodes[0].stop().await;
+    let addr = nodes[0].addr;
+    let node = RaftNode::force_new_cluster(
+        dirs[0].path(),
+        1,
+        addr.to_string(),
+        connector(),
+        tuning.clone(),
+    )
+    .await
+    .expect("force new cluster");
+    let n1 = TestNode::serve(1, node, addr).await;
+    n1.node
+        .raft()
+        .wait(Some(WAIT))
+        .state(ServerState::Leader, "forced node leads")
+        .await
+        .expect("leader after force-new-cluster");
+    assert_eq!(n1.node.voters(), BTreeMap::from([(1, addr.to_string())]));
+    must_write(&n1.node, add_worker(300)).await;
+    let state = n1.state();
+    for k in committed.nodes.keys() {
+        assert!(has_node(&state, *k), "committed node {k} lost");
+    }
+    assert!(has_node(&state, 300));
+    let mut n1 = n1;
+    n1.stop().await;
+}

@@ -1,8 +1,0 @@
-//! `meshctl service ...`'s pure parts: its flags and how they build or
-//! change a [`crate::spec::ServiceSpec`] ([`flags`]), its tables and
-//! summaries ([`view`]), and when a create, update or rollback has
-//! converged ([`progress`]). The binary only adds the gRPC calls.
-
-pub mod flags;
-pub mod progress;
-pub mod view;
