@@ -1,6 +1,6 @@
 //! Per-RPC authentication and authorisation from the caller's certificate.
 //!
-//! The TLS layer ([`mesh_client::pki::server_tls`]) accepts only client
+//! The TLS layer ([`crate::tls::server_tls`]) accepts only client
 //! certificates the cluster CA signed, but lets callers without a
 //! certificate in (joining nodes have none yet). Each service is wrapped in
 //! an interceptor that decides per call:
@@ -235,11 +235,11 @@ mod tests {
 
     use super::*;
     use crate::proto;
+    use crate::tls::server_tls;
     use mesh_api::cluster::CaMaterial;
     use mesh_api::node::Node;
     use mesh_client::pki::{
         Authority, client_tls, explain_tls_failure, fetch_ca, generate_ca, generate_key_and_csr,
-        server_tls,
     };
     use mesh_core::state::ClusterState;
 

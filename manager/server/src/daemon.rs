@@ -187,8 +187,9 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| failed(&format!("listening on {}", options.listen))(e.to_string()))?;
-    let server_tls = pki::server_tls(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
-        .map_err(|e| failed("TLS setup")(e.to_string()))?;
+    let server_tls =
+        crate::tls::server_tls(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
+            .map_err(|e| failed("TLS setup")(e.to_string()))?;
     let state = raft.shared_state();
     let router = Server::builder()
         .tls_config(server_tls)

@@ -24,3 +24,4 @@ pub mod grpc;
 pub mod leader;
 pub mod metrics;
 pub mod raft;
+pub mod tls;

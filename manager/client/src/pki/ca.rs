@@ -86,7 +86,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The first certificate of a PEM bundle, as DER.
-pub(super) fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+///
+/// # Errors
+/// [`PkiError::InvalidCertificate`] if `pem` holds no certificate.
+pub fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| PkiError::InvalidCertificate(format!("no PEM certificate: {e}")))
 }

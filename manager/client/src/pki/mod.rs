@@ -12,9 +12,10 @@
 //! - a node's certificate names it: CN is the node ID ([`format_id`]), O the
 //!   cluster ID, OU its role (`mesh-manager` or `mesh-worker`); managers are
 //!   also TLS servers under the name [`MANAGER_SERVER_NAME`];
-//! - every connection is mutual TLS ([`server_tls`], [`client_tls`]), except
+//! - every connection is mutual TLS (the managers' server side in
+//!   `mesh-manager`, [`client_tls`] here), except
 //!   that a joining node has no certificate yet: the server lets it in at the
-//!   TLS layer and the per-RPC checks in [`crate::auth`] decide.
+//!   TLS layer and the managers' per-RPC checks decide.
 //!
 //! [`format_id`]: crate::state::format_id
 
@@ -27,11 +28,11 @@ use std::io;
 use std::path::PathBuf;
 
 pub use ca::{
-    Authority, CA_VALIDITY, CertInfo, NODE_CERT_VALIDITY, ca_digest, ca_digest_der, generate_ca,
-    parse_cert_der, parse_cert_pem, parse_node_id, role_ou,
+    Authority, CA_VALIDITY, CertInfo, NODE_CERT_VALIDITY, ca_digest, ca_digest_der, first_cert_der,
+    generate_ca, parse_cert_der, parse_cert_pem, parse_node_id, role_ou,
 };
 pub use identity::{CA_FILE, CERT_FILE, KEY_FILE, NodeIdentity, TlsDir, generate_key_and_csr};
-pub use tls::{HANDSHAKE_TIMEOUT, client_tls, explain_tls_failure, fetch_ca, server_tls};
+pub use tls::{HANDSHAKE_TIMEOUT, client_tls, explain_tls_failure, fetch_ca};
 pub use token::{JoinToken, SECRET_LEN, TokenError, generate_secret, role_for};
 
 /// The DNS name in every manager's certificate, and the name clients verify.

@@ -1,5 +1,6 @@
-//! TLS configuration of the control plane's servers and clients, and the
-//! CA-pinning handshake a joining node starts with.
+//! TLS configuration of the control plane's clients, and the CA-pinning
+//! handshake a joining node starts with. (The managers' server side is
+//! `mesh-manager`'s `tls` module.)
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -7,55 +8,17 @@ use std::time::Duration;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::AsyncWriteExt as _;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use super::ca::{ca_digest_der, first_cert_der};
+use super::ca::ca_digest_der;
 use super::{MANAGER_SERVER_NAME, PkiError};
 
-/// How long a server waits for a client to finish the TLS handshake, and
+/// How long a manager waits for a client to finish the TLS handshake, and
 /// [`fetch_ca`] for the whole exchange.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The TLS configuration of a manager's gRPC server.
-///
-/// The server presents `cert_pem` followed by the CA certificate (so that a
-/// joining node can pin the CA by its digest, see [`fetch_ca`]), and asks
-/// every client for a certificate signed by the CA. A client without a
-/// certificate is let in at the TLS layer, because a joining node has none
-/// yet: the per-RPC checks ([`crate::auth`]) refuse it everywhere but
-/// `Join`. A client with a certificate the CA did not sign fails the
-/// handshake.
-///
-/// # Errors
-///
-/// [`PkiError::InvalidCertificate`] if a PEM input holds no certificate or
-/// no private key (tonic would only notice when the server starts, with a
-/// vaguer message).
-pub fn server_tls(
-    ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<ServerTlsConfig, PkiError> {
-    first_cert_der(ca_pem)
-        .map_err(|e| PkiError::InvalidCertificate(format!("CA certificate: {e}")))?;
-    first_cert_der(cert_pem)?;
-    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| PkiError::InvalidCertificate(format!("private key: {e}")))?;
-    let chain = if cert_pem.contains(ca_pem.trim()) {
-        cert_pem.to_owned()
-    } else {
-        format!("{}\n{}", cert_pem.trim_end(), ca_pem)
-    };
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain, key_pem))
-        .client_ca_root(Certificate::from_pem(ca_pem))
-        .client_auth_optional(true)
-        .timeout(HANDSHAKE_TIMEOUT))
-}
 
 /// The TLS configuration of a client of a manager: it trusts the cluster CA
 /// only and expects the server name [`MANAGER_SERVER_NAME`], which every
@@ -316,6 +279,7 @@ fn der_to_pem(der: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::pki::generate_ca;
+    use rustls::pki_types::pem::PemObject as _;
 
     #[test]
     fn der_to_pem_round_trips() {
