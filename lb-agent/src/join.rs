@@ -385,10 +385,10 @@ fn execute(runtimes: &Runtimes, done: &mpsc::UnboundedSender<Done>, action: Acti
 
 /// Whether each draining task still has live flows in the flow table.
 fn live_flows(
-    table: &std::sync::Mutex<Option<crate::dataplane::FlowTable>>,
+    table: &std::sync::Mutex<Option<crate::dataplane::loader::FlowTable>>,
     draining: &BTreeMap<TaskId, Ipv4Addr>,
 ) -> BTreeMap<TaskId, bool> {
-    let now = crate::flows::monotonic_now_ns().unwrap_or(0);
+    let now = crate::dataplane::flows::monotonic_now_ns().unwrap_or(0);
     let mut busy = std::collections::BTreeSet::new();
     if let Some(table) = table.lock().expect("flow table lock poisoned").as_ref() {
         table.for_each(|key, flow| {

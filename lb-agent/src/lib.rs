@@ -7,25 +7,18 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
-pub mod bpffs;
 pub mod config;
 pub mod dataplane;
-pub mod desired;
-pub mod flows;
 pub mod host;
-pub mod ids;
 pub mod join;
-pub mod links;
 pub mod managed;
 pub mod metrics;
 pub mod neigh;
 pub mod plumb;
 pub mod runtime;
-pub mod state;
 pub mod sysctl;
 pub mod tasks;
 pub mod watch;
-pub mod wrr;
 
 /// The compiled eBPF object (all programs and map definitions), built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
