@@ -33,10 +33,10 @@ use crate::dataplane::desired::{self, Allocators, Desired};
 use crate::dataplane::links::{self, AttachError};
 use crate::dataplane::loader::{self, Dataplane, DataplaneError, FlowTable};
 use crate::dataplane::map_state::{self, DataplaneState};
-use crate::host::{HostError, HostInfo};
+use crate::host::interfaces::{HostError, HostInfo};
+use crate::host::neighbours::{self, NeighError};
+use crate::host::sysctl;
 use crate::metrics::{self, Metrics};
-use crate::neigh::{self, NeighError};
-use crate::sysctl;
 use crate::watch;
 
 /// Command-line overrides of configuration settings.
@@ -318,7 +318,7 @@ impl Agent {
 
         let underlay = host.interface(&config.node.underlay).map_or(0, |i| i.index);
         for gone in self.peers.difference(&desired.peers) {
-            if let Err(e) = neigh::remove(&self.netlink, self.underlay_ifindex, *gone).await {
+            if let Err(e) = neighbours::remove(&self.netlink, self.underlay_ifindex, *gone).await {
                 warn!(peer = %gone, error = %e, "cannot remove the neighbour entry of a removed peer");
             }
         }
@@ -337,7 +337,7 @@ impl Agent {
 
     /// Makes sure every peer has a neighbour entry on the underlay.
     pub async fn ensure_neighbours(&self) {
-        match neigh::ensure(&self.netlink, self.underlay_ifindex, &self.peers).await {
+        match neighbours::ensure(&self.netlink, self.underlay_ifindex, &self.peers).await {
             Ok(0) => {}
             Ok(n) => info!(entries = n, "created managed neighbour entries for peers"),
             Err(e) => warn!(error = %e, "checking peer neighbour entries failed"),

@@ -13,10 +13,8 @@ pub mod host;
 pub mod join;
 pub mod managed;
 pub mod metrics;
-pub mod neigh;
 pub mod plumb;
 pub mod runtime;
-pub mod sysctl;
 pub mod tasks;
 pub mod watch;
 

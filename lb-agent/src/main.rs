@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::agent::{self, Agent, Overrides};
 use lb_agent::config::{Config, XdpModeConfig};
-use lb_agent::host::HostInfo;
+use lb_agent::host::interfaces::HostInfo;
 use lb_agent::join::{self, JoinOptions, Managed};
 use lb_agent::runtime::Runtimes;
 use tracing_subscriber::EnvFilter;
@@ -208,7 +208,7 @@ fn read_table(path: &Path) -> Result<toml::Table> {
         .with_context(|| format!("parsing {}", path.display()))
 }
 
-async fn underlay_info(base: &Config) -> Result<lb_agent::host::Interface> {
+async fn underlay_info(base: &Config) -> Result<lb_agent::host::interfaces::Interface> {
     let host = HostInfo::query(&agent::netlink()?).await?;
     host.interface(&base.node.underlay)
         .cloned()

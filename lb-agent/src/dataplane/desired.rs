@@ -19,7 +19,7 @@ use crate::config::{Config, ConfigError, Protocol};
 use crate::dataplane::ids::IdAllocator;
 use crate::dataplane::map_state::{DataplaneState, SvcKey};
 use crate::dataplane::wrr;
-use crate::host::HostInfo;
+use crate::host::interfaces::HostInfo;
 
 /// The id allocators of an agent, kept across reloads.
 #[derive(Clone, Debug, PartialEq, Eq)]
