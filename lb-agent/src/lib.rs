@@ -10,12 +10,10 @@ pub mod agent;
 pub mod config;
 pub mod dataplane;
 pub mod host;
-pub mod join;
 pub mod managed;
 pub mod metrics;
 pub mod plumb;
 pub mod runtime;
-pub mod tasks;
 pub mod watch;
 
 /// The compiled eBPF object (all programs and map definitions), built by `build.rs`.

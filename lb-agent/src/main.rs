@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use lb_agent::agent::{self, Agent, Overrides};
 use lb_agent::config::{Config, XdpModeConfig};
 use lb_agent::host::interfaces::HostInfo;
-use lb_agent::join::{self, JoinOptions, Managed};
+use lb_agent::managed::join::{self, JoinOptions};
+use lb_agent::managed::run::{Managed, run_managed};
 use lb_agent::runtime::Runtimes;
 use tracing_subscriber::EnvFilter;
 
@@ -141,7 +142,7 @@ async fn run(cli: &Cli) -> Result<()> {
         task_mtu: mtu.saturating_sub(50),
         runtimes,
     };
-    let run = join::run_managed(session, managed, stop);
+    let run = run_managed(session, managed, stop);
     tokio::pin!(run);
     tokio::select! {
         result = &mut run => result?,
