@@ -12,7 +12,6 @@ pub mod dataplane;
 pub mod host;
 pub mod managed;
 pub mod metrics;
-pub mod plumb;
 pub mod runtime;
 pub mod watch;
 

@@ -21,7 +21,8 @@ use crate::agent::AgentError;
 use crate::config::Config;
 use crate::managed::join::{Session, log_event};
 use crate::managed::supervisor::{self, Action, Supervisor};
-use crate::runtime::{Runtimes, Started};
+use crate::runtime::Runtimes;
+use crate::runtime::task::Started;
 
 /// Why the managed agent stopped.
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ use manager::assignment::{AssignedTask, TaskAction};
 use manager::service::{TaskId, TaskState, TaskStatus};
 use manager::spec::HealthCheck;
 
-use crate::runtime::{Exit, Started, TaskConfig};
+use crate::runtime::task::{Exit, Started, TaskConfig};
 
 /// What the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
