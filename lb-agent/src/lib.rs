@@ -4,6 +4,16 @@
 //! Pure logic (configuration validation, desired state, diffing into ordered map
 //! operations, id allocation, flow expiry, weighted slot tables) lives in modules without
 //! I/O and is unit-tested without root; the dataplane, netlink and HTTP shells are thin.
+//!
+//! Layout, by role:
+//!
+//! - [`dataplane`]: loading, pinning, the maps and their desired state, WRR, flows;
+//! - [`host`]: the host's interfaces, neighbour entries and sysctls;
+//! - [`managed`]: joining a cluster, the session, the task supervisor, assignment to
+//!   configuration;
+//! - [`runtime`]: the process and docker runtimes and a task's network plumbing;
+//! - the standalone path at the top: [`config`], [`watch`], [`agent`], [`metrics`] (and
+//!   the `lb-agent` binary in `main.rs`).
 #![deny(unsafe_code)]
 
 pub mod agent;
