@@ -9,8 +9,8 @@
 //! Reload (SIGHUP, or the configuration file changing): a configuration that fails to
 //! parse or validate, or changes a setting that needs a restart, is logged, counted as a
 //! failure, and leaves the dataplane exactly as it was. A valid one is diffed against the
-//! maps and applied in the safe order of [`crate::state::diff`]; TC is attached to new
-//! local endpoints' interfaces and detached from removed ones.
+//! maps and applied in the safe order of [`crate::dataplane::map_state::diff`]; TC is
+//! attached to new local endpoints' interfaces and detached from removed ones.
 //!
 //! SIGTERM and SIGINT end the agent WITHOUT detaching anything: maps and links are
 //! pinned, traffic keeps flowing, and the next agent picks them up (an upgrade is stop,
@@ -27,16 +27,16 @@ use aya::programs::XdpMode;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
-use crate::bpffs::{self, BpffsError};
 use crate::config::{Config, ConfigError, XdpModeConfig};
-use crate::dataplane::{self, Dataplane, DataplaneError, FlowTable};
-use crate::desired::{self, Allocators, Desired};
-use crate::host::{HostError, HostInfo};
-use crate::links::{self, AttachError};
+use crate::dataplane::bpffs::{self, BpffsError};
+use crate::dataplane::desired::{self, Allocators, Desired};
+use crate::dataplane::links::{self, AttachError};
+use crate::dataplane::loader::{self, Dataplane, DataplaneError, FlowTable};
+use crate::dataplane::map_state::{self, DataplaneState};
+use crate::host::interfaces::{HostError, HostInfo};
+use crate::host::neighbours::{self, NeighError};
+use crate::host::sysctl;
 use crate::metrics::{self, Metrics};
-use crate::neigh::{self, NeighError};
-use crate::state::{self, DataplaneState};
-use crate::sysctl;
 use crate::watch;
 
 /// Command-line overrides of configuration settings.
@@ -144,7 +144,7 @@ pub async fn check(path: &Path, overrides: &Overrides) -> Result<Desired, AgentE
 /// If a pin cannot be removed.
 pub fn cleanup(pin_dir: &Path) -> Result<(usize, usize), AgentError> {
     let links = links::remove_all(pin_dir)?;
-    let maps = dataplane::remove_map_pins(pin_dir)?;
+    let maps = loader::remove_map_pins(pin_dir)?;
     Ok((links, maps))
 }
 
@@ -280,7 +280,7 @@ impl Agent {
         let current = self.dataplane.read_state()?;
         let mut allocs = self.allocs.clone();
         let desired = desired::compute(&config, host, &current, &mut allocs)?;
-        let ops = state::diff(&current, &desired.state);
+        let ops = map_state::diff(&current, &desired.state);
         self.dataplane.apply(&ops)?;
         self.allocs = allocs;
         let mut done = Reconciled {
@@ -318,7 +318,7 @@ impl Agent {
 
         let underlay = host.interface(&config.node.underlay).map_or(0, |i| i.index);
         for gone in self.peers.difference(&desired.peers) {
-            if let Err(e) = neigh::remove(&self.netlink, self.underlay_ifindex, *gone).await {
+            if let Err(e) = neighbours::remove(&self.netlink, self.underlay_ifindex, *gone).await {
                 warn!(peer = %gone, error = %e, "cannot remove the neighbour entry of a removed peer");
             }
         }
@@ -337,7 +337,7 @@ impl Agent {
 
     /// Makes sure every peer has a neighbour entry on the underlay.
     pub async fn ensure_neighbours(&self) {
-        match neigh::ensure(&self.netlink, self.underlay_ifindex, &self.peers).await {
+        match neighbours::ensure(&self.netlink, self.underlay_ifindex, &self.peers).await {
             Ok(0) => {}
             Ok(n) => info!(entries = n, "created managed neighbour entries for peers"),
             Err(e) => warn!(error = %e, "checking peer neighbour entries failed"),

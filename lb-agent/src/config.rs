@@ -14,7 +14,7 @@ use std::str::FromStr;
 use lb_common::maps::{MAX_BACKENDS, MAX_ENDPOINTS, MAX_SERVICES, MAX_SLOTS};
 use serde::Deserialize;
 
-use crate::host::HostInfo;
+use crate::host::interfaces::HostInfo;
 
 /// Default directory of pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mesh";
@@ -763,7 +763,7 @@ fn check_unicast(what: &str, addr: Ipv4Addr) -> Result<(), ConfigError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::host::Interface;
+    use crate::host::interfaces::Interface;
 
     pub(crate) const EXAMPLE: &str = r#"
 [node]

@@ -10,8 +10,9 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::agent::{self, Agent, Overrides};
 use lb_agent::config::{Config, XdpModeConfig};
-use lb_agent::host::HostInfo;
-use lb_agent::join::{self, JoinOptions, Managed};
+use lb_agent::host::interfaces::HostInfo;
+use lb_agent::managed::join::{self, JoinOptions};
+use lb_agent::managed::run::{Managed, run_managed};
 use lb_agent::runtime::Runtimes;
 use tracing_subscriber::EnvFilter;
 
@@ -141,7 +142,7 @@ async fn run(cli: &Cli) -> Result<()> {
         task_mtu: mtu.saturating_sub(50),
         runtimes,
     };
-    let run = join::run_managed(session, managed, stop);
+    let run = run_managed(session, managed, stop);
     tokio::pin!(run);
     tokio::select! {
         result = &mut run => result?,
@@ -208,7 +209,7 @@ fn read_table(path: &Path) -> Result<toml::Table> {
         .with_context(|| format!("parsing {}", path.display()))
 }
 
-async fn underlay_info(base: &Config) -> Result<lb_agent::host::Interface> {
+async fn underlay_info(base: &Config) -> Result<lb_agent::host::interfaces::Interface> {
     let host = HostInfo::query(&agent::netlink()?).await?;
     host.interface(&base.node.underlay)
         .cloned()

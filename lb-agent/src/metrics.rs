@@ -30,9 +30,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::dataplane::CounterMaps;
-use crate::desired::{BackendLabels, Desired, ServiceLabels};
-use crate::flows::FlowCounts;
+use crate::dataplane::desired::{BackendLabels, Desired, ServiceLabels};
+use crate::dataplane::flows::FlowCounts;
+use crate::dataplane::loader::CounterMaps;
 
 /// What the collector needs to label the counters, updated after each reload and sweep.
 #[derive(Clone, Debug, Default)]

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use common::{Node, fetch, poll, run, task_config, task_id};
-use lb_agent::plumb;
-use lb_agent::runtime::{Exit, Runtimes, TaskConfig};
+use lb_agent::runtime::Runtimes;
+use lb_agent::runtime::plumb;
+use lb_agent::runtime::task::{Exit, TaskConfig};
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::TaskId;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -70,7 +71,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
         assert!(
             matches!(
                 err,
-                lb_agent::runtime::RuntimeError::Unavailable(RuntimeKind::Docker, _)
+                lb_agent::runtime::error::RuntimeError::Unavailable(RuntimeKind::Docker, _)
             ),
             "{err}"
         );

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use common::{Node, fetch, poll, run, task_config, task_id};
-use lb_agent::plumb;
-use lb_agent::runtime::{Exit, Runtimes, TaskConfig};
+use lb_agent::runtime::Runtimes;
+use lb_agent::runtime::plumb;
+use lb_agent::runtime::task::{Exit, TaskConfig};
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::TaskId;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -125,7 +126,7 @@ fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> 
         assert!(!rt.health_check(id, "sleep 30", Duration::from_millis(300)).await?);
         assert!(matches!(
             rt.health_check(task_id(999), "true", Duration::from_secs(1)).await,
-            Err(lb_agent::runtime::RuntimeError::Unknown(_))
+            Err(lb_agent::runtime::error::RuntimeError::Unknown(_))
         ));
 
         // Stop: SIGTERM ends it (128 + 15); namespace, veth and route go.

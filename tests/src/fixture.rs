@@ -20,7 +20,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use lb_agent::dataplane::retry_eagain;
+use lb_agent::dataplane::loader::retry_eagain;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey, maps,
 };

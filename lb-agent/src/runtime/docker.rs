@@ -29,9 +29,10 @@ use mesh_api::task::TaskId;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::error::{RuntimeError, failed};
+use super::plumb::{self, Netlink};
 use super::table::TaskTable;
-use super::{Exit, RuntimeError, Started, TaskConfig, failed, task_env};
-use crate::plumb::{self, Netlink};
+use super::task::{Exit, Started, TaskConfig, task_env};
 
 /// The label holding a container's task ID (16 hex digits).
 pub const LABEL_TASK_ID: &str = "mesh.task.id";
@@ -379,7 +380,7 @@ impl DockerRuntime {
             let chunk = chunk.map_err(dk(format!("logs of {}", c.id)))?;
             text.push_str(&chunk.to_string());
         }
-        Ok(super::tail_lines(&text, tail))
+        Ok(super::task::tail_lines(&text, tail))
     }
 
     /// The containers labelled as this agent's: (task ID, container ID).

@@ -3,140 +3,43 @@
 //! Two runtimes share one shape: `process` (the default: a command the agent
 //! runs in a network namespace of its own) and `docker` (a container created
 //! through bollard with network mode `none`). Either way the agent plumbs the
-//! task's network itself ([`crate::plumb`]): a veth whose host side is the
+//! task's network itself ([`plumb`]): a veth whose host side is the
 //! TC attach point and the endpoint's interface, the task's ingress address
 //! as a /32, a link-local gateway, MTU = underlay MTU - 50.
 //!
-//! [`Runtimes`] dispatches on the task spec's runtime kind.
+//! [`Runtimes`] dispatches on the task spec's runtime kind. Its parts:
+//!
+//! - [`task`]: what a runtime is given and gives back for a task;
+//! - [`error`]: why a runtime failed;
+//! - [`plumb`]: a task's network (veth pair, address, gateway, routes);
+//! - [`netns`]: named network namespaces and running code inside one;
+//! - [`process`] and [`docker`]: the two runtimes.
+//!
+//! The parts depend on each other, never on this module.
 
 pub mod docker;
+pub mod error;
 pub mod netns;
+pub mod plumb;
 pub mod process;
 mod table;
+pub mod task;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_api::spec::{RuntimeKind, TaskSpec};
+use mesh_api::spec::RuntimeKind;
 use mesh_api::task::TaskId;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::plumb::{self, Netlink};
 use docker::DockerRuntime;
+use error::{RuntimeError, failed};
+use plumb::Netlink;
 use process::ProcessRuntime;
-
-/// What a runtime needs to start a task.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskConfig {
-    /// The task.
-    pub id: TaskId,
-    /// `web.1`: for logs and container names.
-    pub name: String,
-    /// What it runs.
-    pub spec: TaskSpec,
-    /// Its address on the ingress network (a /32 on its interface).
-    pub addr: Ipv4Addr,
-    /// The MTU of its interface.
-    pub mtu: u32,
-}
-
-/// A started task's network, as the dataplane needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Started {
-    /// The host side of the task's veth, in the agent's namespace.
-    pub host_iface: String,
-    /// Its ifindex.
-    pub ifindex: u32,
-}
-
-/// How a task's main process ended.
-///
-/// A task adopted from a previous agent run (see [`Runtimes::cleanup`]) that was not this
-/// agent's child ends with code -1: its real code cannot be known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Exit {
-    /// Its exit code; 128 + the signal's number if a signal killed it.
-    pub code: i32,
-}
-
-/// Why a runtime failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// The spec asks for a runtime this agent does not have.
-    #[error("the {0} runtime is not available on this node: {1}")]
-    Unavailable(RuntimeKind, String),
-    /// No task with this ID runs here.
-    #[error("task {0:016x} is not running on this node")]
-    Unknown(TaskId),
-    /// Starting, stopping or plumbing failed.
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<plumb::PlumbError> for RuntimeError {
-    fn from(e: plumb::PlumbError) -> Self {
-        RuntimeError::Failed(format!("plumbing: {e}"))
-    }
-}
-
-/// Maps an error to [`RuntimeError::Failed`] with context.
-pub(crate) fn failed<E: std::fmt::Display>(
-    what: impl Into<String>,
-) -> impl FnOnce(E) -> RuntimeError {
-    let what = what.into();
-    move |e| RuntimeError::Failed(format!("{what}: {e}"))
-}
-
-/// The service name in a task name (`web` in `web.1`).
-#[must_use]
-pub fn service_name(task_name: &str) -> &str {
-    task_name
-        .rsplit_once('.')
-        .map_or(task_name, |(service, _)| service)
-}
-
-/// A task's environment: its spec's `KEY=VALUE` pairs, then `MESH_TASK_ID` (16 hex
-/// digits), `MESH_TASK_NAME`, `MESH_SERVICE_NAME` and `MESH_TASK_ADDR` (which win).
-/// Process tasks also get the agent's `PATH` unless the spec sets one.
-#[must_use]
-pub fn task_env(task: &TaskConfig) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |k: &str, v: String| {
-        env.retain(|(key, _)| key != k);
-        env.push((k.to_owned(), v));
-    };
-    for kv in &task.spec.env {
-        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-        set(k, v.to_owned());
-    }
-    set("MESH_TASK_ID", format!("{:016x}", task.id));
-    set("MESH_TASK_NAME", task.name.clone());
-    set("MESH_SERVICE_NAME", service_name(&task.name).to_owned());
-    set("MESH_TASK_ADDR", task.addr.to_string());
-    if task.spec.runtime == RuntimeKind::Process && !env.iter().any(|(k, _)| k == "PATH") {
-        let path = std::env::var("PATH").unwrap_or_else(|_| {
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-        });
-        env.push(("PATH".into(), path));
-    }
-    env
-}
-
-/// The last `tail` lines of `text` (0: all).
-#[must_use]
-pub fn tail_lines(text: &str, tail: usize) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let skip = if tail == 0 {
-        0
-    } else {
-        lines.len().saturating_sub(tail)
-    };
-    lines[skip..].iter().map(|l| (*l).to_owned()).collect()
-}
+use task::{Exit, Started, TaskConfig};
 
 /// The node's task runtimes behind one facade: process always, docker when enabled and
 /// the engine answers. Cheap to clone.
@@ -406,63 +309,4 @@ fn list_records(state_dir: &Path) -> Result<Vec<(TaskId, RuntimeKind)>, RuntimeE
         out.push((id, kind));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mesh_api::spec::RuntimeKind;
-
-    fn task() -> TaskConfig {
-        TaskConfig {
-            id: 0x2a,
-            name: "web.3".into(),
-            spec: TaskSpec {
-                runtime: RuntimeKind::Docker,
-                image: "busybox".into(),
-                args: vec![],
-                env: vec!["A=1".into(), "MESH_TASK_NAME=spoofed".into(), "B".into()],
-                restart: Default::default(),
-                health: None,
-                stop_grace_ms: 10_000,
-                force_update: 0,
-            },
-            addr: Ipv4Addr::new(10, 0, 0, 9),
-            mtu: 1450,
-        }
-    }
-
-    #[test]
-    fn environment() {
-        let env = task_env(&task());
-        let get = |k: &str| {
-            env.iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        assert_eq!(get("A"), Some("1"));
-        assert_eq!(get("B"), Some(""));
-        assert_eq!(get("MESH_TASK_ID"), Some("000000000000002a"));
-        assert_eq!(get("MESH_TASK_NAME"), Some("web.3"));
-        assert_eq!(get("MESH_SERVICE_NAME"), Some("web"));
-        assert_eq!(get("MESH_TASK_ADDR"), Some("10.0.0.9"));
-        assert_eq!(get("PATH"), None, "docker tasks get the image's PATH");
-        assert_eq!(env.iter().filter(|(k, _)| k == "MESH_TASK_NAME").count(), 1);
-    }
-
-    #[test]
-    fn service_names() {
-        assert_eq!(service_name("web.1"), "web");
-        assert_eq!(service_name("my.app.12"), "my.app");
-        assert_eq!(service_name("solo"), "solo");
-    }
-
-    #[test]
-    fn tails() {
-        let t = "a\nb\nc\n";
-        assert_eq!(tail_lines(t, 0), ["a", "b", "c"]);
-        assert_eq!(tail_lines(t, 2), ["b", "c"]);
-        assert_eq!(tail_lines(t, 9), ["a", "b", "c"]);
-        assert!(tail_lines("", 3).is_empty());
-    }
 }

@@ -19,8 +19,10 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::error::{RuntimeError, failed};
+use super::netns;
 use super::table::TaskTable;
-use super::{Exit, RuntimeError, TaskConfig, failed, netns, task_env};
+use super::task::{Exit, TaskConfig, task_env};
 
 /// The named namespace of task `id`.
 #[must_use]
@@ -244,7 +246,10 @@ impl ProcessRuntime {
     pub(crate) fn logs(&self, id: TaskId, tail: usize) -> Result<Vec<String>, RuntimeError> {
         let path = log_path(&self.state_dir, id);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(super::tail_lines(&String::from_utf8_lossy(&bytes), tail)),
+            Ok(bytes) => Ok(super::task::tail_lines(
+                &String::from_utf8_lossy(&bytes),
+                tail,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if self.has(id) {
                     Ok(Vec::new())

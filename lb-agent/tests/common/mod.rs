@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lb_agent::runtime::TaskConfig;
+use lb_agent::runtime::task::TaskConfig;
 use mesh_api::spec::{RuntimeKind, TaskSpec};
 use mesh_api::task::TaskId;
 use nix::sched::CloneFlags;

@@ -1,56 +1,28 @@
-//! The agent's side of the cluster: join with a token (once), keep a
-//! session with the leader, and, in managed mode, act on its assignments:
-//! program the dataplane from them ([`crate::managed`]), run the node's
-//! tasks through the runtimes ([`crate::tasks`]), report their states, and
-//! answer log requests.
+//! The managed agent: acts on the leader's assignments that arrive over the
+//! session (see [`crate::managed::join`]): programs the dataplane from them
+//! ([`crate::managed::dataplane_config`]), runs the node's tasks through the
+//! runtimes ([`crate::managed::supervisor`]), reports their states, and
+//! answers log requests.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mesh_api::assignment::Assignment;
 use mesh_api::node::format_id;
 use mesh_api::task::TaskId;
-use mesh_client::pki::TlsDir;
 use mesh_client::proto;
-use mesh_client::session::{
-    self, SessionError, SessionEvent, SessionOptions, Uplink, UplinkSender,
-};
+use mesh_client::session::{SessionError, SessionEvent, Uplink, UplinkSender};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::agent::Agent;
 use crate::agent::AgentError;
 use crate::config::Config;
-use crate::runtime::{Runtimes, Started};
-use crate::tasks::{self, Action, Supervisor};
-
-/// How the agent joins a cluster.
-#[derive(Clone, Debug)]
-pub struct JoinOptions {
-    /// Manager addresses (`host:port`), tried in order.
-    pub managers: Vec<String>,
-    /// Join token; needed only the first time (the identity is kept).
-    pub token: Option<String>,
-    /// Holds the node's identity under `tls/`.
-    pub state_dir: PathBuf,
-    /// Reported to the managers.
-    pub hostname: String,
-    /// The underlay address of the node's dataplane (managed mode only).
-    pub data_addr: Option<Ipv4Addr>,
-}
-
-/// Why joining failed.
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    /// No identity yet and no token to get one.
-    #[error("{0} holds no cluster identity yet: pass --token (or LB_AGENT_JOIN_TOKEN) to join")]
-    NeedToken(String),
-    /// The managers refused or could not be reached.
-    #[error("joining the cluster: {0}")]
-    Join(String),
-}
+use crate::managed::join::{Session, log_event};
+use crate::managed::supervisor::{self, Action, Supervisor};
+use crate::runtime::Runtimes;
+use crate::runtime::task::Started;
 
 /// Why the managed agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -64,88 +36,6 @@ pub enum ManagedError {
     /// The runtimes' exit channel was taken already.
     #[error("the runtimes' exit channel was already taken")]
     Exits,
-}
-
-/// A running session.
-#[derive(Debug)]
-pub struct Session {
-    /// What the session reports.
-    pub events: mpsc::Receiver<SessionEvent>,
-    /// Messages up the current session.
-    pub uplink: UplinkSender,
-    /// Ends with an error only if the cluster removed this node.
-    pub task: tokio::task::JoinHandle<Result<(), SessionError>>,
-}
-
-/// Joins the cluster if this node has no identity yet, then runs the
-/// session in the background.
-///
-/// # Errors
-/// [`JoinError`] if the node has no identity and cannot get one.
-pub async fn start(
-    options: JoinOptions,
-    stop: watch::Receiver<bool>,
-) -> Result<Session, JoinError> {
-    let tls = TlsDir::new(options.state_dir.join("tls"));
-    if tls.exists() {
-        info!(dir = %options.state_dir.display(), "reusing the node's cluster identity");
-    } else {
-        let token = options
-            .token
-            .as_deref()
-            .ok_or_else(|| JoinError::NeedToken(options.state_dir.display().to_string()))?;
-        std::fs::create_dir_all(&options.state_dir).map_err(|e| {
-            JoinError::Join(format!("creating {}: {e}", options.state_dir.display()))
-        })?;
-        let mut last = String::new();
-        let mut joined = false;
-        for manager in &options.managers {
-            match mesh_client::join::join_cluster(&tls, manager, token, &options.hostname, "").await
-            {
-                Ok(_) => {
-                    joined = true;
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        if !joined {
-            return Err(JoinError::Join(last));
-        }
-    }
-    let (events, rx) = mpsc::channel(64);
-    let (uplink, uplink_rx) = session::uplink();
-    let session = SessionOptions {
-        managers: options.managers,
-        tls,
-        hostname: options.hostname,
-        agent_version: format!("lb-agent {}", env!("CARGO_PKG_VERSION")),
-        data_addr: options.data_addr,
-    };
-    let task = tokio::spawn(session::run_with_uplink(session, events, uplink_rx, stop));
-    Ok(Session {
-        events: rx,
-        uplink,
-        task,
-    })
-}
-
-/// Logs a session's events (an agent without a dataplane).
-pub async fn log_events(mut events: mpsc::Receiver<SessionEvent>) {
-    while let Some(event) = events.recv().await {
-        log_event(&event);
-    }
-}
-
-fn log_event(event: &SessionEvent) {
-    match event {
-        SessionEvent::Established { manager, .. } => info!(%manager, "session established"),
-        SessionEvent::RoleChanged(role) => {
-            info!(%role, "this node's role changed; its certificate was renewed");
-        }
-        SessionEvent::Lost(reason) => warn!(%reason, "session lost"),
-        SessionEvent::Assignment(_) | SessionEvent::LogsRequest { .. } => {}
-    }
 }
 
 /// The managed agent's settings.
@@ -303,7 +193,11 @@ pub async fn run_managed(
             }
             continue;
         };
-        let config = crate::managed::config(&base, assignment, &supervisor.running_ifaces());
+        let config = crate::managed::dataplane_config::config(
+            &base,
+            assignment,
+            &supervisor.running_ifaces(),
+        );
         if applied_config.as_ref() != Some(&config) || reprogram {
             match program(&mut agent, &config).await {
                 Ok(()) => {
@@ -388,14 +282,14 @@ fn execute(runtimes: &Runtimes, done: &mpsc::UnboundedSender<Done>, action: Acti
 
 /// Whether each draining task still has live flows in the flow table.
 fn live_flows(
-    table: &std::sync::Mutex<Option<crate::dataplane::FlowTable>>,
+    table: &std::sync::Mutex<Option<crate::dataplane::loader::FlowTable>>,
     draining: &BTreeMap<TaskId, Ipv4Addr>,
 ) -> BTreeMap<TaskId, bool> {
-    let now = crate::flows::monotonic_now_ns().unwrap_or(0);
+    let now = crate::dataplane::flows::monotonic_now_ns().unwrap_or(0);
     let mut busy = std::collections::BTreeSet::new();
     if let Some(table) = table.lock().expect("flow table lock poisoned").as_ref() {
         table.for_each(|key, flow| {
-            if let Some(addr) = tasks::live_flow_task(key, flow, now) {
+            if let Some(addr) = supervisor::live_flow_task(key, flow, now) {
                 busy.insert(addr);
             }
         });

@@ -31,7 +31,7 @@ use mesh_api::assignment::{AssignedTask, TaskAction};
 use mesh_api::spec::HealthCheck;
 use mesh_api::task::{TaskId, TaskState, TaskStatus};
 
-use crate::runtime::{Exit, Started, TaskConfig};
+use crate::runtime::task::{Exit, Started, TaskConfig};
 
 /// What the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]

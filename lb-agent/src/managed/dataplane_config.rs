@@ -214,7 +214,7 @@ mod tests {
 
     use super::*;
     use crate::config::{DataplaneSection, MetricsSection, NodeSection};
-    use crate::host::{HostInfo, Interface};
+    use crate::host::interfaces::{HostInfo, Interface};
 
     const ME: u64 = 0xa;
     const OTHER: u64 = 0xb;

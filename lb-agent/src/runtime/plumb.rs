@@ -38,7 +38,8 @@ use netlink_packet_route::route::RouteScope;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tracing::debug;
 
-use crate::runtime::{Started, netns};
+use crate::runtime::netns;
+use crate::runtime::task::Started;
 
 /// The tasks' link-local gateway (answered for by the host side's MAC).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);

@@ -1,6 +1,6 @@
 //! The eBPF dataplane shell: loads the object with its maps pinned under the pin
 //! directory, reads the maps back into a [`DataplaneState`], applies [`MapOp`]s, and owns
-//! the programs for attaching (see [`crate::links`]).
+//! the programs for attaching (see [`crate::dataplane::links`]).
 //!
 //! Maps are declared pinned by name, so loading with `default_map_pin_directory` reuses
 //! maps an earlier agent pinned: their contents, and the traffic that depends on them,
@@ -20,8 +20,8 @@ use lb_common::maps as names;
 use lb_common::{Backend, Counters, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey};
 use tracing::{debug, info, warn};
 
-use crate::flows::{self, FlowCounts};
-use crate::state::{DataplaneState, MapOp, SvcKey};
+use crate::dataplane::flows::{self, FlowCounts};
+use crate::dataplane::map_state::{DataplaneState, MapOp, SvcKey};
 
 /// Name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "lb_xdp";
@@ -334,7 +334,7 @@ impl Dataplane {
     ///
     /// # Errors
     /// The first failed map operation; the operations before it stay applied (the order
-    /// of [`crate::state::diff`] keeps every prefix consistent for packets).
+    /// of [`crate::dataplane::map_state::diff`] keeps every prefix consistent for packets).
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         for op in ops {
             debug!(?op, "map op");
@@ -507,7 +507,7 @@ fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
 }
 
 /// Removes every map pin directly under `pin_dir` (not the links, see
-/// [`crate::links::remove_all`]) and the directory if it ends up empty.
+/// [`crate::dataplane::links::remove_all`]) and the directory if it ends up empty.
 ///
 /// # Errors
 /// If a pin cannot be removed.

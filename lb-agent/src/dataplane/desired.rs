@@ -16,10 +16,10 @@ use lb_common::maps::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS};
 use lb_common::{Backend, Endpoint, NodeConfig, Service};
 
 use crate::config::{Config, ConfigError, Protocol};
-use crate::host::HostInfo;
-use crate::ids::IdAllocator;
-use crate::state::{DataplaneState, SvcKey};
-use crate::wrr;
+use crate::dataplane::ids::IdAllocator;
+use crate::dataplane::map_state::{DataplaneState, SvcKey};
+use crate::dataplane::wrr;
+use crate::host::interfaces::HostInfo;
 
 /// The id allocators of an agent, kept across reloads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,7 +319,7 @@ pub fn node_config(config: &Config, host: &HostInfo) -> Result<NodeConfig, Confi
 mod tests {
     use super::*;
     use crate::config::tests::{EXAMPLE, host};
-    use crate::state::{MapModel, diff};
+    use crate::dataplane::map_state::{MapModel, diff};
 
     fn config(text: &str) -> Config {
         let c = Config::from_toml(text).unwrap();

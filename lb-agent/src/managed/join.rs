@@ -1,0 +1,120 @@
+//! Joining the cluster with a token (once), then keeping a session with the
+//! leader in the background; an agent without a dataplane only logs the
+//! session's events (the managed agent acts on them: `managed::run`).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use mesh_client::pki::TlsDir;
+use mesh_client::session::{self, SessionError, SessionEvent, SessionOptions, UplinkSender};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// How the agent joins a cluster.
+#[derive(Clone, Debug)]
+pub struct JoinOptions {
+    /// Manager addresses (`host:port`), tried in order.
+    pub managers: Vec<String>,
+    /// Join token; needed only the first time (the identity is kept).
+    pub token: Option<String>,
+    /// Holds the node's identity under `tls/`.
+    pub state_dir: PathBuf,
+    /// Reported to the managers.
+    pub hostname: String,
+    /// The underlay address of the node's dataplane (managed mode only).
+    pub data_addr: Option<Ipv4Addr>,
+}
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// No identity yet and no token to get one.
+    #[error("{0} holds no cluster identity yet: pass --token (or LB_AGENT_JOIN_TOKEN) to join")]
+    NeedToken(String),
+    /// The managers refused or could not be reached.
+    #[error("joining the cluster: {0}")]
+    Join(String),
+}
+
+/// A running session.
+#[derive(Debug)]
+pub struct Session {
+    /// What the session reports.
+    pub events: mpsc::Receiver<SessionEvent>,
+    /// Messages up the current session.
+    pub uplink: UplinkSender,
+    /// Ends with an error only if the cluster removed this node.
+    pub task: tokio::task::JoinHandle<Result<(), SessionError>>,
+}
+
+/// Joins the cluster if this node has no identity yet, then runs the
+/// session in the background.
+///
+/// # Errors
+/// [`JoinError`] if the node has no identity and cannot get one.
+pub async fn start(
+    options: JoinOptions,
+    stop: watch::Receiver<bool>,
+) -> Result<Session, JoinError> {
+    let tls = TlsDir::new(options.state_dir.join("tls"));
+    if tls.exists() {
+        info!(dir = %options.state_dir.display(), "reusing the node's cluster identity");
+    } else {
+        let token = options
+            .token
+            .as_deref()
+            .ok_or_else(|| JoinError::NeedToken(options.state_dir.display().to_string()))?;
+        std::fs::create_dir_all(&options.state_dir).map_err(|e| {
+            JoinError::Join(format!("creating {}: {e}", options.state_dir.display()))
+        })?;
+        let mut last = String::new();
+        let mut joined = false;
+        for manager in &options.managers {
+            match mesh_client::join::join_cluster(&tls, manager, token, &options.hostname, "").await
+            {
+                Ok(_) => {
+                    joined = true;
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        if !joined {
+            return Err(JoinError::Join(last));
+        }
+    }
+    let (events, rx) = mpsc::channel(64);
+    let (uplink, uplink_rx) = session::uplink();
+    let session = SessionOptions {
+        managers: options.managers,
+        tls,
+        hostname: options.hostname,
+        agent_version: format!("lb-agent {}", env!("CARGO_PKG_VERSION")),
+        data_addr: options.data_addr,
+    };
+    let task = tokio::spawn(session::run_with_uplink(session, events, uplink_rx, stop));
+    Ok(Session {
+        events: rx,
+        uplink,
+        task,
+    })
+}
+
+/// Logs a session's events (an agent without a dataplane).
+pub async fn log_events(mut events: mpsc::Receiver<SessionEvent>) {
+    while let Some(event) = events.recv().await {
+        log_event(&event);
+    }
+}
+
+/// Logs one event of the session.
+pub(crate) fn log_event(event: &SessionEvent) {
+    match event {
+        SessionEvent::Established { manager, .. } => info!(%manager, "session established"),
+        SessionEvent::RoleChanged(role) => {
+            info!(%role, "this node's role changed; its certificate was renewed");
+        }
+        SessionEvent::Lost(reason) => warn!(%reason, "session lost"),
+        SessionEvent::Assignment(_) | SessionEvent::LogsRequest { .. } => {}
+    }
+}

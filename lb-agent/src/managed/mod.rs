@@ -1,0 +1,16 @@
+//! The managed agent: a node of the cluster, driven by the leader instead of a
+//! configuration file.
+//!
+//! - [`join`]: joining the cluster and keeping the session with the leader;
+//! - [`run`]: acting on the leader's assignments until the agent stops;
+//! - [`supervisor`]: the task supervisor, the pure core that decides what happens to
+//!   the node's tasks;
+//! - [`dataplane_config`]: from an assignment and the running tasks to the same
+//!   [`crate::config::Config`] the standalone agent reads from its file.
+//!
+//! This module only declares its children; they depend on each other, never on it.
+
+pub mod dataplane_config;
+pub mod join;
+pub mod run;
+pub mod supervisor;
