@@ -16,7 +16,7 @@ use mesh_api::cluster::{CaMaterial, JoinSecrets};
 use mesh_api::network::IngressNetwork;
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus, ParseError, Role, format_id};
 
-use crate::allocator;
+use crate::allocator::{self, AllocError, PublishedPort};
 use mesh_api::service::{Service, ServiceEndpoint, ServiceId, UpdateState, UpdateStatus};
 use mesh_api::spec::{EndpointMode, ServiceSpec};
 use mesh_api::task::{DesiredState, Task, TaskId, TaskState, TaskStatus};
@@ -299,6 +299,12 @@ pub enum StateError {
     },
 }
 
+impl From<AllocError> for StateError {
+    fn from(err: AllocError) -> Self {
+        StateError::Invalid(err.to_string())
+    }
+}
+
 impl From<ParseError> for StateError {
     fn from(err: ParseError) -> Self {
         StateError::Invalid(err.0)
@@ -489,11 +495,12 @@ impl ClusterState {
         if self.services.values().any(|s| s.spec.name == spec.name) {
             return Err(StateError::ServiceExists(spec.name.clone()));
         }
-        let ports = allocator::allocate_ports(self, None, &spec.endpoint.ports, &[])?;
+        let ports =
+            allocator::allocate_ports(&self.published_ports(None), &spec.endpoint.ports, &[])?;
         // Allocate on a copy: a refusal changes nothing.
         let mut next = self.clone();
         let vip = match spec.endpoint.mode {
-            EndpointMode::Vip => Some(allocator::allocate_addr(&mut next)?),
+            EndpointMode::Vip => Some(next.allocate_addr()?),
             EndpointMode::Dnsrr => None,
         };
         let id = next.fresh_id();
@@ -539,15 +546,14 @@ impl ClusterState {
             )));
         }
         let ports = allocator::allocate_ports(
-            self,
-            Some(id),
+            &self.published_ports(Some(id)),
             &spec.endpoint.ports,
             &current.endpoint.ports,
         )?;
         let mut next = self.clone();
         let vip = match (spec.endpoint.mode, current.endpoint.vip) {
             (EndpointMode::Vip, Some(vip)) => Some(vip),
-            (EndpointMode::Vip, None) => Some(allocator::allocate_addr(&mut next)?),
+            (EndpointMode::Vip, None) => Some(next.allocate_addr()?),
             (EndpointMode::Dnsrr, _) => None,
         };
         let tasks_change = spec.task != current.spec.task;
@@ -596,7 +602,7 @@ impl ClusterState {
             if let Some(node) = new.node {
                 next.node(node)?;
             }
-            let addr = allocator::allocate_addr(&mut next)?;
+            let addr = next.allocate_addr()?;
             let id = next.fresh_id();
             let status = match new.node {
                 Some(_) => TaskStatus::new(TaskState::Assigned, "scheduled", at_ms),
@@ -651,6 +657,39 @@ impl ClusterState {
         }
         *self = next;
         Ok(Applied::Tasks(created))
+    }
+
+    /// Every ingress address in use: task addresses (while the task's record
+    /// exists) and VIPs.
+    fn used_addrs(&self) -> BTreeSet<Ipv4Addr> {
+        self.tasks
+            .values()
+            .filter_map(|t| t.addr)
+            .chain(self.services.values().filter_map(|s| s.endpoint.vip))
+            .collect()
+    }
+
+    /// Takes a free ingress address (see [`allocator::allocate_addr`]).
+    fn allocate_addr(&mut self) -> Result<Ipv4Addr, AllocError> {
+        let used = self.used_addrs();
+        allocator::allocate_addr(&mut self.ingress, &used)
+    }
+
+    /// The ports every service but `except` publishes.
+    fn published_ports(&self, except: Option<ServiceId>) -> Vec<PublishedPort<'_>> {
+        self.services
+            .values()
+            .filter(|s| Some(s.id) != except)
+            .flat_map(|s| {
+                s.endpoint.ports.iter().filter_map(|p| {
+                    p.published.map(|port| PublishedPort {
+                        port,
+                        protocol: p.protocol,
+                        service: s.spec.name.as_str(),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// The service with this ID.
@@ -1122,6 +1161,23 @@ mod tests {
                 state.resolve_service("nope"),
                 Err(StateError::UnknownService(_))
             ));
+        }
+
+        #[test]
+        fn a_service_may_publish_again_the_ports_it_holds() {
+            let mut state = bootstrapped();
+            let web = create(&mut state, spec("web", &["8080:80"])).unwrap();
+            let mut v2 = web.spec.clone();
+            v2.task.args = vec!["v2".into()];
+            state
+                .apply(&Command::UpdateService {
+                    id: web.id,
+                    spec: v2,
+                    rollback: false,
+                    expected_version: Some(1),
+                    at_ms: 12,
+                })
+                .expect("its own port is no conflict");
         }
 
         #[test]
