@@ -8,7 +8,10 @@
 use anyhow::{Context, Result};
 
 use crate::cmd::{self, Cmd};
-use crate::test::EBPF_CRATE;
+
+/// The eBPF crate: it builds only for `bpfel-unknown-none`, so host-target steps
+/// (`cargo test`, clippy) exclude it and it gets its own clippy run.
+pub const EBPF_CRATE: &str = "lb-ebpf";
 
 /// The eBPF target triple.
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";

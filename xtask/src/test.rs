@@ -11,12 +11,8 @@ use std::io::IsTerminal;
 use anyhow::Result;
 
 use crate::cmd::{self, Cmd};
-use crate::ebpf::ebpf_cargo;
+use crate::ebpf::{EBPF_CRATE, ebpf_cargo};
 use crate::setup;
-
-/// The eBPF crate: it builds only for `bpfel-unknown-none`, so host-target steps
-/// (`cargo test`, clippy) exclude it and it gets its own clippy run.
-pub const EBPF_CRATE: &str = "lb-ebpf";
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, clap::Args)]

@@ -7,15 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mesh_api::node::Role;
 use mesh_client::connect;
 use mesh_client::pki::TlsDir;
 use mesh_client::proto::{self, control_client::ControlClient};
+use meshctl::cli::format::Format;
 use meshctl::cli::table;
+use rpc::rpc;
 use tonic::transport::Channel;
 
+mod rpc;
 mod service;
 
 #[derive(Debug, Parser)]
@@ -107,12 +110,6 @@ enum TokenRole {
     Manager,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Table,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// List nodes.
@@ -195,11 +192,6 @@ async fn control_at(hosts: &[String], tls_dir: &Path) -> Result<ControlClient<Ch
 
 async fn control(cli: &Cli) -> Result<ControlClient<Channel>> {
     control_at(&cli.host, &cli.tls_dir).await
-}
-
-/// A failed call as the user should read it.
-fn rpc(status: tonic::Status) -> anyhow::Error {
-    anyhow!("{}", connect::status_message(&status))
 }
 
 async fn run(cli: Cli) -> Result<()> {

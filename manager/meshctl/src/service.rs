@@ -17,7 +17,9 @@ use meshctl::cli::progress::{Phase, Watch, progress};
 use meshctl::cli::view::{self, ServiceRow, TaskRow};
 use tonic::transport::Channel;
 
-use super::{Format, rpc};
+use meshctl::cli::format::Format;
+
+use crate::rpc::rpc;
 
 /// How often progress polls the manager.
 const POLL: Duration = Duration::from_millis(200);

@@ -15,9 +15,21 @@ use rustls::pki_types::pem::PemObject as _;
 use sha2::{Digest as _, Sha256};
 use x509_parser::time::ASN1Time;
 
-use super::{CA_COMMON_NAME, MANAGER_SERVER_NAME, OU_MANAGER, OU_WORKER, PkiError};
+use super::error::PkiError;
 use mesh_api::cluster::CaMaterial;
 use mesh_api::node::{NodeId, Role, format_id};
+
+/// The DNS name in every manager's certificate, and the name clients verify.
+pub const MANAGER_SERVER_NAME: &str = "mesh-manager";
+
+/// The certificate OU of a manager node.
+pub const OU_MANAGER: &str = "mesh-manager";
+
+/// The certificate OU of a worker node.
+pub const OU_WORKER: &str = "mesh-worker";
+
+/// The CA certificate's common name.
+pub const CA_COMMON_NAME: &str = "mesh-ca";
 
 /// How long the cluster CA is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 
-use super::PkiError;
 use super::ca::{CertInfo, parse_cert_pem};
+use super::error::PkiError;
 use mesh_api::node::{NodeId, Role};
 
 /// File name of the cluster CA certificate.
@@ -66,7 +66,7 @@ impl NodeIdentity {
     ///
     /// # Errors
     ///
-    /// As [`parse_cert_pem`](super::parse_cert_pem).
+    /// As [`parse_cert_pem`](super::ca::parse_cert_pem).
     pub fn info(&self) -> Result<CertInfo, PkiError> {
         parse_cert_pem(&self.cert_pem)
     }
@@ -244,13 +244,13 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{Authority, generate_ca};
+    use crate::pki::ca::{Authority, generate_ca};
 
     fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "mesh-pki-test-{}-{}",
             std::process::id(),
-            super::super::generate_secret()
+            crate::pki::token::generate_secret()
         ));
         fs::create_dir_all(&dir).unwrap();
         dir

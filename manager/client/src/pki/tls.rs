@@ -13,8 +13,9 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::AsyncWriteExt as _;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use super::ca::MANAGER_SERVER_NAME;
 use super::ca::ca_digest_der;
-use super::{MANAGER_SERVER_NAME, PkiError};
+use super::error::PkiError;
 
 /// How long a manager waits for a client to finish the TLS handshake, and
 /// [`fetch_ca`] for the whole exchange.
@@ -278,7 +279,7 @@ fn der_to_pem(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::generate_ca;
+    use crate::pki::ca::generate_ca;
     use rustls::pki_types::pem::PemObject as _;
 
     #[test]

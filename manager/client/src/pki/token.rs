@@ -52,7 +52,7 @@ pub enum TokenError {
 /// A parsed join token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
-    /// The cluster CA's digest ([`ca_digest`](super::ca_digest)), lower-case
+    /// The cluster CA's digest ([`ca_digest`](super::ca::ca_digest)), lower-case
     /// hex.
     pub ca_digest: String,
     /// The role's secret: lower-case letters and digits.

@@ -4,6 +4,7 @@
 //! converged ([`progress`]). The binary only adds the gRPC calls.
 
 pub mod flags;
+pub mod format;
 pub mod progress;
 pub mod table;
 pub mod view;

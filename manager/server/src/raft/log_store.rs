@@ -25,7 +25,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Entry, TypeConfig};
+use super::types::{Entry, TypeConfig};
 use mesh_api::node::NodeId;
 
 /// Log entries by index, JSON-encoded.
@@ -438,42 +438,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use openraft::StorageError;
-    use openraft::testing::{StoreBuilder, Suite};
-
-    use super::LogStore;
-    use crate::raft::TypeConfig;
-    use crate::raft::state_machine::StateMachineStore;
-    use crate::raft::test_support::TestDir;
-    use mesh_api::node::NodeId;
-
-    struct Builder;
-
-    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TestDir> for Builder {
-        async fn build(
-            &self,
-        ) -> Result<(TestDir, LogStore, StateMachineStore), StorageError<NodeId>> {
-            let dir = TestDir::new("suite");
-            let db =
-                Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("create db"));
-            let log = LogStore::new(db.clone()).expect("log store");
-            let sm = StateMachineStore::open(db, Arc::default()).expect("state machine");
-            Ok((dir, log, sm))
-        }
-    }
-
-    /// openraft's own storage conformance suite against the redb store.
-    #[test]
-    fn openraft_storage_suite() {
-        if let Err(e) = Suite::test_all(Builder) {
-            panic!("storage suite failed: {e}");
-        }
     }
 }

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use super::TypeConfig;
+use super::types::TypeConfig;
 use crate::proto::RaftPayload;
 use crate::proto::raft_client::RaftClient;
 use mesh_api::node::NodeId;

@@ -11,7 +11,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::network::MAX_MESSAGE_BYTES;
-use super::{LocalWriteError, MembershipError, RaftNode};
+use super::node::{LocalWriteError, MembershipError, RaftNode};
 use mesh_api::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 
 use crate::auth::Caller;

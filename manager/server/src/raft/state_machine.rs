@@ -21,7 +21,7 @@ use openraft::{
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::log_store::{DbError, blocking, storage_error, write_txn};
-use super::{Entry, TypeConfig};
+use super::types::{Entry, TypeConfig};
 use mesh_api::node::NodeId;
 use mesh_core::state::{Applied, ClusterState, Response, SharedState};
 

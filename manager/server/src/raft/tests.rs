@@ -17,8 +17,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Endpoint, Server};
 
+use super::node::{RaftNode, RaftTuning, WriteError};
+use super::service::RaftService;
 use super::test_support::TestDir;
-use super::{RaftNode, RaftService, RaftTuning, WriteError};
 use crate::auth::Caller;
 use crate::proto::AddManagerRequest;
 use crate::proto::raft_client::RaftClient;
@@ -41,7 +42,7 @@ fn tuning() -> RaftTuning {
     }
 }
 
-fn connector() -> super::Connector {
+fn connector() -> super::network::Connector {
     Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")))
 }
 
@@ -483,4 +484,42 @@ async fn no_quorum_fails_in_bounded_time_and_force_new_cluster_recovers() {
     assert!(has_node(&state, 300));
     let mut n1 = n1;
     n1.stop().await;
+}
+
+/// openraft's storage conformance suite, against the log store and the
+/// state machine together.
+mod storage_suite {
+    use std::sync::Arc;
+
+    use openraft::StorageError;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use crate::raft::log_store::LogStore;
+    use crate::raft::state_machine::StateMachineStore;
+    use crate::raft::test_support::TestDir;
+    use crate::raft::types::TypeConfig;
+    use mesh_api::node::NodeId;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TestDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(TestDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+            let dir = TestDir::new("suite");
+            let db =
+                Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("create db"));
+            let log = LogStore::new(db.clone()).expect("log store");
+            let sm = StateMachineStore::open(db, Arc::default()).expect("state machine");
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage conformance suite against the redb store.
+    #[test]
+    fn openraft_storage_suite() {
+        if let Err(e) = Suite::test_all(Builder) {
+            panic!("storage suite failed: {e}");
+        }
+    }
 }
