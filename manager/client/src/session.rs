@@ -72,8 +72,7 @@ impl Uplink {
     fn into_message(self) -> Option<proto::AgentMessage> {
         let kind = match self {
             Uplink::Reports(reports) => {
-                let json = serde_json::to_vec(&reports).ok()?;
-                agent_message::Kind::Reports(proto::TaskReports { json })
+                agent_message::Kind::Reports(proto::TaskReports::new(&reports))
             }
             Uplink::Applied(version) => {
                 agent_message::Kind::Applied(proto::AssignmentApplied { version })
@@ -283,7 +282,7 @@ async fn attempt(
                         }
                     }
                     manager_message::Kind::Assignment(assignment) => {
-                        match serde_json::from_slice::<Assignment>(&assignment.json) {
+                        match assignment.assignment() {
                             Ok(assignment) => {
                                 let _ = events
                                     .send(SessionEvent::Assignment(Box::new(assignment)))

@@ -128,7 +128,8 @@ pub struct NodePsArgs {
 }
 
 fn decode_service(reply: &proto::ServiceReply) -> Result<ServiceRow> {
-    let service: Service = serde_json::from_slice(&reply.service_json)
+    let service = reply
+        .service()
         .context("the manager sent a service record this meshctl can't read")?;
     Ok(ServiceRow {
         service,
@@ -138,7 +139,7 @@ fn decode_service(reply: &proto::ServiceReply) -> Result<ServiceRow> {
 }
 
 fn decode_task(info: &proto::TaskInfo) -> Result<Task> {
-    serde_json::from_slice(&info.task_json)
+    info.task()
         .context("the manager sent a task record this meshctl can't read")
 }
 
@@ -224,12 +225,11 @@ async fn update(
     spec: &ServiceSpec,
 ) -> Result<ServiceRow> {
     let reply = control
-        .update_service(proto::UpdateServiceRequest {
-            name: format_id(current.id),
-            spec_json: serde_json::to_vec(spec)?,
-            expected_version: current.spec_version,
-            rollback: false,
-        })
+        .update_service(proto::UpdateServiceRequest::update(
+            &format_id(current.id),
+            spec,
+            current.spec_version,
+        ))
         .await
         .map_err(rpc)?
         .into_inner();
@@ -305,9 +305,7 @@ pub async fn run(control: &mut ControlClient<Channel>, command: &ServiceCommand)
             let suffix = format!("{:04x}", rand::random::<u16>());
             let spec = flags.spec(&suffix)?;
             let reply = control
-                .create_service(proto::CreateServiceRequest {
-                    spec_json: serde_json::to_vec(&spec)?,
-                })
+                .create_service(proto::CreateServiceRequest::new(&spec))
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -474,10 +472,8 @@ async fn rollback(
     let current = inspect(control, name).await?.service;
     control
         .update_service(proto::UpdateServiceRequest {
-            name: format_id(current.id),
-            spec_json: Vec::new(),
             expected_version: current.spec_version,
-            rollback: true,
+            ..proto::UpdateServiceRequest::rollback(&format_id(current.id))
         })
         .await
         .map_err(rpc)?;

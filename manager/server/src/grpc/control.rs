@@ -10,9 +10,9 @@ use super::{Manager, ca_digest, cluster_ca, state_status};
 use crate::proto::{self, control_client::ControlClient, control_server::Control};
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus, Role, format_id, parse_label};
 use mesh_api::service::Service;
-use mesh_api::spec::ServiceSpec;
 use mesh_api::task::{DesiredState, Task, TaskState};
 use mesh_api::time::{now_ms, rfc3339};
+use mesh_api::wire::WireError;
 use mesh_client::connect;
 use mesh_client::pki;
 use mesh_core::scheduler;
@@ -126,10 +126,9 @@ fn expect_node(applied: Applied) -> Result<Node, Status> {
     }
 }
 
-/// Decodes a `spec::ServiceSpec` sent as JSON.
-fn decode_spec(json: &[u8]) -> Result<ServiceSpec, Status> {
-    serde_json::from_slice(json)
-        .map_err(|e| Status::invalid_argument(format!("invalid service spec: {e}")))
+/// A spec that does not decode, as the caller should read it.
+fn invalid_spec(err: &WireError) -> Status {
+    Status::invalid_argument(format!("invalid service spec: {}", err.source))
 }
 
 /// Refuses an update based on a spec that has changed since it was read.
@@ -138,10 +137,6 @@ fn expect_service(applied: Applied) -> Result<Service, Status> {
         Applied::Service(service) => Ok(*service),
         _ => Err(Status::internal("the state machine returned no service")),
     }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
-    serde_json::to_vec(value).map_err(|e| Status::internal(format!("encoding a record: {e}")))
 }
 
 /// Tasks of `service` running now, and tasks it wants: its replicas, or for
@@ -175,25 +170,15 @@ pub fn task_counts(state: &ClusterState, service: &Service) -> (u32, u32) {
 
 /// The API's view of a service.
 ///
-/// # Errors
-/// `INTERNAL` if the record does not encode.
-pub fn service_reply(
-    state: &ClusterState,
-    service: &Service,
-) -> Result<proto::ServiceReply, Status> {
+#[must_use]
+pub fn service_reply(state: &ClusterState, service: &Service) -> proto::ServiceReply {
     let (running, desired) = task_counts(state, service);
-    Ok(proto::ServiceReply {
-        service_json: to_json(service)?,
-        running,
-        desired,
-    })
+    proto::ServiceReply::new(service, running, desired)
 }
 
 /// The API's view of a task: its record with its service's and node's names.
-///
-/// # Errors
-/// `INTERNAL` if the record does not encode.
-pub fn task_info(state: &ClusterState, task: &Task) -> Result<proto::TaskInfo, Status> {
+#[must_use]
+pub fn task_info(state: &ClusterState, task: &Task) -> proto::TaskInfo {
     // A removed service's tasks live on until they are stopped: name them
     // by the service's ID.
     let service_name = state
@@ -209,12 +194,7 @@ pub fn task_info(state: &ClusterState, task: &Task) -> Result<proto::TaskInfo, S
                 .map_or_else(|| format_id(id), |n| n.hostname.clone())
         })
         .unwrap_or_default();
-    Ok(proto::TaskInfo {
-        task_json: to_json(task)?,
-        name: task.name(&service_name),
-        service_name,
-        node_hostname,
-    })
+    proto::TaskInfo::new(task, task.name(&service_name), service_name, node_hostname)
 }
 
 #[tonic::async_trait]
@@ -225,7 +205,7 @@ impl Control for ControlService {
         &self,
         request: Request<proto::CreateServiceRequest>,
     ) -> Result<Response<proto::ServiceReply>, Status> {
-        let spec = decode_spec(&request.get_ref().spec_json)?;
+        let spec = request.get_ref().spec().map_err(|e| invalid_spec(&e))?;
         self.manager.require_quorum()?;
         let service = expect_service(
             self.manager
@@ -236,7 +216,7 @@ impl Control for ControlService {
                 .await?,
         )?;
         let state = self.manager.read_unchecked();
-        service_reply(&state, &service).map(Response::new)
+        Ok(Response::new(service_reply(&state, &service)))
     }
 
     async fn update_service(
@@ -247,7 +227,12 @@ impl Control for ControlService {
         let new_spec = if request.rollback {
             None
         } else {
-            Some(decode_spec(&request.spec_json)?)
+            Some(
+                request
+                    .spec()
+                    .map_err(|e| invalid_spec(&e))?
+                    .ok_or_else(|| Status::invalid_argument("an update needs a spec"))?,
+            )
         };
         let (id, spec, expected_version) = {
             let state = self.manager.read()?;
@@ -283,7 +268,7 @@ impl Control for ControlService {
                 .await?,
         )?;
         let state = self.manager.read_unchecked();
-        service_reply(&state, &service).map(Response::new)
+        Ok(Response::new(service_reply(&state, &service)))
     }
 
     async fn remove_service(
@@ -315,7 +300,7 @@ impl Control for ControlService {
             .resolve_service(&request.get_ref().name)
             .map_err(state_status)?;
         let service = state.service(id).map_err(state_status)?;
-        service_reply(&state, service).map(Response::new)
+        Ok(Response::new(service_reply(&state, service)))
     }
 
     async fn list_services(
@@ -327,7 +312,7 @@ impl Control for ControlService {
             .services
             .values()
             .map(|s| service_reply(&state, s))
-            .collect::<Result<_, _>>()?;
+            .collect();
         Ok(Response::new(proto::ListServicesResponse { services }))
     }
 
@@ -351,7 +336,7 @@ impl Control for ControlService {
             .filter(|t| service.is_none_or(|s| t.service == s))
             .filter(|t| node.is_none_or(|n| t.node == Some(n)))
             .map(|t| task_info(&state, t))
-            .collect::<Result<_, _>>()?;
+            .collect();
         Ok(Response::new(proto::ListTasksResponse { tasks }))
     }
 
@@ -564,7 +549,7 @@ impl Control for ControlService {
 mod tests {
     use super::*;
     use mesh_api::cluster::{CaMaterial, JoinSecrets};
-    use mesh_api::spec::{RuntimeKind, ServiceMode};
+    use mesh_api::spec::{RuntimeKind, ServiceMode, ServiceSpec};
     use mesh_api::task::TaskStatus;
     use mesh_core::state::{NewTask, TaskChange};
 
@@ -647,7 +632,7 @@ mod tests {
         let global = create(&mut state, spec);
         assert_eq!(task_counts(&state, &global), (0, 1), "one eligible node");
 
-        let info = task_info(&state, &state.tasks[&ids[1]]).unwrap();
+        let info = task_info(&state, &state.tasks[&ids[1]]);
         assert_eq!(
             (
                 info.name.as_str(),
@@ -684,7 +669,10 @@ mod tests {
 
     #[test]
     fn a_malformed_spec_is_an_invalid_argument_with_serdes_reason() {
-        let err = decode_spec(b"{\"name\": 3}").unwrap_err();
+        let request = proto::CreateServiceRequest {
+            spec_json: b"{\"name\": 3}".to_vec(),
+        };
+        let err = invalid_spec(&request.spec().unwrap_err());
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(
             err.message().contains("invalid service spec: invalid type"),

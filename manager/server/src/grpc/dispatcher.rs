@@ -199,14 +199,10 @@ async fn serve_session(
                 Ok(None) | Err(_) => break,
             },
             Some(assignment) = next_assignment(assignments.as_mut()) => {
-                let message = match serde_json::to_vec(&*assignment) {
-                    Ok(json) => proto::ManagerMessage {
-                        kind: Some(manager_message::Kind::Assignment(proto::Assignment { json })),
-                    },
-                    Err(e) => {
-                        tracing::error!(error = %e, "serializing an assignment");
-                        continue;
-                    }
+                let message = proto::ManagerMessage {
+                    kind: Some(manager_message::Kind::Assignment(proto::Assignment::new(
+                        &assignment,
+                    ))),
                 };
                 if tx.send(Ok(message)).await.is_err() {
                     break;
@@ -291,14 +287,12 @@ fn on_message(
         live.heartbeat(id, Instant::now());
     }
     match message.kind {
-        Some(agent_message::Kind::Reports(batch)) => {
-            match serde_json::from_slice::<Vec<(TaskId, TaskStatus)>>(&batch.json) {
-                Ok(batch) => return reports.send(batch).is_ok(),
-                Err(e) => {
-                    tracing::warn!(node = %format_id(id), error = %e, "ignoring unreadable task reports");
-                }
+        Some(agent_message::Kind::Reports(batch)) => match batch.reports() {
+            Ok(batch) => return reports.send(batch).is_ok(),
+            Err(e) => {
+                tracing::warn!(node = %format_id(id), error = %e, "ignoring unreadable task reports");
             }
-        }
+        },
         Some(agent_message::Kind::Applied(applied)) => {
             if let Some(serial) = serial {
                 manager.agents().applied(id, serial, applied.version);

@@ -265,15 +265,10 @@ async fn scale(
         .await
         .map_err(|s| anyhow::anyhow!("InspectService: {}", s.message()))?
         .into_inner();
-    let service: Service = serde_json::from_slice(&reply.service_json)?;
+    let service: Service = reply.service()?;
     let mut spec = service.spec.clone();
     spec.mode = ServiceMode::Replicated { replicas };
-    let request = proto::UpdateServiceRequest {
-        name: "web".into(),
-        spec_json: serde_json::to_vec(&spec)?,
-        expected_version: service.spec_version,
-        rollback: false,
-    };
+    let request = proto::UpdateServiceRequest::update("web", &spec, service.spec_version);
     control
         .update_service(request)
         .await
