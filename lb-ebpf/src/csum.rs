@@ -5,7 +5,7 @@
 
 /// Folds a 64-bit accumulator into 16 bits.
 #[inline(always)]
-pub fn fold(mut sum: u64) -> u16 {
+pub(crate) fn fold(mut sum: u64) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
@@ -14,7 +14,7 @@ pub fn fold(mut sum: u64) -> u16 {
 
 /// The checksum `check` after a 32-bit word of the covered data changes from `old` to `new`.
 #[inline(always)]
-pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
+pub(crate) fn replace4(check: u16, old: u32, new: u32) -> u16 {
     let old = !old;
     let sum = u64::from(!check)
         + u64::from(old & 0xffff)
@@ -26,13 +26,13 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
 
 /// The checksum `check` after a 16-bit word of the covered data changes from `old` to `new`.
 #[inline(always)]
-pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
+pub(crate) fn replace2(check: u16, old: u16, new: u16) -> u16 {
     !fold(u64::from(!check) + u64::from(!old) + u64::from(new))
 }
 
 /// UDP's variant: 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff.
 #[inline(always)]
-pub fn udp_fixup(before: u16, after: u16) -> u16 {
+pub(crate) fn udp_fixup(before: u16, after: u16) -> u16 {
     match (before, after) {
         (0, _) => 0,
         (_, 0) => 0xffff,
@@ -42,7 +42,7 @@ pub fn udp_fixup(before: u16, after: u16) -> u16 {
 
 /// The checksum of a 20-byte IPv4 header given as bytes (checksum bytes zero).
 #[inline(always)]
-pub fn ipv4_bytes(h: &[u8; 20]) -> u16 {
+pub(crate) fn ipv4_bytes(h: &[u8; 20]) -> u16 {
     let mut sum = 0u64;
     let mut i = 0;
     while i < 20 {

@@ -14,17 +14,17 @@ use crate::maps::{
 };
 
 /// TCP flag bits as they sit in the 13th byte of the TCP header.
-pub const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_FIN: u8 = 0x01;
 /// SYN.
-pub const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_SYN: u8 = 0x02;
 /// RST.
-pub const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_RST: u8 = 0x04;
 /// ACK.
-pub const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_ACK: u8 = 0x10;
 
 /// How a packet's addresses change.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum NatKind {
+pub(crate) enum NatKind {
     /// Nothing.
     None,
     /// Destination becomes (addr, port): the original direction of a balanced flow.
@@ -39,7 +39,7 @@ pub enum NatKind {
 /// enum's unused payload is `undef` to LLVM, which may then spill a register the kernel
 /// verifier knows to be uninitialised, and the program is refused.
 #[derive(Clone, Copy)]
-pub struct Rewrite {
+pub(crate) struct Rewrite {
     /// Which address changes.
     pub kind: NatKind,
     /// The new address (network order).
@@ -50,7 +50,7 @@ pub struct Rewrite {
 
 impl Rewrite {
     /// No change.
-    pub const NONE: Self = Self {
+    pub(crate) const NONE: Self = Self {
         kind: NatKind::None,
         addr: 0,
         port: 0,
@@ -59,7 +59,7 @@ impl Rewrite {
 
 /// Where a packet goes after its rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum NextKind {
+pub(crate) enum NextKind {
     /// To a task on this node, through the host side of its veth (`Next::ep`).
     Local,
     /// VXLAN-encapsulated to a peer node's underlay address (`Next::node`).
@@ -70,7 +70,7 @@ pub enum NextKind {
 
 /// Where a packet goes after its rewrite.
 #[derive(Clone, Copy)]
-pub struct Next {
+pub(crate) struct Next {
     /// Which way.
     pub kind: NextKind,
     /// Encap: the peer's underlay address.
@@ -111,7 +111,7 @@ impl Next {
 
 /// The verdict of a decision.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not the mesh's: hand it to the kernel untouched.
     Pass,
     /// Rewrite, then send on.
@@ -122,7 +122,7 @@ pub enum Verdict {
 
 /// The decision for one packet.
 #[derive(Clone, Copy)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// What happens.
     pub verdict: Verdict,
     /// Drop: why.
@@ -137,7 +137,7 @@ pub struct Decision {
 
 impl Decision {
     /// Hand to the kernel.
-    pub const PASS: Self = Self {
+    pub(crate) const PASS: Self = Self {
         verdict: Verdict::Pass,
         reason: DropReason::Internal,
         rewrite: Rewrite::NONE,
@@ -147,7 +147,7 @@ impl Decision {
 
     /// Drop for `reason`.
     #[must_use]
-    pub const fn drop(reason: DropReason) -> Self {
+    pub(crate) const fn drop(reason: DropReason) -> Self {
         Self {
             verdict: Verdict::Drop,
             reason,
@@ -157,7 +157,7 @@ impl Decision {
 
     /// Rewrite and send on.
     #[must_use]
-    pub const fn forward(rewrite: Rewrite, next: Next, mss_clamp: bool) -> Self {
+    pub(crate) const fn forward(rewrite: Rewrite, next: Next, mss_clamp: bool) -> Self {
         Self {
             verdict: Verdict::Forward,
             reason: DropReason::Internal,
@@ -170,7 +170,7 @@ impl Decision {
 
 /// This node's settings; a zeroed config (agent not started yet) is returned as `None`.
 #[inline(always)]
-pub fn node_config() -> Option<&'static NodeConfig> {
+pub(crate) fn node_config() -> Option<&'static NodeConfig> {
     match LB_NODE_CONFIG.get(0) {
         Some(cfg) if cfg.addr != 0 => Some(cfg),
         _ => None,
@@ -179,7 +179,7 @@ pub fn node_config() -> Option<&'static NodeConfig> {
 
 /// Counts a drop.
 #[inline(always)]
-pub fn count_drop(reason: DropReason) {
+pub(crate) fn count_drop(reason: DropReason) {
     if let Some(v) = LB_DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU value, only this CPU writes it.
         unsafe { *v += 1 };
@@ -240,7 +240,7 @@ fn touch(flow: *mut Flow, proto: u8, tcp_flags: u8, fin_bit: u8) {
 
 /// Where a (post-rewrite) destination address lives.
 #[inline(always)]
-pub fn route(dst: u32) -> Next {
+pub(crate) fn route(dst: u32) -> Next {
     // SAFETY: read-only copy of the value.
     match unsafe { LB_ENDPOINTS.get(dst) } {
         Some(ep) if ep.is_local() => Next::local(*ep),
@@ -252,7 +252,7 @@ pub fn route(dst: u32) -> Next {
 /// The service a packet is addressed to: its VIP on that port, its VIP on every port
 /// (port 0 in the key: Swarm's VIPs take every port), or a port published on this node.
 #[inline(always)]
-pub fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service> {
+pub(crate) fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service> {
     let vip = ServiceKey {
         addr: key.dst_addr,
         port: key.dst_port,
@@ -451,7 +451,12 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
 
 /// A packet arriving from outside the node, not encapsulated: published ports and VIPs.
 #[inline(always)]
-pub fn from_underlay(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
+pub(crate) fn from_underlay(
+    key: &FlowKey,
+    cfg: &NodeConfig,
+    tcp_flags: u8,
+    bytes: u16,
+) -> Decision {
     let Some(svc) = find_service(key, cfg) else {
         return Decision::PASS;
     };
@@ -465,7 +470,7 @@ pub fn from_underlay(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16)
 
 /// A packet leaving a local task (TC on the host side of its veth).
 #[inline(always)]
-pub fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
+pub(crate) fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
     if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
         && let Some(d) = existing(key, flow, tcp_flags, bytes)
     {
@@ -483,7 +488,7 @@ pub fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> 
 
 /// A packet that came out of a VXLAN tunnel from the peer at `outer_src`.
 #[inline(always)]
-pub fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: u16) -> Decision {
+pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: u16) -> Decision {
     if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
         && let Some(d) = existing(key, flow, tcp_flags, bytes)
     {
@@ -500,6 +505,8 @@ pub fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: u16) ->
     if unsafe { LB_ENDPOINTS.get(key.src_addr) }.is_none() {
         let reverse = key.reversed();
         match LB_FLOWS.get_ptr_mut(reverse) {
+            // SAFETY: `ret` points into the map entry found just above; it stays valid
+            // while the program runs (RCU).
             Some(ret) if unsafe { (*ret).node } == outer_src => {
                 touch(ret, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
             }

@@ -25,25 +25,25 @@ use network_types::eth::EthHdr;
 
 /// The routing mesh on the underlay interface.
 #[xdp]
-pub fn lb_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn lb_xdp(ctx: XdpContext) -> u32 {
     xdp::handle(&ctx)
 }
 
 /// Load balancing and overlay routing of traffic leaving a local task.
 #[classifier]
-pub fn lb_tc_task(ctx: TcContext) -> i32 {
+pub(crate) fn lb_tc_task(ctx: TcContext) -> i32 {
     tc::handle(&ctx)
 }
 
 /// Passes every frame.
 #[xdp]
-pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
+pub(crate) fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 /// Benchmark floor: the cheapest useful forwarding program, swap MACs and bounce.
 #[xdp]
-pub fn bench_xdp_mac_swap(ctx: XdpContext) -> u32 {
+pub(crate) fn bench_xdp_mac_swap(ctx: XdpContext) -> u32 {
     let Some(eth) = packet::ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
         return xdp_action::XDP_DROP;
     };

@@ -12,40 +12,40 @@ use lb_common::{
 
 /// Services by VIP or published port. Two keys (published, VIP) may share one service.
 #[map]
-pub static LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES * 2, 0);
+pub(crate) static LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES * 2, 0);
 
 /// Double-buffered backend slot tables, see `lb_common::maps::slot_index`.
 #[map]
-pub static LB_SLOTS: Array<u32> = Array::pinned(SLOTS_LEN, 0);
+pub(crate) static LB_SLOTS: Array<u32> = Array::pinned(SLOTS_LEN, 0);
 
 /// Backends by id.
 #[map]
-pub static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+pub(crate) static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
 
 /// The overlay's routing table: task address -> where it runs.
 #[map]
-pub static LB_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+pub(crate) static LB_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// Per-flow state.
 #[map]
-pub static LB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+pub(crate) static LB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
 
 /// Round-robin cursors, per CPU, per service id: no shared atomic on the hot path.
 #[map]
-pub static LB_RR_CURSORS: PerCpuArray<u32> = PerCpuArray::pinned(MAX_SERVICES, 0);
+pub(crate) static LB_RR_CURSORS: PerCpuArray<u32> = PerCpuArray::pinned(MAX_SERVICES, 0);
 
 /// Counters per service id.
 #[map]
-pub static LB_SERVICE_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+pub(crate) static LB_SERVICE_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 0);
 
 /// Counters per backend id.
 #[map]
-pub static LB_BACKEND_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+pub(crate) static LB_BACKEND_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
 /// Drops by reason.
 #[map]
-pub static LB_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+pub(crate) static LB_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
 
 /// This node's settings (one element).
 #[map]
-pub static LB_NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+pub(crate) static LB_NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);

@@ -7,15 +7,15 @@ use lb_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// EtherType of IPv4 as it sits in the frame.
-pub const ETH_P_IP: u16 = 0x0800_u16.to_be();
+pub(crate) const ETH_P_IP: u16 = 0x0800_u16.to_be();
 /// "More fragments" flag and fragment offset bits of the IPv4 `frags` field (host order).
-pub const IP_MF_OFFSET: u16 = 0x3fff;
+pub(crate) const IP_MF_OFFSET: u16 = 0x3fff;
 /// Fragment offset bits only.
-pub const IP_OFFSET: u16 = 0x1fff;
+pub(crate) const IP_OFFSET: u16 = 0x1fff;
 
 /// A pointer to a `T` at `offset` into `[start, end)`, if it fits.
 #[inline(always)]
-pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*mut T> {
+pub(crate) fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*mut T> {
     let at = start + offset;
     if at + size_of::<T>() > end {
         return None;
@@ -25,7 +25,7 @@ pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*mut T> {
 
 /// Where an IPv4 packet's headers are, and what it is.
 #[derive(Clone, Copy)]
-pub struct Ipv4Packet {
+pub(crate) struct Ipv4Packet {
     /// Offset of the L4 header from the start of the frame.
     pub l4: usize,
     /// The 5-tuple (ports 0 for protocols other than TCP and UDP).
@@ -40,7 +40,7 @@ pub struct Ipv4Packet {
 
 /// Why a frame could not be parsed as an IPv4 packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// Not IPv4 at all (ARP, IPv6, ...): not ours.
     NotIpv4,
     /// IPv4 with impossible lengths or a cut-short header.
@@ -53,7 +53,11 @@ pub enum ParseError {
 /// `frame_len` is the whole frame's length, which may exceed `end - start`: an skb's
 /// payload can sit in paged fragments beyond the directly readable headers.
 #[inline(always)]
-pub fn parse_ipv4(start: usize, end: usize, frame_len: usize) -> Result<Ipv4Packet, ParseError> {
+pub(crate) fn parse_ipv4(
+    start: usize,
+    end: usize,
+    frame_len: usize,
+) -> Result<Ipv4Packet, ParseError> {
     let eth: *const EthHdr = ptr_at(start, end, 0).ok_or(ParseError::NotIpv4)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != ETH_P_IP {

@@ -31,7 +31,7 @@ const HEADERS: u32 = 14 + 60 + 20;
 
 /// The program's entry: never fails, every error becomes a verdict.
 #[inline(always)]
-pub fn handle(ctx: &TcContext) -> i32 {
+pub(crate) fn handle(ctx: &TcContext) -> i32 {
     let Some(cfg) = decide::node_config() else {
         return TC_ACT_OK;
     };

@@ -6,13 +6,13 @@ use lb_common::{NodeConfig, VXLAN_OVERHEAD};
 use crate::{csum, packet::Ipv4Packet};
 
 /// VXLAN's "VNI present" flag.
-pub const FLAG_VNI: u8 = 0x08;
+pub(crate) const FLAG_VNI: u8 = 0x08;
 
 /// Outer IPv4 (20 bytes), UDP (8) and VXLAN (8) headers from this node to the peer at
 /// `node`, for an inner IPv4 packet of `pkt.tot_len` bytes. The UDP source port carries
 /// per-flow entropy (for ECMP and RSS); the UDP checksum is 0, as RFC 7348 allows.
 #[inline(always)]
-pub fn tunnel_header(cfg: &NodeConfig, node: u32, pkt: &Ipv4Packet) -> [u8; 36] {
+pub(crate) fn tunnel_header(cfg: &NodeConfig, node: u32, pkt: &Ipv4Packet) -> [u8; 36] {
     let outer_len = pkt.tot_len.wrapping_add(VXLAN_OVERHEAD);
     let len = outer_len.to_be_bytes();
     let (s, d) = (cfg.addr.to_ne_bytes(), node.to_ne_bytes());
@@ -35,7 +35,7 @@ pub fn tunnel_header(cfg: &NodeConfig, node: u32, pkt: &Ipv4Packet) -> [u8; 36] 
 
 /// A per-flow value for the outer UDP source port, so ECMP and RSS spread flows.
 #[inline(always)]
-pub fn flow_entropy(pkt: &Ipv4Packet) -> u16 {
+pub(crate) fn flow_entropy(pkt: &Ipv4Packet) -> u16 {
     let k = &pkt.key;
     let mut h = k.src_addr ^ k.dst_addr.rotate_left(16);
     h ^= (u32::from(k.src_port) << 16) | u32::from(k.dst_port);

@@ -29,7 +29,7 @@ const AF_INET: u8 = 2;
 
 /// The program's entry: never fails, every error becomes a verdict.
 #[inline(always)]
-pub fn handle(ctx: &XdpContext) -> u32 {
+pub(crate) fn handle(ctx: &XdpContext) -> u32 {
     let Some(cfg) = decide::node_config() else {
         return XDP_PASS;
     };

@@ -7,7 +7,7 @@ use crate::setup;
 
 /// Which benchmark to run.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Bench {
+pub(crate) enum Bench {
     /// Cost of the eBPF programs per packet, timed in the kernel with BPF_PROG_TEST_RUN;
     /// writes bench-results/dataplane.md.
     Dataplane,
@@ -26,7 +26,7 @@ pub enum Bench {
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// The benchmark to run.
     #[arg(value_enum)]
     pub what: Bench,
@@ -39,7 +39,7 @@ pub struct BenchArgs {
 }
 
 /// Runs a benchmark.
-pub fn run(args: BenchArgs) -> Result<()> {
+pub(crate) fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         Bench::Dataplane => dataplane(&args),
         Bench::Mesh => mesh(&args),

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 
 /// The workspace root: the parent of this crate's directory.
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives inside the workspace")
@@ -21,7 +21,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The cargo target directory (`$CARGO_TARGET_DIR` or `<workspace>/target`).
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
@@ -36,13 +36,13 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The cargo binary that runs us (`$CARGO`, set by `cargo run`), or `cargo` from `PATH`.
-pub fn cargo() -> OsString {
+pub(crate) fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
 /// Cargo's own binary directory (`$CARGO_HOME/bin`, default `~/.cargo/bin`), where
 /// `cargo install` puts `bpf-linker`.
-pub fn cargo_bin_dir() -> Option<PathBuf> {
+pub(crate) fn cargo_bin_dir() -> Option<PathBuf> {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
@@ -65,7 +65,7 @@ fn child_path() -> Option<OsString> {
 
 /// A command exited unsuccessfully; carries its exit code for `main` to propagate.
 #[derive(Debug)]
-pub struct CommandFailed {
+pub(crate) struct CommandFailed {
     /// The command line, for the message.
     pub command: String,
     /// The exit code, or `None` when a signal killed it.
@@ -85,7 +85,7 @@ impl std::error::Error for CommandFailed {}
 
 /// A command to run from the workspace root.
 #[derive(Debug)]
-pub struct Cmd {
+pub(crate) struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
@@ -93,7 +93,7 @@ pub struct Cmd {
 
 impl Cmd {
     /// A new command running `program`.
-    pub fn new(program: impl AsRef<OsStr>) -> Self {
+    pub(crate) fn new(program: impl AsRef<OsStr>) -> Self {
         Self {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
@@ -102,18 +102,18 @@ impl Cmd {
     }
 
     /// `cargo` (the one running us).
-    pub fn cargo() -> Self {
+    pub(crate) fn cargo() -> Self {
         Self::new(cargo())
     }
 
     /// Appends one argument.
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+    pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
         self
     }
 
     /// Appends arguments.
-    pub fn args<I, S>(mut self, args: I) -> Self
+    pub(crate) fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -124,14 +124,14 @@ impl Cmd {
     }
 
     /// Sets an environment variable for the command.
-    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+    pub(crate) fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.envs
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
     /// The command line as the user would type it, for logs and errors.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         let mut out = String::new();
         for (k, v) in &self.envs {
             if k != "PATH" {
@@ -184,7 +184,7 @@ impl Cmd {
 
     /// Runs the command with inherited stdio, echoing it first; fails with
     /// [`CommandFailed`] on a non-zero exit.
-    pub fn run(&self) -> Result<()> {
+    pub(crate) fn run(&self) -> Result<()> {
         eprintln!("$ {}", self.display());
         let status = self.build().status().map_err(|e| self.spawn_error(e))?;
         if status.success() {
@@ -200,7 +200,7 @@ impl Cmd {
 
     /// Runs the command quietly and returns its stdout, or `None` when it could not be
     /// started or exited non-zero. For probes (`dpkg-query`, `bpf-linker --version`).
-    pub fn probe(&self) -> Option<String> {
+    pub(crate) fn probe(&self) -> Option<String> {
         let out = self
             .build()
             .stdin(Stdio::null())
@@ -214,7 +214,7 @@ impl Cmd {
 
     /// Replaces this process with the command (Unix `exec`), so that signals (Ctrl-C)
     /// and the exit code go straight to and from it. Returns only on failure.
-    pub fn exec(&self) -> anyhow::Error {
+    pub(crate) fn exec(&self) -> anyhow::Error {
         use std::os::unix::process::CommandExt;
         eprintln!("$ {}", self.display());
         let err = self.build().exec();
@@ -224,7 +224,7 @@ impl Cmd {
 
 /// Whether this process runs as root (effective uid 0), read without `unsafe` from the
 /// owner of `/proc/self`.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
@@ -232,13 +232,13 @@ pub fn is_root() -> bool {
 }
 
 /// Prints a step heading.
-pub fn step(title: &str) {
+pub(crate) fn step(title: &str) {
     eprintln!("\n==> {title}");
 }
 
 /// A task failed and wants a given exit code (e.g. `cargo test`'s, after a summary).
 #[derive(Debug)]
-pub struct Exit {
+pub(crate) struct Exit {
     /// The exit code.
     pub code: i32,
     /// What failed.
@@ -254,7 +254,7 @@ impl fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 /// The exit code to report for an error: the failed command's own code, else 1.
-pub fn exit_code_of(err: &anyhow::Error) -> i32 {
+pub(crate) fn exit_code_of(err: &anyhow::Error) -> i32 {
     if let Some(exit) = err.downcast_ref::<Exit>() {
         return exit.code;
     }
@@ -267,6 +267,6 @@ pub fn exit_code_of(err: &anyhow::Error) -> i32 {
 }
 
 /// Context helper for filesystem reads.
-pub fn read_to_string(path: &Path) -> Result<String> {
+pub(crate) fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }

@@ -14,7 +14,7 @@ use crate::{setup, test};
 
 /// Options of `cargo xtask demo`, passed through to `mesh-demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Tear down the cluster an earlier `cargo xtask demo` left running, then exit.
     #[arg(long, conflicts_with = "once")]
     pub down: bool,
@@ -27,7 +27,7 @@ pub struct DemoArgs {
 }
 
 /// Runs the demo; on success this process becomes `mesh-demo` and does not return.
-pub fn run(args: DemoArgs) -> Result<()> {
+pub(crate) fn run(args: DemoArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }

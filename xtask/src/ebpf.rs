@@ -11,16 +11,16 @@ use crate::cmd::{self, Cmd};
 
 /// The eBPF crate: it builds only for `bpfel-unknown-none`, so host-target steps
 /// (`cargo test`, clippy) exclude it and it gets its own clippy run.
-pub const EBPF_CRATE: &str = "lb-ebpf";
+pub(crate) const EBPF_CRATE: &str = "lb-ebpf";
 
 /// The eBPF target triple.
-pub const EBPF_TARGET: &str = "bpfel-unknown-none";
+pub(crate) const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 /// The name of the eBPF crate's binary (its object file).
 const EBPF_BIN: &str = "lb";
 
 /// `RUSTC_BOOTSTRAP=1 cargo <subcommand> -p lb-ebpf -Z build-std=core --target bpfel-unknown-none`.
-pub fn ebpf_cargo(subcommand: &str) -> Cmd {
+pub(crate) fn ebpf_cargo(subcommand: &str) -> Cmd {
     Cmd::cargo().env("RUSTC_BOOTSTRAP", "1").args([
         subcommand,
         "-p",
@@ -33,7 +33,7 @@ pub fn ebpf_cargo(subcommand: &str) -> Cmd {
 }
 
 /// Builds the eBPF object in release mode and prints where it is.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cmd::step("build the eBPF crate");
     ebpf_cargo("build")
         .arg("--release")

@@ -73,7 +73,7 @@ enum Outcome {
 type Step = fn() -> Result<Outcome>;
 
 /// Runs every setup step and prints what it did and what it skipped.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cmd::step("setup: checking prerequisites");
     let steps: [(&str, Step); 5] = [
         ("rustup components", components),

@@ -16,7 +16,7 @@ use crate::setup;
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, clap::Args)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// Skip `cargo xtask setup` (for a machine known to be ready, or without root).
     #[arg(long)]
     pub no_setup: bool,
@@ -30,7 +30,7 @@ pub struct TestArgs {
 }
 
 /// Builds the packages whose binaries the end-to-end tests and the demo start.
-pub fn build_bins() -> Result<()> {
+pub(crate) fn build_bins() -> Result<()> {
     Cmd::cargo()
         .args([
             "build",
@@ -48,7 +48,7 @@ pub fn build_bins() -> Result<()> {
 }
 
 /// Runs the whole check.
-pub fn run(args: TestArgs) -> Result<()> {
+pub(crate) fn run(args: TestArgs) -> Result<()> {
     if !args.no_setup {
         setup::run()?;
     }

@@ -17,7 +17,7 @@ use mesh_api::task::TaskId;
 use nix::sched::CloneFlags;
 
 /// Fails clearly unless the test runs as root.
-pub fn require_root() -> Result<()> {
+pub(crate) fn require_root() -> Result<()> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let euid = status
         .lines()
@@ -32,7 +32,7 @@ pub fn require_root() -> Result<()> {
 }
 
 /// Runs `cmd args` and returns its stdout; fails with its stderr.
-pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .stdin(Stdio::null())
@@ -48,7 +48,7 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Polls `f` until it returns `Some`, failing after `timeout` with `what`.
-pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+pub(crate) async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -68,20 +68,20 @@ where
 /// A throwaway network namespace that plays the node: [`Node::run`] runs a test body on
 /// a thread inside it (with a current-thread tokio runtime), so the agent's netlink
 /// socket, the task veths' host sides and the test's own sockets all live there.
-pub struct Node {
+pub(crate) struct Node {
     /// Its name under /run/netns.
     pub name: String,
 }
 
 /// The node namespace's own address.
-pub const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+pub(crate) const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 
 impl Node {
     /// Creates the namespace (`lo` up).
     ///
     /// # Errors
     /// If not root or namespaces are unavailable.
-    pub fn new(tag: &str) -> Result<Self> {
+    pub(crate) fn new(tag: &str) -> Result<Self> {
         require_root()?;
         let name = format!("rtnode-{tag}-{}", std::process::id());
         let _ = run("ip", &["netns", "del", &name]);
@@ -110,7 +110,7 @@ impl Node {
     ///
     /// # Errors
     /// What `body` returns, or if the namespace cannot be entered.
-    pub fn run<F, Fut>(&self, body: F) -> Result<()>
+    pub(crate) fn run<F, Fut>(&self, body: F) -> Result<()>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>>,
@@ -132,7 +132,7 @@ impl Node {
     ///
     /// # Errors
     /// If `ip` fails.
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn ip(&self, args: &[&str]) -> Result<String> {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
         run("ip", &all)
@@ -147,7 +147,7 @@ impl Drop for Node {
 
 /// Connects to `addr:port` (from the calling thread's namespace) and returns what the
 /// server sends before closing, `None` if the connection fails.
-pub async fn fetch(addr: Ipv4Addr, port: u16) -> Option<String> {
+pub(crate) async fn fetch(addr: Ipv4Addr, port: u16) -> Option<String> {
     use tokio::io::AsyncReadExt as _;
     let connect = tokio::net::TcpStream::connect(SocketAddr::from((addr, port)));
     let mut s = tokio::time::timeout(Duration::from_secs(2), connect)
@@ -164,16 +164,16 @@ pub async fn fetch(addr: Ipv4Addr, port: u16) -> Option<String> {
 
 /// A unique task ID for this test process (`n` distinguishes tasks within it).
 #[must_use]
-pub fn task_id(n: u64) -> u64 {
+pub(crate) fn task_id(n: u64) -> u64 {
     (u64::from(std::process::id()) << 16) | n
 }
 
 /// Where static busybox lives (Debian's `busybox-static`, which `cargo xtask setup`
 /// installs).
-pub const BUSYBOX: &str = "/bin/busybox";
+pub(crate) const BUSYBOX: &str = "/bin/busybox";
 
 /// Fails clearly without a static busybox.
-pub fn require_busybox() -> Result<()> {
+pub(crate) fn require_busybox() -> Result<()> {
     ensure!(
         Path::new(BUSYBOX).exists(),
         "{BUSYBOX} is missing: run `cargo xtask setup` (it installs busybox-static)"
@@ -195,7 +195,7 @@ fn docker_answers() -> bool {
 ///
 /// # Errors
 /// When `docker info` fails.
-pub fn ensure_docker() -> Result<()> {
+pub(crate) fn ensure_docker() -> Result<()> {
     ensure!(
         docker_answers(),
         "no docker engine answers: run `cargo xtask setup` (it installs docker.io and \
@@ -209,7 +209,7 @@ pub fn ensure_docker() -> Result<()> {
 ///
 /// # Errors
 /// If busybox is missing or docker fails.
-pub fn busybox_image(tag: &str) -> Result<()> {
+pub(crate) fn busybox_image(tag: &str) -> Result<()> {
     ensure_docker()?;
     if run("docker", &["image", "inspect", tag]).is_ok() {
         return Ok(());
@@ -242,11 +242,11 @@ pub fn busybox_image(tag: &str) -> Result<()> {
 }
 
 /// MTU of the tests' task interfaces.
-pub const MTU: u32 = 1450;
+pub(crate) const MTU: u32 = 1450;
 
 /// A task of `runtime` running `image` (the program, for the process runtime) with
 /// `args`, `GREETING=hello` in its environment and a 1 s stop grace period.
-pub fn task_config(
+pub(crate) fn task_config(
     runtime: RuntimeKind,
     (id, name): (TaskId, &str),
     addr: Ipv4Addr,

@@ -27,7 +27,7 @@ const POLL: Duration = Duration::from_millis(200);
 const STABLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Subcommand)]
-pub enum ServiceCommand {
+pub(crate) enum ServiceCommand {
     /// Create a new service: `IMAGE` is the program to run (process
     /// runtime, the default) or a container image (`--runtime docker`).
     Create(Box<CreateFlags>),
@@ -99,7 +99,7 @@ pub enum ServiceCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct PsArgs {
+pub(crate) struct PsArgs {
     #[arg(required = true)]
     services: Vec<String>,
     /// Do not truncate IDs and errors.
@@ -114,7 +114,7 @@ pub struct PsArgs {
 
 /// `meshctl node ps`'s arguments.
 #[derive(Debug, Args)]
-pub struct NodePsArgs {
+pub(crate) struct NodePsArgs {
     /// The node (ID, ID prefix or hostname); default: the manager meshctl talks to.
     node: Option<String>,
     /// Do not truncate IDs and errors.
@@ -299,7 +299,10 @@ async fn watch(
 }
 
 /// Runs a `meshctl service` command.
-pub async fn run(control: &mut ControlClient<Channel>, command: &ServiceCommand) -> Result<()> {
+pub(crate) async fn run(
+    control: &mut ControlClient<Channel>,
+    command: &ServiceCommand,
+) -> Result<()> {
     match command {
         ServiceCommand::Create(flags) => {
             let suffix = format!("{:04x}", rand::random::<u16>());
@@ -496,7 +499,7 @@ async fn rollback(
 }
 
 /// `meshctl node ps`: the tasks on a node.
-pub async fn node_ps(control: &mut ControlClient<Channel>, args: &NodePsArgs) -> Result<()> {
+pub(crate) async fn node_ps(control: &mut ControlClient<Channel>, args: &NodePsArgs) -> Result<()> {
     let node = match &args.node {
         Some(node) => node.clone(),
         None => {

@@ -27,13 +27,13 @@ use mesh_tests::pinned::{PinnedMaps, ServiceBackends};
 use mesh_tests::{ManagedCluster, ManagedOptions, bin};
 
 /// The published port of `web`.
-pub const PORT: u16 = 8080;
+pub(crate) const PORT: u16 = 8080;
 /// Replicas after a scale-down.
-pub const LOW: u32 = 3;
+pub(crate) const LOW: u32 = 3;
 /// Replicas after a scale-up.
-pub const HIGH: u32 = 6;
+pub(crate) const HIGH: u32 = 6;
 /// Nodes of the managed clusters.
-pub const NODES: usize = 3;
+pub(crate) const NODES: usize = 3;
 /// The longest a change may take to reach every node.
 const PROPAGATE: Duration = Duration::from_secs(60);
 /// How long a `meshctl` command that waits for convergence may take.
@@ -43,7 +43,7 @@ const POLL: Duration = Duration::from_millis(1);
 
 /// One scale round: up, then down.
 #[derive(Clone, Copy, Debug)]
-pub struct ScaleRound {
+pub(crate) struct ScaleRound {
     /// The `UpdateService` RPC of the scale-up, until it returned.
     pub ack_up_ms: f64,
     /// The RPC of the scale-down.
@@ -61,7 +61,7 @@ pub struct ScaleRound {
 
 /// One node loss.
 #[derive(Clone, Copy, Debug)]
-pub struct Loss {
+pub(crate) struct Loss {
     /// The node lost (`k` of `nK`).
     pub node: usize,
     /// Its tasks (backends) when it was lost.
@@ -74,7 +74,7 @@ pub struct Loss {
 
 /// What the phase measured on one cluster.
 #[derive(Clone, Debug)]
-pub struct Measured {
+pub(crate) struct Measured {
     /// Managers of the cluster.
     pub managers: usize,
     /// The managers' `--heartbeat-ms` and `--heartbeat-misses`.
@@ -86,7 +86,7 @@ pub struct Measured {
 }
 
 /// Whether this process runs as root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
@@ -96,7 +96,7 @@ pub fn is_root() -> bool {
 /// # Errors
 /// If the cluster does not form, a command fails, or a change does not reach every node
 /// within a minute.
-pub fn measure(managers: usize, rounds: usize, losses: usize) -> Result<Measured> {
+pub(crate) fn measure(managers: usize, rounds: usize, losses: usize) -> Result<Measured> {
     ensure!(
         is_root(),
         "the services phase creates network namespaces and runs lb-agent (XDP): run it as root, \
@@ -405,7 +405,7 @@ fn stats(values: &[f64]) -> (f64, f64, f64) {
 ///
 /// # Errors
 /// Never in practice (formatting into a `String`).
-pub fn report(measured: &[Measured]) -> Result<String> {
+pub(crate) fn report(measured: &[Measured]) -> Result<String> {
     use std::fmt::Write as _;
     let mut s = String::new();
     let rounds = measured.first().map_or(0, |m| m.scale.len());
