@@ -2,7 +2,9 @@
 //!
 //! - `setup`: installs the toolchain prerequisites (idempotent; root for apt and bpffs);
 //! - `build-ebpf`: builds the eBPF crate alone, for inspection;
-//! - `test`: setup, lints, build, and the whole test suite: the project's one test command;
+//! - `layers`: checks from `cargo tree` that each crate depends only on the layers below it;
+//! - `test`: setup, lints, layers, build, and the whole test suite: the project's one test
+//!   command;
 //! - `demo`: setup, build, and a local three-node mesh in network namespaces;
 //! - `bench <what>`: benchmarks, reports under `bench-results/`.
 #![forbid(unsafe_code)]
@@ -11,6 +13,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod layers;
 mod setup;
 mod test;
 
@@ -33,7 +36,9 @@ enum Task {
     Setup,
     /// Build the eBPF crate alone (release, bpfel-unknown-none) for inspection.
     BuildEbpf,
-    /// Setup, rustfmt, clippy, build, and the whole test suite (needs root for the
+    /// Check from `cargo tree` that each crate depends only on the layers below it.
+    Layers,
+    /// Setup, rustfmt, clippy, layers, cargo-deny, build, and the whole test suite (needs root for the
     /// end-to-end tests).
     Test(test::TestArgs),
     /// Setup, build, and run a local three-node mesh in network namespaces.
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::BuildEbpf => ebpf::run(),
+        Task::Layers => layers::run(),
         Task::Test(args) => test::run(args),
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),

@@ -6,12 +6,13 @@
 //! 1. rustup components `rust-src` (for `-Z build-std=core`), `rustfmt`, `clippy`;
 //! 2. Debian packages: LLVM 22 for `bpf-linker`, and the tools tests and demos use;
 //! 3. `bpf-linker` 0.13.0, built against Debian's LLVM 22;
-//! 4. bpffs mounted at `/sys/fs/bpf`;
-//! 5. a docker engine answering (for the docker task runtime and its tests): when
+//! 4. `cargo-deny` 0.20.2, for the dependency policy check of `cargo xtask test`;
+//! 5. bpffs mounted at `/sys/fs/bpf`;
+//! 6. a docker engine answering (for the docker task runtime and its tests): when
 //!    `docker info` fails, `dockerd --iptables=false --bridge=none` is started in the
 //!    background (its log: `/var/log/mesh-dockerd.log`) and awaited.
 //!
-//! Steps 2, 4 and 5 need root; steps 1 and 3 do not. A machine that already has everything
+//! Steps 2, 5 and 6 need root; steps 1, 3 and 4 do not. A machine that already has everything
 //! passes without root. See docs/toolchain.md.
 
 use std::path::Path;
@@ -57,6 +58,9 @@ const DOCKERD_LOG: &str = "/var/log/mesh-dockerd.log";
 /// The `bpf-linker` version this workspace is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The `cargo-deny` version `cargo xtask test` checks the dependency policy with.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
 /// Where Debian's LLVM 22 lives; `bpf-linker`'s build needs it as `LLVM_PREFIX`.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -75,10 +79,11 @@ type Step = fn() -> Result<Outcome>;
 /// Runs every setup step and prints what it did and what it skipped.
 pub(crate) fn run() -> Result<()> {
     cmd::step("setup: checking prerequisites");
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 6] = [
         ("rustup components", components),
         ("Debian packages", packages),
         ("bpf-linker", bpf_linker),
+        ("cargo-deny", cargo_deny),
         ("bpffs", bpffs),
         ("docker engine", docker_engine),
     ];
@@ -200,49 +205,85 @@ fn packages() -> Result<Outcome> {
     Ok(Outcome::Done(format!("installed {}", missing.join(" "))))
 }
 
-/// The installed `bpf-linker`'s version, from `bpf-linker --version` ("bpf-linker 0.13.0").
-fn bpf_linker_version() -> Option<String> {
-    let out = Cmd::new("bpf-linker").arg("--version").probe()?;
-    out.split_whitespace().nth(1).map(str::to_owned)
+/// A tool installed with `cargo install` at a pinned version.
+struct CargoTool {
+    /// The crate, and the binary `cargo install` puts in cargo's bin directory.
+    name: &'static str,
+    version: &'static str,
+    /// What the build takes, said before it starts.
+    duration: &'static str,
+    /// Extra `cargo install` arguments.
+    args: &'static [&'static str],
+    /// What to check when the build fails.
+    hint: &'static str,
+}
+
+/// `bpf-linker`, built against Debian's LLVM 22 (see [`LLVM_PREFIX`]).
+const BPF_LINKER: CargoTool = CargoTool {
+    name: "bpf-linker",
+    version: BPF_LINKER_VERSION,
+    duration: "about 2 minutes",
+    args: &["--no-default-features", "--features", "llvm-22"],
+    hint: "is crates.io reachable? is llvm-22-dev installed?",
+};
+
+/// `cargo-deny`, for `cargo deny check licenses bans sources` in `cargo xtask test`.
+const CARGO_DENY: CargoTool = CargoTool {
+    name: "cargo-deny",
+    version: CARGO_DENY_VERSION,
+    duration: "about 5 minutes on 2 cores",
+    args: &["--locked"],
+    hint: "is crates.io reachable?",
+};
+
+impl CargoTool {
+    /// The installed version, from `<name> --version` ("bpf-linker 0.13.0").
+    fn installed_version(&self) -> Option<String> {
+        let out = Cmd::new(self.name).arg("--version").probe()?;
+        out.split_whitespace().nth(1).map(str::to_owned)
+    }
+
+    /// Installs the pinned version unless it is there.
+    fn ensure(&self) -> Result<Outcome> {
+        let (name, version) = (self.name, self.version);
+        let found = self.installed_version();
+        if found.as_deref() == Some(version) {
+            return Ok(Outcome::Present(format!("{name} {version} installed")));
+        }
+        match &found {
+            Some(v) => eprintln!("{name} {v} found, want {version}: reinstalling"),
+            None => eprintln!("{name} not found: installing {version} ({})", self.duration),
+        }
+        Cmd::cargo()
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .args(["install", name, "--version", version, "--force"])
+            .args(self.args)
+            .run()
+            .with_context(|| format!("building {name} failed ({})", self.hint))?;
+        match self.installed_version() {
+            Some(v) if v == version => {}
+            other => bail!(
+                "{name} was installed but `{name} --version` reports {other:?}; is {} on PATH?",
+                cmd::cargo_bin_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            ),
+        }
+        Ok(Outcome::Done(format!("installed {name} {version}")))
+    }
 }
 
 fn bpf_linker() -> Result<Outcome> {
-    let found = bpf_linker_version();
-    if found.as_deref() == Some(BPF_LINKER_VERSION) {
-        return Ok(Outcome::Present(format!(
-            "bpf-linker {BPF_LINKER_VERSION} installed"
-        )));
-    }
-    match &found {
-        Some(v) => eprintln!("bpf-linker {v} found, want {BPF_LINKER_VERSION}: reinstalling"),
-        None => {
-            eprintln!("bpf-linker not found: installing {BPF_LINKER_VERSION} (about 2 minutes)")
-        }
-    }
-    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+    if BPF_LINKER.installed_version().as_deref() != Some(BPF_LINKER_VERSION)
+        && !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists()
+    {
         bail!("{LLVM_PREFIX}/bin/llvm-config is missing: llvm-22-dev must be installed first");
     }
-    Cmd::cargo()
-        .env("LLVM_PREFIX", LLVM_PREFIX)
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", "llvm-22", "--force"])
-        .run()
-        .context(
-            "building bpf-linker failed (is crates.io reachable? is llvm-22-dev installed?)",
-        )?;
-    match bpf_linker_version() {
-        Some(v) if v == BPF_LINKER_VERSION => {}
-        other => bail!(
-            "bpf-linker was installed but `bpf-linker --version` reports {other:?}; \
-             is {} on PATH?",
-            cmd::cargo_bin_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default()
-        ),
-    }
-    Ok(Outcome::Done(format!(
-        "installed bpf-linker {BPF_LINKER_VERSION}"
-    )))
+    BPF_LINKER.ensure()
+}
+
+fn cargo_deny() -> Result<Outcome> {
+    CARGO_DENY.ensure()
 }
 
 /// Whether a bpf filesystem is mounted at [`BPFFS`].

@@ -1,8 +1,9 @@
 //! `cargo xtask test`: the one command that checks the whole project.
 //!
 //! Runs setup, then: `cargo fmt --check`, clippy with `-D warnings` (host crates, and the
-//! eBPF crate for its own target), builds the binaries the end-to-end tests start, and
-//! runs `cargo test` over the workspace. Lint failures do not stop the test run, so one
+//! eBPF crate for its own target), the layering check ([`crate::layers`]), `cargo deny
+//! check licenses bans sources` (deny.toml), builds the binaries the end-to-end tests
+//! start, and runs `cargo test` over the workspace. Lint failures do not stop the test run, so one
 //! CI log shows everything; the command fails if any step failed, with `cargo test`'s exit
 //! code when the tests failed.
 
@@ -12,6 +13,7 @@ use anyhow::Result;
 
 use crate::cmd::{self, Cmd};
 use crate::ebpf::{EBPF_CRATE, ebpf_cargo};
+use crate::layers;
 use crate::setup;
 
 /// Options of `cargo xtask test`.
@@ -79,6 +81,14 @@ pub(crate) fn run(args: TestArgs) -> Result<()> {
         cmd::step("clippy (eBPF crate, bpfel-unknown-none)");
         let clippy = ebpf_cargo("clippy").args(["--", "-D", "warnings"]).run();
         results.push(("clippy (eBPF)", clippy));
+
+        results.push(("layers", layers::run()));
+
+        cmd::step("cargo deny (licenses, bans, sources; deny.toml)");
+        let deny = Cmd::cargo()
+            .args(["deny", "--offline", "check", "licenses", "bans", "sources"])
+            .run();
+        results.push(("cargo deny", deny));
     }
 
     cmd::step("build the binaries the tests start");
