@@ -6,6 +6,18 @@
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
+    // Say what is missing rather than let the nested build fail at link time.
+    if std::process::Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        anyhow::bail!(
+            "lb-agent embeds its eBPF programs, which bpf-linker links, and bpf-linker is not \
+             on PATH: run `cargo xtask setup` (it installs bpf-linker 0.13.0 against LLVM 22; \
+             see docs/toolchain.md)"
+        );
+    }
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest_dir).join("../lb-ebpf");
     let ebpf_dir = ebpf_dir.canonicalize()?;

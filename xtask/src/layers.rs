@@ -26,7 +26,14 @@ const RULES: &[Rule] = &[
     Rule {
         package: "mesh-api",
         why: "the contract: messages and records, no runtime, no RPC stack",
-        forbidden: &["tokio", "tonic", "hyper", "mesh-core", "mesh-client", "mesh-manager"],
+        forbidden: &[
+            "tokio",
+            "tonic",
+            "hyper",
+            "mesh-core",
+            "mesh-client",
+            "mesh-manager",
+        ],
     },
     Rule {
         package: "mesh-core",

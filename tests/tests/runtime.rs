@@ -2,7 +2,7 @@
 //! processes, inside a throwaway namespace that plays the node. Needs root and
 //! `busybox-static` (`cargo xtask setup`).
 
-mod common;
+mod runtime_common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use common::{Node, fetch, poll, run, task_config, task_id};
 use lb_agent::runtime::Runtimes;
 use lb_agent::runtime::plumb;
 use lb_agent::runtime::task::{Exit, TaskConfig};
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::TaskId;
+use runtime_common::{Node, fetch, poll, run, task_config, task_id};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn task(id: TaskId, name: &str, addr: Ipv4Addr, program: &str, args: &[&str]) -> TaskConfig {
@@ -57,7 +57,7 @@ fn in_task(id: TaskId, args: &[&str]) -> Result<String> {
 
 #[test]
 fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
-    common::require_busybox()?;
+    runtime_common::require_busybox()?;
     let node = Node::new("proc")?;
     let node_name = node.name.clone();
     let state = tempdir("proc")?;
@@ -178,7 +178,7 @@ fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> 
 
 #[test]
 fn cleanup_removes_leftovers_and_adopts_kept_tasks() -> Result<()> {
-    common::require_busybox()?;
+    runtime_common::require_busybox()?;
     let node = Node::new("clean")?;
     let node_name = node.name.clone();
     let state = tempdir("clean")?;

@@ -3,19 +3,19 @@
 //! a docker engine (`cargo xtask setup` installs and starts one; the preflight starts an
 //! installed engine the same way).
 
-mod common;
+mod runtime_common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use common::{Node, fetch, poll, run, task_config, task_id};
 use lb_agent::runtime::Runtimes;
 use lb_agent::runtime::plumb;
 use lb_agent::runtime::task::{Exit, TaskConfig};
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::TaskId;
+use runtime_common::{Node, fetch, poll, run, task_config, task_id};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const IMAGE: &str = "mesh-test/busybox:1";
@@ -50,8 +50,8 @@ fn containers_of(id: TaskId) -> Result<String> {
 
 #[test]
 fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
-    common::require_root()?;
-    common::busybox_image(IMAGE)?;
+    runtime_common::require_root()?;
+    runtime_common::busybox_image(IMAGE)?;
     let node = Node::new("docker")?;
     let node_name = node.name.clone();
     let state = std::path::Path::new("/tmp").join(format!("mesh-rt-docker-{}", std::process::id()));

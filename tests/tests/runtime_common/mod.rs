@@ -1,6 +1,5 @@
-//! Helpers shared by the runtime tests (and reusable by end-to-end tests: include this
-//! file with `#[path = "../../lb-agent/tests/common/mod.rs"] mod runtime_common;`):
-//! a throwaway network namespace that plays the node, the docker engine's preflight,
+//! Helpers shared by the agent's runtime tests (`runtime.rs`, `docker.rs`): a throwaway
+//! network namespace that plays the node, the docker engine's preflight,
 //! and a busybox image built locally (no registry).
 #![allow(dead_code)]
 
