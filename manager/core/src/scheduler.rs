@@ -212,8 +212,13 @@ fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+    use crate::orchestrator::testing::{service, task};
     use crate::state::testing::cluster;
+    use mesh_api::service::Service;
+    use mesh_api::task::TaskState;
 
     use Availability::{Active, Drain, Pause};
     use NodeStatus::{Down, Ready};
@@ -292,5 +297,53 @@ mod tests {
                 .to_string()
                 .contains("no nodes")
         );
+    }
+
+    #[test]
+    fn the_pass_places_every_service_s_pending_tasks_counting_all_services() {
+        let state = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
+        let a = service(1);
+        let b = Service {
+            id: 2,
+            ..service(2)
+        };
+        let mut c = Service {
+            id: 3,
+            ..service(2)
+        };
+        c.spec.constraints = vec!["node.labels.zone==c".parse().unwrap()];
+        let mut works: Vec<Work<'_>> = [&a, &b, &c]
+            .map(|service| Work {
+                service,
+                tasks: Vec::new(),
+                create: Vec::new(),
+                delete: BTreeSet::new(),
+            })
+            .into();
+        works[0].add(1, None);
+        works[1].add(1, None);
+        works[1].add(2, None);
+        let mut pending = task(&c, 30, 1, "v2", TaskState::Pending);
+        pending.node = None;
+        pending.status.message = "waiting".into();
+        works[2].tasks.push(pending);
+        works[2].add(2, None);
+
+        schedule(&state, &mut works);
+        let nodes = |work: &Work<'_>| -> Vec<Option<NodeId>> {
+            work.create.iter().map(|p| p.node).collect()
+        };
+        assert_eq!(nodes(&works[0]), vec![Some(1)]);
+        // Node 1 has service 1's task: service 2's first goes to node 2.
+        assert_eq!(nodes(&works[1]), vec![Some(2), Some(1)]);
+        // No node fits service 3: its new task says why, its pending task
+        // keeps its message.
+        assert_eq!(nodes(&works[2]), vec![None]);
+        assert_eq!(
+            works[2].create[0].message,
+            "no suitable node (scheduling constraints not satisfied on 2 nodes)"
+        );
+        assert_eq!(works[2].tasks[0].node, None);
+        assert_eq!(works[2].tasks[0].status.message, "waiting");
     }
 }

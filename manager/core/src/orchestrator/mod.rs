@@ -30,4 +30,4 @@ pub mod update;
 pub mod work;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;

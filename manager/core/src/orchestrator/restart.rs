@@ -222,4 +222,45 @@ mod tests {
         // A stop the leader asked for is not an end.
         assert!(!ended_by_itself(&stopped));
     }
+
+    #[test]
+    fn the_pass_judges_the_empty_slots_whose_last_task_ended_by_itself() {
+        use crate::orchestrator::testing::{service, task};
+        use crate::orchestrator::work::{SlotKey, Work};
+        use std::collections::BTreeSet;
+
+        let web = service(4);
+        let mut stopped = task(&web, 30, 3, "v2", TaskState::Shutdown);
+        stopped.desired = DesiredState::Shutdown;
+        let mut work = Work {
+            service: &web,
+            tasks: vec![
+                // Slot 1 has a live task beside its failed one.
+                task(&web, 10, 1, "v2", TaskState::Failed),
+                task(&web, 11, 1, "v2", TaskState::Running),
+                // Slot 2's last task failed.
+                task(&web, 20, 2, "v2", TaskState::Complete),
+                task(&web, 21, 2, "v2", TaskState::Failed),
+                // Slot 3's was stopped by the leader.
+                stopped,
+                // Slot 4's failed, but a new task is planned.
+                task(&web, 40, 4, "v2", TaskState::Failed),
+            ],
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        };
+        work.add(4, None);
+        let restarts = supervise(&work, 1_000_000);
+        assert_eq!(
+            restarts,
+            Restarts::from([(
+                SlotKey::Slot(2),
+                Restart {
+                    task: 21,
+                    ended: TaskState::Failed,
+                    decision: Decision::Now,
+                }
+            )])
+        );
+    }
 }
