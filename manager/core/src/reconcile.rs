@@ -108,11 +108,13 @@ fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
         })
         .collect();
 
-    // 1. Evictions.
+    // 1. Evictions: tasks of down, removed, drained or unsuitable nodes.
     for s in &mut services {
         evict::evict(state, &mut s.work, now_ms);
     }
-    // 2. The updater.
+    // 2. The updater, on the tasks as evicted (an orphaned new task is a
+    // failure): a batch is planned into the work; a status or a rollback
+    // waits for the commands, and a service rolling back sits out the rest.
     for s in &mut services {
         match update::step(s.work.service, &s.work.tasks, now_ms) {
             Step::Wait => {}
@@ -121,24 +123,25 @@ fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
             Step::Rollback => s.rollback = s.work.service.previous_spec.clone(),
         }
     }
-    // 3. The restart supervisor.
+    // 3. The restart supervisor: verdicts on the slots left empty.
     for s in in_round(&mut services) {
         s.restarts = restart::supervise(&s.work, now_ms);
     }
-    // 4. The orchestrators.
+    // 4. The orchestrators: empty wanted slots filled, extras stopped.
     for s in in_round(&mut services) {
         match s.work.service.spec.mode {
             ServiceMode::Replicated { .. } => replicated::orchestrate(&mut s.work, &s.restarts),
             ServiceMode::Global => global::orchestrate(state, &mut s.work, &s.restarts),
         }
     }
-    // 5. The scheduler.
+    // 5. The scheduler: every task without a node, all services counted.
     scheduler::schedule(state, in_round(&mut services).map(|s| &mut s.work));
-    // 6. History.
+    // 6. History: retention per slot.
     for s in in_round(&mut services) {
         history::prune_history(&mut s.work);
     }
 
+    // The commands: each service's, then the removed services' tasks.
     let mut commands = Vec::new();
     for s in services {
         commands.extend(service_commands(state, s, now_ms));
