@@ -6,7 +6,7 @@ use mesh_api::spec::{RuntimeKind, ServiceMode, ServiceSpec};
 use mesh_api::task::{DesiredState, Task, TaskId, TaskState, TaskStatus};
 
 /// Service 1, replicated `replicas` times, on image `v2`, at version 2.
-pub fn service(replicas: u32) -> Service {
+pub(crate) fn service(replicas: u32) -> Service {
     let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "v2", vec![]);
     spec.mode = ServiceMode::Replicated { replicas };
     Service {
@@ -23,7 +23,13 @@ pub fn service(replicas: u32) -> Service {
 
 /// A task of `service` on node 1, wanted running, in `state` since `id` ms
 /// (it was created then too), on `image`.
-pub fn task(service: &Service, id: TaskId, slot: u32, image: &str, state: TaskState) -> Task {
+pub(crate) fn task(
+    service: &Service,
+    id: TaskId,
+    slot: u32,
+    image: &str,
+    state: TaskState,
+) -> Task {
     let mut spec = service.spec.task.clone();
     spec.image = image.into();
     Task {
