@@ -21,7 +21,5 @@ pub mod assignment;
 pub mod liveness;
 pub mod orchestrator;
 pub mod reconcile;
-pub mod restart;
 pub mod scheduler;
 pub mod state;
-pub mod updater;

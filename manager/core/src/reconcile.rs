@@ -3,29 +3,41 @@
 //! the cluster toward what its services ask for. The leader commits them
 //! in order (see `api::leader`).
 //!
-//! One round, per service in ID order: the orchestrator orphans and evicts
-//! tasks ([`orchestrator::evict`]), the updater takes its next step
-//! ([`updater::step`]), the orchestrator fills empty slots with the
-//! restart supervisor's consent ([`orchestrator::fill`]) and stops extras
-//! ([`orchestrator::dedupe`]), the scheduler places new and pending tasks,
-//! and old history is pruned ([`orchestrator::prune_history`]). Each
-//! service's changes become one [`Command::ChangeTasks`] (plus
-//! [`Command::SetUpdateStatus`] or a rollback's [`Command::UpdateService`]).
-//! Tasks of removed services are forgotten once they have stopped.
+//! A round runs each loop once, as one pass over every service (in ID
+//! order), each service's tasks carried from pass to pass in a
+//! [`Work`]:
+//! 1. evictions ([`evict`]): tasks of down or removed nodes are
+//!    orphaned, tasks of drained or no longer suitable nodes are stopped;
+//! 2. the rolling updater ([`update`]): a batch of replacements is
+//!    planned, or a new update status or a rollback is decided (a service
+//!    that rolls back sits out the rest of the round: the rollback changes
+//!    the spec its new tasks get);
+//! 3. the restart supervisor ([`restart`]): a verdict for every empty
+//!    slot whose last task ended by itself;
+//! 4. the orchestrators ([`replicated`], [`global`]): empty slots get new
+//!    tasks (with the supervisor's consent), extra tasks are stopped;
+//! 5. the scheduler ([`scheduler::schedule`]): every task without a node
+//!    is placed, per-node totals counted across services;
+//! 6. history ([`history`]): old ended tasks are forgotten, and the tasks
+//!    of removed services once they have stopped.
+//!
+//! Then each service's changes become one [`Command::ChangeTasks`] (plus
+//! [`Command::SetUpdateStatus`], or a rollback's [`Command::UpdateService`]
+//! alone), and the removed services' tasks one more.
 //!
 //! [`plan`] repeats rounds on a copy of the state until a round has
 //! nothing to do (a rollback's first batch, for example, follows the
 //! rollback in the same plan), so applying a plan and planning again with
 //! the same clock yields nothing: the leader never commits empty churn.
 
-use std::collections::BTreeMap;
-
-use crate::orchestrator::{self, Planned, Work};
-use crate::scheduler::{self, Load};
+use crate::orchestrator::restart::{self, Restarts};
+use crate::orchestrator::update::{self, Step};
+use crate::orchestrator::work::{Planned, Work};
+use crate::orchestrator::{evict, global, history, replicated};
+use crate::scheduler;
 use crate::state::{ClusterState, Command, NewTask, TaskChange};
-use crate::updater::{self, Step};
-use mesh_api::node::{NodeId, NodeStatus};
-use mesh_api::service::Service;
+use mesh_api::service::{Service, UpdateStatus};
+use mesh_api::spec::{ServiceMode, ServiceSpec};
 use mesh_api::task::Task;
 
 /// Rounds a plan runs at most; a round that still has work after this many
@@ -68,137 +80,114 @@ pub fn plan(state: &ClusterState, now_ms: u64) -> Vec<Command> {
     commands
 }
 
-/// One round: each service's changes computed on `state` as it is.
+/// One service's way through a round.
+#[derive(Debug)]
+struct ServiceRound<'a> {
+    /// Its tasks as the passes change them.
+    work: Work<'a>,
+    /// The update status the updater records.
+    status: Option<UpdateStatus>,
+    /// The spec the updater rolls back to: the service sits out the rest
+    /// of the round.
+    rollback: Option<ServiceSpec>,
+    /// The restart supervisor's verdicts on its empty slots.
+    restarts: Restarts,
+}
+
+/// One round: every loop once, each a pass over every service as `state`
+/// has it, then the commands.
 fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
-    let mut commands = Vec::new();
-    let mut total = total_load(state);
-    for service in state.services.values() {
-        commands.extend(service_round(state, service, &mut total, now_ms));
+    let mut services: Vec<ServiceRound<'_>> = state
+        .services
+        .values()
+        .map(|service| ServiceRound {
+            work: Work::new(state, service),
+            status: None,
+            rollback: None,
+            restarts: Restarts::new(),
+        })
+        .collect();
+
+    // 1. Evictions: tasks of down, removed, drained or unsuitable nodes.
+    for s in &mut services {
+        evict::evict(state, &mut s.work, now_ms);
     }
-    if let Some(command) = forget_removed(state, now_ms) {
-        commands.push(command);
+    // 2. The updater, on the tasks as evicted (an orphaned new task is a
+    // failure): a batch is planned into the work; a status or a rollback
+    // waits for the commands, and a service rolling back sits out the rest.
+    for s in &mut services {
+        match update::step(s.work.service, &s.work.tasks, now_ms) {
+            Step::Wait => {}
+            Step::Replace { tasks, order } => update::replace(&mut s.work, &tasks, order),
+            Step::Status(status) => s.status = Some(status),
+            Step::Rollback => s.rollback = s.work.service.previous_spec.clone(),
+        }
+    }
+    // 3. The restart supervisor: verdicts on the slots left empty.
+    for s in in_round(&mut services) {
+        s.restarts = restart::supervise(&s.work, now_ms);
+    }
+    // 4. The orchestrators: empty wanted slots filled, extras stopped.
+    for s in in_round(&mut services) {
+        match s.work.service.spec.mode {
+            ServiceMode::Replicated { .. } => replicated::orchestrate(&mut s.work, &s.restarts),
+            ServiceMode::Global => global::orchestrate(state, &mut s.work, &s.restarts),
+        }
+    }
+    // 5. The scheduler: every task without a node, all services counted.
+    scheduler::schedule(state, in_round(&mut services).map(|s| &mut s.work));
+    // 6. History: retention per slot.
+    for s in in_round(&mut services) {
+        history::prune_history(&mut s.work);
+    }
+
+    // The commands: each service's, then the removed services' tasks.
+    let mut commands = Vec::new();
+    for s in services {
+        commands.extend(service_commands(state, s, now_ms));
+    }
+    let removed = history::removed(state);
+    if !removed.is_empty() {
+        commands.push(Command::ChangeTasks {
+            create: Vec::new(),
+            update: Vec::new(),
+            delete: removed,
+            at_ms: now_ms,
+        });
     }
     commands
 }
 
-/// Non-terminal tasks per node, every service counted.
-fn total_load(state: &ClusterState) -> BTreeMap<NodeId, usize> {
-    let mut total = BTreeMap::new();
-    for task in state.tasks.values() {
-        if let (Some(node), false) = (task.node, task.status.state.is_terminal()) {
-            *total.entry(node).or_default() += 1;
-        }
-    }
-    total
+/// The services still in the round: all but those rolling back.
+fn in_round<'s, 'a>(
+    services: &'s mut [ServiceRound<'a>],
+) -> impl Iterator<Item = &'s mut ServiceRound<'a>> {
+    services.iter_mut().filter(|s| s.rollback.is_none())
 }
 
-fn service_round(
-    state: &ClusterState,
-    service: &Service,
-    total: &mut BTreeMap<NodeId, usize>,
-    now_ms: u64,
-) -> Vec<Command> {
-    let mut work = Work::new(state, service);
-    let mut commands = Vec::new();
-    orchestrator::evict(state, &mut work, now_ms);
-    match updater::step(service, &work.tasks, now_ms) {
-        Step::Wait => {}
-        Step::Rollback => {
-            // The rollback changes the spec new tasks get: this service's
-            // task changes wait for the next round.
-            if let Some(previous) = &service.previous_spec {
-                return vec![Command::UpdateService {
-                    id: service.id,
-                    spec: previous.clone(),
-                    rollback: true,
-                    // Refused if a user updated the service meanwhile.
-                    expected_version: Some(service.spec_version),
-                    at_ms: now_ms,
-                }];
-            }
-        }
-        Step::Status(status) => commands.push(Command::SetUpdateStatus {
+/// A service's commands after a round: its rollback alone, else its task
+/// changes (if any) and its new update status (if any).
+fn service_commands(state: &ClusterState, s: ServiceRound<'_>, now_ms: u64) -> Vec<Command> {
+    let service: &Service = s.work.service;
+    if let Some(previous) = s.rollback {
+        return vec![Command::UpdateService {
+            id: service.id,
+            spec: previous,
+            rollback: true,
+            // Refused if a user updated the service meanwhile.
+            expected_version: Some(service.spec_version),
+            at_ms: now_ms,
+        }];
+    }
+    let mut commands: Vec<Command> = change_tasks(state, &s.work, now_ms).into_iter().collect();
+    if let Some(status) = s.status {
+        commands.push(Command::SetUpdateStatus {
             id: service.id,
             status: Some(status),
             at_ms: now_ms,
-        }),
-        Step::Replace { tasks, order } => {
-            for id in tasks {
-                let Some(task) = work.tasks.iter().find(|t| t.id == id) else {
-                    continue;
-                };
-                let (slot, node) = match service.spec.replicas() {
-                    Some(_) => (task.slot, None),
-                    None => (0, task.node),
-                };
-                if order == mesh_api::spec::UpdateOrder::StopFirst {
-                    work.shut_down(id);
-                }
-                work.add(slot, node);
-            }
-        }
-    }
-    orchestrator::fill(state, &mut work, now_ms);
-    orchestrator::dedupe(&mut work);
-    schedule(state, &mut work, total);
-    orchestrator::prune_history(&mut work);
-    if let Some(command) = change_tasks(state, &work, now_ms) {
-        commands.insert(0, command);
+        });
     }
     commands
-}
-
-/// Places the planned tasks that have no node and the live tasks still
-/// pending, spreading them with the scheduler; what does not fit stays
-/// pending with the scheduler's reason.
-fn schedule(state: &ClusterState, work: &mut Work<'_>, total: &mut BTreeMap<NodeId, usize>) {
-    let pending_tasks: Vec<usize> = (0..work.tasks.len())
-        .filter(|&i| work.tasks[i].is_live() && work.tasks[i].node.is_none())
-        .collect();
-    let pending_planned: Vec<usize> = (0..work.create.len())
-        .filter(|&i| work.create[i].node.is_none())
-        .collect();
-    for planned in work.create.iter().filter_map(|p| p.node) {
-        *total.entry(planned).or_default() += 1;
-    }
-    let count = pending_tasks.len() + pending_planned.len();
-    if count == 0 {
-        return;
-    }
-    let mut service_load = BTreeMap::new();
-    for node in work
-        .tasks
-        .iter()
-        .filter(|t| t.is_live())
-        .filter_map(|t| t.node)
-        .chain(work.create.iter().filter_map(|p| p.node))
-    {
-        *service_load.entry(node).or_default() += 1;
-    }
-    let load = Load {
-        service: service_load,
-        total: total.clone(),
-    };
-    match scheduler::place(state, &load, &work.service.spec.constraints, count) {
-        Ok(nodes) => {
-            let mut nodes = nodes.into_iter();
-            for i in pending_tasks {
-                let node = nodes.next().expect("one node per task");
-                work.tasks[i].node = Some(node);
-                *total.entry(node).or_default() += 1;
-            }
-            for i in pending_planned {
-                let node = nodes.next().expect("one node per task");
-                work.create[i].node = Some(node);
-                *total.entry(node).or_default() += 1;
-            }
-        }
-        Err(err) => {
-            for i in pending_planned {
-                work.create[i].message = err.to_string();
-            }
-        }
-    }
 }
 
 /// The service's changes as one command, if there are any.
@@ -243,6 +232,7 @@ fn change_tasks(state: &ClusterState, work: &Work<'_>, now_ms: u64) -> Option<Co
     })
 }
 
+/// What changed in a task during the round, if anything.
 fn diff(before: &Task, after: &Task) -> Option<TaskChange> {
     let change = TaskChange {
         id: after.id,
@@ -258,31 +248,6 @@ fn diff(before: &Task, after: &Task) -> Option<TaskChange> {
     .then_some(change)
 }
 
-/// Forgets the tasks of removed services (their desired state is `Remove`)
-/// once they have stopped, or at once when no agent will report them
-/// stopped (never placed, node down or gone).
-fn forget_removed(state: &ClusterState, now_ms: u64) -> Option<Command> {
-    let delete: Vec<_> = state
-        .tasks
-        .values()
-        .filter(|t| !state.services.contains_key(&t.service))
-        .filter(|t| {
-            let unreachable = t
-                .node
-                .and_then(|id| state.nodes.get(&id))
-                .is_none_or(|n| n.status == NodeStatus::Down);
-            t.status.state.is_terminal() || unreachable
-        })
-        .map(|t| t.id)
-        .collect();
-    (!delete.is_empty()).then_some(Command::ChangeTasks {
-        create: Vec::new(),
-        update: Vec::new(),
-        delete,
-        at_ms: now_ms,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -293,6 +258,7 @@ mod tests {
     use crate::state::Applied;
     use crate::state::testing;
     use mesh_api::node::Availability;
+    use mesh_api::node::{NodeId, NodeStatus};
     use mesh_api::service::{ServiceId, UpdateState};
     use mesh_api::spec::{
         FailureAction, RestartCondition, RuntimeKind, ServiceMode, ServiceSpec, UpdateOrder,

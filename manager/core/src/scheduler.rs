@@ -1,13 +1,21 @@
-//! Task placement: a pure function of the nodes, the tasks already placed
-//! and a service's constraints, as Swarm's scheduler does it: only ready,
+//! The scheduler: where new tasks run. As Swarm's scheduler: only ready,
 //! active nodes that satisfy every constraint and hold a dataplane (an
-//! agent that reported its data address); spread, so each new task
-//! goes to the eligible node running the fewest tasks of its service
-//! (ties: the fewest tasks overall, then the lowest node ID, so placement
-//! is deterministic).
+//! agent that reported its data address); spread, so each new task goes
+//! to the eligible node running the fewest tasks of its service (ties: the
+//! fewest tasks overall, then the lowest node ID, so placement is
+//! deterministic).
+//!
+//! [`place`] is the pure placement of a service's new tasks given the
+//! load; [`schedule`] is the scheduler's pass of a round of the leader's
+//! loops, after the orchestrators: one loop over every service's work, in
+//! service order, placing each task that has no node (live tasks still
+//! pending, and the tasks the updater and the orchestrators plan), with
+//! the per-node totals of every service counted as it goes. What does not
+//! fit stays pending, with the reason.
 
 use std::collections::BTreeMap;
 
+use crate::orchestrator::work::Work;
 use crate::state::ClusterState;
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus};
 use mesh_api::spec::Constraint;
@@ -84,6 +92,90 @@ pub fn place(
     Ok(placed)
 }
 
+/// Non-terminal tasks per node, every service counted.
+#[must_use]
+pub fn total_load(state: &ClusterState) -> BTreeMap<NodeId, usize> {
+    let mut total = BTreeMap::new();
+    for task in state.tasks.values() {
+        if let (Some(node), false) = (task.node, task.status.state.is_terminal()) {
+            *total.entry(node).or_default() += 1;
+        }
+    }
+    total
+}
+
+/// The scheduler's pass over `works` (each service's work, in service
+/// order): places every live task still pending and every planned task
+/// without a node, service by service, spreading them with [`place`]; the
+/// per-node totals start from [`total_load`] and count each service's
+/// placements (and the global services' planned tasks) for the services
+/// after it. Where no node fits, the planned tasks stay pending with the
+/// scheduler's reason (pending tasks keep theirs).
+pub fn schedule<'w, 'a: 'w>(
+    state: &ClusterState,
+    works: impl IntoIterator<Item = &'w mut Work<'a>>,
+) {
+    let mut total = total_load(state);
+    for work in works {
+        schedule_service(state, work, &mut total);
+    }
+}
+
+/// One service's share of [`schedule`].
+fn schedule_service(
+    state: &ClusterState,
+    work: &mut Work<'_>,
+    total: &mut BTreeMap<NodeId, usize>,
+) {
+    let pending_tasks: Vec<usize> = (0..work.tasks.len())
+        .filter(|&i| work.tasks[i].is_live() && work.tasks[i].node.is_none())
+        .collect();
+    let pending_planned: Vec<usize> = (0..work.create.len())
+        .filter(|&i| work.create[i].node.is_none())
+        .collect();
+    for planned in work.create.iter().filter_map(|p| p.node) {
+        *total.entry(planned).or_default() += 1;
+    }
+    let count = pending_tasks.len() + pending_planned.len();
+    if count == 0 {
+        return;
+    }
+    let mut service_load = BTreeMap::new();
+    for node in work
+        .tasks
+        .iter()
+        .filter(|t| t.is_live())
+        .filter_map(|t| t.node)
+        .chain(work.create.iter().filter_map(|p| p.node))
+    {
+        *service_load.entry(node).or_default() += 1;
+    }
+    let load = Load {
+        service: service_load,
+        total: total.clone(),
+    };
+    match place(state, &load, &work.service.spec.constraints, count) {
+        Ok(nodes) => {
+            let mut nodes = nodes.into_iter();
+            for i in pending_tasks {
+                let node = nodes.next().expect("one node per task");
+                work.tasks[i].node = Some(node);
+                *total.entry(node).or_default() += 1;
+            }
+            for i in pending_planned {
+                let node = nodes.next().expect("one node per task");
+                work.create[i].node = Some(node);
+                *total.entry(node).or_default() += 1;
+            }
+        }
+        Err(err) => {
+            for i in pending_planned {
+                work.create[i].message = err.to_string();
+            }
+        }
+    }
+}
+
 fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
     let (mut down, mut unavailable, mut no_dataplane, mut unmatched) = (0, 0, 0, 0);
     for node in state.nodes.values() {
@@ -120,8 +212,13 @@ fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+    use crate::orchestrator::testing::{service, task};
     use crate::state::testing::cluster;
+    use mesh_api::service::Service;
+    use mesh_api::task::TaskState;
 
     use Availability::{Active, Drain, Pause};
     use NodeStatus::{Down, Ready};
@@ -200,5 +297,53 @@ mod tests {
                 .to_string()
                 .contains("no nodes")
         );
+    }
+
+    #[test]
+    fn the_pass_places_every_service_s_pending_tasks_counting_all_services() {
+        let state = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
+        let a = service(1);
+        let b = Service {
+            id: 2,
+            ..service(2)
+        };
+        let mut c = Service {
+            id: 3,
+            ..service(2)
+        };
+        c.spec.constraints = vec!["node.labels.zone==c".parse().unwrap()];
+        let mut works: Vec<Work<'_>> = [&a, &b, &c]
+            .map(|service| Work {
+                service,
+                tasks: Vec::new(),
+                create: Vec::new(),
+                delete: BTreeSet::new(),
+            })
+            .into();
+        works[0].add(1, None);
+        works[1].add(1, None);
+        works[1].add(2, None);
+        let mut pending = task(&c, 30, 1, "v2", TaskState::Pending);
+        pending.node = None;
+        pending.status.message = "waiting".into();
+        works[2].tasks.push(pending);
+        works[2].add(2, None);
+
+        schedule(&state, &mut works);
+        let nodes = |work: &Work<'_>| -> Vec<Option<NodeId>> {
+            work.create.iter().map(|p| p.node).collect()
+        };
+        assert_eq!(nodes(&works[0]), vec![Some(1)]);
+        // Node 1 has service 1's task: service 2's first goes to node 2.
+        assert_eq!(nodes(&works[1]), vec![Some(2), Some(1)]);
+        // No node fits service 3: its new task says why, its pending task
+        // keeps its message.
+        assert_eq!(nodes(&works[2]), vec![None]);
+        assert_eq!(
+            works[2].create[0].message,
+            "no suitable node (scheduling constraints not satisfied on 2 nodes)"
+        );
+        assert_eq!(works[2].tasks[0].node, None);
+        assert_eq!(works[2].tasks[0].status.message, "waiting");
     }
 }

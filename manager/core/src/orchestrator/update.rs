@@ -1,6 +1,12 @@
-//! The rolling updater's pure core: how a service whose task spec changed
-//! moves its tasks to the new spec (or back, in a rollback), batch by
-//! batch, as Swarm's updater does.
+//! The rolling updater: how a service whose task spec changed moves its
+//! tasks to the new spec (or back, in a rollback), batch by batch, as
+//! Swarm's updater does.
+//!
+//! Its pass runs after the evictions and before the restart supervisor and
+//! the orchestrators: [`step`] decides the service's next step from its
+//! tasks as the evictions left them, and a batch ([`replace`]) plans the
+//! new tasks in the slots of the old ones, so the orchestrators see those
+//! slots taken. A new status or a rollback is committed by the reconciler.
 //!
 //! Driven by [`Service::update_status`]: `Updating` uses the spec's
 //! `update` policy, `RollbackStarted` its `rollback` policy. Everything is
@@ -18,8 +24,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::orchestrator::slot_key;
-use crate::restart;
+use crate::orchestrator::restart;
+use crate::orchestrator::work::{Work, slot_key};
 use mesh_api::node::format_id;
 use mesh_api::service::{Service, UpdateState, UpdateStatus};
 use mesh_api::spec::{FailureAction, UpdateConfig, UpdateOrder};
@@ -176,5 +182,26 @@ pub fn step(service: &Service, tasks: &[Task], now_ms: u64) -> Step {
     Step::Replace {
         tasks: outdated.iter().take(size).map(|t| t.id).collect(),
         order: config.order,
+    }
+}
+
+/// Applies a batch ([`Step::Replace`]) to the work: each task is replaced
+/// by a new one in its slot (replicated) or on its node (global), the old
+/// task stopped first (stop-first) or left running until the new one runs
+/// (start-first: the orchestrators stop it then). Tasks no longer in the
+/// work are skipped.
+pub fn replace(work: &mut Work<'_>, tasks: &[TaskId], order: UpdateOrder) {
+    for &id in tasks {
+        let Some(task) = work.tasks.iter().find(|t| t.id == id) else {
+            continue;
+        };
+        let (slot, node) = match work.service.spec.replicas() {
+            Some(_) => (task.slot, None),
+            None => (0, task.node),
+        };
+        if order == UpdateOrder::StopFirst {
+            work.shut_down(id);
+        }
+        work.add(slot, node);
     }
 }

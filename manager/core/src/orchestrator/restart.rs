@@ -1,15 +1,22 @@
-//! The restart supervisor's pure core: whether a task that ended by itself
-//! is replaced, and when, per its service's [`RestartPolicy`] (docker's
+//! The restart supervisor: whether a task that ended by itself is
+//! replaced, and when, per its service's [`RestartPolicy`] (docker's
 //! `--restart-condition`, `--restart-delay`, `--restart-max-attempts`,
 //! `--restart-window`).
 //!
-//! The decision depends only on the records: the task that ended (its
-//! state, exit code and the time it ended) and the history of its slot, so
-//! every leader computes the same answer and a new leader picks up a
-//! pending restart where the old one left it.
+//! Its pass ([`supervise`]) runs after the updater and before the
+//! orchestrators: for every slot of a service that has neither a live task
+//! nor a task to create, and whose newest task ended by itself, it
+//! [`decide`]s now, later or never. The orchestrators act on the verdicts
+//! of the slots they want filled. A decision depends only on the records:
+//! the task that ended (its state, exit code and the time it ended) and
+//! the history of its slot, so every leader computes the same answer and a
+//! new leader picks up a pending restart where the old one left it.
 
+use std::collections::BTreeMap;
+
+use crate::orchestrator::work::{SlotKey, Work};
 use mesh_api::spec::{RestartCondition, RestartPolicy};
-use mesh_api::task::{DesiredState, Task, TaskState};
+use mesh_api::task::{DesiredState, Task, TaskId, TaskState};
 
 /// What becomes of an ended task's slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +85,58 @@ pub fn decide(policy: &RestartPolicy, ended: &Task, history: &[&Task], now_ms: u
     } else {
         Decision::At(at)
     }
+}
+
+/// The supervisor's verdict on an empty slot whose newest task ended by
+/// itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restart {
+    /// The slot's newest task, the one that ended.
+    pub task: TaskId,
+    /// The state it ended in.
+    pub ended: TaskState,
+    /// Whether, and when, the slot gets a replacement.
+    pub decision: Decision,
+}
+
+/// The supervisor's verdicts on one service's slots.
+pub type Restarts = BTreeMap<SlotKey, Restart>;
+
+/// The restart supervisor's pass over one service: a verdict for every
+/// slot with neither a live task nor a task to create whose newest task
+/// (by creation) ended by itself. Slots the service no longer wants get
+/// one too; the orchestrators ignore those.
+#[must_use]
+pub fn supervise(work: &Work<'_>, now_ms: u64) -> Restarts {
+    let policy = &work.service.spec.task.restart;
+    let occupied = work.occupied();
+    // One pass over the tasks: a service may have a thousand slots.
+    let mut by_key: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
+    for task in &work.tasks {
+        let key = work.key(task);
+        if !occupied.contains(&key) {
+            by_key.entry(key).or_default().push(task);
+        }
+    }
+    let mut restarts = Restarts::new();
+    for (key, history) in by_key {
+        let Some(latest) = history
+            .iter()
+            .copied()
+            .max_by_key(|t| (t.created_at_ms, t.id))
+        else {
+            continue;
+        };
+        if ended_by_itself(latest) {
+            let restart = Restart {
+                task: latest.id,
+                ended: latest.status.state,
+                decision: decide(policy, latest, &history, now_ms),
+            };
+            restarts.insert(key, restart);
+        }
+    }
+    restarts
 }
 
 #[cfg(test)]
@@ -162,5 +221,46 @@ mod tests {
         assert_eq!(decide(&windowed, &third, &history, 9_000), Decision::Now);
         // A stop the leader asked for is not an end.
         assert!(!ended_by_itself(&stopped));
+    }
+
+    #[test]
+    fn the_pass_judges_the_empty_slots_whose_last_task_ended_by_itself() {
+        use crate::orchestrator::testing::{service, task};
+        use crate::orchestrator::work::{SlotKey, Work};
+        use std::collections::BTreeSet;
+
+        let web = service(4);
+        let mut stopped = task(&web, 30, 3, "v2", TaskState::Shutdown);
+        stopped.desired = DesiredState::Shutdown;
+        let mut work = Work {
+            service: &web,
+            tasks: vec![
+                // Slot 1 has a live task beside its failed one.
+                task(&web, 10, 1, "v2", TaskState::Failed),
+                task(&web, 11, 1, "v2", TaskState::Running),
+                // Slot 2's last task failed.
+                task(&web, 20, 2, "v2", TaskState::Complete),
+                task(&web, 21, 2, "v2", TaskState::Failed),
+                // Slot 3's was stopped by the leader.
+                stopped,
+                // Slot 4's failed, but a new task is planned.
+                task(&web, 40, 4, "v2", TaskState::Failed),
+            ],
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        };
+        work.add(4, None);
+        let restarts = supervise(&work, 1_000_000);
+        assert_eq!(
+            restarts,
+            Restarts::from([(
+                SlotKey::Slot(2),
+                Restart {
+                    task: 21,
+                    ended: TaskState::Failed,
+                    decision: Decision::Now,
+                }
+            )])
+        );
     }
 }
