@@ -4,9 +4,10 @@
 //! - [`state`]: the replicated [`state::ClusterState`] and the
 //!   [`state::Command`]s that change it (the Raft state machine's `apply`);
 //! - [`allocator`]: addresses and published ports, inside `apply`;
-//! - the leader's loops, composed by [`reconcile::plan`]: the orchestrators
-//!   ([`orchestrator`]), the [`scheduler`], the [`restart`] supervisor and the
-//!   rolling [`updater`];
+//! - the leader's loops, each one pass per round, composed by
+//!   [`reconcile::plan`]: evictions, the rolling updater, the restart
+//!   supervisor and the replicated and global orchestrators (all under
+//!   [`orchestrator`]), then the [`scheduler`], then history;
 //! - [`liveness`]: node status from heartbeats;
 //! - [`assignment`]: what each node is sent.
 //!

@@ -1,4 +1,4 @@
-//! The leader's loops, as a thin shell over [`crate::reconcile::plan`]:
+//! The leader's loops, as a thin shell over [`mesh_core::reconcile::plan`]:
 //! while this manager leads, it plans on every change of the replicated
 //! state and on a short tick (restart delays, update delays and monitor
 //! windows are time-based), and commits the plan's commands in order.

@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 /// The TLS configuration of a manager's gRPC server.
 ///
 /// The server presents `cert_pem` followed by the CA certificate (so that a
-/// joining node can pin the CA by its digest, see [`pki::fetch_ca`]), and asks
+/// joining node can pin the CA by its digest, see [`mesh_client::pki::fetch_ca`]), and asks
 /// every client for a certificate signed by the CA. A client without a
 /// certificate is let in at the TLS layer, because a joining node has none
 /// yet: the per-RPC checks ([`crate::auth`]) refuse it everywhere but

@@ -17,7 +17,7 @@
 //!   that a joining node has no certificate yet: the server lets it in at the
 //!   TLS layer and the managers' per-RPC checks decide.
 //!
-//! [`format_id`]: crate::state::format_id
+//! [`format_id`]: mesh_api::node::format_id
 
 mod ca;
 mod error;
