@@ -82,9 +82,9 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     let path = bin_dir().join(name);
     if !path.is_file() {
         bail!(
-            "binary {} not found; build it first: run `cargo xtask test` (or \
-             `cargo build -p lb-agent -p manager -p mesh-tests --bins`), or point $MESH_BIN_DIR at \
-             the directory that holds it",
+            "binary {} not found; build it first: run `cargo xtask test` (or `cargo build \
+             -p lb-agent -p mesh-manager -p meshctl -p mesh-tests --bins`), or point \
+             $MESH_BIN_DIR at the directory that holds it",
             path.display()
         );
     }

@@ -1,7 +1,7 @@
 //! End-to-end tests of the routing mesh: three nodes in network namespaces, real `lb-agent`s
 //! with the real eBPF dataplane, tasks running `task-echo`, a client on the underlay.
 //!
-//! Packet paths (DESIGN.md): P1 client -> node -> local task; P2 client -> node -> VXLAN ->
+//! Packet paths (docs/dataplane.md#packet-paths): P1 client -> node -> local task; P2 client -> node -> VXLAN ->
 //! task on another node; P3 task -> VIP; P5 UDP; P7 traffic that is not the mesh's.
 //!
 //! Needs root, iproute2, ethtool and the binaries `lb-agent` and `task-echo`

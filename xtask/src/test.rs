@@ -86,7 +86,15 @@ pub(crate) fn run(args: TestArgs) -> Result<()> {
 
         cmd::step("cargo deny (licenses, bans, sources; deny.toml)");
         let deny = Cmd::cargo()
-            .args(["deny", "--offline", "check", "licenses", "bans", "sources"])
+            .args([
+                "deny",
+                "--log-level",
+                "error",
+                "check",
+                "licenses",
+                "bans",
+                "sources",
+            ])
             .run();
         results.push(("cargo deny", deny));
     }
