@@ -155,42 +155,9 @@ pub struct EndpointConfig {
     pub mac: Option<MacAddr>,
 }
 
-/// IP protocol of a port mapping.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    #[default]
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// The IP protocol number.
-    #[must_use]
-    pub const fn number(self) -> u8 {
-        match self {
-            Self::Tcp => lb_common::IPPROTO_TCP,
-            Self::Udp => lb_common::IPPROTO_UDP,
-        }
-    }
-
-    /// `tcp` or `udp`.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// IP protocol of a port mapping: the workspace's one `Protocol` (`tcp` or `udp` in the
+/// file).
+pub use mesh_api::spec::Protocol;
 
 /// `[[services]]`: a load-balanced service.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

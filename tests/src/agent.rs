@@ -13,6 +13,8 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use mesh_api::spec::Protocol;
+
 use crate::poll_until;
 
 /// The log line an agent prints once its dataplane is loaded and programmed.
@@ -26,30 +28,10 @@ pub const RELOAD_FAILED_MARKER: &str = "config reload failed";
 /// How long an agent may take to become ready (it loads and attaches eBPF programs).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A transport protocol of a published port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// The name used in configuration files.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
-}
-
-/// A port mapping of a service: `published` on every node (and on the VIP as `target`)
+/// A port mapping of a `[[services]]` entry: `published` on every node (and on the VIP as `target`)
 /// goes to `target` on the tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortSpec {
+pub struct PortEntry {
     /// The port published on every node.
     pub published: u16,
     /// The port the tasks listen on.
@@ -81,15 +63,15 @@ impl BackendSpec {
     }
 }
 
-/// A service as the agents' configuration describes it.
+/// A `[[services]]` entry of the agents' configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSpec {
+pub struct ServiceEntry {
     /// Service name.
     pub name: String,
     /// Virtual IP on the overlay, if any.
     pub vip: Option<Ipv4Addr>,
     /// Port mappings.
-    pub ports: Vec<PortSpec>,
+    pub ports: Vec<PortEntry>,
     /// Backends.
     pub backends: Vec<BackendSpec>,
 }
@@ -132,7 +114,7 @@ pub struct AgentConfig {
     /// Every endpoint of the overlay, local or remote.
     pub endpoints: Vec<EndpointSpec>,
     /// The services.
-    pub services: Vec<ServiceSpec>,
+    pub services: Vec<ServiceEntry>,
 }
 
 fn q(s: &str) -> String {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::agent::{Agent, AgentConfig, EndpointSpec, PeerSpec, ServiceSpec};
+use crate::agent::{Agent, AgentConfig, EndpointSpec, PeerSpec, ServiceEntry};
 use crate::netns::{self, BPFFS, ethtool_k, in_netns, ip_in};
 use crate::{bin, poll_until};
 
@@ -83,7 +83,7 @@ pub struct Topology {
     nodes: usize,
     dir: PathBuf,
     tasks: Vec<Task>,
-    services: Vec<ServiceSpec>,
+    services: Vec<ServiceEntry>,
     agents: Vec<Option<Agent>>,
     keep: bool,
     detached: bool,
@@ -435,18 +435,18 @@ impl Topology {
 
     /// Sets the services every agent's configuration lists (written by
     /// [`Topology::write_configs`], [`Topology::start_agents`] and [`Topology::reload`]).
-    pub fn set_services(&mut self, services: Vec<ServiceSpec>) {
+    pub fn set_services(&mut self, services: Vec<ServiceEntry>) {
         self.services = services;
     }
 
     /// The services as last set.
     #[must_use]
-    pub fn services(&self) -> &[ServiceSpec] {
+    pub fn services(&self) -> &[ServiceEntry] {
         &self.services
     }
 
     /// The services, to change before [`Topology::reload`].
-    pub fn services_mut(&mut self) -> &mut Vec<ServiceSpec> {
+    pub fn services_mut(&mut self) -> &mut Vec<ServiceEntry> {
         &mut self.services
     }
 

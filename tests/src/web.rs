@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::{BackendSpec, PortSpec, Protocol, ServiceSpec};
+use crate::{BackendSpec, PortEntry, Protocol, ServiceEntry};
 
 /// The service's virtual IP on the overlay.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 10);
@@ -14,17 +14,17 @@ pub const UDP_PORT: u16 = 8081;
 
 /// The `web` service with `backends` (task names).
 #[must_use]
-pub fn service(backends: &[&str]) -> ServiceSpec {
-    ServiceSpec {
+pub fn service(backends: &[&str]) -> ServiceEntry {
+    ServiceEntry {
         name: "web".into(),
         vip: Some(VIP),
         ports: vec![
-            PortSpec {
+            PortEntry {
                 published: TCP_PORT,
                 target: 80,
                 protocol: Protocol::Tcp,
             },
-            PortSpec {
+            PortEntry {
                 published: UDP_PORT,
                 target: 80,
                 protocol: Protocol::Udp,

@@ -321,6 +321,12 @@ mod tests {
     use crate::config::tests::{EXAMPLE, host};
     use crate::dataplane::map_state::{MapModel, diff};
 
+    #[test]
+    fn protocol_numbers_are_the_dataplanes() {
+        assert_eq!(Protocol::Tcp.number(), lb_common::IPPROTO_TCP);
+        assert_eq!(Protocol::Udp.number(), lb_common::IPPROTO_UDP);
+    }
+
     fn config(text: &str) -> Config {
         let c = Config::from_toml(text).unwrap();
         c.validate(&host()).unwrap();

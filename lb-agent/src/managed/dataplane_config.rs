@@ -35,19 +35,12 @@ pub fn endpoint_name(name: &str, task: TaskId) -> String {
     format!("{name}.{}", format_id(task))
 }
 
-fn protocol(p: mesh_api::spec::Protocol) -> Protocol {
-    match p {
-        mesh_api::spec::Protocol::Tcp => Protocol::Tcp,
-        mesh_api::spec::Protocol::Udp => Protocol::Udp,
-    }
-}
-
 fn port_config(p: &PortSpec, published: bool) -> Option<PortConfig> {
     let published = if published { Some(p.published?) } else { None };
     Some(PortConfig {
         published,
         target: p.target,
-        protocol: protocol(p.protocol),
+        protocol: p.protocol,
     })
 }
 

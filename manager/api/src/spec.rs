@@ -20,11 +20,15 @@ fn invalid(message: impl Into<String>) -> SpecError {
     SpecError(message.into())
 }
 
-/// A transport protocol of a published port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A transport protocol of a published port (the one `Protocol` of the workspace:
+/// service specs, the agent's configuration file and its dataplane use it).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP.
+    #[default]
     Tcp,
     /// UDP.
     Udp,
@@ -231,10 +235,19 @@ impl Constraint {
 impl Protocol {
     /// `tcp` or `udp`.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+        }
+    }
+
+    /// The IP protocol number (IANA): 6 for TCP, 17 for UDP.
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
         }
     }
 }
