@@ -410,6 +410,62 @@ fn step4_killed_task_is_replaced_and_the_mesh_follows() {
     );
 }
 
+/// A program that exits at once (`sh -c "exit 3"`) is a failed task with its exit code,
+/// never a running one, and the restart policy replaces it (issue 11, fault 1: its exit
+/// arrived before the start's result and was lost, so every task read `Running` with no
+/// process behind it).
+#[test]
+fn a_task_that_exits_at_once_fails_with_its_code_and_is_restarted() {
+    let _turn = turn();
+    let c = cluster(1);
+    ctl(
+        &c,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "crash",
+            "--replicas",
+            "3",
+            "--restart-delay",
+            "0s",
+            "--",
+            "/bin/sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    // Every slot fails at least twice: the first run, and the restart policy's.
+    let tasks = ok(mesh_tests::poll_until(
+        CONVERGE,
+        "two failed runs with exit code 3 in each of crash's slots",
+        || {
+            let tasks = c.service_tasks("crash")?;
+            let failed = |slot: &str| {
+                tasks
+                    .iter()
+                    .filter(|t| t.name == slot && t.state.eq_ignore_ascii_case("failed"))
+                    .filter(|t| t.error.contains("non-zero exit (3)"))
+                    .count()
+            };
+            Ok(["crash.1", "crash.2", "crash.3"]
+                .iter()
+                .all(|slot| failed(slot) >= 2)
+                .then_some(tasks))
+        },
+    ));
+    // None is reported running, now or in history, without a process.
+    for task in tasks.iter().filter(|t| t.is_running()) {
+        assert!(
+            !c.task_pids(&task.id).is_empty(),
+            "task {} reads Running but no process of it exists\n{}",
+            task.id,
+            rows(&tasks)
+        );
+    }
+}
+
 /// Step 5: draining a node moves its tasks elsewhere without a failed request; a node
 /// whose agent stops and that is cut off loses its tasks to the others, and the mesh
 /// stops sending it flows: every request through the other nodes is answered (a flow

@@ -15,7 +15,9 @@
 //! - Health checks every `interval` from the start; failures in the first
 //!   `start_period` do not count; `retries` failures in a row: `failed`
 //!   ("unhealthy"), and stopped.
-//! - An exit: `complete` (code 0) or `failed` ("task: non-zero exit (N)").
+//! - An exit: `complete` (code 0) or `failed` ("task: non-zero exit (N)"),
+//!   also when it arrives before the start's result (a program that ends at
+//!   once is never reported `running`).
 //! - `Drain`: keep running. `Stop` (sticky: desired states never go back):
 //!   wait until the dataplane has no live flows to the task's address, at
 //!   most `stop_grace`, then stop it and report `shutdown`.
@@ -83,6 +85,9 @@ struct Tracked {
     next_check: Option<Instant>,
     checking: bool,
     status: Option<TaskStatus>,
+    /// An exit that arrived while the start's result had not (a program that
+    /// ends at once): applied as soon as the start is known to have succeeded.
+    early_exit: Option<Exit>,
 }
 
 /// The supervisor's decision core; see the module documentation.
@@ -222,6 +227,7 @@ impl Supervisor {
             next_check: None,
             checking: false,
             status: None,
+            early_exit: None,
         };
         if task.state >= TaskState::Preparing {
             // Recorded as started, but nothing of it runs here.
@@ -292,6 +298,12 @@ impl Supervisor {
                 t.iface = Some(started.host_iface);
                 t.since = now;
                 t.phase = Phase::Up;
+                if let Some(exit) = t.early_exit.take() {
+                    // It ran, and has already ended: never report it running.
+                    self.report(id, status(self.clock_ms, TaskState::Starting, "starting"));
+                    self.exited(id, exit);
+                    return;
+                }
                 let health = t.health.clone();
                 match health {
                     Some(h) => {
@@ -309,11 +321,16 @@ impl Supervisor {
         }
     }
 
-    /// A task's main process ended.
+    /// A task's main process ended. An exit that arrives before the start's
+    /// result (a program that ends at once) is kept until that result.
     pub fn exited(&mut self, id: TaskId, exit: Exit) {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
+        if t.phase == Phase::Starting {
+            t.early_exit = Some(exit);
+            return;
+        }
         if !matches!(t.phase, Phase::Up | Phase::Draining { .. }) {
             return;
         }
@@ -559,6 +576,47 @@ mod tests {
         assert_eq!(reports[1].1.state, TaskState::Failed);
         assert_eq!(reports[1].1.error, "task: non-zero exit (3)");
         assert_eq!(reports[1].1.exit_code, Some(3));
+    }
+
+    #[test]
+    fn an_exit_that_arrives_before_the_start_result_is_not_lost() {
+        // `sh -c "exit 3"`: the process is gone before the shell hands the
+        // supervisor the start's result.
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.assign(
+            &[
+                task(1, TaskAction::Run, None),
+                task(2, TaskAction::Run, Some(check("true", 3, 0))),
+            ],
+            t0,
+        );
+        s.take();
+        s.exited(1, Exit { code: 3 });
+        s.exited(2, Exit { code: 0 });
+        s.started(1, started("a"), t0);
+        s.started(2, started("b"), t0);
+        let (_, reports) = s.take();
+        let of = |id| -> Vec<TaskState> {
+            reports
+                .iter()
+                .filter(|(t, _)| *t == id)
+                .map(|(_, st)| st.state)
+                .collect()
+        };
+        // Never reported running: it did not stay up.
+        assert_eq!(of(1), vec![TaskState::Starting, TaskState::Failed]);
+        assert_eq!(of(2), vec![TaskState::Starting, TaskState::Complete]);
+        let last = reports.iter().rev().find(|(t, _)| *t == 1).unwrap();
+        assert_eq!(last.1.error, "task: non-zero exit (3)");
+        assert_eq!(last.1.exit_code, Some(3));
+        // No health check is scheduled for a task that has ended.
+        s.tick(t0 + Duration::from_secs(60));
+        let (actions, _) = s.take();
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Check { .. })),
+            "{actions:?}"
+        );
     }
 
     #[test]
