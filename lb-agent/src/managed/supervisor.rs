@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use lb_common::{Flow, FlowKey, FlowKind, IPPROTO_TCP};
 use mesh_api::assignment::{AssignedTask, TaskAction};
-use mesh_api::spec::HealthCheck;
+use mesh_api::spec::{HealthCheck, MAX_DURATION_MS};
 use mesh_api::task::{TaskId, TaskState, TaskStatus};
 
 use crate::runtime::task::{Exit, Started, TaskConfig};
@@ -105,8 +105,10 @@ fn status(clock_ms: u64, state: TaskState, message: &str) -> TaskStatus {
     TaskStatus::new(state, message, clock_ms)
 }
 
+/// A spec's duration, at most [`MAX_DURATION_MS`] (what the managers accept),
+/// so that `Instant + ms(..)` cannot overflow whatever an assignment says.
 fn ms(d: u64) -> Duration {
-    Duration::from_millis(d)
+    Duration::from_millis(d.min(MAX_DURATION_MS))
 }
 
 impl Supervisor {

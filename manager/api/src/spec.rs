@@ -686,6 +686,7 @@ impl ServiceSpec {
                 return Err(invalid("max-failure-ratio must be between 0 and 1"));
             }
         }
+        self.validate_durations()?;
         let mut seen = Vec::new();
         for port in &self.endpoint.ports {
             if port.mode == PublishMode::Host && port.published.is_none() {
@@ -710,6 +711,45 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+}
+
+impl ServiceSpec {
+    /// Every duration of the spec, by the flag that sets it.
+    fn durations(&self) -> Vec<(&'static str, u64)> {
+        let task = &self.task;
+        let mut all = vec![
+            ("restart-delay", task.restart.delay_ms),
+            ("restart-window", task.restart.window_ms),
+            ("stop-grace-period", task.stop_grace_ms),
+            ("update-delay", self.update.delay_ms),
+            ("update-monitor", self.update.monitor_ms),
+            ("rollback-delay", self.rollback.delay_ms),
+            ("rollback-monitor", self.rollback.monitor_ms),
+        ];
+        if let Some(health) = &task.health {
+            all.extend([
+                ("health-interval", health.interval_ms),
+                ("health-timeout", health.timeout_ms),
+                ("health-start-period", health.start_period_ms),
+            ]);
+        }
+        all
+    }
+
+    /// Refuses a duration longer than [`MAX_DURATION_MS`] (a spec sent through
+    /// the API, not parsed by [`parse_duration_ms`], may hold any `u64`).
+    fn validate_durations(&self) -> Result<(), SpecError> {
+        match self
+            .durations()
+            .into_iter()
+            .find(|(_, ms)| *ms > MAX_DURATION_MS)
+        {
+            Some((flag, ms)) => Err(invalid(format!(
+                "invalid {flag} of {ms} ms: at most 2562047h"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -738,10 +778,17 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
-/// Parses a docker-style duration: `10s`, `500ms`, `1m30s`, `2h`, `0`.
+/// The longest duration a spec may hold: 2562047h (about 292 years), the
+/// limit of Go's `time.Duration` that docker's CLI applies. Every deadline the
+/// managers and agents compute from a spec (a timestamp in ms plus at most
+/// this) stays far from overflowing.
+pub const MAX_DURATION_MS: u64 = 2_562_047 * 3_600_000;
+
+/// Parses a docker-style duration: `10s`, `500ms`, `1m30s`, `2h`, `0`, at most
+/// [`MAX_DURATION_MS`].
 ///
 /// # Errors
-/// A malformed duration.
+/// A malformed duration, or one longer than [`MAX_DURATION_MS`].
 pub fn parse_duration_ms(s: &str) -> Result<u64, SpecError> {
     let s = s.trim();
     let bad = || {
@@ -749,6 +796,7 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, SpecError> {
             "invalid duration {s:?}: expected e.g. 10s, 500ms, 1m30s"
         ))
     };
+    let too_long = || invalid(format!("invalid duration {s:?}: at most 2562047h"));
     if s == "0" {
         return Ok(0);
     }
@@ -774,10 +822,18 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, SpecError> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        {
-            total += (value * factor).round() as u64;
+        let ms = (value * factor).round();
+        // MAX_DURATION_MS is below 2^53: the f64 comparison is exact.
+        #[allow(clippy::cast_precision_loss)]
+        if !ms.is_finite() || ms > MAX_DURATION_MS as f64 {
+            return Err(too_long());
         }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ms = ms as u64;
+        total = total
+            .checked_add(ms)
+            .filter(|t| *t <= MAX_DURATION_MS)
+            .ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -899,6 +955,69 @@ mod tests {
         assert_eq!(format_duration_ms(90_000), "1m30s");
         assert_eq!(format_duration_ms(500), "500ms");
         assert_eq!(format_duration_ms(0), "0s");
+    }
+
+    #[test]
+    fn durations_too_long_to_compute_with_are_refused_not_overflowed() {
+        // Issue 11, fault 7: these made meshctl panic (the sum overflowed).
+        for huge in [
+            "99999999999999999999h1h",
+            "99999999999999999999h",
+            "2562048h",
+            "1e400s",
+            "NaNs",
+            "infs",
+        ] {
+            let err = parse_duration_ms(huge).expect_err(huge).to_string();
+            assert!(
+                err.contains("invalid duration")
+                    && (err.contains("at most 2562047h") || err.contains("expected")),
+                "{huge:?}: {err}"
+            );
+        }
+        assert_eq!(parse_duration_ms("2562047h").unwrap(), MAX_DURATION_MS);
+    }
+
+    #[test]
+    fn every_duration_of_a_spec_is_range_checked() {
+        type Field = fn(&mut ServiceSpec);
+        let fields: [(&str, Field); 10] = [
+            ("restart-delay", |s| s.task.restart.delay_ms = u64::MAX),
+            ("restart-window", |s| s.task.restart.window_ms = u64::MAX),
+            ("stop-grace-period", |s| s.task.stop_grace_ms = u64::MAX),
+            ("health-interval", |s| {
+                s.task.health = Some(HealthCheck {
+                    interval_ms: u64::MAX,
+                    ..HealthCheck::new("true".into())
+                });
+            }),
+            ("health-timeout", |s| {
+                s.task.health = Some(HealthCheck {
+                    timeout_ms: u64::MAX,
+                    ..HealthCheck::new("true".into())
+                });
+            }),
+            ("health-start-period", |s| {
+                s.task.health = Some(HealthCheck {
+                    start_period_ms: u64::MAX,
+                    ..HealthCheck::new("true".into())
+                });
+            }),
+            ("update-delay", |s| s.update.delay_ms = u64::MAX),
+            ("update-monitor", |s| s.update.monitor_ms = u64::MAX),
+            ("rollback-delay", |s| s.rollback.delay_ms = u64::MAX),
+            ("rollback-monitor", |s| s.rollback.monitor_ms = u64::MAX),
+        ];
+        for (flag, set) in fields {
+            let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "/bin/true", vec![]);
+            spec.validate().unwrap();
+            set(&mut spec);
+            let err = spec.validate().expect_err(flag).to_string();
+            assert!(
+                err.contains(flag) && err.contains("at most 2562047h"),
+                "{flag}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub fn decide(policy: &RestartPolicy, ended: &Task, history: &[&Task], now_ms: u
         let ends = history
             .iter()
             .filter(|t| ended_by_itself(t) && t.status.at_ms <= end)
-            .filter(|t| policy.window_ms == 0 || t.status.at_ms + policy.window_ms > end)
+            .filter(|t| {
+                policy.window_ms == 0 || t.status.at_ms.saturating_add(policy.window_ms) > end
+            })
             .count();
         // The first end is not a restart: `ends - 1` restarts were made.
         if ends > policy.max_attempts as usize {
@@ -221,6 +223,10 @@ mod tests {
         assert_eq!(decide(&windowed, &third, &history, 9_000), Decision::Now);
         // A stop the leader asked for is not an end.
         assert!(!ended_by_itself(&stopped));
+        // A window as long as time itself (a spec the managers stored before
+        // specs were range-checked) counts every end, and overflows nothing.
+        let forever = policy(RestartCondition::Any, 2, u64::MAX);
+        assert_eq!(decide(&forever, &third, &history, 9_000), Decision::Never);
     }
 
     #[test]
