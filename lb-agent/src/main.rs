@@ -50,6 +50,7 @@ struct Cli {
     #[arg(long, env = "LB_AGENT_HOSTNAME")]
     hostname: Option<String>,
     /// Managed node: the underlay interface (XDP attaches here; overrides `node.underlay`).
+    /// `auto`: the interface this host reaches the first `--join` manager through.
     #[arg(long, env = "LB_AGENT_UNDERLAY")]
     underlay: Option<String>,
     /// Managed node: XDP attach mode (overrides `dataplane.xdp_mode`).
@@ -103,7 +104,11 @@ async fn run(cli: &Cli) -> Result<()> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let hostname = mesh_client::join::node_hostname(cli.hostname.as_deref())
         .context("reading the hostname")?;
-    let base = managed_base(cli)?;
+    let underlay = match cli.underlay.as_deref() {
+        Some(AUTO) => Some(underlay_towards(&cli.join[0]).await?),
+        other => other.map(str::to_owned),
+    };
+    let base = managed_base(cli, underlay.as_deref())?;
     let data_addr = match &base {
         Some(base) => Some(data_addr(base).await?),
         None => None,
@@ -160,7 +165,7 @@ async fn run(cli: &Cli) -> Result<()> {
 /// The `[node]`, `[dataplane]` and `[metrics]` sections of a managed node, from
 /// `--config` (which must not list services, endpoints or peers) and the flags;
 /// `None` when neither names an underlay (a session-only agent).
-fn managed_base(cli: &Cli) -> Result<Option<Config>> {
+fn managed_base(cli: &Cli, underlay: Option<&str>) -> Result<Option<Config>> {
     let mut table = match &cli.config {
         Some(path) => read_table(path)?,
         None => toml::Table::new(),
@@ -181,8 +186,8 @@ fn managed_base(cli: &Cli) -> Result<Option<Config>> {
     let Some(node) = node.as_table_mut() else {
         bail!("[node] must be a table");
     };
-    if let Some(underlay) = &cli.underlay {
-        node.insert("underlay".into(), underlay.clone().into());
+    if let Some(underlay) = underlay {
+        node.insert("underlay".into(), underlay.into());
     }
     if !node.contains_key("underlay") {
         return Ok(None);
@@ -207,6 +212,34 @@ fn read_table(path: &Path) -> Result<toml::Table> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.parse::<toml::Table>()
         .with_context(|| format!("parsing {}", path.display()))
+}
+
+/// `--underlay auto`.
+const AUTO: &str = "auto";
+
+/// The interface whose address this host sends from to reach `manager`
+/// (`host:port`): the kernel's route lookup, asked through a UDP socket's
+/// `connect` (which sends nothing).
+async fn underlay_towards(manager: &str) -> Result<String> {
+    let target = tokio::net::lookup_host(manager)
+        .await
+        .with_context(|| format!("--underlay auto: resolving {manager}"))?
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("--underlay auto: {manager} has no IPv4 address"))?;
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .context("--underlay auto: opening a UDP socket")?;
+    socket
+        .connect(target)
+        .with_context(|| format!("--underlay auto: no route to {target}"))?;
+    let std::net::IpAddr::V4(local) = socket.local_addr()?.ip() else {
+        bail!("--underlay auto: {target} is reached over IPv6");
+    };
+    let host = HostInfo::query(&agent::netlink()?).await?;
+    let iface = host.holding(local).with_context(|| {
+        format!("--underlay auto: no interface holds {local}, the address towards {target}")
+    })?;
+    tracing::info!(underlay = %iface.name, address = %local, manager = %target, "--underlay auto");
+    Ok(iface.name.clone())
 }
 
 async fn underlay_info(base: &Config) -> Result<lb_agent::host::interfaces::Interface> {

@@ -164,7 +164,11 @@ pub struct ManagedCluster {
     options: ManagedOptions,
     managers: Vec<Option<Child>>,
     agents: Vec<Option<Agent>>,
-    worker_token: String,
+    /// The arguments of the worker join command `meshctl cluster join-token worker`
+    /// prints (after `lb-agent`): workers join with it as printed, plus only what
+    /// isolates them on this one machine (hostname, pin and state directories,
+    /// metrics address, XDP mode for veths).
+    worker_join: Vec<String>,
     /// Processes that outlived the agent that started them (tasks of a killed agent).
     orphans: Vec<i32>,
     keep: bool,
@@ -205,7 +209,7 @@ impl ManagedCluster {
             managers: (0..options.nodes).map(|_| None).collect(),
             agents: (0..options.nodes).map(|_| None).collect(),
             options,
-            worker_token: String::new(),
+            worker_join: Vec::new(),
             orphans: Vec::new(),
             keep: false,
             topo,
@@ -243,10 +247,7 @@ impl ManagedCluster {
                 )
             })?;
         }
-        self.worker_token = self
-            .ctl(&["cluster", "join-token", "worker", "-q"])?
-            .trim()
-            .to_owned();
+        self.worker_join = worker_join_command(&self.ctl(&["cluster", "join-token", "worker"])?)?;
         for k in 1..=self.options.nodes {
             self.spawn_agent(k)?;
         }
@@ -315,39 +316,44 @@ impl ManagedCluster {
         Ok(())
     }
 
-    /// The command line of node `k`'s agent (after `lb-agent`).
+    /// The command line of node `k`'s agent (after `lb-agent`): a worker joins with the
+    /// command `meshctl cluster join-token worker` printed; a manager's node with its
+    /// manager's identity.
     fn agent_args(&self, k: usize) -> Vec<String> {
-        let mut args = vec![
-            "--join".to_owned(),
-            self.hosts(),
+        let mut args = if self.is_manager(k) {
+            vec![
+                "--join".to_owned(),
+                self.hosts(),
+                "--underlay".to_owned(),
+                "eth0".to_owned(),
+                // The manager's node identity: the same node, no token needed.
+                "--state-dir".to_owned(),
+                self.data_dir(k).to_string_lossy().into_owned(),
+            ]
+        } else {
+            let mut args = self.worker_join.clone();
+            args.extend([
+                "--state-dir".to_owned(),
+                self.topo
+                    .dir()
+                    .join(format!("agent-state-n{k}"))
+                    .to_string_lossy()
+                    .into_owned(),
+            ]);
+            args
+        };
+        args.extend([
             "--hostname".to_owned(),
             Topology::node_name(k),
-            "--underlay".to_owned(),
-            "eth0".to_owned(),
             "--xdp-mode".to_owned(),
             "skb".to_owned(),
             "--pin-dir".to_owned(),
             self.topo.pin_dir(k).to_string_lossy().into_owned(),
             "--metrics-listen".to_owned(),
             METRICS_LISTEN.to_owned(),
-        ];
+        ]);
         if self.options.docker {
             args.push("--docker".to_owned());
-        }
-        args.push("--state-dir".to_owned());
-        if self.is_manager(k) {
-            // The manager's node identity: the same node, no token needed.
-            args.push(self.data_dir(k).to_string_lossy().into_owned());
-        } else {
-            args.push(
-                self.topo
-                    .dir()
-                    .join(format!("agent-state-n{k}"))
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            args.push("--token".to_owned());
-            args.push(self.worker_token.clone());
         }
         args
     }
@@ -1220,6 +1226,20 @@ pub fn per_node(tasks: &[TaskRow]) -> BTreeMap<String, usize> {
     m
 }
 
+/// The arguments (after `lb-agent`) of the join command in what `meshctl cluster
+/// join-token worker` prints.
+///
+/// # Errors
+/// If it prints no `lb-agent` command.
+fn worker_join_command(printed: &str) -> Result<Vec<String>> {
+    let line = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("lb-agent "))
+        .with_context(|| format!("no `lb-agent` join command in:\n{printed}"))?;
+    Ok(line.split_whitespace().skip(1).map(str::to_owned).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1266,5 +1286,23 @@ mod tests {
     fn node_index_of_hostname() {
         assert_eq!(ManagedCluster::node_index("n3"), Some(3));
         assert_eq!(ManagedCluster::node_index("m3"), None);
+    }
+
+    #[test]
+    fn the_printed_worker_join_command_is_read_as_printed() {
+        let printed = "To add a worker to this cluster, run the following command:\n\n    \
+                       lb-agent --join 10.0.0.1:4242 --token MESHTKN-1-a-b --underlay auto\n\n";
+        assert_eq!(
+            worker_join_command(printed).unwrap(),
+            [
+                "--join",
+                "10.0.0.1:4242",
+                "--token",
+                "MESHTKN-1-a-b",
+                "--underlay",
+                "auto"
+            ]
+        );
+        assert!(worker_join_command("nothing here").is_err());
     }
 }

@@ -49,6 +49,12 @@ impl HostInfo {
         self.interfaces.get(name)
     }
 
+    /// The interface that holds `addr` (the first, by name, if several do).
+    #[must_use]
+    pub fn holding(&self, addr: Ipv4Addr) -> Option<&Interface> {
+        self.interfaces.values().find(|i| i.ipv4.contains(&addr))
+    }
+
     /// Reads every interface and its IPv4 addresses.
     ///
     /// # Errors
@@ -100,5 +106,34 @@ impl HostInfo {
             info.insert(iface);
         }
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, ipv4: &[Ipv4Addr]) -> Interface {
+        Interface {
+            name: name.into(),
+            index: 1,
+            mac: [0; 6],
+            mtu: 1500,
+            ipv4: ipv4.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_interface_holding_an_address_is_found() {
+        let mut host = HostInfo::default();
+        host.insert(iface("lo", &[Ipv4Addr::LOCALHOST]));
+        host.insert(iface(
+            "eth0",
+            &[Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 1, 5)],
+        ));
+        let name = |a| host.holding(a).map(|i| i.name.as_str());
+        assert_eq!(name(Ipv4Addr::new(10, 0, 1, 5)), Some("eth0"));
+        assert_eq!(name(Ipv4Addr::LOCALHOST), Some("lo"));
+        assert_eq!(name(Ipv4Addr::new(10, 0, 0, 6)), None);
     }
 }

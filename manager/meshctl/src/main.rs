@@ -272,7 +272,7 @@ fn print_join_command(role: TokenRole, token: &str, addr: &str) {
     match role {
         TokenRole::Worker => {
             println!("To add a worker to this cluster, run the following command:\n");
-            println!("    lb-agent --join {addr} --token {token} --config /etc/mesh/agent.toml\n");
+            println!("    lb-agent --join {addr} --token {token} --underlay auto\n");
         }
         TokenRole::Manager => {
             println!("To add a manager to this cluster, run the following command:\n");
