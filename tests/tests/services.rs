@@ -466,6 +466,48 @@ fn a_task_that_exits_at_once_fails_with_its_code_and_is_restarted() {
     }
 }
 
+/// An update the managers refuse prints nothing on standard output (docker prints the
+/// service's name only once the update is accepted): a script reading stdout must not
+/// take a refusal for success (issue 11, fault 10).
+#[test]
+fn a_refused_update_prints_no_service_name() {
+    let _turn = turn();
+    let c = cluster(1);
+    for (name, port) in [("one", "9001:80"), ("two", "9002:80")] {
+        ctl(
+            &c,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                name,
+                "--replicas",
+                "0",
+                "-p",
+                port,
+                "--",
+                "/bin/true",
+            ],
+        );
+    }
+    let out = ok(c.meshctl_timeout(
+        &["service", "update", "--publish-add", "9001:81", "two"],
+        CONVERGE,
+    ));
+    assert!(
+        !out.success(),
+        "the conflicting update was accepted: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("already in use by service 'one'"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "", "stdout of a refused update");
+}
+
 /// Step 5: draining a node moves its tasks elsewhere without a failed request; a node
 /// whose agent stops and that is cut off loses its tasks to the others, and the mesh
 /// stops sending it flows: every request through the other nodes is answered (a flow

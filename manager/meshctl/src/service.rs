@@ -449,12 +449,14 @@ async fn service_update(control: &mut ControlClient<Channel>, flags: &UpdateFlag
         }
         return rollback(control, &flags.service, flags.detach, flags.quiet).await;
     }
-    println!("{}", current.spec.name);
     if spec == current.spec {
         // Nothing changed: keep the previous spec for a rollback.
+        println!("{}", current.spec.name);
         return Ok(());
     }
     update(control, &current, &spec).await?;
+    // As docker: the name once the managers accepted the update, never before.
+    println!("{}", current.spec.name);
     if !flags.detach {
         let task_spec_changed = spec.task != current.spec.task;
         let w = Watch {

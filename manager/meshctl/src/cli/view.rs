@@ -204,14 +204,22 @@ fn ellipsis(text: &str, width: usize) -> String {
 /// The longest error `service ps` shows without `--no-trunc` (docker's).
 const MAX_ERROR_LEN: usize = 30;
 
-/// Tasks in docker's order: by service, slot (or node), then newest first;
-/// each flagged when it is history (an older task of the same slot).
+/// Tasks in docker's order: by service, then slot (replicated) or node
+/// (global), the task the leader wants running first, then newest first; each
+/// flagged when it is history (an older task of the same slot, wherever it ran).
 fn ordered(rows: &[TaskRow]) -> Vec<(bool, &TaskRow)> {
     let mut rows: Vec<&TaskRow> = rows.iter().collect();
-    let place = |r: &TaskRow| (r.service_name.clone(), r.task.slot, r.task.node);
+    let place = |r: &TaskRow| {
+        let node = if r.task.slot > 0 { None } else { r.task.node };
+        (r.service_name.clone(), r.task.slot, node)
+    };
     rows.sort_by(|a, b| {
         place(a)
             .cmp(&place(b))
+            .then(
+                (b.task.desired == DesiredState::Running)
+                    .cmp(&(a.task.desired == DesiredState::Running)),
+            )
             .then(b.task.created_at_ms.cmp(&a.task.created_at_ms))
             .then(b.task.id.cmp(&a.task.id))
     });
@@ -593,6 +601,28 @@ mod tests {
         assert_eq!(json[1]["History"], true);
         assert_eq!(json[1]["State"], "Shutdown");
         assert_eq!(json[2]["Message"], "no suitable node");
+    }
+
+    #[test]
+    fn a_slots_history_on_other_nodes_stays_under_its_running_task() {
+        // Issue 11, fault 10: history was grouped by slot *and node*, so an older
+        // task of web.1 on another node was listed first, without `\_`.
+        let mut old = task(0x1111_2222_3333_4444, 1, 10, TaskState::Failed, 20_000);
+        old.task.desired = DesiredState::Shutdown;
+        old.task.node = Some(0x01);
+        old.node = "worker-0".into();
+        let new = task(0x5555_6666_7777_8888, 1, 20, TaskState::Running, 25_000);
+        let names: Vec<(bool, String)> = ordered(&[old, new])
+            .into_iter()
+            .map(|(history, r)| (history, r.node.clone()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (false, "worker-1".to_string()),
+                (true, "worker-0".to_string())
+            ]
+        );
     }
 
     #[test]
