@@ -508,6 +508,48 @@ fn a_refused_update_prints_no_service_name() {
     assert_eq!(out.stdout, "", "stdout of a refused update");
 }
 
+/// `service logs` of a task whose node was removed says so and fails, instead of
+/// printing nothing and exiting 0 (issue 11, fault 10).
+#[test]
+fn logs_of_a_task_on_a_removed_node_fail_with_the_reason() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    ctl(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "pinned",
+            "--constraint",
+            "node.hostname==n3",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo hello; exec sleep 600",
+        ],
+    );
+    let task = ok(c.wait_converged("pinned", 1)).remove(0);
+    let out = ok(c.meshctl_timeout(&["service", "logs", &task.id], CONVERGE));
+    assert!(out.success() && out.stdout.contains("hello"), "{out:?}");
+
+    ok(c.stop_agent(3));
+    ok(mesh_tests::poll_until(CONVERGE, "n3 to be down", || {
+        Ok((!c.ready_nodes()?.contains("n3")).then_some(()))
+    }));
+    ctl(&c, &["node", "rm", "n3"]);
+    let out = ok(c.meshctl_timeout(&["service", "logs", &task.id], CONVERGE));
+    assert!(
+        !out.success(),
+        "logs of a removed node's task succeeded: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("n3") || out.stderr.contains("removed"),
+        "the error does not say why: {}",
+        out.stderr
+    );
+}
+
 /// Step 5: draining a node moves its tasks elsewhere without a failed request; a node
 /// whose agent stops and that is cut off loses its tasks to the others, and the mesh
 /// stops sending it flows: every request through the other nodes is answered (a flow

@@ -17,7 +17,7 @@ use tonic::{Response, Status};
 
 use super::{Manager, state_status};
 use crate::proto::{self, control_client::ControlClient};
-use mesh_api::node::{NodeId, format_id};
+use mesh_api::node::{NodeId, NodeStatus, format_id};
 use mesh_api::task::{TaskId, TaskState};
 use mesh_client::connect;
 use mesh_core::state::{ClusterState, StateError};
@@ -117,6 +117,7 @@ async fn collect(
     let mut requests = Vec::new();
     let mut sources: HashMap<(u64, String), String> = HashMap::new();
     let mut outstanding = 0usize;
+    let mut unreachable = Vec::new();
     for (node, tasks) in &targets {
         let ids: Vec<TaskId> = tasks.keys().copied().collect();
         let Some(request) = manager
@@ -124,6 +125,7 @@ async fn collect(
             .request_logs(*node, &ids, tail, answers.clone())
         else {
             tracing::debug!(node = %format_id(*node), "no agent session: its tasks' logs are skipped");
+            unreachable.push(*node);
             continue;
         };
         requests.push(request);
@@ -163,6 +165,33 @@ async fn collect(
         }
     }
     manager.agents().finish_logs(&requests);
+    if !unreachable.is_empty() {
+        // After the lines of the nodes that answered: the call fails, saying whose
+        // output is missing and why.
+        let message = unreachable_message(&manager.read_unchecked(), &targets, &unreachable);
+        let _ = out.send(Err(Status::unavailable(message))).await;
+    }
+}
+
+/// Why the output of the tasks on `nodes` (nodes without an agent session) is
+/// missing: `no output from web.1.<id>@n3: node n3 is down; ...`.
+fn unreachable_message(state: &ClusterState, targets: &Targets, nodes: &[NodeId]) -> String {
+    let parts: Vec<String> = nodes
+        .iter()
+        .map(|node| {
+            let tasks: Vec<&str> = targets
+                .get(node)
+                .map(|t| t.values().map(String::as_str).collect())
+                .unwrap_or_default();
+            let why = match state.nodes.get(node) {
+                Some(n) if n.status == NodeStatus::Down => format!("node {} is down", n.hostname),
+                Some(n) => format!("node {} has no agent session", n.hostname),
+                None => format!("node {} was removed from the cluster", format_id(*node)),
+            };
+            format!("no output from {}: {why}", tasks.join(", "))
+        })
+        .collect();
+    parts.join("; ")
 }
 
 /// A follower passes the call on to the leader, which holds the sessions.
@@ -213,5 +242,23 @@ mod tests {
             targets(&state, "nope"),
             Err(StateError::UnknownService(_))
         ));
+    }
+
+    #[test]
+    fn missing_output_names_the_tasks_and_why() {
+        let mut state = testing::ready(&[1, 2]);
+        state.nodes.get_mut(&1).unwrap().hostname = "n1".into();
+        state.nodes.get_mut(&1).unwrap().status = NodeStatus::Down;
+        let mut targets = Targets::new();
+        targets
+            .entry(1)
+            .or_default()
+            .insert(10, "web.1.a@n1".into());
+        targets.entry(7).or_default().insert(11, "web.2.b@".into());
+        assert_eq!(
+            unreachable_message(&state, &targets, &[1, 7]),
+            "no output from web.1.a@n1: node n1 is down; no output from web.2.b@: node \
+             0000000000000007 was removed from the cluster"
+        );
     }
 }
