@@ -550,6 +550,46 @@ fn logs_of_a_task_on_a_removed_node_fail_with_the_reason() {
     );
 }
 
+/// Waiting for a service whose tasks cannot start shows each failing slot's reason and
+/// gives up with a non-zero exit (issue 11, fault 6: it sat at "overall progress: 0 out
+/// of 2 tasks" forever, the reason only in `service ps --no-trunc`).
+#[test]
+fn waiting_for_tasks_that_cannot_start_shows_why_and_gives_up() {
+    let _turn = turn();
+    let c = cluster(1);
+    let out = ok(c.meshctl_timeout(
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--replicas",
+            "2",
+            "--restart-delay",
+            "0s",
+            "--",
+            "/nonexistent/prog",
+        ],
+        CONVERGE,
+    ));
+    assert!(!out.success(), "meshctl reported success: {out:?}");
+    assert!(
+        out.stderr.contains("tasks keep failing"),
+        "no reason to give up in: {}",
+        out.stderr
+    );
+    let reasons: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("1/2: ") || l.starts_with("2/2: "))
+        .collect();
+    assert!(
+        reasons.iter().any(|l| l.contains("/nonexistent/prog")),
+        "no line per failing slot with its reason in:\n{}",
+        out.stdout
+    );
+}
+
 /// Step 5: draining a node moves its tasks elsewhere without a failed request; a node
 /// whose agent stops and that is cut off loses its tasks to the others, and the mesh
 /// stops sending it flows: every request through the other nodes is answered (a flow

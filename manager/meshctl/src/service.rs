@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use mesh_api::node::format_id;
 use mesh_api::service::Service;
-use mesh_api::spec::{PortSpec, ServiceMode, ServiceSpec};
+use mesh_api::spec::{PortSpec, ServiceMode, ServiceSpec, format_duration_ms};
 use mesh_api::task::Task;
 use mesh_api::time::now_ms;
 use mesh_client::proto::{self, control_client::ControlClient};
@@ -25,6 +25,10 @@ use crate::rpc::rpc;
 const POLL: Duration = Duration::from_millis(200);
 /// How long a converged service must stay so (docker waits 5 s).
 const STABLE: Duration = Duration::from_secs(1);
+/// How long waiting for convergence may see no task start before it gives up
+/// (a task that stays pending, a node that never answers); failing tasks give
+/// up sooner ([`meshctl::cli::progress::GIVE_UP_FAILURES`]).
+const STALL_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ServiceCommand {
@@ -252,7 +256,9 @@ async fn watch(
     let id = format_id(id);
     let mut last_line = String::new();
     let mut last_note = None;
+    let mut last_failures = Vec::new();
     let mut stable_since: Option<Instant> = None;
+    let mut progressed = (0, Instant::now());
     loop {
         let row = inspect(control, &id).await?;
         let tasks = list_tasks(control, &id, "")
@@ -271,6 +277,24 @@ async fn watch(
                 say(&format!("waiting: {note}"));
             }
             last_note.clone_from(&p.note);
+        }
+        for failure in p.failures.iter().filter(|f| !last_failures.contains(*f)) {
+            say(failure);
+        }
+        last_failures.clone_from(&p.failures);
+        if p.done != progressed.0 {
+            progressed = (p.done, Instant::now());
+        } else if p.phase == Phase::Converging && progressed.1.elapsed() >= STALL_LIMIT {
+            let why = p
+                .failures
+                .first()
+                .or(p.note.as_ref())
+                .map_or_else(String::new, |w| format!(" ({w})"));
+            bail!(
+                "no progress in {}{why}: giving up waiting; the service stays as it is: see \
+                 `meshctl service ps {id} --no-trunc`",
+                format_duration_ms(STALL_LIMIT.as_millis().try_into().unwrap_or(u64::MAX))
+            );
         }
         match p.phase {
             Phase::Failed(message) => bail!("{message}"),

@@ -3,12 +3,23 @@
 //! the service's current task spec, no others live or still stopping, and for a
 //! change of the task spec, the rolling update completed. A pure function of
 //! the service and its tasks; `meshctl` polls and prints.
+//!
+//! Waiting is bounded: a slot (or, for a global service, a node) whose task
+//! keeps failing is shown with its error, as docker shows it (`2/6: task:
+//! non-zero exit (3)`), and once every slot that does not run has failed
+//! [`GIVE_UP_FAILURES`] times the wait gives up ([`Phase::Failed`]); the
+//! service stays as it is. `meshctl` also gives up when nothing progresses
+//! for a while (a task that stays pending).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mesh_api::service::{Service, UpdateState};
 
 use mesh_api::task::{DesiredState, Task, TaskState};
+
+/// Failed runs of the current spec in every slot that does not run, after which
+/// waiting for convergence gives up.
+pub const GIVE_UP_FAILURES: usize = 3;
 
 /// What the caller is waiting for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,6 +54,67 @@ pub struct Progress {
     pub phase: Phase,
     /// Why tasks wait, if some do (`no suitable node (...)`), to show.
     pub note: Option<String>,
+    /// A line per slot (or node) whose newest run of the current spec failed
+    /// and that does not run: `2/6: task: non-zero exit (3)`.
+    pub failures: Vec<String>,
+}
+
+/// Where a task runs for progress: its slot, or its node for a global service.
+type Place = (u32, Option<u64>);
+
+fn place(t: &Task) -> Place {
+    if t.slot > 0 {
+        (t.slot, None)
+    } else {
+        (0, t.node)
+    }
+}
+
+/// The failure lines, and whether every place that does not run has failed
+/// [`GIVE_UP_FAILURES`] times (with at least one such place).
+fn failures(
+    service: &Service,
+    wanted: u32,
+    tasks: &[&Task],
+    done: &BTreeSet<Place>,
+) -> (Vec<String>, bool) {
+    let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.spec == service.spec.task) {
+        by_place.entry(place(t)).or_default().push(t);
+    }
+    let in_range = |p: &Place| service.spec.replicas().is_none_or(|r| p.0 <= r);
+    let mut lines = Vec::new();
+    let mut failing = 0usize;
+    let mut stuck = 0usize;
+    for (p, runs) in by_place
+        .iter()
+        .filter(|(p, _)| in_range(p) && !done.contains(p))
+    {
+        stuck += 1;
+        let failed: Vec<&&Task> = runs
+            .iter()
+            .filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
+            .collect();
+        let newest = runs.iter().max_by_key(|t| (t.created_at_ms, t.id));
+        if let Some(t) =
+            newest.filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
+        {
+            let reason = if t.status.error.is_empty() {
+                t.status.message.clone()
+            } else {
+                t.status.error.clone()
+            };
+            let label = match p {
+                (0, Some(node)) => mesh_api::node::format_id(*node),
+                (slot, _) => format!("{slot}/{wanted}"),
+            };
+            lines.push(format!("{label}: {reason}"));
+        }
+        if failed.len() >= GIVE_UP_FAILURES {
+            failing += 1;
+        }
+    }
+    (lines, stuck > 0 && failing == stuck)
 }
 
 /// How far `service` (wanting `wanted` tasks) is, given its `tasks`
@@ -57,13 +129,7 @@ pub fn progress(service: &Service, wanted: u32, tasks: &[Task], watch: Watch) ->
         .iter()
         .filter(current)
         .filter(|t| t.desired == DesiredState::Running && t.status.state == TaskState::Running)
-        .map(|t| {
-            if t.slot > 0 {
-                (t.slot, None)
-            } else {
-                (0, t.node)
-            }
-        })
+        .map(|t| place(t))
         .filter(|(slot, _)| service.spec.replicas().is_none_or(|r| *slot <= r))
         .collect();
     let done = u32::try_from(done_places.len()).unwrap_or(u32::MAX);
@@ -80,6 +146,7 @@ pub fn progress(service: &Service, wanted: u32, tasks: &[Task], watch: Watch) ->
         .filter(|t| t.is_live() && t.status.state == TaskState::Pending)
         .map(|t| t.status.message.clone())
         .find(|m| !m.is_empty());
+    let (failures, give_up) = failures(service, wanted, &tasks, &done_places);
 
     let mut update_done = !watch.task_spec_changed;
     if watch.task_spec_changed
@@ -93,6 +160,7 @@ pub fn progress(service: &Service, wanted: u32, tasks: &[Task], watch: Watch) ->
                     wanted,
                     phase: failed("service update paused"),
                     note,
+                    failures,
                 };
             }
             UpdateState::RollbackPaused => {
@@ -101,6 +169,7 @@ pub fn progress(service: &Service, wanted: u32, tasks: &[Task], watch: Watch) ->
                     wanted,
                     phase: failed("service rollback paused"),
                     note,
+                    failures,
                 };
             }
             UpdateState::RollbackCompleted if !watch.rollback => {
@@ -109,6 +178,7 @@ pub fn progress(service: &Service, wanted: u32, tasks: &[Task], watch: Watch) ->
                     wanted,
                     phase: failed("service rolled back"),
                     note,
+                    failures,
                 };
             }
             UpdateState::Completed => update_done = !watch.rollback,
@@ -117,15 +187,24 @@ pub fn progress(service: &Service, wanted: u32, tasks: &[Task], watch: Watch) ->
         }
     }
     let converged = done >= wanted && live == wanted as usize && stopping == 0 && update_done;
+    let phase = if converged {
+        Phase::Converged
+    } else if give_up {
+        Phase::Failed(format!(
+            "tasks keep failing: every slot that does not run failed {GIVE_UP_FAILURES} times \
+             (last: {}); the service stays as it is: see `meshctl service ps {} --no-trunc`",
+            failures.first().map_or("", String::as_str),
+            service.spec.name
+        ))
+    } else {
+        Phase::Converging
+    };
     Progress {
         done,
         wanted,
-        phase: if converged {
-            Phase::Converged
-        } else {
-            Phase::Converging
-        },
+        phase,
         note,
+        failures,
     }
 }
 
@@ -298,5 +377,50 @@ mod tests {
             progress(&s, 2, &tasks, Watch::default()).phase,
             Phase::Converged
         );
+    }
+
+    #[test]
+    fn failing_slots_show_their_error_and_waiting_gives_up_after_three_failures() {
+        // Issue 11, fault 6: `service create -- /nonexistent/prog` waited forever at
+        // "0 out of 1 tasks" and showed no reason.
+        let s = service(2);
+        let failed = |id, slot, created| {
+            let mut t = task(id, &s, slot, TaskState::Rejected);
+            t.created_at_ms = created;
+            t.desired = DesiredState::Shutdown;
+            t.status.error = format!("starting failed: no such file (run {id})");
+            t
+        };
+        let mut tasks = vec![failed(1, 1, 1), task(2, &s, 2, TaskState::Running)];
+        let p = progress(&s, 2, &tasks, Watch::default());
+        assert_eq!(p.phase, Phase::Converging);
+        assert_eq!(p.failures, ["1/2: starting failed: no such file (run 1)"]);
+        tasks.push(failed(3, 1, 3));
+        let mut starting = task(4, &s, 1, TaskState::Starting);
+        starting.created_at_ms = 4;
+        tasks.push(starting);
+        let p = progress(&s, 2, &tasks, Watch::default());
+        assert_eq!(p.failures, Vec::<String>::new(), "a new run is starting");
+        assert_eq!(p.phase, Phase::Converging);
+        tasks.pop();
+        tasks.push(failed(4, 1, 4));
+        let Phase::Failed(message) = progress(&s, 2, &tasks, Watch::default()).phase else {
+            panic!("three failures in the only slot that does not run: give up");
+        };
+        assert!(
+            message.contains("failed 3 times (last: 1/2: starting failed: no such file (run 4))"),
+            "{message}"
+        );
+        // A slot still pending (never failed) keeps the wait going.
+        let mut pending = task(5, &s, 3, TaskState::Pending);
+        pending.spec = s.spec.task.clone();
+        let s3 = service(3);
+        let p = progress(
+            &s3,
+            3,
+            &[tasks.clone(), vec![pending]].concat(),
+            Watch::default(),
+        );
+        assert_eq!(p.phase, Phase::Converging);
     }
 }
