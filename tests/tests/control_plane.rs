@@ -759,7 +759,8 @@ fn statuses(c: &Cluster, i: usize) -> Result<std::collections::BTreeMap<String, 
 
 /// Agents learn every manager from their session and follow the leader: an agent that
 /// joined through the leader alone comes back ready through another manager when the
-/// leader is killed; MANAGER STATUS comes from Raft.
+/// leader is killed, and so does it when restarted while that manager is still away;
+/// MANAGER STATUS comes from Raft.
 #[test]
 fn leader_failover_agents_follow_and_manager_status() {
     let mut c = Cluster::start(ClusterOptions {
@@ -830,10 +831,30 @@ fn failover(c: &mut Cluster) -> Result<()> {
     for &i in &survivors {
         c.ctl(
             i,
-            &["node", "update", "--label-add", &format!("after-kill-m{i}=yes"), "w1"],
+            &[
+                "node",
+                "update",
+                "--label-add",
+                &format!("after-kill-m{i}=yes"),
+                "w1",
+            ],
         )
         .with_context(|| format!("a write through m{i} after the kill"))?;
     }
+
+    // The agent restarts while the only manager it was told of (--join) is still away:
+    // it knows the others from its last session (kept in its state directory).
+    c.kill_agent(w1)?;
+    c.wait_until(deadline, "the killed agent's node to be down", |c| {
+        Ok((statuses(c, new_leader)?["w1"].0 == "down").then_some(()))
+    })?;
+    c.restart_agent(w1)?;
+    c.wait_until(
+        deadline,
+        "the restarted agent to be ready through a surviving manager",
+        |c| Ok((statuses(c, new_leader)?["w1"].0 == "ready").then_some(())),
+    )
+    .with_context(|| format!("agent log:\n{}", c.agent_log(w1)))?;
 
     // The killed manager comes back: Reachable again, and ready.
     c.restart(leader, &[])?;
