@@ -110,6 +110,8 @@ pub struct AgentProcess {
     pub hostname: String,
     /// `--state-dir`; the identity is under `tls/`.
     pub state_dir: PathBuf,
+    /// `--join`: the manager addresses it was started with, comma-separated.
+    pub join: String,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -664,10 +666,25 @@ impl Cluster {
     /// # Errors
     /// If it cannot be started.
     pub fn spawn_agent(&mut self, hostname: &str, token: Option<&str>) -> Result<usize> {
+        let join = self.hosts();
+        self.spawn_agent_via(hostname, token, &join)
+    }
+
+    /// As [`Cluster::spawn_agent`], with `--join join` (comma-separated addresses), e.g.
+    /// one manager only: what it learns of the others comes from its session.
+    ///
+    /// # Errors
+    /// If it cannot be started.
+    pub fn spawn_agent_via(
+        &mut self,
+        hostname: &str,
+        token: Option<&str>,
+        join: &str,
+    ) -> Result<usize> {
         let state_dir = self.root.join(format!("agent-{hostname}"));
         let log = self.root.join(format!("agent-{hostname}.log"));
         let mut cmd = Command::new(bin("lb-agent")?);
-        cmd.args(["--join", &self.hosts()])
+        cmd.args(["--join", join])
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--hostname", hostname]);
@@ -678,6 +695,7 @@ impl Cluster {
         self.agents.push(AgentProcess {
             hostname: hostname.to_owned(),
             state_dir,
+            join: join.to_owned(),
             log,
             child: Some(child),
         });
@@ -689,7 +707,16 @@ impl Cluster {
     /// # Errors
     /// If the agent exits or the node is not ready in time.
     pub fn join_worker(&mut self, hostname: &str, token: &str) -> Result<usize> {
-        let a = self.spawn_agent(hostname, Some(token))?;
+        let join = self.hosts();
+        self.join_worker_via(hostname, token, &join)
+    }
+
+    /// As [`Cluster::join_worker`], with `--join join` (comma-separated addresses).
+    ///
+    /// # Errors
+    /// If the agent exits or the node is not ready in time.
+    pub fn join_worker_via(&mut self, hostname: &str, token: &str, join: &str) -> Result<usize> {
+        let a = self.spawn_agent_via(hostname, Some(token), join)?;
         let timeout = START_TIMEOUT;
         self.wait_until(timeout, &format!("worker {hostname} to be ready"), |c| {
             if let Some(status) = c.agent_exit(a)? {
@@ -750,7 +777,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts agent `a` again with its state directory (no token).
+    /// Starts agent `a` again with its state directory (no token) and its `--join`.
     ///
     /// # Errors
     /// If it is still running or cannot be started.
@@ -758,7 +785,7 @@ impl Cluster {
         ensure!(self.agents[a].child.is_none(), "agent {a} is running");
         let agent = &self.agents[a];
         let mut cmd = Command::new(bin("lb-agent")?);
-        cmd.args(["--join", &self.hosts()])
+        cmd.args(["--join", &agent.join])
             .arg("--state-dir")
             .arg(&agent.state_dir)
             .args(["--hostname", &agent.hostname]);

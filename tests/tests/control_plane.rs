@@ -8,7 +8,10 @@
 //! - no quorum: reads say so, writes fail clearly, `--force-new-cluster` recovers;
 //! - nodes: workers join and go down, update, promote, demote, remove, and bad input;
 //! - security: no client certificate, another cluster's CA, rotated and foreign tokens,
-//!   a worker calling a manager-only RPC, a removed node's certificate.
+//!   a worker calling a manager-only RPC, a removed node's certificate;
+//! - leader failover: an agent that joined through one manager follows the leader
+//!   when that manager is killed; MANAGER STATUS is Raft's (Unreachable for a killed
+//!   manager and for a promoted node that runs no manager, Reachable once restarted).
 //!
 //! Each test has its own cluster(s) on its own loopback network, so they run in parallel.
 //! Needs the `mesh-manager`, `meshctl` and `lb-agent` binaries (`cargo xtask test` builds
@@ -739,5 +742,151 @@ fn security(a: &mut Cluster, b: &Cluster) -> Result<()> {
         status.is_some_and(|s| s.success()),
         "SIGTERM did not stop the manager cleanly: {status:?}"
     );
+    Ok(())
+}
+
+/// The managers' view of each node, by hostname: (`Status`, `ManagerStatus`), through
+/// manager `i`.
+fn statuses(c: &Cluster, i: usize) -> Result<std::collections::BTreeMap<String, (String, String)>> {
+    Ok(c.nodes(i)?
+        .iter()
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap_or_default().to_owned();
+            (s("Hostname"), (s("Status"), s("ManagerStatus")))
+        })
+        .collect())
+}
+
+/// Agents learn every manager from their session and follow the leader: an agent that
+/// joined through the leader alone comes back ready through another manager when the
+/// leader is killed, and so does it when restarted while that manager is still away;
+/// MANAGER STATUS comes from Raft.
+#[test]
+fn leader_failover_agents_follow_and_manager_status() {
+    let mut c = Cluster::start(ClusterOptions {
+        managers: 3,
+        name: "failover".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("start a 3-manager cluster");
+    check(failover(&mut c));
+}
+
+fn failover(c: &mut Cluster) -> Result<()> {
+    let leader = c.wait_leader(CONVERGE)?;
+    let token = c.ctl(leader, &["cluster", "join-token", "worker", "-q"])?;
+    let token = token.trim().to_owned();
+    // The agent knows the leader's address only: the others, it learns from its session.
+    let join = c.manager(leader).addr.to_string();
+    let w1 = c.join_worker_via("w1", &token, &join)?;
+    let killed = c.manager(leader).hostname.clone();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &survivors {
+        let all = statuses(c, i)?;
+        ensure!(
+            all[&killed].1 == "Leader"
+                && survivors
+                    .iter()
+                    .all(|&j| all[&c.manager(j).hostname].1 == "Reachable"),
+            "before the kill, through m{i}: {all:?}"
+        );
+    }
+
+    c.kill(leader)?;
+    // Within a few heartbeat periods: a new leader; through every survivor, the killed
+    // manager Unreachable (and down: the new leader's grace period is over, so every
+    // node that has not come back is down too) and every other node ready, the agent
+    // included (its session moved to the new leader).
+    let deadline = Duration::from_secs(10);
+    let new_leader = c.wait_leader(deadline)?;
+    ensure!(new_leader != leader, "the killed manager still leads");
+    for &i in &survivors {
+        c.wait_until(
+            deadline,
+            &format!("m{i} to show {killed} Unreachable and down, every other node ready"),
+            |c| {
+                let all = statuses(c, i)?;
+                let dead = &all[&killed];
+                let others_ready = all
+                    .iter()
+                    .filter(|(h, _)| **h != killed)
+                    .all(|(_, (status, _))| status == "ready");
+                Ok((dead.0 == "down" && dead.1 == "Unreachable" && others_ready).then_some(()))
+            },
+        )
+        .with_context(|| {
+            format!(
+                "through m{i}: {:?}\nagent log:\n{}",
+                statuses(c, i),
+                c.agent_log(w1)
+            )
+        })?;
+    }
+    let all = statuses(c, new_leader)?;
+    ensure!(
+        all[&c.manager(new_leader).hostname].1 == "Leader",
+        "the new leader's row: {all:?}"
+    );
+    // The cluster can be managed: a write through a survivor.
+    for &i in &survivors {
+        c.ctl(
+            i,
+            &[
+                "node",
+                "update",
+                "--label-add",
+                &format!("after-kill-m{i}=yes"),
+                "w1",
+            ],
+        )
+        .with_context(|| format!("a write through m{i} after the kill"))?;
+    }
+
+    // The agent restarts while the only manager it was told of (--join) is still away:
+    // it knows the others from its last session (kept in its state directory).
+    c.kill_agent(w1)?;
+    c.wait_until(deadline, "the killed agent's node to be down", |c| {
+        Ok((statuses(c, new_leader)?["w1"].0 == "down").then_some(()))
+    })?;
+    c.restart_agent(w1)?;
+    c.wait_until(
+        deadline,
+        "the restarted agent to be ready through a surviving manager",
+        |c| Ok((statuses(c, new_leader)?["w1"].0 == "ready").then_some(())),
+    )
+    .with_context(|| format!("agent log:\n{}", c.agent_log(w1)))?;
+
+    // The killed manager comes back: Reachable again, and ready.
+    c.restart(leader, &[])?;
+    for i in 0..3 {
+        c.wait_until(
+            CONVERGE,
+            &format!("m{i} to show the restarted {killed} Reachable"),
+            |c| {
+                let all = statuses(c, i)?;
+                let back = &all[&killed];
+                Ok((back.1 == "Reachable" && back.0 == "ready").then_some(()))
+            },
+        )
+        .with_context(|| format!("through m{i}: {:?}", statuses(c, i)))?;
+    }
+
+    // A promoted node whose manager was never started is a manager but no Raft voter:
+    // Unreachable, though its agent keeps it ready.
+    c.ctl(new_leader, &["node", "promote", "w1"])?;
+    for i in 0..3 {
+        c.wait_until(
+            CONVERGE,
+            &format!("m{i} to show the promoted w1 Unreachable"),
+            |c| {
+                let all = statuses(c, i)?;
+                Ok((all["w1"] == ("ready".to_owned(), "Unreachable".to_owned())).then_some(()))
+            },
+        )
+        .with_context(|| format!("through m{i}: {:?}", statuses(c, i)))?;
+    }
+    c.ctl(new_leader, &["node", "demote", "w1"])?;
+    let all = statuses(c, new_leader)?;
+    ensure!(all["w1"].1.is_empty(), "w1 after demotion: {all:?}");
     Ok(())
 }

@@ -10,10 +10,16 @@ use mesh_client::session::{self, SessionError, SessionEvent, SessionOptions, Upl
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+/// The file in the state directory that keeps every manager's address, as
+/// the last session named them: a restarted agent fails over to any of them,
+/// not only to its `--join` addresses.
+pub const KNOWN_MANAGERS: &str = "managers";
+
 /// How the agent joins a cluster.
 #[derive(Clone, Debug)]
 pub struct JoinOptions {
-    /// Manager addresses (`host:port`), tried in order.
+    /// Manager addresses (`host:port`), tried in order to join; the session
+    /// tries them after the managers it learns from the cluster.
     pub managers: Vec<String>,
     /// Join token; needed only the first time (the identity is kept).
     pub token: Option<String>,
@@ -87,6 +93,7 @@ pub async fn start(
     let (uplink, uplink_rx) = session::uplink();
     let session = SessionOptions {
         managers: options.managers,
+        known_managers: Some(options.state_dir.join(KNOWN_MANAGERS)),
         tls,
         hostname: options.hostname,
         agent_version: format!("lb-agent {}", env!("CARGO_PKG_VERSION")),

@@ -7,6 +7,7 @@
 //!   node's identity;
 //! - [`session`]: the node's long-lived session with the leader (heartbeats
 //!   up; assignments, role changes and log requests down);
+//! - [`failover`]: which manager the session tries next (sans-IO);
 //! - [`pki`]: the cluster CA, certificates, join tokens, identities on disk,
 //!   TLS configurations;
 //! - [`proto`]: the gRPC client stubs.
@@ -22,6 +23,7 @@ pub mod proto {
 }
 
 pub mod connect;
+pub mod failover;
 pub mod join;
 pub mod pki;
 pub mod session;

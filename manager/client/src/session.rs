@@ -1,14 +1,18 @@
 //! A node's session with the leader, shared by `lb-agent --join` and each
 //! manager's own node: heartbeats up, session messages down, failover to
-//! the leader, and certificate renewal when the node's role changes.
+//! the leader (over every manager the session learned, see
+//! [`crate::failover`]), and certificate renewal when the node's role
+//! changes.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::connect::{self, ClientError, leader_addr};
+use crate::failover::Failover;
 use crate::pki::{self, TlsDir};
 use crate::proto::{self, agent_message, dispatcher_client::DispatcherClient, manager_message};
 use mesh_api::assignment::Assignment;
@@ -86,8 +90,12 @@ impl Uplink {
 /// A session's settings.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
-    /// Managers to try, in order.
+    /// Managers to try, in order, before the session has learned the others
+    /// (and after them, should they all be gone).
     pub managers: Vec<String>,
+    /// Where to keep the managers learned from the last session (one address
+    /// a line), so that a restarted node knows them too; `None`: in memory.
+    pub known_managers: Option<PathBuf>,
     /// The node's identity.
     pub tls: TlsDir,
     /// Reported in `Hello`.
@@ -138,36 +146,39 @@ pub async fn run_with_uplink(
     mut uplink: UplinkReceiver,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let mut managers = options.managers.clone();
-    let mut hint: Option<String> = None;
+    let kept = options
+        .known_managers
+        .as_deref()
+        .map(read_known)
+        .unwrap_or_default();
+    let mut failover = Failover::new(options.managers.clone(), kept);
     let mut backoff = RETRY_MIN;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let mut order: Vec<String> = hint.take().into_iter().collect();
-        for manager in &managers {
-            if !order.contains(manager) {
-                order.push(manager.clone());
-            }
-        }
+        let order = failover.order();
         let outcome = tokio::select! {
-            outcome = attempt(&options, &order, &events, &mut uplink) => outcome,
+            outcome = attempt(&options, &order, &events, &mut uplink, &mut failover) => outcome,
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         match outcome {
             Attempt::Redirect(leader) => {
-                hint = Some(leader);
-                continue;
+                if failover.redirected(leader) {
+                    continue;
+                }
             }
             Attempt::Removed(reason) => return Err(SessionError::Removed(reason)),
             Attempt::Identity(reason) => return Err(SessionError::Identity(reason)),
-            Attempt::Ended { reason, learned } => {
-                if !learned.is_empty() {
-                    managers = learned;
+            Attempt::Ended {
+                reason,
+                established,
+            } => {
+                failover.failed();
+                if established {
                     backoff = RETRY_MIN;
                 }
-                tracing::warn!(%reason, "session lost; reconnecting");
+                tracing::warn!(%reason, next = ?failover.order(), "session lost; reconnecting");
                 let _ = events.send(SessionEvent::Lost(reason)).await;
             }
         }
@@ -179,13 +190,34 @@ pub async fn run_with_uplink(
     }
 }
 
+/// The managers kept in `path` by an earlier run (none if it is missing or
+/// unreadable: the session still has its initial addresses).
+fn read_known(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().map(str::trim).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Keeps `managers` in `path`, replacing it whole (written aside, then
+/// renamed); a failure is logged, the session goes on.
+fn write_known(path: &Path, managers: &[String]) {
+    let tmp = path.with_extension("tmp");
+    let mut text = managers.join("\n");
+    text.push('\n');
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "keeping the managers' addresses");
+    }
+}
+
 enum Attempt {
     Redirect(String),
     Removed(String),
     Identity(String),
     Ended {
         reason: String,
-        learned: Vec<String>,
+        /// Whether a leader accepted the session before it ended.
+        established: bool,
     },
 }
 
@@ -194,6 +226,7 @@ async fn attempt(
     order: &[String],
     events: &mpsc::Sender<SessionEvent>,
     uplink: &mut UplinkReceiver,
+    failover: &mut Failover,
 ) -> Attempt {
     let identity = match options.tls.load() {
         Ok(identity) => identity,
@@ -241,7 +274,7 @@ async fn attempt(
                 }
             },
         };
-        let mut learned = Vec::new();
+        let mut established_once = false;
         let mut heartbeats: Option<tokio::task::JoinHandle<()>> = None;
         let reason = loop {
             let message = tokio::select! {
@@ -258,7 +291,12 @@ async fn attempt(
             match message {
                 Ok(Some(proto::ManagerMessage { kind: Some(kind) })) => match kind {
                     manager_message::Kind::Established(established) => {
-                        learned.clone_from(&established.managers);
+                        established_once = true;
+                        if failover.established(addr, &established.managers)
+                            && let Some(path) = &options.known_managers
+                        {
+                            write_known(path, failover.learned());
+                        }
                         let period = Duration::from_millis(established.heartbeat_period_ms.max(50));
                         if let Some(old) = heartbeats.take() {
                             old.abort();
@@ -331,11 +369,14 @@ async fn attempt(
         if let Some(h) = heartbeats.take() {
             h.abort();
         }
-        return Attempt::Ended { reason, learned };
+        return Attempt::Ended {
+            reason,
+            established: established_once,
+        };
     }
     Attempt::Ended {
         reason: last,
-        learned: Vec::new(),
+        established: false,
     }
 }
 

@@ -458,12 +458,14 @@ async fn record_manager_addr(manager: Manager) {
 }
 
 /// The manager's own node keeps a session like any agent's, so its status
-/// reads `ready` while it runs.
+/// reads `ready` while it runs. It starts from the managers this one's
+/// replica knows and follows the leader over those its sessions name.
 async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<bool>) {
     let (events, mut rx) = mpsc::channel(8);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let options = SessionOptions {
         managers: manager.manager_addrs(),
+        known_managers: None,
         tls: manager.tls().clone(),
         hostname,
         agent_version: format!("mesh-manager {}", env!("CARGO_PKG_VERSION")),

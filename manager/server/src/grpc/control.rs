@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Manager, ca_digest, cluster_ca, state_status};
 use crate::proto::{self, control_client::ControlClient, control_server::Control};
-use mesh_api::node::{Availability, Node, NodeId, NodeStatus, Role, format_id, parse_label};
+use crate::raft::ManagerView;
+use mesh_api::node::{Availability, Node, NodeId, Role, format_id, parse_label};
 use mesh_api::service::Service;
 use mesh_api::task::{DesiredState, Task, TaskState};
 use mesh_api::time::{now_ms, rfc3339};
@@ -31,9 +32,27 @@ impl ControlService {
         Self { manager }
     }
 
-    /// The API's view of `node`.
+    /// The API's view of `node`, with this manager's view of Raft.
     fn node_info(&self, node: &Node) -> proto::NodeInfo {
-        node_info(node, self.manager.raft().metrics().current_leader)
+        node_info(node, &self.manager.raft().manager_view())
+    }
+
+    /// On a follower, the leader's `Control` service for a read whose
+    /// answer holds MANAGER STATUS (only the leader hears from every voter);
+    /// `None` on the leader, for a call a follower already forwarded, or
+    /// when the leader cannot be reached (the follower then answers with
+    /// what it knows).
+    async fn leader_for_read<T>(&self, request: &Request<T>) -> Option<ControlClient<Channel>> {
+        if self.manager.raft().is_leader() || request.metadata().contains_key(FORWARDED_HEADER) {
+            return None;
+        }
+        match self.leader_control().await {
+            Ok(leader) => Some(leader),
+            Err(status) => {
+                tracing::debug!(error = %status.message(), "answering a node read locally");
+                None
+            }
+        }
     }
 
     /// The leader's `Control` service, for calls that only the leader can
@@ -94,14 +113,32 @@ impl ControlService {
     }
 }
 
-/// The API's view of a node, given the current leader.
+/// Marks a read a follower forwarded to the leader, which answers it
+/// itself (a leader that just lost its place does not forward it on).
+const FORWARDED_HEADER: &str = "x-mesh-forwarded";
+
+/// How long a follower waits for the leader's answer to a forwarded read.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `inner` as a request forwarded to the leader.
+fn forwarded<T>(inner: T) -> Request<T> {
+    let mut request = Request::new(inner);
+    request.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    request.set_timeout(FORWARD_TIMEOUT);
+    request
+}
+
+/// The API's view of a node, given what this manager knows of Raft: a
+/// manager's status is Raft's (Leader, Reachable, Unreachable), not its
+/// node's heartbeat status.
 #[must_use]
-pub fn node_info(node: &Node, leader: Option<NodeId>) -> proto::NodeInfo {
+pub fn node_info(node: &Node, raft: &ManagerView) -> proto::NodeInfo {
     let manager_status = match node.role {
         Role::Worker => String::new(),
-        Role::Manager if leader == Some(node.id) => "Leader".into(),
-        Role::Manager if node.status == NodeStatus::Ready => "Reachable".into(),
-        Role::Manager => "Unreachable".into(),
+        Role::Manager => raft.status(node.id).to_string(),
     };
     proto::NodeInfo {
         id: format_id(node.id),
@@ -416,11 +453,20 @@ impl Control for ControlService {
 
     async fn list_nodes(
         &self,
-        _request: Request<proto::ListNodesRequest>,
+        request: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        self.manager.require_quorum()?;
+        if let Some(mut leader) = self.leader_for_read(&request).await {
+            match leader.list_nodes(forwarded(request.into_inner())).await {
+                Ok(response) => return Ok(response),
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "answering node ls locally");
+                }
+            }
+        }
+        let view = self.manager.raft().manager_view();
         let state = self.manager.read()?;
-        let leader = self.manager.raft().metrics().current_leader;
-        let nodes = state.nodes.values().map(|n| node_info(n, leader)).collect();
+        let nodes = state.nodes.values().map(|n| node_info(n, &view)).collect();
         Ok(Response::new(proto::ListNodesResponse { nodes }))
     }
 
@@ -428,6 +474,20 @@ impl Control for ControlService {
         &self,
         request: Request<proto::NodeRef>,
     ) -> Result<Response<proto::NodeInfo>, Status> {
+        self.manager.require_quorum()?;
+        if let Some(mut leader) = self.leader_for_read(&request).await {
+            match leader
+                .inspect_node(forwarded(request.get_ref().clone()))
+                .await
+            {
+                Ok(response) => return Ok(response),
+                // The leader's answer to a name it does not know is final.
+                Err(status) if status.code() == tonic::Code::NotFound => return Err(status),
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "answering node inspect locally");
+                }
+            }
+        }
         let state = self.manager.read()?;
         let id = state
             .resolve(&request.get_ref().name)
@@ -549,6 +609,7 @@ impl Control for ControlService {
 mod tests {
     use super::*;
     use mesh_api::cluster::{CaMaterial, JoinSecrets};
+    use mesh_api::node::NodeStatus;
     use mesh_api::spec::{RuntimeKind, ServiceMode, ServiceSpec};
     use mesh_api::task::TaskStatus;
     use mesh_core::state::{NewTask, TaskChange};
@@ -678,5 +739,36 @@ mod tests {
             err.message().contains("invalid service spec: invalid type"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn manager_status_is_rafts_not_the_heartbeats() {
+        use std::collections::{BTreeMap, BTreeSet};
+        use std::time::Duration;
+        let view = ManagerView {
+            this: 1,
+            leader: Some(1),
+            voters: BTreeSet::from([1, 2]),
+            last_contact: Some(BTreeMap::from([(2, Duration::from_millis(100))])),
+            stale_after: Duration::from_secs(2),
+        };
+        let node = |id, role, status| {
+            let mut n = Node::new(id, format!("n{id}"), role, 0);
+            n.status = status;
+            n
+        };
+        let status = |n: &Node| node_info(n, &view).manager_status;
+        assert_eq!(status(&node(1, Role::Manager, NodeStatus::Ready)), "Leader");
+        // Its node is down (no session), but Raft hears from it.
+        assert_eq!(
+            status(&node(2, Role::Manager, NodeStatus::Down)),
+            "Reachable"
+        );
+        // Promoted, its agent's heartbeats keep it ready, but no manager runs.
+        assert_eq!(
+            status(&node(3, Role::Manager, NodeStatus::Ready)),
+            "Unreachable"
+        );
+        assert_eq!(status(&node(4, Role::Worker, NodeStatus::Ready)), "");
     }
 }

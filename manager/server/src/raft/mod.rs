@@ -1,6 +1,7 @@
 //! Raft plumbing: openraft's type configuration, the redb log store, the
 //! state machine over [`ClusterState`](mesh_core::state::ClusterState), the gRPC
-//! network and service, and the [`RaftNode`] facade the manager uses.
+//! network and service, the [`RaftNode`] facade the manager uses, and the
+//! managers' status as Raft sees it ([`reachability`]).
 //!
 //! A manager's Raft data lives in one redb file, `raft.redb`, in its data
 //! directory: the log, the vote, the committed and purged markers and the
@@ -10,6 +11,7 @@
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod reachability;
 pub mod service;
 pub mod state_machine;
 #[cfg(test)]
@@ -21,6 +23,7 @@ pub mod types;
 pub use log_store::{DbError, LogStore};
 pub use network::{Connector, Network};
 pub use node::{DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError};
+pub use reachability::{ManagerStatus, ManagerView};
 pub use service::RaftService;
 pub use state_machine::StateMachineStore;
 pub use types::{Entry, MeshRaft, Metrics, TypeConfig};

@@ -6,11 +6,15 @@
 //! mTLS endpoint builder, tests plain `http://`) and are cached per address;
 //! a tonic channel reconnects by itself, so one cached channel serves a peer
 //! across its restarts.
+//!
+//! The network also notes when each peer last answered (any reply, an
+//! openraft refusal included): on the leader, whose heartbeats reach every
+//! voter, that is how reachable each voter is ([`Network::last_contacts`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout,
@@ -46,6 +50,8 @@ pub struct Network {
     id: NodeId,
     connector: Connector,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// When each peer last answered a Raft RPC of this node.
+    contacts: Arc<Mutex<BTreeMap<NodeId, Instant>>>,
 }
 
 impl fmt::Debug for Network {
@@ -72,7 +78,25 @@ impl Network {
             id,
             connector,
             channels: Arc::default(),
+            contacts: Arc::default(),
         }
+    }
+
+    /// When each peer last answered one of this node's Raft RPCs. On the
+    /// leader every voter is sent a heartbeat each heartbeat interval.
+    #[must_use]
+    pub fn last_contacts(&self) -> BTreeMap<NodeId, Instant> {
+        self.contacts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn answered(&self, peer: NodeId) {
+        self.contacts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, Instant::now());
     }
 
     /// A Raft client for `addr`, on the cached channel or a new lazy one.
@@ -175,6 +199,7 @@ impl Connection {
             .await
             .map_err(|_elapsed| RPCError::Timeout(timeout.clone()))?
             .map_err(|status| status_error(status, timeout))?;
+        self.network.answered(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&reply.into_inner().json)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -19,6 +19,7 @@ use mesh_api::node::{NodeId, format_id};
 
 use super::log_store::{DbError, LogStore};
 use super::network::{Connector, Network};
+use super::reachability::ManagerView;
 use super::state_machine::StateMachineStore;
 use super::types::{Entry, MeshRaft, Metrics};
 
@@ -436,6 +437,32 @@ impl RaftNode {
             .membership()
             .voter_ids()
             .any(|v| v == id)
+    }
+
+    /// What this node knows of the Raft group, to tell each manager's
+    /// status: the voters, the leader, and on the leader how long ago each
+    /// peer last answered. A voter silent for two election timeouts (its
+    /// heartbeats unanswered all that time) is stale.
+    #[must_use]
+    pub fn manager_view(&self) -> ManagerView {
+        let metrics = self.metrics();
+        let leader = metrics.current_leader;
+        let now = std::time::Instant::now();
+        let last_contact = (leader == Some(self.inner.id)).then(|| {
+            self.inner
+                .network
+                .last_contacts()
+                .into_iter()
+                .map(|(id, at)| (id, now.saturating_duration_since(at)))
+                .collect()
+        });
+        ManagerView {
+            this: self.inner.id,
+            leader,
+            voters: metrics.membership_config.membership().voter_ids().collect(),
+            last_contact,
+            stale_after: 2 * self.inner.tuning.election_max,
+        }
     }
 
     /// The voters and their Raft addresses.
