@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mesh_manager::daemon::{self, DaemonOptions, Start};
+use mesh_manager::listener::ConnectionLimits;
 use mesh_manager::raft::RaftTuning;
 use openraft::SnapshotPolicy;
 
@@ -116,6 +117,7 @@ impl Common {
             allowed_misses: self.heartbeat_misses,
             hostname,
             tuning,
+            limits: ConnectionLimits::DEFAULT,
         })
     }
 }

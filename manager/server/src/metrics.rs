@@ -62,7 +62,11 @@ fn code_label(status: Option<&str>) -> &'static str {
     ];
     match status {
         None => "0",
-        Some(code) => CODES.iter().find(|c| **c == code).copied().unwrap_or(UNKNOWN),
+        Some(code) => CODES
+            .iter()
+            .find(|c| **c == code)
+            .copied()
+            .unwrap_or(UNKNOWN),
     }
 }
 

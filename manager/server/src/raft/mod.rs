@@ -13,7 +13,7 @@ pub mod node;
 pub mod service;
 pub mod state_machine;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 pub mod types;
