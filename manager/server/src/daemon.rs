@@ -3,7 +3,7 @@
 //! the metrics until asked to stop.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +110,7 @@ fn failed(context: &str) -> impl FnOnce(String) -> DaemonError + '_ {
 /// [`DaemonError`] if setup fails or serving stops with an error.
 pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError> {
     let tls = TlsDir::new(options.data_dir.join("tls"));
+    restrict_data_dir(&options.data_dir, &tls)?;
     let raft_dir = options.data_dir.join("raft");
     let data_dir = options.data_dir.display().to_string();
     let has_identity = tls.exists();
@@ -274,6 +275,25 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     }
     served.map_err(|e| failed("the API server")(connect::error_chain(&e)))?;
     tracing::info!("mesh-manager stopped");
+    Ok(())
+}
+
+/// Makes the data directory private however it was made (by hand, by
+/// `meshctl cluster init`, by an older version): the directory and `tls/`
+/// 0700, the node key 0600. `raft/` and its database are made so when they
+/// are opened ([`crate::raft::RaftNode::open`]).
+fn restrict_data_dir(data_dir: &Path, tls: &TlsDir) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let context = |path: &Path| format!("making {} private", path.display());
+    crate::raft::create_private_dir(data_dir)
+        .map_err(|e| failed(&context(data_dir))(e.to_string()))?;
+    let private = [(tls.path().to_owned(), 0o700), (tls.key_path(), 0o600)];
+    for (path, mode) in private {
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| failed(&context(&path))(e.to_string()))?;
+        }
+    }
     Ok(())
 }
 

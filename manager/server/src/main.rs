@@ -155,8 +155,6 @@ async fn run() -> Result<()> {
             common,
         } => (common.options()?, Start::Resume { force_new_cluster }),
     };
-    std::fs::create_dir_all(&options.data_dir)
-        .with_context(|| format!("creating {}", options.data_dir.display()))?;
     daemon::run(options, start).await?;
     Ok(())
 }

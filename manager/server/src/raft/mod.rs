@@ -20,7 +20,9 @@ pub mod types;
 
 pub use log_store::{DbError, LogStore};
 pub use network::{Connector, Network};
-pub use node::{DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError};
+pub use node::{
+    DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError, create_private_dir,
+};
 pub use service::RaftService;
 pub use state_machine::StateMachineStore;
 pub use types::{Entry, MeshRaft, Metrics, TypeConfig};
