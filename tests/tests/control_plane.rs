@@ -890,3 +890,69 @@ fn failover(c: &mut Cluster) -> Result<()> {
     ensure!(all["w1"].1.is_empty(), "w1 after demotion: {all:?}");
     Ok(())
 }
+
+/// Fault 8: 2,000 idle connections that never speak TLS do not stop `meshctl node ls`,
+/// and the manager closes them after its handshake deadline (10 s); `meshctl` against a
+/// listener that accepts TCP and never speaks TLS fails clearly within its deadline.
+#[test]
+fn idle_connections_and_a_silent_listener() {
+    let c = Cluster::start(ClusterOptions {
+        managers: 1,
+        name: "idle".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("start cluster");
+    check(idle(&c));
+}
+
+fn idle(c: &Cluster) -> Result<()> {
+    use std::io::Read as _;
+    const WANTED: usize = 2_000;
+    let addr = c.manager(0).addr;
+    // As many as the open-file limit lets this process hold, up to 2,000.
+    let mut idle = Vec::with_capacity(WANTED);
+    for _ in 0..WANTED {
+        match std::net::TcpStream::connect(addr) {
+            Ok(stream) => idle.push(stream),
+            Err(e) => {
+                eprintln!("stopped at {} connections: {e}", idle.len());
+                break;
+            }
+        }
+    }
+    ensure!(idle.len() >= 500, "only {} connections opened", idle.len());
+    let nodes = c
+        .nodes(0)
+        .context("meshctl node ls with idle connections open")?;
+    ensure!(nodes.len() == 1, "{nodes:?}");
+
+    for stream in &idle {
+        stream.set_nonblocking(true)?;
+    }
+    let mut buf = [0u8; 64];
+    poll_until(
+        Duration::from_secs(20),
+        "the manager to close the idle connections",
+        || {
+            idle.retain_mut(|s| {
+                matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            });
+            Ok(idle.is_empty().then_some(()))
+        },
+    )?;
+    c.nodes(0)
+        .context("meshctl node ls after the idle connections")?;
+
+    // A listener that accepts TCP (the kernel does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let started = std::time::Instant::now();
+    let out = meshctl_with(
+        &silent.local_addr()?.to_string(),
+        &c.manager(0).tls_dir(),
+        &["node", "ls"],
+    )?;
+    let took = started.elapsed();
+    out.expect_failure("did not complete TLS within 10s")?;
+    ensure!(took < Duration::from_secs(15), "meshctl took {took:?}");
+    Ok(())
+}

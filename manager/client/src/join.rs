@@ -25,9 +25,13 @@ pub async fn join_cluster(
         .await
         .map_err(|e| format!("joining through {remote}: {e}"))?;
     let (key_pem, csr_pem) = pki::generate_key_and_csr().map_err(|e| e.to_string())?;
-    let channel = connect::connect(&[remote.to_string()], &pki::client_tls(&ca_pem, None))
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = connect::connect_with(
+        &[remote.to_string()],
+        &pki::client_tls(&ca_pem, None),
+        connect::Deadlines::UNARY,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let response = proto::join_client::JoinClient::new(channel)
         .join(proto::JoinRequest {
             token: token.to_string(),

@@ -178,7 +178,10 @@ async fn main() -> ExitCode {
 }
 
 /// A `Control` client of the first of `hosts` that answers, as the manager
-/// whose identity is in `tls_dir`.
+/// whose identity is in `tls_dir`. Opening the connection and every call
+/// have deadlines ([`connect::Deadlines::UNARY`]: 13 s to connect, 30 s per
+/// call; a `service logs` stream is bounded until it starts, not to its
+/// end), so meshctl never hangs on a manager that does not answer.
 async fn control_at(hosts: &[String], tls_dir: &Path) -> Result<ControlClient<Channel>> {
     let identity = TlsDir::new(tls_dir).load().with_context(|| {
         format!(
@@ -186,7 +189,12 @@ async fn control_at(hosts: &[String], tls_dir: &Path) -> Result<ControlClient<Ch
             tls_dir.display()
         )
     })?;
-    let channel = connect::connect(hosts, &connect::identity_tls(&identity)).await?;
+    let channel = connect::connect_with(
+        hosts,
+        &connect::identity_tls(&identity),
+        connect::Deadlines::UNARY,
+    )
+    .await?;
     Ok(ControlClient::new(channel))
 }
 

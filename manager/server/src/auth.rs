@@ -516,8 +516,6 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Server::builder()
-            .tls_config(server_tls(&f.ca.cert_pem, &cert, &key).unwrap())
-            .unwrap()
             .add_service(proto::join_server::JoinServer::with_interceptor(
                 Stub,
                 AnyNode::new(f.state.clone()),
@@ -526,9 +524,12 @@ mod tests {
                 Stub,
                 ManagerOnly::new(f.state.clone()),
             ));
-        tokio::spawn(
-            router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        let incoming = crate::listener::incoming(
+            listener,
+            server_tls(&f.ca.cert_pem, &cert, &key).unwrap(),
+            crate::listener::ConnectionLimits::DEFAULT,
         );
+        tokio::spawn(router.serve_with_incoming(incoming));
         addr
     }
 

@@ -3,7 +3,7 @@
 //! the metrics until asked to stop.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::grpc::control::ControlService;
 use crate::grpc::dispatcher::{DispatcherService, run_liveness_loop};
 use crate::grpc::join::JoinService;
 use crate::grpc::{Manager, ManagerOptions};
+use crate::listener::ConnectionLimits;
 use crate::metrics::{Metrics, RaftFigures, RpcMetricsLayer};
 use crate::proto;
 use crate::raft::{Connector, RaftNode, RaftService, RaftTuning};
@@ -46,6 +47,8 @@ pub struct DaemonOptions {
     pub hostname: String,
     /// Raft timing and snapshot policy.
     pub tuning: RaftTuning,
+    /// Deadlines and bounds of connections without a client certificate.
+    pub limits: ConnectionLimits,
 }
 
 /// How the member comes to be.
@@ -91,6 +94,11 @@ pub enum DaemonError {
     Failed(String),
 }
 
+/// How often the server pings an idle connection's peer, and how long it
+/// waits for the answer before closing it.
+const SERVER_KEEPALIVE: Duration = Duration::from_secs(30);
+const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn failed(context: &str) -> impl FnOnce(String) -> DaemonError + '_ {
     move |e| DaemonError::Failed(format!("{context}: {e}"))
 }
@@ -102,6 +110,7 @@ fn failed(context: &str) -> impl FnOnce(String) -> DaemonError + '_ {
 /// [`DaemonError`] if setup fails or serving stops with an error.
 pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError> {
     let tls = TlsDir::new(options.data_dir.join("tls"));
+    restrict_data_dir(&options.data_dir, &tls)?;
     let raft_dir = options.data_dir.join("raft");
     let data_dir = options.data_dir.display().to_string();
     let has_identity = tls.exists();
@@ -191,9 +200,11 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         crate::tls::server_tls(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
             .map_err(|e| failed("TLS setup")(e.to_string()))?;
     let state = raft.shared_state();
+    // Members ping every 5 s; these pings find the members that vanished
+    // (a dead host leaves its TCP connection open otherwise).
     let router = Server::builder()
-        .tls_config(server_tls)
-        .map_err(|e| failed("TLS setup")(e.to_string()))?
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
         .layer(RpcMetricsLayer::new(Arc::clone(&metrics)))
         .add_service(proto::join_server::JoinServer::new(JoinService::new(
             manager.clone(),
@@ -212,9 +223,9 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
             RaftService::new(raft.clone()).into_server(),
             auth::RaftPeer::new(state.clone()),
         ));
-    // Without TCP_NODELAY, small gRPC replies wait for the peer's delayed
-    // ACK (~40 ms each): writes ran at ~20 per second per client.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // TLS is done by the listener, which bounds handshakes and connections
+    // without a certificate (and sets TCP_NODELAY).
+    let incoming = crate::listener::incoming(listener, server_tls, options.limits);
     let stop = {
         let manager = manager.clone();
         async move {
@@ -264,6 +275,25 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     }
     served.map_err(|e| failed("the API server")(connect::error_chain(&e)))?;
     tracing::info!("mesh-manager stopped");
+    Ok(())
+}
+
+/// Makes the data directory private however it was made (by hand, by
+/// `meshctl cluster init`, by an older version): the directory and `tls/`
+/// 0700, the node key 0600. `raft/` and its database are made so when they
+/// are opened ([`crate::raft::RaftNode::open`]).
+fn restrict_data_dir(data_dir: &Path, tls: &TlsDir) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let context = |path: &Path| format!("making {} private", path.display());
+    crate::raft::create_private_dir(data_dir)
+        .map_err(|e| failed(&context(data_dir))(e.to_string()))?;
+    let private = [(tls.path().to_owned(), 0o700), (tls.key_path(), 0o600)];
+    for (path, mode) in private {
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| failed(&context(&path))(e.to_string()))?;
+        }
+    }
     Ok(())
 }
 
@@ -473,5 +503,226 @@ async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<b
     };
     if let Err(e) = session::run(options, events, stop).await {
         tracing::warn!(error = %e, "the manager's own session ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpStream;
+    use tokio::task::JoinHandle;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::raft::test_support::TestDir;
+
+    /// How long the daemon may take to start and answer.
+    const READY: Duration = Duration::from_secs(20);
+
+    fn free_addr() -> SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    }
+
+    fn options(data_dir: &Path, listen: SocketAddr) -> DaemonOptions {
+        DaemonOptions {
+            data_dir: data_dir.to_owned(),
+            listen,
+            advertise: listen.to_string(),
+            metrics_listen: None,
+            heartbeat: Duration::from_millis(500),
+            allowed_misses: 3,
+            hostname: "test-manager".into(),
+            tuning: RaftTuning::default(),
+            limits: ConnectionLimits::DEFAULT,
+        }
+    }
+
+    /// Starts `mesh-manager init` on `options` and waits until it answers
+    /// `Control.Info` to its own identity.
+    async fn init(options: DaemonOptions) -> (JoinHandle<Result<(), DaemonError>>, NodeIdentity) {
+        let tls = TlsDir::new(options.data_dir.join("tls"));
+        let addr = options.listen.to_string();
+        let daemon = tokio::spawn(run(options, Start::Init));
+        let deadline = Instant::now() + READY;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            assert!(!daemon.is_finished(), "the daemon stopped: {daemon:?}");
+            if let Ok(identity) = tls.load() {
+                match info(&addr, &identity).await {
+                    Ok(_) => return (daemon, identity),
+                    Err(e) => last = e,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the daemon did not answer within {READY:?}: {last}");
+    }
+
+    async fn info(addr: &str, identity: &NodeIdentity) -> Result<proto::InfoResponse, String> {
+        let channel = connect::connect(&[addr.to_string()], &connect::identity_tls(identity))
+            .await
+            .map_err(|e| e.to_string())?;
+        proto::control_client::ControlClient::new(channel)
+            .info(proto::InfoRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| connect::status_message(&s))
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// Fault 9: whatever created the data directory (here: by hand, 0755,
+    /// as `mkdir` does under umask 022), the daemon keeps its secrets
+    /// (the CA key in the Raft log, the join secrets, the node key) in 0700
+    /// directories and 0600 files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_keeps_the_data_dir_private() {
+        let root = TestDir::new("daemon-modes");
+        let data = root.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (daemon, _) = init(options(&data, free_addr())).await;
+
+        let tls = data.join("tls");
+        let raft = data.join("raft");
+        let db = raft.join(crate::raft::DB_FILE);
+        let found = [
+            (data.clone(), mode(&data)),
+            (raft.clone(), mode(&raft)),
+            (db.clone(), mode(&db)),
+            (tls.clone(), mode(&tls)),
+            (tls.join(pki::KEY_FILE), mode(&tls.join(pki::KEY_FILE))),
+        ];
+        let wanted = [0o700, 0o700, 0o600, 0o700, 0o600];
+        for ((path, found), wanted) in found.iter().zip(wanted) {
+            assert_eq!(
+                *found,
+                wanted,
+                "{} is {found:o}, wanted {wanted:o}",
+                path.display()
+            );
+        }
+        daemon.abort();
+    }
+
+    /// Opens a TLS connection that trusts the cluster CA, as a joining node
+    /// does (no client certificate) or as `member` does, and leaves it idle.
+    async fn idle_tls(
+        addr: SocketAddr,
+        ca_pem: &str,
+        member: Option<&NodeIdentity>,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{PrivateKeyDer, ServerName};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki::first_cert_der(ca_pem).unwrap()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match member {
+            None => builder.with_no_client_auth(),
+            Some(identity) => builder
+                .with_client_auth_cert(
+                    vec![pki::first_cert_der(&identity.cert_pem).unwrap()],
+                    PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("mesh-manager").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// Resolves once the peer closed the connection (EOF or an error).
+    async fn closed<S: tokio::io::AsyncRead + Unpin>(mut stream: S) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Fault 8: idle connections that never speak TLS, and TLS connections
+    /// without a client certificate that stay idle, are closed by the
+    /// manager after their deadlines; an authenticated call succeeds while
+    /// they are open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unauthenticated_idle_connections_are_closed() {
+        const N: usize = 200;
+        let root = TestDir::new("daemon-idle");
+        let listen = free_addr();
+        let limits = ConnectionLimits {
+            handshake_timeout: Duration::from_secs(2),
+            unauthenticated_lifetime: Duration::from_secs(3),
+            ..ConnectionLimits::DEFAULT
+        };
+        let options = DaemonOptions {
+            limits,
+            ..options(&root.path().join("data"), listen)
+        };
+        let (daemon, identity) = init(options).await;
+
+        let mut raw = Vec::with_capacity(N);
+        for _ in 0..N {
+            raw.push(TcpStream::connect(listen).await.unwrap());
+        }
+        let mut tls = Vec::with_capacity(N);
+        for _ in 0..N {
+            tls.push(idle_tls(listen, &identity.ca_pem, None).await);
+        }
+        let member = idle_tls(listen, &identity.ca_pem, Some(&identity)).await;
+        // The manager still serves its members meanwhile.
+        let answer = info(&listen.to_string(), &identity).await.unwrap();
+        assert!(answer.is_leader);
+
+        // Each connection within its deadline, and a second for the
+        // scheduler.
+        let deadline = limits.unauthenticated_lifetime + Duration::from_secs(1);
+        let started = Instant::now();
+        let raw_closed = futures::future::join_all(raw.into_iter().map(closed));
+        tokio::time::timeout(deadline, raw_closed)
+            .await
+            .expect("connections that never spoke TLS are still open");
+        eprintln!(
+            "{N} silent connections closed after {:?}",
+            started.elapsed()
+        );
+        let tls_closed = futures::future::join_all(tls.into_iter().map(closed));
+        tokio::time::timeout(deadline, tls_closed)
+            .await
+            .expect("idle TLS connections without a certificate are still open");
+        eprintln!(
+            "{N} idle TLS connections closed after {:?}",
+            started.elapsed()
+        );
+        let answer = info(&listen.to_string(), &identity).await.unwrap();
+        assert!(answer.is_leader);
+        // A member's connection is not bound by the unauthenticated limits.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), closed(member))
+                .await
+                .is_err(),
+            "the manager closed a member's idle connection"
+        );
+        daemon.abort();
     }
 }

@@ -6,6 +6,8 @@
 //! - [`leader`]: the leader's loops, committing `mesh_core::reconcile` plans;
 //! - [`auth`]: per-RPC authentication and authorisation;
 //! - [`metrics`]: the Prometheus metrics endpoint;
+//! - [`tls`], [`listener`]: the server's TLS, and the bounds on what a peer
+//!   without a certificate may hold;
 //! - [`daemon`]: `init`, `join`, `run`, and serving.
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod daemon;
 pub mod grpc;
 pub mod leader;
+pub mod listener;
 pub mod metrics;
 pub mod raft;
 pub mod tls;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mesh_manager::daemon::{self, DaemonOptions, Start};
+use mesh_manager::listener::ConnectionLimits;
 use mesh_manager::raft::RaftTuning;
 use openraft::SnapshotPolicy;
 
@@ -116,6 +117,7 @@ impl Common {
             allowed_misses: self.heartbeat_misses,
             hostname,
             tuning,
+            limits: ConnectionLimits::DEFAULT,
         })
     }
 }
@@ -153,8 +155,6 @@ async fn run() -> Result<()> {
             common,
         } => (common.options()?, Start::Resume { force_new_cluster }),
     };
-    std::fs::create_dir_all(&options.data_dir)
-        .with_context(|| format!("creating {}", options.data_dir.display()))?;
     daemon::run(options, start).await?;
     Ok(())
 }

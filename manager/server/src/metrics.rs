@@ -10,6 +10,10 @@
 //! | `mesh_manager_nodes` (gauge) | `state` = `ready`, `down` or `unknown` |
 //! | `mesh_manager_rpc_duration_seconds` (histogram) | `method`, `code` |
 //! | `mesh_manager_raft_write_duration_seconds` (histogram) | |
+//!
+//! Every label takes a bounded set of values, whoever calls: `method` is the
+//! name of one of `mesh.proto`'s RPCs or `unknown` (any other path), `code`
+//! a gRPC status code (`0` to `16`) or `unknown`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,9 +38,40 @@ use mesh_core::state::ClusterState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
-    method: String,
-    code: String,
+    method: &'static str,
+    code: &'static str,
 }
+
+include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
+
+/// The `method` label of a request path: the RPC's name if the path is one
+/// of `mesh.proto`'s, else `unknown`, so that callers cannot grow the
+/// metrics with paths of their choosing.
+fn method_label(path: &str) -> &'static str {
+    RPC_METHODS
+        .iter()
+        .find(|(known, _)| *known == path)
+        .map_or(UNKNOWN, |(_, method)| *method)
+}
+
+/// The `code` label of a `grpc-status` value: the code if it is one of
+/// gRPC's (0 to 16), else `unknown`.
+fn code_label(status: Option<&str>) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match status {
+        None => "0",
+        Some(code) => CODES
+            .iter()
+            .find(|c| **c == code)
+            .copied()
+            .unwrap_or(UNKNOWN),
+    }
+}
+
+/// The label value of anything not in a known set.
+const UNKNOWN: &str = "unknown";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
@@ -164,12 +199,14 @@ impl Metrics {
         self.writes.observe(elapsed.as_secs_f64());
     }
 
-    /// Records one RPC.
-    pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
+    /// Records one RPC of request path `path` that answered `grpc_status`
+    /// (`None`: in trailers, counted as OK). Labels are bounded: see the
+    /// module's documentation.
+    pub fn observe_rpc(&self, path: &str, grpc_status: Option<&str>, elapsed: Duration) {
         self.rpc
             .get_or_create(&RpcLabels {
-                method: method.to_string(),
-                code: code.to_string(),
+                method: method_label(path),
+                code: code_label(grpc_status),
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -288,13 +325,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let path = request.uri().path().to_string();
         let metrics = Arc::clone(&self.metrics);
         let started = Instant::now();
         let future = self.inner.call(request);
@@ -305,11 +336,52 @@ where
             let code = response
                 .headers()
                 .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("0")
-                .to_string();
-            metrics.observe_rpc(&method, &code, started.elapsed());
+                .map(|v| v.to_str().unwrap_or(UNKNOWN));
+            metrics.observe_rpc(&path, code, started.elapsed());
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tower::{Layer as _, Service as _, ServiceExt as _};
+
+    use super::{Metrics, RpcMetricsLayer};
+
+    /// Fault 8: a caller choosing request paths must not choose label
+    /// values. The known RPCs keep their method; anything else is counted
+    /// under one label.
+    #[tokio::test]
+    async fn rpc_labels_are_bounded_to_the_known_methods() {
+        let metrics = Arc::new(Metrics::new());
+        let inner = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let mut service = RpcMetricsLayer::new(Arc::clone(&metrics)).layer(inner);
+        let mut paths = vec![
+            "/mesh.v1.Control/ListNodes".to_string(),
+            "/mesh.v1.Join/Join".to_string(),
+        ];
+        paths.extend((0..100).map(|i| format!("/random-{i}/path-{i}")));
+        paths.push("/mesh.v1.Control/NoSuchCall".into());
+        paths.push("no-slash".into());
+        for path in paths {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            service.ready().await.unwrap().call(request).await.unwrap();
+        }
+        let text = metrics.encode().unwrap();
+        let methods: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mesh_manager_rpc_duration_seconds_count"))
+            .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            methods,
+            ["Join", "ListNodes", "unknown"].into_iter().collect(),
+            "{text}"
+        );
     }
 }

@@ -15,14 +15,16 @@ pub mod reachability;
 pub mod service;
 pub mod state_machine;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 pub mod types;
 
 pub use log_store::{DbError, LogStore};
 pub use network::{Connector, Network};
-pub use node::{DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError};
+pub use node::{
+    DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError, create_private_dir,
+};
 pub use reachability::{ManagerStatus, ManagerView};
 pub use service::RaftService;
 pub use state_machine::StateMachineStore;

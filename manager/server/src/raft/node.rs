@@ -230,15 +230,50 @@ pub struct RaftNode {
     inner: Arc<Inner>,
 }
 
+/// Creates `dir` and its missing parents with mode 0700, and sets 0700 on
+/// `dir` if it existed (made by hand, or by an older version).
+///
+/// # Errors
+/// If the directory cannot be created or its mode set.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates `path` empty with mode 0600 if it is missing, and sets 0600 on
+/// it if it existed.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// Opens the database in `dir`. A database that is still being closed by
 /// this process (the last reference of a shut-down node is dropped on
 /// another thread) is retried for up to 3 s.
+///
+/// The directory is made 0700 and the file 0600 (created so, before redb
+/// writes anything, or tightened if they exist): the log holds the CA key
+/// and the join secrets.
 async fn open_db(dir: &Path) -> Result<Arc<redb::Database>, RaftError> {
-    std::fs::create_dir_all(dir).map_err(|source| RaftError::Dir {
+    create_private_dir(dir).map_err(|source| RaftError::Dir {
         path: dir.to_owned(),
         source,
     })?;
     let path = dir.join(DB_FILE);
+    create_private_file(&path).map_err(|source| RaftError::Dir {
+        path: path.clone(),
+        source,
+    })?;
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match redb::Database::create(&path) {
