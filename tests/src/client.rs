@@ -244,6 +244,16 @@ pub fn request_udp(addr: SocketAddr, payload: &[u8]) -> Result<(Reply, Vec<u8>)>
 
 /// A minimal HTTP/1.0 GET (for `/metrics`): returns the body of a 200 answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let (code, body) = http_get_status(addr, path)?;
+    ensure!(code == 200, "GET {addr}{path}: {code}");
+    Ok(body)
+}
+
+/// `GET path` on `addr` (HTTP/1.0): the status code and the body, whatever the code.
+///
+/// # Errors
+/// If the connection fails or the answer is not HTTP.
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s =
         TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect to {addr}"))?;
     s.set_read_timeout(Some(TIMEOUT))?;
@@ -255,8 +265,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
         .split_once("\r\n\r\n")
         .with_context(|| format!("not an HTTP answer from {addr}{path}"))?;
     let status = head.lines().next().unwrap_or_default();
-    ensure!(status.contains(" 200"), "GET {addr}{path}: {status}");
-    Ok(body.to_owned())
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("GET {addr}{path}: no status code in {status:?}"))?;
+    Ok((code, body.to_owned()))
 }
 
 /// Connects to `addr` with a short timeout: `Ok(true)` if it connected.

@@ -654,6 +654,35 @@ impl Cluster {
         Ok(())
     }
 
+    /// Manager `i`'s exit status, if it has exited by itself.
+    ///
+    /// # Errors
+    /// If the harness stopped or killed it, or waiting fails.
+    pub fn manager_exit(&mut self, i: usize) -> Result<Option<ExitStatus>> {
+        match &mut self.managers[i].child {
+            Some(child) => Ok(child.try_wait()?),
+            None => bail!("m{i} was stopped by the harness"),
+        }
+    }
+
+    /// Waits for manager `i` to exit by itself.
+    ///
+    /// # Errors
+    /// If it still runs after `timeout`.
+    pub fn wait_manager_exit(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus> {
+        let status = self.wait_until(timeout, &format!("m{i} to exit"), |c| c.manager_exit(i))?;
+        self.managers[i].child = None;
+        Ok(status)
+    }
+
+    /// Manager `i`'s `/healthz`: its HTTP status code and body.
+    ///
+    /// # Errors
+    /// If it cannot be reached or does not answer HTTP.
+    pub fn healthz(&self, i: usize) -> Result<(u16, String)> {
+        crate::client::http_get_status(self.managers[i].metrics_addr, "/healthz")
+    }
+
     /// Manager `i`'s log so far.
     #[must_use]
     pub fn log(&self, i: usize) -> String {

@@ -956,3 +956,210 @@ fn idle(c: &Cluster) -> Result<()> {
     ensure!(took < Duration::from_secs(15), "meshctl took {took:?}");
     Ok(())
 }
+
+/// A tmpfs mounted over a directory for one test, unmounted (lazily: a process may still
+/// hold files in it) when dropped, whether the test passed or not.
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes on `dir` (which must exist). Needs root.
+    fn mount(dir: &std::path::Path, size: u64) -> Result<Self> {
+        use nix::mount::{MsFlags, mount};
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "this test mounts a small tmpfs to fill a manager's disk: run it as root"
+        );
+        let options = format!("size={size},mode=0700");
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use nix::mount::{MntFlags, umount2};
+        if let Err(e) = umount2(&self.dir, MntFlags::MNT_DETACH) {
+            eprintln!("unmounting {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Copies the directory tree `from` into the existing directory `to`, with modes.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+        std::fs::set_permissions(&target, entry.metadata()?.permissions())?;
+    }
+    Ok(())
+}
+
+/// Writes `path` until the file system is full (ENOSPC).
+fn fill(path: &std::path::Path) -> Result<u64> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let mut written = 0u64;
+    for chunk in [1 << 20, 4096, 1] {
+        let block = vec![0xa5u8; chunk];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(e).context("filling the disk"),
+            }
+        }
+    }
+    file.sync_all().ok();
+    Ok(written)
+}
+
+/// Issue 11, fault 7: a manager whose data disk is full exits non-zero within seconds
+/// (its Raft core stops on the storage error; it used to stay up, `/healthz` 200 and
+/// `is_leader` 1, with `Restart=on-failure` never firing), `/healthz` does not answer 200
+/// once its writes fail, and it recovers on restart once there is space, with its data.
+/// Needs root (it mounts a 16 MiB tmpfs for the manager's data directory).
+#[test]
+fn a_full_disk_ends_the_manager_which_recovers_on_restart() {
+    let mut c = Cluster::start(ClusterOptions {
+        managers: 1,
+        name: "disk-full".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("start cluster");
+    check(disk_full(&mut c));
+}
+
+fn disk_full(c: &mut Cluster) -> Result<()> {
+    c.ctl(0, &["node", "update", "--label-add", "before=full", "m0"])?;
+    // Move the manager's data directory onto a small tmpfs.
+    let stopped = c.stop(0)?;
+    ensure!(
+        stopped.is_some_and(|s| s.success()),
+        "m0 stopped with {stopped:?}"
+    );
+    let data = c.manager(0).data_dir.clone();
+    let saved = c.root().join("m0-saved");
+    std::fs::rename(&data, &saved)?;
+    std::fs::create_dir(&data)?;
+    let _tmpfs = Tmpfs::mount(&data, 16 << 20)?;
+    copy_tree(&saved, &data)?;
+    c.restart(0, &[])?;
+    c.wait_leader(CONVERGE)?;
+    let (code, body) = c.healthz(0)?;
+    ensure!(code == 200, "/healthz of a healthy manager: {code} {body}");
+
+    let filler = data.join("filler");
+    let filled = fill(&filler)?;
+    eprintln!("filled the tmpfs with {filled} bytes");
+
+    // Writes until one fails; the manager must then exit non-zero, and /healthz must
+    // not say 200 meanwhile (refused connections are fine: the process is gone).
+    let value = "x".repeat(2048);
+    let mut acked = Vec::new();
+    let mut failed_at = None;
+    let mut healthz_after_failure = Vec::new();
+    let started = std::time::Instant::now();
+    let waited = poll_until(Duration::from_secs(60), "m0 to exit", || {
+        if let Some(status) = c.manager_exit(0)? {
+            return Ok(Some(status));
+        }
+        if failed_at.is_none() {
+            let label = format!("fill{}", acked.len());
+            let out = c.meshctl(
+                0,
+                &[
+                    "node",
+                    "update",
+                    "--label-add",
+                    &format!("{label}={value}"),
+                    "m0",
+                ],
+            )?;
+            if out.success() {
+                acked.push(label);
+            } else {
+                eprintln!(
+                    "write {} failed after {:?}: {}",
+                    acked.len(),
+                    started.elapsed(),
+                    out.stderr.trim()
+                );
+                failed_at = Some(std::time::Instant::now());
+            }
+        } else if let Ok((code, body)) = c.healthz(0) {
+            healthz_after_failure.push((code, body));
+        }
+        Ok(None)
+    });
+    let last: Vec<_> = healthz_after_failure.iter().rev().take(3).collect();
+    let status = waited.with_context(|| {
+        format!(
+            "{} writes acknowledged, first failure {:?} ago; last /healthz answers: {last:?}",
+            acked.len(),
+            failed_at.map(|at| at.elapsed())
+        )
+    })?;
+    c.wait_manager_exit(0, Duration::from_secs(1))?;
+    let failed_at = failed_at.context("m0 exited before any write failed")?;
+    let exit_after = failed_at.elapsed();
+    eprintln!(
+        "m0 exited with {status} {exit_after:?} after the first failed write ({} acknowledged); \
+         /healthz meanwhile: {healthz_after_failure:?}",
+        acked.len()
+    );
+    ensure!(!status.success(), "m0 exited with {status}");
+    ensure!(
+        exit_after < Duration::from_secs(20),
+        "m0 exited {exit_after:?} after its first failed write"
+    );
+    ensure!(
+        healthz_after_failure.iter().all(|(code, _)| *code != 200),
+        "/healthz answered 200 after the disk filled: {healthz_after_failure:?}"
+    );
+    let log = c.log(0);
+    ensure!(
+        log.contains("raft core stopped"),
+        "m0's log does not say why it exited:\n{log}"
+    );
+
+    // Space again: the manager starts from its data directory, with everything it
+    // acknowledged.
+    std::fs::remove_file(&filler)?;
+    c.restart(0, &[])?;
+    c.wait_leader(CONVERGE)?;
+    let labels = c.labels(0, "m0")?;
+    ensure!(
+        labels.get("before").map(String::as_str) == Some("full"),
+        "{labels:?}"
+    );
+    for label in &acked {
+        ensure!(
+            labels.contains_key(label),
+            "acknowledged {label} is lost: {labels:?}"
+        );
+    }
+    c.ctl(0, &["node", "update", "--label-add", "after=full", "m0"])?;
+    let (code, body) = c.healthz(0)?;
+    ensure!(code == 200, "/healthz after the restart: {code} {body}");
+    c.stop(0)?;
+    Ok(())
+}
