@@ -257,9 +257,12 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             refresh_metrics(&figures_manager);
         });
+        let health_manager = manager.clone();
+        let health: crate::metrics::HealthCheck =
+            Arc::new(move || health_manager.can_commit().map_err(|e| e.to_string()));
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, metrics, refresh).await {
+            if let Err(e) = crate::metrics::serve(addr, metrics, refresh, health).await {
                 tracing::error!(error = %e, %addr, "metrics endpoint failed");
             }
         });
@@ -312,7 +315,8 @@ async fn shutdown_signal() {
 fn refresh_metrics(manager: &Manager) {
     let metrics = manager.raft().metrics();
     let figures = RaftFigures {
-        is_leader: metrics.current_leader == Some(manager.id()),
+        // A stopped Raft core keeps its last leader in the metrics.
+        is_leader: manager.commit_view().is_running_leader(),
         term: metrics.current_term,
         commit_index: manager.raft().committed_index(),
         applied_index: metrics.last_applied.map_or(0, |l| l.index),

@@ -5,7 +5,8 @@
 //! - [`grpc`]: the `Join`, `Control` and `Dispatcher` services;
 //! - [`leader`]: the leader's loops, committing `mesh_core::reconcile` plans;
 //! - [`auth`]: per-RPC authentication and authorisation;
-//! - [`metrics`]: the Prometheus metrics endpoint;
+//! - [`metrics`]: the Prometheus metrics endpoint and `/healthz`;
+//! - [`health`]: whether the manager can commit (`/healthz`, reads);
 //! - [`tls`], [`listener`]: the server's TLS, and the bounds on what a peer
 //!   without a certificate may hold;
 //! - [`daemon`]: `init`, `join`, `run`, and serving.
@@ -23,6 +24,7 @@ pub mod proto {
 pub mod auth;
 pub mod daemon;
 pub mod grpc;
+pub mod health;
 pub mod leader;
 pub mod listener;
 pub mod metrics;

@@ -242,7 +242,25 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz`; `refresh` runs before each scrape.
+/// How `/healthz` learns whether the manager can do its job: `Err` with
+/// the reason when it cannot.
+pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The `/healthz` answer for `health`: 200 `ok`, or 503 `unhealthy:` and
+/// the reason.
+#[must_use]
+pub fn healthz_response(health: Result<(), String>) -> (http::StatusCode, String) {
+    match health {
+        Ok(()) => (http::StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    }
+}
+
+/// Serves `/metrics` and `/healthz`; `refresh` runs before each scrape,
+/// `health` on each `/healthz` (200 while it is `Ok`, 503 otherwise).
 ///
 /// # Errors
 /// If binding or serving fails.
@@ -250,6 +268,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     refresh: Arc<dyn Fn() + Send + Sync>,
+    health: HealthCheck,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let app = Router::new()
@@ -274,7 +293,13 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route(
+            "/healthz",
+            get(move || {
+                let health = Arc::clone(&health);
+                async move { healthz_response(health()) }
+            }),
+        );
     axum::serve(listener, app).await
 }
 
@@ -349,7 +374,19 @@ mod tests {
 
     use tower::{Layer as _, Service as _, ServiceExt as _};
 
-    use super::{Metrics, RpcMetricsLayer};
+    use super::{Metrics, RpcMetricsLayer, healthz_response};
+
+    /// Fault 7: `/healthz` answered 200 whatever the manager's state.
+    #[test]
+    fn healthz_is_503_with_the_reason_when_unhealthy() {
+        assert_eq!(
+            healthz_response(Ok(())),
+            (http::StatusCode::OK, "ok\n".to_owned())
+        );
+        let (code, body) = healthz_response(Err("raft stopped: disk full".into()));
+        assert_eq!(code, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "unhealthy: raft stopped: disk full\n");
+    }
 
     /// Fault 8: a caller choosing request paths must not choose label
     /// values. The known RPCs keep their method; anything else is counted

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use crate::health::{CommitView, Unhealthy};
 use crate::metrics::Metrics;
 use crate::raft::{RaftNode, WriteError};
 use mesh_api::cluster::CaMaterial;
@@ -149,28 +150,29 @@ impl Manager {
     }
 
     fn quorum_check(&self) -> Result<(), Status> {
-        let metrics = self.inner.raft.metrics();
-        match metrics.current_leader {
-            None => Err(no_quorum(self.inner.id)),
-            Some(leader) if leader == self.inner.id => {
-                // A leader cut off from its followers still believes it
-                // leads until its lease runs out; openraft reports how
-                // long ago a quorum acknowledged it.
-                // Stale after two election timeouts: by then the
-                // followers have elected someone else.
-                let lease = 2 * self.inner.raft.tuning().election_max.as_millis();
-                let stale = metrics
-                    .millis_since_quorum_ack
-                    .is_none_or(|ms| u128::from(ms) > lease);
-                let alone = metrics.membership_config.membership().voter_ids().count() == 1;
-                if stale && !alone {
-                    Err(no_quorum(self.inner.id))
-                } else {
-                    Ok(())
-                }
-            }
-            Some(_) => Ok(()),
-        }
+        self.can_commit().map_err(|e| match e {
+            Unhealthy::RaftStopped(_) => Status::unavailable(format!(
+                "manager {} cannot serve: {e}",
+                mesh_api::node::format_id(self.inner.id)
+            )),
+            Unhealthy::NoLeader(_) | Unhealthy::StaleQuorum { .. } => no_quorum(self.inner.id),
+        })
+    }
+
+    /// Whether this manager can commit (see [`CommitView::check`]): what
+    /// `/healthz` answers and reads require.
+    ///
+    /// # Errors
+    /// [`Unhealthy`] saying why not.
+    pub fn can_commit(&self) -> Result<(), Unhealthy> {
+        self.commit_view().check()
+    }
+
+    /// What [`Manager::can_commit`] decides on, from openraft's metrics.
+    #[must_use]
+    pub fn commit_view(&self) -> CommitView {
+        let raft = &self.inner.raft;
+        CommitView::from_metrics(self.inner.id, &raft.metrics(), raft.tuning().election_max)
     }
 
     /// Commits a command and returns what the state machine answered.
