@@ -89,6 +89,10 @@ pub enum DaemonError {
     /// This node is no longer a manager.
     #[error("node {0} is not a manager any more (demoted or removed); it can't run a manager")]
     NotManager(String),
+    /// The Raft core stopped with a fatal error (e.g. the disk is full):
+    /// this manager cannot commit any more.
+    #[error("{0}; the manager cannot commit and exits (restart it once the cause is fixed)")]
+    RaftStopped(String),
     /// Anything else, with context.
     #[error("{0}")]
     Failed(String),
@@ -98,6 +102,10 @@ pub enum DaemonError {
 /// waits for the answer before closing it.
 const SERVER_KEEPALIVE: Duration = Duration::from_secs(30);
 const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a manager whose Raft core stopped waits for its API server to
+/// close its connections before it exits anyway.
+const FATAL_GRACE: Duration = Duration::from_secs(3);
 
 fn failed(context: &str) -> impl FnOnce(String) -> DaemonError + '_ {
     move |e| DaemonError::Failed(format!("{context}: {e}"))
@@ -269,9 +277,26 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     }
     tracing::info!(node = %format_id(id), listen = %options.listen, "mesh-manager ready");
 
-    let served = serve
-        .await
-        .map_err(|e| failed("the API server")(e.to_string()))?;
+    // A Raft core that stopped (a storage error such as a full disk, a
+    // panic in it) ends the process with an error, so that the supervisor
+    // restarts it, rather than leaving a manager that answers but cannot
+    // commit.
+    let mut serve = serve;
+    let served = tokio::select! {
+        served = &mut serve => served.map_err(|e| failed("the API server")(e.to_string()))?,
+        stopped = raft.core_stopped() => {
+            tracing::error!(error = %stopped, "the raft core stopped: the manager exits");
+            manager.request_stop();
+            session_stop_tx.send_replace(true);
+            if tokio::time::timeout(FATAL_GRACE, serve).await.is_err() {
+                tracing::warn!("the API server did not stop within {FATAL_GRACE:?}");
+            }
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
+            return Err(DaemonError::RaftStopped(stopped.to_string()));
+        }
+    };
     session_stop_tx.send_replace(true);
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

@@ -443,6 +443,26 @@ impl RaftNode {
         self.inner.raft.metrics().borrow().clone()
     }
 
+    /// Resolves once openraft's core has stopped (its metrics report a
+    /// fatal error: a storage error such as a full disk, a panic in the
+    /// core, or a shutdown), with why. Nothing is committed or applied on
+    /// this node after that.
+    pub async fn core_stopped(&self) -> RaftError {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.clone().into();
+            }
+            if metrics.changed().await.is_err() {
+                // The core is gone; its last word, if any, is in the value.
+                return match &metrics.borrow().running_state {
+                    Err(fatal) => fatal.clone().into(),
+                    Ok(()) => Fatal::Stopped.into(),
+                };
+            }
+        }
+    }
+
     /// Whether this node is the leader.
     #[must_use]
     pub fn is_leader(&self) -> bool {
