@@ -306,6 +306,41 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     Ok(())
 }
 
+/// The exit status after a panic anywhere in the process (Rust's own).
+pub const PANIC_EXIT: i32 = 101;
+
+/// Makes a panic anywhere (the main task, a spawned task such as the
+/// leader's loops, a Raft or blocking thread) end the process with status
+/// [`PANIC_EXIT`] once it is logged (with its location and thread) and
+/// reported by the hook that was installed before. Tokio catches a task's
+/// panic and keeps the process up without that task: a manager with a dead
+/// loop or a poisoned lock would keep answering while it cannot do its
+/// job, and `Restart=on-failure` would never fire. For the binary's `main`,
+/// once logging is set up.
+pub fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let thread = std::thread::current();
+        tracing::error!(
+            %location,
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = message,
+            "panic: mesh-manager exits"
+        );
+        report(info);
+        std::process::exit(PANIC_EXIT);
+    }));
+}
+
 /// Makes the data directory private however it was made (by hand, by
 /// `meshctl cluster init`, by an older version): the directory and `tls/`
 /// 0700, the node key 0600. `raft/` and its database are made so when they
@@ -611,6 +646,55 @@ mod tests {
             .permissions()
             .mode()
             & 0o777
+    }
+
+    /// Set in the child process of [`a_panicking_task_ends_the_process`].
+    const PANIC_CHILD: &str = "MESH_MANAGER_TEST_PANIC_CHILD";
+
+    /// Fault 7: a panic in a spawned task (as in the leader's loops) ends
+    /// the process with status 101; tokio alone would catch it and keep
+    /// the process up without that task. The test runs itself as a child
+    /// process that installs the hook, panics in a task and then idles.
+    #[test]
+    fn a_panicking_task_ends_the_process() {
+        if std::env::var_os(PANIC_CHILD).is_some() {
+            exit_on_panic();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                drop(tokio::spawn(async { panic!("a bug in a leader loop") }));
+                // The process is expected to end before this.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+            std::process::exit(0);
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "daemon::tests::a_panicking_task_ends_the_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PANIC_CHILD, "1")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                child.kill().ok();
+                child.wait().ok();
+                panic!("the process still runs 30 s after a task panicked");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(PANIC_EXIT), "{status}");
     }
 
     /// Fault 9: whatever created the data directory (here: by hand, 0755,

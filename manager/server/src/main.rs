@@ -123,9 +123,6 @@ impl Common {
     }
 }
 
-/// The exit status after a panic anywhere in the process (Rust's own).
-const PANIC_EXIT: i32 = 101;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
@@ -140,35 +137,6 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Makes a panic anywhere (the main task, a spawned task, a Raft or
-/// blocking thread) end the process with status 101 after it is logged:
-/// a manager with a dead loop or a poisoned lock would otherwise keep
-/// answering while it cannot do its job, and `Restart=on-failure` would
-/// never fire. Tokio catches panics in tasks; this hook runs first.
-fn exit_on_panic() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let location = info
-            .location()
-            .map_or_else(|| "unknown".to_owned(), ToString::to_string);
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
-        let thread = std::thread::current();
-        tracing::error!(
-            %location,
-            thread = thread.name().unwrap_or("unnamed"),
-            panic = message,
-            "panic: mesh-manager exits"
-        );
-        report(info);
-        std::process::exit(PANIC_EXIT);
-    }));
-}
-
 async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -178,7 +146,7 @@ async fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    exit_on_panic();
+    daemon::exit_on_panic();
     let cli = Cli::parse();
     let (options, start) = match cli.command {
         Command::Init(common) => (common.options()?, Start::Init),
