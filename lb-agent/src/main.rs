@@ -2,6 +2,7 @@
 //! by a configuration file. See docs/agent.md.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -113,12 +114,13 @@ async fn run(cli: &Cli) -> Result<()> {
         Some(base) => Some(data_addr(base).await?),
         None => None,
     };
-    let options = JoinOptions {
+    let mut options = JoinOptions {
         managers: cli.join.clone(),
         token: cli.token.clone(),
         state_dir: cli.state_dir.clone(),
         hostname,
         data_addr,
+        runtimes: BTreeSet::new(),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -141,6 +143,9 @@ async fn run(cli: &Cli) -> Result<()> {
     let runtimes = Runtimes::new(&cli.state_dir, cli.docker)
         .await
         .context("setting up the task runtimes")?;
+    // Reported in the session's Hello: the scheduler places a task only on a
+    // node whose agent runs its runtime.
+    options.runtimes = runtimes.kinds();
     let session = join::start(options, stop.clone()).await?;
     let managed = Managed {
         base,

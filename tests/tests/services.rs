@@ -590,6 +590,79 @@ fn waiting_for_tasks_that_cannot_start_shows_why_and_gives_up() {
     );
 }
 
+/// A docker task in a cluster whose agents run without `--docker` is never placed: it
+/// stays pending, saying the docker runtime is not available, and `node inspect` shows
+/// each node's runtimes (issue 11, fault 6: the scheduler placed it on a node that
+/// cannot run it, where it failed again and again).
+#[test]
+fn a_docker_task_without_a_docker_node_stays_pending_and_says_why() {
+    let _turn = turn();
+    let c = cluster(1);
+    ctl(
+        &c,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "dk",
+            "--runtime",
+            "docker",
+            "--replicas",
+            "1",
+            "--restart-delay",
+            "0s",
+            "--",
+            "mesh-echo:v1",
+        ],
+    );
+    let why = "no suitable node (docker runtime not available on 3 nodes)";
+    let message = |t: &serde_json::Value| -> String {
+        ["Message", "Error"]
+            .iter()
+            .filter_map(|k| t[*k].as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let seen = mesh_tests::poll_until(PROPAGATE, "dk.1 pending, saying why", || {
+        let tasks = c.ctl_json(&["service", "ps", "dk", "--format", "json"])?;
+        let tasks = tasks.as_array().cloned().unwrap_or_default();
+        Ok(tasks
+            .iter()
+            .any(|t| message(t).contains(why))
+            .then_some(tasks))
+    });
+    let tasks = match seen {
+        Ok(tasks) => tasks,
+        Err(e) => panic!(
+            "{e:#}\n{}",
+            ok(c.ctl(&["service", "ps", "dk", "--no-trunc"]))
+        ),
+    };
+    // Give a wrong placement time to show, then check nothing was ever placed.
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = ok(c.service_tasks("dk"));
+    assert_eq!(rows.len(), 1, "more than one task of dk: {rows:#?}");
+    let task = &rows[0];
+    assert!(
+        task.state.eq_ignore_ascii_case("pending") && task.node.is_empty(),
+        "dk.1 is not pending without a node: {task:?}\n{tasks:#?}"
+    );
+    let inspect = ok(c.ctl_json(&["node", "inspect", "n2"]));
+    let runtimes: Vec<&str> = inspect[0]["Runtimes"]
+        .as_array()
+        .map(|r| r.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(runtimes, ["process"], "node inspect n2: {inspect:#}");
+    let pretty = ok(c.ctl(&["node", "inspect", "--pretty", "n2"]));
+    assert!(
+        pretty
+            .lines()
+            .any(|l| l.starts_with("Runtimes:") && l.ends_with("process")),
+        "node inspect --pretty n2:\n{pretty}"
+    );
+}
+
 /// Step 5: draining a node moves its tasks elsewhere without a failed request; a node
 /// whose agent stops and that is cut off loses its tasks to the others, and the mesh
 /// stops sending it flows: every request through the other nodes is answered (a flow

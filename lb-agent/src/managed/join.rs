@@ -2,9 +2,11 @@
 //! leader in the background; an agent without a dataplane only logs the
 //! session's events (the managed agent acts on them: `managed::run`).
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use mesh_api::spec::RuntimeKind;
 use mesh_client::pki::TlsDir;
 use mesh_client::session::{self, SessionError, SessionEvent, SessionOptions, UplinkSender};
 use tokio::sync::{mpsc, watch};
@@ -29,6 +31,9 @@ pub struct JoinOptions {
     pub hostname: String,
     /// The underlay address of the node's dataplane (managed mode only).
     pub data_addr: Option<Ipv4Addr>,
+    /// The runtimes the node's agent can run tasks of (managed mode only;
+    /// empty without a dataplane).
+    pub runtimes: BTreeSet<RuntimeKind>,
 }
 
 /// Why joining failed.
@@ -98,6 +103,7 @@ pub async fn start(
         hostname: options.hostname,
         agent_version: format!("lb-agent {}", env!("CARGO_PKG_VERSION")),
         data_addr: options.data_addr,
+        runtimes: options.runtimes,
     };
     let task = tokio::spawn(session::run_with_uplink(session, events, uplink_rx, stop));
     Ok(Session {

@@ -97,6 +97,18 @@ impl Runtimes {
         })
     }
 
+    /// The runtimes this agent can run tasks of, as its session reports
+    /// them: the process runtime always, docker when its engine answered at
+    /// start.
+    #[must_use]
+    pub fn kinds(&self) -> BTreeSet<RuntimeKind> {
+        let mut kinds = BTreeSet::from([RuntimeKind::Process]);
+        if self.inner.docker.is_ok() {
+            kinds.insert(RuntimeKind::Docker);
+        }
+        kinds
+    }
+
     fn docker(&self) -> Result<&DockerRuntime, RuntimeError> {
         self.inner
             .docker

@@ -1,10 +1,12 @@
 //! Nodes as both sides see them: identity, role, availability, status, labels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::spec::RuntimeKind;
 
 /// A value that does not parse (a role, an availability, a label).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -160,6 +162,13 @@ pub struct Node {
     /// tasks).
     #[serde(default)]
     pub data_addr: Option<Ipv4Addr>,
+    /// The runtimes its agent can run, as the agent reported them with its
+    /// data address. Empty for a node whose agent has not reported any (a
+    /// node recorded before agents reported them, or an older agent): such
+    /// a node counts as running the process runtime only (see
+    /// [`Node::runs`]).
+    #[serde(default)]
+    pub runtimes: BTreeSet<RuntimeKind>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// Milliseconds since the Unix epoch.
@@ -180,8 +189,35 @@ impl Node {
             manager_addr: None,
             agent_version: String::new(),
             data_addr: None,
+            runtimes: BTreeSet::new(),
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
+        }
+    }
+}
+
+impl Node {
+    /// Whether the node's agent can run tasks of `runtime`. A node without
+    /// recorded runtimes (recorded before agents reported them) counts as
+    /// running processes only: every agent runs processes, and only one
+    /// that found its docker engine runs containers.
+    #[must_use]
+    pub fn runs(&self, runtime: RuntimeKind) -> bool {
+        if self.runtimes.is_empty() {
+            runtime == RuntimeKind::Process
+        } else {
+            self.runtimes.contains(&runtime)
+        }
+    }
+
+    /// The runtimes the node can run, as [`Node::runs`] counts them: the
+    /// recorded ones, or the process runtime alone when none are recorded.
+    #[must_use]
+    pub fn effective_runtimes(&self) -> BTreeSet<RuntimeKind> {
+        if self.runtimes.is_empty() {
+            BTreeSet::from([RuntimeKind::Process])
+        } else {
+            self.runtimes.clone()
         }
     }
 }
@@ -226,6 +262,27 @@ mod tests {
         assert_eq!(parse_label("k").unwrap(), ("k".into(), String::new()));
         assert!(parse_label("=v").is_err());
         assert!(parse_label("a b=c").is_err());
+    }
+
+    #[test]
+    fn a_node_recorded_before_runtimes_were_reported_runs_processes_only() {
+        let mut node = Node::new(7, "n7".into(), Role::Worker, 5);
+        node.data_addr = Some(Ipv4Addr::new(10, 0, 0, 7));
+        let mut json = serde_json::to_value(&node).unwrap();
+        json.as_object_mut().unwrap().remove("runtimes");
+        let old: Node = serde_json::from_value(json).unwrap();
+        assert!(old.runtimes.is_empty());
+        assert!(old.runs(RuntimeKind::Process));
+        assert!(!old.runs(RuntimeKind::Docker));
+        assert_eq!(
+            old.effective_runtimes(),
+            BTreeSet::from([RuntimeKind::Process])
+        );
+
+        node.runtimes = BTreeSet::from([RuntimeKind::Process, RuntimeKind::Docker]);
+        let back: Node = serde_json::from_str(&serde_json::to_string(&node).unwrap()).unwrap();
+        assert!(back.runs(RuntimeKind::Docker));
+        assert_eq!(back, node);
     }
 
     #[test]

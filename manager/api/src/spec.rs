@@ -281,7 +281,9 @@ pub enum ServiceMode {
 }
 
 /// What runs a task.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     /// A command the agent runs in a network namespace of its own (the default).

@@ -4,6 +4,7 @@
 //! [`crate::failover`]), and certificate renewal when the node's role
 //! changes.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::pki::{self, TlsDir};
 use crate::proto::{self, agent_message, dispatcher_client::DispatcherClient, manager_message};
 use mesh_api::assignment::Assignment;
 use mesh_api::node::Role;
+use mesh_api::spec::RuntimeKind;
 use mesh_api::task::{TaskId, TaskStatus};
 
 /// What a session reports to its owner.
@@ -106,6 +108,10 @@ pub struct SessionOptions {
     /// set, the session is the node's agent session (it runs tasks and its
     /// heartbeats alone keep the node ready).
     pub data_addr: Option<Ipv4Addr>,
+    /// The runtimes the node's agent can run tasks of, reported in `Hello`
+    /// (the scheduler places a task only on a node that runs its runtime);
+    /// empty for a session without a dataplane.
+    pub runtimes: BTreeSet<RuntimeKind>,
 }
 
 /// Why a session gave up for good.
@@ -250,6 +256,7 @@ async fn attempt(
                 hostname: options.hostname.clone(),
                 agent_version: options.agent_version.clone(),
                 data_addr: options.data_addr.map(|a| a.to_string()).unwrap_or_default(),
+                runtimes: options.runtimes.iter().map(ToString::to_string).collect(),
             })),
         };
         if tx.send(hello).await.is_err() {

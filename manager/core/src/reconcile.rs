@@ -866,6 +866,7 @@ mod tests {
         sim.apply(Command::SetDataAddr {
             id: 4,
             addr: Some(Ipv4Addr::new(10, 99, 0, 4)),
+            runtimes: [RuntimeKind::Process].into(),
             at_ms: sim.now,
         });
         sim.node(1, Availability::Active);
@@ -895,6 +896,50 @@ mod tests {
         sim.settle();
         assert_eq!(sim.per_node(web), BTreeMap::from([(2, 2)]));
         assert_eq!(sim.running(web), 2);
+    }
+
+    #[test]
+    fn docker_tasks_wait_for_a_docker_node_and_leave_a_node_that_lost_docker() {
+        use mesh_api::spec::RuntimeKind::{Docker, Process};
+        fn report(sim: &mut Sim, id: NodeId, runtimes: &[RuntimeKind]) {
+            let addr = sim.state.nodes[&id].data_addr;
+            sim.apply(Command::SetDataAddr {
+                id,
+                addr,
+                runtimes: runtimes.iter().copied().collect(),
+                at_ms: sim.now,
+            });
+        }
+        let mut sim = Sim::new(3);
+        let mut s = spec(2);
+        s.task.runtime = Docker;
+        s.task.restart.delay_ms = 0;
+        let dk = sim.create(s);
+        sim.settle();
+        let pending = sim.live(dk);
+        assert_eq!(pending.len(), 2);
+        assert!(pending.iter().all(|t| t.status.state == TaskState::Pending
+            && t.node.is_none()
+            && t.status.message == "no suitable node (docker runtime not available on 3 nodes)"));
+
+        report(&mut sim, 2, &[Process, Docker]);
+        sim.settle();
+        assert_eq!(sim.per_node(dk), BTreeMap::from([(2, 2)]));
+        assert_eq!(sim.running(dk), 2);
+
+        // Node 3's agent runs docker too; then node 2's restarts without it:
+        // its tasks move to node 3.
+        report(&mut sim, 3, &[Process, Docker]);
+        report(&mut sim, 2, &[Process]);
+        sim.settle();
+        assert_eq!(sim.per_node(dk), BTreeMap::from([(3, 2)]));
+        assert_eq!(sim.running(dk), 2);
+
+        // A node without recorded runtimes (state from before agents reported
+        // them) gets no new docker task but keeps those it runs.
+        sim.state.nodes.get_mut(&3).unwrap().runtimes.clear();
+        sim.settle();
+        assert_eq!(sim.per_node(dk), BTreeMap::from([(3, 2)]));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The scheduler: where new tasks run. As Swarm's scheduler: only ready,
-//! active nodes that satisfy every constraint and hold a dataplane (an
-//! agent that reported its data address); spread, so each new task goes
+//! active nodes that satisfy every constraint, hold a dataplane (an agent
+//! that reported its data address) and run the task's runtime (the agent
+//! reports its runtimes with its data address; a node without recorded
+//! runtimes runs processes only: [`Node::runs`]); spread, so each new task goes
 //! to the eligible node running the fewest tasks of its service (ties: the
 //! fewest tasks overall, then the lowest node ID, so placement is
 //! deterministic).
@@ -18,26 +20,34 @@ use std::collections::BTreeMap;
 use crate::orchestrator::work::Work;
 use crate::state::ClusterState;
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus};
-use mesh_api::spec::Constraint;
+use mesh_api::spec::ServiceSpec;
 
 /// Why tasks could not be placed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    /// No node is ready, active, has a dataplane and satisfies the
-    /// constraints.
+    /// No node is ready, active, has a dataplane, runs the task's runtime
+    /// and satisfies the constraints.
     #[error("no suitable node ({0})")]
     NoSuitableNode(String),
 }
 
-/// Whether the scheduler may place a new task on `node`: ready, active,
-/// with a dataplane (a node without one cannot plumb a task into the
-/// mesh), and satisfying every constraint.
+/// Whether the scheduler may place a new task of `spec` on `node`: ready,
+/// active, with a dataplane (a node without one cannot plumb a task into
+/// the mesh), and [`suits`] it.
 #[must_use]
-pub fn eligible(node: &Node, constraints: &[Constraint]) -> bool {
+pub fn eligible(node: &Node, spec: &ServiceSpec) -> bool {
     node.status == NodeStatus::Ready
         && node.availability == Availability::Active
         && node.data_addr.is_some()
-        && constraints.iter().all(|c| c.matches(node))
+        && suits(node, spec)
+}
+
+/// Whether `node` can run the tasks of `spec` at all, whatever its status:
+/// its agent runs the task's runtime ([`Node::runs`]) and it satisfies every
+/// constraint.
+#[must_use]
+pub fn suits(node: &Node, spec: &ServiceSpec) -> bool {
+    node.runs(spec.task.runtime) && spec.constraints.iter().all(|c| c.matches(node))
 }
 
 /// How many tasks each node runs now: of the service being placed, and in
@@ -50,7 +60,7 @@ pub struct Load {
     pub total: BTreeMap<NodeId, usize>,
 }
 
-/// Chooses nodes for `count` new tasks, one at a time, each to the
+/// Chooses nodes for `count` new tasks of `spec`, one at a time, each to the
 /// least-loaded eligible node (counting the tasks placed before it).
 ///
 /// # Errors
@@ -59,16 +69,12 @@ pub struct Load {
 pub fn place(
     state: &ClusterState,
     load: &Load,
-    constraints: &[Constraint],
+    spec: &ServiceSpec,
     count: usize,
 ) -> Result<Vec<NodeId>, ScheduleError> {
-    let candidates: Vec<&Node> = state
-        .nodes
-        .values()
-        .filter(|n| eligible(n, constraints))
-        .collect();
+    let candidates: Vec<&Node> = state.nodes.values().filter(|n| eligible(n, spec)).collect();
     if candidates.is_empty() {
-        return Err(ScheduleError::NoSuitableNode(why_none(state, constraints)));
+        return Err(ScheduleError::NoSuitableNode(why_none(state, spec)));
     }
     let mut service = load.service.clone();
     let mut total = load.total.clone();
@@ -154,7 +160,7 @@ fn schedule_service(
         service: service_load,
         total: total.clone(),
     };
-    match place(state, &load, &work.service.spec.constraints, count) {
+    match place(state, &load, &work.service.spec, count) {
         Ok(nodes) => {
             let mut nodes = nodes.into_iter();
             for i in pending_tasks {
@@ -176,8 +182,13 @@ fn schedule_service(
     }
 }
 
-fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
-    let (mut down, mut unavailable, mut no_dataplane, mut unmatched) = (0, 0, 0, 0);
+/// Why no node is eligible for `spec`, each node counted once, for its
+/// first reason in this order: not ready, paused or drained, without a
+/// dataplane, without the task's runtime, constraints not satisfied.
+fn why_none(state: &ClusterState, spec: &ServiceSpec) -> String {
+    let runtime = spec.task.runtime;
+    let (mut down, mut unavailable, mut no_dataplane, mut no_runtime, mut unmatched) =
+        (0, 0, 0, 0, 0);
     for node in state.nodes.values() {
         if node.status != NodeStatus::Ready {
             down += 1;
@@ -185,11 +196,18 @@ fn why_none(state: &ClusterState, constraints: &[Constraint]) -> String {
             unavailable += 1;
         } else if node.data_addr.is_none() {
             no_dataplane += 1;
-        } else if !constraints.iter().all(|c| c.matches(node)) {
+        } else if !node.runs(runtime) {
+            no_runtime += 1;
+        } else if !spec.constraints.iter().all(|c| c.matches(node)) {
             unmatched += 1;
         }
     }
     let mut parts = Vec::new();
+    if no_runtime > 0 {
+        parts.push(format!(
+            "{runtime} runtime not available on {no_runtime} nodes"
+        ));
+    }
     if unmatched > 0 {
         parts.push(format!(
             "scheduling constraints not satisfied on {unmatched} nodes"
@@ -218,10 +236,22 @@ mod tests {
     use crate::orchestrator::testing::{service, task};
     use crate::state::testing::cluster;
     use mesh_api::service::Service;
+    use mesh_api::spec::RuntimeKind;
     use mesh_api::task::TaskState;
 
     use Availability::{Active, Drain, Pause};
     use NodeStatus::{Down, Ready};
+
+    /// A service spec of `runtime` with `constraints`.
+    fn spec(runtime: RuntimeKind, constraints: &[&str]) -> ServiceSpec {
+        let mut spec = ServiceSpec::new("web", runtime, "task-echo", vec![]);
+        spec.constraints = constraints.iter().map(|c| c.parse().unwrap()).collect();
+        spec
+    }
+
+    fn any() -> ServiceSpec {
+        spec(RuntimeKind::Process, &[])
+    }
 
     fn counts(placed: &[NodeId]) -> BTreeMap<NodeId, usize> {
         let mut out = BTreeMap::new();
@@ -241,7 +271,7 @@ mod tests {
             (5, Ready, Drain, "b"),
             (6, Ready, Pause, "b"),
         ]);
-        let placed = place(&state, &Load::default(), &[], 10).unwrap();
+        let placed = place(&state, &Load::default(), &any(), 10).unwrap();
         assert_eq!(counts(&placed), BTreeMap::from([(1, 4), (2, 3), (3, 3)]));
     }
 
@@ -256,7 +286,7 @@ mod tests {
             service: BTreeMap::from([(1, 3), (2, 1)]),
             total: BTreeMap::from([(1, 3), (2, 1), (3, 5)]),
         };
-        let placed = place(&state, &load, &[], 3).unwrap();
+        let placed = place(&state, &load, &any(), 3).unwrap();
         // Node 3 has no task of this service: it gets the first; then 2 and 3 tie
         // on the service at 1, and 2 runs fewer tasks overall.
         assert_eq!(placed, vec![3, 2, 3]);
@@ -269,12 +299,12 @@ mod tests {
             (2, Ready, Active, "b"),
             (3, Down, Active, "b"),
         ]);
-        let zone_b: Vec<Constraint> = vec!["node.labels.zone==b".parse().unwrap()];
+        let zone_b = spec(RuntimeKind::Process, &["node.labels.zone==b"]);
         assert_eq!(
             place(&state, &Load::default(), &zone_b, 2).unwrap(),
             vec![2, 2]
         );
-        let zone_c: Vec<Constraint> = vec!["node.labels.zone==c".parse().unwrap()];
+        let zone_c = spec(RuntimeKind::Process, &["node.labels.zone==c"]);
         let err = place(&state, &Load::default(), &zone_c, 1).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -283,20 +313,110 @@ mod tests {
         // A ready, active node without a dataplane runs nothing.
         let mut bare = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
         bare.nodes.get_mut(&1).unwrap().data_addr = None;
-        assert_eq!(place(&bare, &Load::default(), &[], 2).unwrap(), vec![2, 2]);
+        assert_eq!(
+            place(&bare, &Load::default(), &any(), 2).unwrap(),
+            vec![2, 2]
+        );
         bare.nodes.get_mut(&2).unwrap().data_addr = None;
         assert_eq!(
-            place(&bare, &Load::default(), &[], 1)
+            place(&bare, &Load::default(), &any(), 1)
                 .unwrap_err()
                 .to_string(),
             "no suitable node (2 nodes without a dataplane)"
         );
         assert!(
-            place(&ClusterState::default(), &Load::default(), &[], 1)
+            place(&ClusterState::default(), &Load::default(), &any(), 1)
                 .unwrap_err()
                 .to_string()
                 .contains("no nodes")
         );
+    }
+
+    #[test]
+    fn docker_tasks_go_only_to_nodes_whose_agent_runs_docker() {
+        let mut state = cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "a"),
+            (3, Ready, Active, "a"),
+        ]);
+        let docker = spec(RuntimeKind::Docker, &[]);
+        // Every agent runs processes only: a docker task fits nowhere, and
+        // the reason names the runtime as docker does.
+        assert_eq!(
+            place(&state, &Load::default(), &docker, 1)
+                .unwrap_err()
+                .to_string(),
+            "no suitable node (docker runtime not available on 3 nodes)"
+        );
+        // Node 2's agent runs docker: every docker task goes there, process
+        // tasks still spread over all three.
+        state.nodes.get_mut(&2).unwrap().runtimes =
+            BTreeSet::from([RuntimeKind::Process, RuntimeKind::Docker]);
+        assert_eq!(
+            place(&state, &Load::default(), &docker, 3).unwrap(),
+            vec![2, 2, 2]
+        );
+        assert_eq!(
+            place(&state, &Load::default(), &any(), 3).unwrap(),
+            vec![1, 2, 3]
+        );
+        // A node recorded before agents reported runtimes runs processes only.
+        let node = state.nodes.get_mut(&1).unwrap();
+        node.runtimes.clear();
+        assert!(eligible(node, &any()));
+        assert!(!eligible(node, &docker));
+        // Reasons add up: one node lacks docker, one the constraint.
+        let docker_in_a = spec(RuntimeKind::Docker, &["node.labels.zone==b"]);
+        assert_eq!(
+            place(&state, &Load::default(), &docker_in_a, 1)
+                .unwrap_err()
+                .to_string(),
+            "no suitable node (docker runtime not available on 2 nodes; \
+             scheduling constraints not satisfied on 1 nodes)"
+        );
+    }
+
+    #[test]
+    fn a_docker_service_without_a_docker_node_stays_pending_with_the_reason() {
+        let state = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
+        let mut dk = service(1);
+        dk.spec.task.runtime = RuntimeKind::Docker;
+        let mut works = vec![Work {
+            service: &dk,
+            tasks: Vec::new(),
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        }];
+        works[0].add(1, None);
+        schedule(&state, &mut works);
+        assert_eq!(works[0].create[0].node, None);
+        assert_eq!(
+            works[0].create[0].message,
+            "no suitable node (docker runtime not available on 2 nodes)"
+        );
+    }
+
+    #[test]
+    fn state_from_before_runtimes_were_reported_loads_as_process_only() {
+        let mut state = cluster(&[(1, Ready, Active, "a")]);
+        let mut json = serde_json::to_value(&state).unwrap();
+        let node = &mut json["nodes"]["1"];
+        assert!(node.as_object_mut().unwrap().remove("runtimes").is_some());
+        let old: ClusterState = serde_json::from_value(json).unwrap();
+        assert!(old.nodes[&1].runtimes.is_empty());
+        assert_eq!(place(&old, &Load::default(), &any(), 1).unwrap(), vec![1]);
+        assert_eq!(
+            place(&old, &Load::default(), &spec(RuntimeKind::Docker, &[]), 1)
+                .unwrap_err()
+                .to_string(),
+            "no suitable node (docker runtime not available on 1 nodes)"
+        );
+        // A docker-capable node's record survives the round trip.
+        state.nodes.get_mut(&1).unwrap().runtimes =
+            BTreeSet::from([RuntimeKind::Process, RuntimeKind::Docker]);
+        let back: ClusterState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(back, state);
     }
 
     #[test]

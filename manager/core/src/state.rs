@@ -18,7 +18,7 @@ use mesh_api::node::{Availability, Node, NodeId, NodeStatus, ParseError, Role, f
 
 use crate::allocator::{self, AllocError, PublishedPort};
 use mesh_api::service::{Service, ServiceEndpoint, ServiceId, UpdateState, UpdateStatus};
-use mesh_api::spec::{EndpointMode, ServiceSpec};
+use mesh_api::spec::{EndpointMode, RuntimeKind, ServiceSpec};
 use mesh_api::task::{DesiredState, Task, TaskId, TaskState, TaskStatus};
 
 /// The state every manager reads and the state machine writes.
@@ -156,12 +156,18 @@ pub enum Command {
         /// Remove even if it is not down.
         force: bool,
     },
-    /// Records (or clears) where a node's agent dataplane is.
+    /// Records (or clears) where a node's agent dataplane is, and the
+    /// runtimes its agent can run tasks of.
     SetDataAddr {
         /// Which node.
         id: NodeId,
         /// Its underlay address.
         addr: Option<Ipv4Addr>,
+        /// The runtimes its agent reported (empty in entries logged before
+        /// agents reported them: the node then counts as process-only, see
+        /// [`Node::runs`]).
+        #[serde(default)]
+        runtimes: BTreeSet<RuntimeKind>,
         /// Leader's clock.
         at_ms: u64,
     },
@@ -416,10 +422,16 @@ impl ClusterState {
                 self.removed.insert(*id);
                 Ok(Applied::Done)
             }
-            Command::SetDataAddr { id, addr, at_ms } => {
+            Command::SetDataAddr {
+                id,
+                addr,
+                runtimes,
+                at_ms,
+            } => {
                 let node = self.node_mut(*id)?;
-                if node.data_addr != *addr {
+                if node.data_addr != *addr || node.runtimes != *runtimes {
                     node.data_addr = *addr;
+                    node.runtimes.clone_from(runtimes);
                     node.updated_at_ms = *at_ms;
                 }
                 Ok(Applied::Done)
@@ -830,7 +842,7 @@ pub mod testing {
 
     /// A bootstrapped state (commands apply) holding worker nodes `n<id>` with the
     /// given status, availability and `zone` label, each with a dataplane
-    /// (`10.99.0.<id>`).
+    /// (`10.99.0.<id>`) whose agent runs the process runtime only.
     pub fn cluster(nodes: &[(NodeId, NodeStatus, Availability, &str)]) -> ClusterState {
         let mut state = ClusterState {
             ca: Some(CaMaterial {
@@ -845,6 +857,7 @@ pub mod testing {
             node.availability = *availability;
             node.labels.insert("zone".into(), (*zone).into());
             node.data_addr = Some(Ipv4Addr::new(10, 99, 0, u8::try_from(*id).unwrap_or(0)));
+            node.runtimes = BTreeSet::from([RuntimeKind::Process]);
             state.nodes.insert(*id, node);
         }
         state

@@ -355,6 +355,16 @@ fn title(word: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `node inspect --pretty`'s runtimes: `process, docker`, or `none` for a
+/// node that runs no tasks (no dataplane).
+fn runtimes_text(runtimes: &[String]) -> String {
+    if runtimes.is_empty() {
+        "none".to_string()
+    } else {
+        runtimes.join(", ")
+    }
+}
+
 fn node_json(node: &proto::NodeInfo) -> serde_json::Value {
     serde_json::json!({
         "ID": node.id,
@@ -368,6 +378,7 @@ fn node_json(node: &proto::NodeInfo) -> serde_json::Value {
         "CreatedAt": node.created_at,
         "UpdatedAt": node.updated_at,
         "AgentVersion": node.agent_version,
+        "Runtimes": node.runtimes,
     })
 }
 
@@ -463,6 +474,7 @@ async fn node(cli: &Cli, command: &NodeCommand) -> Result<()> {
                         }
                     }
                     println!("Agent Version:     {}", n.agent_version);
+                    println!("Runtimes:          {}", runtimes_text(&n.runtimes));
                 }
             } else {
                 let list: Vec<_> = found.iter().map(node_json).collect();

@@ -2,6 +2,7 @@
 //! directory, then serve the API, the Raft peers, the agents' sessions and
 //! the metrics until asked to stop.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -564,6 +565,8 @@ async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<b
         hostname,
         agent_version: format!("mesh-manager {}", env!("CARGO_PKG_VERSION")),
         data_addr: None,
+        // Without a dataplane the manager's own session runs no tasks.
+        runtimes: BTreeSet::new(),
     };
     if let Err(e) = session::run(options, events, stop).await {
         tracing::warn!(error = %e, "the manager's own session ended");

@@ -1,10 +1,10 @@
 //! The global orchestrator: a global service has one live task on every
-//! eligible node (ready, active, with a dataplane, satisfying the service's
-//! constraints: [`scheduler::eligible`]). An eligible node without one gets
+//! eligible node (ready, active, with a dataplane, running the service's
+//! runtime and satisfying its constraints: [`scheduler::eligible`]). An eligible node without one gets
 //! a new task, placed on it here rather than by the scheduler; a task that
 //! was never placed is stopped, and a node with two live tasks keeps one
 //! (see [`slots::stop_extras`]). Tasks on nodes that went down, drained or
-//! no longer satisfy the constraints are the evictions' business.
+//! no longer suit the service are the evictions' business.
 
 use crate::orchestrator::restart::Restarts;
 use crate::orchestrator::slots;
@@ -17,7 +17,7 @@ fn wanted(state: &ClusterState, work: &Work<'_>) -> Vec<SlotKey> {
     state
         .nodes
         .values()
-        .filter(|n| scheduler::eligible(n, &work.service.spec.constraints))
+        .filter(|n| scheduler::eligible(n, &work.service.spec))
         .map(|n| SlotKey::Node(Some(n.id)))
         .collect()
 }

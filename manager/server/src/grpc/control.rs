@@ -153,6 +153,16 @@ pub fn node_info(node: &Node, raft: &ManagerView) -> proto::NodeInfo {
         updated_at: rfc3339(node.updated_at_ms),
         last_heartbeat: String::new(),
         agent_version: node.agent_version.clone(),
+        // As the scheduler counts them: none without a dataplane (no task runs
+        // there), the process runtime alone for a node that reported none.
+        runtimes: if node.data_addr.is_some() {
+            node.effective_runtimes()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -195,9 +205,7 @@ pub fn task_counts(state: &ClusterState, service: &Service) -> (u32, u32) {
             let eligible = state
                 .nodes
                 .values()
-                .filter(|n| {
-                    n.data_addr.is_some() && scheduler::eligible(n, &service.spec.constraints)
-                })
+                .filter(|n| scheduler::eligible(n, &service.spec))
                 .count();
             count(live.max(eligible))
         }

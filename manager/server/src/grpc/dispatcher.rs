@@ -3,6 +3,7 @@
 //! requests down; and the leader loops that turn silence into `down` and
 //! keep every agent's assignment current.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::proto::{self, agent_message, dispatcher_server::Dispatcher, manager_m
 use crate::raft::service::not_leader;
 use mesh_api::assignment::Assignment;
 use mesh_api::node::{NodeId, NodeStatus, format_id};
+use mesh_api::spec::RuntimeKind;
 use mesh_api::task::{TaskId, TaskStatus};
 use mesh_api::time::now_ms;
 use mesh_core::liveness::Liveness;
@@ -76,6 +78,7 @@ impl Dispatcher for DispatcherService {
                 ))
             })?)
         };
+        let runtimes = hello_runtimes(caller.node_id, &hello.runtimes);
         let (needs_status, needs_addr, counts) = {
             let state = self.manager.read_unchecked();
             let node = state.node(caller.node_id).map_err(state_status)?;
@@ -87,7 +90,7 @@ impl Dispatcher for DispatcherService {
                 counts
                     && (node.status != NodeStatus::Ready
                         || node.agent_version != hello.agent_version),
-                data_addr.is_some() && node.data_addr != data_addr,
+                data_addr.is_some() && (node.data_addr != data_addr || node.runtimes != runtimes),
                 counts,
             )
         };
@@ -99,6 +102,7 @@ impl Dispatcher for DispatcherService {
                 .commit(Command::SetDataAddr {
                     id: caller.node_id,
                     addr: data_addr,
+                    runtimes,
                     at_ms: now_ms(),
                 })
                 .await?;
@@ -117,6 +121,7 @@ impl Dispatcher for DispatcherService {
             node = %format_id(caller.node_id),
             hostname = %hello.hostname,
             data_addr = %hello.data_addr,
+            runtimes = ?hello.runtimes,
             "session started"
         );
 
@@ -267,6 +272,22 @@ async fn next_logs_request(
     logs: Option<&mut mpsc::UnboundedReceiver<proto::LogsRequest>>,
 ) -> Option<proto::LogsRequest> {
     logs?.recv().await
+}
+
+/// The runtimes a `Hello` names; a name this manager does not know (an
+/// agent newer than it) is left out with a warning, so its tasks are not
+/// placed there.
+fn hello_runtimes(node: NodeId, names: &[String]) -> BTreeSet<RuntimeKind> {
+    names
+        .iter()
+        .filter_map(|name| match name.parse() {
+            Ok(kind) => Some(kind),
+            Err(e) => {
+                tracing::warn!(node = %format_id(node), error = %e, "ignoring an unknown runtime in Hello");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Handles one message from the node; `false` ends the session.
