@@ -54,8 +54,8 @@ pub struct Progress {
     pub phase: Phase,
     /// Why tasks wait, if some do (`no suitable node (...)`), to show.
     pub note: Option<String>,
-    /// A line per slot (or node) whose newest run of the current spec failed
-    /// and that does not run: `2/6: task: non-zero exit (3)`.
+    /// A line per slot (or node) that does not run and whose runs of the
+    /// current spec failed, with the newest failure: `2/6: task: non-zero exit (3)`.
     pub failures: Vec<String>,
 }
 
@@ -95,10 +95,9 @@ fn failures(
             .iter()
             .filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
             .collect();
-        let newest = runs.iter().max_by_key(|t| (t.created_at_ms, t.id));
-        if let Some(t) =
-            newest.filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
-        {
+        // The newest failure, even while a new run starts (with a short restart
+        // delay a slot is rarely seen between the two).
+        if let Some(t) = failed.iter().max_by_key(|t| (t.created_at_ms, t.id)) {
             let reason = if t.status.error.is_empty() {
                 t.status.message.clone()
             } else {
@@ -400,7 +399,11 @@ mod tests {
         starting.created_at_ms = 4;
         tasks.push(starting);
         let p = progress(&s, 2, &tasks, Watch::default());
-        assert_eq!(p.failures, Vec::<String>::new(), "a new run is starting");
+        assert_eq!(
+            p.failures,
+            ["1/2: starting failed: no such file (run 3)"],
+            "the last failure stays shown while a new run starts"
+        );
         assert_eq!(p.phase, Phase::Converging);
         tasks.pop();
         tasks.push(failed(4, 1, 4));
