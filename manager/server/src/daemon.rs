@@ -347,16 +347,15 @@ pub fn exit_on_panic() {
 /// 0700, the node key 0600. `raft/` and its database are made so when they
 /// are opened ([`crate::raft::RaftNode::open`]).
 fn restrict_data_dir(data_dir: &Path, tls: &TlsDir) -> Result<(), DaemonError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let context = |path: &Path| format!("making {} private", path.display());
-    crate::raft::create_private_dir(data_dir)
-        .map_err(|e| failed(&context(data_dir))(e.to_string()))?;
-    let private = [(tls.path().to_owned(), 0o700), (tls.key_path(), 0o600)];
-    for (path, mode) in private {
-        if path.exists() {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| failed(&context(&path))(e.to_string()))?;
-        }
+    let private = |path: &Path, made: std::io::Result<()>| {
+        made.map_err(|e| failed(&format!("making {} private", path.display()))(e.to_string()))
+    };
+    private(data_dir, pki::create_private_dir(data_dir))?;
+    if tls.path().exists() {
+        private(tls.path(), pki::create_private_dir(tls.path()))?;
+    }
+    if tls.key_path().exists() {
+        private(&tls.key_path(), pki::create_private_file(&tls.key_path()))?;
     }
     Ok(())
 }

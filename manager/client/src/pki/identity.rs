@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +10,7 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA25
 
 use super::ca::{CertInfo, parse_cert_pem};
 use super::error::PkiError;
+use super::private::create_private_dir;
 use mesh_api::node::{NodeId, Role};
 
 /// File name of the cluster CA certificate.
@@ -205,9 +206,7 @@ impl TlsDir {
     ///
     /// [`PkiError::Io`] if the directory or a file cannot be written.
     pub fn save(&self, identity: &NodeIdentity) -> Result<(), PkiError> {
-        fs::create_dir_all(&self.path).map_err(|e| PkiError::io(&self.path, e))?;
-        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))
-            .map_err(|e| PkiError::io(&self.path, e))?;
+        create_private_dir(&self.path).map_err(|e| PkiError::io(&self.path, e))?;
         write_atomic(&self.key_path(), identity.key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.ca_path(), identity.ca_pem.as_bytes(), 0o644)?;
         write_atomic(&self.cert_path(), identity.cert_pem.as_bytes(), 0o644)?;
@@ -245,6 +244,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError>
 mod tests {
     use super::*;
     use crate::pki::ca::{Authority, generate_ca};
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

@@ -22,6 +22,7 @@
 mod ca;
 mod error;
 mod identity;
+mod private;
 mod tls;
 mod token;
 
@@ -32,5 +33,6 @@ pub use ca::{
 };
 pub use error::PkiError;
 pub use identity::{CA_FILE, CERT_FILE, KEY_FILE, NodeIdentity, TlsDir, generate_key_and_csr};
+pub use private::{create_private_dir, create_private_file};
 pub use tls::{HANDSHAKE_TIMEOUT, client_tls, explain_tls_failure, fetch_ca};
 pub use token::{JoinToken, SECRET_LEN, TokenError, generate_secret, role_for};

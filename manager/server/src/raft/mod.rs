@@ -22,9 +22,7 @@ pub mod types;
 
 pub use log_store::{DbError, LogStore};
 pub use network::{Connector, Network};
-pub use node::{
-    DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError, create_private_dir,
-};
+pub use node::{DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError};
 pub use reachability::{ManagerStatus, ManagerView};
 pub use service::RaftService;
 pub use state_machine::StateMachineStore;

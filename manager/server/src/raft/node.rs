@@ -17,6 +17,8 @@ use tokio::time::Instant;
 
 use mesh_api::node::{NodeId, format_id};
 
+use mesh_client::pki::{create_private_dir, create_private_file};
+
 use super::log_store::{DbError, LogStore};
 use super::network::{Connector, Network};
 use super::reachability::ManagerView;
@@ -228,33 +230,6 @@ impl std::fmt::Debug for Inner {
 #[derive(Clone, Debug)]
 pub struct RaftNode {
     inner: Arc<Inner>,
-}
-
-/// Creates `dir` and its missing parents with mode 0700, and sets 0700 on
-/// `dir` if it existed (made by hand, or by an older version).
-///
-/// # Errors
-/// If the directory cannot be created or its mode set.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Creates `path` empty with mode 0600 if it is missing, and sets 0600 on
-/// it if it existed.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// Opens the database in `dir`. A database that is still being closed by
