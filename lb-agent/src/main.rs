@@ -110,10 +110,11 @@ async fn run(cli: &Cli) -> Result<()> {
         other => other.map(str::to_owned),
     };
     let base = managed_base(cli, underlay.as_deref())?;
-    let data_addr = match &base {
-        Some(base) => Some(data_addr(base).await?),
+    let underlay_facts = match &base {
+        Some(base) => Some(underlay_addr_and_mtu(base).await?),
         None => None,
     };
+    let data_addr = underlay_facts.map(|(addr, _)| addr);
     let mut options = JoinOptions {
         managers: cli.join.clone(),
         token: cli.token.clone(),
@@ -139,7 +140,7 @@ async fn run(cli: &Cli) -> Result<()> {
         }
         return Ok(());
     };
-    let mtu = underlay_mtu(&base).await?;
+    let (_, mtu) = underlay_facts.context("the underlay of a managed node")?;
     let runtimes = Runtimes::new(&cli.state_dir, cli.docker)
         .await
         .context("setting up the task runtimes")?;
@@ -259,29 +260,31 @@ async fn underlay_info(base: &Config) -> Result<lb_agent::host::interfaces::Inte
         })
 }
 
-/// The underlay address announced to the cluster.
-async fn data_addr(base: &Config) -> Result<Ipv4Addr> {
-    if let Some(addr) = base.node.address {
-        return Ok(addr);
-    }
-    underlay_info(base)
-        .await?
-        .ipv4
-        .first()
-        .copied()
-        .with_context(|| {
-            format!(
-                "the underlay interface {:?} has no IPv4 address (or pass --advertise-addr)",
-                base.node.underlay
-            )
-        })
-}
-
-async fn underlay_mtu(base: &Config) -> Result<u32> {
-    match base.node.mtu {
-        Some(mtu) => Ok(mtu),
-        None => Ok(underlay_info(base).await?.mtu),
-    }
+/// The underlay address announced to the cluster and the underlay's MTU: from the
+/// configuration, else from the underlay interface (read once, and only if needed).
+async fn underlay_addr_and_mtu(base: &Config) -> Result<(Ipv4Addr, u32)> {
+    let iface = match (base.node.address, base.node.mtu) {
+        (Some(_), Some(_)) => None,
+        _ => Some(underlay_info(base).await?),
+    };
+    let addr = match base.node.address {
+        Some(addr) => addr,
+        None => iface
+            .as_ref()
+            .and_then(|i| i.ipv4.first().copied())
+            .with_context(|| {
+                format!(
+                    "the underlay interface {:?} has no IPv4 address (or pass --advertise-addr)",
+                    base.node.underlay
+                )
+            })?,
+    };
+    let mtu = base
+        .node
+        .mtu
+        .or(iface.map(|i| i.mtu))
+        .context("the underlay's MTU")?;
+    Ok((addr, mtu))
 }
 
 #[tokio::main]
