@@ -14,7 +14,6 @@ use mesh_api::service::Service;
 use mesh_api::task::{DesiredState, Task, TaskState};
 use mesh_api::time::{now_ms, rfc3339};
 use mesh_api::wire::WireError;
-use mesh_client::connect;
 use mesh_client::pki;
 use mesh_core::scheduler;
 use mesh_core::state::{Applied, ClusterState, Command};
@@ -58,18 +57,9 @@ impl ControlService {
     /// The leader's `Control` service, for calls that only the leader can
     /// carry out (Raft membership changes).
     async fn leader_control(&self) -> Result<ControlClient<Channel>, Status> {
-        let (_, addr) = self.manager.raft().leader().ok_or_else(|| {
-            Status::unavailable("no quorum: no leader to carry out a membership change")
-        })?;
-        let identity = self
-            .manager
-            .tls()
-            .load()
-            .map_err(|e| Status::internal(format!("reading this manager's identity: {e}")))?;
-        let channel = connect::connect(&[addr], &connect::identity_tls(&identity))
+        self.manager
+            .leader_control("no quorum: no leader to carry out a membership change")
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(ControlClient::new(channel))
     }
 
     async fn set_role(&self, name: &str, role: Role) -> Result<proto::NodeInfo, Status> {

@@ -16,10 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
 use super::{Manager, state_status};
-use crate::proto::{self, control_client::ControlClient};
+use crate::proto;
 use mesh_api::node::{NodeId, NodeStatus, format_id};
 use mesh_api::task::{TaskId, TaskState};
-use mesh_client::connect;
 use mesh_core::state::{ClusterState, StateError};
 
 /// The stream `ServiceLogs` answers with.
@@ -199,17 +198,9 @@ async fn relay_to_leader(
     manager: &Manager,
     request: proto::ServiceLogsRequest,
 ) -> Result<Response<LogStream>, Status> {
-    let Some((_, addr)) = manager.raft().leader() else {
-        return Err(Status::unavailable("no leader to fetch logs from"));
-    };
-    let identity = manager
-        .tls()
-        .load()
-        .map_err(|e| Status::internal(format!("reading this manager's identity: {e}")))?;
-    let channel = connect::connect(&[addr], &connect::identity_tls(&identity))
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let stream = ControlClient::new(channel)
+    let stream = manager
+        .leader_control("no leader to fetch logs from")
+        .await?
         .service_logs(request)
         .await?
         .into_inner();

@@ -14,12 +14,15 @@ use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::Duration;
 
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::health::{CommitView, Unhealthy};
 use crate::metrics::Metrics;
+use crate::proto::control_client::ControlClient;
 use crate::raft::{RaftNode, WriteError};
 use mesh_api::cluster::CaMaterial;
 use mesh_api::node::{NodeId, Role};
+use mesh_client::connect;
 use mesh_client::pki;
 use mesh_client::pki::TlsDir;
 use mesh_core::liveness::Liveness;
@@ -105,6 +108,28 @@ impl Manager {
     #[must_use]
     pub fn tls(&self) -> &TlsDir {
         &self.inner.tls
+    }
+
+    /// A `Control` client of the leader, as this manager (for calls a
+    /// follower passes on); `no_leader` is the `UNAVAILABLE` message when no
+    /// leader is known.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` without a leader or when it cannot be reached;
+    /// `INTERNAL` if this manager's identity cannot be read.
+    pub async fn leader_control(&self, no_leader: &str) -> Result<ControlClient<Channel>, Status> {
+        let (_, addr) = self
+            .raft()
+            .leader()
+            .ok_or_else(|| Status::unavailable(no_leader))?;
+        let identity = self
+            .tls()
+            .load()
+            .map_err(|e| Status::internal(format!("reading this manager's identity: {e}")))?;
+        let channel = connect::connect(&[addr], &connect::identity_tls(&identity))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(ControlClient::new(channel))
     }
 
     /// The manager's metrics.
