@@ -104,6 +104,7 @@ pub async fn start(
         agent_version: format!("lb-agent {}", env!("CARGO_PKG_VERSION")),
         data_addr: options.data_addr,
         runtimes: options.runtimes,
+        renew_certificate: true,
     };
     let task = tokio::spawn(session::run_with_uplink(session, events, uplink_rx, stop));
     Ok(Session {

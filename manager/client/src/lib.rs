@@ -10,6 +10,8 @@
 //! - [`failover`]: which manager the session tries next (sans-IO);
 //! - [`pki`]: the cluster CA, certificates, join tokens, identities on disk,
 //!   TLS configurations;
+//! - [`state_dir`]: the files of a node's state directory, which its agent
+//!   and its manager share;
 //! - [`proto`]: the gRPC client stubs.
 #![forbid(unsafe_code)]
 
@@ -27,3 +29,4 @@ pub mod failover;
 pub mod join;
 pub mod pki;
 pub mod session;
+pub mod state_dir;

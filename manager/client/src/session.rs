@@ -31,7 +31,8 @@ pub enum SessionEvent {
         /// Every manager's address, for failover.
         managers: Vec<String>,
     },
-    /// The node's role changed and its certificate was renewed.
+    /// The node's role changed (and its certificate was renewed, if the
+    /// session renews it: [`SessionOptions::renew_certificate`]).
     RoleChanged(Role),
     /// The session ended; it will be retried.
     Lost(String),
@@ -112,6 +113,11 @@ pub struct SessionOptions {
     /// (the scheduler places a task only on a node that runs its runtime);
     /// empty for a session without a dataplane.
     pub runtimes: BTreeSet<RuntimeKind>,
+    /// Whether a role change renews the node's certificate (and is
+    /// reported once renewed). The node's agent renews it; a manager's own
+    /// session only reports the new role, so that two processes sharing a
+    /// state directory never write its identity at once.
+    pub renew_certificate: bool,
 }
 
 /// Why a session gave up for good.
@@ -316,6 +322,15 @@ async fn attempt(
                                 managers: established.managers,
                             })
                             .await;
+                    }
+                    manager_message::Kind::RoleChanged(changed) if !options.renew_certificate => {
+                        match changed.role.parse::<Role>() {
+                            Ok(role) => {
+                                tracing::info!(%role, "role changed");
+                                let _ = events.send(SessionEvent::RoleChanged(role)).await;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "ignoring an unknown role"),
+                        }
                     }
                     manager_message::Kind::RoleChanged(changed) => {
                         match renew(&options.tls, &mut dispatcher).await {

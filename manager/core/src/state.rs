@@ -398,6 +398,15 @@ impl ClusterState {
             }
             Command::SetManagerAddr { id, addr, at_ms } => {
                 let node = self.node_mut(*id)?;
+                // A manager that records its address as it is demoted (the
+                // command decided before the demotion, applied after) must
+                // not leave a worker with one.
+                if addr.is_some() && node.role != Role::Manager {
+                    return Err(StateError::Invalid(format!(
+                        "node {} is not a manager: it has no manager address",
+                        format_id(*id)
+                    )));
+                }
                 node.manager_addr.clone_from(addr);
                 node.updated_at_ms = *at_ms;
                 Ok(Applied::Node(node.clone()))
@@ -1018,6 +1027,29 @@ mod tests {
             })
             .unwrap();
         assert_eq!(state.node(0xaa00).unwrap().role, Role::Worker);
+    }
+
+    #[test]
+    fn a_worker_gets_no_manager_address() {
+        let mut state = bootstrapped();
+        add(&mut state, 0xbb00, "w1", Role::Worker);
+        let before = state.clone();
+        let err = state
+            .apply(&Command::SetManagerAddr {
+                id: 0xbb00,
+                addr: Some("10.0.0.2:4242".into()),
+                at_ms: 5,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("not a manager"), "{err}");
+        assert_eq!(state, before);
+        state
+            .apply(&Command::SetManagerAddr {
+                id: 0xbb00,
+                addr: None,
+                at_ms: 6,
+            })
+            .unwrap();
     }
 
     #[test]

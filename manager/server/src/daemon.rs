@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -26,7 +27,8 @@ use mesh_api::node::{Node, NodeId, Role, format_id};
 use mesh_api::time::now_ms;
 use mesh_client::connect;
 use mesh_client::pki::{self, NodeIdentity, TlsDir};
-use mesh_client::session::{self, SessionOptions};
+use mesh_client::session::{self, SessionEvent, SessionOptions};
+use mesh_client::state_dir;
 use mesh_core::state::Command;
 
 /// How a manager process is set up.
@@ -74,7 +76,8 @@ pub enum Start {
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// `init` or `join` on a directory that already holds a member.
+    /// `init`, or `join` with a token, on a directory that already holds a
+    /// member.
     #[error("{0} already holds a cluster member; start it with `mesh-manager run --data-dir {0}`")]
     AlreadyMember(String),
     /// `run` on an empty directory.
@@ -118,18 +121,18 @@ fn failed(context: &str) -> impl FnOnce(String) -> DaemonError + '_ {
 /// # Errors
 /// [`DaemonError`] if setup fails or serving stops with an error.
 pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError> {
-    let tls = TlsDir::new(options.data_dir.join("tls"));
+    let tls = state_dir::tls_dir(&options.data_dir);
     restrict_data_dir(&options.data_dir, &tls)?;
-    let raft_dir = options.data_dir.join("raft");
+    let raft_dir = state_dir::raft_dir(&options.data_dir);
     let data_dir = options.data_dir.display().to_string();
     let has_identity = tls.exists();
     let mut new_ca = None;
-    let promoted = has_identity && !raft_dir.join(crate::raft::DB_FILE).exists();
     let (identity, force_new_cluster) = match &start {
         // A worker promoted by `meshctl node promote` already holds a
         // manager certificate (renewed through its session): it joins the
-        // Raft membership without a token.
-        Start::Join { .. } if promoted => (
+        // Raft membership without a token. With a log of its own (started
+        // before), it resumes it, and makes sure it is a voter.
+        Start::Join { token, .. } if has_identity && token.is_empty() => (
             tls.load()
                 .map_err(|e| failed("reading the identity")(e.to_string()))?,
             false,
@@ -256,10 +259,12 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     tokio::spawn(crate::leader::run_leader_loops(manager.clone()));
     tokio::spawn(record_manager_addr(manager.clone()));
     let (session_stop_tx, session_stop) = watch::channel(false);
+    let demoted = Arc::new(AtomicBool::new(false));
     tokio::spawn(own_session(
         manager.clone(),
         options.hostname.clone(),
         session_stop,
+        Arc::clone(&demoted),
     ));
     if let Some(addr) = options.metrics_listen {
         let figures_manager = manager.clone();
@@ -303,6 +308,13 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         tracing::warn!(error = %e, "raft shutdown");
     }
     served.map_err(|e| failed("the API server")(connect::error_chain(&e)))?;
+    if demoted.load(Ordering::SeqCst) {
+        // No longer a member: its log (which holds the CA key) is of no use
+        // and must not stay behind; a later promotion joins afresh.
+        std::fs::remove_dir_all(&raft_dir)
+            .map_err(|e| failed(&format!("removing {}", raft_dir.display()))(e.to_string()))?;
+        tracing::info!(dir = %raft_dir.display(), "this node was demoted: its manager data is removed");
+    }
     tracing::info!("mesh-manager stopped");
     Ok(())
 }
@@ -554,9 +566,27 @@ async fn record_manager_addr(manager: Manager) {
 /// The manager's own node keeps a session like any agent's, so its status
 /// reads `ready` while it runs. It starts from the managers this one's
 /// replica knows and follows the leader over those its sessions name.
-async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<bool>) {
+/// Keeps this manager's own session with the leader (which keeps its node
+/// ready when no agent runs there). When the leader says the node was
+/// demoted, sets `demoted` and stops the manager: it exits cleanly (status
+/// 0, so `Restart=on-failure` leaves it stopped) and removes its Raft data.
+async fn own_session(
+    manager: Manager,
+    hostname: String,
+    stop: watch::Receiver<bool>,
+    demoted: Arc<AtomicBool>,
+) {
     let (events, mut rx) = mpsc::channel(8);
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let watcher = manager.clone();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if event == SessionEvent::RoleChanged(Role::Worker) {
+                tracing::info!("this node was demoted to a worker: the manager stops");
+                demoted.store(true, Ordering::SeqCst);
+                watcher.request_stop();
+            }
+        }
+    });
     let options = SessionOptions {
         managers: manager.manager_addrs(),
         known_managers: None,
@@ -566,6 +596,9 @@ async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<b
         data_addr: None,
         // Without a dataplane the manager's own session runs no tasks.
         runtimes: BTreeSet::new(),
+        // The node's agent renews the certificate: two processes writing
+        // the identity they share would race.
+        renew_certificate: false,
     };
     if let Err(e) = session::run(options, events, stop).await {
         tracing::warn!(error = %e, "the manager's own session ended");

@@ -38,7 +38,8 @@ enum Command {
     Join {
         /// A manager join token (`meshctl cluster join-token manager`); not needed
         /// on a node that was promoted (its data directory already holds a manager
-        /// certificate).
+        /// certificate: it joins the voters, resuming its log if it has one).
+        /// The node's agent runs this itself when the node is promoted.
         #[arg(long, env = "MESH_JOIN_TOKEN", default_value = "")]
         token: String,
         /// Address of a manager of the cluster (`host:port`).

@@ -74,6 +74,10 @@ impl ControlService {
             };
             return Ok(response.into_inner());
         }
+        // A demotion's check, voter removal and role change happen under the
+        // membership lock, so a promoted node's join in flight either
+        // completes first (and is removed here) or sees the worker role.
+        let _membership = self.manager.raft().membership_lock().await;
         let (id, current) = {
             let state = self.manager.read()?;
             let id = state.resolve(name).map_err(state_status)?;

@@ -28,7 +28,7 @@ use super::types::{Entry, MeshRaft, Metrics};
 use mesh_core::state::{self, Command, SharedState};
 
 /// The database file in a manager's data directory.
-pub const DB_FILE: &str = "raft.redb";
+pub const DB_FILE: &str = mesh_client::state_dir::RAFT_DB;
 
 /// Timing and snapshot settings.
 ///
@@ -213,6 +213,9 @@ struct Inner {
     tuning: RaftTuning,
     /// The database, to see when openraft's tasks have let go of it.
     db: Weak<redb::Database>,
+    /// Held across a membership decision and its change (see
+    /// [`RaftNode::membership_lock`]).
+    membership: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -355,6 +358,7 @@ impl RaftNode {
                 committed,
                 tuning,
                 db,
+                membership: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -659,6 +663,15 @@ impl RaftNode {
         };
         self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
             .await
+    }
+
+    /// Serialises decisions about the membership with the changes that
+    /// follow them: a caller checks the state (is the node still a
+    /// manager? is it a voter?) and changes the membership while holding
+    /// the guard, so that adding a promoted node and demoting it again
+    /// cannot interleave into a voter whose role is worker.
+    pub async fn membership_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.membership.lock().await
     }
 
     /// Removes voter `id` from the membership (it is not kept as a

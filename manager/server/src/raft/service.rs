@@ -17,7 +17,7 @@ use mesh_api::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 use crate::auth::Caller;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{AddManagerRequest, AddManagerResponse, RaftPayload};
-use mesh_api::node::{NodeId, format_id};
+use mesh_api::node::{NodeId, Role, format_id};
 use mesh_core::state::Command;
 
 /// The Raft gRPC service of one manager.
@@ -125,6 +125,22 @@ impl Raft for RaftService {
         let addr = request.into_inner().addr;
         if addr.is_empty() {
             return Err(Status::invalid_argument("addr is empty"));
+        }
+        // Under the membership lock, so that a demotion decided meanwhile
+        // waits for this change and then undoes it (see `set_role`).
+        let _membership = self.node.membership_lock().await;
+        let role = self
+            .node
+            .shared_state()
+            .read()
+            .map_err(|_| Status::internal("state lock poisoned"))?
+            .node(caller.node_id)
+            .map(|n| n.role);
+        if role != Ok(Role::Manager) {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not a manager of the cluster (demoted, or never promoted)",
+                format_id(caller.node_id)
+            )));
         }
         match self.node.add_voter(caller.node_id, addr).await {
             Ok(()) => Ok(Response::new(AddManagerResponse {})),
