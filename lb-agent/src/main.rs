@@ -13,6 +13,7 @@ use lb_agent::agent::{self, Agent, Overrides};
 use lb_agent::config::{Config, XdpModeConfig};
 use lb_agent::host::interfaces::HostInfo;
 use lb_agent::managed::join::{self, JoinOptions};
+use lb_agent::managed::manager_process::{ManagerCommand, ManagerProcess};
 use lb_agent::managed::run::{Managed, run_managed};
 use lb_agent::runtime::Runtimes;
 use tracing_subscriber::EnvFilter;
@@ -64,6 +65,21 @@ struct Cli {
     /// Managed node: enable the docker runtime (tasks with `--runtime docker`).
     #[arg(long, env = "LB_AGENT_DOCKER")]
     docker: bool,
+    /// Where the node's manager listens once the node is promoted (the agent then
+    /// runs `mesh-manager`); default: this node's address, port 4242.
+    #[arg(long, env = "LB_AGENT_MANAGER_LISTEN_ADDR")]
+    manager_listen_addr: Option<SocketAddr>,
+    /// Where the promoted node's manager serves `/metrics`; `off` disables it.
+    #[arg(
+        long,
+        env = "LB_AGENT_MANAGER_METRICS_ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    manager_metrics_addr: String,
+    /// The `mesh-manager` program a promoted node runs (default: the one beside
+    /// `lb-agent`, else `mesh-manager` from `PATH`).
+    #[arg(long, env = "LB_AGENT_MANAGER_PROGRAM")]
+    manager_program: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -115,6 +131,7 @@ async fn run(cli: &Cli) -> Result<()> {
         None => None,
     };
     let data_addr = underlay_facts.map(|(addr, _)| addr);
+    let manager = manager_command(cli, data_addr, &hostname).await?;
     let mut options = JoinOptions {
         managers: cli.join.clone(),
         token: cli.token.clone(),
@@ -126,19 +143,25 @@ async fn run(cli: &Cli) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let Some(base) = base else {
-        let session = join::start(options, stop).await?;
-        tokio::spawn(join::log_events(session.events));
+        let mut session = join::start(options, stop).await?;
+        let manager = ManagerProcess::start(manager, cli.join.clone());
         tracing::info!("lb-agent ready (cluster session only: no --underlay, no dataplane)");
-        tokio::select! {
-            result = session.task => result.context("the session task")??,
-            _ = term.recv() => {
-                stop_tx.send_replace(true);
+        let result = loop {
+            tokio::select! {
+                event = session.events.recv() => match event {
+                    Some(event) => {
+                        join::log_event(&event);
+                        manager.observe(&event);
+                    }
+                    None => break (&mut session.task).await.context("the session task")?,
+                },
+                _ = term.recv() => break Ok(()),
+                _ = tokio::signal::ctrl_c() => break Ok(()),
             }
-            _ = tokio::signal::ctrl_c() => {
-                stop_tx.send_replace(true);
-            }
-        }
-        return Ok(());
+        };
+        stop_tx.send_replace(true);
+        manager.stop().await;
+        return Ok(result?);
     };
     let (_, mtu) = underlay_facts.context("the underlay of a managed node")?;
     let runtimes = Runtimes::new(&cli.state_dir, cli.docker)
@@ -152,6 +175,7 @@ async fn run(cli: &Cli) -> Result<()> {
         base,
         task_mtu: mtu.saturating_sub(50),
         runtimes,
+        manager: ManagerProcess::start(manager, cli.join.clone()),
     };
     let run = run_managed(session, managed, stop);
     tokio::pin!(run);
@@ -223,28 +247,71 @@ fn read_table(path: &Path) -> Result<toml::Table> {
 /// `--underlay auto`.
 const AUTO: &str = "auto";
 
+/// The port a promoted node's manager listens on by default (`mesh-manager`'s).
+const MANAGER_PORT: u16 = 4242;
+
+/// How this node runs its manager once it is promoted: `--manager-*`, with
+/// defaults from the node's address (its dataplane's, else the one it
+/// reaches the first `--join` manager from) and the agent's own location.
+async fn manager_command(
+    cli: &Cli,
+    data_addr: Option<Ipv4Addr>,
+    hostname: &str,
+) -> Result<ManagerCommand> {
+    let listen = match (cli.manager_listen_addr, data_addr) {
+        (Some(addr), _) => addr,
+        (None, Some(addr)) => SocketAddr::from((addr, MANAGER_PORT)),
+        (None, None) => SocketAddr::from((local_addr_towards(&cli.join[0]).await?, MANAGER_PORT)),
+    };
+    let program = match &cli.manager_program {
+        Some(program) => program.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("mesh-manager")))
+            .filter(|beside| beside.exists())
+            .unwrap_or_else(|| PathBuf::from("mesh-manager")),
+    };
+    Ok(ManagerCommand {
+        program,
+        state_dir: cli.state_dir.clone(),
+        listen,
+        metrics: cli.manager_metrics_addr.clone(),
+        hostname: hostname.to_owned(),
+    })
+}
+
+/// The address this host sends from to reach `manager` (`host:port`): the
+/// kernel's route lookup, asked through a UDP socket's `connect` (which sends
+/// nothing).
+async fn local_addr_towards(manager: &str) -> Result<Ipv4Addr> {
+    let target = tokio::net::lookup_host(manager)
+        .await
+        .with_context(|| format!("resolving {manager}"))?
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("{manager} has no IPv4 address"))?;
+    let socket =
+        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("opening a UDP socket")?;
+    socket
+        .connect(target)
+        .with_context(|| format!("no route to {target}"))?;
+    match socket.local_addr()?.ip() {
+        std::net::IpAddr::V4(local) => Ok(local),
+        std::net::IpAddr::V6(_) => bail!("{target} is reached over IPv6"),
+    }
+}
+
 /// The interface whose address this host sends from to reach `manager`
 /// (`host:port`): the kernel's route lookup, asked through a UDP socket's
 /// `connect` (which sends nothing).
 async fn underlay_towards(manager: &str) -> Result<String> {
-    let target = tokio::net::lookup_host(manager)
+    let local = local_addr_towards(manager)
         .await
-        .with_context(|| format!("--underlay auto: resolving {manager}"))?
-        .find(SocketAddr::is_ipv4)
-        .with_context(|| format!("--underlay auto: {manager} has no IPv4 address"))?;
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .context("--underlay auto: opening a UDP socket")?;
-    socket
-        .connect(target)
-        .with_context(|| format!("--underlay auto: no route to {target}"))?;
-    let std::net::IpAddr::V4(local) = socket.local_addr()?.ip() else {
-        bail!("--underlay auto: {target} is reached over IPv6");
-    };
+        .context("--underlay auto")?;
     let host = HostInfo::query(&agent::netlink()?).await?;
     let iface = host.holding(local).with_context(|| {
-        format!("--underlay auto: no interface holds {local}, the address towards {target}")
+        format!("--underlay auto: no interface holds {local}, the address towards {manager}")
     })?;
-    tracing::info!(underlay = %iface.name, address = %local, manager = %target, "--underlay auto");
+    tracing::info!(underlay = %iface.name, address = %local, %manager, "--underlay auto");
     Ok(iface.name.clone())
 }
 

@@ -112,6 +112,8 @@ pub struct AgentProcess {
     pub state_dir: PathBuf,
     /// `--join`: the manager addresses it was started with, comma-separated.
     pub join: String,
+    /// `--manager-listen-addr`: where the node's manager listens once it is promoted.
+    pub manager_addr: SocketAddr,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -121,6 +123,40 @@ impl AgentProcess {
     #[must_use]
     pub fn tls_dir(&self) -> PathBuf {
         self.state_dir.join("tls")
+    }
+
+    /// The process ID of the manager the agent runs (the node was promoted), if any.
+    #[must_use]
+    pub fn manager_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.state_dir.join("manager.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `lb-agent --join` with this agent's state directory, hostname and manager
+    /// address (no token).
+    fn command(&self) -> Result<Command> {
+        let mut cmd = Command::new(bin("lb-agent")?);
+        cmd.args(["--join", &self.join])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--hostname", &self.hostname])
+            .args(["--manager-listen-addr", &self.manager_addr.to_string()])
+            .args(["--manager-metrics-addr", "off"]);
+        Ok(cmd)
+    }
+
+    /// Kills the agent, and the manager it runs: a killed agent leaves it behind.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+        if let Some(pid) = self.manager_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 
@@ -710,24 +746,25 @@ impl Cluster {
         token: Option<&str>,
         join: &str,
     ) -> Result<usize> {
-        let state_dir = self.root.join(format!("agent-{hostname}"));
-        let log = self.root.join(format!("agent-{hostname}.log"));
-        let mut cmd = Command::new(bin("lb-agent")?);
-        cmd.args(["--join", join])
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(["--hostname", hostname]);
+        let index = u8::try_from(self.agents.len()).context("too many agents")?;
+        let mut agent = AgentProcess {
+            hostname: hostname.to_owned(),
+            state_dir: self.root.join(format!("agent-{hostname}")),
+            join: join.to_owned(),
+            // Clear of the managers' addresses (127.A.B.1...).
+            manager_addr: SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::new(127, self.net.0, self.net.1, 101_u8.saturating_add(index)),
+                API_PORT,
+            )),
+            log: self.root.join(format!("agent-{hostname}.log")),
+            child: None,
+        };
+        let mut cmd = agent.command()?;
         if let Some(token) = token {
             cmd.args(["--token", token]);
         }
-        let child = spawn_logged(cmd, &log, "lb-agent --join")?;
-        self.agents.push(AgentProcess {
-            hostname: hostname.to_owned(),
-            state_dir,
-            join: join.to_owned(),
-            log,
-            child: Some(child),
-        });
+        agent.child = Some(spawn_logged(cmd, &agent.log, "lb-agent --join")?);
+        self.agents.push(agent);
         Ok(self.agents.len() - 1)
     }
 
@@ -813,12 +850,7 @@ impl Cluster {
     pub fn restart_agent(&mut self, a: usize) -> Result<()> {
         ensure!(self.agents[a].child.is_none(), "agent {a} is running");
         let agent = &self.agents[a];
-        let mut cmd = Command::new(bin("lb-agent")?);
-        cmd.args(["--join", &agent.join])
-            .arg("--state-dir")
-            .arg(&agent.state_dir)
-            .args(["--hostname", &agent.hostname]);
-        let child = spawn_logged(cmd, &agent.log, "lb-agent --join (restart)")?;
+        let child = spawn_logged(agent.command()?, &agent.log, "lb-agent --join (restart)")?;
         self.agents[a].child = Some(child);
         Ok(())
     }
@@ -858,10 +890,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for a in &mut self.agents {
-            if let Some(mut child) = a.child.take() {
-                child.kill().ok();
-                child.wait().ok();
-            }
+            a.kill();
         }
         for m in &mut self.managers {
             if let Some(mut child) = m.child.take() {

@@ -11,7 +11,9 @@
 //!   a worker calling a manager-only RPC, a removed node's certificate;
 //! - leader failover: an agent that joined through one manager follows the leader
 //!   when that manager is killed; MANAGER STATUS is Raft's (Unreachable for a killed
-//!   manager and for a promoted node that runs no manager, Reachable once restarted).
+//!   manager, Reachable once restarted);
+//! - promotion: the promoted node's agent runs its manager (restarted when it fails,
+//!   replaced after an agent restart), demotion stops it and removes its data.
 //!
 //! Each test has its own cluster(s) on its own loopback network, so they run in parallel.
 //! Needs the `mesh-manager`, `meshctl` and `lb-agent` binaries (`cargo xtask test` builds
@@ -499,6 +501,13 @@ fn lifecycle(c: &mut Cluster) -> Result<()> {
         node["Role"] == "worker" && node["ManagerAddr"] == "",
         "{node}"
     );
+    // Whether or not its agent had started the manager, none runs now, and the
+    // voters are the managers'.
+    c.wait_until(CONVERGE, "w1's manager to stop", |c| {
+        Ok(c.agent(w1).manager_pid().is_none().then_some(()))
+    })
+    .with_context(|| c.agent_log(w1))?;
+    ensure!(c.info(0)?.voters == 1, "{:?}", c.info(0)?);
 
     // A killed worker goes down within heartbeat * misses (plus slack for a busy host).
     c.kill_agent(w1)?;
@@ -871,24 +880,111 @@ fn failover(c: &mut Cluster) -> Result<()> {
         .with_context(|| format!("through m{i}: {:?}", statuses(c, i)))?;
     }
 
-    // A promoted node whose manager was never started is a manager but no Raft voter:
-    // Unreachable, though its agent keeps it ready.
-    c.ctl(new_leader, &["node", "promote", "w1"])?;
-    for i in 0..3 {
-        c.wait_until(
-            CONVERGE,
-            &format!("m{i} to show the promoted w1 Unreachable"),
-            |c| {
-                let all = statuses(c, i)?;
-                Ok((all["w1"] == ("ready".to_owned(), "Unreachable".to_owned())).then_some(()))
-            },
-        )
-        .with_context(|| format!("through m{i}: {:?}", statuses(c, i)))?;
-    }
-    c.ctl(new_leader, &["node", "demote", "w1"])?;
-    let all = statuses(c, new_leader)?;
-    ensure!(all["w1"].1.is_empty(), "w1 after demotion: {all:?}");
     Ok(())
+}
+
+/// Issue 11, fault 4: `node promote` makes the worker a manager by itself (its agent
+/// starts `mesh-manager` on the node's state directory): 2 voters with no other
+/// command. The agent restarts a manager that fails, and replaces the one a killed
+/// agent left behind; `node demote` stops it and removes its Raft data (which holds
+/// the CA key); a second promotion joins afresh.
+#[test]
+fn promotion_runs_the_manager_and_demotion_stops_it() {
+    let mut c = Cluster::start(ClusterOptions {
+        managers: 1,
+        name: "promote".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("start cluster");
+    check(promotion(&mut c));
+}
+
+fn promotion(c: &mut Cluster) -> Result<()> {
+    let token = c.ctl(0, &["cluster", "join-token", "worker", "-q"])?;
+    let w1 = c.join_worker("w1", token.trim())?;
+    ensure!(c.info(0)?.voters == 1);
+    let state_dir = c.agent(w1).state_dir.clone();
+    let w1_addr = c.agent(w1).manager_addr.to_string();
+
+    let promoted = |c: &mut Cluster, what: &str, not: Option<i32>| -> Result<i32> {
+        // With 2 voters, the cluster has no quorum while w1's manager is away: reads
+        // fail until it is back.
+        c.wait_until(CONVERGE, what, |c| {
+            let pid = c.agent(w1).manager_pid();
+            let voters = c.info(0).map(|i| i.voters).unwrap_or_default();
+            let reachable = statuses(c, 0).is_ok_and(|all| {
+                all.get("w1") == Some(&("ready".to_owned(), "Reachable".to_owned()))
+            });
+            Ok(pid
+                .filter(|p| Some(*p) != not && voters == 2 && reachable)
+                .filter(|p| process_alive(*p)))
+        })
+        .with_context(|| format!("{:?}\n{}", statuses(c, 0), c.agent_log(w1)))
+    };
+
+    // Promotion alone: the agent starts the manager, which joins the voters.
+    c.ctl(0, &["node", "promote", "w1"])?;
+    let first = promoted(c, "the promoted w1 to be a Reachable voter", None)?;
+    // It serves the API: meshctl through w1's own manager, with w1's identity.
+    let out = meshctl_with(&w1_addr, &c.agent(w1).tls_dir(), &["node", "ls"])?;
+    ensure!(
+        out.success() && out.stdout.contains("w1") && out.stdout.contains("Leader"),
+        "node ls through w1: {out:?}"
+    );
+
+    // A manager that dies is started again (it resumes its log).
+    kill9(first);
+    let second = promoted(c, "w1's manager to be restarted", Some(first))?;
+
+    // A killed agent leaves its manager behind; the restarted agent replaces it.
+    c.kill_agent(w1)?;
+    ensure!(process_alive(second), "the manager died with its agent");
+    c.restart_agent(w1)?;
+    let third = promoted(c, "the restarted agent's manager", Some(second))?;
+    ensure!(!process_alive(second), "the old manager still runs");
+
+    // Demotion stops the manager and removes its data.
+    let out = c.ctl(0, &["node", "demote", "w1"])?;
+    ensure!(out.contains("demoted"), "{out}");
+    c.wait_until(CONVERGE, "w1's manager to stop", |c| {
+        let node = c.node(0, "w1")?;
+        Ok((!process_alive(third)
+            && c.agent(w1).manager_pid().is_none()
+            && c.info(0)?.voters == 1
+            && node["Role"] == "worker"
+            && node["ManagerStatus"] == "")
+            .then_some(()))
+    })
+    .with_context(|| c.agent_log(w1))?;
+    c.wait_until(CONVERGE, "the demoted node's Raft data to go", |_| {
+        Ok((!state_dir.join("raft").exists()).then_some(()))
+    })?;
+    ensure!(
+        !state_dir.join("manager-run-by-agent").exists(),
+        "the agent still records that it runs a manager"
+    );
+
+    // Promoted again, it joins afresh.
+    c.ctl(0, &["node", "promote", "w1"])?;
+    promoted(c, "w1 promoted again", Some(third))?;
+    Ok(())
+}
+
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn kill9(pid: i32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
 }
 
 /// Fault 8: 2,000 idle connections that never speak TLS do not stop `meshctl node ls`,

@@ -1,6 +1,8 @@
 //! Joining the cluster with a token (once), then keeping a session with the
-//! leader in the background; an agent without a dataplane only logs the
-//! session's events (the managed agent acts on them: `managed::run`).
+//! leader in the background. Its events go to the agent: an agent without a
+//! dataplane logs them and runs the node's manager when the node is promoted
+//! (`managed::manager_process`); the managed agent also acts on the
+//! assignments (`managed::run`).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -114,15 +116,8 @@ pub async fn start(
     })
 }
 
-/// Logs a session's events (an agent without a dataplane).
-pub async fn log_events(mut events: mpsc::Receiver<SessionEvent>) {
-    while let Some(event) = events.recv().await {
-        log_event(&event);
-    }
-}
-
 /// Logs one event of the session.
-pub(crate) fn log_event(event: &SessionEvent) {
+pub fn log_event(event: &SessionEvent) {
     match event {
         SessionEvent::Established { manager, .. } => info!(%manager, "session established"),
         SessionEvent::RoleChanged(role) => {

@@ -3,6 +3,8 @@
 //!
 //! - [`join`]: joining the cluster and keeping the session with the leader;
 //! - [`run`]: acting on the leader's assignments until the agent stops;
+//! - [`manager_process`]: the node's manager, which the agent runs once the node is
+//!   promoted;
 //! - [`supervisor`]: the task supervisor, the pure core that decides what happens to
 //!   the node's tasks;
 //! - [`dataplane_config`]: from an assignment and the running tasks to the same
@@ -12,5 +14,6 @@
 
 pub mod dataplane_config;
 pub mod join;
+pub mod manager_process;
 pub mod run;
 pub mod supervisor;

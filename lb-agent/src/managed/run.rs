@@ -20,6 +20,7 @@ use crate::agent::Agent;
 use crate::agent::AgentError;
 use crate::config::Config;
 use crate::managed::join::{Session, log_event};
+use crate::managed::manager_process::ManagerProcess;
 use crate::managed::supervisor::{self, Action, Supervisor};
 use crate::runtime::Runtimes;
 use crate::runtime::task::Started;
@@ -47,6 +48,8 @@ pub struct Managed {
     pub task_mtu: u32,
     /// The task runtimes.
     pub runtimes: Runtimes,
+    /// The node's manager, run when the node is promoted.
+    pub manager: ManagerProcess,
 }
 
 /// How long a stopping task's processes get between SIGTERM and SIGKILL
@@ -82,7 +85,22 @@ pub async fn run_managed(
         base,
         task_mtu,
         runtimes,
+        manager,
     } = managed;
+    let result = drive(&mut session, base, task_mtu, runtimes, &manager, &mut stop).await;
+    manager.stop().await;
+    result
+}
+
+/// [`run_managed`]'s loop.
+async fn drive(
+    session: &mut Session,
+    base: Config,
+    task_mtu: u32,
+    runtimes: Runtimes,
+    manager: &ManagerProcess,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ManagedError> {
     match runtimes.cleanup(&std::collections::BTreeSet::new()).await {
         Ok(removed) if !removed.is_empty() => {
             info!(tasks = removed.len(), "removed the tasks of a previous run");
@@ -115,6 +133,7 @@ pub async fn run_managed(
                     return Ok(());
                 };
                 log_event(&event);
+                manager.observe(&event);
                 match event {
                     SessionEvent::Established { .. } => {
                         let statuses = supervisor.statuses();
