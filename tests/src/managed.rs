@@ -828,6 +828,48 @@ impl ManagedCluster {
         Ok(pids)
     }
 
+    /// The node whose manager leads, as `node ls` through the running managers says.
+    ///
+    /// # Errors
+    /// If `node ls` fails or names no leader.
+    pub fn leader(&self) -> Result<usize> {
+        let nodes = self.ctl_json(&["node", "ls", "--format", "json"])?;
+        let leader = nodes
+            .as_array()
+            .context("node ls is not a list")?
+            .iter()
+            .find(|n| n["ManagerStatus"] == "Leader")
+            .and_then(|n| n["Hostname"].as_str())
+            .context("node ls names no leader")?;
+        Self::node_index(leader).with_context(|| format!("leader {leader:?} is no node"))
+    }
+
+    /// `kill -9` of node `k`'s manager (its agent goes on).
+    ///
+    /// # Errors
+    /// If it is not running.
+    pub fn kill_manager(&mut self, k: usize) -> Result<()> {
+        let mut child = self.managers[k - 1]
+            .take()
+            .with_context(|| format!("no manager runs on n{k}"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts node `k`'s manager again (`mesh-manager run` on its data directory)
+    /// after [`ManagedCluster::kill_manager`]; does not wait.
+    ///
+    /// # Errors
+    /// If it still runs or cannot start.
+    pub fn restart_manager(&mut self, k: usize) -> Result<()> {
+        ensure!(
+            self.managers[k - 1].is_none(),
+            "the manager on n{k} still runs"
+        );
+        self.spawn_manager(k, &["run"])
+    }
+
     /// `kill -9` of node `k`'s agent. The tasks it started go on running (they are
     /// killed when the cluster is dropped).
     ///

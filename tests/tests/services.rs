@@ -18,12 +18,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use mesh_tests::client::request_tcp;
 use mesh_tests::managed::{per_node, rows};
-use mesh_tests::{Container, ManagedCluster, ManagedOptions, TaskRow, bin, images, in_netns};
+use mesh_tests::{
+    Container, ManagedCluster, ManagedOptions, TaskRow, bin, images, in_netns, poll_until,
+};
 
 /// The published port of the `web` service.
 const WEB: u16 = 8080;
@@ -259,7 +261,7 @@ fn step2_scale_spreads_reaches_every_task_and_keeps_connections() {
     // connections are checked and closed.
     std::thread::scope(|s| {
         let scale = s.spawn(|| c.ctl_timeout(&["service", "scale", "web=1"], CONVERGE));
-        let left = ok(mesh_tests::poll_until(CONVERGE, "one task left", || {
+        let left = ok(poll_until(CONVERGE, "one task left", || {
             let tasks = c.service_tasks("web")?;
             let wanted = tasks
                 .iter()
@@ -347,6 +349,162 @@ fn step3_rolling_update_and_rollback_under_load() {
     }
 }
 
+/// Issue 11, Show: on 3 managers and 3 workers, with continuous requests through every
+/// node and a rolling update of 10 replicas running, `kill -9` of the leader: the update
+/// completes under the new leader, `node ls` shows the old leader Unreachable while every
+/// node stays Ready (none is ever seen down), and no request fails. The old leader comes
+/// back and shows Reachable.
+#[test]
+fn leader_killed_during_a_rolling_update_under_load() {
+    let _turn = turn();
+    let mut c = ok(ManagedCluster::start(6, 3));
+    create(
+        &c,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "10",
+            "-p",
+            "8080:80",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "1s",
+            "--stop-grace-period",
+            "2s",
+        ],
+        &["--tag", "v1"],
+    );
+    ok(c.wait_converged("web", 10));
+    for k in 1..=6 {
+        ok(c.wait_answered(k, WEB, PROPAGATE));
+    }
+    let load = ok(c.start_load(WEB));
+    ok(load.wait_more(&load.stats(), 20, PROPAGATE));
+
+    ctl(
+        &c,
+        &[
+            "service",
+            "update",
+            "-d",
+            "--args",
+            "--port 80 --udp --tag v2",
+            "web",
+        ],
+    );
+    // The update is under way: v2 answers, v1 too.
+    ok(poll_until(
+        PROPAGATE,
+        "v2 to answer during the update",
+        || {
+            let stats = load.stats();
+            Ok((stats.by_tag.get("v2").copied().unwrap_or(0) > 0).then_some(()))
+        },
+    ));
+    let state = update_state(&c);
+    assert_eq!(
+        state, "updating",
+        "the update ended before the leader was killed"
+    );
+
+    let leader = ok(c.leader());
+    ok(c.kill_manager(leader));
+    let killed = Instant::now();
+    let old = ManagedCluster::node_name(leader);
+    // Through the surviving managers: a new leader, the old one Unreachable, and every
+    // node Ready all along (a read may fail while the survivors elect).
+    let mut never_down = true;
+    let seen = ok(poll_until(
+        CONVERGE,
+        "a new leader and the old one Unreachable",
+        || {
+            let Ok(nodes) = c.ctl_json(&["node", "ls", "--format", "json"]) else {
+                return Ok(None);
+            };
+            let nodes = nodes.as_array().cloned().unwrap_or_default();
+            let down: Vec<_> = nodes.iter().filter(|n| n["Status"] != "ready").collect();
+            if !down.is_empty() {
+                never_down = false;
+                eprintln!("not ready: {down:?}");
+            }
+            let status = |name: &str| {
+                nodes
+                    .iter()
+                    .find(|n| n["Hostname"] == name)
+                    .map(|n| n["ManagerStatus"].as_str().unwrap_or_default().to_owned())
+            };
+            let new_leader = nodes
+                .iter()
+                .any(|n| n["ManagerStatus"] == "Leader" && n["Hostname"] != old.as_str());
+            Ok(
+                (new_leader && status(&old).as_deref() == Some("Unreachable") && down.is_empty())
+                    .then(|| killed.elapsed()),
+            )
+        },
+    ));
+    eprintln!(
+        "after kill -9 of the leader {old}: a new leader, {old} Unreachable, every node Ready in {seen:?}"
+    );
+    assert!(never_down, "a node was seen down during the failover");
+
+    // The update completes under the new leader.
+    ok(poll_until(
+        CONVERGE,
+        "the update to complete under the new leader",
+        || Ok((update_state(&c) == "completed").then_some(())),
+    ));
+    let tasks = ok(c.wait_converged("web", 10));
+    assert_spread(&tasks, 6);
+    let before = load.stats();
+    ok(load.wait_more(&before, 20, PROPAGATE));
+    let stats = ok(load.stop());
+    assert!(
+        stats.failed.is_empty(),
+        "{} of {} requests failed across the leader's death: {:?}",
+        stats.failed.len(),
+        stats.ok + stats.failed.len(),
+        &stats.failed[..stats.failed.len().min(10)]
+    );
+    eprintln!("{} requests, none failed: {:?}", stats.ok, stats.by_tag);
+    assert_eq!(
+        tags_everywhere(&c, WEB, 5).keys().collect::<Vec<_>>(),
+        ["v2"]
+    );
+
+    // The old leader comes back, as a Reachable follower.
+    ok(c.restart_manager(leader));
+    ok(poll_until(
+        CONVERGE,
+        "the old leader to be Reachable again",
+        || {
+            let Ok(nodes) = c.ctl_json(&["node", "ls", "--format", "json"]) else {
+                return Ok(None);
+            };
+            Ok(nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| {
+                    n["Hostname"] == old.as_str()
+                        && n["ManagerStatus"] == "Reachable"
+                        && n["Status"] == "ready"
+                })
+                .then_some(()))
+        },
+    ));
+}
+
+/// `service inspect`'s update state of `web` (empty without one).
+fn update_state(c: &ManagedCluster) -> String {
+    let json = ok(c.ctl_json(&["service", "inspect", "web"]));
+    json[0]["update_status"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Step 4: a task's process is killed: the task is restarted (a new task in its slot),
 /// its backend leaves the mesh and the new one joins: once the service has converged
 /// again, every request is answered and every task, the new one included, is reached.
@@ -374,7 +532,7 @@ fn step4_killed_task_is_replaced_and_the_mesh_follows() {
     let pids = ok(c.kill_task(&victim.id));
 
     let what = format!("a new task in {}'s slot", victim.name);
-    let replacement = ok(mesh_tests::poll_until(CONVERGE, &what, || {
+    let replacement = ok(poll_until(CONVERGE, &what, || {
         let all = c.service_tasks("web")?;
         let old_ended = all
             .iter()
@@ -437,7 +595,7 @@ fn a_task_that_exits_at_once_fails_with_its_code_and_is_restarted() {
         ],
     );
     // Every slot fails at least twice: the first run, and the restart policy's.
-    let tasks = ok(mesh_tests::poll_until(
+    let tasks = ok(poll_until(
         CONVERGE,
         "two failed runs with exit code 3 in each of crash's slots",
         || {
@@ -534,7 +692,7 @@ fn logs_of_a_task_on_a_removed_node_fail_with_the_reason() {
     assert!(out.success() && out.stdout.contains("hello"), "{out:?}");
 
     ok(c.stop_agent(3));
-    ok(mesh_tests::poll_until(CONVERGE, "n3 to be down", || {
+    ok(poll_until(CONVERGE, "n3 to be down", || {
         Ok((!c.ready_nodes()?.contains("n3")).then_some(()))
     }));
     ctl(&c, &["node", "rm", "n3"]);
@@ -624,7 +782,7 @@ fn a_docker_task_without_a_docker_node_stays_pending_and_says_why() {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    let seen = mesh_tests::poll_until(PROPAGATE, "dk.1 pending, saying why", || {
+    let seen = poll_until(PROPAGATE, "dk.1 pending, saying why", || {
         let tasks = c.ctl_json(&["service", "ps", "dk", "--format", "json"])?;
         let tasks = tasks.as_array().cloned().unwrap_or_default();
         Ok(tasks
@@ -696,15 +854,11 @@ fn step5_drain_and_lost_node() {
     let load = ok(c.start_load(WEB));
     ok(load.wait_more(&load.stats(), 10, PROPAGATE));
     ctl(&c, &["node", "update", "--availability", "drain", "n3"]);
-    let tasks = ok(mesh_tests::poll_until(
-        CONVERGE,
-        "n3's tasks to move",
-        || {
-            let running = c.running_tasks("web")?;
-            let on_n3 = running.iter().any(|t| t.node == "n3");
-            Ok((!on_n3 && running.len() == 6).then_some(running))
-        },
-    ));
+    let tasks = ok(poll_until(CONVERGE, "n3's tasks to move", || {
+        let running = c.running_tasks("web")?;
+        let on_n3 = running.iter().any(|t| t.node == "n3");
+        Ok((!on_n3 && running.len() == 6).then_some(running))
+    }));
     ok(c.wait_converged("web", 6));
     let before = load.stats();
     ok(load.wait_more(&before, 20, PROPAGATE));
@@ -723,16 +877,12 @@ fn step5_drain_and_lost_node() {
     // Lose n2: its agent stops, its cable is pulled.
     ok(c.stop_agent(2));
     ok(c.cut_off(2));
-    let tasks = ok(mesh_tests::poll_until(
-        CONVERGE,
-        "n2's tasks to be rescheduled",
-        || {
-            let ready = c.ready_nodes()?;
-            let running = c.running_tasks("web")?;
-            let on_n2 = running.iter().any(|t| t.node == "n2");
-            Ok((!ready.contains("n2") && !on_n2 && running.len() == 6).then_some(running))
-        },
-    ));
+    let tasks = ok(poll_until(CONVERGE, "n2's tasks to be rescheduled", || {
+        let ready = c.ready_nodes()?;
+        let running = c.running_tasks("web")?;
+        let on_n2 = running.iter().any(|t| t.node == "n2");
+        Ok((!ready.contains("n2") && !on_n2 && running.len() == 6).then_some(running))
+    }));
     assert!(
         tasks.iter().all(|t| t.node == "n1" || t.node == "n3"),
         "{}",
@@ -741,7 +891,7 @@ fn step5_drain_and_lost_node() {
     // Once every surviving node reaches every task, no flow goes to n2 any more.
     let survivors: Vec<usize> = vec![1, 3];
     let what = "n1 and n3 to reach the rescheduled tasks";
-    ok(mesh_tests::poll_until(PROPAGATE, what, || {
+    ok(poll_until(PROPAGATE, what, || {
         let mut seen = BTreeSet::new();
         for &k in &survivors {
             for _ in 0..12 {
@@ -868,7 +1018,7 @@ fn step6_constraints_global_host_mode_udp() {
     let tasks = ok(c.wait_converged("dns", 3));
     let want = names(&tasks);
     let mut seen: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
-    ok(mesh_tests::poll_until(
+    ok(poll_until(
         PROPAGATE,
         "every node to reach every UDP task",
         || {
@@ -899,7 +1049,7 @@ fn step6_constraints_global_host_mode_udp() {
     let caller_addr = caller.addr.expect("a task address");
     let netns = format!("mesh-{}", caller.id);
     let want = names(&api);
-    ok(mesh_tests::poll_until(
+    ok(poll_until(
         PROPAGATE,
         "a dns task to reach both api tasks through api's VIP",
         || {
@@ -927,7 +1077,7 @@ fn wait_containers(c: &ManagedCluster, name: &str, tasks: &[TaskRow], image: &st
     let want = names(tasks);
     let what = format!("the containers of {want:?}, all from {image}, and no other");
     let mut last = Vec::new();
-    let waited = mesh_tests::poll_until(PROPAGATE, &what, || {
+    let waited = poll_until(PROPAGATE, &what, || {
         let prefix = format!("{name}.");
         let all: Vec<Container> = c
             .containers()?
@@ -1028,7 +1178,7 @@ fn step7_docker_runtime_create_scale_update() {
 
     // Remove: every container goes.
     ctl(&c, &["service", "rm", "dweb"]);
-    let left = mesh_tests::poll_until(CONVERGE, "dweb's containers to be removed", || {
+    let left = poll_until(CONVERGE, "dweb's containers to be removed", || {
         let prefix = "dweb.";
         let left: Vec<Container> = c
             .containers()?
