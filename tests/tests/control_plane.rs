@@ -970,6 +970,51 @@ fn promotion(c: &mut Cluster) -> Result<()> {
     Ok(())
 }
 
+/// Demoting the leader (as Swarm allows): leadership moves to another manager, and the
+/// demoted manager stops by itself (status 0) and removes its Raft data. (It learns of
+/// its demotion through its own session, which began when it was the only manager: the
+/// leader tells sessions of every manager added since.)
+#[test]
+fn demoting_the_leader_moves_leadership_and_stops_it() {
+    let mut c = Cluster::start(ClusterOptions {
+        managers: 3,
+        name: "demote-leader".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("start cluster");
+    check(demote_leader(&mut c));
+}
+
+fn demote_leader(c: &mut Cluster) -> Result<()> {
+    let leader = c.wait_leader(CONVERGE)?;
+    let name = c.manager(leader).hostname.clone();
+    let other = (leader + 1) % 3;
+    let out = c.ctl(other, &["node", "demote", &name])?;
+    ensure!(out.contains("demoted"), "{out}");
+    let status = c.wait_manager_exit(leader, CONVERGE)?;
+    ensure!(status.success(), "the demoted leader exited with {status}");
+    ensure!(
+        !c.manager(leader).data_dir.join("raft").exists(),
+        "the demoted manager's Raft data is still there"
+    );
+    c.wait_until(CONVERGE, "a new leader over 2 voters", |c| {
+        let info = c.info(other).ok();
+        let node = c.node(other, &name).ok();
+        Ok(info
+            .filter(|i| i.voters == 2 && !i.leader_id.is_empty())
+            .zip(node)
+            .filter(|(_, n)| n["Role"] == "worker" && n["ManagerStatus"] == "")
+            .map(drop))
+    })?;
+    // The cluster still works.
+    let out = c.ctl(
+        other,
+        &["node", "update", "--label-add", "after=demotion", &name],
+    )?;
+    ensure!(!out.is_empty(), "{out}");
+    Ok(())
+}
+
 fn process_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat

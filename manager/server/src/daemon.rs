@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -259,12 +258,10 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     tokio::spawn(crate::leader::run_leader_loops(manager.clone()));
     tokio::spawn(record_manager_addr(manager.clone()));
     let (session_stop_tx, session_stop) = watch::channel(false);
-    let demoted = Arc::new(AtomicBool::new(false));
     tokio::spawn(own_session(
         manager.clone(),
         options.hostname.clone(),
         session_stop,
-        Arc::clone(&demoted),
     ));
     if let Some(addr) = options.metrics_listen {
         let figures_manager = manager.clone();
@@ -308,7 +305,7 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         tracing::warn!(error = %e, "raft shutdown");
     }
     served.map_err(|e| failed("the API server")(connect::error_chain(&e)))?;
-    if demoted.load(Ordering::SeqCst) {
+    if manager.was_demoted() {
         // No longer a member: its log (which holds the CA key) is of no use
         // and must not stay behind; a later promotion joins afresh.
         std::fs::remove_dir_all(&raft_dir)
@@ -568,22 +565,17 @@ async fn record_manager_addr(manager: Manager) {
 /// replica knows and follows the leader over those its sessions name.
 /// Keeps this manager's own session with the leader (which keeps its node
 /// ready when no agent runs there). When the leader says the node was
-/// demoted, sets `demoted` and stops the manager: it exits cleanly (status
-/// 0, so `Restart=on-failure` leaves it stopped) and removes its Raft data.
-async fn own_session(
-    manager: Manager,
-    hostname: String,
-    stop: watch::Receiver<bool>,
-    demoted: Arc<AtomicBool>,
-) {
+/// demoted, stops the manager ([`Manager::stop_demoted`]): it exits cleanly
+/// (status 0, so `Restart=on-failure` leaves it stopped) and removes its
+/// Raft data.
+async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<bool>) {
     let (events, mut rx) = mpsc::channel(8);
     let watcher = manager.clone();
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             if event == SessionEvent::RoleChanged(Role::Worker) {
                 tracing::info!("this node was demoted to a worker: the manager stops");
-                demoted.store(true, Ordering::SeqCst);
-                watcher.request_stop();
+                watcher.stop_demoted();
             }
         }
     });

@@ -58,7 +58,7 @@ impl CommitView {
     pub fn from_metrics(this: NodeId, metrics: &Metrics, election_max: Duration) -> Self {
         Self {
             this,
-            leader: metrics.current_leader,
+            leader: crate::raft::current_leader(this, metrics),
             millis_since_quorum_ack: metrics.millis_since_quorum_ack,
             voters: metrics.membership_config.membership().voter_ids().count(),
             lease: 2 * election_max,

@@ -14,7 +14,7 @@ use mesh_api::service::Service;
 use mesh_api::task::{DesiredState, Task, TaskState};
 use mesh_api::time::{now_ms, rfc3339};
 use mesh_api::wire::WireError;
-use mesh_client::pki;
+use mesh_client::{connect, pki};
 use mesh_core::scheduler;
 use mesh_core::state::{Applied, ClusterState, Command};
 
@@ -77,22 +77,28 @@ impl ControlService {
         // A demotion's check, voter removal and role change happen under the
         // membership lock, so a promoted node's join in flight either
         // completes first (and is removed here) or sees the worker role.
-        let _membership = self.manager.raft().membership_lock().await;
+        let membership = self.manager.raft().membership_lock().await;
         let (id, current) = {
             let state = self.manager.read()?;
             let id = state.resolve(name).map_err(state_status)?;
             state.check_role_change(id, role).map_err(state_status)?;
             (id, state.node(id).map_err(state_status)?.role)
         };
-        if current != role {
-            if role == Role::Worker && self.manager.raft().is_voter(id) {
-                // Leave the Raft membership first: a node that is a worker
-                // in the state but still votes would be a manager in all
-                // but name.
-                self.manager.raft().remove_voter(id).await.map_err(|e| {
-                    Status::unavailable(format!("removing {} from raft: {e}", format_id(id)))
-                })?;
+        // A demoted node leaves the Raft membership first: a node that is a
+        // worker in the state but still votes would be a manager in all but
+        // name. (A `demote` run again finishes what a failure left half done.)
+        if role == Role::Worker && self.manager.raft().is_voter(id) {
+            self.manager.raft().remove_voter(id).await.map_err(|e| {
+                Status::unavailable(format!("removing {} from raft: {e}", format_id(id)))
+            })?;
+            if id == self.manager.id() {
+                // The leader demoted itself: out of the membership, it can
+                // commit nothing, and hears from no new leader.
+                drop(membership);
+                return self.hand_over_demotion(name).await;
             }
+        }
+        if current != role {
             self.manager
                 .commit(Command::SetRole {
                     id,
@@ -106,6 +112,65 @@ impl ControlService {
         Ok(self.node_info(node))
     }
 }
+
+impl ControlService {
+    /// The leader demoted itself and has left the voters: the managers that
+    /// remain elect a new leader, which commits the role change. This one
+    /// cannot name it (it hears from no one now), so it asks each of the
+    /// others (a follower forwards to the leader) until one has, for up to
+    /// [`HANDOVER_TIMEOUT`].
+    async fn hand_over_demotion(&self, name: &str) -> Result<proto::NodeInfo, Status> {
+        let others: Vec<String> = self
+            .manager
+            .read_unchecked()
+            .managers()
+            .filter(|n| n.id != self.manager.id())
+            .filter_map(|n| n.manager_addr.clone())
+            .collect();
+        let identity = self
+            .manager
+            .tls()
+            .load()
+            .map_err(|e| Status::internal(format!("reading this manager's identity: {e}")))?;
+        let tls = connect::identity_tls(&identity);
+        let deadline = tokio::time::Instant::now() + HANDOVER_TIMEOUT;
+        let mut last = Status::unavailable("no other manager is known");
+        while tokio::time::Instant::now() < deadline {
+            for addr in &others {
+                let channel = match connect::connect(std::slice::from_ref(addr), &tls).await {
+                    Ok(channel) => channel,
+                    Err(e) => {
+                        last = Status::unavailable(e.to_string());
+                        continue;
+                    }
+                };
+                let request = proto::NodeRef {
+                    name: name.to_owned(),
+                };
+                match ControlClient::new(channel).demote_node(request).await {
+                    Ok(response) => {
+                        // Answered (a graceful stop finishes this call), it
+                        // stops as a demoted manager does.
+                        tracing::info!("this manager was demoted: it stops");
+                        self.manager.stop_demoted();
+                        return Ok(response.into_inner());
+                    }
+                    Err(status) => last = status,
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Err(Status::unavailable(format!(
+            "this manager left the voters, but no other manager recorded the demotion: {}; \
+             run `meshctl node demote {name}` again",
+            last.message()
+        )))
+    }
+}
+
+/// How long a leader that demoted itself waits for the new leader to
+/// record it.
+const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Marks a read a follower forwarded to the leader, which answers it
 /// itself (a leader that just lost its place does not forward it on).
@@ -402,7 +467,7 @@ impl Control for ControlService {
                 voter: voters.contains(id),
             })
             .collect();
-        let leader = metrics.current_leader;
+        let leader = crate::raft::current_leader(self.manager.id(), &metrics);
         let leader_addr = leader
             .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
             .unwrap_or_default();

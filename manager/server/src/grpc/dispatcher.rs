@@ -126,16 +126,7 @@ impl Dispatcher for DispatcherService {
         );
 
         let (tx, rx) = mpsc::channel(16);
-        let established = proto::ManagerMessage {
-            kind: Some(manager_message::Kind::Established(
-                proto::SessionEstablished {
-                    node_id: format_id(caller.node_id),
-                    heartbeat_period_ms: u64::try_from(self.manager.heartbeat().as_millis())
-                        .unwrap_or(u64::MAX),
-                    managers: self.manager.manager_addrs(),
-                },
-            )),
-        };
+        let established = established(&self.manager, caller.node_id, self.manager.manager_addrs());
         tx.send(Ok(established))
             .await
             .map_err(|_| Status::cancelled("the agent went away"))?;
@@ -171,6 +162,22 @@ impl Dispatcher for DispatcherService {
     }
 }
 
+/// The message that establishes a session, naming every manager; sent
+/// again whenever the managers change, so that a node that joined a
+/// one-manager cluster can fail over to the managers added since.
+fn established(manager: &Manager, id: NodeId, managers: Vec<String>) -> proto::ManagerMessage {
+    proto::ManagerMessage {
+        kind: Some(manager_message::Kind::Established(
+            proto::SessionEstablished {
+                node_id: format_id(id),
+                heartbeat_period_ms: u64::try_from(manager.heartbeat().as_millis())
+                    .unwrap_or(u64::MAX),
+                managers,
+            },
+        )),
+    }
+}
+
 /// Reads the agent's messages until it goes away, this manager stops
 /// leading or the node is removed; tells the agent when its role changes;
 /// for an agent session, sends its assignments and log requests down.
@@ -183,6 +190,7 @@ async fn serve_session(
 ) {
     let id = caller.node_id;
     let mut role = caller.role;
+    let mut managers = manager.manager_addrs();
     let mut tick = tokio::time::interval(manager.heartbeat());
     let reports = spawn_report_committer(manager.clone(), id);
     let serial = agent.as_ref().map(|a| a.serial);
@@ -249,6 +257,13 @@ async fn serve_session(
                         }
                     }
                     Some(_) => {}
+                }
+                let now = manager.manager_addrs();
+                if now != managers {
+                    managers = now;
+                    if tx.send(Ok(established(&manager, id, managers.clone()))).await.is_err() {
+                        break;
+                    }
                 }
             }
         }

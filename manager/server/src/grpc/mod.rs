@@ -46,6 +46,8 @@ struct Inner {
     liveness: Mutex<Option<Liveness>>,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Set when the stop is because this node was demoted.
+    demoted: std::sync::atomic::AtomicBool,
     agents: agents::AgentRegistry,
 }
 
@@ -81,6 +83,7 @@ impl Manager {
                 liveness: Mutex::new(None),
                 metrics,
                 stop,
+                demoted: std::sync::atomic::AtomicBool::new(false),
                 agents: agents::AgentRegistry::default(),
             }),
         }
@@ -141,6 +144,21 @@ impl Manager {
     /// Asks the process to stop (after `Leave`).
     pub fn request_stop(&self) {
         self.inner.stop.send_replace(true);
+    }
+
+    /// Stops the process because this node was demoted: it exits cleanly
+    /// and removes its Raft data ([`Manager::was_demoted`]).
+    pub fn stop_demoted(&self) {
+        self.inner
+            .demoted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.request_stop();
+    }
+
+    /// Whether the stop is because this node was demoted.
+    #[must_use]
+    pub fn was_demoted(&self) -> bool {
+        self.inner.demoted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Resolves when a stop was requested.

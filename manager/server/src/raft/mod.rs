@@ -22,7 +22,9 @@ pub mod types;
 
 pub use log_store::{DbError, LogStore};
 pub use network::{Connector, Network};
-pub use node::{DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError};
+pub use node::{
+    DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError, current_leader,
+};
 pub use reachability::{ManagerStatus, ManagerView};
 pub use service::RaftService;
 pub use state_machine::StateMachineStore;

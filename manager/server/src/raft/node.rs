@@ -445,7 +445,7 @@ impl RaftNode {
     /// Whether this node is the leader.
     #[must_use]
     pub fn is_leader(&self) -> bool {
-        self.metrics().current_leader == Some(self.inner.id)
+        current_leader(self.inner.id, &self.metrics()) == Some(self.inner.id)
     }
 
     /// The highest log index known committed here (the leader's commit
@@ -460,7 +460,7 @@ impl RaftNode {
     /// The current leader and its Raft address, if this node knows one.
     #[must_use]
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        leader_of(&self.metrics())
+        leader_of(self.inner.id, &self.metrics())
     }
 
     /// Whether `id` is a voter in the effective membership.
@@ -480,7 +480,7 @@ impl RaftNode {
     #[must_use]
     pub fn manager_view(&self) -> ManagerView {
         let metrics = self.metrics();
-        let leader = metrics.current_leader;
+        let leader = current_leader(self.inner.id, &metrics);
         let now = std::time::Instant::now();
         let last_contact = (leader == Some(self.inner.id)).then(|| {
             self.inner
@@ -731,8 +731,19 @@ impl RaftNode {
     }
 }
 
-fn leader_of(metrics: &Metrics) -> Option<(NodeId, String)> {
-    let id = metrics.current_leader?;
+/// The leader `this` node knows from `metrics`. openraft keeps a leader
+/// that removed itself from the voters as the vote's leader after it has
+/// stepped down (to a learner): that node leads no more, and must not
+/// answer as a leader (sessions would stay with it, and its state would
+/// never hear of its own demotion).
+#[must_use]
+pub fn current_leader(this: NodeId, metrics: &Metrics) -> Option<NodeId> {
+    let leader = metrics.current_leader?;
+    (leader != this || metrics.state == openraft::ServerState::Leader).then_some(leader)
+}
+
+fn leader_of(this: NodeId, metrics: &Metrics) -> Option<(NodeId, String)> {
+    let id = current_leader(this, metrics)?;
     let node = metrics.membership_config.membership().get_node(&id)?;
     Some((id, node.addr.clone()))
 }

@@ -136,9 +136,11 @@ impl Raft for RaftService {
             .map_err(|_| Status::internal("state lock poisoned"))?
             .node(caller.node_id)
             .map(|n| n.role);
-        if role != Ok(Role::Manager) {
+        // A node the state does not know yet is a manager joining with a
+        // token (the interceptor refuses removed nodes).
+        if role == Ok(Role::Worker) {
             return Err(Status::failed_precondition(format!(
-                "node {} is not a manager of the cluster (demoted, or never promoted)",
+                "node {} is a worker (demoted, or never promoted): it can't join the managers",
                 format_id(caller.node_id)
             )));
         }
