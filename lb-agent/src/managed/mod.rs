@@ -2,6 +2,7 @@
 //! configuration file.
 //!
 //! - [`join`]: joining the cluster and keeping the session with the leader;
+//! - [`logs`]: answering the leader's log requests, one-shot and followed;
 //! - [`run`]: acting on the leader's assignments until the agent stops;
 //! - [`supervisor`]: the task supervisor, the pure core that decides what happens to
 //!   the node's tasks;
@@ -12,5 +13,6 @@
 
 pub mod dataplane_config;
 pub mod join;
+pub mod logs;
 pub mod run;
 pub mod supervisor;
