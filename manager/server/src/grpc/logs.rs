@@ -8,7 +8,7 @@
 //! (`web.1.<task id>@<hostname>`). A node that does not answer within
 //! [`IDLE_TIMEOUT`] is given up on.
 //!
-//! A followed call (`-f`, [`follow`]) asks the agents to keep sending, and
+//! A followed call (`-f`, `follow`) asks the agents to keep sending, and
 //! also asks for the tasks of the service that start later (it looks again
 //! whenever the state changes). It ends
 //! - when the client goes away: the agents are told to stop (`LogsCancel`);
