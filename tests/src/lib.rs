@@ -24,7 +24,7 @@ pub mod web;
 
 pub use agent::{Agent, BackendSpec, PortEntry, ServiceEntry};
 pub use client::Reply;
-pub use managed::{Container, ManagedCluster, ManagedOptions, TaskRow};
+pub use managed::{Container, CtlChild, ManagedCluster, ManagedOptions, TaskRow};
 pub use mesh_api::spec::Protocol;
 pub use netns::{in_netns, spawn_in_netns};
 pub use topology::{Task, Topology, teardown_prefix};

@@ -543,6 +543,25 @@ impl ManagedCluster {
         run_captured(cmd, timeout)
     }
 
+    /// Starts `meshctl ARGS` as [`ManagedCluster::meshctl`] does, without waiting for
+    /// it: a command that runs until stopped (`service logs -f`), its output collected
+    /// as it comes ([`CtlChild`]).
+    ///
+    /// # Errors
+    /// If it cannot be started.
+    pub fn meshctl_spawn(&self, args: &[&str]) -> Result<CtlChild> {
+        let mut cmd = Command::new("nsenter");
+        // nsenter execs meshctl: signals to the child reach meshctl itself.
+        cmd.arg(format!("--net=/run/netns/{}", self.topo.node_ns(1)))
+            .arg("--")
+            .arg(bin("meshctl")?)
+            .args(args)
+            .env("MESH_HOST", self.hosts())
+            .env("MESH_TLS_DIR", self.data_dir(1).join("tls"))
+            .env("NO_COLOR", "1");
+        CtlChild::spawn(cmd)
+    }
+
     /// Runs `meshctl ARGS` and returns its standard output.
     ///
     /// # Errors
@@ -1346,5 +1365,151 @@ mod tests {
             ]
         );
         assert!(worker_join_command("nothing here").is_err());
+    }
+}
+
+/// A `meshctl` left running ([`ManagedCluster::meshctl_spawn`]): what it printed so
+/// far, line by line. Killed when dropped.
+#[derive(Debug)]
+pub struct CtlChild {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl CtlChild {
+    fn spawn(mut cmd: Command) -> Result<Self> {
+        use std::io::{BufRead as _, BufReader, Read as _};
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let out = child.stdout.take().context("stdout")?;
+        let mut err = child.stderr.take().context("stderr")?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let lines = Arc::clone(&stdout);
+        let text = Arc::clone(&stderr);
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    lines
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line);
+                }
+            }),
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    text.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }),
+        ];
+        Ok(Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        })
+    }
+
+    /// The lines it printed on standard output so far.
+    #[must_use]
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What it printed on standard error so far.
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until `f` finds something in its standard output.
+    ///
+    /// # Errors
+    /// If it exits first, or `timeout` passes; the error holds what it printed.
+    pub fn wait_stdout<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&[String]) -> Option<T>,
+    ) -> Result<T> {
+        poll_until(timeout, what, || {
+            if let Some(found) = f(&self.stdout()) {
+                return Ok(Some(found));
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "meshctl exited ({status}) before {what}:\n{}\n{}",
+                    self.stdout().join("\n"),
+                    self.stderr()
+                );
+            }
+            Ok(None)
+        })
+        .with_context(|| {
+            format!(
+                "meshctl printed:\n{}\n{}",
+                self.stdout().join("\n"),
+                self.stderr()
+            )
+        })
+    }
+
+    /// Sends it `signal`.
+    ///
+    /// # Errors
+    /// If the signal cannot be sent.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid")?;
+        kill(Pid::from_raw(pid), signal).context("signalling meshctl")
+    }
+
+    /// Waits for it to exit, and for its output to be read whole.
+    ///
+    /// # Errors
+    /// If it does not exit within `timeout` (it is killed then).
+    pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let status = poll_until(timeout, "meshctl to exit", || Ok(self.child.try_wait()?));
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                self.child.kill().ok();
+                self.child.wait().ok();
+                return Err(e.context(format!(
+                    "meshctl printed:\n{}\n{}",
+                    self.stdout().join("\n"),
+                    self.stderr()
+                )));
+            }
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().ok();
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for CtlChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
     }
 }

@@ -708,6 +708,147 @@ fn logs_of_a_task_on_a_removed_node_fail_with_the_reason() {
     );
 }
 
+/// The tick number of a `service logs` line of `ticker`'s slot `slot` (`ticker.1.<id>@n2
+/// | tick 57`).
+fn tick(line: &str, slot: usize) -> Option<u64> {
+    let (source, text) = line.split_once("    | ")?;
+    source
+        .starts_with(&format!("ticker.{slot}."))
+        .then_some(())?;
+    text.strip_prefix("tick ")?.trim().parse().ok()
+}
+
+/// The newest tick of slot `slot` among `lines`.
+fn newest_tick(lines: &[String], slot: usize) -> Option<u64> {
+    lines.iter().filter_map(|l| tick(l, slot)).max()
+}
+
+/// The follow requests an agent's log says it started and stopped (`request=N`).
+fn agent_follows(log: &str) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let request = |line: &str| {
+        let rest = line.split_once("request=")?.1;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let of = |marker: &str| {
+        log.lines()
+            .filter(|l| l.contains(marker))
+            .filter_map(request)
+            .collect()
+    };
+    (
+        of("started following tasks' output"),
+        of("stopped following tasks' output"),
+    )
+}
+
+/// `service logs -f` follows a service's output as docker's does (issue 11, point 10):
+/// lines written after the command began arrive, a task that starts later (scale-up) is
+/// followed too, an interrupt ends the command quietly with status 0 and the agents stop
+/// following, and removing the service ends a follow with a message and status 0.
+#[test]
+fn logs_follow_streams_new_output_and_new_tasks_until_interrupted_or_removed() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    let script = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done";
+    ctl(
+        &c,
+        &[
+            "service", "create", "--name", "ticker", "--", "/bin/sh", "-c", script,
+        ],
+    );
+    ok(c.wait_converged("ticker", 1));
+    let mut follow = ok(c.meshctl_spawn(&["service", "logs", "-f", "--tail", "1", "ticker"]));
+    let first = ok(
+        follow.wait_stdout(CONVERGE, "ticker.1's existing output", |lines| {
+            newest_tick(lines, 1)
+        }),
+    );
+    // What the task had written once the follow was under way; later lines must come.
+    let before = ok(c.ctl(&["service", "logs", "ticker"]));
+    let before: Vec<String> = before.lines().map(str::to_owned).collect();
+    let now = newest_tick(&before, 1).expect("a one-shot service logs shows ticks");
+    assert!(
+        now >= first,
+        "the one-shot saw tick {now}, the follow {first}"
+    );
+    ok(
+        follow.wait_stdout(CONVERGE, "a tick written after the follow began", |lines| {
+            newest_tick(lines, 1).filter(|t| *t > now + 2)
+        }),
+    );
+    let printed = follow.stdout();
+    let ticks: Vec<u64> = printed.iter().filter_map(|l| tick(l, 1)).collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "the follow skipped or repeated lines: {ticks:?}"
+    );
+    // The task ran for a second before it converged: it had written several lines.
+    assert!(
+        ticks[0] > 1,
+        "--tail 1 printed the whole existing output: {ticks:?}"
+    );
+
+    // A task that starts after the command began is followed too.
+    ctl(&c, &["service", "scale", "ticker=2"]);
+    ok(
+        follow.wait_stdout(CONVERGE, "the new task ticker.2's output", |lines| {
+            newest_tick(lines, 2).filter(|t| *t > 1)
+        }),
+    );
+
+    // An interrupt ends it quietly, with status 0, and every agent stops following.
+    ok(follow.signal(nix::sys::signal::Signal::SIGINT));
+    let status = ok(follow.wait(CONVERGE));
+    assert!(
+        status.success(),
+        "meshctl exited {status}: {}",
+        follow.stderr()
+    );
+    assert_eq!(follow.stderr(), "", "an interrupted follow prints nothing");
+    let logs = |c: &ManagedCluster| -> Vec<String> {
+        (1..=c.nodes())
+            .map(|k| std::fs::read_to_string(c.agent_log_path(k)).unwrap_or_default())
+            .collect()
+    };
+    let started: usize = logs(&c).iter().map(|l| agent_follows(l).0.len()).sum();
+    assert!(
+        started >= 2,
+        "the agents logged {started} follows, of two tasks"
+    );
+    ok(poll_until(
+        CONVERGE,
+        "every agent to stop following for the gone client",
+        || {
+            Ok(logs(&c)
+                .iter()
+                .all(|log| {
+                    let (started, stopped) = agent_follows(log);
+                    started.is_subset(&stopped)
+                })
+                .then_some(()))
+        },
+    ));
+
+    // Removing the service ends a follow, saying so.
+    let mut follow = ok(c.meshctl_spawn(&["service", "logs", "--follow", "ticker"]));
+    ok(follow.wait_stdout(CONVERGE, "ticker's output", |lines| newest_tick(lines, 2)));
+    ctl(&c, &["service", "rm", "ticker"]);
+    let status = ok(follow.wait(CONVERGE));
+    assert!(
+        status.success(),
+        "meshctl exited {status}: {}",
+        follow.stderr()
+    );
+    assert!(
+        follow.stderr().contains("service ticker was removed"),
+        "the end does not say why: {:?}",
+        follow.stderr()
+    );
+}
+
 /// Waiting for a service whose tasks cannot start shows each failing slot's reason and
 /// gives up with a non-zero exit (issue 11, fault 6: it sat at "overall progress: 0 out
 /// of 2 tasks" forever, the reason only in `service ps --no-trunc`).

@@ -124,6 +124,8 @@ pub fn log_event(event: &SessionEvent) {
             info!(%role, "this node's role changed; its certificate was renewed");
         }
         SessionEvent::Lost(reason) => warn!(%reason, "session lost"),
-        SessionEvent::Assignment(_) | SessionEvent::LogsRequest { .. } => {}
+        SessionEvent::Assignment(_)
+        | SessionEvent::LogsRequest { .. }
+        | SessionEvent::LogsCancel { .. } => {}
     }
 }

@@ -2,6 +2,7 @@
 //! configuration file.
 //!
 //! - [`join`]: joining the cluster and keeping the session with the leader;
+//! - [`logs`]: answering the leader's log requests, one-shot and followed;
 //! - [`run`]: acting on the leader's assignments until the agent stops;
 //! - [`manager_process`]: the node's manager, which the agent runs once the node is
 //!   promoted;
@@ -14,6 +15,7 @@
 
 pub mod dataplane_config;
 pub mod join;
+pub mod logs;
 pub mod manager_process;
 pub mod run;
 pub mod supervisor;

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use mesh_api::assignment::Assignment;
 use mesh_api::node::format_id;
 use mesh_api::task::TaskId;
-use mesh_client::proto;
-use mesh_client::session::{SessionError, SessionEvent, Uplink, UplinkSender};
+use mesh_client::session::{SessionError, SessionEvent, Uplink};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -20,6 +19,7 @@ use crate::agent::Agent;
 use crate::agent::AgentError;
 use crate::config::Config;
 use crate::managed::join::{Session, log_event};
+use crate::managed::logs::{Follows, answer_logs};
 use crate::managed::manager_process::ManagerProcess;
 use crate::managed::supervisor::{self, Action, Supervisor};
 use crate::runtime::Runtimes;
@@ -57,8 +57,6 @@ pub struct Managed {
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How often the supervisor looks at health checks and draining flows.
 const TICK: Duration = Duration::from_millis(200);
-/// Lines per log chunk.
-const CHUNK_LINES: usize = 500;
 
 /// What the shell's background work reports back.
 enum Done {
@@ -119,6 +117,7 @@ async fn drive(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(10));
     let mut probing = false;
+    let mut follows = Follows::default();
     info!("lb-agent ready (managed: waiting for the leader's assignment)");
     loop {
         let now = Instant::now();
@@ -136,6 +135,9 @@ async fn drive(
                 manager.observe(&event);
                 match event {
                     SessionEvent::Established { .. } => {
+                        // Follows still running came with an earlier session
+                        // (one redirected away says no `Lost`).
+                        follows.cancel_all("new session");
                         let statuses = supervisor.statuses();
                         if !statuses.is_empty() {
                             let _ = session.uplink.send(Uplink::Reports(statuses));
@@ -149,7 +151,7 @@ async fn drive(
                         current = Some(*assignment);
                         reprogram = true;
                     }
-                    SessionEvent::LogsRequest { request_id, task_ids, tail } => {
+                    SessionEvent::LogsRequest { request_id, task_ids, tail, follow: false } => {
                         tokio::spawn(answer_logs(
                             runtimes.clone(),
                             session.uplink.clone(),
@@ -158,7 +160,13 @@ async fn drive(
                             tail,
                         ));
                     }
-                    SessionEvent::RoleChanged(_) | SessionEvent::Lost(_) => {}
+                    SessionEvent::LogsRequest { request_id, task_ids, tail, follow: true } => {
+                        follows.start(&runtimes, &session.uplink, request_id, task_ids, tail);
+                    }
+                    SessionEvent::LogsCancel { request_id } => follows.cancel(request_id),
+                    // The requests came with the lost session; a new leader knows none.
+                    SessionEvent::Lost(_) => follows.cancel_all("session lost"),
+                    SessionEvent::RoleChanged(_) => {}
                 }
             }
             Some((id, exit)) = exits.recv() => supervisor.exited(id, exit),
@@ -317,43 +325,4 @@ fn live_flows(
         .iter()
         .map(|(id, addr)| (*id, busy.contains(addr)))
         .collect()
-}
-
-/// Answers a log request: each task's lines in chunks, then `done`.
-async fn answer_logs(
-    runtimes: Runtimes,
-    uplink: UplinkSender,
-    request_id: u64,
-    task_ids: Vec<TaskId>,
-    tail: usize,
-) {
-    for id in task_ids {
-        let task_id = format_id(id);
-        let (lines, error) = match runtimes.logs(id, tail).await {
-            Ok(lines) => (lines, String::new()),
-            Err(e) => (Vec::new(), e.to_string()),
-        };
-        let mut chunks: Vec<Vec<String>> =
-            lines.chunks(CHUNK_LINES).map(<[String]>::to_vec).collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        let last = chunks.len() - 1;
-        for (k, lines) in chunks.into_iter().enumerate() {
-            let chunk = proto::LogChunk {
-                request_id,
-                task_id: task_id.clone(),
-                lines,
-                done: k == last,
-                error: if k == last {
-                    error.clone()
-                } else {
-                    String::new()
-                },
-            };
-            if uplink.send(Uplink::Logs(chunk)).is_err() {
-                return;
-            }
-        }
-    }
 }

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::error::{RuntimeError, failed};
+use super::lines::{Batcher, LineSplitter};
 use super::plumb::{self, Netlink};
 use super::table::TaskTable;
 use super::task::{Exit, Started, TaskConfig, task_env};
@@ -381,6 +382,56 @@ impl DockerRuntime {
             text.push_str(&chunk.to_string());
         }
         Ok(super::task::tail_lines(&text, tail))
+    }
+
+    /// Sends the container's output to `out` in batches as it is written
+    /// (the engine's logs API with `follow`): the last `tail` lines (0: all),
+    /// then new output, until the container stops (the engine ends the
+    /// stream; its output is complete) or `out` is closed. A full `out`
+    /// holds the stream back (the engine keeps the output).
+    pub(crate) async fn follow(
+        &self,
+        id: TaskId,
+        tail: usize,
+        out: &mpsc::Sender<Vec<String>>,
+    ) -> Result<(), RuntimeError> {
+        let c = self.get(id).ok_or(RuntimeError::Unknown(id))?;
+        let tail_s = if tail == 0 {
+            "all".to_owned()
+        } else {
+            tail.to_string()
+        };
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .tail(&tail_s)
+            .build();
+        // The engine applies the tail itself: every line it sends goes out.
+        let mut splitter = LineSplitter::default();
+        let mut batcher = Batcher::new(0);
+        let mut stream = self.docker.logs(&c.id, Some(opts));
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                () = out.closed() => return Ok(()),
+            };
+            let Some(frame) = next else { break };
+            let frame = frame.map_err(dk(format!("logs of {}", c.id)))?;
+            let mut batches = batcher.push(splitter.push(&frame.into_bytes()));
+            batches.extend(batcher.caught_up());
+            for batch in batches {
+                if out.send(batch).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(line) = splitter.finish()
+            && out.send(vec![line]).await.is_err()
+        {
+            return Ok(());
+        }
+        Ok(())
     }
 
     /// The containers labelled as this agent's: (task ID, container ID).

@@ -11,6 +11,7 @@
 //!
 //! - [`task`]: what a runtime is given and gives back for a task;
 //! - [`error`]: why a runtime failed;
+//! - [`lines`]: lines out of output as it grows, for follows;
 //! - [`plumb`]: a task's network (veth pair, address, gateway, routes);
 //! - [`netns`]: named network namespaces and running code inside one;
 //! - [`process`] and [`docker`]: the two runtimes.
@@ -19,6 +20,7 @@
 
 pub mod docker;
 pub mod error;
+pub mod lines;
 pub mod netns;
 pub mod plumb;
 pub mod process;
@@ -214,6 +216,28 @@ impl Runtimes {
             return d.logs(id, tail).await;
         }
         self.inner.process.logs(id, tail)
+    }
+
+    /// Sends the task's output to `out` in batches of lines as it is written
+    /// (`service logs -f`): the last `tail` lines (0: all), then new output,
+    /// until the task's output is complete (it ended, or does not run here)
+    /// or `out` is closed. A full `out` holds the reading back.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Unknown`] if there is no such task (nor its process log);
+    /// [`RuntimeError::Failed`] if reading the output fails.
+    pub async fn follow(
+        &self,
+        id: TaskId,
+        tail: usize,
+        out: &mpsc::Sender<Vec<String>>,
+    ) -> Result<(), RuntimeError> {
+        if let Ok(d) = self.docker()
+            && d.has(id)
+        {
+            return d.follow(id, tail, out).await;
+        }
+        self.inner.process.follow(id, tail, out).await
     }
 
     /// Removes what a previous agent run left behind (netns, veths, processes,

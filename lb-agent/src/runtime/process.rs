@@ -20,9 +20,15 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::error::{RuntimeError, failed};
+use super::lines::{Batcher, LineSplitter};
 use super::netns;
 use super::table::TaskTable;
 use super::task::{Exit, TaskConfig, task_env};
+
+/// How often a follow looks for output appended to a task's log.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// The most a follow reads from a log at once.
+const FOLLOW_READ: usize = 64 * 1024;
 
 /// The named namespace of task `id`.
 #[must_use]
@@ -261,6 +267,94 @@ impl ProcessRuntime {
         }
     }
 
+    /// Sends the task's output to `out` in batches as it is written: the last
+    /// `tail` lines of what the log holds (0: all), then what is appended,
+    /// polling the file every [`FOLLOW_POLL`]. Returns once the output is
+    /// complete (the task's main process ended, or the task does not run
+    /// here: its log is whole), with the partial last line sent, or when
+    /// `out` is closed. A full `out` holds the reading back (the bytes wait
+    /// in the file).
+    ///
+    /// Polling rather than inotify (the `notify` crate): a follow costs one
+    /// open file and a `read` per interval, without an inotify instance per
+    /// follow (128 per user by default, shared with everything else on the
+    /// host) or a watcher thread, and works on any filesystem the state
+    /// directory is on; a quarter of a second is prompt for logs.
+    pub(crate) async fn follow(
+        &self,
+        id: TaskId,
+        tail: usize,
+        out: &mpsc::Sender<Vec<String>>,
+    ) -> Result<(), RuntimeError> {
+        use tokio::io::AsyncReadExt as _;
+        let path = log_path(&self.state_dir, id);
+        // `None`: not running here, the log is complete.
+        let mut exited = self.get(id).map(|p| p.exited.clone());
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return if exited.is_some() {
+                    // Running, nothing written (and no log created) yet.
+                    Ok(())
+                } else {
+                    Err(RuntimeError::Unknown(id))
+                };
+            }
+            Err(e) => return Err(RuntimeError::Failed(format!("{}: {e}", path.display()))),
+        };
+        let mut splitter = LineSplitter::default();
+        let mut batcher = Batcher::new(tail);
+        let mut buf = vec![0u8; FOLLOW_READ];
+        loop {
+            // Looked at before reading: what the task wrote before it ended is
+            // all read in this round.
+            let ended = exited.as_ref().is_none_or(|e| e.borrow().is_some());
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(failed(format!("read {}", path.display())))?;
+                if n == 0 {
+                    break;
+                }
+                for batch in batcher.push(splitter.push(&buf[..n])) {
+                    if out.send(batch).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            let mut batches = batcher.caught_up();
+            if ended {
+                batches.extend(splitter.finish().map(|line| vec![line]));
+            }
+            for batch in batches {
+                if out.send(batch).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if ended {
+                return Ok(());
+            }
+            let exit = async {
+                match exited.as_mut() {
+                    Some(e) => {
+                        let _ = e.wait_for(Option::is_some).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+                () = exit => {}
+                () = out.closed() => return Ok(()),
+            }
+            if exited.as_ref().is_some_and(|e| e.has_changed().is_err()) {
+                // The watcher is gone (the task was removed): nothing more comes.
+                exited = None;
+            }
+        }
+    }
+
     /// Takes over a task a previous agent run started (kept by cleanup): its main
     /// process is the process-group leader in its namespace. Its exit code cannot be
     /// known (it is not our child): its end is reported with code -1.
@@ -353,6 +447,65 @@ pub(crate) async fn remove_netns(id: TaskId) -> Result<bool, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state directory of its own under the system's temporary directory.
+    fn state_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lb-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tasks")).unwrap();
+        dir
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Vec<String>>) -> Vec<String> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a batch within 10 s")
+            .expect("the follow is still running")
+    }
+
+    #[tokio::test]
+    async fn a_follow_sends_the_tail_then_appended_lines_until_the_task_exits() {
+        use std::io::Write as _;
+        let dir = state_dir("follow");
+        let (exits, _) = mpsc::unbounded_channel();
+        let runtime = Arc::new(ProcessRuntime::new(&dir, exits));
+        let path = log_path(&dir, 7);
+        let mut log = std::fs::File::create(&path).unwrap();
+        log.write_all(b"one\ntwo\nthree\npart").unwrap();
+        // A running task (no real process: its exit is sent by hand).
+        let exited = runtime.track(7, 0, Vec::new());
+        let (tx, mut rx) = mpsc::channel(4);
+        let follower = tokio::spawn({
+            let runtime = Arc::clone(&runtime);
+            async move { runtime.follow(7, 2, &tx).await }
+        });
+        assert_eq!(
+            next(&mut rx).await,
+            ["two", "three"],
+            "the tail, without the partial line"
+        );
+        log.write_all(b"ial\nfour\n").unwrap();
+        assert_eq!(next(&mut rx).await, ["partial", "four"]);
+        log.write_all(b"last words").unwrap();
+        exited.send_replace(Some(Exit { code: 0 }));
+        assert_eq!(
+            next(&mut rx).await,
+            ["last words"],
+            "the end flushes the partial line"
+        );
+        follower.await.unwrap().unwrap();
+        assert!(rx.recv().await.is_none(), "the follow ended with the task");
+
+        // A task that does not run here: its log is complete.
+        let (tx, mut rx) = mpsc::channel(4);
+        runtime.follow(8, 0, &tx).await.unwrap_err();
+        std::fs::write(log_path(&dir, 8), "a\nb").unwrap();
+        runtime.follow(8, 0, &tx).await.unwrap();
+        drop(tx);
+        assert_eq!(next(&mut rx).await, ["a"]);
+        assert_eq!(next(&mut rx).await, ["b"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn netns_names_round_trip() {

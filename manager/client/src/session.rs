@@ -47,13 +47,22 @@ pub enum SessionEvent {
         task_ids: Vec<TaskId>,
         /// Lines from the end of each task's output (0: all).
         tail: usize,
+        /// Keep sending each task's new output ([`Uplink::FollowedLogs`]) until
+        /// its output is complete (then `done`) or a
+        /// [`SessionEvent::LogsCancel`] names the request.
+        follow: bool,
+    },
+    /// The client of a followed log request went away: stop following it.
+    LogsCancel {
+        /// The request's ID.
+        request_id: u64,
     },
 }
 
 /// What the node sends up its session, besides heartbeats. Messages queued
 /// while no session is up are sent on the next one; after a reconnect
 /// ([`SessionEvent::Established`]) an agent re-sends its current statuses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Uplink {
     /// Task state changes.
     Reports(Vec<(TaskId, TaskStatus)>),
@@ -62,7 +71,16 @@ pub enum Uplink {
     Applied(u64),
     /// Part of an answer to a [`SessionEvent::LogsRequest`].
     Logs(proto::LogChunk),
+    /// Part of an answer to a followed [`SessionEvent::LogsRequest`], with the
+    /// credit it holds until the session hands it to the stream: a follow with
+    /// N credits has at most N chunks waiting in the uplink, and waits for a
+    /// credit before it reads more (backpressure, not an unbounded queue).
+    FollowedLogs(proto::LogChunk, LogCredit),
 }
+
+/// What a followed log chunk holds while it waits in the uplink (see
+/// [`Uplink::FollowedLogs`]).
+pub type LogCredit = tokio::sync::OwnedSemaphorePermit;
 
 /// The sending side of a session's uplink; survives reconnects.
 pub type UplinkSender = mpsc::UnboundedSender<Uplink>;
@@ -84,7 +102,10 @@ impl Uplink {
             Uplink::Applied(version) => {
                 agent_message::Kind::Applied(proto::AssignmentApplied { version })
             }
-            Uplink::Logs(chunk) => agent_message::Kind::Logs(chunk),
+            // The credit is released here, as the chunk leaves the uplink.
+            Uplink::Logs(chunk) | Uplink::FollowedLogs(chunk, _) => {
+                agent_message::Kind::Logs(chunk)
+            }
         };
         Some(proto::AgentMessage { kind: Some(kind) })
     }
@@ -304,12 +325,18 @@ async fn attempt(
             match message {
                 Ok(Some(proto::ManagerMessage { kind: Some(kind) })) => match kind {
                     manager_message::Kind::Established(established) => {
-                        established_once = true;
                         if failover.established(addr, &established.managers)
                             && let Some(path) = &options.known_managers
                         {
                             write_known(path, failover.learned());
                         }
+                        if established_once {
+                            // Sent again because the managers changed: the
+                            // session goes on as it was.
+                            tracing::info!(managers = ?established.managers, "the cluster's managers changed");
+                            continue;
+                        }
+                        established_once = true;
                         let period = Duration::from_millis(established.heartbeat_period_ms.max(50));
                         if let Some(old) = heartbeats.take() {
                             old.abort();
@@ -364,6 +391,14 @@ async fn attempt(
                                 request_id: request.request_id,
                                 task_ids,
                                 tail: request.tail as usize,
+                                follow: request.follow,
+                            })
+                            .await;
+                    }
+                    manager_message::Kind::LogsCancel(cancel) => {
+                        let _ = events
+                            .send(SessionEvent::LogsCancel {
+                                request_id: cancel.request_id,
                             })
                             .await;
                     }

@@ -79,6 +79,10 @@ pub(crate) enum ServiceCommand {
         /// Lines from the end of each task's output (default: all).
         #[arg(long, short = 'n')]
         tail: Option<u32>,
+        /// Follow log output: keep printing new output, of tasks that start
+        /// later too, until interrupted or the service is removed.
+        #[arg(long, short = 'f')]
+        follow: bool,
         /// A service (name, ID or ID prefix) or a task ID.
         name: String,
     },
@@ -418,7 +422,9 @@ pub(crate) async fn run(
             detach,
             quiet,
         } => rollback(control, service, *detach, *quiet).await?,
-        ServiceCommand::Logs { tail, name } => logs(control, name, tail.unwrap_or(0)).await?,
+        ServiceCommand::Logs { tail, follow, name } => {
+            logs(control, name, tail.unwrap_or(0), *follow).await?;
+        }
         ServiceCommand::Rm { services } => {
             let mut failed = Vec::new();
             for name in services {
@@ -548,19 +554,76 @@ pub(crate) async fn node_ps(control: &mut ControlClient<Channel>, args: &NodePsA
 }
 
 /// `meshctl service logs`: every line, prefixed with its task as docker does.
-async fn logs(control: &mut ControlClient<Channel>, name: &str, tail: u32) -> Result<()> {
+///
+/// With `follow`, new output keeps coming until the leader ends the stream:
+/// normally with the reason on stderr (the service was removed, the task
+/// ended; exit 0), or with an error (the leader changed; non-zero exit). An
+/// interrupt (SIGINT, SIGTERM) ends it quietly with status 0; the leader then
+/// tells the agents to stop following.
+async fn logs(
+    control: &mut ControlClient<Channel>,
+    name: &str,
+    tail: u32,
+    follow: bool,
+) -> Result<()> {
     use std::io::Write as _;
+    // Only a follow handles the signals (a one-shot keeps their default).
+    let mut interrupted = if follow {
+        Some(Box::pin(interrupted()?))
+    } else {
+        None
+    };
     let mut stream = control
         .service_logs(proto::ServiceLogsRequest {
             name: name.to_string(),
             tail,
+            follow,
         })
         .await
         .map_err(rpc)?
         .into_inner();
     let mut stdout = std::io::stdout().lock();
-    while let Some(line) = stream.message().await.map_err(rpc)? {
-        writeln!(stdout, "{}    | {}", line.source, line.line)?;
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            () = async {
+                match interrupted.as_mut() {
+                    Some(interrupted) => interrupted.await,
+                    None => std::future::pending().await,
+                }
+            } => return Ok(()),
+        };
+        let line = match message {
+            Ok(Some(line)) => line,
+            Ok(None) if follow => bail!("the leader ended the follow without a reason"),
+            Ok(None) => return Ok(()),
+            Err(status) if follow => return Err(rpc(status).context("following the output")),
+            Err(status) => return Err(rpc(status)),
+        };
+        if line.dropped > 0 {
+            eprintln!(
+                "meshctl: {} lines dropped: the output came faster than it was read",
+                line.dropped
+            );
+        } else if !line.ended.is_empty() {
+            stdout.flush()?;
+            eprintln!("{}", line.ended);
+            return Ok(());
+        } else {
+            writeln!(stdout, "{}    | {}", line.source, line.line)?;
+        }
     }
-    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+fn interrupted() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -1,7 +1,8 @@
 //! The leader's registry of agent sessions: what each node's agent was last
 //! sent and has applied, the lowest version every routing agent applied
 //! (which turns a draining task's `Drain` into `Stop`), and the log
-//! requests waiting for answers.
+//! requests waiting for answers (a followed one is cancelled on the agent
+//! when its caller finishes it, and ends with its session).
 //!
 //! The bookkeeping ([`AgentRegistry::acked`], [`AgentRegistry::refresh`])
 //! takes the state and the clock as arguments, so the drain rule is
@@ -16,6 +17,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use mesh_api::assignment::Assignment;
 
 use crate::proto;
+use crate::proto::manager_message;
 use mesh_api::node::NodeId;
 use mesh_api::task::TaskId;
 use mesh_core::assignment;
@@ -28,15 +30,15 @@ pub struct SessionHandle {
     pub serial: u64,
     /// The latest assignment to send (whole; older ones are skipped).
     pub assignments: watch::Receiver<Option<Arc<Assignment>>>,
-    /// Log requests to send down the session.
-    pub logs: mpsc::UnboundedReceiver<proto::LogsRequest>,
+    /// Log requests and cancellations to send down the session.
+    pub logs: mpsc::UnboundedReceiver<manager_message::Kind>,
 }
 
 #[derive(Debug)]
 struct AgentSession {
     serial: u64,
     push: watch::Sender<Option<Arc<Assignment>>>,
-    logs: mpsc::UnboundedSender<proto::LogsRequest>,
+    logs: mpsc::UnboundedSender<manager_message::Kind>,
     /// The last assignment handed to the session.
     sent: Option<Assignment>,
     /// The highest version the agent reported applied.
@@ -75,7 +77,17 @@ struct Inner {
     next_serial: u64,
     next_request: u64,
     /// Log request -> where its chunks go.
-    pending: HashMap<u64, mpsc::UnboundedSender<proto::LogChunk>>,
+    pending: HashMap<u64, Pending>,
+}
+
+/// A log request waiting for answers.
+#[derive(Debug)]
+struct Pending {
+    answers: mpsc::UnboundedSender<proto::LogChunk>,
+    node: NodeId,
+    /// The session that carried the request.
+    serial: u64,
+    follow: bool,
 }
 
 /// The leader's live agent sessions (one per node with a dataplane).
@@ -139,14 +151,20 @@ impl AgentRegistry {
                 .is_some_and(|s| s.serial == serial)
             {
                 inner.sessions.remove(&node);
+                // Its log requests died with it (the agent stops its follows).
+                inner
+                    .pending
+                    .retain(|_, p| !(p.node == node && p.serial == serial));
             }
         }
         self.changed.notify_one();
     }
 
-    /// Forgets every session (this manager stopped leading).
+    /// Forgets every session and log request (this manager stopped leading).
     pub fn clear(&self) {
-        self.lock().sessions.clear();
+        let mut inner = self.lock();
+        inner.sessions.clear();
+        inner.pending.clear();
     }
 
     /// Whether `node` has a live agent session.
@@ -225,14 +243,16 @@ impl AgentRegistry {
         pushed
     }
 
-    /// Sends a log request for `tasks` to `node`'s agent; its chunks go to
-    /// `answers`. Returns the request's ID, or `None` if the node has no
+    /// Sends a log request for `tasks` to `node`'s agent (`follow`: keep
+    /// sending new output until [`AgentRegistry::finish_logs`]); its chunks go
+    /// to `answers`. Returns the request's ID, or `None` if the node has no
     /// agent session.
     pub fn request_logs(
         &self,
         node: NodeId,
         tasks: &[TaskId],
         tail: u32,
+        follow: bool,
         answers: mpsc::UnboundedSender<proto::LogChunk>,
     ) -> Option<u64> {
         let mut inner = self.lock();
@@ -246,26 +266,64 @@ impl AgentRegistry {
                 .map(|t| mesh_api::node::format_id(*t))
                 .collect(),
             tail,
+            follow,
         };
-        session.logs.send(request).ok()?;
-        inner.pending.insert(request_id, answers);
+        session
+            .logs
+            .send(manager_message::Kind::Logs(request))
+            .ok()?;
+        let serial = session.serial;
+        inner.pending.insert(
+            request_id,
+            Pending {
+                answers,
+                node,
+                serial,
+                follow,
+            },
+        );
         Some(request_id)
+    }
+
+    /// Whether request `request` still has the session that carried it (a
+    /// follow of a node whose agent went away gets nothing more).
+    #[must_use]
+    pub fn is_live(&self, request: u64) -> bool {
+        self.lock().pending.contains_key(&request)
     }
 
     /// Hands a chunk to the request waiting for it.
     pub fn deliver(&self, chunk: proto::LogChunk) {
         let inner = self.lock();
-        if let Some(answers) = inner.pending.get(&chunk.request_id) {
-            let _ = answers.send(chunk);
+        if let Some(pending) = inner.pending.get(&chunk.request_id) {
+            let _ = pending.answers.send(chunk);
         }
     }
 
-    /// Forgets log requests (answered or given up).
-    pub fn finish_logs(&self, requests: &[u64]) {
+    /// Forgets log requests (answered or given up); tells the agents still
+    /// following one of them to stop. Returns how many cancellations were sent.
+    pub fn finish_logs(&self, requests: &[u64]) -> usize {
         let mut inner = self.lock();
+        let mut cancelled = 0;
         for id in requests {
-            inner.pending.remove(id);
+            let Some(pending) = inner.pending.remove(id) else {
+                continue;
+            };
+            let session = inner.sessions.get(&pending.node);
+            if pending.follow
+                && let Some(session) = session.filter(|s| s.serial == pending.serial)
+            {
+                let cancel = proto::LogsCancel { request_id: *id };
+                if session
+                    .logs
+                    .send(manager_message::Kind::LogsCancel(cancel))
+                    .is_ok()
+                {
+                    cancelled += 1;
+                }
+            }
         }
+        cancelled
     }
 }
 
@@ -412,9 +470,15 @@ mod tests {
         let registry = AgentRegistry::default();
         let mut handle = registry.register(7);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        assert!(registry.request_logs(8, &[1], 0, tx.clone()).is_none());
-        let id = registry.request_logs(7, &[0xab], 5, tx).unwrap();
-        let sent = handle.logs.try_recv().unwrap();
+        assert!(
+            registry
+                .request_logs(8, &[1], 0, false, tx.clone())
+                .is_none()
+        );
+        let id = registry.request_logs(7, &[0xab], 5, false, tx).unwrap();
+        let Some(manager_message::Kind::Logs(sent)) = handle.logs.try_recv().ok() else {
+            panic!("no log request sent");
+        };
         assert_eq!(sent.task_ids, vec!["00000000000000ab".to_string()]);
         assert_eq!(sent.tail, 5);
         registry.deliver(proto::LogChunk {
@@ -425,11 +489,43 @@ mod tests {
             error: String::new(),
         });
         assert_eq!(rx.try_recv().unwrap().lines, vec!["hello".to_string()]);
-        registry.finish_logs(&[id]);
+        assert_eq!(registry.finish_logs(&[id]), 0, "nothing to cancel");
         registry.deliver(proto::LogChunk {
             request_id: id,
             ..proto::LogChunk::default()
         });
         assert!(rx.try_recv().is_err());
+        assert!(handle.logs.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_finished_follow_is_cancelled_on_its_agent_and_a_lost_session_ends_its_follows() {
+        let registry = AgentRegistry::default();
+        let mut handle = registry.register(7);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let id = registry
+            .request_logs(7, &[0xab], 0, true, tx.clone())
+            .unwrap();
+        let Some(manager_message::Kind::Logs(sent)) = handle.logs.try_recv().ok() else {
+            panic!("no log request sent");
+        };
+        assert!(sent.follow);
+        assert!(registry.is_live(id));
+        assert_eq!(registry.finish_logs(&[id]), 1);
+        assert!(!registry.is_live(id));
+        let Some(manager_message::Kind::LogsCancel(cancel)) = handle.logs.try_recv().ok() else {
+            panic!("no cancellation sent");
+        };
+        assert_eq!(cancel.request_id, id);
+        assert_eq!(registry.finish_logs(&[id]), 0, "cancelled once");
+
+        // The session goes: its follow is no longer live, and nothing is sent to the
+        // node's next session.
+        let id = registry.request_logs(7, &[0xab], 0, true, tx).unwrap();
+        registry.unregister(7, handle.serial);
+        assert!(!registry.is_live(id));
+        let mut next = registry.register(7);
+        assert_eq!(registry.finish_logs(&[id]), 0);
+        assert!(next.logs.try_recv().is_err());
     }
 }

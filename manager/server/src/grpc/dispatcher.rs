@@ -221,10 +221,8 @@ async fn serve_session(
                     break;
                 }
             }
-            Some(request) = next_logs_request(logs.as_mut()) => {
-                let message = proto::ManagerMessage {
-                    kind: Some(manager_message::Kind::Logs(request)),
-                };
+            Some(kind) = next_logs_message(logs.as_mut()) => {
+                let message = proto::ManagerMessage { kind: Some(kind) };
                 if tx.send(Ok(message)).await.is_err() {
                     break;
                 }
@@ -283,9 +281,10 @@ async fn next_assignment(
     assignments.borrow_and_update().clone()
 }
 
-async fn next_logs_request(
-    logs: Option<&mut mpsc::UnboundedReceiver<proto::LogsRequest>>,
-) -> Option<proto::LogsRequest> {
+/// The next log request or cancellation to send.
+async fn next_logs_message(
+    logs: Option<&mut mpsc::UnboundedReceiver<manager_message::Kind>>,
+) -> Option<manager_message::Kind> {
     logs?.recv().await
 }
 
