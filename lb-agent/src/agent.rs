@@ -75,6 +75,9 @@ pub enum AgentError {
     /// The dataplane failed.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    /// The desired maps cannot be written (no room in the slot pool).
+    #[error(transparent)]
+    Maps(#[from] map_state::DiffError),
     /// Attaching failed.
     #[error(transparent)]
     Attach(#[from] AttachError),
@@ -280,7 +283,7 @@ impl Agent {
         let current = self.dataplane.read_state()?;
         let mut allocs = self.allocs.clone();
         let desired = desired::compute(&config, host, &current, &mut allocs)?;
-        let ops = map_state::diff(&current, &desired.state);
+        let ops = map_state::diff(&current, &desired.state)?;
         self.dataplane.apply(&ops)?;
         self.allocs = allocs;
         let mut done = Reconciled {

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use lb_common::maps::{MAX_BACKENDS, MAX_ENDPOINTS, MAX_SERVICES, MAX_SLOTS};
+use lb_common::maps::{MAX_BACKENDS, MAX_ENDPOINTS, MAX_LIVE_SLOTS, MAX_SERVICES, MAX_SLOTS};
 use serde::Deserialize;
 
 use crate::host::interfaces::HostInfo;
@@ -580,6 +580,7 @@ impl Config {
         let mut vips: BTreeMap<(Ipv4Addr, u16, Protocol), &str> = BTreeMap::new();
         let mut mappings = 0usize;
         let mut backends = 0usize;
+        let mut live_slots = 0usize;
         for svc in &self.services {
             let what = format!("service {:?}", svc.name);
             if !names.insert(svc.name.as_str()) {
@@ -643,6 +644,7 @@ impl Config {
             mappings += svc.ports.len();
             let mut listed = BTreeSet::new();
             let mut active = 0usize;
+            let mut active_weights = Vec::new();
             for b in &svc.backends {
                 if !endpoints.contains(b.endpoint.as_str()) {
                     return Err(ConfigError::UnknownEndpoint {
@@ -664,6 +666,7 @@ impl Config {
                 }
                 if !b.draining {
                     active += 1;
+                    active_weights.push(b.weight);
                 }
             }
             if active > MAX_SLOTS as usize {
@@ -675,6 +678,17 @@ impl Config {
                 ));
             }
             backends += svc.backends.len() * svc.ports.len();
+            let table: u32 = crate::dataplane::wrr::slot_counts(&active_weights, MAX_SLOTS)
+                .iter()
+                .sum();
+            live_slots += table as usize * svc.ports.len();
+        }
+        if live_slots > MAX_LIVE_SLOTS as usize {
+            return Err(ConfigError::TooMany {
+                what: "backend slots (weights expanded, over all services)",
+                count: live_slots,
+                max: MAX_LIVE_SLOTS,
+            });
         }
         if mappings > MAX_SERVICES as usize {
             return Err(ConfigError::TooMany {
@@ -976,5 +990,43 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
         })
         .unwrap_err();
         assert!(err.to_string().contains("active backends"), "{err}");
+    }
+
+    #[test]
+    fn weights_that_would_fill_more_than_half_the_slot_pool() {
+        // Weights 1 and MAX_SLOTS - 1 fill a whole table; 129 such services take
+        // 129 x 4096 slots, more than the half of the pool live tables may hold.
+        let tables = MAX_LIVE_SLOTS / MAX_SLOTS + 1;
+        let err = check(|c| {
+            c.endpoints.truncate(2);
+            let template = c.services[0].clone();
+            c.services.clear();
+            for i in 0..tables {
+                let mut s = template.clone();
+                s.name = format!("s{i}");
+                s.vip = None;
+                s.ports.truncate(1);
+                s.ports[0].published = Some(10_000 + u16::try_from(i).unwrap());
+                s.backends = c
+                    .endpoints
+                    .iter()
+                    .zip([1, MAX_SLOTS - 1])
+                    .map(|(e, weight)| BackendConfig {
+                        endpoint: e.name.clone(),
+                        weight,
+                        draining: false,
+                    })
+                    .collect();
+                c.services.push(s);
+            }
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "backend slots (weights expanded, over all services): {}",
+                tables * MAX_SLOTS
+            )),
+            "{err}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 /// Services by (address, port, protocol): [`crate::ServiceKey`] -> [`crate::Service`].
 pub const SERVICES: &str = "LB_SERVICES";
-/// Backend slot tables: index [`slot_index`] -> backend id (`u32`).
+/// Backend slot tables, one pool: index -> backend id (`u32`); see [`SLOTS_LEN`].
 pub const SLOTS: &str = "LB_SLOTS";
 /// Backends by id: `u32` -> [`crate::Backend`].
 pub const BACKENDS: &str = "LB_BACKENDS";
@@ -24,27 +24,40 @@ pub const DROPS: &str = "LB_DROPS";
 /// This node's settings, one element: [`crate::NodeConfig`].
 pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 
-/// The most services one node routes.
-pub const MAX_SERVICES: u32 = 1024;
-/// The most backend slots of one service's table (weights are expanded into slots).
-pub const MAX_SLOTS: u32 = 256;
-/// The most backends one node knows, over all services.
-pub const MAX_BACKENDS: u32 = 16_384;
+/// The layout of the maps' contents, kept in [`LAYOUT`]: bumped whenever a value keeps
+/// its size but changes its meaning, so that an agent of another version recreates the
+/// pinned maps instead of reading them wrongly (1: fixed double-buffered slot tables per
+/// service; 2: slot tables allocated from one pool, [`Service::base`](crate::Service)).
+pub const LAYOUT_VERSION: u32 = 2;
+/// The layout version of the pinned maps, one element (`u32`): [`LAYOUT_VERSION`].
+pub const LAYOUT: &str = "LB_LAYOUT";
+
+/// The most service ids one node routes (a service id is one slot table: a service's
+/// target port, shared by its VIP and its published port).
+pub const MAX_SERVICES: u32 = 32_768;
+/// The most backend slots of one service's table (weights are expanded into slots), so
+/// the most replicas one service can have active.
+pub const MAX_SLOTS: u32 = 4_096;
+/// The most backends one node knows, over all services (a backend is a task and a port).
+pub const MAX_BACKENDS: u32 = 65_536;
 /// The most task endpoints on the overlay.
 pub const MAX_ENDPOINTS: u32 = 65_536;
 /// Default size of the flow table; the agent may resize it at load.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 
-/// Index in [`SLOTS`] of slot `slot` of table `table` (0 or 1) of service `service_id`.
-///
-/// Each service owns two tables: the agent fills the one the service does not use, then
-/// flips [`crate::Service::table`] with one map update, so a packet sees either the old
-/// or the new backend set, never a half-written one.
+/// Number of entries of the [`SLOTS`] pool. Each service's live table is a range of it
+/// ([`crate::Service::base`], [`crate::Service::slots`]); a changed table is written to a
+/// free range first and goes live with one update of the service, so the live tables
+/// may take at most half of the pool.
+pub const SLOTS_LEN: u32 = 1 << 20;
+
+/// The most slots the live tables of one node may hold together: half of [`SLOTS_LEN`],
+/// so that every table can be rewritten beside the live one.
+pub const MAX_LIVE_SLOTS: u32 = SLOTS_LEN / 2;
+
+/// Index in [`SLOTS`] of the `pos`-th pick of a table at `base` of `slots` entries.
 #[inline(always)]
 #[must_use]
-pub const fn slot_index(service_id: u32, table: u32, slot: u32) -> u32 {
-    ((service_id * 2 + (table & 1)) * MAX_SLOTS) + (slot % MAX_SLOTS)
+pub const fn slot_at(base: u32, slots: u32, pos: u32) -> u32 {
+    base.wrapping_add(pos % slots)
 }
-
-/// Number of entries of the [`SLOTS`] array.
-pub const SLOTS_LEN: u32 = MAX_SERVICES * 2 * MAX_SLOTS;

@@ -43,11 +43,12 @@ impl ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
-    /// Dense id in `0..MAX_SERVICES`: indexes slot tables, cursors and counters.
+    /// Dense id in `0..MAX_SERVICES`: indexes cursors and counters.
     pub id: u32,
-    /// Which of the service's two slot tables is live (0 or 1).
-    pub table: u32,
-    /// Number of live slots in that table; 0 means no backend takes new flows.
+    /// First entry of the service's live slot table in the slot pool
+    /// ([`crate::maps::SLOTS`]).
+    pub base: u32,
+    /// Number of slots of that table; 0 means no backend takes new flows.
     pub slots: u32,
     /// [`Service::FLAG_MSS_CLAMP`] and friends.
     pub flags: u32,

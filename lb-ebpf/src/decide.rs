@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowKey, FlowKind, IPPROTO_TCP, NodeConfig,
-    Service, ServiceKey, maps::slot_index,
+    Service, ServiceKey, maps::slot_at,
 };
 
 use crate::maps::{
@@ -300,13 +300,13 @@ fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
         *cursor = pos.wrapping_add(1);
         pos
     };
-    let id = *LB_SLOTS.get(slot_index(svc.id, svc.table, pos % slots))?;
+    let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos))?;
     // SAFETY: read-only copy.
     let backend = unsafe { *LB_BACKENDS.get(id)? };
     if backend.addr != client || slots == 1 {
         return Some((id, backend));
     }
-    let id = *LB_SLOTS.get(slot_index(svc.id, svc.table, pos.wrapping_add(1) % slots))?;
+    let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(1)))?;
     // SAFETY: read-only copy.
     let backend = unsafe { *LB_BACKENDS.get(id)? };
     Some((id, backend))

@@ -196,14 +196,15 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Fills table `table` of a service with backend ids.
+    /// Writes backend ids into the slot pool from entry `base` on (a service's table is
+    /// the range its [`lb_common::Service::base`] and `slots` name).
     ///
     /// # Errors
     /// When the map update fails.
-    pub fn set_slots(&mut self, service_id: u32, table: u32, backend_ids: &[u32]) -> Result<()> {
+    pub fn set_slots(&mut self, base: u32, backend_ids: &[u32]) -> Result<()> {
         let mut m: Array<&mut MapData, u32> = self.map(maps::SLOTS)?.try_into()?;
-        for (slot, id) in backend_ids.iter().enumerate() {
-            m.set(maps::slot_index(service_id, table, slot as u32), *id, 0)?;
+        for (idx, id) in (base..).zip(backend_ids) {
+            m.set(idx, *id, 0)?;
         }
         Ok(())
     }

@@ -29,6 +29,12 @@ pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
 pub const WEB: u32 = 0;
 /// Service id of `dns`.
 pub const DNS: u32 = 1;
+/// Where `web`'s slot table starts in the slot pool.
+pub const WEB_BASE: u32 = 0;
+/// Where `dns`'s slot table starts.
+pub const DNS_BASE: u32 = 100;
+/// Where [`switch_web_backends`] writes `web`'s new table.
+pub const WEB_SWITCHED_BASE: u32 = 200;
 
 /// Service `web` (TCP, published 8080 and VIP:80) with backends 0 (local), 1 (remote),
 /// 3 (local); `dns` (UDP, published 5353) with backend 2. Slots as given.
@@ -45,11 +51,11 @@ pub fn mesh(web_slots: &[u32]) -> Dataplane {
 pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
     let web = Service {
         id: WEB,
-        table: 0,
+        base: WEB_BASE,
         slots: web_slots.len() as u32,
         flags: Service::FLAG_MSS_CLAMP,
     };
-    dp.set_slots(WEB, 0, web_slots).unwrap();
+    dp.set_slots(WEB_BASE, web_slots).unwrap();
     dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
         .unwrap();
     dp.set_service(ServiceKey::new(u32::from(VIP), 80, IPPROTO_TCP), web)
@@ -62,11 +68,11 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
         .unwrap();
     let dns = Service {
         id: DNS,
-        table: 0,
+        base: DNS_BASE,
         slots: 1,
         flags: 0,
     };
-    dp.set_slots(DNS, 0, &[2]).unwrap();
+    dp.set_slots(DNS_BASE, &[2]).unwrap();
     dp.set_service(ServiceKey::published(5353, IPPROTO_UDP), dns)
         .unwrap();
     dp.set_backend(2, Backend::new(u32::from(LOCAL_TASK), 53, DNS))
@@ -91,16 +97,16 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
     dp.set_endpoint(REMOTE_TASK, remote).unwrap();
 }
 
-/// Switches `web`'s backend set for `key` atomically, as the agent does: fills slot
-/// table 1, then points the service at it with one map update.
+/// Switches `web`'s backend set for `key` atomically, as the agent does: fills a free
+/// range of the slot pool, then points the service at it with one map update.
 ///
 /// # Panics
 /// When a map update fails.
 pub fn switch_web_backends(dp: &mut Dataplane, key: ServiceKey, backend_ids: &[u32]) {
-    dp.set_slots(WEB, 1, backend_ids).unwrap();
+    dp.set_slots(WEB_SWITCHED_BASE, backend_ids).unwrap();
     let web = Service {
         id: WEB,
-        table: 1,
+        base: WEB_SWITCHED_BASE,
         slots: backend_ids.len() as u32,
         flags: Service::FLAG_MSS_CLAMP,
     };

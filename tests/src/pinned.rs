@@ -102,10 +102,12 @@ impl PinnedMaps {
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(e).context("reading LB_SERVICES"),
         };
-        let table = svc.table & 1;
         let mut live = Vec::new();
-        for slot in 0..svc.slots.min(maps::MAX_SLOTS) {
-            let idx = maps::slot_index(svc.id, table, slot);
+        let end = svc
+            .base
+            .saturating_add(svc.slots.min(maps::MAX_SLOTS))
+            .min(maps::SLOTS_LEN);
+        for idx in svc.base..end {
             live.push(self.slots.get(&idx, 0).context("reading LB_SLOTS")?);
         }
         let mut backends = BTreeMap::new();
@@ -131,7 +133,7 @@ mod tests {
     fn live_slots_are_active_draining_flags_drain_other_services_ignored() {
         let svc = Service {
             id: 3,
-            table: 1,
+            base: 100,
             slots: 4,
             flags: 0,
         };
@@ -155,7 +157,7 @@ mod tests {
     fn a_draining_backend_still_in_the_live_table_is_not_active() {
         let svc = Service {
             id: 0,
-            table: 0,
+            base: 0,
             slots: 1,
             flags: 0,
         };

@@ -363,11 +363,11 @@ fn p3_every_port_of_a_vip_reaches_the_same_port_of_a_task() {
     const CACHE: u32 = 2;
     let cache = Service {
         id: CACHE,
-        table: 0,
+        base: 300,
         slots: 1,
         flags: 0,
     };
-    dp.set_slots(CACHE, 0, &[4]).unwrap();
+    dp.set_slots(300, &[4]).unwrap();
     dp.set_service(ServiceKey::new(u32::from(VIP), 0, IPPROTO_TCP), cache)
         .unwrap();
     dp.set_backend(4, Backend::new(u32::from(LOCAL_TASK2), 0, CACHE))

@@ -505,6 +505,131 @@ fn update_state(c: &ManagedCluster) -> String {
         .to_owned()
 }
 
+/// Issue 12, fault 1: capacity is a contract. Past the old map limits (1,024 port
+/// mappings: 520 services with a VIP take 1,040; 256 slots: a service of 300 replicas),
+/// every node still routes every service, and later changes still reach every node (a
+/// scaled-down service's stopped tasks leave the backends, a new service answers); a
+/// service that no node could hold is refused with the limit it passes, and changes
+/// nothing.
+#[test]
+fn services_past_the_old_map_limits_are_routed_and_what_cannot_fit_is_refused() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &["--name", "web", "--replicas", "3", "-p", "8080:80"],
+        &["--tag", "web"],
+    );
+    for k in 1..=3 {
+        ok(c.wait_answered(k, WEB, PROPAGATE));
+    }
+
+    // 520 services without tasks, created 4 at a time.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let c = &c;
+            scope.spawn(move || {
+                for i in (t..520).step_by(4) {
+                    let name = format!("idle{i}");
+                    ctl(
+                        c,
+                        &[
+                            "service",
+                            "create",
+                            "-d",
+                            "--name",
+                            &name,
+                            "--replicas",
+                            "0",
+                            "--",
+                            "/bin/true",
+                        ],
+                    );
+                }
+            });
+        }
+    });
+    // A service of 300 replicas, published on 8090.
+    let echo = ok(bin("task-echo"));
+    let echo = echo.to_string_lossy().into_owned();
+    let big = [
+        "service",
+        "create",
+        "--name",
+        "big",
+        "--replicas",
+        "300",
+        "-p",
+        "8090:80",
+        "--",
+        &echo,
+        "--port",
+        "80",
+        "--tag",
+        "big",
+    ];
+    create_with(&c, &big);
+    ok(c.wait_converged("big", 300));
+    let answers = tags_everywhere(&c, 8090, 20);
+    assert_eq!(answers.keys().collect::<Vec<_>>(), ["big"], "{answers:?}");
+
+    // Later changes still reach every node: web scaled down to 1 (the stopped tasks
+    // leave every node's backends), and a new service answers through every node.
+    ctl(&c, &["service", "scale", "web=1"]);
+    let web = ok(c.wait_converged("web", 1));
+    let running = names(&web);
+    ok(c.wait_every_node_reaches(WEB, &running, PROPAGATE));
+    for (k, reply) in ok(c.requests_everywhere(WEB, 10)) {
+        assert!(
+            running.contains(&reply.task),
+            "n{k} reached the stopped task {}",
+            reply.task
+        );
+    }
+    create(
+        &c,
+        &["--name", "fresh", "-p", "8070:80"],
+        &["--tag", "fresh"],
+    );
+    for k in 1..=3 {
+        ok(c.wait_answered(k, 8070, PROPAGATE));
+    }
+
+    // 1,000 replicas on 64 published ports (and the VIP's 2 catch-alls) would take
+    // 66,000 backends on every node: refused, naming the limit; nothing changes.
+    let before = ctl(&c, &["service", "ls", "-q"]);
+    let mut args: Vec<String> = [
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "huge",
+        "--replicas",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec();
+    for p in 0..64 {
+        args.extend(["-p".into(), format!("{}:80", 20_000 + p)]);
+    }
+    args.extend(["--".into(), "/bin/true".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(c.meshctl(&args));
+    assert!(
+        !out.success(),
+        "a service no node can hold was accepted: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("dataplane backends")
+            && out.stderr.contains("the 65536 a node holds")
+            && out.stderr.contains("\"huge\" takes 66000 backends"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ctl(&c, &["service", "ls", "-q"]), before);
+}
+
 /// Step 4: a task's process is killed: the task is restarted (a new task in its slot),
 /// its backend leaves the mesh and the new one joins: once the service has converged
 /// again, every request is answered and every task, the new one included, is reached.

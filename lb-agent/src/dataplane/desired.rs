@@ -256,7 +256,7 @@ pub fn compute(
             let slots = wrr::slot_table(&slot_ids, &weights, MAX_SLOTS);
             let value = Service {
                 id: sid,
-                table: 0,
+                base: 0,
                 slots: slots.len() as u32,
                 flags,
             };
@@ -341,7 +341,7 @@ mod tests {
     ) -> (Desired, DataplaneState) {
         let d = compute(&config(text), &host(), current, allocs).unwrap();
         let mut model = MapModel::from_state(current);
-        for op in diff(current, &d.state) {
+        for op in diff(current, &d.state).unwrap() {
             model.apply(&op);
             assert!(
                 model.dangling().is_empty(),
@@ -372,7 +372,7 @@ mod tests {
             published,
             Service {
                 id: 0,
-                table: 0,
+                base: 0,
                 slots: 3,
                 flags: Service::FLAG_MSS_CLAMP
             }
@@ -409,7 +409,7 @@ mod tests {
         // Applying it gives the desired state, and the same config again changes nothing.
         let mut allocs = Allocators::resume(&after);
         let (d2, _) = step(EXAMPLE, &after, &mut allocs);
-        assert!(diff(&after, &d2.state).is_empty());
+        assert!(diff(&after, &d2.state).unwrap().is_empty());
     }
 
     #[test]
@@ -430,7 +430,7 @@ mod tests {
         // A restart: fresh allocators resumed from the maps give the same ids.
         let mut fresh = Allocators::resume(&s2);
         let (d3, _) = step(&text, &s2, &mut fresh);
-        assert!(diff(&s2, &d3.state).is_empty());
+        assert!(diff(&s2, &d3.state).unwrap().is_empty());
         // Removing api frees id 1 and backend 2; a new service does not reuse them at once.
         let text4 = EXAMPLE.replace("8080", "8081");
         let (d4, _) = step(&text4, &s2, &mut allocs);

@@ -5,8 +5,8 @@
 //! Maps are declared pinned by name, so loading with `default_map_pin_directory` reuses
 //! maps an earlier agent pinned: their contents, and the traffic that depends on them,
 //! survive restarts. A pinned map whose key or value size differs from the new object's
-//! (a layout change across versions) cannot be reused; it is unpinned and created afresh,
-//! with a warning, and the agent reprograms it from the configuration.
+//! (a layout change across versions) cannot be reused; then every map is unpinned and
+//! created afresh, with a warning, and the agent reprograms them from the configuration.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -307,12 +307,13 @@ impl Dataplane {
         let mut live: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
         for svc in state.services.values() {
             live.entry(svc.id)
-                .or_insert((svc.table & 1, svc.slots.min(names::MAX_SLOTS)));
+                .or_insert((svc.base, svc.slots.min(names::MAX_SLOTS)));
         }
-        for (id, (table, n)) in live {
-            let mut seq = Vec::with_capacity(n as usize);
-            for slot in 0..n {
-                let idx = names::slot_index(id, table, slot);
+        for (id, (base, n)) in live {
+            // A range past the pool's end (never written so) reads as what fits.
+            let end = base.saturating_add(n).min(names::SLOTS_LEN);
+            let mut seq = Vec::with_capacity((end.saturating_sub(base)) as usize);
+            for idx in base..end {
                 seq.push(self.slots.get(&idx, 0).map_err(map_err(names::SLOTS))?);
             }
             state.slots.insert(id, seq);
@@ -375,13 +376,8 @@ impl Dataplane {
                 .backends
                 .insert(id, b, 0)
                 .map_err(map_err(names::BACKENDS)),
-            MapOp::WriteSlots {
-                service_id,
-                table,
-                backends,
-            } => {
-                for (slot, id) in backends.iter().enumerate() {
-                    let idx = names::slot_index(*service_id, *table, slot as u32);
+            MapOp::WriteSlots { base, backends } => {
+                for (idx, id) in (*base..).zip(backends) {
                     self.slots.set(idx, id, 0).map_err(map_err(names::SLOTS))?;
                 }
                 Ok(())
@@ -442,31 +438,34 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-/// Unpins maps under `pin_dir` whose layout no longer matches `object`'s, so the loader
-/// creates them afresh instead of reusing an incompatible map.
+/// Unpins the maps under `pin_dir` when any of them no longer matches `object`'s layout
+/// (key or value size, or size for any map but the flow table), so that the loader
+/// creates them all afresh: the maps refer to each other (service ids, slot ranges,
+/// backend ids in flows), so one recreated map would make the others' contents wrong.
+/// Established flows are then balanced again, once, on an upgrade that changes the
+/// layout. A flow table of another size alone is kept (recreating it would break every
+/// connection; `lb-agent cleanup` resizes it).
 fn check_pinned_maps(
     object: &[u8],
     pin_dir: &Path,
     flow_table_size: u32,
 ) -> Result<(), DataplaneError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| DataplaneError::Parse(e.to_string()))?;
+    let mut pinned = Vec::new();
+    let mut changed = Vec::new();
     for (name, def) in &obj.maps {
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
         }
+        pinned.push(path.clone());
         let info = match aya::maps::MapInfo::from_pin(&path) {
             Ok(info) => info,
             Err(e) => {
-                warn!(map = %name, error = %e, "pinned map unreadable, recreating it");
-                remove_pin(&path)?;
+                warn!(map = %name, error = %e, "pinned map unreadable");
+                changed.push(name.clone());
                 continue;
             }
-        };
-        let want_entries = if name == names::FLOWS {
-            flow_table_size
-        } else {
-            def.max_entries()
         };
         if info.key_size() != def.key_size() || info.value_size() != def.value_size() {
             warn!(
@@ -475,25 +474,34 @@ fn check_pinned_maps(
                 pinned_value = info.value_size(),
                 key = def.key_size(),
                 value = def.value_size(),
-                "pinned map has another layout, recreating it (its contents are lost)"
+                "pinned map has another layout"
             );
-            remove_pin(&path)?;
-        } else if info.max_entries() != want_entries {
-            if name == names::FLOWS {
-                // Recreating the flow table would break every established connection.
+            changed.push(name.clone());
+        } else if name == names::FLOWS {
+            if info.max_entries() != flow_table_size {
                 warn!(
                     pinned = info.max_entries(),
-                    configured = want_entries,
+                    configured = flow_table_size,
                     "flow table size differs from the pinned table's; keeping the pinned table \
                      (run `lb-agent cleanup` and restart to resize it)"
                 );
-            } else {
-                warn!(map = %name, pinned = info.max_entries(), wanted = want_entries,
-                    "pinned map has another size, recreating it");
-                remove_pin(&path)?;
             }
+        } else if info.max_entries() != def.max_entries() {
+            warn!(map = %name, pinned = info.max_entries(), wanted = def.max_entries(),
+                "pinned map has another size");
+            changed.push(name.clone());
         } else {
             debug!(map = %name, "reusing pinned map");
+        }
+    }
+    if !changed.is_empty() {
+        warn!(
+            ?changed,
+            "the dataplane's map layout changed: recreating every map (established flows \
+             are balanced again, once)"
+        );
+        for path in pinned {
+            remove_pin(&path)?;
         }
     }
     Ok(())

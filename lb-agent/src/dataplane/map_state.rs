@@ -9,8 +9,9 @@
 //! 0. node settings, then counter resets of freshly allocated ids;
 //! 1. upsert endpoints;
 //! 2. upsert backends;
-//! 3. write the new slot sequence of each changed service into the table it does NOT use;
-//! 4. upsert service keys, flipping `table` and setting `slots` in one update per key;
+//! 3. write the new slot sequence of each changed service into a free range of the slot
+//!    pool (never one a live table uses: [`crate::dataplane::slot_pool`]);
+//! 4. upsert service keys, pointing each at its new range (`base`, `slots`) in one update;
 //! 5. delete service keys that are gone;
 //! 6. delete backends that are gone;
 //! 7. delete endpoints that are gone.
@@ -19,7 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use lb_common::maps::SLOTS_LEN;
 use lb_common::{Backend, Endpoint, NodeConfig, Service, ServiceKey};
+
+use crate::dataplane::slot_pool::SlotPool;
 
 /// A service key in host byte order, ordered, for use in maps and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,7 +82,7 @@ impl fmt::Display for SvcKey {
 /// What the dataplane maps hold, or should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DataplaneState {
-    /// Every service key and its value. In a desired state `table` is ignored.
+    /// Every service key and its value. In a desired state `base` is ignored.
     pub services: BTreeMap<SvcKey, Service>,
     /// The live slot sequence (backend ids) of each service id.
     pub slots: BTreeMap<u32, Vec<u32>>,
@@ -97,14 +101,44 @@ impl DataplaneState {
         self.services.values().map(|s| s.id).collect()
     }
 
-    /// The table currently live for service `id` (from its first key), if it has a key.
+    /// The range of the slot pool live for service `id` (`base`, `slots`, from its first
+    /// key), if it has a key.
     #[must_use]
-    pub fn live_table(&self, id: u32) -> Option<u32> {
+    pub fn live_range(&self, id: u32) -> Option<(u32, u32)> {
         self.services
             .values()
             .find(|s| s.id == id)
-            .map(|s| s.table & 1)
+            .map(|s| (s.base, s.slots))
     }
+
+    /// The ranges of the slot pool that live tables use, one per service id.
+    fn live_ranges(&self) -> BTreeMap<u32, (u32, u32)> {
+        let mut ranges = BTreeMap::new();
+        for s in self.services.values() {
+            ranges.entry(s.id).or_insert((s.base, s.slots));
+        }
+        ranges
+    }
+}
+
+/// Why a state cannot be programmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiffError {
+    /// No free range of the slot pool is long enough for a changed table (the
+    /// configuration's check keeps the live tables to half of the pool, so only
+    /// scattered free space can cause this).
+    #[error(
+        "the slot pool has no free range of {needed} slots for service id {service_id} \
+         ({used} of {SLOTS_LEN} slots in use)"
+    )]
+    SlotPoolFull {
+        /// The service whose table did not fit.
+        service_id: u32,
+        /// Its table's length.
+        needed: u32,
+        /// Slots in use, the new tables written so far included.
+        used: u64,
+    },
 }
 
 /// One map operation.
@@ -120,12 +154,10 @@ pub enum MapOp {
     UpsertEndpoint(Ipv4Addr, Endpoint),
     /// Insert or replace a backend.
     UpsertBackend(u32, Backend),
-    /// Write a slot sequence into one of a service's two tables.
+    /// Write a slot sequence into a free range of the slot pool.
     WriteSlots {
-        /// Service id.
-        service_id: u32,
-        /// Table 0 or 1 (the one not in use).
-        table: u32,
+        /// The range's first entry (no live table uses the range).
+        base: u32,
         /// Backend ids, one per slot.
         backends: Vec<u32>,
     },
@@ -142,12 +174,16 @@ pub enum MapOp {
 /// The operations that turn `current` into `desired`, in a safe order (see the module
 /// documentation).
 ///
-/// `desired.services` values carry the id, flags and slot count; their `table` is chosen
-/// here: a service whose slot sequence changed gets its new sequence written into the
-/// table it does not use, and its keys are flipped to it. A service id that `current` does
-/// not know gets its counters reset before anything refers to it, and so does a backend id.
-#[must_use]
-pub fn diff(current: &DataplaneState, desired: &DataplaneState) -> Vec<MapOp> {
+/// `desired.services` values carry the id, flags and slot count; their `base` is chosen
+/// here: a service whose slot sequence changed gets its new sequence written into a free
+/// range of the slot pool, and its keys are pointed at it. A service id that `current`
+/// does not know gets its counters reset before anything refers to it, and so does a
+/// backend id. (A range a table leaves is free for the next call's tables: a packet that
+/// read the old `base` is long done by then.)
+///
+/// # Errors
+/// [`DiffError::SlotPoolFull`] when a changed table finds no free range.
+pub fn diff(current: &DataplaneState, desired: &DataplaneState) -> Result<Vec<MapOp>, DiffError> {
     let mut ops = Vec::new();
 
     // 0. Node settings; counters of fresh ids.
@@ -182,43 +218,37 @@ pub fn diff(current: &DataplaneState, desired: &DataplaneState) -> Vec<MapOp> {
         }
     }
 
-    // 3. Slot tables, and the table each service id goes live with.
-    let mut tables = BTreeMap::new();
+    // 3. Slot tables, and the range each service id goes live with.
+    let live = current.live_ranges();
+    let mut pool = SlotPool::new(SLOTS_LEN, live.values().copied());
+    let mut bases = BTreeMap::new();
     for id in desired.service_ids() {
         let want = desired.slots.get(&id).map_or(&[][..], Vec::as_slice);
-        let live = current.live_table(id);
         let have = current.slots.get(&id).map(Vec::as_slice);
-        let table = match live {
-            Some(t) if have == Some(want) => t,
-            Some(t) => {
-                let t = 1 - t;
-                if !want.is_empty() {
-                    ops.push(MapOp::WriteSlots {
-                        service_id: id,
-                        table: t,
-                        backends: want.to_vec(),
-                    });
-                }
-                t
-            }
-            None => {
-                if !want.is_empty() {
-                    ops.push(MapOp::WriteSlots {
-                        service_id: id,
-                        table: 0,
-                        backends: want.to_vec(),
-                    });
-                }
-                0
+        let base = match live.get(&id) {
+            Some(&(base, _)) if have == Some(want) => base,
+            _ if want.is_empty() => 0,
+            _ => {
+                let needed = u32::try_from(want.len()).unwrap_or(u32::MAX);
+                let base = pool.alloc(needed).ok_or(DiffError::SlotPoolFull {
+                    service_id: id,
+                    needed,
+                    used: pool.used(),
+                })?;
+                ops.push(MapOp::WriteSlots {
+                    base,
+                    backends: want.to_vec(),
+                });
+                base
             }
         };
-        tables.insert(id, table);
+        bases.insert(id, base);
     }
 
     // 4. Service keys.
     for (key, svc) in &desired.services {
         let value = Service {
-            table: tables.get(&svc.id).copied().unwrap_or(0),
+            base: bases.get(&svc.id).copied().unwrap_or(0),
             slots: desired.slots.get(&svc.id).map_or(0, |s| s.len() as u32),
             ..*svc
         };
@@ -243,41 +273,46 @@ pub fn diff(current: &DataplaneState, desired: &DataplaneState) -> Vec<MapOp> {
             ops.push(MapOp::DeleteEndpoint(*addr));
         }
     }
-    ops
+    Ok(ops)
 }
 
-/// A model of the maps (both slot tables of every service), to check [`diff`]'s output
-/// op by op in tests and to predict the state after applying it.
+/// A model of the maps (the slot pool as the entries written), to check [`diff`]'s
+/// output op by op in tests and to predict the state after applying it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapModel {
     /// Service keys.
     pub services: BTreeMap<SvcKey, Service>,
-    /// Slot tables by (service id, table).
-    pub tables: BTreeMap<(u32, u32), Vec<u32>>,
+    /// The slot pool's written entries.
+    pub pool: BTreeMap<u32, u32>,
     /// Backends.
     pub backends: BTreeMap<u32, Backend>,
     /// Endpoints.
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// Node settings.
     pub node: Option<NodeConfig>,
+    /// Writes that changed a live table under a packet's feet.
+    pub overwrites: Vec<String>,
 }
 
 impl MapModel {
-    /// A model holding `state` (slot sequences in each service's live table).
+    /// A model holding `state` (slot sequences in each service's live range).
     #[must_use]
     pub fn from_state(state: &DataplaneState) -> Self {
-        let mut tables = BTreeMap::new();
+        let mut pool = BTreeMap::new();
         for (id, seq) in &state.slots {
-            if let Some(t) = state.live_table(*id) {
-                tables.insert((*id, t), seq.clone());
+            if let Some((base, _)) = state.live_range(*id) {
+                for (i, backend) in (0u32..).zip(seq) {
+                    pool.insert(base + i, *backend);
+                }
             }
         }
         Self {
             services: state.services.clone(),
-            tables,
+            pool,
             backends: state.backends.clone(),
             endpoints: state.endpoints.clone(),
             node: state.node,
+            overwrites: Vec::new(),
         }
     }
 
@@ -292,12 +327,17 @@ impl MapModel {
             MapOp::UpsertBackend(id, b) => {
                 self.backends.insert(*id, *b);
             }
-            MapOp::WriteSlots {
-                service_id,
-                table,
-                backends,
-            } => {
-                self.tables.insert((*service_id, *table), backends.clone());
+            MapOp::WriteSlots { base, backends } => {
+                for (i, backend) in (0u32..).zip(backends) {
+                    let at = base + i;
+                    for (key, svc) in &self.services {
+                        if (svc.base..svc.base + svc.slots).contains(&at) {
+                            self.overwrites
+                                .push(format!("{key}: live slot {at} rewritten"));
+                        }
+                    }
+                    self.pool.insert(at, *backend);
+                }
             }
             MapOp::UpsertService(k, s) => {
                 self.services.insert(*k, *s);
@@ -314,19 +354,21 @@ impl MapModel {
         }
     }
 
+    /// The live table of `svc` as far as it was written.
+    fn table(&self, svc: &Service) -> Vec<Option<u32>> {
+        (svc.base..svc.base + svc.slots)
+            .map(|at| self.pool.get(&at).copied())
+            .collect()
+    }
+
     /// The state a packet sees: each service's live slots, as [`DataplaneState`].
     #[must_use]
     pub fn state(&self) -> DataplaneState {
         let mut slots = BTreeMap::new();
         for svc in self.services.values() {
-            let table = self
-                .tables
-                .get(&(svc.id, svc.table & 1))
-                .cloned()
-                .unwrap_or_default();
             slots
                 .entry(svc.id)
-                .or_insert_with(|| table.into_iter().take(svc.slots as usize).collect());
+                .or_insert_with(|| self.table(svc).into_iter().flatten().collect());
         }
         DataplaneState {
             services: self.services.clone(),
@@ -337,26 +379,19 @@ impl MapModel {
         }
     }
 
-    /// Problems a packet could run into right now: a live slot beyond what was written,
-    /// a slot naming a missing backend or one of another service, a backend without an
-    /// endpoint.
+    /// Problems a packet could run into right now: a live slot never written, a slot
+    /// naming a missing backend or one of another service, a backend without an
+    /// endpoint; and any live table rewritten so far.
     #[must_use]
     pub fn dangling(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self.overwrites.clone();
         for (key, svc) in &self.services {
-            let table = self
-                .tables
-                .get(&(svc.id, svc.table & 1))
-                .map_or(&[][..], Vec::as_slice);
-            if table.len() < svc.slots as usize {
-                problems.push(format!(
-                    "{key}: {} live slots, {} written",
-                    svc.slots,
-                    table.len()
-                ));
-            }
-            for id in table.iter().take(svc.slots as usize) {
-                match self.backends.get(id) {
+            for (at, slot) in (svc.base..).zip(self.table(svc)) {
+                let Some(id) = slot else {
+                    problems.push(format!("{key}: live slot {at} never written"));
+                    continue;
+                };
+                match self.backends.get(&id) {
                     None => problems.push(format!("{key}: slot names missing backend {id}")),
                     Some(b) if b.service_id != svc.id => {
                         problems.push(format!("{key}: slot names backend {id} of another service"));
@@ -401,7 +436,7 @@ mod tests {
         let mut s = DataplaneState::default();
         let svc = Service {
             id: sid,
-            table: 0,
+            base: 0,
             slots: slots.len() as u32,
             flags: 1,
         };
@@ -443,11 +478,15 @@ mod tests {
         let strip = |s: &DataplaneState| {
             let mut s = s.clone();
             for v in s.services.values_mut() {
-                v.table = 0;
+                v.base = 0;
             }
             s
         };
         assert_eq!(strip(a), strip(b));
+    }
+
+    fn diff(current: &DataplaneState, desired: &DataplaneState) -> Vec<MapOp> {
+        super::diff(current, desired).expect("the pool has room")
     }
 
     #[test]
@@ -462,8 +501,7 @@ mod tests {
         assert_eq!(
             ops[7],
             MapOp::WriteSlots {
-                service_id: 3,
-                table: 0,
+                base: 0,
                 backends: vec![10, 11]
             }
         );
@@ -473,7 +511,7 @@ mod tests {
                 _,
                 Service {
                     id: 3,
-                    table: 0,
+                    base: 0,
                     slots: 2,
                     ..
                 }
@@ -487,16 +525,16 @@ mod tests {
     fn no_change_no_ops() {
         let s = state(3, &[(10, 1), (11, 2)], &[10, 11]);
         assert!(diff(&s, &s).is_empty());
-        // Also when the live table is 1.
+        // Also when the live range is elsewhere in the pool.
         let mut t = s.clone();
         for v in t.services.values_mut() {
-            v.table = 1;
+            v.base = 700;
         }
         assert!(diff(&t, &s).is_empty());
     }
 
     #[test]
-    fn backend_added_flips_the_table() {
+    fn backend_added_writes_a_new_range_and_points_the_keys_at_it() {
         let current = state(3, &[(10, 1)], &[10]);
         let desired = state(3, &[(10, 1), (11, 2)], &[10, 11]);
         let ops = diff(&current, &desired);
@@ -507,15 +545,14 @@ mod tests {
                 MapOp::UpsertEndpoint(ep(2).0, ep(2).1),
                 MapOp::UpsertBackend(11, backend(2, 3)),
                 MapOp::WriteSlots {
-                    service_id: 3,
-                    table: 1,
+                    base: 1,
                     backends: vec![10, 11]
                 },
                 MapOp::UpsertService(
                     SvcKey::published(8080, TCP),
                     Service {
                         id: 3,
-                        table: 1,
+                        base: 1,
                         slots: 2,
                         flags: 1
                     }
@@ -528,7 +565,7 @@ mod tests {
                     },
                     Service {
                         id: 3,
-                        table: 1,
+                        base: 1,
                         slots: 2,
                         flags: 1
                     }
@@ -537,11 +574,10 @@ mod tests {
         );
         let after = run(&current, &ops);
         same_modulo_table(&after, &desired);
-        // And back: the next change writes table 0 again.
+        // And back: the next change writes the range the first table left.
         let ops = diff(&after, &current);
         assert!(ops.contains(&MapOp::WriteSlots {
-            service_id: 3,
-            table: 0,
+            base: 0,
             backends: vec![10]
         }));
         assert_eq!(ops.last(), Some(&MapOp::DeleteEndpoint(ep(2).0)));
@@ -557,8 +593,7 @@ mod tests {
         let ops = diff(&current, &desired);
         assert!(ops.iter().all(|op| !matches!(op, MapOp::DeleteBackend(_))));
         assert!(ops.contains(&MapOp::WriteSlots {
-            service_id: 3,
-            table: 1,
+            base: 2,
             backends: vec![10]
         }));
         same_modulo_table(&run(&current, &ops), &desired);
@@ -582,7 +617,7 @@ mod tests {
         let mut desired = DataplaneState::default();
         let svc = Service {
             id: 4,
-            table: 0,
+            base: 0,
             slots: 1,
             flags: 0,
         };
@@ -606,7 +641,7 @@ mod tests {
     fn flag_change_without_slot_change_keeps_the_table() {
         let mut current = state(3, &[(10, 1)], &[10]);
         for v in current.services.values_mut() {
-            v.table = 1;
+            v.base = 9;
         }
         let mut desired = state(3, &[(10, 1)], &[10]);
         for v in desired.services.values_mut() {
@@ -619,12 +654,83 @@ mod tests {
             MapOp::UpsertService(
                 _,
                 Service {
-                    table: 1,
+                    base: 9,
                     flags: 0,
                     ..
                 }
             )
         )));
+    }
+
+    #[test]
+    fn many_services_change_at_once_without_touching_a_live_table() {
+        // 300 services of 3 backends each, then every one loses a backend and gains
+        // another: each new table lands in a free range, none over a live one.
+        let mut current = DataplaneState::default();
+        let mut desired = DataplaneState::default();
+        for sid in 0..300u32 {
+            let key = SvcKey::published(10_000 + sid as u16, TCP);
+            let svc = Service {
+                id: sid,
+                base: 0,
+                slots: 3,
+                flags: 0,
+            };
+            current.services.insert(key, svc);
+            desired.services.insert(key, svc);
+            let ids = [sid * 4, sid * 4 + 1, sid * 4 + 2, sid * 4 + 3];
+            current.slots.insert(sid, ids[..3].to_vec());
+            desired.slots.insert(sid, ids[1..].to_vec());
+            for (i, id) in ids.iter().enumerate() {
+                let n = (sid * 4 + i as u32) as u16;
+                let b = Backend::new(
+                    u32::from(Ipv4Addr::new(10, 1, (n >> 8) as u8, n as u8)),
+                    80,
+                    sid,
+                );
+                let e = Endpoint {
+                    ifindex: 1,
+                    ..Default::default()
+                };
+                let addr = Ipv4Addr::from(u32::from_be(b.addr));
+                if i < 3 {
+                    current.backends.insert(*id, b);
+                    current.endpoints.insert(addr, e);
+                }
+                if i > 0 {
+                    desired.backends.insert(*id, b);
+                    desired.endpoints.insert(addr, e);
+                }
+            }
+        }
+        // Programmed from nothing first, so the live ranges are real ones.
+        let ops = diff(&DataplaneState::default(), &current);
+        let current = run(&DataplaneState::default(), &ops);
+        let ops = diff(&current, &desired);
+        let after = run(&current, &ops);
+        same_modulo_table(&after, &desired);
+        assert!(diff(&after, &desired).is_empty());
+    }
+
+    #[test]
+    fn a_pool_without_a_long_enough_range_is_an_error() {
+        // A live table of service 1 sits in the middle of the pool, so no free range is
+        // as long as a table of most of the pool.
+        let mut current = state(1, &[(10, 1)], &[10]);
+        for v in current.services.values_mut() {
+            v.base = SLOTS_LEN / 2;
+        }
+        let mut desired = current.clone();
+        let big = SLOTS_LEN / 2 + 1;
+        desired.slots.insert(1, vec![10; big as usize]);
+        assert_eq!(
+            super::diff(&current, &desired),
+            Err(DiffError::SlotPoolFull {
+                service_id: 1,
+                needed: big,
+                used: 1
+            })
+        );
     }
 
     #[test]

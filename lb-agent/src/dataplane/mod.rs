@@ -19,4 +19,5 @@ pub mod ids;
 pub mod links;
 pub mod loader;
 pub mod map_state;
+pub mod slot_pool;
 pub mod wrr;

@@ -25,9 +25,12 @@ use mesh_api::node::format_id;
 use mesh_api::spec::{PortSpec, PublishMode};
 use mesh_api::task::TaskId;
 
+use lb_common::maps::{MAX_BACKENDS, MAX_LIVE_SLOTS, MAX_SERVICES, MAX_SLOTS};
+
 use crate::config::{
     BackendConfig, Config, EndpointConfig, PeerConfig, PortConfig, Protocol, ServiceConfig,
 };
+use crate::dataplane::wrr;
 
 /// The name of an endpoint: the task's name and ID (a metric label).
 #[must_use]
@@ -196,6 +199,58 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
     }
 }
 
+/// Leaves out of `config` the services its dataplane cannot hold, in order, and says
+/// why for each: one with more active backends than a table has slots, and those that
+/// would take the node past its port mappings, backends or live slots. The managers
+/// refuse services that would not fit (`mesh_core::capacity`), so this only happens
+/// when their accounting and the node's differ (a global service on a grown cluster,
+/// agents of another version); routing everything else beats refusing the whole
+/// configuration, which would freeze every service's routing on the node.
+pub fn fit(config: &mut Config) -> Vec<String> {
+    let mut left_out = Vec::new();
+    let (mut mappings, mut backends, mut slots) = (0usize, 0usize, 0usize);
+    config.services.retain(|svc| {
+        let ports = svc.ports.len();
+        let weights: Vec<u32> = svc
+            .backends
+            .iter()
+            .filter(|b| !b.draining)
+            .map(|b| b.weight)
+            .collect();
+        if weights.len() > MAX_SLOTS as usize {
+            left_out.push(format!(
+                "{}: {} active backends, more than the {MAX_SLOTS} slots of a table",
+                svc.name,
+                weights.len()
+            ));
+            return false;
+        }
+        let table: u32 = wrr::slot_counts(&weights, MAX_SLOTS).iter().sum();
+        let next = (
+            mappings + ports,
+            backends + svc.backends.len() * ports,
+            slots + table as usize * ports,
+        );
+        let over = [
+            (next.0, MAX_SERVICES, "port mappings"),
+            (next.1, MAX_BACKENDS, "backends"),
+            (next.2, MAX_LIVE_SLOTS, "live slots"),
+        ]
+        .into_iter()
+        .find(|(n, max, _)| *n > *max as usize);
+        if let Some((n, max, what)) = over {
+            left_out.push(format!(
+                "{}: would take the node to {n} {what}, more than the {max} it holds",
+                svc.name
+            ));
+            return false;
+        }
+        (mappings, backends, slots) = next;
+        true
+    });
+    left_out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -312,6 +367,57 @@ mod tests {
 
     fn local() -> BTreeMap<TaskId, String> {
         BTreeMap::from([(1, "veth-1".to_string())])
+    }
+
+    fn service(name: &str, ports: u16, active: usize, draining: usize) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            vip: None,
+            ports: (0..ports)
+                .map(|p| PortConfig {
+                    published: Some(10_000 + p),
+                    target: 80,
+                    protocol: Protocol::Tcp,
+                })
+                .collect(),
+            backends: (0..active + draining)
+                .map(|i| BackendConfig {
+                    endpoint: format!("t{i}"),
+                    weight: 1,
+                    draining: i >= active,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn what_the_dataplane_cannot_hold_is_left_out_and_the_rest_kept() {
+        let mut config = base();
+        config.services = vec![
+            service("a", 1, 3, 0),
+            // More active backends than a table has slots (draining ones take none).
+            service("wide", 1, MAX_SLOTS as usize + 1, 0),
+            service("b", 1, MAX_SLOTS as usize, 5),
+            // Past the node's port mappings.
+            service("many-ports", u16::try_from(MAX_SERVICES).unwrap(), 1, 0),
+            service("c", 2, 1, 0),
+        ];
+        let left_out = fit(&mut config);
+        let kept: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(kept, ["a", "b", "c"]);
+        assert_eq!(left_out.len(), 2, "{left_out:?}");
+        assert!(
+            left_out[0].starts_with("wide: 4097 active backends"),
+            "{left_out:?}"
+        );
+        assert!(
+            left_out[1].starts_with("many-ports: would take the node to 32770 port mappings"),
+            "{left_out:?}"
+        );
+        // What fits is left as it is.
+        let mut again = config.clone();
+        assert!(fit(&mut again).is_empty());
+        assert_eq!(again, config);
     }
 
     #[test]

@@ -112,6 +112,8 @@ async fn drive(
     let mut current: Option<Assignment> = None;
     let mut applied_config: Option<Config> = None;
     let mut applied_version: Option<u64> = None;
+    // The services `fit` left out of the last configuration, and why.
+    let mut unrouted: Vec<String> = Vec::new();
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,11 +222,18 @@ async fn drive(
             }
             continue;
         };
-        let config = crate::managed::dataplane_config::config(
+        let mut config = crate::managed::dataplane_config::config(
             &base,
             assignment,
             &supervisor.running_ifaces(),
         );
+        let left_out = crate::managed::dataplane_config::fit(&mut config);
+        if left_out != unrouted {
+            for reason in &left_out {
+                error!(%reason, "a service is not routed: the dataplane cannot hold it");
+            }
+            unrouted = left_out;
+        }
         if applied_config.as_ref() != Some(&config) || reprogram {
             match program(&mut agent, &config).await {
                 Ok(()) => {

@@ -17,6 +17,7 @@ use mesh_api::network::IngressNetwork;
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus, ParseError, Role, format_id};
 
 use crate::allocator::{self, AllocError, PublishedPort};
+use crate::capacity;
 use mesh_api::service::{Service, ServiceEndpoint, ServiceId, UpdateState, UpdateStatus};
 use mesh_api::spec::{EndpointMode, RuntimeKind, ServiceSpec};
 use mesh_api::task::{DesiredState, Task, TaskId, TaskState, TaskStatus};
@@ -278,6 +279,9 @@ pub enum StateError {
     /// A malformed value.
     #[error("{0}")]
     Invalid(String),
+    /// More than every node's dataplane holds ([`crate::capacity`]).
+    #[error("{0}")]
+    Capacity(String),
     /// No service matches the name.
     #[error("service {0} not found")]
     UnknownService(String),
@@ -536,6 +540,8 @@ impl ClusterState {
             updated_at_ms: at_ms,
         };
         next.services.insert(id, service.clone());
+        capacity::check(next.services.values(), next.nodes.len(), &service)
+            .map_err(|e| StateError::Capacity(e.to_string()))?;
         *self = next;
         Ok(Applied::Service(Box::new(service)))
     }
@@ -601,6 +607,8 @@ impl ClusterState {
             });
         }
         let service = service.clone();
+        capacity::check(next.services.values(), next.nodes.len(), &service)
+            .map_err(|e| StateError::Capacity(e.to_string()))?;
         *self = next;
         Ok(Applied::Service(Box::new(service)))
     }

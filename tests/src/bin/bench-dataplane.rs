@@ -200,11 +200,11 @@ fn main() -> Result<()> {
     // A second published port whose only backend is remote, for the P2 cases.
     let web2 = lb_common::Service {
         id: 2,
-        table: 0,
+        base: 500,
         slots: 1,
         flags: 0,
     };
-    dp.set_slots(2, 0, &[1])?;
+    dp.set_slots(500, &[1])?;
     dp.set_service(
         lb_common::ServiceKey::published(8081, lb_common::IPPROTO_TCP),
         web2,

@@ -338,6 +338,7 @@ pub fn state_status(err: impl Into<StateError>) -> Status {
         StateError::AlreadyBootstrapped
         | StateError::NodeExists(_)
         | StateError::ServiceExists(_) => Status::already_exists(message),
+        StateError::Capacity(_) => Status::resource_exhausted(message),
     }
 }
 
