@@ -125,6 +125,9 @@ impl Flow {
     pub const SEEN_FIN_REV: u8 = 2;
     /// A RST was seen.
     pub const SEEN_RST: u8 = 4;
+    /// A TCP connection in its handshake ([`crate::maps::SYN_FLOWS`]): its other direction
+    /// passed a packet (the task's SYN-ACK), so the client's ACK completes it.
+    pub const SEEN_REPLY: u8 = 8;
     /// How stale `last_seen_ns` may get before a packet refreshes it.
     pub const REFRESH_NS: u64 = 1_000_000_000;
 

@@ -11,8 +11,12 @@ pub const SLOTS: &str = "LB_SLOTS";
 pub const BACKENDS: &str = "LB_BACKENDS";
 /// The overlay's routing table, task address (`u32`, network order) -> [`crate::Endpoint`].
 pub const ENDPOINTS: &str = "LB_ENDPOINTS";
-/// Per-flow state (LRU): [`crate::FlowKey`] -> [`crate::Flow`].
+/// Per-flow state (LRU) of established flows: [`crate::FlowKey`] -> [`crate::Flow`].
 pub const FLOWS: &str = "LB_FLOWS";
+/// Per-flow state (LRU) of TCP connections in their handshake: a flood of SYNs from many
+/// addresses churns this table only, never [`FLOWS`], whose entries a connection earns
+/// once its handshake completes.
+pub const SYN_FLOWS: &str = "LB_SYN_FLOWS";
 /// Per-CPU round-robin cursor per service id (`u32`).
 pub const RR_CURSORS: &str = "LB_RR_CURSORS";
 /// Per-CPU counters per service id: [`crate::Counters`].
@@ -44,6 +48,8 @@ pub const MAX_BACKENDS: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 65_536;
 /// Default size of the flow table; the agent may resize it at load.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Default size of the handshake table ([`SYN_FLOWS`]); the agent may resize it at load.
+pub const DEFAULT_MAX_SYN_FLOWS: u32 = 65_536;
 
 /// Number of entries of the [`SLOTS`] pool. Each service's live table is a range of it
 /// ([`crate::Service::base`], [`crate::Service::slots`]); a changed table is written to a

@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::maps::{
     LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOWS, LB_NODE_CONFIG,
-    LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS,
+    LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS, LB_SYN_FLOWS,
 };
 
 /// TCP flag bits as they sit in the 13th byte of the TCP header.
@@ -344,8 +344,19 @@ fn new_flow(key: &FlowKey, svc: &Service, bytes: u16) -> Decision {
         last_seen_ns: t,
         ..Flow::default()
     };
-    // Reply first: by the time the backend can answer, its entry exists.
-    if LB_FLOWS.insert(reply_key, reply, 0).is_err() || LB_FLOWS.insert(key, forward, 0).is_err() {
+    // Reply first: by the time the backend can answer, its entry exists. A TCP
+    // connection starts in the handshake table (see `handshake`).
+    let inserted = if key.proto == IPPROTO_TCP {
+        // The entries of an earlier connection on this 5-tuple (closed, or whose backend
+        // went) must not outlive it in the flow table, which is looked up first.
+        let _ = LB_FLOWS.remove(key);
+        let _ = LB_FLOWS.remove(reply_key);
+        LB_SYN_FLOWS.insert(reply_key, reply, 0).is_ok()
+            && LB_SYN_FLOWS.insert(key, forward, 0).is_ok()
+    } else {
+        LB_FLOWS.insert(reply_key, reply, 0).is_ok() && LB_FLOWS.insert(key, forward, 0).is_ok()
+    };
+    if !inserted {
         return Decision::drop(DropReason::Internal);
     }
     count(svc.id, backend_id, bytes, true);
@@ -367,7 +378,11 @@ fn mirror_tcp_close(sibling: &FlowKey, tcp_flags: u8, fin_bit: u8) {
     if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
+    // The sibling is where this entry is: in the flow table, or still in the handshake
+    // table (a connection closed before its handshake completed).
     if let Some(other) = LB_FLOWS.get_ptr_mut(sibling) {
+        touch(other, IPPROTO_TCP, tcp_flags, fin_bit);
+    } else if let Some(other) = LB_SYN_FLOWS.get_ptr_mut(sibling) {
         touch(other, IPPROTO_TCP, tcp_flags, fin_bit);
     }
 }
@@ -449,6 +464,63 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
     }
 }
 
+/// A packet of a TCP connection in its handshake, found in `LB_SYN_FLOWS`. The task's
+/// answer (through a Reply or Return entry) marks the entry; the client's ACK that
+/// follows completes the handshake, and the connection's entries move to `LB_FLOWS`. A
+/// flood of SYNs from many addresses (whose SYN-ACKs nobody acknowledges) so churns the
+/// handshake table only, and never evicts an established flow.
+#[inline(always)]
+fn handshake(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option<Decision> {
+    // SAFETY: copy of a live map value.
+    let f = unsafe { *flow };
+    match f.kind()? {
+        FlowKind::Reply | FlowKind::Return => {
+            // SAFETY: as in `touch`: setting a bit, a lost update is harmless.
+            unsafe {
+                if (*flow).tcp & Flow::SEEN_REPLY == 0 {
+                    (*flow).tcp |= Flow::SEEN_REPLY;
+                }
+            }
+            existing(key, flow, tcp_flags, bytes)
+        }
+        FlowKind::Forward => {
+            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+                let reply_key = key.with_dst(f.nat_addr, f.nat_port).reversed();
+                // SAFETY: read-only copy.
+                if let Some(reply) = unsafe { LB_SYN_FLOWS.get(reply_key) }.copied()
+                    && reply.tcp & Flow::SEEN_REPLY != 0
+                    && LB_FLOWS.insert(reply_key, reply, 0).is_ok()
+                    && LB_FLOWS.insert(key, f, 0).is_ok()
+                {
+                    let _ = LB_SYN_FLOWS.remove(reply_key);
+                    let _ = LB_SYN_FLOWS.remove(key);
+                    if let Some(established) = LB_FLOWS.get_ptr_mut(key) {
+                        return existing(key, established, tcp_flags, bytes);
+                    }
+                }
+            }
+            existing(key, flow, tcp_flags, bytes)
+        }
+    }
+}
+
+/// The decision for a packet of a flow with state: an established one, or a TCP
+/// connection in its handshake.
+#[inline(always)]
+fn known(key: &FlowKey, tcp_flags: u8, bytes: u16) -> Option<Decision> {
+    if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
+        && let Some(d) = existing(key, flow, tcp_flags, bytes)
+    {
+        return Some(d);
+    }
+    if key.proto == IPPROTO_TCP
+        && let Some(flow) = LB_SYN_FLOWS.get_ptr_mut(key)
+    {
+        return handshake(key, flow, tcp_flags, bytes);
+    }
+    None
+}
+
 /// A packet arriving from outside the node, not encapsulated: published ports and VIPs.
 #[inline(always)]
 pub(crate) fn from_underlay(
@@ -460,9 +532,7 @@ pub(crate) fn from_underlay(
     let Some(svc) = find_service(key, cfg) else {
         return Decision::PASS;
     };
-    if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
-        && let Some(d) = existing(key, flow, tcp_flags, bytes)
-    {
+    if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
     new_flow(key, svc, bytes)
@@ -471,9 +541,7 @@ pub(crate) fn from_underlay(
 /// A packet leaving a local task (TC on the host side of its veth).
 #[inline(always)]
 pub(crate) fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
-    if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
-        && let Some(d) = existing(key, flow, tcp_flags, bytes)
-    {
+    if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
     if let Some(svc) = find_service(key, cfg) {
@@ -489,9 +557,7 @@ pub(crate) fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u
 /// A packet that came out of a VXLAN tunnel from the peer at `outer_src`.
 #[inline(always)]
 pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: u16) -> Decision {
-    if let Some(flow) = LB_FLOWS.get_ptr_mut(key)
-        && let Some(d) = existing(key, flow, tcp_flags, bytes)
-    {
+    if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
     let next = route(key.dst_addr);
@@ -510,20 +576,61 @@ pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: 
             Some(ret) if unsafe { (*ret).node } == outer_src => {
                 touch(ret, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
             }
+            _ if key.proto == IPPROTO_TCP => {
+                if !return_handshake(&reverse, outer_src, tcp_flags) {
+                    return Decision::drop(DropReason::Internal);
+                }
+            }
             _ => {
-                let t = now();
-                let ret = Flow {
-                    kind: FlowKind::Return as u8,
-                    node: outer_src,
-                    created_ns: t,
-                    last_seen_ns: t,
-                    ..Flow::default()
-                };
-                if LB_FLOWS.insert(reverse, ret, 0).is_err() {
+                if LB_FLOWS.insert(reverse, return_flow(outer_src), 0).is_err() {
                     return Decision::drop(DropReason::Internal);
                 }
             }
         }
     }
     Decision::forward(Rewrite::NONE, next, false)
+}
+
+/// A Return entry: replies go back through `node`.
+#[inline(always)]
+fn return_flow(node: u32) -> Flow {
+    let t = now();
+    Flow {
+        kind: FlowKind::Return as u8,
+        node,
+        created_ns: t,
+        last_seen_ns: t,
+        ..Flow::default()
+    }
+}
+
+/// The Return entry (`reverse`) of a TCP connection from outside the overlay, on the
+/// node of its task: kept in the handshake table until the client's ACK follows the
+/// task's answer, then moved to `LB_FLOWS` (as `handshake` does for the other kinds).
+/// `false` if an entry could not be written.
+#[inline(always)]
+fn return_handshake(reverse: &FlowKey, node: u32, tcp_flags: u8) -> bool {
+    match LB_SYN_FLOWS.get_ptr_mut(reverse) {
+        // SAFETY: `ret` points into the map entry just found (RCU).
+        Some(ret) if unsafe { (*ret).node } == node => {
+            // SAFETY: copy of the live value.
+            let f = unsafe { *ret };
+            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK && f.tcp & Flow::SEEN_REPLY != 0 {
+                if LB_FLOWS.insert(reverse, f, 0).is_err() {
+                    return false;
+                }
+                let _ = LB_SYN_FLOWS.remove(reverse);
+            } else {
+                touch(ret, IPPROTO_TCP, tcp_flags, Flow::SEEN_FIN_FWD);
+            }
+            true
+        }
+        _ => {
+            // An entry of an earlier connection under this key (another ingress node's,
+            // or a closed flow's) must not stay in the flow table, which is looked up
+            // first: the task's answers would follow it.
+            let _ = LB_FLOWS.remove(reverse);
+            LB_SYN_FLOWS.insert(reverse, return_flow(node), 0).is_ok()
+        }
+    }
 }

@@ -7,14 +7,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey,
-    maps::{DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_SERVICES, SLOTS_LEN},
+    maps::{
+        DEFAULT_MAX_FLOWS, DEFAULT_MAX_SYN_FLOWS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_SERVICES,
+        SLOTS_LEN,
+    },
 };
 
 /// Services by VIP or published port. Two keys (published, VIP) may share one service.
 #[map]
 pub(crate) static LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES * 2, 0);
 
-/// Double-buffered backend slot tables, see `lb_common::maps::slot_index`.
+/// The slot pool: each service's live table is a range of it (`Service::base`, `slots`).
 #[map]
 pub(crate) static LB_SLOTS: Array<u32> = Array::pinned(SLOTS_LEN, 0);
 
@@ -26,9 +29,15 @@ pub(crate) static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKE
 #[map]
 pub(crate) static LB_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// Per-flow state.
+/// Per-flow state of established flows (and of UDP flows).
 #[map]
 pub(crate) static LB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+
+/// Per-flow state of TCP connections in their handshake, moved to `LB_FLOWS` when it
+/// completes: a SYN flood churns this table only.
+#[map]
+pub(crate) static LB_SYN_FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::pinned(DEFAULT_MAX_SYN_FLOWS, 0);
 
 /// Round-robin cursors, per CPU, per service id: no shared atomic on the hot path.
 #[map]

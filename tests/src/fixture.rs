@@ -96,6 +96,15 @@ impl Dataplane {
     /// # Errors
     /// When not root, when the namespace cannot be made, or the kernel refuses a program.
     pub fn new() -> Result<Self> {
+        Self::with_flow_tables(maps::DEFAULT_MAX_FLOWS, maps::DEFAULT_MAX_SYN_FLOWS)
+    }
+
+    /// As [`Dataplane::new`], with a flow table of `flows` entries and a handshake table
+    /// of `syn_flows` (small ones to fill in a test).
+    ///
+    /// # Errors
+    /// As [`Dataplane::new`].
+    pub fn with_flow_tables(flows: u32, syn_flows: u32) -> Result<Self> {
         require_root()?;
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .context("unshare(CLONE_NEWNET): a private network namespace for the test")?;
@@ -126,7 +135,7 @@ impl Dataplane {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&pin_dir).context("creating the pin directory")?;
-        let loaded = Self::load(&pin_dir);
+        let loaded = Self::load(&pin_dir, flows, syn_flows);
         if loaded.is_err() {
             let _ = std::fs::remove_dir_all(&pin_dir);
         }
@@ -149,9 +158,11 @@ impl Dataplane {
     }
 
     /// Loads the object with its maps pinned under `pin_dir`, and every program.
-    fn load(pin_dir: &std::path::Path) -> Result<Ebpf> {
+    fn load(pin_dir: &std::path::Path, flows: u32, syn_flows: u32) -> Result<Ebpf> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(maps::FLOWS, flows)
+            .map_max_entries(maps::SYN_FLOWS, syn_flows)
             .load(lb_agent::EBPF_OBJECT)
             .context("loading the eBPF object")?;
         for name in ["lb_xdp", "lb_xdp_pass", "bench_xdp_mac_swap"] {
@@ -239,12 +250,24 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The flow table's entry for a 5-tuple.
+    /// The entry for a 5-tuple in the flow table or, for a TCP connection in its
+    /// handshake, in the handshake table.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<Flow>> {
+        match self.flow_in(maps::FLOWS, key)? {
+            Some(f) => Ok(Some(f)),
+            None => self.flow_in(maps::SYN_FLOWS, key),
+        }
+    }
+
+    /// The entry for a 5-tuple in `table` ([`maps::FLOWS`] or [`maps::SYN_FLOWS`]).
     ///
     /// # Errors
     /// When the map cannot be read.
-    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<Flow>> {
-        let m: HashMap<&mut MapData, FlowKey, Flow> = self.map(maps::FLOWS)?.try_into()?;
+    pub fn flow_in(&mut self, table: &str, key: &FlowKey) -> Result<Option<Flow>> {
+        let m: HashMap<&mut MapData, FlowKey, Flow> = self.map(table)?.try_into()?;
         match m.get(key, 0) {
             Ok(f) => Ok(Some(f)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -252,15 +275,26 @@ impl Dataplane {
         }
     }
 
-    /// Removes every entry of the flow table.
+    /// The number of entries in `table`.
     ///
     /// # Errors
-    /// When the map cannot be read or written.
+    /// When the map cannot be read.
+    pub fn flow_count(&mut self, table: &str) -> Result<usize> {
+        let m: HashMap<&mut MapData, FlowKey, Flow> = self.map(table)?.try_into()?;
+        Ok(m.keys().filter(Result::is_ok).count())
+    }
+
+    /// Removes every entry of the flow and handshake tables.
+    ///
+    /// # Errors
+    /// When a map cannot be read or written.
     pub fn clear_flows(&mut self) -> Result<()> {
-        let mut m: HashMap<&mut MapData, FlowKey, Flow> = self.map(maps::FLOWS)?.try_into()?;
-        let keys: Vec<FlowKey> = m.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            m.remove(&k)?;
+        for table in [maps::FLOWS, maps::SYN_FLOWS] {
+            let mut m: HashMap<&mut MapData, FlowKey, Flow> = self.map(table)?.try_into()?;
+            let keys: Vec<FlowKey> = m.keys().collect::<Result<_, _>>()?;
+            for k in keys {
+                m.remove(&k)?;
+            }
         }
         Ok(())
     }

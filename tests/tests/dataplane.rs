@@ -183,6 +183,39 @@ fn p2_on_the_task_node_decap_delivers_and_replies_go_back_to_the_ingress_node() 
     assert_tc_encapsulated_to_peer(&out, &inner);
 }
 
+/// A client port used through this node and then, while the first connection's entries
+/// linger in the flow table, through a peer, to the same local task: the task's answers
+/// to the second connection go back through the peer, not after the first one's entry.
+#[test]
+fn p2_a_lingering_entry_of_an_earlier_connection_does_not_capture_the_replies() {
+    let dp = mesh(&[0]);
+    let c = (CLIENT, 40031);
+    // The first connection, through this node's published port, to the local task.
+    dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Syn, &[]))
+        .unwrap();
+    let from_task = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    dp.run_tc(&tcp(from_task, (LOCAL_TASK, 80), c, Tcp::SynAck, &[]))
+        .unwrap();
+    dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Ack, &[]))
+        .unwrap();
+    // The second, through the peer, from the same client port to the same task.
+    let inner = tcp((PEER_MAC, NODE_MAC), c, (LOCAL_TASK, 80), Tcp::Syn, &[]);
+    let frame = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50001, &inner);
+    assert_eq!(dp.run_xdp("lb_xdp", &frame).unwrap().0, XDP_REDIRECT);
+    let (verdict, out) = dp
+        .run_tc(&tcp(from_task, (LOCAL_TASK, 80), c, Tcp::SynAck, &[]))
+        .unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let inner = tcp(
+        (NODE_MAC, task_mac(u32::from(CLIENT))),
+        (LOCAL_TASK, 80),
+        c,
+        Tcp::SynAck,
+        &[],
+    );
+    assert_tc_encapsulated_to_peer(&out, &inner);
+}
+
 #[test]
 fn p1_reply_from_a_local_task_leaves_with_the_published_address() {
     let dp = mesh(&[0]);
@@ -663,4 +696,72 @@ fn tcp_close_is_recorded_on_both_directions() {
         .unwrap()
         .unwrap();
     assert!(!idle.tcp_closed());
+}
+
+/// Issue 12: a SYN flood from many source addresses that fills the flow tables (256
+/// entries each here) leaves an idle established connection working, on the same task,
+/// once the flood stops: connections enter the flow table only once their handshake
+/// completes, so the flood churns the handshake table alone.
+#[test]
+fn a_syn_flood_does_not_evict_an_established_connection() {
+    let mut dp = mesh_tests::fixture::Dataplane::with_flow_tables(256, 256)
+        .expect("the dataplane loads (run as root)");
+    mesh_on(&mut dp, &[0, 3], LOCAL_IFINDEX);
+    let c = (CLIENT, 45000);
+    let fwd = key(c, (NODE, 8080), IPPROTO_TCP);
+    dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Syn, &[]))
+        .unwrap();
+    let chosen = dp.flow(&fwd).unwrap().unwrap();
+    let task = Ipv4Addr::from(u32::from_be(chosen.nat_addr));
+    assert!(
+        dp.flow_in(lb_common::maps::FLOWS, &fwd).unwrap().is_none(),
+        "a SYN alone earns no place in the flow table"
+    );
+    // The task answers, the client acknowledges: established.
+    let from_task = (task_mac(u32::from(task)), GW_MAC);
+    let (verdict, _) = dp
+        .run_tc(&tcp(from_task, (task, 80), c, Tcp::SynAck, &[]))
+        .unwrap();
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the SYN-ACK leaves for the client"
+    );
+    dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Ack, &[]))
+        .unwrap();
+    let established = dp.flow_in(lb_common::maps::FLOWS, &fwd).unwrap();
+    assert_eq!(established.map(|f| f.backend_id), Some(chosen.backend_id));
+
+    // The flood: 5,000 SYNs from as many addresses, never acknowledged.
+    let before = dp.service_counters(WEB).unwrap().new_flows;
+    for i in 0..5_000u32 {
+        let src = Ipv4Addr::from(0x0ac8_0000 + i);
+        let syn = tcp(
+            FROM_CLIENT,
+            (src, 1024 + (i % 60_000) as u16),
+            (NODE, 8080),
+            Tcp::Syn,
+            &[],
+        );
+        dp.run_xdp("lb_xdp", &syn).unwrap();
+    }
+    assert_eq!(dp.service_counters(WEB).unwrap().new_flows, before + 5_000);
+    assert!(dp.flow_count(lb_common::maps::SYN_FLOWS).unwrap() <= 256);
+
+    // The idle connection goes on, to the same task, and is not balanced again.
+    let (verdict, out) = dp
+        .run_xdp(
+            "lb_xdp",
+            &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Ack, b"still here"),
+        )
+        .unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+    assert_eq!(dst, task, "the established connection stays on its task");
+    assert_eq!(dp.service_counters(WEB).unwrap().new_flows, before + 5_000);
+    assert_eq!(
+        dp.flow_in(lb_common::maps::FLOWS, &fwd)
+            .unwrap()
+            .map(|f| f.backend_id),
+        Some(chosen.backend_id)
+    );
 }

@@ -123,10 +123,12 @@ fn zeroes<T: aya::Pod + Default + Clone>() -> Result<PerCpuValues<T>, MapError> 
     PerCpuValues::try_from(vec![T::default(); n]).map_err(MapError::IoError)
 }
 
-/// The flow table, handed to the sweeper thread.
+/// The flow table and the handshake table (TCP connections not established yet), handed
+/// to the sweeper thread.
 #[derive(Debug)]
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
+    handshakes: HashMap<MapData, FlowKey, Flow>,
 }
 
 impl FlowTable {
@@ -154,13 +156,30 @@ impl FlowTable {
                 deleted += 1;
             }
         }
+        // Connections closed in their handshake go too; the others leave by LRU
+        // eviction (a flood's never complete) or on completing.
+        let closed: Vec<FlowKey> = self
+            .handshakes
+            .iter()
+            .flatten()
+            .filter(|(key, flow)| flows::expired(key, flow, now, udp_timeout_ns))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &closed {
+            if self.handshakes.remove(key).is_ok() {
+                deleted += 1;
+            }
+        }
         Ok((counts, deleted))
     }
 
-    /// Calls `visit` on every entry; entries that vanish meanwhile (LRU
-    /// eviction) are skipped.
+    /// Calls `visit` on every entry of both tables; entries that vanish meanwhile (LRU
+    /// eviction, a completed handshake) are skipped.
     pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, &Flow)) {
         for (key, flow) in self.flows.iter().flatten() {
+            visit(&key, &flow);
+        }
+        for (key, flow) in self.handshakes.iter().flatten() {
             visit(&key, &flow);
         }
     }
@@ -230,6 +249,8 @@ impl Dataplane {
         let endpoints =
             HashMap::try_from(take(names::ENDPOINTS)?).map_err(map_err(names::ENDPOINTS))?;
         let flows = HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?;
+        let handshakes =
+            HashMap::try_from(take(names::SYN_FLOWS)?).map_err(map_err(names::SYN_FLOWS))?;
         let rr_cursors =
             PerCpuArray::try_from(take(names::RR_CURSORS)?).map_err(map_err(names::RR_CURSORS))?;
         let node =
@@ -251,7 +272,7 @@ impl Dataplane {
             rr_cursors,
             node,
             counters: Arc::new(Mutex::new(counters)),
-            flows: Some(FlowTable { flows }),
+            flows: Some(FlowTable { flows, handshakes }),
         })
     }
 
