@@ -1497,7 +1497,8 @@ fn metrics_lint_clean_and_keep_backend_series_across_a_replacement() {
         .parse()
         .map_err(Into::into));
     let manager_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_tests::cluster::METRICS_PORT));
-    let ns = |k: usize| c.topology().node_ns(k);
+    let namespaces: Vec<String> = (0..=3).map(|k| c.topology().node_ns(k.max(1))).collect();
+    let ns = |k: usize| namespaces[k].clone();
 
     assert_both_formats_clean("the manager", &ns(1), manager_addr);
     let per = per_node(&tasks);
