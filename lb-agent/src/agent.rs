@@ -8,7 +8,10 @@
 //!
 //! Reload (SIGHUP, or the configuration file changing): a configuration that fails to
 //! parse or validate, or changes a setting that needs a restart, is logged, counted as a
-//! failure, and leaves the dataplane exactly as it was. A valid one is diffed against the
+//! failure, and leaves the dataplane exactly as it was. One edit is one reload: the
+//! file watcher skips a file whose bytes are those the last reload read (an edit
+//! followed by SIGHUP triggers both), and a SIGHUP reload of the bytes whose reload
+//! failed already logs its failure without counting it again ([`reload_decision`]). A valid one is diffed against the
 //! maps and applied in the safe order of [`crate::dataplane::map_state::diff`]; TC is
 //! attached to new local endpoints' interfaces and detached from removed ones.
 //!
@@ -162,6 +165,62 @@ pub struct Reconciled {
     pub tc_detached: usize,
 }
 
+/// What started a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP: the operator asks.
+    Signal,
+    /// The file watcher saw the file change.
+    FileChanged,
+}
+
+impl Trigger {
+    /// How the log names it.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Signal => "SIGHUP",
+            Self::FileChanged => "file changed",
+        }
+    }
+}
+
+/// What to do about a reload: see [`reload_decision`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadDecision {
+    /// Nothing: the file holds what the last reload read.
+    Skip,
+    /// Reload; a failure is counted in `lb_config_reloads_total` unless
+    /// `count_failure` is false (the same bytes failed already).
+    Reload {
+        /// Whether a failure is a new one.
+        count_failure: bool,
+    },
+}
+
+/// Whether a reload that `trigger` started, reading `bytes` (`None`: the file
+/// cannot be read), repeats the last attempt `last` (the bytes it read, and
+/// whether it failed). The watcher's event for bytes the last reload read
+/// already is skipped (an edit and a SIGHUP are one reload); a SIGHUP always
+/// reloads, but a failure of bytes that failed already is not counted twice.
+#[must_use]
+pub fn reload_decision(
+    trigger: Trigger,
+    bytes: Option<&[u8]>,
+    last: Option<&(Vec<u8>, bool)>,
+) -> ReloadDecision {
+    let same = matches!((bytes, last), (Some(b), Some((l, _))) if b == l.as_slice());
+    match (trigger, same) {
+        (Trigger::FileChanged, true) => ReloadDecision::Skip,
+        (Trigger::Signal, true) => ReloadDecision::Reload {
+            count_failure: !last.is_some_and(|(_, failed)| *failed),
+        },
+        (_, false) => ReloadDecision::Reload {
+            count_failure: true,
+        },
+    }
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -180,6 +239,8 @@ pub struct Agent {
     underlay_ifindex: u32,
     flow_table: Arc<Mutex<Option<FlowTable>>>,
     serving: bool,
+    /// The bytes the last (re)load of the file read, and whether it failed.
+    last_attempt: Option<(Vec<u8>, bool)>,
 }
 
 impl Agent {
@@ -190,8 +251,11 @@ impl Agent {
     pub async fn start(config_path: &Path, overrides: Overrides) -> Result<Self, AgentError> {
         let config_path =
             std::path::absolute(config_path).map_err(io("resolving the configuration path"))?;
+        let bytes = std::fs::read(&config_path).ok();
         let config = load_config(&config_path, &overrides)?;
-        Self::start_with(config, Some(config_path), overrides).await
+        let mut agent = Self::start_with(config, Some(config_path), overrides).await?;
+        agent.last_attempt = bytes.map(|b| (b, false));
+        Ok(agent)
     }
 
     /// Starts the agent from a configuration value (the managed agent, whose
@@ -231,7 +295,10 @@ impl Agent {
             "dataplane loaded (existing pinned state recovered)"
         );
         let allocs = Allocators::resume(&current);
-        let metrics = Arc::new(Metrics::new(dataplane.counters()));
+        let metrics = Arc::new(Metrics::new(
+            dataplane.counters(),
+            u64::from(config.dataplane.flow_table_size),
+        ));
         let flow_table = Arc::new(Mutex::new(dataplane.take_flow_table()));
         let mut agent = Self {
             config_path,
@@ -249,6 +316,7 @@ impl Agent {
             peers: BTreeSet::new(),
             flow_table,
             serving: false,
+            last_attempt: None,
         };
         let done = agent.reconcile(config, &host, true).await?;
         info!(
@@ -264,6 +332,12 @@ impl Agent {
     #[must_use]
     pub fn flow_table(&self) -> Arc<Mutex<Option<FlowTable>>> {
         Arc::clone(&self.flow_table)
+    }
+
+    /// The agent's metrics (the managed agent adds its session and tasks).
+    #[must_use]
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// The configuration in force.
@@ -284,6 +358,7 @@ impl Agent {
         let mut allocs = self.allocs.clone();
         let desired = desired::compute(&config, host, &current, &mut allocs)?;
         let ops = map_state::diff(&current, &desired.state)?;
+        let retiring = self.metrics.retiring(&desired);
         self.dataplane.apply(&ops)?;
         self.allocs = allocs;
         let mut done = Reconciled {
@@ -333,7 +408,7 @@ impl Agent {
             u64::from(config.dataplane.udp_timeout_secs) * 1_000_000_000,
             Ordering::Relaxed,
         );
-        self.metrics.reload_succeeded(&desired);
+        self.metrics.reload_succeeded(&desired, retiring);
         self.config = config;
         Ok(done)
     }
@@ -347,18 +422,29 @@ impl Agent {
         }
     }
 
-    /// Re-reads the configuration file and applies it. On any error before the first map
-    /// write (parse, validation, a change that needs a restart) the dataplane is left
-    /// exactly as it was.
+    /// Re-reads the configuration file and applies it, unless [`reload_decision`]
+    /// says the reload repeats the last one (then `Ok(None)`). On any error before
+    /// the first map write (parse, validation, a change that needs a restart) the
+    /// dataplane is left exactly as it was.
     ///
     /// # Errors
     /// Why the new configuration was not applied (or not completely).
-    pub async fn reload(&mut self) -> Result<Reconciled, AgentError> {
+    pub async fn reload(&mut self, trigger: Trigger) -> Result<Option<Reconciled>, AgentError> {
+        let bytes = self
+            .config_path
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok());
+        let count_failure =
+            match reload_decision(trigger, bytes.as_deref(), self.last_attempt.as_ref()) {
+                ReloadDecision::Skip => return Ok(None),
+                ReloadDecision::Reload { count_failure } => count_failure,
+            };
         let result = self.try_reload().await;
-        if result.is_err() {
+        if result.is_err() && count_failure {
             self.metrics.reload_failed();
         }
-        result
+        self.last_attempt = bytes.map(|b| (b, result.is_err()));
+        result.map(Some)
     }
 
     async fn try_reload(&mut self) -> Result<Reconciled, AgentError> {
@@ -410,9 +496,14 @@ impl Agent {
         self.reconcile(config, &host, false).await
     }
 
-    async fn reload_logged(&mut self, why: &str) {
-        match self.reload().await {
-            Ok(done) => info!(
+    async fn reload_logged(&mut self, trigger: Trigger) {
+        let why = trigger.as_str();
+        match self.reload(trigger).await {
+            Ok(None) => debug!(
+                trigger = why,
+                "the configuration file holds what the last reload read: not reloaded"
+            ),
+            Ok(Some(done)) => info!(
                 trigger = why,
                 ops = done.ops,
                 tc_attached = done.tc_attached,
@@ -483,12 +574,12 @@ impl Agent {
         );
         loop {
             tokio::select! {
-                _ = hup.recv() => self.reload_logged("SIGHUP").await,
+                _ = hup.recv() => self.reload_logged(Trigger::Signal).await,
                 Some(()) = changes.recv() => {
                     // Debounce: editors write in several steps.
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     while changes.try_recv().is_ok() {}
-                    self.reload_logged("file changed").await;
+                    self.reload_logged(Trigger::FileChanged).await;
                 }
                 _ = neigh_tick.tick() => self.ensure_neighbours().await,
                 _ = term.recv() => {
@@ -534,4 +625,51 @@ fn spawn_sweeper(
         })
         .map(drop)
         .unwrap_or_else(|e| warn!(error = %e, "cannot start the flow sweeper"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ReloadDecision, Trigger, reload_decision};
+
+    /// Fault 5: an edit followed by SIGHUP (as the docs and the harness do) was
+    /// two reloads, and a bad one two failures.
+    #[test]
+    fn one_edit_is_one_reload() {
+        let bad = (b"bad".to_vec(), true);
+        let good = (b"good".to_vec(), false);
+        let count = ReloadDecision::Reload {
+            count_failure: true,
+        };
+        // The watcher after a SIGHUP reload of the same bytes: nothing to do.
+        assert_eq!(
+            reload_decision(Trigger::FileChanged, Some(b"bad"), Some(&bad)),
+            ReloadDecision::Skip
+        );
+        assert_eq!(
+            reload_decision(Trigger::FileChanged, Some(b"good"), Some(&good)),
+            ReloadDecision::Skip
+        );
+        // SIGHUP after the watcher's failed reload: tried again, not counted again.
+        assert_eq!(
+            reload_decision(Trigger::Signal, Some(b"bad"), Some(&bad)),
+            ReloadDecision::Reload {
+                count_failure: false
+            }
+        );
+        // SIGHUP on an unchanged good file reloads and counts (harnesses wait on it).
+        assert_eq!(
+            reload_decision(Trigger::Signal, Some(b"good"), Some(&good)),
+            count
+        );
+        // New bytes, an unreadable file, a first reload: a reload that counts.
+        assert_eq!(
+            reload_decision(Trigger::FileChanged, Some(b"new"), Some(&bad)),
+            count
+        );
+        assert_eq!(
+            reload_decision(Trigger::FileChanged, None, Some(&bad)),
+            count
+        );
+        assert_eq!(reload_decision(Trigger::Signal, Some(b"x"), None), count);
+    }
 }

@@ -1,5 +1,7 @@
 //! Prometheus metrics: per-CPU dataplane counters summed at scrape time by a custom
-//! collector, plus the agent's own reload counters, served on `/metrics` by axum.
+//! collector, plus the agent's own reload counters, served on `/metrics` by axum in
+//! the text format 0.0.4, or OpenMetrics when the scraper's `Accept` header asks for
+//! it ([`mesh_api::exposition`]).
 //!
 //! | metric | labels |
 //! | --- | --- |
@@ -7,9 +9,20 @@
 //! | `lb_backend_packets_total`, `lb_backend_bytes_total`, `lb_backend_new_flows_total` | `service`, `port`, `backend` |
 //! | `lb_dropped_packets_total` | `reason` |
 //! | `lb_flows` (gauge, from the last sweep) | `proto` |
+//! | `lb_flow_table_entries`, `lb_flow_table_capacity` (gauges) | |
 //! | `lb_backends` (gauge) | `service`, `state` = `active` or `draining` |
 //! | `lb_config_reloads_total` | `result` = `success` or `failure` |
 //! | `lb_config_last_reload_success_timestamp_seconds` (gauge) | |
+//! | `lb_session_state` (gauge, managed agent) | `state` = `connecting`, `established`, `lost` |
+//! | `lb_tasks` (gauge, managed agent) | `state` = the task state, lower case |
+//!
+//! The `backend` label is stable across task replacements: a managed agent's
+//! endpoints are named `<task name>.<task id>` (`web.1.00000000000000ab`) and the
+//! label is the task's name (`web.1`: its service and slot), which the replacement
+//! keeps. The counters of a backend that goes away are carried into its series, so a
+//! replacement continues the series instead of starting a new one at zero; when an old
+//! and a new backend of one slot both exist (a draining old task) the series is their
+//! sum.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,9 +43,100 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use axum::http::HeaderMap;
+use mesh_api::exposition;
+use mesh_api::task::TaskState;
+
 use crate::dataplane::desired::{BackendLabels, Desired, ServiceLabels};
 use crate::dataplane::flows::FlowCounts;
 use crate::dataplane::loader::CounterMaps;
+
+/// The labels of one backend series: service, port and [`backend_label`].
+pub type BackendSeries = (String, String, String);
+
+/// The `backend` label of the endpoint called `endpoint`: without the task ID a
+/// managed agent's endpoint names end with (`.` and 16 hex digits), so that the
+/// label is the task's name (`web.1`, its service and slot), which a replacement
+/// keeps; any other name as it is.
+#[must_use]
+pub fn backend_label(endpoint: &str) -> &str {
+    match endpoint.rsplit_once('.') {
+        Some((name, id))
+            if !name.is_empty() && id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            name
+        }
+        _ => endpoint,
+    }
+}
+
+/// The series of a backend's labels.
+fn series(l: &BackendLabels) -> BackendSeries {
+    (
+        l.service.clone(),
+        l.port.clone(),
+        backend_label(&l.backend).to_owned(),
+    )
+}
+
+/// The state of a managed agent's session with the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Not established yet.
+    Connecting,
+    /// A leader accepted the session.
+    Established,
+    /// The session ended; it is being retried.
+    Lost,
+}
+
+impl SessionState {
+    /// Every state, in label order.
+    pub const ALL: [Self; 3] = [Self::Connecting, Self::Established, Self::Lost];
+
+    /// The `state` label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Established => "established",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+/// The task states an agent reports, always present in `lb_tasks`.
+const AGENT_TASK_STATES: [TaskState; 7] = [
+    TaskState::Preparing,
+    TaskState::Starting,
+    TaskState::Running,
+    TaskState::Complete,
+    TaskState::Shutdown,
+    TaskState::Failed,
+    TaskState::Rejected,
+];
+
+/// What a managed agent adds to its metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedView {
+    /// The session's state.
+    pub session: SessionState,
+    /// The node's tasks by state, as last reported.
+    pub tasks: BTreeMap<TaskState, u64>,
+}
+
+impl ManagedView {
+    /// The view of `session` and the tasks whose states are `states`.
+    #[must_use]
+    pub fn new(session: SessionState, states: impl IntoIterator<Item = TaskState>) -> Self {
+        let mut tasks: BTreeMap<TaskState, u64> =
+            AGENT_TASK_STATES.iter().map(|s| (*s, 0)).collect();
+        for state in states {
+            *tasks.entry(state).or_default() += 1;
+        }
+        Self { session, tasks }
+    }
+}
 
 /// What the collector needs to label the counters, updated after each reload and sweep.
 #[derive(Clone, Debug, Default)]
@@ -41,11 +145,22 @@ pub struct View {
     pub services: BTreeMap<u32, ServiceLabels>,
     /// Labels by backend id.
     pub backends: BTreeMap<u32, BackendLabels>,
+    /// Counters of backends that went away, by series (see the module's documentation).
+    pub retired: BTreeMap<BackendSeries, Counters>,
     /// (active, draining) backends per configured service.
     pub backend_counts: BTreeMap<String, (u32, u32)>,
     /// Flow counts of the last sweep.
     pub flows: FlowCounts,
+    /// The flow table's size.
+    pub flow_capacity: u64,
+    /// The managed agent's session and tasks (`None` standalone).
+    pub managed: Option<ManagedView>,
 }
+
+/// Counters of the backends a reload is about to remove or relabel, read before the
+/// maps change ([`Metrics::retiring`]), for [`Metrics::reload_succeeded`].
+#[derive(Clone, Debug, Default)]
+pub struct Retiring(Vec<(BackendSeries, Counters)>);
 
 /// The agent's metrics.
 #[derive(Debug)]
@@ -54,12 +169,14 @@ pub struct Metrics {
     reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
     last_success: Gauge<f64, AtomicU64>,
     view: Arc<RwLock<View>>,
+    counters: Arc<Mutex<CounterMaps>>,
 }
 
 impl Metrics {
-    /// Metrics over the dataplane's counter maps.
+    /// Metrics over the dataplane's counter maps and a flow table of
+    /// `flow_capacity` entries.
     #[must_use]
-    pub fn new(counters: Arc<Mutex<CounterMaps>>) -> Self {
+    pub fn new(counters: Arc<Mutex<CounterMaps>>, flow_capacity: u64) -> Self {
         let mut registry = Registry::default();
         let reloads = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         registry.register(
@@ -73,9 +190,12 @@ impl Metrics {
             "Unix time of the last successful configuration load",
             last_success.clone(),
         );
-        let view = Arc::new(RwLock::new(View::default()));
+        let view = Arc::new(RwLock::new(View {
+            flow_capacity,
+            ..View::default()
+        }));
         registry.register_collector(Box::new(DataplaneCollector {
-            counters,
+            counters: Arc::clone(&counters),
             view: Arc::clone(&view),
         }));
         // Both results appear from the start, so rate() works from the first failure.
@@ -86,11 +206,29 @@ impl Metrics {
             reloads,
             last_success,
             view,
+            counters,
         }
     }
 
-    /// Records a successful configuration load and its labels.
-    pub fn reload_succeeded(&self, desired: &Desired) {
+    /// The counters of the backends that `next` removes or relabels, read now,
+    /// before the maps change (a removed backend's counters go, a reused id's are
+    /// zeroed), to be carried into their series once the reload succeeded.
+    #[must_use]
+    pub fn retiring(&self, next: &Desired) -> Retiring {
+        let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+        let maps = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        Retiring(
+            view.backends
+                .iter()
+                .filter(|(id, l)| next.backend_labels.get(id) != Some(l))
+                .filter_map(|(id, l)| Some((series(l), maps.backend(*id).ok()?)))
+                .collect(),
+        )
+    }
+
+    /// Records a successful configuration load and its labels; `retiring` (from
+    /// [`Metrics::retiring`] before the load) is carried into its series.
+    pub fn reload_succeeded(&self, desired: &Desired, retiring: Retiring) {
         self.reloads
             .get_or_create(&vec![("result", "success")])
             .inc();
@@ -99,9 +237,28 @@ impl Metrics {
             .map_or(0.0, |d| d.as_secs_f64());
         self.last_success.set(now);
         let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        for (series, counters) in retiring.0 {
+            *view.retired.entry(series).or_default() += counters;
+        }
+        // A series whose service port is gone is not coming back.
+        let ports: std::collections::BTreeSet<(&str, &str)> = desired
+            .service_labels
+            .values()
+            .map(|l| (l.service.as_str(), l.port.as_str()))
+            .collect();
+        view.retired
+            .retain(|(service, port, _), _| ports.contains(&(service.as_str(), port.as_str())));
         view.services.clone_from(&desired.service_labels);
         view.backends.clone_from(&desired.backend_labels);
         view.backend_counts.clone_from(&desired.backend_counts);
+    }
+
+    /// Records the managed agent's session state and task counts.
+    pub fn set_managed(&self, managed: ManagedView) {
+        self.view
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .managed = Some(managed);
     }
 
     /// Records a failed configuration load.
@@ -119,7 +276,7 @@ impl Metrics {
             .flows = flows;
     }
 
-    /// The text exposition.
+    /// The OpenMetrics exposition.
     ///
     /// # Errors
     /// If encoding fails (a collector error).
@@ -137,18 +294,16 @@ impl Metrics {
         let app = Router::new()
             .route(
                 "/metrics",
-                get(move || {
+                get(move |headers: HeaderMap| {
                     let m = Arc::clone(&self);
                     async move {
+                        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
                         match m.encode() {
-                            Ok(body) => (
-                                [(
-                                    header::CONTENT_TYPE,
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )],
-                                body,
-                            )
-                                .into_response(),
+                            Ok(body) => {
+                                let (content_type, body) =
+                                    exposition::render(body, exposition::negotiate(accept));
+                                ([(header::CONTENT_TYPE, content_type)], body).into_response()
+                            }
                             Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                         }
                     }
@@ -225,11 +380,12 @@ impl Collector for DataplaneCollector {
                 .iter()
                 .filter_map(|(id, l)| Some((l, maps.service(*id).ok()?)))
                 .collect();
-            let backends: Vec<_> = view
-                .backends
-                .iter()
-                .filter_map(|(id, l)| Some((l, maps.backend(*id).ok()?)))
-                .collect();
+            let mut backends = view.retired.clone();
+            for (id, l) in &view.backends {
+                if let Ok(c) = maps.backend(*id) {
+                    *backends.entry(series(l)).or_default() += c;
+                }
+            }
             let drops: Vec<_> = DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), maps.drops(*r as u32).unwrap_or(0)))
@@ -245,11 +401,11 @@ impl Collector for DataplaneCollector {
         }
         for (name, help, field) in BACKEND_FIELDS {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (l, c) in &backends {
+            for ((service, port, backend), c) in &backends {
                 let labels = [
-                    ("service", l.service.as_str()),
-                    ("port", l.port.as_str()),
-                    ("backend", l.backend.as_str()),
+                    ("service", service.as_str()),
+                    ("port", port.as_str()),
+                    ("backend", backend.as_str()),
                 ];
                 ConstCounter::new(field(c)).encode(m.encode_family(&labels)?)?;
             }
@@ -276,6 +432,23 @@ impl Collector for DataplaneCollector {
         ] {
             ConstGauge::new(n as i64).encode(m.encode_family(&[("proto", proto)])?)?;
         }
+        let f = view.flows;
+        let entries = f.tcp + f.udp + f.other;
+        for (name, help, n) in [
+            (
+                "lb_flow_table_entries",
+                "Entries of the flow table at the last sweep",
+                entries,
+            ),
+            (
+                "lb_flow_table_capacity",
+                "Entries the flow table can hold",
+                view.flow_capacity,
+            ),
+        ] {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m)?;
+        }
         let mut m = encoder.encode_descriptor(
             "lb_backends",
             "Configured backends per service, by state",
@@ -288,6 +461,58 @@ impl Collector for DataplaneCollector {
                 ConstGauge::new(i64::from(*n)).encode(m.encode_family(&labels)?)?;
             }
         }
+        if let Some(managed) = &view.managed {
+            let mut m = encoder.encode_descriptor(
+                "lb_session_state",
+                "1 for the state of the session with the leader, 0 for the others",
+                None,
+                MetricType::Gauge,
+            )?;
+            for state in SessionState::ALL {
+                ConstGauge::new(i64::from(managed.session == state))
+                    .encode(m.encode_family(&[("state", state.as_str())])?)?;
+            }
+            let mut m = encoder.encode_descriptor(
+                "lb_tasks",
+                "The node's tasks, by the state last reported",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, n) in &managed.tasks {
+                let label = state.as_str().to_ascii_lowercase();
+                ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX))
+                    .encode(m.encode_family(&[("state", label.as_str())])?)?;
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ManagedView, SessionState, backend_label};
+    use mesh_api::task::TaskState;
+
+    #[test]
+    fn backend_labels_drop_the_task_id() {
+        assert_eq!(backend_label("web.1.00000000000000ab"), "web.1");
+        assert_eq!(backend_label("my.svc.12.0123456789abcdef"), "my.svc.12");
+        // Standalone endpoint names stay as they are.
+        assert_eq!(backend_label("web.2"), "web.2");
+        assert_eq!(backend_label("backend-a"), "backend-a");
+        assert_eq!(backend_label("web.1.00ab"), "web.1.00ab");
+        assert_eq!(backend_label(".00000000000000ab"), ".00000000000000ab");
+    }
+
+    #[test]
+    fn task_gauges_list_every_agent_state() {
+        let view = ManagedView::new(
+            SessionState::Established,
+            [TaskState::Running, TaskState::Running, TaskState::Failed],
+        );
+        assert_eq!(view.tasks[&TaskState::Running], 2);
+        assert_eq!(view.tasks[&TaskState::Failed], 1);
+        assert_eq!(view.tasks[&TaskState::Starting], 0);
+        assert_eq!(view.tasks.len(), 7);
     }
 }

@@ -249,6 +249,44 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     Ok(body)
 }
 
+/// `GET path` on `addr` (HTTP/1.0) with `Accept: accept` when given: the
+/// `Content-Type` and the body of a 200 answer (for `/metrics`' content
+/// negotiation).
+///
+/// # Errors
+/// If the connection fails, the answer is not HTTP or not a 200.
+pub fn http_get_accept(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<(String, String)> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .with_context(|| format!("read the answer of {addr}{path}"))?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP answer from {addr}{path}"))?;
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default();
+    ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "GET {addr}{path}: {status}"
+    );
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    Ok((content_type, body.to_owned()))
+}
+
 /// `GET path` on `addr` (HTTP/1.0): the status code and the body, whatever the code.
 ///
 /// # Errors

@@ -1457,3 +1457,242 @@ fn step7_docker_runtime_create_scale_update() {
         panic!("{e:#}\nleft: {:#?}", c.containers());
     }
 }
+
+/// What `promtool check metrics` says about `text` (empty when clean); fails if
+/// promtool cannot run (`cargo xtask setup` installs it).
+fn promtool_check(text: &str) -> String {
+    use std::io::Write as _;
+    let mut child = ok(std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("running promtool (cargo xtask setup installs it): {e}")));
+    ok(child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .map_err(Into::into));
+    let out = ok(child.wait_with_output().map_err(Into::into));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said
+    } else {
+        format!("promtool failed ({}): {said}", out.status)
+    }
+}
+
+/// `/metrics` of `addr` in netns `ns`, in the format `accept` asks for: its
+/// `Content-Type` and body.
+fn scrape(ns: &str, addr: SocketAddr, accept: Option<&str>) -> (String, String) {
+    ok(ok(in_netns(ns, || {
+        mesh_tests::client::http_get_accept(addr, "/metrics", accept)
+    })))
+}
+
+/// Both formats of `/metrics` at `addr` in `ns` lint clean: the default answer
+/// is the text format 0.0.4 and passes `promtool check metrics`; asked for
+/// OpenMetrics, the answer is OpenMetrics (its counters' families lack
+/// `_total`, which the text parser of `promtool check metrics` cannot read,
+/// so it gets the checks of the format instead). Returns the text format.
+fn assert_both_formats_clean(what: &str, ns: &str, addr: SocketAddr) -> String {
+    let (content_type, text) = scrape(ns, addr, None);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{what}: default Content-Type {content_type:?}"
+    );
+    let said = promtool_check(&text);
+    assert!(
+        said.is_empty(),
+        "{what}: promtool check metrics: {said}\n{text}"
+    );
+    let (content_type, text_again) = scrape(ns, addr, Some("text/plain;version=0.0.4"));
+    assert!(
+        content_type.starts_with("text/plain"),
+        "{what}: {content_type:?}"
+    );
+    let said = promtool_check(&text_again);
+    assert!(said.is_empty(), "{what}: promtool check metrics: {said}");
+    let (content_type, om) = scrape(
+        ns,
+        addr,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    );
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{what}: OpenMetrics Content-Type {content_type:?}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{what}: OpenMetrics without # EOF");
+    assert!(!text.contains("# EOF"), "{what}: # EOF in the text format");
+    // Every counter's samples are `<family>_total` in OpenMetrics, and the text
+    // format describes them under that name.
+    for family in om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+    {
+        assert!(
+            text.contains(&format!("# HELP {family}_total "))
+                && text.contains(&format!("# TYPE {family}_total counter")),
+            "{what}: counter {family} not described as {family}_total in the text format"
+        );
+    }
+    text
+}
+
+/// The samples of `name` in `text`: labels and value.
+fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            (metric == name).then_some(())?;
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once("=\"")?;
+                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                })
+                .collect();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of `name` whose labels include `want`.
+fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    samples(text, name)
+        .into_iter()
+        .find(|(l, _)| {
+            want.iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, v)| v)
+}
+
+/// `web`'s backend series on a node: backend label to new flows.
+fn backend_series(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (labels, v) in samples(text, "lb_backend_new_flows_total") {
+        if labels.get("service").map(String::as_str) == Some("web") {
+            *out.entry(labels["backend"].clone()).or_default() += v;
+        }
+    }
+    out
+}
+
+/// Issue 12, fault 5: every agent's and the manager's `/metrics` pass
+/// `promtool check metrics` (they sent OpenMetrics whatever the scraper asked,
+/// which the text parser reads as counters without help); the backend series
+/// are labelled by service and slot, so a task's replacement keeps its series
+/// (they carried the task ID); the session and task gauges say what the node
+/// runs.
+#[test]
+fn metrics_lint_clean_and_keep_backend_series_across_a_replacement() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "-p",
+            "8080:80",
+            "--restart-delay",
+            "0s",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("web", 3));
+    ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+    ok(c.requests_everywhere(WEB, 10));
+    let agent_addr: SocketAddr = ok(mesh_tests::topology::METRICS_LISTEN
+        .parse()
+        .map_err(Into::into));
+    let manager_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_tests::cluster::METRICS_PORT));
+    let namespaces: Vec<String> = (0..=3).map(|k| c.topology().node_ns(k.max(1))).collect();
+    let ns = |k: usize| namespaces[k].clone();
+
+    assert_both_formats_clean("the manager", &ns(1), manager_addr);
+    let per = per_node(&tasks);
+    for k in 1..=3 {
+        let what = format!("n{k}'s agent");
+        let want = per.get(&ManagedCluster::node_name(k)).copied().unwrap_or(0) as f64;
+        // The task gauge follows the supervisor's reports: poll.
+        let text = ok(poll_until(
+            PROPAGATE,
+            &format!("{what}: lb_tasks{{state=\"running\"}} {want}"),
+            || {
+                let text = assert_both_formats_clean(&what, &ns(k), agent_addr);
+                Ok(
+                    (value(&text, "lb_tasks", &[("state", "running")]) == Some(want))
+                        .then_some(text),
+                )
+            },
+        ));
+        assert_eq!(
+            value(&text, "lb_tasks", &[("state", "failed")]),
+            Some(0.0),
+            "{what}"
+        );
+        for (state, v) in [("established", 1.0), ("lost", 0.0), ("connecting", 0.0)] {
+            assert_eq!(
+                value(&text, "lb_session_state", &[("state", state)]),
+                Some(v),
+                "{what}: lb_session_state{{state={state:?}}}"
+            );
+        }
+        assert!(
+            value(&text, "lb_flow_table_capacity", &[]).is_some_and(|v| v > 0.0),
+            "{what}: no flow table capacity"
+        );
+        let series = backend_series(&text);
+        assert_eq!(
+            series.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&tasks),
+            "{what}: web's backend series are not labelled by slot"
+        );
+    }
+
+    // Replace one task: its slot's series goes on, with no new one.
+    let before = backend_series(&scrape(&ns(1), agent_addr, None).1);
+    let victim = tasks[0].clone();
+    ok(c.kill_task(&victim.id));
+    let what = format!("a new task in {}'s slot", victim.name);
+    ok(poll_until(CONVERGE, &what, || {
+        let all = c.service_tasks("web")?;
+        Ok(all
+            .iter()
+            .find(|t| t.name == victim.name && t.id != victim.id && t.is_running())
+            .cloned())
+    }));
+    let tasks = ok(c.wait_converged("web", 3));
+    ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+    ok(c.requests_everywhere(WEB, 10));
+    let text = assert_both_formats_clean("n1's agent after the replacement", &ns(1), agent_addr);
+    let after = backend_series(&text);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "the replacement changed web's backend series"
+    );
+    for (backend, v) in &before {
+        assert!(
+            after[backend] >= *v,
+            "{backend}'s new flows went back from {v} to {} (a new series)",
+            after[backend]
+        );
+    }
+}

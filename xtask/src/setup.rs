@@ -10,9 +10,13 @@
 //! 5. bpffs mounted at `/sys/fs/bpf`;
 //! 6. a docker engine answering (for the docker task runtime and its tests): when
 //!    `docker info` fails, `dockerd --iptables=false --bridge=none` is started in the
-//!    background (its log: `/var/log/mesh-dockerd.log`) and awaited.
+//!    background (its log: `/var/log/mesh-dockerd.log`) and awaited;
+//! 7. `promtool` (the metrics tests lint every `/metrics` with `promtool check metrics`):
+//!    the binary alone, taken out of Debian's `prometheus` package (downloaded and
+//!    checksum-verified by apt, never installed, so no daemon comes with it) into
+//!    `/usr/local/bin`.
 //!
-//! Steps 2, 5 and 6 need root; steps 1, 3 and 4 do not. A machine that already has everything
+//! Steps 2, 5, 6 and 7 need root; steps 1, 3 and 4 do not. A machine that already has everything
 //! passes without root. See docs/toolchain.md.
 
 use std::path::Path;
@@ -52,6 +56,12 @@ const TOOL_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
+/// The Debian package whose `promtool` the setup step takes (its only file we keep).
+const PROMTOOL_PACKAGE: &str = "prometheus";
+
+/// Where the setup step puts `promtool`.
+const PROMTOOL_PATH: &str = "/usr/local/bin/promtool";
+
 /// Where the docker engine that setup starts logs.
 const DOCKERD_LOG: &str = "/var/log/mesh-dockerd.log";
 
@@ -79,13 +89,14 @@ type Step = fn() -> Result<Outcome>;
 /// Runs every setup step and prints what it did and what it skipped.
 pub(crate) fn run() -> Result<()> {
     cmd::step("setup: checking prerequisites");
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 7] = [
         ("rustup components", components),
         ("Debian packages", packages),
         ("bpf-linker", bpf_linker),
         ("cargo-deny", cargo_deny),
         ("bpffs", bpffs),
         ("docker engine", docker_engine),
+        ("promtool", promtool),
     ];
     let mut summary = Vec::new();
     for (name, f) in steps {
@@ -360,4 +371,88 @@ fn docker_engine() -> Result<Outcome> {
     Ok(Outcome::Done(format!(
         "started dockerd --iptables=false --bridge=none (log: {DOCKERD_LOG})"
     )))
+}
+
+/// `promtool --version`'s first line, if a `promtool` runs.
+fn promtool_version() -> Option<String> {
+    let out = Cmd::new("promtool").arg("--version").probe()?;
+    out.lines().next().map(str::to_owned)
+}
+
+/// Installs `promtool` alone: `apt-get download` fetches Debian's `prometheus` package
+/// (apt checks its SHA-256 against the signed archive index), `dpkg-deb -x` unpacks it
+/// into a scratch directory, and only `usr/bin/promtool` is copied out. Installing the
+/// package would bring the Prometheus daemon (started by its maintainer scripts) and
+/// its web assets; the upstream release tarball is not reachable from every machine
+/// that reaches Debian's archive.
+fn promtool() -> Result<Outcome> {
+    if let Some(version) = promtool_version() {
+        return Ok(Outcome::Present(version));
+    }
+    if !cmd::is_root() {
+        bail!(
+            "promtool is missing and the setup step installs it as root only; install it \
+             yourself (it is in Debian's `{PROMTOOL_PACKAGE}` package, or Prometheus's \
+             release tarballs)"
+        );
+    }
+    let scratch = std::env::temp_dir().join(format!("mesh-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let result = promtool_from_deb(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    let version = promtool_version()
+        .with_context(|| format!("{PROMTOOL_PATH} was installed but does not run"))?;
+    Ok(Outcome::Done(format!(
+        "installed {PROMTOOL_PATH} from Debian's {PROMTOOL_PACKAGE} package ({version})"
+    )))
+}
+
+/// Downloads the package into `scratch` and copies its `promtool` to [`PROMTOOL_PATH`].
+fn promtool_from_deb(scratch: &Path) -> Result<()> {
+    // `apt-get download` writes into its working directory, which `Cmd` does not set.
+    let download = || -> Result<()> {
+        eprintln!(
+            "$ (cd {}; apt-get download {PROMTOOL_PACKAGE})",
+            scratch.display()
+        );
+        let status = std::process::Command::new("apt-get")
+            .args(["-q", "download", PROMTOOL_PACKAGE])
+            .current_dir(scratch)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("`apt-get download {PROMTOOL_PACKAGE}` failed ({status})");
+        }
+        Ok(())
+    };
+    if download().is_err() {
+        // The package lists may be missing or stale (a fresh machine).
+        Cmd::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-q", "update"])
+            .run()
+            .context("`apt-get update` failed")?;
+        download()?;
+    }
+    let deb = std::fs::read_dir(scratch)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("`apt-get download {PROMTOOL_PACKAGE}` left no .deb"))?;
+    let root = scratch.join("root");
+    Cmd::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .run()
+        .context("unpacking the package")?;
+    let binary = root.join("usr/bin/promtool");
+    std::fs::copy(&binary, PROMTOOL_PATH)
+        .with_context(|| format!("copying {} to {PROMTOOL_PATH}", binary.display()))?;
+    let mut perms = std::fs::metadata(PROMTOOL_PATH)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(PROMTOOL_PATH, perms)?;
+    Ok(())
 }

@@ -22,6 +22,7 @@ use crate::managed::join::{Session, log_event};
 use crate::managed::logs::{Follows, answer_logs};
 use crate::managed::manager_process::ManagerProcess;
 use crate::managed::supervisor::{self, Action, Supervisor};
+use crate::metrics::{ManagedView, SessionState};
 use crate::runtime::Runtimes;
 use crate::runtime::task::Started;
 
@@ -120,6 +121,7 @@ async fn drive(
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(10));
     let mut probing = false;
     let mut follows = Follows::default();
+    let mut session_state = SessionState::Connecting;
     info!("lb-agent ready (managed: waiting for the leader's assignment)");
     loop {
         let now = Instant::now();
@@ -137,6 +139,7 @@ async fn drive(
                 manager.observe(&event);
                 match event {
                     SessionEvent::Established { .. } => {
+                        session_state = SessionState::Established;
                         // Follows still running came with an earlier session
                         // (one redirected away says no `Lost`).
                         follows.cancel_all("new session");
@@ -167,7 +170,10 @@ async fn drive(
                     }
                     SessionEvent::LogsCancel { request_id } => follows.cancel(request_id),
                     // The requests came with the lost session; a new leader knows none.
-                    SessionEvent::Lost(_) => follows.cancel_all("session lost"),
+                    SessionEvent::Lost(_) => {
+                        session_state = SessionState::Lost;
+                        follows.cancel_all("session lost");
+                    }
                     SessionEvent::RoleChanged(_) => {}
                 }
             }
@@ -214,6 +220,12 @@ async fn drive(
         let (actions, reports) = supervisor.take();
         for action in actions {
             execute(&runtimes, &done_tx, action);
+        }
+        if let Some(agent) = &agent {
+            let states = supervisor.statuses().into_iter().map(|(_, s)| s.state);
+            agent
+                .metrics()
+                .set_managed(ManagedView::new(session_state, states));
         }
         // Interfaces came or went: the dataplane follows.
         let Some(assignment) = &current else {

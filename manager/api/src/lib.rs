@@ -19,6 +19,7 @@ pub mod proto {
 
 pub mod assignment;
 pub mod cluster;
+pub mod exposition;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -169,6 +169,12 @@ pub struct Node {
     /// [`Node::runs`]).
     #[serde(default)]
     pub runtimes: BTreeSet<RuntimeKind>,
+    /// Why the node's agent cannot program its dataplane, as it last
+    /// reported (`None`: it can). Such a node is not ready for tasks: the
+    /// scheduler places none there, and `node ls`/`node inspect` say why (as
+    /// Swarm's `Status.Message`).
+    #[serde(default)]
+    pub dataplane_error: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// Milliseconds since the Unix epoch.
@@ -190,6 +196,7 @@ impl Node {
             agent_version: String::new(),
             data_addr: None,
             runtimes: BTreeSet::new(),
+            dataplane_error: None,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
         }

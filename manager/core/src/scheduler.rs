@@ -1,6 +1,7 @@
 //! The scheduler: where new tasks run. As Swarm's scheduler: only ready,
 //! active nodes that satisfy every constraint, hold a dataplane (an agent
-//! that reported its data address) and run the task's runtime (the agent
+//! that reported its data address) that works (its agent reported no
+//! failure to program it: [`Node::dataplane_error`]) and run the task's runtime (the agent
 //! reports its runtimes with its data address; a node without recorded
 //! runtimes runs processes only: [`Node::runs`]); spread, so each new task goes
 //! to the eligible node running the fewest tasks of its service (ties: the
@@ -33,12 +34,14 @@ pub enum ScheduleError {
 
 /// Whether the scheduler may place a new task of `spec` on `node`: ready,
 /// active, with a dataplane (a node without one cannot plumb a task into
-/// the mesh), and [`suits`] it.
+/// the mesh) that its agent can program (requests through a node whose
+/// dataplane failed fail), and [`suits`] it.
 #[must_use]
 pub fn eligible(node: &Node, spec: &ServiceSpec) -> bool {
     node.status == NodeStatus::Ready
         && node.availability == Availability::Active
         && node.data_addr.is_some()
+        && node.dataplane_error.is_none()
         && suits(node, spec)
 }
 
@@ -184,11 +187,13 @@ fn schedule_service(
 
 /// Why no node is eligible for `spec`, each node counted once, for its
 /// first reason in this order: not ready, paused or drained, without a
-/// dataplane, without the task's runtime, constraints not satisfied.
+/// dataplane, with a failed dataplane, without the task's runtime,
+/// constraints not satisfied.
 fn why_none(state: &ClusterState, spec: &ServiceSpec) -> String {
     let runtime = spec.task.runtime;
     let (mut down, mut unavailable, mut no_dataplane, mut no_runtime, mut unmatched) =
         (0, 0, 0, 0, 0);
+    let mut failed_dataplane = 0;
     for node in state.nodes.values() {
         if node.status != NodeStatus::Ready {
             down += 1;
@@ -196,6 +201,8 @@ fn why_none(state: &ClusterState, spec: &ServiceSpec) -> String {
             unavailable += 1;
         } else if node.data_addr.is_none() {
             no_dataplane += 1;
+        } else if node.dataplane_error.is_some() {
+            failed_dataplane += 1;
         } else if !node.runs(runtime) {
             no_runtime += 1;
         } else if !spec.constraints.iter().all(|c| c.matches(node)) {
@@ -218,6 +225,9 @@ fn why_none(state: &ClusterState, spec: &ServiceSpec) -> String {
     }
     if no_dataplane > 0 {
         parts.push(format!("{no_dataplane} nodes without a dataplane"));
+    }
+    if failed_dataplane > 0 {
+        parts.push(format!("{failed_dataplane} nodes whose dataplane failed"));
     }
     if down > 0 {
         parts.push(format!("{down} nodes not ready"));
@@ -273,6 +283,30 @@ mod tests {
         ]);
         let placed = place(&state, &Load::default(), &any(), 10).unwrap();
         assert_eq!(counts(&placed), BTreeMap::from([(1, 4), (2, 3), (3, 3)]));
+    }
+
+    /// Issue 12, fault 7: a node whose agent cannot program its dataplane
+    /// stayed eligible, and requests through the tasks placed there failed.
+    #[test]
+    fn no_new_task_goes_to_a_node_whose_dataplane_failed() {
+        let mut state = cluster(&[(1, Ready, Active, "a"), (2, Ready, Active, "a")]);
+        state.nodes.get_mut(&2).unwrap().dataplane_error =
+            Some("attaching XDP to eth0: Operation not supported".into());
+        assert!(eligible(&state.nodes[&1], &any()));
+        assert!(!eligible(&state.nodes[&2], &any()));
+        let placed = place(&state, &Load::default(), &any(), 4).unwrap();
+        assert_eq!(counts(&placed), BTreeMap::from([(1, 4)]));
+        state.nodes.get_mut(&1).unwrap().dataplane_error = Some("map update failed".into());
+        assert_eq!(
+            place(&state, &Load::default(), &any(), 1),
+            Err(ScheduleError::NoSuitableNode(
+                "2 nodes whose dataplane failed".into()
+            ))
+        );
+        // Recovered: used again.
+        state.nodes.get_mut(&2).unwrap().dataplane_error = None;
+        let placed = place(&state, &Load::default(), &any(), 2).unwrap();
+        assert_eq!(counts(&placed), BTreeMap::from([(2, 2)]));
     }
 
     #[test]

@@ -172,6 +172,17 @@ pub enum Command {
         /// Leader's clock.
         at_ms: u64,
     },
+    /// Records whether a node's agent can program its dataplane: `error` is
+    /// why it cannot (the scheduler then places no new task there), `None`
+    /// once it can again.
+    SetDataplane {
+        /// Which node.
+        id: NodeId,
+        /// What the agent reported.
+        error: Option<String>,
+        /// Leader's clock.
+        at_ms: u64,
+    },
     /// A new service (`meshctl service create`).
     CreateService {
         /// What the user asked for.
@@ -448,6 +459,14 @@ impl ClusterState {
                     node.updated_at_ms = *at_ms;
                 }
                 Ok(Applied::Done)
+            }
+            Command::SetDataplane { id, error, at_ms } => {
+                let node = self.node_mut(*id)?;
+                if node.dataplane_error != *error {
+                    node.dataplane_error.clone_from(error);
+                    node.updated_at_ms = *at_ms;
+                }
+                Ok(Applied::Node(node.clone()))
             }
             Command::CreateService { spec, at_ms } => self.create_service(spec, *at_ms),
             Command::UpdateService {

@@ -1,4 +1,6 @@
-//! The manager's Prometheus metrics, served on `/metrics` by axum.
+//! The manager's Prometheus metrics, served on `/metrics` by axum in the text
+//! format 0.0.4, or OpenMetrics when the scraper's `Accept` header asks for it
+//! ([`mesh_api::exposition`]).
 //!
 //! | metric | labels |
 //! | --- | --- |
@@ -32,6 +34,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use mesh_api::exposition;
 use mesh_api::node::NodeStatus;
 
 use mesh_core::state::ClusterState;
@@ -231,7 +234,7 @@ impl Metrics {
         }
     }
 
-    /// The text exposition.
+    /// The OpenMetrics exposition.
     ///
     /// # Errors
     /// If encoding fails.
@@ -274,20 +277,18 @@ pub async fn serve(
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: http::HeaderMap| {
                 let metrics = Arc::clone(&metrics);
                 let refresh = Arc::clone(&refresh);
                 async move {
                     refresh();
+                    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
                     match metrics.encode() {
-                        Ok(body) => (
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            body,
-                        )
-                            .into_response(),
+                        Ok(body) => {
+                            let (content_type, body) =
+                                exposition::render(body, exposition::negotiate(accept));
+                            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+                        }
                         Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                     }
                 }
