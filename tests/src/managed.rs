@@ -172,6 +172,8 @@ pub struct ManagedCluster {
     /// Processes that outlived the agent that started them (tasks of a killed agent).
     orphans: Vec<i32>,
     keep: bool,
+    /// `--pin-dir` of the agents started with another one than their node's.
+    pin_dirs: BTreeMap<usize, PathBuf>,
     // Last: dropped after `Drop::drop` has killed the processes.
     topo: Topology,
 }
@@ -212,6 +214,7 @@ impl ManagedCluster {
             worker_join: Vec::new(),
             orphans: Vec::new(),
             keep: false,
+            pin_dirs: BTreeMap::new(),
             topo,
         };
         if let Err(e) = cluster.form() {
@@ -348,7 +351,12 @@ impl ManagedCluster {
             "--xdp-mode".to_owned(),
             "skb".to_owned(),
             "--pin-dir".to_owned(),
-            self.topo.pin_dir(k).to_string_lossy().into_owned(),
+            self.pin_dirs
+                .get(&k)
+                .cloned()
+                .unwrap_or_else(|| self.topo.pin_dir(k))
+                .to_string_lossy()
+                .into_owned(),
             "--metrics-listen".to_owned(),
             METRICS_LISTEN.to_owned(),
         ]);
@@ -928,6 +936,19 @@ impl ManagedCluster {
             "the agent on n{k} still runs"
         );
         self.spawn_agent(k)
+    }
+
+    /// Starts node `k`'s agent again (as [`ManagedCluster::restart_agent`]) with
+    /// `--pin-dir pin_dir` (`None`: its node's own), e.g. one it cannot use.
+    ///
+    /// # Errors
+    /// If it still runs or cannot start.
+    pub fn restart_agent_with_pin_dir(&mut self, k: usize, pin_dir: Option<PathBuf>) -> Result<()> {
+        match pin_dir {
+            Some(dir) => self.pin_dirs.insert(k, dir),
+            None => self.pin_dirs.remove(&k),
+        };
+        self.restart_agent(k)
     }
 
     /// Cuts node `k` off the underlay: its port on the bridge goes down, so nothing

@@ -630,6 +630,64 @@ fn services_past_the_old_map_limits_are_routed_and_what_cannot_fit_is_refused() 
     assert_eq!(ctl(&c, &["service", "ls", "-q"]), before);
 }
 
+/// Issue 12, fault 7: a node whose agent cannot program its dataplane (here: its pin
+/// directory cannot be made) stays Ready but says why in `node inspect`, and gets no new
+/// tasks; once its agent programs the dataplane again, the message goes and tasks come.
+#[test]
+fn a_node_whose_dataplane_fails_says_why_and_gets_no_new_tasks() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &["--name", "web", "--replicas", "3", "-p", "8080:80"],
+        &[],
+    );
+    let inspect = |c: &ManagedCluster| -> (String, String) {
+        let json = ok(c.ctl_json(&["node", "inspect", "n3"]));
+        let s = |k: &str| json[0][k].as_str().unwrap_or_default().to_owned();
+        (s("Status"), s("StatusMessage"))
+    };
+    assert_eq!(inspect(&c), ("ready".to_owned(), String::new()));
+
+    ok(c.stop_agent(3));
+    ok(c.restart_agent_with_pin_dir(3, Some("/dev/null/pins".into())));
+    let (status, message) = ok(poll_until(
+        CONVERGE,
+        "n3 to report its dataplane failing",
+        || {
+            let (status, message) = inspect(&c);
+            Ok((status == "ready" && !message.is_empty()).then_some((status, message)))
+        },
+    ));
+    assert!(
+        message.contains("programming the dataplane failed") && message.contains("/dev/null/pins"),
+        "{status}: {message}"
+    );
+    let pretty = ctl(&c, &["node", "inspect", "--pretty", "n3"]);
+    assert!(
+        pretty.contains(" Message:          programming the dataplane failed"),
+        "{pretty}"
+    );
+
+    // Scaled up, the service's tasks go to the other nodes only.
+    ctl(&c, &["service", "scale", "web=6"]);
+    let tasks = ok(c.wait_converged("web", 6));
+    let per = per_node(&tasks);
+    assert!(!per.contains_key("n3"), "a task was placed on n3: {per:?}");
+
+    // Its agent programs the dataplane again: the message goes, tasks come.
+    ok(c.stop_agent(3));
+    ok(c.restart_agent_with_pin_dir(3, None));
+    ok(poll_until(
+        CONVERGE,
+        "n3's dataplane to be reported working",
+        || Ok((inspect(&c) == ("ready".to_owned(), String::new())).then_some(())),
+    ));
+    ctl(&c, &["service", "scale", "web=9"]);
+    let tasks = ok(c.wait_converged("web", 9));
+    assert!(per_node(&tasks).contains_key("n3"), "{}", rows(&tasks));
+}
+
 /// Step 4: a task's process is killed: the task is restarted (a new task in its slot),
 /// its backend leaves the mesh and the new one joins: once the service has converged
 /// again, every request is answered and every task, the new one included, is reached.

@@ -113,6 +113,9 @@ async fn drive(
     let mut current: Option<Assignment> = None;
     let mut applied_config: Option<Config> = None;
     let mut applied_version: Option<u64> = None;
+    // Whether the dataplane could be programmed the last time it was tried
+    // (`Some(None)`: yes), as reported to the leader.
+    let mut dataplane_status: Option<Option<String>> = None;
     // The services `fit` left out of the last configuration, and why.
     let mut unrouted: Vec<String> = Vec::new();
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
@@ -149,6 +152,9 @@ async fn drive(
                         }
                         if let Some(version) = applied_version {
                             let _ = session.uplink.send(Uplink::Applied(version));
+                        }
+                        if let Some(status) = &dataplane_status {
+                            let _ = session.uplink.send(Uplink::Dataplane(status.clone()));
                         }
                     }
                     SessionEvent::Assignment(assignment) => {
@@ -247,18 +253,27 @@ async fn drive(
             unrouted = left_out;
         }
         if applied_config.as_ref() != Some(&config) || reprogram {
-            match program(&mut agent, &config).await {
+            let status = match program(&mut agent, &config).await {
                 Ok(()) => {
                     applied_config = Some(config);
                     if applied_version != Some(assignment.version) {
                         applied_version = Some(assignment.version);
                         let _ = session.uplink.send(Uplink::Applied(assignment.version));
                     }
+                    None
                 }
-                Err(e) => error!(
-                    version = assignment.version,
-                    "programming the dataplane failed: {e}"
-                ),
+                Err(e) => {
+                    error!(
+                        version = assignment.version,
+                        "programming the dataplane failed: {e}"
+                    );
+                    Some(format!("programming the dataplane failed: {e}"))
+                }
+            };
+            // The leader places no new task on a node whose dataplane fails.
+            if dataplane_status.as_ref() != Some(&status) {
+                let _ = session.uplink.send(Uplink::Dataplane(status.clone()));
+                dataplane_status = Some(status);
             }
         }
         // Reported after the dataplane follows: a task is `running` (and

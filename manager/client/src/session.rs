@@ -71,6 +71,8 @@ pub enum Uplink {
     Applied(u64),
     /// Part of an answer to a [`SessionEvent::LogsRequest`].
     Logs(proto::LogChunk),
+    /// Whether the node's dataplane can be programmed: why not, or `None`.
+    Dataplane(Option<String>),
     /// Part of an answer to a followed [`SessionEvent::LogsRequest`], with the
     /// credit it holds until the session hands it to the stream: a follow with
     /// N credits has at most N chunks waiting in the uplink, and waits for a
@@ -106,6 +108,9 @@ impl Uplink {
             Uplink::Logs(chunk) | Uplink::FollowedLogs(chunk, _) => {
                 agent_message::Kind::Logs(chunk)
             }
+            Uplink::Dataplane(error) => agent_message::Kind::Dataplane(proto::DataplaneStatus {
+                error: error.unwrap_or_default(),
+            }),
         };
         Some(proto::AgentMessage { kind: Some(kind) })
     }

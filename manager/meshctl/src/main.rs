@@ -372,6 +372,7 @@ fn node_json(node: &proto::NodeInfo) -> serde_json::Value {
         "Role": node.role,
         "Availability": node.availability,
         "Status": node.status,
+        "StatusMessage": node.status_message,
         "ManagerStatus": node.manager_status,
         "ManagerAddr": node.manager_addr,
         "Labels": node.labels,
@@ -459,6 +460,9 @@ async fn node(cli: &Cli, command: &NodeCommand) -> Result<()> {
                     println!("Status:");
                     println!(" State:            {}", title(&n.status));
                     println!(" Availability:     {}", title(&n.availability));
+                    if !n.status_message.is_empty() {
+                        println!(" Message:          {}", n.status_message);
+                    }
                     if !n.manager_status.is_empty() {
                         println!("Manager Status:");
                         println!(" Address:          {}", n.manager_addr);

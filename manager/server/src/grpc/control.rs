@@ -222,6 +222,7 @@ pub fn node_info(node: &Node, raft: &ManagerView) -> proto::NodeInfo {
         } else {
             Vec::new()
         },
+        status_message: node.dataplane_error.clone().unwrap_or_default(),
     }
 }
 

@@ -193,6 +193,7 @@ async fn serve_session(
     let mut managers = manager.manager_addrs();
     let mut tick = tokio::time::interval(manager.heartbeat());
     let reports = spawn_report_committer(manager.clone(), id);
+    let dataplane = spawn_dataplane_committer(manager.clone(), id);
     let serial = agent.as_ref().map(|a| a.serial);
     let (mut assignments, mut logs) = match agent {
         Some(a) => (Some(a.assignments), Some(a.logs)),
@@ -205,7 +206,7 @@ async fn serve_session(
             () = manager.stopped() => break,
             message = inbound.message() => match message {
                 Ok(Some(message)) => {
-                    if !on_message(&manager, id, serial, message, &reports) {
+                    if !on_message(&manager, id, serial, message, &reports, &dataplane) {
                         break;
                     }
                 }
@@ -311,6 +312,7 @@ fn on_message(
     serial: Option<u64>,
     message: proto::AgentMessage,
     reports: &mpsc::UnboundedSender<Vec<(TaskId, TaskStatus)>>,
+    dataplane: &watch::Sender<Option<Option<String>>>,
 ) -> bool {
     // Only the agent's session speaks for a node with a dataplane.
     let counts = serial.is_some()
@@ -334,9 +336,51 @@ fn on_message(
             }
         }
         Some(agent_message::Kind::Logs(chunk)) => manager.agents().deliver(chunk),
+        Some(agent_message::Kind::Dataplane(status)) if serial.is_some() => {
+            let error = (!status.error.is_empty()).then_some(status.error);
+            if error.is_some() {
+                tracing::warn!(node = %format_id(id), error = ?error, "the node's dataplane failed");
+            }
+            dataplane.send_replace(Some(error));
+        }
+        Some(agent_message::Kind::Dataplane(_)) => {}
         Some(agent_message::Kind::Hello(_) | agent_message::Kind::Heartbeat(_)) | None => {}
     }
     true
+}
+
+/// Records the node's dataplane status as its agent reports it: the latest
+/// report wins (one that arrives during a commit is committed next), and a
+/// report the state already holds commits nothing. Ends when the session
+/// drops its sender.
+fn spawn_dataplane_committer(
+    manager: Manager,
+    node: NodeId,
+) -> watch::Sender<Option<Option<String>>> {
+    let (tx, mut rx) = watch::channel::<Option<Option<String>>>(None);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(error) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let held = manager
+                .read_unchecked()
+                .node(node)
+                .map(|n| n.dataplane_error.clone());
+            if held.as_ref().ok() == Some(&error) {
+                continue;
+            }
+            let command = Command::SetDataplane {
+                id: node,
+                error,
+                at_ms: now_ms(),
+            };
+            if let Err(status) = manager.commit(command).await {
+                tracing::warn!(node = %format_id(node), error = %status.message(), "recording the dataplane status");
+            }
+        }
+    });
+    tx
 }
 
 /// Commits the node's task reports, batching those that arrive while a
