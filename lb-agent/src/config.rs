@@ -1030,3 +1030,56 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
         );
     }
 }
+
+/// Property tests of the parser: no input makes it panic. `cargo test` runs 256 cases
+/// each; `cargo xtask fuzz parsers` runs them with many more (`PROPTEST_CASES`).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::Config;
+    use super::tests::{EXAMPLE, host};
+
+    /// The example configurations with `edits` applied (a byte set at an offset, or
+    /// the text cut there), so most inputs are nearly valid TOML.
+    fn edited(edits: &[(usize, u8, bool)]) -> Vec<String> {
+        [EXAMPLE, include_str!("../../deploy/agent.example.toml")]
+            .iter()
+            .map(|text| {
+                let mut bytes = text.as_bytes().to_vec();
+                for &(at, byte, cut) in edits {
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    let at = at % bytes.len();
+                    if cut {
+                        bytes.truncate(at);
+                    } else {
+                        bytes[at] = byte;
+                    }
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_config_parser_never_panics_on_any_text(text in ".{0,2000}") {
+            if let Ok(config) = Config::from_toml(&text) {
+                let _ = config.validate(&host());
+            }
+        }
+
+        #[test]
+        fn fuzz_config_parser_never_panics_on_edited_configs(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), proptest::bool::weighted(0.05)), 1..8)
+        ) {
+            for text in edited(&edits) {
+                if let Ok(config) = Config::from_toml(&text) {
+                    let _ = config.validate(&host());
+                }
+            }
+        }
+    }
+}

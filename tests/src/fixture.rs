@@ -299,6 +299,43 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Everything the agent writes and the programs only read: service keys, their live
+    /// slot tables, backends, endpoints and the node's settings (not the flows, nor the
+    /// counters). Equal snapshots mean no packet changed the routing.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn routing_snapshot(&mut self) -> Result<String> {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let services: HashMap<&mut MapData, ServiceKey, Service> =
+            self.map(maps::SERVICES)?.try_into()?;
+        let mut svcs: Vec<(ServiceKey, Service)> = services.iter().collect::<Result<_, _>>()?;
+        svcs.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
+        for (k, v) in &svcs {
+            writeln!(out, "service {k:?} {v:?}")?;
+        }
+        let slots: Array<&mut MapData, u32> = self.map(maps::SLOTS)?.try_into()?;
+        for (_, v) in &svcs {
+            let table: Vec<u32> = (v.base..v.base + v.slots.min(maps::MAX_SLOTS))
+                .map(|i| slots.get(&i, 0))
+                .collect::<Result<_, _>>()?;
+            writeln!(out, "slots {} {table:?}", v.id)?;
+        }
+        let backends: HashMap<&mut MapData, u32, Backend> = self.map(maps::BACKENDS)?.try_into()?;
+        let mut bs: Vec<(u32, Backend)> = backends.iter().collect::<Result<_, _>>()?;
+        bs.sort_by_key(|(id, _)| *id);
+        writeln!(out, "backends {bs:?}")?;
+        let endpoints: HashMap<&mut MapData, u32, Endpoint> =
+            self.map(maps::ENDPOINTS)?.try_into()?;
+        let mut es: Vec<(u32, Endpoint)> = endpoints.iter().collect::<Result<_, _>>()?;
+        es.sort_by_key(|(a, _)| *a);
+        writeln!(out, "endpoints {es:?}")?;
+        let node: Array<&mut MapData, NodeConfig> = self.map(maps::NODE_CONFIG)?.try_into()?;
+        writeln!(out, "node {:?}", node.get(&0, 0)?)?;
+        Ok(out)
+    }
+
     fn counters(&mut self, map: &str, id: u32) -> Result<Counters> {
         let m: PerCpuArray<&mut MapData, Counters> = self.map(map)?.try_into()?;
         let mut sum = Counters::default();

@@ -6,13 +6,15 @@
 //! - `test`: setup, lints, layers, build, and the whole test suite: the project's one test
 //!   command;
 //! - `demo`: setup, build, and a local three-node mesh in network namespaces;
-//! - `bench <what>`: benchmarks, reports under `bench-results/`.
+//! - `bench <what>`: benchmarks, reports under `bench-results/`;
+//! - `fuzz <what>`: the dataplane's programs and the parsers, fuzzed.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod layers;
 mod setup;
 mod test;
@@ -45,6 +47,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Run a benchmark.
     Bench(bench::BenchArgs),
+    /// Fuzz the dataplane's programs (mutated frames) or the parsers (property tests).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(args),
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,6 +28,9 @@ pub mod task;
 pub mod time;
 pub mod wire;
 
+#[cfg(test)]
+mod fuzz;
+
 /// The gRPC metadata key in which a follower names the leader's node ID when it
 /// refuses a call only the leader serves.
 pub const LEADER_ID_HEADER: &str = "x-raft-leader-id";
