@@ -316,6 +316,17 @@ impl ManagedCluster {
         Ok(())
     }
 
+    /// Node `k`'s agent's `--state-dir`: its identity, task records and task logs (a
+    /// manager's node shares its manager's data directory).
+    #[must_use]
+    pub fn agent_state_dir(&self, k: usize) -> PathBuf {
+        if self.is_manager(k) {
+            self.data_dir(k)
+        } else {
+            self.topo.dir().join(format!("agent-state-n{k}"))
+        }
+    }
+
     /// The command line of node `k`'s agent (after `lb-agent`): a worker joins with the
     /// command `meshctl cluster join-token worker` printed; a manager's node with its
     /// manager's identity.
@@ -334,11 +345,7 @@ impl ManagedCluster {
             let mut args = self.worker_join.clone();
             args.extend([
                 "--state-dir".to_owned(),
-                self.topo
-                    .dir()
-                    .join(format!("agent-state-n{k}"))
-                    .to_string_lossy()
-                    .into_owned(),
+                self.agent_state_dir(k).to_string_lossy().into_owned(),
             ]);
             args
         };
