@@ -1510,6 +1510,17 @@ fn an_agent_restart_keeps_its_tasks(how: Restart, docker: bool) {
         "the agent log says nothing of adopting tasks"
     );
     assert!(!log.contains("task lost"), "a task was reported lost");
+    // The restarted dataplane found its maps as the first assignment wants them: the
+    // adopted tasks' endpoints (same interfaces), backends and flows stayed as they were.
+    let programmed = log
+        .lines()
+        .filter(|l| l.contains("maps programmed, programs attached"))
+        .last()
+        .unwrap_or_default();
+    assert!(
+        programmed.contains(" ops=0 "),
+        "the restarted agent changed the maps: {programmed}"
+    );
 }
 
 #[test]
