@@ -318,6 +318,10 @@ fn a_later_run_adopts_running_tasks_and_removes_ended_ones() -> Result<()> {
         )
         .await?;
 
+        // `other`'s record is of an earlier agent version (the runtime's name alone):
+        // its main process is found in its namespace.
+        std::fs::write(lb_agent::runtime::record::path(&state, other), "process")?;
+
         let second = Runtimes::new(&state, false).await?;
         let mut exits = second.take_exits().context("exits")?;
         let adopted = second.adopt().await?;

@@ -355,53 +355,54 @@ impl Runtimes {
     /// ended are removed (what is left of their sandbox, veth and record), as are our
     /// labelled containers without a record and stray host-side veths.
     ///
+    /// A task that cannot be looked at (docker does not answer, a netlink error) is
+    /// neither adopted nor removed: it is left as it is, with its record, for a later
+    /// run (logged).
+    ///
     /// # Errors
-    /// If the records cannot be read, or listing or removing leftovers fails (tasks
-    /// adopted before the failure stay adopted).
+    /// If the records cannot be read, or removing our unrecorded containers or stray
+    /// veths fails (tasks adopted before the failure stay adopted).
     pub async fn adopt(&self) -> Result<Adopted, RuntimeError> {
         let inner = &*self.inner;
         let mut out = Adopted::default();
         let records = record::list(&inner.state_dir)?;
-        let mut containers: BTreeMap<TaskId, String> = match self.docker() {
-            Ok(d) => d.ours().await?.into_iter().collect(),
-            Err(_) => BTreeMap::new(),
+        // `None`: the engine did not answer; docker tasks are left as they are.
+        let mut containers: Option<BTreeMap<TaskId, String>> = match self.docker() {
+            Ok(d) => match d.ours().await {
+                Ok(list) => Some(list.into_iter().collect()),
+                Err(e) => {
+                    warn!(error = %e, "listing this agent's containers failed: docker tasks left as they are");
+                    None
+                }
+            },
+            Err(_) => Some(BTreeMap::new()),
         };
+        // Tasks that could not be looked at: neither adopted nor removed (their
+        // record stays for a later run; their veth stays too).
+        let mut skipped = BTreeSet::new();
         for (id, rec) in records {
-            let iface = plumb::host_iface(id);
-            let ifindex = inner.netlink.index_of(&iface).await?;
-            let container = containers.remove(&id);
-            let alive = match (ifindex, rec.kind) {
-                (None, _) => false,
-                (Some(_), RuntimeKind::Process) => inner.process.adopt(id, rec.main),
-                (Some(_), RuntimeKind::Docker) => match (self.docker(), &container) {
-                    (Ok(d), Some(c)) => d.adopt_running(id, c).await?,
-                    _ => false,
-                },
+            let container = match (&mut containers, rec.kind) {
+                (Some(list), _) => list.remove(&id),
+                (None, RuntimeKind::Docker) => {
+                    skipped.insert(id);
+                    continue;
+                }
+                (None, RuntimeKind::Process) => None,
             };
-            if let (true, Some(ifindex)) = (alive, ifindex) {
-                out.running.insert(
-                    id,
-                    Started {
-                        host_iface: iface,
-                        ifindex,
-                    },
-                );
-                continue;
+            match self.adopt_one(id, rec, container.as_deref()).await {
+                Ok(Some(started)) => {
+                    out.running.insert(id, started);
+                }
+                Ok(None) => {
+                    out.gone.insert(id);
+                }
+                Err(e) => {
+                    warn!(task = format!("{id:016x}"), error = %e, "taking over a task failed: left as it is");
+                    skipped.insert(id);
+                }
             }
-            info!(
-                task = format!("{id:016x}"),
-                runtime = %rec.kind,
-                "a task of the previous run has ended: removing what is left of it"
-            );
-            if let (Ok(d), Some(c)) = (self.docker(), &container) {
-                d.remove(c).await?;
-            }
-            process::remove_netns(id).await?;
-            plumb::unplumb(&inner.netlink, id).await?;
-            record::remove(&inner.state_dir, id);
-            out.gone.insert(id);
         }
-        if let Ok(d) = self.docker() {
+        if let (Ok(d), Some(containers)) = (self.docker(), containers) {
             // Labelled as ours, but without a record: nothing knows them.
             for (id, container) in containers {
                 if !d.has(id) {
@@ -414,6 +415,7 @@ impl Runtimes {
             .running
             .keys()
             .copied()
+            .chain(skipped.iter().copied())
             .chain(inner.process.ids())
             .chain(self.docker().map(DockerRuntime::ids).unwrap_or_default())
             .map(plumb::host_iface)
@@ -431,6 +433,46 @@ impl Runtimes {
             );
         }
         Ok(out)
+    }
+
+    /// [`Runtimes::adopt`] of one recorded task (`container`: its labelled container,
+    /// if any): its network if it is taken over, `None` if it had ended (and what was
+    /// left of it is removed).
+    async fn adopt_one(
+        &self,
+        id: TaskId,
+        rec: Record,
+        container: Option<&str>,
+    ) -> Result<Option<Started>, RuntimeError> {
+        let inner = &*self.inner;
+        let iface = plumb::host_iface(id);
+        if let Some(ifindex) = inner.netlink.index_of(&iface).await? {
+            let alive = match rec.kind {
+                RuntimeKind::Process => inner.process.adopt(id, rec.main),
+                RuntimeKind::Docker => match (self.docker(), container) {
+                    (Ok(d), Some(c)) => d.adopt_running(id, c).await?,
+                    _ => false,
+                },
+            };
+            if alive {
+                return Ok(Some(Started {
+                    host_iface: iface,
+                    ifindex,
+                }));
+            }
+        }
+        info!(
+            task = format!("{id:016x}"),
+            runtime = %rec.kind,
+            "a task of the previous run has ended: removing what is left of it"
+        );
+        if let (Ok(d), Some(c)) = (self.docker(), container) {
+            d.remove(c).await?;
+        }
+        process::remove_netns(id).await?;
+        plumb::unplumb(&inner.netlink, id).await?;
+        record::remove(&inner.state_dir, id);
+        Ok(None)
     }
 
     /// Stops every task of this state directory, this run's and any recorded (each
