@@ -191,6 +191,12 @@ async fn drive(
                     if let Err(e) = &result {
                         warn!(task = %format_id(id), error = %e, "a task could not start");
                     }
+                    // Exits already delivered go first (`select!` picks among
+                    // ready branches at random): a program that ended before
+                    // its start was reported is never reported running.
+                    while let Ok((id, exit)) = exits.try_recv() {
+                        supervisor.exited(id, exit);
+                    }
                     supervisor.started(id, result, now);
                 }
                 Done::Stopped(id) => supervisor.stopped(id),
