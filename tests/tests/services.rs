@@ -1560,29 +1560,39 @@ fn a_node_that_leaves_stops_its_tasks() {
         tasks.iter().flat_map(|t| c.task_pids(&t.id)).collect()
     };
 
-    // n3: stopped, its tasks run on; `lb-agent leave` stops them.
+    // n3: `lb-agent leave` refuses while the agent runs; once it is stopped (its tasks
+    // run on), it stops them.
     let (n3, n3_tasks) = (3, on(3));
     assert!(!n3_tasks.is_empty(), "no task on n3:\n{}", rows(&tasks));
+    let leave = |c: &ManagedCluster| -> Result<std::process::Output> {
+        let state_dir = c.agent_state_dir(n3);
+        in_netns(&c.topology().node_ns(n3), move || {
+            Ok(std::process::Command::new(bin("lb-agent")?)
+                .arg("leave")
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .output()?)
+        })
+        .and_then(|out| out)
+    };
+    let refused = ok(leave(&c));
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("another lb-agent runs"),
+        "lb-agent leave while the agent runs: {refused:?}"
+    );
+    assert!(
+        !pids_of(&c, &n3_tasks).is_empty(),
+        "a refused leave stopped tasks"
+    );
     ok(c.stop_agent(n3));
     assert!(
         !pids_of(&c, &n3_tasks).is_empty(),
         "stopping the agent stopped its tasks"
     );
-    let state_dir = c.agent_state_dir(n3);
-    let out = ok(in_netns(&c.topology().node_ns(n3), move || {
-        let out = std::process::Command::new(bin("lb-agent")?)
-            .arg("leave")
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "lb-agent leave failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    })
-    .and_then(|out| out));
+    let out = ok(leave(&c));
+    assert!(out.status.success(), "lb-agent leave failed: {out:?}");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.contains(&format!("stopped {} task(s)", n3_tasks.len())),
         "{out}"
