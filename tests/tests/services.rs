@@ -1514,8 +1514,7 @@ fn an_agent_restart_keeps_its_tasks(how: Restart, docker: bool) {
     // adopted tasks' endpoints (same interfaces), backends and flows stayed as they were.
     let programmed = log
         .lines()
-        .filter(|l| l.contains("maps programmed, programs attached"))
-        .last()
+        .rfind(|l| l.contains("maps programmed, programs attached"))
         .unwrap_or_default();
     assert!(
         programmed.contains(" ops=0 "),
