@@ -20,7 +20,7 @@
 //!   `running` (after its first passing check, if it has one).
 //! - A task the managers recorded as started that this agent does not know
 //!   (its process ended while no agent ran, or the node lost its state):
-//!   `failed` ("task lost").
+//!   `failed` ("task lost"); `shutdown` if the assignment was stopping it.
 //! - Health checks every `interval` from the start; failures in the first
 //!   `start_period` do not count; `retries` failures in a row: `failed`
 //!   ("unhealthy"), and stopped.
@@ -316,8 +316,17 @@ impl Supervisor {
         if task.state >= TaskState::Preparing {
             // Recorded as started, but nothing of it runs here.
             self.tasks.insert(task.id, tracked);
+            let ended_away = self.ended_away.remove(&task.id);
+            if task.action == TaskAction::Stop {
+                // It was being stopped: it is.
+                self.report(
+                    task.id,
+                    status(self.clock_ms, TaskState::Shutdown, "shutdown"),
+                );
+                return;
+            }
             let mut status = status(self.clock_ms, TaskState::Failed, "task lost");
-            status.error = if self.ended_away.remove(&task.id) {
+            status.error = if ended_away {
                 "task lost: it ended while its node's agent was not running".into()
             } else {
                 "task lost: the agent restarted".into()
@@ -939,6 +948,18 @@ mod tests {
                 (2, TaskState::Failed, "task lost: the agent restarted"),
             ]
         );
+    }
+
+    #[test]
+    fn a_task_being_stopped_that_no_longer_runs_is_shut_down_not_lost() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.ended_while_away(1);
+        s.assign(&[recorded(1, TaskAction::Stop, TaskState::Running)], t0);
+        let (actions, reports) = s.take();
+        assert!(actions.is_empty());
+        assert_eq!(states(&reports), vec![TaskState::Shutdown]);
+        assert!(reports[0].1.error.is_empty());
     }
 
     #[test]
