@@ -1439,13 +1439,16 @@ fn an_agent_restart_keeps_its_tasks(how: Restart, docker: bool) {
         assert_eq!(container.is_some(), docker, "the container of task {id}");
     }
 
-    // A connection through the restarted node to one of its own tasks.
+    // A connection through the restarted node to one of its own tasks, from a local
+    // port the load's connections never use (see `EchoConn::connect_from`).
     let here_names = names(&here);
+    let mut local_port = 20_000;
     let mut conn = ok(poll_until(
         PROPAGATE,
         &format!("a connection to a task on {node}"),
         || {
-            let conn = c.connect(RESTARTED, port)?;
+            local_port += 1;
+            let conn = c.connect_from(RESTARTED, port, local_port)?;
             Ok(here_names.contains(&conn.reply.task).then_some(conn))
         },
     ));
