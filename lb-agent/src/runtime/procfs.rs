@@ -194,6 +194,16 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = i32::try_from(child.id()).unwrap();
+        // Its environment shows once exec has set it up (`spawn` may return a moment
+        // earlier).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !is_task_process(pid, 0x77, None) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process never showed its task"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let me = stat(pid).expect("its stat");
         assert!(!me.ended());
         assert_eq!(me.ppid, i32::try_from(std::process::id()).unwrap());
