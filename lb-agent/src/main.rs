@@ -45,7 +45,8 @@ struct Cli {
     #[arg(
         long,
         env = "LB_AGENT_STATE_DIR",
-        default_value = "/var/lib/mesh/agent"
+        default_value = "/var/lib/mesh/agent",
+        global = true
     )]
     state_dir: PathBuf,
     /// The hostname reported to the managers (default: the system's).
@@ -94,6 +95,12 @@ enum Command {
     /// Detach every program and remove every pin under the pin directory (from
     /// `--pin-dir`, or the configuration's `dataplane.pin_dir`).
     Cleanup,
+    /// The node leaves for good: stop every task the agent's state directory
+    /// (`--state-dir`) records, process tasks and containers (SIGTERM, SIGKILL after
+    /// 2 s), and remove their namespaces and veths. Run it once the agent is stopped
+    /// (stopping the agent keeps its tasks, for the next start to adopt); refused while
+    /// it runs.
+    Leave,
 }
 
 impl Cli {
@@ -164,6 +171,9 @@ async fn run(cli: &Cli) -> Result<()> {
         return Ok(result?);
     };
     let (_, mtu) = underlay_facts.context("the underlay of a managed node")?;
+    // Held while the agent runs: one agent per state directory (and so per set
+    // of tasks), and `lb-agent leave` refuses meanwhile.
+    let _lock = lb_agent::runtime::lock_state_dir(&cli.state_dir)?;
     let runtimes = Runtimes::new(&cli.state_dir, cli.docker)
         .await
         .context("setting up the task runtimes")?;
@@ -182,7 +192,10 @@ async fn run(cli: &Cli) -> Result<()> {
     tokio::select! {
         result = &mut run => result?,
         _ = term.recv() => {
-            tracing::info!("SIGTERM: exiting; tasks and the dataplane stay until the next start");
+            tracing::info!(
+                "SIGTERM: exiting; the tasks and the dataplane keep running, for the next start \
+                 to take over (`lb-agent leave` stops the tasks)"
+            );
             stop_tx.send_replace(true);
         }
         _ = tokio::signal::ctrl_c() => {
@@ -354,6 +367,29 @@ async fn underlay_addr_and_mtu(base: &Config) -> Result<(Ipv4Addr, u32)> {
     Ok((addr, mtu))
 }
 
+/// `lb-agent leave`: stops the tasks of the state directory for good.
+async fn leave(cli: &Cli) -> Result<()> {
+    let _lock = lb_agent::runtime::lock_state_dir(&cli.state_dir)
+        .context("lb-agent leave: stop the agent first")?;
+    // Docker whenever its engine answers: the tasks of a run with --docker are
+    // stopped even if this command is run without it.
+    let runtimes = Runtimes::new(&cli.state_dir, true)
+        .await
+        .context("setting up the task runtimes")?;
+    // Taken over first, so that they are stopped gracefully (SIGTERM first).
+    let adopted = runtimes.adopt().await.context("finding the node's tasks")?;
+    let stopped = runtimes
+        .stop_all(lb_agent::managed::run::KILL_GRACE)
+        .await
+        .context("stopping the node's tasks")?;
+    println!(
+        "stopped {} task(s); {} had already ended",
+        stopped.len(),
+        adopted.gone.len()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -390,6 +426,7 @@ async fn main() -> Result<()> {
                 );
             }
         }
+        Command::Leave => leave(&cli).await?,
         Command::Cleanup => {
             let pin_dir = match (&cli.pin_dir, &cli.config) {
                 (Some(d), _) => d.clone(),

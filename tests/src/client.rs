@@ -68,6 +68,51 @@ impl EchoConn {
     pub fn connect(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
             .with_context(|| format!("connect to {addr}"))?;
+        Self::banner(stream, addr)
+    }
+
+    /// As [`EchoConn::connect`], from local port `local_port` (of any address).
+    ///
+    /// A port outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`,
+    /// 32768-60999 by default) is never picked by other connections of the client: the
+    /// dataplane keys a task's reply entries by (task address and port, client address
+    /// and port), so two connections of one client from one port that reach the same
+    /// task through two different nodes overwrite each other's reply entry (a known
+    /// defect), which a long-held connection under load may otherwise run into.
+    pub fn connect_from(addr: SocketAddr, local_port: u16) -> Result<Self> {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
+            sockopt,
+        };
+        let SocketAddr::V4(v4) = addr else {
+            bail!("{addr} is not IPv4");
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        // A blocking connect gives up after the send timeout.
+        let timeout =
+            nix::sys::time::TimeVal::new(i64::try_from(TIMEOUT.as_secs()).unwrap_or(5), 0);
+        setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(std::net::SocketAddrV4::new(
+                Ipv4Addr::UNSPECIFIED,
+                local_port,
+            )),
+        )
+        .with_context(|| format!("bind local port {local_port}"))?;
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))
+            .with_context(|| format!("connect to {addr} from port {local_port}"))?;
+        Self::banner(TcpStream::from(fd), addr)
+    }
+
+    /// Reads the banner of a connected stream.
+    fn banner(stream: TcpStream, addr: SocketAddr) -> Result<Self> {
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
         stream.set_nodelay(true)?;

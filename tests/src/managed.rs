@@ -319,6 +319,17 @@ impl ManagedCluster {
         Ok(())
     }
 
+    /// Node `k`'s agent's `--state-dir`: its identity, task records and task logs (a
+    /// manager's node shares its manager's data directory).
+    #[must_use]
+    pub fn agent_state_dir(&self, k: usize) -> PathBuf {
+        if self.is_manager(k) {
+            self.data_dir(k)
+        } else {
+            self.topo.dir().join(format!("agent-state-n{k}"))
+        }
+    }
+
     /// The command line of node `k`'s agent (after `lb-agent`): a worker joins with the
     /// command `meshctl cluster join-token worker` printed; a manager's node with its
     /// manager's identity.
@@ -337,11 +348,7 @@ impl ManagedCluster {
             let mut args = self.worker_join.clone();
             args.extend([
                 "--state-dir".to_owned(),
-                self.topo
-                    .dir()
-                    .join(format!("agent-state-n{k}"))
-                    .to_string_lossy()
-                    .into_owned(),
+                self.agent_state_dir(k).to_string_lossy().into_owned(),
             ]);
             args
         };
@@ -752,6 +759,19 @@ impl ManagedCluster {
         in_netns(&self.topo.client_ns(), move || EchoConn::connect(addr))?
     }
 
+    /// As [`ManagedCluster::connect`], from the client's local port `local_port`: one
+    /// outside the ephemeral range for a connection held while [`ManagedCluster::start_load`]
+    /// runs (see [`EchoConn::connect_from`]).
+    ///
+    /// # Errors
+    /// If it is not answered.
+    pub fn connect_from(&self, k: usize, port: u16, local_port: u16) -> Result<EchoConn> {
+        let addr = SocketAddr::from((self.node_addr(k), port));
+        in_netns(&self.topo.client_ns(), move || {
+            EchoConn::connect_from(addr, local_port)
+        })?
+    }
+
     /// Starts background load from the client: one new connection after another through
     /// each node in turn to `port`, until [`Load::stop`].
     ///
@@ -1030,13 +1050,26 @@ impl Drop for ManagedCluster {
         let node_ns: Vec<String> = (1..=self.options.nodes)
             .map(|k| self.topo.node_ns(k))
             .collect();
-        let task_nets = task_namespaces(&pids, &node_ns);
+        let mut task_nets = task_namespaces(&pids, &node_ns);
         for m in self.managers.iter_mut().flatten() {
             let _ = m.kill();
             let _ = m.wait();
         }
         for a in self.agents.iter_mut().flatten() {
             let _ = a.kill9();
+        }
+        // Every task the agents recorded, whether its process still runs, had ended
+        // (its namespace not removed yet), or was adopted by a restarted agent (no
+        // longer its descendant): its namespace and whatever runs in it.
+        for k in 1..=self.options.nodes {
+            let records =
+                lb_agent::runtime::record::list(&self.agent_state_dir(k)).unwrap_or_default();
+            for (id, _) in records {
+                let ns =
+                    lb_agent::runtime::netns::path(&lb_agent::runtime::process::netns_name(id));
+                pids.extend(lb_agent::runtime::netns::processes_in(&ns).unwrap_or_default());
+                task_nets.extend(netns_inode(&ns.to_string_lossy()));
+            }
         }
         kill_and_delete(&pids, &task_nets);
         if self.options.docker {

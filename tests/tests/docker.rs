@@ -240,3 +240,87 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
         Ok(())
     })
 }
+
+/// The ID of task `id`'s container (running or not), `None` if there is none.
+fn container_id(id: TaskId) -> Result<Option<String>> {
+    let out = run(
+        "docker",
+        &[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!(
+                "label={}={id:016x}",
+                lb_agent::runtime::docker::LABEL_TASK_ID
+            ),
+            "--format",
+            "{{.ID}}",
+        ],
+    )?;
+    Ok(out.lines().next().map(str::to_owned))
+}
+
+/// Issue 12, fault 2: a later agent run adopts the containers a previous one left
+/// running (same container, same veth; their exit, with its code, is seen through the
+/// engine), removes the ones that stopped meanwhile, and `stop_all` (a node leaving)
+/// removes every container.
+#[test]
+fn a_later_run_adopts_running_containers_and_removes_stopped_ones() -> Result<()> {
+    runtime_common::require_root()?;
+    runtime_common::busybox_image(IMAGE)?;
+    let node = Node::new("dadopt")?;
+    let node_name = node.name.clone();
+    let state = std::path::Path::new("/tmp").join(format!("mesh-rt-dadopt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    node.run(move || async move {
+        let (alive, stopped) = (task_id(41), task_id(42));
+        let mut ifindex = Vec::new();
+        {
+            let first = Runtimes::new(&state, true).await?;
+            for (k, (id, name)) in [(alive, "alive.1"), (stopped, "stopped.1")]
+                .into_iter()
+                .enumerate()
+            {
+                let addr = Ipv4Addr::new(10, 204, 0, 2 + u8::try_from(k)?);
+                let started = first
+                    .start(&task(id, name, addr, &["/bin/sh", "-c", "sleep 600"]))
+                    .await?;
+                ifindex.push(started.ifindex);
+            }
+        }
+        let alive_ctr = container_id(alive)?.context("alive's container")?;
+        let stopped_ctr = container_id(stopped)?.context("stopped's container")?;
+        // `stopped`'s container ends while no agent runs.
+        run("docker", &["kill", &stopped_ctr])?;
+
+        let second = Runtimes::new(&state, true).await?;
+        let mut exits = second.take_exits().context("exits")?;
+        let adopted = second.adopt().await?;
+        assert_eq!(adopted.running.keys().copied().collect::<Vec<_>>(), [alive]);
+        assert_eq!(adopted.running[&alive].ifindex, ifindex[0], "the same veth");
+        assert_eq!(adopted.gone, BTreeSet::from([stopped]));
+        assert_eq!(container_id(alive)?.as_deref(), Some(alive_ctr.as_str()));
+        assert_eq!(
+            container_id(stopped)?,
+            None,
+            "the stopped container is removed"
+        );
+        let links = run("ip", &["-n", &node_name, "-o", "link"])?;
+        assert!(links.contains(&plumb::host_iface(alive)), "{links}");
+        assert!(!links.contains(&plumb::host_iface(stopped)), "{links}");
+        assert!(
+            second
+                .health_check(alive, "true", Duration::from_secs(10))
+                .await?,
+            "exec into the adopted container"
+        );
+
+        // Leaving: the adopted container is stopped and removed, its exit seen.
+        assert_eq!(second.stop_all(Duration::from_secs(1)).await?, [alive]);
+        assert_eq!(next_exit(&mut exits).await?.0, alive);
+        assert_eq!(container_id(alive)?, None);
+        assert!(lb_agent::runtime::record::list(&state)?.is_empty());
+        Ok(())
+    })
+}

@@ -261,3 +261,124 @@ fn tempdir(tag: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
+
+/// The main process of task `id`, as its record names it.
+fn recorded_pid(state: &Path, id: TaskId) -> Result<i32> {
+    let records = lb_agent::runtime::record::list(state)?;
+    let (_, rec) = records
+        .iter()
+        .find(|(t, _)| *t == id)
+        .with_context(|| format!("no record of task {id:016x}"))?;
+    Ok(rec.main.context("the record names no main process")?.pid)
+}
+
+/// Issue 12, fault 2: a later agent run adopts the tasks a previous one left running
+/// (same process, same veth and ifindex, same log; their end is seen, although they are
+/// not its children), removes the ones whose process ended meanwhile, and `stop_all`
+/// (a node leaving) stops every task.
+#[test]
+fn a_later_run_adopts_running_tasks_and_removes_ended_ones() -> Result<()> {
+    runtime_common::require_busybox()?;
+    let node = Node::new("adopt")?;
+    let node_name = node.name.clone();
+    let state = tempdir("adopt")?;
+    node.run(move || async move {
+        let (alive, ended, other) = (task_id(31), task_id(32), task_id(33));
+        let addr = |k| Ipv4Addr::new(10, 203, 0, k);
+        let mut ifindex = Vec::new();
+        {
+            // A first agent run starts three tasks, then goes away.
+            let first = Runtimes::new(&state, false).await?;
+            for (k, (id, name)) in [(alive, "alive.1"), (ended, "ended.1"), (other, "other.1")]
+                .into_iter()
+                .enumerate()
+            {
+                let a = addr(2 + u8::try_from(k)?);
+                ifindex.push(first.start(&server(id, name, a)).await?.ifindex);
+                poll(Duration::from_secs(10), "the task to answer", || {
+                    fetch(a, 80)
+                })
+                .await?;
+            }
+        }
+        let alive_pid = recorded_pid(&state, alive)?;
+        let other_pid = recorded_pid(&state, other)?;
+        // `ended`'s program ends while no agent runs.
+        let ended_pid = recorded_pid(&state, ended)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(ended_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        poll(
+            Duration::from_secs(10),
+            "the ended task's process to end",
+            || async {
+                (!lb_agent::runtime::procfs::is_task_process(ended_pid, ended, None)).then_some(())
+            },
+        )
+        .await?;
+
+        // `other`'s record is of an earlier agent version (the runtime's name alone):
+        // its main process is found in its namespace.
+        std::fs::write(lb_agent::runtime::record::path(&state, other), "process")?;
+
+        let second = Runtimes::new(&state, false).await?;
+        let mut exits = second.take_exits().context("exits")?;
+        let adopted = second.adopt().await?;
+        assert_eq!(
+            adopted.running.keys().copied().collect::<Vec<_>>(),
+            [alive, other]
+        );
+        assert_eq!(adopted.running[&alive].ifindex, ifindex[0], "the same veth");
+        assert_eq!(adopted.running[&alive].host_iface, plumb::host_iface(alive));
+        assert_eq!(adopted.gone, BTreeSet::from([ended]));
+        // The adopted task answers as before, from the same process.
+        assert_eq!(
+            fetch(addr(2), 80).await.as_deref().map(str::trim),
+            Some("hi")
+        );
+        assert!(lb_agent::runtime::procfs::is_task_process(
+            alive_pid, alive, None
+        ));
+        assert!(
+            second
+                .logs(alive, 0)
+                .await?
+                .iter()
+                .any(|l| l.starts_with("started alive.1"))
+        );
+        // What was left of the ended task is gone.
+        assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(ended)));
+        let links = run("ip", &["-n", &node_name, "-o", "link"])?;
+        assert!(!links.contains(&plumb::host_iface(ended)), "{links}");
+        assert!(links.contains(&plumb::host_iface(alive)), "{links}");
+        // Adopting again takes nothing twice.
+        let again = second.adopt().await?;
+        assert_eq!(again.running.len(), 2);
+        assert!(again.gone.is_empty());
+
+        // The end of an adopted task is seen (not our child: code -1).
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(other_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        assert_eq!(next_exit(&mut exits).await?, (other, Exit { code: -1 }));
+
+        // Leaving: every task is stopped, its namespace, veth and record removed.
+        let stopped = second.stop_all(Duration::from_secs(5)).await?;
+        assert_eq!(stopped, [alive, other]);
+        assert_eq!(next_exit(&mut exits).await?.0, alive);
+        ensure!(
+            fetch(addr(2), 80).await.is_none(),
+            "the stopped task still answers"
+        );
+        let netns = run("ip", &["netns", "list"])?;
+        for id in [alive, ended, other] {
+            assert!(!netns.contains(&netns_of(id)), "{netns}");
+        }
+        assert!(lb_agent::runtime::record::list(&state)?.is_empty());
+        let third = Runtimes::new(&state, false).await?;
+        assert_eq!(third.adopt().await?, lb_agent::runtime::Adopted::default());
+        Ok(())
+    })
+}

@@ -3,6 +3,12 @@
 //! ([`crate::managed::dataplane_config`]), runs the node's tasks through the
 //! runtimes ([`crate::managed::supervisor`]), reports their states, and
 //! answers log requests.
+//!
+//! **Restarts.** The agent's end (a stop, a crash, an upgrade) leaves the
+//! tasks running; the next run adopts them ([`Runtimes::adopt`]) before it
+//! acts on an assignment, so that the first assignment finds them running.
+//! Only a node that leaves stops them: when the cluster removed it
+//! ([`SessionError::Removed`]) the agent stops its tasks before it exits.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -100,15 +106,22 @@ async fn drive(
     manager: &ManagerProcess,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), ManagedError> {
-    match runtimes.cleanup(&std::collections::BTreeSet::new()).await {
-        Ok(removed) if !removed.is_empty() => {
-            info!(tasks = removed.len(), "removed the tasks of a previous run");
+    let mut supervisor = Supervisor::new(task_mtu);
+    // Before any assignment: the first one must find the tasks of the
+    // previous run running, not restart them.
+    match runtimes.adopt().await {
+        Ok(adopted) => {
+            let now = Instant::now();
+            for (id, started) in adopted.running {
+                supervisor.adopted(id, started, now);
+            }
+            for id in adopted.gone {
+                supervisor.ended_while_away(id);
+            }
         }
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "cleaning up the tasks of a previous run failed"),
+        Err(e) => warn!(error = %e, "taking over the tasks of the previous run failed"),
     }
     let mut exits = runtimes.take_exits().ok_or(ManagedError::Exits)?;
-    let mut supervisor = Supervisor::new(task_mtu);
     let mut agent: Option<Agent> = None;
     let mut current: Option<Assignment> = None;
     let mut applied_config: Option<Config> = None;
@@ -135,6 +148,9 @@ async fn drive(
             event = session.events.recv() => {
                 let Some(event) = event else {
                     let result = (&mut session.task).await?;
+                    if let Err(SessionError::Removed(why)) = &result {
+                        leave(&runtimes, why).await;
+                    }
                     result?;
                     return Ok(());
                 };
@@ -188,6 +204,12 @@ async fn drive(
                 Done::Started(id, result) => {
                     if let Err(e) = &result {
                         warn!(task = %format_id(id), error = %e, "a task could not start");
+                    }
+                    // Exits already delivered go first (`select!` picks among
+                    // ready branches at random): a program that ended before
+                    // its start was reported is never reported running.
+                    while let Ok((id, exit)) = exits.try_recv() {
+                        supervisor.exited(id, exit);
                     }
                     supervisor.started(id, result, now);
                 }
@@ -281,6 +303,19 @@ async fn drive(
         if !reports.is_empty() {
             let _ = session.uplink.send(Uplink::Reports(reports));
         }
+    }
+}
+
+/// The cluster removed this node: its tasks (replaced elsewhere by now) are
+/// stopped, as `lb-agent leave` would.
+async fn leave(runtimes: &Runtimes, why: &str) {
+    warn!(
+        reason = why,
+        "this node was removed from the cluster: stopping its tasks"
+    );
+    match runtimes.stop_all(KILL_GRACE).await {
+        Ok(stopped) => info!(tasks = stopped.len(), "stopped the node's tasks"),
+        Err(e) => error!(error = %e, "stopping the node's tasks"),
     }
 }
 

@@ -10,8 +10,17 @@
 //! - `Run` a task not seen yet: report `preparing`, start it (`starting`),
 //!   `running` at once without a health check, else after the first passing
 //!   check. A start that fails: `rejected` with the error.
+//! - Tasks a previous agent run left running are adopted before the first
+//!   assignment ([`Supervisor::adopted`]): they are `Up` with their interface,
+//!   so the first assignment neither restarts them nor reports them lost. The
+//!   assignment fills in what the agent did not keep (name, health check,
+//!   grace period) and its action applies as to any task; one it does not
+//!   list is stopped. Nothing is reported for an adopted task the managers
+//!   already record as running; one they record as still starting is reported
+//!   `running` (after its first passing check, if it has one).
 //! - A task the managers recorded as started that this agent does not know
-//!   (the agent restarted; leftovers were cleaned up): `failed` ("task lost").
+//!   (its process ended while no agent ran, or the node lost its state):
+//!   `failed` ("task lost"); `shutdown` if the assignment was stopping it.
 //! - Health checks every `interval` from the start; failures in the first
 //!   `start_period` do not count; `retries` failures in a row: `failed`
 //!   ("unhealthy"), and stopped.
@@ -88,6 +97,9 @@ struct Tracked {
     /// An exit that arrived while the start's result had not (a program that
     /// ends at once): applied as soon as the start is known to have succeeded.
     early_exit: Option<Exit>,
+    /// Adopted from a previous agent run, not yet seen in an assignment (its
+    /// name, address, health check and grace period are not known yet).
+    adopted: bool,
 }
 
 /// The supervisor's decision core; see the module documentation.
@@ -99,6 +111,9 @@ pub struct Supervisor {
     clock_ms: u64,
     reports: Vec<(TaskId, TaskStatus)>,
     actions: Vec<Action>,
+    /// Tasks a previous agent run left whose process had ended by the time this
+    /// one started (their leftovers were removed).
+    ended_away: BTreeSet<TaskId>,
 }
 
 fn status(clock_ms: u64, state: TaskState, message: &str) -> TaskStatus {
@@ -121,7 +136,41 @@ impl Supervisor {
             clock_ms: 0,
             reports: Vec::new(),
             actions: Vec::new(),
+            ended_away: BTreeSet::new(),
         }
+    }
+
+    /// A task a previous agent run left running, taken over by the runtimes
+    /// (call before the first assignment): it is `Up` with `started`'s
+    /// interface, and reports nothing until something happens to it.
+    pub fn adopted(&mut self, id: TaskId, started: Started, now: Instant) {
+        self.tasks.insert(
+            id,
+            Tracked {
+                name: String::new(),
+                addr: Ipv4Addr::UNSPECIFIED,
+                health: None,
+                stop_grace: Duration::ZERO,
+                phase: Phase::Up,
+                stop: false,
+                iface: Some(started.host_iface),
+                since: now,
+                healthy: true,
+                failures: 0,
+                next_check: None,
+                checking: false,
+                status: None,
+                early_exit: None,
+                adopted: true,
+            },
+        );
+    }
+
+    /// A task a previous agent run left whose process had ended meanwhile (the
+    /// runtimes removed what was left of it): if the managers still record it
+    /// as started, it is reported `failed` saying so.
+    pub fn ended_while_away(&mut self, id: TaskId) {
+        self.ended_away.insert(id);
     }
 
     /// Sets the wall clock stamped on the next reports (ms since the epoch).
@@ -180,12 +229,13 @@ impl Supervisor {
         let assigned: BTreeSet<TaskId> = tasks.iter().map(|t| t.id).collect();
         for task in tasks {
             match self.tasks.get_mut(&task.id) {
+                Some(t) if t.adopted => self.resume(task, now),
                 Some(t) => {
                     if task.action == TaskAction::Stop {
                         t.stop = true;
                     }
                 }
-                None => self.adopt(task, now),
+                None => self.take_in(task, now),
             }
             self.advance_stop(task.id, now);
         }
@@ -213,8 +263,39 @@ impl Supervisor {
         }
     }
 
+    /// The first assignment that lists an adopted task: what the assignment
+    /// says of it completes what the supervisor knows.
+    fn resume(&mut self, task: &AssignedTask, now: Instant) {
+        let clock_ms = self.clock_ms;
+        let Some(t) = self.tasks.get_mut(&task.id) else {
+            return;
+        };
+        t.adopted = false;
+        t.name.clone_from(&task.name);
+        t.addr = task.addr;
+        t.health.clone_from(&task.spec.health);
+        t.stop_grace = ms(task.spec.stop_grace_ms);
+        t.stop = task.action == TaskAction::Stop;
+        if t.phase != Phase::Up {
+            // It ended meanwhile (and was reported).
+            return;
+        }
+        if let Some(h) = &t.health {
+            t.next_check = Some(now + ms(h.interval_ms).max(ms(100)));
+        }
+        if task.state >= TaskState::Running {
+            t.healthy = true;
+            return;
+        }
+        // The managers saw it starting: it is `running` once healthy.
+        t.healthy = t.health.is_none();
+        if t.healthy {
+            self.report(task.id, status(clock_ms, TaskState::Running, "started"));
+        }
+    }
+
     /// A task of the assignment this supervisor does not know yet.
-    fn adopt(&mut self, task: &AssignedTask, now: Instant) {
+    fn take_in(&mut self, task: &AssignedTask, now: Instant) {
         let mut tracked = Tracked {
             name: task.name.clone(),
             addr: task.addr,
@@ -230,12 +311,26 @@ impl Supervisor {
             checking: false,
             status: None,
             early_exit: None,
+            adopted: false,
         };
         if task.state >= TaskState::Preparing {
             // Recorded as started, but nothing of it runs here.
             self.tasks.insert(task.id, tracked);
+            let ended_away = self.ended_away.remove(&task.id);
+            if task.action == TaskAction::Stop {
+                // It was being stopped: it is.
+                self.report(
+                    task.id,
+                    status(self.clock_ms, TaskState::Shutdown, "shutdown"),
+                );
+                return;
+            }
             let mut status = status(self.clock_ms, TaskState::Failed, "task lost");
-            status.error = "task lost: the agent restarted".into();
+            status.error = if ended_away {
+                "task lost: it ended while its node's agent was not running".into()
+            } else {
+                "task lost: the agent restarted".into()
+            };
             self.report(task.id, status);
             return;
         }
@@ -713,6 +808,158 @@ mod tests {
         // Never started and told to stop: shut down without running.
         s.assign(&[task(3, TaskAction::Stop, None)], t0);
         assert_eq!(states(&s.take().1), vec![TaskState::Shutdown]);
+    }
+
+    fn recorded(id: TaskId, action: TaskAction, state: TaskState) -> AssignedTask {
+        let mut t = task(id, action, None);
+        t.state = state;
+        t
+    }
+
+    #[test]
+    fn adopted_tasks_run_on_without_a_restart_or_a_report() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.adopted(1, started("veth1").unwrap(), t0);
+        s.adopted(2, started("veth2").unwrap(), t0);
+        // Before any assignment: their interfaces are known, nothing is reported.
+        assert_eq!(s.running_ifaces().len(), 2);
+        assert!(s.statuses().is_empty(), "nothing to re-send on reconnect");
+        assert_eq!(s.take(), (vec![], vec![]));
+        // The first assignment lists both as running: nothing starts, nothing is lost.
+        s.assign(
+            &[
+                recorded(1, TaskAction::Run, TaskState::Running),
+                recorded(2, TaskAction::Run, TaskState::Running),
+            ],
+            t0,
+        );
+        assert_eq!(s.take(), (vec![], vec![]));
+        assert_eq!(s.running_ifaces()[&1], "veth1");
+        assert_eq!(s.name(1), Some("web.1"));
+        // From then on they are tasks like any other: an exit is reported...
+        s.exited(2, Exit { code: -1 });
+        let (_, reports) = s.take();
+        assert_eq!(reports[0].0, 2);
+        assert_eq!(reports[0].1.state, TaskState::Failed);
+        assert_eq!(reports[0].1.exit_code, Some(-1));
+        // ...and a stop drains with the grace period the assignment gave.
+        s.assign(
+            &[
+                recorded(1, TaskAction::Stop, TaskState::Running),
+                recorded(2, TaskAction::Stop, TaskState::Failed),
+            ],
+            t0,
+        );
+        assert_eq!(s.draining().get(&1), Some(&Ipv4Addr::new(10, 255, 0, 1)));
+        s.tick(t0 + Duration::from_secs(9));
+        assert!(s.take().0.is_empty(), "within its 10 s grace period");
+        s.tick(t0 + Duration::from_secs(10));
+        assert_eq!(s.take().0, vec![Action::Stop(1)]);
+    }
+
+    #[test]
+    fn adopted_tasks_the_assignment_drops_are_stopped() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.adopted(1, started("veth1").unwrap(), t0);
+        s.adopted(2, started("veth2").unwrap(), t0);
+        s.assign(&[recorded(2, TaskAction::Run, TaskState::Running)], t0);
+        let (actions, reports) = s.take();
+        assert_eq!(actions, vec![Action::Stop(1)]);
+        assert!(reports.is_empty());
+        assert_eq!(s.running_ifaces().keys().copied().collect::<Vec<_>>(), [2]);
+        s.stopped(1);
+        assert!(s.take().1.is_empty(), "the leader dropped it: no report");
+    }
+
+    #[test]
+    fn adopted_tasks_still_starting_report_running_once_healthy() {
+        let t0 = Instant::now();
+        let s1 = Duration::from_secs(1);
+        let mut s = Supervisor::new(1450);
+        s.adopted(1, started("veth1").unwrap(), t0);
+        s.adopted(2, started("veth2").unwrap(), t0);
+        let mut checked = recorded(2, TaskAction::Run, TaskState::Starting);
+        checked.spec.health = Some(check("true", 3, 0));
+        s.assign(
+            &[recorded(1, TaskAction::Run, TaskState::Starting), checked],
+            t0,
+        );
+        let (actions, reports) = s.take();
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(
+            reports
+                .iter()
+                .map(|(id, st)| (*id, st.state))
+                .collect::<Vec<_>>(),
+            [(1, TaskState::Running)],
+            "without a health check: running at once"
+        );
+        s.tick(t0 + s1);
+        let (actions, _) = s.take();
+        assert!(matches!(actions.as_slice(), [Action::Check { id: 2, .. }]));
+        s.checked(2, true, t0 + s1);
+        assert_eq!(states(&s.take().1), vec![TaskState::Running]);
+    }
+
+    #[test]
+    fn adopted_tasks_that_end_before_the_first_assignment_fail() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.adopted(1, started("veth1").unwrap(), t0);
+        s.exited(1, Exit { code: -1 });
+        let (_, reports) = s.take();
+        assert_eq!(states(&reports), vec![TaskState::Failed]);
+        s.assign(&[recorded(1, TaskAction::Run, TaskState::Running)], t0);
+        assert_eq!(s.take(), (vec![], vec![]), "reported once, not restarted");
+        assert!(s.running_ifaces().is_empty());
+        // Once the leader drops it, what the runtime holds is released.
+        s.assign(&[], t0);
+        assert_eq!(s.take().0, vec![Action::Stop(1)]);
+    }
+
+    #[test]
+    fn tasks_that_ended_while_the_agent_was_away_are_lost_saying_so() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.ended_while_away(1);
+        s.assign(
+            &[
+                recorded(1, TaskAction::Run, TaskState::Running),
+                recorded(2, TaskAction::Run, TaskState::Running),
+            ],
+            t0,
+        );
+        let (actions, reports) = s.take();
+        assert!(actions.is_empty(), "lost tasks are replaced by the leader");
+        let errors: Vec<(TaskId, TaskState, &str)> = reports
+            .iter()
+            .map(|(id, st)| (*id, st.state, st.error.as_str()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (
+                    1,
+                    TaskState::Failed,
+                    "task lost: it ended while its node's agent was not running"
+                ),
+                (2, TaskState::Failed, "task lost: the agent restarted"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_task_being_stopped_that_no_longer_runs_is_shut_down_not_lost() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.ended_while_away(1);
+        s.assign(&[recorded(1, TaskAction::Stop, TaskState::Running)], t0);
+        let (actions, reports) = s.take();
+        assert!(actions.is_empty());
+        assert_eq!(states(&reports), vec![TaskState::Shutdown]);
+        assert!(reports[0].1.error.is_empty());
     }
 
     #[test]

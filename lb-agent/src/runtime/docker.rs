@@ -4,7 +4,8 @@
 //!
 //! Containers are named `<task name>.<task id>` (`web.1.00000000000000a3`) and carry the
 //! labels [`LABEL_TASK_ID`] and [`LABEL_TASK_NAME`], by which a later agent run finds
-//! them. Exits come from the engine's wait API, logs from its logs API, health checks
+//! them (a restarted agent adopts the running ones: the engine keeps a container, its
+//! namespace and output whether the agent runs or not). Exits come from the engine's wait API, logs from its logs API, health checks
 //! run through exec.
 //!
 //! The container's program starts before its `eth0` exists: the engine offers no hook
@@ -474,6 +475,36 @@ impl DockerRuntime {
                     container, "adopted a container"
                 );
                 Ok(true)
+            }
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(dk(format!("inspect {container}"))(e)),
+        }
+    }
+
+    /// Takes over a container a previous agent run started if it still runs (its end is
+    /// then watched through the wait API, as for a container this run started); `false`
+    /// (nothing taken over) if it is gone or has stopped.
+    pub(crate) async fn adopt_running(
+        &self,
+        id: TaskId,
+        container: &str,
+    ) -> Result<bool, RuntimeError> {
+        if self.has(id) {
+            return Ok(true);
+        }
+        match self.docker.inspect_container(container, None).await {
+            Ok(inspect) => {
+                let running = inspect
+                    .state
+                    .is_some_and(|s| s.running == Some(true) && s.pid.is_some_and(|p| p > 0));
+                if running {
+                    self.watch(id, container.to_owned());
+                    info!(
+                        task = format!("{id:016x}"),
+                        container, "adopted a running container"
+                    );
+                }
+                Ok(running)
             }
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(dk(format!("inspect {container}"))(e)),

@@ -14,9 +14,18 @@
 //! - [`lines`]: lines out of output as it grows, for follows;
 //! - [`plumb`]: a task's network (veth pair, address, gateway, routes);
 //! - [`netns`]: named network namespaces and running code inside one;
+//! - [`record`]: the record of each task under the state directory, by which a later
+//!   agent run finds it;
+//! - [`procfs`]: whether a PID is a task's main process, and waiting for one that is not
+//!   the agent's child;
 //! - [`process`] and [`docker`]: the two runtimes.
 //!
 //! The parts depend on each other, never on this module.
+//!
+//! **Agent restarts.** Tasks outlive their agent: a process task runs in a process group
+//! and namespace of its own and writes its output to its log file directly, a container
+//! belongs to the engine. A new agent run takes them over ([`Runtimes::adopt`]); only a
+//! node that leaves for good stops them ([`Runtimes::stop_all`]).
 
 pub mod docker;
 pub mod error;
@@ -24,10 +33,12 @@ pub mod lines;
 pub mod netns;
 pub mod plumb;
 pub mod process;
+pub mod procfs;
+pub mod record;
 mod table;
 pub mod task;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +52,7 @@ use docker::DockerRuntime;
 use error::{RuntimeError, failed};
 use plumb::Netlink;
 use process::ProcessRuntime;
+use record::Record;
 use task::{Exit, Started, TaskConfig};
 
 /// The node's task runtimes behind one facade: process always, docker when enabled and
@@ -129,30 +141,40 @@ impl Runtimes {
             RuntimeKind::Process => {
                 let p = &self.inner.process;
                 // The record first: a crash after this point leaves something cleanup finds.
-                write_record(&self.inner.state_dir, task.id, RuntimeKind::Process)?;
+                let mut rec = Record {
+                    kind: RuntimeKind::Process,
+                    main: None,
+                };
+                record::write(&self.inner.state_dir, task.id, &rec)?;
                 let result = async {
                     let ns = p.create_netns(task.id).await?;
                     let started =
                         plumb::plumb(&self.inner.netlink, task.id, task.addr, task.mtu, &ns)
                             .await?;
-                    p.spawn(task).await?;
+                    rec.main = Some(p.spawn(task).await?);
+                    // Names the main process, for a later run to recognise it.
+                    record::write(&self.inner.state_dir, task.id, &rec)?;
                     Ok(started)
                 }
                 .await;
                 if result.is_err() {
                     let _ = process::remove_netns(task.id).await;
                     let _ = plumb::unplumb(&self.inner.netlink, task.id).await;
-                    remove_record(&self.inner.state_dir, task.id);
+                    record::remove(&self.inner.state_dir, task.id);
                 }
                 result
             }
             RuntimeKind::Docker => {
                 let d = self.docker()?;
-                write_record(&self.inner.state_dir, task.id, RuntimeKind::Docker)?;
+                let rec = Record {
+                    kind: RuntimeKind::Docker,
+                    main: None,
+                };
+                record::write(&self.inner.state_dir, task.id, &rec)?;
                 let result = d.start(&self.inner.netlink, task).await;
                 if result.is_err() {
                     let _ = plumb::unplumb(&self.inner.netlink, task.id).await;
-                    remove_record(&self.inner.state_dir, task.id);
+                    record::remove(&self.inner.state_dir, task.id);
                 }
                 result
             }
@@ -181,7 +203,7 @@ impl Runtimes {
             _ => self.inner.process.stop(id, grace).await?,
         }
         plumb::unplumb(&self.inner.netlink, id).await?;
-        remove_record(&self.inner.state_dir, id);
+        record::remove(&self.inner.state_dir, id);
         Ok(())
     }
 
@@ -255,7 +277,7 @@ impl Runtimes {
         let inner = &*self.inner;
         let mut removed = BTreeSet::new();
         let mut kept = BTreeSet::new();
-        let records = list_records(&inner.state_dir)?;
+        let records = record::list(&inner.state_dir)?;
         if let Ok(d) = self.docker() {
             for (id, container) in d.ours().await? {
                 if keep.contains(&id) {
@@ -269,12 +291,16 @@ impl Runtimes {
             }
         }
         let p = &inner.process;
-        for (id, kind) in records {
+        for (id, rec) in records {
+            let kind = rec.kind;
             if kept.contains(&id) || p.has(id) {
                 continue;
             }
             if keep.contains(&id) && kind == RuntimeKind::Process {
-                p.adopt(id)?;
+                if !p.adopt(id, rec.main) {
+                    // Its main process is gone: reported as exited.
+                    p.adopt_ended(id);
+                }
                 kept.insert(id);
                 continue;
             }
@@ -284,7 +310,7 @@ impl Runtimes {
             }
             process::remove_netns(id).await?;
             plumb::unplumb(&inner.netlink, id).await?;
-            remove_record(&inner.state_dir, id);
+            record::remove(&inner.state_dir, id);
             removed.insert(id);
         }
         let running: BTreeSet<String> = keep
@@ -310,39 +336,208 @@ impl Runtimes {
     }
 }
 
-/// The record of task `id` under `state_dir`: which runtime started it.
-fn record_path(state_dir: &Path, id: TaskId) -> std::path::PathBuf {
-    state_dir.join("tasks").join(format!("{id:016x}.task"))
+/// What [`Runtimes::adopt`] found of a previous agent run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// Tasks that still run, taken over, with their network.
+    pub running: BTreeMap<TaskId, Started>,
+    /// Tasks recorded whose process or container had ended (or that had lost their
+    /// network): removed.
+    pub gone: BTreeSet<TaskId>,
 }
 
-fn write_record(state_dir: &Path, id: TaskId, kind: RuntimeKind) -> Result<(), RuntimeError> {
-    let path = record_path(state_dir, id);
-    std::fs::write(&path, kind.to_string()).map_err(failed(format!("write {}", path.display())))
-}
-
-fn remove_record(state_dir: &Path, id: TaskId) {
-    let _ = std::fs::remove_file(record_path(state_dir, id));
-}
-
-/// The tasks recorded under `state_dir`.
-fn list_records(state_dir: &Path) -> Result<Vec<(TaskId, RuntimeKind)>, RuntimeError> {
-    let dir = state_dir.join("tasks");
-    let entries = std::fs::read_dir(&dir).map_err(failed(format!("read {}", dir.display())))?;
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".task"))
-            .and_then(|h| TaskId::from_str_radix(h, 16).ok())
-        else {
-            continue;
+impl Runtimes {
+    /// Takes over what a previous agent run of this state directory left: every
+    /// recorded task whose main process (verified by [`procfs::is_task_process`]) or
+    /// container still runs, and whose host-side veth is still there, is adopted as it
+    /// is (namespace, veth, address, process, log untouched; stop, logs, follows, health
+    /// checks and its exit work as for a task this run started). Recorded tasks that
+    /// ended are removed (what is left of their sandbox, veth and record), as are our
+    /// labelled containers without a record and stray host-side veths.
+    ///
+    /// A task that cannot be looked at (docker does not answer, a netlink error) is
+    /// neither adopted nor removed: it is left as it is, with its record, for a later
+    /// run (logged).
+    ///
+    /// # Errors
+    /// If the records cannot be read, or removing our unrecorded containers or stray
+    /// veths fails (tasks adopted before the failure stay adopted).
+    pub async fn adopt(&self) -> Result<Adopted, RuntimeError> {
+        let inner = &*self.inner;
+        let mut out = Adopted::default();
+        let records = record::list(&inner.state_dir)?;
+        // `None`: the engine did not answer; docker tasks are left as they are.
+        let mut containers: Option<BTreeMap<TaskId, String>> = match self.docker() {
+            Ok(d) => match d.ours().await {
+                Ok(list) => Some(list.into_iter().collect()),
+                Err(e) => {
+                    warn!(error = %e, "listing this agent's containers failed: docker tasks left as they are");
+                    None
+                }
+            },
+            Err(_) => Some(BTreeMap::new()),
         };
-        let kind = std::fs::read_to_string(entry.path())
-            .ok()
-            .and_then(|k| k.trim().parse().ok())
-            .unwrap_or_default();
-        out.push((id, kind));
+        // Tasks that could not be looked at: neither adopted nor removed (their
+        // record stays for a later run; their veth stays too).
+        let mut skipped = BTreeSet::new();
+        for (id, rec) in records {
+            let container = match (&mut containers, rec.kind) {
+                (Some(list), _) => list.remove(&id),
+                (None, RuntimeKind::Docker) => {
+                    skipped.insert(id);
+                    continue;
+                }
+                (None, RuntimeKind::Process) => None,
+            };
+            match self.adopt_one(id, rec, container.as_deref()).await {
+                Ok(Some(started)) => {
+                    out.running.insert(id, started);
+                }
+                Ok(None) => {
+                    out.gone.insert(id);
+                }
+                Err(e) => {
+                    warn!(task = format!("{id:016x}"), error = %e, "taking over a task failed: left as it is");
+                    skipped.insert(id);
+                }
+            }
+        }
+        if let (Ok(d), Some(containers)) = (self.docker(), containers) {
+            // Labelled as ours, but without a record: nothing knows them.
+            for (id, container) in containers {
+                if !d.has(id) {
+                    d.remove(&container).await?;
+                    out.gone.insert(id);
+                }
+            }
+        }
+        let running: BTreeSet<String> = out
+            .running
+            .keys()
+            .copied()
+            .chain(skipped.iter().copied())
+            .chain(inner.process.ids())
+            .chain(self.docker().map(DockerRuntime::ids).unwrap_or_default())
+            .map(plumb::host_iface)
+            .collect();
+        for (name, _) in inner.netlink.links().await? {
+            if plumb::is_host_iface(&name) && !running.contains(&name) {
+                inner.netlink.delete_link(&name).await?;
+            }
+        }
+        if !out.running.is_empty() || !out.gone.is_empty() {
+            info!(
+                adopted = ?out.running.keys().map(|id| format!("{id:016x}")).collect::<Vec<_>>(),
+                removed = ?out.gone.iter().map(|id| format!("{id:016x}")).collect::<Vec<_>>(),
+                "took over the tasks of the previous agent run"
+            );
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// [`Runtimes::adopt`] of one recorded task (`container`: its labelled container,
+    /// if any): its network if it is taken over, `None` if it had ended (and what was
+    /// left of it is removed).
+    async fn adopt_one(
+        &self,
+        id: TaskId,
+        rec: Record,
+        container: Option<&str>,
+    ) -> Result<Option<Started>, RuntimeError> {
+        let inner = &*self.inner;
+        let iface = plumb::host_iface(id);
+        if let Some(ifindex) = inner.netlink.index_of(&iface).await? {
+            let alive = match rec.kind {
+                RuntimeKind::Process => inner.process.adopt(id, rec.main),
+                RuntimeKind::Docker => match (self.docker(), container) {
+                    (Ok(d), Some(c)) => d.adopt_running(id, c).await?,
+                    _ => false,
+                },
+            };
+            if alive {
+                return Ok(Some(Started {
+                    host_iface: iface,
+                    ifindex,
+                }));
+            }
+        }
+        info!(
+            task = format!("{id:016x}"),
+            runtime = %rec.kind,
+            "a task of the previous run has ended: removing what is left of it"
+        );
+        if let (Ok(d), Some(c)) = (self.docker(), container) {
+            d.remove(c).await?;
+        }
+        process::remove_netns(id).await?;
+        plumb::unplumb(&inner.netlink, id).await?;
+        record::remove(&inner.state_dir, id);
+        Ok(None)
+    }
+
+    /// Stops every task of this state directory, this run's and any recorded (each
+    /// with SIGTERM, SIGKILL after `grace`, as [`Runtimes::stop`]), all at once: the
+    /// node leaves for good. Returns the tasks stopped.
+    ///
+    /// # Errors
+    /// If the records cannot be read, or a task cannot be stopped (the others still
+    /// are).
+    pub async fn stop_all(&self, grace: Duration) -> Result<Vec<TaskId>, RuntimeError> {
+        let ids: BTreeSet<TaskId> = record::list(&self.inner.state_dir)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .chain(self.inner.process.ids())
+            .chain(self.docker().map(DockerRuntime::ids).unwrap_or_default())
+            .collect();
+        let results = futures::future::join_all(ids.iter().map(|&id| self.stop(id, grace))).await;
+        let mut first_error = None;
+        for (id, result) in ids.iter().zip(results) {
+            if let Err(e) = result {
+                warn!(task = format!("{id:016x}"), error = %e, "stopping a task");
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(ids.into_iter().collect()),
+        }
+    }
+}
+
+/// The lock an agent holds on its state directory while it runs tasks
+/// (`<state dir>/tasks/agent.lock`, `flock(2)`): two agents never manage one node's
+/// tasks, and `lb-agent leave` refuses while the agent runs. Released when dropped
+/// (or when the process ends, however it ends).
+#[derive(Debug)]
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the [`StateLock`] of `state_dir`.
+///
+/// # Errors
+/// [`RuntimeError::Failed`] if another process holds it (an agent runs on this state
+/// directory) or the file cannot be opened.
+pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, RuntimeError> {
+    let dir = state_dir.join("tasks");
+    std::fs::create_dir_all(&dir).map_err(failed(format!("create {}", dir.display())))?;
+    let path = dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(failed(format!("open {}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(StateLock { _lock: lock }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RuntimeError::Failed(format!(
+            "another lb-agent runs on {} (it holds {})",
+            state_dir.display(),
+            path.display()
+        ))),
+        Err((_, e)) => Err(RuntimeError::Failed(format!(
+            "lock {}: {e}",
+            path.display()
+        ))),
+    }
 }

@@ -22,6 +22,8 @@ use tracing::{debug, info, warn};
 use super::error::{RuntimeError, failed};
 use super::lines::{Batcher, LineSplitter};
 use super::netns;
+use super::procfs;
+use super::record::MainProcess;
 use super::table::TaskTable;
 use super::task::{Exit, TaskConfig, task_env};
 
@@ -123,8 +125,9 @@ impl ProcessRuntime {
             .map_err(failed(format!("create the namespace of task {id:016x}")))
     }
 
-    /// Starts the task's program in its (plumbed) namespace.
-    pub(crate) async fn spawn(&self, task: &TaskConfig) -> Result<(), RuntimeError> {
+    /// Starts the task's program in its (plumbed) namespace; returns its main process
+    /// (for the task's record).
+    pub(crate) async fn spawn(&self, task: &TaskConfig) -> Result<MainProcess, RuntimeError> {
         let id = task.id;
         let log = log_path(&self.state_dir, id);
         if let Some(dir) = log.parent() {
@@ -162,6 +165,9 @@ impl ProcessRuntime {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| RuntimeError::Failed("the task ended at once".into()))?;
+        // Its start time, for a later run to recognise it (0 if it ended already: its
+        // exit is reported below anyway).
+        let start = procfs::stat(pid).map_or(0, |s| s.start);
         let tx = self.track(id, pid, env);
         let exits = self.exits.clone();
         let name = task.name.clone();
@@ -178,7 +184,7 @@ impl ProcessRuntime {
             let _ = exits.send((id, exit));
         });
         info!(task = task.name, pid, "process task started");
-        Ok(())
+        Ok(MainProcess { pid, start })
     }
 
     /// Signals the task's process group: SIGTERM, SIGKILL after `grace`; then kills
@@ -355,67 +361,74 @@ impl ProcessRuntime {
         }
     }
 
-    /// Takes over a task a previous agent run started (kept by cleanup): its main
-    /// process is the process-group leader in its namespace. Its exit code cannot be
-    /// known (it is not our child): its end is reported with code -1.
-    pub(crate) fn adopt(&self, id: TaskId) -> Result<bool, RuntimeError> {
-        let ns = netns::path(&netns_name(id));
-        let pids = netns::processes_in(&ns).map_err(failed(format!("{}", ns.display())))?;
-        let leader = pids
-            .iter()
-            .copied()
-            .filter(|&p| {
-                nix::unistd::getpgid(Some(Pid::from_raw(p))).is_ok_and(|g| g.as_raw() == p)
-            })
-            .min();
-        let Some(pid) = leader else {
-            // Its main process is gone: report the end, keep the namespace until stop.
-            let exit = Exit { code: -1 };
-            let (_tx, rx) = watch::channel(Some(exit));
-            self.tasks.insert(
-                id,
-                Proc {
-                    pid: 0,
-                    env: Vec::new(),
-                    exited: rx,
-                },
-            );
-            let _ = self.exits.send((id, exit));
-            return Ok(false);
+    /// Takes over a task a previous agent run started, if its main process still runs:
+    /// the process `main` names (its record), else the process-group leader in the
+    /// task's namespace (a record written before the spawn completed), provided it
+    /// really is the task's ([`procfs::is_task_process`]). Its end is watched through a
+    /// pidfd ([`procfs::wait_exit`]) and reported with code -1: it is not our child,
+    /// so its exit code cannot be known. `false` (nothing taken over) if no such
+    /// process runs.
+    pub(crate) fn adopt(&self, id: TaskId, main: Option<MainProcess>) -> bool {
+        if self.has(id) {
+            return true;
+        }
+        let candidate = match main {
+            Some(m) => Some((m.pid, Some(m.start))),
+            None => self.group_leader(id).map(|pid| (pid, None)),
         };
-        let env = std::fs::read(format!("/proc/{pid}/environ"))
-            .map(|b| {
-                b.split(|&c| c == 0)
-                    .filter_map(|kv| {
-                        let kv = String::from_utf8_lossy(kv);
-                        kv.split_once('=')
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let tx = self.track(id, pid, env);
+        let Some((pid, start)) = candidate else {
+            return false;
+        };
+        // The pidfd first: the process the check below recognises is the one it names.
+        let pidfd = procfs::pidfd(pid)
+            .inspect_err(|e| debug!(pid, error = %e, "no pidfd: /proc is polled instead"))
+            .ok();
+        if !procfs::is_task_process(pid, id, start) {
+            return false;
+        }
+        let Some(start) = start.or_else(|| procfs::stat(pid).map(|s| s.start)) else {
+            return false;
+        };
+        let tx = self.track(id, pid, procfs::environ(pid));
         let exits = self.exits.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                if kill(Pid::from_raw(pid), None).is_err()
-                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                        s.rsplit(')')
-                            .next()
-                            .is_some_and(|r| r.trim_start().starts_with('Z'))
-                    })
-                {
-                    break;
-                }
-            }
+            procfs::wait_exit(pid, start, pidfd).await;
             let exit = Exit { code: -1 };
+            info!(task = format!("{id:016x}"), pid, "adopted task exited");
             let _ = tx.send(Some(exit));
             let _ = exits.send((id, exit));
         });
         info!(task = format!("{id:016x}"), pid, "adopted a process task");
-        Ok(true)
+        true
+    }
+
+    /// Records a task whose main process is gone, as ended (code -1) and reports its
+    /// exit: its namespace stays until it is stopped.
+    pub(crate) fn adopt_ended(&self, id: TaskId) {
+        let exit = Exit { code: -1 };
+        let (_tx, rx) = watch::channel(Some(exit));
+        self.tasks.insert(
+            id,
+            Proc {
+                pid: 0,
+                env: Vec::new(),
+                exited: rx,
+            },
+        );
+        let _ = self.exits.send((id, exit));
+    }
+
+    /// The process-group leader among the processes in task `id`'s namespace (the
+    /// task's main process: it runs in a group of its own).
+    fn group_leader(&self, id: TaskId) -> Option<i32> {
+        let ns = netns::path(&netns_name(id));
+        let pids = netns::processes_in(&ns).ok()?;
+        pids.iter()
+            .copied()
+            .filter(|&p| {
+                nix::unistd::getpgid(Some(Pid::from_raw(p))).is_ok_and(|g| g.as_raw() == p)
+            })
+            .min()
     }
 }
 

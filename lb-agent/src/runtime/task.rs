@@ -33,8 +33,9 @@ pub struct Started {
 
 /// How a task's main process ended.
 ///
-/// A task adopted from a previous agent run (see [`crate::runtime::Runtimes::cleanup`])
-/// that was not this agent's child ends with code -1: its real code cannot be known.
+/// A process task adopted from a previous agent run (see
+/// [`crate::runtime::Runtimes::adopt`]) is not this agent's child: it ends with code -1,
+/// its real code cannot be known. An adopted container's code is the engine's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exit {
     /// Its exit code; 128 + the signal's number if a signal killed it.
