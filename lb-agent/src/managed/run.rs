@@ -243,6 +243,10 @@ async fn drive(
                 if let Some(agent) = &agent {
                     agent.ensure_neighbours().await;
                 }
+                // Task logs past their bound are rotated (a copy of up to 16 MiB each:
+                // off the loop).
+                let runtimes = runtimes.clone();
+                tokio::task::spawn_blocking(move || runtimes.rotate_logs());
             }
         }
         let (actions, reports) = supervisor.take();

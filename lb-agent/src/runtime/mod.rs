@@ -227,6 +227,12 @@ impl Runtimes {
         self.inner.process.health_check(id, cmd, timeout).await
     }
 
+    /// Rotates the process tasks' logs that grew past their bound (docker rotates
+    /// its containers' logs itself: each is created with `max-size` and `max-file`).
+    pub fn rotate_logs(&self) {
+        self.inner.process.rotate_logs();
+    }
+
     /// The last `tail` lines of the task's stdout+stderr (0: all).
     ///
     /// # Errors

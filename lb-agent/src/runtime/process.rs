@@ -53,6 +53,44 @@ pub fn log_path(state_dir: &Path, id: TaskId) -> PathBuf {
     state_dir.join("tasks").join(format!("{id:016x}.log"))
 }
 
+/// Where [`rotate_log`] keeps the older part of task `id`'s log.
+#[must_use]
+pub fn rotated_log_path(state_dir: &Path, id: TaskId) -> PathBuf {
+    state_dir.join("tasks").join(format!("{id:016x}.log.1"))
+}
+
+/// A running task's log is rotated once it holds this much, so that a task's output
+/// takes at most about twice this on disk.
+pub const LOG_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Rotates the log at `path` if it holds at least `max` bytes: its contents are copied
+/// to `rotated` (replacing the part rotated before) and it is emptied. The task writes
+/// it through a descriptor in append mode, so it goes on writing at the new end; a
+/// follow sees the file shrink and reads it from the start. (Copy and truncate: the
+/// task's descriptor cannot be made to point at a new file.) Returns whether it
+/// rotated.
+///
+/// # Errors
+/// If the log cannot be read, copied or truncated.
+pub fn rotate_log(path: &Path, rotated: &Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len < max {
+        return Ok(false);
+    }
+    let tmp = rotated.with_extension("1.tmp");
+    std::fs::copy(path, &tmp)?;
+    std::fs::rename(&tmp, rotated)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)?;
+    Ok(true)
+}
+
 /// The exit of a status: its code, or 128 + the signal that killed it.
 #[must_use]
 pub fn exit_of(status: std::process::ExitStatus) -> Exit {
@@ -75,6 +113,10 @@ pub(crate) struct ProcessRuntime {
     state_dir: PathBuf,
     tasks: TaskTable<Proc>,
     exits: mpsc::UnboundedSender<(TaskId, Exit)>,
+    /// How many times each task's log was rotated. Held while a log is rotated, and
+    /// while a follow reads it, so that a follow never reads a log mid-rotation and
+    /// knows when to go on in the rotated part.
+    rotations: tokio::sync::Mutex<std::collections::BTreeMap<TaskId, u64>>,
 }
 
 impl ProcessRuntime {
@@ -83,6 +125,7 @@ impl ProcessRuntime {
             state_dir: state_dir.to_owned(),
             tasks: TaskTable::new(),
             exits,
+            rotations: tokio::sync::Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -254,12 +297,39 @@ impl ProcessRuntime {
         }
     }
 
-    /// The last `tail` lines of the task's log (0: all); the log outlives the task.
+    /// Rotates the logs of the tasks running here that passed
+    /// [`LOG_ROTATE_BYTES`] ([`rotate_log`]); a failure is logged.
+    /// Call it off the async runtime's threads (it blocks on the follows' lock).
+    pub(crate) fn rotate_logs(&self) {
+        self.rotate_logs_past(LOG_ROTATE_BYTES);
+    }
+
+    /// As [`ProcessRuntime::rotate_logs`], with bound `max`.
+    fn rotate_logs_past(&self, max: u64) {
+        for id in self.tasks.ids() {
+            let path = log_path(&self.state_dir, id);
+            let mut rotations = self.rotations.blocking_lock();
+            match rotate_log(&path, &rotated_log_path(&self.state_dir, id), max) {
+                Ok(true) => {
+                    *rotations.entry(id).or_default() += 1;
+                    tracing::info!(task = %format!("{id:016x}"), "rotated the task's log");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "rotating a task's log")
+                }
+            }
+        }
+    }
+
+    /// The last `tail` lines of the task's log (0: all), its rotated part first; the
+    /// log outlives the task.
     pub(crate) fn logs(&self, id: TaskId, tail: usize) -> Result<Vec<String>, RuntimeError> {
         let path = log_path(&self.state_dir, id);
+        let older = std::fs::read(rotated_log_path(&self.state_dir, id)).unwrap_or_default();
         match std::fs::read(&path) {
             Ok(bytes) => Ok(super::task::tail_lines(
-                &String::from_utf8_lossy(&bytes),
+                &String::from_utf8_lossy(&[older, bytes].concat()),
                 tail,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -292,7 +362,7 @@ impl ProcessRuntime {
         tail: usize,
         out: &mpsc::Sender<Vec<String>>,
     ) -> Result<(), RuntimeError> {
-        use tokio::io::AsyncReadExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
         let path = log_path(&self.state_dir, id);
         // `None`: not running here, the log is complete.
         let mut exited = self.get(id).map(|p| p.exited.clone());
@@ -311,22 +381,50 @@ impl ProcessRuntime {
         let mut splitter = LineSplitter::default();
         let mut batcher = Batcher::new(tail);
         let mut buf = vec![0u8; FOLLOW_READ];
+        let mut seen_rotations = self.rotations.lock().await.get(&id).copied().unwrap_or(0);
         loop {
             // Looked at before reading: what the task wrote before it ended is
             // all read in this round.
             let ended = exited.as_ref().is_none_or(|e| e.borrow().is_some());
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(failed(format!("read {}", path.display())))?;
-                if n == 0 {
-                    break;
-                }
-                for batch in batcher.push(splitter.push(&buf[..n])) {
-                    if out.send(batch).await.is_err() {
-                        return Ok(());
+            let mut pending = Vec::new();
+            {
+                let rotations = self.rotations.lock().await;
+                let now = rotations.get(&id).copied().unwrap_or(0);
+                if now != seen_rotations {
+                    // Rotated since the last read: what was written after it is at
+                    // the end of the rotated part; the log itself starts over.
+                    let at = file
+                        .stream_position()
+                        .await
+                        .map_err(failed(format!("seek {}", path.display())))?;
+                    let rotated = rotated_log_path(&self.state_dir, id);
+                    if let Ok(mut older) = tokio::fs::File::open(&rotated).await
+                        && older.seek(std::io::SeekFrom::Start(at)).await.is_ok()
+                    {
+                        let mut missed = Vec::new();
+                        if older.read_to_end(&mut missed).await.is_ok() {
+                            pending.extend(batcher.push(splitter.push(&missed)));
+                        }
                     }
+                    file.seek(std::io::SeekFrom::Start(0))
+                        .await
+                        .map_err(failed(format!("seek {}", path.display())))?;
+                    seen_rotations = now;
+                }
+                loop {
+                    let n = file
+                        .read(&mut buf)
+                        .await
+                        .map_err(failed(format!("read {}", path.display())))?;
+                    if n == 0 {
+                        break;
+                    }
+                    pending.extend(batcher.push(splitter.push(&buf[..n])));
+                }
+            }
+            for batch in pending {
+                if out.send(batch).await.is_err() {
+                    return Ok(());
                 }
             }
             let mut batches = batcher.caught_up();
@@ -476,6 +574,33 @@ mod tests {
             .expect("the follow is still running")
     }
 
+    #[test]
+    fn a_log_past_its_bound_is_rotated_and_the_writer_goes_on_at_its_start() {
+        use std::io::Write as _;
+        let dir = std::env::temp_dir().join(format!("mesh-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.log");
+        let rotated = dir.join("t.log.1");
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer.write_all(b"one\ntwo\n").unwrap();
+        assert!(
+            !rotate_log(&path, &rotated, 100).unwrap(),
+            "under the bound"
+        );
+        assert!(rotate_log(&path, &rotated, 8).unwrap());
+        assert_eq!(std::fs::read(&rotated).unwrap(), b"one\ntwo\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // The task's descriptor (append mode) writes at the new end, not after a hole.
+        writer.write_all(b"three\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"three\n");
+        assert!(!rotate_log(&dir.join("none.log"), &rotated, 1).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_follow_sends_the_tail_then_appended_lines_until_the_task_exits() {
         use std::io::Write as _;
@@ -517,6 +642,48 @@ mod tests {
         drop(tx);
         assert_eq!(next(&mut rx).await, ["a"]);
         assert_eq!(next(&mut rx).await, ["b"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_follow_goes_on_across_a_rotation_without_losing_lines() {
+        use std::io::Write as _;
+        let dir = state_dir("follow-rotate");
+        let (exits, _) = mpsc::unbounded_channel();
+        let runtime = Arc::new(ProcessRuntime::new(&dir, exits));
+        let path = log_path(&dir, 9);
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        log.write_all(b"one\n").unwrap();
+        let exited = runtime.track(9, 0, Vec::new());
+        let (tx, mut rx) = mpsc::channel(4);
+        let follower = tokio::spawn({
+            let runtime = Arc::clone(&runtime);
+            async move { runtime.follow(9, 0, &tx).await }
+        });
+        assert_eq!(next(&mut rx).await, ["one"]);
+        // Written and rotated away, maybe before the follow read it; then more.
+        log.write_all(b"two\n").unwrap();
+        tokio::task::spawn_blocking({
+            let runtime = Arc::clone(&runtime);
+            move || runtime.rotate_logs_past(1)
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "rotated");
+        log.write_all(b"three\n").unwrap();
+        let mut lines = Vec::new();
+        while lines.len() < 2 {
+            lines.extend(next(&mut rx).await);
+        }
+        assert_eq!(lines, ["two", "three"]);
+        exited.send_replace(Some(Exit { code: 0 }));
+        follower.await.unwrap().unwrap();
+        // Both parts make the task's logs.
+        assert_eq!(runtime.logs(9, 0).unwrap(), ["one", "two", "three"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
