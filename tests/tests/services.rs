@@ -688,6 +688,60 @@ fn a_node_whose_dataplane_fails_says_why_and_gets_no_new_tasks() {
     assert!(per_node(&tasks).contains_key("n3"), "{}", rows(&tasks));
 }
 
+/// Issue 12, fault 6: a task's log goes with its history. The tasks an update replaced
+/// keep their logs while `service ps` lists them; once the service is removed and its
+/// tasks forgotten, no node keeps their logs.
+#[test]
+fn task_logs_go_with_their_tasks_history() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &["--name", "web", "--replicas", "3", "-p", "8080:80"],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("web", 3));
+    let logs = |c: &ManagedCluster, id: &str| -> usize {
+        (1..=3)
+            .filter(|k| {
+                c.agent_state_dir(*k)
+                    .join("tasks")
+                    .join(format!("{id}.log"))
+                    .exists()
+            })
+            .count()
+    };
+    for t in &tasks {
+        assert_eq!(logs(&c, &t.id), 1, "{} has one log", t.name);
+    }
+
+    ctl(&c, &["service", "update", "--force", "web"]);
+    let running = ok(c.wait_converged("web", 3));
+    let stopped: Vec<&TaskRow> = tasks
+        .iter()
+        .filter(|t| running.iter().all(|r| r.id != t.id))
+        .collect();
+    assert_eq!(stopped.len(), 3, "the update replaced every task");
+    let listed = ok(c.service_tasks("web"));
+    for t in &stopped {
+        assert!(
+            listed.iter().any(|l| l.id == t.id),
+            "{} left the history",
+            t.name
+        );
+        assert_eq!(logs(&c, &t.id), 1, "the stopped {} keeps its log", t.name);
+    }
+    let out = ok(c.meshctl(&["service", "logs", &stopped[0].id]));
+    assert!(out.success(), "logs of a stopped task: {}", out.stderr);
+
+    ctl(&c, &["service", "rm", "web"]);
+    ok(poll_until(
+        CONVERGE,
+        "the removed service's logs to go",
+        || Ok(tasks.iter().all(|t| logs(&c, &t.id) == 0).then_some(())),
+    ));
+}
+
 /// Step 4: a task's process is killed: the task is restarted (a new task in its slot),
 /// its backend leaves the mesh and the new one joins: once the service has converged
 /// again, every request is answered and every task, the new one included, is reached.

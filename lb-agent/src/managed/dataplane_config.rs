@@ -348,6 +348,7 @@ mod tests {
                     backend(4, 0xc, false),
                 ],
             }],
+            history: Default::default(),
         }
     }
 

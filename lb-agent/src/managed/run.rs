@@ -174,6 +174,20 @@ async fn drive(
                         }
                     }
                     SessionEvent::Assignment(assignment) => {
+                        // The logs of tasks the managers forgot go too.
+                        let keep: std::collections::BTreeSet<TaskId> = assignment
+                            .tasks
+                            .iter()
+                            .map(|t| t.id)
+                            .chain(assignment.history.iter().copied())
+                            .collect();
+                        let pruner = runtimes.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let pruned = pruner.prune_logs(&keep);
+                            if pruned > 0 {
+                                info!(tasks = pruned, "removed the logs of tasks the managers forgot");
+                            }
+                        });
                         supervisor.assign(&assignment.tasks, now);
                         current = Some(*assignment);
                         reprogram = true;

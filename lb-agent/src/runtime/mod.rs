@@ -227,6 +227,13 @@ impl Runtimes {
         self.inner.process.health_check(id, cmd, timeout).await
     }
 
+    /// Removes the process tasks' logs that neither a task here nor `keep` (the
+    /// node's tasks the managers still keep) needs; returns how many tasks' went.
+    #[must_use]
+    pub fn prune_logs(&self, keep: &BTreeSet<TaskId>) -> usize {
+        self.inner.process.prune_logs(keep)
+    }
+
     /// Rotates the process tasks' logs that grew past their bound (docker rotates
     /// its containers' logs itself: each is created with `max-size` and `max-file`).
     pub fn rotate_logs(&self) {

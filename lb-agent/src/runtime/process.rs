@@ -299,6 +299,41 @@ impl ProcessRuntime {
 
     /// Rotates the logs of the tasks running here that passed
     /// [`LOG_ROTATE_BYTES`] ([`rotate_log`]); a failure is logged.
+    /// Removes the logs (both parts) of the tasks that neither run here nor are in
+    /// `keep` (the node's tasks the managers still keep, ended ones included): what
+    /// `service logs` can no longer ask for. Returns how many tasks' logs went; a
+    /// failure is logged.
+    pub(crate) fn prune_logs(&self, keep: &std::collections::BTreeSet<TaskId>) -> usize {
+        let dir = self.state_dir.join("tasks");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut pruned = std::collections::BTreeSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log").or_else(|| n.strip_suffix(".log.1")))
+                .filter(|hex| hex.len() == 16)
+                .and_then(|hex| TaskId::from_str_radix(hex, 16).ok())
+            else {
+                continue;
+            };
+            if keep.contains(&id) || self.tasks.has(id) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    pruned.insert(id);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "removing a task's log")
+                }
+            }
+        }
+        pruned.len()
+    }
+
     /// Call it off the async runtime's threads (it blocks on the follows' lock).
     pub(crate) fn rotate_logs(&self) {
         self.rotate_logs_past(LOG_ROTATE_BYTES);
@@ -684,6 +719,36 @@ mod tests {
         follower.await.unwrap().unwrap();
         // Both parts make the task's logs.
         assert_eq!(runtime.logs(9, 0).unwrap(), ["one", "two", "three"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_logs_of_forgotten_tasks_go_and_the_others_stay() {
+        let dir = state_dir("prune");
+        let (exits, _) = mpsc::unbounded_channel();
+        let runtime = ProcessRuntime::new(&dir, exits);
+        let tasks = dir.join("tasks");
+        std::fs::create_dir_all(&tasks).unwrap();
+        for id in [1u64, 2, 3] {
+            std::fs::write(log_path(&dir, id), "x\n").unwrap();
+            std::fs::write(rotated_log_path(&dir, id), "y\n").unwrap();
+        }
+        std::fs::write(tasks.join("0000000000000003.task"), "process\n").unwrap();
+        std::fs::write(tasks.join("notes.log"), "not a task's\n").unwrap();
+        let _running = runtime.track(2, 0, Vec::new());
+        // 1 is kept by the managers, 2 runs here, 3 is forgotten.
+        let keep = std::collections::BTreeSet::from([1]);
+        assert_eq!(runtime.prune_logs(&keep), 1);
+        for id in [1, 2] {
+            assert!(log_path(&dir, id).exists() && rotated_log_path(&dir, id).exists());
+        }
+        assert!(!log_path(&dir, 3).exists() && !rotated_log_path(&dir, 3).exists());
+        assert!(
+            tasks.join("0000000000000003.task").exists(),
+            "records are the runtime's"
+        );
+        assert!(tasks.join("notes.log").exists());
+        assert_eq!(runtime.prune_logs(&keep), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -110,4 +110,9 @@ pub struct Assignment {
     pub tasks: Vec<AssignedTask>,
     /// Every service's routing table.
     pub services: Vec<ServiceRoutes>,
+    /// The node's ended tasks that the managers still keep (`service ps` lists
+    /// them, `service logs` reads them): the agent keeps their logs, and removes
+    /// those of tasks neither here nor in `tasks`.
+    #[serde(default)]
+    pub history: std::collections::BTreeSet<TaskId>,
 }

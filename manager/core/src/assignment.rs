@@ -96,6 +96,12 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
                 .collect(),
         })
         .collect();
+    let history = state
+        .tasks
+        .values()
+        .filter(|t| t.node == Some(node) && t.status.state.is_terminal())
+        .map(|t| t.id)
+        .collect();
     Assignment {
         version: state.version,
         node,
@@ -103,6 +109,7 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
         peers,
         tasks,
         services,
+        history,
     }
 }
 
