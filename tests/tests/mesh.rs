@@ -344,3 +344,61 @@ fn agent_lifecycle_reload_kill_restart() {
     assert!(log.contains("lb-agent ready"), "{log}");
     ok(topo.metrics(1).map(drop));
 }
+
+/// Issue 12, fault 5: a bad configuration is counted once. The file watcher tries it as
+/// it is written, and the SIGHUP sent after the edit (as the docs say) tries the same
+/// bytes again: logged, not counted a second time. The dataplane keeps working.
+#[test]
+fn a_bad_configuration_is_counted_once() {
+    let mut topo = mesh();
+    let failures = |topo: &Topology| -> f64 {
+        ok(topo.metrics(1))
+            .lines()
+            .find(|l| l.starts_with("lb_config_reloads_total{result=\"failure\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(failures(&topo), 0.0);
+    let path = topo.config_path(1);
+    let good = ok(std::fs::read_to_string(&path).context("reading the configuration"));
+    ok(std::fs::write(&path, "this is [not toml").context("writing a bad configuration"));
+    ok(mesh_tests::poll_until(
+        std::time::Duration::from_secs(30),
+        "the watcher's failed reload",
+        || Ok((failures(&topo) >= 1.0).then_some(())),
+    ));
+    // Then the SIGHUP: tried again and logged, not counted again. (The watcher's own
+    // failure is logged by now: it was counted.)
+    let agent = topo.agent(1).context("n1's agent").unwrap();
+    let pid = agent.pid().context("n1's agent's pid").unwrap();
+    let logged = |agent: &mesh_tests::agent::Agent| {
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("config reload failed"))
+            .count()
+    };
+    ok(mesh_tests::poll_until(
+        std::time::Duration::from_secs(30),
+        "the watcher's failed reload in the log",
+        || Ok((logged(topo.agent(1).unwrap()) >= 1).then_some(())),
+    ));
+    let agent = topo.agent(1).context("n1's agent").unwrap();
+    let before = logged(agent);
+    ok(nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .context("SIGHUP"));
+    ok(mesh_tests::poll_until(
+        std::time::Duration::from_secs(30),
+        "the SIGHUP's failed reload in the log",
+        || Ok((logged(topo.agent(1).unwrap()) > before).then_some(())),
+    ));
+    assert_eq!(failures(&topo), 1.0, "one bad configuration, one failure");
+    // The dataplane was left as it was: a good file is applied again.
+    ok(std::fs::write(&path, good).context("restoring the configuration"));
+    ok(topo.reload());
+    let entry = published(&topo, 1);
+    ok(from_client(&topo, || request_tcp(entry)).map(drop));
+}
