@@ -10,6 +10,7 @@
 //! | `lb_dropped_packets_total` | `reason` |
 //! | `lb_flows` (gauge, from the last sweep) | `proto` |
 //! | `lb_flow_table_entries`, `lb_flow_table_capacity` (gauges) | |
+//! | `lb_flow_handshakes`, `lb_flow_handshakes_capacity` (gauges: the handshake table) | |
 //! | `lb_backends` (gauge) | `service`, `state` = `active` or `draining` |
 //! | `lb_config_reloads_total` | `result` = `success` or `failure` |
 //! | `lb_config_last_reload_success_timestamp_seconds` (gauge) | |
@@ -444,6 +445,17 @@ impl Collector for DataplaneCollector {
                 "lb_flow_table_capacity",
                 "Entries the flow table can hold",
                 view.flow_capacity,
+            ),
+            (
+                "lb_flow_handshakes",
+                "Entries of the handshake table (TCP connections not established yet; a SYN \
+                 flood fills this one, not the flow table) at the last sweep",
+                f.handshakes,
+            ),
+            (
+                "lb_flow_handshakes_capacity",
+                "Entries the handshake table can hold",
+                u64::from(lb_common::maps::DEFAULT_MAX_SYN_FLOWS),
             ),
         ] {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

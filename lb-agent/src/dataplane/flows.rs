@@ -34,6 +34,9 @@ pub struct FlowCounts {
     pub udp: u64,
     /// Other protocols.
     pub other: u64,
+    /// Entries of the handshake table (TCP connections not established yet): a SYN
+    /// flood fills it, never the flow table.
+    pub handshakes: u64,
 }
 
 impl FlowCounts {
@@ -127,7 +130,8 @@ mod tests {
             FlowCounts {
                 tcp: 2,
                 udp: 1,
-                other: 1
+                other: 1,
+                handshakes: 0
             }
         );
     }

@@ -158,13 +158,14 @@ impl FlowTable {
         }
         // Connections closed in their handshake go too; the others leave by LRU
         // eviction (a flood's never complete) or on completing.
-        let closed: Vec<FlowKey> = self
-            .handshakes
-            .iter()
-            .flatten()
-            .filter(|(key, flow)| flows::expired(key, flow, now, udp_timeout_ns))
-            .map(|(key, _)| key)
-            .collect();
+        let mut closed = Vec::new();
+        for (key, flow) in self.handshakes.iter().flatten() {
+            if flows::expired(&key, &flow, now, udp_timeout_ns) {
+                closed.push(key);
+            } else {
+                counts.handshakes += 1;
+            }
+        }
         for key in &closed {
             if self.handshakes.remove(key).is_ok() {
                 deleted += 1;
