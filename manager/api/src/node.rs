@@ -16,6 +16,12 @@ pub struct ParseError(pub String);
 /// A node's identity: random, assigned at join, written as 16 hex digits.
 pub type NodeId = u64;
 
+/// The longest a node's session waits between two rounds of attempts to reach
+/// the leader (its backoff doubles from 100 ms up to this). A new leader gives
+/// the nodes it has not heard from yet twice this beyond the heartbeat deadline
+/// before it judges them down.
+pub const SESSION_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Formats a node ID the way users see it.
 #[must_use]
 pub fn format_id(id: NodeId) -> String {

@@ -158,7 +158,7 @@ pub enum SessionError {
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = mesh_api::node::SESSION_RETRY_MAX;
 
 /// Keeps a session with the leader until `stop` turns true, reconnecting
 /// (to the leader a follower names, or the next manager) when it drops.

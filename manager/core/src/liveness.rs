@@ -20,6 +20,9 @@ pub struct Liveness {
     /// measured from here, so a new leader gives every node a full grace
     /// period instead of marking the whole cluster down.
     since: Instant,
+    /// How much longer than the deadline a node this leader has not heard from
+    /// yet is given: the time its session may take to find the new leader.
+    takeover: Duration,
     last_seen: HashMap<NodeId, Instant>,
 }
 
@@ -32,8 +35,20 @@ impl Liveness {
             period,
             allowed_misses: allowed_misses.max(1),
             since: now,
+            takeover: Duration::ZERO,
             last_seen: HashMap::new(),
         }
+    }
+
+    /// Gives a node this leader has not heard from yet `takeover` more than the
+    /// deadline: the sessions that lost the old leader back off between rounds
+    /// of attempts (up to `mesh_api::node::SESSION_RETRY_MAX`), so they may
+    /// find this one seconds after it took over. Without it a leader change
+    /// marks every node down, and their tasks are replaced.
+    #[must_use]
+    pub fn with_takeover(mut self, takeover: Duration) -> Self {
+        self.takeover = takeover;
+        self
     }
 
     /// The interval agents are asked to heartbeat at.
@@ -73,9 +88,12 @@ impl Liveness {
     pub fn changes(&self, state: &ClusterState, now: Instant, at_ms: u64) -> Vec<Command> {
         let mut out = Vec::new();
         for node in state.nodes.values() {
-            let seen = self.last_seen.get(&node.id).copied().unwrap_or(self.since);
-            let alive = now.saturating_duration_since(seen) < self.deadline();
             let heard = self.last_seen.contains_key(&node.id);
+            let (seen, allowed) = match self.last_seen.get(&node.id) {
+                Some(seen) => (*seen, self.deadline()),
+                None => (self.since, self.deadline() + self.takeover),
+            };
+            let alive = now.saturating_duration_since(seen) < allowed;
             let status = match (node.status, alive, heard) {
                 (NodeStatus::Ready, false, _) => NodeStatus::Down,
                 (NodeStatus::Unknown | NodeStatus::Down, true, true) => NodeStatus::Ready,
@@ -135,6 +153,27 @@ mod tests {
         assert!(live.changes(&state, t0 + P * 2, 0).is_empty());
         assert_eq!(
             statuses(&live.changes(&state, t0 + P * 3, 0)),
+            vec![(1, NodeStatus::Down), (2, NodeStatus::Down)]
+        );
+    }
+
+    #[test]
+    fn a_new_leader_waits_for_the_sessions_to_find_it() {
+        let t0 = origin();
+        let takeover = Duration::from_secs(4);
+        let mut live = Liveness::new(P, 3, t0).with_takeover(takeover);
+        let state = state_with(&[(1, NodeStatus::Ready), (2, NodeStatus::Ready)]);
+        // Past the deadline, within the takeover: nobody is judged yet.
+        assert!(live.changes(&state, t0 + P * 3 + takeover / 2, 0).is_empty());
+        // Node 1's session found the new leader; node 2's never did.
+        live.heartbeat(1, t0 + P * 2 + takeover);
+        assert_eq!(
+            statuses(&live.changes(&state, t0 + P * 3 + takeover, 0)),
+            vec![(2, NodeStatus::Down)]
+        );
+        // Once heard from, a node has the plain deadline again.
+        assert_eq!(
+            statuses(&live.changes(&state, t0 + P * 6 + takeover, 0)),
             vec![(1, NodeStatus::Down), (2, NodeStatus::Down)]
         );
     }

@@ -455,6 +455,7 @@ pub async fn run_liveness_loop(manager: Manager) {
             }
             let live = guard.get_or_insert_with(|| {
                 Liveness::new(manager.heartbeat(), manager.allowed_misses(), now)
+                    .with_takeover(2 * mesh_api::node::SESSION_RETRY_MAX)
             });
             let state = manager.read_unchecked();
             live.changes(&state, now, now_ms())
