@@ -164,7 +164,10 @@ mod tests {
         let mut live = Liveness::new(P, 3, t0).with_takeover(takeover);
         let state = state_with(&[(1, NodeStatus::Ready), (2, NodeStatus::Ready)]);
         // Past the deadline, within the takeover: nobody is judged yet.
-        assert!(live.changes(&state, t0 + P * 3 + takeover / 2, 0).is_empty());
+        assert!(
+            live.changes(&state, t0 + P * 3 + takeover / 2, 0)
+                .is_empty()
+        );
         // Node 1's session found the new leader; node 2's never did.
         live.heartbeat(1, t0 + P * 2 + takeover);
         assert_eq!(
