@@ -126,6 +126,8 @@ async fn drive(
     let mut current: Option<Assignment> = None;
     let mut applied_config: Option<Config> = None;
     let mut applied_version: Option<u64> = None;
+    // The tasks whose logs stay (the last assignment's, and its history).
+    let mut keep_logs: Option<std::collections::BTreeSet<TaskId>> = None;
     // Whether the dataplane could be programmed the last time it was tried
     // (`Some(None)`: yes), as reported to the leader.
     let mut dataplane_status: Option<Option<String>> = None;
@@ -174,20 +176,18 @@ async fn drive(
                         }
                     }
                     SessionEvent::Assignment(assignment) => {
-                        // The logs of tasks the managers forgot go too.
-                        let keep: std::collections::BTreeSet<TaskId> = assignment
-                            .tasks
-                            .iter()
-                            .map(|t| t.id)
-                            .chain(assignment.history.iter().copied())
-                            .collect();
-                        let pruner = runtimes.clone();
-                        tokio::task::spawn_blocking(move || {
-                            let pruned = pruner.prune_logs(&keep);
-                            if pruned > 0 {
-                                info!(tasks = pruned, "removed the logs of tasks the managers forgot");
-                            }
-                        });
+                        // The logs of tasks the managers forgot go too (now, and on
+                        // the periodic tick: a task still stopping keeps its log
+                        // until it is gone).
+                        keep_logs = Some(
+                            assignment
+                                .tasks
+                                .iter()
+                                .map(|t| t.id)
+                                .chain(assignment.history.iter().copied())
+                                .collect(),
+                        );
+                        prune_logs(&runtimes, keep_logs.clone());
                         supervisor.assign(&assignment.tasks, now);
                         current = Some(*assignment);
                         reprogram = true;
@@ -258,9 +258,10 @@ async fn drive(
                     agent.ensure_neighbours().await;
                 }
                 // Task logs past their bound are rotated (a copy of up to 16 MiB each:
-                // off the loop).
-                let runtimes = runtimes.clone();
-                tokio::task::spawn_blocking(move || runtimes.rotate_logs());
+                // off the loop), and those of forgotten tasks removed.
+                let rotator = runtimes.clone();
+                tokio::task::spawn_blocking(move || rotator.rotate_logs());
+                prune_logs(&runtimes, keep_logs.clone());
             }
         }
         let (actions, reports) = supervisor.take();
@@ -335,6 +336,24 @@ async fn leave(runtimes: &Runtimes, why: &str) {
         Ok(stopped) => info!(tasks = stopped.len(), "stopped the node's tasks"),
         Err(e) => error!(error = %e, "stopping the node's tasks"),
     }
+}
+
+/// Removes, off the loop, the logs of the tasks neither running here nor in `keep`
+/// (the last assignment's tasks and history); nothing before a first assignment.
+fn prune_logs(runtimes: &Runtimes, keep: Option<std::collections::BTreeSet<TaskId>>) {
+    let Some(keep) = keep else {
+        return;
+    };
+    let runtimes = runtimes.clone();
+    tokio::task::spawn_blocking(move || {
+        let pruned = runtimes.prune_logs(&keep);
+        if pruned > 0 {
+            info!(
+                tasks = pruned,
+                "removed the logs of tasks the managers forgot"
+            );
+        }
+    });
 }
 
 /// Applies `config`, starting the dataplane on the first call.
