@@ -472,21 +472,7 @@ impl DockerRuntime {
     /// Takes over a container a previous agent run started (its exit, even a past one,
     /// is reported).
     pub(crate) async fn adopt(&self, id: TaskId, container: &str) -> Result<bool, RuntimeError> {
-        if self.has(id) {
-            return Ok(true);
-        }
-        match self.docker.inspect_container(container, None).await {
-            Ok(_) => {
-                self.watch(id, container.to_owned());
-                info!(
-                    task = format!("{id:016x}"),
-                    container, "adopted a container"
-                );
-                Ok(true)
-            }
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(dk(format!("inspect {container}"))(e)),
-        }
+        self.take_over(id, container, false).await
     }
 
     /// Takes over a container a previous agent run started if it still runs (its end is
@@ -497,26 +483,37 @@ impl DockerRuntime {
         id: TaskId,
         container: &str,
     ) -> Result<bool, RuntimeError> {
+        self.take_over(id, container, true).await
+    }
+
+    /// [`DockerRuntime::adopt`] and [`DockerRuntime::adopt_running`]: watches
+    /// `container` as task `id` if it exists (and, with `only_running`, runs).
+    async fn take_over(
+        &self,
+        id: TaskId,
+        container: &str,
+        only_running: bool,
+    ) -> Result<bool, RuntimeError> {
         if self.has(id) {
             return Ok(true);
         }
-        match self.docker.inspect_container(container, None).await {
-            Ok(inspect) => {
-                let running = inspect
-                    .state
-                    .is_some_and(|s| s.running == Some(true) && s.pid.is_some_and(|p| p > 0));
-                if running {
-                    self.watch(id, container.to_owned());
-                    info!(
-                        task = format!("{id:016x}"),
-                        container, "adopted a running container"
-                    );
-                }
-                Ok(running)
-            }
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(dk(format!("inspect {container}"))(e)),
+        let inspect = match self.docker.inspect_container(container, None).await {
+            Ok(inspect) => inspect,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(dk(format!("inspect {container}"))(e)),
+        };
+        let running = inspect
+            .state
+            .is_some_and(|s| s.running == Some(true) && s.pid.is_some_and(|p| p > 0));
+        if only_running && !running {
+            return Ok(false);
         }
+        self.watch(id, container.to_owned());
+        info!(
+            task = format!("{id:016x}"),
+            container, running, "adopted a container"
+        );
+        Ok(true)
     }
 }
 

@@ -227,6 +227,26 @@ impl Runtimes {
         self.inner.process.health_check(id, cmd, timeout).await
     }
 
+    /// Deletes the host-side task veths in the agent's namespace that belong to
+    /// no task in `keep`, nor to one either runtime runs.
+    async fn remove_stray_ifaces(
+        &self,
+        keep: impl Iterator<Item = TaskId>,
+    ) -> Result<(), RuntimeError> {
+        let inner = &*self.inner;
+        let running: BTreeSet<String> = keep
+            .chain(inner.process.ids())
+            .chain(self.docker().map(DockerRuntime::ids).unwrap_or_default())
+            .map(plumb::host_iface)
+            .collect();
+        for (name, _) in inner.netlink.links().await? {
+            if plumb::is_host_iface(&name) && !running.contains(&name) {
+                inner.netlink.delete_link(&name).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the process tasks' logs that neither a task here nor `keep` (the
     /// node's tasks the managers still keep) needs; returns how many tasks' went.
     #[must_use]
@@ -326,18 +346,7 @@ impl Runtimes {
             record::remove(&inner.state_dir, id);
             removed.insert(id);
         }
-        let running: BTreeSet<String> = keep
-            .iter()
-            .copied()
-            .chain(p.ids())
-            .chain(self.docker().map(DockerRuntime::ids).unwrap_or_default())
-            .map(plumb::host_iface)
-            .collect();
-        for (name, _) in inner.netlink.links().await? {
-            if plumb::is_host_iface(&name) && !running.contains(&name) {
-                inner.netlink.delete_link(&name).await?;
-            }
-        }
+        self.remove_stray_ifaces(keep.iter().copied()).await?;
         if !removed.is_empty() || !kept.is_empty() {
             info!(
                 ?removed,
@@ -424,20 +433,8 @@ impl Runtimes {
                 }
             }
         }
-        let running: BTreeSet<String> = out
-            .running
-            .keys()
-            .copied()
-            .chain(skipped.iter().copied())
-            .chain(inner.process.ids())
-            .chain(self.docker().map(DockerRuntime::ids).unwrap_or_default())
-            .map(plumb::host_iface)
-            .collect();
-        for (name, _) in inner.netlink.links().await? {
-            if plumb::is_host_iface(&name) && !running.contains(&name) {
-                inner.netlink.delete_link(&name).await?;
-            }
-        }
+        self.remove_stray_ifaces(out.running.keys().copied().chain(skipped.iter().copied()))
+            .await?;
         if !out.running.is_empty() || !out.gone.is_empty() {
             info!(
                 adopted = ?out.running.keys().map(|id| format!("{id:016x}")).collect::<Vec<_>>(),
