@@ -1020,14 +1020,7 @@ fn demote_leader(c: &mut Cluster) -> Result<()> {
 }
 
 fn process_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .trim_start()
-            .starts_with('Z')
-    })
+    lb_agent::runtime::procfs::stat(pid).is_some_and(|s| !s.ended())
 }
 
 fn kill9(pid: i32) {

@@ -376,7 +376,8 @@ async fn stop_leftover(pid_file: &Path) {
     let pid = Pid::from_raw(pid);
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + STOP_GRACE;
-    while kill(pid, None).is_ok() && Instant::now() < deadline {
+    let alive = || crate::runtime::procfs::stat(pid.as_raw()).is_some_and(|s| !s.ended());
+    while alive() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = kill(pid, Signal::SIGKILL);
