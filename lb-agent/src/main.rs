@@ -16,6 +16,7 @@ use lb_agent::managed::join::{self, JoinOptions};
 use lb_agent::managed::manager_process::{ManagerCommand, ManagerProcess};
 use lb_agent::managed::run::{Managed, run_managed};
 use lb_agent::runtime::Runtimes;
+use lb_agent::runtime::isolation::Isolation;
 use tracing_subscriber::EnvFilter;
 
 /// The mesh's node agent: loads the eBPF dataplane, programs it from a configuration
@@ -101,6 +102,14 @@ enum Command {
     /// (stopping the agent keeps its tasks, for the next start to adopt); refused while
     /// it runs.
     Leave,
+    /// (Internal) The first process of a process task: confines it and runs its
+    /// program (started by the agent, in the task's namespaces).
+    #[command(hide = true)]
+    TaskInit(lb_agent::runtime::init::InitArgs),
+    /// (Internal) Runs a command inside a running process task, confined as the task
+    /// is (its health checks).
+    #[command(hide = true)]
+    TaskExec(lb_agent::runtime::init::ExecArgs),
 }
 
 impl Cli {
@@ -174,7 +183,8 @@ async fn run(cli: &Cli) -> Result<()> {
     // Held while the agent runs: one agent per state directory (and so per set
     // of tasks), and `lb-agent leave` refuses meanwhile.
     let _lock = lb_agent::runtime::lock_state_dir(&cli.state_dir)?;
-    let runtimes = Runtimes::new(&cli.state_dir, cli.docker)
+    let pin_dir = Some(base.dataplane.pin_dir.clone());
+    let runtimes = Runtimes::new(&cli.state_dir, cli.docker, isolation(cli, pin_dir)?)
         .await
         .context("setting up the task runtimes")?;
     // Reported in the session's Hello: the scheduler places a task only on a
@@ -367,13 +377,29 @@ async fn underlay_addr_and_mtu(base: &Config) -> Result<(Ipv4Addr, u32)> {
     Ok((addr, mtu))
 }
 
+/// What process tasks are confined by: everything of the agent's that a task could
+/// use against the node is hidden from it (the state directory, with the node's key;
+/// the pin directory; the configuration file).
+fn isolation(cli: &Cli, pin_dir: Option<PathBuf>) -> Result<Isolation> {
+    let mut isolation = Isolation::of_this_program()
+        .context("finding the lb-agent program (for task-init)")?
+        .hide(&cli.state_dir);
+    if let Some(pin_dir) = pin_dir {
+        isolation = isolation.hide(&pin_dir);
+    }
+    if let Some(config) = &cli.config {
+        isolation = isolation.mask(config);
+    }
+    Ok(isolation)
+}
+
 /// `lb-agent leave`: stops the tasks of the state directory for good.
 async fn leave(cli: &Cli) -> Result<()> {
     let _lock = lb_agent::runtime::lock_state_dir(&cli.state_dir)
         .context("lb-agent leave: stop the agent first")?;
     // Docker whenever its engine answers: the tasks of a run with --docker are
     // stopped even if this command is run without it.
-    let runtimes = Runtimes::new(&cli.state_dir, true)
+    let runtimes = Runtimes::new(&cli.state_dir, true, isolation(cli, None)?)
         .await
         .context("setting up the task runtimes")?;
     // Taken over first, so that they are stopped gracefully (SIGTERM first).
@@ -390,8 +416,23 @@ async fn leave(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // A task's own processes: single-threaded, before any runtime starts (entering a
+    // mount namespace needs a process of one thread).
+    match &cli.command {
+        Some(Command::TaskInit(args)) => lb_agent::runtime::init::run_init(args),
+        Some(Command::TaskExec(args)) => lb_agent::runtime::init::run_exec(args),
+        _ => {}
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(agent_main(cli))
+}
+
+async fn agent_main(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -399,7 +440,6 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     match cli.command.as_ref().unwrap_or(&Command::Run) {
         Command::Run => run(&cli).await?,
         Command::Check => {
@@ -427,6 +467,9 @@ async fn main() -> Result<()> {
             }
         }
         Command::Leave => leave(&cli).await?,
+        Command::TaskInit(_) | Command::TaskExec(_) => {
+            unreachable!("task-init and task-exec run before the async runtime")
+        }
         Command::Cleanup => {
             let pin_dir = match (&cli.pin_dir, &cli.config) {
                 (Some(d), _) => d.clone(),

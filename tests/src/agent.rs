@@ -218,7 +218,7 @@ impl Agent {
     /// program that started it (the demo) does not reach it.
     pub fn start(ns: &str, bin: &Path, config: &Path, log: &Path, detached: bool) -> Result<Self> {
         let args = [OsStr::new("--config"), config.as_os_str()];
-        let mut agent = Self::spawn(ns, bin, &args, log, detached)?;
+        let mut agent = Self::spawn(ns, bin, &args, log, detached, None)?;
         config.clone_into(&mut agent.config);
         Ok(agent)
     }
@@ -234,6 +234,7 @@ impl Agent {
         args: &[&OsStr],
         log: &Path,
         detached: bool,
+        bounding_set: Option<&[String]>,
     ) -> Result<Self> {
         let out = File::options()
             .create(true)
@@ -248,9 +249,22 @@ impl Agent {
         if detached {
             cmd.process_group(0);
         }
+        cmd.arg(format!("--net=/run/netns/{ns}")).arg("--");
+        if let Some(caps) = bounding_set {
+            // As systemd runs the shipped unit: these capabilities only, no new ones.
+            let keep: Vec<String> = caps
+                .iter()
+                .map(|c| format!("+{}", c.to_ascii_lowercase().trim_start_matches("cap_")))
+                .collect();
+            cmd.args([
+                "setpriv",
+                "--no-new-privs",
+                "--bounding-set",
+                &format!("-all,{}", keep.join(",")),
+                "--",
+            ]);
+        }
         let child = cmd
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
             .arg(bin)
             .args(args)
             .env("NO_COLOR", "1")

@@ -29,10 +29,10 @@ pub use mesh_api::spec::Protocol;
 pub use netns::{in_netns, spawn_in_netns};
 pub use topology::{Task, Topology, teardown_prefix};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 /// Calls `f` until it returns `Ok(Some(_))`, every 10 to 200 ms, and fails once `timeout`
 /// has passed. An `Err` from `f` is final and returned at once. Never assert on timing:
@@ -93,3 +93,26 @@ pub fn bin(name: &str) -> Result<PathBuf> {
 }
 pub mod fixture;
 pub mod frames;
+
+/// The capabilities the shipped systemd unit (`deploy/lb-agent.service`) leaves its
+/// agent: its `CapabilityBoundingSet=` lines, merged as systemd merges them.
+///
+/// # Errors
+/// If the unit cannot be read or sets none.
+pub fn unit_bounding_set() -> Result<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lb-agent.service");
+    let unit =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let caps: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .flat_map(str::split_whitespace)
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(
+        !caps.is_empty(),
+        "{} sets no CapabilityBoundingSet=",
+        path.display()
+    );
+    Ok(caps)
+}

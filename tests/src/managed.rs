@@ -72,6 +72,10 @@ pub struct ManagedOptions {
     /// ([`crate::images::ensure_docker`]). Dropping the cluster removes every container
     /// its agents started.
     pub docker: bool,
+    /// Agents run with these capabilities only in their bounding set (`CAP_BPF`, ...),
+    /// and no new privileges, as systemd runs the shipped unit
+    /// ([`crate::unit_bounding_set`]); `None`: all of root's.
+    pub agent_bounding_set: Option<Vec<String>>,
 }
 
 impl ManagedOptions {
@@ -87,6 +91,7 @@ impl ManagedOptions {
             prefix: None,
             detached: false,
             docker: false,
+            agent_bounding_set: None,
         }
     }
 }
@@ -382,6 +387,7 @@ impl ManagedCluster {
             &args,
             &self.topo.agent_log_path(k),
             self.options.detached,
+            self.options.agent_bounding_set.as_deref(),
         )?;
         self.agents[k - 1] = Some(agent);
         Ok(())

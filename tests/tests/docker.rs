@@ -58,7 +58,12 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
     let _ = std::fs::remove_dir_all(&state);
     node.run(move || async move {
         // Without docker, docker tasks are refused with the reason.
-        let off = Runtimes::new(&state.join("off"), false).await?;
+        let off = Runtimes::new(
+            &state.join("off"),
+            false,
+            runtime_common::isolation(&state.join("off"))?,
+        )
+        .await?;
         let err = off
             .start(&task(
                 task_id(20),
@@ -76,7 +81,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             "{err}"
         );
 
-        let rt = Runtimes::new(&state, true).await?;
+        let rt = Runtimes::new(&state, true, runtime_common::isolation(&state)?).await?;
         let mut exits = rt.take_exits().context("exits")?;
         let id = task_id(21);
         let addr = Ipv4Addr::new(10, 202, 0, 2);
@@ -226,7 +231,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             &["/bin/sh", "-c", "sleep 600"],
         ))
         .await?;
-        let later = Runtimes::new(&state, true).await?;
+        let later = Runtimes::new(&state, true, runtime_common::isolation(&state)?).await?;
         assert_eq!(later.cleanup(&BTreeSet::new()).await?, [left]);
         assert_eq!(containers_of(left)?.trim(), "");
         ensure!(
@@ -277,7 +282,7 @@ fn a_later_run_adopts_running_containers_and_removes_stopped_ones() -> Result<()
         let (alive, stopped) = (task_id(41), task_id(42));
         let mut ifindex = Vec::new();
         {
-            let first = Runtimes::new(&state, true).await?;
+            let first = Runtimes::new(&state, true, runtime_common::isolation(&state)?).await?;
             for (k, (id, name)) in [(alive, "alive.1"), (stopped, "stopped.1")]
                 .into_iter()
                 .enumerate()
@@ -294,7 +299,7 @@ fn a_later_run_adopts_running_containers_and_removes_stopped_ones() -> Result<()
         // `stopped`'s container ends while no agent runs.
         run("docker", &["kill", &stopped_ctr])?;
 
-        let second = Runtimes::new(&state, true).await?;
+        let second = Runtimes::new(&state, true, runtime_common::isolation(&state)?).await?;
         let mut exits = second.take_exits().context("exits")?;
         let adopted = second.adopt().await?;
         assert_eq!(adopted.running.keys().copied().collect::<Vec<_>>(), [alive]);

@@ -62,7 +62,7 @@ fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> 
     let node_name = node.name.clone();
     let state = tempdir("proc")?;
     node.run(move || async move {
-        let rt = Runtimes::new(&state, false).await?;
+        let rt = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
         let mut exits = rt.take_exits().context("exits")?;
         ensure!(rt.take_exits().is_none(), "take_exits twice");
         let id = task_id(1);
@@ -123,6 +123,14 @@ fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> 
         // Health checks run in the task's namespace with its environment.
         assert!(rt.health_check(id, "test \"$MESH_TASK_NAME\" = web.1 && busybox nc 127.0.0.1 80 </dev/null | grep -q hi", Duration::from_secs(5)).await?);
         assert!(!rt.health_check(id, "exit 3", Duration::from_secs(5)).await?);
+        // ... inside the task: its PID namespace (PID 1 its task-init, this test unseen),
+        // its capabilities (docker's default set).
+        let inside = format!(
+            "test \"$(tr '\\0' ' ' </proc/1/cmdline | cut -d' ' -f2)\" = task-init \
+             && ! test -e /proc/{} && grep -q 'CapEff:.00000000a80425fb' /proc/self/status",
+            std::process::id()
+        );
+        assert!(rt.health_check(id, &inside, Duration::from_secs(5)).await?, "{inside}");
         assert!(!rt.health_check(id, "sleep 30", Duration::from_millis(300)).await?);
         assert!(matches!(
             rt.health_check(task_id(999), "true", Duration::from_secs(1)).await,
@@ -188,7 +196,7 @@ fn cleanup_removes_leftovers_and_adopts_kept_tasks() -> Result<()> {
         let (a_gone, a_kept) = (Ipv4Addr::new(10, 201, 0, 2), Ipv4Addr::new(10, 201, 0, 3));
         {
             // A first agent run starts two tasks, then goes away without stopping them.
-            let first = Runtimes::new(&state, false).await?;
+            let first = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
             first.start(&server(gone, "gone.1", a_gone)).await?;
             first.start(&server(kept, "kept.1", a_kept)).await?;
             for addr in [a_gone, a_kept] {
@@ -207,7 +215,7 @@ fn cleanup_removes_leftovers_and_adopts_kept_tasks() -> Result<()> {
             ],
         )?;
 
-        let second = Runtimes::new(&state, false).await?;
+        let second = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
         let mut exits = second.take_exits().context("exits")?;
         let removed = second.cleanup(&BTreeSet::from([kept])).await?;
         assert_eq!(removed, [gone]);
@@ -288,7 +296,7 @@ fn a_later_run_adopts_running_tasks_and_removes_ended_ones() -> Result<()> {
         let mut ifindex = Vec::new();
         {
             // A first agent run starts three tasks, then goes away.
-            let first = Runtimes::new(&state, false).await?;
+            let first = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
             for (k, (id, name)) in [(alive, "alive.1"), (ended, "ended.1"), (other, "other.1")]
                 .into_iter()
                 .enumerate()
@@ -322,7 +330,7 @@ fn a_later_run_adopts_running_tasks_and_removes_ended_ones() -> Result<()> {
         // its main process is found in its namespace.
         std::fs::write(lb_agent::runtime::record::path(&state, other), "process")?;
 
-        let second = Runtimes::new(&state, false).await?;
+        let second = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
         let mut exits = second.take_exits().context("exits")?;
         let adopted = second.adopt().await?;
         assert_eq!(
@@ -377,7 +385,7 @@ fn a_later_run_adopts_running_tasks_and_removes_ended_ones() -> Result<()> {
             assert!(!netns.contains(&netns_of(id)), "{netns}");
         }
         assert!(lb_agent::runtime::record::list(&state)?.is_empty());
-        let third = Runtimes::new(&state, false).await?;
+        let third = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
         assert_eq!(third.adopt().await?, lb_agent::runtime::Adopted::default());
         Ok(())
     })

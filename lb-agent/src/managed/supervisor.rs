@@ -48,7 +48,7 @@ use crate::runtime::task::{Exit, Started, TaskConfig};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Start a task; hand the result to [`Supervisor::started`].
-    Start(TaskConfig),
+    Start(Box<TaskConfig>),
     /// Stop a task (SIGTERM, a short grace, SIGKILL) and release what it
     /// holds; hand the completion to [`Supervisor::stopped`].
     Stop(TaskId),
@@ -342,13 +342,13 @@ impl Supervisor {
                     task.id,
                     status(self.clock_ms, TaskState::Preparing, "preparing"),
                 );
-                self.actions.push(Action::Start(TaskConfig {
+                self.actions.push(Action::Start(Box::new(TaskConfig {
                     id: task.id,
                     name: task.name.clone(),
                     spec: task.spec.clone(),
                     addr: task.addr,
                     mtu: self.mtu,
-                }));
+                })));
             }
             // Never started and on its way out: nothing to do until Stop.
             TaskAction::Drain => {}

@@ -149,6 +149,7 @@ impl DockerRuntime {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect(),
             ),
+            user: task.spec.user.clone(),
             labels: Some(HashMap::from([
                 (LABEL_TASK_ID.to_owned(), format!("{:016x}", task.id)),
                 (LABEL_TASK_NAME.to_owned(), task.name.clone()),
@@ -156,6 +157,10 @@ impl DockerRuntime {
             ])),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
+                // The engine applies docker's rules to its default set, as
+                // `mesh_api::capability::resolve` does for process tasks.
+                cap_add: (!task.spec.cap_add.is_empty()).then(|| task.spec.cap_add.clone()),
+                cap_drop: (!task.spec.cap_drop.is_empty()).then(|| task.spec.cap_drop.clone()),
                 // Rotated by size, as the process runtime rotates its tasks' logs.
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".into()),
@@ -537,6 +542,9 @@ mod tests {
                 health: None,
                 stop_grace_ms: 0,
                 force_update: 0,
+                user: None,
+                cap_add: Vec::new(),
+                cap_drop: Vec::new(),
             },
             addr: Ipv4Addr::new(10, 0, 0, 1),
             mtu: 1450,

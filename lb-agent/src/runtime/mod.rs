@@ -18,6 +18,9 @@
 //!   agent run finds it;
 //! - [`procfs`]: whether a PID is a task's main process, and waiting for one that is not
 //!   the agent's child;
+//! - [`isolation`] and [`init`]: how a process task is confined (its own mount and PID
+//!   namespaces, the agent's files hidden, docker's capabilities, a user), from the
+//!   agent's side and from the task's;
 //! - [`process`] and [`docker`]: the two runtimes.
 //!
 //! The parts depend on each other, never on this module.
@@ -29,6 +32,8 @@
 
 pub mod docker;
 pub mod error;
+pub mod init;
+pub mod isolation;
 pub mod lines;
 pub mod netns;
 pub mod plumb;
@@ -79,12 +84,17 @@ impl std::fmt::Debug for Runtimes {
 }
 
 impl Runtimes {
-    /// Process runtime always; docker when `docker` is true and the engine answers
-    /// (otherwise docker tasks fail with [`RuntimeError::Unavailable`] saying why).
+    /// Process runtime always, its tasks confined by `isolation`; docker when `docker`
+    /// is true and the engine answers (otherwise docker tasks fail with
+    /// [`RuntimeError::Unavailable`] saying why).
     ///
     /// # Errors
     /// If the agent's netlink socket cannot be opened or `state_dir` created.
-    pub async fn new(state_dir: &Path, docker: bool) -> Result<Self, RuntimeError> {
+    pub async fn new(
+        state_dir: &Path,
+        docker: bool,
+        isolation: isolation::Isolation,
+    ) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(state_dir.join("tasks"))
             .map_err(failed(format!("create {}", state_dir.display())))?;
         let netlink = Netlink::here()?;
@@ -104,7 +114,7 @@ impl Runtimes {
             inner: Arc::new(Inner {
                 state_dir: state_dir.to_owned(),
                 netlink,
-                process: ProcessRuntime::new(state_dir, tx),
+                process: ProcessRuntime::new(state_dir, tx, isolation),
                 docker,
                 exits: Mutex::new(Some(rx)),
             }),

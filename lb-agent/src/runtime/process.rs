@@ -1,11 +1,17 @@
 //! The process runtime: a task is a program the agent runs in a network namespace of its
-//! own (`/run/netns/mesh-<task id>`, visible to `ip netns`), in a process group of its
-//! own, with its output appended to `<state dir>/tasks/<task id>.log`.
+//! own (`/run/netns/mesh-<task id>`, visible to `ip netns`) and PID and mount namespaces
+//! of its own, confined ([`super::isolation`]), with its output appended to
+//! `<state dir>/tasks/<task id>.log`.
 //!
-//! The program is spawned from a short-lived thread that entered the task's namespace
-//! ([`netns::run_in`]): the child inherits that thread's namespace, so no `pre_exec`
-//! (and no `unsafe`) is needed. Stopping signals the whole process group, then kills
-//! whatever else still runs in the namespace, so nothing the task started survives it.
+//! The task's main process is `lb-agent task-init` ([`super::init`]), spawned from a
+//! short-lived thread that entered the task's network namespace and unshared a PID
+//! namespace for its children ([`netns::run_in`]): the child starts in both, as PID 1 of
+//! its namespace, so no `pre_exec` (and no `unsafe`) is needed. It confines itself,
+//! starts the program and passes signals on to it. Stopping signals the main process
+//! (SIGTERM, then SIGKILL, which ends every process of the PID namespace), then kills
+//! whatever else still runs in the network namespace, so nothing the task started
+//! survives it. Health checks run through `lb-agent task-exec`, inside the task's
+//! namespaces with its capabilities and user.
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::error::{RuntimeError, failed};
+use super::isolation::Isolation;
 use super::lines::{Batcher, LineSplitter};
 use super::netns;
 use super::procfs;
@@ -117,11 +124,17 @@ pub(crate) struct ProcessRuntime {
     /// while a follow reads it, so that a follow never reads a log mid-rotation and
     /// knows when to go on in the rotated part.
     rotations: tokio::sync::Mutex<std::collections::BTreeMap<TaskId, u64>>,
+    isolation: Isolation,
 }
 
 impl ProcessRuntime {
-    pub(crate) fn new(state_dir: &Path, exits: mpsc::UnboundedSender<(TaskId, Exit)>) -> Self {
+    pub(crate) fn new(
+        state_dir: &Path,
+        exits: mpsc::UnboundedSender<(TaskId, Exit)>,
+        isolation: Isolation,
+    ) -> Self {
         Self {
+            isolation,
             state_dir: state_dir.to_owned(),
             tasks: TaskTable::new(),
             exits,
@@ -182,15 +195,18 @@ impl ProcessRuntime {
             .open(&log)
             .map_err(failed(format!("open {}", log.display())))?;
         let env = task_env(task);
+        let (init, args) = self.isolation.init_command(&task.spec, &env)?;
         let program = task.spec.image.clone();
-        let args = task.spec.args.clone();
         let env2 = env.clone();
         let rt = tokio::runtime::Handle::current();
         let mut child = netns::run_in(&netns::path(&netns_name(id)), move || {
             // The child registers with this runtime's SIGCHLD handling.
             let _guard = rt.enter();
+            // This thread's next child is PID 1 of a new PID namespace.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+                .map_err(|e| std::io::Error::other(format!("unshare the PID namespace: {e}")))?;
             let err = out.try_clone()?;
-            tokio::process::Command::new(&program)
+            tokio::process::Command::new(&init)
                 .args(&args)
                 .env_clear()
                 .envs(env2)
@@ -200,7 +216,9 @@ impl ProcessRuntime {
                 .stderr(err)
                 .kill_on_drop(false)
                 .spawn()
-                .map_err(|e| std::io::Error::new(e.kind(), format!("run {program:?}: {e}")))
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("run {program:?} through {init:?}: {e}"))
+                })
         })
         .await
         .map_err(failed(format!("start task {}", task.name)))?;
@@ -256,7 +274,9 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    /// Runs `/bin/sh -c cmd` in the task's namespace with its environment.
+    /// Runs `/bin/sh -c cmd` inside the task with its environment: in its namespaces,
+    /// with its capabilities and user (`lb-agent task-exec`); for a task an agent
+    /// before confinement started, in its network namespace alone.
     pub(crate) async fn health_check(
         &self,
         id: TaskId,
@@ -265,13 +285,17 @@ impl ProcessRuntime {
     ) -> Result<bool, RuntimeError> {
         let p = self.get(id).ok_or(RuntimeError::Unknown(id))?;
         let env = p.env.clone();
-        let cmd = cmd.to_owned();
+        let (program, args) = if procfs::is_task_init(p.pid) {
+            self.isolation.exec_command(p.pid, &["/bin/sh", "-c", cmd])
+        } else {
+            ("/bin/sh".into(), vec!["-c".into(), cmd.into()])
+        };
         let rt = tokio::runtime::Handle::current();
         let mut child = netns::run_in(&netns::path(&netns_name(id)), move || {
             let _guard = rt.enter();
-            tokio::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(&cmd)
+            // One process group: a check that overruns is killed whole.
+            tokio::process::Command::new(&program)
+                .args(&args)
                 .env_clear()
                 .envs(env)
                 .process_group(0)
@@ -551,17 +575,23 @@ impl ProcessRuntime {
         let _ = self.exits.send((id, exit));
     }
 
-    /// The process-group leader among the processes in task `id`'s namespace (the
-    /// task's main process: it runs in a group of its own).
+    /// Task `id`'s main process among the processes in its network namespace: its
+    /// `task-init` ([`procfs::is_task_init`]), else (a task an agent before confinement
+    /// started) the process-group leader with the lowest PID.
     fn group_leader(&self, id: TaskId) -> Option<i32> {
         let ns = netns::path(&netns_name(id));
         let pids = netns::processes_in(&ns).ok()?;
         pids.iter()
             .copied()
-            .filter(|&p| {
-                nix::unistd::getpgid(Some(Pid::from_raw(p))).is_ok_and(|g| g.as_raw() == p)
+            .find(|&p| procfs::is_task_init(p))
+            .or_else(|| {
+                pids.iter()
+                    .copied()
+                    .filter(|&p| {
+                        nix::unistd::getpgid(Some(Pid::from_raw(p))).is_ok_and(|g| g.as_raw() == p)
+                    })
+                    .min()
             })
-            .min()
     }
 }
 
@@ -600,6 +630,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("tasks")).unwrap();
         dir
+    }
+
+    fn isolation() -> Isolation {
+        Isolation::new("/nonexistent/lb-agent".into())
     }
 
     async fn next(rx: &mut mpsc::Receiver<Vec<String>>) -> Vec<String> {
@@ -641,7 +675,7 @@ mod tests {
         use std::io::Write as _;
         let dir = state_dir("follow");
         let (exits, _) = mpsc::unbounded_channel();
-        let runtime = Arc::new(ProcessRuntime::new(&dir, exits));
+        let runtime = Arc::new(ProcessRuntime::new(&dir, exits, isolation()));
         let path = log_path(&dir, 7);
         let mut log = std::fs::File::create(&path).unwrap();
         log.write_all(b"one\ntwo\nthree\npart").unwrap();
@@ -685,7 +719,7 @@ mod tests {
         use std::io::Write as _;
         let dir = state_dir("follow-rotate");
         let (exits, _) = mpsc::unbounded_channel();
-        let runtime = Arc::new(ProcessRuntime::new(&dir, exits));
+        let runtime = Arc::new(ProcessRuntime::new(&dir, exits, isolation()));
         let path = log_path(&dir, 9);
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -726,7 +760,7 @@ mod tests {
     fn the_logs_of_forgotten_tasks_go_and_the_others_stay() {
         let dir = state_dir("prune");
         let (exits, _) = mpsc::unbounded_channel();
-        let runtime = ProcessRuntime::new(&dir, exits);
+        let runtime = ProcessRuntime::new(&dir, exits, isolation());
         let tasks = dir.join("tasks");
         std::fs::create_dir_all(&tasks).unwrap();
         for id in [1u64, 2, 3] {

@@ -102,6 +102,24 @@ pub fn is_task_process(pid: i32, id: TaskId, start: Option<u64>) -> bool {
         == Some(id)
 }
 
+/// Whether `pid` is a task's `lb-agent task-init` ([`super::init`]): PID 1 of its own
+/// PID namespace, running `task-init`.
+#[must_use]
+pub fn is_task_init(pid: i32) -> bool {
+    let first_pid_1 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|ids| ids.split_whitespace().last() == Some("1"))
+        })
+        .unwrap_or(false);
+    first_pid_1
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|line| line.split(|b| *b == 0).nth(1) == Some(b"task-init".as_slice()))
+}
+
 /// A pidfd of `pid` (see the module documentation).
 ///
 /// # Errors

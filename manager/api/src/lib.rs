@@ -18,6 +18,7 @@ pub mod proto {
 }
 
 pub mod assignment;
+pub mod capability;
 pub mod cluster;
 pub mod exposition;
 pub mod network;

@@ -16,7 +16,7 @@ use crate::node::{Node, Role, format_id};
 #[error("{0}")]
 pub struct SpecError(String);
 
-fn invalid(message: impl Into<String>) -> SpecError {
+pub(crate) fn invalid(message: impl Into<String>) -> SpecError {
     SpecError(message.into())
 }
 
@@ -431,6 +431,41 @@ pub struct TaskSpec {
     /// replaced even if nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// The user the task runs as (docker's `--user`): `NAME|UID[:GROUP|GID]`,
+    /// looked up on the node; `None`: root (a docker image's own user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Capabilities added to the default set (docker's `--cap-add`; see
+    /// [`crate::capability`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from the default set (docker's `--cap-drop`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+}
+
+/// The longest `--user` value.
+pub const MAX_USER_LEN: usize = 256;
+
+/// Checks a `--user` value: `NAME|UID`, optionally `:GROUP|GID`, without
+/// blanks.
+///
+/// # Errors
+/// Why it is refused.
+pub fn validate_user(user: &str) -> Result<(), SpecError> {
+    let mut parts = user.split(':');
+    let ok = user.len() <= MAX_USER_LEN
+        && !user.chars().any(|c| c.is_whitespace() || c.is_control())
+        && parts.next().is_some_and(|u| !u.is_empty())
+        && parts.next().is_none_or(|g| !g.is_empty())
+        && parts.next().is_none();
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid user {user:?}: expected NAME|UID[:GROUP|GID]"
+        )))
+    }
 }
 
 /// How a service's tasks are reached.
@@ -625,6 +660,9 @@ impl ServiceSpec {
                 health: None,
                 stop_grace_ms: 10_000,
                 force_update: 0,
+                user: None,
+                cap_add: Vec::new(),
+                cap_drop: Vec::new(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -673,6 +711,10 @@ impl ServiceSpec {
                 }
             }
         }
+        if let Some(user) = &self.task.user {
+            validate_user(user)?;
+        }
+        crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
         if let Some(health) = &self.task.health {
             if health.cmd.trim().is_empty() {
                 return Err(invalid("the health command is empty"));

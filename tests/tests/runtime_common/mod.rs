@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lb_agent::runtime::isolation::Isolation;
 use lb_agent::runtime::task::TaskConfig;
 use mesh_api::spec::{RuntimeKind, TaskSpec};
 use mesh_api::task::TaskId;
@@ -264,8 +265,20 @@ pub(crate) fn task_config(
             health: None,
             stop_grace_ms: 1000,
             force_update: 0,
+            user: None,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
         },
         addr,
         mtu: MTU,
     }
+}
+
+/// How the tests' agents confine process tasks: through the built `lb-agent`, hiding
+/// the state directory `state`, as the agent does.
+///
+/// # Errors
+/// If `lb-agent` is not built.
+pub(crate) fn isolation(state: &Path) -> Result<Isolation> {
+    Ok(Isolation::new(mesh_tests::bin("lb-agent")?).hide(state))
 }

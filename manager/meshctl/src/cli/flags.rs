@@ -251,6 +251,66 @@ impl PolicyFlags {
     }
 }
 
+/// What a task may do: `--user`, `--cap-add`, `--cap-drop`, shared by
+/// `create` and `update`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct PrivilegeFlags {
+    /// Username or UID (format: <name|uid>[:<group|gid>]); update: "" for
+    /// root again.
+    #[arg(long, short = 'u', value_name = "USER")]
+    pub user: Option<String>,
+    /// Add Linux capabilities (e.g. NET_ADMIN, or ALL).
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities (e.g. NET_RAW, or ALL).
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+}
+
+fn capabilities(flag: &str, values: &[String]) -> Result<Vec<String>, FlagError> {
+    values
+        .iter()
+        .map(|v| {
+            mesh_api::capability::canonical(v).map_err(|e| FlagError(format!("--{flag}: {e}")))
+        })
+        .collect()
+}
+
+impl PrivilegeFlags {
+    /// Applies the flags that are set to `spec`, as `docker service update`
+    /// does: a capability added leaves the dropped ones and the other way
+    /// round, so that the last word on each wins.
+    ///
+    /// # Errors
+    /// An unknown capability or a malformed user (naming its flag).
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), FlagError> {
+        if let Some(user) = &self.user {
+            if user.is_empty() {
+                spec.task.user = None;
+            } else {
+                mesh_api::spec::validate_user(user)
+                    .map_err(|e| FlagError(format!("--user: {e}")))?;
+                spec.task.user = Some(user.clone());
+            }
+        }
+        let (add, drop) = (
+            capabilities("cap-add", &self.cap_add)?,
+            capabilities("cap-drop", &self.cap_drop)?,
+        );
+        let task = &mut spec.task;
+        task.cap_drop.retain(|c| !add.contains(c));
+        task.cap_add.retain(|c| !drop.contains(c));
+        for (new, list) in [(add, &mut task.cap_add), (drop, &mut task.cap_drop)] {
+            for cap in new {
+                if !list.contains(&cap) {
+                    list.push(cap);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `meshctl service create`'s flags.
 #[derive(Clone, Debug, Args)]
 pub struct CreateFlags {
@@ -285,6 +345,8 @@ pub struct CreateFlags {
     pub endpoint_mode: Option<String>,
     #[command(flatten)]
     pub policy: PolicyFlags,
+    #[command(flatten)]
+    pub privilege: PrivilegeFlags,
     /// Exit immediately instead of waiting for the service to converge.
     #[arg(long, short)]
     pub detach: bool,
@@ -372,6 +434,7 @@ impl CreateFlags {
             spec.labels.insert(k, v);
         }
         self.policy.apply(&mut spec)?;
+        self.privilege.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -425,6 +488,8 @@ pub struct UpdateFlags {
     pub rollback: bool,
     #[command(flatten)]
     pub policy: PolicyFlags,
+    #[command(flatten)]
+    pub privilege: PrivilegeFlags,
     /// Exit immediately instead of waiting for the service to converge.
     #[arg(long, short)]
     pub detach: bool,
@@ -606,6 +671,7 @@ impl UpdateFlags {
             spec.task.force_update += 1;
         }
         self.policy.apply(spec)?;
+        self.privilege.apply(spec)?;
         spec.validate()?;
         Ok(())
     }
@@ -909,6 +975,47 @@ mod tests {
         publish_add(&mut spec, &["8080:81".into(), "9000:90".into()]).unwrap();
         let ports: Vec<_> = spec.endpoint.ports.iter().map(|p| p.to_string()).collect();
         assert_eq!(ports, vec!["*:8080->81/tcp", "*:9000->90/tcp"]);
+    }
+
+    #[test]
+    fn user_and_capabilities_as_docker_takes_them() {
+        let spec = create(&[
+            "--user",
+            "nobody:nogroup",
+            "--cap-add",
+            "net_admin",
+            "--cap-drop",
+            "CAP_NET_RAW",
+            "--cap-drop",
+            "all",
+            "/bin/true",
+        ])
+        .unwrap();
+        assert_eq!(spec.task.user.as_deref(), Some("nobody:nogroup"));
+        assert_eq!(spec.task.cap_add, ["CAP_NET_ADMIN"]);
+        assert_eq!(spec.task.cap_drop, ["CAP_NET_RAW", "ALL"]);
+        // Update: the last word on a capability wins; "" is root again.
+        let after = update(
+            &spec,
+            &["--cap-add", "NET_RAW", "--cap-drop", "NET_ADMIN", "-u", ""],
+        )
+        .unwrap();
+        assert_eq!(after.task.user, None);
+        assert_eq!(after.task.cap_add, ["CAP_NET_RAW"]);
+        assert_eq!(after.task.cap_drop, ["ALL", "CAP_NET_ADMIN"]);
+        for (args, reason) in [
+            (
+                vec!["--cap-add", "FLY"],
+                "--cap-add: unknown capability: \"FLY\"",
+            ),
+            (vec!["--cap-drop", ""], "--cap-drop: unknown capability"),
+            (vec!["--user", "a b"], "--user: invalid user"),
+            (vec!["--user", "a:"], "expected NAME|UID[:GROUP|GID]"),
+            (vec!["--user", ":0"], "invalid user"),
+        ] {
+            let err = update(&spec, &args).unwrap_err().to_string();
+            assert!(err.contains(reason), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -404,6 +404,18 @@ pub fn pretty_service(row: &ServiceRow) -> String {
     if !task.env.is_empty() {
         let _ = writeln!(out, " Env:\t\t{}", task.env.join(" "));
     }
+    if let Some(user) = &task.user {
+        let _ = writeln!(out, " User:\t\t{user}");
+    }
+    if !task.cap_add.is_empty() || !task.cap_drop.is_empty() {
+        let _ = writeln!(out, " Capabilities:");
+        if !task.cap_add.is_empty() {
+            let _ = writeln!(out, "  Add:\t\t{}", task.cap_add.join(" "));
+        }
+        if !task.cap_drop.is_empty() {
+            let _ = writeln!(out, "  Drop:\t\t{}", task.cap_drop.join(" "));
+        }
+    }
     let _ = writeln!(
         out,
         " StopGracePeriod:\t{}",

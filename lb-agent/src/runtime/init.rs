@@ -1,0 +1,478 @@
+//! The confined side of a process task: `lb-agent task-init`, the first process (PID 1)
+//! of the task's own PID namespace, and `lb-agent task-exec`, which runs a command (a
+//! health check) inside a running task. The agent starts both through
+//! [`super::isolation`]; they run single-threaded, before any async runtime exists.
+//!
+//! `task-init`, started in the task's network namespace and a new PID namespace:
+//!
+//! 1. catches the signals it forwards (handlers, not a blocked mask: the program would
+//!    inherit the mask, handlers are reset by `execve`);
+//! 2. enters a mount namespace of its own, a slave of the host's (the host's later
+//!    mounts show through, nothing the task mounts goes back), hides the agent's state
+//!    directory and pin directory under empty read-only tmpfs mounts and its
+//!    configuration file under `/dev/null`, and mounts a `/proc` of the task's PID
+//!    namespace (the task sees its own processes only, `/proc/sys` read-only) and a
+//!    read-only `/sys` of its network namespace (the host's bpffs and cgroups are not in
+//!    it);
+//! 3. lets ports below 1024 be bound without privilege in the task's network namespace
+//!    (`net.ipv4.ip_unprivileged_port_start=0`, as docker does);
+//! 4. narrows the capability bounding set to the task's capabilities (docker's defaults
+//!    changed by `--cap-add`/`--cap-drop`), clears the ambient set and narrows the
+//!    inheritable one: a root program gets those capabilities, another user none;
+//! 5. starts the program (as `--user`, with no supplementary groups), in a process
+//!    group of its own;
+//! 6. forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to it,
+//!    reaps every orphan of the namespace, and exits with the program's status (128 +
+//!    the signal's number if a signal ended it). The kernel then kills whatever else
+//!    is left in the namespace.
+//!
+//! A PID 1 ignores the signals it has no handler for; the program is not PID 1, so it
+//! gets SIGTERM's default action as it would outside (docker's `--init`).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// The signals `task-init` passes on to the program.
+pub const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Exit status when the program cannot be started (as shells do: 127 not found, 126
+/// otherwise) or the confinement cannot be set up (125, as `docker run`).
+const EXIT_NOT_FOUND: i32 = 127;
+const EXIT_CANNOT_RUN: i32 = 126;
+const EXIT_SETUP: i32 = 125;
+
+/// What a task's program is allowed: shared by `task-init` and `task-exec`.
+#[derive(Clone, Debug, Args, PartialEq, Eq)]
+pub struct Confinement {
+    /// The capabilities the program gets, as a mask (`/proc/PID/status`'s hex form).
+    #[arg(long, value_parser = parse_mask, default_value = "0")]
+    pub caps: u64,
+    /// Run as this user: `NAME|UID[:GROUP|GID]`.
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+/// `lb-agent task-init`'s arguments.
+#[derive(Clone, Debug, Args, PartialEq, Eq)]
+pub struct InitArgs {
+    /// A directory hidden from the task (under an empty read-only tmpfs).
+    #[arg(long, value_name = "DIR")]
+    pub hide: Vec<PathBuf>,
+    /// A file hidden from the task (under `/dev/null`).
+    #[arg(long, value_name = "FILE")]
+    pub mask: Vec<PathBuf>,
+    #[command(flatten)]
+    pub confinement: Confinement,
+    /// The program and its arguments.
+    #[arg(required = true, last = true)]
+    pub command: Vec<OsString>,
+}
+
+/// `lb-agent task-exec`'s arguments. The command is confined as the task's program
+/// is: `task-exec` reads the confinement from the `task-init`'s command line.
+#[derive(Clone, Debug, Args, PartialEq, Eq)]
+pub struct ExecArgs {
+    /// The task's `task-init` (its PID as the agent sees it).
+    #[arg(long)]
+    pub pid: i32,
+    /// The program and its arguments.
+    #[arg(required = true, last = true)]
+    pub command: Vec<OsString>,
+}
+
+fn parse_mask(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("{s:?} is not a hex capability mask: {e}"))
+}
+
+/// Why the confinement could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+struct SetupError {
+    what: String,
+    source: std::io::Error,
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SetupError {
+    let what = what.into();
+    move |e| SetupError {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Runs `task-init` and exits with the program's status; never returns.
+pub fn run_init(args: &InitArgs) -> ! {
+    let code = match init(args) {
+        Ok(code) => code,
+        Err((code, why)) => {
+            eprintln!("lb-agent task-init: {why}");
+            code
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Runs `task-exec`: enters the task's namespaces, runs the command confined as the
+/// task is, and exits with its status; never returns.
+pub fn run_exec(args: &ExecArgs) -> ! {
+    let code = match exec(args) {
+        Ok(code) => code,
+        Err((code, why)) => {
+            eprintln!("lb-agent task-exec: {why}");
+            code
+        }
+    };
+    std::process::exit(code)
+}
+
+type Failed = (i32, String);
+
+fn at_setup(e: impl std::fmt::Display) -> Failed {
+    (EXIT_SETUP, e.to_string())
+}
+
+fn init(args: &InitArgs) -> Result<i32, Failed> {
+    let mut caught: Vec<i32> = FORWARDED.iter().map(|s| *s as i32).collect();
+    caught.push(Signal::SIGCHLD as i32);
+    let signals = signal_hook::iterator::Signals::new(&caught).map_err(at_setup)?;
+    mount_namespace(&args.hide, &args.mask).map_err(at_setup)?;
+    // Best effort: a kernel without the knob (before 4.11) keeps the old rule.
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
+    read_only("/proc/sys").map_err(at_setup)?;
+    let user = args
+        .confinement
+        .user
+        .as_deref()
+        .map(resolve_user)
+        .transpose()
+        .map_err(at_setup)?;
+    narrow_capabilities(args.confinement.caps).map_err(at_setup)?;
+    let mut command = command(&args.command, user.as_ref());
+    command.process_group(0);
+    let main = spawn(&mut command, &args.command[0])?;
+    supervise(main, signals)
+}
+
+/// The confinement of the `task-init` that runs as `pid`, from its command line.
+fn confinement_of(pid: i32) -> Result<Confinement, Failed> {
+    #[derive(clap::Parser)]
+    struct InitLine {
+        #[command(flatten)]
+        args: InitArgs,
+    }
+    let path = format!("/proc/{pid}/cmdline");
+    let line = std::fs::read(&path).map_err(|e| at_setup(format!("read {path}: {e}")))?;
+    let argv: Vec<OsString> = line
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
+        .collect();
+    if argv.get(1).is_none_or(|a| a != "task-init") {
+        return Err(at_setup(format!("process {pid} is not a task's task-init")));
+    }
+    <InitLine as clap::Parser>::try_parse_from(&argv[1..])
+        .map(|l| l.args.confinement)
+        .map_err(|e| at_setup(format!("process {pid}'s command line: {e}")))
+}
+
+fn exec(args: &ExecArgs) -> Result<i32, Failed> {
+    let confinement = confinement_of(args.pid)?;
+    let open = |ns: &str| {
+        let path = format!("/proc/{}/ns/{ns}", args.pid);
+        File::open(&path).map_err(|e| at_setup(format!("open {path}: {e}")))
+    };
+    let (net, pid, mnt) = (open("net")?, open("pid")?, open("mnt")?);
+    for (file, flag, what) in [
+        (&net, CloneFlags::CLONE_NEWNET, "network"),
+        (&pid, CloneFlags::CLONE_NEWPID, "PID"),
+        (&mnt, CloneFlags::CLONE_NEWNS, "mount"),
+    ] {
+        nix::sched::setns(file, flag)
+            .map_err(|e| at_setup(format!("enter the task's {what} namespace: {e}")))?;
+    }
+    std::env::set_current_dir("/").map_err(at_setup)?;
+    let user = confinement
+        .user
+        .as_deref()
+        .map(resolve_user)
+        .transpose()
+        .map_err(at_setup)?;
+    narrow_capabilities(confinement.caps).map_err(at_setup)?;
+    let mut child = spawn_child(&mut command(&args.command, user.as_ref()), &args.command[0])?;
+    let status = child.wait().map_err(at_setup)?;
+    Ok(super::process::exit_of(status).code)
+}
+
+/// Sets up the task's mount namespace (step 2 of the module documentation).
+fn mount_namespace(hide: &[PathBuf], mask: &[PathBuf]) -> Result<(), SetupError> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(setup("unshare the mount namespace"))?;
+    mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
+        .map_err(setup("make / a slave mount"))?;
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for dir in hide.iter().filter(|d| d.is_dir()) {
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            hardened | MsFlags::MS_RDONLY,
+            Some("size=0,mode=0755"),
+        )
+        .map_err(setup(format!("hide {}", dir.display())))?;
+    }
+    for file in mask.iter().filter(|f| f.is_file()) {
+        mount(Some("/dev/null"), file, None, MsFlags::MS_BIND, None)
+            .map_err(setup(format!("hide {}", file.display())))?;
+    }
+    mount(Some("proc"), "/proc", Some("proc"), hardened, None)
+        .map_err(setup("mount the task's /proc"))?;
+    // Read-only by a remount of this mount alone: the namespace's sysfs may be mounted
+    // read-write elsewhere (`ip netns exec` does), and mounting it read-only would then
+    // fail (EBUSY).
+    // EBUSY: this very sysfs is mounted on /sys already (the agent runs in the
+    // namespace, `ip netns exec` style): it is made read-only all the same.
+    match mount(Some("sysfs"), "/sys", Some("sysfs"), hardened, None) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+        Err(e) => return Err(setup("mount the task's /sys")(e)),
+    }
+    remount_read_only("/sys")
+}
+
+fn mount(
+    source: Option<&str>,
+    target: impl AsRef<Path>,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> nix::Result<()> {
+    nix::mount::mount(source, target.as_ref(), fstype, flags, data)
+}
+
+/// Makes `path` a read-only bind mount of itself.
+fn read_only(path: &str) -> Result<(), SetupError> {
+    mount(
+        Some(path),
+        path,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(setup(format!("bind {path}")))?;
+    remount_read_only(path)
+}
+
+/// Makes the mount at `path` read-only (the mount, not its file system).
+fn remount_read_only(path: &str) -> Result<(), SetupError> {
+    mount(
+        None,
+        path,
+        None,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None,
+    )
+    .map_err(setup(format!("make {path} read-only")))
+}
+
+/// The user and group IDs a `--user` value names, and the user's home.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// The user ID.
+    pub uid: u32,
+    /// The group ID: the one named, else the user's primary group (the user ID's own
+    /// number for a numeric user unknown to the system, as docker does).
+    pub gid: u32,
+    /// The user's home directory, if the system knows the user.
+    pub home: Option<PathBuf>,
+}
+
+/// Looks `spec` (`NAME|UID[:GROUP|GID]`) up in the system's user and group databases.
+///
+/// # Errors
+/// If a name is unknown, with docker's wording.
+pub fn resolve_user(spec: &str) -> Result<User, String> {
+    use nix::unistd::{Group, Uid, User as Passwd};
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => Passwd::from_uid(Uid::from_raw(uid)).ok().flatten(),
+        Err(_) => Some(Passwd::from_name(user).ok().flatten().ok_or_else(|| {
+            format!("unable to find user {user}: no matching entries in passwd file")
+        })?),
+    };
+    let uid = match &entry {
+        Some(e) => e.uid.as_raw(),
+        None => user.parse::<u32>().map_err(|e| e.to_string())?,
+    };
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => Group::from_name(g)
+                .ok()
+                .flatten()
+                .map(|grp| grp.gid.as_raw())
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in group file")
+                })?,
+        },
+        None => entry.as_ref().map_or(uid, |e| e.gid.as_raw()),
+    };
+    Ok(User {
+        uid,
+        gid,
+        home: entry.map(|e| e.dir),
+    })
+}
+
+/// The capabilities in `mask`, as the `caps` crate names them.
+fn capabilities(mask: u64) -> caps::CapsHashSet {
+    caps::all()
+        .into_iter()
+        .filter(|c| mask & (1u64 << c.index()) != 0)
+        .collect()
+}
+
+/// Step 4 of the module documentation. This process keeps its own permitted set (it
+/// may still need to change user), which the program cannot use: it is not inherited
+/// across the program's `execve`, and the program cannot trace a process with more
+/// capabilities than its own.
+fn narrow_capabilities(mask: u64) -> Result<(), String> {
+    let keep = capabilities(mask);
+    let bounding = caps::read(None, caps::CapSet::Bounding).map_err(|e| e.to_string())?;
+    if let Some(missing) = keep.iter().find(|c| !bounding.contains(c)) {
+        return Err(format!(
+            "the agent cannot grant {missing}: it is not in the agent's capability bounding \
+             set (CapabilityBoundingSet in lb-agent.service)"
+        ));
+    }
+    for cap in bounding.difference(&keep) {
+        caps::drop(None, caps::CapSet::Bounding, *cap)
+            .map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+    }
+    let inheritable = caps::read(None, caps::CapSet::Inheritable).map_err(|e| e.to_string())?;
+    caps::set(
+        None,
+        caps::CapSet::Inheritable,
+        &inheritable.intersection(&keep).copied().collect(),
+    )
+    .map_err(|e| format!("narrow the inheritable set: {e}"))?;
+    caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("clear the ambient set: {e}"))
+}
+
+/// The program's command: its arguments, the environment this process got (the task's),
+/// `HOME` from the user's entry unless set, and the user.
+fn command(argv: &[OsString], user: Option<&User>) -> Command {
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    if let Some(user) = user {
+        command.uid(user.uid).gid(user.gid);
+        if std::env::var_os("HOME").is_none()
+            && let Some(home) = &user.home
+        {
+            command.env("HOME", home);
+        }
+    }
+    command
+}
+
+fn spawn_child(command: &mut Command, program: &OsString) -> Result<std::process::Child, Failed> {
+    command.spawn().map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            EXIT_NOT_FOUND
+        } else {
+            EXIT_CANNOT_RUN
+        };
+        (code, format!("run {}: {e}", Path::new(program).display()))
+    })
+}
+
+fn spawn(command: &mut Command, program: &OsString) -> Result<Pid, Failed> {
+    let child = spawn_child(command, program)?;
+    let pid = i32::try_from(child.id()).map_err(at_setup)?;
+    // Reaped below with waitpid(-1), as every other child of this PID 1.
+    drop(child);
+    Ok(Pid::from_raw(pid))
+}
+
+/// Step 6 of the module documentation.
+fn supervise(main: Pid, mut signals: signal_hook::iterator::Signals) -> Result<i32, Failed> {
+    loop {
+        // A SIGCHLD may have come before the handler saw the program: reap first.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == main => return Ok(code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == main => {
+                    return Ok(128 + signal as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        for signal in signals.wait() {
+            if let Ok(signal) = Signal::try_from(signal)
+                && signal != Signal::SIGCHLD
+            {
+                let _ = nix::sys::signal::kill(main, signal);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_as_docker_resolves_them() {
+        let root = resolve_user("root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(root.home.as_deref(), Some(Path::new("/root")));
+        assert_eq!(resolve_user("0:0").unwrap().uid, 0);
+        let unknown = resolve_user("4242").unwrap();
+        assert_eq!((unknown.uid, unknown.gid, unknown.home), (4242, 4242, None));
+        assert_eq!(resolve_user("4242:7").unwrap().gid, 7);
+        assert_eq!(
+            resolve_user("no-such-user").unwrap_err(),
+            "unable to find user no-such-user: no matching entries in passwd file"
+        );
+        assert_eq!(
+            resolve_user("root:no-such-group").unwrap_err(),
+            "unable to find group no-such-group: no matching entries in group file"
+        );
+    }
+
+    #[test]
+    fn masks_name_capabilities() {
+        let set = capabilities(0b1_0000_0001);
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(&caps::Capability::CAP_CHOWN));
+        assert!(set.contains(&caps::Capability::CAP_SETPCAP));
+        assert_eq!(parse_mask("a80425fb").unwrap(), 0xa804_25fb);
+        assert!(parse_mask("zz").is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! How the agent confines a process task: what it hides from tasks (its state
+//! directory, which holds the node's private key and the tasks' records, its pin
+//! directory and its configuration file) and the command lines of `lb-agent task-init`
+//! and `lb-agent task-exec` ([`super::init`]) that start a task's program, or a health
+//! check in a running task, with the task's capabilities and user.
+//!
+//! What a spec asks for is checked here, before anything starts, so that a task that
+//! cannot run fails at once and says why: a user unknown on this node, a capability the
+//! agent itself does not hold (a task cannot get more than its agent's bounding set), a
+//! program that is not there.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use mesh_api::spec::TaskSpec;
+
+use super::error::RuntimeError;
+use super::init::resolve_user;
+
+/// What every process task of this agent is confined by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Isolation {
+    /// The `lb-agent` program that provides `task-init` and `task-exec`.
+    program: PathBuf,
+    /// Directories hidden from tasks.
+    hide: Vec<PathBuf>,
+    /// Files hidden from tasks.
+    mask: Vec<PathBuf>,
+}
+
+impl Isolation {
+    /// Confinement through `program` (an `lb-agent`), hiding nothing yet.
+    #[must_use]
+    pub fn new(program: PathBuf) -> Self {
+        Self {
+            program,
+            hide: Vec::new(),
+            mask: Vec::new(),
+        }
+    }
+
+    /// Confinement through the running `lb-agent` program.
+    ///
+    /// # Errors
+    /// If the program's path cannot be read.
+    pub fn of_this_program() -> std::io::Result<Self> {
+        Ok(Self::new(std::env::current_exe()?))
+    }
+
+    /// Also hides directory `dir` (made absolute) from tasks.
+    #[must_use]
+    pub fn hide(mut self, dir: &Path) -> Self {
+        self.hide.push(absolute(dir));
+        self
+    }
+
+    /// Also hides file `file` (made absolute) from tasks.
+    #[must_use]
+    pub fn mask(mut self, file: &Path) -> Self {
+        self.mask.push(absolute(file));
+        self
+    }
+
+    /// The program and arguments that start `spec`'s program in a task whose
+    /// environment is `env`, confined (run in the task's network namespace and a new
+    /// PID namespace).
+    ///
+    /// # Errors
+    /// [`RuntimeError::Failed`] if the user is unknown here, a capability is not the
+    /// agent's to grant, or the program is not found.
+    pub fn init_command(
+        &self,
+        spec: &TaskSpec,
+        env: &[(String, String)],
+    ) -> Result<(PathBuf, Vec<OsString>), RuntimeError> {
+        let caps = capabilities(spec)?;
+        if let Some(user) = &spec.user {
+            resolve_user(user).map_err(RuntimeError::Failed)?;
+        }
+        find_program(&spec.image, env)?;
+        let mut args: Vec<OsString> = vec!["task-init".into()];
+        for dir in &self.hide {
+            args.extend(["--hide".into(), dir.into()]);
+        }
+        for file in &self.mask {
+            args.extend(["--mask".into(), file.into()]);
+        }
+        args.extend(["--caps".into(), format!("{caps:x}").into()]);
+        if let Some(user) = &spec.user {
+            args.extend(["--user".into(), user.into()]);
+        }
+        args.push("--".into());
+        args.push(spec.image.clone().into());
+        args.extend(spec.args.iter().map(OsString::from));
+        Ok((self.program.clone(), args))
+    }
+
+    /// The program and arguments that run `argv` inside the task whose `task-init` is
+    /// `pid`, confined as its program is.
+    #[must_use]
+    pub fn exec_command(&self, pid: i32, argv: &[&str]) -> (PathBuf, Vec<OsString>) {
+        let mut args: Vec<OsString> = vec!["task-exec".into(), "--pid".into()];
+        args.push(pid.to_string().into());
+        args.push("--".into());
+        args.extend(argv.iter().map(OsString::from));
+        (self.program.clone(), args)
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+/// The capability mask of `spec`'s task, checked against what this agent may grant.
+fn capabilities(spec: &TaskSpec) -> Result<u64, RuntimeError> {
+    let wanted = mesh_api::capability::resolve(&spec.cap_add, &spec.cap_drop)
+        .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+    let bounding = caps::read(None, caps::CapSet::Bounding)
+        .map_err(|e| RuntimeError::Failed(format!("read the agent's capabilities: {e}")))?;
+    for cap in &wanted {
+        if !bounding.iter().any(|c| c.index() == *cap) {
+            let name = mesh_api::capability::NAMES
+                .get(usize::from(*cap))
+                .copied()
+                .unwrap_or("?");
+            return Err(RuntimeError::Failed(format!(
+                "the agent cannot grant {name}: it is not in the agent's capability bounding \
+                 set (CapabilityBoundingSet in lb-agent.service)"
+            )));
+        }
+    }
+    Ok(mesh_api::capability::mask(&wanted))
+}
+
+/// Where `program` is: itself if it names a path, else the first executable of that
+/// name on the task's `PATH`.
+fn find_program(program: &str, env: &[(String, String)]) -> Result<PathBuf, RuntimeError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        Some(PathBuf::from(program)).filter(|p| executable(p))
+    } else {
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or("", |(_, v)| v.as_str());
+        std::env::split_paths(path)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+    };
+    found.ok_or_else(|| {
+        RuntimeError::Failed(format!(
+            "run {program:?}: no such executable{}",
+            if program.contains('/') {
+                ""
+            } else {
+                " on the task's PATH"
+            }
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::init::{ExecArgs, InitArgs};
+    use super::*;
+
+    #[derive(Parser)]
+    enum Cli {
+        TaskInit(InitArgs),
+        TaskExec(ExecArgs),
+    }
+
+    fn spec(image: &str) -> TaskSpec {
+        mesh_api::spec::ServiceSpec::new(
+            "web",
+            mesh_api::spec::RuntimeKind::Process,
+            image,
+            vec!["--port".into(), "80".into()],
+        )
+        .task
+    }
+
+    fn path_env() -> Vec<(String, String)> {
+        vec![("PATH".into(), "/usr/bin:/bin".into())]
+    }
+
+    #[test]
+    fn the_init_command_line_is_what_task_init_parses() {
+        let isolation = Isolation::new("/usr/local/bin/lb-agent".into())
+            .hide(Path::new("/var/lib/mesh"))
+            .mask(Path::new("/etc/mesh/agent.toml"));
+        let mut spec = spec("sh");
+        spec.user = Some("nobody".into());
+        spec.cap_drop = vec!["CAP_NET_RAW".into()];
+        let (program, args) = isolation.init_command(&spec, &path_env()).unwrap();
+        assert_eq!(program, Path::new("/usr/local/bin/lb-agent"));
+        let Cli::TaskInit(init) = Cli::parse_from(std::iter::once("lb-agent".into()).chain(args))
+        else {
+            panic!("not task-init");
+        };
+        assert_eq!(init.hide, [Path::new("/var/lib/mesh")]);
+        assert_eq!(init.mask, [Path::new("/etc/mesh/agent.toml")]);
+        assert_eq!(init.confinement.caps, 0xa804_25fb & !(1 << 13));
+        assert_eq!(init.confinement.user.as_deref(), Some("nobody"));
+        assert_eq!(init.command, ["sh", "--port", "80"]);
+
+        let (_, args) = isolation.exec_command(42, &["/bin/sh", "-c", "true"]);
+        let Cli::TaskExec(exec) = Cli::parse_from(std::iter::once("lb-agent".into()).chain(args))
+        else {
+            panic!("not task-exec");
+        };
+        assert_eq!(exec.pid, 42);
+        assert_eq!(exec.command, ["/bin/sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn what_cannot_run_here_is_refused_before_it_starts() {
+        let isolation = Isolation::new("/usr/local/bin/lb-agent".into());
+        let refused = |spec: &TaskSpec| {
+            isolation
+                .init_command(spec, &path_env())
+                .unwrap_err()
+                .to_string()
+        };
+        let mut unknown_user = spec("sh");
+        unknown_user.user = Some("no-such-user".into());
+        assert!(refused(&unknown_user).contains("unable to find user no-such-user"));
+        assert!(
+            refused(&spec("no-such-program")).contains("no such executable on the task's PATH")
+        );
+        assert!(refused(&spec("/no/such/program")).contains("\"/no/such/program\""));
+        let mut bad_cap = spec("sh");
+        bad_cap.cap_add = vec!["CAP_FLY".into()];
+        assert!(refused(&bad_cap).contains("unknown capability"));
+    }
+}
