@@ -381,8 +381,18 @@ async fn underlay_addr_and_mtu(base: &Config) -> Result<(Ipv4Addr, u32)> {
 /// use against the node is hidden from it (the state directory, with the node's key;
 /// the pin directory; the configuration file).
 fn isolation(cli: &Cli, pin_dir: Option<PathBuf>) -> Result<Isolation> {
+    let cgroups = lb_agent::runtime::cgroup::Cgroups::discover();
+    match &cgroups {
+        Some(c) => {
+            tracing::info!(parent = %c.path(0).parent().unwrap_or(Path::new("/")).display(), "process tasks get a cgroup of their own")
+        }
+        None => tracing::info!(
+            "no writable cgroup v2 hierarchy: process tasks stay in the agent's cgroup"
+        ),
+    }
     let mut isolation = Isolation::of_this_program()
         .context("finding the lb-agent program (for task-init)")?
+        .with_cgroups(cgroups)
         .hide(&cli.state_dir);
     if let Some(pin_dir) = pin_dir {
         isolation = isolation.hide(&pin_dir);

@@ -105,6 +105,7 @@ fn process_tasks_are_confined_and_get_docker_s_capabilities_under_the_shipped_un
          echo uid=$(id -u); \
          echo processes=$(ls /proc | grep -c '^[0-9]'); \
          echo init=$(tr '\\0' ' ' < /proc/1/cmdline); \
+         echo cgroup=$(grep '^0::' /proc/self/cgroup); \
          test -e /proc/{me} && echo test=seen || echo test=unseen; \
          echo state=$(ls -A {state} | wc -l); \
          cat {state}/tls/node-key.pem > /dev/null 2>&1 && echo key=read || echo key=hidden; \
@@ -148,6 +149,11 @@ fn process_tasks_are_confined_and_get_docker_s_capabilities_under_the_shipped_un
         "PID 1 of the task is its task-init:\n{logs}"
     );
     assert_eq!(value(&logs, "test"), "unseen", "the task sees this test");
+    assert_eq!(
+        value(&logs, "cgroup"),
+        "0::/",
+        "the task's cgroup is its root"
+    );
     assert_eq!(value(&logs, "state"), "0", "the state directory is empty");
     assert_eq!(value(&logs, "key"), "hidden");
     assert_eq!(value(&logs, "pins"), "0", "the task sees the pinned maps");

@@ -137,10 +137,32 @@ fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> 
             Err(lb_agent::runtime::error::RuntimeError::Unknown(_))
         ));
 
-        // Stop: SIGTERM ends it (128 + 15); namespace, veth and route go.
+        // Its cgroup holds its processes (task-init, the program), and the task sees it as
+        // the root of its own cgroup namespace.
+        let cgroups = lb_agent::runtime::cgroup::Cgroups::discover()
+            .context("this test needs a writable cgroup v2 hierarchy (the kernel's unified one)")?;
+        ensure!(cgroups.processes(id).len() >= 2, "task cgroup: {:?}", cgroups.processes(id));
+        let before = cgroups.processes(id).len();
+        let check = tokio::spawn({
+            let rt = rt.clone();
+            async move {
+                rt.health_check(id, "grep -qx '0::/' /proc/self/cgroup && busybox sleep 3", Duration::from_secs(10))
+                    .await
+            }
+        });
+        // A health check runs in the task's cgroup too (task-exec, sh, sleep).
+        poll(Duration::from_secs(5), "the health check to join the task's cgroup", || {
+            let n = cgroups.processes(id).len();
+            async move { (n >= before + 2).then_some(()) }
+        })
+        .await?;
+        assert!(check.await??, "the health check sees its cgroup as its root");
+
+        // Stop: SIGTERM ends it (128 + 15); namespace, cgroup, veth and route go.
         rt.stop(id, Duration::from_secs(5)).await?;
         assert_eq!(next_exit(&mut exits).await?, (id, Exit { code: 143 }));
         assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(id)));
+        ensure!(!cgroups.path(id).exists(), "{} still there", cgroups.path(id).display());
         ensure!(node_ip(&["link", "show", &started.host_iface]).is_err(), "host side still there");
         assert_eq!(node_ip(&["route", "show", &format!("{addr}/32")])?.trim(), "");
         ensure!(fetch(addr, 80).await.is_none(), "still reachable after stop");

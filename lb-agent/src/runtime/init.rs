@@ -5,6 +5,8 @@
 //!
 //! `task-init`, started in the task's network namespace and a new PID namespace:
 //!
+//! 0. joins the task's cgroup, if it has one, and a cgroup namespace rooted there
+//!    ([`super::cgroup`]);
 //! 1. catches the signals it forwards (handlers, not a blocked mask: the program would
 //!    inherit the mask, handlers are reset by `execve`);
 //! 2. enters a mount namespace of its own, a slave of the host's (the host's later
@@ -80,6 +82,9 @@ pub struct InitArgs {
     /// A file hidden from the task (under `/dev/null`).
     #[arg(long, value_name = "FILE")]
     pub mask: Vec<PathBuf>,
+    /// The task's cgroup (v2), which it joins first.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub confinement: Confinement,
     /// The program and its arguments.
@@ -88,7 +93,7 @@ pub struct InitArgs {
 }
 
 /// `lb-agent task-exec`'s arguments. The command is confined as the task's program
-/// is: `task-exec` reads the confinement from the `task-init`'s command line.
+/// is, in its cgroup: `task-exec` reads both from the `task-init`'s command line.
 #[derive(Clone, Debug, Args, PartialEq, Eq)]
 pub struct ExecArgs {
     /// The task's `task-init` (its PID as the agent sees it).
@@ -155,6 +160,10 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
     let mut caught: Vec<i32> = FORWARDED.iter().map(|s| *s as i32).collect();
     caught.push(Signal::SIGCHLD as i32);
     let signals = signal_hook::iterator::Signals::new(&caught).map_err(at_setup)?;
+    if let Some(cgroup) = &args.cgroup {
+        super::cgroup::join(cgroup)
+            .map_err(|e| at_setup(format!("join the cgroup {}: {e}", cgroup.display())))?;
+    }
     mount_namespace(&args.hide, &args.mask).map_err(at_setup)?;
     // Best effort: a kernel without the knob (before 4.11) keeps the old rule.
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
@@ -173,8 +182,8 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
     supervise(main, signals)
 }
 
-/// The confinement of the `task-init` that runs as `pid`, from its command line.
-fn confinement_of(pid: i32) -> Result<Confinement, Failed> {
+/// The arguments of the `task-init` that runs as `pid`, from its command line.
+fn init_args_of(pid: i32) -> Result<InitArgs, Failed> {
     #[derive(clap::Parser)]
     struct InitLine {
         #[command(flatten)]
@@ -191,12 +200,17 @@ fn confinement_of(pid: i32) -> Result<Confinement, Failed> {
         return Err(at_setup(format!("process {pid} is not a task's task-init")));
     }
     <InitLine as clap::Parser>::try_parse_from(&argv[1..])
-        .map(|l| l.args.confinement)
+        .map(|l| l.args)
         .map_err(|e| at_setup(format!("process {pid}'s command line: {e}")))
 }
 
 fn exec(args: &ExecArgs) -> Result<i32, Failed> {
-    let confinement = confinement_of(args.pid)?;
+    let init = init_args_of(args.pid)?;
+    let confinement = init.confinement;
+    if let Some(cgroup) = &init.cgroup {
+        super::cgroup::join(cgroup)
+            .map_err(|e| at_setup(format!("join the cgroup {}: {e}", cgroup.display())))?;
+    }
     let open = |ns: &str| {
         let path = format!("/proc/{}/ns/{ns}", args.pid);
         File::open(&path).map_err(|e| at_setup(format!("open {path}: {e}")))

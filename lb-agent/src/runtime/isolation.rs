@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use mesh_api::spec::TaskSpec;
 
+use super::cgroup::Cgroups;
 use super::error::RuntimeError;
 use super::init::resolve_user;
 
@@ -26,6 +27,8 @@ pub struct Isolation {
     hide: Vec<PathBuf>,
     /// Files hidden from tasks.
     mask: Vec<PathBuf>,
+    /// Where tasks get a cgroup of their own, if anywhere.
+    cgroups: Option<Cgroups>,
 }
 
 impl Isolation {
@@ -36,7 +39,22 @@ impl Isolation {
             program,
             hide: Vec::new(),
             mask: Vec::new(),
+            cgroups: None,
         }
+    }
+
+    /// Gives each task a cgroup of its own under `cgroups` (`None`: tasks stay in the
+    /// agent's).
+    #[must_use]
+    pub fn with_cgroups(mut self, cgroups: Option<Cgroups>) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
+    /// Where tasks get a cgroup of their own, if anywhere.
+    #[must_use]
+    pub fn cgroups(&self) -> Option<&Cgroups> {
+        self.cgroups.as_ref()
     }
 
     /// Confinement through the running `lb-agent` program.
@@ -61,15 +79,16 @@ impl Isolation {
         self
     }
 
-    /// The program and arguments that start `spec`'s program in a task whose
+    /// The program and arguments that start `spec`'s program as task `id`, whose
     /// environment is `env`, confined (run in the task's network namespace and a new
-    /// PID namespace).
+    /// PID namespace; its cgroup, if it gets one, made beforehand).
     ///
     /// # Errors
     /// [`RuntimeError::Failed`] if the user is unknown here, a capability is not the
     /// agent's to grant, or the program is not found.
     pub fn init_command(
         &self,
+        id: mesh_api::task::TaskId,
         spec: &TaskSpec,
         env: &[(String, String)],
     ) -> Result<(PathBuf, Vec<OsString>), RuntimeError> {
@@ -84,6 +103,9 @@ impl Isolation {
         }
         for file in &self.mask {
             args.extend(["--mask".into(), file.into()]);
+        }
+        if let Some(cgroups) = &self.cgroups {
+            args.extend(["--cgroup".into(), cgroups.path(id).into()]);
         }
         args.extend(["--caps".into(), format!("{caps:x}").into()]);
         if let Some(user) = &spec.user {
@@ -195,11 +217,12 @@ mod tests {
     fn the_init_command_line_is_what_task_init_parses() {
         let isolation = Isolation::new("/usr/local/bin/lb-agent".into())
             .hide(Path::new("/var/lib/mesh"))
-            .mask(Path::new("/etc/mesh/agent.toml"));
+            .mask(Path::new("/etc/mesh/agent.toml"))
+            .with_cgroups(Some(Cgroups::new("/sys/fs/cgroup/x".into())));
         let mut spec = spec("sh");
         spec.user = Some("nobody".into());
         spec.cap_drop = vec!["CAP_NET_RAW".into()];
-        let (program, args) = isolation.init_command(&spec, &path_env()).unwrap();
+        let (program, args) = isolation.init_command(7, &spec, &path_env()).unwrap();
         assert_eq!(program, Path::new("/usr/local/bin/lb-agent"));
         let Cli::TaskInit(init) = Cli::parse_from(std::iter::once("lb-agent".into()).chain(args))
         else {
@@ -207,6 +230,10 @@ mod tests {
         };
         assert_eq!(init.hide, [Path::new("/var/lib/mesh")]);
         assert_eq!(init.mask, [Path::new("/etc/mesh/agent.toml")]);
+        assert_eq!(
+            init.cgroup.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/x/mesh-0000000000000007"))
+        );
         assert_eq!(init.confinement.caps, 0xa804_25fb & !(1 << 13));
         assert_eq!(init.confinement.user.as_deref(), Some("nobody"));
         assert_eq!(init.command, ["sh", "--port", "80"]);
@@ -225,7 +252,7 @@ mod tests {
         let isolation = Isolation::new("/usr/local/bin/lb-agent".into());
         let refused = |spec: &TaskSpec| {
             isolation
-                .init_command(spec, &path_env())
+                .init_command(7, spec, &path_env())
                 .unwrap_err()
                 .to_string()
         };

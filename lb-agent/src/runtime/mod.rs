@@ -20,7 +20,7 @@
 //!   the agent's child;
 //! - [`isolation`] and [`init`]: how a process task is confined (its own mount and PID
 //!   namespaces, the agent's files hidden, docker's capabilities, a user), from the
-//!   agent's side and from the task's;
+//!   agent's side and from the task's; [`cgroup`]: its cgroup;
 //! - [`process`] and [`docker`]: the two runtimes.
 //!
 //! The parts depend on each other, never on this module.
@@ -30,6 +30,7 @@
 //! belongs to the engine. A new agent run takes them over ([`Runtimes::adopt`]); only a
 //! node that leaves for good stops them ([`Runtimes::stop_all`]).
 
+pub mod cgroup;
 pub mod docker;
 pub mod error;
 pub mod init;
@@ -168,7 +169,7 @@ impl Runtimes {
                 }
                 .await;
                 if result.is_err() {
-                    let _ = process::remove_netns(task.id).await;
+                    let _ = self.inner.process.remove(task.id).await;
                     let _ = plumb::unplumb(&self.inner.netlink, task.id).await;
                     record::remove(&self.inner.state_dir, task.id);
                 }
@@ -351,7 +352,7 @@ impl Runtimes {
                 // A kept docker task whose container is gone (or docker is off).
                 continue;
             }
-            process::remove_netns(id).await?;
+            p.remove(id).await?;
             plumb::unplumb(&inner.netlink, id).await?;
             record::remove(&inner.state_dir, id);
             removed.insert(id);
@@ -489,7 +490,7 @@ impl Runtimes {
         if let (Ok(d), Some(c)) = (self.docker(), container) {
             d.remove(c).await?;
         }
-        process::remove_netns(id).await?;
+        inner.process.remove(id).await?;
         plumb::unplumb(&inner.netlink, id).await?;
         record::remove(&inner.state_dir, id);
         Ok(None)

@@ -195,7 +195,12 @@ impl ProcessRuntime {
             .open(&log)
             .map_err(failed(format!("open {}", log.display())))?;
         let env = task_env(task);
-        let (init, args) = self.isolation.init_command(&task.spec, &env)?;
+        let (init, args) = self.isolation.init_command(id, &task.spec, &env)?;
+        if let Some(cgroups) = self.isolation.cgroups() {
+            cgroups
+                .create(id)
+                .map_err(failed(format!("create the cgroup of task {}", task.name)))?;
+        }
         let program = task.spec.image.clone();
         let env2 = env.clone();
         let rt = tokio::runtime::Handle::current();
@@ -269,8 +274,21 @@ impl ProcessRuntime {
                 }
             }
         }
-        remove_netns(id).await?;
+        self.remove(id).await?;
         self.tasks.remove(id);
+        Ok(())
+    }
+
+    /// Kills every process left of task `id` and removes its namespace
+    /// ([`remove_netns`]) and its cgroup.
+    pub(crate) async fn remove(&self, id: TaskId) -> Result<(), RuntimeError> {
+        remove_netns(id).await?;
+        if let Some(cgroups) = self.isolation.cgroups() {
+            cgroups
+                .remove(id)
+                .await
+                .map_err(failed(format!("remove the cgroup of task {id:016x}")))?;
+        }
         Ok(())
     }
 

@@ -280,5 +280,7 @@ pub(crate) fn task_config(
 /// # Errors
 /// If `lb-agent` is not built.
 pub(crate) fn isolation(state: &Path) -> Result<Isolation> {
-    Ok(Isolation::new(mesh_tests::bin("lb-agent")?).hide(state))
+    Ok(Isolation::new(mesh_tests::bin("lb-agent")?)
+        .with_cgroups(lb_agent::runtime::cgroup::Cgroups::discover())
+        .hide(state))
 }
