@@ -11,6 +11,7 @@
 //! | `lb_flows` (gauge, from the last sweep) | `proto` |
 //! | `lb_flow_table_entries`, `lb_flow_table_capacity` (gauges) | |
 //! | `lb_flow_handshakes`, `lb_flow_handshakes_capacity` (gauges: the handshake table) | |
+//! | `lb_flows_lost_total` (connections whose flow entry was evicted, balanced again) | |
 //! | `lb_backends` (gauge) | `service`, `state` = `active` or `draining` |
 //! | `lb_config_reloads_total` | `result` = `success` or `failure` |
 //! | `lb_config_last_reload_success_timestamp_seconds` (gauge) | |
@@ -374,7 +375,7 @@ impl Collector for DataplaneCollector {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let (services, backends, drops) = {
+        let (services, backends, drops, lost) = {
             let maps = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
             let services: Vec<_> = view
                 .services
@@ -391,8 +392,20 @@ impl Collector for DataplaneCollector {
                 .iter()
                 .map(|r| (r.name(), maps.drops(*r as u32).unwrap_or(0)))
                 .collect();
-            (services, backends, drops)
+            let lost = maps
+                .flow_events(lb_common::FlowEvent::Lost as u32)
+                .unwrap_or(0);
+            (services, backends, drops, lost)
         };
+        let m = encoder.encode_descriptor(
+            "lb_flows_lost",
+            "TCP segments (not SYN or RST) that found no state for their connection, which was \
+             balanced again as a new flow: its entry was evicted from a full flow table, lost \
+             with the maps, or swept as closed before a late segment",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(lost).encode(m)?;
         for (name, help, field) in SERVICE_FIELDS {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (l, c) in &services {

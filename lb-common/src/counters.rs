@@ -76,4 +76,23 @@ impl DropReason {
     }
 }
 
+/// What the dataplane notices of its flow state (index into the flow-events map).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// A TCP segment without SYN or RST found no state for its connection (in neither
+    /// flow table) and was balanced again as a new flow: the connection's entry was
+    /// evicted from a full table, lost with the maps, or swept as closed before a late
+    /// segment came. Counted once per loss: the segment makes a new entry.
+    Lost = 0,
+}
+
+impl FlowEvent {
+    /// Every event, in index order.
+    pub const ALL: [Self; 1] = [Self::Lost];
+
+    /// Number of events (size of the flow-events map).
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+}
+
 pod!(Counters);

@@ -18,7 +18,7 @@ pub mod maps;
 pub mod service;
 
 pub use config::NodeConfig;
-pub use counters::{Counters, DropReason};
+pub use counters::{Counters, DropReason, FlowEvent};
 pub use flow::{Flow, FlowKey, FlowKind};
 pub use service::{Backend, Endpoint, Service, ServiceKey};
 

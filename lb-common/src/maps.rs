@@ -25,6 +25,9 @@ pub const SERVICE_COUNTERS: &str = "LB_SERVICE_COUNTERS";
 pub const BACKEND_COUNTERS: &str = "LB_BACKEND_COUNTERS";
 /// Per-CPU drops by [`crate::DropReason`] (`u64`).
 pub const DROPS: &str = "LB_DROPS";
+/// Flow events by kind, per CPU ([`FlowEvent`](crate::FlowEvent)). New in a layout of
+/// version 2: an agent that finds the others pinned creates it beside them.
+pub const FLOW_EVENTS: &str = "LB_FLOW_EVENTS";
 /// This node's settings, one element: [`crate::NodeConfig`].
 pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 

@@ -4,13 +4,13 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    Backend, Counters, DropReason, Endpoint, Flow, FlowKey, FlowKind, IPPROTO_TCP, NodeConfig,
-    Service, ServiceKey, maps::slot_at,
+    Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, FlowKind, IPPROTO_TCP,
+    NodeConfig, Service, ServiceKey, maps::slot_at,
 };
 
 use crate::maps::{
-    LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOWS, LB_NODE_CONFIG,
-    LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS, LB_SYN_FLOWS,
+    LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOW_EVENTS, LB_FLOWS,
+    LB_NODE_CONFIG, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS, LB_SYN_FLOWS,
 };
 
 /// TCP flag bits as they sit in the 13th byte of the TCP header.
@@ -177,6 +177,15 @@ pub(crate) fn node_config() -> Option<&'static NodeConfig> {
     }
 }
 
+/// Counts a flow event.
+#[inline(always)]
+fn count_flow_event(event: FlowEvent) {
+    if let Some(v) = LB_FLOW_EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *v += 1 };
+    }
+}
+
 /// Counts a drop.
 #[inline(always)]
 pub(crate) fn count_drop(reason: DropReason) {
@@ -312,9 +321,10 @@ fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
     Some((id, backend))
 }
 
-/// A new flow of `svc`: choose a backend and record both directions.
+/// A new flow of `svc`: choose a backend and record both directions. A TCP segment
+/// without SYN (nor RST) is a connection whose state was lost ([`FlowEvent::Lost`]).
 #[inline(always)]
-fn new_flow(key: &FlowKey, svc: &Service, bytes: u16) -> Decision {
+fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision {
     let Some((backend_id, mut backend)) = pick_backend(svc, key.src_addr) else {
         return Decision::drop(DropReason::NoBackend);
     };
@@ -360,6 +370,9 @@ fn new_flow(key: &FlowKey, svc: &Service, bytes: u16) -> Decision {
         return Decision::drop(DropReason::Internal);
     }
     count(svc.id, backend_id, bytes, true);
+    if key.proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_RST) == 0 {
+        count_flow_event(FlowEvent::Lost);
+    }
     Decision::forward(
         Rewrite {
             kind: NatKind::Dnat,
@@ -535,7 +548,7 @@ pub(crate) fn from_underlay(
     if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
-    new_flow(key, svc, bytes)
+    new_flow(key, svc, tcp_flags, bytes)
 }
 
 /// A packet leaving a local task (TC on the host side of its veth).
@@ -545,7 +558,7 @@ pub(crate) fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u
         return d;
     }
     if let Some(svc) = find_service(key, cfg) {
-        return new_flow(key, svc, bytes);
+        return new_flow(key, svc, tcp_flags, bytes);
     }
     let next = route(key.dst_addr);
     match next.kind {

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Counters, DropReason, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey,
+    Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, NodeConfig, Service,
+    ServiceKey,
     maps::{
         DEFAULT_MAX_FLOWS, DEFAULT_MAX_SYN_FLOWS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_SERVICES,
         SLOTS_LEN,
@@ -54,6 +55,10 @@ pub(crate) static LB_BACKEND_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinn
 /// Drops by reason.
 #[map]
 pub(crate) static LB_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+/// Flow events by kind.
+#[map]
+pub(crate) static LB_FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(FlowEvent::COUNT, 0);
 
 /// This node's settings (one element).
 #[map]

@@ -370,6 +370,15 @@ impl Dataplane {
         Ok(m.get(&(reason as u32), 0)?.iter().sum())
     }
 
+    /// Flow events of a kind counted, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn flow_events(&mut self, event: lb_common::FlowEvent) -> Result<u64> {
+        let m: PerCpuArray<&mut MapData, u64> = self.map(maps::FLOW_EVENTS)?.try_into()?;
+        Ok(m.get(&(event as u32), 0)?.iter().sum())
+    }
+
     /// The `struct xdp_md` a test run passes: `frame` arriving on the underlay veth.
     /// Fields: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
     fn xdp_md(&self, frame: &[u8]) -> [u8; 24] {

@@ -5,7 +5,9 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
-use lb_common::{Backend, DropReason, IPPROTO_TCP, Service, ServiceKey, service::task_mac};
+use lb_common::{
+    Backend, DropReason, FlowEvent, IPPROTO_TCP, Service, ServiceKey, service::task_mac,
+};
 use mesh_tests::fixture::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, PEER, PEER_MAC, be};
 use mesh_tests::frames::*;
 
@@ -763,5 +765,68 @@ fn a_syn_flood_does_not_evict_an_established_connection() {
             .unwrap()
             .map(|f| f.backend_id),
         Some(chosen.backend_id)
+    );
+    assert_eq!(
+        dp.flow_events(FlowEvent::Lost).unwrap(),
+        0,
+        "no connection lost its state"
+    );
+}
+
+/// A connection whose entry a full flow table evicted is counted when its next segment
+/// finds no state (`lb_flows_lost_total`), once, and balanced again.
+#[test]
+fn an_evicted_connection_is_counted_as_lost() {
+    let mut dp = mesh_tests::fixture::Dataplane::with_flow_tables(256, 256)
+        .expect("the dataplane loads (run as root)");
+    mesh_on(&mut dp, &[0, 3], LOCAL_IFINDEX);
+    // Establishes the connection from `c` (SYN, the task's SYN-ACK, the client's ACK).
+    let establish = |dp: &mut mesh_tests::fixture::Dataplane, c: (Ipv4Addr, u16)| {
+        let fwd = key(c, (NODE, 8080), IPPROTO_TCP);
+        dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Syn, &[]))
+            .unwrap();
+        let task = Ipv4Addr::from(u32::from_be(dp.flow(&fwd).unwrap().unwrap().nat_addr));
+        let from_task = (task_mac(u32::from(task)), GW_MAC);
+        dp.run_tc(&tcp(from_task, (task, 80), c, Tcp::SynAck, &[]))
+            .unwrap();
+        dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Ack, &[]))
+            .unwrap();
+        fwd
+    };
+    let idle = establish(&mut dp, (CLIENT, 45000));
+    assert!(dp.flow_in(lb_common::maps::FLOWS, &idle).unwrap().is_some());
+    // 300 busier connections (600 entries) through a table of 256.
+    for i in 0..300u32 {
+        establish(&mut dp, (Ipv4Addr::from(0x0ac9_0000 + i), 2000));
+    }
+    assert!(
+        dp.flow_in(lb_common::maps::FLOWS, &idle).unwrap().is_none()
+            && dp
+                .flow_in(lb_common::maps::SYN_FLOWS, &idle)
+                .unwrap()
+                .is_none(),
+        "the idle connection's entry was evicted"
+    );
+    assert_eq!(dp.flow_events(FlowEvent::Lost).unwrap(), 0);
+    // Its next segment finds no state: counted, and balanced again (a new entry).
+    for _ in 0..3 {
+        let (verdict, _) = dp
+            .run_xdp(
+                "lb_xdp",
+                &tcp(
+                    FROM_CLIENT,
+                    (CLIENT, 45000),
+                    (NODE, 8080),
+                    Tcp::Ack,
+                    b"data",
+                ),
+            )
+            .unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+    }
+    assert_eq!(
+        dp.flow_events(FlowEvent::Lost).unwrap(),
+        1,
+        "one loss, counted once"
     );
 }

@@ -76,6 +76,7 @@ pub struct CounterMaps {
     services: PerCpuArray<MapData, Counters>,
     backends: PerCpuArray<MapData, Counters>,
     drops: PerCpuArray<MapData, u64>,
+    flow_events: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for CounterMaps {
@@ -107,6 +108,14 @@ impl CounterMaps {
     /// If the lookup fails.
     pub fn drops(&self, reason: u32) -> Result<u64, MapError> {
         Ok(self.drops.get(&reason, 0)?.iter().sum())
+    }
+
+    /// The sum over CPUs of flow events of index `event` ([`lb_common::FlowEvent`]).
+    ///
+    /// # Errors
+    /// If the lookup fails.
+    pub fn flow_events(&self, event: u32) -> Result<u64, MapError> {
+        Ok(self.flow_events.get(&event, 0)?.iter().sum())
     }
 }
 
@@ -262,6 +271,8 @@ impl Dataplane {
             backends: PerCpuArray::try_from(take(names::BACKEND_COUNTERS)?)
                 .map_err(map_err(names::BACKEND_COUNTERS))?,
             drops: PerCpuArray::try_from(take(names::DROPS)?).map_err(map_err(names::DROPS))?,
+            flow_events: PerCpuArray::try_from(take(names::FLOW_EVENTS)?)
+                .map_err(map_err(names::FLOW_EVENTS))?,
         };
         Ok(Self {
             ebpf,
