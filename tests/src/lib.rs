@@ -116,3 +116,19 @@ pub fn unit_bounding_set() -> Result<Vec<String>> {
     );
     Ok(caps)
 }
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes this test's turn among the tests of its binary that start clusters (each runs a
+/// dozen processes, and CI has two cores): hold it for the whole test, declared before
+/// the cluster.
+pub fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Unwraps, or panics with the whole error chain.
+#[track_caller]
+pub fn ok<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}

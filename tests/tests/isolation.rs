@@ -15,29 +15,16 @@
 //! `lb-agent` and `task-echo`, and for the docker test a docker engine (`cargo xtask
 //! setup` installs them).
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::Result;
-use mesh_tests::{ManagedCluster, ManagedOptions, bin, images, poll_until, unit_bounding_set};
+use mesh_tests::{
+    ManagedCluster, ManagedOptions, bin, images, ok, poll_until, turn, unit_bounding_set,
+};
 
 /// How long a `meshctl` command that waits for convergence may take.
 const CONVERGE: Duration = Duration::from_secs(120);
 /// How long a change may take to reach the node's dataplane.
 const PROPAGATE: Duration = Duration::from_secs(30);
-
-static TURN: Mutex<()> = Mutex::new(());
-
-/// Takes this test's turn: hold it for the whole test, declared before the cluster.
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Unwraps, or panics with the whole error chain.
-#[track_caller]
-fn ok<T>(r: Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 /// A one-node cluster whose agent runs with the shipped unit's capabilities.
 fn cluster(docker: bool) -> ManagedCluster {

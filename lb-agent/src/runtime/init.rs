@@ -127,23 +127,21 @@ fn setup(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SetupErro
 
 /// Runs `task-init` and exits with the program's status; never returns.
 pub fn run_init(args: &InitArgs) -> ! {
-    let code = match init(args) {
-        Ok(code) => code,
-        Err((code, why)) => {
-            eprintln!("lb-agent task-init: {why}");
-            code
-        }
-    };
-    std::process::exit(code)
+    exit_with("task-init", init(args))
 }
 
 /// Runs `task-exec`: enters the task's namespaces, runs the command confined as the
 /// task is, and exits with its status; never returns.
 pub fn run_exec(args: &ExecArgs) -> ! {
-    let code = match exec(args) {
+    exit_with("task-exec", exec(args))
+}
+
+/// Exits with the program's status, or says why there is none (in the task's log).
+fn exit_with(command: &str, result: Result<i32, Failed>) -> ! {
+    let code = match result {
         Ok(code) => code,
         Err((code, why)) => {
-            eprintln!("lb-agent task-exec: {why}");
+            eprintln!("lb-agent {command}: {why}");
             code
         }
     };
