@@ -25,6 +25,9 @@ fn edited_spec_json(edits: &[(usize, u8, bool)]) -> Vec<u8> {
         .ports
         .push("8080:80".parse().expect("a valid port"));
     spec.task.restart.condition = RestartCondition::OnFailure;
+    spec.task.user = Some("nobody:nogroup".into());
+    spec.task.cap_add = vec!["CAP_NET_ADMIN".into()];
+    spec.task.cap_drop = vec!["ALL".into()];
     let mut bytes = serde_json::to_vec(&spec).expect("a spec encodes");
     for &(at, byte, cut) in edits {
         if bytes.is_empty() {
@@ -68,6 +71,9 @@ proptest! {
         let _ = text.parse::<Constraint>();
         let _ = parse_label(&text);
         let _ = crate::spec::validate_name(&text);
+        let _ = crate::spec::validate_user(&text);
+        let _ = crate::capability::canonical(&text);
+        let _ = crate::capability::resolve(&[text.clone()], &[text.clone()]);
     }
 
     #[test]
