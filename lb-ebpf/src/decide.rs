@@ -589,6 +589,9 @@ pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: 
             Some(ret) if unsafe { (*ret).node } == outer_src => {
                 touch(ret, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
             }
+            // Another connection's entry (through another node) holds the key: see
+            // `return_handshake`.
+            Some(_) if key.proto == IPPROTO_TCP && !is_syn(tcp_flags) => {}
             _ if key.proto == IPPROTO_TCP => {
                 if !return_handshake(&reverse, outer_src, tcp_flags) {
                     return Decision::drop(DropReason::Internal);
@@ -602,6 +605,12 @@ pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: 
         }
     }
     Decision::forward(Rewrite::NONE, next, false)
+}
+
+/// A TCP segment that opens a connection: SYN without ACK.
+#[inline(always)]
+const fn is_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// A Return entry: replies go back through `node`.
@@ -621,6 +630,18 @@ fn return_flow(node: u32) -> Flow {
 /// node of its task: kept in the handshake table until the client's ACK follows the
 /// task's answer, then moved to `LB_FLOWS` (as `handshake` does for the other kinds).
 /// `false` if an entry could not be written.
+///
+/// The key is (task address and port, client address and port): a client that reaches
+/// the same task from the same port through two nodes gives both connections one key
+/// here (its kernel lets a port go to a new destination while the connection through
+/// the other node still closes). Only a SYN, which opens a connection, takes the key
+/// over from an entry towards another node (or a local Reply). Any other segment
+/// through `node` that finds one is a late packet of the earlier connection (its last
+/// ACK, its FIN, a retransmission): it reaches the task without touching the entry,
+/// which belongs to the newer connection. Were it to replace the entry, the task's
+/// answers to the newer connection (its SYN-ACK, every retransmission of it) would go
+/// to `node` and on to the client's closed earlier socket, and the newer connection
+/// would never complete.
 #[inline(always)]
 fn return_handshake(reverse: &FlowKey, node: u32, tcp_flags: u8) -> bool {
     match LB_SYN_FLOWS.get_ptr_mut(reverse) {
@@ -638,6 +659,8 @@ fn return_handshake(reverse: &FlowKey, node: u32, tcp_flags: u8) -> bool {
             }
             true
         }
+        // A newer connection's handshake (through another node) holds the key.
+        Some(_) if !is_syn(tcp_flags) => true,
         _ => {
             // An entry of an earlier connection under this key (another ingress node's,
             // or a closed flow's) must not stay in the flow table, which is looked up

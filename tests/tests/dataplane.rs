@@ -218,6 +218,106 @@ fn p2_a_lingering_entry_of_an_earlier_connection_does_not_capture_the_replies() 
     assert_tc_encapsulated_to_peer(&out, &inner);
 }
 
+/// A client port used through a peer and, at once, through this node's published port,
+/// to the same local task (the client's kernel lets a port go to a new destination while
+/// the first connection still closes). The first connection's last packets (the client's
+/// FIN and final ACK, which travel through the peer) arrive after the second connection's
+/// SYN: they must not take the task's reply entry from the second connection, or the
+/// task's SYN-ACKs go to the peer, which hands them to the client's closed first
+/// connection, and the second one never completes (the docker rolling-update connect
+/// timeouts of step 7 of `tests/tests/services.rs`).
+#[test]
+fn p2_late_packets_of_an_earlier_connection_do_not_capture_a_new_ones_replies() {
+    let dp = mesh(&[0]);
+    let c = (CLIENT, 40032);
+    let t = (LOCAL_TASK, 80);
+    let from_task = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    let from_peer = |kind: Tcp| {
+        let inner = tcp((PEER_MAC, NODE_MAC), c, t, kind, &[]);
+        vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50002, &inner)
+    };
+    // The first connection, balanced by the peer to the local task, established.
+    assert_eq!(
+        dp.run_xdp("lb_xdp", &from_peer(Tcp::Syn)).unwrap().0,
+        XDP_REDIRECT
+    );
+    dp.run_tc(&tcp(from_task, t, c, Tcp::SynAck, &[])).unwrap();
+    assert_eq!(
+        dp.run_xdp("lb_xdp", &from_peer(Tcp::Ack)).unwrap().0,
+        XDP_REDIRECT
+    );
+    // The client closes it and opens the second one, from the same port, through this
+    // node; the first one's FIN and last ACK come through the peer after that SYN.
+    assert_eq!(
+        dp.run_xdp("lb_xdp", &tcp(FROM_CLIENT, c, (NODE, 8080), Tcp::Syn, &[]))
+            .unwrap()
+            .0,
+        XDP_REDIRECT
+    );
+    for late in [Tcp::Fin, Tcp::Ack] {
+        assert_eq!(
+            dp.run_xdp("lb_xdp", &from_peer(late)).unwrap().0,
+            XDP_REDIRECT,
+            "the first connection's packets still reach the task"
+        );
+    }
+    // The task's SYN-ACK to the second connection leaves with the published address.
+    let (verdict, out) = dp.run_tc(&tcp(from_task, t, c, Tcp::SynAck, &[])).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        tcp(from_task, (NODE, 8080), c, Tcp::SynAck, &[]),
+        "the SYN-ACK goes to the client as this node's published port, not to the peer"
+    );
+}
+
+/// As above, with both connections balanced to the local task by peers: the earlier one
+/// by a second peer, whose late packets arrive after the newer one's SYN from the first.
+#[test]
+fn p2_late_packets_through_another_peer_do_not_capture_a_new_ones_replies() {
+    const PEER2: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 13);
+    const PEER2_MAC: [u8; 6] = [0x02, 0, 10, 99, 0, 13];
+    let dp = mesh(&[0]);
+    let c = (CLIENT, 40033);
+    let t = (LOCAL_TASK, 80);
+    let from_task = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    let through = |peer: Ipv4Addr, mac: [u8; 6], kind: Tcp| {
+        let inner = tcp((mac, NODE_MAC), c, t, kind, &[]);
+        vxlan((mac, NODE_MAC), peer, NODE, 50003, &inner)
+    };
+    // The earlier connection, through the second peer, established.
+    dp.run_xdp("lb_xdp", &through(PEER2, PEER2_MAC, Tcp::Syn))
+        .unwrap();
+    dp.run_tc(&tcp(from_task, t, c, Tcp::SynAck, &[])).unwrap();
+    dp.run_xdp("lb_xdp", &through(PEER2, PEER2_MAC, Tcp::Ack))
+        .unwrap();
+    // The newer one's SYN through the first peer, then the earlier one's last packets.
+    assert_eq!(
+        dp.run_xdp("lb_xdp", &through(PEER, PEER_MAC, Tcp::Syn))
+            .unwrap()
+            .0,
+        XDP_REDIRECT
+    );
+    for late in [Tcp::Fin, Tcp::Ack] {
+        assert_eq!(
+            dp.run_xdp("lb_xdp", &through(PEER2, PEER2_MAC, late))
+                .unwrap()
+                .0,
+            XDP_REDIRECT
+        );
+    }
+    let (verdict, out) = dp.run_tc(&tcp(from_task, t, c, Tcp::SynAck, &[])).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let inner = tcp(
+        (NODE_MAC, task_mac(u32::from(CLIENT))),
+        t,
+        c,
+        Tcp::SynAck,
+        &[],
+    );
+    assert_tc_encapsulated_to_peer(&out, &inner);
+}
+
 #[test]
 fn p1_reply_from_a_local_task_leaves_with_the_published_address() {
     let dp = mesh(&[0]);
