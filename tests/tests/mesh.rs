@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use anyhow::{Context, Result, ensure};
 use mesh_tests::client::{EchoConn, ping, request_tcp, request_udp};
 use mesh_tests::web::{self, TCP_PORT, UDP_PORT, VIP};
-use mesh_tests::{BackendSpec, Topology, in_netns};
+use mesh_tests::{BackendSpec, Topology, in_netns, ok};
 
 const TASKS: [(usize, &str, Ipv4Addr); 3] = [
     (1, "web.1", Ipv4Addr::new(10, 255, 1, 1)),
@@ -38,12 +38,6 @@ fn mesh() -> Topology {
 /// Runs `f` in the client's namespace.
 fn from_client<R: Send>(topo: &Topology, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
     in_netns(&topo.client_ns(), f)?
-}
-
-/// Unwraps, or panics with the whole error chain.
-#[track_caller]
-fn ok<T>(r: Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Every reply came from a task that saw the client's own address (through node `k`).

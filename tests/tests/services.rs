@@ -17,14 +17,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use mesh_tests::client::request_tcp;
 use mesh_tests::managed::{per_node, rows};
 use mesh_tests::{
-    Container, ManagedCluster, ManagedOptions, TaskRow, bin, images, in_netns, poll_until,
+    Container, ManagedCluster, ManagedOptions, TaskRow, bin, images, in_netns, ok, poll_until, turn,
 };
 
 /// The published port of the `web` service.
@@ -33,19 +32,6 @@ const WEB: u16 = 8080;
 const CONVERGE: Duration = Duration::from_secs(120);
 /// How long a change may take to reach every node's dataplane.
 const PROPAGATE: Duration = Duration::from_secs(30);
-
-static TURN: Mutex<()> = Mutex::new(());
-
-/// Takes this test's turn: hold it for the whole test, declared before the cluster.
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Unwraps, or panics with the whole error chain.
-#[track_caller]
-fn ok<T>(r: Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn cluster(managers: usize) -> ManagedCluster {
     ok(ManagedCluster::start(3, managers))
