@@ -584,9 +584,7 @@ pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: 
     if unsafe { LB_ENDPOINTS.get(key.src_addr) }.is_none() {
         let reverse = key.reversed();
         match LB_FLOWS.get_ptr_mut(reverse) {
-            // SAFETY: `ret` points into the map entry found just above; it stays valid
-            // while the program runs (RCU).
-            Some(ret) if unsafe { (*ret).node } == outer_src => {
+            Some(ret) if continues(ret, outer_src, key.proto, tcp_flags) => {
                 touch(ret, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
             }
             // Another connection's entry (through another node) holds the key: see
@@ -605,6 +603,18 @@ pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: 
         }
     }
     Decision::forward(Rewrite::NONE, next, false)
+}
+
+/// Whether a packet through `node` continues the connection whose Return entry is at
+/// `ret`: the entry is towards `node`, and the packet is not a SYN on a closed
+/// connection's entry. Such a SYN opens a new connection, whose entry starts afresh: the
+/// closed one's FIN bits would have the sweep remove it from under the new connection.
+#[inline(always)]
+fn continues(ret: *mut Flow, node: u32, proto: u8, tcp_flags: u8) -> bool {
+    // SAFETY: `ret` points into a map entry just found; it stays valid while the program
+    // runs (RCU). Copied.
+    let f = unsafe { *ret };
+    f.node == node && !(proto == IPPROTO_TCP && is_syn(tcp_flags) && f.tcp_closed())
 }
 
 /// A TCP segment that opens a connection: SYN without ACK.
@@ -645,8 +655,7 @@ fn return_flow(node: u32) -> Flow {
 #[inline(always)]
 fn return_handshake(reverse: &FlowKey, node: u32, tcp_flags: u8) -> bool {
     match LB_SYN_FLOWS.get_ptr_mut(reverse) {
-        // SAFETY: `ret` points into the map entry just found (RCU).
-        Some(ret) if unsafe { (*ret).node } == node => {
+        Some(ret) if continues(ret, node, IPPROTO_TCP, tcp_flags) => {
             // SAFETY: copy of the live value.
             let f = unsafe { *ret };
             if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK && f.tcp & Flow::SEEN_REPLY != 0 {

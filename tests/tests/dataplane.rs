@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 use lb_common::{
-    Backend, DropReason, FlowEvent, IPPROTO_TCP, Service, ServiceKey, service::task_mac,
+    Backend, DropReason, Flow, FlowEvent, IPPROTO_TCP, Service, ServiceKey, service::task_mac,
 };
 use mesh_tests::fixture::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, PEER, PEER_MAC, be};
 use mesh_tests::frames::*;
@@ -268,6 +268,48 @@ fn p2_late_packets_of_an_earlier_connection_do_not_capture_a_new_ones_replies() 
         out,
         tcp(from_task, (NODE, 8080), c, Tcp::SynAck, &[]),
         "the SYN-ACK goes to the client as this node's published port, not to the peer"
+    );
+}
+
+/// A client port used again through the same peer to the same local task, once its
+/// first connection closed: the new connection's Return entry starts afresh, without the
+/// closed one's FIN bits. With them, the sweep would remove the entry 10 s after the old
+/// connection closed, from under the live new one, whose task could then not answer
+/// until the client spoke again.
+#[test]
+fn p2_a_new_connection_on_a_closed_ones_port_through_the_same_peer_starts_afresh() {
+    let mut dp = mesh(&[0]);
+    let c = (CLIENT, 40034);
+    let t = (LOCAL_TASK, 80);
+    let reverse = key(t, c, IPPROTO_TCP);
+    let from_task = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    let from_peer = |kind: Tcp| {
+        let inner = tcp((PEER_MAC, NODE_MAC), c, t, kind, &[]);
+        vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50002, &inner)
+    };
+    // Established, then closed: FIN each way, the last ACK.
+    dp.run_xdp("lb_xdp", &from_peer(Tcp::Syn)).unwrap();
+    dp.run_tc(&tcp(from_task, t, c, Tcp::SynAck, &[])).unwrap();
+    dp.run_xdp("lb_xdp", &from_peer(Tcp::Ack)).unwrap();
+    dp.run_xdp("lb_xdp", &from_peer(Tcp::Fin)).unwrap();
+    dp.run_tc(&tcp(from_task, t, c, Tcp::Fin, &[])).unwrap();
+    dp.run_xdp("lb_xdp", &from_peer(Tcp::Ack)).unwrap();
+    let closed = dp.flow(&reverse).unwrap().expect("the Return entry");
+    assert!(closed.tcp_closed(), "closed: {closed:?}");
+    // The same port again, through the same peer.
+    assert_eq!(
+        dp.run_xdp("lb_xdp", &from_peer(Tcp::Syn)).unwrap().0,
+        XDP_REDIRECT
+    );
+    let fresh = dp.flow(&reverse).unwrap().expect("the new Return entry");
+    assert!(
+        !fresh.tcp_closed() && fresh.tcp & (Flow::SEEN_FIN_FWD | Flow::SEEN_FIN_REV) == 0,
+        "the new connection's entry carries the closed one's state: {fresh:?}"
+    );
+    let (verdict, _) = dp.run_tc(&tcp(from_task, t, c, Tcp::SynAck, &[])).unwrap();
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the SYN-ACK goes back through the peer"
     );
 }
 

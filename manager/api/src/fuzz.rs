@@ -73,7 +73,7 @@ proptest! {
         let _ = crate::spec::validate_name(&text);
         let _ = crate::spec::validate_user(&text);
         let _ = crate::capability::canonical(&text);
-        let _ = crate::capability::resolve(&[text.clone()], &[text.clone()]);
+        let _ = crate::capability::resolve(std::slice::from_ref(&text), std::slice::from_ref(&text));
     }
 
     #[test]
