@@ -1067,6 +1067,7 @@ impl Drop for ManagedCluster {
         // Every task the agents recorded, whether its process still runs, had ended
         // (its namespace not removed yet), or was adopted by a restarted agent (no
         // longer its descendant): its namespace and whatever runs in it.
+        let mut task_ids = Vec::new();
         for k in 1..=self.options.nodes {
             let records =
                 lb_agent::runtime::record::list(&self.agent_state_dir(k)).unwrap_or_default();
@@ -1075,9 +1076,16 @@ impl Drop for ManagedCluster {
                     lb_agent::runtime::netns::path(&lb_agent::runtime::process::netns_name(id));
                 pids.extend(lb_agent::runtime::netns::processes_in(&ns).unwrap_or_default());
                 task_nets.extend(netns_inode(&ns.to_string_lossy()));
+                task_ids.push(id);
             }
         }
         kill_and_delete(&pids, &task_nets);
+        // Their cgroups, empty now.
+        if let Some(cgroups) = lb_agent::runtime::cgroup::Cgroups::discover() {
+            for id in task_ids {
+                let _ = std::fs::remove_dir(cgroups.path(id));
+            }
+        }
         if self.options.docker {
             // The agents leave their containers running (as they would across a
             // restart): remove them.

@@ -104,6 +104,7 @@ fn same_content(a: &Assignment, b: &Assignment) -> bool {
         && a.peers == b.peers
         && a.tasks == b.tasks
         && a.services == b.services
+        && a.history == b.history
 }
 
 impl AgentRegistry {
@@ -385,6 +386,23 @@ mod tests {
         registry.applied(1, a.serial, latest(&a).version);
         registry.refresh(&state, t0, BOUND);
         assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+    }
+
+    #[test]
+    fn a_change_of_history_alone_is_pushed() {
+        // The agent removes the logs of ended tasks its assignment's history no longer
+        // names: a history that shrank without another change must reach it (the logs of
+        // a removed service's tasks stayed on a node for good when it did not).
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (_a, b) = (registry.register(1), registry.register(2));
+        let t0 = Instant::now();
+        testing::report(&mut state, 2, task, TaskState::Complete);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(latest(&b).history, [task].into());
+        state.tasks.remove(&task);
+        assert_eq!(registry.refresh(&state, t0, BOUND), 1);
+        assert!(latest(&b).history.is_empty());
     }
 
     #[test]
