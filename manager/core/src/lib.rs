@@ -4,6 +4,7 @@
 //! - [`state`]: the replicated [`state::ClusterState`] and the
 //!   [`state::Command`]s that change it (the Raft state machine's `apply`);
 //! - [`allocator`]: addresses and published ports, inside `apply`;
+//! - [`ipam`]: overlay networks' subnets, gateways and VNIs (being built: issue 13);
 //! - [`capacity`]: what every node's dataplane must hold, checked inside `apply`;
 //! - the leader's loops, each one pass per round, composed by
 //!   [`reconcile::plan`]: evictions, the rolling updater, the restart
@@ -21,6 +22,7 @@
 pub mod allocator;
 pub mod assignment;
 pub mod capacity;
+pub mod ipam;
 pub mod liveness;
 pub mod orchestrator;
 pub mod reconcile;
