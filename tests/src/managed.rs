@@ -229,12 +229,31 @@ impl ManagedCluster {
         Ok(cluster)
     }
 
+    /// `meshctl ARGS` (a `join-token`), retried until it succeeds within
+    /// [`FORM_TIMEOUT`]: a manager that just became a voter is counted in the leader's
+    /// quorum only once it answered a heartbeat, and until then the leader refuses
+    /// (`no quorum`), as it would refuse a user, who would try again.
+    fn join_token(&mut self, args: &[&str]) -> Result<String> {
+        let mut last = String::new();
+        poll_until(FORM_TIMEOUT, "a join token", || {
+            self.check_managers()?;
+            match self.ctl(args) {
+                Ok(out) => Ok(Some(out)),
+                Err(e) => {
+                    last = format!("{e:#}");
+                    Ok(None)
+                }
+            }
+        })
+        .map_err(|e| e.context(format!("last failure: {last}")))
+    }
+
     fn form(&mut self) -> Result<()> {
         for k in 1..=self.options.managers {
             if k == 1 {
                 self.spawn_manager(1, &["init"])?;
             } else {
-                let token = self.ctl(&["cluster", "join-token", "manager", "-q"])?;
+                let token = self.join_token(&["cluster", "join-token", "manager", "-q"])?;
                 let first = self.api_addr(1).to_string();
                 self.spawn_manager(k, &["join", "--token", token.trim(), &first])?;
             }
@@ -255,7 +274,8 @@ impl ManagedCluster {
                 )
             })?;
         }
-        self.worker_join = worker_join_command(&self.ctl(&["cluster", "join-token", "worker"])?)?;
+        self.worker_join =
+            worker_join_command(&self.join_token(&["cluster", "join-token", "worker"])?)?;
         for k in 1..=self.options.nodes {
             self.spawn_agent(k)?;
         }
