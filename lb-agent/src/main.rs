@@ -384,7 +384,7 @@ fn isolation(cli: &Cli, pin_dir: Option<PathBuf>) -> Result<Isolation> {
     let cgroups = lb_agent::runtime::cgroup::Cgroups::discover();
     match &cgroups {
         Some(c) => {
-            tracing::info!(parent = %c.path(0).parent().unwrap_or(Path::new("/")).display(), "process tasks get a cgroup of their own")
+            tracing::info!(parent = %c.parent().display(), "process tasks get a cgroup of their own")
         }
         None => tracing::info!(
             "no writable cgroup v2 hierarchy: process tasks stay in the agent's cgroup"

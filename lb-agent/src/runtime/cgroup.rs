@@ -60,6 +60,12 @@ impl Cgroups {
         (parent.join("cgroup.procs").is_file() && writable).then_some(Self { parent })
     }
 
+    /// The parent of the tasks' cgroups.
+    #[must_use]
+    pub fn parent(&self) -> &Path {
+        &self.parent
+    }
+
     /// Task `id`'s cgroup.
     #[must_use]
     pub fn path(&self, id: TaskId) -> PathBuf {

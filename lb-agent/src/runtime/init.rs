@@ -150,6 +150,21 @@ fn exit_with(command: &str, result: Result<i32, Failed>) -> ! {
 
 type Failed = (i32, String);
 
+impl Confinement {
+    /// Looks the user up and narrows this process's capabilities (step 4 of the module
+    /// documentation); the user to start the program as.
+    fn apply(&self) -> Result<Option<User>, Failed> {
+        let user = self
+            .user
+            .as_deref()
+            .map(resolve_user)
+            .transpose()
+            .map_err(at_setup)?;
+        narrow_capabilities(self.caps).map_err(at_setup)?;
+        Ok(user)
+    }
+}
+
 fn at_setup(e: impl std::fmt::Display) -> Failed {
     (EXIT_SETUP, e.to_string())
 }
@@ -166,14 +181,7 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
     // Best effort: a kernel without the knob (before 4.11) keeps the old rule.
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
     read_only("/proc/sys").map_err(at_setup)?;
-    let user = args
-        .confinement
-        .user
-        .as_deref()
-        .map(resolve_user)
-        .transpose()
-        .map_err(at_setup)?;
-    narrow_capabilities(args.confinement.caps).map_err(at_setup)?;
+    let user = args.confinement.apply()?;
     let mut command = command(&args.command, user.as_ref());
     command.process_group(0);
     let main = spawn(&mut command, &args.command[0])?;
@@ -223,13 +231,7 @@ fn exec(args: &ExecArgs) -> Result<i32, Failed> {
             .map_err(|e| at_setup(format!("enter the task's {what} namespace: {e}")))?;
     }
     std::env::set_current_dir("/").map_err(at_setup)?;
-    let user = confinement
-        .user
-        .as_deref()
-        .map(resolve_user)
-        .transpose()
-        .map_err(at_setup)?;
-    narrow_capabilities(confinement.caps).map_err(at_setup)?;
+    let user = confinement.apply()?;
     let mut child = spawn_child(&mut command(&args.command, user.as_ref()), &args.command[0])?;
     let status = child.wait().map_err(at_setup)?;
     Ok(super::process::exit_of(status).code)

@@ -110,6 +110,9 @@ pub fn exit_of(status: std::process::ExitStatus) -> Exit {
 
 struct Proc {
     pid: i32,
+    /// Whether `pid` is a `task-init` ([`procfs::is_task_init`]): false for a task an
+    /// agent before confinement started.
+    confined: bool,
     env: Vec<(String, String)>,
     /// `Some` once the main process ended.
     exited: watch::Receiver<Option<Exit>>,
@@ -160,6 +163,7 @@ impl ProcessRuntime {
         &self,
         id: TaskId,
         pid: i32,
+        confined: bool,
         env: Vec<(String, String)>,
     ) -> watch::Sender<Option<Exit>> {
         let (tx, rx) = watch::channel(None);
@@ -167,6 +171,7 @@ impl ProcessRuntime {
             id,
             Proc {
                 pid,
+                confined,
                 env,
                 exited: rx,
             },
@@ -234,7 +239,7 @@ impl ProcessRuntime {
         // Its start time, for a later run to recognise it (0 if it ended already: its
         // exit is reported below anyway).
         let start = procfs::stat(pid).map_or(0, |s| s.start);
-        let tx = self.track(id, pid, env);
+        let tx = self.track(id, pid, true, env);
         let exits = self.exits.clone();
         let name = task.name.clone();
         tokio::spawn(async move {
@@ -303,7 +308,7 @@ impl ProcessRuntime {
     ) -> Result<bool, RuntimeError> {
         let p = self.get(id).ok_or(RuntimeError::Unknown(id))?;
         let env = p.env.clone();
-        let (program, args) = if procfs::is_task_init(p.pid) {
+        let (program, args) = if p.confined {
             self.isolation.exec_command(p.pid, &["/bin/sh", "-c", cmd])
         } else {
             ("/bin/sh".into(), vec!["-c".into(), cmd.into()])
@@ -564,7 +569,7 @@ impl ProcessRuntime {
         let Some(start) = start.or_else(|| procfs::stat(pid).map(|s| s.start)) else {
             return false;
         };
-        let tx = self.track(id, pid, procfs::environ(pid));
+        let tx = self.track(id, pid, procfs::is_task_init(pid), procfs::environ(pid));
         let exits = self.exits.clone();
         tokio::spawn(async move {
             procfs::wait_exit(pid, start, pidfd).await;
@@ -586,6 +591,7 @@ impl ProcessRuntime {
             id,
             Proc {
                 pid: 0,
+                confined: false,
                 env: Vec::new(),
                 exited: rx,
             },
@@ -698,7 +704,7 @@ mod tests {
         let mut log = std::fs::File::create(&path).unwrap();
         log.write_all(b"one\ntwo\nthree\npart").unwrap();
         // A running task (no real process: its exit is sent by hand).
-        let exited = runtime.track(7, 0, Vec::new());
+        let exited = runtime.track(7, 0, false, Vec::new());
         let (tx, mut rx) = mpsc::channel(4);
         let follower = tokio::spawn({
             let runtime = Arc::clone(&runtime);
@@ -745,7 +751,7 @@ mod tests {
             .open(&path)
             .unwrap();
         log.write_all(b"one\n").unwrap();
-        let exited = runtime.track(9, 0, Vec::new());
+        let exited = runtime.track(9, 0, false, Vec::new());
         let (tx, mut rx) = mpsc::channel(4);
         let follower = tokio::spawn({
             let runtime = Arc::clone(&runtime);
@@ -787,7 +793,7 @@ mod tests {
         }
         std::fs::write(tasks.join("0000000000000003.task"), "process\n").unwrap();
         std::fs::write(tasks.join("notes.log"), "not a task's\n").unwrap();
-        let _running = runtime.track(2, 0, Vec::new());
+        let _running = runtime.track(2, 0, false, Vec::new());
         // 1 is kept by the managers, 2 runs here, 3 is forgotten.
         let keep = std::collections::BTreeSet::from([1]);
         assert_eq!(runtime.prune_logs(&keep), 1);
