@@ -294,6 +294,7 @@ mod tests {
             task,
             name: format!("web.{task}"),
             addr: addr(task as u8),
+            networks: Vec::new(),
             node,
             draining,
         }
@@ -316,6 +317,7 @@ mod tests {
             service_name: "web".into(),
             spec: ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]).task,
             addr: addr(id as u8),
+            networks: Vec::new(),
             action,
             state: TaskState::Running,
         }
@@ -328,6 +330,7 @@ mod tests {
             version: 7,
             node: ME,
             ingress: IngressNetwork::default(),
+            networks: Vec::new(),
             peers: vec![Peer {
                 id: OTHER,
                 hostname: "b".into(),
@@ -347,6 +350,7 @@ mod tests {
                     backend(3, OTHER, true),
                     backend(4, 0xc, false),
                 ],
+                networks: Vec::new(),
             }],
             history: Default::default(),
         }

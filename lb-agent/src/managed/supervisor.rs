@@ -589,6 +589,7 @@ mod tests {
             service_name: "web".into(),
             spec,
             addr: Ipv4Addr::new(10, 255, 0, id as u8),
+            networks: Vec::new(),
             action,
             state: TaskState::Assigned,
         }

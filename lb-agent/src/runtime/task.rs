@@ -110,6 +110,7 @@ mod tests {
                 user: None,
                 cap_add: Vec::new(),
                 cap_drop: Vec::new(),
+                networks: Vec::new(),
             },
             addr: Ipv4Addr::new(10, 0, 0, 9),
             mtu: 1450,

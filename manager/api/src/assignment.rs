@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::network::IngressNetwork;
+use crate::network::{IngressNetwork, Network, NetworkAddr, NetworkId};
 use crate::node::NodeId;
 use crate::service::ServiceId;
 use crate::spec::{PortSpec, TaskSpec};
@@ -47,6 +47,10 @@ pub struct AssignedTask {
     pub spec: TaskSpec,
     /// Its address on the ingress network.
     pub addr: Ipv4Addr,
+    /// Its addresses on the user networks it joins (one interface each), in its spec's
+    /// order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAddr>,
     /// Run, drain or stop.
     pub action: TaskAction,
     /// The state the managers last recorded (the agent resumes from it
@@ -63,6 +67,9 @@ pub struct Backend {
     pub name: String,
     /// Its ingress address.
     pub addr: Ipv4Addr,
+    /// Its addresses on the user networks its service joins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAddr>,
     /// The node that runs it.
     pub node: NodeId,
     /// Takes no new flows.
@@ -76,12 +83,29 @@ pub struct ServiceRoutes {
     pub id: ServiceId,
     /// Its name.
     pub name: String,
-    /// Its VIP (endpoint mode `vip`).
+    /// Its VIP on the ingress network (endpoint mode `vip`, and no user network).
     pub vip: Option<Ipv4Addr>,
     /// Its published ports, each with its published port filled in.
     pub ports: Vec<PortSpec>,
     /// Its running tasks.
     pub backends: Vec<Backend>,
+    /// The user networks it joins. Empty: its east-west network is `ingress` (its
+    /// tasks' ingress addresses and [`ServiceRoutes::vip`]); otherwise it is reached
+    /// only on these, and its ingress addresses carry the routing mesh alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<ServiceNetwork>,
+}
+
+/// A service on one of the user networks it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    /// The network.
+    pub network: NetworkId,
+    /// Its VIP there (endpoint mode `vip`); `None`: DNS round robin.
+    pub vip: Option<Ipv4Addr>,
+    /// Further names it answers to there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Another node whose tasks this node may reach through the overlay.
@@ -104,6 +128,9 @@ pub struct Assignment {
     pub node: NodeId,
     /// The ingress network.
     pub ingress: IngressNetwork,
+    /// The user networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Network>,
     /// The other nodes with a dataplane.
     pub peers: Vec<Peer>,
     /// The node's tasks that exist on it (or must).

@@ -1,8 +1,149 @@
-//! The networks tasks are attached to: today the built-in `ingress` overlay.
+//! The networks tasks are attached to: the built-in `ingress` overlay, which carries the
+//! routing mesh and is the east-west network of services given no `--network`, and the
+//! user's overlay networks (`meshctl network create`), each with its own subnet and VNI.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
+
+use crate::spec::SpecError;
+
+/// A network's identity, written as 16 hex digits like node and service IDs.
+pub type NetworkId = u64;
+
+/// The built-in network's name.
+pub const INGRESS_NAME: &str = "ingress";
+
+/// The built-in network's ID (`network ls` shows it like any other): "ingress\0" in
+/// ASCII, so that it is the same in every cluster and no fresh ID can be it.
+pub const INGRESS_ID: NetworkId = 0x696e_6772_6573_7300;
+
+/// The only driver: a VXLAN overlay across the cluster's nodes.
+pub const OVERLAY_DRIVER: &str = "overlay";
+
+/// Names `network create` refuses: docker's predefined networks.
+pub const PREDEFINED_NAMES: [&str; 4] = [INGRESS_NAME, "bridge", "host", "none"];
+
+/// The longest network name.
+pub const MAX_NETWORK_NAME_LEN: usize = 63;
+
+/// Everything a user says about a network (`meshctl network create`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Unique name.
+    pub name: String,
+    /// `overlay`, the only driver.
+    pub driver: String,
+    /// The user's subnet (`--subnet`); `None`: a /24 from the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Network>,
+    /// The user's gateway (`--gateway`); `None`: the subnet's first host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Kept for docker's CLI (`--attachable`): standalone containers could join it.
+    #[serde(default)]
+    pub attachable: bool,
+    /// No route out of the cluster from this network's interfaces (`--internal`).
+    #[serde(default)]
+    pub internal: bool,
+    /// Operator labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NetworkSpec {
+    /// An overlay network called `name`, everything else at docker's defaults.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            driver: OVERLAY_DRIVER.to_string(),
+            subnet: None,
+            gateway: None,
+            attachable: false,
+            internal: false,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Checks what does not depend on other networks: the name, the driver, and a
+    /// gateway given without a subnet. Overlaps are the allocator's to find.
+    ///
+    /// # Errors
+    /// The first problem, worded for the user.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_network_name(&self.name)?;
+        if self.driver != OVERLAY_DRIVER {
+            return Err(crate::spec::invalid(format!(
+                "invalid driver {:?}: only \"{OVERLAY_DRIVER}\" is supported",
+                self.driver
+            )));
+        }
+        if self.gateway.is_some() && self.subnet.is_none() {
+            return Err(crate::spec::invalid("--gateway needs --subnet"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a network name: docker's rule (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most
+/// [`MAX_NETWORK_NAME_LEN`] characters, and not 16 hex digits (which would read as an ID).
+///
+/// # Errors
+/// Why it is refused.
+pub fn validate_network_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NETWORK_NAME_LEN
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        return Err(crate::spec::invalid(format!(
+            "invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at \
+             most {MAX_NETWORK_NAME_LEN} characters"
+        )));
+    }
+    if name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(crate::spec::invalid(format!(
+            "invalid network name {name:?}: it would read as a network ID"
+        )));
+    }
+    Ok(())
+}
+
+/// A user network as the managers keep it: its spec and what the allocator gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Identity.
+    pub id: NetworkId,
+    /// What the user asked for.
+    pub spec: NetworkSpec,
+    /// Its subnet (the user's or the pool's).
+    pub subnet: Ipv4Network,
+    /// Its gateway address (reserved: no task or VIP gets it).
+    pub gateway: Ipv4Addr,
+    /// The VXLAN network identifier its traffic carries between nodes.
+    pub vni: u32,
+    /// Host offset the next allocation starts looking at.
+    pub cursor: u32,
+    /// Ms since the epoch.
+    pub created_at_ms: u64,
+}
+
+/// An address on a user network: a task's interface, or a service's VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NetworkAddr {
+    /// The network.
+    pub network: NetworkId,
+    /// The address, in the network's subnet.
+    pub addr: Ipv4Addr,
+}
 
 /// The built-in `ingress` overlay network: routing-mesh traffic, and every
 /// task's address.

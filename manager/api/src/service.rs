@@ -15,10 +15,14 @@ pub type ServiceId = u64;
 /// What the allocator gave a service.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEndpoint {
-    /// The service's virtual IP on the ingress network (endpoint mode `vip`).
+    /// The service's virtual IP on the ingress network (endpoint mode `vip`), for a
+    /// service whose east-west network is `ingress` (one given no `--network`).
     pub vip: Option<Ipv4Addr>,
     /// The spec's ports with every published port filled in.
     pub ports: Vec<PortSpec>,
+    /// Its VIP on each user network it joins (endpoint mode `vip`), in the spec's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<crate::network::NetworkAddr>,
 }
 
 /// Where a rolling update (or rollback) stands, as `docker service inspect`

@@ -442,6 +442,52 @@ pub struct TaskSpec {
     /// Capabilities dropped from the default set (docker's `--cap-drop`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
+    /// The user networks the task joins (`--network`), one interface each. Empty: the
+    /// service's east-west network is `ingress`, as every service's was before user
+    /// networks (see `docs/networks.md`). Part of the task spec, as in Swarm, so that
+    /// `--network-add`/`--network-rm` roll the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachmentSpec>,
+}
+
+/// A service's attachment to a network (`--network name=back,alias=db`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachmentSpec {
+    /// The network: a name or ID as the user gave it; the managers store its ID (16 hex
+    /// digits) once they have found it.
+    pub target: String,
+    /// Further names the service answers to on this network (DNS labels).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// The most networks a service may join.
+pub const MAX_NETWORKS: usize = 8;
+/// The most aliases a service may have on one network.
+pub const MAX_ALIASES: usize = 16;
+
+/// Checks a name the resolver will answer for (a service name or an alias): a DNS label
+/// (RFC 1123: letters, digits and hyphens, not starting or ending with a hyphen, at
+/// most 63 characters), with `_` allowed as in Swarm's stack names (`app_web`).
+///
+/// # Errors
+/// Why it is refused.
+pub fn validate_dns_label(what: &str, label: &str) -> Result<(), SpecError> {
+    let ok = !label.is_empty()
+        && label.len() <= MAX_NAME_LEN
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid {what} {label:?}: not a valid DNS label (letters, digits, '-' and '_', \
+             not starting or ending with '-', at most {MAX_NAME_LEN} characters)"
+        )))
+    }
 }
 
 /// The longest `--user` value.
@@ -663,6 +709,7 @@ impl ServiceSpec {
                 user: None,
                 cap_add: Vec::new(),
                 cap_drop: Vec::new(),
+                networks: Vec::new(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -678,6 +725,37 @@ impl ServiceSpec {
             ServiceMode::Replicated { replicas } => Some(replicas),
             ServiceMode::Global => None,
         }
+    }
+
+    /// Checks the network attachments: at most [`MAX_NETWORKS`], each once, aliases DNS
+    /// labels. Whether the networks exist is the managers' to find.
+    fn validate_networks(&self) -> Result<(), SpecError> {
+        let networks = &self.task.networks;
+        if networks.len() > MAX_NETWORKS {
+            return Err(invalid(format!(
+                "a service may join at most {MAX_NETWORKS} networks"
+            )));
+        }
+        for (i, attachment) in networks.iter().enumerate() {
+            if attachment.target.trim().is_empty() {
+                return Err(invalid("a network attachment needs a network name"));
+            }
+            if networks[..i].iter().any(|a| a.target == attachment.target) {
+                return Err(invalid(format!(
+                    "network {:?} is given twice",
+                    attachment.target
+                )));
+            }
+            if attachment.aliases.len() > MAX_ALIASES {
+                return Err(invalid(format!(
+                    "at most {MAX_ALIASES} aliases per network"
+                )));
+            }
+            for alias in &attachment.aliases {
+                validate_dns_label("alias", alias)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks everything that does not depend on other services (names,
@@ -715,6 +793,7 @@ impl ServiceSpec {
             validate_user(user)?;
         }
         crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
+        self.validate_networks()?;
         if let Some(health) = &self.task.health {
             if health.cmd.trim().is_empty() {
                 return Err(invalid("the health command is empty"));

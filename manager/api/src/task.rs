@@ -151,6 +151,9 @@ pub struct Task {
     pub status: TaskStatus,
     /// Its address on the ingress network.
     pub addr: Option<Ipv4Addr>,
+    /// Its addresses on the user networks its spec joins, in the spec's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::network::NetworkAddr>,
     /// Ms since the epoch.
     pub created_at_ms: u64,
 }

@@ -68,6 +68,7 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
                 service_name,
                 spec: t.spec.clone(),
                 addr: t.addr?,
+                networks: t.networks.clone(),
                 action,
                 state: t.status.state,
             })
@@ -89,11 +90,13 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
                         task: t.id,
                         name: t.name(&s.spec.name),
                         addr: t.addr?,
+                        networks: t.networks.clone(),
                         node: t.node?,
                         draining,
                     })
                 })
                 .collect(),
+            networks: Vec::new(),
         })
         .collect();
     let history = state
@@ -106,6 +109,7 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
         version: state.version,
         node,
         ingress: state.ingress.clone(),
+        networks: Vec::new(),
         peers,
         tasks,
         services,

@@ -152,6 +152,7 @@ mod tests {
             endpoint: ServiceEndpoint {
                 vip: vip.then(|| "10.255.0.2".parse().unwrap()),
                 ports,
+                vips: Vec::new(),
             },
             update_status: None,
             created_at_ms: 0,

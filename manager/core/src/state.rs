@@ -553,7 +553,11 @@ impl ClusterState {
             spec: spec.clone(),
             previous_spec: None,
             spec_version: 1,
-            endpoint: ServiceEndpoint { vip, ports },
+            endpoint: ServiceEndpoint {
+                vip,
+                ports,
+                vips: Vec::new(),
+            },
             update_status: None,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
@@ -607,7 +611,11 @@ impl ClusterState {
         service.previous_spec = Some(current.spec.clone());
         service.spec = spec.clone();
         service.spec_version += 1;
-        service.endpoint = ServiceEndpoint { vip, ports };
+        service.endpoint = ServiceEndpoint {
+            vip,
+            ports,
+            vips: Vec::new(),
+        };
         service.updated_at_ms = at_ms;
         if tasks_change {
             service.update_status = Some(UpdateStatus {
@@ -669,6 +677,7 @@ impl ClusterState {
                     desired_version: version,
                     status,
                     addr: Some(addr),
+                    networks: Vec::new(),
                     created_at_ms: at_ms,
                 },
             );

@@ -268,6 +268,7 @@ pub(crate) fn task_config(
             user: None,
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
+            networks: Vec::new(),
         },
         addr,
         mtu: MTU,

@@ -163,6 +163,7 @@ mod tests {
                 ..TaskStatus::new(state, "", at_ms)
             },
             addr: None,
+            networks: Vec::new(),
             created_at_ms: at_ms.saturating_sub(10),
         }
     }

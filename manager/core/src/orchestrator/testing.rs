@@ -43,6 +43,7 @@ pub(crate) fn task(
         desired_version: 1,
         status: TaskStatus::new(state, "", id),
         addr: None,
+        networks: Vec::new(),
         created_at_ms: id,
     }
 }

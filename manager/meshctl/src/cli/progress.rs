@@ -241,6 +241,7 @@ mod tests {
             desired_version: 1,
             status: TaskStatus::new(state, "", 0),
             addr: None,
+            networks: Vec::new(),
             created_at_ms: 0,
         }
     }

@@ -507,6 +507,7 @@ mod tests {
             endpoint: ServiceEndpoint {
                 vip: Some("10.255.0.2".parse().unwrap()),
                 ports: vec!["8080:80".parse().unwrap()],
+                vips: Vec::new(),
             },
             update_status: None,
             created_at_ms: 0,
@@ -528,6 +529,7 @@ mod tests {
                 desired_version: 1,
                 status: TaskStatus::new(state, "", at),
                 addr: None,
+                networks: Vec::new(),
                 created_at_ms: created,
             },
             name: format!("web.{slot}"),
