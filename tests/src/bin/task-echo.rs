@@ -1,7 +1,7 @@
 //! `task-echo`: the tiny server every test task runs.
 //!
 //! ```text
-//! task-echo [--name web.1] [--tag v1] [--port 80] [--udp]
+//! task-echo [--name web.1] [--tag v1] [--port 80] [--udp] [--call api:80]
 //! ```
 //!
 //! The name defaults to `$MESH_TASK_NAME`, which the agent's process runtime sets for
@@ -12,6 +12,12 @@
 //! saw it, which proves that the client's source address was preserved; the tag tells
 //! versions of a service apart during a rolling update), then echoes every byte it
 //! receives until EOF.
+//!
+//! With `--call HOST:PORT`, each TCP connection first resolves `HOST` (through the
+//! system's resolver: the task's `/etc/resolv.conf`, so by the mesh's DNS), connects to
+//! it, reads its first line, and appends it to its own: `task=web.1 peer=<ip>:<port> |
+//! task=api.2 peer=<ip>:<port>`, or `| error: <why>` when the call fails. A web tier
+//! calling its backend by name on every request, as a Swarm app does.
 //!
 //! UDP (with `--udp`, on the same port): answers each datagram with the same line
 //! followed by the datagram's payload.
@@ -28,6 +34,7 @@ struct Args {
     tag: Option<String>,
     port: u16,
     udp: bool,
+    call: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
     let mut tag = None;
     let mut port = None;
     let mut udp = false;
+    let mut call = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -51,6 +59,13 @@ fn parse_args() -> Result<Args, String> {
                 port = Some(v.parse::<u16>().map_err(|e| format!("--port {v}: {e}"))?);
             }
             "--udp" => udp = true,
+            "--call" => {
+                let v = it.next().ok_or("--call needs HOST:PORT")?;
+                if !v.contains(':') {
+                    return Err(format!("--call {v}: expected HOST:PORT"));
+                }
+                call = Some(v);
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -64,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         tag,
         port: port.unwrap_or(80),
         udp,
+        call,
     })
 }
 
@@ -79,8 +95,42 @@ fn banner(who: &str, peer: SocketAddr) -> String {
     format!("{who} peer={peer}\n")
 }
 
-fn serve_tcp_conn(name: &str, mut conn: TcpStream, peer: SocketAddr) {
-    if conn.write_all(banner(name, peer).as_bytes()).is_err() {
+/// Resolves and calls `target` (`HOST:PORT`), and returns the first line it sends.
+fn call_upstream(target: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs as _;
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {target}: no address"))?;
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect {target} ({addr}): {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 1024 {
+        match conn.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read from {target} ({addr}): {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn serve_tcp_conn(name: &str, call: Option<&str>, mut conn: TcpStream, peer: SocketAddr) {
+    let mut first = banner(name, peer);
+    if let Some(target) = call {
+        first.pop();
+        match call_upstream(target) {
+            Ok(line) => first.push_str(&format!(" | {line}\n")),
+            Err(e) => first.push_str(&format!(" | error: {e}\n")),
+        }
+    }
+    if conn.write_all(first.as_bytes()).is_err() {
         return;
     }
     let _ = conn.set_nodelay(true);
@@ -100,14 +150,15 @@ fn serve_tcp_conn(name: &str, mut conn: TcpStream, peer: SocketAddr) {
     let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
-fn serve_tcp(name: String, listener: TcpListener) {
+fn serve_tcp(name: String, call: Option<String>, listener: TcpListener) {
     loop {
         match listener.accept() {
             Ok((conn, peer)) => {
                 let name = name.clone();
+                let call = call.clone();
                 let spawned = thread::Builder::new()
                     .name("conn".into())
-                    .spawn(move || serve_tcp_conn(&name, conn, peer));
+                    .spawn(move || serve_tcp_conn(&name, call.as_deref(), conn, peer));
                 if let Err(e) = spawned {
                     eprintln!("task-echo: cannot spawn a connection thread: {e}");
                 }
@@ -144,7 +195,9 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("task-echo: {e}");
             }
-            eprintln!("usage: task-echo [--name NAME] [--tag TAG] [--port PORT] [--udp]");
+            eprintln!(
+                "usage: task-echo [--name NAME] [--tag TAG] [--port PORT] [--udp] [--call HOST:PORT]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -182,6 +235,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    serve_tcp(who, listener);
+    serve_tcp(who, args.call, listener);
     ExitCode::SUCCESS
 }
