@@ -507,6 +507,36 @@ mod tests {
         ) -> Result<Response<Self::ServiceLogsStream>, Status> {
             unimplemented()
         }
+        async fn create_network(
+            &self,
+            _: Request<proto::CreateNetworkRequest>,
+        ) -> Result<Response<proto::NetworkReply>, Status> {
+            unimplemented()
+        }
+        async fn list_networks(
+            &self,
+            _: Request<proto::ListNetworksRequest>,
+        ) -> Result<Response<proto::ListNetworksResponse>, Status> {
+            unimplemented()
+        }
+        async fn inspect_network(
+            &self,
+            _: Request<proto::NetworkRef>,
+        ) -> Result<Response<proto::NetworkReply>, Status> {
+            unimplemented()
+        }
+        async fn remove_network(
+            &self,
+            _: Request<proto::NetworkRef>,
+        ) -> Result<Response<proto::RemoveNetworkResponse>, Status> {
+            unimplemented()
+        }
+        async fn prune_networks(
+            &self,
+            _: Request<proto::PruneNetworksRequest>,
+        ) -> Result<Response<proto::PruneNetworksResponse>, Status> {
+            unimplemented()
+        }
     }
 
     /// Serves `Join` behind [`AnyNode`] and `Control` behind [`ManagerOnly`]
