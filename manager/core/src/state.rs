@@ -1139,10 +1139,10 @@ impl ClusterState {
 /// # Errors
 /// [`StateError::UnknownNetwork`] for a target that is not an ID.
 pub fn parse_network_id(target: &str) -> Result<NetworkId, StateError> {
-    if target.len() == 16 {
-        if let Ok(id) = u64::from_str_radix(target, 16) {
-            return Ok(id);
-        }
+    if target.len() == 16
+        && let Ok(id) = u64::from_str_radix(target, 16)
+    {
+        return Ok(id);
     }
     Err(StateError::UnknownNetwork(target.to_string()))
 }

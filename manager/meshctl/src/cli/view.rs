@@ -710,7 +710,6 @@ mod tests {
             services: vec![],
             tasks: vec![],
         };
-        let mut s = s;
         s.spec.task.networks = vec![mesh_api::spec::NetworkAttachmentSpec {
             target: format_id(0xb0),
             aliases: vec!["db".into()],
