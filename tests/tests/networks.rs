@@ -261,24 +261,61 @@ fn networks_are_created_listed_inspected_attached_and_removed_like_docker() {
     assert_eq!(snapshot(&c), before, "a refusal changed the networks");
     assert_eq!(ctl(&c, &["service", "ls", "-q"]), services_before);
 
+    // `service update --network-add/--network-rm`: a rolling update; back's VIP is kept
+    // while the service stays on it, one on front comes, and back's goes with it.
+    ctl(
+        &c,
+        &[
+            "service",
+            "update",
+            "--network-add",
+            "name=front,alias=web",
+            "api",
+        ],
+    );
+    let vips_of = |c: &ManagedCluster| {
+        let service = ok(c.ctl_json(&["service", "inspect", "api"]));
+        service[0]["Endpoint"]["VirtualIPs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let both = vips_of(&c);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(both[0]["Addr"], vip.as_str());
+    assert_eq!(both[1]["NetworkID"], front_id);
+    ok(c.wait_converged("api", 2));
+    refused(
+        &c,
+        &["service", "update", "--network-add", "back", "api"],
+        "service is already attached to network back",
+    );
+    ctl(&c, &["service", "update", "--network-rm", "back", "api"]);
+    let only_front = vips_of(&c);
+    assert_eq!(only_front.len(), 1, "{only_front:?}");
+    assert_eq!(only_front[0]["NetworkID"], front_id);
+    refused(
+        &c,
+        &["network", "rm", "front"],
+        "network front is in use by service api",
+    );
+
     // `network rm` once the service and its tasks are gone; prune removes the rest.
     ctl(&c, &["service", "rm", "api"]);
-    let removed = ok(poll_until(
+    // A task that has not ended keeps its network (`is in use by task ...`): wait for
+    // api's tasks to stop.
+    ok(poll_until(
         Duration::from_secs(60),
-        "network rm back to succeed once api's tasks stopped",
+        "api's tasks to leave front once the service is removed",
         || {
-            let out = c.meshctl(&["network", "rm", "back"])?;
-            if out.success() {
-                return Ok(Some(out.stdout));
-            }
-            anyhow::ensure!(
-                out.stderr.contains("is in use by task api."),
-                "network rm back failed: {}",
-                out.stderr
-            );
-            Ok(None)
+            let front = inspect(&c, "front");
+            let n = front["Containers"]
+                .as_object()
+                .map_or(0, serde_json::Map::len);
+            Ok((n == 0).then_some(()))
         },
     ));
+    let removed = ctl(&c, &["network", "rm", "back"]);
     assert_eq!(removed.trim(), "back");
     assert!(!names(&c).contains("back"));
     ctl(&c, &["network", "create", "spare"]);
