@@ -181,6 +181,15 @@ mod tests {
         let mut global = service(0, &[], true);
         global.spec.mode = ServiceMode::Global;
         assert_eq!(footprint(&global, 7).backends, 14);
+        // On two user networks: no ingress VIP, two catch-alls on each network's VIP.
+        let mut on_networks = service(10, &[], false);
+        on_networks.endpoint.vips = [1, 2]
+            .map(|network| mesh_api::network::NetworkAddr {
+                network,
+                addr: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            })
+            .to_vec();
+        assert_eq!(footprint(&on_networks, 3).mappings, 4);
     }
 
     #[test]
