@@ -117,6 +117,8 @@ fn networks_are_created_listed_inspected_attached_and_removed_like_docker() {
     }
     let quiet = ctl(&c, &["network", "ls", "-q"]);
     assert!(quiet.lines().any(|l| l == &back_id[..12]), "{quiet}");
+    let filtered = ctl(&c, &["network", "ls", "-q", "--filter", "name=fro"]);
+    assert_eq!(filtered.trim(), &front_id[..12]);
     let front = inspect(&c, "front");
     let back = inspect(&c, &back_id[..6]);
     assert_eq!(front["Id"], front_id);
@@ -257,6 +259,11 @@ fn networks_are_created_listed_inspected_attached_and_removed_like_docker() {
         "network back is in use by service api",
     );
     refused(&c, &["network", "rm", "nope"], "network nope not found");
+    refused(
+        &c,
+        &["network", "inspect", "back", "nope"],
+        "network nope not found",
+    );
     refused(&c, &["network", "rm", "ingress"], "pre-defined network");
     assert_eq!(snapshot(&c), before, "a refusal changed the networks");
     assert_eq!(ctl(&c, &["service", "ls", "-q"]), services_before);

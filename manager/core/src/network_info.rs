@@ -117,18 +117,18 @@ pub fn network_info(state: &ClusterState, id: NetworkId) -> Result<NetworkInfo, 
     })
 }
 
-/// Every network as the API shows it: `ingress` first, then the user's by name.
+/// Every network as the API shows it, `ingress` included, by name (as docker lists them).
 #[must_use]
 pub fn all(state: &ClusterState) -> Vec<NetworkInfo> {
     let mut ids: Vec<(&str, NetworkId)> = state
         .networks
         .values()
         .map(|n| (n.spec.name.as_str(), n.id))
+        .chain(std::iter::once((INGRESS_NAME, INGRESS_ID)))
         .collect();
     ids.sort_unstable();
-    std::iter::once(INGRESS_ID)
-        .chain(ids.into_iter().map(|(_, id)| id))
-        .filter_map(|id| network_info(state, id).ok())
+    ids.into_iter()
+        .filter_map(|(_, id)| network_info(state, id).ok())
         .collect()
 }
 
@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(ingress.services[0].vip, plain.endpoint.vip);
         assert_eq!(ingress.tasks[0].addr, state.tasks[&ids[0]].addr.unwrap());
         let names: Vec<_> = all(&state).into_iter().map(|n| n.name).collect();
-        assert_eq!(names, ["ingress", "back"]);
+        assert_eq!(names, ["back", "ingress"]);
         testing::shut_down(&mut state, ids[0]);
         testing::report(&mut state, 1, ids[0], mesh_api::task::TaskState::Shutdown);
         assert!(network_info(&state, back.id).unwrap().tasks.is_empty());

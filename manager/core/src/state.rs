@@ -797,12 +797,18 @@ impl ClusterState {
     pub fn network_user(&self, id: NetworkId) -> Option<String> {
         let target = format_id(id);
         let joins = |spec: &ServiceSpec| spec.task.networks.iter().any(|a| a.target == target);
+        if let Some(s) = self.services.values().find(|s| joins(&s.spec)) {
+            return Some(format!("service {}", s.spec.name));
+        }
         if let Some(s) = self
             .services
             .values()
-            .find(|s| joins(&s.spec) || s.previous_spec.as_ref().is_some_and(joins))
+            .find(|s| s.previous_spec.as_ref().is_some_and(joins))
         {
-            return Some(format!("service {}", s.spec.name));
+            return Some(format!(
+                "service {} (its previous spec, which a rollback returns to)",
+                s.spec.name
+            ));
         }
         self.tasks
             .values()
@@ -1897,7 +1903,8 @@ mod tests {
             update(&mut state, api.id, on("api", &[]));
             assert_eq!(
                 state.apply(&remove).unwrap_err().to_string(),
-                "network back is in use by service api"
+                "network back is in use by service api (its previous spec, which a rollback \
+                 returns to)"
             );
             update(&mut state, api.id, on("api", &["back"]));
             let Applied::Tasks(ids) = state

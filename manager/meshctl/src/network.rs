@@ -58,7 +58,7 @@ fn decode(reply: &proto::NetworkReply) -> Result<NetworkInfo> {
         .context("the manager sent a network record this meshctl can't read")
 }
 
-/// Every network, ingress first.
+/// Every network, by name.
 pub(crate) async fn list(control: &mut ControlClient<Channel>) -> Result<Vec<NetworkInfo>> {
     control
         .list_networks(proto::ListNetworksRequest {})
@@ -86,21 +86,6 @@ pub(crate) async fn inspect(
     decode(&reply)
 }
 
-/// Keeps the networks `filters` (`name=...`, docker's substring match) admit.
-fn filtered(networks: Vec<NetworkInfo>, filters: &[String]) -> Result<Vec<NetworkInfo>> {
-    let mut names = Vec::new();
-    for filter in filters {
-        match filter.split_once('=') {
-            Some(("name", value)) => names.push(value.to_string()),
-            _ => bail!("invalid filter {filter:?}: only name=NAME is supported"),
-        }
-    }
-    Ok(networks
-        .into_iter()
-        .filter(|n| names.is_empty() || names.iter().any(|v| n.name.contains(v.as_str())))
-        .collect())
-}
-
 pub(crate) async fn run(
     control: &mut ControlClient<Channel>,
     command: &NetworkCommand,
@@ -121,7 +106,7 @@ pub(crate) async fn run(
             no_trunc,
             filter,
         } => {
-            let networks = filtered(list(control).await?, filter)?;
+            let networks = network::filtered(list(control).await?, filter)?;
             if *quiet {
                 for n in &networks {
                     if *no_trunc {
@@ -140,11 +125,19 @@ pub(crate) async fn run(
             }
         }
         NetworkCommand::Inspect { networks } => {
+            // As docker: what was found is printed, then what was not fails the command.
             let mut found = Vec::new();
+            let mut failed = Vec::new();
             for name in networks {
-                found.push(network::network_json(&inspect(control, name).await?));
+                match inspect(control, name).await {
+                    Ok(n) => found.push(network::network_json(&n)),
+                    Err(e) => failed.push(e.to_string()),
+                }
             }
             println!("{}", serde_json::to_string_pretty(&found)?);
+            if !failed.is_empty() {
+                bail!("{}", failed.join("\n"));
+            }
         }
         NetworkCommand::Rm { networks } => {
             let mut failed = Vec::new();

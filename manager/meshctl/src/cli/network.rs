@@ -131,7 +131,33 @@ pub fn short_id(id: NetworkId) -> String {
 /// Docker's scope of every network here: `swarm`.
 pub const SCOPE: &str = "swarm";
 
-/// `network ls`'s table: ingress first, then by name, as the managers list them.
+/// Keeps the networks `filters` admit (`name=VALUE`: names containing it, as docker
+/// matches; several: any of them).
+///
+/// # Errors
+/// A filter other than `name=...`.
+pub fn filtered(
+    networks: Vec<NetworkInfo>,
+    filters: &[String],
+) -> Result<Vec<NetworkInfo>, FlagError> {
+    let mut names = Vec::new();
+    for filter in filters {
+        match filter.split_once('=') {
+            Some(("name", value)) => names.push(value.to_string()),
+            _ => {
+                return Err(FlagError::new(format!(
+                    "invalid filter {filter:?}: only name=NAME is supported"
+                )));
+            }
+        }
+    }
+    Ok(networks
+        .into_iter()
+        .filter(|n| names.is_empty() || names.iter().any(|v| n.name.contains(v.as_str())))
+        .collect())
+}
+
+/// `network ls`'s table, in the managers' order (by name).
 #[must_use]
 pub fn networks_table(networks: &[NetworkInfo], no_trunc: bool) -> String {
     let rows: Vec<Vec<String>> = networks
@@ -406,6 +432,21 @@ mod tests {
             "NETWORK ID     NAME   DRIVER    SCOPE\n0123456789ab   back   overlay   swarm\n"
         );
         assert!(networks_table(&[back()], true).contains("0123456789abcdef"));
+        let mut ingress = back();
+        ingress.name = "ingress".into();
+        let both = vec![back(), ingress];
+        let only = |f: &[&str]| {
+            let f: Vec<String> = f.iter().map(|s| (*s).to_string()).collect();
+            filtered(both.clone(), &f)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(only(&["name=ac"]), ["back"]);
+        assert_eq!(only(&[]), ["back", "ingress"]);
+        assert_eq!(only(&["name=ac", "name=gre"]), ["back", "ingress"]);
+        assert!(filtered(both, &["driver=overlay".into()]).is_err());
         assert_eq!(networks_json(&[back()])[0]["Scope"], "swarm");
     }
 
