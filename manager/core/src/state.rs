@@ -769,12 +769,10 @@ impl ClusterState {
         let plan = ipam::plan(spec.subnet, spec.gateway, &taken, &vnis)
             .map_err(|e| StateError::Invalid(e.to_string()))?;
         let mut next = self.clone();
-        let id = next.fresh_id();
-        if id == INGRESS_ID || next.networks.contains_key(&id) {
-            return Err(StateError::Invalid(format!(
-                "network ID {} is taken; retry",
-                format_id(id)
-            )));
+        // An ID no network has (the ingress one included), drawn again on the rare clash.
+        let mut id = next.fresh_id();
+        while id == INGRESS_ID || next.networks.contains_key(&id) {
+            id = next.fresh_id();
         }
         let network = Network {
             id,

@@ -637,6 +637,26 @@ mod tests {
             status.message(),
             "node 00000000000000b2 is a worker; this call requires a manager"
         );
+        // The network calls are `Control`'s: a worker may not create or remove one; a
+        // manager's call reaches the service (a stub here).
+        for (identity, code) in [
+            (&worker, Code::PermissionDenied),
+            (&manager, Code::Unimplemented),
+        ] {
+            let channel = connect(addr, &ca, Some(identity)).await.unwrap();
+            let mut control = proto::control_client::ControlClient::new(channel);
+            let spec = mesh_api::network::NetworkSpec::new("back");
+            let created = control
+                .create_network(proto::CreateNetworkRequest::new(&spec))
+                .await
+                .unwrap_err();
+            assert_eq!(created.code(), code, "{created:?}");
+            let removed = control
+                .prune_networks(proto::PruneNetworksRequest {})
+                .await
+                .unwrap_err();
+            assert_eq!(removed.code(), code, "{removed:?}");
+        }
 
         // No certificate: in at the TLS layer, refused per call.
         for status in [
