@@ -568,7 +568,7 @@ impl ClusterState {
         }
     }
 
-    /// A fresh service or task ID: deterministic (every replica computes the
+    /// A fresh service, task or network ID: deterministic (every replica computes the
     /// same), but spread over the whole range like a random one.
     fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
