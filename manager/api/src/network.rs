@@ -183,3 +183,62 @@ impl IngressNetwork {
         format!("{}/{}", self.subnet, self.prefix)
     }
 }
+
+/// A network as the operator's API shows it (`network ls`, `network inspect`): the
+/// ingress network or a user network, with the services and tasks attached to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// Identity ([`INGRESS_ID`] for ingress).
+    pub id: NetworkId,
+    /// Its name.
+    pub name: String,
+    /// `overlay`.
+    pub driver: String,
+    /// Its subnet.
+    pub subnet: Ipv4Network,
+    /// Its gateway (`None` for ingress, which has none).
+    pub gateway: Option<Ipv4Addr>,
+    /// Its VXLAN network identifier.
+    pub vni: u32,
+    /// The built-in routing-mesh network.
+    pub ingress: bool,
+    /// `--internal`.
+    pub internal: bool,
+    /// `--attachable`.
+    pub attachable: bool,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Ms since the epoch (0 for ingress).
+    pub created_at_ms: u64,
+    /// The services reached on it, by name order.
+    pub services: Vec<AttachedService>,
+    /// The tasks that have an address on it and have not ended.
+    pub tasks: Vec<AttachedTask>,
+}
+
+/// A service on a network (`network inspect`'s `Services`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedService {
+    /// The service's ID.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its VIP there (none in `dnsrr` mode).
+    pub vip: Option<Ipv4Addr>,
+    /// Its aliases there.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// A task's address on a network (`network inspect`'s `Containers`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedTask {
+    /// The task's ID.
+    pub id: u64,
+    /// `api.1`.
+    pub name: String,
+    /// Its service's name.
+    pub service: String,
+    /// Its address there.
+    pub addr: Ipv4Addr,
+}

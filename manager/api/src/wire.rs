@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::assignment::Assignment;
+use crate::network::{NetworkInfo, NetworkSpec};
 use crate::proto;
 use crate::service::Service;
 use crate::spec::ServiceSpec;
@@ -124,6 +125,42 @@ impl proto::ServiceReply {
     }
 }
 
+impl proto::CreateNetworkRequest {
+    /// A request to create a network with `spec`.
+    #[must_use]
+    pub fn new(spec: &NetworkSpec) -> Self {
+        Self {
+            spec_json: encode(spec),
+        }
+    }
+
+    /// The spec to create.
+    ///
+    /// # Errors
+    /// [`WireError`] if the field does not hold a [`NetworkSpec`].
+    pub fn spec(&self) -> Result<NetworkSpec, WireError> {
+        decode(&self.spec_json, "CreateNetworkRequest", "network spec")
+    }
+}
+
+impl proto::NetworkReply {
+    /// A reply describing `network`.
+    #[must_use]
+    pub fn new(network: &NetworkInfo) -> Self {
+        Self {
+            network_json: encode(network),
+        }
+    }
+
+    /// The network and what is attached to it.
+    ///
+    /// # Errors
+    /// [`WireError`] if the field does not hold a [`NetworkInfo`].
+    pub fn network(&self) -> Result<NetworkInfo, WireError> {
+        decode(&self.network_json, "NetworkReply", "network record")
+    }
+}
+
 impl proto::TaskInfo {
     /// `task`, with the names it is shown under: `web.1`, its service's name
     /// and its node's hostname.
@@ -201,6 +238,26 @@ mod tests {
             proto::UpdateServiceRequest::rollback("web").spec().unwrap(),
             None
         );
+
+        let mut net = NetworkSpec::new("back");
+        net.subnet = Some("10.0.9.0/24".parse().unwrap());
+        assert_eq!(proto::CreateNetworkRequest::new(&net).spec().unwrap(), net);
+        let info = NetworkInfo {
+            id: 7,
+            name: "back".into(),
+            driver: "overlay".into(),
+            subnet: "10.0.9.0/24".parse().unwrap(),
+            gateway: Some(std::net::Ipv4Addr::new(10, 0, 9, 1)),
+            vni: 4097,
+            ingress: false,
+            internal: false,
+            attachable: false,
+            labels: std::collections::BTreeMap::new(),
+            created_at_ms: 1,
+            services: vec![],
+            tasks: vec![],
+        };
+        assert_eq!(proto::NetworkReply::new(&info).network().unwrap(), info);
 
         let reports = vec![(42, TaskStatus::new(TaskState::Running, "started", 5))];
         assert_eq!(

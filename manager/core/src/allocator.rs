@@ -1,5 +1,5 @@
-//! The allocator's pure core: addresses on the ingress network (task
-//! addresses and VIPs) and published ports, with conflict detection.
+//! The allocator's pure core: addresses on the ingress network and on user networks
+//! (task addresses and VIPs) and published ports, with conflict detection.
 //!
 //! It knows nothing of the cluster state: the state machine
 //! ([`crate::state`]) passes in what is in use and applies the result, inside
@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use mesh_api::network::IngressNetwork;
+use mesh_api::network::{IngressNetwork, Network};
 use mesh_api::spec::{PortSpec, Protocol, PublishMode};
 
 /// The first port handed out to an ingress port published without a number
@@ -34,8 +34,13 @@ pub struct PublishedPort<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
     /// Every address of the network is taken.
-    #[error("the ingress network {0} has no free address left")]
-    NetworkFull(String),
+    #[error("network {name} ({subnet}) has no free address left")]
+    NetworkFull {
+        /// The network's name.
+        name: String,
+        /// Its subnet.
+        subnet: String,
+    },
     /// Another service publishes the port.
     #[error("port '{port}/{protocol}' is already in use by service '{service}'")]
     PortInUse {
@@ -51,7 +56,30 @@ pub enum AllocError {
     NoFreePort,
 }
 
-/// Takes a free address on `net`, none of `used`, and moves the cursor past it.
+/// Takes a free host of a subnet (`base` its network address, `hosts` its usable host
+/// offsets `1..=hosts`), none of `used`, from a rotating cursor (the offset to look at
+/// next), which it moves past the address taken; `None` when every host is used.
+#[must_use]
+pub fn allocate_host(
+    base: Ipv4Addr,
+    hosts: u32,
+    cursor: &mut u32,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let base = u32::from(base);
+    for step in 0..hosts {
+        let offset = (cursor.saturating_sub(1) + step) % hosts + 1;
+        let addr = Ipv4Addr::from(base + offset);
+        if !used.contains(&addr) {
+            *cursor = offset % hosts + 1;
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// Takes a free address on the ingress network, none of `used`, and moves the cursor
+/// past it.
 ///
 /// # Errors
 /// [`AllocError::NetworkFull`] when the network is full.
@@ -60,16 +88,30 @@ pub fn allocate_addr(
     used: &BTreeSet<Ipv4Addr>,
 ) -> Result<Ipv4Addr, AllocError> {
     let hosts = net.hosts();
-    let base = u32::from(net.subnet);
-    for step in 0..hosts {
-        let offset = (net.cursor.saturating_sub(1) + step) % hosts + 1;
-        let addr = Ipv4Addr::from(base + offset);
-        if !used.contains(&addr) {
-            net.cursor = offset % hosts + 1;
-            return Ok(addr);
+    allocate_host(net.subnet, hosts, &mut net.cursor, used).ok_or_else(|| AllocError::NetworkFull {
+        name: mesh_api::network::INGRESS_NAME.to_string(),
+        subnet: net.cidr(),
+    })
+}
+
+/// Takes a free address on user network `net`: none of `used`, never its network or
+/// broadcast address nor its gateway, and moves its cursor past it.
+///
+/// # Errors
+/// [`AllocError::NetworkFull`] when the network is full.
+pub fn allocate_network_addr(
+    net: &mut Network,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Result<Ipv4Addr, AllocError> {
+    let hosts = (1u32 << (32 - u32::from(net.subnet.prefix()))).saturating_sub(2);
+    let mut used = used.clone();
+    used.insert(net.gateway);
+    allocate_host(net.subnet.network(), hosts, &mut net.cursor, &used).ok_or_else(|| {
+        AllocError::NetworkFull {
+            name: net.spec.name.clone(),
+            subnet: net.subnet.to_string(),
         }
-    }
-    Err(AllocError::NetworkFull(net.cidr()))
+    })
 }
 
 /// Fills in the published port of every ingress port that has none, keeping
@@ -165,7 +207,40 @@ mod tests {
         let err = allocate_addr(&mut full, &BTreeSet::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the ingress network 10.9.0.0/31 has no free address left"
+            "network ingress (10.9.0.0/31) has no free address left"
+        );
+    }
+
+    #[test]
+    fn a_user_network_never_hands_out_its_gateway_and_rotates() {
+        let mut back = Network {
+            id: 7,
+            spec: mesh_api::network::NetworkSpec::new("back"),
+            subnet: "10.0.1.0/29".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            vni: 4097,
+            cursor: 1,
+            created_at_ms: 0,
+        };
+        let mut used = BTreeSet::new();
+        let mut got = Vec::new();
+        // Six hosts (.1-.6), .1 the gateway: five addresses, then full.
+        for _ in 0..5 {
+            let addr = allocate_network_addr(&mut back, &used).unwrap();
+            used.insert(addr);
+            got.push(addr.octets()[3]);
+        }
+        assert_eq!(got, [2, 3, 4, 5, 6]);
+        let err = allocate_network_addr(&mut back, &used).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "network back (10.0.1.0/29) has no free address left"
+        );
+        // A freed address is taken again only after the cursor wrapped past the others.
+        used.remove(&Ipv4Addr::new(10, 0, 1, 3));
+        assert_eq!(
+            allocate_network_addr(&mut back, &used).unwrap(),
+            Ipv4Addr::new(10, 0, 1, 3)
         );
     }
 

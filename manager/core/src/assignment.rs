@@ -9,11 +9,40 @@
 //! told to stop it only once every live node has applied a version in which
 //! it drains, so no node still sends it new flows when it stops.
 
-use mesh_api::assignment::{AssignedTask, Assignment, Backend, Peer, ServiceRoutes, TaskAction};
+use mesh_api::assignment::{
+    AssignedTask, Assignment, Backend, Peer, ServiceNetwork, ServiceRoutes, TaskAction,
+};
 use mesh_api::node::{NodeId, NodeStatus};
+use mesh_api::service::Service;
 use mesh_api::task::{DesiredState, Task, TaskState};
 
-use crate::state::ClusterState;
+use crate::state::{ClusterState, parse_network_id};
+
+/// The user networks `service` joins, in its spec's order, each with its VIP there
+/// (none in `dnsrr` mode) and its aliases.
+fn service_networks(service: &Service) -> Vec<ServiceNetwork> {
+    service
+        .spec
+        .task
+        .networks
+        .iter()
+        .filter_map(|attachment| {
+            // The managers store every attachment's target as the network's ID.
+            let network = parse_network_id(&attachment.target).ok()?;
+            let vip = service
+                .endpoint
+                .vips
+                .iter()
+                .find(|v| v.network == network)
+                .map(|v| v.addr);
+            Some(ServiceNetwork {
+                network,
+                vip,
+                aliases: attachment.aliases.clone(),
+            })
+        })
+        .collect()
+}
 
 /// Whether `task` is a backend of its service now, and whether it drains.
 /// A backend runs on a node that is up and has a dataplane, has reported
@@ -96,7 +125,7 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
                     })
                 })
                 .collect(),
-            networks: Vec::new(),
+            networks: service_networks(s),
         })
         .collect();
     let history = state
@@ -109,7 +138,7 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
         version: state.version,
         node,
         ingress: state.ingress.clone(),
-        networks: Vec::new(),
+        networks: state.networks.values().cloned().collect(),
         peers,
         tasks,
         services,
@@ -180,6 +209,52 @@ mod tests {
         let on_2 = for_node(&state, 2, v);
         assert!(on_2.tasks.is_empty());
         assert!(on_2.services[0].backends.is_empty());
+    }
+
+    #[test]
+    fn networks_their_vips_aliases_and_task_addresses_are_in_every_assignment() {
+        let mut state = testing::ready(&[1, 2]);
+        let back = testing::create_network(&mut state, "back");
+        let front = testing::create_network(&mut state, "front");
+        let mut spec = ServiceSpec::new("api", RuntimeKind::Process, "task-echo", vec![]);
+        spec.task.networks = vec![
+            mesh_api::spec::NetworkAttachmentSpec {
+                target: "back".into(),
+                aliases: vec!["db".into()],
+            },
+            mesh_api::spec::NetworkAttachmentSpec {
+                target: mesh_api::node::format_id(front.id),
+                aliases: vec![],
+            },
+        ];
+        let api = testing::create_service(&mut state, spec);
+        let ids = testing::create_tasks(&mut state, api.id, &[Some(1), Some(2)]);
+        report(&mut state, 2, ids[1], TaskState::Running);
+        let a = for_node(&state, 1, 0);
+        let mut names: Vec<_> = a.networks.iter().map(|n| n.spec.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["back", "front"], "every user network, by ID");
+        let routes = &a.services[0];
+        assert_eq!(
+            routes.vip, None,
+            "a service on user networks has no ingress VIP"
+        );
+        assert_eq!(routes.networks.len(), 2);
+        assert_eq!(routes.networks[0].network, back.id);
+        assert_eq!(routes.networks[0].aliases, ["db"]);
+        assert_eq!(routes.networks[1].network, front.id);
+        for (n, net) in routes.networks.iter().zip([&back, &front]) {
+            let vip = n.vip.expect("a VIP on each network");
+            assert!(net.subnet.contains(vip) && vip != net.gateway);
+        }
+        // The task on node 1 is assigned there with an address on each network, in
+        // the spec's order; the running one on node 2 is a backend with its own.
+        assert_eq!(a.tasks.len(), 1);
+        let nets: Vec<_> = a.tasks[0].networks.iter().map(|n| n.network).collect();
+        assert_eq!(nets, [back.id, front.id]);
+        assert_eq!(routes.backends.len(), 1);
+        assert_eq!(routes.backends[0].networks, state.tasks[&ids[1]].networks);
+        assert_ne!(a.tasks[0].networks, routes.backends[0].networks);
     }
 
     #[test]

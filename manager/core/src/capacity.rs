@@ -6,7 +6,7 @@
 //! services must fit one node's maps (`lb_common::maps`). The accounting follows how
 //! an agent turns a service into dataplane services (`lb-agent`'s
 //! `managed::dataplane_config`): one per ingress port, two catch-alls (TCP and UDP)
-//! on its VIP, one per host-mode port; each has every task of the service as a
+//! on each of its VIPs (ingress, or one per user network), one per host-mode port; each has every task of the service as a
 //! backend. A service's tasks are its replicas (every node for a global one), plus
 //! the tasks a start-first update runs beside the old ones. Each active backend takes
 //! one slot of its table (the managers give every task weight 1), so a table is never
@@ -49,7 +49,9 @@ pub fn footprint(service: &Service, nodes: usize) -> Footprint {
         .filter(|p| p.mode == PublishMode::Ingress)
         .count();
     let host = ports.len() - ingress;
-    let catch_alls = if service.endpoint.vip.is_some() { 2 } else { 0 };
+    // Two catch-alls (TCP and UDP) per VIP: the ingress one, or one per user network.
+    let vips = usize::from(service.endpoint.vip.is_some()) + service.endpoint.vips.len();
+    let catch_alls = 2 * vips;
     let mappings = (ingress + host + catch_alls) as u64;
     let replicas = match service.spec.mode {
         ServiceMode::Replicated { replicas } => u64::from(replicas),
@@ -103,7 +105,7 @@ pub fn check<'a>(
     let detail = |unit: &str, n: u64| {
         format!(
             " (service {:?} takes {n} {unit}: its tasks, once per port mapping, and its \
-             VIP's two catch-alls)",
+             VIP's two catch-alls each)",
             changed.spec.name
         )
     };
@@ -179,6 +181,15 @@ mod tests {
         let mut global = service(0, &[], true);
         global.spec.mode = ServiceMode::Global;
         assert_eq!(footprint(&global, 7).backends, 14);
+        // On two user networks: no ingress VIP, two catch-alls on each network's VIP.
+        let mut on_networks = service(10, &[], false);
+        on_networks.endpoint.vips = [1, 2]
+            .map(|network| mesh_api::network::NetworkAddr {
+                network,
+                addr: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            })
+            .to_vec();
+        assert_eq!(footprint(&on_networks, 3).mappings, 4);
     }
 
     #[test]

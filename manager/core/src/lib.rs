@@ -4,7 +4,8 @@
 //! - [`state`]: the replicated [`state::ClusterState`] and the
 //!   [`state::Command`]s that change it (the Raft state machine's `apply`);
 //! - [`allocator`]: addresses and published ports, inside `apply`;
-//! - [`ipam`]: overlay networks' subnets, gateways and VNIs (being built: issue 13);
+//! - [`ipam`]: overlay networks' subnets, gateways and VNIs, inside `apply`;
+//! - [`network_info`]: a network with what is attached to it, as the API shows it;
 //! - [`capacity`]: what every node's dataplane must hold, checked inside `apply`;
 //! - the leader's loops, each one pass per round, composed by
 //!   [`reconcile::plan`]: evictions, the rolling updater, the restart
@@ -24,6 +25,7 @@ pub mod assignment;
 pub mod capacity;
 pub mod ipam;
 pub mod liveness;
+pub mod network_info;
 pub mod orchestrator;
 pub mod reconcile;
 pub mod scheduler;

@@ -13,11 +13,15 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use mesh_api::cluster::{CaMaterial, JoinSecrets};
-use mesh_api::network::IngressNetwork;
+use mesh_api::network::{
+    INGRESS_ID, INGRESS_NAME, IngressNetwork, Network, NetworkAddr, NetworkId, NetworkSpec,
+    PREDEFINED_NAMES,
+};
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus, ParseError, Role, format_id};
 
 use crate::allocator::{self, AllocError, PublishedPort};
 use crate::capacity;
+use crate::ipam::{self, TakenSubnet};
 use mesh_api::service::{Service, ServiceEndpoint, ServiceId, UpdateState, UpdateStatus};
 use mesh_api::spec::{EndpointMode, RuntimeKind, ServiceSpec};
 use mesh_api::task::{DesiredState, Task, TaskId, TaskState, TaskStatus};
@@ -41,6 +45,9 @@ pub struct ClusterState {
     /// The ingress network and its allocation cursor.
     #[serde(default)]
     pub ingress: IngressNetwork,
+    /// The user's overlay networks, by ID (the ingress network is [`Self::ingress`]).
+    #[serde(default)]
+    pub networks: BTreeMap<NetworkId, Network>,
     /// Services, by ID.
     #[serde(default)]
     pub services: BTreeMap<ServiceId, Service>,
@@ -212,6 +219,19 @@ pub enum Command {
         /// Leader's clock.
         at_ms: u64,
     },
+    /// A new overlay network (`meshctl network create`): its subnet, gateway and VNI
+    /// are planned by [`crate::ipam`].
+    CreateNetwork {
+        /// What the user asked for.
+        spec: NetworkSpec,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// Removes a network no service or live task is attached to.
+    RemoveNetwork {
+        /// Which network.
+        id: NetworkId,
+    },
     /// The updater's progress.
     SetUpdateStatus {
         /// Which service.
@@ -253,6 +273,8 @@ pub enum Applied {
     Service(Box<Service>),
     /// The IDs of the tasks created, in order.
     Tasks(Vec<TaskId>),
+    /// The network as it is after the command.
+    Network(Box<Network>),
 }
 
 /// The state machine's answer to a command: every replica computes the same.
@@ -305,6 +327,24 @@ pub enum StateError {
     /// No task matches the name.
     #[error("task {0} not found")]
     UnknownTask(String),
+    /// No network matches the name.
+    #[error("network {0} not found")]
+    UnknownNetwork(String),
+    /// A prefix matched more than one network.
+    #[error("network {0} is ambiguous ({1} matches)")]
+    AmbiguousNetwork(String, usize),
+    /// A network name that is taken (docker's wording).
+    #[error("network with name {0} already exists")]
+    NetworkExists(String),
+    /// Removing a network that a service or a task is attached to (Swarm's wording,
+    /// with names).
+    #[error("network {network} is in use by {user}")]
+    NetworkInUse {
+        /// The network's name.
+        network: String,
+        /// `service api` or `task api.1`.
+        user: String,
+    },
     /// An update made against a spec that has changed since.
     #[error(
         "update out of sequence: service {service} is at version {version}, the update was \
@@ -486,6 +526,18 @@ impl ClusterState {
                 }
                 Ok(Applied::Done)
             }
+            Command::CreateNetwork { spec, at_ms } => self.create_network(spec, *at_ms),
+            Command::RemoveNetwork { id } => {
+                let network = self.network(*id)?;
+                if let Some(user) = self.network_user(*id) {
+                    return Err(StateError::NetworkInUse {
+                        network: network.spec.name.clone(),
+                        user,
+                    });
+                }
+                self.networks.remove(id);
+                Ok(Applied::Done)
+            }
             Command::SetUpdateStatus { id, status, at_ms } => {
                 let service = self
                     .services
@@ -516,7 +568,7 @@ impl ClusterState {
         }
     }
 
-    /// A fresh service or task ID: deterministic (every replica computes the
+    /// A fresh service, task or network ID: deterministic (every replica computes the
     /// same), but spread over the whole range like a random one.
     fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
@@ -539,25 +591,19 @@ impl ClusterState {
         if self.services.values().any(|s| s.spec.name == spec.name) {
             return Err(StateError::ServiceExists(spec.name.clone()));
         }
+        let spec = &self.resolve_attachments(spec)?;
         let ports =
             allocator::allocate_ports(&self.published_ports(None), &spec.endpoint.ports, &[])?;
         // Allocate on a copy: a refusal changes nothing.
         let mut next = self.clone();
-        let vip = match spec.endpoint.mode {
-            EndpointMode::Vip => Some(next.allocate_addr()?),
-            EndpointMode::Dnsrr => None,
-        };
+        let (vip, vips) = next.allocate_vips(spec, None)?;
         let id = next.fresh_id();
         let service = Service {
             id,
             spec: spec.clone(),
             previous_spec: None,
             spec_version: 1,
-            endpoint: ServiceEndpoint {
-                vip,
-                ports,
-                vips: Vec::new(),
-            },
+            endpoint: ServiceEndpoint { vip, ports, vips },
             update_status: None,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
@@ -595,27 +641,20 @@ impl ClusterState {
                 current.spec.name
             )));
         }
+        let spec = &self.resolve_attachments(spec)?;
         let ports = allocator::allocate_ports(
             &self.published_ports(Some(id)),
             &spec.endpoint.ports,
             &current.endpoint.ports,
         )?;
         let mut next = self.clone();
-        let vip = match (spec.endpoint.mode, current.endpoint.vip) {
-            (EndpointMode::Vip, Some(vip)) => Some(vip),
-            (EndpointMode::Vip, None) => Some(next.allocate_addr()?),
-            (EndpointMode::Dnsrr, _) => None,
-        };
+        let (vip, vips) = next.allocate_vips(spec, Some(&current.endpoint))?;
         let tasks_change = spec.task != current.spec.task;
         let service = next.services.get_mut(&id).expect("checked above");
         service.previous_spec = Some(current.spec.clone());
         service.spec = spec.clone();
         service.spec_version += 1;
-        service.endpoint = ServiceEndpoint {
-            vip,
-            ports,
-            vips: Vec::new(),
-        };
+        service.endpoint = ServiceEndpoint { vip, ports, vips };
         service.updated_at_ms = at_ms;
         if tasks_change {
             service.update_status = Some(UpdateStatus {
@@ -640,6 +679,200 @@ impl ClusterState {
         Ok(Applied::Service(Box::new(service)))
     }
 
+    /// `spec` with each network attachment's target resolved (a name, an ID or a unique
+    /// ID prefix, as docker resolves them) to the network's ID in 16 hex digits, so that
+    /// a renamed or recreated network never captures the service by name.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownNetwork`] or [`StateError::AmbiguousNetwork`]; attaching to
+    /// `ingress` explicitly is refused, as Swarm does.
+    fn resolve_attachments(&self, spec: &ServiceSpec) -> Result<ServiceSpec, StateError> {
+        let mut spec = spec.clone();
+        for attachment in &mut spec.task.networks {
+            let id = self.resolve_network(&attachment.target)?;
+            if id == INGRESS_ID {
+                return Err(StateError::Invalid(format!(
+                    "service cannot be explicitly attached to the ingress network \"{INGRESS_NAME}\""
+                )));
+            }
+            attachment.target = format_id(id);
+        }
+        let networks = &spec.task.networks;
+        for (i, a) in networks.iter().enumerate() {
+            if networks[..i].iter().any(|b| b.target == a.target) {
+                return Err(StateError::Invalid(format!(
+                    "network {} is given twice",
+                    self.network_name(parse_network_id(&a.target)?)
+                )));
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The VIPs a service with (resolved) `spec` has: on ingress when it joins no user
+    /// network, one on each network it joins otherwise; none in `dnsrr` mode. An update
+    /// (`current`) keeps the VIPs it had on the networks it stays on.
+    fn allocate_vips(
+        &mut self,
+        spec: &ServiceSpec,
+        current: Option<&ServiceEndpoint>,
+    ) -> Result<(Option<Ipv4Addr>, Vec<NetworkAddr>), StateError> {
+        if spec.endpoint.mode == EndpointMode::Dnsrr {
+            return Ok((None, Vec::new()));
+        }
+        if spec.task.networks.is_empty() {
+            let vip = match current.and_then(|c| c.vip) {
+                Some(vip) => vip,
+                None => self.allocate_addr()?,
+            };
+            return Ok((Some(vip), Vec::new()));
+        }
+        let mut vips = Vec::with_capacity(spec.task.networks.len());
+        for attachment in &spec.task.networks {
+            let network = parse_network_id(&attachment.target)?;
+            let kept = current.and_then(|c| c.vips.iter().find(|v| v.network == network));
+            let vip = match kept {
+                Some(vip) => *vip,
+                None => self.allocate_network_addr(network)?,
+            };
+            vips.push(vip);
+        }
+        Ok((None, vips))
+    }
+
+    fn create_network(&mut self, spec: &NetworkSpec, at_ms: u64) -> Response {
+        spec.validate()
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
+        if PREDEFINED_NAMES.contains(&spec.name.as_str()) {
+            return Err(StateError::Invalid(format!(
+                "{} is a pre-defined network and cannot be created",
+                spec.name
+            )));
+        }
+        if self.networks.values().any(|n| n.spec.name == spec.name) {
+            return Err(StateError::NetworkExists(spec.name.clone()));
+        }
+        let ingress_subnet = ipnetwork::Ipv4Network::new(self.ingress.subnet, self.ingress.prefix)
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
+        let taken: Vec<TakenSubnet<'_>> = std::iter::once(TakenSubnet {
+            network: INGRESS_NAME,
+            subnet: ingress_subnet,
+        })
+        .chain(self.networks.values().map(|n| TakenSubnet {
+            network: n.spec.name.as_str(),
+            subnet: n.subnet,
+        }))
+        .collect();
+        let vnis: BTreeSet<u32> = std::iter::once(self.ingress.vni)
+            .chain(self.networks.values().map(|n| n.vni))
+            .collect();
+        let plan = ipam::plan(spec.subnet, spec.gateway, &taken, &vnis)
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
+        let mut next = self.clone();
+        // An ID no network has (the ingress one included), drawn again on the rare clash.
+        let mut id = next.fresh_id();
+        while id == INGRESS_ID || next.networks.contains_key(&id) {
+            id = next.fresh_id();
+        }
+        let network = Network {
+            id,
+            spec: spec.clone(),
+            subnet: plan.subnet,
+            gateway: plan.gateway,
+            vni: plan.vni,
+            cursor: 1,
+            created_at_ms: at_ms,
+        };
+        next.networks.insert(id, network.clone());
+        *self = next;
+        Ok(Applied::Network(Box::new(network)))
+    }
+
+    /// What keeps network `id` from being removed, worded for the user (`service api`,
+    /// `task api.1`): a service whose spec (or previous spec, which a rollback returns
+    /// to) joins it, or a task that has not ended on it.
+    #[must_use]
+    pub fn network_user(&self, id: NetworkId) -> Option<String> {
+        let target = format_id(id);
+        let joins = |spec: &ServiceSpec| spec.task.networks.iter().any(|a| a.target == target);
+        if let Some(s) = self.services.values().find(|s| joins(&s.spec)) {
+            return Some(format!("service {}", s.spec.name));
+        }
+        if let Some(s) = self
+            .services
+            .values()
+            .find(|s| s.previous_spec.as_ref().is_some_and(joins))
+        {
+            return Some(format!(
+                "service {} (its previous spec, which a rollback returns to)",
+                s.spec.name
+            ));
+        }
+        self.tasks
+            .values()
+            .find(|t| !t.status.state.is_terminal() && t.networks.iter().any(|a| a.network == id))
+            .map(|t| {
+                let service = self
+                    .services
+                    .get(&t.service)
+                    .map_or_else(|| format_id(t.service), |s| s.spec.name.clone());
+                format!("task {}", t.name(&service))
+            })
+    }
+
+    /// The network with this ID.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownNetwork`].
+    pub fn network(&self, id: NetworkId) -> Result<&Network, StateError> {
+        self.networks
+            .get(&id)
+            .ok_or_else(|| StateError::UnknownNetwork(format_id(id)))
+    }
+
+    /// A network's name (`ingress` for the built-in one, the ID for one that is gone).
+    #[must_use]
+    pub fn network_name(&self, id: NetworkId) -> String {
+        if id == INGRESS_ID {
+            return INGRESS_NAME.to_string();
+        }
+        self.networks
+            .get(&id)
+            .map_or_else(|| format_id(id), |n| n.spec.name.clone())
+    }
+
+    /// Resolves what a user typed: a network's full ID, its name, or a unique ID prefix
+    /// (in that order, as docker does). The built-in `ingress` network resolves to
+    /// [`INGRESS_ID`].
+    ///
+    /// # Errors
+    /// [`StateError::UnknownNetwork`] or [`StateError::AmbiguousNetwork`].
+    pub fn resolve_network(&self, name: &str) -> Result<NetworkId, StateError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(StateError::Invalid("a network name is required".into()));
+        }
+        let all = || {
+            std::iter::once((INGRESS_ID, INGRESS_NAME))
+                .chain(self.networks.values().map(|n| (n.id, n.spec.name.as_str())))
+        };
+        if let Some((id, _)) = all().find(|(id, _)| format_id(*id) == name) {
+            return Ok(id);
+        }
+        if let Some((id, _)) = all().find(|(_, n)| *n == name) {
+            return Ok(id);
+        }
+        let by_prefix: Vec<NetworkId> = all()
+            .filter(|(id, _)| format_id(*id).starts_with(name))
+            .map(|(id, _)| id)
+            .collect();
+        match by_prefix.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(StateError::UnknownNetwork(name.to_string())),
+            many => Err(StateError::AmbiguousNetwork(name.to_string(), many.len())),
+        }
+    }
+
     fn change_tasks(
         &mut self,
         create: &[NewTask],
@@ -659,6 +892,11 @@ impl ClusterState {
                 next.node(node)?;
             }
             let addr = next.allocate_addr()?;
+            let mut networks = Vec::with_capacity(spec.networks.len());
+            for attachment in &spec.networks {
+                let network = parse_network_id(&attachment.target)?;
+                networks.push(next.allocate_network_addr(network)?);
+            }
             let id = next.fresh_id();
             let status = match new.node {
                 Some(_) => TaskStatus::new(TaskState::Assigned, "scheduled", at_ms),
@@ -677,7 +915,7 @@ impl ClusterState {
                     desired_version: version,
                     status,
                     addr: Some(addr),
-                    networks: Vec::new(),
+                    networks,
                     created_at_ms: at_ms,
                 },
             );
@@ -730,6 +968,29 @@ impl ClusterState {
     fn allocate_addr(&mut self) -> Result<Ipv4Addr, AllocError> {
         let used = self.used_addrs();
         allocator::allocate_addr(&mut self.ingress, &used)
+    }
+
+    /// Every address in use on user network `id`: its tasks' (while the task's record
+    /// exists, as on ingress) and its VIPs.
+    fn used_network_addrs(&self, id: NetworkId) -> BTreeSet<Ipv4Addr> {
+        self.tasks
+            .values()
+            .flat_map(|t| &t.networks)
+            .chain(self.services.values().flat_map(|s| &s.endpoint.vips))
+            .filter(|a| a.network == id)
+            .map(|a| a.addr)
+            .collect()
+    }
+
+    /// Takes a free address on user network `id` (see [`allocator::allocate_host`]).
+    fn allocate_network_addr(&mut self, id: NetworkId) -> Result<NetworkAddr, StateError> {
+        let used = self.used_network_addrs(id);
+        let network = self
+            .networks
+            .get_mut(&id)
+            .ok_or_else(|| StateError::UnknownNetwork(format_id(id)))?;
+        let addr = allocator::allocate_network_addr(network, &used)?;
+        Ok(NetworkAddr { network: id, addr })
     }
 
     /// The ports every service but `except` publishes.
@@ -877,6 +1138,19 @@ impl ClusterState {
     }
 }
 
+/// The network ID a resolved attachment's target holds (16 hex digits).
+///
+/// # Errors
+/// [`StateError::UnknownNetwork`] for a target that is not an ID.
+pub fn parse_network_id(target: &str) -> Result<NetworkId, StateError> {
+    if target.len() == 16
+        && let Ok(id) = u64::from_str_radix(target, 16)
+    {
+        return Ok(id);
+    }
+    Err(StateError::UnknownNetwork(target.to_string()))
+}
+
 /// Fixtures for the pure cores' tests.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing {
@@ -922,6 +1196,18 @@ pub mod testing {
         match state.apply(&Command::CreateService { spec, at_ms: 1 }) {
             Ok(Applied::Service(service)) => *service,
             other => panic!("creating a service: {other:?}"),
+        }
+    }
+
+    /// Creates the overlay network `name` with the defaults; panics if the state
+    /// refuses it.
+    pub fn create_network(state: &mut ClusterState, name: &str) -> Network {
+        match state.apply(&Command::CreateNetwork {
+            spec: NetworkSpec::new(name),
+            at_ms: 1,
+        }) {
+            Ok(Applied::Network(network)) => *network,
+            other => panic!("creating a network: {other:?}"),
         }
     }
 
@@ -1387,6 +1673,287 @@ mod tests {
             assert_eq!(task.desired, DesiredState::Remove);
             assert_eq!(task.desired_version, state.version);
             assert!(state.services.is_empty());
+        }
+    }
+
+    mod networks {
+        use super::*;
+        use mesh_api::spec::{NetworkAttachmentSpec, RuntimeKind, ServiceSpec};
+
+        fn net(state: &mut ClusterState, spec: NetworkSpec) -> Result<Network, StateError> {
+            match state.apply(&Command::CreateNetwork { spec, at_ms: 5 })? {
+                Applied::Network(n) => Ok(*n),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn on(name: &str, targets: &[&str]) -> ServiceSpec {
+            let mut spec = ServiceSpec::new(name, RuntimeKind::Process, "task-echo", vec![]);
+            spec.task.networks = targets
+                .iter()
+                .map(|t| NetworkAttachmentSpec {
+                    target: (*t).to_string(),
+                    aliases: vec![],
+                })
+                .collect();
+            spec
+        }
+
+        fn service(state: &mut ClusterState, spec: ServiceSpec) -> Result<Service, StateError> {
+            match state.apply(&Command::CreateService { spec, at_ms: 10 })? {
+                Applied::Service(s) => Ok(*s),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn update(state: &mut ClusterState, id: ServiceId, spec: ServiceSpec) -> Service {
+            match state.apply(&Command::UpdateService {
+                id,
+                spec,
+                rollback: false,
+                expected_version: None,
+                at_ms: 12,
+            }) {
+                Ok(Applied::Service(s)) => *s,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        #[test]
+        fn networks_get_distinct_subnets_and_vnis_and_refusals_change_nothing() {
+            let mut state = bootstrapped();
+            let front = net(&mut state, NetworkSpec::new("front")).unwrap();
+            let mut spec = NetworkSpec::new("back");
+            spec.subnet = Some("192.168.50.0/24".parse().unwrap());
+            let back = net(&mut state, spec).unwrap();
+            let third = net(&mut state, NetworkSpec::new("third")).unwrap();
+            assert_eq!(front.subnet.to_string(), "10.0.0.0/24");
+            assert_eq!(front.gateway, Ipv4Addr::new(10, 0, 0, 1));
+            assert_eq!(back.subnet.to_string(), "192.168.50.0/24");
+            assert_eq!(third.subnet.to_string(), "10.0.1.0/24");
+            assert_eq!([front.vni, back.vni, third.vni], [4097, 4098, 4099]);
+            assert_ne!(front.id, back.id);
+            assert_eq!(state.resolve_network("back").unwrap(), back.id);
+            assert_eq!(state.resolve_network(&format_id(back.id)).unwrap(), back.id);
+            assert_eq!(
+                state.resolve_network(&format_id(back.id)[..5]).unwrap(),
+                back.id
+            );
+            assert_eq!(state.resolve_network("ingress").unwrap(), INGRESS_ID);
+            let before = state.clone();
+            let overlapping = |subnet: &str| {
+                let mut spec = NetworkSpec::new("other");
+                spec.subnet = Some(subnet.parse().unwrap());
+                spec
+            };
+            for (bad, reason) in [
+                (
+                    NetworkSpec::new("back"),
+                    "network with name back already exists",
+                ),
+                (
+                    NetworkSpec::new("ingress"),
+                    "ingress is a pre-defined network and cannot be created",
+                ),
+                (
+                    NetworkSpec::new("host"),
+                    "host is a pre-defined network and cannot be created",
+                ),
+                (
+                    overlapping("192.168.50.128/25"),
+                    "subnet 192.168.50.128/25 overlaps network back's subnet 192.168.50.0/24",
+                ),
+                (
+                    overlapping("10.255.7.0/24"),
+                    "overlaps network ingress's subnet 10.255.0.0/16",
+                ),
+                (NetworkSpec::new("bad name"), "invalid network name"),
+            ] {
+                let err = net(&mut state, bad).unwrap_err().to_string();
+                assert!(err.contains(reason), "{err}");
+                assert_eq!(state, before);
+            }
+            // A freed VNI and subnet are taken again.
+            state
+                .apply(&Command::RemoveNetwork { id: front.id })
+                .unwrap();
+            let again = net(&mut state, NetworkSpec::new("again")).unwrap();
+            assert_eq!((again.subnet, again.vni), (front.subnet, front.vni));
+        }
+
+        #[test]
+        fn a_service_on_networks_gets_a_vip_on_each_and_its_tasks_an_address() {
+            let mut state = bootstrapped();
+            let back = net(&mut state, NetworkSpec::new("back")).unwrap();
+            let front = net(&mut state, NetworkSpec::new("front")).unwrap();
+            let api = service(&mut state, on("api", &["back", &format_id(front.id)[..6]])).unwrap();
+            let targets: Vec<_> = api.spec.task.networks.iter().map(|a| &a.target).collect();
+            assert_eq!(targets, [&format_id(back.id), &format_id(front.id)]);
+            assert_eq!(api.endpoint.vip, None);
+            assert_eq!(api.endpoint.vips.len(), 2);
+            assert_eq!(api.endpoint.vips[0].network, back.id);
+            assert_eq!(api.endpoint.vips[0].addr, Ipv4Addr::new(10, 0, 0, 2));
+            assert_eq!(api.endpoint.vips[1].addr, Ipv4Addr::new(10, 0, 1, 2));
+            let mut dnsrr = on("rr", &["back"]);
+            dnsrr.endpoint.mode = EndpointMode::Dnsrr;
+            let rr = service(&mut state, dnsrr).unwrap();
+            assert_eq!((rr.endpoint.vip, rr.endpoint.vips.len()), (None, 0));
+            // Tasks: one address per network, in the spec's order, all distinct.
+            let create = (1..=2)
+                .map(|slot| NewTask {
+                    service: api.id,
+                    slot,
+                    node: Some(0xaa00),
+                    message: String::new(),
+                })
+                .collect();
+            let Applied::Tasks(ids) = state
+                .apply(&Command::ChangeTasks {
+                    create,
+                    update: vec![],
+                    delete: vec![],
+                    at_ms: 11,
+                })
+                .unwrap()
+            else {
+                panic!()
+            };
+            let t1 = &state.tasks[&ids[0]];
+            let t2 = &state.tasks[&ids[1]];
+            assert_eq!(t1.networks[0].network, back.id);
+            assert_eq!(t1.networks[1].network, front.id);
+            assert_eq!(t1.networks[0].addr, Ipv4Addr::new(10, 0, 0, 3));
+            assert_eq!(t2.networks[0].addr, Ipv4Addr::new(10, 0, 0, 4));
+            assert!(t1.addr.is_some(), "every task keeps its ingress address");
+            // Bad attachments are refused and change nothing.
+            let before = state.clone();
+            for (bad, reason) in [
+                (on("x", &["nope"]), "network nope not found"),
+                (
+                    on("x", &["ingress"]),
+                    "service cannot be explicitly attached to the ingress network",
+                ),
+                (
+                    on("x", &["back", &format_id(back.id)]),
+                    "network back is given twice",
+                ),
+            ] {
+                let err = service(&mut state, bad).unwrap_err().to_string();
+                assert!(err.contains(reason), "{err}");
+                assert_eq!(state, before);
+            }
+        }
+
+        #[test]
+        fn updates_keep_allocate_and_free_vips() {
+            let mut state = bootstrapped();
+            let back = net(&mut state, NetworkSpec::new("back")).unwrap();
+            let front = net(&mut state, NetworkSpec::new("front")).unwrap();
+            let plain = service(&mut state, on("api", &[])).unwrap();
+            assert!(plain.endpoint.vip.is_some());
+            // Joining a network: the ingress VIP goes, one on back comes.
+            let joined = update(&mut state, plain.id, on("api", &["back"]));
+            assert_eq!(joined.endpoint.vip, None);
+            assert_eq!(joined.endpoint.vips[0].network, back.id);
+            assert!(joined.update_status.is_some(), "a rolling update");
+            // Adding front keeps back's VIP (the stored spec holds the ID).
+            let mut both = joined.spec.clone();
+            both.task.networks.push(NetworkAttachmentSpec {
+                target: "front".into(),
+                aliases: vec!["web".into()],
+            });
+            let both = update(&mut state, plain.id, both);
+            assert_eq!(both.endpoint.vips[0], joined.endpoint.vips[0]);
+            assert_eq!(both.endpoint.vips[1].network, front.id);
+            // Removing back frees its VIP; dnsrr frees them all, vip gets them back.
+            let mut only_front = both.spec.clone();
+            only_front.task.networks.remove(0);
+            let only_front = update(&mut state, plain.id, only_front);
+            assert_eq!(only_front.endpoint.vips, vec![both.endpoint.vips[1]]);
+            assert!(
+                !state
+                    .used_network_addrs(back.id)
+                    .contains(&joined.endpoint.vips[0].addr)
+            );
+            let mut rr = only_front.spec.clone();
+            rr.endpoint.mode = EndpointMode::Dnsrr;
+            let rr = update(&mut state, plain.id, rr);
+            assert!(rr.endpoint.vips.is_empty() && rr.endpoint.vip.is_none());
+            assert!(state.used_network_addrs(front.id).is_empty());
+            let mut vip = rr.spec.clone();
+            vip.endpoint.mode = EndpointMode::Vip;
+            assert_eq!(update(&mut state, plain.id, vip).endpoint.vips.len(), 1);
+        }
+
+        #[test]
+        fn a_network_in_use_is_not_removed() {
+            let mut state = bootstrapped();
+            let back = net(&mut state, NetworkSpec::new("back")).unwrap();
+            let api = service(&mut state, on("api", &["back"])).unwrap();
+            let before = state.clone();
+            let remove = Command::RemoveNetwork { id: back.id };
+            assert_eq!(
+                state.apply(&remove).unwrap_err().to_string(),
+                "network back is in use by service api"
+            );
+            assert_eq!(state, before);
+            // Leaving it: the previous spec (a rollback's target) still holds it.
+            update(&mut state, api.id, on("api", &[]));
+            assert_eq!(
+                state.apply(&remove).unwrap_err().to_string(),
+                "network back is in use by service api (its previous spec, which a rollback \
+                 returns to)"
+            );
+            update(&mut state, api.id, on("api", &["back"]));
+            let Applied::Tasks(ids) = state
+                .apply(&Command::ChangeTasks {
+                    create: vec![NewTask {
+                        service: api.id,
+                        slot: 1,
+                        node: Some(0xaa00),
+                        message: String::new(),
+                    }],
+                    update: vec![],
+                    delete: vec![],
+                    at_ms: 13,
+                })
+                .unwrap()
+            else {
+                panic!()
+            };
+            state
+                .apply(&Command::RemoveService {
+                    id: api.id,
+                    at_ms: 14,
+                })
+                .unwrap();
+            // Its task has not stopped yet.
+            assert_eq!(
+                state.apply(&remove).unwrap_err().to_string(),
+                "network back is in use by task 0000000000000000.1"
+                    .replace("0000000000000000", &format_id(api.id))
+            );
+            state
+                .apply(&Command::ReportTasks {
+                    node: 0xaa00,
+                    reports: vec![(ids[0], TaskStatus::new(TaskState::Shutdown, "", 15))],
+                })
+                .unwrap();
+            state.apply(&remove).unwrap();
+            assert!(state.networks.is_empty());
+            assert!(matches!(
+                state.apply(&remove),
+                Err(StateError::UnknownNetwork(_))
+            ));
+        }
+
+        #[test]
+        fn a_snapshot_from_before_networks_loads() {
+            let state = bootstrapped();
+            let mut json = serde_json::to_value(&state).unwrap();
+            json.as_object_mut().unwrap().remove("networks");
+            let loaded: ClusterState = serde_json::from_value(json).unwrap();
+            assert_eq!(loaded, state);
         }
     }
 }

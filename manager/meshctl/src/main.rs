@@ -18,6 +18,7 @@ use meshctl::cli::table;
 use rpc::rpc;
 use tonic::transport::Channel;
 
+mod network;
 mod rpc;
 mod service;
 
@@ -57,6 +58,9 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +268,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(command) => node(&cli, command).await,
         Command::Service(command) => service::run(&mut control(&cli).await?, command).await,
+        Command::Network(command) => network::run(&mut control(&cli).await?, command).await,
     }
 }
 

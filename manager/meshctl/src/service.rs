@@ -18,6 +18,7 @@ use meshctl::cli::view::{self, ServiceRow, TaskRow};
 use tonic::transport::Channel;
 
 use meshctl::cli::format::Format;
+use meshctl::cli::network;
 
 use crate::rpc::rpc;
 
@@ -377,11 +378,23 @@ pub(crate) async fn run(
             for name in services {
                 rows.push(inspect(control, name).await?);
             }
+            let networks = crate::network::list(control).await?;
             if *pretty {
-                let texts: Vec<String> = rows.iter().map(view::pretty_service).collect();
+                let texts: Vec<String> = rows
+                    .iter()
+                    .map(|r| view::pretty_service(r, &networks))
+                    .collect();
                 print!("{}", texts.join("\n"));
             } else {
-                let list: Vec<&Service> = rows.iter().map(|r| &r.service).collect();
+                let list = rows
+                    .iter()
+                    .map(|r| {
+                        // The record, with docker's `Endpoint.VirtualIPs` beside it.
+                        let mut v = serde_json::to_value(&r.service)?;
+                        v["Endpoint"] = network::service_endpoint_json(&r.service, &networks);
+                        Ok(v)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 println!("{}", serde_json::to_string_pretty(&list)?);
             }
         }
@@ -472,7 +485,18 @@ pub(crate) async fn run(
 async fn service_update(control: &mut ControlClient<Channel>, flags: &UpdateFlags) -> Result<()> {
     let current = inspect(control, &flags.service).await?.service;
     let mut spec = current.spec.clone();
-    flags.apply(&mut spec)?;
+    // The spec holds network IDs: resolve the names the flags give first, as docker's
+    // CLI does.
+    let mut ids = BTreeMap::new();
+    for name in flags.network_names()? {
+        let id = format_id(crate::network::inspect(control, &name).await?.id);
+        ids.insert(name, id);
+    }
+    flags.apply_with(&mut spec, &|name| {
+        ids.get(name)
+            .cloned()
+            .ok_or_else(|| flags::FlagError::new(format!("network {name} not found")))
+    })?;
     if flags.rollback {
         if spec != current.spec {
             bail!("--rollback can't be combined with other changes");

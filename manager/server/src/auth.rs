@@ -507,6 +507,36 @@ mod tests {
         ) -> Result<Response<Self::ServiceLogsStream>, Status> {
             unimplemented()
         }
+        async fn create_network(
+            &self,
+            _: Request<proto::CreateNetworkRequest>,
+        ) -> Result<Response<proto::NetworkReply>, Status> {
+            unimplemented()
+        }
+        async fn list_networks(
+            &self,
+            _: Request<proto::ListNetworksRequest>,
+        ) -> Result<Response<proto::ListNetworksResponse>, Status> {
+            unimplemented()
+        }
+        async fn inspect_network(
+            &self,
+            _: Request<proto::NetworkRef>,
+        ) -> Result<Response<proto::NetworkReply>, Status> {
+            unimplemented()
+        }
+        async fn remove_network(
+            &self,
+            _: Request<proto::NetworkRef>,
+        ) -> Result<Response<proto::RemoveNetworkResponse>, Status> {
+            unimplemented()
+        }
+        async fn prune_networks(
+            &self,
+            _: Request<proto::PruneNetworksRequest>,
+        ) -> Result<Response<proto::PruneNetworksResponse>, Status> {
+            unimplemented()
+        }
     }
 
     /// Serves `Join` behind [`AnyNode`] and `Control` behind [`ManagerOnly`]
@@ -607,6 +637,26 @@ mod tests {
             status.message(),
             "node 00000000000000b2 is a worker; this call requires a manager"
         );
+        // The network calls are `Control`'s: a worker may not create or remove one; a
+        // manager's call reaches the service (a stub here).
+        for (identity, code) in [
+            (&worker, Code::PermissionDenied),
+            (&manager, Code::Unimplemented),
+        ] {
+            let channel = connect(addr, &ca, Some(identity)).await.unwrap();
+            let mut control = proto::control_client::ControlClient::new(channel);
+            let spec = mesh_api::network::NetworkSpec::new("back");
+            let created = control
+                .create_network(proto::CreateNetworkRequest::new(&spec))
+                .await
+                .unwrap_err();
+            assert_eq!(created.code(), code, "{created:?}");
+            let removed = control
+                .prune_networks(proto::PruneNetworksRequest {})
+                .await
+                .unwrap_err();
+            assert_eq!(removed.code(), code, "{removed:?}");
+        }
 
         // No certificate: in at the TLS layer, refused per call.
         for status in [

@@ -22,6 +22,14 @@ impl From<SpecError> for FlagError {
     }
 }
 
+impl FlagError {
+    /// A refusal worded for the user.
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 fn refuse<T>(message: impl Into<String>) -> Result<T, FlagError> {
     Err(FlagError(message.into()))
 }
@@ -343,6 +351,9 @@ pub struct CreateFlags {
     /// Endpoint mode: vip or dnsrr.
     #[arg(long, value_name = "MODE")]
     pub endpoint_mode: Option<String>,
+    /// Network attachment: NAME, or name=NAME[,alias=ALIAS...] (repeatable).
+    #[arg(long, value_name = "NETWORK")]
+    pub network: Vec<String>,
     #[command(flatten)]
     pub policy: PolicyFlags,
     #[command(flatten)]
@@ -428,6 +439,11 @@ impl CreateFlags {
             spec.endpoint.mode = mode.parse::<EndpointMode>()?;
         }
         spec.constraints = parse_all("constraint", &self.constraint)?;
+        spec.task.networks = self
+            .network
+            .iter()
+            .map(|v| super::network::parse_attachment(v))
+            .collect::<Result<_, _>>()?;
         spec.task.env.clone_from(&self.env);
         for value in &self.label {
             let (k, v) = label("label", value)?;
@@ -480,6 +496,12 @@ pub struct UpdateFlags {
     /// Endpoint mode: vip or dnsrr.
     #[arg(long, value_name = "MODE")]
     pub endpoint_mode: Option<String>,
+    /// Add a network: NAME, or name=NAME[,alias=ALIAS...].
+    #[arg(long, value_name = "NETWORK")]
+    pub network_add: Vec<String>,
+    /// Remove a network (name or ID).
+    #[arg(long, value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
     /// Replace every task even if nothing changed.
     #[arg(long)]
     pub force: bool,
@@ -620,11 +642,62 @@ pub fn publish_rm(spec: &mut ServiceSpec, values: &[String]) -> Result<(), FlagE
 }
 
 impl UpdateFlags {
-    /// Changes `spec` as the flags ask, and validates the result.
+    /// The networks `--network-add` and `--network-rm` name, for the caller to resolve
+    /// to their IDs (the spec holds IDs) before [`UpdateFlags::apply_with`].
+    ///
+    /// # Errors
+    /// A malformed `--network-add`.
+    pub fn network_names(&self) -> Result<Vec<String>, FlagError> {
+        let mut names: Vec<String> = self.network_rm.clone();
+        for value in &self.network_add {
+            names.push(super::network::parse_attachment(value)?.target);
+        }
+        Ok(names)
+    }
+
+    /// Changes `spec` as the flags ask, and validates the result; network names are
+    /// taken as given (see [`UpdateFlags::apply_with`]).
     ///
     /// # Errors
     /// The first malformed flag, or what [`ServiceSpec::validate`] refuses.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), FlagError> {
+        self.apply_with(spec, &|name| Ok(name.to_string()))
+    }
+
+    /// [`UpdateFlags::apply`], with `network_id` giving the ID of each network
+    /// `--network-add` and `--network-rm` name, as docker's CLI resolves them: a network
+    /// already joined is refused, and so is removing one the service is not on.
+    ///
+    /// # Errors
+    /// As [`UpdateFlags::apply`], and what `network_id` refuses.
+    pub fn apply_with(
+        &self,
+        spec: &mut ServiceSpec,
+        network_id: &dyn Fn(&str) -> Result<String, FlagError>,
+    ) -> Result<(), FlagError> {
+        for name in &self.network_rm {
+            let id = network_id(name)?;
+            let before = spec.task.networks.len();
+            spec.task.networks.retain(|a| a.target != id);
+            if spec.task.networks.len() == before {
+                return refuse(format!(
+                    "--network-rm: service {} is not attached to network {name}",
+                    spec.name
+                ));
+            }
+        }
+        for value in &self.network_add {
+            let mut attachment = super::network::parse_attachment(value)?;
+            let id = network_id(&attachment.target)?;
+            if spec.task.networks.iter().any(|a| a.target == id) {
+                return refuse(format!(
+                    "service is already attached to network {}",
+                    attachment.target
+                ));
+            }
+            attachment.target = id;
+            spec.task.networks.push(attachment);
+        }
         if let Some(image) = &self.image {
             spec.task.image.clone_from(image);
         }
@@ -1060,6 +1133,78 @@ mod tests {
             vec!["a b", "c \"d\"", ""]
         );
         assert!(split_args("trailing\\").is_err());
+    }
+
+    #[test]
+    fn networks_are_added_and_removed_by_id() {
+        let spec = create(&[
+            "--name",
+            "api",
+            "--network",
+            "back",
+            "--network",
+            "name=front,alias=web",
+            "task-echo",
+        ])
+        .unwrap();
+        let targets: Vec<_> = spec
+            .task
+            .networks
+            .iter()
+            .map(|a| a.target.as_str())
+            .collect();
+        assert_eq!(targets, ["back", "front"]);
+        assert_eq!(spec.task.networks[1].aliases, ["web"]);
+        let err = create(&["--network", "name=back,alias=not_valid-", "task-echo"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alias"), "{err}");
+        // The stored spec holds IDs; names are resolved to them first.
+        let mut stored = spec.clone();
+        stored.task.networks[0].target = "00000000000000b0".into();
+        stored.task.networks[1].target = "00000000000000f0".into();
+        let ids = |name: &str| match name {
+            "back" => Ok("00000000000000b0".to_string()),
+            "front" => Ok("00000000000000f0".to_string()),
+            "mid" => Ok("00000000000000a0".to_string()),
+            other => Err(FlagError::new(format!("network {other} not found"))),
+        };
+        let cli = |args: &[&str]| {
+            Update::try_parse_from(
+                std::iter::once("update")
+                    .chain(args.iter().copied())
+                    .chain(["api"]),
+            )
+            .unwrap()
+            .flags
+        };
+        let flags = cli(&["--network-rm", "back", "--network-add", "name=mid,alias=m"]);
+        assert_eq!(flags.network_names().unwrap(), ["back", "mid"]);
+        let mut changed = stored.clone();
+        flags.apply_with(&mut changed, &ids).unwrap();
+        let targets: Vec<_> = changed
+            .task
+            .networks
+            .iter()
+            .map(|a| a.target.as_str())
+            .collect();
+        assert_eq!(targets, ["00000000000000f0", "00000000000000a0"]);
+        assert_ne!(changed.task, stored.task, "a rolling update");
+        for (args, reason) in [
+            (
+                &["--network-add", "front"][..],
+                "already attached to network front",
+            ),
+            (&["--network-rm", "mid"], "is not attached to network mid"),
+            (&["--network-add", "nope"], "network nope not found"),
+        ] {
+            let mut spec = stored.clone();
+            let err = cli(args)
+                .apply_with(&mut spec, &ids)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(reason), "{args:?}: {err}");
+        }
     }
 
     #[test]

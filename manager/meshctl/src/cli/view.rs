@@ -348,7 +348,7 @@ fn pace(out: &mut String, title: &str, what: &str, c: &UpdateConfig) {
 
 /// `service inspect --pretty`: docker's summary of a service.
 #[must_use]
-pub fn pretty_service(row: &ServiceRow) -> String {
+pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkInfo]) -> String {
     let s = &row.service;
     let spec = &s.spec;
     let mut out = String::new();
@@ -441,9 +441,27 @@ pub fn pretty_service(row: &ServiceRow) -> String {
     if r.window_ms > 0 {
         let _ = writeln!(out, " Window:\t{}", format_duration_ms(r.window_ms));
     }
+    if !task.networks.is_empty() {
+        let _ = writeln!(out, "Networks:");
+        for a in &task.networks {
+            let name = super::network::network_name(networks, &a.target);
+            if a.aliases.is_empty() {
+                let _ = writeln!(out, " {name}");
+            } else {
+                let _ = writeln!(out, " {name} (aliases: {})", a.aliases.join(", "));
+            }
+        }
+    }
     let _ = writeln!(out, "Endpoint Mode:\t{}", spec.endpoint.mode);
     if let Some(vip) = s.endpoint.vip {
         let _ = writeln!(out, "Virtual IP:\t{vip}");
+    }
+    if !s.endpoint.vips.is_empty() {
+        let _ = writeln!(out, "Virtual IPs:");
+        for v in &s.endpoint.vips {
+            let name = super::network::network_name(networks, &format_id(v.network));
+            let _ = writeln!(out, " {name}:\t{}", v.addr);
+        }
     }
     let ports = if s.endpoint.ports.is_empty() {
         &spec.endpoint.ports
@@ -655,11 +673,14 @@ mod tests {
     fn pretty_inspect_names_the_essentials() {
         let mut s = web();
         s.spec.constraints = vec!["node.labels.zone==a".parse().unwrap()];
-        let text = pretty_service(&ServiceRow {
-            service: s,
-            running: 1,
-            desired: 3,
-        });
+        let text = pretty_service(
+            &ServiceRow {
+                service: s.clone(),
+                running: 1,
+                desired: 3,
+            },
+            &[],
+        );
         for wanted in [
             "Name:               web",
             " Replicas:          3",
@@ -673,5 +694,45 @@ mod tests {
         ] {
             assert!(text.contains(wanted), "{wanted:?} missing in\n{text}");
         }
+        // On a network: its name and aliases, and the VIP there.
+        let back = mesh_api::network::NetworkInfo {
+            id: 0xb0,
+            name: "back".into(),
+            driver: "overlay".into(),
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: None,
+            vni: 4097,
+            ingress: false,
+            internal: false,
+            attachable: false,
+            labels: std::collections::BTreeMap::new(),
+            created_at_ms: 0,
+            services: vec![],
+            tasks: vec![],
+        };
+        s.spec.task.networks = vec![mesh_api::spec::NetworkAttachmentSpec {
+            target: format_id(0xb0),
+            aliases: vec!["db".into()],
+        }];
+        s.endpoint.vip = None;
+        s.endpoint.vips = vec![mesh_api::network::NetworkAddr {
+            network: 0xb0,
+            addr: "10.0.1.2".parse().unwrap(),
+        }];
+        let row = ServiceRow {
+            service: s,
+            running: 1,
+            desired: 3,
+        };
+        let text = pretty_service(&row, std::slice::from_ref(&back));
+        for wanted in [
+            "Networks:",
+            " back (aliases: db)",
+            "Virtual IPs:",
+            " back:              10.0.1.2",
+        ] {
+            assert!(text.contains(wanted), "{wanted:?} missing in\n{text}");
+        }
+        assert!(!text.contains("Virtual IP:"), "{text}");
     }
 }

@@ -1,5 +1,5 @@
 //! The operator's API (`meshctl`): cluster info, join tokens, nodes,
-//! services and their tasks.
+//! services and their tasks, overlay networks.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +15,7 @@ use mesh_api::task::{DesiredState, Task, TaskState};
 use mesh_api::time::{now_ms, rfc3339};
 use mesh_api::wire::WireError;
 use mesh_client::{connect, pki};
+use mesh_core::network_info;
 use mesh_core::scheduler;
 use mesh_core::state::{Applied, ClusterState, Command};
 
@@ -246,6 +247,22 @@ fn expect_service(applied: Applied) -> Result<Service, Status> {
     }
 }
 
+fn expect_network(applied: Applied) -> Result<mesh_api::network::Network, Status> {
+    match applied {
+        Applied::Network(network) => Ok(*network),
+        _ => Err(Status::internal("the state machine returned no network")),
+    }
+}
+
+/// The API's view of network `id` (user or ingress).
+fn network_reply(
+    state: &ClusterState,
+    id: mesh_api::network::NetworkId,
+) -> Result<proto::NetworkReply, Status> {
+    let info = network_info::network_info(state, id).map_err(state_status)?;
+    Ok(proto::NetworkReply::new(&info))
+}
+
 /// Tasks of `service` running now, and tasks it wants: its replicas, or for
 /// a global service its live tasks or its eligible nodes, whichever is more.
 #[must_use]
@@ -450,6 +467,106 @@ impl Control for ControlService {
         request: Request<proto::ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         super::logs::service_logs(&self.manager, request.into_inner()).await
+    }
+
+    async fn create_network(
+        &self,
+        request: Request<proto::CreateNetworkRequest>,
+    ) -> Result<Response<proto::NetworkReply>, Status> {
+        let spec = request
+            .get_ref()
+            .spec()
+            .map_err(|e| Status::invalid_argument(format!("invalid network spec: {}", e.source)))?;
+        self.manager.require_quorum()?;
+        let network = expect_network(
+            self.manager
+                .commit(Command::CreateNetwork {
+                    spec,
+                    at_ms: now_ms(),
+                })
+                .await?,
+        )?;
+        let state = self.manager.read_unchecked();
+        Ok(Response::new(network_reply(&state, network.id)?))
+    }
+
+    async fn list_networks(
+        &self,
+        _request: Request<proto::ListNetworksRequest>,
+    ) -> Result<Response<proto::ListNetworksResponse>, Status> {
+        let state = self.manager.read()?;
+        let networks = network_info::all(&state)
+            .iter()
+            .map(proto::NetworkReply::new)
+            .collect();
+        Ok(Response::new(proto::ListNetworksResponse { networks }))
+    }
+
+    async fn inspect_network(
+        &self,
+        request: Request<proto::NetworkRef>,
+    ) -> Result<Response<proto::NetworkReply>, Status> {
+        let state = self.manager.read()?;
+        let id = state
+            .resolve_network(&request.get_ref().name)
+            .map_err(state_status)?;
+        Ok(Response::new(network_reply(&state, id)?))
+    }
+
+    async fn remove_network(
+        &self,
+        request: Request<proto::NetworkRef>,
+    ) -> Result<Response<proto::RemoveNetworkResponse>, Status> {
+        let (id, name) = {
+            let state = self.manager.read()?;
+            let id = state
+                .resolve_network(&request.get_ref().name)
+                .map_err(state_status)?;
+            if id == mesh_api::network::INGRESS_ID {
+                return Err(Status::failed_precondition(
+                    "ingress is a pre-defined network and cannot be removed",
+                ));
+            }
+            (id, state.network_name(id))
+        };
+        self.manager.commit(Command::RemoveNetwork { id }).await?;
+        Ok(Response::new(proto::RemoveNetworkResponse {
+            id: format_id(id),
+            name,
+        }))
+    }
+
+    async fn prune_networks(
+        &self,
+        _request: Request<proto::PruneNetworksRequest>,
+    ) -> Result<Response<proto::PruneNetworksResponse>, Status> {
+        self.manager.require_quorum()?;
+        let unused: Vec<(mesh_api::network::NetworkId, String)> = {
+            let state = self.manager.read()?;
+            let mut unused: Vec<_> = state
+                .networks
+                .values()
+                .filter(|n| state.network_user(n.id).is_none())
+                .map(|n| (n.id, n.spec.name.clone()))
+                .collect();
+            unused.sort_by(|a, b| a.1.cmp(&b.1));
+            unused
+        };
+        let mut removed = Vec::with_capacity(unused.len());
+        for (id, name) in unused {
+            // A network a service joined since it was read stays: the state machine
+            // refuses its removal, and prune moves on.
+            match self.manager.commit(Command::RemoveNetwork { id }).await {
+                Ok(_) => removed.push(name),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                    ) => {}
+                Err(status) => return Err(status),
+            }
+        }
+        Ok(Response::new(proto::PruneNetworksResponse { removed }))
     }
 
     async fn info(

@@ -324,20 +324,24 @@ pub fn state_status(err: impl Into<StateError>) -> Status {
     let err = err.into();
     let message = err.to_string();
     match err {
-        StateError::UnknownNode(_) | StateError::UnknownService(_) | StateError::UnknownTask(_) => {
-            Status::not_found(message)
-        }
+        StateError::UnknownNode(_)
+        | StateError::UnknownService(_)
+        | StateError::UnknownTask(_)
+        | StateError::UnknownNetwork(_) => Status::not_found(message),
         StateError::AmbiguousNode(..)
         | StateError::AmbiguousService(..)
+        | StateError::AmbiguousNetwork(..)
         | StateError::Invalid(_) => Status::invalid_argument(message),
         StateError::LastManager(_)
         | StateError::ManagerStillMember(_)
         | StateError::NodeNotDown(_)
         | StateError::OutOfSequence { .. }
+        | StateError::NetworkInUse { .. }
         | StateError::NotBootstrapped => Status::failed_precondition(message),
         StateError::AlreadyBootstrapped
         | StateError::NodeExists(_)
-        | StateError::ServiceExists(_) => Status::already_exists(message),
+        | StateError::ServiceExists(_)
+        | StateError::NetworkExists(_) => Status::already_exists(message),
         StateError::Capacity(_) => Status::resource_exhausted(message),
     }
 }
