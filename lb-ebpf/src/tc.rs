@@ -72,7 +72,7 @@ pub(crate) fn handle(ctx: &TcContext) -> i32 {
                         NatKind::Dnat => decision.rewrite.addr,
                         _ => pkt.key.dst_addr,
                     };
-                    encapsulate(ctx, cfg, &pkt, next.node, inner_dst)
+                    encapsulate(ctx, cfg, &pkt, next.node, next.wire_vni(cfg), inner_dst)
                 }
                 NextKind::Underlay => redirect_underlay(cfg),
             }
@@ -148,14 +148,15 @@ struct Tunnel {
     inner_type: [u8; 2],
 }
 
-/// VXLAN-encapsulates towards the peer at `node` and sends it out of the underlay;
-/// `inner_dst` is the packet's destination after its rewrite.
+/// VXLAN-encapsulates towards the peer at `node` on `vni` and sends it out of the
+/// underlay; `inner_dst` is the packet's destination after its rewrite.
 #[inline(always)]
 fn encapsulate(
     ctx: &TcContext,
     cfg: &NodeConfig,
     pkt: &Ipv4Packet,
     node: u32,
+    vni: u32,
     inner_dst: u32,
 ) -> i32 {
     // SAFETY: reading a plain field of the context.
@@ -165,7 +166,7 @@ fn encapsulate(
         return drop(DropReason::TooBig);
     }
     let t = Tunnel {
-        tunnel: vxlan::tunnel_header(cfg, node, pkt),
+        tunnel: vxlan::tunnel_header(cfg, node, vni, pkt),
         inner_dst: task_mac(u32::from_be(inner_dst)),
         inner_src: cfg.mac,
         inner_type: 0x0800_u16.to_be_bytes(),
