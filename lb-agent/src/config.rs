@@ -860,6 +860,28 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
     }
 
     #[test]
+    fn vnis_default_to_the_nodes_and_a_user_network_is_given_whole() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.endpoint_vni(&c.endpoints[0]), 4096);
+        assert_eq!(c.service_vni(&c.services[0]), 4096);
+        // Both endpoints and the service moved to a user network's VNI: valid.
+        let text = EXAMPLE
+            .replace("iface = \"vweb1\"", "iface = \"vweb1\"\nvni = 4097")
+            .replace("node = \"node2\"\n", "node = \"node2\"\nvni = 4097\n")
+            .replace("name = \"web\"", "name = \"web\"\nvni = 4097");
+        let c = Config::from_toml(&text).unwrap();
+        c.validate(&host()).unwrap();
+        assert_eq!(
+            c.endpoints
+                .iter()
+                .map(|e| c.endpoint_vni(e))
+                .collect::<Vec<_>>(),
+            [4097, 4097]
+        );
+        assert_eq!(c.service_vni(&c.services[0]), 4097);
+    }
+
+    #[test]
     fn deploy_example_is_valid() {
         let c = Config::from_toml(include_str!("../../deploy/agent.example.toml")).unwrap();
         c.validate(&host()).unwrap();
@@ -930,6 +952,23 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
                 "multicast",
             ),
             (Box::new(|c| c.node.vni = 1 << 24), "node.vni"),
+            (
+                Box::new(|c| c.endpoints[0].vni = Some(1 << 24)),
+                "vni 16777216 is not in 0..16777216",
+            ),
+            (
+                Box::new(|c| c.endpoints[0].vni = Some(4097)),
+                "its backend \"web.1\" on vni 4097",
+            ),
+            (
+                Box::new(|c| {
+                    c.services[0].vni = Some(0);
+                    for e in &mut c.endpoints {
+                        e.vni = Some(0);
+                    }
+                }),
+                "has a VIP on vni 0",
+            ),
             (
                 Box::new(|c| {
                     let b = c.services[0].backends[0].clone();

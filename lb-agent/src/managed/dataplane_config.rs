@@ -25,8 +25,9 @@
 //!   a task's flow to one network's VIP is balanced, NATed and counted apart.
 //! - Endpoints carry their network's VNI: none given (the ingress VNI) for a service
 //!   on the default network, 0 for a routing-mesh-only ingress address, the
-//!   network's VNI for an address on a user network (`<task endpoint>@<network>`,
-//!   behind the host side of that network's veth when local).
+//!   network's VNI for an address on a user network (`<task name>@<network>.<task
+//!   id>`, so the metric label is `web.1@front`; behind the host side of that
+//!   network's veth when local).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -115,7 +116,7 @@ pub fn config(
         }
         for (na, iface) in task.networks.iter().zip(ifaces.iter().skip(1)) {
             if let Some(net) = networks.get(&na.network) {
-                let name = format!("{name}@{}", net.spec.name);
+                let name = endpoint_name(&format!("{}@{}", task.name, net.spec.name), task.id);
                 let key = (task.id, Some(na.network));
                 endpoints.add(key, &name, na.addr, &here, Some(iface), Some(net.vni));
             }
@@ -133,7 +134,8 @@ pub fn config(
             endpoints.add((backend.task, None), &name, backend.addr, &there, None, vni);
             for na in &backend.networks {
                 if let Some(net) = networks.get(&na.network) {
-                    let name = format!("{name}@{}", net.spec.name);
+                    let name =
+                        endpoint_name(&format!("{}@{}", backend.name, net.spec.name), backend.task);
                     let key = (backend.task, Some(na.network));
                     endpoints.add(key, &name, na.addr, &there, None, Some(net.vni));
                 }
@@ -731,30 +733,28 @@ mod tests {
             let a = assignment();
             let c = config(&base(), &a, &local());
             c.validate(&host()).expect("a valid configuration");
-            let api5 = "api.1.0000000000000005";
-            let api6 = "api.1.0000000000000006";
             let cases = [
                 (
-                    api5.to_owned(),
+                    "api.1.0000000000000005",
                     "veth-5",
                     Some(0),
                     Ipv4Addr::new(10, 255, 0, 5),
                 ),
                 (
-                    format!("{api5}@front"),
+                    "api.1@front.0000000000000005",
                     "veth-5a",
                     Some(4097),
                     on(FRONT, 5).addr,
                 ),
                 (
-                    format!("{api5}@back"),
+                    "api.1@back.0000000000000005",
                     "veth-5b",
                     Some(4098),
                     on(BACK, 5).addr,
                 ),
             ];
             for (name, iface, vni, addr) in cases {
-                let e = endpoint(&c, &name);
+                let e = endpoint(&c, name);
                 assert_eq!(
                     (e.iface.as_deref(), e.vni, e.address, e.node.as_str()),
                     (Some(iface), vni, addr, "000000000000000a"),
@@ -762,11 +762,19 @@ mod tests {
                 );
             }
             for (name, vni, addr) in [
-                (api6.to_owned(), Some(0), Ipv4Addr::new(10, 255, 0, 6)),
-                (format!("{api6}@front"), Some(4097), on(FRONT, 6).addr),
-                (format!("{api6}@back"), Some(4098), on(BACK, 6).addr),
+                (
+                    "api.1.0000000000000006",
+                    Some(0),
+                    Ipv4Addr::new(10, 255, 0, 6),
+                ),
+                (
+                    "api.1@front.0000000000000006",
+                    Some(4097),
+                    on(FRONT, 6).addr,
+                ),
+                ("api.1@back.0000000000000006", Some(4098), on(BACK, 6).addr),
             ] {
-                let e = endpoint(&c, &name);
+                let e = endpoint(&c, name);
                 assert_eq!(
                     (e.iface.as_deref(), e.vni, e.address, e.node.as_str()),
                     (None, vni, addr, "000000000000000b"),
@@ -797,13 +805,18 @@ mod tests {
                 assert_eq!((s.vip, s.vni), (Some(on(net, 2).addr), Some(vni)), "{name}");
                 let labels: Vec<String> = s.ports.iter().map(PortConfig::label).collect();
                 assert_eq!(labels, ["*/tcp", "*/udp"]);
-                let suffix = name.trim_start_matches("api");
+                let net = name.trim_start_matches("api@");
                 assert_eq!(
                     backend_names(s),
                     [
-                        format!("api.1.0000000000000005{suffix}"),
-                        format!("api.1.0000000000000006{suffix}")
+                        format!("api.1@{net}.0000000000000005"),
+                        format!("api.1@{net}.0000000000000006")
                     ]
+                );
+                // The metric label is the task's name on that network.
+                assert_eq!(
+                    crate::metrics::backend_label(&s.backends[0].endpoint),
+                    format!("api.1@{net}")
                 );
             }
         }
@@ -873,7 +886,7 @@ mod tests {
                     "web.3.0000000000000003",
                     "api.1.0000000000000005",
                     "api.1.0000000000000006",
-                    "api.1.0000000000000006@back",
+                    "api.1@back.0000000000000006",
                 ]
             );
         }
@@ -886,7 +899,7 @@ mod tests {
                 .iter_mut()
                 .find(|s| s.name == "api@front")
                 .unwrap();
-            front.backends[0].endpoint = "api.1.0000000000000005@back".into();
+            front.backends[0].endpoint = "api.1@back.0000000000000005".into();
             let err = c.validate(&host()).unwrap_err().to_string();
             assert!(
                 err.contains("vni 4097") && err.contains("vni 4098"),

@@ -663,6 +663,57 @@ mod tests {
     }
 
     #[test]
+    fn a_task_on_networks_is_started_with_their_subnets_and_runs_with_all_its_veths() {
+        use mesh_api::network::{NetworkAddr, NetworkSpec};
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        let front = Network {
+            id: 0xf1,
+            spec: NetworkSpec::new("front"),
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            vni: 4097,
+            cursor: 2,
+            created_at_ms: 0,
+        };
+        s.set_networks(std::slice::from_ref(&front));
+        let mut t = task(1, TaskAction::Run, None);
+        t.networks = vec![
+            NetworkAddr {
+                network: 0xf1,
+                addr: Ipv4Addr::new(10, 0, 1, 5),
+            },
+            // A network the assignment does not describe: an address, no route.
+            NetworkAddr {
+                network: 0xf9,
+                addr: Ipv4Addr::new(10, 0, 9, 5),
+            },
+        ];
+        s.assign(&[t], t0);
+        let (actions, _) = s.take();
+        let [Action::Start(config)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            config.networks,
+            [
+                TaskNetwork {
+                    addr: Ipv4Addr::new(10, 0, 1, 5),
+                    subnet: Some((Ipv4Addr::new(10, 0, 1, 0), 24)),
+                },
+                TaskNetwork {
+                    addr: Ipv4Addr::new(10, 0, 9, 5),
+                    subnet: None,
+                },
+            ]
+        );
+        let mut up = started("veth1").unwrap();
+        up.networks = vec!["m1".into(), "m2".into()];
+        s.started(1, Ok(up), t0);
+        assert_eq!(s.running_ifaces()[&1], ["veth1", "m1", "m2"]);
+    }
+
+    #[test]
     fn a_start_that_fails_is_rejected_with_the_error() {
         let t0 = Instant::now();
         let mut s = Supervisor::new(1450);
