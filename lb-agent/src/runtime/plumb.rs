@@ -91,6 +91,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlumbError {
 /// least `mesh_api::spec::MAX_NETWORKS`.
 pub const MAX_TASK_NETWORKS: usize = 9;
 
+// Every task a service may have gets names for all its networks.
+const _: () = assert!(MAX_TASK_NETWORKS >= mesh_api::spec::MAX_NETWORKS);
+
 /// The bits of a task ID its interface names carry (13 hex digits).
 const ID_MASK: u64 = 0x000f_ffff_ffff_ffff;
 
@@ -596,7 +599,6 @@ mod tests {
         }
         assert_eq!(network_host_iface(1, 0), None);
         assert_eq!(network_host_iface(1, MAX_TASK_NETWORKS + 1), None);
-        assert!(MAX_TASK_NETWORKS >= mesh_api::spec::MAX_NETWORKS);
         // Temporary names are no host sides; other interfaces are nobody's.
         assert!(!is_host_iface(&temp_iface(0x1234, 0)));
         assert_eq!(host_iface_owner("mp0000000001234"), None);
