@@ -579,33 +579,39 @@ pub(crate) fn from_underlay(
     new_flow(key, svc, tcp_flags, bytes)
 }
 
-/// The VNI of a task address this node knows ([`MESH_ONLY_VNI`] if it knows none).
+/// Whether a task may start a flow from `src`, sending on the veth `ifindex`, to
+/// something on network `vni` (a VIP, or a task address): `src` is a local task's
+/// address on that very veth (not one a task forged: a raw socket could otherwise reach
+/// any network by another task's address), both are on the same network, and not a
+/// routing-mesh-only one. Costs one endpoint lookup, paid by new flows and by
+/// task-to-task packets routed by address (which have no flow entry), never by a flow
+/// found in the flow tables.
 #[inline(always)]
-fn vni_of(addr: u32) -> u32 {
+fn same_network(src: u32, ifindex: u32, vni: u32) -> bool {
+    if vni == MESH_ONLY_VNI {
+        return false;
+    }
     // SAFETY: read-only access to the value.
-    match unsafe { LB_ENDPOINTS.get(addr) } {
-        Some(ep) => ep.vni,
-        None => MESH_ONLY_VNI,
+    match unsafe { LB_ENDPOINTS.get(src) } {
+        Some(ep) => ep.vni == vni && ep.is_local() && ep.ifindex == ifindex,
+        None => false,
     }
 }
 
-/// Whether a task may start a flow from `src` to something on network `vni` (a VIP, or
-/// a task address): both on the same network, and not a routing-mesh-only one. Costs
-/// one endpoint lookup, paid by new flows and by task-to-task packets routed by
-/// address (which have no flow entry), never by a flow found in the flow tables.
+/// A packet leaving a local task (TC on the host side of its veth, `ifindex`).
 #[inline(always)]
-fn same_network(src: u32, vni: u32) -> bool {
-    vni != MESH_ONLY_VNI && vni_of(src) == vni
-}
-
-/// A packet leaving a local task (TC on the host side of its veth).
-#[inline(always)]
-pub(crate) fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
+pub(crate) fn from_task(
+    key: &FlowKey,
+    cfg: &NodeConfig,
+    ifindex: u32,
+    tcp_flags: u8,
+    bytes: u16,
+) -> Decision {
     if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
     if let Some(svc) = find_service(key, cfg) {
-        if !same_network(key.src_addr, svc.vni) {
+        if !same_network(key.src_addr, ifindex, svc.vni) {
             return Decision::drop(DropReason::Isolation);
         }
         return new_flow(key, svc, tcp_flags, bytes);
@@ -613,7 +619,9 @@ pub(crate) fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u
     let next = route(key.dst_addr);
     match next.kind {
         NextKind::Underlay => Decision::PASS,
-        _ if !same_network(key.src_addr, next.vni) => Decision::drop(DropReason::Isolation),
+        _ if !same_network(key.src_addr, ifindex, next.vni) => {
+            Decision::drop(DropReason::Isolation)
+        }
         _ => Decision::forward(Rewrite::NONE, next, false),
     }
 }

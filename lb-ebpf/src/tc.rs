@@ -45,7 +45,9 @@ pub(crate) fn handle(ctx: &TcContext) -> i32 {
     if pkt.fragment {
         return TC_ACT_OK;
     }
-    let decision = decide::from_task(&pkt.key, cfg, pkt.tcp_flags, pkt.tot_len);
+    // SAFETY: reading a plain field of the context: the veth the packet came in on.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let decision = decide::from_task(&pkt.key, cfg, ifindex, pkt.tcp_flags, pkt.tot_len);
     match decision.verdict {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => drop(decision.reason),

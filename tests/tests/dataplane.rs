@@ -1081,6 +1081,24 @@ fn isolation_a_task_cannot_open_flows_to_another_networks_vip_or_addresses() {
 }
 
 #[test]
+fn isolation_a_task_cannot_borrow_another_tasks_address() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    // The `back` task (veth 46) forges `front` addresses: another task's, and one of a
+    // task on the peer. Neither is its own on this veth.
+    for (n, forged) in [FRONT_TASK, FRONT_REMOTE].into_iter().enumerate() {
+        let to_vip = from_task((forged, 39000), (FRONT_VIP, 80), Tcp::Syn, &[]);
+        assert_eq!(dp.run_tc_on(46, &to_vip).unwrap().0, TC_ACT_SHOT);
+        let to_task = from_task((forged, 39001), (FRONT_TASK2, 80), Tcp::Syn, &[]);
+        assert_eq!(dp.run_tc_on(46, &to_task).unwrap().0, TC_ACT_SHOT);
+        assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 2 * n as u64 + 2);
+    }
+    // From its own veth, the same packet is the front task's, and allowed.
+    let syn = from_task((FRONT_TASK, 39000), (FRONT_VIP, 80), Tcp::Syn, &[]);
+    assert_eq!(dp.run_tc_on(44, &syn).unwrap().0, TC_ACT_REDIRECT);
+}
+
+#[test]
 fn isolation_a_routing_mesh_only_address_has_no_east_west_traffic() {
     let mut dp = mesh(&[0]);
     networks_on(&mut dp, &[5], &[8]);
