@@ -153,6 +153,10 @@ pub struct EndpointConfig {
     pub iface: Option<String>,
     /// The task's MAC; default `02:42` followed by the address bytes.
     pub mac: Option<MacAddr>,
+    /// VNI of the network the address is on; default `node.vni` (the ingress network).
+    /// `0`: a routing-mesh-only address (published ports reach it, no east-west traffic
+    /// to or from it).
+    pub vni: Option<u32>,
 }
 
 /// IP protocol of a port mapping: the workspace's one `Protocol` (`tcp` or `udp` in the
@@ -172,6 +176,10 @@ pub struct ServiceConfig {
     /// Backends, by endpoint name.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// VNI of the network of its VIP and backends; default `node.vni` (the ingress
+    /// network). Every backend's endpoint must be on it. `0`: published ports balanced
+    /// to routing-mesh-only addresses (no VIP then); tasks cannot open flows to it.
+    pub vni: Option<u32>,
 }
 
 /// A port mapping of a service.
@@ -425,6 +433,18 @@ impl Config {
         node == self.node.name
     }
 
+    /// The VNI of an endpoint's network (its own, or the ingress network's).
+    #[must_use]
+    pub fn endpoint_vni(&self, ep: &EndpointConfig) -> u32 {
+        ep.vni.unwrap_or(self.node.vni)
+    }
+
+    /// The VNI of a service's network (its own, or the ingress network's).
+    #[must_use]
+    pub fn service_vni(&self, svc: &ServiceConfig) -> u32 {
+        svc.vni.unwrap_or(self.node.vni)
+    }
+
     /// Checks the configuration's meaning against the host's interfaces.
     ///
     /// # Errors
@@ -526,7 +546,7 @@ impl Config {
         &'a self,
         host: &HostInfo,
         peers: &BTreeSet<&str>,
-    ) -> Result<BTreeSet<&'a str>, ConfigError> {
+    ) -> Result<BTreeMap<&'a str, u32>, ConfigError> {
         if self.endpoints.len() > MAX_ENDPOINTS as usize {
             return Err(ConfigError::TooMany {
                 what: "endpoints",
@@ -534,13 +554,15 @@ impl Config {
                 max: MAX_ENDPOINTS,
             });
         }
-        let mut names = BTreeSet::new();
+        let mut names = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for ep in &self.endpoints {
             let what = format!("endpoint {:?}", ep.name);
-            if !names.insert(ep.name.as_str()) {
+            let vni = self.endpoint_vni(ep);
+            if names.insert(ep.name.as_str(), vni).is_some() {
                 return Err(dup("endpoint", &ep.name));
             }
+            check_vni(&what, vni)?;
             check_unicast(&what, ep.address)?;
             if let Some(other) = addrs.insert(ep.address, &ep.name) {
                 return Err(invalid(
@@ -573,7 +595,7 @@ impl Config {
         Ok(names)
     }
 
-    fn validate_services(&self, endpoints: &BTreeSet<&str>) -> Result<(), ConfigError> {
+    fn validate_services(&self, endpoints: &BTreeMap<&str, u32>) -> Result<(), ConfigError> {
         let mut names = BTreeSet::new();
         // What each dataplane key is used by, to report collisions.
         let mut published: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
@@ -589,7 +611,15 @@ impl Config {
             if svc.ports.is_empty() {
                 return Err(invalid(&what, "has no ports"));
             }
+            let vni = self.service_vni(svc);
+            check_vni(&what, vni)?;
             if let Some(vip) = svc.vip {
+                if vni == lb_common::MESH_ONLY_VNI {
+                    return Err(invalid(
+                        &what,
+                        "has a VIP on vni 0 (routing-mesh-only), which no task may reach",
+                    ));
+                }
                 check_unicast(&what, vip)?;
                 if self.endpoints.iter().any(|e| e.address == vip) {
                     return Err(ConfigError::BadAddress {
@@ -646,11 +676,21 @@ impl Config {
             let mut active = 0usize;
             let mut active_weights = Vec::new();
             for b in &svc.backends {
-                if !endpoints.contains(b.endpoint.as_str()) {
+                let Some(ep_vni) = endpoints.get(b.endpoint.as_str()) else {
                     return Err(ConfigError::UnknownEndpoint {
                         service: svc.name.clone(),
                         endpoint: b.endpoint.clone(),
                     });
+                };
+                if *ep_vni != vni {
+                    return Err(invalid(
+                        &what,
+                        format!(
+                            "is on vni {vni}, its backend {:?} on vni {ep_vni}: a service's \
+                             backends are on its network",
+                            b.endpoint
+                        ),
+                    ));
                 }
                 if !listed.insert(b.endpoint.as_str()) {
                     return Err(ConfigError::DuplicateBackend {
@@ -720,6 +760,14 @@ fn dup(kind: &'static str, name: &str) -> ConfigError {
         kind,
         name: name.to_owned(),
     }
+}
+
+/// A VNI fits VXLAN's 24 bits (0 is the routing-mesh-only network).
+fn check_vni(what: &str, vni: u32) -> Result<(), ConfigError> {
+    if vni >= 1 << 24 {
+        return Err(invalid(what, format!("vni {vni} is not in 0..16777216")));
+    }
+    Ok(())
 }
 
 fn check_unicast(what: &str, addr: Ipv4Addr) -> Result<(), ConfigError> {
@@ -812,6 +860,28 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
     }
 
     #[test]
+    fn vnis_default_to_the_nodes_and_a_user_network_is_given_whole() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.endpoint_vni(&c.endpoints[0]), 4096);
+        assert_eq!(c.service_vni(&c.services[0]), 4096);
+        // Both endpoints and the service moved to a user network's VNI: valid.
+        let text = EXAMPLE
+            .replace("iface = \"vweb1\"", "iface = \"vweb1\"\nvni = 4097")
+            .replace("node = \"node2\"\n", "node = \"node2\"\nvni = 4097\n")
+            .replace("name = \"web\"", "name = \"web\"\nvni = 4097");
+        let c = Config::from_toml(&text).unwrap();
+        c.validate(&host()).unwrap();
+        assert_eq!(
+            c.endpoints
+                .iter()
+                .map(|e| c.endpoint_vni(e))
+                .collect::<Vec<_>>(),
+            [4097, 4097]
+        );
+        assert_eq!(c.service_vni(&c.services[0]), 4097);
+    }
+
+    #[test]
     fn deploy_example_is_valid() {
         let c = Config::from_toml(include_str!("../../deploy/agent.example.toml")).unwrap();
         c.validate(&host()).unwrap();
@@ -882,6 +952,23 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
                 "multicast",
             ),
             (Box::new(|c| c.node.vni = 1 << 24), "node.vni"),
+            (
+                Box::new(|c| c.endpoints[0].vni = Some(1 << 24)),
+                "vni 16777216 is not in 0..16777216",
+            ),
+            (
+                Box::new(|c| c.endpoints[0].vni = Some(4097)),
+                "its backend \"web.1\" on vni 4097",
+            ),
+            (
+                Box::new(|c| {
+                    c.services[0].vni = Some(0);
+                    for e in &mut c.endpoints {
+                        e.vni = Some(0);
+                    }
+                }),
+                "has a VIP on vni 0",
+            ),
             (
                 Box::new(|c| {
                     let b = c.services[0].backends[0].clone();
@@ -980,6 +1067,7 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
                     node: "node2".into(),
                     iface: None,
                     mac: None,
+                    vni: None,
                 });
                 c.services[0].backends.push(BackendConfig {
                     endpoint: name,

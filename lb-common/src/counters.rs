@@ -42,11 +42,15 @@ pub enum DropReason {
     Internal = 6,
     /// No next hop with a resolved neighbour for an encapsulated packet.
     NoRoute = 7,
+    /// A packet between networks that must not reach each other: a task's new flow to a
+    /// VIP or a task address of another network (or from a routing-mesh-only address),
+    /// or a VXLAN packet whose VNI is not its local destination's.
+    Isolation = 8,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Malformed,
         Self::NoBackend,
         Self::UnknownVni,
@@ -55,6 +59,7 @@ impl DropReason {
         Self::Fragment,
         Self::Internal,
         Self::NoRoute,
+        Self::Isolation,
     ];
 
     /// Number of reasons (size of the drops map).
@@ -72,6 +77,7 @@ impl DropReason {
             Self::Fragment => "fragment",
             Self::Internal => "internal",
             Self::NoRoute => "no_route",
+            Self::Isolation => "isolation",
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod service;
 pub use config::NodeConfig;
 pub use counters::{Counters, DropReason, FlowEvent};
 pub use flow::{Flow, FlowKey, FlowKind};
-pub use service::{Backend, Endpoint, Service, ServiceKey};
+pub use service::{Backend, Endpoint, MESH_ONLY_VNI, Service, ServiceKey};
 
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;

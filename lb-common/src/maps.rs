@@ -34,8 +34,10 @@ pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 /// The layout of the maps' contents, kept in [`LAYOUT`]: bumped whenever a value keeps
 /// its size but changes its meaning, so that an agent of another version recreates the
 /// pinned maps instead of reading them wrongly (1: fixed double-buffered slot tables per
-/// service; 2: slot tables allocated from one pool, [`Service::base`](crate::Service)).
-pub const LAYOUT_VERSION: u32 = 2;
+/// service; 2: slot tables allocated from one pool, [`Service::base`](crate::Service);
+/// 3: the VNI of each service and endpoint, 0 for routing-mesh-only addresses, and the
+/// `isolation` drop reason).
+pub const LAYOUT_VERSION: u32 = 3;
 /// The layout version of the pinned maps, one element (`u32`): [`LAYOUT_VERSION`].
 pub const LAYOUT: &str = "LB_LAYOUT";
 

@@ -52,6 +52,12 @@ pub struct Service {
     pub slots: u32,
     /// [`Service::FLAG_MSS_CLAMP`] and friends.
     pub flags: u32,
+    /// VXLAN network identifier of the network its backends' addresses are on: the
+    /// ingress VNI for the default network, a user network's VNI, or
+    /// [`MESH_ONLY_VNI`] for the published ports of a service that joins user networks
+    /// (balanced to its tasks' routing-mesh-only addresses). A task's new flow to the
+    /// service is allowed only from an address of the same, non-zero, VNI.
+    pub vni: u32,
 }
 
 impl Service {
@@ -91,6 +97,10 @@ impl Backend {
     }
 }
 
+/// The VNI of a routing-mesh-only address (see [`Endpoint::vni`]): no east-west
+/// traffic reaches it or leaves it, and it travels between nodes with the ingress VNI.
+pub const MESH_ONLY_VNI: u32 = 0;
+
 /// Where a task address lives: on this node (behind a veth) or on a peer node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -103,7 +113,10 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// Local tasks: MAC of the host side of the veth (the task's gateway).
     pub gw_mac: [u8; 6],
-    /// VXLAN network identifier of the network the address belongs to.
+    /// VXLAN network identifier of the network the address belongs to: the ingress VNI
+    /// for the default network, a user network's VNI, or [`MESH_ONLY_VNI`] for a task's
+    /// ingress address when its service joins user networks (it carries the routing mesh
+    /// only: published ports to it and their replies).
     pub vni: u32,
 }
 

@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, FlowKind, IPPROTO_TCP,
-    NodeConfig, Service, ServiceKey, maps::slot_at,
+    MESH_ONLY_VNI, NodeConfig, Service, ServiceKey, maps::slot_at,
 };
 
 use crate::maps::{
@@ -75,6 +75,10 @@ pub(crate) struct Next {
     pub kind: NextKind,
     /// Encap: the peer's underlay address.
     pub node: u32,
+    /// Local and Encap: the VNI of the destination's network (`MESH_ONLY_VNI` for a
+    /// routing-mesh-only address and for routing-mesh traffic: it travels with the
+    /// ingress VNI, see [`Next::wire_vni`]).
+    pub vni: u32,
     /// Local: the task's endpoint.
     pub ep: Endpoint,
 }
@@ -92,21 +96,35 @@ impl Next {
         Self {
             kind: NextKind::Local,
             node: 0,
+            vni: ep.vni,
             ep,
         }
     }
-    const fn encap(node: u32) -> Self {
+    const fn encap(node: u32, vni: u32) -> Self {
         Self {
             kind: NextKind::Encap,
             node,
+            vni,
             ep: NO_ENDPOINT,
         }
     }
     const UNDERLAY: Self = Self {
         kind: NextKind::Underlay,
         node: 0,
+        vni: MESH_ONLY_VNI,
         ep: NO_ENDPOINT,
     };
+
+    /// The VNI an encapsulated packet carries: its destination network's, or the ingress
+    /// network's for routing-mesh traffic (a routing-mesh-only address, a Return flow).
+    #[inline(always)]
+    pub(crate) const fn wire_vni(&self, cfg: &NodeConfig) -> u32 {
+        if self.vni == MESH_ONLY_VNI {
+            cfg.vni
+        } else {
+            self.vni
+        }
+    }
 }
 
 /// The verdict of a decision.
@@ -253,7 +271,7 @@ pub(crate) fn route(dst: u32) -> Next {
     // SAFETY: read-only copy of the value.
     match unsafe { LB_ENDPOINTS.get(dst) } {
         Some(ep) if ep.is_local() => Next::local(*ep),
-        Some(ep) => Next::encap(ep.node),
+        Some(ep) => Next::encap(ep.node, ep.vni),
         None => Next::UNDERLAY,
     }
 }
@@ -472,7 +490,12 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
         }
         FlowKind::Return => {
             touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_REV);
-            Some(Decision::forward(Rewrite::NONE, Next::encap(f.node), false))
+            // Routing-mesh traffic: back with the ingress VNI.
+            Some(Decision::forward(
+                Rewrite::NONE,
+                Next::encap(f.node, MESH_ONLY_VNI),
+                false,
+            ))
         }
     }
 }
@@ -548,40 +571,131 @@ pub(crate) fn from_underlay(
     if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
+    // From outside, published ports and the default network's VIPs: a user network's VIP
+    // is reached from that network only.
+    if key.dst_addr != cfg.addr && svc.vni != cfg.vni {
+        return Decision::drop(DropReason::Isolation);
+    }
     new_flow(key, svc, tcp_flags, bytes)
 }
 
-/// A packet leaving a local task (TC on the host side of its veth).
+/// Whether a task may start a flow from `src`, sending on the veth `ifindex`, to
+/// something on network `vni` (a VIP, or a task address): `src` is a local task's
+/// address on that very veth (not one a task forged: a raw socket could otherwise reach
+/// any network by another task's address), both are on the same network, and not a
+/// routing-mesh-only one. Costs one endpoint lookup, paid by new flows and by
+/// task-to-task packets routed by address (which have no flow entry), never by a flow
+/// found in the flow tables.
 #[inline(always)]
-pub(crate) fn from_task(key: &FlowKey, cfg: &NodeConfig, tcp_flags: u8, bytes: u16) -> Decision {
+fn same_network(src: u32, ifindex: u32, vni: u32) -> bool {
+    if vni == MESH_ONLY_VNI {
+        return false;
+    }
+    // SAFETY: read-only access to the value.
+    match unsafe { LB_ENDPOINTS.get(src) } {
+        Some(ep) => ep.vni == vni && ep.is_local() && ep.ifindex == ifindex,
+        None => false,
+    }
+}
+
+/// A packet leaving a local task (TC on the host side of its veth, `ifindex`).
+#[inline(always)]
+pub(crate) fn from_task(
+    key: &FlowKey,
+    cfg: &NodeConfig,
+    ifindex: u32,
+    tcp_flags: u8,
+    bytes: u16,
+) -> Decision {
     if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
     if let Some(svc) = find_service(key, cfg) {
+        if !same_network(key.src_addr, ifindex, svc.vni) {
+            return Decision::drop(DropReason::Isolation);
+        }
         return new_flow(key, svc, tcp_flags, bytes);
     }
     let next = route(key.dst_addr);
     match next.kind {
         NextKind::Underlay => Decision::PASS,
+        _ if !same_network(key.src_addr, ifindex, next.vni) => {
+            Decision::drop(DropReason::Isolation)
+        }
         _ => Decision::forward(Rewrite::NONE, next, false),
     }
 }
 
-/// A packet that came out of a VXLAN tunnel from the peer at `outer_src`.
+/// Whether a packet that came out of the tunnel with `vni` may reach the local address
+/// on network `dst_vni`: its own network's VNI; or the ingress VNI to a
+/// routing-mesh-only address from a client, not a task (`src_is_task`, asked only then:
+/// routing-mesh traffic, a published port's flow through another node).
 #[inline(always)]
-pub(crate) fn from_overlay(key: &FlowKey, outer_src: u32, tcp_flags: u8, bytes: u16) -> Decision {
-    if let Some(d) = known(key, tcp_flags, bytes) {
+fn admits(vni: u32, dst_vni: u32, cfg: &NodeConfig, src_is_task: impl FnOnce() -> bool) -> bool {
+    if vni == dst_vni {
+        return dst_vni != MESH_ONLY_VNI;
+    }
+    dst_vni == MESH_ONLY_VNI && vni == cfg.vni && !src_is_task()
+}
+
+/// Whether `addr` is a task address this node knows.
+#[inline(always)]
+fn is_task(addr: u32) -> bool {
+    // SAFETY: read-only access.
+    unsafe { LB_ENDPOINTS.get(addr) }.is_some()
+}
+
+/// Vets the decision for a decapsulated packet of a known flow against its VNI: to a
+/// local task, as [`admits`] says; anywhere else (a client of the routing mesh), only
+/// with the ingress VNI. Uses the endpoint the decision already looked up: an
+/// established flow pays no extra lookup.
+#[inline(always)]
+fn vet_overlay(d: Decision, key: &FlowKey, vni: u32, cfg: &NodeConfig) -> Decision {
+    if d.verdict != Verdict::Forward {
         return d;
+    }
+    match d.next.kind {
+        NextKind::Local if admits(vni, d.next.vni, cfg, || is_task(key.src_addr)) => d,
+        NextKind::Local => Decision::drop(DropReason::Isolation),
+        _ if vni == cfg.vni => d,
+        _ => Decision::drop(DropReason::UnknownVni),
+    }
+}
+
+/// A packet that came out of a VXLAN tunnel with `vni` from the peer at `outer_src`.
+///
+/// The VNI must be the local destination's ([`admits`]); a packet to anything else
+/// comes with the ingress VNI. Refused: `isolation` for a local task, `unknown_vni`
+/// otherwise. (A refused packet that matches a known flow is vetted after the lookup
+/// that found the flow, so it may have refreshed that entry's timestamp.)
+#[inline(always)]
+pub(crate) fn from_overlay(
+    key: &FlowKey,
+    outer_src: u32,
+    vni: u32,
+    cfg: &NodeConfig,
+    tcp_flags: u8,
+    bytes: u16,
+) -> Decision {
+    if let Some(d) = known(key, tcp_flags, bytes) {
+        return vet_overlay(d, key, vni, cfg);
     }
     let next = route(key.dst_addr);
     if next.kind != NextKind::Local {
-        return Decision::drop(DropReason::NoEndpoint);
+        return Decision::drop(if vni == cfg.vni {
+            DropReason::NoEndpoint
+        } else {
+            DropReason::UnknownVni
+        });
+    }
+    let src_is_task = is_task(key.src_addr);
+    if !admits(vni, next.vni, cfg, || src_is_task) {
+        return Decision::drop(DropReason::Isolation);
     }
     // A flow from outside the overlay (a client that reached the sender's published port):
     // its replies must go back through the sender, so remember it. Established flows
     // only look the entry up.
-    // SAFETY: read-only access.
-    if unsafe { LB_ENDPOINTS.get(key.src_addr) }.is_none() {
+    if !src_is_task {
         let reverse = key.reversed();
         match LB_FLOWS.get_ptr_mut(reverse) {
             Some(ret) if continues(ret, outer_src, key.proto, tcp_flags) => {

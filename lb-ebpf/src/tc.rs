@@ -45,7 +45,9 @@ pub(crate) fn handle(ctx: &TcContext) -> i32 {
     if pkt.fragment {
         return TC_ACT_OK;
     }
-    let decision = decide::from_task(&pkt.key, cfg, pkt.tcp_flags, pkt.tot_len);
+    // SAFETY: reading a plain field of the context: the veth the packet came in on.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let decision = decide::from_task(&pkt.key, cfg, ifindex, pkt.tcp_flags, pkt.tot_len);
     match decision.verdict {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => drop(decision.reason),
@@ -72,7 +74,7 @@ pub(crate) fn handle(ctx: &TcContext) -> i32 {
                         NatKind::Dnat => decision.rewrite.addr,
                         _ => pkt.key.dst_addr,
                     };
-                    encapsulate(ctx, cfg, &pkt, next.node, inner_dst)
+                    encapsulate(ctx, cfg, &pkt, next.node, next.wire_vni(cfg), inner_dst)
                 }
                 NextKind::Underlay => redirect_underlay(cfg),
             }
@@ -148,14 +150,15 @@ struct Tunnel {
     inner_type: [u8; 2],
 }
 
-/// VXLAN-encapsulates towards the peer at `node` and sends it out of the underlay;
-/// `inner_dst` is the packet's destination after its rewrite.
+/// VXLAN-encapsulates towards the peer at `node` on `vni` and sends it out of the
+/// underlay; `inner_dst` is the packet's destination after its rewrite.
 #[inline(always)]
 fn encapsulate(
     ctx: &TcContext,
     cfg: &NodeConfig,
     pkt: &Ipv4Packet,
     node: u32,
+    vni: u32,
     inner_dst: u32,
 ) -> i32 {
     // SAFETY: reading a plain field of the context.
@@ -165,7 +168,7 @@ fn encapsulate(
         return drop(DropReason::TooBig);
     }
     let t = Tunnel {
-        tunnel: vxlan::tunnel_header(cfg, node, pkt),
+        tunnel: vxlan::tunnel_header(cfg, node, vni, pkt),
         inner_dst: task_mac(u32::from_be(inner_dst)),
         inner_src: cfg.mac,
         inner_type: 0x0800_u16.to_be_bytes(),

@@ -9,17 +9,17 @@ use crate::{csum, packet::Ipv4Packet};
 pub(crate) const FLAG_VNI: u8 = 0x08;
 
 /// Outer IPv4 (20 bytes), UDP (8) and VXLAN (8) headers from this node to the peer at
-/// `node`, for an inner IPv4 packet of `pkt.tot_len` bytes. The UDP source port carries
+/// `node`, on network `vni`, for an inner IPv4 packet of `pkt.tot_len` bytes. The UDP source port carries
 /// per-flow entropy (for ECMP and RSS); the UDP checksum is 0, as RFC 7348 allows.
 #[inline(always)]
-pub(crate) fn tunnel_header(cfg: &NodeConfig, node: u32, pkt: &Ipv4Packet) -> [u8; 36] {
+pub(crate) fn tunnel_header(cfg: &NodeConfig, node: u32, vni: u32, pkt: &Ipv4Packet) -> [u8; 36] {
     let outer_len = pkt.tot_len.wrapping_add(VXLAN_OVERHEAD);
     let len = outer_len.to_be_bytes();
     let (s, d) = (cfg.addr.to_ne_bytes(), node.to_ne_bytes());
     let sport = (0xc000 | (flow_entropy(pkt) & 0x3fff)).to_be_bytes();
     let dport = cfg.vxlan_port.to_ne_bytes();
     let ulen = (outer_len - 20).to_be_bytes();
-    let v = cfg.vni.to_be_bytes();
+    let v = vni.to_be_bytes();
     let mut h = [
         0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, 17, 0, 0, s[0], s[1], s[2], s[3], d[0], d[1],
         d[2], d[3], // IPv4: DF, TTL 64, UDP

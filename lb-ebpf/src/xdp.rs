@@ -82,7 +82,8 @@ fn decapsulate(ctx: &XdpContext, cfg: &NodeConfig, outer: &Ipv4Packet) -> u32 {
     // SAFETY: bounds checked by ptr_at.
     let vxlan = unsafe { &*vxlan };
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
-    if vxlan.flags & vxlan::FLAG_VNI == 0 || vni != cfg.vni {
+    // Which VNIs a local destination accepts is `decide::from_overlay`'s to judge.
+    if vxlan.flags & vxlan::FLAG_VNI == 0 || vni == 0 {
         return drop(DropReason::UnknownVni);
     }
     let outer_src = outer.key.src_addr;
@@ -96,7 +97,14 @@ fn decapsulate(ctx: &XdpContext, cfg: &NodeConfig, outer: &Ipv4Packet) -> u32 {
         Ok(pkt) if !pkt.fragment => pkt,
         _ => return drop(DropReason::Malformed),
     };
-    let decision = decide::from_overlay(&inner.key, outer_src, inner.tcp_flags, inner.tot_len);
+    let decision = decide::from_overlay(
+        &inner.key,
+        outer_src,
+        vni,
+        cfg,
+        inner.tcp_flags,
+        inner.tot_len,
+    );
     apply(ctx, cfg, &inner, decision)
 }
 
@@ -129,7 +137,7 @@ fn apply(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, decision: Decisio
             if decision.mss_clamp && pkt.tcp_flags & TCP_SYN != 0 {
                 clamp_mss(ctx, pkt, cfg.overlay_mss());
             }
-            encapsulate(ctx, cfg, pkt, next.node)
+            encapsulate(ctx, cfg, pkt, next.node, next.wire_vni(cfg))
         }
         NextKind::Underlay => {
             let (src, dst) = match rewrite.kind {
@@ -294,9 +302,9 @@ fn send(ctx: &XdpContext, hop: Hop) -> u32 {
     }
 }
 
-/// Wraps the frame in Ethernet/IPv4/UDP/VXLAN towards the peer at `node`.
+/// Wraps the frame in Ethernet/IPv4/UDP/VXLAN towards the peer at `node`, on `vni`.
 #[inline(always)]
-fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) -> u32 {
+fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32, vni: u32) -> u32 {
     let outer_len = pkt.tot_len.wrapping_add(VXLAN_OVERHEAD);
     if u32::from(outer_len) > cfg.mtu || outer_len < pkt.tot_len {
         return drop(DropReason::TooBig);
@@ -317,7 +325,7 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32) 
     let Some(hdr) = ptr_at::<OuterHeaders>(start, end, 0) else {
         return drop(DropReason::Internal);
     };
-    let tunnel = vxlan::tunnel_header(cfg, node, pkt);
+    let tunnel = vxlan::tunnel_header(cfg, node, vni, pkt);
     // SAFETY: bounds checked by ptr_at; OuterHeaders is made of byte arrays.
     unsafe {
         let h = &mut *hdr;

@@ -482,18 +482,48 @@ impl Dataplane {
         Ok((verdict, out))
     }
 
-    /// Runs the TC program `repeat` times; also returns the mean time per run.
+    /// Runs the TC program `repeat` times; also returns the mean time per run. The frame
+    /// comes in on the veth of its source's endpoint, if that is a local task
+    /// ([`Dataplane::source_ifindex`]), as it would on the node.
     ///
     /// # Errors
     /// When the kernel refuses the run.
     pub fn run_tc_timed(&self, frame: &[u8], repeat: u32) -> Result<(i32, Vec<u8>, Duration)> {
+        let ifindex = self.source_ifindex(frame)?;
+        self.run_tc_with(frame, repeat, ifindex)
+    }
+
+    /// Runs the TC program once on `frame` as it comes in on the veth `ifindex` (made
+    /// in the test's namespace if needed), whatever its source address.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_tc_on(&self, ifindex: u32, frame: &[u8]) -> Result<(i32, Vec<u8>)> {
+        ensure_device(ifindex);
+        let (verdict, out, _) = self.run_tc_with(frame, 1, Some(ifindex))?;
+        Ok((verdict, out))
+    }
+
+    fn run_tc_with(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        ifindex: Option<u32>,
+    ) -> Result<(i32, Vec<u8>, Duration)> {
         let p: &SchedClassifier = self
             .ebpf
             .program("lb_tc_task")
             .context("lb_tc_task")?
             .try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
+        // A `struct __sk_buff`, all zero but `ifindex` (offset 40): the device the
+        // kernel runs the program on.
+        let mut ctx = [0u8; 192];
         let mut opts = TestRunOptions::new();
+        if let Some(ifindex) = ifindex {
+            ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+            opts.ctx_in = Some(&ctx);
+        }
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
         opts.repeat = repeat;
@@ -502,6 +532,42 @@ impl Dataplane {
             .context("BPF_PROG_TEST_RUN of lb_tc_task")?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value as i32, out, res.duration))
+    }
+}
+
+impl Dataplane {
+    /// The veth a frame leaving a task comes in on: the host side of its source's
+    /// endpoint, if that is a local task (`None` otherwise). A device with that ifindex
+    /// is made in the test's namespace the first time (a veth `tc<ifindex>`), unless one
+    /// exists ([`Dataplane::add_veth`]'s), since the kernel runs the program on it.
+    ///
+    /// # Errors
+    /// When the endpoints map cannot be read.
+    pub fn source_ifindex(&self, frame: &[u8]) -> Result<Option<u32>> {
+        let Some(&[a, b, c, d]) = frame.get(26..30) else {
+            return Ok(None);
+        };
+        let map = self.ebpf.map(maps::ENDPOINTS).context(maps::ENDPOINTS)?;
+        let endpoints: HashMap<&MapData, u32, Endpoint> = HashMap::try_from(map)?;
+        let Ok(ep) = endpoints.get(&be(Ipv4Addr::new(a, b, c, d)), 0) else {
+            return Ok(None);
+        };
+        if !ep.is_local() || ep.ifindex <= 1 {
+            return Ok(None);
+        }
+        ensure_device(ep.ifindex);
+        Ok(Some(ep.ifindex))
+    }
+}
+
+/// Makes a veth `tc<ifindex>` with that ifindex in the test's namespace, unless there is
+/// one; fails harmlessly when another device of the test holds the index.
+fn ensure_device(i: u32) {
+    if nix::net::if_::if_nametoindex(format!("tc{i}").as_str()).is_err() {
+        let _ = ip(&format!(
+            "link add tc{i} index {i} type veth peer name tc{i}p index {}",
+            i + 100_000
+        ));
     }
 }
 

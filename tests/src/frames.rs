@@ -54,6 +54,7 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
         base: WEB_BASE,
         slots: web_slots.len() as u32,
         flags: Service::FLAG_MSS_CLAMP,
+        vni: VNI,
     };
     dp.set_slots(WEB_BASE, web_slots).unwrap();
     dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
@@ -71,6 +72,7 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
         base: DNS_BASE,
         slots: 1,
         flags: 0,
+        vni: VNI,
     };
     dp.set_slots(DNS_BASE, &[2]).unwrap();
     dp.set_service(ServiceKey::published(5353, IPPROTO_UDP), dns)
@@ -97,6 +99,105 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
     dp.set_endpoint(REMOTE_TASK, remote).unwrap();
 }
 
+/// VNI of the user network `front` of [`networks_on`].
+pub const FRONT_VNI: u32 = 4097;
+/// VNI of the user network `back`.
+pub const BACK_VNI: u32 = 4098;
+/// `api`'s VIP on `front` (every TCP port).
+pub const FRONT_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// `api`'s VIP on `back` (every TCP port).
+pub const BACK_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// A task on this node on `front` (a client).
+pub const FRONT_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 5);
+/// A second task on this node on `front` (`api`'s backend 5 there).
+pub const FRONT_TASK2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 7);
+/// A task on the peer on `front` (`api`'s backend 6 there).
+pub const FRONT_REMOTE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 6);
+/// A task on this node on `back` (`api`'s backend 7 there).
+pub const BACK_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 5);
+/// A routing-mesh-only ingress address of a task on this node (its service joins user
+/// networks), backend 8 of `api`'s published port 9090.
+pub const MESH_ONLY_TASK: Ipv4Addr = Ipv4Addr::new(10, 255, 1, 5);
+/// A routing-mesh-only ingress address on the peer, backend 9 of port 9090.
+pub const MESH_ONLY_REMOTE: Ipv4Addr = Ipv4Addr::new(10, 255, 2, 5);
+/// Service id of `api` on `front`.
+pub const API_FRONT: u32 = 5;
+/// Service id of `api` on `back`.
+pub const API_BACK: u32 = 6;
+/// Service id of `api`'s published port 9090.
+pub const API_PUBLISHED: u32 = 7;
+
+/// Adds user networks to the standard scenario: `front` and `back`, each with its VIP of
+/// `api` (every TCP port) and tasks here and on the peer, and `api`'s published port
+/// 9090 balanced to its tasks' routing-mesh-only ingress addresses (VNI 0). `api` on
+/// `front` balances to `front_backends` (5: `FRONT_TASK2`, 6: `FRONT_REMOTE`).
+///
+/// # Panics
+/// When a map update fails.
+pub fn networks_on(dp: &mut Dataplane, front_backends: &[u32], published_backends: &[u32]) {
+    let local = |ifindex: u32, addr: Ipv4Addr, vni: u32| Endpoint {
+        node: 0,
+        ifindex,
+        mac: task_mac(u32::from(addr)),
+        gw_mac: GW_MAC,
+        vni,
+    };
+    let remote = |addr: Ipv4Addr, vni: u32| Endpoint {
+        node: be(PEER),
+        ifindex: 0,
+        mac: task_mac(u32::from(addr)),
+        gw_mac: [0; 6],
+        vni,
+    };
+    let endpoints = [
+        (FRONT_TASK, local(44, FRONT_TASK, FRONT_VNI)),
+        (FRONT_TASK2, local(45, FRONT_TASK2, FRONT_VNI)),
+        (FRONT_REMOTE, remote(FRONT_REMOTE, FRONT_VNI)),
+        (BACK_TASK, local(46, BACK_TASK, BACK_VNI)),
+        (MESH_ONLY_TASK, local(47, MESH_ONLY_TASK, 0)),
+        (MESH_ONLY_REMOTE, remote(MESH_ONLY_REMOTE, 0)),
+    ];
+    for (addr, ep) in endpoints {
+        dp.set_endpoint(addr, ep).unwrap();
+    }
+    let services = [
+        (FRONT_VIP, 0, API_FRONT, 400, FRONT_VNI, front_backends),
+        (BACK_VIP, 0, API_BACK, 500, BACK_VNI, &[7][..]),
+        (
+            Ipv4Addr::UNSPECIFIED,
+            9090,
+            API_PUBLISHED,
+            600,
+            0,
+            published_backends,
+        ),
+    ];
+    for (addr, port, id, base, vni, backends) in services {
+        dp.set_slots(base, backends).unwrap();
+        let svc = Service {
+            id,
+            base,
+            slots: backends.len() as u32,
+            flags: Service::FLAG_MSS_CLAMP,
+            vni,
+        };
+        dp.set_service(ServiceKey::new(u32::from(addr), port, IPPROTO_TCP), svc)
+            .unwrap();
+    }
+    let backends = [
+        (5, FRONT_TASK2, API_FRONT),
+        (6, FRONT_REMOTE, API_FRONT),
+        (7, BACK_TASK, API_BACK),
+        (8, MESH_ONLY_TASK, API_PUBLISHED),
+        (9, MESH_ONLY_REMOTE, API_PUBLISHED),
+    ];
+    for (id, addr, service) in backends {
+        let port = if service == API_PUBLISHED { 80 } else { 0 };
+        dp.set_backend(id, Backend::new(u32::from(addr), port, service))
+            .unwrap();
+    }
+}
+
 /// Switches `web`'s backend set for `key` atomically, as the agent does: fills a free
 /// range of the slot pool, then points the service at it with one map update.
 ///
@@ -109,6 +210,7 @@ pub fn switch_web_backends(dp: &mut Dataplane, key: ServiceKey, backend_ids: &[u
         base: WEB_SWITCHED_BASE,
         slots: backend_ids.len() as u32,
         flags: Service::FLAG_MSS_CLAMP,
+        vni: VNI,
     };
     dp.set_service(key, web).unwrap();
 }
@@ -193,8 +295,20 @@ pub fn udp(
 pub const FROM_CLIENT: ([u8; 6], [u8; 6]) = (CLIENT_MAC, NODE_MAC);
 
 /// What a VXLAN frame from `src` to `dst` (underlay) carrying `inner` looks like, given
-/// the UDP source port the sender chose.
+/// the UDP source port the sender chose, on the ingress network.
 pub fn vxlan(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    inner: &[u8],
+) -> Vec<u8> {
+    vxlan_on(VNI, macs, src, dst, sport, inner)
+}
+
+/// [`vxlan`] on the network `vni`.
+pub fn vxlan_on(
+    vni: u32,
     macs: ([u8; 6], [u8; 6]),
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -214,7 +328,7 @@ pub fn vxlan(
     out.extend_from_slice(&4789u16.to_be_bytes());
     out.extend_from_slice(&udp_len.to_be_bytes());
     out.extend_from_slice(&[0, 0]);
-    let v = VNI.to_be_bytes();
+    let v = vni.to_be_bytes();
     out.extend_from_slice(&[0x08, 0, 0, 0, v[1], v[2], v[3], 0]);
     out.extend_from_slice(inner);
     out

@@ -136,6 +136,7 @@ mod tests {
             base: 100,
             slots: 4,
             flags: 0,
+            vni: 4096,
         };
         let a = u32::from(Ipv4Addr::new(10, 255, 0, 2));
         let mut backends = BTreeMap::new();
@@ -160,6 +161,7 @@ mod tests {
             base: 0,
             slots: 1,
             flags: 0,
+            vni: 4096,
         };
         let mut b = Backend::new(1, 80, 0);
         b.flags = Backend::FLAG_DRAINING;

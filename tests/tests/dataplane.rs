@@ -8,7 +8,7 @@ use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 use lb_common::{
     Backend, DropReason, Flow, FlowEvent, IPPROTO_TCP, Service, ServiceKey, service::task_mac,
 };
-use mesh_tests::fixture::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, PEER, PEER_MAC, be};
+use mesh_tests::fixture::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, PEER, PEER_MAC, VNI, be};
 use mesh_tests::frames::*;
 
 const XDP_DROP: u32 = 1;
@@ -16,6 +16,7 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 
 /// Asserts that TC's output is `inner` VXLAN-encapsulated from this node to the peer. TC
@@ -543,6 +544,7 @@ fn p3_every_port_of_a_vip_reaches_the_same_port_of_a_task() {
         base: 300,
         slots: 1,
         flags: 0,
+        vni: VNI,
     };
     dp.set_slots(300, &[4]).unwrap();
     dp.set_service(ServiceKey::new(u32::from(VIP), 0, IPPROTO_TCP), cache)
@@ -717,10 +719,25 @@ fn malformed_frames_get_sensible_verdicts_and_change_nothing() {
         Tcp::Syn,
         &[],
     );
+    // Another network's VNI to a task here is refused by isolation; a VNI nobody here
+    // has, to an address that is no task here, is unknown; VNI 0 is never valid.
     let mut wrong_vni = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &inner);
     wrong_vni[48] ^= 0xff;
     assert_eq!(dp.run_xdp("lb_xdp", &wrong_vni).unwrap().0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 1);
+    let to_nobody = tcp(
+        (PEER_MAC, NODE_MAC),
+        (CLIENT, 1),
+        (Ipv4Addr::new(10, 9, 9, 9), 80),
+        Tcp::Syn,
+        &[],
+    );
+    let unknown = vxlan_on(7777, (PEER_MAC, NODE_MAC), PEER, NODE, 50000, &to_nobody);
+    assert_eq!(dp.run_xdp("lb_xdp", &unknown).unwrap().0, XDP_DROP);
     assert_eq!(dp.drops(DropReason::UnknownVni).unwrap(), 1);
+    let zero = vxlan_on(0, (PEER_MAC, NODE_MAC), PEER, NODE, 50000, &inner);
+    assert_eq!(dp.run_xdp("lb_xdp", &zero).unwrap().0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::UnknownVni).unwrap(), 2);
     let whole = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &inner);
     let cut = &whole[..60];
     let (verdict, _) = dp.run_xdp("lb_xdp", cut).unwrap();
@@ -971,4 +988,318 @@ fn an_evicted_connection_is_counted_as_lost() {
         1,
         "one loss, counted once"
     );
+}
+
+/// The VNI a VXLAN frame carries (outer headers without options).
+fn vni_of(frame: &[u8]) -> u32 {
+    u32::from_be_bytes([0, frame[46], frame[47], frame[48]])
+}
+
+/// The frame a local task's interface sends (`from`'s MAC to its gateway).
+fn from_task(from: (Ipv4Addr, u16), to: (Ipv4Addr, u16), flags: Tcp, payload: &[u8]) -> Vec<u8> {
+    tcp(
+        (task_mac(u32::from(from.0)), GW_MAC),
+        from,
+        to,
+        flags,
+        payload,
+    )
+}
+
+/// The frame as the dataplane delivers it into a local task's veth.
+fn into_task(from: (Ipv4Addr, u16), to: (Ipv4Addr, u16), flags: Tcp, payload: &[u8]) -> Vec<u8> {
+    tcp(
+        (GW_MAC, task_mac(u32::from(to.0))),
+        from,
+        to,
+        flags,
+        payload,
+    )
+}
+
+#[test]
+fn isolation_a_task_reaches_its_own_networks_vip_dnated_to_the_address_there() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    let syn = from_task((FRONT_TASK, 34000), (FRONT_VIP, 80), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&syn).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        into_task((FRONT_TASK, 34000), (FRONT_TASK2, 80), Tcp::Syn, &[])
+    );
+    let c = dp.service_counters(API_FRONT).unwrap();
+    assert_eq!((c.packets, c.new_flows), (1, 1));
+    // The answer leaves by the backend's `front` interface and is SNATed back to the VIP.
+    let reply = from_task((FRONT_TASK2, 80), (FRONT_TASK, 34000), Tcp::SynAck, &[]);
+    let (verdict, out) = dp.run_tc(&reply).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        into_task((FRONT_VIP, 80), (FRONT_TASK, 34000), Tcp::SynAck, &[])
+    );
+    // Task to task by address on the same network: routed.
+    let direct = from_task((FRONT_TASK, 34001), (FRONT_TASK2, 8080), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&direct).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        into_task((FRONT_TASK, 34001), (FRONT_TASK2, 8080), Tcp::Syn, &[])
+    );
+    assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 0);
+}
+
+#[test]
+fn isolation_a_task_cannot_open_flows_to_another_networks_vip_or_addresses() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    let refused = [
+        // front -> back's VIP, and back's task by address.
+        ((FRONT_TASK, 35000), (BACK_VIP, 80)),
+        ((FRONT_TASK, 35001), (BACK_TASK, 80)),
+        // The default network and a user network, both ways.
+        ((LOCAL_TASK, 35002), (FRONT_VIP, 80)),
+        ((LOCAL_TASK, 35003), (FRONT_TASK2, 80)),
+        ((FRONT_TASK, 35004), (VIP, 80)),
+        ((FRONT_TASK, 35005), (REMOTE_TASK, 80)),
+    ];
+    for (n, (from, to)) in refused.into_iter().enumerate() {
+        let syn = from_task(from, to, Tcp::Syn, &[]);
+        let (verdict, _) = dp.run_tc(&syn).unwrap();
+        assert_eq!(verdict, TC_ACT_SHOT, "{from:?} -> {to:?}");
+        assert_eq!(dp.drops(DropReason::Isolation).unwrap(), n as u64 + 1);
+        assert_eq!(
+            dp.flow_in("LB_SYN_FLOWS", &key(from, to, IPPROTO_TCP))
+                .unwrap(),
+            None,
+            "no state for a refused flow"
+        );
+    }
+    for id in [API_BACK, WEB, API_FRONT] {
+        assert_eq!(dp.service_counters(id).unwrap().new_flows, 0);
+    }
+}
+
+#[test]
+fn isolation_a_task_cannot_borrow_another_tasks_address() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    // The `back` task (veth 46) forges `front` addresses: another task's, and one of a
+    // task on the peer. Neither is its own on this veth.
+    for (n, forged) in [FRONT_TASK, FRONT_REMOTE].into_iter().enumerate() {
+        let to_vip = from_task((forged, 39000), (FRONT_VIP, 80), Tcp::Syn, &[]);
+        assert_eq!(dp.run_tc_on(46, &to_vip).unwrap().0, TC_ACT_SHOT);
+        let to_task = from_task((forged, 39001), (FRONT_TASK2, 80), Tcp::Syn, &[]);
+        assert_eq!(dp.run_tc_on(46, &to_task).unwrap().0, TC_ACT_SHOT);
+        assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 2 * n as u64 + 2);
+    }
+    // From its own veth, the same packet is the front task's, and allowed.
+    let syn = from_task((FRONT_TASK, 39000), (FRONT_VIP, 80), Tcp::Syn, &[]);
+    assert_eq!(dp.run_tc_on(44, &syn).unwrap().0, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn isolation_a_routing_mesh_only_address_has_no_east_west_traffic() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    let refused = [
+        ((MESH_ONLY_TASK, 36000), (VIP, 80)),
+        ((MESH_ONLY_TASK, 36001), (LOCAL_TASK, 80)),
+        ((MESH_ONLY_TASK, 36002), (FRONT_VIP, 80)),
+        ((MESH_ONLY_TASK, 36003), (MESH_ONLY_REMOTE, 80)),
+        ((LOCAL_TASK, 36004), (MESH_ONLY_TASK, 80)),
+        // Nor do tasks open flows to a published port balanced to such addresses.
+        ((LOCAL_TASK, 36005), (NODE, 9090)),
+    ];
+    for (n, (from, to)) in refused.into_iter().enumerate() {
+        let syn = from_task(from, to, Tcp::Syn, &[]);
+        assert_eq!(
+            dp.run_tc(&syn).unwrap().0,
+            TC_ACT_SHOT,
+            "{from:?} -> {to:?}"
+        );
+        assert_eq!(dp.drops(DropReason::Isolation).unwrap(), n as u64 + 1);
+    }
+    // The routing mesh still reaches it, and its answers leave with the published
+    // address.
+    let syn = tcp(FROM_CLIENT, (CLIENT, 41000), (NODE, 9090), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &syn).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        into_task((CLIENT, 41000), (MESH_ONLY_TASK, 80), Tcp::Syn, &[])
+    );
+    let reply = from_task((MESH_ONLY_TASK, 80), (CLIENT, 41000), Tcp::SynAck, &[]);
+    let (verdict, out) = dp.run_tc(&reply).unwrap();
+    assert_ne!(verdict, TC_ACT_SHOT, "the reply of an allowed flow passes");
+    assert_eq!(
+        &out[26..30],
+        &NODE.octets(),
+        "SNATed to the published address"
+    );
+    assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 6);
+}
+
+#[test]
+fn isolation_encapsulation_carries_the_destination_networks_vni() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[6], &[9]);
+    // To the front VIP, balanced to the peer's front task: VNI 4097, byte for byte.
+    let syn = from_task((FRONT_TASK, 37000), (FRONT_VIP, 80), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&syn).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let inner = tcp(
+        (NODE_MAC, task_mac(u32::from(FRONT_REMOTE))),
+        (FRONT_TASK, 37000),
+        (FRONT_REMOTE, 80),
+        Tcp::Syn,
+        &[],
+    );
+    let expected = vxlan_on(
+        FRONT_VNI,
+        (NODE_MAC, PEER_MAC),
+        NODE,
+        PEER,
+        vxlan_sport(&out),
+        &inner,
+    );
+    assert_eq!(out[12..], expected[12..]);
+    assert_eq!(vni_of(&out), FRONT_VNI);
+    // By address on the same network, too.
+    let direct = from_task((FRONT_TASK, 37001), (FRONT_REMOTE, 22), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&direct).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(vni_of(&out), FRONT_VNI);
+    // The default network's traffic keeps the ingress VNI.
+    let default = from_task((LOCAL_TASK, 37002), (REMOTE_TASK, 80), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_tc(&default).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(vni_of(&out), VNI);
+    // Routing-mesh traffic to a routing-mesh-only address on the peer: the ingress VNI.
+    let syn = tcp(FROM_CLIENT, (CLIENT, 41001), (NODE, 9090), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &syn).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(vni_of(&out), VNI);
+    let inner = syn_with_mss(
+        (NODE_MAC, task_mac(u32::from(MESH_ONLY_REMOTE))),
+        (CLIENT, 41001),
+        (MESH_ONLY_REMOTE, 80),
+        1410,
+    );
+    let expected = vxlan_on(
+        VNI,
+        (NODE_MAC, PEER_MAC),
+        NODE,
+        PEER,
+        vxlan_sport(&out),
+        &inner,
+    );
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn isolation_decapsulation_takes_only_the_destinations_vni() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    let to_front = tcp(
+        (PEER_MAC, NODE_MAC),
+        (FRONT_REMOTE, 38000),
+        (FRONT_TASK, 80),
+        Tcp::Syn,
+        &[],
+    );
+    // Its own network's VNI: delivered as it is.
+    let frame = vxlan_on(
+        FRONT_VNI,
+        (PEER_MAC, NODE_MAC),
+        PEER,
+        NODE,
+        50000,
+        &to_front,
+    );
+    let (verdict, out) = dp.run_xdp("lb_xdp", &frame).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        into_task((FRONT_REMOTE, 38000), (FRONT_TASK, 80), Tcp::Syn, &[])
+    );
+    // Another network's, or the ingress network's: dropped and counted.
+    for (n, vni) in [BACK_VNI, VNI].into_iter().enumerate() {
+        let frame = vxlan_on(vni, (PEER_MAC, NODE_MAC), PEER, NODE, 50000, &to_front);
+        assert_eq!(
+            dp.run_xdp("lb_xdp", &frame).unwrap().0,
+            XDP_DROP,
+            "VNI {vni}"
+        );
+        assert_eq!(dp.drops(DropReason::Isolation).unwrap(), n as u64 + 1);
+    }
+    // A task of the peer sending to a routing-mesh-only address here with the ingress
+    // VNI: that is no routing-mesh traffic.
+    let east_west = tcp(
+        (PEER_MAC, NODE_MAC),
+        (REMOTE_TASK, 38001),
+        (MESH_ONLY_TASK, 80),
+        Tcp::Syn,
+        &[],
+    );
+    let frame = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &east_west);
+    assert_eq!(dp.run_xdp("lb_xdp", &frame).unwrap().0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 3);
+    assert_eq!(
+        dp.flow_in(
+            "LB_SYN_FLOWS",
+            &key((MESH_ONLY_TASK, 80), (REMOTE_TASK, 38001), IPPROTO_TCP)
+        )
+        .unwrap(),
+        None,
+        "a refused packet leaves no Return entry"
+    );
+}
+
+#[test]
+fn isolation_routing_mesh_clients_reach_a_mesh_only_address_through_the_tunnel() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    // The peer balanced a client of its published port to the routing-mesh-only
+    // address here.
+    let inner = tcp(
+        (PEER_MAC, NODE_MAC),
+        (CLIENT, 42000),
+        (MESH_ONLY_TASK, 80),
+        Tcp::Syn,
+        &[],
+    );
+    let frame = vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50000, &inner);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &frame).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        into_task((CLIENT, 42000), (MESH_ONLY_TASK, 80), Tcp::Syn, &[])
+    );
+    // Its answer goes back through the peer, with the ingress VNI.
+    let reply = from_task((MESH_ONLY_TASK, 80), (CLIENT, 42000), Tcp::SynAck, &[]);
+    let (verdict, out) = dp.run_tc(&reply).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(vni_of(&out), VNI);
+    let inner = tcp(
+        (NODE_MAC, task_mac(u32::from(CLIENT))),
+        (MESH_ONLY_TASK, 80),
+        (CLIENT, 42000),
+        Tcp::SynAck,
+        &[],
+    );
+    assert_tc_encapsulated_to_peer(&out, &inner);
+    assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 0);
+}
+
+#[test]
+fn isolation_a_user_networks_vip_is_not_reached_from_outside() {
+    let mut dp = mesh(&[0]);
+    networks_on(&mut dp, &[5], &[8]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 43000), (FRONT_VIP, 80), Tcp::Syn, &[]);
+    assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::Isolation).unwrap(), 1);
+    // The default network's VIP still is.
+    let syn = tcp(FROM_CLIENT, (CLIENT, 43001), (VIP, 80), Tcp::Syn, &[]);
+    assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_REDIRECT);
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use lb_agent::runtime::Runtimes;
 use lb_agent::runtime::plumb;
-use lb_agent::runtime::task::{Exit, TaskConfig};
+use lb_agent::runtime::task::{Exit, TaskConfig, TaskNetwork};
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::TaskId;
 use runtime_common::{Node, fetch, poll, run, task_config, task_id};
@@ -409,6 +409,136 @@ fn a_later_run_adopts_running_tasks_and_removes_ended_ones() -> Result<()> {
         assert!(lb_agent::runtime::record::list(&state)?.is_empty());
         let third = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
         assert_eq!(third.adopt().await?, lb_agent::runtime::Adopted::default());
+        Ok(())
+    })
+}
+
+#[test]
+fn a_task_gets_one_interface_per_network_and_a_later_run_adopts_them_all() -> Result<()> {
+    runtime_common::require_busybox()?;
+    let node = Node::new("nets")?;
+    let node_name = node.name.clone();
+    let state = tempdir("nets")?;
+    node.run(move || async move {
+        let id = task_id(41);
+        let addr = Ipv4Addr::new(10, 204, 0, 2);
+        let nets = [
+            (
+                Ipv4Addr::new(10, 210, 1, 5),
+                Ipv4Addr::new(10, 210, 1, 0),
+                24,
+            ),
+            (
+                Ipv4Addr::new(10, 210, 2, 5),
+                Ipv4Addr::new(10, 210, 2, 0),
+                24,
+            ),
+        ];
+        let mut config = server(id, "api.1", addr);
+        config.networks = nets
+            .iter()
+            .map(|&(a, subnet, prefix)| TaskNetwork {
+                addr: a,
+                subnet: Some((subnet, prefix)),
+            })
+            .collect();
+        let node_ip = |args: &[&str]| {
+            let mut all = vec!["-n", node_name.as_str()];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        let started = {
+            let first = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
+            first.start(&config).await?
+        };
+        let names: Vec<String> = (1..=2)
+            .map(|n| plumb::network_host_iface(id, n).expect("a name"))
+            .collect();
+        assert_eq!(started.networks, names);
+        assert_eq!(started.host_iface, plumb::host_iface(id));
+
+        for (n, ((a, subnet, prefix), host_side)) in nets.iter().zip(&names).enumerate() {
+            let eth = format!("eth{}", n + 1);
+            let o = a.octets();
+            // The host side: its MAC, MTU, the route to the task's address there.
+            let link = node_ip(&["-o", "link", "show", host_side])?;
+            let host_mac = format!("02:fe:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+            assert!(
+                link.contains("mtu 1450") && link.contains(&host_mac),
+                "{link}"
+            );
+            let routes = node_ip(&["route", "show", &format!("{a}/32")])?;
+            assert!(routes.contains(&format!("dev {host_side}")), "{routes}");
+            // The task side: address, MAC, MTU, GRO, the subnet's route and the gateway.
+            let addrs = in_task(id, &["-o", "addr", "show", &eth])?;
+            assert!(addrs.contains(&format!("inet {a}/32")), "{addrs}");
+            let task_mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+            let link = in_task(id, &["-o", "link", "show", &eth])?;
+            assert!(
+                link.contains("mtu 1450") && link.contains(&task_mac),
+                "{link}"
+            );
+            let troutes = in_task(id, &["route", "show", &format!("{subnet}/{prefix}")])?;
+            assert!(
+                troutes.contains(&format!("via 169.254.1.1 dev {eth}"))
+                    && troutes.contains(&format!("src {a}"))
+                    && troutes.contains("onlink"),
+                "{troutes}"
+            );
+            let neigh = in_task(id, &["neigh", "show", "169.254.1.1", "dev", &eth])?;
+            assert!(
+                neigh.contains(&host_mac) && neigh.contains("PERMANENT"),
+                "{neigh}"
+            );
+            let features = run(
+                "ip",
+                &["netns", "exec", &netns_of(id), "ethtool", "-k", &eth],
+            )?;
+            assert!(
+                features.contains("generic-receive-offload: on"),
+                "{features}"
+            );
+        }
+        // The default route stays on eth0; the task picks its network address for its
+        // network's subnet.
+        let default = in_task(id, &["route", "show", "default"])?;
+        assert!(default.contains("dev eth0"), "{default}");
+        let get = in_task(id, &["route", "get", "10.210.2.77"])?;
+        assert!(
+            get.contains("dev eth2") && get.contains("src 10.210.2.5"),
+            "{get}"
+        );
+        // The task still answers on its ingress address.
+        poll(Duration::from_secs(10), "the task to answer", || {
+            fetch(addr, 80)
+        })
+        .await?;
+
+        // A later agent run adopts the task with all its interfaces, and leaves them;
+        // a network veth of a task nobody runs is stray, and removed.
+        let stray = plumb::network_host_iface(task_id(42), 1).expect("a name");
+        node_ip(&[
+            "link", "add", &stray, "type", "veth", "peer", "name", "strayp",
+        ])?;
+        let second = Runtimes::new(&state, false, runtime_common::isolation(&state)?).await?;
+        let adopted = second.adopt().await?;
+        assert_eq!(adopted.running[&id], started);
+        for host_side in &names {
+            node_ip(&["link", "show", host_side])?;
+        }
+        ensure!(
+            node_ip(&["link", "show", &stray]).is_err(),
+            "{stray} still there"
+        );
+        // Stopping it removes every veth and route.
+        second.stop(id, Duration::from_secs(5)).await?;
+        let links = node_ip(&["-o", "link"])?;
+        for host_side in names.iter().chain([&started.host_iface]) {
+            assert!(!links.contains(host_side.as_str()), "{links}");
+        }
+        for (a, _, _) in nets {
+            assert_eq!(node_ip(&["route", "show", &format!("{a}/32")])?.trim(), "");
+        }
         Ok(())
     })
 }

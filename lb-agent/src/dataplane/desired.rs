@@ -2,7 +2,9 @@
 //!
 //! Each port mapping of a configured service is one dataplane service with one id and up
 //! to two keys: the published port (`0.0.0.0:published`, the routing mesh) and
-//! `vip:target`. Its backends are `(endpoint address, target port)`.
+//! `vip:target`. Its backends are `(endpoint address, target port)`. Services and
+//! endpoints carry the VNI of their network (the configured one, or `node.vni`), which
+//! the programs compare to keep networks apart.
 //!
 //! Identity, which is what keeps ids stable: a dataplane service is identified by its
 //! keys (a port mapping keeps its id as long as it keeps one of its keys); a backend by
@@ -133,7 +135,7 @@ pub fn compute(
                 ifindex: iface.index,
                 mac,
                 gw_mac: iface.mac,
-                vni: node.vni,
+                vni: config.endpoint_vni(ep),
             }
         } else {
             let peer = peers
@@ -147,7 +149,7 @@ pub fn compute(
                 ifindex: 0,
                 mac,
                 gw_mac: [0; 6],
-                vni: node.vni,
+                vni: config.endpoint_vni(ep),
             }
         };
         state.endpoints.insert(ep.address, value);
@@ -259,6 +261,7 @@ pub fn compute(
                 base: 0,
                 slots: slots.len() as u32,
                 flags,
+                vni: config.service_vni(svc),
             };
             for k in keys {
                 state.services.insert(k, value);
@@ -374,7 +377,8 @@ mod tests {
                 id: 0,
                 base: 0,
                 slots: 3,
-                flags: Service::FLAG_MSS_CLAMP
+                flags: Service::FLAG_MSS_CLAMP,
+                vni: 4096
             }
         );
         // web.1 weight 1 (id 0), web.2 weight 2 (id 1).

@@ -439,6 +439,7 @@ mod tests {
             base: 0,
             slots: slots.len() as u32,
             flags: 1,
+            vni: 4096,
         };
         s.services.insert(SvcKey::published(8080, TCP), svc);
         s.services.insert(
@@ -554,7 +555,8 @@ mod tests {
                         id: 3,
                         base: 1,
                         slots: 2,
-                        flags: 1
+                        flags: 1,
+                        vni: 4096
                     }
                 ),
                 MapOp::UpsertService(
@@ -567,7 +569,8 @@ mod tests {
                         id: 3,
                         base: 1,
                         slots: 2,
-                        flags: 1
+                        flags: 1,
+                        vni: 4096
                     }
                 ),
             ]
@@ -620,6 +623,7 @@ mod tests {
             base: 0,
             slots: 1,
             flags: 0,
+            vni: 4096,
         };
         desired.services.insert(SvcKey::published(8080, TCP), svc);
         desired.slots.insert(4, vec![12]);
@@ -656,6 +660,7 @@ mod tests {
                 Service {
                     base: 9,
                     flags: 0,
+                    vni: 4096,
                     ..
                 }
             )
@@ -675,6 +680,7 @@ mod tests {
                 base: 0,
                 slots: 3,
                 flags: 0,
+                vni: 4096,
             };
             current.services.insert(key, svc);
             desired.services.insert(key, svc);

@@ -16,12 +16,27 @@
 //!   A service with a VIP also gets `<name>/vip`: every other TCP and UDP
 //!   port of the VIP, to the same port of a task (target 0), as Swarm's VIPs
 //!   take every port; so services reach each other by VIP without publishing.
+//! - User networks (issue 13): a service that joins some has no ingress VIP; its
+//!   published ports (`<name>`, `<name>/ports`, `<name>/host`) go to its tasks'
+//!   ingress addresses, which are routing-mesh-only (VNI 0). It gets one entry per
+//!   network where it has a VIP, `<name>@<network>`: every port of that VIP, to its
+//!   tasks' addresses on that network, on the network's VNI. Each entry's port
+//!   mappings are dataplane services of their own (ids by their keys, as always), so
+//!   a task's flow to one network's VIP is balanced, NATed and counted apart.
+//! - Endpoints carry their network's VNI: none given (the ingress VNI) for a service
+//!   on the default network, 0 for a routing-mesh-only ingress address, the
+//!   network's VNI for an address on a user network (`<task name>@<network>.<task
+//!   id>`, so the metric label is `web.1@front`; behind the host side of that
+//!   network's veth when local).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use lb_common::MESH_ONLY_VNI;
 use mesh_api::assignment::{Assignment, Backend};
+use mesh_api::network::{Network, NetworkId};
 use mesh_api::node::format_id;
+use mesh_api::service::ServiceId;
 use mesh_api::spec::{PortSpec, PublishMode};
 use mesh_api::task::TaskId;
 
@@ -50,9 +65,14 @@ fn port_config(p: &PortSpec, published: bool) -> Option<PortConfig> {
 /// The configuration that programs `assignment`: `base` supplies the
 /// `[node]` (its name is replaced by the node's ID and its VNI by the
 /// ingress network's), `[dataplane]` and `[metrics]` sections; `local` maps
-/// each running local task to the host side of its veth.
+/// each running local task to the host sides of its veths, in its interfaces'
+/// order (`eth0` on ingress, then one per network of [`AssignedTask::networks`]).
 #[must_use]
-pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, String>) -> Config {
+pub fn config(
+    base: &Config,
+    assignment: &Assignment,
+    local: &BTreeMap<TaskId, Vec<String>>,
+) -> Config {
     let me = assignment.node;
     let mut node = base.node.clone();
     node.name = format_id(me);
@@ -68,51 +88,68 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
         })
         .collect();
     let known_peers: BTreeSet<u64> = assignment.peers.iter().map(|p| p.id).collect();
+    let networks: BTreeMap<NetworkId, &Network> =
+        assignment.networks.iter().map(|n| (n.id, n)).collect();
+    // The services that join user networks: their tasks' ingress addresses carry the
+    // routing mesh only.
+    let mesh_only: BTreeSet<ServiceId> = assignment
+        .services
+        .iter()
+        .filter(|s| !s.networks.is_empty())
+        .map(|s| s.id)
+        .collect();
 
-    // Endpoints by task, and which exist.
-    let mut endpoints: BTreeMap<TaskId, EndpointConfig> = BTreeMap::new();
-    let mut addrs: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    // Endpoints by (task, network: `None` for ingress), and which addresses exist.
+    let mut endpoints = Endpoints::default();
     for task in &assignment.tasks {
-        if let Some(iface) = local.get(&task.id)
-            && addrs.insert(task.addr)
-        {
-            endpoints.insert(
-                task.id,
-                EndpointConfig {
-                    name: endpoint_name(&task.name, task.id),
-                    address: task.addr,
-                    node: node.name.clone(),
-                    iface: Some(iface.clone()),
-                    mac: None,
-                },
-            );
+        let Some(ifaces) = local.get(&task.id) else {
+            continue;
+        };
+        // By the service, as for remote backends: a task of an earlier spec (draining
+        // through a rolling update that changed the networks) is on its service's side.
+        let joins = mesh_only.contains(&task.service_id);
+        let name = endpoint_name(&task.name, task.id);
+        let here = node.name.clone();
+        if let Some(iface) = ifaces.first() {
+            let vni = joins.then_some(MESH_ONLY_VNI);
+            endpoints.add((task.id, None), &name, task.addr, &here, Some(iface), vni);
+        }
+        for (na, iface) in task.networks.iter().zip(ifaces.iter().skip(1)) {
+            if let Some(net) = networks.get(&na.network) {
+                let name = endpoint_name(&format!("{}@{}", task.name, net.spec.name), task.id);
+                let key = (task.id, Some(na.network));
+                endpoints.add(key, &name, na.addr, &here, Some(iface), Some(net.vni));
+            }
         }
     }
-    for backend in assignment.services.iter().flat_map(|s| &s.backends) {
-        if backend.node == me
-            || !known_peers.contains(&backend.node)
-            || endpoints.contains_key(&backend.task)
-            || !addrs.insert(backend.addr)
-        {
-            continue;
+    for routes in &assignment.services {
+        let joins = !routes.networks.is_empty();
+        for backend in &routes.backends {
+            if backend.node == me || !known_peers.contains(&backend.node) {
+                continue;
+            }
+            let name = endpoint_name(&backend.name, backend.task);
+            let there = format_id(backend.node);
+            let vni = joins.then_some(MESH_ONLY_VNI);
+            endpoints.add((backend.task, None), &name, backend.addr, &there, None, vni);
+            for na in &backend.networks {
+                if let Some(net) = networks.get(&na.network) {
+                    let name =
+                        endpoint_name(&format!("{}@{}", backend.name, net.spec.name), backend.task);
+                    let key = (backend.task, Some(na.network));
+                    endpoints.add(key, &name, na.addr, &there, None, Some(net.vni));
+                }
+            }
         }
-        endpoints.insert(
-            backend.task,
-            EndpointConfig {
-                name: endpoint_name(&backend.name, backend.task),
-                address: backend.addr,
-                node: format_id(backend.node),
-                iface: None,
-                mac: None,
-            },
-        );
     }
 
-    let backend_configs = |backends: &mut dyn Iterator<Item = &Backend>| -> Vec<BackendConfig> {
+    let backend_configs = |network: Option<NetworkId>,
+                           backends: &mut dyn Iterator<Item = &Backend>|
+     -> Vec<BackendConfig> {
         backends
             .filter_map(|b| {
                 Some(BackendConfig {
-                    endpoint: endpoints.get(&b.task)?.name.clone(),
+                    endpoint: endpoints.by_key.get(&(b.task, network))?.name.clone(),
                     weight: 1,
                     draining: b.draining,
                 })
@@ -122,7 +159,15 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
 
     let mut services = Vec::new();
     for routes in &assignment.services {
-        let all = backend_configs(&mut routes.backends.iter());
+        let joins = !routes.networks.is_empty();
+        // A service on user networks has no ingress VIP: its published ports go to its
+        // tasks' routing-mesh-only ingress addresses.
+        let (vip, vni) = if joins {
+            (None, Some(MESH_ONLY_VNI))
+        } else {
+            (routes.vip, None)
+        };
+        let all = backend_configs(None, &mut routes.backends.iter());
         let mut on_vip = Vec::new();
         let mut without_vip = Vec::new();
         let mut vip_targets = BTreeSet::new();
@@ -134,7 +179,7 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
             let Some(port) = port_config(p, true) else {
                 continue;
             };
-            if routes.vip.is_none() || vip_targets.insert((port.target, port.protocol)) {
+            if vip.is_none() || vip_targets.insert((port.target, port.protocol)) {
                 on_vip.push(port);
             } else {
                 without_vip.push(port);
@@ -143,26 +188,19 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
         if !on_vip.is_empty() {
             services.push(ServiceConfig {
                 name: routes.name.clone(),
-                vip: routes.vip,
+                vip,
                 ports: on_vip,
                 backends: all.clone(),
+                vni,
             });
         }
-        if let Some(vip) = routes.vip {
-            // Every other port of the VIP, TCP and UDP, to the same port of a task.
-            services.push(ServiceConfig {
-                name: format!("{}/vip", routes.name),
-                vip: Some(vip),
-                ports: [Protocol::Tcp, Protocol::Udp]
-                    .into_iter()
-                    .map(|protocol| PortConfig {
-                        published: None,
-                        target: 0,
-                        protocol,
-                    })
-                    .collect(),
-                backends: all.clone(),
-            });
+        if let Some(vip) = vip {
+            services.push(every_port(
+                format!("{}/vip", routes.name),
+                vip,
+                all.clone(),
+                None,
+            ));
         }
         if !without_vip.is_empty() {
             services.push(ServiceConfig {
@@ -170,6 +208,7 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
                 vip: None,
                 ports: without_vip,
                 backends: all,
+                vni,
             });
         }
         let host_ports: Vec<PortConfig> = routes
@@ -178,14 +217,25 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
             .filter(|p| p.mode == PublishMode::Host)
             .filter_map(|p| port_config(p, true))
             .collect();
-        let local_backends = backend_configs(&mut routes.backends.iter().filter(|b| b.node == me));
+        let local_backends =
+            backend_configs(None, &mut routes.backends.iter().filter(|b| b.node == me));
         if !host_ports.is_empty() && !local_backends.is_empty() {
             services.push(ServiceConfig {
                 name: format!("{}/host", routes.name),
                 vip: None,
                 ports: host_ports,
                 backends: local_backends,
+                vni,
             });
+        }
+        // Its VIP on each network it joins, balanced to its tasks' addresses there.
+        for sn in &routes.networks {
+            let (Some(vip), Some(net)) = (sn.vip, networks.get(&sn.network)) else {
+                continue;
+            };
+            let backends = backend_configs(Some(net.id), &mut routes.backends.iter());
+            let name = format!("{}@{}", routes.name, net.spec.name);
+            services.push(every_port(name, vip, backends, Some(net.vni)));
         }
     }
 
@@ -194,8 +244,68 @@ pub fn config(base: &Config, assignment: &Assignment, local: &BTreeMap<TaskId, S
         dataplane: base.dataplane.clone(),
         metrics: base.metrics.clone(),
         peers,
-        endpoints: endpoints.into_values().collect(),
+        endpoints: endpoints.by_key.into_values().collect(),
         services,
+    }
+}
+
+/// Every port of `vip`, TCP and UDP, each to the same port of a backend (Swarm's VIPs
+/// take every port).
+fn every_port(
+    name: String,
+    vip: Ipv4Addr,
+    backends: Vec<BackendConfig>,
+    vni: Option<u32>,
+) -> ServiceConfig {
+    ServiceConfig {
+        name,
+        vip: Some(vip),
+        ports: [Protocol::Tcp, Protocol::Udp]
+            .into_iter()
+            .map(|protocol| PortConfig {
+                published: None,
+                target: 0,
+                protocol,
+            })
+            .collect(),
+        backends,
+        vni,
+    }
+}
+
+/// The endpoints of a configuration being built: by (task, network; `None` for
+/// ingress), each address once.
+#[derive(Default)]
+struct Endpoints {
+    by_key: BTreeMap<(TaskId, Option<NetworkId>), EndpointConfig>,
+    addrs: BTreeSet<Ipv4Addr>,
+}
+
+impl Endpoints {
+    /// Adds an endpoint unless its key or its address is already taken.
+    fn add(
+        &mut self,
+        key: (TaskId, Option<NetworkId>),
+        name: &str,
+        address: Ipv4Addr,
+        node: &str,
+        iface: Option<&String>,
+        vni: Option<u32>,
+    ) {
+        if self.by_key.contains_key(&key) || !self.addrs.insert(address) {
+            return;
+        }
+        self.by_key.insert(
+            key,
+            EndpointConfig {
+                name: name.to_owned(),
+                address,
+                node: node.to_owned(),
+                iface: iface.cloned(),
+                mac: None,
+                vni,
+            },
+        );
     }
 }
 
@@ -370,8 +480,8 @@ mod tests {
         host
     }
 
-    fn local() -> BTreeMap<TaskId, String> {
-        BTreeMap::from([(1, "veth-1".to_string())])
+    fn local() -> BTreeMap<TaskId, Vec<String>> {
+        BTreeMap::from([(1, vec!["veth-1".to_string()])])
     }
 
     fn service(name: &str, ports: u16, active: usize, draining: usize) -> ServiceConfig {
@@ -392,6 +502,7 @@ mod tests {
                     draining: i >= active,
                 })
                 .collect(),
+            vni: None,
         }
     }
 
@@ -508,5 +619,292 @@ mod tests {
         c.validate(&host()).expect("a valid configuration");
         assert_eq!(c.endpoints.len(), 1);
         assert!(c.services[0].backends.is_empty());
+    }
+
+    mod networks {
+        use mesh_api::assignment::ServiceNetwork;
+        use mesh_api::network::{Network, NetworkAddr, NetworkSpec};
+
+        use super::*;
+        use crate::dataplane::desired::{Allocators, compute};
+        use crate::dataplane::map_state::{DataplaneState, SvcKey};
+
+        const FRONT: u64 = 0xf1;
+        const BACK: u64 = 0xf2;
+        const API: u64 = 200;
+
+        fn network(id: u64, name: &str, third: u8, vni: u32) -> Network {
+            Network {
+                id,
+                spec: NetworkSpec::new(name),
+                subnet: format!("10.0.{third}.0/24").parse().unwrap(),
+                gateway: Ipv4Addr::new(10, 0, third, 1),
+                vni,
+                cursor: 2,
+                created_at_ms: 0,
+            }
+        }
+
+        fn on(net: u64, last: u8) -> NetworkAddr {
+            let third = if net == FRONT { 1 } else { 2 };
+            NetworkAddr {
+                network: net,
+                addr: Ipv4Addr::new(10, 0, third, last),
+            }
+        }
+
+        /// The base assignment's `web` (default network), plus `api` on `front` and
+        /// `back` (VIPs .2 on each), published 9090 -> 80: its task 5 here (running),
+        /// task 6 on the peer.
+        fn assignment() -> Assignment {
+            let mut a = super::assignment(vec![port(8080, 80, PublishMode::Ingress)]);
+            a.networks = vec![
+                network(FRONT, "front", 1, 4097),
+                network(BACK, "back", 2, 4098),
+            ];
+            let mut task = local_task(5, TaskAction::Run);
+            task.name = "api.1".into();
+            task.service_id = API;
+            task.networks = vec![on(FRONT, 5), on(BACK, 5)];
+            a.tasks.push(task);
+            let api_backend = |task: TaskId, node| Backend {
+                name: "api.1".into(),
+                networks: vec![on(FRONT, task as u8), on(BACK, task as u8)],
+                ..backend(task, node, false)
+            };
+            a.services.push(ServiceRoutes {
+                id: API,
+                name: "api".into(),
+                vip: None,
+                ports: vec![port(9090, 80, PublishMode::Ingress)],
+                backends: vec![api_backend(5, ME), api_backend(6, OTHER)],
+                networks: [(FRONT, 2), (BACK, 2)]
+                    .into_iter()
+                    .map(|(network, last)| ServiceNetwork {
+                        network,
+                        vip: Some(on(network, last).addr),
+                        aliases: Vec::new(),
+                    })
+                    .collect(),
+            });
+            a
+        }
+
+        fn local() -> BTreeMap<TaskId, Vec<String>> {
+            let mut local = super::local();
+            local.insert(5, vec!["veth-5".into(), "veth-5a".into(), "veth-5b".into()]);
+            local
+        }
+
+        fn host() -> HostInfo {
+            let mut host = super::host();
+            for (index, name) in [(5, "veth-5"), (6, "veth-5a"), (7, "veth-5b")] {
+                host.insert(Interface {
+                    name: name.into(),
+                    index,
+                    mac: [2, 0, 0, 0, 0, index as u8],
+                    mtu: 1500,
+                    ipv4: vec![],
+                });
+            }
+            host
+        }
+
+        fn endpoint<'a>(c: &'a Config, name: &str) -> &'a EndpointConfig {
+            c.endpoints
+                .iter()
+                .find(|e| e.name == name)
+                .unwrap_or_else(|| panic!("no endpoint {name}: {:?}", c.endpoints))
+        }
+
+        fn service<'a>(c: &'a Config, name: &str) -> &'a ServiceConfig {
+            c.services
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("no service {name}"))
+        }
+
+        fn backend_names(s: &ServiceConfig) -> Vec<&str> {
+            s.backends.iter().map(|b| b.endpoint.as_str()).collect()
+        }
+
+        #[test]
+        fn each_address_is_an_endpoint_on_its_network_and_the_ingress_one_is_mesh_only() {
+            let a = assignment();
+            let c = config(&base(), &a, &local());
+            c.validate(&host()).expect("a valid configuration");
+            let cases = [
+                (
+                    "api.1.0000000000000005",
+                    "veth-5",
+                    Some(0),
+                    Ipv4Addr::new(10, 255, 0, 5),
+                ),
+                (
+                    "api.1@front.0000000000000005",
+                    "veth-5a",
+                    Some(4097),
+                    on(FRONT, 5).addr,
+                ),
+                (
+                    "api.1@back.0000000000000005",
+                    "veth-5b",
+                    Some(4098),
+                    on(BACK, 5).addr,
+                ),
+            ];
+            for (name, iface, vni, addr) in cases {
+                let e = endpoint(&c, name);
+                assert_eq!(
+                    (e.iface.as_deref(), e.vni, e.address, e.node.as_str()),
+                    (Some(iface), vni, addr, "000000000000000a"),
+                    "{name}"
+                );
+            }
+            for (name, vni, addr) in [
+                (
+                    "api.1.0000000000000006",
+                    Some(0),
+                    Ipv4Addr::new(10, 255, 0, 6),
+                ),
+                (
+                    "api.1@front.0000000000000006",
+                    Some(4097),
+                    on(FRONT, 6).addr,
+                ),
+                ("api.1@back.0000000000000006", Some(4098), on(BACK, 6).addr),
+            ] {
+                let e = endpoint(&c, name);
+                assert_eq!(
+                    (e.iface.as_deref(), e.vni, e.address, e.node.as_str()),
+                    (None, vni, addr, "000000000000000b"),
+                    "{name}"
+                );
+            }
+            // The default network's service is as it was: no VNI of its own.
+            assert_eq!(endpoint(&c, "web.1.0000000000000001").vni, None);
+            assert_eq!(service(&c, "web").vni, None);
+            assert_eq!(service(&c, "web").vip, a.services[0].vip);
+        }
+
+        #[test]
+        fn a_vip_per_network_to_the_addresses_there_and_published_ports_to_the_mesh_only_ones() {
+            let a = assignment();
+            let c = config(&base(), &a, &local());
+            let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["web", "web/vip", "api", "api@front", "api@back"]);
+            let published = service(&c, "api");
+            assert_eq!((published.vip, published.vni), (None, Some(0)));
+            assert_eq!(published.ports[0].published, Some(9090));
+            assert_eq!(
+                backend_names(published),
+                ["api.1.0000000000000005", "api.1.0000000000000006"]
+            );
+            for (name, net, vni) in [("api@front", FRONT, 4097), ("api@back", BACK, 4098)] {
+                let s = service(&c, name);
+                assert_eq!((s.vip, s.vni), (Some(on(net, 2).addr), Some(vni)), "{name}");
+                let labels: Vec<String> = s.ports.iter().map(PortConfig::label).collect();
+                assert_eq!(labels, ["*/tcp", "*/udp"]);
+                let net = name.trim_start_matches("api@");
+                assert_eq!(
+                    backend_names(s),
+                    [
+                        format!("api.1@{net}.0000000000000005"),
+                        format!("api.1@{net}.0000000000000006")
+                    ]
+                );
+                // The metric label is the task's name on that network.
+                assert_eq!(
+                    crate::metrics::backend_label(&s.backends[0].endpoint),
+                    format!("api.1@{net}")
+                );
+            }
+        }
+
+        #[test]
+        fn the_dataplane_state_carries_the_vnis() {
+            let a = assignment();
+            let c = config(&base(), &a, &local());
+            let d = compute(
+                &c,
+                &host(),
+                &DataplaneState::default(),
+                &mut Allocators::default(),
+            )
+            .expect("the configuration computes");
+            let s = &d.state;
+            let vip = |net, proto| SvcKey {
+                addr: on(net, 2).addr,
+                port: 0,
+                proto,
+            };
+            let front = s.services[&vip(FRONT, 6)];
+            let back = s.services[&vip(BACK, 6)];
+            assert_eq!((front.vni, back.vni), (4097, 4098));
+            assert_ne!(front.id, back.id, "one dataplane service per network VIP");
+            assert_eq!(s.services[&SvcKey::published(9090, 6)].vni, 0);
+            assert_eq!(s.services[&SvcKey::published(8080, 6)].vni, 4096);
+            // The front VIP balances to the tasks' front addresses.
+            let mut addrs: Vec<Ipv4Addr> = s
+                .backends
+                .values()
+                .filter(|b| b.service_id == front.id)
+                .map(|b| Ipv4Addr::from(u32::from_be(b.addr)))
+                .collect();
+            addrs.sort();
+            assert_eq!(addrs, [on(FRONT, 5).addr, on(FRONT, 6).addr]);
+            let ep = |addr| s.endpoints[&addr];
+            assert_eq!(ep(on(FRONT, 5).addr).vni, 4097);
+            assert_eq!(ep(on(FRONT, 5).addr).ifindex, 6);
+            assert_eq!(ep(on(BACK, 6).addr).vni, 4098);
+            assert_eq!(ep(on(BACK, 6).addr).node.to_ne_bytes(), [192, 168, 0, 2]);
+            assert_eq!(ep(Ipv4Addr::new(10, 255, 0, 5)).vni, 0);
+            assert_eq!(ep(Ipv4Addr::new(10, 255, 0, 1)).vni, 4096);
+            // Every local veth gets the TC program.
+            let ifaces: Vec<&str> = d.task_ifaces.keys().map(String::as_str).collect();
+            assert_eq!(ifaces, ["veth-1", "veth-5", "veth-5a", "veth-5b"]);
+        }
+
+        #[test]
+        fn dnsrr_unknown_networks_and_missing_veths_leave_out_what_cannot_be_routed() {
+            let mut a = assignment();
+            // dnsrr on back: no VIP there; an unknown network: nothing.
+            a.services[1].networks[1].vip = None;
+            a.networks.retain(|n| n.id != FRONT);
+            let mut local = local();
+            // The adopted task's second network veth was not found.
+            local.get_mut(&5).unwrap().truncate(2);
+            let c = config(&base(), &a, &local);
+            c.validate(&host()).expect("a valid configuration");
+            let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["web", "web/vip", "api"]);
+            let eps: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(
+                eps,
+                [
+                    "web.1.0000000000000001",
+                    "web.3.0000000000000003",
+                    "api.1.0000000000000005",
+                    "api.1.0000000000000006",
+                    "api.1@back.0000000000000006",
+                ]
+            );
+        }
+
+        #[test]
+        fn a_backend_off_its_service_network_is_refused_by_validation() {
+            let mut c = config(&base(), &assignment(), &local());
+            let front = c
+                .services
+                .iter_mut()
+                .find(|s| s.name == "api@front")
+                .unwrap();
+            front.backends[0].endpoint = "api.1@back.0000000000000005".into();
+            let err = c.validate(&host()).unwrap_err().to_string();
+            assert!(
+                err.contains("vni 4097") && err.contains("vni 4098"),
+                "{err}"
+            );
+        }
     }
 }

@@ -188,6 +188,7 @@ async fn drive(
                                 .collect(),
                         );
                         prune_logs(&runtimes, keep_logs.clone());
+                        supervisor.set_networks(&assignment.networks);
                         supervisor.assign(&assignment.tasks, now);
                         current = Some(*assignment);
                         reprogram = true;

@@ -39,10 +39,11 @@ use std::time::{Duration, Instant};
 
 use lb_common::{Flow, FlowKey, FlowKind, IPPROTO_TCP};
 use mesh_api::assignment::{AssignedTask, TaskAction};
+use mesh_api::network::{Network, NetworkId};
 use mesh_api::spec::{HealthCheck, MAX_DURATION_MS};
 use mesh_api::task::{TaskId, TaskState, TaskStatus};
 
-use crate::runtime::task::{Exit, Started, TaskConfig};
+use crate::runtime::task::{Exit, Started, TaskConfig, TaskNetwork};
 
 /// What the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +88,8 @@ struct Tracked {
     phase: Phase,
     /// `Stop` arrived (while starting, it applies once started).
     stop: bool,
-    iface: Option<String>,
+    /// The host sides of its veths (`eth0`'s first), once started.
+    ifaces: Option<Vec<String>>,
     since: Instant,
     healthy: bool,
     failures: u32,
@@ -114,6 +116,8 @@ pub struct Supervisor {
     /// Tasks a previous agent run left whose process had ended by the time this
     /// one started (their leftovers were removed).
     ended_away: BTreeSet<TaskId>,
+    /// The user networks' subnets, by network.
+    subnets: BTreeMap<NetworkId, (Ipv4Addr, u8)>,
 }
 
 fn status(clock_ms: u64, state: TaskState, message: &str) -> TaskStatus {
@@ -137,6 +141,7 @@ impl Supervisor {
             reports: Vec::new(),
             actions: Vec::new(),
             ended_away: BTreeSet::new(),
+            subnets: BTreeMap::new(),
         }
     }
 
@@ -153,7 +158,7 @@ impl Supervisor {
                 stop_grace: Duration::ZERO,
                 phase: Phase::Up,
                 stop: false,
-                iface: Some(started.host_iface),
+                ifaces: Some(started.host_ifaces()),
                 since: now,
                 healthy: true,
                 failures: 0,
@@ -203,15 +208,24 @@ impl Supervisor {
             .collect()
     }
 
-    /// The host-side interface of every task that runs (the dataplane's
-    /// local endpoints).
+    /// The host-side interfaces of every task that runs (the dataplane's
+    /// local endpoints): `eth0`'s, then those of its networks in order.
     #[must_use]
-    pub fn running_ifaces(&self) -> BTreeMap<TaskId, String> {
+    pub fn running_ifaces(&self) -> BTreeMap<TaskId, Vec<String>> {
         self.tasks
             .iter()
             .filter(|(_, t)| matches!(t.phase, Phase::Up | Phase::Draining { .. }))
-            .filter_map(|(id, t)| Some((*id, t.iface.clone()?)))
+            .filter_map(|(id, t)| Some((*id, t.ifaces.clone()?)))
             .collect()
+    }
+
+    /// Takes in the user networks of the assignment (before [`Supervisor::assign`]):
+    /// the subnets that tasks starting from now on route through their interfaces.
+    pub fn set_networks(&mut self, networks: &[Network]) {
+        self.subnets = networks
+            .iter()
+            .map(|n| (n.id, (n.subnet.network(), n.subnet.prefix())))
+            .collect();
     }
 
     /// The tasks that wait for their flows to end, with their addresses.
@@ -303,7 +317,7 @@ impl Supervisor {
             stop_grace: ms(task.spec.stop_grace_ms),
             phase: Phase::Ended,
             stop: task.action == TaskAction::Stop,
-            iface: None,
+            ifaces: None,
             since: now,
             healthy: false,
             failures: 0,
@@ -348,6 +362,14 @@ impl Supervisor {
                     spec: task.spec.clone(),
                     addr: task.addr,
                     mtu: self.mtu,
+                    networks: task
+                        .networks
+                        .iter()
+                        .map(|n| TaskNetwork {
+                            addr: n.addr,
+                            subnet: self.subnets.get(&n.network).copied(),
+                        })
+                        .collect(),
                 })));
             }
             // Never started and on its way out: nothing to do until Stop.
@@ -392,7 +414,7 @@ impl Supervisor {
                 self.actions.push(Action::Stop(id));
             }
             Ok(started) => {
-                t.iface = Some(started.host_iface);
+                t.ifaces = Some(started.host_ifaces());
                 t.since = now;
                 t.phase = Phase::Up;
                 if let Some(exit) = t.early_exit.take() {
@@ -599,6 +621,7 @@ mod tests {
         Ok(Started {
             host_iface: iface.into(),
             ifindex: 9,
+            networks: Vec::new(),
         })
     }
 
@@ -636,7 +659,58 @@ mod tests {
             states(&reports),
             vec![TaskState::Starting, TaskState::Running]
         );
-        assert_eq!(s.running_ifaces()[&1], "veth1");
+        assert_eq!(s.running_ifaces()[&1], ["veth1"]);
+    }
+
+    #[test]
+    fn a_task_on_networks_is_started_with_their_subnets_and_runs_with_all_its_veths() {
+        use mesh_api::network::{NetworkAddr, NetworkSpec};
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        let front = Network {
+            id: 0xf1,
+            spec: NetworkSpec::new("front"),
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            vni: 4097,
+            cursor: 2,
+            created_at_ms: 0,
+        };
+        s.set_networks(std::slice::from_ref(&front));
+        let mut t = task(1, TaskAction::Run, None);
+        t.networks = vec![
+            NetworkAddr {
+                network: 0xf1,
+                addr: Ipv4Addr::new(10, 0, 1, 5),
+            },
+            // A network the assignment does not describe: an address, no route.
+            NetworkAddr {
+                network: 0xf9,
+                addr: Ipv4Addr::new(10, 0, 9, 5),
+            },
+        ];
+        s.assign(&[t], t0);
+        let (actions, _) = s.take();
+        let [Action::Start(config)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            config.networks,
+            [
+                TaskNetwork {
+                    addr: Ipv4Addr::new(10, 0, 1, 5),
+                    subnet: Some((Ipv4Addr::new(10, 0, 1, 0), 24)),
+                },
+                TaskNetwork {
+                    addr: Ipv4Addr::new(10, 0, 9, 5),
+                    subnet: None,
+                },
+            ]
+        );
+        let mut up = started("veth1").unwrap();
+        up.networks = vec!["m1".into(), "m2".into()];
+        s.started(1, Ok(up), t0);
+        assert_eq!(s.running_ifaces()[&1], ["veth1", "m1", "m2"]);
     }
 
     #[test]
@@ -836,7 +910,7 @@ mod tests {
             t0,
         );
         assert_eq!(s.take(), (vec![], vec![]));
-        assert_eq!(s.running_ifaces()[&1], "veth1");
+        assert_eq!(s.running_ifaces()[&1], ["veth1"]);
         assert_eq!(s.name(1), Some("web.1"));
         // From then on they are tasks like any other: an exit is reported...
         s.exited(2, Exit { code: -1 });

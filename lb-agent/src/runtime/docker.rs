@@ -192,7 +192,7 @@ impl DockerRuntime {
             let pid = self.pid(&created.id).await?;
             self.watch(task.id, created.id.clone());
             let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
-            let started = plumb::plumb(netlink, task.id, task.addr, task.mtu, &ns).await?;
+            let started = plumb::plumb(netlink, task, &ns).await?;
             info!(
                 task = task.name,
                 container = name,
@@ -549,6 +549,7 @@ mod tests {
             },
             addr: Ipv4Addr::new(10, 0, 0, 1),
             mtu: 1450,
+            networks: Vec::new(),
         };
         assert_eq!(container_name(&t), "web_app.1.00000000000000a3");
     }

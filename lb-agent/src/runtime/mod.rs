@@ -159,9 +159,7 @@ impl Runtimes {
                 record::write(&self.inner.state_dir, task.id, &rec)?;
                 let result = async {
                     let ns = p.create_netns(task.id).await?;
-                    let started =
-                        plumb::plumb(&self.inner.netlink, task.id, task.addr, task.mtu, &ns)
-                            .await?;
+                    let started = plumb::plumb(&self.inner.netlink, task, &ns).await?;
                     rec.main = Some(p.spawn(task).await?);
                     // Names the main process, for a later run to recognise it.
                     record::write(&self.inner.state_dir, task.id, &rec)?;
@@ -245,13 +243,13 @@ impl Runtimes {
         keep: impl Iterator<Item = TaskId>,
     ) -> Result<(), RuntimeError> {
         let inner = &*self.inner;
-        let running: BTreeSet<String> = keep
+        let running: BTreeSet<u64> = keep
             .chain(inner.process.ids())
             .chain(self.docker().map(DockerRuntime::ids).unwrap_or_default())
-            .map(plumb::host_iface)
+            .map(plumb::id_bits)
             .collect();
         for (name, _) in inner.netlink.links().await? {
-            if plumb::is_host_iface(&name) && !running.contains(&name) {
+            if plumb::host_iface_owner(&name).is_some_and(|owner| !running.contains(&owner)) {
                 inner.netlink.delete_link(&name).await?;
             }
         }
@@ -476,9 +474,13 @@ impl Runtimes {
                 },
             };
             if alive {
+                // Its networks' veths, as many as are there (the assignment says which
+                // networks it joins; the dataplane routes those it finds).
+                let links = inner.netlink.links().await?;
                 return Ok(Some(Started {
                     host_iface: iface,
                     ifindex,
+                    networks: plumb::network_ifaces_of(id, &links),
                 }));
             }
         }

@@ -10,7 +10,13 @@
 //!   [`GATEWAY`] on the link, the default route through it, and a permanent neighbour
 //!   entry for the gateway with the host side's MAC (nobody answers ARP for it: the
 //!   dataplane's TC program handles what the task sends);
-//! - both ends get the task's MTU; `lo` is up in the task's namespace.
+//! - both ends get the task's MTU; `lo` is up in the task's namespace;
+//! - for each user network the task joins, in order, another veth alike: host side
+//!   `m<n>` + the same 13 hex digits (`n` from 1), task side `eth<n>` with the task's
+//!   address on that network (`/32`), a route to the network's subnet `via 169.254.1.1
+//!   dev eth<n> onlink src ADDR`, and the same permanent neighbour entry for the
+//!   gateway on that interface; the host side gets `ADDR/32 dev m<n>…` and, from the
+//!   agent, the same TC program as `eth0`'s.
 //!
 //! The dataplane redirects frames into the veth from XDP (`XDP_REDIRECT`). The veth
 //! only receives such frames when its receiving end (the task side) has NAPI on, which
@@ -39,7 +45,7 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tracing::debug;
 
 use crate::runtime::netns;
-use crate::runtime::task::Started;
+use crate::runtime::task::{Started, TaskConfig};
 
 /// The tasks' link-local gateway (answered for by the host side's MAC).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -81,22 +87,81 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlumbError {
     move |source| PlumbError::Io { what, source }
 }
 
-/// The host-side interface name of task `id` (15 characters at most).
+/// The most user networks a task's interfaces are named for (`eth1` to `eth9`): at
+/// least `mesh_api::spec::MAX_NETWORKS`.
+pub const MAX_TASK_NETWORKS: usize = 9;
+
+// Every task a service may have gets names for all its networks.
+const _: () = assert!(MAX_TASK_NETWORKS >= mesh_api::spec::MAX_NETWORKS);
+
+/// The bits of a task ID its interface names carry (13 hex digits).
+const ID_MASK: u64 = 0x000f_ffff_ffff_ffff;
+
+/// The host-side interface name of task `id`'s `eth0` (15 characters at most).
 #[must_use]
 pub fn host_iface(id: TaskId) -> String {
-    format!("{HOST_PREFIX}{:013x}", id & 0x000f_ffff_ffff_ffff)
+    format!("{HOST_PREFIX}{:013x}", id & ID_MASK)
 }
 
-/// The temporary name of the task side while it is in the agent's namespace.
-fn temp_iface(id: TaskId) -> String {
-    format!("mp{:013x}", id & 0x000f_ffff_ffff_ffff)
+/// The host-side interface name of task `id`'s `eth<n>` (its `n`-th user network, from
+/// 1): `m<n>` and the same 13 hex digits; `None` past [`MAX_TASK_NETWORKS`].
+#[must_use]
+pub fn network_host_iface(id: TaskId, n: usize) -> Option<String> {
+    (1..=MAX_TASK_NETWORKS)
+        .contains(&n)
+        .then(|| format!("m{n}{:013x}", id & ID_MASK))
 }
 
-/// Whether `name` is a host-side name [`host_iface`] makes.
+/// The temporary name of the task side of `eth<n>` while it is in the agent's namespace.
+fn temp_iface(id: TaskId, n: usize) -> String {
+    if n == 0 {
+        format!("mp{:013x}", id & ID_MASK)
+    } else {
+        format!("n{n}{:013x}", id & ID_MASK)
+    }
+}
+
+/// The two-character prefix and the task ID bits ([`ID_MASK`]) of a name this module
+/// gives an interface in the agent's namespace, `None` for other names.
+fn split_iface(name: &str) -> Option<([u8; 2], u64)> {
+    let b = name.as_bytes();
+    if b.len() != 15 || !b[2..].iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let prefix = [b[0], b[1]];
+    let numbered = (b'1'..=b'9').contains(&b[1]);
+    let ours = matches!(&prefix, b"mt" | b"mp") || (matches!(b[0], b'm' | b'n') && numbered);
+    ours.then(|| {
+        u64::from_str_radix(&name[2..], 16)
+            .ok()
+            .map(|id| (prefix, id))
+    })?
+}
+
+/// The task ID bits in any name this module gives an interface in the agent's
+/// namespace (host sides, and task sides under their temporary names).
+fn task_of_iface(name: &str) -> Option<u64> {
+    split_iface(name).map(|(_, id)| id)
+}
+
+/// Whether `name` is a host-side name [`host_iface`] or [`network_host_iface`] makes.
 #[must_use]
 pub fn is_host_iface(name: &str) -> bool {
-    name.strip_prefix(HOST_PREFIX)
-        .is_some_and(|h| h.len() == 13 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    split_iface(name).is_some_and(|(p, _)| p[0] == b'm' && p[1] != b'p')
+}
+
+/// The bits of a task's ID that name its host-side interfaces: the owner of a host-side
+/// name `n` is every task `id` with `id_bits(id) == host_iface_owner(n)`.
+#[must_use]
+pub const fn id_bits(id: TaskId) -> u64 {
+    id & ID_MASK
+}
+
+/// The [`id_bits`] of the task a host-side interface name belongs to, `None` if `name`
+/// is no host-side name.
+#[must_use]
+pub fn host_iface_owner(name: &str) -> Option<u64> {
+    is_host_iface(name).then(|| task_of_iface(name))?
 }
 
 /// The host side's MAC for a task address: `02:fe` + the address.
@@ -243,45 +308,90 @@ fn set_gro(iface: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Plumbs task `id` at `addr` (MTU `mtu`) into the network namespace at `ns`
-/// (`/run/netns/NAME` or `/proc/PID/ns/net`). A stale host side of the same task is
-/// replaced. On failure, what was created is removed.
+/// Plumbs `task` into the network namespace at `ns` (`/run/netns/NAME` or
+/// `/proc/PID/ns/net`): `eth0` on ingress at [`TaskConfig::addr`], then one veth per
+/// network of [`TaskConfig::networks`] (`eth1`, `eth2`, ...), all of MTU
+/// [`TaskConfig::mtu`]. Stale host sides of the same task are replaced. On failure, what
+/// was created is removed.
 ///
 /// # Errors
 /// If a step fails.
-pub async fn plumb(
-    host: &Netlink,
-    id: TaskId,
-    addr: Ipv4Addr,
-    mtu: u32,
-    ns: &Path,
-) -> Result<Started, PlumbError> {
-    let name = host_iface(id);
-    host.delete_link(&name).await?;
-    let temp = temp_iface(id);
-    host.delete_link(&temp).await?;
-    match plumb_steps(host, &name, &temp, addr, mtu, ns).await {
+pub async fn plumb(host: &Netlink, task: &TaskConfig, ns: &Path) -> Result<Started, PlumbError> {
+    unplumb(host, task.id).await?;
+    match plumb_all(host, task, ns).await {
         Ok(started) => Ok(started),
         Err(e) => {
-            if let Err(undo) = host.delete_link(&name).await {
-                debug!(iface = name, error = %undo, "undoing a failed plumbing");
+            if let Err(undo) = unplumb(host, task.id).await {
+                debug!(task = format!("{:016x}", task.id), error = %undo, "undoing a failed plumbing");
             }
-            let _ = host.delete_link(&temp).await;
             Err(e)
         }
     }
 }
 
-async fn plumb_steps(
-    host: &Netlink,
-    name: &str,
-    temp: &str,
+async fn plumb_all(host: &Netlink, task: &TaskConfig, ns: &Path) -> Result<Started, PlumbError> {
+    let ingress = Veth {
+        name: host_iface(task.id),
+        temp: temp_iface(task.id, 0),
+        task_side: TASK_IFACE.to_owned(),
+        addr: task.addr,
+        routes: Routes::Default,
+    };
+    let ifindex = plumb_veth(host, &ingress, task.mtu, ns).await?;
+    let mut networks = Vec::with_capacity(task.networks.len());
+    for (i, net) in task.networks.iter().enumerate() {
+        let n = i + 1;
+        let name = network_host_iface(task.id, n).ok_or_else(|| {
+            io(format!("plumb network {n} of task {:016x}", task.id))(std::io::Error::other(
+                format!("at most {MAX_TASK_NETWORKS} networks per task"),
+            ))
+        })?;
+        let veth = Veth {
+            name: name.clone(),
+            temp: temp_iface(task.id, n),
+            task_side: format!("eth{n}"),
+            addr: net.addr,
+            routes: Routes::Subnet(net.subnet),
+        };
+        plumb_veth(host, &veth, task.mtu, ns).await?;
+        networks.push(name);
+    }
+    Ok(Started {
+        host_iface: ingress.name,
+        ifindex,
+        networks,
+    })
+}
+
+/// One veth of a task.
+struct Veth {
+    /// The host side's name.
+    name: String,
+    /// The task side's name while it is in the agent's namespace.
+    temp: String,
+    /// The task side's name in the task's namespace (`eth0`, `eth1`, ...).
+    task_side: String,
+    /// The task's address on it.
     addr: Ipv4Addr,
-    mtu: u32,
-    ns: &Path,
-) -> Result<Started, PlumbError> {
-    let gw_mac = host_mac(addr);
-    let mac = lb_common::service::task_mac(u32::from(addr));
+    /// What the task routes through it.
+    routes: Routes,
+}
+
+/// What a task routes through one of its interfaces.
+#[derive(Clone, Copy)]
+enum Routes {
+    /// `eth0`: the default route (and `lo` up).
+    Default,
+    /// A user network's interface: its subnet, if known.
+    Subnet(Option<(Ipv4Addr, u8)>),
+}
+
+/// Creates one veth, moves its task side into `ns` and configures both sides; the host
+/// side's ifindex.
+async fn plumb_veth(host: &Netlink, v: &Veth, mtu: u32, ns: &Path) -> Result<u32, PlumbError> {
+    let (name, temp) = (v.name.as_str(), v.temp.as_str());
+    let gw_mac = host_mac(v.addr);
+    let mac = lb_common::service::task_mac(u32::from(v.addr));
     let peer = LinkUnspec::new_with_name(temp)
         .mtu(mtu)
         .address(mac.to_vec())
@@ -309,7 +419,7 @@ async fn plumb_steps(
         .set(
             LinkUnspec::new_with_index(temp_index)
                 .setns_by_fd(ns_file.as_raw_fd())
-                .name(TASK_IFACE)
+                .name(v.task_side.clone())
                 .build(),
         )
         .execute()
@@ -317,7 +427,7 @@ async fn plumb_steps(
         .map_err(nl(format!("move {temp} into {}", ns.display())))?;
     drop(ns_file);
 
-    inside(ns, addr, gw_mac).await?;
+    inside(ns, v, gw_mac).await?;
 
     let index = host
         .index_of(name)
@@ -329,6 +439,7 @@ async fn plumb_steps(
         .execute()
         .await
         .map_err(nl(format!("set {name} up")))?;
+    let addr = v.addr;
     host.handle
         .route()
         .add(
@@ -342,61 +453,85 @@ async fn plumb_steps(
         .execute()
         .await
         .map_err(nl(format!("route {addr}/32 dev {name}")))?;
-    Ok(Started {
-        host_iface: name.to_owned(),
-        ifindex: index,
-    })
+    Ok(index)
 }
 
-/// The steps inside the task's namespace.
-async fn inside(ns: &Path, addr: Ipv4Addr, gw_mac: [u8; 6]) -> Result<(), PlumbError> {
+/// The steps inside the task's namespace for one of its interfaces.
+async fn inside(ns: &Path, v: &Veth, gw_mac: [u8; 6]) -> Result<(), PlumbError> {
     let task = Netlink::in_netns(ns).await?;
     let h = &task.handle;
-    if let Some(lo) = task.index_of("lo").await? {
+    let (addr, dev) = (v.addr, v.task_side.as_str());
+    if matches!(v.routes, Routes::Default)
+        && let Some(lo) = task.index_of("lo").await?
+    {
         h.link()
             .set(LinkUnspec::new_with_index(lo).up().build())
             .execute()
             .await
             .map_err(nl("set lo up"))?;
     }
-    let eth = task
-        .index_of(TASK_IFACE)
-        .await?
-        .ok_or_else(|| io("find eth0 in the task")(std::io::ErrorKind::NotFound.into()))?;
+    let eth = task.index_of(dev).await?.ok_or_else(|| {
+        io(format!("find {dev} in the task"))(std::io::ErrorKind::NotFound.into())
+    })?;
     h.address()
         .add(eth, IpAddr::V4(addr), 32)
         .replace()
         .execute()
         .await
-        .map_err(nl(format!("address {addr}/32")))?;
+        .map_err(nl(format!("address {addr}/32 on {dev}")))?;
     h.link()
         .set(LinkUnspec::new_with_index(eth).up().build())
         .execute()
         .await
-        .map_err(nl("set eth0 up"))?;
-    h.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(GATEWAY, 32)
-                .output_interface(eth)
-                .scope(RouteScope::Link)
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("route to the gateway"))?;
-    h.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(GATEWAY)
-                .output_interface(eth)
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("default route"))?;
+        .map_err(nl(format!("set {dev} up")))?;
+    match v.routes {
+        Routes::Default => {
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(GATEWAY, 32)
+                        .output_interface(eth)
+                        .scope(RouteScope::Link)
+                        .build(),
+                )
+                .replace()
+                .execute()
+                .await
+                .map_err(nl("route to the gateway"))?;
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(GATEWAY)
+                        .output_interface(eth)
+                        .build(),
+                )
+                .replace()
+                .execute()
+                .await
+                .map_err(nl("default route"))?;
+        }
+        Routes::Subnet(Some((subnet, prefix))) => {
+            // `SUBNET via 169.254.1.1 dev ethN onlink src ADDR`: the gateway is the same
+            // link-local address on every interface, reached on this one.
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(subnet, prefix)
+                        .gateway(GATEWAY)
+                        .pref_source(addr)
+                        .output_interface(eth)
+                        .onlink()
+                        .build(),
+                )
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!(
+                    "route {subnet}/{prefix} via {GATEWAY} dev {dev}"
+                )))?;
+        }
+        Routes::Subnet(None) => {}
+    }
     h.neighbours()
         .add(eth, IpAddr::V4(GATEWAY))
         .link_layer_address(&gw_mac)
@@ -404,18 +539,37 @@ async fn inside(ns: &Path, addr: Ipv4Addr, gw_mac: [u8; 6]) -> Result<(), PlumbE
         .replace()
         .execute()
         .await
-        .map_err(nl("gateway neighbour"))?;
+        .map_err(nl(format!("gateway neighbour on {dev}")))?;
     Ok(())
 }
 
-/// Removes task `id`'s veth (its pair and host route go with it); whether it existed.
+/// Removes task `id`'s veths (their pairs and host routes go with them); whether its
+/// ingress veth existed.
 ///
 /// # Errors
-/// If the deletion fails.
+/// If the listing or a deletion fails.
 pub async fn unplumb(host: &Netlink, id: TaskId) -> Result<bool, PlumbError> {
-    let gone = host.delete_link(&host_iface(id)).await?;
-    host.delete_link(&temp_iface(id)).await?;
+    let ours = host_iface(id);
+    let mut gone = false;
+    for (name, _) in host.links().await? {
+        if task_of_iface(&name) == Some(id & ID_MASK) {
+            let deleted = host.delete_link(&name).await?;
+            gone |= deleted && name == ours;
+        }
+    }
     Ok(gone)
+}
+
+/// The host sides of task `id`'s user networks' veths that exist in `links` (names and
+/// indexes from [`Netlink::links`]), in order, stopping at the first missing one.
+#[must_use]
+pub fn network_ifaces_of(id: TaskId, links: &[(String, u32)]) -> Vec<String> {
+    (1..=MAX_TASK_NETWORKS)
+        .map_while(|n| {
+            let name = network_host_iface(id, n)?;
+            links.iter().any(|(l, _)| *l == name).then_some(name)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -428,11 +582,55 @@ mod tests {
             let n = host_iface(id);
             assert!(n.len() <= 15, "{n}");
             assert!(is_host_iface(&n), "{n}");
-            assert!(temp_iface(id).len() <= 15);
+            assert!(temp_iface(id, 0).len() <= 15);
         }
         assert_eq!(host_iface(0x1234), "mt0000000001234");
         assert!(!is_host_iface("eth0"));
         assert!(!is_host_iface("mtx000000001234"));
+        // One more veth per user network, recognised alike and owned by the same task.
+        for n in 1..=MAX_TASK_NETWORKS {
+            let name = network_host_iface(0x1234, n).unwrap();
+            assert_eq!(name, format!("m{n}0000000001234"));
+            assert!(is_host_iface(&name), "{name}");
+            assert_eq!(host_iface_owner(&name), Some(id_bits(0x1234)));
+            let temp = temp_iface(0x1234, n);
+            assert!(temp.len() <= 15 && !is_host_iface(&temp), "{temp}");
+            assert_eq!(task_of_iface(&temp), Some(0x1234));
+        }
+        assert_eq!(network_host_iface(1, 0), None);
+        assert_eq!(network_host_iface(1, MAX_TASK_NETWORKS + 1), None);
+        // Temporary names are no host sides; other interfaces are nobody's.
+        assert!(!is_host_iface(&temp_iface(0x1234, 0)));
+        assert_eq!(host_iface_owner("mp0000000001234"), None);
+        assert_eq!(host_iface_owner("m00000000001234"), None);
+        assert_eq!(host_iface_owner("vethabcdef01234"), None);
+        assert_eq!(
+            host_iface_owner(&host_iface(u64::MAX)),
+            Some(id_bits(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn network_ifaces_are_found_in_order_up_to_a_gap() {
+        let id = 0xabc;
+        let links: Vec<(String, u32)> = [
+            host_iface(id),
+            network_host_iface(id, 1).unwrap(),
+            network_host_iface(id, 2).unwrap(),
+            network_host_iface(id, 4).unwrap(),
+            network_host_iface(0xabd, 3).unwrap(),
+        ]
+        .into_iter()
+        .zip(1..)
+        .collect();
+        assert_eq!(
+            network_ifaces_of(id, &links),
+            [
+                network_host_iface(id, 1).unwrap(),
+                network_host_iface(id, 2).unwrap()
+            ]
+        );
+        assert!(network_ifaces_of(0xabd, &links).is_empty());
     }
 
     #[test]

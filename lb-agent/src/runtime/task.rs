@@ -18,17 +18,43 @@ pub struct TaskConfig {
     pub spec: TaskSpec,
     /// Its address on the ingress network (a /32 on its interface).
     pub addr: Ipv4Addr,
-    /// The MTU of its interface.
+    /// The MTU of its interfaces.
     pub mtu: u32,
+    /// Its addresses on the user networks it joins, in its spec's order: one interface
+    /// each (`eth1`, `eth2`, ...).
+    pub networks: Vec<TaskNetwork>,
+}
+
+/// A task's address on a user network, and the network's subnet (routed through that
+/// network's interface).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskNetwork {
+    /// The task's address there (a /32 on its interface).
+    pub addr: Ipv4Addr,
+    /// The network's subnet: address and prefix length. `None` when the network is not
+    /// known (the interface then gets its address but no route).
+    pub subnet: Option<(Ipv4Addr, u8)>,
 }
 
 /// A started task's network, as the dataplane needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Started {
-    /// The host side of the task's veth, in the agent's namespace.
+    /// The host side of the task's ingress veth (`eth0`), in the agent's namespace.
     pub host_iface: String,
     /// Its ifindex.
     pub ifindex: u32,
+    /// The host sides of its user networks' veths (`eth1`, `eth2`, ...), in order.
+    pub networks: Vec<String>,
+}
+
+impl Started {
+    /// The host sides of all its veths: `eth0`'s, then its networks' in order.
+    #[must_use]
+    pub fn host_ifaces(&self) -> Vec<String> {
+        std::iter::once(self.host_iface.clone())
+            .chain(self.networks.iter().cloned())
+            .collect()
+    }
 }
 
 /// How a task's main process ended.
@@ -114,6 +140,7 @@ mod tests {
             },
             addr: Ipv4Addr::new(10, 0, 0, 9),
             mtu: 1450,
+            networks: Vec::new(),
         }
     }
 

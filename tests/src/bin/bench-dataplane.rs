@@ -203,6 +203,7 @@ fn main() -> Result<()> {
         base: 500,
         slots: 1,
         flags: 0,
+        vni: mesh_tests::fixture::VNI,
     };
     dp.set_slots(500, &[1])?;
     dp.set_service(

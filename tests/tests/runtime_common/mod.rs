@@ -272,6 +272,7 @@ pub(crate) fn task_config(
         },
         addr,
         mtu: MTU,
+        networks: Vec::new(),
     }
 }
 
