@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::agent::{self, Agent, Overrides};
 use lb_agent::config::{Config, XdpModeConfig};
+use lb_agent::dns::Dns;
 use lb_agent::host::interfaces::HostInfo;
 use lb_agent::managed::join::{self, JoinOptions};
 use lb_agent::managed::manager_process::{ManagerCommand, ManagerProcess};
@@ -82,6 +83,11 @@ struct Cli {
     /// `lb-agent`, else `mesh-manager` from `PATH`).
     #[arg(long, env = "LB_AGENT_MANAGER_PROGRAM")]
     manager_program: Option<PathBuf>,
+    /// Managed node: where the tasks' resolver forwards names outside the cluster,
+    /// `IP[:PORT]`, comma-separated, at most 3 (overrides `dns.upstream`; default: the
+    /// nameservers of `/etc/resolv.conf`).
+    #[arg(long, env = "LB_AGENT_DNS_UPSTREAM", value_delimiter = ',')]
+    dns_upstream: Vec<lb_agent::config::Upstream>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -184,14 +190,21 @@ async fn run(cli: &Cli) -> Result<()> {
     // of tasks), and `lb-agent leave` refuses meanwhile.
     let _lock = lb_agent::runtime::lock_state_dir(&cli.state_dir)?;
     let pin_dir = Some(base.dataplane.pin_dir.clone());
-    let runtimes = Runtimes::new(&cli.state_dir, cli.docker, isolation(cli, pin_dir)?)
+    let isolation = isolation(cli, pin_dir)?.with_dns(Some(lb_agent::runtime::plumb::GATEWAY));
+    let runtimes = Runtimes::new(&cli.state_dir, cli.docker, isolation)
         .await
         .context("setting up the task runtimes")?;
     // Reported in the session's Hello: the scheduler places a task only on a
     // node whose agent runs its runtime.
     options.runtimes = runtimes.kinds();
+    // Before the session: a node whose tasks could not resolve names takes none.
+    let upstreams: Vec<SocketAddr> = base.dns.upstream.iter().map(|u| u.0).collect();
+    let dns = Dns::start(lb_agent::dns::upstreams(&upstreams))
+        .await
+        .context("starting the tasks' resolver (169.254.1.1:53)")?;
     let session = join::start(options, stop.clone()).await?;
     let managed = Managed {
+        dns,
         base,
         task_mtu: mtu.saturating_sub(50),
         runtimes,
@@ -256,6 +269,16 @@ fn managed_base(cli: &Cli, underlay: Option<&str>) -> Result<Option<Config>> {
         Some("native") => config.dataplane.xdp_mode = XdpModeConfig::Native,
         Some("skb") => config.dataplane.xdp_mode = XdpModeConfig::Skb,
         _ => {}
+    }
+    if !cli.dns_upstream.is_empty() {
+        config.dns.upstream.clone_from(&cli.dns_upstream);
+    }
+    if config.dns.upstream.len() > lb_agent::dns::resolv::MAX_UPSTREAMS {
+        bail!(
+            "dns.upstream (or --dns-upstream) lists {} servers: at most {} are used",
+            config.dns.upstream.len(),
+            lb_agent::dns::resolv::MAX_UPSTREAMS
+        );
     }
     Ok(Some(config))
 }
