@@ -173,9 +173,7 @@ pub fn answer(view: &View, source: Ipv4Addr, query: &[u8], transport: Transport)
     reply.add_answers(answers);
     let limit = match (&request.edns, transport) {
         (_, Transport::Tcp) => usize::MAX,
-        (Some(edns), Transport::Udp) => {
-            usize::from(edns.max_payload().clamp(512, MAX_UDP_PAYLOAD))
-        }
+        (Some(edns), Transport::Udp) => usize::from(edns.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
         (None, Transport::Udp) => 512,
     };
     if request.edns.is_some() {

@@ -20,6 +20,9 @@ pub mod resolv;
 pub mod server;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use futures::TryStreamExt as _;
@@ -96,7 +99,13 @@ impl Dns {
         drop(server);
         if let Some(added) = added {
             let result = match Netlink::here() {
-                Ok(netlink) => netlink.handle.address().del(added).execute().await.map_err(|e| e.to_string()),
+                Ok(netlink) => netlink
+                    .handle
+                    .address()
+                    .del(added)
+                    .execute()
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = result {
@@ -107,16 +116,25 @@ impl Dns {
 }
 
 /// Puts `addr/32` on `lo` unless `lo` has it; the address added, if it was.
-async fn ensure_on_lo(netlink: &Netlink, addr: Ipv4Addr) -> Result<Option<AddressMessage>, PlumbError> {
+async fn ensure_on_lo(
+    netlink: &Netlink,
+    addr: Ipv4Addr,
+) -> Result<Option<AddressMessage>, PlumbError> {
     let fail = |what: &str| {
         let what = what.to_owned();
         move |source: rtnetlink::Error| PlumbError::Netlink { what, source }
     };
-    let lo = netlink.index_of("lo").await?.ok_or_else(|| PlumbError::Io {
-        what: "find lo".into(),
-        source: std::io::ErrorKind::NotFound.into(),
-    })?;
-    if let Some(existing) = find(netlink, lo, addr).await.map_err(fail("list lo's addresses"))? {
+    let lo = netlink
+        .index_of("lo")
+        .await?
+        .ok_or_else(|| PlumbError::Io {
+            what: "find lo".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+    if let Some(existing) = find(netlink, lo, addr)
+        .await
+        .map_err(fail("list lo's addresses"))?
+    {
         drop(existing);
         return Ok(None);
     }
@@ -128,11 +146,17 @@ async fn ensure_on_lo(netlink: &Netlink, addr: Ipv4Addr) -> Result<Option<Addres
         .await
         .map_err(fail("add the address"))?;
     info!(address = %addr, "DNS: added the tasks' gateway address to lo");
-    find(netlink, lo, addr).await.map_err(fail("list lo's addresses"))
+    find(netlink, lo, addr)
+        .await
+        .map_err(fail("list lo's addresses"))
 }
 
 /// `addr`'s address message on interface `index`, if it has it.
-async fn find(netlink: &Netlink, index: u32, addr: Ipv4Addr) -> Result<Option<AddressMessage>, rtnetlink::Error> {
+async fn find(
+    netlink: &Netlink,
+    index: u32,
+    addr: Ipv4Addr,
+) -> Result<Option<AddressMessage>, rtnetlink::Error> {
     let mut addrs = netlink
         .handle
         .address()

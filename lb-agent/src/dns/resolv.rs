@@ -116,7 +116,10 @@ mod tests {
         assert_eq!(parse_upstream("::1"), Ok("[::1]:53".parse().unwrap()));
         assert_eq!(parse_upstream("[::1]:54"), Ok("[::1]:54".parse().unwrap()));
         let err = parse_upstream("dns.example").unwrap_err();
-        assert!(err.contains("dns.example") && err.contains("IP:PORT"), "{err}");
+        assert!(
+            err.contains("dns.example") && err.contains("IP:PORT"),
+            "{err}"
+        );
         assert!(parse_upstream("1.1.1.1:99999").is_err());
     }
 

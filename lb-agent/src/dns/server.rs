@@ -212,7 +212,8 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                     }
                     continue;
                 };
-                let (socket, shared, query) = (Arc::clone(&socket), Arc::clone(&shared), query.to_vec());
+                let (socket, shared, query) =
+                    (Arc::clone(&socket), Arc::clone(&shared), query.to_vec());
                 tokio::spawn(async move {
                     let reply = forward(&shared, &query, Transport::Udp).await;
                     drop(permit);
@@ -270,7 +271,11 @@ async fn read_message(stream: &mut TcpStream, idle: Duration) -> std::io::Result
     Ok(Some(message))
 }
 
-async fn write_message(stream: &mut TcpStream, message: &[u8], idle: Duration) -> std::io::Result<()> {
+async fn write_message(
+    stream: &mut TcpStream,
+    message: &[u8],
+    idle: Duration,
+) -> std::io::Result<()> {
     let len = u16::try_from(message.len())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
     let mut framed = Vec::with_capacity(message.len() + 2);
@@ -386,5 +391,276 @@ async fn ask_tcp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>>
             std::io::ErrorKind::InvalidData,
             "the upstream's reply does not match the query",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The listeners over real loopback sockets: a view whose one task is 127.0.0.1,
+    //! and fake upstream servers that answer (or not) as the test says.
+
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::{RData, RecordType};
+    use mesh_api::assignment::{AssignedTask, Assignment, Backend, ServiceRoutes, TaskAction};
+    use mesh_api::network::IngressNetwork;
+    use mesh_api::spec::{RuntimeKind, ServiceSpec};
+    use mesh_api::task::TaskState;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+    use super::super::answer::{Outcome, query};
+    use super::super::view::View;
+    use super::{Limits, Server};
+
+    const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    /// Service `web` at `vip`, whose one task (web.1) is 127.0.0.1 on this node.
+    fn view(vip: &str) -> View {
+        View::new(&Assignment {
+            version: 1,
+            node: 1,
+            ingress: IngressNetwork::default(),
+            networks: vec![],
+            peers: vec![],
+            tasks: vec![AssignedTask {
+                id: 1,
+                name: "web.1".into(),
+                service_id: 1,
+                service_name: "web".into(),
+                spec: ServiceSpec::new("web", RuntimeKind::Process, "sleep", vec![]).task,
+                addr: LOOPBACK,
+                networks: vec![],
+                action: TaskAction::Run,
+                state: TaskState::Running,
+            }],
+            services: vec![ServiceRoutes {
+                id: 1,
+                name: "web".into(),
+                vip: Some(vip.parse().unwrap()),
+                ports: vec![],
+                backends: vec![Backend {
+                    task: 1,
+                    name: "web.1".into(),
+                    addr: LOOPBACK,
+                    networks: vec![],
+                    node: 1,
+                    draining: false,
+                }],
+                networks: vec![],
+            }],
+            history: Default::default(),
+        })
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            forwards: 8,
+            connections: 2,
+            idle: Duration::from_millis(500),
+            timeout: Duration::from_millis(600),
+        }
+    }
+
+    async fn udp(server: std::net::SocketAddr, q: &[u8]) -> Message {
+        let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+        socket.send_to(q, server).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("a reply within 5 s")
+            .unwrap();
+        assert_eq!(from, server);
+        Message::from_vec(&buf[..n]).unwrap()
+    }
+
+    async fn tcp_ask(stream: &mut TcpStream, q: &[u8]) -> Message {
+        let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+        framed.extend_from_slice(q);
+        stream.write_all(&framed).await.unwrap();
+        let mut len = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len))
+            .await
+            .expect("a reply within 5 s")
+            .unwrap();
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut reply).await.unwrap();
+        Message::from_vec(&reply).unwrap()
+    }
+
+    fn addrs(m: &Message) -> Vec<String> {
+        m.answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::A(a) => a.0.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// A reply to `q` as an upstream server would send it: 192.0.2.7, with TC if
+    /// `truncated`.
+    fn upstream_reply(q: &[u8], truncated: bool) -> Vec<u8> {
+        let request = Message::from_vec(q).unwrap();
+        let mut reply = Message::response(request.id, request.op_code);
+        reply.metadata.truncation = truncated;
+        reply.add_query(request.queries[0].clone());
+        reply.add_answer(hickory_proto::rr::Record::from_rdata(
+            request.queries[0].name().clone(),
+            60,
+            RData::A(hickory_proto::rr::rdata::A(Ipv4Addr::new(192, 0, 2, 7))),
+        ));
+        reply.to_vec().unwrap()
+    }
+
+    /// A fake upstream: answers every UDP query (truncated) and every TCP query (whole)
+    /// on one port; how many queries it got.
+    async fn fake_upstream() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let udp = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = udp.send_to(&upstream_reply(&buf[..n], true), from).await;
+            }
+        });
+        let counted = std::sync::Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len).await.unwrap();
+                let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut q).await.unwrap();
+                let reply = upstream_reply(&q, false);
+                let mut framed = u16::try_from(reply.len()).unwrap().to_be_bytes().to_vec();
+                framed.extend_from_slice(&reply);
+                s.write_all(&framed).await.unwrap();
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn answers_cluster_names_over_udp_and_tcp_and_follows_new_views() {
+        let server = Server::bind(LOOPBACK, 0, vec![], limits()).await.unwrap();
+        let at = server.local_addr();
+        // Before any view: refused.
+        let q = query(1, "web", RecordType::A).unwrap();
+        assert_eq!(udp(at, &q).await.response_code, ResponseCode::Refused);
+        server.set_view(view("10.255.0.100"));
+        assert_eq!(addrs(&udp(at, &q).await), ["10.255.0.100"]);
+        let mut stream = TcpStream::connect(at).await.unwrap();
+        let q2 = query(2, "tasks.web", RecordType::A).unwrap();
+        assert_eq!(addrs(&tcp_ask(&mut stream, &q2).await), ["127.0.0.1"]);
+        // Several queries on one connection; a new view applies at once.
+        server.set_view(view("10.255.0.200"));
+        assert_eq!(addrs(&tcp_ask(&mut stream, &q).await), ["10.255.0.200"]);
+        let q3 = query(3, "nope.web", RecordType::A).unwrap();
+        // No upstream: a name outside the cluster fails.
+        assert_eq!(udp(at, &q3).await.response_code, ResponseCode::ServFail);
+        let counters = server.counters();
+        assert_eq!(counters.get(Outcome::Refused), 1);
+        assert_eq!(counters.get(Outcome::Answered), 3);
+        assert_eq!(counters.get(Outcome::Failed), 1);
+    }
+
+    #[tokio::test]
+    async fn forwards_other_names_and_relays_the_reply_as_it_is() {
+        let (upstream, seen) = fake_upstream().await;
+        let server = Server::bind(LOOPBACK, 0, vec![upstream], limits())
+            .await
+            .unwrap();
+        server.set_view(view("10.255.0.100"));
+        let at = server.local_addr();
+        let q = query(0x5151, "example.com", RecordType::A).unwrap();
+        let reply = udp(at, &q).await;
+        assert_eq!(reply.id, 0x5151);
+        assert!(reply.truncation, "the upstream's TC is passed through");
+        assert_eq!(addrs(&reply), ["192.0.2.7"]);
+        // Over TCP, forwarded over TCP.
+        let mut stream = TcpStream::connect(at).await.unwrap();
+        let reply = tcp_ask(&mut stream, &q).await;
+        assert!(!reply.truncation);
+        assert_eq!(addrs(&reply), ["192.0.2.7"]);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(server.counters().get(Outcome::Forwarded), 2);
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_gives_servfail_in_time_and_the_next_one_is_tried() {
+        // Bound, never answers.
+        let silent = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+        let (upstream, _) = fake_upstream().await;
+        let server = Server::bind(LOOPBACK, 0, vec![silent.local_addr().unwrap()], limits())
+            .await
+            .unwrap();
+        server.set_view(view("10.255.0.100"));
+        let q = query(7, "example.com", RecordType::A).unwrap();
+        let started = std::time::Instant::now();
+        let reply = udp(server.local_addr(), &q).await;
+        assert_eq!(reply.response_code, ResponseCode::ServFail);
+        assert_eq!(reply.id, 7);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(server.counters().get(Outcome::Failed), 1);
+        let both = vec![silent.local_addr().unwrap(), upstream];
+        let server = Server::bind(LOOPBACK, 0, both, limits()).await.unwrap();
+        server.set_view(view("10.255.0.100"));
+        assert_eq!(addrs(&udp(server.local_addr(), &q).await), ["192.0.2.7"]);
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_are_bounded_in_number_and_idle_time() {
+        let server = Server::bind(LOOPBACK, 0, vec![], limits()).await.unwrap();
+        server.set_view(view("10.255.0.100"));
+        let at = server.local_addr();
+        let q = query(1, "web", RecordType::A).unwrap();
+        let mut first = TcpStream::connect(at).await.unwrap();
+        let mut second = TcpStream::connect(at).await.unwrap();
+        // Both are served (so both are accepted and hold their slots).
+        tcp_ask(&mut first, &q).await;
+        tcp_ask(&mut second, &q).await;
+        // A third is closed at once.
+        let mut third = TcpStream::connect(at).await.unwrap();
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
+            .await
+            .expect("closed within 5 s");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        // An idle one is closed after the idle time.
+        let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut byte))
+            .await
+            .expect("closed within 5 s");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        // Its slot is free again.
+        let mut fourth = TcpStream::connect(at).await.unwrap();
+        drop(second);
+        assert_eq!(addrs(&tcp_ask(&mut fourth, &q).await), ["10.255.0.100"]);
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_an_error() {
+        let server = Server::bind(LOOPBACK, 0, vec![], limits()).await.unwrap();
+        let port = server.local_addr().port();
+        let err = Server::bind(LOOPBACK, port, vec![], limits())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
     }
 }
