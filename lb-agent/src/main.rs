@@ -228,7 +228,7 @@ async fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// The `[node]`, `[dataplane]` and `[metrics]` sections of a managed node, from
+/// The `[node]`, `[dataplane]`, `[metrics]` and `[dns]` sections of a managed node, from
 /// `--config` (which must not list services, endpoints or peers) and the flags;
 /// `None` when neither names an underlay (a session-only agent).
 fn managed_base(cli: &Cli, underlay: Option<&str>) -> Result<Option<Config>> {
@@ -239,8 +239,8 @@ fn managed_base(cli: &Cli, underlay: Option<&str>) -> Result<Option<Config>> {
     for key in ["services", "endpoints", "peers"] {
         if table.contains_key(key) {
             bail!(
-                "{}: with --join, the configuration supplies only [node], [dataplane] and \
-                 [metrics]; the cluster provides the services, endpoints and peers \
+                "{}: with --join, the configuration supplies only [node], [dataplane], \
+                 [metrics] and [dns]; the cluster provides the services, endpoints and peers \
                  (remove [[{key}]])",
                 cli.config.as_deref().unwrap_or(Path::new("-")).display()
             );

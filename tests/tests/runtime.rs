@@ -433,8 +433,8 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
         ensure!(lo(&node_name)?.contains("inet 169.254.1.1/32"), "{}", lo(&node_name)?);
         let isolation = runtime_common::isolation(&state)?.with_dns(Some(plumb::GATEWAY));
         let rt = Runtimes::new(&state, false, isolation).await?;
-        let id = task_id(31);
-        let addr = Ipv4Addr::new(10, 203, 0, 2);
+        let id = task_id(41);
+        let addr = Ipv4Addr::new(10, 204, 0, 2);
         // The task binds TCP port 53 in its own namespace, where nothing else listens.
         let program = task(
             id,
@@ -496,11 +496,11 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
         })
         .await?;
         poll(Duration::from_secs(10), "web to resolve to its VIP", || {
-            check("busybox nslookup web | grep -q 'Address: *10.255.0.100'")
+            check("busybox nslookup web | grep -q 'Address: *10.255.0.100$'")
         })
         .await?;
         poll(Duration::from_secs(10), "tasks.web to resolve to the task", || {
-            check("busybox nslookup tasks.web | grep -q 'Address: *10.203.0.2'")
+            check("busybox nslookup tasks.web | grep -q 'Address: *10.204.0.2$'")
         })
         .await?;
         poll(Duration::from_secs(10), "the task's own port 53", || {

@@ -50,7 +50,8 @@ pub enum ManagedError {
 /// The managed agent's settings.
 #[derive(Debug)]
 pub struct Managed {
-    /// `[node]`, `[dataplane]` and `[metrics]`; no services, endpoints or peers.
+    /// `[node]`, `[dataplane]`, `[metrics]` and `[dns]`; no services, endpoints or
+    /// peers.
     pub base: Config,
     /// The MTU of the tasks' interfaces (underlay MTU - 50).
     pub task_mtu: u32,
