@@ -851,6 +851,27 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
     }
 
     #[test]
+    fn dns_upstreams_parse_with_an_optional_port() {
+        let c = Config::from_toml(&format!(
+            "{EXAMPLE}\n[dns]\nupstream = [\"10.0.0.2\", \"10.0.0.3:5353\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.dns.upstream,
+            [
+                Upstream("10.0.0.2:53".parse().unwrap()),
+                Upstream("10.0.0.3:5353".parse().unwrap())
+            ]
+        );
+        assert!(Config::from_toml(EXAMPLE).unwrap().dns.upstream.is_empty());
+        let err = Config::from_toml(&format!("{EXAMPLE}\n[dns]\nupstream = [\"dns.example\"]\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("dns.example"), "{err}");
+        let err = Config::from_toml(&format!("{EXAMPLE}\n[dns]\nupstreams = []\n")).unwrap_err();
+        assert!(err.to_string().contains("upstreams"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let err = Config::from_toml(&EXAMPLE.replace("underlay =", "underlya =")).unwrap_err();
         assert!(err.to_string().contains("underlya"), "{err}");

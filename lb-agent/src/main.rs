@@ -199,10 +199,19 @@ async fn run(cli: &Cli) -> Result<()> {
     options.runtimes = runtimes.kinds();
     // Before the session: a node whose tasks could not resolve names takes none.
     let upstreams: Vec<SocketAddr> = base.dns.upstream.iter().map(|u| u.0).collect();
-    let dns = Dns::start(lb_agent::dns::upstreams(&upstreams))
+    let mut dns = Dns::start(lb_agent::dns::upstreams(&upstreams))
         .await
         .context("starting the tasks' resolver (169.254.1.1:53)")?;
-    let session = join::start(options, stop.clone()).await?;
+    // Released here whichever way the agent ends (the run is dropped on a signal).
+    let gateway = dns.take_address();
+    let session = match join::start(options, stop.clone()).await {
+        Ok(session) => session,
+        Err(e) => {
+            drop(dns);
+            gateway.release().await;
+            return Err(e.into());
+        }
+    };
     let managed = Managed {
         dns,
         base,
@@ -210,22 +219,28 @@ async fn run(cli: &Cli) -> Result<()> {
         runtimes,
         manager: ManagerProcess::start(manager, cli.join.clone()),
     };
-    let run = run_managed(session, managed, stop);
-    tokio::pin!(run);
-    tokio::select! {
-        result = &mut run => result?,
+    // Boxed, so that it can be dropped (and the resolver's listeners with it) before
+    // the function ends.
+    let mut run = Box::pin(run_managed(session, managed, stop));
+    let result = tokio::select! {
+        result = &mut run => result,
         _ = term.recv() => {
             tracing::info!(
                 "SIGTERM: exiting; the tasks and the dataplane keep running, for the next start \
                  to take over (`lb-agent leave` stops the tasks)"
             );
             stop_tx.send_replace(true);
+            Ok(())
         }
         _ = tokio::signal::ctrl_c() => {
             stop_tx.send_replace(true);
+            Ok(())
         }
-    }
-    Ok(())
+    };
+    // The resolver's listeners go with the run; then the address they were bound to.
+    drop(run);
+    gateway.release().await;
+    Ok(result?)
 }
 
 /// The `[node]`, `[dataplane]`, `[metrics]` and `[dns]` sections of a managed node, from

@@ -92,25 +92,45 @@ impl Dns {
         self.server.counters()
     }
 
+    /// The gateway address this resolver put on `lo`, for the caller to release once
+    /// the listeners are gone, however they go ([`Dns::stop`] then leaves it).
+    pub fn take_address(&mut self) -> GatewayAddress {
+        GatewayAddress(self.added.take())
+    }
+
     /// Stops the listeners, and takes the gateway address off `lo` if this agent put
-    /// it there.
-    pub async fn stop(self) {
-        let Self { server, added } = self;
-        drop(server);
-        if let Some(added) = added {
-            let result = match Netlink::here() {
-                Ok(netlink) => netlink
-                    .handle
-                    .address()
-                    .del(added)
-                    .execute()
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = result {
-                warn!(error = %e, "DNS: taking {GATEWAY}/32 off lo");
-            }
+    /// it there (and still holds it: [`Dns::take_address`]).
+    pub async fn stop(mut self) {
+        let address = self.take_address();
+        drop(self);
+        address.release().await;
+    }
+}
+
+/// The gateway address on `lo`, if the agent put it there.
+#[derive(Debug)]
+pub struct GatewayAddress(Option<AddressMessage>);
+
+impl GatewayAddress {
+    /// Takes the address off `lo` if the agent put it there; a failure is logged (the
+    /// next start finds it and keeps it).
+    pub async fn release(self) {
+        let Some(added) = self.0 else {
+            return;
+        };
+        let result = match Netlink::here() {
+            Ok(netlink) => netlink
+                .handle
+                .address()
+                .del(added)
+                .execute()
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => info!("DNS: took {GATEWAY}/32 off lo"),
+            Err(e) => warn!(error = %e, "DNS: taking {GATEWAY}/32 off lo"),
         }
     }
 }
@@ -175,7 +195,8 @@ async fn find(
 }
 
 /// The upstream servers: `configured` if any, else the nameservers of the node's
-/// `/etc/resolv.conf` (at most three); the gateway itself is never one (a loop).
+/// `/etc/resolv.conf` (at most three); this resolver itself (`169.254.1.1:53`) is never
+/// one (a loop).
 #[must_use]
 pub fn upstreams(configured: &[SocketAddr]) -> Vec<SocketAddr> {
     let servers = if configured.is_empty() {
@@ -185,7 +206,29 @@ pub fn upstreams(configured: &[SocketAddr]) -> Vec<SocketAddr> {
     };
     servers
         .into_iter()
-        .filter(|s| s.ip() != IpAddr::V4(GATEWAY))
+        .filter(|s| *s != SocketAddr::from((GATEWAY, PORT)))
         .take(resolv::MAX_UPSTREAMS)
         .collect()
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::*;
+
+    #[test]
+    fn configured_upstreams_win_and_never_include_the_gateway() {
+        let configured: Vec<SocketAddr> = [
+            "169.254.1.1:53",
+            "10.0.0.2:53",
+            "10.0.0.3:53",
+            "10.0.0.4:53",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(upstreams(&configured), configured[1..]);
+        // The gateway on another port is another server.
+        let other: SocketAddr = "169.254.1.1:5353".parse().unwrap();
+        assert_eq!(upstreams(&[other]), [other]);
+    }
 }

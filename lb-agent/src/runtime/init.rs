@@ -10,7 +10,10 @@
 //! 1. catches the signals it forwards (handlers, not a blocked mask: the program would
 //!    inherit the mask, handlers are reset by `execve`);
 //! 2. enters a mount namespace of its own, a slave of the host's (the host's later
-//!    mounts show through, nothing the task mounts goes back), hides the agent's state
+//!    mounts show through, nothing the task mounts goes back); with `--dns`, binds a
+//!    private `/etc/resolv.conf` (that nameserver, the node's search domains,
+//!    `options ndots:0`), written to a small tmpfs of the task's, over the node's file
+//!    (over its target if it is a symbolic link); hides the agent's state
 //!    directory and pin directory under empty read-only tmpfs mounts and its
 //!    configuration file under `/dev/null`, and mounts a `/proc` of the task's PID
 //!    namespace (the task sees its own processes only, `/proc/sys` read-only) and a
