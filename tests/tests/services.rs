@@ -2211,4 +2211,26 @@ fn tasks_resolve_services_by_name() {
             )
         },
     ));
+
+    // An agent stopped (SIGTERM) takes the gateway address it added off lo; started
+    // again, it serves its tasks' names again.
+    let lo = |c: &ManagedCluster| {
+        let ns = c.topology().node_ns(1);
+        ok(mesh_tests::netns::ip_in(
+            &ns,
+            &["-o", "addr", "show", "dev", "lo"],
+        ))
+    };
+    assert!(lo(&c).contains("inet 169.254.1.1/32"), "{}", lo(&c));
+    ok(c.stop_agent(1));
+    assert!(!lo(&c).contains("169.254.1.1"), "{}", lo(&c));
+    ok(c.restart_agent(1));
+    ok(poll_until(PROPAGATE, "n1's new resolver to answer", || {
+        let metrics = c.topology().metrics(1).unwrap_or_default();
+        Ok(metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lb_dns_queries_total{result=\"answered\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|n| *n > 0.0))
+    }));
 }
