@@ -681,7 +681,7 @@ fn a_name_shared_by_two_services_on_a_network_has_both_addresses() {
 
 proptest! {
     #[test]
-    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn fuzz_dns_answer_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let view = View::new(&cluster());
         for transport in [Transport::Udp, Transport::Tcp] {
             if let Reply::Send { bytes, .. } = answer(&view, ip(WEB1), &bytes, transport) {
@@ -691,7 +691,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_queries_never_panic(
+    fn fuzz_dns_answer_never_panics_on_mutated_queries(
         name in "[a-zA-Z0-9.-]{1,40}",
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
         cut in any::<usize>(),
