@@ -436,13 +436,16 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
         let id = task_id(41);
         let addr = Ipv4Addr::new(10, 204, 0, 2);
         // The task binds TCP port 53 in its own namespace, where nothing else listens.
-        let program = task(
+        // As nobody: the file is readable by any user, and port 53 needs no privilege in
+        // the task's namespace.
+        let mut program = task(
             id,
             "web.1",
             addr,
             "busybox",
             &["nc", "-ll", "-p", "53", "-e", "busybox", "echo", "bound53"],
         );
+        program.spec.user = Some("nobody".into());
         let spec = program.spec.clone();
         dns.set_view(lb_agent::dns::View::new(&Assignment {
             version: 1,

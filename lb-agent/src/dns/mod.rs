@@ -65,6 +65,12 @@ impl Dns {
     /// [`DnsError`] if the address cannot be added or a listener bound (port 53 taken,
     /// no privilege): the managed agent must not run without its tasks' resolver.
     pub async fn start(upstreams: Vec<SocketAddr>) -> Result<Self, DnsError> {
+        if upstreams.is_empty() {
+            warn!(
+                "DNS: no upstream server (dns.upstream, or nameservers in /etc/resolv.conf): \
+                 names outside the cluster get SERVFAIL"
+            );
+        }
         let netlink = Netlink::here()?;
         let added = ensure_on_lo(&netlink, GATEWAY).await?;
         match Server::bind(GATEWAY, PORT, upstreams.clone(), Limits::default()).await {

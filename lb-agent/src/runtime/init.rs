@@ -321,6 +321,13 @@ fn private_files(files: &[(PathBuf, String)]) -> Result<(), SetupError> {
     if targets.is_empty() {
         return Ok(());
     }
+    if !Path::new(SCRATCH).is_dir() {
+        eprintln!(
+            "lb-agent task-init: warning: no {SCRATCH} on this node to write the task's own \
+             files in: the task sees the node's"
+        );
+        return Ok(());
+    }
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(
         Some("tmpfs"),
@@ -332,10 +339,15 @@ fn private_files(files: &[(PathBuf, String)]) -> Result<(), SetupError> {
     .map_err(setup(format!("mount a tmpfs on {SCRATCH}")))?;
     for (i, (target, text)) in targets.iter().enumerate() {
         let file = Path::new(SCRATCH).join(i.to_string());
-        std::fs::write(&file, text).map_err(|source| SetupError {
-            what: format!("write {}", file.display()),
-            source,
-        })?;
+        // Readable by every user the program may run as, whatever the umask.
+        std::fs::write(&file, text)
+            .and_then(|()| {
+                std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            })
+            .map_err(|source| SetupError {
+                what: format!("write {}", file.display()),
+                source,
+            })?;
         nix::mount::mount(
             Some(file.as_path()),
             target.as_path(),
