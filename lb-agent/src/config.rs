@@ -37,6 +37,9 @@ pub struct Config {
     /// Metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The tasks' resolver (managed node only).
+    #[serde(default)]
+    pub dns: DnsSection,
     /// The other nodes of the mesh.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -126,6 +129,35 @@ impl Default for MetricsSection {
         Self {
             listen: default_metrics_listen(),
         }
+    }
+}
+
+/// `[dns]`: the resolver a managed node serves its tasks at `169.254.1.1:53`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Where names outside the cluster are forwarded, `IP` or `IP:PORT` (at most 3);
+    /// empty: the nameservers of the node's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub upstream: Vec<Upstream>,
+}
+
+/// A DNS upstream server, `IP` or `IP:PORT` (port 53 by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upstream(pub SocketAddr);
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::dns::resolv::parse_upstream(s).map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Upstream {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -886,6 +918,27 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
         let c = Config::from_toml(include_str!("../../deploy/agent.example.toml")).unwrap();
         c.validate(&host()).unwrap();
         assert_eq!(c.services[0].ports[1].label(), "53/udp");
+    }
+
+    #[test]
+    fn dns_upstreams_parse_with_an_optional_port() {
+        let c = Config::from_toml(&format!(
+            "{EXAMPLE}\n[dns]\nupstream = [\"10.0.0.2\", \"10.0.0.3:5353\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.dns.upstream,
+            [
+                Upstream("10.0.0.2:53".parse().unwrap()),
+                Upstream("10.0.0.3:5353".parse().unwrap())
+            ]
+        );
+        assert!(Config::from_toml(EXAMPLE).unwrap().dns.upstream.is_empty());
+        let err = Config::from_toml(&format!("{EXAMPLE}\n[dns]\nupstream = [\"dns.example\"]\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("dns.example"), "{err}");
+        let err = Config::from_toml(&format!("{EXAMPLE}\n[dns]\nupstreams = []\n")).unwrap_err();
+        assert!(err.to_string().contains("upstreams"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Layout, by role:
 //!
 //! - [`dataplane`]: loading, pinning, the maps and their desired state, WRR, flows;
+//! - [`dns`]: the tasks' resolver (service discovery by name);
 //! - [`host`]: the host's interfaces, neighbour entries and sysctls;
 //! - [`managed`]: joining a cluster, the session, the task supervisor, assignment to
 //!   configuration;
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod dns;
 pub mod host;
 pub mod managed;
 pub mod metrics;

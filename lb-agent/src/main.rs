@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::agent::{self, Agent, Overrides};
 use lb_agent::config::{Config, XdpModeConfig};
+use lb_agent::dns::Dns;
 use lb_agent::host::interfaces::HostInfo;
 use lb_agent::managed::join::{self, JoinOptions};
 use lb_agent::managed::manager_process::{ManagerCommand, ManagerProcess};
@@ -82,6 +83,11 @@ struct Cli {
     /// `lb-agent`, else `mesh-manager` from `PATH`).
     #[arg(long, env = "LB_AGENT_MANAGER_PROGRAM")]
     manager_program: Option<PathBuf>,
+    /// Managed node: where the tasks' resolver forwards names outside the cluster,
+    /// `IP[:PORT]`, comma-separated, at most 3 (overrides `dns.upstream`; default: the
+    /// nameservers of `/etc/resolv.conf`).
+    #[arg(long, env = "LB_AGENT_DNS_UPSTREAM", value_delimiter = ',')]
+    dns_upstream: Vec<lb_agent::config::Upstream>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -184,38 +190,60 @@ async fn run(cli: &Cli) -> Result<()> {
     // of tasks), and `lb-agent leave` refuses meanwhile.
     let _lock = lb_agent::runtime::lock_state_dir(&cli.state_dir)?;
     let pin_dir = Some(base.dataplane.pin_dir.clone());
-    let runtimes = Runtimes::new(&cli.state_dir, cli.docker, isolation(cli, pin_dir)?)
+    let isolation = isolation(cli, pin_dir)?.with_dns(Some(lb_agent::runtime::plumb::GATEWAY));
+    let runtimes = Runtimes::new(&cli.state_dir, cli.docker, isolation)
         .await
         .context("setting up the task runtimes")?;
     // Reported in the session's Hello: the scheduler places a task only on a
     // node whose agent runs its runtime.
     options.runtimes = runtimes.kinds();
-    let session = join::start(options, stop.clone()).await?;
+    // Before the session: a node whose tasks could not resolve names takes none.
+    let upstreams: Vec<SocketAddr> = base.dns.upstream.iter().map(|u| u.0).collect();
+    let mut dns = Dns::start(lb_agent::dns::upstreams(&upstreams))
+        .await
+        .context("starting the tasks' resolver (169.254.1.1:53)")?;
+    // Released here whichever way the agent ends (the run is dropped on a signal).
+    let gateway = dns.take_address();
+    let session = match join::start(options, stop.clone()).await {
+        Ok(session) => session,
+        Err(e) => {
+            drop(dns);
+            gateway.release().await;
+            return Err(e.into());
+        }
+    };
     let managed = Managed {
+        dns,
         base,
         task_mtu: mtu.saturating_sub(50),
         runtimes,
         manager: ManagerProcess::start(manager, cli.join.clone()),
     };
-    let run = run_managed(session, managed, stop);
-    tokio::pin!(run);
-    tokio::select! {
-        result = &mut run => result?,
+    // Boxed, so that it can be dropped (and the resolver's listeners with it) before
+    // the function ends.
+    let mut run = Box::pin(run_managed(session, managed, stop));
+    let result = tokio::select! {
+        result = &mut run => result,
         _ = term.recv() => {
             tracing::info!(
                 "SIGTERM: exiting; the tasks and the dataplane keep running, for the next start \
                  to take over (`lb-agent leave` stops the tasks)"
             );
             stop_tx.send_replace(true);
+            Ok(())
         }
         _ = tokio::signal::ctrl_c() => {
             stop_tx.send_replace(true);
+            Ok(())
         }
-    }
-    Ok(())
+    };
+    // The resolver's listeners go with the run; then the address they were bound to.
+    drop(run);
+    gateway.release().await;
+    Ok(result?)
 }
 
-/// The `[node]`, `[dataplane]` and `[metrics]` sections of a managed node, from
+/// The `[node]`, `[dataplane]`, `[metrics]` and `[dns]` sections of a managed node, from
 /// `--config` (which must not list services, endpoints or peers) and the flags;
 /// `None` when neither names an underlay (a session-only agent).
 fn managed_base(cli: &Cli, underlay: Option<&str>) -> Result<Option<Config>> {
@@ -226,8 +254,8 @@ fn managed_base(cli: &Cli, underlay: Option<&str>) -> Result<Option<Config>> {
     for key in ["services", "endpoints", "peers"] {
         if table.contains_key(key) {
             bail!(
-                "{}: with --join, the configuration supplies only [node], [dataplane] and \
-                 [metrics]; the cluster provides the services, endpoints and peers \
+                "{}: with --join, the configuration supplies only [node], [dataplane], \
+                 [metrics] and [dns]; the cluster provides the services, endpoints and peers \
                  (remove [[{key}]])",
                 cli.config.as_deref().unwrap_or(Path::new("-")).display()
             );
@@ -256,6 +284,16 @@ fn managed_base(cli: &Cli, underlay: Option<&str>) -> Result<Option<Config>> {
         Some("native") => config.dataplane.xdp_mode = XdpModeConfig::Native,
         Some("skb") => config.dataplane.xdp_mode = XdpModeConfig::Skb,
         _ => {}
+    }
+    if !cli.dns_upstream.is_empty() {
+        config.dns.upstream.clone_from(&cli.dns_upstream);
+    }
+    if config.dns.upstream.len() > lb_agent::dns::resolv::MAX_UPSTREAMS {
+        bail!(
+            "dns.upstream (or --dns-upstream) lists {} servers: at most {} are used",
+            config.dns.upstream.len(),
+            lb_agent::dns::resolv::MAX_UPSTREAMS
+        );
     }
     Ok(Some(config))
 }

@@ -17,6 +17,7 @@
 //! | `lb_config_last_reload_success_timestamp_seconds` (gauge) | |
 //! | `lb_session_state` (gauge, managed agent) | `state` = `connecting`, `established`, `lost` |
 //! | `lb_tasks` (gauge, managed agent) | `state` = the task state, lower case |
+//! | `lb_dns_queries_total` (managed agent: the tasks' resolver) | `result` = `answered`, `nxdomain`, `forwarded`, `refused`, `failed` |
 //!
 //! The `backend` label is stable across task replacements: a managed agent's
 //! endpoints are named `<task name>.<task id>` (`web.1.00000000000000ab`) and the
@@ -157,6 +158,8 @@ pub struct View {
     pub flow_capacity: u64,
     /// The managed agent's session and tasks (`None` standalone).
     pub managed: Option<ManagedView>,
+    /// The managed agent's resolver's query counters (`None` standalone).
+    pub dns: Option<Arc<crate::dns::Counters>>,
 }
 
 /// Counters of the backends a reload is about to remove or relabel, read before the
@@ -261,6 +264,14 @@ impl Metrics {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .managed = Some(managed);
+    }
+
+    /// Counts the tasks' resolver's queries from `counters` (`lb_dns_queries_total`).
+    pub fn set_dns(&self, counters: Arc<crate::dns::Counters>) {
+        self.view
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .dns = Some(counters);
     }
 
     /// Records a failed configuration load.
@@ -507,6 +518,20 @@ impl Collector for DataplaneCollector {
                 let label = state.as_str().to_ascii_lowercase();
                 ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX))
                     .encode(m.encode_family(&[("state", label.as_str())])?)?;
+            }
+        }
+        if let Some(dns) = &view.dns {
+            let mut m = encoder.encode_descriptor(
+                "lb_dns_queries",
+                "Queries to the tasks' resolver, by result: answered (here), nxdomain, \
+                 forwarded (an upstream server's reply relayed), refused (not from a task of \
+                 this node), failed (malformed, unsupported, or no upstream answered)",
+                None,
+                MetricType::Counter,
+            )?;
+            for outcome in crate::dns::answer::Outcome::ALL {
+                ConstCounter::new(dns.get(outcome))
+                    .encode(m.encode_family(&[("result", outcome.as_str())])?)?;
             }
         }
         Ok(())

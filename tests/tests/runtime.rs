@@ -542,3 +542,115 @@ fn a_task_gets_one_interface_per_network_and_a_later_run_adopts_them_all() -> Re
         Ok(())
     })
 }
+
+/// Service discovery on one node, without a cluster: the agent's resolver at the tasks'
+/// gateway (`lb_agent::dns::Dns`, as a managed agent starts it) answers a process task
+/// that resolves through its own `/etc/resolv.conf`, while the task binds port 53 itself
+/// and the node's `/etc/resolv.conf` stays as it was.
+#[test]
+fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
+    use mesh_api::assignment::{AssignedTask, Assignment, Backend, ServiceRoutes, TaskAction};
+
+    runtime_common::require_busybox()?;
+    let node = Node::new("dns")?;
+    let node_name = node.name.clone();
+    let state = tempdir("dns")?;
+    let host_resolv = std::fs::read("/etc/resolv.conf").ok();
+    node.run(move || async move {
+        let lo = |name: &str| run("ip", &["-n", name, "-o", "addr", "show", "dev", "lo"]);
+        ensure!(!lo(&node_name)?.contains("169.254.1.1"), "the gateway is on lo already");
+        let dns = lb_agent::dns::Dns::start(vec![]).await?;
+        ensure!(lo(&node_name)?.contains("inet 169.254.1.1/32"), "{}", lo(&node_name)?);
+        let isolation = runtime_common::isolation(&state)?.with_dns(Some(plumb::GATEWAY));
+        let rt = Runtimes::new(&state, false, isolation).await?;
+        let id = task_id(41);
+        let addr = Ipv4Addr::new(10, 204, 0, 2);
+        // The task binds TCP port 53 in its own namespace, where nothing else listens.
+        // As nobody: the file is readable by any user, and port 53 needs no privilege in
+        // the task's namespace.
+        let mut program = task(
+            id,
+            "web.1",
+            addr,
+            "busybox",
+            &["nc", "-ll", "-p", "53", "-e", "busybox", "echo", "bound53"],
+        );
+        program.spec.user = Some("nobody".into());
+        let spec = program.spec.clone();
+        dns.set_view(lb_agent::dns::View::new(&Assignment {
+            version: 1,
+            node: 1,
+            ingress: Default::default(),
+            networks: vec![],
+            peers: vec![],
+            tasks: vec![AssignedTask {
+                id,
+                name: "web.1".into(),
+                service_id: 1,
+                service_name: "web".into(),
+                spec,
+                addr,
+                networks: vec![],
+                action: TaskAction::Run,
+                state: mesh_api::task::TaskState::Running,
+            }],
+            services: vec![ServiceRoutes {
+                id: 1,
+                name: "web".into(),
+                vip: Some(Ipv4Addr::new(10, 255, 0, 100)),
+                ports: vec![],
+                backends: vec![Backend {
+                    task: id,
+                    name: "web.1".into(),
+                    addr,
+                    networks: vec![],
+                    node: 1,
+                    draining: false,
+                }],
+                networks: vec![],
+            }],
+            history: Default::default(),
+        }));
+        rt.start(&program).await?;
+        let check = |cmd: &'static str| {
+            let rt = rt.clone();
+            async move {
+                rt.health_check(id, cmd, Duration::from_secs(10))
+                    .await
+                    .ok()
+                    .filter(|ok| *ok)
+            }
+        };
+        // task-exec (health checks) sees the task's file, as its program does.
+        poll(Duration::from_secs(10), "the task's own resolv.conf", || {
+            check(
+                "test \"$(cat /etc/resolv.conf | grep -v ^search)\" = \"$(printf 'nameserver 169.254.1.1\\noptions ndots:0')\"",
+            )
+        })
+        .await?;
+        poll(Duration::from_secs(10), "web to resolve to its VIP", || {
+            check("busybox nslookup web | grep -q 'Address: *10.255.0.100$'")
+        })
+        .await?;
+        poll(Duration::from_secs(10), "tasks.web to resolve to the task", || {
+            check("busybox nslookup tasks.web | grep -q 'Address: *10.204.0.2$'")
+        })
+        .await?;
+        poll(Duration::from_secs(10), "the task's own port 53", || {
+            check("busybox nc 127.0.0.1 53 </dev/null | grep -q bound53")
+        })
+        .await?;
+        let counters = dns.counters();
+        ensure!(counters.get(lb_agent::dns::answer::Outcome::Answered) >= 2);
+        rt.stop(id, Duration::from_secs(2)).await?;
+        dns.stop().await;
+        ensure!(!lo(&node_name)?.contains("169.254.1.1"), "the gateway left on lo");
+        Ok(())
+    })?;
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").ok(),
+        host_resolv,
+        "the node's /etc/resolv.conf changed"
+    );
+    Ok(())
+}

@@ -2121,3 +2121,116 @@ fn a_node_that_leaves_stops_its_tasks() {
         "n4's agent log:\n{log}"
     );
 }
+
+/// The addresses `busybox nslookup` printed in `out` (`Address: IP` lines, whatever
+/// precedes them on the log line).
+fn resolved(out: &str) -> BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| l.rsplit_once("Address:"))
+        .map(|(_, a)| a.trim().to_owned())
+        .collect()
+}
+
+/// Service discovery (docs/networks.md): a process task of one service resolves another
+/// (default-network) service's name to its VIP and `tasks.<name>` to its running tasks'
+/// addresses, through its own `/etc/resolv.conf` and the agent's resolver at
+/// 169.254.1.1, on every node; a scale-down reaches the names with the next assignment.
+#[test]
+fn tasks_resolve_services_by_name() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(&c, &["--name", "web", "--replicas", "3"], &[]);
+    let tasks = ok(c.wait_converged("web", 3));
+    let pretty = ctl(&c, &["service", "inspect", "--pretty", "web"]);
+    let vip = pretty
+        .lines()
+        .find_map(|l| l.strip_prefix("Virtual IP:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no Virtual IP in:\n{pretty}"))
+        .to_owned();
+    // Global: one client on every node, each asking its own agent.
+    let script = "cat /etc/resolv.conf; while :; do busybox nslookup web; \
+                  busybox nslookup tasks.web; sleep 1; done";
+    create_with(
+        &c,
+        &[
+            "service", "create", "--name", "client", "--mode", "global", "--", "/bin/sh", "-c",
+            script,
+        ],
+    );
+    ok(c.wait_converged("client", 3));
+    let addrs: BTreeSet<String> = tasks
+        .iter()
+        .map(|t| t.addr.expect("a task address").to_string())
+        .collect();
+    let mut want = addrs.clone();
+    want.insert(vip.clone());
+    let out = ok(poll_until(
+        PROPAGATE,
+        "the clients to resolve web and tasks.web",
+        || {
+            let out = ok(c.ctl_timeout(&["service", "logs", "client"], CONVERGE));
+            Ok(resolved(&out).is_superset(&want).then_some(out))
+        },
+    ));
+    assert!(out.contains("nameserver 169.254.1.1"), "{out}");
+    assert!(out.contains("options ndots:0"), "{out}");
+    // The node's own file is untouched.
+    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(!node.contains("169.254.1.1"), "{node}");
+    // Every node's resolver answered its own client.
+    for k in 1..=3 {
+        let answered = |c: &ManagedCluster| {
+            let metrics = c.topology().metrics(k).unwrap_or_default();
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("lb_dns_queries_total{result=\"answered\"} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|n| *n > 0.0)
+        };
+        ok(poll_until(
+            PROPAGATE,
+            &format!("n{k}'s resolver to answer"),
+            || Ok(answered(&c)),
+        ));
+    }
+
+    // Scaled down to 1: tasks.web follows with the next assignment.
+    ctl(&c, &["service", "scale", "web=1"]);
+    let left = ok(c.wait_converged("web", 1));
+    let left = left[0].addr.expect("a task address").to_string();
+    ok(poll_until(
+        PROPAGATE,
+        "tasks.web to list the one task left",
+        || {
+            let out = ok(c.ctl_timeout(&["service", "logs", "--tail", "8", "client"], CONVERGE));
+            let now = resolved(&out);
+            Ok(
+                (now.contains(&left) && addrs.iter().all(|a| *a == left || !now.contains(a)))
+                    .then_some(()),
+            )
+        },
+    ));
+
+    // An agent stopped (SIGTERM) takes the gateway address it added off lo; started
+    // again, it serves its tasks' names again.
+    let lo = |c: &ManagedCluster| {
+        let ns = c.topology().node_ns(1);
+        ok(mesh_tests::netns::ip_in(
+            &ns,
+            &["-o", "addr", "show", "dev", "lo"],
+        ))
+    };
+    assert!(lo(&c).contains("inet 169.254.1.1/32"), "{}", lo(&c));
+    ok(c.stop_agent(1));
+    assert!(!lo(&c).contains("169.254.1.1"), "{}", lo(&c));
+    ok(c.restart_agent(1));
+    ok(poll_until(PROPAGATE, "n1's new resolver to answer", || {
+        let metrics = c.topology().metrics(1).unwrap_or_default();
+        Ok(metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lb_dns_queries_total{result=\"answered\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|n| *n > 0.0))
+    }));
+}

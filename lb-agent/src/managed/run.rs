@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::agent::Agent;
 use crate::agent::AgentError;
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::managed::join::{Session, log_event};
 use crate::managed::logs::{Follows, answer_logs};
 use crate::managed::manager_process::ManagerProcess;
@@ -49,7 +50,8 @@ pub enum ManagedError {
 /// The managed agent's settings.
 #[derive(Debug)]
 pub struct Managed {
-    /// `[node]`, `[dataplane]` and `[metrics]`; no services, endpoints or peers.
+    /// `[node]`, `[dataplane]`, `[metrics]` and `[dns]`; no services, endpoints or
+    /// peers.
     pub base: Config,
     /// The MTU of the tasks' interfaces (underlay MTU - 50).
     pub task_mtu: u32,
@@ -57,6 +59,8 @@ pub struct Managed {
     pub runtimes: Runtimes,
     /// The node's manager, run when the node is promoted.
     pub manager: ManagerProcess,
+    /// The tasks' resolver, answering from each assignment's names.
+    pub dns: Dns,
 }
 
 /// How long a stopping task's processes get between SIGTERM and SIGKILL
@@ -91,9 +95,19 @@ pub async fn run_managed(
         task_mtu,
         runtimes,
         manager,
+        dns,
     } = managed;
-    let result = drive(&mut session, base, task_mtu, runtimes, &manager, &mut stop).await;
+    let result = drive(
+        &mut session,
+        base,
+        task_mtu,
+        runtimes,
+        (&manager, &dns),
+        &mut stop,
+    )
+    .await;
     manager.stop().await;
+    dns.stop().await;
     result
 }
 
@@ -103,7 +117,7 @@ async fn drive(
     base: Config,
     task_mtu: u32,
     runtimes: Runtimes,
-    manager: &ManagerProcess,
+    (manager, dns): (&ManagerProcess, &Dns),
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), ManagedError> {
     let mut supervisor = Supervisor::new(task_mtu);
@@ -190,6 +204,8 @@ async fn drive(
                         prune_logs(&runtimes, keep_logs.clone());
                         supervisor.set_networks(&assignment.networks);
                         supervisor.assign(&assignment.tasks, now);
+                        // The names follow at once (the dataplane may lag a retry).
+                        dns.set_view(crate::dns::View::new(&assignment));
                         current = Some(*assignment);
                         reprogram = true;
                     }
@@ -295,8 +311,12 @@ async fn drive(
             unrouted = left_out;
         }
         if applied_config.as_ref() != Some(&config) || reprogram {
+            let started = agent.is_none();
             let status = match program(&mut agent, &config).await {
                 Ok(()) => {
+                    if started && let Some(agent) = &agent {
+                        agent.metrics().set_dns(dns.counters());
+                    }
                     applied_config = Some(config);
                     if applied_version != Some(assignment.version) {
                         applied_version = Some(assignment.version);

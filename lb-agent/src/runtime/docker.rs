@@ -80,6 +80,8 @@ pub(crate) struct DockerRuntime {
     owner: String,
     tasks: TaskTable<Ctr>,
     exits: mpsc::UnboundedSender<(TaskId, Exit)>,
+    /// The containers' DNS server, if the agent serves one.
+    dns: Option<std::net::Ipv4Addr>,
 }
 
 fn dk(what: impl Into<String>) -> impl FnOnce(DockerError) -> RuntimeError {
@@ -101,6 +103,7 @@ impl DockerRuntime {
     pub(crate) async fn connect(
         state_dir: &Path,
         exits: mpsc::UnboundedSender<(TaskId, Exit)>,
+        dns: Option<std::net::Ipv4Addr>,
     ) -> Result<Self, String> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| format!("cannot connect to the docker engine: {e}"))?;
@@ -116,6 +119,7 @@ impl DockerRuntime {
             owner: owner(state_dir),
             tasks: TaskTable::new(),
             exits,
+            dns,
         })
     }
 
@@ -157,6 +161,10 @@ impl DockerRuntime {
             ])),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
+                // The node's resolver at the tasks' gateway (the engine writes the
+                // container's resolv.conf from these), as process tasks get it.
+                dns: self.dns.map(|ip| vec![ip.to_string()]),
+                dns_options: self.dns.map(|_| vec!["ndots:0".to_owned()]),
                 // The engine applies docker's rules to its default set, as
                 // `mesh_api::capability::resolve` does for process tasks.
                 cap_add: (!task.spec.cap_add.is_empty()).then(|| task.spec.cap_add.clone()),

@@ -10,7 +10,10 @@
 //! 1. catches the signals it forwards (handlers, not a blocked mask: the program would
 //!    inherit the mask, handlers are reset by `execve`);
 //! 2. enters a mount namespace of its own, a slave of the host's (the host's later
-//!    mounts show through, nothing the task mounts goes back), hides the agent's state
+//!    mounts show through, nothing the task mounts goes back); with `--dns`, binds a
+//!    private `/etc/resolv.conf` (that nameserver, the node's search domains,
+//!    `options ndots:0`), written to a small tmpfs of the task's, over the node's file
+//!    (over its target if it is a symbolic link); hides the agent's state
 //!    directory and pin directory under empty read-only tmpfs mounts and its
 //!    configuration file under `/dev/null`, and mounts a `/proc` of the task's PID
 //!    namespace (the task sees its own processes only, `/proc/sys` read-only) and a
@@ -85,6 +88,10 @@ pub struct InitArgs {
     /// The task's cgroup (v2), which it joins first.
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+    /// Give the task an `/etc/resolv.conf` of its own naming this nameserver (with
+    /// `options ndots:0` and the node's search domains).
+    #[arg(long, value_name = "IP")]
+    pub dns: Option<std::net::Ipv4Addr>,
     #[command(flatten)]
     pub confinement: Confinement,
     /// The program and its arguments.
@@ -177,7 +184,13 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
         super::cgroup::join(cgroup)
             .map_err(|e| at_setup(format!("join the cgroup {}: {e}", cgroup.display())))?;
     }
-    mount_namespace(&args.hide, &args.mask).map_err(at_setup)?;
+    let mut files = Vec::new();
+    if let Some(dns) = args.dns {
+        let node = crate::dns::resolv::ResolvConf::read(Path::new(RESOLV_CONF));
+        let text = crate::dns::resolv::task_resolv_conf(dns.into(), &node.search);
+        files.push((PathBuf::from(RESOLV_CONF), text));
+    }
+    mount_namespace(&args.hide, &args.mask, &files).map_err(at_setup)?;
     // Best effort: a kernel without the knob (before 4.11) keeps the old rule.
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
     read_only("/proc/sys").map_err(at_setup)?;
@@ -237,12 +250,26 @@ fn exec(args: &ExecArgs) -> Result<i32, Failed> {
     Ok(super::process::exit_of(status).code)
 }
 
-/// Sets up the task's mount namespace (step 2 of the module documentation).
-fn mount_namespace(hide: &[PathBuf], mask: &[PathBuf]) -> Result<(), SetupError> {
+/// The node's resolver configuration, which a task with `--dns` gets its own of.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Where the task's private files are written before they are bound into place: a
+/// tmpfs mounted here in the task's mount namespace only, detached once they are bound
+/// (the bind mounts keep it alive; the node's directory shows through again).
+const SCRATCH: &str = "/tmp";
+
+/// Sets up the task's mount namespace (step 2 of the module documentation), with
+/// `files` (path, contents) of its own in place of the node's.
+fn mount_namespace(
+    hide: &[PathBuf],
+    mask: &[PathBuf],
+    files: &[(PathBuf, String)],
+) -> Result<(), SetupError> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(setup("unshare the mount namespace"))?;
     mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
         .map_err(setup("make / a slave mount"))?;
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    private_files(files)?;
     for dir in hide.iter().filter(|d| d.is_dir()) {
         mount(
             Some("tmpfs"),
@@ -271,6 +298,70 @@ fn mount_namespace(hide: &[PathBuf], mask: &[PathBuf]) -> Result<(), SetupError>
     remount_read_only("/sys")
 }
 
+/// Puts each of `files` (path, contents) over the node's file in the task's mount
+/// namespace: written to a small tmpfs of the task's own, bind-mounted read-only over
+/// the file (over its target if it is a symbolic link, as `/etc/resolv.conf` often is).
+/// A file the node does not have is skipped with a warning (nothing to mount over).
+/// The tmpfs is per task and never on disk, so secrets can take the same path.
+fn private_files(files: &[(PathBuf, String)]) -> Result<(), SetupError> {
+    let targets: Vec<(PathBuf, &str)> = files
+        .iter()
+        .filter_map(|(path, text)| match std::fs::canonicalize(path) {
+            Ok(target) if target.is_file() => Some((target, text.as_str())),
+            _ => {
+                eprintln!(
+                    "lb-agent task-init: warning: {} is not a file on this node: the task \
+                     sees it as it is",
+                    path.display()
+                );
+                None
+            }
+        })
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    if !Path::new(SCRATCH).is_dir() {
+        eprintln!(
+            "lb-agent task-init: warning: no {SCRATCH} on this node to write the task's own \
+             files in: the task sees the node's"
+        );
+        return Ok(());
+    }
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        SCRATCH,
+        Some("tmpfs"),
+        hardened,
+        Some("size=64k,mode=0755"),
+    )
+    .map_err(setup(format!("mount a tmpfs on {SCRATCH}")))?;
+    for (i, (target, text)) in targets.iter().enumerate() {
+        let file = Path::new(SCRATCH).join(i.to_string());
+        // Readable by every user the program may run as, whatever the umask.
+        std::fs::write(&file, text)
+            .and_then(|()| {
+                std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            })
+            .map_err(|source| SetupError {
+                what: format!("write {}", file.display()),
+                source,
+            })?;
+        nix::mount::mount(
+            Some(file.as_path()),
+            target.as_path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(setup(format!("bind a private {}", target.display())))?;
+        remount_read_only(target)?;
+    }
+    nix::mount::umount2(SCRATCH, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(setup(format!("detach the tmpfs on {SCRATCH}")))
+}
+
 fn mount(
     source: Option<&str>,
     target: impl AsRef<Path>,
@@ -295,7 +386,8 @@ fn read_only(path: &str) -> Result<(), SetupError> {
 }
 
 /// Makes the mount at `path` read-only (the mount, not its file system).
-fn remount_read_only(path: &str) -> Result<(), SetupError> {
+fn remount_read_only(path: impl AsRef<Path>) -> Result<(), SetupError> {
+    let path = path.as_ref();
     mount(
         None,
         path,
@@ -308,7 +400,7 @@ fn remount_read_only(path: &str) -> Result<(), SetupError> {
             | MsFlags::MS_NOEXEC,
         None,
     )
-    .map_err(setup(format!("make {path} read-only")))
+    .map_err(setup(format!("make {} read-only", path.display())))
 }
 
 /// The user and group IDs a `--user` value names, and the user's home.

@@ -10,6 +10,7 @@
 //! program that is not there.
 
 use std::ffi::OsString;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use mesh_api::spec::TaskSpec;
@@ -29,6 +30,8 @@ pub struct Isolation {
     mask: Vec<PathBuf>,
     /// Where tasks get a cgroup of their own, if anywhere.
     cgroups: Option<Cgroups>,
+    /// The nameserver tasks' `/etc/resolv.conf` names, if they get one of their own.
+    dns: Option<Ipv4Addr>,
 }
 
 impl Isolation {
@@ -40,6 +43,7 @@ impl Isolation {
             hide: Vec::new(),
             mask: Vec::new(),
             cgroups: None,
+            dns: None,
         }
     }
 
@@ -49,6 +53,20 @@ impl Isolation {
     pub fn with_cgroups(mut self, cgroups: Option<Cgroups>) -> Self {
         self.cgroups = cgroups;
         self
+    }
+
+    /// Gives each task an `/etc/resolv.conf` of its own that names `nameserver`
+    /// (`None`: tasks see the node's).
+    #[must_use]
+    pub fn with_dns(mut self, nameserver: Option<Ipv4Addr>) -> Self {
+        self.dns = nameserver;
+        self
+    }
+
+    /// The nameserver of the tasks' own `/etc/resolv.conf`, if they get one.
+    #[must_use]
+    pub fn dns(&self) -> Option<Ipv4Addr> {
+        self.dns
     }
 
     /// Where tasks get a cgroup of their own, if anywhere.
@@ -106,6 +124,9 @@ impl Isolation {
         }
         if let Some(cgroups) = &self.cgroups {
             args.extend(["--cgroup".into(), cgroups.path(id).into()]);
+        }
+        if let Some(dns) = self.dns {
+            args.extend(["--dns".into(), dns.to_string().into()]);
         }
         args.extend(["--caps".into(), format!("{caps:x}").into()]);
         if let Some(user) = &spec.user {
@@ -218,7 +239,8 @@ mod tests {
         let isolation = Isolation::new("/usr/local/bin/lb-agent".into())
             .hide(Path::new("/var/lib/mesh"))
             .mask(Path::new("/etc/mesh/agent.toml"))
-            .with_cgroups(Some(Cgroups::new("/sys/fs/cgroup/x".into())));
+            .with_cgroups(Some(Cgroups::new("/sys/fs/cgroup/x".into())))
+            .with_dns(Some(Ipv4Addr::new(169, 254, 1, 1)));
         let mut spec = spec("sh");
         spec.user = Some("nobody".into());
         spec.cap_drop = vec!["CAP_NET_RAW".into()];
@@ -236,6 +258,7 @@ mod tests {
         );
         assert_eq!(init.confinement.caps, 0xa804_25fb & !(1 << 13));
         assert_eq!(init.confinement.user.as_deref(), Some("nobody"));
+        assert_eq!(init.dns, Some(Ipv4Addr::new(169, 254, 1, 1)));
         assert_eq!(init.command, ["sh", "--port", "80"]);
 
         let (_, args) = isolation.exec_command(42, &["/bin/sh", "-c", "true"]);

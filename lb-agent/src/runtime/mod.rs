@@ -101,7 +101,7 @@ impl Runtimes {
         let netlink = Netlink::here()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let docker = if docker {
-            match DockerRuntime::connect(state_dir, tx.clone()).await {
+            match DockerRuntime::connect(state_dir, tx.clone(), isolation.dns()).await {
                 Ok(d) => Ok(d),
                 Err(why) => {
                     warn!(error = %why, "the docker runtime is not available");
