@@ -21,12 +21,20 @@ pub struct Reply {
     pub tag: Option<String>,
     /// The client address as the task saw it.
     pub peer: SocketAddr,
+    /// What the service it called answered (`task-echo --call`): its banner, or
+    /// `error: <why>`.
+    pub called: Option<String>,
 }
 
 impl Reply {
-    /// Parses `task=<name> [tag=<tag>] peer=<ip>:<port>` (with or without the newline).
+    /// Parses `task=<name> [tag=<tag>] peer=<ip>:<port>` (with or without the newline),
+    /// followed by ` | <the called service's answer>` with `task-echo --call`.
     pub fn parse(line: &str) -> Result<Self> {
         let line = line.trim_end();
+        let (line, called) = match line.split_once(" | ") {
+            Some((own, called)) => (own, Some(called.to_owned())),
+            None => (line, None),
+        };
         let mut task = None;
         let mut tag = None;
         let mut peer = None;
@@ -40,7 +48,12 @@ impl Reply {
             }
         }
         match (task, peer) {
-            (Some(task), Some(peer)) => Ok(Self { task, tag, peer }),
+            (Some(task), Some(peer)) => Ok(Self {
+                task,
+                tag,
+                peer,
+                called,
+            }),
             _ => bail!("not a task-echo banner: {line:?}"),
         }
     }
@@ -434,6 +447,10 @@ mod tests {
         assert_eq!(r.peer_ip(), Some(Ipv4Addr::new(10, 99, 0, 100)));
         assert_eq!(r.tag, None);
         assert!(Reply::parse("hello").is_err());
+        let r =
+            Reply::parse("task=web.2 peer=10.99.0.100:4 | task=api.1 peer=10.0.0.3:5\n").unwrap();
+        assert_eq!((r.task.as_str(), r.peer.port()), ("web.2", 4));
+        assert_eq!(r.called.as_deref(), Some("task=api.1 peer=10.0.0.3:5"));
         let r = Reply::parse("task=web.3 tag=v2 peer=10.99.0.100:40000").unwrap();
         assert_eq!(r.task, "web.3");
         assert_eq!(r.tag.as_deref(), Some("v2"));

@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod client;
 pub mod cluster;
+pub mod dns;
 pub mod images;
 pub mod load;
 pub mod machine;

@@ -76,6 +76,10 @@ pub struct ManagedOptions {
     /// and no new privileges, as systemd runs the shipped unit
     /// ([`crate::unit_bounding_set`]); `None`: all of root's.
     pub agent_bounding_set: Option<Vec<String>>,
+    /// The agents' DNS upstream (`--dns-upstream`), for names the mesh does not know, is
+    /// port 53 of the client's address, where the test serves one
+    /// ([`crate::dns::Upstream`]); `false`: the node's `/etc/resolv.conf`.
+    pub dns_upstream_on_client: bool,
 }
 
 impl ManagedOptions {
@@ -92,6 +96,7 @@ impl ManagedOptions {
             detached: false,
             docker: false,
             agent_bounding_set: None,
+            dns_upstream_on_client: false,
         }
     }
 }
@@ -394,6 +399,10 @@ impl ManagedCluster {
         ]);
         if self.options.docker {
             args.push("--docker".to_owned());
+        }
+        if self.options.dns_upstream_on_client {
+            let upstream = SocketAddr::from((self.topo.client_addr(), 53));
+            args.extend(["--dns-upstream".to_owned(), upstream.to_string()]);
         }
         args
     }

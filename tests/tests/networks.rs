@@ -1,21 +1,41 @@
-//! End-to-end tests of overlay networks on a managed mesh (issue 13), the managers' and
-//! `meshctl`'s side: networks created, listed, inspected, removed and pruned as docker's
-//! CLI does it, services attached to them (`--network`), and bad input refused with a
-//! clear error that changes nothing.
+//! End-to-end tests of overlay networks on a managed mesh (issue 13):
+//!
+//! - the managers' and `meshctl`'s side: networks created, listed, inspected, removed and
+//!   pruned as docker's CLI does it, services attached to them (`--network`), and bad
+//!   input refused with a clear error that changes nothing;
+//! - the nodes' side: a web tier on `front` and `back` calling `api` by name on every
+//!   request through every node, names resolved inside tasks (VIPs, `tasks.`, dnsrr,
+//!   aliases, `<name>.<network>`, task names, reverse lookups, an outside name forwarded
+//!   to the node's resolver, NXDOMAIN for a name on no shared network), isolation
+//!   (a task on `front` alone reaches nothing of `back`'s, and the drops are counted),
+//!   and a service moved between networks by a rolling update.
+//!
+//! Names are resolved and connections made from inside the tasks: `nsenter` into a
+//! task's network and mount namespaces, then `busybox nslookup` (through the task's own
+//! `/etc/resolv.conf`) or `busybox nc`.
 //!
 //! Each test runs on a 3-node cluster of its own ([`ManagedCluster`]), one at a time
 //! (a lock). Needs root, iproute2, ethtool, and the binaries `mesh-manager`, `meshctl`,
 //! `lb-agent` and `task-echo` (`cargo xtask test` builds them first).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::process::Command;
 use std::time::Duration;
 
-use mesh_tests::{ManagedCluster, bin, ok, poll_until, turn};
+use anyhow::{Context as _, Result};
+use mesh_tests::dns::Upstream;
+use mesh_tests::{ManagedCluster, ManagedOptions, TaskRow, bin, ok, poll_until, turn};
 use serde_json::Value;
 
 /// How long a `meshctl` command that waits for convergence may take.
 const CONVERGE: Duration = Duration::from_secs(120);
+/// How long a change may take to reach every node's dataplane and resolver.
+const PROPAGATE: Duration = Duration::from_secs(30);
+/// The published port of `web`.
+const WEB: u16 = 8080;
+/// An outside name only the nodes' upstream resolver knows, and its address.
+const OUTSIDE: (&str, Ipv4Addr) = ("outside.example", Ipv4Addr::new(192, 0, 2, 7));
 
 /// `meshctl ARGS`, which must succeed; its standard output.
 fn ctl(c: &ManagedCluster, args: &[&str]) -> String {
@@ -329,4 +349,322 @@ fn networks_are_created_listed_inspected_attached_and_removed_like_docker() {
     let pruned = ctl(&c, &["network", "prune", "-f"]);
     assert_eq!(pruned, "Deleted Networks:\nfront\nspare\n");
     assert_eq!(names(&c), BTreeSet::from(["ingress".to_string()]));
+}
+
+/// What `busybox nslookup NAME` printed inside a task: whether it found the name, and the
+/// addresses (or, for a reverse lookup, the names) it gave.
+#[derive(Debug)]
+struct Lookup {
+    found: bool,
+    answers: BTreeSet<String>,
+    output: String,
+}
+
+/// Runs `args` inside the network and mount namespaces of the task `task` (its ID as
+/// `service ps` prints it).
+fn in_task(c: &ManagedCluster, task: &TaskRow, args: &[&str]) -> Result<std::process::Output> {
+    let pid = *c
+        .task_pids(&task.id)
+        .first()
+        .with_context(|| format!("no process of task {} ({})", task.name, task.id))?;
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "-m", "--"])
+        .args(args)
+        .output()
+        .with_context(|| format!("nsenter into {}", task.name))
+}
+
+/// `busybox nslookup NAME` inside `task`, through its own `/etc/resolv.conf`.
+fn lookup(c: &ManagedCluster, task: &TaskRow, name: &str) -> Lookup {
+    let out = ok(in_task(c, task, &["busybox", "nslookup", name]));
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server's own lines ("Address:\t169.254.1.1:53") carry a port: not answers.
+    let mut answers: BTreeSet<String> = output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(str::trim)
+        .filter(|a| a.parse::<Ipv4Addr>().is_ok())
+        .map(str::to_owned)
+        .collect();
+    answers.extend(
+        output
+            .lines()
+            .filter_map(|l| l.split_once("name = "))
+            .map(|(_, n)| n.trim().trim_end_matches('.').to_owned()),
+    );
+    Lookup {
+        found: out.status.success() && !answers.is_empty(),
+        answers,
+        output,
+    }
+}
+
+/// Polls until `name`, looked up inside `task`, gives exactly `want`.
+fn resolves_to(c: &ManagedCluster, task: &TaskRow, name: &str, want: &BTreeSet<String>) {
+    let mut last = None;
+    let found = poll_until(PROPAGATE, &format!("{name} to resolve to {want:?}"), || {
+        let l = lookup(c, task, name);
+        let done = l.found && &l.answers == want;
+        last = Some(l);
+        Ok(done.then_some(()))
+    });
+    if let Err(e) = found {
+        panic!("{e:#}\nin {}: {last:#?}", task.name);
+    }
+}
+
+/// Polls until `name`, looked up inside `task`, is not found (NXDOMAIN).
+fn not_found(c: &ManagedCluster, task: &TaskRow, name: &str) {
+    let mut last = None;
+    let gone = poll_until(PROPAGATE, &format!("{name} to be unknown"), || {
+        let l = lookup(c, task, name);
+        let done = !l.found && l.output.contains("NXDOMAIN");
+        last = Some(l);
+        Ok(done.then_some(()))
+    });
+    if let Err(e) = gone {
+        panic!("{e:#}\nin {}: {last:#?}", task.name);
+    }
+}
+
+/// Whether a TCP connection from inside `task` to `addr:80` gets `task-echo`'s banner.
+fn reaches(c: &ManagedCluster, task: &TaskRow, addr: &str) -> bool {
+    let out = ok(in_task(c, task, &["busybox", "nc", "-w", "2", addr, "80"]));
+    String::from_utf8_lossy(&out.stdout).contains("task=")
+}
+
+/// The addresses on `network` of `service`'s tasks, by task name (`network inspect`).
+fn addrs_on(c: &ManagedCluster, network: &str, service: &str) -> BTreeMap<String, Ipv4Addr> {
+    let v = inspect(c, network);
+    v["Containers"]
+        .as_object()
+        .map(|tasks| {
+            tasks
+                .values()
+                .filter_map(|t| {
+                    let name = t["Name"].as_str()?;
+                    // "api.1.<task id>" -> "api.1".
+                    let (svc, rest) = name.split_once('.')?;
+                    let slot = rest.split('.').next()?;
+                    let addr = t["IPv4Address"].as_str()?.split('/').next()?.parse().ok()?;
+                    (svc == service).then(|| (format!("{svc}.{slot}"), addr))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `service`'s VIP on `network` (`service inspect`'s `Endpoint.VirtualIPs`).
+fn vip_on(c: &ManagedCluster, service: &str, network: &str) -> String {
+    let id = inspect(c, network)["Id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let v = ok(c.ctl_json(&["service", "inspect", service]));
+    v[0]["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|vip| vip["NetworkID"] == id.as_str())
+        .and_then(|vip| vip["Addr"].as_str())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("{service} has no VIP on {network}: {v}"))
+        .to_owned()
+}
+
+/// Packets the nodes' dataplanes dropped for isolation, summed.
+fn isolation_drops(c: &ManagedCluster) -> f64 {
+    (1..=c.nodes())
+        .filter_map(|k| c.topology().metrics(k).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("lb_dropped_packets_total{reason=\"isolation\"} "))
+                .filter_map(|v| v.trim().parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+fn set(items: impl IntoIterator<Item = impl ToString>) -> BTreeSet<String> {
+    items.into_iter().map(|i| i.to_string()).collect()
+}
+
+/// Issue 13, steps 1 to 4 on a 3-node cluster whose nodes' own resolver is a server in
+/// the client's namespace.
+#[test]
+fn services_reach_each_other_by_name_on_shared_networks_only() {
+    let _turn = turn();
+    let mut options = ManagedOptions::new(3, 1);
+    options.dns_upstream_on_client = true;
+    let mut c = ok(ManagedCluster::start_with(options));
+    let upstream = ok(Upstream::start(
+        &c.topology().client_ns(),
+        c.topology().client_addr(),
+        &[OUTSIDE],
+    ));
+    let echo = ok(bin("task-echo"));
+    let echo = echo.to_string_lossy().to_string();
+    ctl(&c, &["network", "create", "front"]);
+    ctl(
+        &c,
+        &["network", "create", "--subnet", "10.77.0.0/24", "back"],
+    );
+    let service = |c: &ManagedCluster, name: &str, opts: &[&str], extra: &[&str]| {
+        let mut args = vec!["service", "create", "--name", name];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--", &echo, "--port", "80"]);
+        args.extend_from_slice(extra);
+        ctl(c, &args);
+    };
+    service(
+        &c,
+        "api",
+        &["--replicas", "2", "--network", "name=back,alias=backend"],
+        &[],
+    );
+    service(
+        &c,
+        "db",
+        &[
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "back",
+        ],
+        &[],
+    );
+    service(
+        &c,
+        "web",
+        &[
+            "--replicas",
+            "3",
+            "--network",
+            "front",
+            "--network",
+            "back",
+            "-p",
+            "8080:80",
+        ],
+        &["--call", "api:80"],
+    );
+    service(&c, "lonely", &["--network", "front"], &[]);
+    let web = ok(c.wait_converged("web", 3));
+    ok(c.wait_converged("api", 2));
+    ok(c.wait_converged("db", 2));
+    let lonely = ok(c.wait_converged("lonely", 1)).remove(0);
+
+    // Step 1: every request through every node reaches web, which calls api by name;
+    // api sees web's address on back, the client's is kept for web.
+    let web_on_back = addrs_on(&c, "back", "web");
+    assert_eq!(web_on_back.len(), 3, "{web_on_back:?}");
+    ok(c.wait_answered(1, WEB, PROPAGATE));
+    for (k, r) in ok(c.requests_everywhere(WEB, 4)) {
+        assert_eq!(r.peer_ip(), Some(c.topology().client_addr()), "via n{k}");
+        let called = r.called.clone().unwrap_or_default();
+        let answer = ok(mesh_tests::client::Reply::parse(&called)
+            .with_context(|| format!("{} via n{k} called api: {called}", r.task)));
+        assert!(answer.task.starts_with("api."), "via n{k}: {called}");
+        assert_eq!(
+            answer.peer_ip(),
+            web_on_back.get(&r.task).copied(),
+            "api saw {} by its address on back (via n{k})",
+            r.task
+        );
+    }
+
+    // Step 2: names inside a web task.
+    let w = &web[0];
+    let api_vip = vip_on(&c, "api", "back");
+    resolves_to(&c, w, "api", &set([&api_vip]));
+    resolves_to(&c, w, "backend", &set([&api_vip]));
+    resolves_to(&c, w, "api.back", &set([&api_vip]));
+    resolves_to(
+        &c,
+        w,
+        "tasks.api",
+        &set(addrs_on(&c, "back", "api").values()),
+    );
+    resolves_to(&c, w, "db", &set(addrs_on(&c, "back", "db").values()));
+    let api1 = addrs_on(&c, "back", "api")["api.1"];
+    resolves_to(&c, w, "api.1", &set([api1]));
+    let reverse = lookup(&c, w, &api1.to_string());
+    assert!(
+        reverse.answers.iter().any(|n| n.starts_with("api.1.")),
+        "reverse lookup of {api1}: {reverse:#?}"
+    );
+    resolves_to(&c, w, OUTSIDE.0, &set([OUTSIDE.1]));
+    let asked = upstream.asked();
+    assert!(asked.iter().any(|n| n == OUTSIDE.0), "{asked:?}");
+    assert!(
+        !asked.iter().any(|n| n == "api" || n == "tasks.api"),
+        "mesh names were forwarded: {asked:?}"
+    );
+    // tasks.api follows scaling, exactly the running tasks.
+    ctl(&c, &["service", "scale", "api=5"]);
+    ok(c.wait_converged("api", 5));
+    resolves_to(
+        &c,
+        w,
+        "tasks.api",
+        &set(addrs_on(&c, "back", "api").values()),
+    );
+    assert_eq!(addrs_on(&c, "back", "api").len(), 5);
+    ctl(&c, &["service", "scale", "api=2"]);
+    let api = ok(c.wait_converged("api", 2));
+    let left: BTreeSet<String> = {
+        let on_back = addrs_on(&c, "back", "api");
+        api.iter().map(|t| on_back[&t.name].to_string()).collect()
+    };
+    resolves_to(&c, w, "tasks.api", &left);
+    // A task on front alone shares nothing with api: NXDOMAIN, not forwarded.
+    not_found(&c, &lonely, "api");
+    not_found(&c, &lonely, "tasks.db");
+    resolves_to(&c, &lonely, "web", &set([vip_on(&c, "web", "front")]));
+
+    // Step 3: isolation. lonely reaches web on front, nothing of back's, by name or by
+    // address; the drops are counted.
+    assert!(reaches(&c, &lonely, &vip_on(&c, "web", "front")));
+    let before = isolation_drops(&c);
+    let api_task = left.iter().next().expect("an api task").clone();
+    for addr in [&api_vip, &api_task] {
+        assert!(!reaches(&c, &lonely, addr), "lonely reached {addr} on back");
+    }
+    ok(poll_until(
+        PROPAGATE,
+        "the isolation drops to be counted",
+        || Ok((isolation_drops(&c) > before).then_some(())),
+    ));
+    // api's own tasks (on back alone) do not reach web's address on front either.
+    let web_on_front = addrs_on(&c, "front", "web");
+    let front_addr = web_on_front
+        .values()
+        .next()
+        .expect("web on front")
+        .to_string();
+    assert!(
+        !reaches(&c, &api[0], &front_addr),
+        "api reached web on front"
+    );
+
+    // Step 4: lonely joins back by a rolling update, and reaches api; leaves, and no longer.
+    ctl(
+        &c,
+        &["service", "update", "--network-add", "back", "lonely"],
+    );
+    let moved = ok(c.wait_converged("lonely", 1)).remove(0);
+    assert_ne!(moved.id, lonely.id, "a rolling update replaces the task");
+    resolves_to(&c, &moved, "api", &set([&api_vip]));
+    assert!(reaches(&c, &moved, &api_vip));
+    ctl(&c, &["service", "update", "--network-rm", "back", "lonely"]);
+    let back_out = ok(c.wait_converged("lonely", 1)).remove(0);
+    not_found(&c, &back_out, "api");
+    assert!(!reaches(&c, &back_out, &api_vip));
+    assert!(reaches(&c, &back_out, &vip_on(&c, "web", "front")));
 }
