@@ -81,7 +81,9 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             "{err}"
         );
 
-        let rt = Runtimes::new(&state, true, runtime_common::isolation(&state)?).await?;
+        // As a managed agent runs it: its tasks' resolver at the gateway.
+        let isolation = runtime_common::isolation(&state)?.with_dns(Some(plumb::GATEWAY));
+        let rt = Runtimes::new(&state, true, isolation).await?;
         let mut exits = rt.take_exits().context("exits")?;
         let id = task_id(21);
         let addr = Ipv4Addr::new(10, 202, 0, 2);
@@ -109,6 +111,13 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             link.starts_with(&format!("{}:", started.ifindex))
                 && link.contains("02:fe:0a:ca:00:02"),
             "{link}"
+        );
+
+        // Its resolv.conf names the agent's resolver (docs/networks.md).
+        let resolv = run("docker", &["exec", names.trim(), "cat", "/etc/resolv.conf"])?;
+        assert!(
+            resolv.contains("nameserver 169.254.1.1") && resolv.contains("ndots:0"),
+            "{resolv}"
         );
 
         // Inside the container: its eth0 with the /32 and the gateway.

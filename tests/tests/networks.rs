@@ -271,7 +271,22 @@ fn networks_are_created_listed_inspected_attached_and_removed_like_docker() {
             "--",
             &echo,
         ],
-        "alias",
+        "not a valid DNS label",
+    );
+    refused(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "lost-",
+            "--network",
+            "back",
+            "-d",
+            "--",
+            &echo,
+        ],
+        "must be valid as a DNS name component",
     );
     refused(
         &c,

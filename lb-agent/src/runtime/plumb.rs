@@ -177,6 +177,9 @@ pub struct Netlink {
     /// The request handle.
     pub handle: rtnetlink::Handle,
     conn: tokio::task::JoinHandle<()>,
+    /// Held through a dump: the kernel runs one dump at a time per socket and refuses
+    /// another meanwhile (`EBUSY`).
+    dumping: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Netlink {
@@ -195,6 +198,7 @@ impl Netlink {
         Ok(Self {
             handle,
             conn: tokio::spawn(conn),
+            dumping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -215,6 +219,7 @@ impl Netlink {
         Ok(Self {
             handle,
             conn: tokio::spawn(conn),
+            dumping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -243,6 +248,7 @@ impl Netlink {
     /// # Errors
     /// If the dump fails.
     pub async fn links(&self) -> Result<Vec<(String, u32)>, PlumbError> {
+        let _one_at_a_time = self.dumping.lock().await;
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(msg) = links.try_next().await.map_err(nl("list interfaces"))? {
@@ -546,16 +552,16 @@ async fn inside(ns: &Path, v: &Veth, gw_mac: [u8; 6]) -> Result<(), PlumbError> 
 /// Removes task `id`'s veths (their pairs and host routes go with them); whether its
 /// ingress veth existed.
 ///
+/// By name, not from a dump of every interface: tasks start and stop concurrently on
+/// one netlink socket, and the kernel refuses a second dump on a socket while one is
+/// running (`EBUSY`), which a 300-task service hit.
+///
 /// # Errors
-/// If the listing or a deletion fails.
+/// If a lookup or a deletion fails.
 pub async fn unplumb(host: &Netlink, id: TaskId) -> Result<bool, PlumbError> {
-    let ours = host_iface(id);
-    let mut gone = false;
-    for (name, _) in host.links().await? {
-        if task_of_iface(&name) == Some(id & ID_MASK) {
-            let deleted = host.delete_link(&name).await?;
-            gone |= deleted && name == ours;
-        }
+    let gone = host.delete_link(&host_iface(id)).await?;
+    for name in (1..=MAX_TASK_NETWORKS).filter_map(|n| network_host_iface(id, n)) {
+        host.delete_link(&name).await?;
     }
     Ok(gone)
 }

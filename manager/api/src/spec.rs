@@ -876,18 +876,17 @@ impl ServiceSpec {
     }
 }
 
-/// Checks a service name: a DNS label (letters, digits, `-`, `_`), as docker
-/// requires.
+/// Checks a service name: a DNS label (letters, digits, `-`, `_`, starting and ending
+/// with a letter or digit), as swarmkit requires (`isValidDNSName`): the resolver
+/// answers for it.
 ///
 /// # Errors
 /// Why the name is refused.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -895,7 +894,8 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "invalid name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_-] are allowed, at most \
+            "invalid name {name:?}: it must be valid as a DNS name component: \
+             [a-zA-Z0-9][a-zA-Z0-9_-], starting and ending with a letter or digit, at most \
              {MAX_NAME_LEN} characters"
         )))
     }
@@ -1151,6 +1151,8 @@ mod tests {
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.name = "bad name".into()), "invalid name"),
             (Box::new(|s| s.name = String::new()), "invalid name"),
+            (Box::new(|s| s.name = "web-".into()), "DNS name component"),
+            (Box::new(|s| s.name = "web_".into()), "DNS name component"),
             (
                 Box::new(|s| s.mode = ServiceMode::Replicated { replicas: 5000 }),
                 "invalid replicas",
