@@ -4,6 +4,8 @@
 //! - `lb_tc_task`: TC (clsact ingress) on the host side of each local task's veth.
 //! - `lb_xdp_pass`: passes everything; attached to the receiving end of veths that get
 //!   XDP_TX/XDP_REDIRECT frames, which turns on the veth's NAPI so the frames arrive.
+//! - `lb_connect4`: `cgroup/connect4` on the root cgroup: the node's own connections to
+//!   its published ports (`127.0.0.1:PORT`, the node's address), balanced at connect.
 //! - `bench_*`: baselines for `cargo xtask bench dataplane`.
 #![no_std]
 #![no_main]
@@ -12,14 +14,15 @@ mod csum;
 mod decide;
 mod maps;
 mod packet;
+mod sock;
 mod tc;
 mod vxlan;
 mod xdp;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use network_types::eth::EthHdr;
 
@@ -33,6 +36,12 @@ pub(crate) fn lb_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub(crate) fn lb_tc_task(ctx: TcContext) -> i32 {
     tc::handle(&ctx)
+}
+
+/// The node's own connections to its published ports, balanced when they connect.
+#[cgroup_sock_addr(connect4)]
+pub(crate) fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect4(&ctx)
 }
 
 /// Passes every frame.
