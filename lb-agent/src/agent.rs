@@ -394,7 +394,7 @@ impl Agent {
                 &config.node.underlay,
                 mode,
             )?;
-            self.attach_connect4(&pin_dir);
+            self.attach_sock_programs(&pin_dir);
         }
         for iface in desired.task_ifaces.keys() {
             if !self.tc_ifaces.contains(iface) {
@@ -430,11 +430,12 @@ impl Agent {
         Ok(done)
     }
 
-    /// Attaches the `cgroup/connect4` program to the root of the cgroup v2 hierarchy, so
-    /// that the node's own connections to its published ports (`127.0.0.1:PORT`, the
-    /// node's address) reach the service. Without a cgroup v2 hierarchy, or if the kernel
-    /// refuses, the rest of the dataplane works on and a warning says what is missing.
-    fn attach_connect4(&mut self, pin_dir: &Path) {
+    /// Attaches the socket programs to the root of the cgroup v2 hierarchy, so that the
+    /// node's own connections and datagrams to its published ports (`127.0.0.1:PORT`,
+    /// the node's address) reach the service. Without a cgroup v2 hierarchy, or if the
+    /// kernel refuses, the rest of the dataplane works on and a warning says what is
+    /// missing.
+    fn attach_sock_programs(&mut self, pin_dir: &Path) {
         let root = std::fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|m| crate::runtime::cgroup::cgroup2_mount(&m));
@@ -445,15 +446,17 @@ impl Agent {
             );
             return;
         };
-        let result = self
-            .dataplane
-            .connect4_program()
-            .map_err(AgentError::from)
-            .and_then(|prog| Ok(links::attach_connect4(prog, pin_dir, &root)?));
-        if let Err(e) = result {
-            warn!(error = %with_causes(&e), cgroup = %root.display(), "cannot attach \
-                cgroup/connect4: the node's own connections to published ports \
-                (127.0.0.1:PORT) are not balanced");
+        for (name, hook) in loader::SOCK_PROGRAMS {
+            let result = self
+                .dataplane
+                .sock_program(name)
+                .map_err(AgentError::from)
+                .and_then(|prog| Ok(links::attach_cgroup(prog, pin_dir, hook, &root)?));
+            if let Err(e) = result {
+                warn!(error = %with_causes(&e), cgroup = %root.display(), hook, "cannot \
+                    attach a socket program: the node's own connections to published ports \
+                    (127.0.0.1:PORT) are not (all) balanced");
+            }
         }
     }
 

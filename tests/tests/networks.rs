@@ -26,7 +26,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use mesh_tests::client::{Reply, request_tcp, request_udp_connected};
+use mesh_tests::client::{Reply, request_tcp, request_udp, request_udp_connected};
 use mesh_tests::dns::Upstream;
 use mesh_tests::{ManagedCluster, ManagedOptions, TaskRow, bin, in_netns, ok, poll_until, turn};
 use serde_json::Value;
@@ -712,7 +712,7 @@ fn node_reaches(c: &ManagedCluster, k: usize, port: u16, task: &str, home: usize
 
 /// P4: a process on a node, in the node's own network namespace, reaches the services
 /// published on the node at `127.0.0.1:PORT` and at the node's address, whether a task
-/// runs on that node or on another one, by TCP and by connected UDP, for a service on
+/// runs on that node or on another one, by TCP and by UDP (connected or not), for a service on
 /// the default network and for one that joins a user network (balanced to its tasks'
 /// routing-mesh-only addresses); after the agent restarts too. Processes in other
 /// namespaces (the client's) are left alone.
@@ -774,13 +774,20 @@ fn the_nodes_own_processes_reach_published_ports() {
         node_reaches(&c, k, 8082, "meshonly.1", 2);
         for ip in [Ipv4Addr::LOCALHOST, c.node_addr(k)] {
             let addr = SocketAddr::from((ip, 8081));
-            let (r, echoed) = ok(in_netns(&c.topology().node_ns(k), move || {
-                request_udp_connected(addr, b"ping")
-            })
-            .and_then(|r| r)
-            .with_context(|| format!("UDP n{k} -> {addr}")));
+            // Connected, and unconnected (`sendto`; `recvfrom` must name `addr` as the
+            // answer's source, `request_udp` checks).
+            let (connected, unconnected) = ok(in_netns(&c.topology().node_ns(k), move || {
+                (
+                    request_udp_connected(addr, b"ping"),
+                    request_udp(addr, b"pong"),
+                )
+            }));
+            let (r, echoed) = ok(connected.with_context(|| format!("UDP n{k} -> {addr}")));
             assert_eq!(r.task, "web.1", "UDP n{k} -> {addr}");
             assert_eq!(echoed, b"ping", "UDP n{k} -> {addr}");
+            let (r, echoed) = ok(unconnected.with_context(|| format!("sendto n{k} -> {addr}")));
+            assert_eq!(r.task, "web.1", "sendto n{k} -> {addr}");
+            assert_eq!(echoed, b"pong", "sendto n{k} -> {addr}");
         }
     }
 
@@ -794,13 +801,11 @@ fn the_nodes_own_processes_reach_published_ports() {
         "the client reached its own 127.0.0.1:8080: {refused:?}"
     );
 
-    // An agent that restarts replaces its program (the old one is detached, not left
-    // beside it); connects go on being balanced.
-    let before = connect4_programs();
-    assert!(
-        before >= 3,
-        "one cgroup/connect4 program per agent: {before}"
-    );
+    // A stopped agent leaves its programs and maps in place: still balanced. An agent
+    // that restarts replaces its programs (the old ones are detached, not left beside
+    // them); connects go on being balanced.
+    let before = sock_programs();
+    assert!(before >= 9, "three socket programs per agent: {before}");
     for k in [1, 2] {
         ok(c.stop_agent(k));
         node_reaches(&c, k, 8080, "web.1", 2);
@@ -811,14 +816,20 @@ fn the_nodes_own_processes_reach_published_ports() {
     ok(poll_until(
         PROPAGATE,
         "the restarted agents' old programs to go",
-        || Ok((connect4_programs() == before).then_some(())),
+        || Ok((sock_programs() == before).then_some(())),
     ));
 }
 
-/// How many `cgroup/connect4` programs of the mesh the kernel holds.
-fn connect4_programs() -> usize {
+/// How many socket programs of the mesh (`cgroup/connect4`, `sendmsg4`, `recvmsg4`) the
+/// kernel holds.
+fn sock_programs() -> usize {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("lb_connect4"))
+        .filter(|p| {
+            matches!(
+                p.name_as_str(),
+                Some("lb_connect4" | "lb_sendmsg4" | "lb_recvmsg4")
+            )
+        })
         .count()
 }

@@ -2,8 +2,8 @@
 //!
 //! Layout: `<pin_dir>/links/xdp-<ifname>` (XDP on the underlay),
 //! `<pin_dir>/links/tc-<ifname>` (TCX ingress of a task's host-side veth) and
-//! `<pin_dir>/links/cgroup-connect4` (`cgroup/connect4` on the root of the cgroup v2
-//! hierarchy: the node's own connections to its published ports).
+//! `<pin_dir>/links/cgroup-<hook>` (`cgroup/connect4`, `sendmsg4`, `recvmsg4` on the root
+//! of the cgroup v2 hierarchy: the node's own connections to its published ports).
 //!
 //! Attaching when a pinned link exists replaces the link's program atomically
 //! (`BPF_LINK_UPDATE`): no packet goes unprocessed during an agent upgrade. A pinned link
@@ -100,10 +100,10 @@ pub fn tc_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     links_dir(pin_dir).join(format!("tc-{iface}"))
 }
 
-/// The pin path of the `cgroup/connect4` link.
+/// The pin path of the link of the cgroup hook `hook` (`connect4`).
 #[must_use]
-pub fn connect4_pin(pin_dir: &Path) -> PathBuf {
-    links_dir(pin_dir).join("cgroup-connect4")
+pub fn cgroup_pin(pin_dir: &Path, hook: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("cgroup-{hook}"))
 }
 
 /// Interfaces that have a pinned TC link.
@@ -303,19 +303,20 @@ pub fn attach_tc(
     )
 }
 
-/// Attaches `prog` (loaded) as `cgroup/connect4` to the cgroup v2 directory `cgroup`
-/// (the hierarchy's root, so that every process's sockets meet it) through a pinned
-/// link. A link pinned before (an earlier agent's) is unpinned once the new one is
-/// attached, so connects never go unbalanced during an upgrade.
+/// Attaches `prog` (loaded, for the cgroup hook `hook`: `connect4`) to the cgroup v2
+/// directory `cgroup` (the hierarchy's root, so that every process's sockets meet it)
+/// through a pinned link. A link pinned before (an earlier agent's) is unpinned once the
+/// new one is attached, so sockets never go unbalanced during an upgrade.
 ///
 /// # Errors
 /// If the cgroup cannot be opened, the kernel refuses, or the pins cannot be changed.
-pub fn attach_connect4(
+pub fn attach_cgroup(
     prog: &mut CgroupSockAddr,
     pin_dir: &Path,
+    hook: &str,
     cgroup: &Path,
 ) -> Result<Attached, AttachError> {
-    const WHAT: &str = "cgroup/connect4";
+    const WHAT: &str = "cgroup";
     ensure_links_dir(pin_dir)?;
     let target = cgroup.display().to_string();
     let dir = std::fs::File::open(cgroup).map_err(|source| AttachError::Io {
@@ -330,13 +331,13 @@ pub fn attach_connect4(
         .map_err(&prog_err)?;
     let link = prog.take_link(id).map_err(&prog_err)?;
     let fd = FdLink::try_from(link).map_err(link_error(WHAT, &target))?;
-    let path = connect4_pin(pin_dir);
+    let path = cgroup_pin(pin_dir, hook);
     let replaced = detach(&path)?;
     fd.pin(&path).map_err(|source| AttachError::Pin {
         path: path.clone(),
         source,
     })?;
-    info!(cgroup = %target, replaced, "attached and pinned cgroup/connect4");
+    info!(cgroup = %target, hook, replaced, "attached and pinned");
     Ok(if replaced {
         Attached::Replaced
     } else {
@@ -403,7 +404,7 @@ mod tests {
             Path::new("/sys/fs/bpf/mesh/links/tc-vweb1")
         );
         assert_eq!(
-            connect4_pin(d),
+            cgroup_pin(d, "connect4"),
             Path::new("/sys/fs/bpf/mesh/links/cgroup-connect4")
         );
     }

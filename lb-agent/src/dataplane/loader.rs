@@ -27,10 +27,15 @@ use crate::dataplane::map_state::{DataplaneState, MapOp, SvcKey};
 pub const XDP_PROGRAM: &str = "lb_xdp";
 /// Name of the TC program in the object.
 pub const TC_PROGRAM: &str = "lb_tc_task";
-/// Name of the `cgroup/connect4` program in the object (the node's own connections to
-/// its published ports).
-pub const CONNECT4_PROGRAM: &str = "lb_connect4";
-/// The object's global that tells the `cgroup/connect4` program which network namespace
+/// Names of the socket programs in the object (the node's own connections and datagrams
+/// to its published ports), with their attach points, in the order they are attached:
+/// the answers' translation before the requests' balancing.
+pub const SOCK_PROGRAMS: [(&str, &str); 3] = [
+    ("lb_recvmsg4", "recvmsg4"),
+    ("lb_sendmsg4", "sendmsg4"),
+    ("lb_connect4", "connect4"),
+];
+/// The object's global that tells the socket programs which network namespace
 /// is the node's (its cookie); every other namespace's sockets are left alone.
 pub const NETNS_COOKIE_GLOBAL: &str = "LB_NETNS_COOKIE";
 
@@ -225,10 +230,10 @@ impl std::fmt::Debug for Dataplane {
 
 impl Dataplane {
     /// Loads `object` with its maps pinned under `pin_dir` (which must exist on bpffs),
-    /// reusing compatible pinned maps, and loads the XDP, TC and `cgroup/connect4`
-    /// programs into the kernel. The last acts only on sockets of the network namespace
-    /// of the calling thread ([`netns_cookie`]); where the kernel cannot say which that
-    /// is, it acts on none.
+    /// reusing compatible pinned maps, and loads the XDP, TC and socket
+    /// ([`SOCK_PROGRAMS`]) programs into the kernel. The socket programs act only on
+    /// sockets of the network namespace of the calling thread ([`netns_cookie`]); where
+    /// the kernel cannot say which that is, on none.
     ///
     /// # Errors
     /// If the object is malformed, lacks a program or map, or the kernel rejects it.
@@ -248,7 +253,10 @@ impl Dataplane {
             .map_max_entries(names::FLOWS, flow_table_size)
             .override_global(NETNS_COOKIE_GLOBAL, &cookie, true)
             .load(object)?;
-        for name in [XDP_PROGRAM, TC_PROGRAM, CONNECT4_PROGRAM] {
+        let names = [XDP_PROGRAM, TC_PROGRAM]
+            .into_iter()
+            .chain(SOCK_PROGRAMS.iter().map(|(name, _)| *name));
+        for name in names {
             let program = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?;
@@ -345,14 +353,17 @@ impl Dataplane {
         }
     }
 
-    /// The loaded `cgroup/connect4` program.
+    /// The loaded socket program `name` (one of [`SOCK_PROGRAMS`]).
     ///
     /// # Errors
     /// [`DataplaneError::Missing`] if the object has no such program.
-    pub fn connect4_program(&mut self) -> Result<&mut CgroupSockAddr, DataplaneError> {
-        match self.ebpf.program_mut(CONNECT4_PROGRAM) {
+    pub fn sock_program(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut CgroupSockAddr, DataplaneError> {
+        match self.ebpf.program_mut(name) {
             Some(aya::programs::Program::CgroupSockAddr(p)) => Ok(p),
-            _ => Err(DataplaneError::Missing(CONNECT4_PROGRAM)),
+            _ => Err(DataplaneError::Missing(name)),
         }
     }
 
