@@ -1,10 +1,11 @@
-//! Socket-level balancing of the node's own UDP datagrams to its published ports: where
-//! a socket's datagram really went, and what the application had addressed, so that the
-//! answers look as if they came from there.
+//! Socket-level balancing of the node's own connections and datagrams to its published
+//! ports: where a socket or its datagram really went, and what the application had
+//! addressed, so that the peer and the answers look as if they were there.
 
 use crate::pod;
 
-/// A socket and the address one of its datagrams was sent to after balancing (network
+/// A socket and the address it was connected to, or one of its datagrams sent to, after
+/// balancing (network
 /// order): the task's address and port, or another node's address and the published
 /// port.
 #[repr(C)]

@@ -4,7 +4,7 @@
 //! - `lb_tc_task`: TC (clsact ingress) on the host side of each local task's veth.
 //! - `lb_xdp_pass`: passes everything; attached to the receiving end of veths that get
 //!   XDP_TX/XDP_REDIRECT frames, which turns on the veth's NAPI so the frames arrive.
-//! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`: on the root cgroup, the node's own
+//! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4`: on the root cgroup, the node's own
 //!   connections and datagrams to its published ports (`127.0.0.1:PORT`, the node's
 //!   address), balanced at the socket.
 //! - `bench_*`: baselines for `cargo xtask bench dataplane`.
@@ -54,7 +54,13 @@ pub(crate) fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
 /// Answers to those datagrams, shown as coming from the address the application used.
 #[cgroup_sock_addr(recvmsg4)]
 pub(crate) fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::recvmsg4(&ctx)
+    sock::origin(&ctx)
+}
+
+/// The peer of a balanced socket, shown as the address the application connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub(crate) fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::origin(&ctx)
 }
 
 /// Passes every frame.

@@ -1,6 +1,6 @@
 //! Socket-level load balancing of the node's own connections to its published ports
-//! (P4): `cgroup/connect4`, `cgroup/sendmsg4` and `cgroup/recvmsg4` on the root of the
-//! cgroup v2 hierarchy.
+//! (P4): `cgroup/connect4`, `sendmsg4`, `recvmsg4` and `getpeername4` on the root of
+//! the cgroup v2 hierarchy.
 //!
 //! XDP sees only frames from the wire, so a process on the node that connects to
 //! `127.0.0.1:PORT` or to the node's underlay address never reaches the dataplane. Here
@@ -9,9 +9,10 @@
 //! source address, so no packet needs NAT: a backend on this node is connected to
 //! directly (its address and target port, through the host route on its veth), one on a
 //! peer through that peer's published port, whose XDP balances it as any client of the
-//! routing mesh. For UDP, where a datagram went is recorded per socket
-//! (`LB_SOCK_ORIGINS`), and `recvmsg4` shows the answers as coming from the address the
-//! application used, as a resolver or any client that checks the source expects.
+//! routing mesh. Where a socket or a datagram went is recorded per socket
+//! (`LB_SOCK_ORIGINS`): `getpeername4` names the address the application used as the
+//! socket's peer, and `recvmsg4` shows UDP answers as coming from it, as a resolver or
+//! any client that checks the source expects.
 //!
 //! The program sees every socket of every network namespace whose processes sit in the
 //! cgroup tree (on a test machine, every node's namespace and every task's). It acts
@@ -52,7 +53,7 @@ fn in_node_namespace(ctx: &SockAddrContext) -> bool {
 
 /// Balances a connect (`connect4`) or an unconnected datagram (`sendmsg4`) addressed to
 /// a port published on this node: rewrites its destination to the chosen backend, and
-/// for UDP records where it went, for [`recvmsg4`].
+/// records where it went, for [`origin`].
 #[inline(always)]
 pub(crate) fn balance(ctx: &SockAddrContext) -> i32 {
     if !in_node_namespace(ctx) {
@@ -107,7 +108,7 @@ pub(crate) fn balance(ctx: &SockAddrContext) -> i32 {
     } else {
         (ep.node, port)
     };
-    if proto == IPPROTO_UDP {
+    {
         let went = SockKey {
             // SAFETY: the helper takes the program's context.
             cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -120,7 +121,8 @@ pub(crate) fn balance(ctx: &SockAddrContext) -> i32 {
             port,
             pad: 0,
         };
-        // Without the entry the answers still arrive, from the backend's address.
+        // Without the entry the answers still arrive, from the backend's address, and
+        // `getpeername` names the backend.
         let _ = LB_SOCK_ORIGINS.insert(went, origin, 0);
     }
     // SAFETY: `user_ip4` and `user_port` are writable in connect4 and sendmsg4.
@@ -132,10 +134,11 @@ pub(crate) fn balance(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Shows a datagram that answers a balanced one as coming from the address the
-/// application had used (`recvfrom`'s source address).
+/// Shows the address of a balanced socket's peer (`getpeername4`) or of an answer to a
+/// balanced datagram (`recvmsg4`: `recvfrom`'s source) as the address the application
+/// had used.
 #[inline(always)]
-pub(crate) fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn origin(ctx: &SockAddrContext) -> i32 {
     if !in_node_namespace(ctx) {
         return ALLOW;
     }
@@ -155,7 +158,7 @@ pub(crate) fn recvmsg4(ctx: &SockAddrContext) -> i32 {
     let Some(origin) = (unsafe { LB_SOCK_ORIGINS.get(key) }).copied() else {
         return ALLOW;
     };
-    // SAFETY: `user_ip4` and `user_port` are writable in recvmsg4.
+    // SAFETY: `user_ip4` and `user_port` are writable in recvmsg4 and getpeername4.
     unsafe {
         let sa = &mut *ctx.sock_addr;
         sa.user_ip4 = origin.addr;

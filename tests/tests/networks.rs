@@ -25,8 +25,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use mesh_tests::client::{Reply, request_tcp, request_udp, request_udp_connected};
+use anyhow::{Context as _, Result, ensure};
+use mesh_tests::client::{EchoConn, Reply, request_tcp, request_udp, request_udp_connected};
 use mesh_tests::dns::Upstream;
 use mesh_tests::{ManagedCluster, ManagedOptions, TaskRow, bin, in_netns, ok, poll_until, turn};
 use serde_json::Value;
@@ -674,9 +674,18 @@ fn services_reach_each_other_by_name_on_shared_networks_only() {
     assert!(reaches(&c, &back_out, &vip_on(&c, "web", "front")));
 }
 
-/// From node `k`'s own network namespace (not a task's): one TCP request to `addr`.
+/// From node `k`'s own network namespace (not a task's): one TCP request to `addr`,
+/// whose socket must name `addr` as its peer.
 fn request_on_node(c: &ManagedCluster, k: usize, addr: SocketAddr) -> Result<Reply> {
-    in_netns(&c.topology().node_ns(k), move || request_tcp(addr))?
+    in_netns(&c.topology().node_ns(k), move || {
+        let conn = EchoConn::connect(addr)?;
+        let peer = conn.stream().peer_addr()?;
+        ensure!(
+            peer == addr,
+            "the socket connected to {addr} names {peer} as its peer"
+        );
+        Ok(conn.reply.clone())
+    })?
 }
 
 /// From node `k`'s own network namespace, TCP requests to `127.0.0.1:port` and to the
@@ -805,7 +814,7 @@ fn the_nodes_own_processes_reach_published_ports() {
     // that restarts replaces its programs (the old ones are detached, not left beside
     // them); connects go on being balanced.
     let before = sock_programs();
-    assert!(before >= 9, "three socket programs per agent: {before}");
+    assert!(before >= 12, "four socket programs per agent: {before}");
     for k in [1, 2] {
         ok(c.stop_agent(k));
         node_reaches(&c, k, 8080, "web.1", 2);
@@ -828,7 +837,7 @@ fn sock_programs() -> usize {
         .filter(|p| {
             matches!(
                 p.name_as_str(),
-                Some("lb_connect4" | "lb_sendmsg4" | "lb_recvmsg4")
+                Some("lb_connect4" | "lb_sendmsg4" | "lb_recvmsg4" | "lb_getpeername4")
             )
         })
         .count()

@@ -2,7 +2,8 @@
 //!
 //! Layout: `<pin_dir>/links/xdp-<ifname>` (XDP on the underlay),
 //! `<pin_dir>/links/tc-<ifname>` (TCX ingress of a task's host-side veth) and
-//! `<pin_dir>/links/cgroup-<hook>` (`cgroup/connect4`, `sendmsg4`, `recvmsg4` on the root
+//! `<pin_dir>/links/cgroup-<hook>` (`cgroup/connect4`, `sendmsg4`, `recvmsg4`,
+//! `getpeername4` on the root
 //! of the cgroup v2 hierarchy: the node's own connections to its published ports).
 //!
 //! Attaching when a pinned link exists replaces the link's program atomically

@@ -30,7 +30,8 @@ pub const TC_PROGRAM: &str = "lb_tc_task";
 /// Names of the socket programs in the object (the node's own connections and datagrams
 /// to its published ports), with their attach points, in the order they are attached:
 /// the answers' translation before the requests' balancing.
-pub const SOCK_PROGRAMS: [(&str, &str); 3] = [
+pub const SOCK_PROGRAMS: [(&str, &str); 4] = [
+    ("lb_getpeername4", "getpeername4"),
     ("lb_recvmsg4", "recvmsg4"),
     ("lb_sendmsg4", "sendmsg4"),
     ("lb_connect4", "connect4"),
