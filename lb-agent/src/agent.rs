@@ -42,6 +42,22 @@ use crate::host::sysctl;
 use crate::metrics::{self, Metrics};
 use crate::watch;
 
+/// `e` and the causes its message does not already include (the system call's error
+/// under aya's "`bpf_link_create` failed").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    msg
+}
+
 /// Command-line overrides of configuration settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
@@ -378,6 +394,7 @@ impl Agent {
                 &config.node.underlay,
                 mode,
             )?;
+            self.attach_sock_programs(&pin_dir);
         }
         for iface in desired.task_ifaces.keys() {
             if !self.tc_ifaces.contains(iface) {
@@ -411,6 +428,36 @@ impl Agent {
         self.metrics.reload_succeeded(&desired, retiring);
         self.config = config;
         Ok(done)
+    }
+
+    /// Attaches the socket programs to the root of the cgroup v2 hierarchy, so that the
+    /// node's own connections and datagrams to its published ports (`127.0.0.1:PORT`,
+    /// the node's address) reach the service. Without a cgroup v2 hierarchy, or if the
+    /// kernel refuses, the rest of the dataplane works on and a warning says what is
+    /// missing.
+    fn attach_sock_programs(&mut self, pin_dir: &Path) {
+        let root = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| crate::runtime::cgroup::cgroup2_mount(&m));
+        let Some(root) = root else {
+            warn!(
+                "no cgroup v2 hierarchy: the node's own connections to published ports \
+                (127.0.0.1:PORT) are not balanced"
+            );
+            return;
+        };
+        for (name, hook) in loader::SOCK_PROGRAMS {
+            let result = self
+                .dataplane
+                .sock_program(name)
+                .map_err(AgentError::from)
+                .and_then(|prog| Ok(links::attach_cgroup(prog, pin_dir, hook, &root)?));
+            if let Err(e) = result {
+                warn!(error = %with_causes(&e), cgroup = %root.display(), hook, "cannot \
+                    attach a socket program: the node's own connections to published ports \
+                    (127.0.0.1:PORT) are not (all) balanced");
+            }
+        }
     }
 
     /// Makes sure every peer has a neighbour entry on the underlay.

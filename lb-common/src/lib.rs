@@ -16,11 +16,13 @@ pub mod counters;
 pub mod flow;
 pub mod maps;
 pub mod service;
+pub mod sock;
 
 pub use config::NodeConfig;
 pub use counters::{Counters, DropReason, FlowEvent};
 pub use flow::{Flow, FlowKey, FlowKind};
 pub use service::{Backend, Endpoint, MESH_ONLY_VNI, Service, ServiceKey};
+pub use sock::{SockKey, SockOrigin};
 
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;

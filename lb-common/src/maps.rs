@@ -28,6 +28,13 @@ pub const DROPS: &str = "LB_DROPS";
 /// Flow events by kind, per CPU ([`FlowEvent`](crate::FlowEvent)). New in a layout of
 /// version 2: an agent that finds the others pinned creates it beside them.
 pub const FLOW_EVENTS: &str = "LB_FLOW_EVENTS";
+/// The node's own balanced sockets and datagrams (LRU): [`crate::SockKey`] ->
+/// [`crate::SockOrigin`], so that `cgroup/getpeername4` and `recvmsg4` show the address
+/// the application used. New beside the others (an agent that finds them pinned
+/// creates it).
+pub const SOCK_ORIGINS: &str = "LB_SOCK_ORIGINS";
+/// Entries of [`SOCK_ORIGINS`].
+pub const MAX_SOCK_ORIGINS: u32 = 65_536;
 /// This node's settings, one element: [`crate::NodeConfig`].
 pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 

@@ -228,7 +228,7 @@ fn bump(counters: Option<*mut Counters>, bytes: u16, new_flow: bool) {
 }
 
 #[inline(always)]
-fn count(service_id: u32, backend_id: u32, bytes: u16, new_flow: bool) {
+pub(crate) fn count(service_id: u32, backend_id: u32, bytes: u16, new_flow: bool) {
     bump(LB_SERVICE_COUNTERS.get_ptr_mut(service_id), bytes, new_flow);
     bump(LB_BACKEND_COUNTERS.get_ptr_mut(backend_id), bytes, new_flow);
 }
@@ -315,7 +315,7 @@ pub(crate) fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static S
 /// A task connecting to its own service's VIP is not balanced to itself when another
 /// backend exists: the task's kernel would drop a packet from its own address.
 #[inline(always)]
-fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
+pub(crate) fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
     let slots = svc.slots;
     if slots == 0 {
         return None;

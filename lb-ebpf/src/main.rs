@@ -4,6 +4,9 @@
 //! - `lb_tc_task`: TC (clsact ingress) on the host side of each local task's veth.
 //! - `lb_xdp_pass`: passes everything; attached to the receiving end of veths that get
 //!   XDP_TX/XDP_REDIRECT frames, which turns on the veth's NAPI so the frames arrive.
+//! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4`: on the root cgroup, the node's own
+//!   connections and datagrams to its published ports (`127.0.0.1:PORT`, the node's
+//!   address), balanced at the socket.
 //! - `bench_*`: baselines for `cargo xtask bench dataplane`.
 #![no_std]
 #![no_main]
@@ -12,14 +15,15 @@ mod csum;
 mod decide;
 mod maps;
 mod packet;
+mod sock;
 mod tc;
 mod vxlan;
 mod xdp;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use network_types::eth::EthHdr;
 
@@ -33,6 +37,30 @@ pub(crate) fn lb_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub(crate) fn lb_tc_task(ctx: TcContext) -> i32 {
     tc::handle(&ctx)
+}
+
+/// The node's own connections to its published ports, balanced when they connect.
+#[cgroup_sock_addr(connect4)]
+pub(crate) fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx)
+}
+
+/// The node's own unconnected UDP datagrams to its published ports, balanced one by one.
+#[cgroup_sock_addr(sendmsg4)]
+pub(crate) fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx)
+}
+
+/// Answers to those datagrams, shown as coming from the address the application used.
+#[cgroup_sock_addr(recvmsg4)]
+pub(crate) fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::origin(&ctx)
+}
+
+/// The peer of a balanced socket, shown as the address the application connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub(crate) fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::origin(&ctx)
 }
 
 /// Passes every frame.

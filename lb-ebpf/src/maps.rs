@@ -7,10 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, NodeConfig, Service,
-    ServiceKey,
+    ServiceKey, SockKey, SockOrigin,
     maps::{
         DEFAULT_MAX_FLOWS, DEFAULT_MAX_SYN_FLOWS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_SERVICES,
-        SLOTS_LEN,
+        MAX_SOCK_ORIGINS, SLOTS_LEN,
     },
 };
 
@@ -63,3 +63,9 @@ pub(crate) static LB_FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(FlowEve
 /// This node's settings (one element).
 #[map]
 pub(crate) static LB_NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// Where the node's own UDP sockets' datagrams to published ports went, and what the
+/// application had addressed (see `sock`).
+#[map]
+pub(crate) static LB_SOCK_ORIGINS: LruHashMap<SockKey, SockOrigin> =
+    LruHashMap::pinned(MAX_SOCK_ORIGINS, 0);

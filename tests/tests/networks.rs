@@ -8,7 +8,9 @@
 //!   aliases, `<name>.<network>`, task names, reverse lookups, an outside name forwarded
 //!   to the node's resolver, NXDOMAIN for a name on no shared network), isolation
 //!   (a task on `front` alone reaches nothing of `back`'s, and the drops are counted),
-//!   and a service moved between networks by a rolling update.
+//!   and a service moved between networks by a rolling update;
+//! - processes on the nodes themselves (P4): `127.0.0.1:PORT` and the node's address
+//!   reach the published services from the node's own namespace, and nowhere else.
 //!
 //! Names are resolved and connections made from inside the tasks: `nsenter` into a
 //! task's network and mount namespaces, then `busybox nslookup` (through the task's own
@@ -19,13 +21,14 @@
 //! `lb-agent` and `task-echo` (`cargo xtask test` builds them first).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
+use mesh_tests::client::{EchoConn, Reply, request_tcp, request_udp, request_udp_connected};
 use mesh_tests::dns::Upstream;
-use mesh_tests::{ManagedCluster, ManagedOptions, TaskRow, bin, ok, poll_until, turn};
+use mesh_tests::{ManagedCluster, ManagedOptions, TaskRow, bin, in_netns, ok, poll_until, turn};
 use serde_json::Value;
 
 /// How long a `meshctl` command that waits for convergence may take.
@@ -34,6 +37,8 @@ const CONVERGE: Duration = Duration::from_secs(120);
 const PROPAGATE: Duration = Duration::from_secs(30);
 /// The published port of `web`.
 const WEB: u16 = 8080;
+/// The tasks' gateway, an address of every node (on its `lo`).
+const TASK_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// An outside name only the nodes' upstream resolver knows, and its address.
 const OUTSIDE: (&str, Ipv4Addr) = ("outside.example", Ipv4Addr::new(192, 0, 2, 7));
 
@@ -583,7 +588,7 @@ fn services_reach_each_other_by_name_on_shared_networks_only() {
     for (k, r) in ok(c.requests_everywhere(WEB, 4)) {
         assert_eq!(r.peer_ip(), Some(c.topology().client_addr()), "via n{k}");
         let called = r.called.clone().unwrap_or_default();
-        let answer = ok(mesh_tests::client::Reply::parse(&called)
+        let answer = ok(Reply::parse(&called)
             .with_context(|| format!("{} via n{k} called api: {called}", r.task)));
         assert!(answer.task.starts_with("api."), "via n{k}: {called}");
         assert_eq!(
@@ -682,4 +687,173 @@ fn services_reach_each_other_by_name_on_shared_networks_only() {
     not_found(&c, &back_out, "api");
     assert!(!reaches(&c, &back_out, &api_vip));
     assert!(reaches(&c, &back_out, &vip_on(&c, "web", "front")));
+}
+
+/// From node `k`'s own network namespace (not a task's): one TCP request to `addr`,
+/// whose socket must name `addr` as its peer.
+fn request_on_node(c: &ManagedCluster, k: usize, addr: SocketAddr) -> Result<Reply> {
+    in_netns(&c.topology().node_ns(k), move || {
+        let conn = EchoConn::connect(addr)?;
+        let peer = conn.stream().peer_addr()?;
+        ensure!(
+            peer == addr,
+            "the socket connected to {addr} names {peer} as its peer"
+        );
+        Ok(conn.reply.clone())
+    })?
+}
+
+/// From node `k`'s own network namespace, TCP requests to `127.0.0.1:port` and to the
+/// node's address until both are answered by `task` (which runs on node `home`);
+/// checks the peer the task saw.
+fn node_reaches(c: &ManagedCluster, k: usize, port: u16, task: &str, home: usize) {
+    for ip in [Ipv4Addr::LOCALHOST, c.node_addr(k)] {
+        let addr = SocketAddr::from((ip, port));
+        let mut last = String::new();
+        let r = ok(poll_until(
+            PROPAGATE,
+            &format!("n{k} to reach {addr} from its own namespace"),
+            || match request_on_node(c, k, addr) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    last = format!("{e:#}");
+                    Ok(None)
+                }
+            },
+        )
+        .with_context(|| format!("last failure: {last}")));
+        assert_eq!(r.task, task, "n{k} -> {addr}");
+        // Through another node's port, the task sees this node's address (a client of
+        // the routing mesh); connected to directly, the address the kernel picks for the
+        // route to the task: the node's, or the tasks' gateway on its `lo`.
+        let peer = r.peer_ip();
+        assert!(
+            peer == Some(c.node_addr(k)) || (k == home && peer == Some(TASK_GATEWAY)),
+            "{task} sees {peer:?} as the peer of n{k} -> {addr}"
+        );
+    }
+}
+
+/// P4: a process on a node, in the node's own network namespace, reaches the services
+/// published on the node at `127.0.0.1:PORT` and at the node's address, whether a task
+/// runs on that node or on another one, by TCP and by UDP (connected or not), for a service on
+/// the default network and for one that joins a user network (balanced to its tasks'
+/// routing-mesh-only addresses); after the agent restarts too. Processes in other
+/// namespaces (the client's) are left alone.
+#[test]
+fn the_nodes_own_processes_reach_published_ports() {
+    let _turn = turn();
+    let mut c = ok(ManagedCluster::start(3, 1));
+    let echo = ok(bin("task-echo"));
+    let echo = echo.to_string_lossy().to_string();
+    ctl(&c, &["network", "create", "front"]);
+    let on_n2 = "node.hostname==n2";
+    ctl(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--constraint",
+            on_n2,
+            "-p",
+            "8080:80",
+            "-p",
+            "8081:80/udp",
+            "--",
+            &echo,
+            "--port",
+            "80",
+            "--udp",
+        ],
+    );
+    ctl(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "meshonly",
+            "--network",
+            "front",
+            "--constraint",
+            on_n2,
+            "-p",
+            "8082:80",
+            "--",
+            &echo,
+            "--port",
+            "80",
+        ],
+    );
+    for name in ["web", "meshonly"] {
+        let tasks = ok(c.wait_converged(name, 1));
+        assert_eq!(tasks[0].node, "n2", "{name}: {tasks:?}");
+    }
+
+    // n2 runs the tasks (connected to directly), n1 and n3 do not (through n2's port).
+    for k in 1..=3 {
+        node_reaches(&c, k, 8080, "web.1", 2);
+        node_reaches(&c, k, 8082, "meshonly.1", 2);
+        for ip in [Ipv4Addr::LOCALHOST, c.node_addr(k)] {
+            let addr = SocketAddr::from((ip, 8081));
+            // Connected, and unconnected (`sendto`; `recvfrom` must name `addr` as the
+            // answer's source, `request_udp` checks).
+            let (connected, unconnected) = ok(in_netns(&c.topology().node_ns(k), move || {
+                (
+                    request_udp_connected(addr, b"ping"),
+                    request_udp(addr, b"pong"),
+                )
+            }));
+            let (r, echoed) = ok(connected.with_context(|| format!("UDP n{k} -> {addr}")));
+            assert_eq!(r.task, "web.1", "UDP n{k} -> {addr}");
+            assert_eq!(echoed, b"ping", "UDP n{k} -> {addr}");
+            let (r, echoed) = ok(unconnected.with_context(|| format!("sendto n{k} -> {addr}")));
+            assert_eq!(r.task, "web.1", "sendto n{k} -> {addr}");
+            assert_eq!(echoed, b"pong", "sendto n{k} -> {addr}");
+        }
+    }
+
+    // The client's namespace is no node's: its own 127.0.0.1:8080 is refused.
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
+    let refused = ok(in_netns(&c.topology().client_ns(), move || {
+        request_tcp(local)
+    }));
+    assert!(
+        refused.is_err(),
+        "the client reached its own 127.0.0.1:8080: {refused:?}"
+    );
+
+    // A stopped agent leaves its programs and maps in place: still balanced. An agent
+    // that restarts replaces its programs (the old ones are detached, not left beside
+    // them); connects go on being balanced.
+    let before = sock_programs();
+    assert!(before >= 12, "four socket programs per agent: {before}");
+    for k in [1, 2] {
+        ok(c.stop_agent(k));
+        node_reaches(&c, k, 8080, "web.1", 2);
+        ok(c.restart_agent(k));
+        ok(c.wait_nodes_ready(CONVERGE));
+        node_reaches(&c, k, 8080, "web.1", 2);
+    }
+    ok(poll_until(
+        PROPAGATE,
+        "the restarted agents' old programs to go",
+        || Ok((sock_programs() == before).then_some(())),
+    ));
+}
+
+/// How many socket programs of the mesh (`cgroup/connect4`, `sendmsg4`, `recvmsg4`) the
+/// kernel holds.
+fn sock_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            matches!(
+                p.name_as_str(),
+                Some("lb_connect4" | "lb_sendmsg4" | "lb_recvmsg4" | "lb_getpeername4")
+            )
+        })
+        .count()
 }

@@ -1,12 +1,20 @@
 //! Program attachments as pinned bpf links, so that they outlive the agent.
 //!
-//! Layout: `<pin_dir>/links/xdp-<ifname>` (XDP on the underlay) and
-//! `<pin_dir>/links/tc-<ifname>` (TCX ingress of a task's host-side veth).
+//! Layout: `<pin_dir>/links/xdp-<ifname>` (XDP on the underlay),
+//! `<pin_dir>/links/tc-<ifname>` (TCX ingress of a task's host-side veth) and
+//! `<pin_dir>/links/cgroup-<hook>` (`cgroup/connect4`, `sendmsg4`, `recvmsg4`,
+//! `getpeername4` on the root
+//! of the cgroup v2 hierarchy: the node's own connections to its published ports).
 //!
 //! Attaching when a pinned link exists replaces the link's program atomically
 //! (`BPF_LINK_UPDATE`): no packet goes unprocessed during an agent upgrade. A pinned link
 //! whose interface is gone (the kernel reports `ENOLINK`) is unpinned and a new link is
 //! created. Removing the pin of a link the agent holds no other reference to detaches it.
+//!
+//! Cgroup links have no in-place replacement in aya; an agent that finds one pinned
+//! attaches its program beside it first (cgroups run several programs), then unpins the
+//! old link: a connect meets at least one of the two, and a second one leaves it alone
+//! (its destination is no longer a published port of this node).
 //!
 //! The XDP mode (native or skb) is fixed when a link is created; a link replaced in place
 //! keeps its mode, so changing `xdp_mode` needs `lb-agent cleanup` first.
@@ -18,7 +26,10 @@ use std::path::{Path, PathBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
+    XdpMode,
+};
 use aya::sys::SyscallError;
 use tracing::{info, warn};
 
@@ -88,6 +99,12 @@ pub fn xdp_pin(pin_dir: &Path, iface: &str) -> PathBuf {
 #[must_use]
 pub fn tc_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     links_dir(pin_dir).join(format!("tc-{iface}"))
+}
+
+/// The pin path of the link of the cgroup hook `hook` (`connect4`).
+#[must_use]
+pub fn cgroup_pin(pin_dir: &Path, hook: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("cgroup-{hook}"))
 }
 
 /// Interfaces that have a pinned TC link.
@@ -287,6 +304,48 @@ pub fn attach_tc(
     )
 }
 
+/// Attaches `prog` (loaded, for the cgroup hook `hook`: `connect4`) to the cgroup v2
+/// directory `cgroup` (the hierarchy's root, so that every process's sockets meet it)
+/// through a pinned link. A link pinned before (an earlier agent's) is unpinned once the
+/// new one is attached, so sockets never go unbalanced during an upgrade.
+///
+/// # Errors
+/// If the cgroup cannot be opened, the kernel refuses, or the pins cannot be changed.
+pub fn attach_cgroup(
+    prog: &mut CgroupSockAddr,
+    pin_dir: &Path,
+    hook: &str,
+    cgroup: &Path,
+) -> Result<Attached, AttachError> {
+    const WHAT: &str = "cgroup";
+    ensure_links_dir(pin_dir)?;
+    let target = cgroup.display().to_string();
+    let dir = std::fs::File::open(cgroup).map_err(|source| AttachError::Io {
+        path: cgroup.to_owned(),
+        source,
+    })?;
+    let prog_err = program_error(WHAT, &target);
+    // A bpf link takes no attach flags (the kernel refuses any with EINVAL): links to a
+    // cgroup always run beside the others, so `Single` (0) is the only valid mode.
+    let id = prog
+        .attach(&dir, CgroupAttachMode::Single)
+        .map_err(&prog_err)?;
+    let link = prog.take_link(id).map_err(&prog_err)?;
+    let fd = FdLink::try_from(link).map_err(link_error(WHAT, &target))?;
+    let path = cgroup_pin(pin_dir, hook);
+    let replaced = detach(&path)?;
+    fd.pin(&path).map_err(|source| AttachError::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    info!(cgroup = %target, hook, replaced, "attached and pinned");
+    Ok(if replaced {
+        Attached::Replaced
+    } else {
+        Attached::Created
+    })
+}
+
 /// Unpins the link at `path`, which detaches it (unless someone else holds it).
 ///
 /// # Errors
@@ -344,6 +403,10 @@ mod tests {
         assert_eq!(
             tc_pin(d, "vweb1"),
             Path::new("/sys/fs/bpf/mesh/links/tc-vweb1")
+        );
+        assert_eq!(
+            cgroup_pin(d, "connect4"),
+            Path::new("/sys/fs/bpf/mesh/links/cgroup-connect4")
         );
     }
 }

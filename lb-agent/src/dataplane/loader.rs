@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
-use aya::programs::{ProgramError, SchedClassifier, Xdp};
+use aya::programs::{CgroupSockAddr, ProgramError, SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use lb_common::maps as names;
 use lb_common::{Backend, Counters, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey};
@@ -27,6 +27,18 @@ use crate::dataplane::map_state::{DataplaneState, MapOp, SvcKey};
 pub const XDP_PROGRAM: &str = "lb_xdp";
 /// Name of the TC program in the object.
 pub const TC_PROGRAM: &str = "lb_tc_task";
+/// Names of the socket programs in the object (the node's own connections and datagrams
+/// to its published ports), with their attach points, in the order they are attached:
+/// the answers' translation before the requests' balancing.
+pub const SOCK_PROGRAMS: [(&str, &str); 4] = [
+    ("lb_getpeername4", "getpeername4"),
+    ("lb_recvmsg4", "recvmsg4"),
+    ("lb_sendmsg4", "sendmsg4"),
+    ("lb_connect4", "connect4"),
+];
+/// The object's global that tells the socket programs which network namespace
+/// is the node's (its cookie); every other namespace's sockets are left alone.
+pub const NETNS_COOKIE_GLOBAL: &str = "LB_NETNS_COOKIE";
 
 /// Failures of the dataplane shell.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +231,10 @@ impl std::fmt::Debug for Dataplane {
 
 impl Dataplane {
     /// Loads `object` with its maps pinned under `pin_dir` (which must exist on bpffs),
-    /// reusing compatible pinned maps, and loads the XDP and TC programs into the kernel.
+    /// reusing compatible pinned maps, and loads the XDP, TC and socket
+    /// ([`SOCK_PROGRAMS`]) programs into the kernel. The socket programs act only on
+    /// sockets of the network namespace of the calling thread ([`netns_cookie`]); where
+    /// the kernel cannot say which that is, on none.
     ///
     /// # Errors
     /// If the object is malformed, lacks a program or map, or the kernel rejects it.
@@ -229,11 +244,20 @@ impl Dataplane {
         flow_table_size: u32,
     ) -> Result<Self, DataplaneError> {
         check_pinned_maps(object, pin_dir, flow_table_size)?;
+        let cookie = netns_cookie().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the network namespace's cookie (SO_NETNS_COOKIE, \
+                Linux 5.14): the node's own connections to published ports are not balanced");
+            0
+        });
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(names::FLOWS, flow_table_size)
+            .override_global(NETNS_COOKIE_GLOBAL, &cookie, true)
             .load(object)?;
-        for name in [XDP_PROGRAM, TC_PROGRAM] {
+        let names = [XDP_PROGRAM, TC_PROGRAM]
+            .into_iter()
+            .chain(SOCK_PROGRAMS.iter().map(|(name, _)| *name));
+        for name in names {
             let program = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?;
@@ -244,6 +268,9 @@ impl Dataplane {
             match program {
                 aya::programs::Program::Xdp(p) => retry_eagain(|| p.load()).map_err(err)?,
                 aya::programs::Program::SchedClassifier(p) => {
+                    retry_eagain(|| p.load()).map_err(err)?;
+                }
+                aya::programs::Program::CgroupSockAddr(p) => {
                     retry_eagain(|| p.load()).map_err(err)?;
                 }
                 _ => return Err(DataplaneError::Missing(name)),
@@ -324,6 +351,20 @@ impl Dataplane {
         match self.ebpf.program_mut(TC_PROGRAM) {
             Some(aya::programs::Program::SchedClassifier(p)) => Ok(p),
             _ => Err(DataplaneError::Missing(TC_PROGRAM)),
+        }
+    }
+
+    /// The loaded socket program `name` (one of [`SOCK_PROGRAMS`]).
+    ///
+    /// # Errors
+    /// [`DataplaneError::Missing`] if the object has no such program.
+    pub fn sock_program(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut CgroupSockAddr, DataplaneError> {
+        match self.ebpf.program_mut(name) {
+            Some(aya::programs::Program::CgroupSockAddr(p)) => Ok(p),
+            _ => Err(DataplaneError::Missing(name)),
         }
     }
 
@@ -471,6 +512,43 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), the value
+/// `bpf_get_netns_cookie` gives programs for sockets there; never 0.
+///
+/// # Errors
+/// If no socket can be opened, or the kernel predates `SO_NETNS_COOKIE` (Linux 5.14).
+pub fn netns_cookie() -> std::io::Result<u64> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    sock_netns_cookie(&socket)
+}
+
+#[allow(unsafe_code)]
+fn sock_netns_cookie(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: the socket is open for the call; `cookie` and `len` are valid for writes
+    // and `len` is the size of `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if cookie == 0 {
+        return Err(std::io::Error::other(
+            "the kernel gave the namespace cookie 0",
+        ));
+    }
+    Ok(cookie)
+}
+
 /// Unpins the maps under `pin_dir` when any of them no longer matches `object`'s layout
 /// (key or value size, or size for any map but the flow table), so that the loader
 /// creates them all afresh: the maps refer to each other (service ids, slot ranges,
@@ -574,4 +652,17 @@ pub fn remove_map_pins(pin_dir: &Path) -> Result<usize, DataplaneError> {
         info!(dir = %pin_dir.display(), "removed pin directory");
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_cookie_names_this_namespace() {
+        let a = netns_cookie().expect("SO_NETNS_COOKIE (Linux 5.14)");
+        let b = netns_cookie().expect("again");
+        assert_ne!(a, 0);
+        assert_eq!(a, b, "every socket of one namespace has its cookie");
+    }
 }

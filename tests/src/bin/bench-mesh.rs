@@ -623,13 +623,21 @@ fn bpf_run_time(ids: &[u32]) -> io::Result<(u64, u64)> {
     Ok((ns, runs))
 }
 
-/// The ids of the programs behind every link the mesh's agents pinned.
+/// The ids of the packet programs (XDP, TC) behind the links the mesh's agents pinned;
+/// not the socket programs (`cgroup-*`), which run per connect, not per packet.
 fn mesh_programs(topo: &Topology) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for k in 1..=topo.nodes() {
         let dir = topo.pin_dir(k).join("links");
         for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
             let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !(name.starts_with("xdp-") || name.starts_with("tc-")) {
+                continue;
+            }
             let link = aya::programs::links::PinnedLink::from_pin(&path)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("open the pinned link {}", path.display()))?;
