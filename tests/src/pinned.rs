@@ -1,5 +1,6 @@
 //! Reading a running agent's dataplane maps from their pins (`/sys/fs/bpf/<prefix>-nK/`):
-//! which task addresses a service's published port sends new flows to, and which drain.
+//! which task addresses a service's published port (or VIP) sends new flows to, and which
+//! drain.
 //!
 //! bpffs is shared by every network namespace, so a node's maps can be read from any
 //! thread. [`PinnedMaps::open`] opens the maps once (an agent that restarts finds and
@@ -96,7 +97,16 @@ impl PinnedMaps {
     /// # Errors
     /// If a map cannot be read.
     pub fn service(&self, port: u16, proto: u8) -> Result<Option<ServiceBackends>> {
-        let key = ServiceKey::published(port, proto);
+        self.service_at(ServiceKey::published(port, proto))
+    }
+
+    /// The backends of the service at `key` (a published port's, or a VIP's such as
+    /// `ServiceKey::new(vip, 0, IPPROTO_TCP)` for every TCP port of a VIP); `None` if the
+    /// node has no such service.
+    ///
+    /// # Errors
+    /// If a map cannot be read.
+    pub fn service_at(&self, key: ServiceKey) -> Result<Option<ServiceBackends>> {
         let svc = match self.services.get(&key, 0) {
             Ok(svc) => svc,
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),

@@ -17,8 +17,10 @@ pub(crate) enum Bench {
     /// Committed writes per second on 1 and 3 managers and leader failover time, with
     /// real `mesh-manager` processes (phase `raft`, no root); the time from a committed
     /// `service scale` until every node's dataplane maps follow, and from a node's loss
-    /// until its backends are gone everywhere, on managed clusters in network namespaces
-    /// (phase `services`, root); writes bench-results/control-plane.md (about 5 minutes
+    /// until its backends are gone everywhere, and from a committed scale of a service on
+    /// a user network until every node's DNS resolver answers with the new set, on managed
+    /// clusters in network namespaces (phase `services`, root); writes
+    /// bench-results/control-plane.md (about 6 minutes
     /// after the release build). Run as root; `-- --phases raft` runs only what needs no
     /// root.
     ControlPlane,
@@ -108,7 +110,8 @@ fn dataplane(args: &BenchArgs) -> Result<()> {
 /// phase (no root) starts a 1-manager and a 3-manager cluster on loopback and measures
 /// committed writes per second on each and leader failover on the second in interleaved
 /// rounds; its `services` phase (root) starts managed 3-node clusters in network
-/// namespaces and measures how fast scaling and a node's loss reach every agent's maps.
+/// namespaces and measures how fast scaling and a node's loss reach every agent's maps,
+/// and how fast a scale reaches every node's DNS resolver.
 /// Writes bench-results/control-plane.md. Without root, the binary stops with a message
 /// unless given `-- --phases raft`. Does not run `cargo xtask setup` (`--no-setup` is
 /// accepted and changes nothing): the agent's build needs its prerequisites.

@@ -19,7 +19,9 @@
 //! (`mesh-manager`s and `lb-agent --join`s, tasks run by the process runtime): the time
 //! from a committed `service scale` until every node's maps hold the new backend set,
 //! and from a node's loss until no other node's maps hold its backends (see
-//! `services.rs`).
+//! `services.rs`); and, on the first cluster, from a committed `service scale` of a
+//! service on a user network until every node's resolver answers `tasks.<service>` with
+//! the new set, beside its dataplane maps (see `dns.rs`).
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -33,6 +35,7 @@ use clap::Parser;
 use mesh_client::proto;
 use mesh_tests::cluster::{Cluster, ClusterOptions, connect_control, write_label};
 
+mod dns;
 mod services;
 
 /// A part of the benchmark.
@@ -68,6 +71,10 @@ struct Args {
     /// Node losses (on the 1-manager managed cluster).
     #[arg(long, default_value_t = 3)]
     node_losses: usize,
+    /// DNS rounds (one scale-up and one scale-down each) on the first managed cluster;
+    /// 0 skips the DNS case.
+    #[arg(long, default_value_t = 20)]
+    dns_rounds: usize,
     /// Managers of the managed clusters the scale rounds run on, comma-separated (1, 3).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
     service_managers: Vec<usize>,
@@ -469,9 +476,18 @@ fn main() -> Result<()> {
             } else {
                 0
             };
-            measured.push(services::measure(managers, args.scale_rounds, losses)?);
+            let dns_rounds = if i == 0 { args.dns_rounds } else { 0 };
+            measured.push(services::measure(
+                managers,
+                args.scale_rounds,
+                losses,
+                dns_rounds,
+            )?);
         }
         sections.push(services::report(&measured)?);
+        for m in measured.iter().filter(|m| !m.dns.is_empty()) {
+            sections.push(dns::report(m.managers, &m.dns)?);
+        }
     }
     let load_after = loadavg();
     let mut s = String::new();

@@ -35,9 +35,9 @@ pub(crate) const HIGH: u32 = 6;
 /// Nodes of the managed clusters.
 pub(crate) const NODES: usize = 3;
 /// The longest a change may take to reach every node.
-const PROPAGATE: Duration = Duration::from_secs(60);
+pub(crate) const PROPAGATE: Duration = Duration::from_secs(60);
 /// How long a `meshctl` command that waits for convergence may take.
-const CONVERGE: Duration = Duration::from_secs(120);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(120);
 /// Map polling period.
 const POLL: Duration = Duration::from_millis(1);
 
@@ -83,6 +83,8 @@ pub(crate) struct Measured {
     pub scale: Vec<ScaleRound>,
     /// Node losses (empty when not measured on this cluster).
     pub losses: Vec<Loss>,
+    /// DNS rounds (empty when not measured on this cluster).
+    pub dns: Vec<crate::dns::DnsRound>,
 }
 
 /// Whether this process runs as root.
@@ -91,12 +93,18 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// Starts a [`NODES`]-node cluster with `managers` managers, creates `web`, runs `rounds`
-/// scale rounds, then (if `losses > 0`) `losses` node losses.
+/// scale rounds, then (if `losses > 0`) `losses` node losses, then (if `dns_rounds > 0`)
+/// the DNS case's rounds ([`crate::dns`]).
 ///
 /// # Errors
 /// If the cluster does not form, a command fails, or a change does not reach every node
 /// within a minute.
-pub(crate) fn measure(managers: usize, rounds: usize, losses: usize) -> Result<Measured> {
+pub(crate) fn measure(
+    managers: usize,
+    rounds: usize,
+    losses: usize,
+    dns_rounds: usize,
+) -> Result<Measured> {
     ensure!(
         is_root(),
         "the services phase creates network namespaces and runs lb-agent (XDP): run it as root, \
@@ -106,13 +114,21 @@ pub(crate) fn measure(managers: usize, rounds: usize, losses: usize) -> Result<M
     let heartbeat = (options.heartbeat_ms, options.heartbeat_misses);
     eprintln!("services: starting a {NODES}-node cluster with {managers} manager(s)");
     let mut c = ManagedCluster::start_with(options)?;
-    let result = run(&mut c, managers, rounds, losses);
+    let result = run(&mut c, managers, rounds, losses).and_then(|(scale, losses)| {
+        let dns = if dns_rounds > 0 {
+            crate::dns::measure(&mut c, managers, dns_rounds)?
+        } else {
+            Vec::new()
+        };
+        Ok((scale, losses, dns))
+    });
     match result {
-        Ok((scale, losses)) => Ok(Measured {
+        Ok((scale, losses, dns)) => Ok(Measured {
             managers,
             heartbeat,
             scale,
             losses,
+            dns,
         }),
         Err(e) => Err(e.context(format!("logs:\n{}", c.logs(30)))),
     }
@@ -183,7 +199,7 @@ fn run(
     Ok((scale, lost))
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -248,27 +264,29 @@ fn wait_maps(
 }
 
 /// The latest of `times`, as milliseconds after `t0`.
-fn latest_ms(t0: Instant, times: &[Instant]) -> f64 {
+pub(crate) fn latest_ms(t0: Instant, times: &[Instant]) -> f64 {
     times
         .iter()
         .map(|t| ms(t.saturating_duration_since(t0)))
         .fold(0.0, f64::max)
 }
 
-/// Sets `web`'s replicas with one `UpdateService`; returns when the call returned.
-async fn scale(
+/// Sets service `name`'s replicas with one `UpdateService`; returns when the call
+/// returned.
+pub(crate) async fn scale(
     control: &mut proto::control_client::ControlClient<tonic::transport::Channel>,
+    name: &str,
     replicas: u32,
 ) -> Result<Instant> {
     let reply = control
-        .inspect_service(proto::ServiceRef { name: "web".into() })
+        .inspect_service(proto::ServiceRef { name: name.into() })
         .await
         .map_err(|s| anyhow::anyhow!("InspectService: {}", s.message()))?
         .into_inner();
     let service: Service = reply.service()?;
     let mut spec = service.spec.clone();
     spec.mode = ServiceMode::Replicated { replicas };
-    let request = proto::UpdateServiceRequest::update("web", &spec, service.spec_version);
+    let request = proto::UpdateServiceRequest::update(name, &spec, service.spec_version);
     control
         .update_service(request)
         .await
@@ -294,7 +312,7 @@ async fn scale_rounds(
             .unwrap_or_default();
         // Up: every node sends new flows to the old and the new tasks.
         let sent = Instant::now();
-        let acked = scale(&mut control, HIGH).await?;
+        let acked = scale(&mut control, "web", HIGH).await?;
         let ack_up_ms = ms(acked - sent);
         let up = wait_maps(&maps, "the scale-up to reach every node", |b| {
             b.active.len() == HIGH as usize && b.active.is_superset(&before)
@@ -306,7 +324,7 @@ async fn scale_rounds(
             .unwrap_or_default();
         // Down: no node sends new flows to the removed tasks; then they are gone.
         let sent = Instant::now();
-        let acked = scale(&mut control, LOW).await?;
+        let acked = scale(&mut control, "web", LOW).await?;
         let ack_down_ms = ms(acked - sent);
         let down = wait_maps(&maps, "the scale-down to reach every node", |b| {
             b.active.len() == LOW as usize && b.active.is_subset(&high)
