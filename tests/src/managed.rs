@@ -650,6 +650,29 @@ impl ManagedCluster {
         serde_json::from_str(&out).with_context(|| format!("meshctl printed no JSON: {out}"))
     }
 
+    /// `service`'s VIP on the user network `network`, from `service inspect`'s
+    /// `Endpoint.VirtualIPs` and the network's ID in `network inspect`.
+    ///
+    /// # Errors
+    /// If either command fails or the service has no VIP there.
+    pub fn vip_on(&self, service: &str, network: &str) -> Result<Ipv4Addr> {
+        let net = self.ctl_json(&["network", "inspect", network])?;
+        let id = net[0]["Id"]
+            .as_str()
+            .with_context(|| format!("network {network} without an Id: {net}"))?
+            .to_owned();
+        let v = self.ctl_json(&["service", "inspect", service])?;
+        v[0]["Endpoint"]["VirtualIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|vip| vip["NetworkID"] == id.as_str())
+            .and_then(|vip| vip["Addr"].as_str())
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("{service} has no VIP on {network}: {v}"))
+    }
+
     /// `service ps NAME --format json`: every task of the service the managers know,
     /// current and past.
     ///

@@ -478,22 +478,9 @@ fn addrs_on(c: &ManagedCluster, network: &str, service: &str) -> BTreeMap<String
         .unwrap_or_default()
 }
 
-/// `service`'s VIP on `network` (`service inspect`'s `Endpoint.VirtualIPs`).
+/// `service`'s VIP on `network`, written out.
 fn vip_on(c: &ManagedCluster, service: &str, network: &str) -> String {
-    let id = inspect(c, network)["Id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let v = ok(c.ctl_json(&["service", "inspect", service]));
-    v[0]["Endpoint"]["VirtualIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|vip| vip["NetworkID"] == id.as_str())
-        .and_then(|vip| vip["Addr"].as_str())
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("{service} has no VIP on {network}: {v}"))
-        .to_owned()
+    ok(c.vip_on(service, network)).to_string()
 }
 
 /// Packets the nodes' dataplanes dropped for isolation, summed.

@@ -466,26 +466,30 @@ pub const MAX_NETWORKS: usize = 8;
 /// The most aliases a service may have on one network.
 pub const MAX_ALIASES: usize = 16;
 
-/// Checks a name the resolver will answer for (a service name or an alias): a DNS label
-/// (RFC 1123: letters, digits and hyphens, not starting or ending with a hyphen, at
-/// most 63 characters), with `_` allowed as in Swarm's stack names (`app_web`).
+/// Whether `label` is a valid DNS name component as swarmkit has it
+/// (`isValidDNSName`): letters, digits, `-` and `_` (Swarm's stack names: `app_web`),
+/// starting and ending with a letter or digit, at most [`MAX_NAME_LEN`] characters.
+fn is_dns_label(label: &str) -> bool {
+    label.len() <= MAX_NAME_LEN
+        && label.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && label.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks a name the resolver will answer for besides the service's (an alias): a DNS
+/// label as a service name is.
 ///
 /// # Errors
 /// Why it is refused.
 pub fn validate_dns_label(what: &str, label: &str) -> Result<(), SpecError> {
-    let ok = !label.is_empty()
-        && label.len() <= MAX_NAME_LEN
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
+    if is_dns_label(label) {
         Ok(())
     } else {
         Err(invalid(format!(
             "invalid {what} {label:?}: not a valid DNS label (letters, digits, '-' and '_', \
-             not starting or ending with '-', at most {MAX_NAME_LEN} characters)"
+             starting and ending with a letter or digit, at most {MAX_NAME_LEN} characters)"
         )))
     }
 }
@@ -876,21 +880,13 @@ impl ServiceSpec {
     }
 }
 
-/// Checks a service name: a DNS label (letters, digits, `-`, `_`, starting and ending
-/// with a letter or digit), as swarmkit requires (`isValidDNSName`): the resolver
-/// answers for it.
+/// Checks a service name: a DNS label, as swarmkit requires (`isValidDNSName`): the
+/// resolver answers for it.
 ///
 /// # Errors
 /// Why the name is refused.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
+    if is_dns_label(name) {
         Ok(())
     } else {
         Err(invalid(format!(
@@ -1153,6 +1149,25 @@ mod tests {
             (Box::new(|s| s.name = String::new()), "invalid name"),
             (Box::new(|s| s.name = "web-".into()), "DNS name component"),
             (Box::new(|s| s.name = "web_".into()), "DNS name component"),
+            (
+                Box::new(|s| {
+                    s.task.networks = vec![NetworkAttachmentSpec {
+                        target: "back".into(),
+                        aliases: vec!["_db".into()],
+                    }];
+                }),
+                "not a valid DNS label",
+            ),
+            (
+                Box::new(|s| {
+                    let back = NetworkAttachmentSpec {
+                        target: "back".into(),
+                        aliases: vec![],
+                    };
+                    s.task.networks = vec![back.clone(), back];
+                }),
+                "given twice",
+            ),
             (
                 Box::new(|s| s.mode = ServiceMode::Replicated { replicas: 5000 }),
                 "invalid replicas",

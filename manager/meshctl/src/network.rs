@@ -12,7 +12,7 @@ use meshctl::cli::format::Format;
 use meshctl::cli::network::{self, CreateFlags};
 use tonic::transport::Channel;
 
-use crate::rpc::rpc;
+use crate::rpc::{remove_each, rpc};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum NetworkCommand {
@@ -140,19 +140,14 @@ pub(crate) async fn run(
             }
         }
         NetworkCommand::Rm { networks } => {
-            let mut failed = Vec::new();
-            for name in networks {
-                match control
-                    .remove_network(proto::NetworkRef { name: name.clone() })
-                    .await
-                {
-                    Ok(_) => println!("{name}"),
-                    Err(status) => failed.push(rpc(status).to_string()),
+            remove_each(networks, |name| {
+                let mut control = control.clone();
+                async move {
+                    control.remove_network(proto::NetworkRef { name }).await?;
+                    Ok(())
                 }
-            }
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
+            })
+            .await?;
         }
         NetworkCommand::Prune { force } => {
             if !*force {

@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 use meshctl::cli::format::Format;
 use meshctl::cli::network;
 
-use crate::rpc::rpc;
+use crate::rpc::{remove_each, rpc};
 
 /// How often progress polls the manager.
 const POLL: Duration = Duration::from_millis(200);
@@ -439,19 +439,14 @@ pub(crate) async fn run(
             logs(control, name, tail.unwrap_or(0), *follow).await?;
         }
         ServiceCommand::Rm { services } => {
-            let mut failed = Vec::new();
-            for name in services {
-                match control
-                    .remove_service(proto::ServiceRef { name: name.clone() })
-                    .await
-                {
-                    Ok(_) => println!("{name}"),
-                    Err(status) => failed.push(rpc(status).to_string()),
+            remove_each(services, |name| {
+                let mut control = control.clone();
+                async move {
+                    control.remove_service(proto::ServiceRef { name }).await?;
+                    Ok(())
                 }
-            }
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
+            })
+            .await?;
         }
         ServiceCommand::Publish { service, ports, rm } => {
             let row = inspect(control, service).await?;

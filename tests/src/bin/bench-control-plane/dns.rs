@@ -141,26 +141,6 @@ fn socket_in(pid: i32) -> Result<UdpSocket> {
     })
 }
 
-/// The `Addr` of `service`'s VIP on `network` (`service inspect`, `network inspect`).
-fn vip_on(c: &ManagedCluster, service: &str, network: &str) -> Result<Ipv4Addr> {
-    let net = c.ctl_json(&["network", "inspect", network])?;
-    let net = if net.is_array() { &net[0] } else { &net };
-    let id = net["Id"]
-        .as_str()
-        .with_context(|| format!("network {network} without an Id: {net}"))?
-        .to_owned();
-    let v = c.ctl_json(&["service", "inspect", service])?;
-    v[0]["Endpoint"]["VirtualIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|vip| vip["NetworkID"] == id.as_str())
-        .and_then(|vip| vip["Addr"].as_str())
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("{service} has no VIP on {network}: {v}"))
-}
-
 /// The VIP's live backends (not draining) on every node.
 fn read_maps(maps: &[PinnedMaps], key: ServiceKey) -> Result<Vec<BTreeSet<Ipv4Addr>>> {
     maps.iter()
@@ -306,7 +286,7 @@ pub(crate) fn measure(
     }
     c.wait_converged(SERVICE, LOW as usize)?;
     let probes = c.wait_converged(PROBE, NODES)?;
-    let vip = vip_on(c, SERVICE, NETWORK)?;
+    let vip = c.vip_on(SERVICE, NETWORK)?;
     let key = ServiceKey::new(u32::from(vip), 0, IPPROTO_TCP);
 
     // One asker per node, in that node's probe task.
@@ -405,17 +385,6 @@ fn agree(askers: &mut [Asker], maps: &[PinnedMaps], key: ServiceKey) -> Result<B
     Ok(want)
 }
 
-/// p50, p99 and the largest of `values`.
-fn stats(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    (
-        crate::percentile(&sorted, 0.5),
-        crate::percentile(&sorted, 0.99),
-        sorted.last().copied().unwrap_or(f64::NAN),
-    )
-}
-
 /// The DNS case's section of the report (`managers`: of the cluster it ran on).
 ///
 /// # Errors
@@ -464,7 +433,7 @@ pub(crate) fn report(managers: usize, rounds: &[DnsRound]) -> Result<String> {
     ];
     for (what, pick) in rows {
         let v: Vec<f64> = rounds.iter().map(pick).collect();
-        let (p50, p99, max) = stats(&v);
+        let (p50, p99, max) = crate::stats(&v);
         writeln!(
             s,
             "| {what} | {} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |",

@@ -408,17 +408,6 @@ fn node_loss(c: &mut ManagedCluster, pins: &[PathBuf]) -> Result<Loss> {
     Ok(loss)
 }
 
-/// p50, p99 and the largest of `values`, in ms.
-fn stats(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    (
-        super::percentile(&sorted, 0.5),
-        super::percentile(&sorted, 0.99),
-        sorted.last().copied().unwrap_or(f64::NAN),
-    )
-}
-
 /// The phase's section of the report.
 ///
 /// # Errors
@@ -470,7 +459,7 @@ pub(crate) fn report(measured: &[Measured]) -> Result<String> {
     for m in measured {
         for (what, pick) in rows {
             let v = pick(&m.scale);
-            let (p50, p99, max) = stats(&v);
+            let (p50, p99, max) = super::stats(&v);
             writeln!(
                 s,
                 "| {} | {what} | {} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |",
@@ -525,7 +514,7 @@ pub(crate) fn report(measured: &[Measured]) -> Result<String> {
 
     // The reference: Swarm's defaults, as the issue states them.
     let down_p50 = measured.first().map_or(f64::NAN, |m| {
-        stats(&m.scale.iter().map(|r| r.down_ms).collect::<Vec<_>>()).0
+        super::stats(&m.scale.iter().map(|r| r.down_ms).collect::<Vec<_>>()).0
     });
     writeln!(
         s,
