@@ -74,6 +74,9 @@ proptest! {
         let _ = crate::spec::validate_user(&text);
         let _ = crate::capability::canonical(&text);
         let _ = crate::capability::resolve(std::slice::from_ref(&text), std::slice::from_ref(&text));
+        for kind in [crate::file_ref::FileKind::Secret, crate::file_ref::FileKind::Config] {
+            let _ = crate::file_ref::FileRef::parse(kind, &text);
+        }
     }
 
     #[test]
