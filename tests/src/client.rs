@@ -273,49 +273,48 @@ pub fn request_udp_connected(addr: SocketAddr, payload: &[u8]) -> Result<(Reply,
     socket
         .connect(addr)
         .with_context(|| format!("connect a UDP socket to {addr}"))?;
-    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut buf = vec![0u8; 65536];
-    let mut last_err = None;
-    for _ in 0..5 {
+    udp_exchange(addr, &socket, |buf| {
         socket
             .send(payload)
             .with_context(|| format!("send to {addr}"))?;
-        match socket.recv(&mut buf) {
-            Ok(n) => {
-                let data = &buf[..n];
-                let nl = data
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .context("UDP answer without a banner line")?;
-                let reply = Reply::parse(&String::from_utf8_lossy(&data[..nl]))?;
-                return Ok((reply, data[nl + 1..].to_vec()));
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    Err(last_err.map_or_else(
-        || anyhow::anyhow!("no answer"),
-        |e| anyhow::Error::new(e).context(format!("no UDP answer from {addr}")),
-    ))
+        Ok(socket.recv(buf))
+    })
 }
 
 /// Sends one datagram with `payload` to `addr` (retrying a few times, UDP may lose one
 /// while neighbours resolve) and returns the banner and the echoed payload.
 pub fn request_udp(addr: SocketAddr, payload: &[u8]) -> Result<(Reply, Vec<u8>)> {
     let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("bind a UDP socket")?;
-    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut buf = vec![0u8; 65536];
-    let mut last_err = None;
-    for _ in 0..5 {
+    udp_exchange(addr, &socket, |buf| {
         socket
             .send_to(payload, addr)
             .with_context(|| format!("send to {addr}"))?;
-        match socket.recv_from(&mut buf) {
+        match socket.recv_from(buf) {
             Ok((n, from)) => {
                 ensure!(
                     from == addr,
                     "answer to a datagram for {addr} came from {from}"
                 );
+                Ok(Ok(n))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    })
+}
+
+/// Up to 5 tries of `once` (send, then receive into the buffer) on `socket`, with a 1 s
+/// receive timeout; the banner and the echoed payload of the first answer.
+fn udp_exchange(
+    addr: SocketAddr,
+    socket: &UdpSocket,
+    mut once: impl FnMut(&mut [u8]) -> Result<std::io::Result<usize>>,
+) -> Result<(Reply, Vec<u8>)> {
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut buf = vec![0u8; 65536];
+    let mut last_err = None;
+    for _ in 0..5 {
+        match once(&mut buf)? {
+            Ok(n) => {
                 let data = &buf[..n];
                 let nl = data
                     .iter()

@@ -3,7 +3,7 @@
 //! queries for a fixed set of names, `NXDOMAIN` for any other, and counts what it was
 //! asked, so a test can tell a forwarded answer from one the mesh made up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -127,4 +127,18 @@ fn serve(
             let _ = socket.send_to(&bytes, peer);
         }
     }
+}
+
+/// The addresses `busybox nslookup` printed as answers: what follows `Address:` on a
+/// line (anywhere on it: `service logs` prefixes each line with its task) when it is an
+/// IPv4 address (the server's own line, `169.254.1.1:53`, carries a port).
+#[must_use]
+pub fn nslookup_addresses(output: &str) -> BTreeSet<String> {
+    output
+        .lines()
+        .filter_map(|l| l.rsplit_once("Address:").map(|(_, a)| a))
+        .map(str::trim)
+        .filter(|a| a.parse::<Ipv4Addr>().is_ok())
+        .map(str::to_owned)
+        .collect()
 }

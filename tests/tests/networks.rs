@@ -402,14 +402,7 @@ fn lookup(c: &ManagedCluster, task: &TaskRow, name: &str) -> Lookup {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The server's own lines ("Address:\t169.254.1.1:53") carry a port: not answers.
-    let mut answers: BTreeSet<String> = output
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Address:"))
-        .map(str::trim)
-        .filter(|a| a.parse::<Ipv4Addr>().is_ok())
-        .map(str::to_owned)
-        .collect();
+    let mut answers = mesh_tests::dns::nslookup_addresses(&output);
     answers.extend(
         output
             .lines()

@@ -2122,15 +2122,6 @@ fn a_node_that_leaves_stops_its_tasks() {
     );
 }
 
-/// The addresses `busybox nslookup` printed in `out` (`Address: IP` lines, whatever
-/// precedes them on the log line).
-fn resolved(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| l.rsplit_once("Address:"))
-        .map(|(_, a)| a.trim().to_owned())
-        .collect()
-}
-
 /// Service discovery (docs/networks.md): a process task of one service resolves another
 /// (default-network) service's name to its VIP and `tasks.<name>` to its running tasks'
 /// addresses, through its own `/etc/resolv.conf` and the agent's resolver at
@@ -2170,7 +2161,9 @@ fn tasks_resolve_services_by_name() {
         "the clients to resolve web and tasks.web",
         || {
             let out = ok(c.ctl_timeout(&["service", "logs", "client"], CONVERGE));
-            Ok(resolved(&out).is_superset(&want).then_some(out))
+            Ok(mesh_tests::dns::nslookup_addresses(&out)
+                .is_superset(&want)
+                .then_some(out))
         },
     ));
     assert!(out.contains("nameserver 169.254.1.1"), "{out}");
@@ -2204,7 +2197,7 @@ fn tasks_resolve_services_by_name() {
         "tasks.web to list the one task left",
         || {
             let out = ok(c.ctl_timeout(&["service", "logs", "--tail", "8", "client"], CONVERGE));
-            let now = resolved(&out);
+            let now = mesh_tests::dns::nslookup_addresses(&out);
             Ok(
                 (now.contains(&left) && addrs.iter().all(|a| *a == left || !now.contains(a)))
                     .then_some(()),
