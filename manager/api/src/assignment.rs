@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::file::FileContent;
 use crate::network::{IngressNetwork, Network, NetworkAddr, NetworkId};
 use crate::node::NodeId;
 use crate::service::ServiceId;
@@ -142,4 +143,12 @@ pub struct Assignment {
     /// those of tasks neither here nor in `tasks`.
     #[serde(default)]
     pub history: std::collections::BTreeSet<TaskId>,
+    /// The secrets the node's tasks to run reference, and only those (Swarm's rule: a
+    /// node gets a secret only while a task of its needs it). The agent keeps them in
+    /// memory and on the tasks' own tmpfs, nowhere else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileContent>,
+    /// The configs the node's tasks to run reference, and only those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileContent>,
 }

@@ -21,7 +21,10 @@ pub const SECRETS_DIR: &str = "/run/secrets";
 pub const DEFAULT_MODE: u32 = 0o444;
 
 /// Secret or config: the two share names, references and verbs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum FileKind {
     /// Encrypted at rest, never returned by the API, on a tmpfs in the task.
     Secret,
@@ -46,6 +49,12 @@ impl FileKind {
             FileKind::Secret => MAX_SECRET_SIZE,
             FileKind::Config => MAX_CONFIG_SIZE,
         }
+    }
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

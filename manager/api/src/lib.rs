@@ -21,6 +21,7 @@ pub mod assignment;
 pub mod capability;
 pub mod cluster;
 pub mod exposition;
+pub mod file;
 pub mod file_ref;
 pub mod network;
 pub mod node;

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::file_ref::{FileKind, FileRef, validate_file_name};
 use crate::node::{Node, Role, format_id};
 
 /// Why a spec value was refused.
@@ -448,6 +449,12 @@ pub struct TaskSpec {
     /// `--network-add`/`--network-rm` roll the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachmentSpec>,
+    /// Secrets the task gets as files under `/run/secrets` (`--secret`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    /// Configs the task gets as files at their targets (`--config`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
 }
 
 /// A service's attachment to a network (`--network name=back,alias=db`).
@@ -460,6 +467,9 @@ pub struct NetworkAttachmentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
 }
+
+/// The most secrets, and the most configs, a service may reference.
+pub const MAX_FILE_REFS: usize = 64;
 
 /// The most networks a service may join.
 pub const MAX_NETWORKS: usize = 8;
@@ -714,6 +724,8 @@ impl ServiceSpec {
                 cap_add: Vec::new(),
                 cap_drop: Vec::new(),
                 networks: Vec::new(),
+                secrets: Vec::new(),
+                configs: Vec::new(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -762,6 +774,38 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// Checks the secret and config references: at most [`MAX_FILE_REFS`] of each, each
+    /// well formed, no two files at one path (swarmkit's words). Whether the secrets
+    /// and configs exist is the managers' to find.
+    fn validate_files(&self) -> Result<(), SpecError> {
+        let mut paths: Vec<(String, &str)> = Vec::new();
+        for (kind, refs) in [
+            (FileKind::Secret, &self.task.secrets),
+            (FileKind::Config, &self.task.configs),
+        ] {
+            if refs.len() > MAX_FILE_REFS {
+                return Err(invalid(format!(
+                    "a service may reference at most {MAX_FILE_REFS} {}s",
+                    kind.as_str()
+                )));
+            }
+            for reference in refs {
+                validate_file_name(kind, &reference.source)?;
+                reference.validate(kind)?;
+                let path = reference.path(kind);
+                if let Some((_, other)) = paths.iter().find(|(p, _)| *p == path) {
+                    return Err(invalid(format!(
+                        "{} references '{other}' and '{}' have a conflicting target: '{path}'",
+                        kind.as_str(),
+                        reference.source
+                    )));
+                }
+                paths.push((path, &reference.source));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks everything that does not depend on other services (names,
     /// sizes, ports, policies). Port conflicts between services are the
     /// allocator's to find.
@@ -798,6 +842,7 @@ impl ServiceSpec {
         }
         crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
         self.validate_networks()?;
+        self.validate_files()?;
         if let Some(health) = &self.task.health {
             if health.cmd.trim().is_empty() {
                 return Err(invalid("the health command is empty"));

@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::assignment::Assignment;
+use crate::file::{FileInfo, FileSpec};
+use crate::file_ref::FileKind;
 use crate::network::{NetworkInfo, NetworkSpec};
 use crate::proto;
 use crate::service::Service;
@@ -158,6 +160,61 @@ impl proto::NetworkReply {
     /// [`WireError`] if the field does not hold a [`NetworkInfo`].
     pub fn network(&self) -> Result<NetworkInfo, WireError> {
         decode(&self.network_json, "NetworkReply", "network record")
+    }
+}
+
+/// `secret` or `config` as a request names it.
+///
+/// # Errors
+/// [`KindError`] for anything else.
+pub fn file_kind(kind: &str) -> Result<FileKind, KindError> {
+    match kind {
+        "secret" => Ok(FileKind::Secret),
+        "config" => Ok(FileKind::Config),
+        other => Err(KindError(other.to_string())),
+    }
+}
+
+/// A request's kind that is neither `secret` nor `config`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown kind {0:?}: expected secret or config")]
+pub struct KindError(pub String);
+
+impl proto::CreateFileRequest {
+    /// A request to create the secret or config `spec` holding `data`.
+    #[must_use]
+    pub fn new(kind: FileKind, spec: &FileSpec, data: Vec<u8>) -> Self {
+        Self {
+            kind: kind.as_str().to_string(),
+            spec_json: encode(spec),
+            data,
+        }
+    }
+
+    /// The spec to create.
+    ///
+    /// # Errors
+    /// [`WireError`] if the field does not hold a [`FileSpec`].
+    pub fn spec(&self) -> Result<FileSpec, WireError> {
+        decode(&self.spec_json, "CreateFileRequest", "file spec")
+    }
+}
+
+impl proto::FileReply {
+    /// A reply describing `file` (a secret's carries no data: see [`FileInfo`]).
+    #[must_use]
+    pub fn new(file: &FileInfo) -> Self {
+        Self {
+            file_json: encode(file),
+        }
+    }
+
+    /// The secret or config.
+    ///
+    /// # Errors
+    /// [`WireError`] if the field does not hold a [`FileInfo`].
+    pub fn file(&self) -> Result<FileInfo, WireError> {
+        decode(&self.file_json, "FileReply", "file record")
     }
 }
 

@@ -21,6 +21,9 @@ use mesh_api::node::Role;
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::{TaskId, TaskStatus};
 
+/// The largest message an agent takes from the leader: an assignment with the secrets
+/// and configs its tasks reference (each at most 1000 KiB, base64 in JSON).
+pub const MAX_ASSIGNMENT_BYTES: usize = 64 * 1024 * 1024;
 /// What a session reports to its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {
@@ -281,7 +284,10 @@ async fn attempt(
             }
             Err(e) => return Attempt::Identity(e.to_string()),
         };
-        let mut dispatcher = DispatcherClient::new(channel);
+        // An assignment carries the secrets and configs of the node's tasks: more than
+        // tonic's default 4 MiB when they are many and large.
+        let mut dispatcher =
+            DispatcherClient::new(channel).max_decoding_message_size(MAX_ASSIGNMENT_BYTES);
         let (tx, rx) = mpsc::channel(64);
         let hello = proto::AgentMessage {
             kind: Some(agent_message::Kind::Hello(proto::Hello {

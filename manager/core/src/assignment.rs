@@ -12,6 +12,7 @@
 use mesh_api::assignment::{
     AssignedTask, Assignment, Backend, Peer, ServiceNetwork, ServiceRoutes, TaskAction,
 };
+use mesh_api::file_ref::FileKind;
 use mesh_api::node::{NodeId, NodeStatus};
 use mesh_api::service::Service;
 use mesh_api::task::{DesiredState, Task, TaskState};
@@ -102,7 +103,9 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
                 state: t.status.state,
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let secrets = state.files_for(FileKind::Secret, &tasks);
+    let configs = state.files_for(FileKind::Config, &tasks);
     let services = state
         .services
         .values()
@@ -143,6 +146,8 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
         tasks,
         services,
         history,
+        secrets,
+        configs,
     }
 }
 

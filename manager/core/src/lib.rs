@@ -23,6 +23,7 @@
 pub mod allocator;
 pub mod assignment;
 pub mod capacity;
+pub mod files;
 pub mod ipam;
 pub mod liveness;
 pub mod network_info;

@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use mesh_api::cluster::{CaMaterial, JoinSecrets};
+use mesh_api::file::{FileData, FileId, FileInfo, FileSpec, StoredFile};
+use mesh_api::file_ref::FileKind;
 use mesh_api::network::{
     INGRESS_ID, INGRESS_NAME, IngressNetwork, Network, NetworkAddr, NetworkId, NetworkSpec,
     PREDEFINED_NAMES,
@@ -48,6 +50,12 @@ pub struct ClusterState {
     /// The user's overlay networks, by ID (the ingress network is [`Self::ingress`]).
     #[serde(default)]
     pub networks: BTreeMap<NetworkId, Network>,
+    /// Secrets, by ID (see [`crate::files`]).
+    #[serde(default)]
+    pub stored_secrets: BTreeMap<FileId, StoredFile>,
+    /// Configs, by ID.
+    #[serde(default)]
+    pub stored_configs: BTreeMap<FileId, StoredFile>,
     /// Services, by ID.
     #[serde(default)]
     pub services: BTreeMap<ServiceId, Service>,
@@ -232,6 +240,24 @@ pub enum Command {
         /// Which network.
         id: NetworkId,
     },
+    /// A new secret or config (`meshctl secret create`, `config create`).
+    CreateFile {
+        /// Secret or config.
+        kind: FileKind,
+        /// Its name and labels.
+        spec: FileSpec,
+        /// Its bytes (sealed at rest with the Raft store; never in `Debug`).
+        data: FileData,
+        /// Leader's clock.
+        at_ms: u64,
+    },
+    /// Removes a secret or config no service or live task references.
+    RemoveFile {
+        /// Secret or config.
+        kind: FileKind,
+        /// Which one.
+        id: FileId,
+    },
     /// The updater's progress.
     SetUpdateStatus {
         /// Which service.
@@ -275,6 +301,8 @@ pub enum Applied {
     Tasks(Vec<TaskId>),
     /// The network as it is after the command.
     Network(Box<Network>),
+    /// The secret or config as the API shows it (a secret without its data).
+    File(Box<FileInfo>),
 }
 
 /// The state machine's answer to a command: every replica computes the same.
@@ -342,6 +370,26 @@ pub enum StateError {
     NetworkInUse {
         /// The network's name.
         network: String,
+        /// `service api` or `task api.1`.
+        user: String,
+    },
+    /// No secret or config matches the name (docker's wording).
+    #[error("{0} not found: {1}")]
+    UnknownFile(FileKind, String),
+    /// A prefix matched more than one secret or config.
+    #[error("{0} {1} is ambiguous ({2} matches)")]
+    AmbiguousFile(FileKind, String, usize),
+    /// A secret or config name that is taken (swarmkit's wording).
+    #[error("{0} {1} already exists")]
+    FileExists(FileKind, String),
+    /// Removing a secret or config that a service or a live task references
+    /// (swarmkit's wording).
+    #[error("{kind} '{name}' is in use by the following {user}")]
+    FileInUse {
+        /// Secret or config.
+        kind: FileKind,
+        /// Its name.
+        name: String,
         /// `service api` or `task api.1`.
         user: String,
     },
@@ -538,6 +586,13 @@ impl ClusterState {
                 self.networks.remove(id);
                 Ok(Applied::Done)
             }
+            Command::CreateFile {
+                kind,
+                spec,
+                data,
+                at_ms,
+            } => self.create_file(*kind, spec, data, *at_ms),
+            Command::RemoveFile { kind, id } => self.remove_file(*kind, *id),
             Command::SetUpdateStatus { id, status, at_ms } => {
                 let service = self
                     .services
@@ -570,7 +625,7 @@ impl ClusterState {
 
     /// A fresh service, task or network ID: deterministic (every replica computes the
     /// same), but spread over the whole range like a random one.
-    fn fresh_id(&mut self) -> u64 {
+    pub(crate) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         let seed = self
             .cluster_id
@@ -592,6 +647,7 @@ impl ClusterState {
             return Err(StateError::ServiceExists(spec.name.clone()));
         }
         let spec = &self.resolve_attachments(spec)?;
+        self.check_file_refs(spec)?;
         let ports =
             allocator::allocate_ports(&self.published_ports(None), &spec.endpoint.ports, &[])?;
         // Allocate on a copy: a refusal changes nothing.
@@ -642,6 +698,7 @@ impl ClusterState {
             )));
         }
         let spec = &self.resolve_attachments(spec)?;
+        self.check_file_refs(spec)?;
         let ports = allocator::allocate_ports(
             &self.published_ports(Some(id)),
             &spec.endpoint.ports,

@@ -537,6 +537,30 @@ mod tests {
         ) -> Result<Response<proto::PruneNetworksResponse>, Status> {
             unimplemented()
         }
+        async fn create_file(
+            &self,
+            _: Request<proto::CreateFileRequest>,
+        ) -> Result<Response<proto::FileReply>, Status> {
+            unimplemented()
+        }
+        async fn list_files(
+            &self,
+            _: Request<proto::ListFilesRequest>,
+        ) -> Result<Response<proto::ListFilesResponse>, Status> {
+            unimplemented()
+        }
+        async fn inspect_file(
+            &self,
+            _: Request<proto::FileName>,
+        ) -> Result<Response<proto::FileReply>, Status> {
+            unimplemented()
+        }
+        async fn remove_file(
+            &self,
+            _: Request<proto::FileName>,
+        ) -> Result<Response<proto::RemoveFileResponse>, Status> {
+            unimplemented()
+        }
     }
 
     /// Serves `Join` behind [`AnyNode`] and `Control` behind [`ManagerOnly`]
@@ -656,6 +680,27 @@ mod tests {
                 .await
                 .unwrap_err();
             assert_eq!(removed.code(), code, "{removed:?}");
+            // Nor list, create or inspect secrets.
+            let listed = control
+                .list_files(proto::ListFilesRequest {
+                    kind: "secret".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(listed.code(), code, "{listed:?}");
+            let file = mesh_api::file::FileSpec {
+                name: "pw".into(),
+                labels: Default::default(),
+            };
+            let created = control
+                .create_file(proto::CreateFileRequest::new(
+                    mesh_api::file_ref::FileKind::Secret,
+                    &file,
+                    b"x".to_vec(),
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(created.code(), code, "{created:?}");
         }
 
         // No certificate: in at the TLS layer, refused per call.

@@ -254,6 +254,11 @@ fn expect_network(applied: Applied) -> Result<mesh_api::network::Network, Status
     }
 }
 
+/// The kind a secret or config request names.
+fn file_kind(kind: &str) -> Result<mesh_api::file_ref::FileKind, Status> {
+    mesh_api::wire::file_kind(kind).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 /// The API's view of network `id` (user or ingress).
 fn network_reply(
     state: &ClusterState,
@@ -567,6 +572,81 @@ impl Control for ControlService {
             }
         }
         Ok(Response::new(proto::PruneNetworksResponse { removed }))
+    }
+
+    async fn create_file(
+        &self,
+        request: Request<proto::CreateFileRequest>,
+    ) -> Result<Response<proto::FileReply>, Status> {
+        let request = request.into_inner();
+        let kind = file_kind(&request.kind)?;
+        let spec = request
+            .spec()
+            .map_err(|e| Status::invalid_argument(format!("invalid {kind} spec: {}", e.source)))?;
+        self.manager.require_quorum()?;
+        let applied = self
+            .manager
+            .commit(Command::CreateFile {
+                kind,
+                spec,
+                data: request.data.into(),
+                at_ms: now_ms(),
+            })
+            .await?;
+        match applied {
+            Applied::File(info) => Ok(Response::new(proto::FileReply::new(&info))),
+            _ => Err(Status::internal(
+                "the state machine returned no secret or config",
+            )),
+        }
+    }
+
+    async fn list_files(
+        &self,
+        request: Request<proto::ListFilesRequest>,
+    ) -> Result<Response<proto::ListFilesResponse>, Status> {
+        let kind = file_kind(&request.get_ref().kind)?;
+        let state = self.manager.read()?;
+        let files = state
+            .file_infos(kind)
+            .iter()
+            .map(proto::FileReply::new)
+            .collect();
+        Ok(Response::new(proto::ListFilesResponse { files }))
+    }
+
+    async fn inspect_file(
+        &self,
+        request: Request<proto::FileName>,
+    ) -> Result<Response<proto::FileReply>, Status> {
+        let kind = file_kind(&request.get_ref().kind)?;
+        let state = self.manager.read()?;
+        let id = state
+            .resolve_file(kind, &request.get_ref().name)
+            .map_err(state_status)?;
+        let info = state.files(kind)[&id].info(kind);
+        Ok(Response::new(proto::FileReply::new(&info)))
+    }
+
+    async fn remove_file(
+        &self,
+        request: Request<proto::FileName>,
+    ) -> Result<Response<proto::RemoveFileResponse>, Status> {
+        let kind = file_kind(&request.get_ref().kind)?;
+        let (id, name) = {
+            let state = self.manager.read()?;
+            let id = state
+                .resolve_file(kind, &request.get_ref().name)
+                .map_err(state_status)?;
+            (id, state.files(kind)[&id].spec.name.clone())
+        };
+        self.manager
+            .commit(Command::RemoveFile { kind, id })
+            .await?;
+        Ok(Response::new(proto::RemoveFileResponse {
+            id: format_id(id),
+            name,
+        }))
     }
 
     async fn info(

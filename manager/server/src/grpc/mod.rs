@@ -327,8 +327,10 @@ pub fn state_status(err: impl Into<StateError>) -> Status {
         StateError::UnknownNode(_)
         | StateError::UnknownService(_)
         | StateError::UnknownTask(_)
-        | StateError::UnknownNetwork(_) => Status::not_found(message),
+        | StateError::UnknownNetwork(_)
+        | StateError::UnknownFile(..) => Status::not_found(message),
         StateError::AmbiguousNode(..)
+        | StateError::AmbiguousFile(..)
         | StateError::AmbiguousService(..)
         | StateError::AmbiguousNetwork(..)
         | StateError::Invalid(_) => Status::invalid_argument(message),
@@ -337,11 +339,13 @@ pub fn state_status(err: impl Into<StateError>) -> Status {
         | StateError::NodeNotDown(_)
         | StateError::OutOfSequence { .. }
         | StateError::NetworkInUse { .. }
+        | StateError::FileInUse { .. }
         | StateError::NotBootstrapped => Status::failed_precondition(message),
         StateError::AlreadyBootstrapped
         | StateError::NodeExists(_)
         | StateError::ServiceExists(_)
-        | StateError::NetworkExists(_) => Status::already_exists(message),
+        | StateError::NetworkExists(_)
+        | StateError::FileExists(..) => Status::already_exists(message),
         StateError::Capacity(_) => Status::resource_exhausted(message),
     }
 }
