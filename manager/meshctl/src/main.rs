@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mesh_api::file_ref::FileKind;
 use mesh_api::node::Role;
 use mesh_client::connect;
 use mesh_client::pki::TlsDir;
@@ -18,6 +19,7 @@ use meshctl::cli::table;
 use rpc::rpc;
 use tonic::transport::Channel;
 
+mod file;
 mod network;
 mod rpc;
 mod service;
@@ -61,6 +63,12 @@ enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Manage secrets: files a service's tasks get under /run/secrets.
+    #[command(subcommand)]
+    Secret(file::FileCommand),
+    /// Manage configs: files a service's tasks get at a path.
+    #[command(subcommand)]
+    Config(file::FileCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +277,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(command) => node(&cli, command).await,
         Command::Service(command) => service::run(&mut control(&cli).await?, command).await,
         Command::Network(command) => network::run(&mut control(&cli).await?, command).await,
+        Command::Secret(command) => {
+            file::run(&mut control(&cli).await?, FileKind::Secret, command).await
+        }
+        Command::Config(command) => {
+            file::run(&mut control(&cli).await?, FileKind::Config, command).await
+        }
     }
 }
 

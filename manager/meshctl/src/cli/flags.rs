@@ -355,6 +355,8 @@ pub struct CreateFlags {
     #[arg(long, value_name = "NETWORK")]
     pub network: Vec<String>,
     #[command(flatten)]
+    pub files: super::file::FileFlags,
+    #[command(flatten)]
     pub policy: PolicyFlags,
     #[command(flatten)]
     pub privilege: PrivilegeFlags,
@@ -445,6 +447,7 @@ impl CreateFlags {
             .map(|v| super::network::parse_attachment(v))
             .collect::<Result<_, _>>()?;
         spec.task.env.clone_from(&self.env);
+        self.files.apply(&mut spec.task)?;
         for value in &self.label {
             let (k, v) = label("label", value)?;
             spec.labels.insert(k, v);
@@ -502,6 +505,8 @@ pub struct UpdateFlags {
     /// Remove a network (name or ID).
     #[arg(long, value_name = "NETWORK")]
     pub network_rm: Vec<String>,
+    #[command(flatten)]
+    pub files: super::file::FileUpdateFlags,
     /// Replace every task even if nothing changed.
     #[arg(long)]
     pub force: bool,
@@ -698,6 +703,7 @@ impl UpdateFlags {
             attachment.target = id;
             spec.task.networks.push(attachment);
         }
+        self.files.apply(&mut spec.task)?;
         if let Some(image) = &self.image {
             spec.task.image.clone_from(image);
         }

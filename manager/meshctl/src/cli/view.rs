@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use mesh_api::file_ref::FileKind;
 use mesh_api::service::Service;
 
 use crate::cli::table;
@@ -414,6 +415,18 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
         }
         if !task.cap_drop.is_empty() {
             let _ = writeln!(out, "  Drop:\t\t{}", task.cap_drop.join(" "));
+        }
+    }
+    for (kind, title, refs) in [
+        (FileKind::Secret, " Secrets:", &task.secrets),
+        (FileKind::Config, " Configs:", &task.configs),
+    ] {
+        if !refs.is_empty() {
+            let _ = writeln!(out, "{title}");
+            for r in refs {
+                let _ = writeln!(out, "  Target:\t{}", r.path(kind));
+                let _ = writeln!(out, "   Source:\t{}", r.source);
+            }
         }
     }
     let _ = writeln!(
