@@ -17,6 +17,7 @@
 //! | `lb_config_last_reload_success_timestamp_seconds` (gauge) | |
 //! | `lb_session_state` (gauge, managed agent) | `state` = `connecting`, `established`, `lost` |
 //! | `lb_tasks` (gauge, managed agent) | `state` = the task state, lower case |
+//! | `lb_task_files_received_total` (managed agent) | `kind` = `secret`, `config` |
 //! | `lb_dns_queries_total` (managed agent: the tasks' resolver) | `result` = `answered`, `nxdomain`, `forwarded`, `refused`, `failed` |
 //!
 //! The `backend` label is stable across task replacements: a managed agent's
@@ -126,6 +127,18 @@ pub struct ManagedView {
     pub session: SessionState,
     /// The node's tasks by state, as last reported.
     pub tasks: BTreeMap<TaskState, u64>,
+    /// Secrets and configs received from the managers so far (each counted when it
+    /// arrives, not again while it is held).
+    pub files_received: FilesReceived,
+}
+
+/// Secrets and configs a managed agent received (`lb_task_files_received_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilesReceived {
+    /// Secrets.
+    pub secrets: u64,
+    /// Configs.
+    pub configs: u64,
 }
 
 impl ManagedView {
@@ -137,7 +150,18 @@ impl ManagedView {
         for state in states {
             *tasks.entry(state).or_default() += 1;
         }
-        Self { session, tasks }
+        Self {
+            session,
+            tasks,
+            files_received: FilesReceived::default(),
+        }
+    }
+
+    /// With the count of secrets and configs received.
+    #[must_use]
+    pub fn with_files_received(mut self, files_received: FilesReceived) -> Self {
+        self.files_received = files_received;
+        self
     }
 }
 
@@ -518,6 +542,17 @@ impl Collector for DataplaneCollector {
                 let label = state.as_str().to_ascii_lowercase();
                 ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX))
                     .encode(m.encode_family(&[("state", label.as_str())])?)?;
+            }
+            let mut m = encoder.encode_descriptor(
+                "lb_task_files_received",
+                "Secrets and configs received from the managers for this node's tasks (each \
+                 counted when it arrives; a node gets only those its tasks to run reference)",
+                None,
+                MetricType::Counter,
+            )?;
+            let received = managed.files_received;
+            for (kind, n) in [("secret", received.secrets), ("config", received.configs)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
             }
         }
         if let Some(dns) = &view.dns {

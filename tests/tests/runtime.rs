@@ -610,6 +610,8 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
                 networks: vec![],
             }],
             history: Default::default(),
+            secrets: vec![],
+            configs: vec![],
         }));
         rt.start(&program).await?;
         let check = |cmd: &'static str| {

@@ -452,6 +452,8 @@ mod tests {
                 networks: vec![],
             }],
             history: Default::default(),
+            secrets: vec![],
+            configs: vec![],
         })
     }
 

@@ -173,6 +173,8 @@ fn cluster() -> Assignment {
             ),
         ],
         history: Default::default(),
+        secrets: vec![],
+        configs: vec![],
     }
 }
 
@@ -509,6 +511,8 @@ fn big(n: u8) -> View {
         tasks: vec![local(1, "big.1", 9, "10.255.1.1", vec![])],
         services: vec![service(9, "big", None, backends, vec![])],
         history: Default::default(),
+        secrets: vec![],
+        configs: vec![],
     })
 }
 

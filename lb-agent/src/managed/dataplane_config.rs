@@ -465,6 +465,8 @@ mod tests {
                 networks: Vec::new(),
             }],
             history: Default::default(),
+            secrets: vec![],
+            configs: vec![],
         }
     }
 

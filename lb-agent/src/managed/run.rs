@@ -29,7 +29,7 @@ use crate::managed::join::{Session, log_event};
 use crate::managed::logs::{Follows, answer_logs};
 use crate::managed::manager_process::ManagerProcess;
 use crate::managed::supervisor::{self, Action, Supervisor};
-use crate::metrics::{ManagedView, SessionState};
+use crate::metrics::{FilesReceived, ManagedView, SessionState};
 use crate::runtime::Runtimes;
 use crate::runtime::task::Started;
 
@@ -154,6 +154,7 @@ async fn drive(
     let mut probing = false;
     let mut follows = Follows::default();
     let mut session_state = SessionState::Connecting;
+    let mut files_received = FilesReceived::default();
     info!("lb-agent ready (managed: waiting for the leader's assignment)");
     loop {
         let now = Instant::now();
@@ -203,6 +204,10 @@ async fn drive(
                         );
                         prune_logs(&runtimes, keep_logs.clone());
                         supervisor.set_networks(&assignment.networks);
+                        let (secrets, configs) =
+                            supervisor.set_files(&assignment.secrets, &assignment.configs);
+                        files_received.secrets += secrets;
+                        files_received.configs += configs;
                         supervisor.assign(&assignment.tasks, now);
                         // The names follow at once (the dataplane may lag a retry).
                         dns.set_view(crate::dns::View::new(&assignment));
@@ -287,9 +292,9 @@ async fn drive(
         }
         if let Some(agent) = &agent {
             let states = supervisor.statuses().into_iter().map(|(_, s)| s.state);
-            agent
-                .metrics()
-                .set_managed(ManagedView::new(session_state, states));
+            agent.metrics().set_managed(
+                ManagedView::new(session_state, states).with_files_received(files_received),
+            );
         }
         // Interfaces came or went: the dataplane follows.
         let Some(assignment) = &current else {

@@ -39,10 +39,12 @@ use std::time::{Duration, Instant};
 
 use lb_common::{Flow, FlowKey, FlowKind, IPPROTO_TCP};
 use mesh_api::assignment::{AssignedTask, TaskAction};
+use mesh_api::file_ref::FileKind;
 use mesh_api::network::{Network, NetworkId};
 use mesh_api::spec::{HealthCheck, MAX_DURATION_MS};
 use mesh_api::task::{TaskId, TaskState, TaskStatus};
 
+use crate::runtime::files::HeldFiles;
 use crate::runtime::task::{Exit, Started, TaskConfig, TaskNetwork};
 
 /// What the shell must do.
@@ -118,6 +120,8 @@ pub struct Supervisor {
     ended_away: BTreeSet<TaskId>,
     /// The user networks' subnets, by network.
     subnets: BTreeMap<NetworkId, (Ipv4Addr, u8)>,
+    /// The secrets and configs of the last assignment (in memory only).
+    files: HeldFiles,
 }
 
 fn status(clock_ms: u64, state: TaskState, message: &str) -> TaskStatus {
@@ -142,6 +146,7 @@ impl Supervisor {
             actions: Vec::new(),
             ended_away: BTreeSet::new(),
             subnets: BTreeMap::new(),
+            files: HeldFiles::default(),
         }
     }
 
@@ -226,6 +231,23 @@ impl Supervisor {
             .iter()
             .map(|n| (n.id, (n.subnet.network(), n.subnet.prefix())))
             .collect();
+    }
+
+    /// Takes in the secrets and configs of the assignment (before
+    /// [`Supervisor::assign`]), replacing the previous ones: tasks starting from now on
+    /// get their files from them. Returns how many secrets and configs are new.
+    pub fn set_files(
+        &mut self,
+        secrets: &[mesh_api::file::FileContent],
+        configs: &[mesh_api::file::FileContent],
+    ) -> (u64, u64) {
+        let files = HeldFiles::new(secrets, configs);
+        let new = (
+            files.new_since(&self.files, FileKind::Secret),
+            files.new_since(&self.files, FileKind::Config),
+        );
+        self.files = files;
+        new
     }
 
     /// The tasks that wait for their flows to end, with their addresses.
@@ -350,6 +372,18 @@ impl Supervisor {
         }
         match task.action {
             TaskAction::Run => {
+                let files = match self.files.task_files(&task.spec) {
+                    Ok(files) => files,
+                    Err(error) => {
+                        tracked.phase = Phase::Ended;
+                        self.tasks.insert(task.id, tracked);
+                        let mut status =
+                            status(self.clock_ms, TaskState::Rejected, "starting failed");
+                        status.error = error;
+                        self.report(task.id, status);
+                        return;
+                    }
+                };
                 tracked.phase = Phase::Starting;
                 self.tasks.insert(task.id, tracked);
                 self.report(
@@ -370,6 +404,7 @@ impl Supervisor {
                             subnet: self.subnets.get(&n.network).copied(),
                         })
                         .collect(),
+                    files,
                 })));
             }
             // Never started and on its way out: nothing to do until Stop.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::error::{RuntimeError, failed};
+use super::files::{HOST_FILES_ROOT, HostFiles};
 use super::lines::{Batcher, LineSplitter};
 use super::plumb::{self, Netlink};
 use super::table::TaskTable;
@@ -82,6 +83,8 @@ pub(crate) struct DockerRuntime {
     exits: mpsc::UnboundedSender<(TaskId, Exit)>,
     /// The containers' DNS server, if the agent serves one.
     dns: Option<std::net::Ipv4Addr>,
+    /// Where the containers' secret and config files are written for the engine.
+    files: HostFiles,
 }
 
 fn dk(what: impl Into<String>) -> impl FnOnce(DockerError) -> RuntimeError {
@@ -120,6 +123,7 @@ impl DockerRuntime {
             tasks: TaskTable::new(),
             exits,
             dns,
+            files: HostFiles::new(HOST_FILES_ROOT.into()),
         })
     }
 
@@ -144,6 +148,21 @@ impl DockerRuntime {
         let name = container_name(task);
         // A container of the same task left by a failed attempt.
         self.remove(&name).await?;
+        // Its secrets and configs: files on a tmpfs, each bound read-only at its path.
+        let files = self
+            .files
+            .write(task.id, &task.files)
+            .map_err(RuntimeError::Failed)?;
+        let mounts: Vec<Mount> = files
+            .into_iter()
+            .map(|(source, target)| Mount {
+                typ: Some(MountType::BIND),
+                source: Some(source.display().to_string()),
+                target: Some(target),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .collect();
         let body = ContainerCreateBody {
             image: Some(task.spec.image.clone()),
             cmd: (!task.spec.args.is_empty()).then(|| task.spec.args.clone()),
@@ -161,6 +180,7 @@ impl DockerRuntime {
             ])),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 // The node's resolver at the tasks' gateway (the engine writes the
                 // container's resolv.conf from these), as process tasks get it.
                 dns: self.dns.map(|ip| vec![ip.to_string()]),
@@ -191,7 +211,14 @@ impl DockerRuntime {
             .map_err(dk(format!(
                 "create container {name} from {}",
                 task.spec.image
-            )))?;
+            )));
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                self.files.remove(task.id);
+                return Err(e);
+            }
+        };
         let result = async {
             self.docker
                 .start_container(&created.id, None)
@@ -213,6 +240,7 @@ impl DockerRuntime {
         if result.is_err() {
             self.tasks.remove(task.id);
             let _ = self.remove(&created.id).await;
+            self.files.remove(task.id);
         }
         result
     }
@@ -291,6 +319,7 @@ impl DockerRuntime {
                     self.remove(&container).await?;
                 }
             }
+            self.files.remove(id);
             return Ok(());
         };
         let mut exited = c.exited.clone();
@@ -308,6 +337,7 @@ impl DockerRuntime {
         }
         self.remove(&c.id).await?;
         self.tasks.remove(id);
+        self.files.remove(id);
         Ok(())
     }
 
@@ -533,7 +563,6 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_api::spec::TaskSpec;
     use std::net::Ipv4Addr;
 
     #[test]
@@ -541,23 +570,17 @@ mod tests {
         let t = TaskConfig {
             id: 0xa3,
             name: "web app.1".into(),
-            spec: TaskSpec {
-                runtime: mesh_api::spec::RuntimeKind::Docker,
-                image: "x".into(),
-                args: vec![],
-                env: vec![],
-                restart: Default::default(),
-                health: None,
-                stop_grace_ms: 0,
-                force_update: 0,
-                user: None,
-                cap_add: Vec::new(),
-                cap_drop: Vec::new(),
-                networks: Vec::new(),
-            },
+            spec: mesh_api::spec::ServiceSpec::new(
+                "web app",
+                mesh_api::spec::RuntimeKind::Docker,
+                "x",
+                vec![],
+            )
+            .task,
             addr: Ipv4Addr::new(10, 0, 0, 1),
             mtu: 1450,
             networks: Vec::new(),
+            files: Vec::new(),
         };
         assert_eq!(container_name(&t), "web_app.1.00000000000000a3");
     }

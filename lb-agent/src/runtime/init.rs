@@ -92,6 +92,10 @@ pub struct InitArgs {
     /// `options ndots:0` and the node's search domains).
     #[arg(long, value_name = "IP")]
     pub dns: Option<std::net::Ipv4Addr>,
+    /// Read the task's secret and config files (JSON) from standard input: secrets go
+    /// on a tmpfs of the task's own at `/run/secrets`, configs over their target files.
+    #[arg(long)]
+    pub files: bool,
     #[command(flatten)]
     pub confinement: Confinement,
     /// The program and its arguments.
@@ -190,13 +194,22 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
         let text = crate::dns::resolv::task_resolv_conf(dns.into(), &node.search);
         files.push((PathBuf::from(RESOLV_CONF), text));
     }
+    // Read before the mount namespace changes: a failure leaves nothing behind.
+    let task_files = if args.files {
+        read_task_files()?
+    } else {
+        Vec::new()
+    };
     mount_namespace(&args.hide, &args.mask, &files).map_err(at_setup)?;
+    mount_task_files(&task_files).map_err(at_setup)?;
     // Best effort: a kernel without the knob (before 4.11) keeps the old rule.
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
     read_only("/proc/sys").map_err(at_setup)?;
     let user = args.confinement.apply()?;
     let mut command = command(&args.command, user.as_ref());
     command.process_group(0);
+    // The program's standard input is not the pipe its files came through.
+    command.stdin(std::process::Stdio::null());
     let main = spawn(&mut command, &args.command[0])?;
     supervise(main, signals)
 }
@@ -370,6 +383,98 @@ fn mount(
     data: Option<&str>,
 ) -> nix::Result<()> {
     nix::mount::mount(source, target.as_ref(), fstype, flags, data)
+}
+
+/// The task's files, from standard input (the agent writes them and closes the pipe).
+fn read_task_files() -> Result<Vec<super::files::TaskFile>, Failed> {
+    use std::io::Read as _;
+    let limit = u64::try_from(super::files::MAX_ENCODED).unwrap_or(u64::MAX);
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| at_setup(format!("read the task's files from standard input: {e}")))?;
+    super::files::decode(&bytes)
+        .map_err(|e| at_setup(format!("the task's files are malformed: {e}")))
+}
+
+/// Puts the task's secret and config files in place, in its mount namespace: secrets
+/// (and configs whose target is under it) on a tmpfs of the task's own at
+/// `/run/secrets`, made read-only once written; other configs written to a scratch
+/// tmpfs and bound read-only over the node's file at their target (which must be a
+/// file: checked again here). Each file has its owner and mode. The directory
+/// `/run/secrets` is created on the node if it is missing (empty: the tmpfs is the
+/// task's alone, and goes with its mount namespace).
+fn mount_task_files(files: &[super::files::TaskFile]) -> Result<(), SetupError> {
+    use mesh_api::file_ref::SECRETS_DIR;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let io = |what: String| move |source: std::io::Error| SetupError { what, source };
+    let text = |what: String| {
+        move |e: String| SetupError {
+            what,
+            source: std::io::Error::other(e),
+        }
+    };
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let (on_tmpfs, over_node): (Vec<_>, Vec<_>) = files.iter().partition(|f| f.under_secrets_dir());
+    if !on_tmpfs.is_empty() {
+        std::fs::create_dir_all(SECRETS_DIR).map_err(io(format!("create {SECRETS_DIR}")))?;
+        let size = super::files::tmpfs_size(on_tmpfs.iter().copied());
+        mount(
+            Some("tmpfs"),
+            SECRETS_DIR,
+            Some("tmpfs"),
+            hardened,
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .map_err(setup(format!("mount a tmpfs on {SECRETS_DIR}")))?;
+        for file in &on_tmpfs {
+            let path = Path::new(&file.path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+            }
+            super::files::write_file(path, file).map_err(text(format!("write {}", file.path)))?;
+        }
+        remount_read_only(SECRETS_DIR)?;
+    }
+    if over_node.is_empty() {
+        return Ok(());
+    }
+    for file in &over_node {
+        if !Path::new(&file.path).is_file() {
+            return Err(SetupError {
+                what: format!("config target {}", file.path),
+                source: std::io::Error::other("not a file on this node"),
+            });
+        }
+    }
+    let size = super::files::tmpfs_size(over_node.iter().copied());
+    mount(
+        Some("tmpfs"),
+        SCRATCH,
+        Some("tmpfs"),
+        hardened,
+        Some(format!("size={size},mode=0700").as_str()),
+    )
+    .map_err(setup(format!("mount a tmpfs on {SCRATCH}")))?;
+    for (i, file) in over_node.iter().enumerate() {
+        let scratch = Path::new(SCRATCH).join(format!("config-{i}"));
+        super::files::write_file(&scratch, file).map_err(text(format!("write {}", file.path)))?;
+        nix::mount::mount(
+            Some(scratch.as_path()),
+            file.path.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(setup(format!("bind the config over {}", file.path)))?;
+        remount_read_only(&file.path)?;
+    }
+    nix::mount::umount2(SCRATCH, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(setup(format!("detach the tmpfs on {SCRATCH}")))
 }
 
 /// Makes `path` a read-only bind mount of itself.

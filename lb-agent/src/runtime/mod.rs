@@ -33,6 +33,7 @@
 pub mod cgroup;
 pub mod docker;
 pub mod error;
+pub mod files;
 pub mod init;
 pub mod isolation;
 pub mod lines;

@@ -200,7 +200,15 @@ impl ProcessRuntime {
             .open(&log)
             .map_err(failed(format!("open {}", log.display())))?;
         let env = task_env(task);
-        let (init, args) = self.isolation.init_command(id, &task.spec, &env)?;
+        let (init, mut args) = self.isolation.init_command(id, &task.spec, &env)?;
+        // The task's secrets and configs go to its task-init through a pipe.
+        let files = if task.files.is_empty() {
+            None
+        } else {
+            check_config_targets(&task.files)?;
+            args.insert(1, "--files".into());
+            Some(super::files::encode(&task.files))
+        };
         if let Some(cgroups) = self.isolation.cgroups() {
             cgroups
                 .create(id)
@@ -208,6 +216,7 @@ impl ProcessRuntime {
         }
         let program = task.spec.image.clone();
         let env2 = env.clone();
+        let has_files = files.is_some();
         let rt = tokio::runtime::Handle::current();
         let mut child = netns::run_in(&netns::path(&netns_name(id)), move || {
             // The child registers with this runtime's SIGCHLD handling.
@@ -221,7 +230,11 @@ impl ProcessRuntime {
                 .env_clear()
                 .envs(env2)
                 .process_group(0)
-                .stdin(Stdio::null())
+                .stdin(if has_files {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stdout(out)
                 .stderr(err)
                 .kill_on_drop(false)
@@ -232,6 +245,12 @@ impl ProcessRuntime {
         })
         .await
         .map_err(failed(format!("start task {}", task.name)))?;
+        if let (Some(files), Some(mut stdin)) = (files, child.stdin.take()) {
+            // A task-init that failed before reading closes the pipe: its exit says why.
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut stdin, &files).await {
+                warn!(task = task.name, error = %e, "the task did not take its files");
+            }
+        }
         let pid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
@@ -642,6 +661,22 @@ pub(crate) async fn remove_netns(id: TaskId) -> Result<bool, RuntimeError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     netns::delete(&name).map_err(failed(format!("delete namespace {name}")))
+}
+
+/// Refuses, before anything starts, a config whose target is not a file of the node's:
+/// a process task sees the node's file system, and its config is bound over that file
+/// (files under `/run/secrets` are on the task's own tmpfs and need nothing).
+fn check_config_targets(files: &[super::files::TaskFile]) -> Result<(), RuntimeError> {
+    for file in files.iter().filter(|f| !f.under_secrets_dir()) {
+        if !Path::new(&file.path).is_file() {
+            return Err(RuntimeError::Failed(format!(
+                "config target {} is not a file on this node: a process task sees the \
+                 node's file system, and a config is mounted over a file there",
+                file.path
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

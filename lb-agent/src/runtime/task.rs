@@ -23,6 +23,8 @@ pub struct TaskConfig {
     /// Its addresses on the user networks it joins, in its spec's order: one interface
     /// each (`eth1`, `eth2`, ...).
     pub networks: Vec<TaskNetwork>,
+    /// Its secret and config files, with their bytes (never in `Debug`).
+    pub files: Vec<super::files::TaskFile>,
 }
 
 /// A task's address on a user network, and the network's subnet (routed through that
@@ -125,22 +127,14 @@ mod tests {
             id: 0x2a,
             name: "web.3".into(),
             spec: TaskSpec {
-                runtime: RuntimeKind::Docker,
-                image: "busybox".into(),
-                args: vec![],
                 env: vec!["A=1".into(), "MESH_TASK_NAME=spoofed".into(), "B".into()],
-                restart: Default::default(),
-                health: None,
-                stop_grace_ms: 10_000,
-                force_update: 0,
-                user: None,
-                cap_add: Vec::new(),
-                cap_drop: Vec::new(),
-                networks: Vec::new(),
+                ..mesh_api::spec::ServiceSpec::new("web", RuntimeKind::Docker, "busybox", vec![])
+                    .task
             },
             addr: Ipv4Addr::new(10, 0, 0, 9),
             mtu: 1450,
             networks: Vec::new(),
+            files: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_agent::runtime::isolation::Isolation;
 use lb_agent::runtime::task::TaskConfig;
-use mesh_api::spec::{RuntimeKind, TaskSpec};
+use mesh_api::spec::{RuntimeKind, ServiceSpec, TaskSpec};
 use mesh_api::task::TaskId;
 use nix::sched::CloneFlags;
 
@@ -257,22 +257,20 @@ pub(crate) fn task_config(
         id,
         name: name.into(),
         spec: TaskSpec {
-            runtime,
-            image: image.into(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: vec!["GREETING=hello".into()],
-            restart: Default::default(),
-            health: None,
             stop_grace_ms: 1000,
-            force_update: 0,
-            user: None,
-            cap_add: Vec::new(),
-            cap_drop: Vec::new(),
-            networks: Vec::new(),
+            ..ServiceSpec::new(
+                "task",
+                runtime,
+                image,
+                args.iter().map(|a| (*a).to_owned()).collect(),
+            )
+            .task
         },
         addr,
         mtu: MTU,
         networks: Vec::new(),
+        files: Vec::new(),
     }
 }
 
