@@ -287,11 +287,34 @@ fn temp_root(name: &str) -> Result<PathBuf> {
 ///
 /// # Errors
 /// If it cannot be started or does not finish in time.
-pub fn run_captured(mut cmd: Command, timeout: Duration) -> Result<CtlOutput> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+pub fn run_captured(cmd: Command, timeout: Duration) -> Result<CtlOutput> {
+    run_captured_with_input(cmd, &[], timeout)
+}
+
+/// [`run_captured`] with `input` written to the command's standard input (then closed).
+///
+/// # Errors
+/// As [`run_captured`].
+pub fn run_captured_with_input(
+    mut cmd: Command,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<CtlOutput> {
+    cmd.stdin(if input.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = input.to_vec();
+        // A writer of its own: a command that reads nothing must not block the caller.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut out = child.stdout.take().context("stdout")?;
     let mut err = child.stderr.take().context("stderr")?;
     let out_reader = std::thread::spawn(move || {

@@ -593,6 +593,23 @@ impl ManagedCluster {
         run_captured(cmd, timeout)
     }
 
+    /// [`ManagedCluster::meshctl`] with `input` on its standard input (`secret create
+    /// NAME -`).
+    ///
+    /// # Errors
+    /// As [`ManagedCluster::meshctl`].
+    pub fn meshctl_with_input(&self, args: &[&str], input: &[u8]) -> Result<CtlOutput> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.topo.node_ns(1)))
+            .arg("--")
+            .arg(bin("meshctl")?)
+            .args(args)
+            .env("MESH_HOST", self.hosts())
+            .env("MESH_TLS_DIR", self.data_dir(1).join("tls"))
+            .env("NO_COLOR", "1");
+        crate::cluster::run_captured_with_input(cmd, input, MESHCTL_TIMEOUT)
+    }
+
     /// Starts `meshctl ARGS` as [`ManagedCluster::meshctl`] does, without waiting for
     /// it: a command that runs until stopped (`service logs -f`), its output collected
     /// as it comes ([`CtlChild`]).
@@ -842,6 +859,23 @@ impl ManagedCluster {
                 .map(|k| (k, SocketAddr::from((self.node_addr(k), port))))
                 .collect(),
         )
+    }
+
+    /// Runs `args` inside the network and mount namespaces of the process task `task` (as
+    /// `service ps` lists it): what the task sees.
+    ///
+    /// # Errors
+    /// If the task has no process here or `nsenter` cannot run.
+    pub fn in_task(&self, task: &TaskRow, args: &[&str]) -> Result<std::process::Output> {
+        let pid = *self
+            .task_pids(&task.id)
+            .first()
+            .with_context(|| format!("no process of task {} ({})", task.name, task.id))?;
+        Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "-m", "--"])
+            .args(args)
+            .output()
+            .with_context(|| format!("nsenter into {}", task.name))
     }
 
     /// Pids of the processes of task `id` (from `service ps`): those whose environment

@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -380,23 +379,9 @@ struct Lookup {
     output: String,
 }
 
-/// Runs `args` inside the network and mount namespaces of the task `task` (its ID as
-/// `service ps` prints it).
-fn in_task(c: &ManagedCluster, task: &TaskRow, args: &[&str]) -> Result<std::process::Output> {
-    let pid = *c
-        .task_pids(&task.id)
-        .first()
-        .with_context(|| format!("no process of task {} ({})", task.name, task.id))?;
-    Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "-m", "--"])
-        .args(args)
-        .output()
-        .with_context(|| format!("nsenter into {}", task.name))
-}
-
 /// `busybox nslookup NAME` inside `task`, through its own `/etc/resolv.conf`.
 fn lookup(c: &ManagedCluster, task: &TaskRow, name: &str) -> Lookup {
-    let out = ok(in_task(c, task, &["busybox", "nslookup", name]));
+    let out = ok(c.in_task(task, &["busybox", "nslookup", name]));
     let output = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -446,7 +431,7 @@ fn not_found(c: &ManagedCluster, task: &TaskRow, name: &str) {
 
 /// Whether a TCP connection from inside `task` to `addr:80` gets `task-echo`'s banner.
 fn reaches(c: &ManagedCluster, task: &TaskRow, addr: &str) -> bool {
-    let out = ok(in_task(c, task, &["busybox", "nc", "-w", "2", addr, "80"]));
+    let out = ok(c.in_task(task, &["busybox", "nc", "-w", "2", addr, "80"]));
     String::from_utf8_lossy(&out.stdout).contains("task=")
 }
 

@@ -443,13 +443,18 @@ fn mount_task_files(files: &[super::files::TaskFile]) -> Result<(), SetupError> 
     if over_node.is_empty() {
         return Ok(());
     }
+    // Each target is held open from here: the scratch tmpfs below may cover it (a
+    // target under /tmp), and the bind goes through the descriptor's magic link.
+    let mut targets = Vec::with_capacity(over_node.len());
     for file in &over_node {
-        if !Path::new(&file.path).is_file() {
-            return Err(SetupError {
+        let target = File::open(&file.path)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+            .ok_or_else(|| SetupError {
                 what: format!("config target {}", file.path),
                 source: std::io::Error::other("not a file on this node"),
-            });
-        }
+            })?;
+        targets.push(target);
     }
     let size = super::files::tmpfs_size(over_node.iter().copied());
     mount(
@@ -460,21 +465,26 @@ fn mount_task_files(files: &[super::files::TaskFile]) -> Result<(), SetupError> 
         Some(format!("size={size},mode=0700").as_str()),
     )
     .map_err(setup(format!("mount a tmpfs on {SCRATCH}")))?;
-    for (i, file) in over_node.iter().enumerate() {
+    for (i, (file, target)) in over_node.iter().zip(&targets).enumerate() {
         let scratch = Path::new(SCRATCH).join(format!("config-{i}"));
         super::files::write_file(&scratch, file).map_err(text(format!("write {}", file.path)))?;
+        let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(target));
         nix::mount::mount(
             Some(scratch.as_path()),
-            file.path.as_str(),
+            through.as_str(),
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
         )
         .map_err(setup(format!("bind the config over {}", file.path)))?;
-        remount_read_only(&file.path)?;
     }
     nix::mount::umount2(SCRATCH, nix::mount::MntFlags::MNT_DETACH)
-        .map_err(setup(format!("detach the tmpfs on {SCRATCH}")))
+        .map_err(setup(format!("detach the tmpfs on {SCRATCH}")))?;
+    // With the scratch tmpfs gone, each path leads to its bind mount.
+    for file in &over_node {
+        remount_read_only(&file.path)?;
+    }
+    Ok(())
 }
 
 /// Makes `path` a read-only bind mount of itself.

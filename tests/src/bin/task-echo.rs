@@ -1,7 +1,7 @@
 //! `task-echo`: the tiny server every test task runs.
 //!
 //! ```text
-//! task-echo [--name web.1] [--tag v1] [--port 80] [--udp] [--call api:80]
+//! task-echo [--name web.1] [--tag v1 | --tag-file /run/secrets/tag] [--port 80] [--udp] [--call api:80]
 //! ```
 //!
 //! The name defaults to `$MESH_TASK_NAME`, which the agent's process runtime sets for
@@ -11,7 +11,8 @@
 //! `task=<name> tag=<tag> peer=<ip>:<port>\n` with `--tag` (the peer address as the server
 //! saw it, which proves that the client's source address was preserved; the tag tells
 //! versions of a service apart during a rolling update), then echoes every byte it
-//! receives until EOF.
+//! receives until EOF. `--tag-file PATH` reads the tag from a file at start (its first
+//! word): a task that answers with it has read its secret or config.
 //!
 //! With `--call HOST:PORT`, each TCP connection first resolves `HOST` (through the
 //! system's resolver: the task's `/etc/resolv.conf`, so by the mesh's DNS), connects to
@@ -53,6 +54,16 @@ fn parse_args() -> Result<Args, String> {
                     return Err(format!("--tag {v:?}: one word, please"));
                 }
                 tag = Some(v);
+            }
+            "--tag-file" => {
+                let path = it.next().ok_or("--tag-file needs a path")?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("--tag-file {path}: {e}"))?;
+                let word = text.split_whitespace().next().unwrap_or_default();
+                if word.is_empty() {
+                    return Err(format!("--tag-file {path}: no word in it"));
+                }
+                tag = Some(word.to_string());
             }
             "--port" => {
                 let v = it.next().ok_or("--port needs a value")?;
@@ -196,7 +207,7 @@ fn main() -> ExitCode {
                 eprintln!("task-echo: {e}");
             }
             eprintln!(
-                "usage: task-echo [--name NAME] [--tag TAG] [--port PORT] [--udp] [--call HOST:PORT]"
+                "usage: task-echo [--name NAME] [--tag TAG | --tag-file PATH] [--port PORT] [--udp] [--call HOST:PORT]"
             );
             return ExitCode::from(2);
         }
