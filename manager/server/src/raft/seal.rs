@@ -328,6 +328,15 @@ pub fn snapshot_digest(meta: &[u8], data: &[u8]) -> String {
         .collect()
 }
 
+/// A stored snapshot's records, opened.
+#[derive(Debug)]
+pub struct OpenedSnapshot<'r> {
+    /// The metadata's plaintext (JSON).
+    pub meta: Cow<'r, [u8]>,
+    /// The data's plaintext (the state as JSON).
+    pub data: Cow<'r, [u8]>,
+}
+
 /// The store's records sealed and opened under its key and its
 /// [`Sealing`]: what the log store and the state machine use.
 #[derive(Debug)]
@@ -430,15 +439,16 @@ impl StoreSeal {
         meta: &'r [u8],
         data: &'r [u8],
         id: impl FnOnce(&[u8]) -> Result<String, E>,
-    ) -> Result<(Cow<'r, [u8]>, Cow<'r, [u8]>), E> {
+    ) -> Result<OpenedSnapshot<'r>, E> {
         match self.cipher.open(Place::SnapshotMeta, meta)? {
             Opened::Sealed(meta_plain) => {
                 let snapshot_id = id(&meta_plain)?;
                 let place = Place::SnapshotData(&snapshot_id);
                 match self.cipher.open(place, data)? {
-                    Opened::Sealed(data_plain) => {
-                        Ok((Cow::Owned(meta_plain), Cow::Owned(data_plain)))
-                    }
+                    Opened::Sealed(data_plain) => Ok(OpenedSnapshot {
+                        meta: Cow::Owned(meta_plain),
+                        data: Cow::Owned(data_plain),
+                    }),
                     Opened::Legacy(_) => Err(SealError::Unsealed(place.to_string()).into()),
                 }
             }
@@ -446,7 +456,10 @@ impl StoreSeal {
                 let allowed = self.sealing.legacy_snapshot.as_deref()
                     == Some(snapshot_digest(meta, data).as_str());
                 if allowed && !is_sealed(data) {
-                    Ok((Cow::Borrowed(meta), Cow::Borrowed(data)))
+                    Ok(OpenedSnapshot {
+                        meta: Cow::Borrowed(meta),
+                        data: Cow::Borrowed(data),
+                    })
                 } else {
                     Err(SealError::Unsealed("the stored snapshot".to_string()).into())
                 }
@@ -618,8 +631,8 @@ mod tests {
     fn a_snapshot_round_trips_and_its_parts_stay_together() {
         let store = StoreSeal::new(&key(1), Sealing::from_start());
         let (meta, data) = store.seal_snapshot("s1", b"s1", b"state").unwrap();
-        let (m, d) = store.open_snapshot(&meta, &data, snapshot_id).unwrap();
-        assert_eq!((&*m, &*d), (&b"s1"[..], &b"state"[..]));
+        let opened = store.open_snapshot(&meta, &data, snapshot_id).unwrap();
+        assert_eq!((&*opened.meta, &*opened.data), (&b"s1"[..], &b"state"[..]));
         // The data of another snapshot does not open under this metadata.
         let (meta2, data2) = store.seal_snapshot("s2", b"s2", b"older").unwrap();
         assert!(store.open_snapshot(&meta, &data2, snapshot_id).is_err());
@@ -640,10 +653,13 @@ mod tests {
                 legacy_snapshot: Some(snapshot_digest(b"meta", b"state")),
             },
         );
-        let (m, d) = legacy
+        let opened = legacy
             .open_snapshot(b"meta", b"state", snapshot_id)
             .unwrap();
-        assert_eq!((&*m, &*d), (&b"meta"[..], &b"state"[..]));
+        assert_eq!(
+            (&*opened.meta, &*opened.data),
+            (&b"meta"[..], &b"state"[..])
+        );
         assert!(
             legacy
                 .open_snapshot(b"meta", b"other", snapshot_id)

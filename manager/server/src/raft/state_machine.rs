@@ -133,22 +133,14 @@ impl StateMachineStore {
         let (Some(meta), Some(data)) = (meta, data) else {
             return Ok(None);
         };
-        let mut parsed: Option<Meta> = None;
-        let (_, data) = self
+        let opened = self
             .seal
             .open_snapshot(meta.value(), data.value(), |plain| {
                 let meta: Meta = serde_json::from_slice(plain)?;
-                let id = meta.snapshot_id.clone();
-                parsed = Some(meta);
-                Ok::<_, DbError>(id)
+                Ok::<_, DbError>(meta.snapshot_id)
             })?;
-        let meta = match parsed {
-            Some(meta) => meta,
-            // An unsealed snapshot (stored before the store was sealed):
-            // its metadata was not parsed to open its data.
-            None => serde_json::from_slice(meta.value())?,
-        };
-        Ok(Some((meta, data.into_owned())))
+        let meta: Meta = serde_json::from_slice(&opened.meta)?;
+        Ok(Some((meta, opened.data.into_owned())))
     }
 
     async fn save_snapshot(&self, meta: &Meta, data: Vec<u8>) -> Result<(), DbError> {
