@@ -772,7 +772,8 @@ mod tests {
     /// Fault 9: whatever created the data directory (here: by hand, 0755,
     /// as `mkdir` does under umask 022), the daemon keeps its secrets
     /// (the CA key in the Raft log, the join secrets, the node key) in 0700
-    /// directories and 0600 files.
+    /// directories and 0600 files; the storage key too, beside the
+    /// directory.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn init_keeps_the_data_dir_private() {
         let root = TestDir::new("daemon-modes");
@@ -790,8 +791,12 @@ mod tests {
             (db.clone(), mode(&db)),
             (tls.clone(), mode(&tls)),
             (tls.join(pki::KEY_FILE), mode(&tls.join(pki::KEY_FILE))),
+            (
+                root.path().join("data.key"),
+                mode(&root.path().join("data.key")),
+            ),
         ];
-        let wanted = [0o700, 0o700, 0o600, 0o700, 0o600];
+        let wanted = [0o700, 0o700, 0o600, 0o700, 0o600, 0o600];
         for ((path, found), wanted) in found.iter().zip(wanted) {
             assert_eq!(
                 *found,
@@ -801,6 +806,37 @@ mod tests {
             );
         }
         daemon.abort();
+    }
+
+    /// A `--storage-key-file` inside the data directory is refused before
+    /// anything is written; one outside it is taken as given.
+    #[test]
+    fn a_storage_key_inside_the_data_dir_is_refused() {
+        let root = TestDir::new("daemon-keypath");
+        let data = root.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        for inside in [data.join("k"), data.join("sub/k"), data.join("./k")] {
+            let opts = DaemonOptions {
+                storage_key_file: Some(inside.clone()),
+                ..options(&data, free_addr())
+            };
+            let err = storage_key_path(&opts).unwrap_err().to_string();
+            assert!(
+                err.contains("is inside the data directory"),
+                "{inside:?}: {err}"
+            );
+        }
+        let outside = root.path().join("elsewhere.key");
+        let opts = DaemonOptions {
+            storage_key_file: Some(outside.clone()),
+            ..options(&data, free_addr())
+        };
+        assert_eq!(storage_key_path(&opts).unwrap(), outside);
+        let opts = options(&data, free_addr());
+        assert_eq!(
+            storage_key_path(&opts).unwrap(),
+            root.path().join("data.key")
+        );
     }
 
     /// Opens a TLS connection that trusts the cluster CA, as a joining node
