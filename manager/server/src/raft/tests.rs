@@ -669,13 +669,17 @@ mod at_rest {
     }
 
     /// A store written without encryption (as by an older manager) is
-    /// sealed when first opened: its records stay readable, later ones are
-    /// sealed, and an unsealed record slipped in afterwards is refused.
+    /// sealed when first opened: its log entries and snapshot stay
+    /// readable, later ones are sealed, and an unsealed entry or snapshot
+    /// slipped in afterwards is refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_legacy_store_is_upgraded_in_place() {
         use crate::raft::log_store::{LOG, LogStore};
+        use crate::raft::state_machine::{
+            SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, StateMachineStore,
+        };
         use crate::raft::types::Entry;
-        use openraft::{CommittedLeaderId, EntryPayload, LogId};
+        use openraft::{CommittedLeaderId, EntryPayload, LogId, SnapshotMeta, StoredMembership};
 
         let dir = TestDir::new("at-rest-legacy");
         let raft = raft_dir(&dir);
@@ -686,6 +690,21 @@ mod at_rest {
             payload: EntryPayload::Normal(labelled(k, &marker)),
         };
         let plain = |e: &Entry| serde_json::to_vec(e).expect("json");
+        // A snapshot at index 2, as an older manager stored it.
+        let mut legacy_state = ClusterState::default();
+        legacy_state
+            .apply(&bootstrap(1))
+            .expect("bootstrap the legacy state");
+        legacy_state
+            .apply(&labelled(102, &marker))
+            .expect("a labelled node");
+        let snapshot_meta = serde_json::to_vec(&SnapshotMeta::<NodeId, openraft::BasicNode> {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 2)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "legacy".to_owned(),
+        })
+        .expect("json");
+        let snapshot_data = serde_json::to_vec(&legacy_state).expect("json");
         {
             let db = redb::Database::create(raft.join(crate::raft::DB_FILE)).expect("db");
             let txn = db.begin_write().expect("txn");
@@ -695,6 +714,13 @@ mod at_rest {
                     log.insert(i, plain(&entry(i, 100 + i)).as_slice())
                         .expect("insert");
                 }
+                let mut snapshot = txn.open_table(SNAPSHOT).expect("table");
+                snapshot
+                    .insert(SNAPSHOT_META, snapshot_meta.as_slice())
+                    .expect("insert");
+                snapshot
+                    .insert(SNAPSHOT_DATA, snapshot_data.as_slice())
+                    .expect("insert");
             }
             txn.commit().expect("commit");
         }
@@ -708,6 +734,14 @@ mod at_rest {
             "the key was created on the upgrade"
         );
         assert_eq!(seal.sealing().sealed_from, 4);
+        assert!(seal.sealing().legacy_snapshot.is_some());
+        // The legacy snapshot loads.
+        let state = mesh_core::state::SharedState::default();
+        drop(
+            StateMachineStore::open(db.clone(), state.clone(), seal.clone())
+                .expect("legacy snapshot"),
+        );
+        assert_eq!(*state.read().expect("lock"), legacy_state);
         let log = LogStore::new(db.clone(), seal.clone()).expect("log");
         let old = log.entries_from(1).expect("legacy entries read");
         assert_eq!(old.len(), 3);
@@ -745,6 +779,18 @@ mod at_rest {
             err.to_string().contains("log entry 5 is not sealed"),
             "{err}"
         );
+        // Another unsealed snapshot put in its place is refused.
+        {
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(SNAPSHOT)
+                .expect("table")
+                .insert(SNAPSHOT_DATA, b"{}".as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = StateMachineStore::open(db.clone(), Arc::default(), seal.clone())
+            .expect_err("another unsealed snapshot");
+        assert!(err.to_string().contains("snapshot is not sealed"), "{err}");
         drop(log);
         drop(seal);
 
