@@ -4,8 +4,9 @@
 //! Each manager has its own 256-bit storage key, in a file kept apart from
 //! its data directory (by default the data directory's path with `.key`
 //! appended: a sibling, not inside it). The file holds exactly the key's
-//! 32 bytes and must be a regular file readable by its owner only (0600 or
-//! 0400); anything else is refused. A store that was never sealed (a new
+//! 32 bytes and must be a regular file owned by the user the manager runs
+//! as (root) and readable by its owner only (0600 or 0400); anything else
+//! is refused. A store that was never sealed (a new
 //! one, or one written by a manager without encryption at rest) is sealed
 //! at its first open: with the key found at the path, or with a key created
 //! there (0600, written to a temporary file, fsynced and renamed, so a
@@ -14,7 +15,7 @@
 //! or with another key, the store is not opened at all.
 
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -54,6 +55,19 @@ pub enum KeyError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The key file belongs to another user than the manager's.
+    #[error(
+        "the storage key {} is owned by uid {owner}, not by the user the manager runs as (uid {euid}): chown it",
+        path.display()
+    )]
+    Owner {
+        /// The key file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The manager's effective user ID.
+        euid: u32,
     },
     /// The key path is a directory, a device, a socket...
     #[error("the storage key {} is not a regular file", .0.display())]
@@ -113,12 +127,26 @@ pub fn read_key_file(path: &Path) -> Result<Option<StorageKey>, KeyError> {
             mode,
         });
     }
+    let euid = effective_uid().map_err(io(path))?;
+    if meta.uid() != euid {
+        return Err(KeyError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            euid,
+        });
+    }
     let bytes = std::fs::read(path).map_err(io(path))?;
     let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| KeyError::Size {
         path: path.to_owned(),
         len: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
     })?;
     Ok(Some(StorageKey::from_bytes(key)))
+}
+
+/// The process's effective user ID: the owner of `/proc/self` (Linux
+/// gives it the process's effective IDs), without `unsafe`.
+fn effective_uid() -> std::io::Result<u32> {
+    Ok(std::fs::metadata("/proc/self")?.uid())
 }
 
 /// Creates a new random key file at `path` (0600), atomically: written to
@@ -289,6 +317,26 @@ mod tests {
         std::fs::create_dir(&sub).unwrap();
         std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(matches!(read_key_file(&sub), Err(KeyError::NotAFile(_))));
+    }
+
+    #[test]
+    fn a_key_file_of_another_user_is_refused() {
+        let dir = TestDir::new("key-owner");
+        let path = dir.path().join("k");
+        write_mode(&path, &[7; 32], 0o600);
+        let me = effective_uid().unwrap();
+        assert_eq!(me, std::fs::metadata(&path).unwrap().uid());
+        assert!(read_key_file(&path).unwrap().is_some());
+        // Only root may give a file away; as another user, there is
+        // nothing more to check.
+        if std::os::unix::fs::chown(&path, Some(65534), None).is_ok() {
+            let err = read_key_file(&path).unwrap_err();
+            assert!(
+                matches!(err, KeyError::Owner { owner: 65534, .. }),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("chown it"), "{err}");
+        }
     }
 
     #[test]
