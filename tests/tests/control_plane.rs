@@ -13,7 +13,10 @@
 //!   when that manager is killed; MANAGER STATUS is Raft's (Unreachable for a killed
 //!   manager, Reachable once restarted);
 //! - promotion: the promoted node's agent runs its manager (restarted when it fails,
-//!   replaced after an agent restart), demotion stops it and removes its data.
+//!   replaced after an agent restart), demotion stops it and removes its data;
+//! - encryption at rest: a copy of a manager's data directory holds no state in clear
+//!   (log and snapshot); the manager does not start without its storage key, with
+//!   another key, or with a key file others may read.
 //!
 //! Each test has its own cluster(s) on its own loopback network, so they run in parallel.
 //! Needs the `mesh-manager`, `meshctl` and `lb-agent` binaries (`cargo xtask test` builds
@@ -925,6 +928,15 @@ fn promotion(c: &mut Cluster) -> Result<()> {
     // Promotion alone: the agent starts the manager, which joins the voters.
     c.ctl(0, &["node", "promote", "w1"])?;
     let first = promoted(c, "the promoted w1 to be a Reachable voter", None)?;
+    // Its storage key is beside the agent's state directory, not in it.
+    let mut key = state_dir.clone().into_os_string();
+    key.push(".key");
+    let key = std::path::PathBuf::from(key);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(&key).context("the promoted manager's storage key")?;
+        ensure!(meta.permissions().mode() & 0o777 == 0o600 && meta.len() == 32);
+    }
     // It serves the API: meshctl through w1's own manager, with w1's identity.
     let out = meshctl_with(&w1_addr, &c.agent(w1).tls_dir(), &["node", "ls"])?;
     ensure!(
@@ -956,13 +968,14 @@ fn promotion(c: &mut Cluster) -> Result<()> {
             .then_some(()))
     })
     .with_context(|| c.agent_log(w1))?;
-    // The manager removes its data as it stops; the agent forgets it ran one when
+    // The manager removes its data (and key) as it stops; the agent forgets it ran one when
     // its own session hears of the demotion (either may come first).
     c.wait_until(
         CONVERGE,
         "the demoted node's Raft data to go, and the agent to forget its manager",
         |_| {
             Ok((!state_dir.join("raft").exists()
+                && !key.exists()
                 && !state_dir.join("manager-run-by-agent").exists())
             .then_some(()))
         },
@@ -1298,6 +1311,122 @@ fn disk_full(c: &mut Cluster) -> Result<()> {
     c.ctl(0, &["node", "update", "--label-add", "after=full", "m0"])?;
     let (code, body) = c.healthz(0)?;
     ensure!(code == 200, "/healthz after the restart: {code} {body}");
+    c.stop(0)?;
+    Ok(())
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle)?);
+        } else if std::fs::read(&path)?
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}
+
+/// Issue 14 (encryption at rest): a manager's data directory, copied while the state
+/// holds a value (a node label here; secrets go the same way, as Raft entries), holds
+/// its bytes nowhere, in the log or in a snapshot; the storage key is beside the
+/// directory, 0600; without it, with another key, or with a key others may read, the
+/// manager exits non-zero naming the key file, and with it the state is all there.
+#[test]
+fn the_data_dir_is_encrypted_at_rest_and_needs_its_key() {
+    let mut c = Cluster::start(ClusterOptions {
+        managers: 1,
+        snapshot_interval: 10,
+        name: "at-rest".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("start cluster");
+    check(at_rest(&mut c));
+}
+
+fn at_rest(c: &mut Cluster) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let marker = format!("at-rest-{:016x}", rand::random::<u64>());
+    c.ctl(
+        0,
+        &[
+            "node",
+            "update",
+            "--label-add",
+            &format!("secret={marker}"),
+            "m0",
+        ],
+    )?;
+    // Enough writes after it for a snapshot (every 10 entries) that holds it.
+    for k in 0..12 {
+        c.ctl(
+            0,
+            &["node", "update", "--label-add", &format!("k{k}=v"), "m0"],
+        )?;
+    }
+    c.wait_until(CONVERGE, "a snapshot", |c| {
+        Ok((metric(&c.metrics(0)?, "mesh_manager_raft_snapshot_index")? > 0).then_some(()))
+    })?;
+    let data = c.manager(0).data_dir.clone();
+    let copy = c.root().join("m0-copy");
+    std::fs::create_dir(&copy)?;
+    copy_tree(&data, &copy)?;
+    let found = files_containing(&copy, marker.as_bytes())?;
+    ensure!(found.is_empty(), "the label is in clear in {found:?}");
+    ensure!(
+        !files_containing(&copy, b"BEGIN PRIVATE KEY")?
+            .iter()
+            .any(|p| p.ends_with("raft/raft.redb")),
+        "the CA key is in clear in the Raft store"
+    );
+    let key = c.root().join("m0.key");
+    let mode = std::fs::metadata(&key)
+        .context("the storage key beside the data directory")?
+        .permissions()
+        .mode();
+    ensure!(mode & 0o777 == 0o600, "the key file is {mode:o}");
+
+    let refused = |c: &mut Cluster, what: &str, wanted: &str| -> Result<()> {
+        ensure!(c.restart(0, &[]).is_err(), "m0 started {what}");
+        let status = c.wait_manager_exit(0, CONVERGE)?;
+        ensure!(status.code() == Some(1), "m0 {what} exited with {status}");
+        let log = c.log(0);
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Error: "))
+            .unwrap_or("");
+        ensure!(
+            last.contains(&key.display().to_string()) && last.contains(wanted),
+            "m0 {what} does not say why: {last}\n{log}"
+        );
+        Ok(())
+    };
+    c.stop(0)?;
+    let saved = c.root().join("saved.key");
+    std::fs::rename(&key, &saved)?;
+    refused(c, "without its key", "is missing")?;
+    ensure!(!key.exists(), "a new key was made for an encrypted store");
+    std::fs::write(&key, [0x5a_u8; 32])?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    refused(c, "with another key", "does not open the raft store")?;
+    std::fs::rename(&saved, &key)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    refused(c, "with a key others may read", "chmod 600")?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+
+    c.restart(0, &[])?;
+    c.wait_leader(CONVERGE)?;
+    let labels = c.labels(0, "m0")?;
+    ensure!(
+        labels.get("secret") == Some(&marker) && labels.contains_key("k11"),
+        "{labels:?}"
+    );
     c.stop(0)?;
     Ok(())
 }

@@ -296,14 +296,27 @@ fn certificate_role(state_dir: &Path) -> Option<Role> {
 }
 
 /// The node is a worker: the agent runs no manager here any more, and a
-/// manager's data (which holds the CA key) must not stay behind.
+/// manager's data (which holds the CA key) must not stay behind; nor its
+/// storage key (beside the state directory, where the manager the agent
+/// runs keeps it), once the data it sealed is gone.
 fn forget(state_dir: &Path) {
     let _ = std::fs::remove_file(state_dir.join(OWNED_MARKER));
     let raft = state_dir::raft_dir(state_dir);
     match std::fs::remove_dir_all(&raft) {
         Ok(()) => info!(dir = %raft.display(), "removed the demoted manager's data"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!(dir = %raft.display(), error = %e, "removing the demoted manager's data"),
+        Err(e) => {
+            warn!(dir = %raft.display(), error = %e, "removing the demoted manager's data");
+            return;
+        }
+    }
+    let key = state_dir::storage_key_file(state_dir);
+    match std::fs::remove_file(&key) {
+        Ok(()) => info!(key_file = %key.display(), "removed the demoted manager's storage key"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(key_file = %key.display(), error = %e, "removing the demoted manager's storage key")
+        }
     }
 }
 

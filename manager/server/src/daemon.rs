@@ -35,6 +35,10 @@ use mesh_core::state::Command;
 pub struct DaemonOptions {
     /// Holds `tls/` (identity and CA) and `raft/` (log, snapshots).
     pub data_dir: PathBuf,
+    /// The storage key that seals the Raft log and snapshots, outside the
+    /// data directory; `None`: beside it
+    /// ([`state_dir::storage_key_file`]).
+    pub storage_key_file: Option<PathBuf>,
     /// Where the API listens.
     pub listen: SocketAddr,
     /// The address other nodes reach this manager on (`host:port`).
@@ -123,6 +127,7 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     let tls = state_dir::tls_dir(&options.data_dir);
     restrict_data_dir(&options.data_dir, &tls)?;
     let raft_dir = state_dir::raft_dir(&options.data_dir);
+    let key_file = storage_key_path(&options)?;
     let data_dir = options.data_dir.display().to_string();
     let has_identity = tls.exists();
     let mut new_ca = None;
@@ -172,6 +177,7 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     let raft = if force_new_cluster {
         RaftNode::force_new_cluster(
             &raft_dir,
+            &key_file,
             id,
             options.advertise.clone(),
             connector,
@@ -179,7 +185,7 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         )
         .await
     } else {
-        RaftNode::open(&raft_dir, id, connector, options.tuning.clone()).await
+        RaftNode::open(&raft_dir, &key_file, id, connector, options.tuning.clone()).await
     }
     .map_err(|e| failed("opening the raft log")(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
@@ -310,7 +316,15 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         // and must not stay behind; a later promotion joins afresh.
         std::fs::remove_dir_all(&raft_dir)
             .map_err(|e| failed(&format!("removing {}", raft_dir.display()))(e.to_string()))?;
-        tracing::info!(dir = %raft_dir.display(), "this node was demoted: its manager data is removed");
+        // The key sealed nothing else; a later promotion makes a new one.
+        match std::fs::remove_file(&key_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(key_file = %key_file.display(), error = %e, "removing the storage key");
+            }
+        }
+        tracing::info!(dir = %raft_dir.display(), key_file = %key_file.display(), "this node was demoted: its manager data and storage key are removed");
     }
     tracing::info!("mesh-manager stopped");
     Ok(())
@@ -349,6 +363,36 @@ pub fn exit_on_panic() {
         report(info);
         std::process::exit(PANIC_EXIT);
     }));
+}
+
+/// The storage key's path: `--storage-key-file`, or beside the data
+/// directory. Refused inside the data directory: the key must be kept
+/// apart from the data it seals.
+fn storage_key_path(options: &DaemonOptions) -> Result<PathBuf, DaemonError> {
+    let Some(path) = &options.storage_key_file else {
+        return Ok(state_dir::storage_key_file(&options.data_dir));
+    };
+    let data_dir = std::fs::canonicalize(&options.data_dir)
+        .map_err(|e| failed(&format!("resolving {}", options.data_dir.display()))(e.to_string()))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent).map_err(|e| {
+        failed(&format!(
+            "the storage key {}: its directory {}",
+            path.display(),
+            parent.display()
+        ))(e.to_string())
+    })?;
+    if parent.starts_with(&data_dir) {
+        return Err(DaemonError::Failed(format!(
+            "--storage-key-file {} is inside the data directory {}: keep the key apart from the data it encrypts",
+            path.display(),
+            options.data_dir.display()
+        )));
+    }
+    Ok(path.clone())
 }
 
 /// Makes the data directory private however it was made (by hand, by
@@ -624,6 +668,7 @@ mod tests {
     fn options(data_dir: &Path, listen: SocketAddr) -> DaemonOptions {
         DaemonOptions {
             data_dir: data_dir.to_owned(),
+            storage_key_file: None,
             listen,
             advertise: listen.to_string(),
             metrics_listen: None,
@@ -727,7 +772,8 @@ mod tests {
     /// Fault 9: whatever created the data directory (here: by hand, 0755,
     /// as `mkdir` does under umask 022), the daemon keeps its secrets
     /// (the CA key in the Raft log, the join secrets, the node key) in 0700
-    /// directories and 0600 files.
+    /// directories and 0600 files; the storage key too, beside the
+    /// directory.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn init_keeps_the_data_dir_private() {
         let root = TestDir::new("daemon-modes");
@@ -745,8 +791,12 @@ mod tests {
             (db.clone(), mode(&db)),
             (tls.clone(), mode(&tls)),
             (tls.join(pki::KEY_FILE), mode(&tls.join(pki::KEY_FILE))),
+            (
+                root.path().join("data.key"),
+                mode(&root.path().join("data.key")),
+            ),
         ];
-        let wanted = [0o700, 0o700, 0o600, 0o700, 0o600];
+        let wanted = [0o700, 0o700, 0o600, 0o700, 0o600, 0o600];
         for ((path, found), wanted) in found.iter().zip(wanted) {
             assert_eq!(
                 *found,
@@ -756,6 +806,37 @@ mod tests {
             );
         }
         daemon.abort();
+    }
+
+    /// A `--storage-key-file` inside the data directory is refused before
+    /// anything is written; one outside it is taken as given.
+    #[test]
+    fn a_storage_key_inside_the_data_dir_is_refused() {
+        let root = TestDir::new("daemon-keypath");
+        let data = root.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        for inside in [data.join("k"), data.join("sub/k"), data.join("./k")] {
+            let opts = DaemonOptions {
+                storage_key_file: Some(inside.clone()),
+                ..options(&data, free_addr())
+            };
+            let err = storage_key_path(&opts).unwrap_err().to_string();
+            assert!(
+                err.contains("is inside the data directory"),
+                "{inside:?}: {err}"
+            );
+        }
+        let outside = root.path().join("elsewhere.key");
+        let opts = DaemonOptions {
+            storage_key_file: Some(outside.clone()),
+            ..options(&data, free_addr())
+        };
+        assert_eq!(storage_key_path(&opts).unwrap(), outside);
+        let opts = options(&data, free_addr());
+        assert_eq!(
+            storage_key_path(&opts).unwrap(),
+            root.path().join("data.key")
+        );
     }
 
     /// Opens a TLS connection that trusts the cluster CA, as a joining node

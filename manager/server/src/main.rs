@@ -62,6 +62,12 @@ struct Common {
     /// Holds the node's identity and the Raft log.
     #[arg(long, env = "MESH_DATA_DIR", default_value = "/var/lib/mesh/manager")]
     data_dir: PathBuf,
+    /// The key that encrypts the Raft log and snapshots at rest: 32 bytes,
+    /// mode 0600, outside the data directory; created if missing when the
+    /// store is not encrypted yet. Default: the data directory's path with
+    /// `.key` appended (`/var/lib/mesh/manager.key`).
+    #[arg(long, env = "MESH_MANAGER_STORAGE_KEY_FILE")]
+    storage_key_file: Option<PathBuf>,
     /// Where the API listens.
     #[arg(long, env = "MESH_LISTEN_ADDR", default_value = "0.0.0.0:4242")]
     listen_addr: SocketAddr,
@@ -112,6 +118,7 @@ impl Common {
         };
         Ok(DaemonOptions {
             data_dir: self.data_dir.clone(),
+            storage_key_file: self.storage_key_file.clone(),
             listen: self.listen_addr,
             advertise,
             metrics_listen,

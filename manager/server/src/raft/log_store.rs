@@ -1,9 +1,10 @@
 //! The Raft log, the vote and the committed/purged markers, in redb.
 //!
 //! One redb database file holds the log (table `raft_log`, key = log index,
-//! value = the entry as JSON), a small metadata table (`raft_meta`: vote,
-//! committed log id, last purged log id) and, written by the state machine,
-//! the latest snapshot. Votes, truncations, purges and snapshots commit with
+//! value = the entry as JSON, sealed with the storage key: [`super::seal`]),
+//! a small metadata table (`raft_meta`: vote, committed log id, last purged
+//! log id, in clear, and the store's sealing record) and, written by the
+//! state machine, the latest snapshot (sealed too). Votes, truncations, purges and snapshots commit with
 //! [`Durability::Immediate`] (fsync) before they return. Appends commit
 //! without fsync and are made durable by a flusher thread that fsyncs once
 //! for every batch of appends waiting (group commit) and only then tells
@@ -25,10 +26,11 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::seal::{SealError, StoreSeal};
 use super::types::{Entry, TypeConfig};
 use mesh_api::node::NodeId;
 
-/// Log entries by index, JSON-encoded.
+/// Log entries by index, JSON-encoded and sealed.
 pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
 /// Vote, committed and last purged log ids, JSON-encoded.
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
@@ -49,6 +51,10 @@ pub enum DbError {
     /// The blocking task running a database write panicked or was cancelled.
     #[error("raft database: write task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A stored record does not open with the storage key, or one could
+    /// not be sealed.
+    #[error("raft database: {0}")]
+    Seal(#[from] SealError),
 }
 
 macro_rules! redb_from {
@@ -108,6 +114,8 @@ fn put_meta<T: Serialize>(txn: &WriteTransaction, key: &str, value: &T) -> Resul
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Seals the entries written, opens those read.
+    seal: Arc<StoreSeal>,
     /// The last committed index openraft saved, for metrics (0 = none).
     committed: Arc<std::sync::atomic::AtomicU64>,
     /// Appends waiting for their fsync, handed to the flusher thread.
@@ -145,11 +153,12 @@ fn spawn_flusher(db: &Arc<Database>) -> std::sync::mpsc::Sender<LogFlushed<TypeC
 }
 
 impl LogStore {
-    /// Opens the log in `db`, creating its tables if needed.
+    /// Opens the log in `db`, creating its tables if needed; entries are
+    /// sealed and opened with `seal`.
     ///
     /// # Errors
     /// [`DbError`] when the tables cannot be created.
-    pub fn new(db: Arc<Database>) -> Result<Self, DbError> {
+    pub fn new(db: Arc<Database>, seal: Arc<StoreSeal>) -> Result<Self, DbError> {
         write_txn(&db, |txn| {
             txn.open_table(LOG)?;
             txn.open_table(META)?;
@@ -158,6 +167,7 @@ impl LogStore {
         let flusher = spawn_flusher(&db);
         Ok(Self {
             db,
+            seal,
             committed: Arc::default(),
             flusher,
         })
@@ -184,8 +194,8 @@ impl LogStore {
         let table = txn.open_table(LOG)?;
         let mut out = Vec::new();
         for row in table.range::<u64>(range)? {
-            let (_, v) = row?;
-            out.push(serde_json::from_slice(v.value())?);
+            let (k, v) = row?;
+            out.push(self.decode(k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -194,9 +204,22 @@ impl LogStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(LOG)?;
         match table.last()? {
-            Some((_, v)) => Ok(Some(serde_json::from_slice(v.value())?)),
+            Some((k, v)) => Ok(Some(self.decode(k.value(), v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// The entry stored at `index`, opened and decoded.
+    fn decode(&self, index: u64, record: &[u8]) -> Result<Entry, DbError> {
+        Ok(serde_json::from_slice(
+            &self.seal.open_entry(index, record)?,
+        )?)
+    }
+
+    /// `entry` as stored: JSON, sealed for its index.
+    fn encode(seal: &StoreSeal, entry: &Entry) -> Result<(u64, Vec<u8>), DbError> {
+        let index = entry.log_id.index;
+        Ok((index, seal.seal_entry(index, &serde_json::to_vec(entry)?)?))
     }
 
     /// The last purged log id, if any.
@@ -255,8 +278,8 @@ impl LogStore {
                     table.retain_in::<u64, _>(..=purged.index, |_, _| false)?;
                 }
                 for e in entries {
-                    let bytes = serde_json::to_vec(e)?;
-                    table.insert(e.log_id.index, bytes.as_slice())?;
+                    let (index, bytes) = Self::encode(&self.seal, e)?;
+                    table.insert(index, bytes.as_slice())?;
                 }
             }
             if let Some(purged) = purged {
@@ -374,7 +397,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let encode = entries
             .into_iter()
-            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e)?)))
+            .map(|e| Self::encode(&self.seal, &e))
             .collect::<Result<Vec<_>, DbError>>();
         let db = self.db.clone();
         let result = match encode {

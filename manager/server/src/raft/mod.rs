@@ -5,15 +5,19 @@
 //!
 //! A manager's Raft data lives in one redb file, `raft.redb`, in its data
 //! directory: the log, the vote, the committed and purged markers and the
-//! latest snapshot. The state machine itself is in memory and is rebuilt on
-//! start from the snapshot and the committed log tail.
+//! latest snapshot. The log entries and the snapshot are sealed with the
+//! manager's storage key, kept in a file outside the data directory
+//! ([`seal`], [`storage_key`]). The state machine itself is in memory and
+//! is rebuilt on start from the snapshot and the committed log tail.
 
 pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod reachability;
+pub mod seal;
 pub mod service;
 pub mod state_machine;
+pub mod storage_key;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -28,4 +32,5 @@ pub use node::{
 pub use reachability::{ManagerStatus, ManagerView};
 pub use service::RaftService;
 pub use state_machine::StateMachineStore;
+pub use storage_key::KeyError;
 pub use types::{Entry, MeshRaft, Metrics, TypeConfig};

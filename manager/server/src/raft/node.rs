@@ -22,7 +22,9 @@ use mesh_client::pki::{create_private_dir, create_private_file};
 use super::log_store::{DbError, LogStore};
 use super::network::{Connector, Network};
 use super::reachability::ManagerView;
+use super::seal::StoreSeal;
 use super::state_machine::StateMachineStore;
+use super::storage_key::{self, KeyError};
 use super::types::{Entry, MeshRaft, Metrics};
 
 use mesh_core::state::{self, Command, SharedState};
@@ -118,6 +120,9 @@ pub enum RaftError {
     /// Reading or writing the database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The storage key is missing, wrong, or its file is unfit.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// The tuning is not a valid openraft configuration.
     #[error("invalid raft settings: {0}")]
     Config(Box<openraft::ConfigError>),
@@ -241,8 +246,13 @@ pub struct RaftNode {
 ///
 /// The directory is made 0700 and the file 0600 (created so, before redb
 /// writes anything, or tightened if they exist): the log holds the CA key
-/// and the join secrets.
-async fn open_db(dir: &Path) -> Result<Arc<redb::Database>, RaftError> {
+/// and the join secrets (sealed, but the directory stays private too).
+/// The store is then unlocked with the key in `key_file`
+/// ([`storage_key::unlock`]); without its key it is not opened at all.
+async fn open_db(
+    dir: &Path,
+    key_file: &Path,
+) -> Result<(Arc<redb::Database>, Arc<StoreSeal>), RaftError> {
     create_private_dir(dir).map_err(|source| RaftError::Dir {
         path: dir.to_owned(),
         source,
@@ -253,33 +263,38 @@ async fn open_db(dir: &Path) -> Result<Arc<redb::Database>, RaftError> {
         source,
     })?;
     let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
+    let db = loop {
         match redb::Database::create(&path) {
-            Ok(db) => return Ok(Arc::new(db)),
+            Ok(db) => break Arc::new(db),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(source) => return Err(RaftError::Open { path, source }),
         }
-    }
+    };
+    let seal = storage_key::unlock(&db, key_file)?;
+    Ok((db, Arc::new(seal)))
 }
 
 impl RaftNode {
-    /// Opens (or creates) the Raft data in `dir` and starts node `id`.
-    /// A node with existing data rejoins its cluster with its log,
-    /// snapshot and vote; a new node waits to be initialised or added.
+    /// Opens (or creates) the Raft data in `dir`, sealed with the storage
+    /// key in `key_file`, and starts node `id`. A node with existing data
+    /// rejoins its cluster with its log, snapshot and vote; a new node
+    /// waits to be initialised or added.
     ///
     /// # Errors
     /// [`RaftError`] when the directory or database cannot be opened, the
-    /// data is corrupt, or the tuning is invalid.
+    /// storage key is missing or wrong ([`RaftError::Key`]), the data is
+    /// corrupt, or the tuning is invalid.
     pub async fn open(
         dir: &Path,
+        key_file: &Path,
         id: NodeId,
         connector: Connector,
         tuning: RaftTuning,
     ) -> Result<Self, RaftError> {
-        let db = open_db(dir).await?;
-        Self::start(db, id, connector, tuning).await
+        let (db, seal) = open_db(dir, key_file).await?;
+        Self::start(db, seal, id, connector, tuning).await
     }
 
     /// Recovers a lone survivor: opens the data in `dir` and, before
@@ -295,14 +310,15 @@ impl RaftNode {
     /// the errors of [`RaftNode::open`].
     pub async fn force_new_cluster(
         dir: &Path,
+        key_file: &Path,
         id: NodeId,
         addr: String,
         connector: Connector,
         tuning: RaftTuning,
     ) -> Result<Self, RaftError> {
-        let db = open_db(dir).await?;
-        let log = LogStore::new(db.clone())?;
-        let mut sm = StateMachineStore::open(db.clone(), SharedState::default())?;
+        let (db, seal) = open_db(dir, key_file).await?;
+        let log = LogStore::new(db.clone(), seal.clone())?;
+        let mut sm = StateMachineStore::open(db.clone(), SharedState::default(), seal.clone())?;
         let (snapshot_last, _) = sm
             .applied_state()
             .await
@@ -330,19 +346,20 @@ impl RaftNode {
             "forced a new single-manager cluster from local raft data"
         );
         drop((log, sm));
-        Self::start(db, id, connector, tuning).await
+        Self::start(db, seal, id, connector, tuning).await
     }
 
     async fn start(
         db: Arc<redb::Database>,
+        seal: Arc<StoreSeal>,
         id: NodeId,
         connector: Connector,
         tuning: RaftTuning,
     ) -> Result<Self, RaftError> {
         let config = Arc::new(tuning.config()?);
-        let log = LogStore::new(db.clone())?;
+        let log = LogStore::new(db.clone(), seal.clone())?;
         let state = SharedState::default();
-        let sm = StateMachineStore::open(db.clone(), state.clone())?;
+        let sm = StateMachineStore::open(db.clone(), state.clone(), seal)?;
         let changes = sm.changes();
         let network = Network::new(id, connector);
         let db = Arc::downgrade(&db);

@@ -5,9 +5,11 @@
 //! refused command's [`StateError`](mesh_core::state::StateError), is the
 //! entry's response: a refusal is a deterministic outcome every replica
 //! shares, not a storage failure. A snapshot is the state as JSON; its
-//! metadata and data are written to the `raft_snapshot` table of the same
-//! database in one durable transaction, and loaded back when the manager
-//! restarts (openraft then re-applies the committed log tail).
+//! metadata and data are sealed with the storage key ([`super::seal`]: the
+//! data bound to the snapshot's ID), written to the `raft_snapshot` table
+//! of the same database in one durable transaction, and loaded back when
+//! the manager restarts (openraft then re-applies the committed log tail).
+//! In memory, and sent to a follower, a snapshot is in clear.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,14 +23,15 @@ use openraft::{
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::log_store::{DbError, blocking, storage_error, write_txn};
+use super::seal::StoreSeal;
 use super::types::{Entry, TypeConfig};
 use mesh_api::node::NodeId;
 use mesh_core::state::{Applied, ClusterState, Response, SharedState};
 
-/// The latest snapshot: `meta` (JSON) and `data` (the state as JSON).
-const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_snapshot");
-const SNAPSHOT_META: &str = "meta";
-const SNAPSHOT_DATA: &str = "data";
+/// The latest snapshot: `meta` (JSON) and `data` (the state as JSON), each sealed.
+pub(crate) const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_snapshot");
+pub(crate) const SNAPSHOT_META: &str = "meta";
+pub(crate) const SNAPSHOT_DATA: &str = "data";
 
 type Membership = StoredMembership<NodeId, BasicNode>;
 type Meta = SnapshotMeta<NodeId, BasicNode>;
@@ -51,6 +54,8 @@ pub struct StateMachineStore {
     changed: Arc<tokio::sync::watch::Sender<u64>>,
     applied: Arc<Mutex<AppliedInfo>>,
     db: Arc<Database>,
+    /// Seals the snapshots written, opens the one read.
+    seal: Arc<StoreSeal>,
     snapshot_seq: Arc<AtomicU64>,
 }
 
@@ -60,11 +65,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl StateMachineStore {
     /// Opens the state machine on `db`: creates the snapshot table if needed
-    /// and, if a snapshot is stored, loads it into `state`.
+    /// and, if a snapshot is stored, opens it with `seal` and loads it into
+    /// `state`.
     ///
     /// # Errors
-    /// [`DbError`] when the database fails or the stored snapshot is corrupt.
-    pub fn open(db: Arc<Database>, state: SharedState) -> Result<Self, DbError> {
+    /// [`DbError`] when the database fails or the stored snapshot is corrupt
+    /// or does not open.
+    pub fn open(
+        db: Arc<Database>,
+        state: SharedState,
+        seal: Arc<StoreSeal>,
+    ) -> Result<Self, DbError> {
         write_txn(&db, |txn| {
             txn.open_table(SNAPSHOT)?;
             Ok(())
@@ -74,6 +85,7 @@ impl StateMachineStore {
             changed: Arc::new(tokio::sync::watch::channel(0).0),
             applied: Arc::default(),
             db,
+            seal,
             snapshot_seq: Arc::default(),
         };
         if let Some((meta, data)) = sm.read_snapshot()? {
@@ -118,17 +130,23 @@ impl StateMachineStore {
         let table = txn.open_table(SNAPSHOT)?;
         let meta = table.get(SNAPSHOT_META)?;
         let data = table.get(SNAPSHOT_DATA)?;
-        match (meta, data) {
-            (Some(meta), Some(data)) => Ok(Some((
-                serde_json::from_slice(meta.value())?,
-                data.value().to_vec(),
-            ))),
-            _ => Ok(None),
-        }
+        let (Some(meta), Some(data)) = (meta, data) else {
+            return Ok(None);
+        };
+        let opened = self
+            .seal
+            .open_snapshot(meta.value(), data.value(), |plain| {
+                let meta: Meta = serde_json::from_slice(plain)?;
+                Ok::<_, DbError>(meta.snapshot_id)
+            })?;
+        let meta: Meta = serde_json::from_slice(&opened.meta)?;
+        Ok(Some((meta, opened.data.into_owned())))
     }
 
     async fn save_snapshot(&self, meta: &Meta, data: Vec<u8>) -> Result<(), DbError> {
-        let meta = serde_json::to_vec(meta)?;
+        let (meta, data) =
+            self.seal
+                .seal_snapshot(&meta.snapshot_id, &serde_json::to_vec(meta)?, &data)?;
         let db = self.db.clone();
         blocking(move || {
             write_txn(&db, |txn| {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -42,6 +43,16 @@ fn tuning() -> RaftTuning {
     }
 }
 
+/// A test manager's Raft data, in its test directory.
+fn raft_dir(dir: &TestDir) -> PathBuf {
+    dir.path().join("raft")
+}
+
+/// A test manager's storage key: beside its Raft data, as in production.
+fn key_file(dir: &TestDir) -> PathBuf {
+    dir.path().join("raft.key")
+}
+
 fn connector() -> super::network::Connector {
     Arc::new(|addr: &str| Endpoint::from_shared(format!("http://{addr}")))
 }
@@ -58,7 +69,7 @@ struct TestNode {
 impl TestNode {
     /// Opens the node's data in `dir` and serves it on `addr` (port 0: any).
     async fn start(id: NodeId, dir: &TestDir, addr: SocketAddr, tuning: RaftTuning) -> Self {
-        let node = RaftNode::open(dir.path(), id, connector(), tuning)
+        let node = RaftNode::open(&raft_dir(dir), &key_file(dir), id, connector(), tuning)
             .await
             .expect("open raft node");
         Self::serve(id, node, addr).await
@@ -460,7 +471,8 @@ async fn no_quorum_fails_in_bounded_time_and_force_new_cluster_recovers() {
     nodes[0].stop().await;
     let addr = nodes[0].addr;
     let node = RaftNode::force_new_cluster(
-        dirs[0].path(),
+        &raft_dir(&dirs[0]),
+        &key_file(&dirs[0]),
         1,
         addr.to_string(),
         connector(),
@@ -495,6 +507,7 @@ mod storage_suite {
     use openraft::testing::{StoreBuilder, Suite};
 
     use crate::raft::log_store::LogStore;
+    use crate::raft::seal::{Sealing, StorageKey, StoreSeal};
     use crate::raft::state_machine::StateMachineStore;
     use crate::raft::test_support::TestDir;
     use crate::raft::types::TypeConfig;
@@ -509,8 +522,12 @@ mod storage_suite {
             let dir = TestDir::new("suite");
             let db =
                 Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("create db"));
-            let log = LogStore::new(db.clone()).expect("log store");
-            let sm = StateMachineStore::open(db, Arc::default()).expect("state machine");
+            let seal = Arc::new(StoreSeal::new(
+                &StorageKey::generate().expect("key"),
+                Sealing::from_start(),
+            ));
+            let log = LogStore::new(db.clone(), seal.clone()).expect("log store");
+            let sm = StateMachineStore::open(db, Arc::default(), seal).expect("state machine");
             Ok((dir, log, sm))
         }
     }
@@ -521,5 +538,266 @@ mod storage_suite {
         if let Err(e) = Suite::test_all(Builder) {
             panic!("storage suite failed: {e}");
         }
+    }
+}
+
+/// Encryption at rest: a manager's data directory, copied after state
+/// holding a marker went through Raft entries and a snapshot, holds the
+/// marker nowhere; the store reopens with its key, and refuses to open
+/// without it or with another key, naming the key file.
+mod at_rest {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+
+    use super::*;
+    use crate::raft::RaftError;
+    use crate::raft::storage_key::KeyError;
+
+    /// Every file under `dir` (recursively) whose bytes contain `needle`.
+    fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut files = 0;
+        let mut todo = vec![dir.to_owned()];
+        while let Some(d) = todo.pop() {
+            for entry in std::fs::read_dir(&d).expect("read dir") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    todo.push(path);
+                } else {
+                    files += 1;
+                    let bytes = std::fs::read(&path).expect("read file");
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push(path);
+                    }
+                }
+            }
+        }
+        assert!(files > 0, "no files under {}", dir.display());
+        found
+    }
+
+    fn labelled(k: NodeId, marker: &str) -> Command {
+        let mut node = Node::new(k, format!("w{k}"), Role::Worker, 0);
+        node.labels.insert("secret".to_owned(), marker.to_owned());
+        Command::AddNode { node }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_data_dir_holds_no_plaintext_and_needs_its_key() {
+        let dir = TestDir::new("at-rest");
+        // Not a literal in the test binary's data: built at run time.
+        let marker = format!("marker-{:016x}", rand::random::<u64>());
+        let tuning = RaftTuning {
+            snapshot_policy: SnapshotPolicy::Never,
+            ..tuning()
+        };
+        let mut n = first_node(1, &dir, tuning.clone()).await;
+        must_write(&n.node, labelled(100, &marker)).await;
+        // A snapshot now (with the marker in it), and more entries after it.
+        n.node
+            .raft()
+            .trigger()
+            .snapshot()
+            .await
+            .expect("trigger a snapshot");
+        let applied = n.last_applied();
+        n.node
+            .raft()
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .expect("snapshot");
+        must_write(&n.node, labelled(101, &marker)).await;
+        let before = n.state();
+        assert_eq!(before.nodes[&101].labels["secret"], marker);
+        let addr = n.addr;
+        n.stop().await;
+
+        // The data directory (with the database as it is on disk) holds
+        // the marker nowhere; the key is outside it.
+        let key = key_file(&dir);
+        assert!(!key.starts_with(raft_dir(&dir)));
+        let meta = std::fs::metadata(&key).expect("the key file was created");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 32);
+        assert_eq!(
+            files_containing(&raft_dir(&dir), marker.as_bytes()),
+            Vec::<PathBuf>::new(),
+            "the marker is in clear in the data directory"
+        );
+        // Also not the hostnames, nor the CA key of the bootstrap entry.
+        assert!(files_containing(&raft_dir(&dir), b"\"hostname\"").is_empty());
+        assert!(files_containing(&raft_dir(&dir), b"key_pem").is_empty());
+
+        // Without the key file: refused, naming it.
+        let moved = dir.path().join("moved.key");
+        std::fs::rename(&key, &moved).expect("move the key away");
+        let err = RaftNode::open(&raft_dir(&dir), &key, 1, connector(), tuning.clone())
+            .await
+            .expect_err("opened without its key");
+        assert!(
+            matches!(err, RaftError::Key(KeyError::Missing(_))),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&key.display().to_string()),
+            "{err}"
+        );
+        assert!(!key.exists(), "a new key was made for a sealed store");
+
+        // With another key: refused, naming it.
+        std::fs::write(&key, [7u8; 32]).expect("write another key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let err = RaftNode::open(&raft_dir(&dir), &key, 1, connector(), tuning.clone())
+            .await
+            .expect_err("opened with another key");
+        assert!(matches!(err, RaftError::Key(KeyError::Wrong(_))), "{err:?}");
+        assert!(
+            err.to_string().contains(&key.display().to_string()),
+            "{err}"
+        );
+
+        // With its key: the state comes back from the snapshot and the log.
+        std::fs::rename(&moved, &key).expect("put the key back");
+        let mut n = TestNode::start(1, &dir, addr, tuning).await;
+        n.wait_applied(applied + 1, "restored").await;
+        assert_eq!(n.state(), before);
+        n.stop().await;
+    }
+
+    /// A store written without encryption (as by an older manager) is
+    /// sealed when first opened: its log entries and snapshot stay
+    /// readable, later ones are sealed, and an unsealed entry or snapshot
+    /// slipped in afterwards is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_legacy_store_is_upgraded_in_place() {
+        use crate::raft::log_store::{LOG, LogStore};
+        use crate::raft::state_machine::{
+            SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, StateMachineStore,
+        };
+        use crate::raft::types::Entry;
+        use openraft::{CommittedLeaderId, EntryPayload, LogId, SnapshotMeta, StoredMembership};
+
+        let dir = TestDir::new("at-rest-legacy");
+        let raft = raft_dir(&dir);
+        std::fs::create_dir_all(&raft).expect("mkdir");
+        let marker = format!("legacy-{:016x}", rand::random::<u64>());
+        let entry = |index: u64, k: NodeId| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(labelled(k, &marker)),
+        };
+        let plain = |e: &Entry| serde_json::to_vec(e).expect("json");
+        // A snapshot at index 2, as an older manager stored it.
+        let mut legacy_state = ClusterState::default();
+        legacy_state
+            .apply(&bootstrap(1))
+            .expect("bootstrap the legacy state");
+        legacy_state
+            .apply(&labelled(102, &marker))
+            .expect("a labelled node");
+        let snapshot_meta = serde_json::to_vec(&SnapshotMeta::<NodeId, openraft::BasicNode> {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 2)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "legacy".to_owned(),
+        })
+        .expect("json");
+        let snapshot_data = serde_json::to_vec(&legacy_state).expect("json");
+        {
+            let db = redb::Database::create(raft.join(crate::raft::DB_FILE)).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut log = txn.open_table(LOG).expect("table");
+                for i in 1..=3 {
+                    log.insert(i, plain(&entry(i, 100 + i)).as_slice())
+                        .expect("insert");
+                }
+                let mut snapshot = txn.open_table(SNAPSHOT).expect("table");
+                snapshot
+                    .insert(SNAPSHOT_META, snapshot_meta.as_slice())
+                    .expect("insert");
+                snapshot
+                    .insert(SNAPSHOT_DATA, snapshot_data.as_slice())
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        assert!(!key_file(&dir).exists());
+
+        let db = Arc::new(redb::Database::create(raft.join(crate::raft::DB_FILE)).expect("db"));
+        let seal =
+            Arc::new(crate::raft::storage_key::unlock(&db, &key_file(&dir)).expect("unlock"));
+        assert!(
+            key_file(&dir).exists(),
+            "the key was created on the upgrade"
+        );
+        assert_eq!(seal.sealing().sealed_from, 4);
+        assert!(seal.sealing().legacy_snapshot.is_some());
+        // The legacy snapshot loads.
+        let state = mesh_core::state::SharedState::default();
+        drop(
+            StateMachineStore::open(db.clone(), state.clone(), seal.clone())
+                .expect("legacy snapshot"),
+        );
+        assert_eq!(*state.read().expect("lock"), legacy_state);
+        let log = LogStore::new(db.clone(), seal.clone()).expect("log");
+        let old = log.entries_from(1).expect("legacy entries read");
+        assert_eq!(old.len(), 3);
+        assert_eq!(old[2], entry(3, 103));
+        let vote = openraft::Vote::new(1, 1);
+        log.append_with_vote(&[entry(4, 104)], &vote, None)
+            .expect("append");
+        {
+            let txn = redb::ReadableDatabase::begin_read(&*db).expect("txn");
+            let table = txn.open_table(LOG).expect("table");
+            let stored = table
+                .get(4)
+                .expect("get")
+                .expect("entry 4")
+                .value()
+                .to_vec();
+            assert!(crate::raft::seal::is_sealed(&stored));
+            assert!(!stored.windows(marker.len()).any(|w| w == marker.as_bytes()));
+        }
+        assert_eq!(log.entries_from(4).expect("read")[0], entry(4, 104));
+
+        // An unsealed entry put in after the upgrade is refused.
+        {
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(LOG)
+                .expect("table")
+                .insert(5, plain(&entry(5, 105)).as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = log
+            .entries_from(1)
+            .expect_err("an unsealed entry after sealing");
+        assert!(
+            err.to_string().contains("log entry 5 is not sealed"),
+            "{err}"
+        );
+        // Another unsealed snapshot put in its place is refused.
+        {
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(SNAPSHOT)
+                .expect("table")
+                .insert(SNAPSHOT_DATA, b"{}".as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = StateMachineStore::open(db.clone(), Arc::default(), seal.clone())
+            .expect_err("another unsealed snapshot");
+        assert!(err.to_string().contains("snapshot is not sealed"), "{err}");
+        drop(log);
+        drop(seal);
+
+        // Reopened: the store is sealed now; the key is needed.
+        let err = crate::raft::storage_key::unlock(&db, &dir.path().join("absent.key"))
+            .expect_err("a sealed store without its key");
+        assert!(matches!(err, KeyError::Missing(_)), "{err:?}");
+        crate::raft::storage_key::unlock(&db, &key_file(&dir)).expect("reopened with its key");
     }
 }
