@@ -448,6 +448,9 @@ pub struct TaskSpec {
     /// `--network-add`/`--network-rm` roll the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachmentSpec>,
+    /// Bind mounts, named volumes and tmpfs mounts (`--mount`; see [`crate::mount`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::mount::Mount>,
 }
 
 /// A service's attachment to a network (`--network name=back,alias=db`).
@@ -714,6 +717,7 @@ impl ServiceSpec {
                 cap_add: Vec::new(),
                 cap_drop: Vec::new(),
                 networks: Vec::new(),
+                mounts: Vec::new(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -798,6 +802,7 @@ impl ServiceSpec {
         }
         crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
         self.validate_networks()?;
+        crate::mount::validate_mounts(&self.task.mounts)?;
         if let Some(health) = &self.task.health {
             if health.cmd.trim().is_empty() {
                 return Err(invalid("the health command is empty"));
