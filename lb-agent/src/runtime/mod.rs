@@ -36,6 +36,7 @@ pub mod error;
 pub mod init;
 pub mod isolation;
 pub mod lines;
+pub mod mounts;
 pub mod netns;
 pub mod plumb;
 pub mod process;
