@@ -651,9 +651,12 @@ mod tests {
             err,
             "invalid mount config for type \"bind\": bind source path does not exist: /no/such/dir"
         );
-        let err = engine_mounts(&[parse("type=bind,source=/etc/ssl,target=/x")], Path::new("/etc"))
-            .unwrap_err()
-            .to_string();
+        let err = engine_mounts(
+            &[parse("type=bind,source=/etc/ssl,target=/x")],
+            Path::new("/etc"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("which the agent hides from tasks"), "{err}");
     }
 }

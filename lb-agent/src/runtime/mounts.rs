@@ -151,7 +151,10 @@ pub fn bind_source(mount: &Mount, hidden: Hidden<'_>) -> Result<PathBuf, Runtime
                 format!("bind source path does not exist: {}", mount.source),
             )
         } else {
-            refuse(mount.kind, format!("bind source path {}: {e}", mount.source))
+            refuse(
+                mount.kind,
+                format!("bind source path {}: {e}", mount.source),
+            )
         }
     })?;
     if let Some(hidden) = hidden.containing(&canonical) {
@@ -284,9 +287,8 @@ pub fn open(mounts: &[TaskMount]) -> Result<Vec<Opened<'_>>, String> {
 pub fn apply(opened: &[Opened<'_>]) -> Result<(), String> {
     for Opened { mount, source } in opened {
         let target = &mount.target;
-        let fail = |what: &str, e: nix::errno::Errno| {
-            format!("{what} on {}: {e}", target.display())
-        };
+        let fail =
+            |what: &str, e: nix::errno::Errno| format!("{what} on {}: {e}", target.display());
         match source {
             Some(fd) => {
                 let path = format!("/proc/self/fd/{}", fd.as_raw_fd());

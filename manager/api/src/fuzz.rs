@@ -29,8 +29,12 @@ fn edited_spec_json(edits: &[(usize, u8, bool)]) -> Vec<u8> {
     spec.task.cap_add = vec!["CAP_NET_ADMIN".into()];
     spec.task.cap_drop = vec!["ALL".into()];
     spec.task.mounts = vec![
-        "type=bind,source=/srv,target=/data,readonly".parse().expect("a valid mount"),
-        "type=tmpfs,target=/t,tmpfs-size=1m".parse().expect("a valid mount"),
+        "type=bind,source=/srv,target=/data,readonly"
+            .parse()
+            .expect("a valid mount"),
+        "type=tmpfs,target=/t,tmpfs-size=1m"
+            .parse()
+            .expect("a valid mount"),
     ];
     let mut bytes = serde_json::to_vec(&spec).expect("a spec encodes");
     for &(at, byte, cut) in edits {

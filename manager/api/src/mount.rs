@@ -406,7 +406,12 @@ mod tests {
     fn dockers_syntax_variants() {
         let bind = parse("type=bind,source=/srv/data,target=/data,readonly");
         assert_eq!(
-            (bind.kind, bind.source.as_str(), bind.target.as_str(), bind.readonly),
+            (
+                bind.kind,
+                bind.source.as_str(),
+                bind.target.as_str(),
+                bind.readonly
+            ),
             (MountKind::Bind, "/srv/data", "/data", true)
         );
         assert_eq!(
@@ -414,7 +419,10 @@ mod tests {
             bind,
             "aliases and case"
         );
-        assert_eq!(parse("type=bind,src=/srv/data,destination=/data,ro=1"), bind);
+        assert_eq!(
+            parse("type=bind,src=/srv/data,destination=/data,ro=1"),
+            bind
+        );
         assert!(!parse("type=bind,src=/a,target=/b,readonly=false").readonly);
         assert!(!parse("type=bind,src=/a,target=/b,ro=0").readonly);
         let volume = parse("source=cache,target=/var/cache");
@@ -463,28 +471,88 @@ mod tests {
     fn every_refusal_says_why() {
         let cases = [
             ("type=bind,source=/a", "target is required"),
-            ("type=bind,target=/a", "invalid mount config for type \"bind\": field Source must not be empty"),
-            ("type=bind,source=relative,target=/a", "invalid mount path: 'relative' mount path must be absolute"),
-            ("type=bind,source=/a/../etc,target=/a", "invalid mount path: '/a/../etc'"),
-            ("type=bind,source=/a,target=data", "invalid mount path: 'data' mount path must be absolute"),
-            ("type=bind,source=/a,target=/x/../y", "invalid mount path: '/x/../y'"),
-            ("type=bind,source=/a,target=/", "invalid specification: destination can't be '/'"),
+            (
+                "type=bind,target=/a",
+                "invalid mount config for type \"bind\": field Source must not be empty",
+            ),
+            (
+                "type=bind,source=relative,target=/a",
+                "invalid mount path: 'relative' mount path must be absolute",
+            ),
+            (
+                "type=bind,source=/a/../etc,target=/a",
+                "invalid mount path: '/a/../etc'",
+            ),
+            (
+                "type=bind,source=/a,target=data",
+                "invalid mount path: 'data' mount path must be absolute",
+            ),
+            (
+                "type=bind,source=/a,target=/x/../y",
+                "invalid mount path: '/x/../y'",
+            ),
+            (
+                "type=bind,source=/a,target=/",
+                "invalid specification: destination can't be '/'",
+            ),
             ("type=nfs,source=/a,target=/b", "invalid mount type 'nfs'"),
             ("type=,target=/b", "type is required"),
-            ("type=bind,source=/a,target=/b,colour=red", "unexpected key 'colour' in 'colour=red'"),
-            ("type=bind,source=/a,target=/b,rw", "invalid field 'rw' must be a key=value pair"),
-            ("type=bind,source=/a,target=/b,readonly=yes", "invalid value for readonly: yes"),
-            ("type=bind,source=/a,target=/b,tmpfs-size=1m", "cannot mix 'tmpfs-*' options with mount type 'bind'"),
-            ("type=volume,source=v1,target=/b,tmpfs-mode=700", "cannot mix 'tmpfs-*' options with mount type 'volume'"),
-            ("type=bind,source=/a,target=/b,volume-nocopy", "cannot mix 'volume-*' options with mount type 'bind'"),
-            ("type=tmpfs,target=/b,tmpfs-size=lots", "invalid value for tmpfs-size: lots"),
-            ("type=tmpfs,target=/b,tmpfs-mode=999", "invalid value for tmpfs-mode: 999"),
-            ("type=tmpfs,target=/b,tmpfs-mode=17777", "invalid value for tmpfs-mode: 17777"),
-            ("type=tmpfs,source=x,target=/b", "invalid mount config for type \"tmpfs\": field Source must not be specified"),
-            ("type=volume,target=/b", "anonymous volumes are not supported"),
-            ("type=volume,source=a,target=/b", "\"a\" includes invalid characters for a local volume name"),
-            ("type=volume,source=-cache,target=/b", "includes invalid characters"),
-            ("type=volume,source=my cache,target=/b", "includes invalid characters"),
+            (
+                "type=bind,source=/a,target=/b,colour=red",
+                "unexpected key 'colour' in 'colour=red'",
+            ),
+            (
+                "type=bind,source=/a,target=/b,rw",
+                "invalid field 'rw' must be a key=value pair",
+            ),
+            (
+                "type=bind,source=/a,target=/b,readonly=yes",
+                "invalid value for readonly: yes",
+            ),
+            (
+                "type=bind,source=/a,target=/b,tmpfs-size=1m",
+                "cannot mix 'tmpfs-*' options with mount type 'bind'",
+            ),
+            (
+                "type=volume,source=v1,target=/b,tmpfs-mode=700",
+                "cannot mix 'tmpfs-*' options with mount type 'volume'",
+            ),
+            (
+                "type=bind,source=/a,target=/b,volume-nocopy",
+                "cannot mix 'volume-*' options with mount type 'bind'",
+            ),
+            (
+                "type=tmpfs,target=/b,tmpfs-size=lots",
+                "invalid value for tmpfs-size: lots",
+            ),
+            (
+                "type=tmpfs,target=/b,tmpfs-mode=999",
+                "invalid value for tmpfs-mode: 999",
+            ),
+            (
+                "type=tmpfs,target=/b,tmpfs-mode=17777",
+                "invalid value for tmpfs-mode: 17777",
+            ),
+            (
+                "type=tmpfs,source=x,target=/b",
+                "invalid mount config for type \"tmpfs\": field Source must not be specified",
+            ),
+            (
+                "type=volume,target=/b",
+                "anonymous volumes are not supported",
+            ),
+            (
+                "type=volume,source=a,target=/b",
+                "\"a\" includes invalid characters for a local volume name",
+            ),
+            (
+                "type=volume,source=-cache,target=/b",
+                "includes invalid characters",
+            ),
+            (
+                "type=volume,source=my cache,target=/b",
+                "includes invalid characters",
+            ),
         ];
         for (value, want) in cases {
             let err = Mount::parse(value).expect_err(value).to_string();
@@ -500,7 +568,9 @@ mod tests {
         let mut again = b.clone();
         again.target = "/b/".into();
         assert_eq!(
-            validate_mounts(&[a.clone(), b, again]).unwrap_err().to_string(),
+            validate_mounts(&[a.clone(), b, again])
+                .unwrap_err()
+                .to_string(),
             "duplicate mount point: /b/"
         );
         let many: Vec<Mount> = (0..=MAX_MOUNTS)

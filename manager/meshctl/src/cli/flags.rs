@@ -1210,7 +1210,12 @@ mod tests {
             ],
         )
         .unwrap();
-        let texts: Vec<String> = changed.task.mounts.iter().map(ToString::to_string).collect();
+        let texts: Vec<String> = changed
+            .task
+            .mounts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             texts,
             [
@@ -1220,12 +1225,23 @@ mod tests {
         );
         assert_ne!(changed.task, spec.task, "a rolling update");
         for (args, reason) in [
-            (&["--mount-rm", "/nope"][..], "service web has no mount at /nope"),
             (
-                &["--mount-add", "type=tmpfs,target=/a", "--mount-add", "type=tmpfs,dst=/a"],
+                &["--mount-rm", "/nope"][..],
+                "service web has no mount at /nope",
+            ),
+            (
+                &[
+                    "--mount-add",
+                    "type=tmpfs,target=/a",
+                    "--mount-add",
+                    "type=tmpfs,dst=/a",
+                ],
                 "--mount-add: duplicate mount target /a",
             ),
-            (&["--mount-add", "type=bind,target=/a"], "--mount-add: invalid mount config"),
+            (
+                &["--mount-add", "type=bind,target=/a"],
+                "--mount-add: invalid mount config",
+            ),
         ] {
             let err = update(&web(), args).unwrap_err().to_string();
             assert!(err.contains(reason), "{args:?}: {err}");
@@ -1236,7 +1252,13 @@ mod tests {
                 "--mount: invalid specification: destination can't be '/'",
             ),
             (
-                vec!["--mount", "type=tmpfs,dst=/a", "--mount", "type=tmpfs,dst=/a", "x"],
+                vec![
+                    "--mount",
+                    "type=tmpfs,dst=/a",
+                    "--mount",
+                    "type=tmpfs,dst=/a",
+                    "x",
+                ],
                 "duplicate mount point: /a",
             ),
         ] {

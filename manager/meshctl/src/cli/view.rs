@@ -792,8 +792,12 @@ mod tests {
     fn mounts_show_as_docker_shows_them() {
         let mut s = web();
         s.spec.task.mounts = vec![
-            "type=bind,source=/srv,target=/data,readonly".parse().unwrap(),
-            "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=700".parse().unwrap(),
+            "type=bind,source=/srv,target=/data,readonly"
+                .parse()
+                .unwrap(),
+            "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=700"
+                .parse()
+                .unwrap(),
         ];
         assert_eq!(
             mounts_json(&s.spec.task.mounts),
