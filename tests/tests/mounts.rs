@@ -259,7 +259,7 @@ fn bind_volume_and_tmpfs_mounts_reach_the_task_and_updates_roll_them() {
 #[test]
 fn a_missing_bind_source_fails_the_task_and_bad_mounts_create_nothing() {
     let _turn = turn();
-    let c = ok(ManagedCluster::start(3, 1));
+    let mut c = ok(ManagedCluster::start(3, 1));
     let base = node_dirs(&c);
     let b = base.display().to_string();
     let want = format!(
@@ -348,6 +348,53 @@ fn a_missing_bind_source_fails_the_task_and_bad_mounts_create_nothing() {
             .into_iter()
             .find(|t| t.error.contains("which the agent hides from tasks")))
     }));
+
+    // A bind whose source contains the agent's state directory: allowed, but the task
+    // sees that directory hidden there too (the recursive bind copies the hiding).
+    let topo = c.topology().dir().to_path_buf();
+    ok(std::fs::create_dir_all(base.join("mnt/topo")).context("a target"));
+    ctl(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "around",
+            "--constraint",
+            "node.hostname==n2",
+            "--mount",
+            &format!(
+                "type=bind,source={},target={b}/mnt/topo,readonly",
+                topo.display()
+            ),
+            "--",
+            "/bin/sh",
+            "-c",
+            "sleep 100000",
+        ],
+    );
+    let around = ok(c.wait_converged("around", 1)).remove(0);
+    let state = c.agent_state_dir(2);
+    let name = state
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    assert!(
+        state.starts_with(&topo) && !name.is_empty(),
+        "{}",
+        state.display()
+    );
+    let on_node = std::fs::read_dir(&state).map(Iterator::count).unwrap_or(0);
+    assert!(on_node > 0, "n2's state directory is empty on the node");
+    assert_eq!(sh(&c, &around, &format!("ls -A {b}/mnt/topo/{name}")), "");
+    assert_eq!(
+        sh(
+            &c,
+            &around,
+            &format!("cat {b}/mnt/topo/mounts/site/index.txt")
+        ),
+        SITE
+    );
 
     // Malformed mounts: refused before anything is sent, no service created.
     let before = ctl(&c, &["service", "ls", "-q"]);

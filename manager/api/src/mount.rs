@@ -199,6 +199,7 @@ impl Mount {
             volume_nocopy: false,
         };
         let mut type_text = String::new();
+        let mut type_given = false;
         let mut volume_options = false;
         for field in value.split(',') {
             let Some((key, val)) = field.split_once('=') else {
@@ -220,6 +221,7 @@ impl Mount {
             let bad_value = || invalid(format!("invalid value for {key}: {val}"));
             match key.as_str() {
                 "type" => {
+                    type_given = true;
                     type_text = val.to_ascii_lowercase();
                     kind = match type_text.as_str() {
                         "bind" => Some(MountKind::Bind),
@@ -254,7 +256,7 @@ impl Mount {
                 }
             }
         }
-        if type_text.is_empty() && value.to_ascii_lowercase().contains("type=") {
+        if type_given && type_text.is_empty() {
             return Err(invalid("type is required"));
         }
         mount.kind = kind.ok_or_else(|| {
@@ -425,6 +427,10 @@ mod tests {
         );
         assert!(!parse("type=bind,src=/a,target=/b,readonly=false").readonly);
         assert!(!parse("type=bind,src=/a,target=/b,ro=0").readonly);
+        assert_eq!(
+            parse("src=/srv/type=1,target=/b,type=bind").source,
+            "/srv/type=1"
+        );
         let volume = parse("source=cache,target=/var/cache");
         assert_eq!(volume.kind, MountKind::Volume, "docker's default type");
         assert!(parse("type=volume,src=cache,dst=/c,volume-nocopy").volume_nocopy);
