@@ -431,6 +431,7 @@ fn isolation(cli: &Cli, pin_dir: Option<PathBuf>) -> Result<Isolation> {
     let mut isolation = Isolation::of_this_program()
         .context("finding the lb-agent program (for task-init)")?
         .with_cgroups(cgroups)
+        .with_volumes(&cli.state_dir.join("volumes"))
         .hide(&cli.state_dir);
     if let Some(pin_dir) = pin_dir {
         isolation = isolation.hide(&pin_dir);

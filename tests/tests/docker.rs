@@ -7,6 +7,7 @@ mod runtime_common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -337,4 +338,116 @@ fn a_later_run_adopts_running_containers_and_removes_stopped_ones() -> Result<()
         assert!(lb_agent::runtime::record::list(&state)?.is_empty());
         Ok(())
     })
+}
+
+/// Issue 14: `--mount` with the docker runtime. A read-only bind mount (the node
+/// file's exact bytes; a write fails), a named volume created by the engine on first
+/// use whose data a later task reads, a tmpfs of the requested size; and a bind source
+/// that does not exist refused before any container is created, in docker's words.
+#[test]
+fn docker_tasks_get_bind_volume_and_tmpfs_mounts() -> Result<()> {
+    runtime_common::require_root()?;
+    runtime_common::busybox_image(IMAGE)?;
+    let node = Node::new("dmounts")?;
+    let state =
+        std::path::Path::new("/tmp").join(format!("mesh-rt-dmounts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let site = state.join("site");
+    std::fs::create_dir_all(&site)?;
+    std::fs::write(site.join("index.txt"), "from the node\n")?;
+    let volume = format!("mesh-test-dmounts-{}", std::process::id());
+    let _ = run("docker", &["volume", "rm", "-f", &volume]);
+    let result = node.run({
+        let volume = volume.clone();
+        move || async move {
+            let rt = Runtimes::new(
+                &state.join("agent"),
+                true,
+                runtime_common::isolation(&state.join("agent"))?,
+            )
+            .await?;
+            let mounts = |extra: &str| -> Result<Vec<mesh_api::mount::Mount>> {
+                let mut all = vec![
+                    format!("type=bind,source={},target=/site,readonly", site.display()),
+                    format!("type=volume,source={volume},target=/cache"),
+                    "type=tmpfs,target=/scratch,tmpfs-size=1m".to_owned(),
+                ];
+                all.extend((!extra.is_empty()).then(|| extra.to_owned()));
+                all.iter()
+                    .map(|m| m.parse().map_err(anyhow::Error::from))
+                    .collect()
+            };
+            let with_mounts = |id, name, n: u8, extra: &str| -> Result<TaskConfig> {
+                let mut t = task(
+                    id,
+                    name,
+                    Ipv4Addr::new(10, 205, 0, n),
+                    &["/bin/sh", "-c", "sleep 600"],
+                );
+                t.spec.mounts = mounts(extra)?;
+                Ok(t)
+            };
+            let first = task_id(51);
+            rt.start(&with_mounts(first, "files.1", 2, "")?).await?;
+            let name = containers_of(first)?.trim().to_owned();
+            let exec = |name: &str, script: &str| {
+                Command::new("docker")
+                    .args(["exec", name, "/bin/sh", "-c", script])
+                    .output()
+                    .context("docker exec")
+            };
+            assert_eq!(
+                run("docker", &["exec", &name, "cat", "/site/index.txt"])?,
+                "from the node\n"
+            );
+            let write = exec(&name, "echo x > /site/new")?;
+            ensure!(
+                !write.status.success(),
+                "a write to a read-only bind worked"
+            );
+            ensure!(!site.join("new").exists());
+            let info = run("docker", &["exec", &name, "cat", "/proc/self/mountinfo"])?;
+            let scratch = info
+                .lines()
+                .find(|l| l.split_whitespace().nth(4) == Some("/scratch"))
+                .context("no /scratch mount")?;
+            ensure!(
+                scratch.contains("tmpfs") && scratch.contains("size=1024k"),
+                "{scratch}"
+            );
+            ensure!(exec(&name, "echo kept > /cache/note")?.status.success());
+            rt.stop(first, Duration::from_secs(1)).await?;
+
+            // The volume outlives the container: the next task reads it.
+            let second = task_id(52);
+            rt.start(&with_mounts(second, "files.2", 3, "")?).await?;
+            let name = containers_of(second)?.trim().to_owned();
+            assert_eq!(
+                run("docker", &["exec", &name, "cat", "/cache/note"])?,
+                "kept\n"
+            );
+            rt.stop(second, Duration::from_secs(1)).await?;
+
+            // A bind source that does not exist: refused before a container exists.
+            let missing = task_id(53);
+            let err = rt
+                .start(&with_mounts(
+                    missing,
+                    "files.3",
+                    4,
+                    "type=bind,source=/no/such/dir,target=/x",
+                )?)
+                .await
+                .expect_err("a missing bind source");
+            assert_eq!(
+                err.to_string(),
+                "invalid mount config for type \"bind\": bind source path does not exist: \
+                 /no/such/dir"
+            );
+            assert_eq!(containers_of(missing)?.trim(), "");
+            Ok(())
+        }
+    });
+    let _ = run("docker", &["volume", "rm", "-f", &volume]);
+    result
 }

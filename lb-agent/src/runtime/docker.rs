@@ -101,6 +101,62 @@ fn is_not_found(e: &DockerError) -> bool {
     )
 }
 
+/// A task's mounts as the engine takes them (`HostConfig.Mounts`): a bind's source
+/// checked here first (it must exist, and not be in the agent's state directory
+/// `state_dir`), so that the task fails with the process runtime's words; a named
+/// volume is created by the engine on first use (local driver), kept as docker keeps
+/// volumes; a tmpfs with its size and mode.
+///
+/// # Errors
+/// [`RuntimeError::Failed`] for a bind source that does not exist or is hidden.
+fn engine_mounts(
+    mounts: &[mesh_api::mount::Mount],
+    state_dir: &Path,
+) -> Result<Vec<Mount>, RuntimeError> {
+    use bollard::models::{MountTmpfsOptions, MountVolumeOptions};
+    use mesh_api::mount::MountKind;
+    let dirs = [state_dir.to_owned()];
+    let hidden = super::mounts::Hidden {
+        dirs: &dirs,
+        files: &[],
+    };
+    mounts
+        .iter()
+        .map(|m| {
+            m.validate()
+                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            let (typ, source) = match m.kind {
+                MountKind::Bind => (
+                    MountType::BIND,
+                    Some(
+                        super::mounts::bind_source(m, hidden)?
+                            .to_string_lossy()
+                            .into_owned(),
+                    ),
+                ),
+                MountKind::Volume => (MountType::VOLUME, Some(m.source.clone())),
+                MountKind::Tmpfs => (MountType::TMPFS, None),
+            };
+            Ok(Mount {
+                typ: Some(typ),
+                source,
+                target: Some(m.target.clone()),
+                read_only: m.readonly.then_some(true),
+                volume_options: (m.kind == MountKind::Volume).then(|| MountVolumeOptions {
+                    no_copy: m.volume_nocopy.then_some(true),
+                    ..Default::default()
+                }),
+                tmpfs_options: (m.kind == MountKind::Tmpfs).then(|| MountTmpfsOptions {
+                    size_bytes: m.tmpfs_size.and_then(|s| i64::try_from(s).ok()),
+                    mode: m.tmpfs_mode.map(i64::from),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 impl DockerRuntime {
     /// Connects to the local engine and checks that it answers.
     pub(crate) async fn connect(
@@ -148,21 +204,20 @@ impl DockerRuntime {
         let name = container_name(task);
         // A container of the same task left by a failed attempt.
         self.remove(&name).await?;
+        // Its mounts, checked first: a task that cannot run writes nothing.
+        let mut mounts = engine_mounts(&task.spec.mounts, Path::new(&self.owner))?;
         // Its secrets and configs: files on a tmpfs, each bound read-only at its path.
         let files = self
             .files
             .write(task.id, &task.files)
             .map_err(RuntimeError::Failed)?;
-        let mounts: Vec<Mount> = files
-            .into_iter()
-            .map(|(source, target)| Mount {
-                typ: Some(MountType::BIND),
-                source: Some(source.display().to_string()),
-                target: Some(target),
-                read_only: Some(true),
-                ..Default::default()
-            })
-            .collect();
+        mounts.extend(files.into_iter().map(|(source, target)| Mount {
+            typ: Some(MountType::BIND),
+            source: Some(source.display().to_string()),
+            target: Some(target),
+            read_only: Some(true),
+            ..Default::default()
+        }));
         let body = ContainerCreateBody {
             image: Some(task.spec.image.clone()),
             cmd: (!task.spec.args.is_empty()).then(|| task.spec.args.clone()),
@@ -583,5 +638,43 @@ mod tests {
             files: Vec::new(),
         };
         assert_eq!(container_name(&t), "web_app.1.00000000000000a3");
+    }
+
+    #[test]
+    fn mounts_reach_the_engine_as_dockers_api_has_them() {
+        let parse = |t: &str| t.parse::<mesh_api::mount::Mount>().unwrap();
+        let state = Path::new("/no/such/state");
+        let mounts = engine_mounts(
+            &[
+                parse("type=bind,source=/etc,target=/host-etc,readonly"),
+                parse("type=volume,source=cache,target=/cache,volume-nocopy"),
+                parse("type=tmpfs,target=/scratch,tmpfs-size=1m,tmpfs-mode=700"),
+            ],
+            state,
+        )
+        .unwrap();
+        let json = serde_json::to_value(&mounts).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"Type": "bind", "Source": "/etc", "Target": "/host-etc", "ReadOnly": true},
+                {"Type": "volume", "Source": "cache", "Target": "/cache", "VolumeOptions": {"NoCopy": true}},
+                {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1_048_576, "Mode": 0o700}},
+            ])
+        );
+        let err = engine_mounts(&[parse("type=bind,source=/no/such/dir,target=/x")], state)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid mount config for type \"bind\": bind source path does not exist: /no/such/dir"
+        );
+        let err = engine_mounts(
+            &[parse("type=bind,source=/etc/ssl,target=/x")],
+            Path::new("/etc"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("which the agent hides from tasks"), "{err}");
     }
 }

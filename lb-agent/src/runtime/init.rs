@@ -18,7 +18,8 @@
 //!    configuration file under `/dev/null`, and mounts a `/proc` of the task's PID
 //!    namespace (the task sees its own processes only, `/proc/sys` read-only) and a
 //!    read-only `/sys` of its network namespace (the host's bpffs and cgroups are not in
-//!    it);
+//!    it); in between, after the hiding, applies the task's `--mount`s
+//!    ([`super::mounts`]: binds, named volumes, tmpfs), their sources opened before;
 //! 3. lets ports below 1024 be bound without privilege in the task's network namespace
 //!    (`net.ipv4.ip_unprivileged_port_start=0`, as docker does);
 //! 4. narrows the capability bounding set to the task's capabilities (docker's defaults
@@ -96,6 +97,10 @@ pub struct InitArgs {
     /// on a tmpfs of the task's own at `/run/secrets`, configs over their target files.
     #[arg(long)]
     pub files: bool,
+    /// A mount of the task's (JSON, as [`super::mounts::plan`] resolved it), applied
+    /// in its mount namespace after the agent's directories are hidden.
+    #[arg(long, value_name = "JSON")]
+    pub mount: Vec<super::mounts::TaskMount>,
     #[command(flatten)]
     pub confinement: Confinement,
     /// The program and its arguments.
@@ -126,6 +131,13 @@ fn parse_mask(s: &str) -> Result<u64, String> {
 struct SetupError {
     what: String,
     source: std::io::Error,
+}
+
+fn task_mounts(why: String) -> SetupError {
+    SetupError {
+        what: "set up the task's mounts".into(),
+        source: std::io::Error::other(why),
+    }
 }
 
 fn setup(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SetupError {
@@ -200,7 +212,7 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
     } else {
         Vec::new()
     };
-    mount_namespace(&args.hide, &args.mask, &files).map_err(at_setup)?;
+    mount_namespace(&args.hide, &args.mask, &files, &args.mount).map_err(at_setup)?;
     mount_task_files(&task_files).map_err(at_setup)?;
     // Best effort: a kernel without the knob (before 4.11) keeps the old rule.
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
@@ -272,17 +284,21 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 const SCRATCH: &str = "/tmp";
 
 /// Sets up the task's mount namespace (step 2 of the module documentation), with
-/// `files` (path, contents) of its own in place of the node's.
+/// `files` (path, contents) of its own in place of the node's, and its `mounts`.
 fn mount_namespace(
     hide: &[PathBuf],
     mask: &[PathBuf],
     files: &[(PathBuf, String)],
+    mounts: &[super::mounts::TaskMount],
 ) -> Result<(), SetupError> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(setup("unshare the mount namespace"))?;
     mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
         .map_err(setup("make / a slave mount"))?;
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     private_files(files)?;
+    // Opened before the agent's directories are hidden (volumes are in its state
+    // directory), mounted after (a bind then shows them hidden too).
+    let opened = super::mounts::open(mounts).map_err(task_mounts)?;
     for dir in hide.iter().filter(|d| d.is_dir()) {
         mount(
             Some("tmpfs"),
@@ -297,6 +313,8 @@ fn mount_namespace(
         mount(Some("/dev/null"), file, None, MsFlags::MS_BIND, None)
             .map_err(setup(format!("hide {}", file.display())))?;
     }
+    super::mounts::apply(&opened).map_err(task_mounts)?;
+    drop(opened);
     mount(Some("proc"), "/proc", Some("proc"), hardened, None)
         .map_err(setup("mount the task's /proc"))?;
     // Read-only by a remount of this mount alone: the namespace's sysfs may be mounted

@@ -32,6 +32,8 @@ pub struct Isolation {
     cgroups: Option<Cgroups>,
     /// The nameserver tasks' `/etc/resolv.conf` names, if they get one of their own.
     dns: Option<Ipv4Addr>,
+    /// Where named volumes live (`<state-dir>/volumes`), if tasks may have them.
+    volumes: Option<PathBuf>,
 }
 
 impl Isolation {
@@ -44,7 +46,16 @@ impl Isolation {
             mask: Vec::new(),
             cgroups: None,
             dns: None,
+            volumes: None,
         }
+    }
+
+    /// Keeps the tasks' named volumes under `dir` (`<dir>/<name>/_data`), made
+    /// absolute; without it a task with a volume mount is refused.
+    #[must_use]
+    pub fn with_volumes(mut self, dir: &Path) -> Self {
+        self.volumes = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()));
+        self
     }
 
     /// Gives each task a cgroup of its own under `cgroups` (`None`: tasks stay in the
@@ -103,7 +114,8 @@ impl Isolation {
     ///
     /// # Errors
     /// [`RuntimeError::Failed`] if the user is unknown here, a capability is not the
-    /// agent's to grant, or the program is not found.
+    /// agent's to grant, the program is not found, or a mount cannot be made here
+    /// ([`super::mounts::plan`]; a named volume is created on first use).
     pub fn init_command(
         &self,
         id: mesh_api::task::TaskId,
@@ -115,6 +127,11 @@ impl Isolation {
             resolve_user(user).map_err(RuntimeError::Failed)?;
         }
         find_program(&spec.image, env)?;
+        let hidden = super::mounts::Hidden {
+            dirs: &self.hide,
+            files: &self.mask,
+        };
+        let mounts = super::mounts::plan(&spec.mounts, hidden, self.volumes.as_deref())?;
         let mut args: Vec<OsString> = vec!["task-init".into()];
         for dir in &self.hide {
             args.extend(["--hide".into(), dir.into()]);
@@ -127,6 +144,9 @@ impl Isolation {
         }
         if let Some(dns) = self.dns {
             args.extend(["--dns".into(), dns.to_string().into()]);
+        }
+        for mount in &mounts {
+            args.extend(["--mount".into(), mount.to_string().into()]);
         }
         args.extend(["--caps".into(), format!("{caps:x}").into()]);
         if let Some(user) = &spec.user {
@@ -244,6 +264,7 @@ mod tests {
         let mut spec = spec("sh");
         spec.user = Some("nobody".into());
         spec.cap_drop = vec!["CAP_NET_RAW".into()];
+        spec.mounts = vec!["type=tmpfs,target=/tmp,tmpfs-size=64k".parse().unwrap()];
         let (program, args) = isolation.init_command(7, &spec, &path_env()).unwrap();
         assert_eq!(program, Path::new("/usr/local/bin/lb-agent"));
         let Cli::TaskInit(init) = Cli::parse_from(std::iter::once("lb-agent".into()).chain(args))
@@ -259,6 +280,9 @@ mod tests {
         assert_eq!(init.confinement.caps, 0xa804_25fb & !(1 << 13));
         assert_eq!(init.confinement.user.as_deref(), Some("nobody"));
         assert_eq!(init.dns, Some(Ipv4Addr::new(169, 254, 1, 1)));
+        assert_eq!(init.mount.len(), 1);
+        assert_eq!(init.mount[0].target, Path::new("/tmp"));
+        assert_eq!(init.mount[0].tmpfs.as_deref(), Some("mode=1777,size=65536"));
         assert_eq!(init.command, ["sh", "--port", "80"]);
 
         let (_, args) = isolation.exec_command(42, &["/bin/sh", "-c", "true"]);
@@ -289,5 +313,12 @@ mod tests {
         let mut bad_cap = spec("sh");
         bad_cap.cap_add = vec!["CAP_FLY".into()];
         assert!(refused(&bad_cap).contains("unknown capability"));
+        let mut missing = spec("sh");
+        missing.mounts = vec!["type=bind,source=/no/such/dir,target=/tmp".parse().unwrap()];
+        assert_eq!(
+            refused(&missing),
+            "invalid mount config for type \"bind\": bind source path does not exist: \
+             /no/such/dir"
+        );
     }
 }

@@ -37,6 +37,7 @@ pub mod files;
 pub mod init;
 pub mod isolation;
 pub mod lines;
+pub mod mounts;
 pub mod netns;
 pub mod plumb;
 pub mod process;

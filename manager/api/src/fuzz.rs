@@ -28,6 +28,14 @@ fn edited_spec_json(edits: &[(usize, u8, bool)]) -> Vec<u8> {
     spec.task.user = Some("nobody:nogroup".into());
     spec.task.cap_add = vec!["CAP_NET_ADMIN".into()];
     spec.task.cap_drop = vec!["ALL".into()];
+    spec.task.mounts = vec![
+        "type=bind,source=/srv,target=/data,readonly"
+            .parse()
+            .expect("a valid mount"),
+        "type=tmpfs,target=/t,tmpfs-size=1m"
+            .parse()
+            .expect("a valid mount"),
+    ];
     let mut bytes = serde_json::to_vec(&spec).expect("a spec encodes");
     for &(at, byte, cut) in edits {
         if bytes.is_empty() {
@@ -77,6 +85,8 @@ proptest! {
         for kind in [crate::file_ref::FileKind::Secret, crate::file_ref::FileKind::Config] {
             let _ = crate::file_ref::FileRef::parse(kind, &text);
         }
+        let _ = crate::mount::Mount::parse(&text);
+        let _ = crate::mount::parse_ram_bytes(&text);
     }
 
     #[test]

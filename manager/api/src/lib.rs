@@ -1,7 +1,7 @@
 //! The contract between the mesh's nodes and its managers, as swarmkit's `api`
 //! package is: the gRPC messages of `proto/mesh.proto` ([`proto`]) and the
 //! records both sides exchange inside them ([`node`], [`spec`], [`service`],
-//! [`task`], [`assignment`], [`network`], [`file_ref`]), with their typed encoding
+//! [`task`], [`assignment`], [`network`], [`file_ref`], [`mount`]), with their typed encoding
 //! ([`wire`]) and the time helpers both sides share ([`time`]).
 //!
 //! Nothing here does I/O or depends on an async runtime: `lb-agent`,
@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod exposition;
 pub mod file;
 pub mod file_ref;
+pub mod mount;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -455,6 +455,9 @@ pub struct TaskSpec {
     /// Configs the task gets as files at their targets (`--config`), by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<FileRef>,
+    /// Bind mounts, named volumes and tmpfs mounts (`--mount`; see [`crate::mount`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::mount::Mount>,
 }
 
 /// A service's attachment to a network (`--network name=back,alias=db`).
@@ -726,6 +729,7 @@ impl ServiceSpec {
                 networks: Vec::new(),
                 secrets: Vec::new(),
                 configs: Vec::new(),
+                mounts: Vec::new(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -843,6 +847,7 @@ impl ServiceSpec {
         crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
         self.validate_networks()?;
         self.validate_files()?;
+        crate::mount::validate_mounts(&self.task.mounts)?;
         if let Some(health) = &self.task.health {
             if health.cmd.trim().is_empty() {
                 return Err(invalid("the health command is empty"));

@@ -392,6 +392,10 @@ pub(crate) async fn run(
                         // The record, with docker's `Endpoint.VirtualIPs` beside it.
                         let mut v = serde_json::to_value(&r.service)?;
                         v["Endpoint"] = network::service_endpoint_json(&r.service, &networks);
+                        // And docker's `Mounts`, in docker's field names.
+                        if !r.service.spec.task.mounts.is_empty() {
+                            v["Mounts"] = view::mounts_json(&r.service.spec.task.mounts);
+                        }
                         Ok(v)
                     })
                     .collect::<Result<Vec<_>>>()?;

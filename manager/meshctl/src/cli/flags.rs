@@ -5,6 +5,7 @@
 
 use clap::{Args, ValueEnum};
 
+use mesh_api::mount::Mount;
 use mesh_api::node::parse_label;
 use mesh_api::spec::{
     Constraint, EndpointMode, FailureAction, HealthCheck, PortSpec, RestartCondition, RuntimeKind,
@@ -354,6 +355,11 @@ pub struct CreateFlags {
     /// Network attachment: NAME, or name=NAME[,alias=ALIAS...] (repeatable).
     #[arg(long, value_name = "NETWORK")]
     pub network: Vec<String>,
+    /// Attach a filesystem mount (repeatable): type=bind,source=/node/path,target=/path
+    /// [,readonly], type=volume,source=NAME,target=/path, or
+    /// type=tmpfs,target=/path[,tmpfs-size=64m][,tmpfs-mode=1777].
+    #[arg(long, value_name = "MOUNT")]
+    pub mount: Vec<String>,
     #[command(flatten)]
     pub files: super::file::FileFlags,
     #[command(flatten)]
@@ -446,6 +452,7 @@ impl CreateFlags {
             .iter()
             .map(|v| super::network::parse_attachment(v))
             .collect::<Result<_, _>>()?;
+        spec.task.mounts = parse_all("mount", &self.mount)?;
         spec.task.env.clone_from(&self.env);
         self.files.apply(&mut spec.task)?;
         for value in &self.label {
@@ -507,6 +514,12 @@ pub struct UpdateFlags {
     pub network_rm: Vec<String>,
     #[command(flatten)]
     pub files: super::file::FileUpdateFlags,
+    /// Add or replace a mount (as --mount; one with the same target is replaced).
+    #[arg(long, value_name = "MOUNT")]
+    pub mount_add: Vec<String>,
+    /// Remove a mount by its target path.
+    #[arg(long, value_name = "PATH")]
+    pub mount_rm: Vec<String>,
     /// Replace every task even if nothing changed.
     #[arg(long)]
     pub force: bool,
@@ -646,6 +659,53 @@ pub fn publish_rm(spec: &mut ServiceSpec, values: &[String]) -> Result<(), FlagE
     Ok(())
 }
 
+/// `--mount-rm`: removes the mounts at these targets (docker removes by target).
+///
+/// # Errors
+/// A target the service has no mount at (nothing is changed).
+pub fn mount_rm(spec: &mut ServiceSpec, targets: &[String]) -> Result<(), FlagError> {
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    for target in targets {
+        let before = spec.task.mounts.len();
+        spec.task.mounts.retain(|m| !same(&m.target, target));
+        if spec.task.mounts.len() == before {
+            return refuse(format!(
+                "--mount-rm: service {} has no mount at {target}",
+                spec.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--mount-add`: adds these mounts, each replacing the service's mount at the same
+/// target, as docker's `--mount-add` does.
+///
+/// # Errors
+/// A malformed mount, or two of them at the same target (docker's message).
+pub fn mount_add(spec: &mut ServiceSpec, values: &[String]) -> Result<(), FlagError> {
+    let added: Vec<Mount> = parse_all("mount-add", values)?;
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    for (i, mount) in added.iter().enumerate() {
+        if added[..i].iter().any(|m| same(&m.target, &mount.target)) {
+            return refuse(format!(
+                "--mount-add: duplicate mount target {}",
+                mount.target
+            ));
+        }
+        match spec
+            .task
+            .mounts
+            .iter_mut()
+            .find(|m| same(&m.target, &mount.target))
+        {
+            Some(existing) => *existing = mount.clone(),
+            None => spec.task.mounts.push(mount.clone()),
+        }
+    }
+    Ok(())
+}
+
 impl UpdateFlags {
     /// The networks `--network-add` and `--network-rm` name, for the caller to resolve
     /// to their IDs (the spec holds IDs) before [`UpdateFlags::apply_with`].
@@ -720,6 +780,8 @@ impl UpdateFlags {
         }
         publish_rm(spec, &self.publish_rm)?;
         publish_add(spec, &self.publish_add)?;
+        mount_rm(spec, &self.mount_rm)?;
+        mount_add(spec, &self.mount_add)?;
         for c in parse_all::<Constraint>("constraint-rm", &self.constraint_rm)? {
             spec.constraints.retain(|existing| *existing != c);
         }
@@ -1128,6 +1190,87 @@ mod tests {
         assert_eq!(tuned.task.health.as_ref().unwrap().retries, 1);
         let without = update(&tuned, &["--no-healthcheck"]).unwrap();
         assert_eq!(without.task.health, None);
+    }
+
+    #[test]
+    fn mounts_are_created_added_replaced_and_removed_by_target() {
+        let spec = create(&[
+            "--mount",
+            "type=bind,source=/srv/site,target=/site,readonly",
+            "--mount",
+            "type=volume,src=cache,dst=/cache",
+            "task-echo",
+        ])
+        .unwrap();
+        assert_eq!(spec.task.mounts.len(), 2);
+        assert!(spec.task.mounts[0].readonly);
+        let changed = update(
+            &spec,
+            &[
+                "--mount-add",
+                "type=tmpfs,target=/scratch,tmpfs-size=1m",
+                "--mount-add",
+                "type=bind,source=/srv/other,target=/site",
+                "--mount-rm",
+                "/cache",
+            ],
+        )
+        .unwrap();
+        let texts: Vec<String> = changed
+            .task
+            .mounts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "type=bind,source=/srv/other,target=/site",
+                "type=tmpfs,target=/scratch,tmpfs-size=1048576"
+            ]
+        );
+        assert_ne!(changed.task, spec.task, "a rolling update");
+        for (args, reason) in [
+            (
+                &["--mount-rm", "/nope"][..],
+                "service web has no mount at /nope",
+            ),
+            (
+                &[
+                    "--mount-add",
+                    "type=tmpfs,target=/a",
+                    "--mount-add",
+                    "type=tmpfs,dst=/a",
+                ],
+                "--mount-add: duplicate mount target /a",
+            ),
+            (
+                &["--mount-add", "type=bind,target=/a"],
+                "--mount-add: invalid mount config",
+            ),
+        ] {
+            let err = update(&web(), args).unwrap_err().to_string();
+            assert!(err.contains(reason), "{args:?}: {err}");
+        }
+        for (args, reason) in [
+            (
+                vec!["--mount", "type=bind,source=/a,target=/", "x"],
+                "--mount: invalid specification: destination can't be '/'",
+            ),
+            (
+                vec![
+                    "--mount",
+                    "type=tmpfs,dst=/a",
+                    "--mount",
+                    "type=tmpfs,dst=/a",
+                    "x",
+                ],
+                "duplicate mount point: /a",
+            ),
+        ] {
+            let err = create(&args).unwrap_err().to_string();
+            assert!(err.contains(reason), "{args:?}: {err}");
+        }
     }
 
     #[test]

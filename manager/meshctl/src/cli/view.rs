@@ -44,6 +44,41 @@ pub struct TaskRow {
     pub host_ports: Vec<PortSpec>,
 }
 
+/// A task's mounts as docker's API writes them (`Spec.TaskTemplate.ContainerSpec.
+/// Mounts`): `Type`, `Source`, `Target`, `ReadOnly` (when set), `TmpfsOptions`
+/// (`SizeBytes`, `Mode`) and `VolumeOptions` (`NoCopy`).
+#[must_use]
+pub fn mounts_json(mounts: &[mesh_api::mount::Mount]) -> Value {
+    Value::Array(
+        mounts
+            .iter()
+            .map(|m| {
+                let mut v = json!({"Type": m.kind.as_str(), "Target": m.target});
+                if !m.source.is_empty() {
+                    v["Source"] = json!(m.source);
+                }
+                if m.readonly {
+                    v["ReadOnly"] = json!(true);
+                }
+                if m.tmpfs_size.is_some() || m.tmpfs_mode.is_some() {
+                    let mut t = json!({});
+                    if let Some(size) = m.tmpfs_size {
+                        t["SizeBytes"] = json!(size);
+                    }
+                    if let Some(mode) = m.tmpfs_mode {
+                        t["Mode"] = json!(mode);
+                    }
+                    v["TmpfsOptions"] = t;
+                }
+                if m.volume_nocopy {
+                    v["VolumeOptions"] = json!({"NoCopy": true});
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
 /// Docker's 12-digit short ID.
 #[must_use]
 pub fn short_id(id: u64) -> String {
@@ -429,6 +464,23 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
             }
         }
     }
+    if !task.mounts.is_empty() {
+        let _ = writeln!(out, " Mounts:");
+    }
+    for mount in &task.mounts {
+        let _ = writeln!(out, "  Target:\t{}", mount.target);
+        if !mount.source.is_empty() {
+            let _ = writeln!(out, "   Source:\t{}", mount.source);
+        }
+        let _ = writeln!(out, "   ReadOnly:\t{}", mount.readonly);
+        let _ = writeln!(out, "   Type:\t{}", mount.kind);
+        if let Some(size) = mount.tmpfs_size {
+            let _ = writeln!(out, "   TmpfsSize:\t{size}");
+        }
+        if let Some(mode) = mount.tmpfs_mode {
+            let _ = writeln!(out, "   TmpfsMode:\t{mode:o}");
+        }
+    }
     let _ = writeln!(
         out,
         " StopGracePeriod:\t{}",
@@ -747,5 +799,43 @@ mod tests {
             assert!(text.contains(wanted), "{wanted:?} missing in\n{text}");
         }
         assert!(!text.contains("Virtual IP:"), "{text}");
+    }
+
+    #[test]
+    fn mounts_show_as_docker_shows_them() {
+        let mut s = web();
+        s.spec.task.mounts = vec![
+            "type=bind,source=/srv,target=/data,readonly"
+                .parse()
+                .unwrap(),
+            "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=700"
+                .parse()
+                .unwrap(),
+        ];
+        assert_eq!(
+            mounts_json(&s.spec.task.mounts),
+            json!([
+                {"Type": "bind", "Source": "/srv", "Target": "/data", "ReadOnly": true},
+                {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1_048_576, "Mode": 0o700}},
+            ])
+        );
+        let text = pretty_service(
+            &ServiceRow {
+                service: s,
+                running: 1,
+                desired: 1,
+            },
+            &[],
+        );
+        for wanted in [
+            " Mounts:",
+            "  Target:           /data",
+            "   Source:          /srv",
+            "   ReadOnly:        true",
+            "   Type:            bind",
+            "   TmpfsSize:       1048576",
+        ] {
+            assert!(text.contains(wanted), "{wanted:?} missing in\n{text}");
+        }
     }
 }
