@@ -137,6 +137,7 @@ mod tests {
                 cap_add: Vec::new(),
                 cap_drop: Vec::new(),
                 networks: Vec::new(),
+                resources: Default::default(),
             },
             addr: Ipv4Addr::new(10, 0, 0, 9),
             mtu: 1450,

@@ -24,6 +24,7 @@ pub mod exposition;
 pub mod file_ref;
 pub mod network;
 pub mod node;
+pub mod resources;
 pub mod service;
 pub mod spec;
 pub mod task;

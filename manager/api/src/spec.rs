@@ -448,6 +448,13 @@ pub struct TaskSpec {
     /// `--network-add`/`--network-rm` roll the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachmentSpec>,
+    /// CPU and memory limits (enforced on the node) and reservations (for the
+    /// scheduler): `--limit-cpu`, `--limit-memory`, `--reserve-cpu`, `--reserve-memory`.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::resources::ResourceRequirements::is_empty"
+    )]
+    pub resources: crate::resources::ResourceRequirements,
 }
 
 /// A service's attachment to a network (`--network name=back,alias=db`).
@@ -714,6 +721,7 @@ impl ServiceSpec {
                 cap_add: Vec::new(),
                 cap_drop: Vec::new(),
                 networks: Vec::new(),
+                resources: Default::default(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -797,6 +805,7 @@ impl ServiceSpec {
             validate_user(user)?;
         }
         crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
+        self.task.resources.validate()?;
         self.validate_networks()?;
         if let Some(health) = &self.task.health {
             if health.cmd.trim().is_empty() {

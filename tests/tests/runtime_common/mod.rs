@@ -269,6 +269,7 @@ pub(crate) fn task_config(
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             networks: Vec::new(),
+            resources: Default::default(),
         },
         addr,
         mtu: MTU,
