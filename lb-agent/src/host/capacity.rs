@@ -44,6 +44,9 @@ mod tests {
         assert_eq!(mem_total("MemFree: 1 kB\n"), None);
         assert_eq!(mem_total("MemTotal: x kB\n"), None);
         let here = node_resources();
-        assert!(here.nano_cpus >= NANO_PER_CPU && here.memory_bytes > 0, "{here:?}");
+        assert!(
+            here.nano_cpus >= NANO_PER_CPU && here.memory_bytes > 0,
+            "{here:?}"
+        );
     }
 }

@@ -20,14 +20,15 @@ pub const MIN_NANO_CPUS: u64 = 1_000_000;
 pub const MIN_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// An amount of CPU and memory (swarmkit's `Resources`); 0 is none (no limit, no
-/// reservation, or, for a node, not reported).
+/// reservation, or, for a node, not reported). Its JSON is docker's
+/// (`{"NanoCPUs": 500000000, "MemoryBytes": 67108864}`), as `inspect` shows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// Billionths of a CPU (docker's `NanoCPUs`).
-    #[serde(default)]
+    #[serde(default, rename = "NanoCPUs")]
     pub nano_cpus: u64,
     /// Bytes (docker's `MemoryBytes`).
-    #[serde(default)]
+    #[serde(default, rename = "MemoryBytes")]
     pub memory_bytes: u64,
 }
 
@@ -63,14 +64,19 @@ impl Resources {
     }
 }
 
-/// A task's limits and reservations (swarmkit's `ResourceRequirements`).
+/// A task's limits and reservations (swarmkit's `ResourceRequirements`; JSON as
+/// docker's `Resources`: `Limits`, `Reservations`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceRequirements {
     /// At most this much (enforced on the node).
-    #[serde(default, skip_serializing_if = "Resources::is_zero")]
+    #[serde(default, rename = "Limits", skip_serializing_if = "Resources::is_zero")]
     pub limits: Resources,
     /// At least this much free on the node for the scheduler to place it there.
-    #[serde(default, skip_serializing_if = "Resources::is_zero")]
+    #[serde(
+        default,
+        rename = "Reservations",
+        skip_serializing_if = "Resources::is_zero"
+    )]
     pub reservations: Resources,
 }
 
@@ -394,6 +400,12 @@ mod tests {
         // An old spec without resources loads; an empty one is not written.
         let json = serde_json::to_string(&ResourceRequirements::default()).unwrap();
         assert_eq!(json, "{}");
+        // Docker's JSON.
+        let limited = req((500_000_000, 32 << 20), (0, 0));
+        assert_eq!(
+            serde_json::to_string(&limited).unwrap(),
+            r#"{"Limits":{"NanoCPUs":500000000,"MemoryBytes":33554432}}"#
+        );
         assert_eq!(
             serde_json::from_str::<ResourceRequirements>("{}").unwrap(),
             ResourceRequirements::default()
