@@ -177,7 +177,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
         // nc is PID 1 of its PID namespace, where SIGTERM without a handler is ignored:
         // the SIGKILL after the grace period ends it.
         rt.stop(id, Duration::from_millis(500)).await?;
-        assert_eq!(next_exit(&mut exits).await?, (id, Exit { code: 137 }));
+        assert_eq!(next_exit(&mut exits).await?, (id, Exit::code(137)));
         assert_eq!(containers_of(id)?.trim(), "");
         ensure!(
             run(
@@ -200,7 +200,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             &["/bin/sh", "-c", "sleep 0.2; exit 5"],
         ))
         .await?;
-        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit { code: 5 }));
+        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit::code(5)));
         rt.stop(quitter, Duration::from_secs(1)).await?;
         let stubborn = task_id(23);
         rt.start(&task(
@@ -229,7 +229,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
         )
         .await?;
         rt.stop(stubborn, Duration::from_secs(20)).await?;
-        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit { code: 3 }));
+        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit::code(3)));
 
         // Cleanup by a later run removes this agent's leftover containers.
         let left = task_id(24);

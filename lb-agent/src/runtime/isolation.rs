@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use mesh_api::spec::TaskSpec;
 
-use super::cgroup::Cgroups;
+use super::cgroup::{Cgroups, Controllers};
 use super::error::RuntimeError;
 use super::init::resolve_user;
 
@@ -32,6 +32,8 @@ pub struct Isolation {
     cgroups: Option<Cgroups>,
     /// The nameserver tasks' `/etc/resolv.conf` names, if they get one of their own.
     dns: Option<Ipv4Addr>,
+    /// Where tasks' limits are enforced.
+    controllers: Controllers,
 }
 
 impl Isolation {
@@ -44,6 +46,7 @@ impl Isolation {
             mask: Vec::new(),
             cgroups: None,
             dns: None,
+            controllers: Controllers::default(),
         }
     }
 
@@ -53,6 +56,20 @@ impl Isolation {
     pub fn with_cgroups(mut self, cgroups: Option<Cgroups>) -> Self {
         self.cgroups = cgroups;
         self
+    }
+
+    /// Enforces tasks' limits through `controllers` (by default nowhere: a task with
+    /// limits fails).
+    #[must_use]
+    pub fn with_controllers(mut self, controllers: Controllers) -> Self {
+        self.controllers = controllers;
+        self
+    }
+
+    /// Where tasks' limits are enforced.
+    #[must_use]
+    pub fn controllers(&self) -> &Controllers {
+        &self.controllers
     }
 
     /// Gives each task an `/etc/resolv.conf` of its own that names `nameserver`
