@@ -1134,8 +1134,7 @@ impl Drop for ManagedCluster {
         kill_and_delete(&pids, &task_nets);
         // Their cgroups, empty now.
         let cgroups = lb_agent::runtime::cgroup::Cgroups::discover();
-        let controllers =
-            lb_agent::runtime::cgroup::Controllers::discover(cgroups.as_ref(), false);
+        let controllers = lb_agent::runtime::cgroup::Controllers::discover(cgroups.as_ref(), false);
         for id in task_ids {
             if let Some(cgroups) = &cgroups {
                 let _ = std::fs::remove_dir(cgroups.path(id));

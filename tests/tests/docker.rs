@@ -236,7 +236,11 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             "hog.1",
             Ipv4Addr::new(10, 202, 0, 7),
             // A 64 MiB shell variable, past a 16 MiB limit.
-            &["/bin/sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}"],
+            &[
+                "/bin/sh",
+                "-c",
+                "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}",
+            ],
         );
         config.spec.resources.limits.memory_bytes = 16 << 20;
         rt.start(&config).await?;

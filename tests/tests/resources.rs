@@ -119,9 +119,16 @@ fn a_process_task_s_limits_are_its_cgroup_s_and_an_oom_kill_is_reported() {
     // The task's processes are in those cgroups.
     let pids = c.task_pids(&id_text);
     assert!(!pids.is_empty(), "no process of task {id_text}");
-    for place in [&controllers.memory, &controllers.cpu].into_iter().flatten() {
-        let procs = std::fs::read_to_string(place.path(id).join("cgroup.procs")).unwrap_or_default();
-        let inside: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    for place in [&controllers.memory, &controllers.cpu]
+        .into_iter()
+        .flatten()
+    {
+        let procs =
+            std::fs::read_to_string(place.path(id).join("cgroup.procs")).unwrap_or_default();
+        let inside: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         assert!(
             pids.iter().any(|p| inside.contains(p)),
             "task processes {pids:?} not in {} ({inside:?})",
@@ -166,7 +173,10 @@ fn a_process_task_s_limits_are_its_cgroup_s_and_an_oom_kill_is_reported() {
     });
     let failed = match failed {
         Ok(t) => t,
-        Err(e) => panic!("{e:#}\n{}", ok(c.ctl(&["service", "ps", "--no-trunc", "hog"]))),
+        Err(e) => panic!(
+            "{e:#}\n{}",
+            ok(c.ctl(&["service", "ps", "--no-trunc", "hog"]))
+        ),
     };
     assert!(
         reason(&failed).contains("OOMKilled"),
@@ -218,7 +228,10 @@ fn a_reservation_no_node_covers_leaves_the_task_pending_until_cleared() {
     });
     let pending = match pending {
         Ok(t) => t,
-        Err(e) => panic!("{e:#}\n{}", ok(c.ctl(&["service", "ps", "--no-trunc", "big"]))),
+        Err(e) => panic!(
+            "{e:#}\n{}",
+            ok(c.ctl(&["service", "ps", "--no-trunc", "big"]))
+        ),
     };
     assert_eq!(pending["State"], "Pending", "{pending:#}");
     assert_eq!(pending["Node"], "", "{pending:#}");

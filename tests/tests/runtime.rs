@@ -654,3 +654,44 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
     );
     Ok(())
 }
+
+/// A task whose limit no controller of this agent can enforce (an agent without cgroup
+/// controllers, as on a node without a writable cgroup hierarchy) fails at once, naming
+/// the flag, and leaves nothing behind: it never runs unlimited.
+#[test]
+fn a_limit_no_controller_enforces_fails_the_task_at_once() -> Result<()> {
+    runtime_common::require_busybox()?;
+    let node = Node::new("nolimit")?;
+    let state = tempdir("nolimit")?;
+    node.run(move || async move {
+        let isolation = runtime_common::isolation(&state)?
+            .with_controllers(lb_agent::runtime::cgroup::Controllers::default());
+        let rt = Runtimes::new(&state, false, isolation).await?;
+        let id = task_id(90);
+        let mut config = task(
+            id,
+            "lim.1",
+            Ipv4Addr::new(10, 200, 0, 90),
+            "sleep",
+            &["600"],
+        );
+        config.spec.resources.limits.memory_bytes = 32 << 20;
+        let err = rt
+            .start(&config)
+            .await
+            .expect_err("no controller enforces the limit");
+        assert!(
+            err.to_string()
+                .contains("--limit-memory cannot be enforced on this node"),
+            "{err}"
+        );
+        ensure!(
+            !run("ip", &["netns", "list"])?.contains(&netns_of(id)),
+            "the task's namespace is left"
+        );
+        if let Some(cgroups) = lb_agent::runtime::cgroup::Cgroups::discover() {
+            ensure!(!cgroups.path(id).exists(), "the task's cgroup is left");
+        }
+        Ok(())
+    })
+}
