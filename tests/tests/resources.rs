@@ -206,10 +206,11 @@ fn a_reservation_no_node_covers_leaves_the_task_pending_until_cleared() {
     let echo = ok(bin("task-echo"));
     let echo = echo.to_string_lossy();
     let too_much = format!("{}", memory * 2);
-    let out = ok(c.meshctl(&[
+    // `service create` waits, showing why the task waits (docker's progress).
+    let why = "no suitable node (insufficient resources on 3 nodes)";
+    let mut create = ok(c.meshctl_spawn(&[
         "service",
         "create",
-        "--detach",
         "--name",
         "big",
         "--reserve-memory",
@@ -219,8 +220,13 @@ fn a_reservation_no_node_covers_leaves_the_task_pending_until_cleared() {
         "--port",
         "80",
     ]));
-    assert!(out.success(), "service create big: {out:?}");
-    let why = "no suitable node (insufficient resources on 3 nodes)";
+    ok(
+        create.wait_stdout(PROPAGATE, "create's progress to say why", |lines| {
+            lines.iter().find(|l| l.contains(why)).cloned()
+        }),
+    );
+    ok(create.signal(nix::sys::signal::Signal::SIGINT));
+    let _ = create.wait(PROPAGATE);
     let pending = poll_until(PROPAGATE, "big.1 pending, saying why", || {
         Ok(tasks(&c, "big")?
             .into_iter()
