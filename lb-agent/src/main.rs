@@ -428,8 +428,15 @@ fn isolation(cli: &Cli, pin_dir: Option<PathBuf>) -> Result<Isolation> {
             "no writable cgroup v2 hierarchy: process tasks stay in the agent's cgroup"
         ),
     }
+    let controllers = lb_agent::runtime::cgroup::Controllers::discover(cgroups.as_ref(), true);
+    tracing::info!(
+        memory = ?controllers.memory,
+        cpu = ?controllers.cpu,
+        "where process tasks' limits are enforced (none: a task with that limit fails)"
+    );
     let mut isolation = Isolation::of_this_program()
         .context("finding the lb-agent program (for task-init)")?
+        .with_controllers(controllers)
         .with_cgroups(cgroups)
         .with_volumes(&cli.state_dir.join("volumes"))
         .hide(&cli.state_dir);

@@ -1167,9 +1167,15 @@ impl Drop for ManagedCluster {
         }
         kill_and_delete(&pids, &task_nets);
         // Their cgroups, empty now.
-        if let Some(cgroups) = lb_agent::runtime::cgroup::Cgroups::discover() {
-            for id in task_ids {
+        let cgroups = lb_agent::runtime::cgroup::Cgroups::discover();
+        let controllers = lb_agent::runtime::cgroup::Controllers::discover(cgroups.as_ref(), false);
+        for id in task_ids {
+            if let Some(cgroups) = &cgroups {
                 let _ = std::fs::remove_dir(cgroups.path(id));
+            }
+            // Those of their limits on a hybrid host (cgroup v1).
+            for dir in controllers.v1_paths(id) {
+                let _ = std::fs::remove_dir(dir);
             }
         }
         if self.options.docker {

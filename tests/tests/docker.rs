@@ -178,7 +178,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
         // nc is PID 1 of its PID namespace, where SIGTERM without a handler is ignored:
         // the SIGKILL after the grace period ends it.
         rt.stop(id, Duration::from_millis(500)).await?;
-        assert_eq!(next_exit(&mut exits).await?, (id, Exit { code: 137 }));
+        assert_eq!(next_exit(&mut exits).await?, (id, Exit::code(137)));
         assert_eq!(containers_of(id)?.trim(), "");
         ensure!(
             run(
@@ -201,8 +201,54 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             &["/bin/sh", "-c", "sleep 0.2; exit 5"],
         ))
         .await?;
-        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit { code: 5 }));
+        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit::code(5)));
         rt.stop(quitter, Duration::from_secs(1)).await?;
+
+        // Limits are the engine's to enforce: HostConfig has them (no swap beyond the
+        // memory limit), and a container killed for its memory limit is reported so.
+        let limited = task_id(25);
+        let mut config = task(
+            limited,
+            "lim.1",
+            Ipv4Addr::new(10, 202, 0, 6),
+            &["/bin/sh", "-c", "echo ready; sleep 600"],
+        );
+        config.spec.resources.limits = mesh_api::resources::Resources {
+            nano_cpus: 500_000_000,
+            memory_bytes: 32 << 20,
+        };
+        rt.start(&config).await?;
+        let name = containers_of(limited)?;
+        let host = run(
+            "docker",
+            &[
+                "inspect",
+                "-f",
+                "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}}",
+                name.trim(),
+            ],
+        )?;
+        assert_eq!(host.trim(), "33554432 33554432 500000000", "{name}");
+        rt.stop(limited, Duration::from_secs(1)).await?;
+        assert_eq!(next_exit(&mut exits).await?.0, limited);
+        let hog = task_id(26);
+        let mut config = task(
+            hog,
+            "hog.1",
+            Ipv4Addr::new(10, 202, 0, 7),
+            // A 64 MiB shell variable, past a 16 MiB limit.
+            &[
+                "/bin/sh",
+                "-c",
+                "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}",
+            ],
+        );
+        config.spec.resources.limits.memory_bytes = 16 << 20;
+        rt.start(&config).await?;
+        let (who, exit) = next_exit(&mut exits).await?;
+        assert_eq!(who, hog);
+        assert!(exit.oom_killed && exit.code == 137, "{exit:?}");
+        rt.stop(hog, Duration::from_secs(1)).await?;
         let stubborn = task_id(23);
         rt.start(&task(
             stubborn,
@@ -230,7 +276,7 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
         )
         .await?;
         rt.stop(stubborn, Duration::from_secs(20)).await?;
-        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit { code: 3 }));
+        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit::code(3)));
 
         // Cleanup by a later run removes this agent's leftover containers.
         let left = task_id(24);

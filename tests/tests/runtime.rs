@@ -160,7 +160,7 @@ fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> 
 
         // Stop: SIGTERM ends it (128 + 15); namespace, cgroup, veth and route go.
         rt.stop(id, Duration::from_secs(5)).await?;
-        assert_eq!(next_exit(&mut exits).await?, (id, Exit { code: 143 }));
+        assert_eq!(next_exit(&mut exits).await?, (id, Exit::code(143)));
         assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(id)));
         ensure!(!cgroups.path(id).exists(), "{} still there", cgroups.path(id).display());
         ensure!(node_ip(&["link", "show", &started.host_iface]).is_err(), "host side still there");
@@ -182,13 +182,13 @@ fn process_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> 
         })
         .await?;
         rt.stop(stubborn, Duration::from_millis(300)).await?;
-        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit { code: 137 }));
+        assert_eq!(next_exit(&mut exits).await?, (stubborn, Exit::code(137)));
         assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(stubborn)));
 
         // Exits are reported with the task's code.
         let quitter = task_id(3);
         rt.start(&task(quitter, "quit.1", Ipv4Addr::new(10, 200, 0, 4), "sh", &["-c", "echo bye; exit 7"])).await?;
-        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit { code: 7 }));
+        assert_eq!(next_exit(&mut exits).await?, (quitter, Exit::code(7)));
         assert_eq!(rt.logs(quitter, 0).await?, ["bye"]);
         rt.stop(quitter, Duration::from_secs(1)).await?;
         assert!(!run("ip", &["netns", "list"])?.contains(&netns_of(quitter)));
@@ -392,7 +392,7 @@ fn a_later_run_adopts_running_tasks_and_removes_ended_ones() -> Result<()> {
             nix::unistd::Pid::from_raw(other_pid),
             nix::sys::signal::Signal::SIGKILL,
         )?;
-        assert_eq!(next_exit(&mut exits).await?, (other, Exit { code: -1 }));
+        assert_eq!(next_exit(&mut exits).await?, (other, Exit::code(-1)));
 
         // Leaving: every task is stopped, its namespace, veth and record removed.
         let stopped = second.stop_all(Duration::from_secs(5)).await?;
@@ -655,4 +655,45 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
         "the node's /etc/resolv.conf changed"
     );
     Ok(())
+}
+
+/// A task whose limit no controller of this agent can enforce (an agent without cgroup
+/// controllers, as on a node without a writable cgroup hierarchy) fails at once, naming
+/// the flag, and leaves nothing behind: it never runs unlimited.
+#[test]
+fn a_limit_no_controller_enforces_fails_the_task_at_once() -> Result<()> {
+    runtime_common::require_busybox()?;
+    let node = Node::new("nolimit")?;
+    let state = tempdir("nolimit")?;
+    node.run(move || async move {
+        let isolation = runtime_common::isolation(&state)?
+            .with_controllers(lb_agent::runtime::cgroup::Controllers::default());
+        let rt = Runtimes::new(&state, false, isolation).await?;
+        let id = task_id(90);
+        let mut config = task(
+            id,
+            "lim.1",
+            Ipv4Addr::new(10, 200, 0, 90),
+            "sleep",
+            &["600"],
+        );
+        config.spec.resources.limits.memory_bytes = 32 << 20;
+        let err = rt
+            .start(&config)
+            .await
+            .expect_err("no controller enforces the limit");
+        assert!(
+            err.to_string()
+                .contains("--limit-memory cannot be enforced on this node"),
+            "{err}"
+        );
+        ensure!(
+            !run("ip", &["netns", "list"])?.contains(&netns_of(id)),
+            "the task's namespace is left"
+        );
+        if let Some(cgroups) = lb_agent::runtime::cgroup::Cgroups::discover() {
+            ensure!(!cgroups.path(id).exists(), "the task's cgroup is left");
+        }
+        Ok(())
+    })
 }

@@ -105,6 +105,12 @@ pub async fn start(
         hostname: options.hostname,
         agent_version: format!("lb-agent {}", env!("CARGO_PKG_VERSION")),
         data_addr: options.data_addr,
+        // Only a session that runs tasks reports what the scheduler may reserve.
+        resources: if options.data_addr.is_some() {
+            crate::host::capacity::node_resources()
+        } else {
+            mesh_api::resources::Resources::default()
+        },
         runtimes: options.runtimes,
         renew_certificate: true,
     };

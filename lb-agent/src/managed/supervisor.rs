@@ -491,6 +491,14 @@ impl Supervisor {
         t.phase = Phase::Ended;
         let mut status = if exit.code == 0 {
             status(self.clock_ms, TaskState::Complete, "finished")
+        } else if exit.oom_killed {
+            // Killed by the kernel for its memory limit: say so (docker's `OOMKilled`).
+            let mut s = status(self.clock_ms, TaskState::Failed, "task: OOMKilled");
+            s.error = format!(
+                "task: non-zero exit ({}): OOMKilled: the task reached its memory limit",
+                exit.code
+            );
+            s
         } else {
             let mut s = status(self.clock_ms, TaskState::Failed, "task: non-zero exit");
             s.error = format!("task: non-zero exit ({})", exit.code);
@@ -775,14 +783,38 @@ mod tests {
         s.started(1, started("a"), t0);
         s.started(2, started("b"), t0);
         s.take();
-        s.exited(1, Exit { code: 0 });
-        s.exited(2, Exit { code: 3 });
+        s.exited(1, Exit::code(0));
+        s.exited(2, Exit::code(3));
         let (_, reports) = s.take();
         assert_eq!(reports[0].1.state, TaskState::Complete);
         assert_eq!(reports[0].1.exit_code, Some(0));
         assert_eq!(reports[1].1.state, TaskState::Failed);
         assert_eq!(reports[1].1.error, "task: non-zero exit (3)");
         assert_eq!(reports[1].1.exit_code, Some(3));
+    }
+
+    #[test]
+    fn a_task_killed_for_its_memory_limit_says_so() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.assign(&[task(1, TaskAction::Run, None)], t0);
+        s.started(1, started("a"), t0);
+        s.take();
+        s.exited(
+            1,
+            Exit {
+                code: 137,
+                oom_killed: true,
+            },
+        );
+        let (_, reports) = s.take();
+        assert_eq!(reports[0].1.state, TaskState::Failed);
+        assert_eq!(reports[0].1.message, "task: OOMKilled");
+        assert_eq!(
+            reports[0].1.error,
+            "task: non-zero exit (137): OOMKilled: the task reached its memory limit"
+        );
+        assert_eq!(reports[0].1.exit_code, Some(137));
     }
 
     #[test]
@@ -799,8 +831,8 @@ mod tests {
             t0,
         );
         s.take();
-        s.exited(1, Exit { code: 3 });
-        s.exited(2, Exit { code: 0 });
+        s.exited(1, Exit::code(3));
+        s.exited(2, Exit::code(0));
         s.started(1, started("a"), t0);
         s.started(2, started("b"), t0);
         let (_, reports) = s.take();
@@ -881,7 +913,7 @@ mod tests {
         assert!(s.take().0.is_empty(), "flows still live");
         s.flows(1, false, t0 + Duration::from_secs(2));
         assert_eq!(s.take().0, vec![Action::Stop(1)]);
-        s.exited(1, Exit { code: 143 });
+        s.exited(1, Exit::code(143));
         s.stopped(1);
         let (_, reports) = s.take();
         assert_eq!(states(&reports), vec![TaskState::Shutdown]);
@@ -948,7 +980,7 @@ mod tests {
         assert_eq!(s.running_ifaces()[&1], ["veth1"]);
         assert_eq!(s.name(1), Some("web.1"));
         // From then on they are tasks like any other: an exit is reported...
-        s.exited(2, Exit { code: -1 });
+        s.exited(2, Exit::code(-1));
         let (_, reports) = s.take();
         assert_eq!(reports[0].0, 2);
         assert_eq!(reports[0].1.state, TaskState::Failed);
@@ -1018,7 +1050,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Supervisor::new(1450);
         s.adopted(1, started("veth1").unwrap(), t0);
-        s.exited(1, Exit { code: -1 });
+        s.exited(1, Exit::code(-1));
         let (_, reports) = s.take();
         assert_eq!(states(&reports), vec![TaskState::Failed]);
         s.assign(&[recorded(1, TaskAction::Run, TaskState::Running)], t0);

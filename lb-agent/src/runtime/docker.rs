@@ -87,6 +87,12 @@ pub(crate) struct DockerRuntime {
     files: HostFiles,
 }
 
+/// A limit as the engine takes it: `None` for none (0), else the value (at most
+/// `i64::MAX`).
+fn limit(value: u64) -> Option<i64> {
+    (value > 0).then(|| i64::try_from(value).unwrap_or(i64::MAX))
+}
+
 fn dk(what: impl Into<String>) -> impl FnOnce(DockerError) -> RuntimeError {
     failed(what)
 }
@@ -244,6 +250,11 @@ impl DockerRuntime {
                 // `mesh_api::capability::resolve` does for process tasks.
                 cap_add: (!task.spec.cap_add.is_empty()).then(|| task.spec.cap_add.clone()),
                 cap_drop: (!task.spec.cap_drop.is_empty()).then(|| task.spec.cap_drop.clone()),
+                // The limits, enforced by the engine; no swap beyond the memory limit
+                // (`MemorySwap` = `Memory`), as process tasks get.
+                memory: limit(task.spec.resources.limits.memory_bytes),
+                memory_swap: limit(task.spec.resources.limits.memory_bytes),
+                nano_cpus: limit(task.spec.resources.limits.nano_cpus),
                 // Rotated by size, as the process runtime rotates its tasks' logs.
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".into()),
@@ -348,10 +359,19 @@ impl DockerRuntime {
                         .unwrap_or(-1)
                 }
             };
+            // The engine knows whether the kernel killed it for its memory limit.
+            let oom_killed = docker
+                .inspect_container(&container, None)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.oom_killed)
+                .unwrap_or(false);
             let exit = Exit {
                 code: i32::try_from(code).unwrap_or(-1),
+                oom_killed,
             };
-            info!(container, code = exit.code, "container exited");
+            info!(container, code = exit.code, oom_killed, "container exited");
             let _ = tx.send(Some(exit));
             let _ = exits.send((id, exit));
         });

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use mesh_api::spec::TaskSpec;
 
-use super::cgroup::Cgroups;
+use super::cgroup::{Cgroups, Controllers};
 use super::error::RuntimeError;
 use super::init::resolve_user;
 
@@ -34,6 +34,8 @@ pub struct Isolation {
     dns: Option<Ipv4Addr>,
     /// Where named volumes live (`<state-dir>/volumes`), if tasks may have them.
     volumes: Option<PathBuf>,
+    /// Where tasks' limits are enforced.
+    controllers: Controllers,
 }
 
 impl Isolation {
@@ -47,6 +49,7 @@ impl Isolation {
             cgroups: None,
             dns: None,
             volumes: None,
+            controllers: Controllers::default(),
         }
     }
 
@@ -64,6 +67,20 @@ impl Isolation {
     pub fn with_cgroups(mut self, cgroups: Option<Cgroups>) -> Self {
         self.cgroups = cgroups;
         self
+    }
+
+    /// Enforces tasks' limits through `controllers` (by default nowhere: a task with
+    /// limits fails).
+    #[must_use]
+    pub fn with_controllers(mut self, controllers: Controllers) -> Self {
+        self.controllers = controllers;
+        self
+    }
+
+    /// Where tasks' limits are enforced.
+    #[must_use]
+    pub fn controllers(&self) -> &Controllers {
+        &self.controllers
     }
 
     /// Gives each task an `/etc/resolv.conf` of its own that names `nameserver`

@@ -25,6 +25,7 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::cgroup;
 use super::error::{RuntimeError, failed};
 use super::isolation::Isolation;
 use super::lines::{Batcher, LineSplitter};
@@ -105,7 +106,7 @@ pub fn exit_of(status: std::process::ExitStatus) -> Exit {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(-1);
-    Exit { code }
+    Exit::code(code)
 }
 
 struct Proc {
@@ -202,21 +203,35 @@ impl ProcessRuntime {
         let env = task_env(task);
         let (init, mut args) = self.isolation.init_command(id, &task.spec, &env)?;
         // The task's secrets and configs go to its task-init through a pipe.
-        let files = if task.files.is_empty() {
+        let given = if task.files.is_empty() {
             None
         } else {
             check_config_targets(&task.files)?;
             args.insert(1, "--files".into());
             Some(super::files::encode(&task.files))
         };
+        // Its limits, or why they cannot be enforced here (it never runs without them).
+        let controllers = self.isolation.controllers();
+        let limits = &task.spec.resources.limits;
+        let files = controllers.plan(id, limits).map_err(RuntimeError::Failed)?;
         if let Some(cgroups) = self.isolation.cgroups() {
             cgroups
                 .create(id)
                 .map_err(failed(format!("create the cgroup of task {}", task.name)))?;
         }
+        cgroup::write_limits(&files)
+            .map_err(failed(format!("set the limits of task {}", task.name)))?;
+        let v1: Vec<PathBuf> = controllers
+            .v1_paths(id)
+            .into_iter()
+            .filter(|dir| files.iter().any(|(file, _)| file.starts_with(dir)))
+            .collect();
+        let oom_file = (limits.memory_bytes > 0)
+            .then(|| controllers.oom_file(id))
+            .flatten();
         let program = task.spec.image.clone();
         let env2 = env.clone();
-        let has_files = files.is_some();
+        let has_files = given.is_some();
         let rt = tokio::runtime::Handle::current();
         let mut child = netns::run_in(&netns::path(&netns_name(id)), move || {
             // The child registers with this runtime's SIGCHLD handling.
@@ -224,6 +239,9 @@ impl ProcessRuntime {
             // This thread's next child is PID 1 of a new PID namespace.
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
                 .map_err(|e| std::io::Error::other(format!("unshare the PID namespace: {e}")))?;
+            // Its v1 cgroups (limits on a hybrid host): joined by this thread, so that
+            // task-init starts in them.
+            cgroup::join_v1_thread(&v1)?;
             let err = out.try_clone()?;
             tokio::process::Command::new(&init)
                 .args(&args)
@@ -245,9 +263,9 @@ impl ProcessRuntime {
         })
         .await
         .map_err(failed(format!("start task {}", task.name)))?;
-        if let (Some(files), Some(mut stdin)) = (files, child.stdin.take()) {
+        if let (Some(given), Some(mut stdin)) = (given, child.stdin.take()) {
             // A task-init that failed before reading closes the pipe: its exit says why.
-            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut stdin, &files).await {
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut stdin, &given).await {
                 warn!(task = task.name, error = %e, "the task did not take its files");
             }
         }
@@ -262,14 +280,23 @@ impl ProcessRuntime {
         let exits = self.exits.clone();
         let name = task.name.clone();
         tokio::spawn(async move {
-            let exit = match child.wait().await {
+            let mut exit = match child.wait().await {
                 Ok(status) => exit_of(status),
                 Err(e) => {
                     warn!(task = name, error = %e, "cannot wait for the task");
-                    Exit { code: -1 }
+                    Exit::code(-1)
                 }
             };
-            info!(task = name, code = exit.code, "task exited");
+            // Its memory cgroup counts the kernel's kills for its limit.
+            exit.oom_killed = oom_file
+                .and_then(|file| std::fs::read_to_string(file).ok())
+                .is_some_and(|events| cgroup::oom_killed(&events));
+            info!(
+                task = name,
+                code = exit.code,
+                oom_killed = exit.oom_killed,
+                "task exited"
+            );
             let _ = tx.send(Some(exit));
             let _ = exits.send((id, exit));
         });
@@ -310,6 +337,11 @@ impl ProcessRuntime {
         if let Some(cgroups) = self.isolation.cgroups() {
             cgroups
                 .remove(id)
+                .await
+                .map_err(failed(format!("remove the cgroup of task {id:016x}")))?;
+        }
+        for dir in self.isolation.controllers().v1_paths(id) {
+            cgroup::remove_cgroup(&dir)
                 .await
                 .map_err(failed(format!("remove the cgroup of task {id:016x}")))?;
         }
@@ -592,7 +624,7 @@ impl ProcessRuntime {
         let exits = self.exits.clone();
         tokio::spawn(async move {
             procfs::wait_exit(pid, start, pidfd).await;
-            let exit = Exit { code: -1 };
+            let exit = Exit::code(-1);
             info!(task = format!("{id:016x}"), pid, "adopted task exited");
             let _ = tx.send(Some(exit));
             let _ = exits.send((id, exit));
@@ -604,7 +636,7 @@ impl ProcessRuntime {
     /// Records a task whose main process is gone, as ended (code -1) and reports its
     /// exit: its namespace stays until it is stopped.
     pub(crate) fn adopt_ended(&self, id: TaskId) {
-        let exit = Exit { code: -1 };
+        let exit = Exit::code(-1);
         let (_tx, rx) = watch::channel(Some(exit));
         self.tasks.insert(
             id,
@@ -753,7 +785,7 @@ mod tests {
         log.write_all(b"ial\nfour\n").unwrap();
         assert_eq!(next(&mut rx).await, ["partial", "four"]);
         log.write_all(b"last words").unwrap();
-        exited.send_replace(Some(Exit { code: 0 }));
+        exited.send_replace(Some(Exit::code(0)));
         assert_eq!(
             next(&mut rx).await,
             ["last words"],
@@ -808,7 +840,7 @@ mod tests {
             lines.extend(next(&mut rx).await);
         }
         assert_eq!(lines, ["two", "three"]);
-        exited.send_replace(Some(Exit { code: 0 }));
+        exited.send_replace(Some(Exit::code(0)));
         follower.await.unwrap().unwrap();
         // Both parts make the task's logs.
         assert_eq!(runtime.logs(9, 0).unwrap(), ["one", "two", "three"]);

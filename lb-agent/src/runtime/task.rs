@@ -68,6 +68,20 @@ impl Started {
 pub struct Exit {
     /// Its exit code; 128 + the signal's number if a signal killed it.
     pub code: i32,
+    /// Whether the kernel killed it for passing its memory limit (docker's
+    /// `OOMKilled`): its cgroup counted an OOM kill.
+    pub oom_killed: bool,
+}
+
+impl Exit {
+    /// An exit with `code`, not for the memory limit.
+    #[must_use]
+    pub fn code(code: i32) -> Self {
+        Self {
+            code,
+            oom_killed: false,
+        }
+    }
 }
 
 /// The service name in a task name (`web` in `web.1`).

@@ -36,6 +36,8 @@ fn edited_spec_json(edits: &[(usize, u8, bool)]) -> Vec<u8> {
             .parse()
             .expect("a valid mount"),
     ];
+    spec.task.resources.limits.memory_bytes = 64 << 20;
+    spec.task.resources.reservations.nano_cpus = 500_000_000;
     let mut bytes = serde_json::to_vec(&spec).expect("a spec encodes");
     for &(at, byte, cut) in edits {
         if bytes.is_empty() {
@@ -80,6 +82,8 @@ proptest! {
         let _ = parse_label(&text);
         let _ = crate::spec::validate_name(&text);
         let _ = crate::spec::validate_user(&text);
+        let _ = crate::resources::parse_nano_cpus(&text);
+        let _ = crate::resources::parse_memory_bytes(&text);
         let _ = crate::capability::canonical(&text);
         let _ = crate::capability::resolve(std::slice::from_ref(&text), std::slice::from_ref(&text));
         for kind in [crate::file_ref::FileKind::Secret, crate::file_ref::FileKind::Config] {
@@ -92,5 +96,12 @@ proptest! {
     #[test]
     fn fuzz_durations_never_overflow(n in any::<u64>(), unit in prop::sample::select(vec!["ns", "us", "ms", "s", "m", "h", "h1h", "m30s"])) {
         let _ = parse_duration_ms(&format!("{n}{unit}"));
+    }
+
+    #[test]
+    fn fuzz_resource_units_never_overflow(n in any::<u64>(), f in any::<u64>(), unit in prop::sample::select(vec!["", "b", "k", "M", "g", "TiB", "p", "pb"])) {
+        let _ = crate::resources::parse_memory_bytes(&format!("{n}{unit}"));
+        let _ = crate::resources::parse_memory_bytes(&format!("{n}.{f}{unit}"));
+        let _ = crate::resources::parse_nano_cpus(&format!("{n}.{f}"));
     }
 }

@@ -26,6 +26,7 @@ pub mod file_ref;
 pub mod mount;
 pub mod network;
 pub mod node;
+pub mod resources;
 pub mod service;
 pub mod spec;
 pub mod task;

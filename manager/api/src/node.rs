@@ -181,6 +181,12 @@ pub struct Node {
     /// Swarm's `Status.Message`).
     #[serde(default)]
     pub dataplane_error: Option<String>,
+    /// The CPUs and memory its agent reported with its data address (docker's
+    /// `Description.Resources`): what the scheduler may reserve there. Zero for a
+    /// node whose agent has not reported them: a task with reservations does not
+    /// fit there.
+    #[serde(default)]
+    pub resources: crate::resources::Resources,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// Milliseconds since the Unix epoch.
@@ -203,6 +209,7 @@ impl Node {
             data_addr: None,
             runtimes: BTreeSet::new(),
             dataplane_error: None,
+            resources: crate::resources::Resources::default(),
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
         }

@@ -458,6 +458,13 @@ pub struct TaskSpec {
     /// Bind mounts, named volumes and tmpfs mounts (`--mount`; see [`crate::mount`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::mount::Mount>,
+    /// CPU and memory limits (enforced on the node) and reservations (for the
+    /// scheduler): `--limit-cpu`, `--limit-memory`, `--reserve-cpu`, `--reserve-memory`.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::resources::ResourceRequirements::is_empty"
+    )]
+    pub resources: crate::resources::ResourceRequirements,
 }
 
 /// A service's attachment to a network (`--network name=back,alias=db`).
@@ -730,6 +737,7 @@ impl ServiceSpec {
                 secrets: Vec::new(),
                 configs: Vec::new(),
                 mounts: Vec::new(),
+                resources: Default::default(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -845,6 +853,7 @@ impl ServiceSpec {
             validate_user(user)?;
         }
         crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
+        self.task.resources.validate()?;
         self.validate_networks()?;
         self.validate_files()?;
         crate::mount::validate_mounts(&self.task.mounts)?;

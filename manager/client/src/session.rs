@@ -142,6 +142,9 @@ pub struct SessionOptions {
     /// (the scheduler places a task only on a node that runs its runtime);
     /// empty for a session without a dataplane.
     pub runtimes: BTreeSet<RuntimeKind>,
+    /// The node's CPUs and memory, reported in `Hello` for the scheduler's
+    /// reservations; zero for a session without a dataplane.
+    pub resources: mesh_api::resources::Resources,
     /// Whether a role change renews the node's certificate (and is
     /// reported once renewed). The node's agent renews it; a manager's own
     /// session only reports the new role, so that two processes sharing a
@@ -295,6 +298,8 @@ async fn attempt(
                 agent_version: options.agent_version.clone(),
                 data_addr: options.data_addr.map(|a| a.to_string()).unwrap_or_default(),
                 runtimes: options.runtimes.iter().map(ToString::to_string).collect(),
+                nano_cpus: options.resources.nano_cpus,
+                memory_bytes: options.resources.memory_bytes,
             })),
         };
         if tx.send(hello).await.is_err() {

@@ -867,6 +867,7 @@ mod tests {
             id: 4,
             addr: Some(Ipv4Addr::new(10, 99, 0, 4)),
             runtimes: [RuntimeKind::Process].into(),
+            resources: Default::default(),
             at_ms: sim.now,
         });
         sim.node(1, Availability::Active);
@@ -907,6 +908,7 @@ mod tests {
                 id,
                 addr,
                 runtimes: runtimes.iter().copied().collect(),
+                resources: Default::default(),
                 at_ms: sim.now,
             });
         }

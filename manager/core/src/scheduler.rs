@@ -6,7 +6,11 @@
 //! runtimes runs processes only: [`Node::runs`]); spread, so each new task goes
 //! to the eligible node running the fewest tasks of its service (ties: the
 //! fewest tasks overall, then the lowest node ID, so placement is
-//! deterministic).
+//! deterministic). A task with reservations (`--reserve-cpu`,
+//! `--reserve-memory`) goes only to a node whose unreserved resources cover
+//! them: the resources its agent reported ([`Node::resources`]) less the
+//! reservations of the node's tasks that have not ended, as Swarm's
+//! resource filter does; limits play no part in placement.
 //!
 //! [`place`] is the pure placement of a service's new tasks given the
 //! load; [`schedule`] is the scheduler's pass of a round of the leader's
@@ -21,6 +25,7 @@ use std::collections::BTreeMap;
 use crate::orchestrator::work::Work;
 use crate::state::ClusterState;
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus};
+use mesh_api::resources::Resources;
 use mesh_api::spec::ServiceSpec;
 
 /// Why tasks could not be placed.
@@ -61,30 +66,56 @@ pub struct Load {
     pub service: BTreeMap<NodeId, usize>,
     /// Tasks of every service, per node.
     pub total: BTreeMap<NodeId, usize>,
+    /// The reservations of every service's tasks, per node.
+    pub reserved: BTreeMap<NodeId, Resources>,
+}
+
+/// Whether `node`, whose tasks reserve `reserved`, has room for one more task
+/// reserving `need`: its reported resources less `reserved` cover it (a task
+/// without reservations fits anywhere).
+#[must_use]
+pub fn fits(node: &Node, reserved: &Resources, need: &Resources) -> bool {
+    need.is_zero() || node.resources.saturating_sub(reserved).covers(need)
 }
 
 /// Chooses nodes for `count` new tasks of `spec`, one at a time, each to the
-/// least-loaded eligible node (counting the tasks placed before it).
+/// least-loaded eligible node with room for its reservations (counting the
+/// tasks placed before it).
 ///
 /// # Errors
-/// [`ScheduleError::NoSuitableNode`] when no node is eligible, saying why
-/// the nodes were passed over (as `docker service ps` does).
+/// [`ScheduleError::NoSuitableNode`] when not all fit, saying why the nodes
+/// were passed over (as `docker service ps` does).
 pub fn place(
     state: &ClusterState,
     load: &Load,
     spec: &ServiceSpec,
     count: usize,
 ) -> Result<Vec<NodeId>, ScheduleError> {
-    let candidates: Vec<&Node> = state.nodes.values().filter(|n| eligible(n, spec)).collect();
-    if candidates.is_empty() {
-        return Err(ScheduleError::NoSuitableNode(why_none(state, spec)));
+    match place_some(state, load, spec, count) {
+        (placed, None) => Ok(placed),
+        (_, Some(err)) => Err(err),
     }
+}
+
+/// [`place`], keeping the nodes of the tasks that fit: those placed, in order,
+/// and why the others (if any) fit nowhere.
+#[must_use]
+pub fn place_some(
+    state: &ClusterState,
+    load: &Load,
+    spec: &ServiceSpec,
+    count: usize,
+) -> (Vec<NodeId>, Option<ScheduleError>) {
+    let candidates: Vec<&Node> = state.nodes.values().filter(|n| eligible(n, spec)).collect();
+    let need = spec.task.resources.reservations;
     let mut service = load.service.clone();
     let mut total = load.total.clone();
+    let mut reserved = load.reserved.clone();
     let mut placed = Vec::with_capacity(count);
     for _ in 0..count {
         let node = candidates
             .iter()
+            .filter(|n| fits(n, &reserved.get(&n.id).copied().unwrap_or_default(), &need))
             .min_by_key(|n| {
                 (
                     service.get(&n.id).copied().unwrap_or(0),
@@ -92,13 +123,18 @@ pub fn place(
                     n.id,
                 )
             })
-            .map(|n| n.id)
-            .expect("candidates is not empty");
+            .map(|n| n.id);
+        let Some(node) = node else {
+            let why = why_none(state, spec, &reserved);
+            return (placed, Some(ScheduleError::NoSuitableNode(why)));
+        };
         *service.entry(node).or_default() += 1;
         *total.entry(node).or_default() += 1;
+        let entry = reserved.entry(node).or_default();
+        *entry = entry.saturating_add(&need);
         placed.push(node);
     }
-    Ok(placed)
+    (placed, None)
 }
 
 /// Non-terminal tasks per node, every service counted.
@@ -113,6 +149,20 @@ pub fn total_load(state: &ClusterState) -> BTreeMap<NodeId, usize> {
     total
 }
 
+/// The reservations of the non-terminal tasks per node, every service counted
+/// (a task being stopped holds its reservation until it has ended).
+#[must_use]
+pub fn reserved_load(state: &ClusterState) -> BTreeMap<NodeId, Resources> {
+    let mut reserved: BTreeMap<NodeId, Resources> = BTreeMap::new();
+    for task in state.tasks.values() {
+        if let (Some(node), false) = (task.node, task.status.state.is_terminal()) {
+            let entry = reserved.entry(node).or_default();
+            *entry = entry.saturating_add(&task.spec.resources.reservations);
+        }
+    }
+    reserved
+}
+
 /// The scheduler's pass over `works` (each service's work, in service
 /// order): places every live task still pending and every planned task
 /// without a node, service by service, spreading them with [`place`]; the
@@ -125,8 +175,9 @@ pub fn schedule<'w, 'a: 'w>(
     works: impl IntoIterator<Item = &'w mut Work<'a>>,
 ) {
     let mut total = total_load(state);
+    let mut reserved = reserved_load(state);
     for work in works {
-        schedule_service(state, work, &mut total);
+        schedule_service(state, work, &mut total, &mut reserved);
     }
 }
 
@@ -135,7 +186,13 @@ fn schedule_service(
     state: &ClusterState,
     work: &mut Work<'_>,
     total: &mut BTreeMap<NodeId, usize>,
+    reserved: &mut BTreeMap<NodeId, Resources>,
 ) {
+    let need = work.service.spec.task.resources.reservations;
+    let reserve = |reserved: &mut BTreeMap<NodeId, Resources>, node: NodeId| {
+        let entry = reserved.entry(node).or_default();
+        *entry = entry.saturating_add(&need);
+    };
     let pending_tasks: Vec<usize> = (0..work.tasks.len())
         .filter(|&i| work.tasks[i].is_live() && work.tasks[i].node.is_none())
         .collect();
@@ -144,6 +201,7 @@ fn schedule_service(
         .collect();
     for planned in work.create.iter().filter_map(|p| p.node) {
         *total.entry(planned).or_default() += 1;
+        reserve(reserved, planned);
     }
     let count = pending_tasks.len() + pending_planned.len();
     if count == 0 {
@@ -162,25 +220,23 @@ fn schedule_service(
     let load = Load {
         service: service_load,
         total: total.clone(),
+        reserved: reserved.clone(),
     };
-    match place(state, &load, &work.service.spec, count) {
-        Ok(nodes) => {
-            let mut nodes = nodes.into_iter();
-            for i in pending_tasks {
-                let node = nodes.next().expect("one node per task");
-                work.tasks[i].node = Some(node);
-                *total.entry(node).or_default() += 1;
-            }
-            for i in pending_planned {
-                let node = nodes.next().expect("one node per task");
-                work.create[i].node = Some(node);
-                *total.entry(node).or_default() += 1;
-            }
-        }
-        Err(err) => {
-            for i in pending_planned {
-                work.create[i].message = err.to_string();
-            }
+    let (nodes, err) = place_some(state, &load, &work.service.spec, count);
+    let mut nodes = nodes.into_iter();
+    for i in pending_tasks {
+        let Some(node) = nodes.next() else { break };
+        work.tasks[i].node = Some(node);
+        *total.entry(node).or_default() += 1;
+        reserve(reserved, node);
+    }
+    for i in pending_planned {
+        if let Some(node) = nodes.next() {
+            work.create[i].node = Some(node);
+            *total.entry(node).or_default() += 1;
+            reserve(reserved, node);
+        } else if let Some(err) = &err {
+            work.create[i].message = err.to_string();
         }
     }
 }
@@ -188,12 +244,18 @@ fn schedule_service(
 /// Why no node is eligible for `spec`, each node counted once, for its
 /// first reason in this order: not ready, paused or drained, without a
 /// dataplane, with a failed dataplane, without the task's runtime,
-/// constraints not satisfied.
-fn why_none(state: &ClusterState, spec: &ServiceSpec) -> String {
+/// constraints not satisfied, no room for its reservations (the nodes'
+/// tasks reserving `reserved`).
+fn why_none(
+    state: &ClusterState,
+    spec: &ServiceSpec,
+    reserved: &BTreeMap<NodeId, Resources>,
+) -> String {
     let runtime = spec.task.runtime;
     let (mut down, mut unavailable, mut no_dataplane, mut no_runtime, mut unmatched) =
         (0, 0, 0, 0, 0);
-    let mut failed_dataplane = 0;
+    let (mut failed_dataplane, mut no_room) = (0, 0);
+    let need = spec.task.resources.reservations;
     for node in state.nodes.values() {
         if node.status != NodeStatus::Ready {
             down += 1;
@@ -207,6 +269,12 @@ fn why_none(state: &ClusterState, spec: &ServiceSpec) -> String {
             no_runtime += 1;
         } else if !spec.constraints.iter().all(|c| c.matches(node)) {
             unmatched += 1;
+        } else if !fits(
+            node,
+            &reserved.get(&node.id).copied().unwrap_or_default(),
+            &need,
+        ) {
+            no_room += 1;
         }
     }
     let mut parts = Vec::new();
@@ -219,6 +287,9 @@ fn why_none(state: &ClusterState, spec: &ServiceSpec) -> String {
         parts.push(format!(
             "scheduling constraints not satisfied on {unmatched} nodes"
         ));
+    }
+    if no_room > 0 {
+        parts.push(format!("insufficient resources on {no_room} nodes"));
     }
     if unavailable > 0 {
         parts.push(format!("{unavailable} nodes paused or drained"));
@@ -319,6 +390,7 @@ mod tests {
         let load = Load {
             service: BTreeMap::from([(1, 3), (2, 1)]),
             total: BTreeMap::from([(1, 3), (2, 1), (3, 5)]),
+            reserved: BTreeMap::new(),
         };
         let placed = place(&state, &load, &any(), 3).unwrap();
         // Node 3 has no task of this service: it gets the first; then 2 and 3 tie
@@ -499,5 +571,122 @@ mod tests {
         );
         assert_eq!(works[2].tasks[0].node, None);
         assert_eq!(works[2].tasks[0].status.message, "waiting");
+    }
+
+    const GIB: u64 = 1 << 30;
+    const CPU: u64 = 1_000_000_000;
+
+    /// Nodes 1 and 2 with 2 CPUs and 4 GiB each; node 3 reported nothing.
+    fn sized() -> ClusterState {
+        let mut state = cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "a"),
+            (3, Ready, Active, "a"),
+        ]);
+        for id in [1, 2] {
+            state.nodes.get_mut(&id).unwrap().resources = Resources {
+                nano_cpus: 2 * CPU,
+                memory_bytes: 4 * GIB,
+            };
+        }
+        state
+    }
+
+    fn reserving(cpus: u64, memory: u64) -> ServiceSpec {
+        let mut spec = any();
+        spec.task.resources.reservations = Resources {
+            nano_cpus: cpus,
+            memory_bytes: memory,
+        };
+        spec
+    }
+
+    #[test]
+    fn a_task_goes_only_where_unreserved_resources_cover_its_reservations() {
+        let state = sized();
+        // 3 GiB each: one per node that reported 4 GiB; node 3 reported nothing.
+        let big = reserving(0, 3 * GIB);
+        assert_eq!(
+            place(&state, &Load::default(), &big, 2).unwrap(),
+            vec![1, 2]
+        );
+        let (placed, err) = place_some(&state, &Load::default(), &big, 3);
+        assert_eq!(placed, vec![1, 2]);
+        assert_eq!(
+            err.unwrap().to_string(),
+            "no suitable node (insufficient resources on 3 nodes)"
+        );
+        // What is reserved already counts: node 1 has 1.5 CPUs reserved.
+        let load = Load {
+            reserved: BTreeMap::from([(
+                1,
+                Resources {
+                    nano_cpus: 1_500_000_000,
+                    memory_bytes: 0,
+                },
+            )]),
+            ..Load::default()
+        };
+        let one_cpu = reserving(CPU, 0);
+        assert_eq!(place(&state, &load, &one_cpu, 2).unwrap(), vec![2, 2]);
+        // Exactly what is left fits.
+        assert_eq!(
+            place(&state, &load, &reserving(500_000_000, 4 * GIB), 1).unwrap(),
+            vec![1]
+        );
+        // More memory than any node has: pending, with docker's reason.
+        assert_eq!(
+            place(&state, &Load::default(), &reserving(0, 1 << 50), 1)
+                .unwrap_err()
+                .to_string(),
+            "no suitable node (insufficient resources on 3 nodes)"
+        );
+        // Without reservations, resources do not matter (node 3 too).
+        assert_eq!(place(&state, &load, &any(), 3).unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_pass_counts_reservations_of_unfinished_tasks_and_of_its_placements() {
+        let state = sized();
+        let mut a = service(1);
+        a.spec.task.resources.reservations.memory_bytes = 3 * GIB;
+        let mut state = state;
+        // A running task of service 1 on node 1 reserves 3 GiB there; a finished
+        // one on node 2 reserves nothing.
+        let mut running = task(&a, 10, 1, "v2", TaskState::Running);
+        running.node = Some(1);
+        let mut done = task(&a, 11, 2, "v2", TaskState::Complete);
+        done.node = Some(2);
+        state.tasks.insert(10, running);
+        state.tasks.insert(11, done);
+        assert_eq!(
+            reserved_load(&state),
+            BTreeMap::from([(
+                1,
+                Resources {
+                    nano_cpus: 0,
+                    memory_bytes: 3 * GIB
+                }
+            )])
+        );
+        let b = Service { id: 2, ..a.clone() };
+        let mut works: Vec<Work<'_>> = [&a, &b]
+            .map(|service| Work {
+                service,
+                tasks: Vec::new(),
+                create: Vec::new(),
+                delete: BTreeSet::new(),
+            })
+            .into();
+        works[0].add(2, None);
+        works[1].add(1, None);
+        schedule(&state, &mut works);
+        // Service 1's new task takes node 2, the last room: service 2's fits nowhere.
+        assert_eq!(works[0].create[0].node, Some(2));
+        assert_eq!(works[1].create[0].node, None);
+        assert_eq!(
+            works[1].create[0].message,
+            "no suitable node (insufficient resources on 3 nodes)"
+        );
     }
 }

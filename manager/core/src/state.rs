@@ -184,6 +184,10 @@ pub enum Command {
         /// [`Node::runs`]).
         #[serde(default)]
         runtimes: BTreeSet<RuntimeKind>,
+        /// The CPUs and memory its agent reported (zero in entries logged before
+        /// agents reported them).
+        #[serde(default)]
+        resources: mesh_api::resources::Resources,
         /// Leader's clock.
         at_ms: u64,
     },
@@ -538,12 +542,17 @@ impl ClusterState {
                 id,
                 addr,
                 runtimes,
+                resources,
                 at_ms,
             } => {
                 let node = self.node_mut(*id)?;
-                if node.data_addr != *addr || node.runtimes != *runtimes {
+                if node.data_addr != *addr
+                    || node.runtimes != *runtimes
+                    || node.resources != *resources
+                {
                     node.data_addr = *addr;
                     node.runtimes.clone_from(runtimes);
+                    node.resources = *resources;
                     node.updated_at_ms = *at_ms;
                 }
                 Ok(Applied::Done)

@@ -399,6 +399,9 @@ fn node_json(node: &proto::NodeInfo) -> serde_json::Value {
         "UpdatedAt": node.updated_at,
         "AgentVersion": node.agent_version,
         "Runtimes": node.runtimes,
+        "Description": {
+            "Resources": {"NanoCPUs": node.nano_cpus, "MemoryBytes": node.memory_bytes},
+        },
     })
 }
 
@@ -498,6 +501,12 @@ async fn node(cli: &Cli, command: &NodeCommand) -> Result<()> {
                     }
                     println!("Agent Version:     {}", n.agent_version);
                     println!("Runtimes:          {}", runtimes_text(&n.runtimes));
+                    if n.nano_cpus > 0 || n.memory_bytes > 0 {
+                        use mesh_api::resources::{Bytes, CpuCount};
+                        println!("Resources:");
+                        println!(" CPUs:             {}", CpuCount(n.nano_cpus));
+                        println!(" Memory:           {}", Bytes(n.memory_bytes));
+                    }
                 }
             } else {
                 let list: Vec<_> = found.iter().map(node_json).collect();

@@ -632,6 +632,7 @@ async fn own_session(manager: Manager, hostname: String, stop: watch::Receiver<b
         data_addr: None,
         // Without a dataplane the manager's own session runs no tasks.
         runtimes: BTreeSet::new(),
+        resources: mesh_api::resources::Resources::default(),
         // The node's agent renews the certificate: two processes writing
         // the identity they share would race.
         renew_certificate: false,

@@ -280,7 +280,10 @@ pub(crate) fn task_config(
 /// # Errors
 /// If `lb-agent` is not built.
 pub(crate) fn isolation(state: &Path) -> Result<Isolation> {
+    let cgroups = lb_agent::runtime::cgroup::Cgroups::discover();
+    let controllers = lb_agent::runtime::cgroup::Controllers::discover(cgroups.as_ref(), false);
     Ok(Isolation::new(mesh_tests::bin("lb-agent")?)
-        .with_cgroups(lb_agent::runtime::cgroup::Cgroups::discover())
+        .with_cgroups(cgroups)
+        .with_controllers(controllers)
         .hide(state))
 }

@@ -320,6 +320,80 @@ impl PrivilegeFlags {
     }
 }
 
+/// CPU and memory: `--limit-cpu`, `--limit-memory`, `--reserve-cpu`,
+/// `--reserve-memory`, shared by `create` and `update` (on update, `0` clears
+/// one, as docker).
+#[derive(Clone, Debug, Default, Args)]
+pub struct ResourceFlags {
+    /// Limit CPUs (e.g. 0.5).
+    #[arg(long, value_name = "DECIMAL", allow_hyphen_values = true)]
+    pub limit_cpu: Option<String>,
+    /// Limit memory (e.g. 64M, 1g, bytes).
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
+    pub limit_memory: Option<String>,
+    /// Reserve CPUs: only a node with this much unreserved gets the task.
+    #[arg(long, value_name = "DECIMAL", allow_hyphen_values = true)]
+    pub reserve_cpu: Option<String>,
+    /// Reserve memory: only a node with this much unreserved gets the task.
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
+    pub reserve_memory: Option<String>,
+}
+
+impl ResourceFlags {
+    /// Applies the flags that are set to `spec` (the checks of the whole are
+    /// [`ServiceSpec::validate`]'s).
+    ///
+    /// # Errors
+    /// A value that does not parse, naming its flag as docker does.
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), FlagError> {
+        use mesh_api::resources::{parse_memory_bytes, parse_nano_cpus};
+        let resources = &mut spec.task.resources;
+        let cpu_flags = [
+            (
+                "limit-cpu",
+                &self.limit_cpu,
+                &mut resources.limits.nano_cpus,
+            ),
+            (
+                "reserve-cpu",
+                &self.reserve_cpu,
+                &mut resources.reservations.nano_cpus,
+            ),
+        ];
+        for (flag, value, field) in cpu_flags {
+            if let Some(value) = value {
+                *field = parse_nano_cpus(value).map_err(|e| {
+                    FlagError(format!(
+                        "invalid argument {value:?} for \"--{flag}\" flag: {e}"
+                    ))
+                })?;
+            }
+        }
+        let memory_flags = [
+            (
+                "limit-memory",
+                &self.limit_memory,
+                &mut resources.limits.memory_bytes,
+            ),
+            (
+                "reserve-memory",
+                &self.reserve_memory,
+                &mut resources.reservations.memory_bytes,
+            ),
+        ];
+        for (flag, value, field) in memory_flags {
+            if let Some(value) = value {
+                *field = parse_memory_bytes(value).map_err(|e| {
+                    FlagError(format!(
+                        "invalid argument {value:?} for \"--{flag}\" flag: {e}"
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `meshctl service create`'s flags.
 #[derive(Clone, Debug, Args)]
 pub struct CreateFlags {
@@ -366,6 +440,8 @@ pub struct CreateFlags {
     pub policy: PolicyFlags,
     #[command(flatten)]
     pub privilege: PrivilegeFlags,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
     /// Exit immediately instead of waiting for the service to converge.
     #[arg(long, short)]
     pub detach: bool,
@@ -461,6 +537,7 @@ impl CreateFlags {
         }
         self.policy.apply(&mut spec)?;
         self.privilege.apply(&mut spec)?;
+        self.resources.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -530,6 +607,8 @@ pub struct UpdateFlags {
     pub policy: PolicyFlags,
     #[command(flatten)]
     pub privilege: PrivilegeFlags,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
     /// Exit immediately instead of waiting for the service to converge.
     #[arg(long, short)]
     pub detach: bool,
@@ -813,6 +892,7 @@ impl UpdateFlags {
         }
         self.policy.apply(spec)?;
         self.privilege.apply(spec)?;
+        self.resources.apply(spec)?;
         spec.validate()?;
         Ok(())
     }
@@ -1116,6 +1196,60 @@ mod tests {
         publish_add(&mut spec, &["8080:81".into(), "9000:90".into()]).unwrap();
         let ports: Vec<_> = spec.endpoint.ports.iter().map(|p| p.to_string()).collect();
         assert_eq!(ports, vec!["*:8080->81/tcp", "*:9000->90/tcp"]);
+    }
+
+    #[test]
+    fn resources_as_docker_takes_them_and_zero_clears_on_update() {
+        let spec = create(&[
+            "--limit-cpu",
+            "0.5",
+            "--limit-memory",
+            "64M",
+            "--reserve-cpu",
+            ".25",
+            "--reserve-memory",
+            "32m",
+            "/bin/true",
+        ])
+        .unwrap();
+        let r = spec.task.resources;
+        assert_eq!(r.limits.nano_cpus, 500_000_000);
+        assert_eq!(r.limits.memory_bytes, 64 << 20);
+        assert_eq!(r.reservations.nano_cpus, 250_000_000);
+        assert_eq!(r.reservations.memory_bytes, 32 << 20);
+        // A changed limit is a new task spec (the service rolls); 0 clears.
+        let after = update(&spec, &["--limit-memory", "1g", "--reserve-memory", "0"]).unwrap();
+        assert_ne!(after.task, spec.task);
+        assert_eq!(after.task.resources.limits.memory_bytes, 1 << 30);
+        assert_eq!(after.task.resources.reservations.memory_bytes, 0);
+        assert_eq!(after.task.resources.limits.nano_cpus, 500_000_000);
+        for (args, reason) in [
+            (
+                vec!["--limit-memory", "64x"],
+                "invalid argument \"64x\" for \"--limit-memory\" flag: invalid size: '64x'",
+            ),
+            (
+                vec!["--limit-cpu", "-1"],
+                "invalid argument \"-1\" for \"--limit-cpu\" flag: invalid cpu value -1: \
+                 must not be negative",
+            ),
+            (
+                vec!["--reserve-cpu", "1/2"],
+                "failed to parse \"1/2\" as a rational number",
+            ),
+            (
+                vec!["--limit-memory", "1k"],
+                "invalid memory value 1024: Must be at least 4MiB",
+            ),
+            (
+                vec!["--reserve-memory", "128M"],
+                "memory reservation (128MiB) must be less than or equal to memory limit (64MiB)",
+            ),
+            (vec!["--limit-memory", "99999999999p"], "too large"),
+        ] {
+            let err = update(&spec, &args).unwrap_err().to_string();
+            assert!(err.contains(reason), "{args:?}: {err}");
+        }
     }
 
     #[test]

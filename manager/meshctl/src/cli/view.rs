@@ -498,6 +498,7 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
             format_duration_ms(h.start_period_ms)
         );
     }
+    resources_text(&mut out, &task.resources);
     let r = &task.restart;
     let _ = writeln!(out, "RestartPolicy:");
     let _ = writeln!(out, " Condition:\t{}", r.condition);
@@ -549,6 +550,31 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
 }
 
 /// Lines `key:\tvalue` with the values lined up, as docker's tabwriter does.
+/// Docker's `Resources:` block of `inspect --pretty`: reservations, then
+/// limits, each amount only when set.
+fn resources_text(out: &mut String, resources: &mesh_api::resources::ResourceRequirements) {
+    use mesh_api::resources::{Bytes, CpuCount};
+    if resources.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "Resources:");
+    for (title, set) in [
+        ("Reservations", &resources.reservations),
+        ("Limits", &resources.limits),
+    ] {
+        if set.is_zero() {
+            continue;
+        }
+        let _ = writeln!(out, " {title}:");
+        if set.nano_cpus > 0 {
+            let _ = writeln!(out, "  CPU:\t\t{}", CpuCount(set.nano_cpus));
+        }
+        if set.memory_bytes > 0 {
+            let _ = writeln!(out, "  Memory:\t{}", Bytes(set.memory_bytes));
+        }
+    }
+}
+
 fn align(text: &str) -> String {
     const WIDTH: usize = 20;
     let mut out = String::new();
@@ -738,6 +764,9 @@ mod tests {
     fn pretty_inspect_names_the_essentials() {
         let mut s = web();
         s.spec.constraints = vec!["node.labels.zone==a".parse().unwrap()];
+        s.spec.task.resources.limits.nano_cpus = 500_000_000;
+        s.spec.task.resources.limits.memory_bytes = 32 << 20;
+        s.spec.task.resources.reservations.memory_bytes = 16 << 20;
         let text = pretty_service(
             &ServiceRow {
                 service: s.clone(),
@@ -756,6 +785,8 @@ mod tests {
             "Virtual IP:         10.255.0.2",
             " PublishedPort = 8080",
             "  TargetPort = 80",
+            "Resources:\n Reservations:\n  Memory:           16MiB\n Limits:\n  \
+             CPU:              0.5\n  Memory:           32MiB\n",
         ] {
             assert!(text.contains(wanted), "{wanted:?} missing in\n{text}");
         }

@@ -224,6 +224,8 @@ pub fn node_info(node: &Node, raft: &ManagerView) -> proto::NodeInfo {
             Vec::new()
         },
         status_message: node.dataplane_error.clone().unwrap_or_default(),
+        nano_cpus: node.resources.nano_cpus,
+        memory_bytes: node.resources.memory_bytes,
     }
 }
 

@@ -79,6 +79,10 @@ impl Dispatcher for DispatcherService {
             })?)
         };
         let runtimes = hello_runtimes(caller.node_id, &hello.runtimes);
+        let resources = mesh_api::resources::Resources {
+            nano_cpus: hello.nano_cpus,
+            memory_bytes: hello.memory_bytes,
+        };
         let (needs_status, needs_addr, counts) = {
             let state = self.manager.read_unchecked();
             let node = state.node(caller.node_id).map_err(state_status)?;
@@ -90,7 +94,10 @@ impl Dispatcher for DispatcherService {
                 counts
                     && (node.status != NodeStatus::Ready
                         || node.agent_version != hello.agent_version),
-                data_addr.is_some() && (node.data_addr != data_addr || node.runtimes != runtimes),
+                data_addr.is_some()
+                    && (node.data_addr != data_addr
+                        || node.runtimes != runtimes
+                        || node.resources != resources),
                 counts,
             )
         };
@@ -103,6 +110,7 @@ impl Dispatcher for DispatcherService {
                     id: caller.node_id,
                     addr: data_addr,
                     runtimes,
+                    resources,
                     at_ms: now_ms(),
                 })
                 .await?;
