@@ -311,7 +311,7 @@ fn secrets_and_configs_reach_only_their_tasks_and_never_a_disk() {
         let found: Vec<PathBuf> = files_holding(&c.agent_state_dir(k), &needles)
             .into_iter()
             .filter(|f| {
-                !f.extension().is_some_and(|e| e == "log")
+                f.extension().is_none_or(|e| e != "log")
                     || !files_holding(f, &forms(&pw)).is_empty()
             })
             .collect();
