@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use mesh_tests::{ManagedCluster, TaskRow, bin, ok, poll_until, turn};
+use mesh_tests::{ManagedCluster, ManagedOptions, TaskRow, bin, ok, poll_until, turn};
 use serde_json::Value;
 
 /// How long a `meshctl` command that waits for convergence may take.
@@ -505,37 +505,76 @@ fn secrets_and_configs_reach_only_their_tasks_and_never_a_disk() {
     assert_eq!(ctl(&c, &["secret", "ls", "-q"]), "");
 }
 
-#[test]
-fn rotating_a_secret_rolls_the_service_without_a_failed_request() {
+/// The file at `path` as task `task` sees it (through its main process's root: its
+/// mount namespace, a container's file system), and its `uid gid mode`.
+fn task_file(c: &ManagedCluster, task: &TaskRow, path: &str) -> (Vec<u8>, String) {
+    use std::os::unix::fs::MetadataExt as _;
+    let pid = *c
+        .task_pids(&task.id)
+        .last()
+        .unwrap_or_else(|| panic!("no process of {}", task.name));
+    let seen = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    let bytes = std::fs::read(&seen).unwrap_or_else(|e| panic!("{}: {e}", seen.display()));
+    let meta = std::fs::metadata(&seen).unwrap_or_else(|e| panic!("{}: {e}", seen.display()));
+    (
+        bytes,
+        format!("{} {} {:o}", meta.uid(), meta.gid(), meta.mode() & 0o7777),
+    )
+}
+
+/// Step 3 (and 6 with `docker`): a service whose tasks, as `nobody`, answer with the tag
+/// in their 0400 secret; rotated under load by `--secret-rm tag_v1 --secret-add
+/// source=tag_v2,target=tag`: no request fails, both values answer during the update,
+/// and then every task reads and answers `v2`. The old secret stays while a rollback
+/// could return to it; a docker task's files go with it.
+fn rotate(docker: bool) {
     let _turn = turn();
-    let mut c = ok(ManagedCluster::start(3, 1));
-    let echo = ok(bin("task-echo")).to_string_lossy().to_string();
+    let mut options = ManagedOptions::new(3, 1);
+    options.docker = docker;
+    let mut c = ok(ManagedCluster::start_with(options));
+    let (runtime, program, prefix): (&str, String, Vec<String>) = if docker {
+        let image = ok(mesh_tests::images::echo_image("v1"));
+        ("docker", image, vec!["/task-echo".into()])
+    } else {
+        let echo = ok(bin("task-echo")).to_string_lossy().to_string();
+        ("process", echo, Vec::new())
+    };
     ok(c.meshctl_with_input(&["secret", "create", "tag_v1", "-"], b"v1\n"));
     let port = format!("{PORT}:{PORT}");
     let port_arg = PORT.to_string();
-    ctl(
-        &c,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--publish",
-            &port,
-            "--update-delay",
-            "1s",
-            "--secret",
-            "source=tag_v1,target=tag",
-            &echo,
-            "--port",
-            &port_arg,
-            "--tag-file",
-            "/run/secrets/tag",
-        ],
-    );
-    ok(c.wait_converged("web", 3));
+    let mut create: Vec<&str> = vec![
+        "service",
+        "create",
+        "--runtime",
+        runtime,
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--publish",
+        &port,
+        "--update-delay",
+        "1s",
+        "--stop-grace-period",
+        "2s",
+        "--user",
+        "65534:65534",
+        "--secret",
+        "source=tag_v1,target=tag,uid=65534,gid=65534,mode=0400",
+        &program,
+    ];
+    create.extend(prefix.iter().map(String::as_str));
+    create.extend(["--port", &port_arg, "--tag-file", "/run/secrets/tag"]);
+    ctl(&c, &create);
+    let tasks = ok(c.wait_converged("web", 3));
+    for task in &tasks {
+        assert_eq!(
+            task_file(&c, task, "/run/secrets/tag"),
+            (b"v1\n".to_vec(), "65534 65534 400".to_string()),
+            "{}",
+            task.name
+        );
+    }
 
     let load = ok(c.start_load(PORT));
     ok(load.wait_more(&load.stats(), 20, PROPAGATE));
@@ -549,7 +588,7 @@ fn rotating_a_secret_rolls_the_service_without_a_failed_request() {
             "--secret-rm",
             "tag_v1",
             "--secret-add",
-            "source=tag_v2,target=tag",
+            "source=tag_v2,target=tag,uid=65534,gid=65534,mode=0400",
             "web",
         ],
     );
@@ -573,8 +612,8 @@ fn rotating_a_secret_rolls_the_service_without_a_failed_request() {
     // Every task now reads the new value.
     for task in &tasks {
         assert_eq!(
-            in_task(&c, task, &["cat", "/run/secrets/tag"]).unwrap(),
-            b"v2\n",
+            task_file(&c, task, "/run/secrets/tag"),
+            (b"v2\n".to_vec(), "65534 65534 400".to_string()),
             "{}",
             task.name
         );
@@ -591,4 +630,43 @@ fn rotating_a_secret_rolls_the_service_without_a_failed_request() {
         b"",
         "secret 'tag_v1' is in use by the following service: web (its previous spec",
     );
+    // A docker task's files are on the node's /dev/shm while it runs, and go with it.
+    if docker {
+        let files = Path::new(lb_agent::runtime::files::HOST_FILES_ROOT);
+        let dirs = || -> Vec<String> {
+            std::fs::read_dir(files)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ok(poll_until(
+            PROPAGATE,
+            "only the running tasks' files",
+            || {
+                let now = dirs();
+                Ok((now.len() == 3
+                    && tasks
+                        .iter()
+                        .all(|t| now.iter().any(|d| d.starts_with(&t.id))))
+                .then_some(()))
+            },
+        ));
+        ctl(&c, &["service", "rm", "web"]);
+        ok(poll_until(CONVERGE, "the tasks' files to go", || {
+            Ok(dirs().is_empty().then_some(()))
+        }));
+    }
+}
+
+#[test]
+fn rotating_a_secret_rolls_the_service_without_a_failed_request() {
+    rotate(false);
+}
+
+#[test]
+fn docker_tasks_get_secrets_and_a_rotation_rolls_them() {
+    rotate(true);
 }
