@@ -563,6 +563,16 @@ fn rotate(docker: bool) {
         "source=tag_v1,target=tag,uid=65534,gid=65534,mode=0400",
         &program,
     ];
+    // A container gets a config at any path of its image (the engine makes the mount
+    // point); a process task's must be a file of the node's (the first test has one).
+    const CONF: &[u8] = b"greeting = hello\n";
+    if docker {
+        ok(c.meshctl_with_input(&["config", "create", "app.conf", "-"], CONF));
+        create.splice(
+            create.len() - 1..create.len() - 1,
+            ["--config", "source=app.conf,target=/etc/app.conf,mode=0440"],
+        );
+    }
     create.extend(prefix.iter().map(String::as_str));
     create.extend(["--port", &port_arg, "--tag-file", "/run/secrets/tag"]);
     ctl(&c, &create);
@@ -574,6 +584,14 @@ fn rotate(docker: bool) {
             "{}",
             task.name
         );
+        if docker {
+            assert_eq!(
+                task_file(&c, task, "/etc/app.conf"),
+                (CONF.to_vec(), "0 0 440".to_string()),
+                "{}",
+                task.name
+            );
+        }
     }
 
     let load = ok(c.start_load(PORT));
