@@ -582,6 +582,13 @@ impl ManagedCluster {
     /// # Errors
     /// As [`ManagedCluster::meshctl`].
     pub fn meshctl_timeout(&self, args: &[&str], timeout: Duration) -> Result<CtlOutput> {
+        run_captured(self.meshctl_command(args)?, timeout)
+    }
+
+    /// `meshctl ARGS` as a command in node 1's network namespace, talking to the
+    /// cluster's managers with node 1's identity. `nsenter` execs `meshctl`: signals to
+    /// the child reach `meshctl` itself.
+    fn meshctl_command(&self, args: &[&str]) -> Result<Command> {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.topo.node_ns(1)))
             .arg("--")
@@ -590,7 +597,7 @@ impl ManagedCluster {
             .env("MESH_HOST", self.hosts())
             .env("MESH_TLS_DIR", self.data_dir(1).join("tls"))
             .env("NO_COLOR", "1");
-        run_captured(cmd, timeout)
+        Ok(cmd)
     }
 
     /// [`ManagedCluster::meshctl`] with `input` on its standard input (`secret create
@@ -599,15 +606,7 @@ impl ManagedCluster {
     /// # Errors
     /// As [`ManagedCluster::meshctl`].
     pub fn meshctl_with_input(&self, args: &[&str], input: &[u8]) -> Result<CtlOutput> {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.topo.node_ns(1)))
-            .arg("--")
-            .arg(bin("meshctl")?)
-            .args(args)
-            .env("MESH_HOST", self.hosts())
-            .env("MESH_TLS_DIR", self.data_dir(1).join("tls"))
-            .env("NO_COLOR", "1");
-        crate::cluster::run_captured_with_input(cmd, input, MESHCTL_TIMEOUT)
+        crate::cluster::run_captured_with_input(self.meshctl_command(args)?, input, MESHCTL_TIMEOUT)
     }
 
     /// Starts `meshctl ARGS` as [`ManagedCluster::meshctl`] does, without waiting for
@@ -617,16 +616,7 @@ impl ManagedCluster {
     /// # Errors
     /// If it cannot be started.
     pub fn meshctl_spawn(&self, args: &[&str]) -> Result<CtlChild> {
-        let mut cmd = Command::new("nsenter");
-        // nsenter execs meshctl: signals to the child reach meshctl itself.
-        cmd.arg(format!("--net=/run/netns/{}", self.topo.node_ns(1)))
-            .arg("--")
-            .arg(bin("meshctl")?)
-            .args(args)
-            .env("MESH_HOST", self.hosts())
-            .env("MESH_TLS_DIR", self.data_dir(1).join("tls"))
-            .env("NO_COLOR", "1");
-        CtlChild::spawn(cmd)
+        CtlChild::spawn(self.meshctl_command(args)?)
     }
 
     /// Runs `meshctl ARGS` and returns its standard output.
@@ -861,8 +851,9 @@ impl ManagedCluster {
         )
     }
 
-    /// Runs `args` inside the network and mount namespaces of the process task `task` (as
-    /// `service ps` lists it): what the task sees.
+    /// Runs `args` inside the network, mount and PID namespaces of the process task
+    /// `task` (as `service ps` lists it): what the task sees (`/proc/self` is the
+    /// command's own in the task's `/proc`).
     ///
     /// # Errors
     /// If the task has no process here or `nsenter` cannot run.
@@ -872,7 +863,7 @@ impl ManagedCluster {
             .first()
             .with_context(|| format!("no process of task {} ({})", task.name, task.id))?;
         Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-n", "-m", "--"])
+            .args(["-t", &pid.to_string(), "-n", "-m", "-p", "--"])
             .args(args)
             .output()
             .with_context(|| format!("nsenter into {}", task.name))

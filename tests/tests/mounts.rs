@@ -15,10 +15,9 @@
 //! `meshctl`, `lb-agent` (`cargo xtask test` builds them first).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Context as _;
 use mesh_tests::{ManagedCluster, TaskRow, ok, poll_until, turn};
 
 /// How long a `meshctl` command that waits for convergence may take.
@@ -33,23 +32,9 @@ fn ctl(c: &ManagedCluster, args: &[&str]) -> String {
     ok(c.ctl_timeout(args, CONVERGE))
 }
 
-/// Runs `args` in task `task`'s mount and PID namespaces (so that `/proc/self` is the
-/// command's own in the task's `/proc`); its output.
-fn in_task(c: &ManagedCluster, task: &TaskRow, args: &[&str]) -> Result<std::process::Output> {
-    let pid = *c
-        .task_pids(&task.id)
-        .first()
-        .with_context(|| format!("no process of task {} ({})", task.name, task.id))?;
-    Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "-p", "--"])
-        .args(args)
-        .output()
-        .with_context(|| format!("nsenter into {}", task.name))
-}
-
 /// `sh -c SCRIPT` in `task`, which must succeed: its standard output.
 fn sh(c: &ManagedCluster, task: &TaskRow, script: &str) -> String {
-    let out = ok(in_task(c, task, &["/bin/sh", "-c", script]));
+    let out = ok(c.in_task(task, &["/bin/sh", "-c", script]));
     assert!(
         out.status.success(),
         "{script:?} in {} failed: {}",
@@ -126,8 +111,7 @@ fn bind_volume_and_tmpfs_mounts_reach_the_task_and_updates_roll_them() {
     // The bind mount: the node file's exact bytes, read-only.
     let read = sh(&c, &first, &format!("cat {b}/mnt/site/index.txt"));
     assert_eq!(read, SITE);
-    let write = ok(in_task(
-        &c,
+    let write = ok(c.in_task(
         &first,
         &["/bin/sh", "-c", &format!("echo x > {b}/mnt/site/new")],
     ));

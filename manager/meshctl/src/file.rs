@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use mesh_api::file::FileInfo;
 use mesh_api::file_ref::FileKind;
@@ -13,7 +13,7 @@ use meshctl::cli::file;
 use meshctl::cli::format::Format;
 use tonic::transport::Channel;
 
-use crate::rpc::{remove_each, rpc};
+use crate::rpc::{inspect_each, remove_each, rpc};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum FileCommand {
@@ -125,21 +125,18 @@ pub(crate) async fn run(
             }
         }
         FileCommand::Inspect { pretty, names } => {
-            // As docker: what was found is printed, then what was not fails the command.
-            let mut found = Vec::new();
-            let mut failed = Vec::new();
-            for name in names {
-                let reply = control
-                    .inspect_file(proto::FileName {
-                        kind: kind_name.clone(),
-                        name: name.clone(),
-                    })
-                    .await;
-                match reply {
-                    Ok(reply) => found.push(decode(reply.get_ref())?),
-                    Err(status) => failed.push(rpc(status).to_string()),
+            let (found, result) = inspect_each(names, |name| {
+                let mut control = control.clone();
+                let kind = kind_name.clone();
+                async move {
+                    let reply = control
+                        .inspect_file(proto::FileName { kind, name })
+                        .await
+                        .map_err(rpc)?;
+                    decode(reply.get_ref())
                 }
-            }
+            })
+            .await;
             if *pretty {
                 let texts: Vec<String> = found.iter().map(file::pretty).collect();
                 print!("{}", texts.join("\n"));
@@ -147,9 +144,7 @@ pub(crate) async fn run(
                 let all: Vec<_> = found.iter().map(file::inspect_json).collect();
                 println!("{}", serde_json::to_string_pretty(&all)?);
             }
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
+            result?;
         }
         FileCommand::Rm { names } => {
             remove_each(names, |name| {

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use mesh_api::network::NetworkInfo;
 use mesh_api::node::format_id;
@@ -12,7 +12,7 @@ use meshctl::cli::format::Format;
 use meshctl::cli::network::{self, CreateFlags};
 use tonic::transport::Channel;
 
-use crate::rpc::{remove_each, rpc};
+use crate::rpc::{inspect_each, remove_each, rpc};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum NetworkCommand {
@@ -125,19 +125,13 @@ pub(crate) async fn run(
             }
         }
         NetworkCommand::Inspect { networks } => {
-            // As docker: what was found is printed, then what was not fails the command.
-            let mut found = Vec::new();
-            let mut failed = Vec::new();
-            for name in networks {
-                match inspect(control, name).await {
-                    Ok(n) => found.push(network::network_json(&n)),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
+            let (found, result) = inspect_each(networks, |name| {
+                let mut control = control.clone();
+                async move { Ok(network::network_json(&inspect(&mut control, &name).await?)) }
+            })
+            .await;
             println!("{}", serde_json::to_string_pretty(&found)?);
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
+            result?;
         }
         NetworkCommand::Rm { networks } => {
             remove_each(networks, |name| {

@@ -1,4 +1,5 @@
-//! Failed calls as the user should read them, and the `rm` verbs' loop.
+//! Failed calls as the user should read them, and the loops of the `rm` and `inspect`
+//! verbs.
 
 use anyhow::anyhow;
 use mesh_client::connect;
@@ -31,4 +32,30 @@ where
     } else {
         Err(anyhow!("{}", failed.join("\n")))
     }
+}
+
+/// Inspects each of `names` with `inspect`, as docker's `inspect` verbs do: what was found
+/// is returned (for the caller to print), with the others' errors gathered into one.
+pub(crate) async fn inspect_each<T, F, Fut>(
+    names: &[String],
+    mut inspect: F,
+) -> (Vec<T>, anyhow::Result<()>)
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut found = Vec::new();
+    let mut failed = Vec::new();
+    for name in names {
+        match inspect(name.clone()).await {
+            Ok(t) => found.push(t),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    let result = if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", failed.join("\n")))
+    };
+    (found, result)
 }

@@ -49,20 +49,10 @@ pub fn check_data(kind: FileKind, data: &[u8]) -> Result<(), FlagError> {
 /// # Errors
 /// A filter other than `name=...`.
 pub fn filtered(files: Vec<FileInfo>, filters: &[String]) -> Result<Vec<FileInfo>, FlagError> {
-    let mut names = Vec::new();
-    for filter in filters {
-        match filter.split_once('=') {
-            Some(("name", value)) => names.push(value.to_string()),
-            _ => {
-                return Err(FlagError::new(format!(
-                    "invalid filter {filter:?}: only name=NAME is supported"
-                )));
-            }
-        }
-    }
+    let names = super::format::name_filters(filters)?;
     Ok(files
         .into_iter()
-        .filter(|f| names.is_empty() || names.iter().any(|v| f.spec.name.contains(v.as_str())))
+        .filter(|f| super::format::name_passes(&f.spec.name, &names))
         .collect())
 }
 

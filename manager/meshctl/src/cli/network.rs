@@ -140,20 +140,10 @@ pub fn filtered(
     networks: Vec<NetworkInfo>,
     filters: &[String],
 ) -> Result<Vec<NetworkInfo>, FlagError> {
-    let mut names = Vec::new();
-    for filter in filters {
-        match filter.split_once('=') {
-            Some(("name", value)) => names.push(value.to_string()),
-            _ => {
-                return Err(FlagError::new(format!(
-                    "invalid filter {filter:?}: only name=NAME is supported"
-                )));
-            }
-        }
-    }
+    let names = super::format::name_filters(filters)?;
     Ok(networks
         .into_iter()
-        .filter(|n| names.is_empty() || names.iter().any(|v| n.name.contains(v.as_str())))
+        .filter(|n| super::format::name_passes(&n.name, &names))
         .collect())
 }
 
