@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -53,9 +54,10 @@ impl FileSpec {
 }
 
 /// A secret's or config's bytes. `Debug` says only how many there are; serde writes
-/// them as base64.
+/// them as base64. Shared, not copied, by clones (the state is cloned for each change it
+/// may refuse, and every assignment that needs a file carries it).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct FileData(Vec<u8>);
+pub struct FileData(Arc<[u8]>);
 
 impl FileData {
     /// The bytes.
@@ -79,7 +81,7 @@ impl FileData {
 
 impl From<Vec<u8>> for FileData {
     fn from(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+        Self(bytes.into())
     }
 }
 
@@ -100,7 +102,7 @@ impl<'de> Deserialize<'de> for FileData {
         let text = String::deserialize(deserializer)?;
         STANDARD
             .decode(text)
-            .map(Self)
+            .map(Self::from)
             .map_err(serde::de::Error::custom)
     }
 }
