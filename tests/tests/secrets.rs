@@ -500,8 +500,22 @@ fn secrets_and_configs_reach_only_their_tasks_and_never_a_disk() {
         "the tasks' /run/secrets to go",
         || Ok(secrets_mounts().is_empty().then_some(())),
     ));
-    // And then the secrets can go too.
-    assert_eq!(ctl(&c, &["secret", "rm", "pw", "tag"]), "pw\ntag\n");
+    // And then the secrets can go too, once the managers have seen the tasks end (until
+    // then a task still holds them, and says so).
+    for name in ["pw", "tag"] {
+        ok(poll_until(PROPAGATE, "the secret to be removable", || {
+            let out = c.meshctl(&["secret", "rm", name])?;
+            if out.success() {
+                return Ok(Some(()));
+            }
+            anyhow::ensure!(
+                out.stderr.contains("is in use by the following task"),
+                "secret rm {name}: {}",
+                out.stderr
+            );
+            Ok(None)
+        }));
+    }
     assert_eq!(ctl(&c, &["secret", "ls", "-q"]), "");
 }
 
