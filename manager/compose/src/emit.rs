@@ -21,7 +21,21 @@ pub fn to_yaml(config: &Config) -> String {
         }
     }
     let mut out = String::new();
-    value(&json, 0, &mut out);
+    // The top level in compose's order (version, services, then the objects they
+    // use, then extensions); every mapping below it sorted by key.
+    if let Json::Object(top) = json {
+        let order = [
+            "version", "services", "networks", "volumes", "secrets", "configs",
+        ];
+        let rank = |k: &str| order.iter().position(|o| *o == k).unwrap_or(order.len());
+        let mut keys: Vec<(&String, &Json)> = top.iter().collect();
+        keys.sort_by_key(|(k, _)| (rank(k), (*k).clone()));
+        for (k, v) in keys {
+            out.push_str(&scalar_text(k));
+            out.push(':');
+            after_key(v, 0, &mut out);
+        }
+    }
     out
 }
 

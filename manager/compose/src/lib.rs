@@ -532,7 +532,8 @@ fn check_keys(file: &File, root: &mut Node, ignored: &mut Vec<Ignored>) -> Resul
 type ServiceExtensions = BTreeMap<String, BTreeMap<String, Json>>;
 
 /// The tree as JSON for typing, without `x-` keys (returned apart: top-level, and by
-/// service); the old `external: {name: N}` becomes `external: true, name: N`.
+/// service); the old `external: {name: N}` becomes `external: true, name: N`, and an
+/// external object without a name is named by its key.
 fn to_typed_json(root: &Node) -> (Json, BTreeMap<String, Json>, ServiceExtensions) {
     let mut top = serde_json::Map::new();
     let mut top_ext = BTreeMap::new();
@@ -563,7 +564,20 @@ fn to_typed_json(root: &Node) -> (Json, BTreeMap<String, Json>, ServiceExtension
             }
             "networks" | "volumes" | "secrets" | "configs" => {
                 if let Json::Object(objects) = &mut value {
-                    for object in objects.values_mut() {
+                    for (key, object) in objects.iter_mut() {
+                        // An external object's name is its key unless it names one
+                        // (docker's loader does the same).
+                        if let Json::Object(keys) = object
+                            && keys.get("external") == Some(&Json::Bool(true))
+                            && !keys.contains_key("name")
+                        {
+                            keys.insert("name".into(), Json::String(key.clone()));
+                        }
+                        // Extension fields of networks, volumes, secrets and configs
+                        // (3.7+) are allowed, and not kept.
+                        if let Json::Object(keys) = object {
+                            keys.retain(|k, _| !k.starts_with("x-"));
+                        }
                         if let Json::Object(keys) = object
                             && let Some(Json::Object(ext)) = keys.get("external").cloned()
                         {

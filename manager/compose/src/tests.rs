@@ -922,7 +922,7 @@ fn real_world_prometheus() {
         grafana.volumes[1].source.as_deref(),
         Some("/stacks/grafana/provisioning")
     );
-    assert_eq!(l.config.services["cadvisor"].volumes[1].read_only, false);
+    assert!(!l.config.services["cadvisor"].volumes[1].read_only);
     assert_eq!(names(&l.config.networks), ["monitor-net"]);
     assert_eq!(
         l.warning().unwrap(),
@@ -947,4 +947,186 @@ fn printed_config_loads_back_to_the_same_model() {
         .unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
         assert_eq!(again.config, loaded.config, "{name}:\n{text}");
     }
+}
+
+/// docker/cli's own `full-example.yml`, checked against what its
+/// `testdata/full-example.yaml.golden` holds (the keys swarm honours).
+#[test]
+fn docker_full_example_loads_as_docker_loads_it() {
+    let f = File {
+        name: "full-example.yml".into(),
+        dir: PathBuf::from("/foo"),
+        text: include_str!("testdata/docker-cli_full-example.yml").to_owned(),
+    };
+    let l = load(
+        &[f],
+        &env(&[("HOME", "/bar"), ("QUX", "qux_from_environment")]),
+        &reader(&[
+            (
+                "/foo/example1.env",
+                include_str!("testdata/docker-cli_example1.env"),
+            ),
+            (
+                "/foo/example2.env",
+                include_str!("testdata/docker-cli_example2.env"),
+            ),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        l.warning().unwrap(),
+        "Ignoring unsupported options: build, cgroup_parent, container_name, depends_on, devices, domainname, expose, external_links, ipc, links, mac_address, network_mode, pid, privileged, restart, security_opt, tmpfs"
+    );
+    let c = &l.config;
+    assert_eq!(c.version.as_deref(), Some("3.13"));
+    let foo = &c.services["foo"];
+    assert_eq!(foo.image.as_deref(), Some("redis"));
+    assert_eq!(
+        foo.command.as_deref().unwrap(),
+        ["bundle", "exec", "thin", "-p", "3000"]
+    );
+    assert_eq!(
+        foo.entrypoint.as_deref().unwrap(),
+        ["/code/entrypoint.sh", "-p", "3000"]
+    );
+    let e: Vec<_> = foo
+        .environment
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("<unset>")))
+        .collect();
+    assert_eq!(
+        e,
+        [
+            "BAR=bar_from_env_file_2",
+            "BAZ=baz_from_service_def",
+            "FOO=foo_from_env_file",
+            "QUX=qux_from_environment"
+        ]
+    );
+    let ports: Vec<(Option<u16>, u16)> =
+        foo.ports.iter().map(|p| (p.published, p.target)).collect();
+    let mut expected: Vec<(Option<u16>, u16)> = (3000..=3005).map(|t| (None, t)).collect();
+    expected.extend([
+        (Some(8000), 8000),
+        (Some(9090), 8080),
+        (Some(9091), 8081),
+        (Some(49100), 22),
+        (Some(8001), 8001),
+    ]);
+    expected.extend((5000..=5010).map(|p| (Some(p), p)));
+    assert_eq!(ports, expected);
+    assert!(
+        foo.ports
+            .iter()
+            .all(|p| p.mode == "ingress" && p.protocol == "tcp")
+    );
+    assert_eq!(foo.configs[1].mode, Some(288));
+    assert_eq!(foo.secrets[1].target.as_deref(), Some("my_secret"));
+    assert_eq!(foo.secrets[1].gid.as_deref(), Some("103"));
+    assert_eq!(foo.labels["com.example.number"], "42");
+    assert_eq!(foo.labels["com.example.empty-label"], "");
+    assert_eq!(foo.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(foo.networks["some-network"].aliases, ["alias1", "alias3"]);
+    assert_eq!(
+        foo.networks["other-network"].ipv4_address.as_deref(),
+        Some("172.16.238.10")
+    );
+    assert_eq!(foo.extra_hosts[2], "host.docker.internal:host-gateway");
+    let hc = foo.healthcheck.as_ref().unwrap();
+    assert_eq!(
+        hc.test.as_deref().unwrap(),
+        ["CMD-SHELL", "echo \"hello world\""]
+    );
+    assert_eq!(hc.start_period.as_ref().unwrap().millis(), 15_000);
+    assert_eq!(foo.stop_signal.as_deref(), Some("SIGUSR1"));
+    assert_eq!(foo.restart.as_deref(), Some("always"));
+    assert_eq!(foo.ulimits.len(), 2);
+    let volumes: Vec<(&str, Option<&str>, &str, bool)> = foo
+        .volumes
+        .iter()
+        .map(|v| {
+            (
+                v.kind.as_str(),
+                v.source.as_deref(),
+                v.target.as_str(),
+                v.read_only,
+            )
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            ("volume", None, "/var/lib/mysql", false),
+            ("bind", Some("/opt/data"), "/var/lib/mysql", false),
+            ("bind", Some("/foo"), "/code", false),
+            ("bind", Some("/foo/static"), "/var/www/html", false),
+            ("bind", Some("/bar/configs"), "/etc/configs/", true),
+            ("volume", Some("datavolume"), "/var/lib/mysql", false),
+            ("bind", Some("/foo/opt"), "/opt", false),
+            ("tmpfs", None, "/opt", false),
+            ("cluster", Some("group:mygroup"), "/srv", false),
+        ]
+    );
+    let d = foo.deploy.as_ref().unwrap();
+    assert_eq!(d.replicas, Some(6));
+    assert_eq!(d.endpoint_mode.as_deref(), Some("dnsrr"));
+    let r = d.resources.as_ref().unwrap();
+    assert_eq!(
+        r.limits.as_ref().unwrap().memory.as_ref().unwrap().bytes(),
+        52_428_800
+    );
+    assert_eq!(r.limits.as_ref().unwrap().pids, Some(100));
+    assert_eq!(r.reservations.as_ref().unwrap().generic_resources.len(), 2);
+    assert_eq!(d.placement.as_ref().unwrap().max_replicas_per_node, Some(5));
+    assert_eq!(
+        d.rollback_config.as_ref().unwrap().order.as_deref(),
+        Some("start-first")
+    );
+    assert_eq!(foo.extensions["x-foo"], serde_json::json!("bar"));
+    assert_eq!(
+        names(&c.networks),
+        [
+            "external-network",
+            "other-external-network",
+            "other-network",
+            "some-network"
+        ]
+    );
+    assert_eq!(
+        c.networks["external-network"].name.as_deref(),
+        Some("external-network")
+    );
+    assert_eq!(
+        c.networks["other-external-network"].name.as_deref(),
+        Some("my-cool-network")
+    );
+    assert_eq!(c.networks["other-network"].driver_opts["baz"], "1");
+    assert_eq!(
+        c.networks["other-network"]
+            .ipam
+            .as_ref()
+            .unwrap()
+            .config
+            .len(),
+        2
+    );
+    assert_eq!(
+        c.volumes["other-external-volume"].name.as_deref(),
+        Some("my-cool-volume")
+    );
+    assert_eq!(
+        c.volumes["external-volume3"].name.as_deref(),
+        Some("this-is-volume3")
+    );
+    assert_eq!(
+        c.configs["config1"].file.as_deref(),
+        Some("/foo/config_data")
+    );
+    assert_eq!(c.configs["config2"].name.as_deref(), Some("my_config"));
+    assert!(c.secrets["secret3"].external);
+    assert_eq!(c.secrets["secret4"].name.as_deref(), Some("bar"));
+    assert_eq!(
+        c.extensions["x-nested"],
+        serde_json::json!({"bar": "baz", "foo": "bar"})
+    );
 }

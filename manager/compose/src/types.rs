@@ -261,7 +261,7 @@ pub struct FileRef {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
-    /// `volume`, `bind`, `tmpfs` or `npipe`.
+    /// `volume`, `bind`, `tmpfs`, `npipe`, `cluster` or `image`.
     #[serde(rename = "type")]
     pub kind: String,
     /// A volume's key, or a bind's host path (made absolute against the compose
@@ -1089,9 +1089,12 @@ fn mounts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Mount>, D::Error> {
                 let m: Mount = serde_json::from_value(item).map_err(|e| {
                     D::Error::custom(format!("{i}: {}", crate::words(&e.to_string())))
                 })?;
-                if !matches!(m.kind.as_str(), "volume" | "bind" | "tmpfs" | "npipe") {
+                if !matches!(
+                    m.kind.as_str(),
+                    "volume" | "bind" | "tmpfs" | "npipe" | "cluster" | "image"
+                ) {
                     return Err(D::Error::custom(format!(
-                        "{i}: type must be one of volume, bind, tmpfs, npipe"
+                        "{i}: type must be one of volume, bind, tmpfs, npipe, cluster, image"
                     )));
                 }
                 Ok(m)
