@@ -22,11 +22,15 @@ fn load_text(text: String) {
     }
 }
 
-/// A real stack file with `edits` applied (a byte set at an offset, or the text cut
-/// there), so most inputs are nearly valid.
+/// A real stack file (or docker's full example) as published, with `edits` applied (a
+/// byte set at an offset, or the text cut there), so most inputs are nearly valid.
 fn edited_real(which: usize, edits: &[(usize, u8, bool)]) -> String {
-    let name = crate::tests::REAL[which % crate::tests::REAL.len()];
-    let mut bytes = emit::to_yaml(&crate::tests::load_real(name).config).into_bytes();
+    let texts = crate::tests::REAL
+        .iter()
+        .map(|name| crate::tests::real(name))
+        .chain([include_str!("testdata/docker-cli_full-example.yml")])
+        .collect::<Vec<_>>();
+    let mut bytes = texts[which % texts.len()].as_bytes().to_vec();
     for &(at, byte, cut) in edits {
         if bytes.is_empty() {
             break;

@@ -627,7 +627,7 @@ fn errors_in_a_later_file_name_that_file() {
 
 // ---- the real-world stack files ----
 
-fn real(name: &str) -> &'static str {
+pub(crate) fn real(name: &str) -> &'static str {
     match name {
         "voting" => include_str!("testdata/dockersamples_example-voting-app__docker-stack.yml"),
         "dogvscat" => include_str!("testdata/BretFisher_dogvscat__stack-voting.yml"),
