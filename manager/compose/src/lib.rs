@@ -388,6 +388,14 @@ fn load_one(
             message = rest.to_owned();
         }
         let line = line_of(&root, &segments);
+        // An unknown key is named in the message, after the mapping that holds it.
+        if let Some(field) = message
+            .strip_prefix("additional property ")
+            .and_then(|r| r.strip_suffix(" is not allowed"))
+            && segments.last().is_some_and(|last| last == field)
+        {
+            segments.pop();
+        }
         at(file, line, &display_path(&segments), message)
     })?;
     config.extensions = top_extensions;
