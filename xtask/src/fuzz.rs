@@ -3,8 +3,8 @@
 //! - `dataplane`: mutated frames through the loaded XDP and TC programs
 //!   (BPF_PROG_TEST_RUN, root): `fuzz-dataplane` of `mesh-tests`, release build;
 //! - `parsers`: the property tests named `fuzz_*` (the agent's configuration parser,
-//!   the wire and spec decoders, the parsers of what users type, the tasks' DNS
-//!   resolver's answers to any bytes) with many cases
+//!   the wire and spec decoders, the parsers of what users type, the compose-file
+//!   loader, the tasks' DNS resolver's answers to any bytes) with many cases
 //!   (`--cases`, default 100,000 each).
 
 use anyhow::{Result, bail};
@@ -74,6 +74,8 @@ pub(crate) fn run(args: FuzzArgs) -> Result<()> {
                     "lb-agent",
                     "-p",
                     "mesh-api",
+                    "-p",
+                    "mesh-compose",
                     "--lib",
                     "fuzz_",
                 ])

@@ -61,9 +61,27 @@ const RULES: &[Rule] = &[
         ],
     },
     Rule {
+        package: "mesh-compose",
+        why: "compose files as a pure library: no runtime, no RPC stack, no daemon",
+        forbidden: &[
+            "tokio",
+            "tonic",
+            "hyper",
+            "mesh-core",
+            "mesh-client",
+            "mesh-manager",
+        ],
+    },
+    Rule {
         package: "lb-agent",
-        why: "the agent talks to managers through mesh-api and mesh-client only",
-        forbidden: DAEMON,
+        why: "the agent talks to managers through mesh-api and mesh-client only; stacks are the CLI's",
+        forbidden: &[
+            "mesh-manager",
+            "mesh-core",
+            "openraft",
+            "redb",
+            "mesh-compose",
+        ],
     },
     Rule {
         package: "meshctl",

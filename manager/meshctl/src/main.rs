@@ -23,6 +23,7 @@ mod file;
 mod network;
 mod rpc;
 mod service;
+mod stack;
 
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version, about = "Manage a mesh cluster")]
@@ -69,6 +70,9 @@ enum Command {
     /// Manage configs: files a service's tasks get at a path.
     #[command(subcommand)]
     Config(file::FileCommand),
+    /// Manage stacks: applications from compose files.
+    #[command(subcommand)]
+    Stack(stack::StackCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +287,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Config(command) => {
             file::run(&mut control(&cli).await?, FileKind::Config, command).await
         }
+        Command::Stack(command) => stack::run(command),
     }
 }
 
