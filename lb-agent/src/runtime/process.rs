@@ -273,6 +273,9 @@ impl ProcessRuntime {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| RuntimeError::Failed("the task ended at once".into()))?;
+        // task-init sets the task up (its files, mounts, /proc) before it starts the
+        // program: the task runs, and is routed to, once the program does.
+        program_started(pid, PROGRAM_START_LIMIT).await;
         // Its start time, for a later run to recognise it (0 if it ended already: its
         // exit is reported below anyway).
         let start = procfs::stat(pid).map_or(0, |s| s.start);
@@ -693,6 +696,30 @@ pub(crate) async fn remove_netns(id: TaskId) -> Result<bool, RuntimeError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     netns::delete(&name).map_err(failed(format!("delete namespace {name}")))
+}
+
+/// How long [`ProcessRuntime::spawn`] waits for `task-init` to start the program.
+const PROGRAM_START_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits until `task-init` (`pid`) has started the task's program (it has a child), has
+/// ended, or `limit` has passed. `/proc/PID/task/PID/children` needs a kernel with
+/// `CONFIG_PROC_CHILDREN`; without it this returns at once.
+async fn program_started(pid: i32, limit: Duration) {
+    let children = PathBuf::from(format!("/proc/{pid}/task/{pid}/children"));
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match std::fs::read_to_string(&children) {
+            Ok(list) if list.trim().is_empty() => {}
+            // A child, or no way to tell.
+            _ => return,
+        }
+        if procfs::stat(pid).is_none_or(|s| s.ended()) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 /// Refuses, before anything starts, a config whose target is not a file of the node's:
