@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod convert;
 pub mod emit;
 pub mod interpolate;
 pub mod merge;
