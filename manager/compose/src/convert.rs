@@ -115,7 +115,7 @@ pub struct PlannedFile {
 }
 
 /// Everything a deploy of the stack creates or needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackPlan {
     /// The stack's name.
     pub namespace: String,
