@@ -1196,3 +1196,58 @@ fn real_world_prometheus_plan() {
     );
     assert_eq!(attachments(prom), ["prom_monitor-net:prometheus"]);
 }
+
+/// docker/cli's `full-example.yml` loads (see the loader's tests) but does not deploy, in
+/// docker as here: the conversion says why, naming the service and key.
+#[test]
+fn docker_full_example_is_refused_where_docker_refuses_it() {
+    let f = File {
+        name: "full-example.yml".into(),
+        dir: PathBuf::from("/foo"),
+        text: include_str!("testdata/docker-cli_full-example.yml").to_owned(),
+    };
+    let env: crate::Environment = [("HOME", "/bar"), ("QUX", "qux_from_environment")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let env_files = |p: &Path| -> std::io::Result<String> {
+        Ok(match p.to_str() {
+            Some("/foo/example1.env") => include_str!("testdata/docker-cli_example1.env"),
+            _ => include_str!("testdata/docker-cli_example2.env"),
+        }
+        .to_owned())
+    };
+    let mut c = load(&[f], &env, &env_files).unwrap().config;
+    // Swarm refuses this constraint too (swarmkit's parser wants == or !=).
+    assert_eq!(
+        convert("full", &c, &files(&[])).unwrap_err().to_string(),
+        "service foo: deploy.placement.constraints.0: invalid constraint \"node=foo\": expected <key>==<value> or <key>!=<value>"
+    );
+    let foo = c.services.get_mut("foo").unwrap();
+    foo.deploy
+        .as_mut()
+        .unwrap()
+        .placement
+        .as_mut()
+        .unwrap()
+        .constraints = vec!["node.labels.foo==bar".into()];
+    // As docker's convertServiceNetworks: the file is loadable, not deployable.
+    assert_eq!(
+        convert("full", &c, &files(&[])).unwrap_err().to_string(),
+        "service foo: networks: undefined network \"other-other-network\""
+    );
+    let foo = c.services.get_mut("foo").unwrap();
+    foo.networks.remove("other-other-network");
+    // Where the mesh is narrower than docker: no anonymous volumes.
+    assert_eq!(
+        convert("full", &c, &files(&[])).unwrap_err().to_string(),
+        "service foo: volumes.0: /var/lib/mysql: anonymous volumes are not supported (name a volume declared under the top-level volumes)"
+    );
+    let foo = c.services.get_mut("foo").unwrap();
+    foo.volumes.retain(|v| v.source.is_some());
+    // docker's convertVolumeToMount refuses it too.
+    assert_eq!(
+        convert("full", &c, &files(&[])).unwrap_err().to_string(),
+        "service foo: volumes.4: undefined volume \"datavolume\""
+    );
+}
