@@ -613,7 +613,6 @@ impl ServiceCx<'_> {
                 p.mode == PublishMode::Host,
             )
         });
-        ports.dedup();
         Ok(ports)
     }
 

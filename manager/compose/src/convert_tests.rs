@@ -231,6 +231,10 @@ fn ports_short_and_long_with_modes_and_protocols_sorted() {
     assert_eq!(web.endpoint.ports[1].protocol, Protocol::Udp);
     assert_eq!(web.endpoint.ports[3].mode, PublishMode::Host);
     assert_eq!(
+        plan_err("services:\n  web:\n    image: nginx\n    ports: [\"80:80\", \"80:80\"]\n"),
+        "service web: port 80/tcp is published twice"
+    );
+    assert_eq!(
         plan_err("services:\n  web:\n    image: nginx\n    ports:\n      - 80:80/sctp\n"),
         "service web: ports.0: protocol sctp is not supported (tcp or udp)"
     );
