@@ -1,5 +1,5 @@
-//! Property tests of the loader: no bytes and no mutation of a real stack file make it
-//! panic. `cargo test` runs 256 cases each; `cargo xtask fuzz parsers` runs them with
+//! Property tests of the loader and the conversion: no bytes and no mutation of a real
+//! stack file make either panic, and every service the conversion plans is valid. `cargo test` runs 256 cases each; `cargo xtask fuzz parsers` runs them with
 //! many more (`PROPTEST_CASES`).
 
 use std::path::{Path, PathBuf};
@@ -19,6 +19,12 @@ fn load_text(text: String) {
     if let Ok(loaded) = load(&[file.clone(), file], &env, &read) {
         let _ = emit::to_yaml(&loaded.config);
         let _ = loaded.warning();
+        let data = |_: &Path| Ok::<_, std::io::Error>(b"data".to_vec());
+        if let Ok(plan) = crate::convert::convert("fuzz", &loaded.config, &data) {
+            for service in &plan.services {
+                assert!(service.validate().is_ok(), "{service:?}");
+            }
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! deploy` (docker/cli `cli/compose/loader`): YAML 1.2 with anchors and merge keys,
 //! `version:` 3.x or none, forbidden and ignored keys, variable interpolation on the
 //! generic tree with docker's casts, `env_file`, the typed v3 model ([`types`]) and the
-//! merge of several files ([`merge`]).
+//! merge of several files ([`merge`]); then the conversion of a loaded stack into the
+//! networks, secrets, configs and services a deploy creates ([`convert`]).
 //!
 //! The core is sans-IO: [`load`] takes the files' text, the environment and a reader
 //! for `env_file`s; [`load_paths`] is the thin shell that reads real files. Errors name
@@ -13,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod convert;
 pub mod emit;
 pub mod interpolate;
 pub mod merge;
