@@ -658,31 +658,68 @@ pub struct FileObject {
     pub template_driver: Option<String>,
 }
 
-/// A duration as Go and compose write it (`10s`, `1m30s`, `500ms`), kept as written.
+/// A value compose writes as text in a unit (`10s`, `512M`), kept as written beside
+/// its number: [`Duration`] or [`Size`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Duration {
+pub struct Written<U> {
     text: String,
-    millis: u64,
+    value: u64,
+    unit: std::marker::PhantomData<U>,
 }
 
-impl Duration {
+/// How a [`Written`] value is read.
+pub trait Unit {
+    /// What it must look like, for errors.
+    const EXPECTED: &'static str;
+    /// Whether a bare YAML number is taken too (bytes are; a duration needs its unit).
+    const NUMBERS: bool;
+    /// The value of `text`.
+    ///
+    /// # Errors
+    /// Why `text` is not one.
+    fn parse(text: &str) -> Result<u64, String>;
+}
+
+/// Milliseconds, from a duration as Go and compose write it (`10s`, `1m30s`, `500ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Millis {}
+
+impl Unit for Millis {
+    const EXPECTED: &'static str = "must be a duration such as 10s or 1m30s";
+    const NUMBERS: bool = false;
+    fn parse(text: &str) -> Result<u64, String> {
+        mesh_api::spec::parse_duration_ms(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Bytes, from an amount of memory as compose writes it (`512M`, `1g`, or bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bytes {}
+
+impl Unit for Bytes {
+    const EXPECTED: &'static str = "must be a size such as 512M";
+    const NUMBERS: bool = true;
+    fn parse(text: &str) -> Result<u64, String> {
+        mesh_api::resources::parse_memory_bytes(text).map_err(|e| e.to_string())
+    }
+}
+
+/// A duration, kept as written.
+pub type Duration = Written<Millis>;
+/// An amount of memory, kept as written.
+pub type Size = Written<Bytes>;
+
+impl<U: Unit> Written<U> {
     /// Parses `text`.
     ///
     /// # Errors
-    /// Not a duration.
+    /// Not a value of the unit.
     pub fn parse(text: &str) -> Result<Self, String> {
-        mesh_api::spec::parse_duration_ms(text)
-            .map(|millis| Duration {
-                text: text.trim().to_owned(),
-                millis,
-            })
-            .map_err(|e| e.to_string())
-    }
-
-    /// The duration in milliseconds.
-    #[must_use]
-    pub fn millis(&self) -> u64 {
-        self.millis
+        U::parse(text).map(|value| Written {
+            text: text.trim().to_owned(),
+            value,
+            unit: std::marker::PhantomData,
+        })
     }
 
     /// As written.
@@ -692,61 +729,36 @@ impl Duration {
     }
 }
 
-impl Serialize for Duration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
+impl Duration {
+    /// The duration in milliseconds.
+    #[must_use]
+    pub fn millis(&self) -> u64 {
+        self.value
     }
-}
-
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Json::deserialize(d)? {
-            Json::String(s) => Duration::parse(&s).map_err(D::Error::custom),
-            _ => Err(D::Error::custom("must be a duration such as 10s or 1m30s")),
-        }
-    }
-}
-
-/// An amount of memory as compose writes it (`512M`, `1g`, or bytes), kept as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Size {
-    text: String,
-    bytes: u64,
 }
 
 impl Size {
-    /// Parses `text`.
-    ///
-    /// # Errors
-    /// Not a size.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        mesh_api::resources::parse_memory_bytes(text)
-            .map(|bytes| Size {
-                text: text.trim().to_owned(),
-                bytes,
-            })
-            .map_err(|e| e.to_string())
-    }
-
     /// The size in bytes.
     #[must_use]
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.value
     }
 }
 
-impl Serialize for Size {
+impl<U> Serialize for Written<U> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.text)
     }
 }
 
-impl<'de> Deserialize<'de> for Size {
+impl<'de, U: Unit> Deserialize<'de> for Written<U> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match Json::deserialize(d)? {
-            Json::String(s) => Size::parse(&s).map_err(D::Error::custom),
-            Json::Number(n) if n.is_u64() => Size::parse(&n.to_string()).map_err(D::Error::custom),
-            _ => Err(D::Error::custom("must be a size such as 512M")),
+            Json::String(s) => Self::parse(&s).map_err(D::Error::custom),
+            Json::Number(n) if U::NUMBERS && n.is_u64() => {
+                Self::parse(&n.to_string()).map_err(D::Error::custom)
+            }
+            _ => Err(D::Error::custom(U::EXPECTED)),
         }
     }
 }
