@@ -335,11 +335,20 @@ fn mount_namespace(
 /// A file the node does not have is skipped with a warning (nothing to mount over).
 /// The tmpfs is per task and never on disk, so secrets can take the same path.
 fn private_files(files: &[(PathBuf, String)]) -> Result<(), SetupError> {
-    let targets: Vec<(PathBuf, &str)> = files
+    let files: Vec<super::files::TaskFile> = files
         .iter()
-        .filter_map(|(path, text)| match std::fs::canonicalize(path) {
-            Ok(target) if target.is_file() => Some((target, text.as_str())),
-            _ => {
+        .filter_map(|(path, text)| {
+            if path.is_file() {
+                // Readable by every user the program may run as.
+                Some(super::files::TaskFile {
+                    kind: mesh_api::file_ref::FileKind::Config,
+                    path: path.display().to_string(),
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o644,
+                    data: text.as_bytes().to_vec().into(),
+                })
+            } else {
                 eprintln!(
                     "lb-agent task-init: warning: {} is not a file on this node: the task \
                      sees it as it is",
@@ -349,7 +358,7 @@ fn private_files(files: &[(PathBuf, String)]) -> Result<(), SetupError> {
             }
         })
         .collect();
-    if targets.is_empty() {
+    if files.is_empty() {
         return Ok(());
     }
     if !Path::new(SCRATCH).is_dir() {
@@ -359,38 +368,7 @@ fn private_files(files: &[(PathBuf, String)]) -> Result<(), SetupError> {
         );
         return Ok(());
     }
-    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(
-        Some("tmpfs"),
-        SCRATCH,
-        Some("tmpfs"),
-        hardened,
-        Some("size=64k,mode=0755"),
-    )
-    .map_err(setup(format!("mount a tmpfs on {SCRATCH}")))?;
-    for (i, (target, text)) in targets.iter().enumerate() {
-        let file = Path::new(SCRATCH).join(i.to_string());
-        // Readable by every user the program may run as, whatever the umask.
-        std::fs::write(&file, text)
-            .and_then(|()| {
-                std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            })
-            .map_err(|source| SetupError {
-                what: format!("write {}", file.display()),
-                source,
-            })?;
-        nix::mount::mount(
-            Some(file.as_path()),
-            target.as_path(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(setup(format!("bind a private {}", target.display())))?;
-        remount_read_only(target)?;
-    }
-    nix::mount::umount2(SCRATCH, nix::mount::MntFlags::MNT_DETACH)
-        .map_err(setup(format!("detach the tmpfs on {SCRATCH}")))
+    bind_over_node_files(&files.iter().collect::<Vec<_>>())
 }
 
 fn mount(
@@ -461,20 +439,35 @@ fn mount_task_files(files: &[super::files::TaskFile]) -> Result<(), SetupError> 
     if over_node.is_empty() {
         return Ok(());
     }
-    // Each target is held open from here: the scratch tmpfs below may cover it (a
-    // target under /tmp), and the bind goes through the descriptor's magic link.
-    let mut targets = Vec::with_capacity(over_node.len());
-    for file in &over_node {
+    bind_over_node_files(&over_node)
+}
+
+/// Writes each of `files` (with its owner and mode) to a scratch tmpfs of the task's
+/// own and binds it read-only over the node's file at its path (through a symbolic
+/// link, to its target): the task's own `/etc/resolv.conf`, its configs. Each target
+/// must be a file; it is held open from the start, so that the scratch tmpfs cannot hide
+/// it (a target under `/tmp`): the bind goes through the descriptor's magic link. The
+/// scratch tmpfs is detached once the files are bound (the binds keep it alive).
+fn bind_over_node_files(files: &[&super::files::TaskFile]) -> Result<(), SetupError> {
+    let text = |what: String| {
+        move |e: String| SetupError {
+            what,
+            source: std::io::Error::other(e),
+        }
+    };
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut targets = Vec::with_capacity(files.len());
+    for file in files {
         let target = File::open(&file.path)
             .ok()
             .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
             .ok_or_else(|| SetupError {
-                what: format!("config target {}", file.path),
+                what: format!("target {}", file.path),
                 source: std::io::Error::other("not a file on this node"),
             })?;
         targets.push(target);
     }
-    let size = super::files::tmpfs_size(over_node.iter().copied());
+    let size = super::files::tmpfs_size(files.iter().copied());
     mount(
         Some("tmpfs"),
         SCRATCH,
@@ -483,8 +476,8 @@ fn mount_task_files(files: &[super::files::TaskFile]) -> Result<(), SetupError> 
         Some(format!("size={size},mode=0700").as_str()),
     )
     .map_err(setup(format!("mount a tmpfs on {SCRATCH}")))?;
-    for (i, (file, target)) in over_node.iter().zip(&targets).enumerate() {
-        let scratch = Path::new(SCRATCH).join(format!("config-{i}"));
+    for (i, (file, target)) in files.iter().zip(&targets).enumerate() {
+        let scratch = Path::new(SCRATCH).join(i.to_string());
         super::files::write_file(&scratch, file).map_err(text(format!("write {}", file.path)))?;
         let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(target));
         nix::mount::mount(
@@ -494,12 +487,12 @@ fn mount_task_files(files: &[super::files::TaskFile]) -> Result<(), SetupError> 
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(setup(format!("bind the config over {}", file.path)))?;
+        .map_err(setup(format!("bind a private {}", file.path)))?;
     }
     nix::mount::umount2(SCRATCH, nix::mount::MntFlags::MNT_DETACH)
         .map_err(setup(format!("detach the tmpfs on {SCRATCH}")))?;
     // With the scratch tmpfs gone, each path leads to its bind mount.
-    for file in &over_node {
+    for file in files {
         remount_read_only(&file.path)?;
     }
     Ok(())

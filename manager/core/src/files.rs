@@ -123,29 +123,7 @@ impl ClusterState {
     #[must_use]
     pub fn file_user(&self, kind: FileKind, name: &str) -> Option<String> {
         let uses = |spec: &TaskSpec| refs(spec, kind).iter().any(|r| r.source == name);
-        if let Some(s) = self.services.values().find(|s| uses(&s.spec.task)) {
-            return Some(format!("service: {}", s.spec.name));
-        }
-        if let Some(s) = self
-            .services
-            .values()
-            .find(|s| s.previous_spec.as_ref().is_some_and(|p| uses(&p.task)))
-        {
-            return Some(format!(
-                "service: {} (its previous spec, which a rollback returns to)",
-                s.spec.name
-            ));
-        }
-        self.tasks
-            .values()
-            .find(|t| !t.status.state.is_terminal() && uses(&t.spec))
-            .map(|t| {
-                let service = self
-                    .services
-                    .get(&t.service)
-                    .map_or_else(|| format_id(t.service), |s| s.spec.name.clone());
-                format!("task: {}", t.name(&service))
-            })
+        self.user_of(": ", uses, |t| uses(&t.spec))
     }
 
     /// Checks that every secret and config `spec` references exists.

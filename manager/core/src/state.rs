@@ -25,7 +25,7 @@ use crate::allocator::{self, AllocError, PublishedPort};
 use crate::capacity;
 use crate::ipam::{self, TakenSubnet};
 use mesh_api::service::{Service, ServiceEndpoint, ServiceId, UpdateState, UpdateStatus};
-use mesh_api::spec::{EndpointMode, RuntimeKind, ServiceSpec};
+use mesh_api::spec::{EndpointMode, RuntimeKind, ServiceSpec, TaskSpec};
 use mesh_api::task::{DesiredState, Task, TaskId, TaskState, TaskStatus};
 
 /// The state every manager reads and the state machine writes.
@@ -860,29 +860,45 @@ impl ClusterState {
     #[must_use]
     pub fn network_user(&self, id: NetworkId) -> Option<String> {
         let target = format_id(id);
-        let joins = |spec: &ServiceSpec| spec.task.networks.iter().any(|a| a.target == target);
-        if let Some(s) = self.services.values().find(|s| joins(&s.spec)) {
-            return Some(format!("service {}", s.spec.name));
+        self.user_of(
+            " ",
+            |spec| spec.networks.iter().any(|a| a.target == target),
+            |t| t.networks.iter().any(|a| a.network == id),
+        )
+    }
+
+    /// What keeps an object (a network, a secret, a config) from being removed, worded
+    /// for the user as `service{sep}api` or `task{sep}api.1`: a service whose spec uses it
+    /// (`spec_uses`), one whose previous spec does (a rollback returns to it), or a task
+    /// that has not ended and uses it (`task_uses`).
+    pub(crate) fn user_of(
+        &self,
+        sep: &str,
+        spec_uses: impl Fn(&TaskSpec) -> bool,
+        task_uses: impl Fn(&Task) -> bool,
+    ) -> Option<String> {
+        if let Some(s) = self.services.values().find(|s| spec_uses(&s.spec.task)) {
+            return Some(format!("service{sep}{}", s.spec.name));
         }
         if let Some(s) = self
             .services
             .values()
-            .find(|s| s.previous_spec.as_ref().is_some_and(joins))
+            .find(|s| s.previous_spec.as_ref().is_some_and(|p| spec_uses(&p.task)))
         {
             return Some(format!(
-                "service {} (its previous spec, which a rollback returns to)",
+                "service{sep}{} (its previous spec, which a rollback returns to)",
                 s.spec.name
             ));
         }
         self.tasks
             .values()
-            .find(|t| !t.status.state.is_terminal() && t.networks.iter().any(|a| a.network == id))
+            .find(|t| !t.status.state.is_terminal() && task_uses(t))
             .map(|t| {
                 let service = self
                     .services
                     .get(&t.service)
                     .map_or_else(|| format_id(t.service), |s| s.spec.name.clone());
-                format!("task {}", t.name(&service))
+                format!("task{sep}{}", t.name(&service))
             })
     }
 
