@@ -1,7 +1,7 @@
 //! The contract between the mesh's nodes and its managers, as swarmkit's `api`
 //! package is: the gRPC messages of `proto/mesh.proto` ([`proto`]) and the
 //! records both sides exchange inside them ([`node`], [`spec`], [`service`],
-//! [`task`], [`assignment`], [`network`], [`file_ref`], [`mount`]), with their typed encoding
+//! [`task`], [`assignment`], [`network`], [`file_ref`], [`mount`], [`stack`]), with their typed encoding
 //! ([`wire`]) and the time helpers both sides share ([`time`]).
 //!
 //! Nothing here does I/O or depends on an async runtime: `lb-agent`,
@@ -29,6 +29,7 @@ pub mod node;
 pub mod resources;
 pub mod service;
 pub mod spec;
+pub mod stack;
 pub mod task;
 pub mod time;
 pub mod wire;

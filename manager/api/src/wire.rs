@@ -16,6 +16,7 @@ use crate::network::{NetworkInfo, NetworkSpec};
 use crate::proto;
 use crate::service::Service;
 use crate::spec::ServiceSpec;
+use crate::stack::{StackDeploy, StackDeployed};
 use crate::task::{Task, TaskId, TaskStatus};
 
 /// A JSON field that does not hold the record its message names.
@@ -197,6 +198,46 @@ impl proto::CreateFileRequest {
     /// [`WireError`] if the field does not hold a [`FileSpec`].
     pub fn spec(&self) -> Result<FileSpec, WireError> {
         decode(&self.spec_json, "CreateFileRequest", "file spec")
+    }
+}
+
+impl proto::DeployStackRequest {
+    /// A request to deploy `deploy`.
+    #[must_use]
+    pub fn new(deploy: &StackDeploy) -> Self {
+        Self {
+            deploy_json: encode(deploy),
+        }
+    }
+
+    /// The deploy.
+    ///
+    /// # Errors
+    /// [`WireError`] if the field does not hold a [`StackDeploy`].
+    pub fn deploy(&self) -> Result<StackDeploy, WireError> {
+        decode(&self.deploy_json, "DeployStackRequest", "stack deploy")
+    }
+}
+
+impl proto::DeployStackReply {
+    /// A reply saying what a deploy did.
+    #[must_use]
+    pub fn new(deployed: &StackDeployed) -> Self {
+        Self {
+            deployed_json: encode(deployed),
+        }
+    }
+
+    /// What the deploy did.
+    ///
+    /// # Errors
+    /// [`WireError`] if the field does not hold a [`StackDeployed`].
+    pub fn deployed(&self) -> Result<StackDeployed, WireError> {
+        decode(
+            &self.deployed_json,
+            "DeployStackReply",
+            "stack deploy result",
+        )
     }
 }
 

@@ -26,7 +26,7 @@ use serde_json::Value as Json;
 use crate::types::{self, Config, FileObject, Service};
 
 /// The label every object of a stack carries, with the stack's name.
-pub const LABEL_NAMESPACE: &str = "com.docker.stack.namespace";
+pub use mesh_api::stack::LABEL_NAMESPACE;
 /// The label a stack's service carries with its image as written (a redeploy tells by
 /// it whether the image changed).
 pub const LABEL_IMAGE: &str = "com.docker.stack.image";
@@ -217,24 +217,7 @@ pub fn convert(namespace: &str, config: &Config, read: &dyn ReadData) -> Result<
 
 /// A stack's name: it prefixes every object's, so it must fit in a DNS label.
 fn validate_stack_name(namespace: &str) -> Result<(), Error> {
-    let ok = !namespace.is_empty()
-        && namespace.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && namespace.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && namespace
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(fail(
-            "stack",
-            None,
-            format!(
-                "invalid stack name {namespace:?}: letters, digits, '-' and '_', starting and \
-                 ending with a letter or digit"
-            ),
-        ))
-    }
+    mesh_api::stack::validate_namespace(namespace).map_err(|e| fail("stack", None, e.to_string()))
 }
 
 /// `<stack>_<key>`, or the object's own name (an external's, or one given `name:`).

@@ -7,6 +7,7 @@
 //! - [`ipam`]: overlay networks' subnets, gateways and VNIs, inside `apply`;
 //! - [`network_info`]: a network with what is attached to it, as the API shows it;
 //! - [`capacity`]: what every node's dataplane must hold, checked inside `apply`;
+//! - [`files`] and [`stack`]: secrets and configs, and stack deploys, inside `apply`;
 //! - the leader's loops, each one pass per round, composed by
 //!   [`reconcile::plan`]: evictions, the rolling updater, the restart
 //!   supervisor and the replicated and global orchestrators (all under
@@ -30,4 +31,5 @@ pub mod network_info;
 pub mod orchestrator;
 pub mod reconcile;
 pub mod scheduler;
+pub mod stack;
 pub mod state;

@@ -262,6 +262,14 @@ pub enum Command {
         /// Which one.
         id: FileId,
     },
+    /// A stack's networks, secrets, configs and services, applied all or nothing
+    /// (`meshctl stack deploy`; see [`crate::stack`]).
+    DeployStack {
+        /// What the file describes.
+        deploy: mesh_api::stack::StackDeploy,
+        /// Leader's clock.
+        at_ms: u64,
+    },
     /// The updater's progress.
     SetUpdateStatus {
         /// Which service.
@@ -307,6 +315,8 @@ pub enum Applied {
     Network(Box<Network>),
     /// The secret or config as the API shows it (a secret without its data).
     File(Box<FileInfo>),
+    /// What a stack deploy did to each object.
+    Stack(Box<mesh_api::stack::StackDeployed>),
 }
 
 /// The state machine's answer to a command: every replica computes the same.
@@ -397,6 +407,48 @@ pub enum StateError {
         /// `service api` or `task api.1`.
         user: String,
     },
+    /// A stack deploy refused because of one of its objects (the object named).
+    #[error("{object}: {source}")]
+    InStack {
+        /// `service app_web`, `network app_default`, ...
+        object: String,
+        /// What was refused.
+        source: Box<StateError>,
+    },
+    /// A stack deploy would take over an object of the same name that belongs to no
+    /// stack, or to another.
+    #[error(
+        "{object} already exists and is not part of stack {namespace}{}",
+        owner.as_ref().map_or_else(String::new, |o| format!(" (it is part of stack {o})"))
+    )]
+    NotInStack {
+        /// `service app_web`, ...
+        object: String,
+        /// The stack it belongs to, if any.
+        owner: Option<String>,
+        /// The stack being deployed.
+        namespace: String,
+    },
+    /// A stack's secret or config whose file changed: their data is immutable.
+    #[error(
+        "{kind} {name} already exists with other content, and a {kind} can't change: to \
+         rotate it, give it a new name (for example `name: {name}_v2` under the file's \
+         top-level {kind}s) and deploy again; its services then roll to the new one, and the \
+         old one can be removed once none uses it"
+    )]
+    FileChanged {
+        /// Secret or config.
+        kind: FileKind,
+        /// Its name.
+        name: String,
+    },
+    /// An external network, secret or config of a stack that does not exist (docker's
+    /// words for a network).
+    #[error(
+        "{0} \"{1}\" is declared as external, but could not be found. You need to create a \
+         swarm-scoped {0} before the stack is deployed"
+    )]
+    MissingExternal(mesh_api::stack::ObjectKind, String),
     /// An update made against a spec that has changed since.
     #[error(
         "update out of sequence: service {service} is at version {version}, the update was \
@@ -573,16 +625,7 @@ impl ClusterState {
                 expected_version,
                 at_ms,
             } => self.update_service(*id, spec, *rollback, *expected_version, *at_ms),
-            Command::RemoveService { id, at_ms: _ } => {
-                self.service(*id)?;
-                self.services.remove(id);
-                let version = self.version + 1;
-                for task in self.tasks.values_mut().filter(|t| t.service == *id) {
-                    task.desired = DesiredState::Remove;
-                    task.desired_version = version;
-                }
-                Ok(Applied::Done)
-            }
+            Command::RemoveService { id, at_ms: _ } => self.remove_service(*id),
             Command::CreateNetwork { spec, at_ms } => self.create_network(spec, *at_ms),
             Command::RemoveNetwork { id } => {
                 let network = self.network(*id)?;
@@ -602,6 +645,7 @@ impl ClusterState {
                 at_ms,
             } => self.create_file(*kind, spec, data, *at_ms),
             Command::RemoveFile { kind, id } => self.remove_file(*kind, *id),
+            Command::DeployStack { deploy, at_ms } => self.deploy_stack(deploy, *at_ms),
             Command::SetUpdateStatus { id, status, at_ms } => {
                 let service = self
                     .services
@@ -649,7 +693,7 @@ impl ClusterState {
         z ^ (z >> 31)
     }
 
-    fn create_service(&mut self, spec: &ServiceSpec, at_ms: u64) -> Response {
+    pub(crate) fn create_service(&mut self, spec: &ServiceSpec, at_ms: u64) -> Response {
         spec.validate()
             .map_err(|e| StateError::Invalid(e.to_string()))?;
         if self.services.values().any(|s| s.spec.name == spec.name) {
@@ -680,7 +724,7 @@ impl ClusterState {
         Ok(Applied::Service(Box::new(service)))
     }
 
-    fn update_service(
+    pub(crate) fn update_service(
         &mut self,
         id: ServiceId,
         spec: &ServiceSpec,
@@ -745,6 +789,18 @@ impl ClusterState {
         Ok(Applied::Service(Box::new(service)))
     }
 
+    /// Removes a service; its tasks are told to stop and are forgotten once they have.
+    pub(crate) fn remove_service(&mut self, id: ServiceId) -> Response {
+        self.service(id)?;
+        self.services.remove(&id);
+        let version = self.version + 1;
+        for task in self.tasks.values_mut().filter(|t| t.service == id) {
+            task.desired = DesiredState::Remove;
+            task.desired_version = version;
+        }
+        Ok(Applied::Done)
+    }
+
     /// `spec` with each network attachment's target resolved (a name, an ID or a unique
     /// ID prefix, as docker resolves them) to the network's ID in 16 hex digits, so that
     /// a renamed or recreated network never captures the service by name.
@@ -752,7 +808,10 @@ impl ClusterState {
     /// # Errors
     /// [`StateError::UnknownNetwork`] or [`StateError::AmbiguousNetwork`]; attaching to
     /// `ingress` explicitly is refused, as Swarm does.
-    fn resolve_attachments(&self, spec: &ServiceSpec) -> Result<ServiceSpec, StateError> {
+    pub(crate) fn resolve_attachments(
+        &self,
+        spec: &ServiceSpec,
+    ) -> Result<ServiceSpec, StateError> {
         let mut spec = spec.clone();
         for attachment in &mut spec.task.networks {
             let id = self.resolve_network(&attachment.target)?;
@@ -806,7 +865,7 @@ impl ClusterState {
         Ok((None, vips))
     }
 
-    fn create_network(&mut self, spec: &NetworkSpec, at_ms: u64) -> Response {
+    pub(crate) fn create_network(&mut self, spec: &NetworkSpec, at_ms: u64) -> Response {
         spec.validate()
             .map_err(|e| StateError::Invalid(e.to_string()))?;
         if PREDEFINED_NAMES.contains(&spec.name.as_str()) {

@@ -61,6 +61,24 @@ fn decode(reply: &proto::FileReply) -> Result<FileInfo> {
         .context("the manager sent a secret or config record this meshctl can't read")
 }
 
+/// Every secret, or every config.
+pub(crate) async fn list(
+    control: &mut ControlClient<Channel>,
+    kind: FileKind,
+) -> Result<Vec<FileInfo>> {
+    control
+        .list_files(proto::ListFilesRequest {
+            kind: kind.as_str().to_owned(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .files
+        .iter()
+        .map(decode)
+        .collect()
+}
+
 /// Reads `path`'s bytes, or standard input's for `-`, at most one byte more than the
 /// kind allows (so that an oversized input is refused without reading all of it).
 fn read_data(kind: FileKind, path: &str) -> Result<Vec<u8>> {
@@ -103,16 +121,7 @@ pub(crate) async fn run(
             quiet,
             filter,
         } => {
-            let files = control
-                .list_files(proto::ListFilesRequest { kind: kind_name })
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .files
-                .iter()
-                .map(decode)
-                .collect::<Result<Vec<_>>>()?;
-            let files = file::filtered(files, filter)?;
+            let files = file::filtered(list(control, kind).await?, filter)?;
             if *quiet {
                 for f in &files {
                     println!("{}", format_id(f.id));

@@ -287,7 +287,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Config(command) => {
             file::run(&mut control(&cli).await?, FileKind::Config, command).await
         }
-        Command::Stack(command) => stack::run(command),
+        Command::Stack(stack::StackCommand::Config { compose_file }) => stack::config(compose_file),
+        Command::Stack(command) => stack::run(&mut control(&cli).await?, command).await,
     }
 }
 

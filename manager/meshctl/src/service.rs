@@ -147,7 +147,7 @@ fn decode_service(reply: &proto::ServiceReply) -> Result<ServiceRow> {
     })
 }
 
-fn decode_task(info: &proto::TaskInfo) -> Result<Task> {
+pub(crate) fn decode_task(info: &proto::TaskInfo) -> Result<Task> {
     info.task()
         .context("the manager sent a task record this meshctl can't read")
 }
@@ -163,7 +163,7 @@ async fn inspect(control: &mut ControlClient<Channel>, name: &str) -> Result<Ser
     decode_service(&reply)
 }
 
-async fn list_services(control: &mut ControlClient<Channel>) -> Result<Vec<ServiceRow>> {
+pub(crate) async fn list_services(control: &mut ControlClient<Channel>) -> Result<Vec<ServiceRow>> {
     control
         .list_services(proto::ListServicesRequest {})
         .await
@@ -175,7 +175,7 @@ async fn list_services(control: &mut ControlClient<Channel>) -> Result<Vec<Servi
         .collect()
 }
 
-async fn list_tasks(
+pub(crate) async fn list_tasks(
     control: &mut ControlClient<Channel>,
     service: &str,
     node: &str,
@@ -192,7 +192,7 @@ async fn list_tasks(
 }
 
 /// Tasks as table rows, with their services' host-mode ports.
-fn task_rows(
+pub(crate) fn task_rows(
     infos: &[proto::TaskInfo],
     ports: &BTreeMap<u64, Vec<PortSpec>>,
 ) -> Result<Vec<TaskRow>> {
@@ -211,7 +211,12 @@ fn task_rows(
         .collect()
 }
 
-fn print_tasks(rows: &[TaskRow], no_trunc: bool, format: Format, quiet: bool) -> Result<()> {
+pub(crate) fn print_tasks(
+    rows: &[TaskRow],
+    no_trunc: bool,
+    format: Format,
+    quiet: bool,
+) -> Result<()> {
     let now = now_ms();
     if quiet {
         for row in rows {
@@ -247,7 +252,7 @@ async fn update(
 
 /// Prints docker's progress lines until the service converges and stays
 /// so for [`STABLE`], or its update pauses (an error).
-async fn watch(
+pub(crate) async fn watch(
     control: &mut ControlClient<Channel>,
     id: u64,
     watch: Watch,

@@ -561,6 +561,12 @@ mod tests {
         ) -> Result<Response<proto::RemoveFileResponse>, Status> {
             unimplemented()
         }
+        async fn deploy_stack(
+            &self,
+            _: Request<proto::DeployStackRequest>,
+        ) -> Result<Response<proto::DeployStackReply>, Status> {
+            unimplemented()
+        }
     }
 
     /// Serves `Join` behind [`AnyNode`] and `Control` behind [`ManagerOnly`]
@@ -701,6 +707,21 @@ mod tests {
                 .await
                 .unwrap_err();
             assert_eq!(created.code(), code, "{created:?}");
+            // Nor deploy a stack.
+            let deployed = control
+                .deploy_stack(proto::DeployStackRequest::new(
+                    &mesh_api::stack::StackDeploy {
+                        namespace: "app".into(),
+                        networks: Vec::new(),
+                        files: Vec::new(),
+                        external: Vec::new(),
+                        services: Vec::new(),
+                        prune: false,
+                    },
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(deployed.code(), code, "{deployed:?}");
         }
 
         // No certificate: in at the TLS layer, refused per call.

@@ -651,6 +651,30 @@ impl Control for ControlService {
         }))
     }
 
+    async fn deploy_stack(
+        &self,
+        request: Request<proto::DeployStackRequest>,
+    ) -> Result<Response<proto::DeployStackReply>, Status> {
+        let deploy = request
+            .get_ref()
+            .deploy()
+            .map_err(|e| Status::invalid_argument(format!("invalid stack deploy: {}", e.source)))?;
+        self.manager.require_quorum()?;
+        let applied = self
+            .manager
+            .commit(Command::DeployStack {
+                deploy,
+                at_ms: now_ms(),
+            })
+            .await?;
+        match applied {
+            Applied::Stack(deployed) => Ok(Response::new(proto::DeployStackReply::new(&deployed))),
+            _ => Err(Status::internal(
+                "the state machine returned no stack deploy",
+            )),
+        }
+    }
+
     async fn info(
         &self,
         _request: Request<proto::InfoRequest>,

@@ -347,6 +347,10 @@ pub fn state_status(err: impl Into<StateError>) -> Status {
         | StateError::NetworkExists(_)
         | StateError::FileExists(..) => Status::already_exists(message),
         StateError::Capacity(_) => Status::resource_exhausted(message),
+        StateError::MissingExternal(..) => Status::not_found(message),
+        StateError::NotInStack { .. } => Status::already_exists(message),
+        StateError::FileChanged { .. } => Status::failed_precondition(message),
+        StateError::InStack { source, .. } => Status::new(state_status(*source).code(), message),
     }
 }
 
