@@ -600,6 +600,22 @@ impl ManagedCluster {
         Ok(cmd)
     }
 
+    /// [`ManagedCluster::meshctl`] with `env` added to its environment (a compose file's
+    /// variables for `stack deploy`) and a timeout of its own.
+    ///
+    /// # Errors
+    /// As [`ManagedCluster::meshctl`].
+    pub fn meshctl_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<CtlOutput> {
+        let mut cmd = self.meshctl_command(args)?;
+        cmd.envs(env.iter().copied());
+        run_captured(cmd, timeout)
+    }
+
     /// [`ManagedCluster::meshctl`] with `input` on its standard input (`secret create
     /// NAME -`).
     ///

@@ -54,6 +54,9 @@ const TOOL_PACKAGES: &[&str] = &[
     // locally built images (and run as process tasks).
     "docker.io",
     "busybox-static",
+    // The stacks test's data store, run as a process task (`stack deploy` of a web tier
+    // and Redis).
+    "redis-server",
 ];
 
 /// The Debian package whose `promtool` the setup step takes (its only file we keep).

@@ -1,7 +1,8 @@
 //! `task-echo`: the tiny server every test task runs.
 //!
 //! ```text
-//! task-echo [--name web.1] [--tag v1 | --tag-file /run/secrets/tag] [--port 80] [--udp] [--call api:80]
+//! task-echo [--name web.1] [--tag v1 | --tag-file /run/secrets/tag] [--port 80] [--udp]
+//!           [--call api:80 | --redis db:6379 [--redis-password-file /run/secrets/pw]]
 //! ```
 //!
 //! The name defaults to `$MESH_TASK_NAME`, which the agent's process runtime sets for
@@ -20,6 +21,11 @@
 //! task=api.2 peer=<ip>:<port>`, or `| error: <why>` when the call fails. A web tier
 //! calling its backend by name on every request, as a Swarm app does.
 //!
+//! With `--redis HOST:PORT` instead (and `--redis-password-file PATH`, read at start:
+//! a secret), each TCP connection increments the counter `hits` in that Redis server
+//! (`AUTH`, then `INCR hits`, in Redis's protocol) and appends ` | hits=<N>`, or `|
+//! error: <why>`: a web tier that changes its data store on every request.
+//!
 //! UDP (with `--udp`, on the same port): answers each datagram with the same line
 //! followed by the datagram's payload.
 #![forbid(unsafe_code)]
@@ -35,7 +41,19 @@ struct Args {
     tag: Option<String>,
     port: u16,
     udp: bool,
-    call: Option<String>,
+    call: Option<Upstream>,
+}
+
+/// What each TCP connection calls first.
+#[derive(Clone)]
+enum Upstream {
+    /// Another task-echo: its banner.
+    Echo(String),
+    /// A Redis server: `INCR hits`.
+    Redis {
+        target: String,
+        password: Option<String>,
+    },
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +62,8 @@ fn parse_args() -> Result<Args, String> {
     let mut port = None;
     let mut udp = false;
     let mut call = None;
+    let mut redis = None;
+    let mut redis_password = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -75,7 +95,20 @@ fn parse_args() -> Result<Args, String> {
                 if !v.contains(':') {
                     return Err(format!("--call {v}: expected HOST:PORT"));
                 }
-                call = Some(v);
+                call = Some(Upstream::Echo(v));
+            }
+            "--redis" => {
+                let v = it.next().ok_or("--redis needs HOST:PORT")?;
+                if !v.contains(':') {
+                    return Err(format!("--redis {v}: expected HOST:PORT"));
+                }
+                redis = Some(v);
+            }
+            "--redis-password-file" => {
+                let path = it.next().ok_or("--redis-password-file needs a path")?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("--redis-password-file {path}: {e}"))?;
+                redis_password = Some(text.trim_end_matches(['\r', '\n']).to_string());
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -85,6 +118,15 @@ fn parse_args() -> Result<Args, String> {
         .or_else(|| std::env::var("MESH_TASK_NAME").ok())
         .filter(|n| !n.is_empty())
         .ok_or("--name is required (or $MESH_TASK_NAME)")?;
+    if let Some(target) = redis {
+        if call.is_some() {
+            return Err("--call and --redis: one upstream, please".into());
+        }
+        call = Some(Upstream::Redis {
+            target,
+            password: redis_password,
+        });
+    }
     Ok(Args {
         name,
         tag,
@@ -106,18 +148,57 @@ fn banner(who: &str, peer: SocketAddr) -> String {
     format!("{who} peer={peer}\n")
 }
 
-/// Resolves and calls `target` (`HOST:PORT`), and returns the first line it sends.
-fn call_upstream(target: &str) -> Result<String, String> {
+/// Resolves `target` (`HOST:PORT`) and connects to it.
+fn connect_upstream(target: &str) -> Result<(TcpStream, SocketAddr), String> {
     use std::net::ToSocketAddrs as _;
     let addr = target
         .to_socket_addrs()
         .map_err(|e| format!("resolve {target}: {e}"))?
         .next()
         .ok_or_else(|| format!("resolve {target}: no address"))?;
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect {target} ({addr}): {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(3)))
         .map_err(|e| e.to_string())?;
+    Ok((conn, addr))
+}
+
+/// Calls `upstream` and returns what to append to the banner.
+fn call_upstream(upstream: &Upstream) -> Result<String, String> {
+    match upstream {
+        Upstream::Echo(target) => {
+            let (mut conn, addr) = connect_upstream(target)?;
+            read_line(&mut conn).map_err(|e| format!("read from {target} ({addr}): {e}"))
+        }
+        Upstream::Redis { target, password } => {
+            let (mut conn, addr) = connect_upstream(target)?;
+            let mut talk = |args: &[&str]| -> Result<String, String> {
+                // A command is an array of bulk strings (Redis's protocol, RESP).
+                let mut out = format!("*{}\r\n", args.len()).into_bytes();
+                for arg in args {
+                    out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+                }
+                conn.write_all(&out)
+                    .map_err(|e| format!("write to {target} ({addr}): {e}"))?;
+                let line = read_line(&mut conn)
+                    .map_err(|e| format!("read from {target} ({addr}): {e}"))?;
+                let line = line.trim_end_matches('\r').to_string();
+                match line.chars().next() {
+                    Some('+' | ':') => Ok(line[1..].to_string()),
+                    _ => Err(format!("{target} answered {line:?}")),
+                }
+            };
+            if let Some(password) = password {
+                talk(&["AUTH", password])?;
+            }
+            let hits = talk(&["INCR", "hits"])?;
+            Ok(format!("hits={hits}"))
+        }
+    }
+}
+
+/// The first line `conn` sends, without its newline.
+fn read_line(conn: &mut TcpStream) -> std::io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while line.len() < 1024 {
@@ -126,17 +207,17 @@ fn call_upstream(target: &str) -> Result<String, String> {
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) => line.push(byte[0]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read from {target} ({addr}): {e}")),
+            Err(e) => return Err(e),
         }
     }
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
-fn serve_tcp_conn(name: &str, call: Option<&str>, mut conn: TcpStream, peer: SocketAddr) {
+fn serve_tcp_conn(name: &str, call: Option<&Upstream>, mut conn: TcpStream, peer: SocketAddr) {
     let mut first = banner(name, peer);
-    if let Some(target) = call {
+    if let Some(upstream) = call {
         first.pop();
-        match call_upstream(target) {
+        match call_upstream(upstream) {
             Ok(line) => first.push_str(&format!(" | {line}\n")),
             Err(e) => first.push_str(&format!(" | error: {e}\n")),
         }
@@ -161,7 +242,7 @@ fn serve_tcp_conn(name: &str, call: Option<&str>, mut conn: TcpStream, peer: Soc
     let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
-fn serve_tcp(name: String, call: Option<String>, listener: TcpListener) {
+fn serve_tcp(name: String, call: Option<Upstream>, listener: TcpListener) {
     loop {
         match listener.accept() {
             Ok((conn, peer)) => {
@@ -169,7 +250,7 @@ fn serve_tcp(name: String, call: Option<String>, listener: TcpListener) {
                 let call = call.clone();
                 let spawned = thread::Builder::new()
                     .name("conn".into())
-                    .spawn(move || serve_tcp_conn(&name, call.as_deref(), conn, peer));
+                    .spawn(move || serve_tcp_conn(&name, call.as_ref(), conn, peer));
                 if let Err(e) = spawned {
                     eprintln!("task-echo: cannot spawn a connection thread: {e}");
                 }
@@ -207,7 +288,8 @@ fn main() -> ExitCode {
                 eprintln!("task-echo: {e}");
             }
             eprintln!(
-                "usage: task-echo [--name NAME] [--tag TAG | --tag-file PATH] [--port PORT] [--udp] [--call HOST:PORT]"
+                "usage: task-echo [--name NAME] [--tag TAG | --tag-file PATH] [--port PORT] [--udp] \
+                 [--call HOST:PORT | --redis HOST:PORT [--redis-password-file PATH]]"
             );
             return ExitCode::from(2);
         }

@@ -1,0 +1,310 @@
+//! End-to-end tests of stacks (issue 15) on a managed mesh:
+//!
+//! - a multi-tier application from a compose file: Debian's `redis-server` as the data
+//!   store, run by the process runtime with its password from a secret and its
+//!   configuration from a config, and a web tier (`task-echo --redis db:6379`) that
+//!   reaches it by its short name and increments a counter on every request, published
+//!   on 8080. Requests through every node succeed and change the data; `stack ls`,
+//!   `services` and `ps` show the right counts; a redeploy with more replicas and a
+//!   changed environment variable rolls the web tier under load without a failed
+//!   request and leaves the data store untouched; `stack rm` removes every object and
+//!   leaves no task process or namespace behind;
+//! - bad files and deploys, each refused with the place named and changing nothing.
+//!
+//! Each test runs on a 3-node cluster of its own ([`ManagedCluster`]), one at a time (a
+//! lock). Needs root, iproute2, `redis-server` (`cargo xtask setup` installs it) and the
+//! binaries `mesh-manager`, `meshctl`, `lb-agent` and `task-echo`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_tests::{ManagedCluster, TaskRow, bin, ok, turn};
+use serde_json::Value;
+
+/// How long a `stack deploy` that waits for convergence may take.
+const CONVERGE: Duration = Duration::from_secs(180);
+/// The web tier's published port.
+const PORT: u16 = 8080;
+
+/// The application: a Redis data store and a web tier calling it by name, with a
+/// secret (Redis's password) and a config (its configuration), as a compose user
+/// writes it. The variables come from the environment of `stack deploy`.
+const APP: &str = r#"
+version: "3.8"
+
+# The process runtime for every service (nodes without Docker), shared with an anchor.
+x-process: &process
+  x-mesh-runtime: process
+
+services:
+  db:
+    <<: *process
+    entrypoint:
+      - /bin/sh
+      - -c
+      - exec redis-server ${CONF_DIR}/redis.conf --requirepass "$$(cat /run/secrets/db_password)"
+    secrets:
+      - db_password
+    configs:
+      - source: redis_conf
+        target: ${CONF_DIR}/redis.conf
+        mode: 0440
+  web:
+    <<: *process
+    entrypoint:
+      - /bin/sh
+      - -c
+      - exec ${ECHO} --port 80 --tag "$$VERSION" --redis db:6379 --redis-password-file /run/secrets/db_password
+    environment:
+      VERSION: ${VERSION:-v1}
+    secrets:
+      - db_password
+    ports:
+      - "8080:80"
+    deploy:
+      replicas: ${WEB_REPLICAS:-2}
+      update_config:
+        parallelism: 1
+        delay: 1s
+        order: start-first
+
+secrets:
+  db_password:
+    file: ./db_password.txt
+
+configs:
+  redis_conf:
+    file: ./redis.conf
+"#;
+
+/// Redis's configuration: no persistence (the test's store lives as long as its task).
+const REDIS_CONF: &str = "port 6379\nbind 0.0.0.0\nsave \"\"\nappendonly no\n";
+
+/// A directory of the test's with `name` written in it.
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    ok(std::fs::write(&path, text).map_err(anyhow::Error::from));
+    path
+}
+
+/// `meshctl ARGS` with `env`, which must succeed; its standard output.
+fn ctl_env(c: &ManagedCluster, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = ok(c.meshctl_env(args, env, CONVERGE));
+    assert!(
+        out.success(),
+        "meshctl {} failed ({}):\nstdout: {}\nstderr: {}\n{}",
+        args.join(" "),
+        out.status,
+        out.stdout,
+        out.stderr,
+        c.logs(40)
+    );
+    out.stdout
+}
+
+/// Everything the cluster holds that a stack can create, to check that a refusal
+/// changed nothing.
+fn snapshot(c: &ManagedCluster) -> Vec<Value> {
+    [
+        &["service", "ls", "--format", "json"][..],
+        &["network", "ls", "--format", "json"],
+        &["secret", "ls", "--format", "json"],
+        &["config", "ls", "--format", "json"],
+    ]
+    .iter()
+    .map(|args| {
+        let mut v = ok(c.ctl_json(args));
+        // Times go on ("5 seconds ago"); what exists does not.
+        if let Value::Array(items) = &mut v {
+            for item in items {
+                if let Value::Object(map) = item {
+                    map.retain(|k, _| !matches!(k.as_str(), "CreatedAt" | "UpdatedAt"));
+                }
+            }
+        }
+        v
+    })
+    .collect()
+}
+
+/// The stack's tasks as `stack ps --format json` lists them.
+fn stack_tasks(c: &ManagedCluster, stack: &str) -> Vec<TaskRow> {
+    let v = ok(c.ctl_json(&["stack", "ps", stack, "--format", "json"]));
+    v.as_array()
+        .map(|a| a.iter().map(|t| ok(TaskRow::from_json(t))).collect())
+        .unwrap_or_default()
+}
+
+/// The running tasks of `service` in `tasks`.
+fn running<'a>(tasks: &'a [TaskRow], service: &str) -> Vec<&'a TaskRow> {
+    tasks
+        .iter()
+        .filter(|t| t.is_running() && t.name.rsplit_once('.').is_some_and(|(s, _)| s == service))
+        .collect()
+}
+
+/// The counter in a reply of the web tier (`| hits=N`).
+fn hits(reply: &mesh_tests::Reply) -> u64 {
+    reply
+        .called
+        .as_deref()
+        .and_then(|c| c.strip_prefix("hits="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the web tier did not reach its store: {reply:?}"))
+}
+
+#[test]
+fn a_multi_tier_stack_deploys_serves_redeploys_without_a_failed_request_and_is_removed() {
+    let _turn = turn();
+    let c = ok(ManagedCluster::start(3, 1));
+    let dir = c.topology().dir().join("stack-app");
+    ok(std::fs::create_dir_all(&dir).map_err(anyhow::Error::from));
+    let app = write(&dir, "app.yml", APP);
+    write(&dir, "db_password.txt", "pw-8c1f0e77b2\n");
+    write(&dir, "redis.conf", REDIS_CONF);
+    // A process task sees the node's file system: its config goes over a file there.
+    let conf_dir = dir.join("target");
+    ok(std::fs::create_dir_all(&conf_dir).map_err(anyhow::Error::from));
+    write(&conf_dir, "redis.conf", "");
+    let echo = ok(bin("task-echo")).to_string_lossy().to_string();
+    let conf_dir = conf_dir.to_string_lossy().to_string();
+    let app = app.to_string_lossy().to_string();
+    // `stack deploy` of the file with the web tier at `version` and `replicas`.
+    let deploy = |version: &str, replicas: &str| {
+        let env = [
+            ("ECHO", echo.as_str()),
+            ("CONF_DIR", conf_dir.as_str()),
+            ("VERSION", version),
+            ("WEB_REPLICAS", replicas),
+        ];
+        ctl_env(&c, &["stack", "deploy", "-c", &app, "app"], &env)
+    };
+
+    // The first deploy creates every object, in docker's words, and waits for them.
+    let out = deploy("v1", "2");
+    for line in [
+        "Creating network app_default",
+        "Creating secret app_db_password",
+        "Creating config app_redis_conf",
+        "Creating service app_db",
+        "Creating service app_web",
+        "verify: Service converged",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    let ls = ok(c.ctl(&["stack", "ls"]));
+    let lines: Vec<Vec<&str>> = ls.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines, [vec!["NAME", "SERVICES"], vec!["app", "2"]], "{ls}");
+    let services = ok(c.ctl_json(&["stack", "services", "app", "--format", "json"]));
+    let replicas: Vec<(String, String)> = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["Name"].as_str().unwrap_or_default().to_owned(),
+                s["Replicas"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        replicas,
+        [
+            ("app_db".to_owned(), "1/1".to_owned()),
+            ("app_web".to_owned(), "2/2".to_owned())
+        ]
+    );
+    let tasks = stack_tasks(&c, "app");
+    assert_eq!(running(&tasks, "app_db").len(), 1, "{tasks:?}");
+    assert_eq!(running(&tasks, "app_web").len(), 2, "{tasks:?}");
+    let db_task = running(&tasks, "app_db")[0].id.clone();
+
+    // Every node's published port reaches the web tier, which reaches the store by its
+    // short name: each request increments the counter.
+    ok(c.wait_answered(1, PORT, Duration::from_secs(30)));
+    let replies = ok(c.requests_everywhere(PORT, 3));
+    let counts: Vec<u64> = replies.iter().map(|(_, r)| hits(r)).collect();
+    assert!(
+        counts.windows(2).all(|w| w[1] > w[0]),
+        "the counter did not grow with each request: {counts:?}"
+    );
+    assert!(replies.iter().all(|(_, r)| r.tag.as_deref() == Some("v1")));
+
+    // The same file again changes nothing.
+    let out = deploy("v1", "2");
+    assert!(
+        out.contains("Keeping service app_db") && out.contains("Keeping service app_web"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("Creating") && !out.contains("Updating"),
+        "{out}"
+    );
+
+    // A redeploy with a new version and a third replica rolls the web tier under load.
+    let load = ok(c.start_load(PORT));
+    let before = load.stats();
+    ok(load.wait_more(&before, 20, Duration::from_secs(30)));
+    let out = deploy("v2", "3");
+    assert!(out.contains("Updating service app_web (id: "), "{out}");
+    assert!(out.contains("Keeping service app_db"), "{out}");
+    let during = load.stats();
+    ok(load.wait_more(&during, 20, Duration::from_secs(30)));
+    let stats = ok(load.stop());
+    assert!(
+        stats.failed.is_empty(),
+        "{} of {} requests failed during the redeploy: {:?}",
+        stats.failed.len(),
+        stats.ok + stats.failed.len(),
+        &stats.failed[..stats.failed.len().min(5)]
+    );
+    assert!(stats.by_tag.contains_key("v2"), "{:?}", stats.by_tag);
+    let tasks = stack_tasks(&c, "app");
+    assert_eq!(running(&tasks, "app_web").len(), 3, "{tasks:?}");
+    let db = running(&tasks, "app_db");
+    assert_eq!(db.len(), 1, "{tasks:?}");
+    assert_eq!(
+        db[0].id, db_task,
+        "the unchanged data store was not replaced"
+    );
+    // The data survived: the counter goes on from where it was.
+    let last = *counts.last().unwrap_or(&0);
+    let replies = ok(c.requests_everywhere(PORT, 2));
+    for (k, r) in &replies {
+        assert_eq!(r.tag.as_deref(), Some("v2"), "via n{k}: {r:?}");
+        assert!(hits(r) > last + stats.ok as u64 / 2, "via n{k}: {r:?}");
+    }
+
+    // `stack rm` removes every object and waits for the tasks to go.
+    let ids: BTreeSet<String> = stack_tasks(&c, "app").into_iter().map(|t| t.id).collect();
+    let out = ok(c.ctl_timeout(&["stack", "rm", "app"], CONVERGE));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "Removing service app_db",
+            "Removing service app_web",
+            "Removing secret app_db_password",
+            "Removing config app_redis_conf",
+            "Removing network app_default",
+        ],
+        "{out}"
+    );
+    let empty = vec![Value::Array(Vec::new()); 4];
+    let mut left = snapshot(&c);
+    // `network ls` keeps the built-in ingress.
+    if let Value::Array(networks) = &mut left[1] {
+        networks.retain(|n| n["Name"] != "ingress");
+    }
+    assert_eq!(left, empty);
+    for id in &ids {
+        assert!(c.task_pids(id).is_empty(), "task {id} still has processes");
+        let netns = Path::new("/run/netns").join(format!("mesh-{id}"));
+        assert!(!netns.exists(), "{} is left", netns.display());
+    }
+    let out = ok(c.meshctl(&["stack", "ps", "app"]));
+    assert!(
+        out.stderr.contains("Nothing found in stack: app"),
+        "{out:?}"
+    );
+}
