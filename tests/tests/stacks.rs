@@ -308,3 +308,143 @@ fn a_multi_tier_stack_deploys_serves_redeploys_without_a_failed_request_and_is_r
         "{out:?}"
     );
 }
+
+/// A small stack of one service publishing `port`, whose task-echo is `$ECHO`.
+fn echo_stack(port: u16) -> String {
+    format!(
+        r#"
+services:
+  web:
+    x-mesh-runtime: process
+    image: ${{ECHO}}
+    command: ["--port", "80"]
+    ports: ["{port}:80"]
+    secrets: [pw]
+secrets:
+  pw:
+    file: ./pw.txt
+"#
+    )
+}
+
+#[test]
+fn bad_files_and_deploys_are_refused_naming_the_place_and_change_nothing() {
+    let _turn = turn();
+    let c = ok(ManagedCluster::start(3, 1));
+    let dir = c.topology().dir().join("stack-bad");
+    ok(std::fs::create_dir_all(&dir).map_err(anyhow::Error::from));
+    write(&dir, "pw.txt", "first\n");
+    let echo = ok(bin("task-echo")).to_string_lossy().to_string();
+    let env = [("ECHO", echo.as_str())];
+    let good = write(&dir, "good.yml", &echo_stack(PORT));
+    let good = good.to_string_lossy().to_string();
+    let out = ctl_env(&c, &["stack", "deploy", "-c", &good, "first"], &env);
+    assert!(out.contains("Creating service first_web"), "{out}");
+    ok(c.wait_answered(2, PORT, Duration::from_secs(30)));
+    let before = snapshot(&c);
+
+    // Each bad file, the stack it is deployed as, and what the error must say.
+    let cases: Vec<(&str, String, &str, String)> = vec![
+        (
+            "bad YAML",
+            "services:\n  web:\n    image: x\n   ports: [1]\n".into(),
+            "app",
+            "bad.yml:4: yaml: ".into(),
+        ),
+        (
+            "an unknown top-level key",
+            "version: \"3.8\"\nfrobs: 1\nservices:\n  web:\n    image: x\n".into(),
+            "app",
+            "bad.yml:2: (root): additional property frobs is not allowed".into(),
+        ),
+        (
+            "a wrong type",
+            "services:\n  web:\n    image: x\n    deploy:\n      replicas: many\n".into(),
+            "app",
+            "bad.yml:5: services.web.deploy.replicas: must be an integer".into(),
+        ),
+        (
+            "an undefined variable with :?",
+            "services:\n  web:\n    image: \"nginx:${TAG:?set TAG}\"\n".into(),
+            "app",
+            "bad.yml:3: services.web.image: required variable TAG is missing a value: set TAG"
+                .into(),
+        ),
+        (
+            "an external network that does not exist",
+            "services:\n  web:\n    x-mesh-runtime: process\n    image: /bin/true\n    \
+             networks: [outside]\nnetworks:\n  outside:\n    external: true\n"
+                .into(),
+            "app",
+            "network \"outside\" is declared as external, but could not be found".into(),
+        ),
+        (
+            "a port another stack publishes",
+            echo_stack(PORT),
+            "other",
+            format!(
+                "service other_web: port '{PORT}/tcp' is already in use by service 'first_web'"
+            ),
+        ),
+        (
+            "a secret file that does not exist",
+            echo_stack(8081).replace("./pw.txt", "./missing.txt"),
+            "app",
+            format!(
+                "secret pw: file: {}: No such file or directory",
+                dir.join("missing.txt").display()
+            ),
+        ),
+        (
+            "a secret whose content changed",
+            echo_stack(PORT).replace("./pw.txt", "./pw2.txt"),
+            "first",
+            "secret first_pw already exists with other content, and a secret can't change: to \
+             rotate it, give it a new name"
+                .into(),
+        ),
+        (
+            "a bad stack name",
+            echo_stack(8082),
+            "my.app",
+            "invalid stack name \"my.app\"".into(),
+        ),
+    ];
+    write(&dir, "pw2.txt", "second\n");
+    for (what, text, stack, needle) in &cases {
+        let bad = write(&dir, "bad.yml", text);
+        let args = ["stack", "deploy", "-c", &bad.to_string_lossy(), stack];
+        let out = ok(c.meshctl_env(&args, &env, CONVERGE));
+        assert!(
+            !out.success() && out.stderr.contains(needle.as_str()),
+            "{what}: expected a failure saying {needle:?}; got ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{what}: {}", out.stdout);
+        assert_eq!(snapshot(&c), before, "{what} changed something");
+    }
+
+    // An object of the same name created by hand is never taken over.
+    ok(c.ctl(&["network", "create", "app_default"]));
+    let before = snapshot(&c);
+    let file = write(&dir, "mine.yml", &echo_stack(8083));
+    let args = ["stack", "deploy", "-c", &file.to_string_lossy(), "app"];
+    let out = ok(c.meshctl_env(&args, &env, CONVERGE));
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("network app_default already exists and is not part of stack app"),
+        "{out:?}"
+    );
+    assert_eq!(snapshot(&c), before);
+    // `stack rm` of a stack that does not exist says so and removes nothing.
+    let out = ok(c.meshctl(&["stack", "rm", "app"]));
+    assert!(
+        out.success() && out.stderr.contains("Nothing found in stack: app"),
+        "{out:?}"
+    );
+    assert_eq!(snapshot(&c), before);
+}
