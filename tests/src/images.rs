@@ -128,9 +128,68 @@ pub fn echo_image(tag: &str) -> Result<String> {
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
         "image tag {tag:?}: letters, digits, `_`, `.`, `-`"
     );
+    build_echo(&format!("{ECHO_REPO}:{tag}"), &echo_cmd(tag))
+}
+
+/// The image [`standin_image`] builds.
+pub const STANDIN_IMAGE: &str = "mesh-standin:1";
+
+/// The entrypoint of [`STANDIN_IMAGE`]: task-echo on port 80, tagged `standin`, every
+/// argument after `--` (a compose file's `command`) ignored.
+const STANDIN_ENTRYPOINT: &str =
+    r#"ENTRYPOINT ["/task-echo", "--port", "80", "--tag", "standin", "--"]"#;
+
+/// [`STANDIN_IMAGE`], built unless an up-to-date one exists: the files of
+/// [`echo_image`]'s images with an entrypoint that serves whatever command it is given,
+/// a stand-in for the images of real-world stack files (`redis:alpine`,
+/// `dockersamples/examplevotingapp_vote:before`) that no registry here can provide.
+/// [`StandIns`] tags it with their names.
+///
+/// # Errors
+/// As [`echo_image`].
+pub fn standin_image() -> Result<String> {
+    build_echo(STANDIN_IMAGE, STANDIN_ENTRYPOINT)
+}
+
+/// Names tagged onto [`STANDIN_IMAGE`] for a test, untagged when dropped. A name this
+/// machine already has an image for is left alone (the real image is used).
+#[derive(Debug, Default)]
+pub struct StandIns {
+    tagged: Vec<String>,
+}
+
+impl StandIns {
+    /// Tags the stand-in with each of `names` this machine has no image for.
+    ///
+    /// # Errors
+    /// If the stand-in cannot be built or tagged.
+    pub fn tag(&mut self, names: &[String]) -> Result<()> {
+        let image = standin_image()?;
+        for name in names {
+            if self.tagged.contains(name) || docker(&["image", "inspect", name]).is_ok() {
+                continue;
+            }
+            docker(&["tag", &image, name])?;
+            self.tagged.push(name.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StandIns {
+    fn drop(&mut self) {
+        for name in &self.tagged {
+            // Untags only: the stand-in's layers stay for the next run.
+            let _ = docker(&["rmi", name]);
+        }
+    }
+}
+
+/// Builds `image` from `task-echo` and its libraries with the Dockerfile instruction
+/// `change` (its command or entrypoint), unless an up-to-date one exists.
+fn build_echo(image: &str, change: &str) -> Result<String> {
     let _build = BUILD.lock().unwrap_or_else(PoisonError::into_inner);
     ensure_docker()?;
-    let image = format!("{ECHO_REPO}:{tag}");
     let echo = bin("task-echo")?;
     let ldd = Command::new("ldd")
         .arg(&echo)
@@ -139,22 +198,25 @@ pub fn echo_image(tag: &str) -> Result<String> {
         .context("run ldd")?;
     // A static binary: `ldd` says "not a dynamic executable" and fails; no libraries.
     let libs = ldd_libraries(&String::from_utf8_lossy(&ldd.stdout));
-    let cmd = echo_cmd(tag);
     let mut files = vec![echo.clone()];
     files.extend(libs.iter().cloned());
-    let want = digest(&files, &cmd)?;
-    let have = docker(&["image", "inspect", "--format", "{{.Comment}}", &image]).ok();
+    let want = digest(&files, change)?;
+    let have = docker(&["image", "inspect", "--format", "{{.Comment}}", image]).ok();
     if have.as_deref().map(str::trim) == Some(want.as_str()) {
-        return Ok(image);
+        return Ok(image.to_owned());
     }
 
-    let root = std::env::temp_dir().join(format!("mesh-echo-rootfs-{}-{tag}", std::process::id()));
+    let dir_name: String = image
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let root = std::env::temp_dir().join(format!("mesh-rootfs-{}-{dir_name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let built = build(&root, &echo, &libs, &cmd, &want, &image);
+    let built = build(&root, &echo, &libs, change, &want, image);
     let _ = std::fs::remove_dir_all(&root);
     built?;
-    smoke_test(&image)?;
-    Ok(image)
+    smoke_test(image)?;
+    Ok(image.to_owned())
 }
 
 /// Lays out the root filesystem under `root` and imports it as `image`.
@@ -214,8 +276,9 @@ fn smoke_test(image: &str) -> Result<()> {
             "--rm",
             "--network",
             "none",
-            image,
+            "--entrypoint",
             "/task-echo",
+            image,
             "--help",
         ])
         .stdin(Stdio::null())

@@ -128,9 +128,14 @@ fn snapshot(c: &ManagedCluster) -> Vec<Value> {
     .collect()
 }
 
-/// The stack's tasks as `stack ps --format json` lists them.
+/// The stack's tasks as `stack ps --format json` lists them (none once it says "Nothing
+/// found in stack").
 fn stack_tasks(c: &ManagedCluster, stack: &str) -> Vec<TaskRow> {
-    let v = ok(c.ctl_json(&["stack", "ps", stack, "--format", "json"]));
+    let out = ok(c.ctl(&["stack", "ps", stack, "--format", "json"]));
+    if out.trim().is_empty() {
+        return Vec::new();
+    }
+    let v: Value = ok(serde_json::from_str(&out).map_err(anyhow::Error::from));
     v.as_array()
         .map(|a| a.iter().map(|t| ok(TaskRow::from_json(t))).collect())
         .unwrap_or_default()
@@ -447,4 +452,402 @@ fn bad_files_and_deploys_are_refused_naming_the_place_and_change_nothing() {
         "{out:?}"
     );
     assert_eq!(snapshot(&c), before);
+}
+
+/// A real-world stack file of `manager/compose/src/testdata` (their headers name the
+/// projects that publish them) and what deploying it needs.
+struct RealStack {
+    /// The file's name in `testdata/`.
+    file: &'static str,
+    /// The stack's name.
+    stack: &'static str,
+    /// The variables it needs (the others have defaults in the file).
+    env: &'static [(&'static str, &'static str)],
+    /// Files it names (configs, `env_file`s, bind sources), relative to it: created
+    /// with this content (a directory for a path ending in `/`).
+    files: &'static [(&'static str, &'static str)],
+    /// The external networks it uses: created first.
+    networks: &'static [&'static str],
+    /// The external secrets it uses: created first.
+    secrets: &'static [&'static str],
+    /// A service whose health check cannot pass in a stand-in (it runs `curl`, which
+    /// the stand-in has not): its tasks fail `unhealthy`, as the file's check says.
+    unhealthy: Option<&'static str>,
+    /// A service constrained to nodes with a label no node has yet: pending until
+    /// a node gets it (`node update --label-add`), as the stack's tutorial says.
+    pending_until_label: Option<(&'static str, &'static str)>,
+}
+
+const REAL: &[RealStack] = &[
+    RealStack {
+        file: "dockersamples_example-voting-app__docker-stack.yml",
+        stack: "vote",
+        env: &[],
+        files: &[],
+        networks: &[],
+        secrets: &[],
+        unhealthy: None,
+        pending_until_label: None,
+    },
+    RealStack {
+        file: "BretFisher_dogvscat__stack-voting.yml",
+        stack: "dvc",
+        env: &[],
+        files: &[],
+        networks: &["proxy"],
+        secrets: &[],
+        unhealthy: None,
+        pending_until_label: None,
+    },
+    RealStack {
+        file: "BretFisher_udemy-docker-mastery__swarm-secrets-assignment-1_answer_docker-compose.yml",
+        stack: "drupal",
+        env: &[],
+        files: &[],
+        networks: &[],
+        secrets: &["psql-pw"],
+        unhealthy: None,
+        pending_until_label: None,
+    },
+    RealStack {
+        file: "stefanprodan_swarmprom__docker-compose.yml",
+        stack: "mon",
+        env: &[("ADMIN_USER", "operator")],
+        files: &[
+            ("caddy/Caddyfile", ":9090 {\n  proxy / prometheus:9090\n}\n"),
+            (
+                "dockerd-exporter/Caddyfile",
+                ":9323 {\n  proxy / 172.18.0.1:9323\n}\n",
+            ),
+            ("prometheus/rules/swarm_node.rules.yml", "groups: []\n"),
+            ("prometheus/rules/swarm_task.rules.yml", "groups: []\n"),
+        ],
+        networks: &[],
+        secrets: &[],
+        unhealthy: Some("mon_caddy"),
+        pending_until_label: None,
+    },
+    RealStack {
+        file: "tiangolo_dockerswarm.rocks__docs_portainer.yml",
+        stack: "portainer",
+        env: &[("DOMAIN", "portainer.example.com")],
+        files: &[],
+        networks: &["traefik-public"],
+        secrets: &[],
+        unhealthy: None,
+        pending_until_label: Some(("portainer_portainer", "portainer.portainer-data=true")),
+    },
+    RealStack {
+        file: "vegasbrianc_prometheus__docker-stack.yml",
+        stack: "prom",
+        env: &[],
+        files: &[
+            (
+                "grafana/config.monitoring",
+                "GF_SECURITY_ADMIN_PASSWORD=foobar\n",
+            ),
+            ("grafana/provisioning/", ""),
+            ("prometheus/", ""),
+            ("alertmanager/", ""),
+        ],
+        networks: &[],
+        secrets: &[],
+        unhealthy: None,
+        pending_until_label: None,
+    },
+];
+
+/// What `real` converts to, as `stack deploy` converts it (the same library, the same
+/// variables).
+fn real_plan(real: &RealStack, path: &Path) -> mesh_compose::convert::StackPlan {
+    let env: mesh_compose::Environment = real
+        .env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let file = mesh_compose::File {
+        name: path.display().to_string(),
+        dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        text: ok(std::fs::read_to_string(path).map_err(anyhow::Error::from)),
+    };
+    let read_text = |p: &Path| std::fs::read_to_string(p);
+    let loaded = mesh_compose::load(&[file], &env, &read_text)
+        .unwrap_or_else(|e| panic!("{}: {e}", real.file));
+    let read = |p: &Path| std::fs::read(p);
+    mesh_compose::convert::convert(real.stack, &loaded.config, &read)
+        .unwrap_or_else(|e| panic!("{}: {e}", real.file))
+}
+
+/// Names of the objects `ls --format json` lists.
+fn names(c: &ManagedCluster, what: &str) -> BTreeSet<String> {
+    ok(c.ctl_json(&[what, "ls", "--format", "json"]))
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["Name"].as_str().or(o["Spec"]["Name"].as_str()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn real_world_stacks_deploy_exactly_what_their_files_describe() {
+    let _turn = turn();
+    let mut options = mesh_tests::ManagedOptions::new(3, 1);
+    options.docker = true;
+    let c = ok(ManagedCluster::start_with(options));
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manager/compose/src/testdata");
+    let mut standins = mesh_tests::images::StandIns::default();
+    for real in REAL {
+        let what = real.file;
+        let dir = c.topology().dir().join(format!("real-{}", real.stack));
+        for (path, text) in real.files {
+            let path = dir.join(path);
+            if path.to_string_lossy().ends_with('/') {
+                ok(std::fs::create_dir_all(&path).map_err(anyhow::Error::from));
+            } else {
+                ok(std::fs::create_dir_all(path.parent().unwrap_or(&dir))
+                    .map_err(anyhow::Error::from));
+                write(
+                    path.parent().unwrap_or(&dir),
+                    &path.file_name().unwrap_or_default().to_string_lossy(),
+                    text,
+                );
+            }
+        }
+        ok(std::fs::create_dir_all(&dir).map_err(anyhow::Error::from));
+        let file = dir.join("stack.yml");
+        ok(std::fs::copy(testdata.join(real.file), &file).map_err(anyhow::Error::from));
+        for network in real.networks {
+            ok(c.ctl(&["network", "create", "--attachable", network]));
+        }
+        for secret in real.secrets {
+            let out = ok(c.meshctl_with_input(&["secret", "create", secret, "-"], b"pw\n"));
+            assert!(out.success(), "{out:?}");
+        }
+        let plan = real_plan(real, &file);
+        // Stand-ins for the images no registry here provides, under the file's names.
+        let images: Vec<String> = plan.services.iter().map(|s| s.task.image.clone()).collect();
+        ok(standins.tag(&images));
+
+        let file = file.to_string_lossy().to_string();
+        let out = ctl_env(
+            &c,
+            &["stack", "deploy", "-d", "-c", &file, real.stack],
+            real.env,
+        );
+        // Exactly the objects the file describes, in docker's words.
+        let mut expected: Vec<String> = plan
+            .networks
+            .iter()
+            .map(|n| format!("Creating network {}", n.spec.name))
+            .collect();
+        for kind in [
+            mesh_api::file_ref::FileKind::Secret,
+            mesh_api::file_ref::FileKind::Config,
+        ] {
+            expected.extend(
+                plan.files
+                    .iter()
+                    .filter(|f| {
+                        f.kind == kind && f.source != mesh_compose::convert::FileSource::External
+                    })
+                    .map(|f| format!("Creating {kind} {}", f.spec.name)),
+            );
+        }
+        expected.extend(
+            plan.services
+                .iter()
+                .map(|s| format!("Creating service {}", s.name)),
+        );
+        assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{what}");
+
+        // `service inspect` shows each spec as the file wrote it: the converted spec,
+        // with its networks found by name.
+        let networks: std::collections::BTreeMap<String, String> =
+            ok(c.ctl_json(&["network", "ls", "--format", "json"]))
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| {
+                    Some((n["Name"].as_str()?.to_owned(), n["ID"].as_str()?.to_owned()))
+                })
+                .collect();
+        for planned in &plan.services {
+            let mut want = planned.clone();
+            for attachment in &mut want.task.networks {
+                attachment.target = networks
+                    .get(&attachment.target)
+                    .unwrap_or_else(|| panic!("{what}: no network {}", attachment.target))
+                    .clone();
+            }
+            let inspected = ok(c.ctl_json(&["service", "inspect", &planned.name]));
+            let got: mesh_api::spec::ServiceSpec =
+                serde_json::from_value(inspected[0]["spec"].clone())
+                    .unwrap_or_else(|e| panic!("{what}: {}: {e}", planned.name));
+            assert_eq!(got, want, "{what}: {}", planned.name);
+        }
+        let services = ok(c.ctl_json(&["stack", "services", real.stack, "--format", "json"]));
+        let listed: Vec<&str> = services
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["Name"].as_str())
+            .collect();
+        let planned: Vec<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(listed, planned, "{what}");
+        let secrets = names(&c, "secret");
+        let configs = names(&c, "config");
+        for f in &plan.files {
+            let held = match f.kind {
+                mesh_api::file_ref::FileKind::Secret => &secrets,
+                mesh_api::file_ref::FileKind::Config => &configs,
+            };
+            assert!(
+                held.contains(&f.spec.name),
+                "{what}: no {} {}",
+                f.kind,
+                f.spec.name
+            );
+        }
+
+        // Every service gets its tasks: a replicated one its replicas, a global one one
+        // per node.
+        let wanted: usize = plan
+            .services
+            .iter()
+            .map(|s| s.replicas().map_or(c.nodes(), |n| n as usize))
+            .sum();
+        // Every task runs (the stand-ins serve whatever command the file gives), but
+        // for the two services the file itself keeps from running here.
+        let pending = real.pending_until_label.map(|(service, _)| service);
+        let of = |t: &TaskRow, s: Option<&str>| {
+            s.is_some_and(|s| t.name.rsplit_once('.').is_some_and(|(n, _)| n == s))
+        };
+        let settled = |tasks: &[TaskRow]| {
+            let live: Vec<&TaskRow> = tasks
+                .iter()
+                .filter(|t| t.desired.eq_ignore_ascii_case("running"))
+                .collect();
+            live.len() >= wanted
+                && live.iter().all(|t| {
+                    of(t, real.unhealthy)
+                        || if of(t, pending) {
+                            t.state == "Pending"
+                        } else {
+                            t.state == "Running"
+                        }
+                })
+                && real.unhealthy.is_none_or(|service| {
+                    tasks
+                        .iter()
+                        .any(|t| of(t, Some(service)) && t.error.contains("unhealthy"))
+                })
+        };
+        let show = |tasks: &[TaskRow]| {
+            tasks
+                .iter()
+                .map(|t| {
+                    format!(
+                        "\n  {} {} {} {} {}",
+                        t.name, t.node, t.desired, t.state, t.error
+                    )
+                })
+                .collect::<String>()
+        };
+        let mut last = Vec::new();
+        let waited = mesh_tests::poll_until(CONVERGE, &format!("{what}: tasks"), || {
+            last = stack_tasks(&c, real.stack);
+            Ok(settled(&last).then_some(()))
+        });
+        if let Err(e) = waited {
+            panic!("{e:#}{}", show(&last));
+        }
+        if let Some((service, label)) = real.pending_until_label {
+            ok(c.ctl(&["node", "update", "--label-add", label, "n1"]));
+            ok(mesh_tests::poll_until(
+                CONVERGE,
+                &format!("{service} to run"),
+                || {
+                    let tasks = stack_tasks(&c, real.stack);
+                    Ok(running(&tasks, service)
+                        .first()
+                        .is_some_and(|t| t.node == "n1")
+                        .then_some(()))
+                },
+            ));
+        }
+
+        let out = ok(c.ctl_timeout(&["stack", "rm", real.stack], CONVERGE));
+        assert!(out.contains("Removing service"), "{what}: {out}");
+        assert!(stack_tasks(&c, real.stack).is_empty(), "{what}");
+        // Externals are not the stack's: they stay.
+        let left = names(&c, "network");
+        for network in real.networks {
+            assert!(left.contains(*network), "{what}: {network} was removed");
+        }
+        assert!(
+            !left
+                .iter()
+                .any(|n| n.starts_with(&format!("{}_", real.stack))),
+            "{what}: {left:?}"
+        );
+    }
+
+    // An image no registry or local store can provide: its tasks are rejected with the
+    // engine's "No such image" (the agent tried to pull it first), the rest deploys.
+    let dir = c.topology().dir().join("no-such-image");
+    ok(std::fs::create_dir_all(&dir).map_err(anyhow::Error::from));
+    let file = write(
+        &dir,
+        "stack.yml",
+        &format!(
+            "services:\n  web:\n    image: {}\n    ports: [\"{PORT}:80\"]\n  broken:\n    \
+             image: mesh-test/no-such-image:1\n",
+            ok(mesh_tests::images::standin_image())
+        ),
+    );
+    let out = ctl_env(
+        &c,
+        &[
+            "stack",
+            "deploy",
+            "-d",
+            "-c",
+            &file.to_string_lossy(),
+            "part",
+        ],
+        &[],
+    );
+    assert!(out.contains("Creating service part_broken"), "{out}");
+    ok(c.wait_answered(3, PORT, Duration::from_secs(60)));
+    let reason = "No such image: mesh-test/no-such-image:1";
+    ok(mesh_tests::poll_until(
+        CONVERGE,
+        "the broken service's tasks to be rejected",
+        || {
+            let tasks = stack_tasks(&c, "part");
+            Ok(tasks
+                .iter()
+                .any(|t| {
+                    t.state == "Rejected"
+                        && t.name.starts_with("part_broken.")
+                        && t.error.contains(reason)
+                })
+                .then_some(()))
+        },
+    ));
+    let table = ok(c.ctl(&["stack", "ps", "part", "--no-trunc"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("part_broken.1") && l.contains("Rejected") && l.contains(reason)),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("part_web.1") && l.contains("Running")),
+        "{table}"
+    );
+    ok(c.ctl_timeout(&["stack", "rm", "part"], CONVERGE));
 }

@@ -22,8 +22,8 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures::StreamExt as _;
 use mesh_api::task::TaskId;
@@ -91,6 +91,24 @@ pub(crate) struct DockerRuntime {
 /// `i64::MAX`).
 fn limit(value: u64) -> Option<i64> {
     (value > 0).then(|| i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// How long pulling a missing image may take before the task goes on without it.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The repository and the tag or digest to pull for `image` as a service names it
+/// (`redis:alpine`, `registry:5000/app`, `app@sha256:...`): the engine pulls every tag
+/// of a repository given without one, so `latest` is made explicit, as `docker pull`
+/// does.
+fn pull_reference(image: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo, digest);
+    }
+    let last = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last..].rfind(':') {
+        Some(i) => (&image[..last + i], &image[last + i + 1..]),
+        None => (image, "latest"),
+    }
 }
 
 fn dk(what: impl Into<String>) -> impl FnOnce(DockerError) -> RuntimeError {
@@ -210,6 +228,7 @@ impl DockerRuntime {
         let name = container_name(task);
         // A container of the same task left by a failed attempt.
         self.remove(&name).await?;
+        self.pull_if_missing(&task.spec.image).await;
         // Its mounts, checked first: a task that cannot run writes nothing.
         let mut mounts = engine_mounts(&task.spec.mounts, Path::new(&self.owner))?;
         // Its secrets and configs: files on a tmpfs, each bound read-only at its path.
@@ -309,6 +328,43 @@ impl DockerRuntime {
             self.files.remove(task.id);
         }
         result
+    }
+
+    /// Pulls `image` unless the engine has it (docker's `--pull missing`: an image on the
+    /// node is never replaced under its services; a new version is a new tag). A pull
+    /// that fails is logged, not fatal: creating the container then fails with the
+    /// engine's `No such image: ...`, the reason the task is rejected with, as in Swarm.
+    async fn pull_if_missing(&self, image: &str) {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                warn!(image, error = %e, "inspecting the image failed; not pulling it");
+                return;
+            }
+        }
+        let (repo, tag) = pull_reference(image);
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        info!(image, "pulling a missing image");
+        let pull = async {
+            let mut progress = self.docker.create_image(Some(options), None, None);
+            while let Some(step) = progress.next().await {
+                step?;
+            }
+            Ok::<(), DockerError>(())
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => info!(image, "pulled"),
+            Ok(Err(e)) => warn!(image, error = %e, "pulling the image failed"),
+            Err(_) => warn!(
+                image,
+                timeout_s = PULL_TIMEOUT.as_secs(),
+                "pulling the image timed out"
+            ),
+        }
     }
 
     /// The PID of the container's main process.
@@ -638,6 +694,24 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_names_its_tag_or_digest() {
+        assert_eq!(pull_reference("redis:alpine"), ("redis", "alpine"));
+        assert_eq!(pull_reference("nginx"), ("nginx", "latest"));
+        assert_eq!(
+            pull_reference("registry:5000/team/app"),
+            ("registry:5000/team/app", "latest")
+        );
+        assert_eq!(
+            pull_reference("registry:5000/team/app:1.2"),
+            ("registry:5000/team/app", "1.2")
+        );
+        assert_eq!(
+            pull_reference("app@sha256:0123abcd"),
+            ("app", "sha256:0123abcd")
+        );
+    }
     use std::net::Ipv4Addr;
 
     #[test]

@@ -5,6 +5,9 @@
 //!           [--call api:80 | --redis db:6379 [--redis-password-file /run/secrets/pw]]
 //! ```
 //!
+//! Arguments after `--` are ignored (a stand-in for a compose file's image, whose
+//! `command` it is given).
+//!
 //! The name defaults to `$MESH_TASK_NAME`, which the agent's process runtime sets for
 //! every task it starts (`web.3`).
 //!
@@ -111,6 +114,9 @@ fn parse_args() -> Result<Args, String> {
                 redis_password = Some(text.trim_end_matches(['\r', '\n']).to_string());
             }
             "-h" | "--help" => return Err(String::new()),
+            // What follows is not ours: an image's stand-in ignores the command it is
+            // given.
+            "--" => break,
             other => return Err(format!("unknown argument {other}")),
         }
     }
