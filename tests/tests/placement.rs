@@ -154,6 +154,12 @@ fn spread_over_zones_and_max_replicas_per_node() {
         "{}",
         rows(&rows_now)
     );
+    let ls = ctl(&c, &["service", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.contains(" capped ") && l.contains(" 3/5 (max 1 per node) ")),
+        "service ls:\n{ls}"
+    );
     let pretty = ctl(&c, &["service", "inspect", "--pretty", "capped"]);
     assert!(
         pretty.contains("Placement:\n Max Replicas Per Node:   1\n"),

@@ -128,6 +128,15 @@ fn sorted(rows: &[ServiceRow]) -> Vec<&ServiceRow> {
     rows
 }
 
+/// `service ls`'s REPLICAS: running/desired, with docker's `(max N per node)` when the
+/// service has a limit of replicas per node.
+fn replicas_text(r: &ServiceRow) -> String {
+    match r.service.spec.max_replicas_per_node {
+        0 => format!("{}/{}", r.running, r.desired),
+        max => format!("{}/{} (max {max} per node)", r.running, r.desired),
+    }
+}
+
 /// `service ls`'s table: ID NAME MODE REPLICAS IMAGE PORTS, by name.
 #[must_use]
 pub fn services_table(rows: &[ServiceRow]) -> String {
@@ -138,7 +147,7 @@ pub fn services_table(rows: &[ServiceRow]) -> String {
                 short_id(r.service.id),
                 r.service.spec.name.clone(),
                 mode_name(r.service.spec.mode).to_string(),
-                format!("{}/{}", r.running, r.desired),
+                replicas_text(r),
                 r.service.spec.task.image.clone(),
                 ports_text(&r.service),
             ]
@@ -161,7 +170,7 @@ pub fn services_json(rows: &[ServiceRow]) -> Value {
                     "ID": format_id(r.service.id),
                     "Name": r.service.spec.name,
                     "Mode": mode_name(r.service.spec.mode),
-                    "Replicas": format!("{}/{}", r.running, r.desired),
+                    "Replicas": replicas_text(r),
                     "Running": r.running,
                     "Desired": r.desired,
                     "Image": r.service.spec.task.image,
@@ -722,6 +731,14 @@ mod tests {
         let json = services_json(&rows);
         assert_eq!(json[1]["Replicas"], "2/3");
         assert_eq!(json[1]["ID"], "0123456789abcdef");
+        // With a limit per node, as docker shows it.
+        let mut capped = rows[0].clone();
+        capped.service.spec.max_replicas_per_node = 1;
+        assert!(services_table(&[capped.clone()]).contains(" 2/3 (max 1 per node) "));
+        assert_eq!(
+            services_json(&[capped])[0]["Replicas"],
+            "2/3 (max 1 per node)"
+        );
     }
 
     #[test]
