@@ -42,7 +42,8 @@ fn message(task: &serde_json::Value) -> String {
         .join(" | ")
 }
 
-/// Spread over two zones of unequal size gives each zone half of the tasks; a limit of
+/// Spread over two zones of unequal size gives each zone half of the tasks, and keeps it
+/// when scaled down; a limit of
 /// one task per node with more replicas than nodes leaves the rest pending, and
 /// `service ps` says why; lifting the limit places them.
 #[test]
@@ -97,6 +98,17 @@ fn spread_over_zones_and_max_replicas_per_node() {
     assert_eq!(
         json[0]["Placement"]["Preferences"][0]["Spread"]["SpreadDescriptor"], "node.labels.zone",
         "service inspect spread: {json:#}"
+    );
+
+    // Scaled down to 2 (the highest slots stop), one task stays in each zone.
+    ctl(&c, &["service", "scale", "spread=2"]);
+    let tasks = ok(c.wait_converged("spread", 2));
+    let per = per_node(&tasks);
+    assert_eq!(
+        per.get("n3").copied().unwrap_or(0),
+        1,
+        "not 1 task per zone after scaling down:\n{}",
+        rows(&tasks)
     );
 
     // At most one task per node, 5 wanted, 3 nodes: 3 run, 2 stay pending with

@@ -128,11 +128,44 @@ pub fn place_some(
     } else {
         let mut tree = Branch::build(state, spec, &load.service);
         tree.spread(count, &mut placer);
+        placer.placed = interleave(state, spec, &load.service, placer.placed);
     }
     let err = (placer.placed.len() < count).then(|| {
         ScheduleError::NoSuitableNode(why_none(state, spec, &placer.reserved, &placer.service))
     });
     (placer.placed, err)
+}
+
+/// `placed` (nodes chosen for a service with preferences, grouped by value) in an order
+/// that alternates between the values of the outermost preference: each task ranked by
+/// how many of the service's tasks its value holds with it (those running, `service`,
+/// counted first), the lowest ranks first. The tasks go to the service's slots in this
+/// order, and a scale down stops the highest slots: so a service placed in one go keeps
+/// its spread when scaled down.
+fn interleave(
+    state: &ClusterState,
+    spec: &ServiceSpec,
+    service: &BTreeMap<NodeId, usize>,
+    placed: Vec<NodeId>,
+) -> Vec<NodeId> {
+    let Some(outer) = spec.preferences.first() else {
+        return placed;
+    };
+    let value = |id: &NodeId| state.nodes.get(id).map_or("", |node| outer.value(node));
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, tasks) in service {
+        *held.entry(value(id)).or_default() += tasks;
+    }
+    let mut ranked: Vec<(usize, NodeId)> = placed
+        .into_iter()
+        .map(|id| {
+            let rank = held.entry(value(&id)).or_default();
+            *rank += 1;
+            (*rank, id)
+        })
+        .collect();
+    ranked.sort_by_key(|&(rank, _)| rank);
+    ranked.into_iter().map(|(_, id)| id).collect()
 }
 
 /// The counts placement keeps up to date as it places a service's tasks.
@@ -965,11 +998,73 @@ mod tests {
     }
 
     #[test]
+    fn tasks_placed_in_one_go_alternate_zones_so_a_scale_down_keeps_the_spread() {
+        let state = cluster(&[
+            (1, Ready, Active, "a"),
+            (2, Ready, Active, "a"),
+            (3, Ready, Active, "b"),
+        ]);
+        let spec = spreading(&["zone"], 0);
+        // Slots 1 to 4 in this order: a, b, a, b.
+        let placed = place(&state, &Load::default(), &spec, 4).unwrap();
+        assert_eq!(placed, vec![1, 3, 2, 3]);
+        // The orchestrator stops the highest slots on a scale down: to 2, slots 1
+        // and 2 stay, one per zone; to 3, zone a keeps 2.
+        assert_eq!(per_label(&state, &placed[..2], "zone").len(), 2);
+        // Running tasks count: zone a runs 1 (slot 1, say), so zone b's first
+        // comes first: slots 1 and 2 hold a and b.
+        let placed = place(&state, &load_of(&[1]), &spec, 3).unwrap();
+        assert_eq!(placed, vec![3, 3, 2]);
+        // Through the scheduler's pass and the replicated orchestrator.
+        let mut web = service(4);
+        web.spec.preferences = spec.preferences.clone();
+        let mut work = Work {
+            service: &web,
+            tasks: Vec::new(),
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        };
+        for slot in 1..=4 {
+            work.add(slot, None);
+        }
+        schedule(&state, std::iter::once(&mut work));
+        let tasks: Vec<_> = work
+            .create
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut t = task(&web, 10 + i as u64, p.slot, "v2", TaskState::Running);
+                t.node = p.node;
+                t
+            })
+            .collect();
+        let mut smaller = web.clone();
+        smaller.spec.mode = mesh_api::spec::ServiceMode::Replicated { replicas: 2 };
+        let mut work = Work {
+            service: &smaller,
+            tasks,
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        };
+        crate::orchestrator::replicated::dedupe(&mut work);
+        let kept: Vec<NodeId> = work
+            .tasks
+            .iter()
+            .filter(|t| t.is_live())
+            .filter_map(|t| t.node)
+            .collect();
+        assert_eq!(
+            per_label(&state, &kept, "zone"),
+            BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+        );
+    }
+
+    #[test]
     fn a_scale_back_up_restores_the_spread() {
         // Swarmkit's scale down does not look at preferences (it removes tasks
         // from the nodes running the most of the service; this orchestrator,
-        // the highest slots): zone a may be left with all 2 of 4. Scaling up
-        // again fills zone b first.
+        // the highest slots): after tasks placed at different times, zone a may
+        // be left with all 2 of 4. Scaling up again fills zone b first.
         let state = cluster(&[
             (1, Ready, Active, "a"),
             (2, Ready, Active, "a"),
