@@ -91,6 +91,7 @@ proptest! {
         }
         let _ = crate::mount::Mount::parse(&text);
         let _ = crate::mount::parse_ram_bytes(&text);
+        let _ = text.parse::<crate::spec::PlacementPreference>();
     }
 
     #[test]

@@ -233,6 +233,101 @@ impl Constraint {
     }
 }
 
+/// The most placement preferences a service may have. Docker sets no bound; each
+/// preference is one more level of the scheduler's tree, and a handful is all a
+/// topology needs (region, zone, rack).
+pub const MAX_PREFERENCES: usize = 8;
+
+/// One `--placement-pref` value, `spread=node.labels.<key>`: spread the
+/// service's tasks evenly over the values of a node label, nodes without the
+/// label forming one more group (swarmkit's `SpreadOver`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementPreference {
+    /// The spread descriptor as written: `node.labels.<key>`.
+    pub spread: String,
+}
+
+/// The prefix of a spread descriptor (compared ignoring case, as swarmkit does).
+const NODE_LABELS: &str = "node.labels.";
+const ENGINE_LABELS: &str = "engine.labels.";
+
+/// `prefix` stripped from the front of `s`, ignoring ASCII case.
+fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+impl PlacementPreference {
+    /// The node label the tasks are spread over.
+    #[must_use]
+    pub fn label(&self) -> &str {
+        strip_prefix_ignore_case(&self.spread, NODE_LABELS).unwrap_or_default()
+    }
+
+    /// The value that groups `node` (`""` for a node without the label: such
+    /// nodes form a group of their own, as in swarmkit).
+    #[must_use]
+    pub fn value<'n>(&self, node: &'n Node) -> &'n str {
+        node.labels.get(self.label()).map_or("", String::as_str)
+    }
+
+    /// Checks the descriptor: `node.labels.<key>` with a key. Swarmkit also
+    /// spreads over `engine.labels.<key>`, which agents here do not report.
+    ///
+    /// # Errors
+    /// Why the descriptor is refused, naming the preference.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |why: &str| {
+            invalid(format!(
+                "invalid placement preference \"spread={}\": {why}",
+                self.spread
+            ))
+        };
+        match strip_prefix_ignore_case(&self.spread, NODE_LABELS) {
+            Some(key) if !key.trim().is_empty() => Ok(()),
+            Some(_) => Err(bad("the label key is empty")),
+            None if strip_prefix_ignore_case(&self.spread, ENGINE_LABELS).is_some() => Err(bad(
+                "engine labels are not reported by this cluster's agents; \
+                 spread over node.labels.<key>",
+            )),
+            None => Err(bad("expected node.labels.<key>")),
+        }
+    }
+}
+
+impl FromStr for PlacementPreference {
+    type Err = SpecError;
+
+    /// Docker's `--placement-pref` syntax, `spread=<descriptor>`, and its words
+    /// for a malformed value.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (strategy, arg) = s
+            .split_once('=')
+            .filter(|(strategy, _)| !strategy.is_empty())
+            .ok_or_else(|| {
+                invalid("placement preference must be of the format \"<strategy>=<arg>\"")
+            })?;
+        if strategy != "spread" {
+            return Err(invalid(format!(
+                "unsupported placement preference {strategy} (only spread is supported)"
+            )));
+        }
+        let pref = PlacementPreference {
+            spread: arg.trim().to_string(),
+        };
+        pref.validate()?;
+        Ok(pref)
+    }
+}
+
+impl fmt::Display for PlacementPreference {
+    /// As docker shows it: `spread=node.labels.zone`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spread={}", self.spread)
+    }
+}
+
 impl Protocol {
     /// `tcp` or `udp`.
     #[must_use]
@@ -701,10 +796,21 @@ pub struct ServiceSpec {
     pub endpoint: EndpointSpec,
     /// Placement constraints.
     pub constraints: Vec<Constraint>,
+    /// Placement preferences (`--placement-pref`), outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<PlacementPreference>,
+    /// At most this many live tasks of the service on one node
+    /// (`--replicas-max-per-node`; 0: no limit). Replicated services only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_replicas_per_node: u64,
     /// Rolling update policy.
     pub update: UpdateConfig,
     /// Rollback policy.
     pub rollback: UpdateConfig,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The longest service name (docker's limit: a DNS label).
@@ -741,6 +847,8 @@ impl ServiceSpec {
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
+            preferences: Vec::new(),
+            max_replicas_per_node: 0,
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
         }
@@ -753,6 +861,26 @@ impl ServiceSpec {
             ServiceMode::Replicated { replicas } => Some(replicas),
             ServiceMode::Global => None,
         }
+    }
+
+    /// Checks the placement preferences (at most [`MAX_PREFERENCES`], each
+    /// [`PlacementPreference::validate`]) and that a limit of replicas per node is
+    /// on a replicated service (docker's words).
+    fn validate_placement(&self) -> Result<(), SpecError> {
+        if self.preferences.len() > MAX_PREFERENCES {
+            return Err(invalid(format!(
+                "a service may have at most {MAX_PREFERENCES} placement preferences"
+            )));
+        }
+        for pref in &self.preferences {
+            pref.validate()?;
+        }
+        if self.max_replicas_per_node > 0 && self.mode == ServiceMode::Global {
+            return Err(invalid(
+                "replicas-max-per-node can only be used with replicated mode",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the network attachments: at most [`MAX_NETWORKS`], each once, aliases DNS
@@ -854,6 +982,7 @@ impl ServiceSpec {
         }
         crate::capability::resolve(&self.task.cap_add, &self.task.cap_drop)?;
         self.task.resources.validate()?;
+        self.validate_placement()?;
         self.validate_networks()?;
         self.validate_files()?;
         crate::mount::validate_mounts(&self.task.mounts)?;
@@ -1118,6 +1247,99 @@ mod tests {
             let err = bad.parse::<Constraint>().unwrap_err().to_string();
             assert!(err.contains(reason), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn placement_preferences_parse_and_group_like_swarmkit() {
+        let pref: PlacementPreference = "spread=node.labels.zone".parse().unwrap();
+        assert_eq!(pref.to_string(), "spread=node.labels.zone");
+        assert_eq!(pref.label(), "zone");
+        let mut node = Node::new(1, "n1".into(), Role::Worker, 0);
+        assert_eq!(pref.value(&node), "");
+        node.labels.insert("zone".into(), "a".into());
+        assert_eq!(pref.value(&node), "a");
+        // The prefix is compared ignoring case, as swarmkit does.
+        let upper: PlacementPreference = "spread=Node.Labels.zone".parse().unwrap();
+        assert_eq!(upper.value(&node), "a");
+        for (bad, err) in [
+            (
+                "zone",
+                "placement preference must be of the format \"<strategy>=<arg>\"",
+            ),
+            (
+                "=node.labels.zone",
+                "placement preference must be of the format \"<strategy>=<arg>\"",
+            ),
+            (
+                "pack=node.labels.zone",
+                "unsupported placement preference pack (only spread is supported)",
+            ),
+            (
+                "spread=node.hostname",
+                "invalid placement preference \"spread=node.hostname\": expected node.labels.<key>",
+            ),
+            (
+                "spread=node.labels.",
+                "invalid placement preference \"spread=node.labels.\": the label key is empty",
+            ),
+        ] {
+            assert_eq!(
+                bad.parse::<PlacementPreference>().unwrap_err().to_string(),
+                err,
+                "{bad}"
+            );
+        }
+        let engine = "spread=engine.labels.az"
+            .parse::<PlacementPreference>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            engine.contains("engine labels are not reported"),
+            "{engine}"
+        );
+    }
+
+    #[test]
+    fn placement_is_validated_in_the_spec() {
+        let mut spec = ServiceSpec::new("web", RuntimeKind::Process, "/bin/true", vec![]);
+        spec.preferences = vec!["spread=node.labels.zone".parse().unwrap(); MAX_PREFERENCES];
+        spec.max_replicas_per_node = 2;
+        assert_eq!(spec.validate(), Ok(()));
+        // A spec sent through the API is checked too.
+        let mut bad = spec.clone();
+        bad.preferences[0].spread = "node.id".into();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("node.labels.<key>")
+        );
+        let mut many = spec.clone();
+        many.preferences.push(many.preferences[0].clone());
+        assert_eq!(
+            many.validate().unwrap_err().to_string(),
+            format!("a service may have at most {MAX_PREFERENCES} placement preferences")
+        );
+        let mut global = spec.clone();
+        global.mode = ServiceMode::Global;
+        assert_eq!(
+            global.validate().unwrap_err().to_string(),
+            "replicas-max-per-node can only be used with replicated mode"
+        );
+        global.max_replicas_per_node = 0;
+        assert_eq!(global.validate(), Ok(()));
+    }
+
+    #[test]
+    fn specs_stored_before_placement_preferences_still_load() {
+        let spec = ServiceSpec::new("web", RuntimeKind::Process, "/bin/true", vec![]);
+        let json = serde_json::to_value(&spec).unwrap();
+        // Nothing new is written for a spec without them...
+        assert!(json.get("preferences").is_none());
+        assert!(json.get("max_replicas_per_node").is_none());
+        // ...and a spec written before them loads.
+        let back: ServiceSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, spec);
     }
 
     #[test]

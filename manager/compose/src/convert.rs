@@ -17,9 +17,9 @@ use mesh_api::mount::{Mount as TaskMount, MountKind};
 use mesh_api::network::{NetworkSpec, OVERLAY_DRIVER};
 use mesh_api::resources::{ResourceRequirements, Resources, parse_nano_cpus};
 use mesh_api::spec::{
-    Constraint, EndpointMode, FailureAction, HealthCheck, NetworkAttachmentSpec, PortSpec,
-    Protocol, PublishMode, RestartCondition, RestartPolicy, RuntimeKind, ServiceMode, ServiceSpec,
-    UpdateConfig as SpecUpdateConfig, UpdateOrder,
+    Constraint, EndpointMode, FailureAction, HealthCheck, NetworkAttachmentSpec,
+    PlacementPreference, PortSpec, Protocol, PublishMode, RestartCondition, RestartPolicy,
+    RuntimeKind, ServiceMode, ServiceSpec, UpdateConfig as SpecUpdateConfig, UpdateOrder,
 };
 use serde_json::Value as Json;
 
@@ -440,7 +440,7 @@ impl ServiceCx<'_> {
             };
         }
         spec.endpoint.ports = self.ports(s)?;
-        spec.constraints = self.placement(&deploy)?;
+        self.placement(&deploy, &mut spec)?;
         if let Some(update) = &deploy.update_config {
             spec.update = self.update_config("deploy.update_config", update)?;
         }
@@ -599,9 +599,12 @@ impl ServiceCx<'_> {
         Ok(ports)
     }
 
-    fn placement(&mut self, deploy: &types::Deploy) -> Result<Vec<Constraint>, Error> {
+    /// `deploy.placement`: its constraints, preferences and limit of replicas per
+    /// node, into `spec` (whose mode is set).
+    fn placement(&mut self, deploy: &types::Deploy, spec: &mut ServiceSpec) -> Result<(), Error> {
+        const ENGINE_LABELS: &str = "engine.labels.";
         let Some(placement) = &deploy.placement else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let mut constraints = Vec::new();
         for (i, text) in placement.constraints.iter().enumerate() {
@@ -638,13 +641,42 @@ impl ServiceCx<'_> {
                     .map_err(|e| self.fail(&key, e.to_string()))?,
             );
         }
-        if !placement.preferences.is_empty() {
-            self.warn("deploy.placement.preferences");
+        spec.constraints = constraints;
+        for (i, pref) in placement.preferences.iter().enumerate() {
+            let preference = PlacementPreference {
+                spread: pref.spread.trim().to_owned(),
+            };
+            if preference
+                .spread
+                .get(..ENGINE_LABELS.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(ENGINE_LABELS))
+            {
+                // As for constraints: agents report no engine labels, so every
+                // node would be in one group, which spreads nothing.
+                self.warn_text(format!(
+                    "placement preference \"spread: {}\" is not supported yet (not stored)",
+                    preference.spread
+                ));
+                continue;
+            }
+            preference.validate().map_err(|e| {
+                self.fail(
+                    &format!("deploy.placement.preferences.{i}.spread"),
+                    e.to_string(),
+                )
+            })?;
+            spec.preferences.push(preference);
         }
-        if placement.max_replicas_per_node.is_some() {
-            self.warn("deploy.placement.max_replicas_per_node");
+        if let Some(max) = placement.max_replicas_per_node {
+            if max > 0 && spec.mode == ServiceMode::Global {
+                return Err(self.fail(
+                    "deploy.placement.max_replicas_per_node",
+                    "can only be used with replicated mode",
+                ));
+            }
+            spec.max_replicas_per_node = max;
         }
-        Ok(constraints)
+        Ok(())
     }
 
     fn update_config(&self, key: &str, u: &types::UpdateConfig) -> Result<SpecUpdateConfig, Error> {

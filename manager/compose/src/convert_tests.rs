@@ -421,6 +421,39 @@ fn deploy_mode_replicas_endpoint_labels_and_constraints() {
 }
 
 #[test]
+fn placement_preferences_and_max_replicas_per_node_are_carried() {
+    let p = plan(
+        "services:\n  web:\n    image: nginx\n    deploy:\n      replicas: 6\n      placement:\n        constraints: [node.role == worker]\n        preferences:\n          - spread: node.labels.region\n          - spread: node.labels.zone\n          - spread: engine.labels.az\n        max_replicas_per_node: 2\n",
+    );
+    let web = service(&p, "app_web");
+    let prefs: Vec<String> = web.preferences.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        prefs,
+        ["spread=node.labels.region", "spread=node.labels.zone"]
+    );
+    assert_eq!(web.max_replicas_per_node, 2);
+    assert_eq!(constraints(web), ["node.role==worker"]);
+    assert_eq!(
+        p.warnings,
+        [
+            "service web: placement preference \"spread: engine.labels.az\" is not supported yet (not stored)"
+        ]
+    );
+    assert_eq!(
+        plan_err(
+            "services:\n  web:\n    image: nginx\n    deploy:\n      placement:\n        preferences:\n          - spread: node.hostname\n"
+        ),
+        "service web: deploy.placement.preferences.0.spread: invalid placement preference \"spread=node.hostname\": expected node.labels.<key>"
+    );
+    assert_eq!(
+        plan_err(
+            "services:\n  web:\n    image: nginx\n    deploy:\n      mode: global\n      placement:\n        max_replicas_per_node: 1\n"
+        ),
+        "service web: deploy.placement.max_replicas_per_node: can only be used with replicated mode"
+    );
+}
+
+#[test]
 fn platform_constraints_hold_warn_or_are_refused() {
     let p = plan(
         "services:\n  web:\n    image: nginx\n    deploy:\n      placement:\n        constraints:\n          - node.platform.os == linux\n          - node.platform.arch == x86_64\n          - engine.labels.ssd == true\n          - node.role == worker\n",
@@ -680,8 +713,6 @@ fn keys_swarm_honours_that_the_mesh_does_not_carry_yet_warn() {
     assert_eq!(
         p.warnings,
         [
-            "service web: deploy.placement.preferences is not supported yet",
-            "service web: deploy.placement.max_replicas_per_node is not supported yet",
             "service web: deploy.resources.reservations.generic_resources is not supported yet",
             "service web: environment SLOT: template placeholders ({{...}}) are not expanded yet",
             "service web: healthcheck.start_interval is not supported yet",

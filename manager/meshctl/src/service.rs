@@ -401,6 +401,11 @@ pub(crate) async fn run(
                         if !r.service.spec.task.mounts.is_empty() {
                             v["Mounts"] = view::mounts_json(&r.service.spec.task.mounts);
                         }
+                        // And docker's `Placement`.
+                        let placement = view::placement_json(&r.service.spec);
+                        if placement.as_object().is_some_and(|o| !o.is_empty()) {
+                            v["Placement"] = placement;
+                        }
                         Ok(v)
                     })
                     .collect::<Result<Vec<_>>>()?;

@@ -8,8 +8,9 @@ use clap::{Args, ValueEnum};
 use mesh_api::mount::Mount;
 use mesh_api::node::parse_label;
 use mesh_api::spec::{
-    Constraint, EndpointMode, FailureAction, HealthCheck, PortSpec, RestartCondition, RuntimeKind,
-    ServiceMode, ServiceSpec, SpecError, UpdateConfig, UpdateOrder, parse_duration_ms,
+    Constraint, EndpointMode, FailureAction, HealthCheck, PlacementPreference, PortSpec,
+    RestartCondition, RuntimeKind, ServiceMode, ServiceSpec, SpecError, UpdateConfig, UpdateOrder,
+    parse_duration_ms,
 };
 
 /// Why a flag was refused.
@@ -413,6 +414,13 @@ pub struct CreateFlags {
     /// Placement constraint, e.g. node.labels.zone==a.
     #[arg(long, value_name = "EXPR")]
     pub constraint: Vec<String>,
+    /// Placement preference, spread=node.labels.<key>: spread the tasks evenly
+    /// over the label's values (outermost first).
+    #[arg(long, value_name = "PREF")]
+    pub placement_pref: Vec<String>,
+    /// Maximum number of tasks per node (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
     /// Set an environment variable (KEY=VALUE).
     #[arg(long, short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -523,6 +531,8 @@ impl CreateFlags {
             spec.endpoint.mode = mode.parse::<EndpointMode>()?;
         }
         spec.constraints = parse_all("constraint", &self.constraint)?;
+        spec.preferences = parse_all("placement-pref", &self.placement_pref)?;
+        spec.max_replicas_per_node = self.replicas_max_per_node.unwrap_or(0);
         spec.task.networks = self
             .network
             .iter()
@@ -571,6 +581,15 @@ pub struct UpdateFlags {
     /// Remove a placement constraint.
     #[arg(long, value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
+    /// Add a placement preference (spread=node.labels.<key>), after the others.
+    #[arg(long, value_name = "PREF")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove a placement preference.
+    #[arg(long, value_name = "PREF")]
+    pub placement_pref_rm: Vec<String>,
+    /// Maximum number of tasks per node (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
     /// Add or update a service label (key=value).
     #[arg(long, value_name = "KEY=VALUE")]
     pub label_add: Vec<String>,
@@ -869,6 +888,19 @@ impl UpdateFlags {
                 spec.constraints.push(c);
             }
         }
+        // As docker: the removals first, then the additions appended (the
+        // order of preferences is their nesting).
+        let pref_rm: Vec<PlacementPreference> =
+            parse_all("placement-pref-rm", &self.placement_pref_rm)?;
+        spec.preferences
+            .retain(|existing| !pref_rm.contains(existing));
+        spec.preferences.extend(parse_all::<PlacementPreference>(
+            "placement-pref-add",
+            &self.placement_pref_add,
+        )?);
+        if let Some(max) = self.replicas_max_per_node {
+            spec.max_replicas_per_node = max;
+        }
         for key in &self.label_rm {
             spec.labels.remove(key);
         }
@@ -1060,6 +1092,76 @@ mod tests {
         assert_eq!(spec.mode, ServiceMode::Global);
         let err = create(&["--mode", "global", "--replicas", "2", "/bin/true"]).unwrap_err();
         assert!(err.to_string().contains("replicated mode"), "{err}");
+    }
+
+    #[test]
+    fn placement_preferences_and_max_replicas_per_node_like_docker() {
+        let spec = create(&[
+            "--name",
+            "web",
+            "--placement-pref",
+            "spread=node.labels.region",
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "--replicas-max-per-node",
+            "2",
+            "/bin/true",
+        ])
+        .unwrap();
+        let shown: Vec<String> = spec.preferences.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["spread=node.labels.region", "spread=node.labels.zone"]
+        );
+        assert_eq!(spec.max_replicas_per_node, 2);
+        // Update: removals, then additions appended; 0 lifts the limit.
+        let after = update(
+            &spec,
+            &[
+                "--placement-pref-rm",
+                "spread=node.labels.region",
+                "--placement-pref-add",
+                "spread=node.labels.rack",
+                "--replicas-max-per-node",
+                "0",
+            ],
+        )
+        .unwrap();
+        let shown: Vec<String> = after.preferences.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["spread=node.labels.zone", "spread=node.labels.rack"]
+        );
+        assert_eq!(after.max_replicas_per_node, 0);
+        // Untouched by an update that does not name them.
+        assert_eq!(
+            update(&spec, &["--replicas", "4"]).unwrap().preferences,
+            spec.preferences
+        );
+        // Docker's words for bad values; a global service has no limit per node.
+        let err = create(&["--placement-pref", "pack=node.labels.zone", "/bin/true"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--placement-pref: unsupported placement preference pack (only spread is supported)"
+        );
+        let err = update(&spec, &["--placement-pref-add", "spread=node.id"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--placement-pref-add: invalid placement preference"),
+            "{err}"
+        );
+        let err = create(&[
+            "--mode",
+            "global",
+            "--replicas-max-per-node",
+            "1",
+            "/bin/true",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "replicas-max-per-node can only be used with replicated mode"
+        );
     }
 
     #[test]

@@ -128,6 +128,15 @@ fn sorted(rows: &[ServiceRow]) -> Vec<&ServiceRow> {
     rows
 }
 
+/// `service ls`'s REPLICAS: running/desired, with docker's `(max N per node)` when the
+/// service has a limit of replicas per node.
+fn replicas_text(r: &ServiceRow) -> String {
+    match r.service.spec.max_replicas_per_node {
+        0 => format!("{}/{}", r.running, r.desired),
+        max => format!("{}/{} (max {max} per node)", r.running, r.desired),
+    }
+}
+
 /// `service ls`'s table: ID NAME MODE REPLICAS IMAGE PORTS, by name.
 #[must_use]
 pub fn services_table(rows: &[ServiceRow]) -> String {
@@ -138,7 +147,7 @@ pub fn services_table(rows: &[ServiceRow]) -> String {
                 short_id(r.service.id),
                 r.service.spec.name.clone(),
                 mode_name(r.service.spec.mode).to_string(),
-                format!("{}/{}", r.running, r.desired),
+                replicas_text(r),
                 r.service.spec.task.image.clone(),
                 ports_text(&r.service),
             ]
@@ -161,7 +170,7 @@ pub fn services_json(rows: &[ServiceRow]) -> Value {
                     "ID": format_id(r.service.id),
                     "Name": r.service.spec.name,
                     "Mode": mode_name(r.service.spec.mode),
-                    "Replicas": format!("{}/{}", r.running, r.desired),
+                    "Replicas": replicas_text(r),
                     "Running": r.running,
                     "Desired": r.desired,
                     "Image": r.service.spec.task.image,
@@ -423,11 +432,7 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
         }
         let _ = writeln!(out, " Message:\t{}", status.message);
     }
-    if !spec.constraints.is_empty() {
-        let constraints: Vec<String> = spec.constraints.iter().map(constraint_text).collect();
-        let _ = writeln!(out, "Placement:");
-        let _ = writeln!(out, " Constraints:\t[{}]", constraints.join(" "));
-    }
+    placement_text(&mut out, spec);
     pace(&mut out, "UpdateConfig", "Update", &spec.update);
     pace(&mut out, "RollbackConfig", "Rollback", &spec.rollback);
     let task = &spec.task;
@@ -547,6 +552,54 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
         }
     }
     align(&out)
+}
+
+/// Docker's `Placement:` block of `inspect --pretty`: constraints,
+/// preferences and the limit of replicas per node, each when set (docker lines
+/// the last two up with spaces, not its tabwriter).
+fn placement_text(out: &mut String, spec: &mesh_api::spec::ServiceSpec) {
+    if spec.constraints.is_empty() && spec.preferences.is_empty() && spec.max_replicas_per_node == 0
+    {
+        return;
+    }
+    let _ = writeln!(out, "Placement:");
+    if !spec.constraints.is_empty() {
+        let constraints: Vec<String> = spec.constraints.iter().map(constraint_text).collect();
+        let _ = writeln!(out, " Constraints:\t[{}]", constraints.join(" "));
+    }
+    if !spec.preferences.is_empty() {
+        let prefs: Vec<String> = spec.preferences.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, " Preferences:   [{}]", prefs.join(" "));
+    }
+    if spec.max_replicas_per_node > 0 {
+        let _ = writeln!(
+            out,
+            " Max Replicas Per Node:   {}",
+            spec.max_replicas_per_node
+        );
+    }
+}
+
+/// Docker's `TaskTemplate.Placement` in `service inspect`'s JSON:
+/// `Constraints`, `Preferences` (`[{"Spread": {"SpreadDescriptor": ...}}]`)
+/// and `MaxReplicas`, each when set.
+#[must_use]
+pub fn placement_json(spec: &mesh_api::spec::ServiceSpec) -> Value {
+    let mut v = json!({});
+    if !spec.constraints.is_empty() {
+        v["Constraints"] = spec.constraints.iter().map(constraint_text).collect();
+    }
+    if !spec.preferences.is_empty() {
+        v["Preferences"] = spec
+            .preferences
+            .iter()
+            .map(|p| json!({"Spread": {"SpreadDescriptor": p.spread}}))
+            .collect();
+    }
+    if spec.max_replicas_per_node > 0 {
+        v["MaxReplicas"] = json!(spec.max_replicas_per_node);
+    }
+    v
 }
 
 /// Lines `key:\tvalue` with the values lined up, as docker's tabwriter does.
@@ -678,6 +731,14 @@ mod tests {
         let json = services_json(&rows);
         assert_eq!(json[1]["Replicas"], "2/3");
         assert_eq!(json[1]["ID"], "0123456789abcdef");
+        // With a limit per node, as docker shows it.
+        let mut capped = rows[0].clone();
+        capped.service.spec.max_replicas_per_node = 1;
+        assert!(services_table(&[capped.clone()]).contains(" 2/3 (max 1 per node) "));
+        assert_eq!(
+            services_json(&[capped])[0]["Replicas"],
+            "2/3 (max 1 per node)"
+        );
     }
 
     #[test]
@@ -761,9 +822,29 @@ mod tests {
     }
 
     #[test]
+    fn inspect_json_shows_placement_in_docker_s_fields() {
+        let mut s = web();
+        assert_eq!(placement_json(&s.spec), json!({}));
+        s.spec.preferences = vec!["spread=node.labels.zone".parse().unwrap()];
+        s.spec.max_replicas_per_node = 1;
+        assert_eq!(
+            placement_json(&s.spec),
+            json!({
+                "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}],
+                "MaxReplicas": 1
+            })
+        );
+    }
+
+    #[test]
     fn pretty_inspect_names_the_essentials() {
         let mut s = web();
         s.spec.constraints = vec!["node.labels.zone==a".parse().unwrap()];
+        s.spec.preferences = vec![
+            "spread=node.labels.zone".parse().unwrap(),
+            "spread=node.labels.rack".parse().unwrap(),
+        ];
+        s.spec.max_replicas_per_node = 2;
         s.spec.task.resources.limits.nano_cpus = 500_000_000;
         s.spec.task.resources.limits.memory_bytes = 32 << 20;
         s.spec.task.resources.reservations.memory_bytes = 16 << 20;
@@ -780,6 +861,8 @@ mod tests {
             " Replicas:          3",
             "Tasks:              1 running, 3 wanted",
             " Constraints:       [node.labels.zone==a]",
+            " Preferences:   [spread=node.labels.zone spread=node.labels.rack]",
+            " Max Replicas Per Node:   2",
             " Image:             /bin/sleep",
             " Args:              1000",
             "Virtual IP:         10.255.0.2",
