@@ -452,6 +452,28 @@ fn bad_files_and_deploys_are_refused_naming_the_place_and_change_nothing() {
         "{out:?}"
     );
     assert_eq!(snapshot(&c), before);
+
+    // `--prune` removes the stack's services the file dropped, and only those.
+    let extra = "  extra:\n    x-mesh-runtime: process\n    image: ${ECHO}\n    command: [\"--port\", \"81\"]\n";
+    let two = write(
+        &dir,
+        "two.yml",
+        &echo_stack(PORT).replace("\nsecrets:\n", &format!("\n{extra}secrets:\n")),
+    );
+    let two = two.to_string_lossy().to_string();
+    let out = ctl_env(&c, &["stack", "deploy", "-d", "-c", &two, "first"], &env);
+    assert!(out.contains("Creating service first_extra"), "{out}");
+    let out = ctl_env(&c, &["stack", "deploy", "-d", "-c", &good, "first"], &env);
+    assert!(!out.contains("Removing"), "no --prune: {out}");
+    let out = ctl_env(
+        &c,
+        &["stack", "deploy", "-d", "--prune", "-c", &good, "first"],
+        &env,
+    );
+    assert!(out.contains("Removing service first_extra"), "{out}");
+    assert!(out.contains("Keeping service first_web"), "{out}");
+    let listed = ok(c.ctl(&["stack", "services", "first", "-q"]));
+    assert_eq!(listed.lines().count(), 1, "{listed}");
 }
 
 /// A real-world stack file of `manager/compose/src/testdata` (their headers name the
@@ -850,4 +872,61 @@ fn real_world_stacks_deploy_exactly_what_their_files_describe() {
         "{table}"
     );
     ok(c.ctl_timeout(&["stack", "rm", "part"], CONVERGE));
+}
+
+#[test]
+fn a_stack_deployed_through_a_follower_survives_a_leader_change() {
+    let _turn = turn();
+    let mut c = ok(ManagedCluster::start(3, 3));
+    let dir = c.topology().dir().join("stack-ha");
+    ok(std::fs::create_dir_all(&dir).map_err(anyhow::Error::from));
+    write(&dir, "pw.txt", "ha\n");
+    let echo = ok(bin("task-echo")).to_string_lossy().to_string();
+    let file = write(&dir, "ha.yml", &echo_stack(PORT));
+    let file = file.to_string_lossy().to_string();
+
+    // Through a follower, which forwards the deploy to the leader; then the leader dies.
+    let leader = ok(c.leader());
+    let follower = (1..=3).find(|k| *k != leader).unwrap_or(1);
+    let host = c.api_addr(follower).to_string();
+    let env = [("ECHO", echo.as_str()), ("MESH_HOST", host.as_str())];
+    let out = ctl_env(&c, &["stack", "deploy", "-d", "-c", &file, "ha"], &env);
+    assert!(out.contains("Creating service ha_web"), "{out}");
+    ok(c.kill_manager(leader));
+
+    // The new leader runs what the old one committed: the stack converges and serves.
+    let env = [("ECHO", echo.as_str())];
+    ok(mesh_tests::poll_until(
+        CONVERGE,
+        "ha_web to run under the new leader",
+        || {
+            let tasks = stack_tasks(&c, "ha");
+            Ok((running(&tasks, "ha_web").len() == 1).then_some(()))
+        },
+    ));
+    let alive: Vec<usize> = (1..=3).filter(|k| *k != leader).collect();
+    for k in alive {
+        ok(c.wait_answered(k, PORT, Duration::from_secs(60)));
+    }
+    // And takes the next deploy: the same file keeps the service, a changed one rolls
+    // it, waiting for convergence.
+    let out = ctl_env(&c, &["stack", "deploy", "-c", &file, "ha"], &env);
+    assert!(out.contains("Keeping service ha_web"), "{out}");
+    let more = write(
+        &dir,
+        "ha.yml",
+        &echo_stack(PORT).replace(
+            "    secrets: [pw]\n",
+            "    secrets: [pw]\n    deploy:\n      replicas: 3\n",
+        ),
+    );
+    let out = ctl_env(
+        &c,
+        &["stack", "deploy", "-c", &more.to_string_lossy(), "ha"],
+        &env,
+    );
+    assert!(out.contains("Updating service ha_web (id: "), "{out}");
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let tasks = stack_tasks(&c, "ha");
+    assert_eq!(running(&tasks, "ha_web").len(), 3, "{tasks:?}");
 }

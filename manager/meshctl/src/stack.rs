@@ -523,6 +523,59 @@ mod tests {
         }
     }
 
+    fn row(name: &str, stack: Option<&str>) -> ServiceRow {
+        let mut spec = mesh_api::spec::ServiceSpec::new(
+            name,
+            mesh_api::spec::RuntimeKind::Process,
+            "/bin/true",
+            Vec::new(),
+        );
+        if let Some(stack) = stack {
+            spec.labels
+                .insert(mesh_api::stack::LABEL_NAMESPACE.into(), stack.into());
+        }
+        ServiceRow {
+            service: mesh_api::service::Service {
+                id: 1,
+                spec,
+                previous_spec: None,
+                spec_version: 1,
+                endpoint: Default::default(),
+                update_status: None,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            running: 0,
+            desired: 1,
+        }
+    }
+
+    #[test]
+    fn stacks_are_listed_by_their_services_labels() {
+        let rows = [
+            row("app_web", Some("app")),
+            row("app_db", Some("app")),
+            row("mon_grafana", Some("mon")),
+            row("alone", None),
+        ];
+        let table = stacks_listing(&rows, Format::Table).unwrap();
+        let lines: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines,
+            [vec!["NAME", "SERVICES"], vec!["app", "2"], vec!["mon", "1"]]
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&stacks_listing(&rows, Format::Json).unwrap()).unwrap();
+        assert_eq!(json[0], serde_json::json!({"Name": "app", "Services": "2"}));
+        assert_eq!(
+            stacks_listing(&[], Format::Table).unwrap().lines().count(),
+            1
+        );
+    }
+
     #[test]
     fn deploy_prints_dockers_lines_and_says_nothing_of_what_it_left_alone() {
         let deployed = StackDeployed {
