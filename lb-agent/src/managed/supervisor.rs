@@ -122,6 +122,8 @@ pub struct Supervisor {
     subnets: BTreeMap<NetworkId, (Ipv4Addr, u8)>,
     /// The secrets and configs of the last assignment (in memory only).
     files: HeldFiles,
+    /// This node's ID and hostname, for the tasks' template placeholders.
+    node: (mesh_api::node::NodeId, String),
 }
 
 fn status(clock_ms: u64, state: TaskState, message: &str) -> TaskStatus {
@@ -147,7 +149,36 @@ impl Supervisor {
             ended_away: BTreeSet::new(),
             subnets: BTreeMap::new(),
             files: HeldFiles::default(),
+            node: (0, String::new()),
         }
+    }
+
+    /// This node's ID and hostname (from the assignment), which `{{.Node.ID}}` and
+    /// `{{.Node.Hostname}}` stand for in the specs of the tasks started next.
+    pub fn set_node(&mut self, id: mesh_api::node::NodeId, hostname: &str) {
+        self.node = (id, hostname.to_owned());
+    }
+
+    /// `task`'s spec with its placeholders filled in ([`mesh_api::template::expand_task`]).
+    fn expanded(&self, task: &AssignedTask) -> Result<mesh_api::spec::TaskSpec, String> {
+        use mesh_api::node::format_id;
+        let hostname = if self.node.1.is_empty() {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            self.node.1.clone()
+        };
+        let cx = mesh_api::template::Context {
+            service_id: format_id(task.service_id),
+            service_name: task.service_name.clone(),
+            task_id: format_id(task.id),
+            task_name: task.name.clone(),
+            task_slot: task.slot,
+            node_id: format_id(self.node.0),
+            node_hostname: hostname,
+        };
+        mesh_api::template::expand_task(&task.spec, &cx)
     }
 
     /// A task a previous agent run left running, taken over by the runtimes
@@ -372,7 +403,11 @@ impl Supervisor {
         }
         match task.action {
             TaskAction::Run => {
-                let files = match self.files.task_files(&task.spec) {
+                let files = match self
+                    .files
+                    .task_files(&task.spec)
+                    .and_then(|files| Ok((files, self.expanded(task)?)))
+                {
                     Ok(files) => files,
                     Err(error) => {
                         tracked.phase = Phase::Ended;
@@ -384,6 +419,7 @@ impl Supervisor {
                         return;
                     }
                 };
+                let (files, spec) = files;
                 tracked.phase = Phase::Starting;
                 self.tasks.insert(task.id, tracked);
                 self.report(
@@ -393,7 +429,7 @@ impl Supervisor {
                 self.actions.push(Action::Start(Box::new(TaskConfig {
                     id: task.id,
                     name: task.name.clone(),
-                    spec: task.spec.clone(),
+                    spec,
                     addr: task.addr,
                     mtu: self.mtu,
                     networks: task
@@ -657,6 +693,7 @@ mod tests {
             networks: Vec::new(),
             action,
             state: TaskState::Assigned,
+            slot: 1,
         }
     }
 

@@ -276,7 +276,10 @@ mod tests {
     #[test]
     fn extra_hosts_as_docker_takes_them() {
         let h = ExtraHost::parse("db:10.0.0.5").unwrap();
-        assert_eq!((h.host.as_str(), h.ip.to_string()), ("db", "10.0.0.5".into()));
+        assert_eq!(
+            (h.host.as_str(), h.ip.to_string()),
+            ("db", "10.0.0.5".into())
+        );
         assert_eq!(h.to_string(), "db:10.0.0.5");
         assert_eq!(h.hosts_line(), "10.0.0.5\tdb");
         assert_eq!(ExtraHost::parse("v6=::1").unwrap().ip.to_string(), "::1");

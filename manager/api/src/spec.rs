@@ -962,7 +962,11 @@ impl ServiceSpec {
                      its IMAGE",
                 ));
             }
-            if task.entrypoint.iter().any(|w| w.len() > container::MAX_TEXT_LEN) {
+            if task
+                .entrypoint
+                .iter()
+                .any(|w| w.len() > container::MAX_TEXT_LEN)
+            {
                 return Err(invalid("the entrypoint is too long"));
             }
         }
@@ -1304,7 +1308,8 @@ mod tests {
             ),
             (
                 Box::new(|s| {
-                    let mut m: crate::mount::Mount = "type=bind,source=/d,target=/d".parse().unwrap();
+                    let mut m: crate::mount::Mount =
+                        "type=bind,source=/d,target=/d".parse().unwrap();
                     m.source = "/d-{{.Node}}".into();
                     s.task.mounts = vec![m];
                 }),

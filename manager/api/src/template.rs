@@ -152,6 +152,43 @@ pub fn expand(text: &str, cx: &Context) -> Result<String, TemplateError> {
         .collect())
 }
 
+/// `spec` as task `cx` runs it: the placeholders of its hostname, environment values
+/// and mount sources filled in (Swarm's fields), and its hostname, when it has none, the
+/// first 12 hex digits of its task ID (as docker names a container after its ID).
+///
+/// # Errors
+/// A placeholder [`check`] refuses, or an expanded hostname or volume name that is not
+/// valid (naming the field).
+pub fn expand_task(
+    spec: &crate::spec::TaskSpec,
+    cx: &Context,
+) -> Result<crate::spec::TaskSpec, String> {
+    let mut spec = spec.clone();
+    let hostname = match &spec.hostname {
+        Some(h) => expand(h, cx).map_err(|e| format!("hostname: {e}"))?,
+        None => cx.task_id.chars().take(12).collect(),
+    };
+    crate::container::validate_hostname(&hostname).map_err(|e| e.to_string())?;
+    spec.hostname = Some(hostname);
+    for var in &mut spec.env {
+        if let Some((key, value)) = var.split_once('=')
+            && is_template(value)
+        {
+            let value =
+                expand(value, cx).map_err(|e| format!("environment variable {key}: {e}"))?;
+            *var = format!("{key}={value}");
+        }
+    }
+    for mount in &mut spec.mounts {
+        if is_template(&mount.source) {
+            mount.source = expand(&mount.source, cx)
+                .map_err(|e| format!("mount source {:?}: {e}", mount.source))?;
+            mount.validate().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +216,42 @@ mod tests {
         assert_eq!(expand("web-{{.Task.Slot}}", &cx()).unwrap(), "web-3");
         assert_eq!(expand("plain }} text", &cx()).unwrap(), "plain }} text");
         assert_eq!(strip("a{{.Task.Slot}}b"), "ab");
+    }
+
+    #[test]
+    fn a_task_spec_is_expanded_for_its_task() {
+        let mut spec = crate::spec::ServiceSpec::new(
+            "web",
+            crate::spec::RuntimeKind::Process,
+            "sleep",
+            vec![],
+        )
+        .task;
+        spec.env = vec!["SLOT={{.Task.Slot}}".into(), "PLAIN={{x".into()];
+        spec.mounts = vec![
+            "type=volume,source=data-{{.Task.Slot}},target=/d"
+                .parse()
+                .unwrap(),
+        ];
+        let mut plain = spec.clone();
+        spec.hostname = Some("{{.Service.Name}}-{{.Task.Slot}}".into());
+        // A value that is not a template is left as it is (validation refused it before).
+        spec.env.pop();
+        let expanded = expand_task(&spec, &cx()).unwrap();
+        assert_eq!(expanded.hostname.as_deref(), Some("web-3"));
+        assert_eq!(expanded.env, ["SLOT=3"]);
+        assert_eq!(expanded.mounts[0].source, "data-3");
+        plain.env.clear();
+        let unnamed = expand_task(&plain, &cx()).unwrap();
+        assert_eq!(unnamed.hostname.as_deref(), Some("000000000000"));
+        plain.hostname = Some("{{.Node.Hostname}}".into());
+        let mut bad = cx();
+        bad.node_hostname = "a b".into();
+        assert!(
+            expand_task(&plain, &bad)
+                .unwrap_err()
+                .contains("invalid hostname")
+        );
     }
 
     #[test]
