@@ -934,7 +934,7 @@ impl ServiceSpec {
 impl ServiceSpec {
     /// Checks the hostname, extra hosts, DNS configuration, working directory,
     /// container labels, entrypoint, and the template placeholders of the fields Swarm
-    /// expands (hostname, environment values, mount sources).
+    /// expands (hostname, environment values, mount sources and targets).
     fn validate_container(&self) -> Result<(), SpecError> {
         use crate::container;
         let task = &self.task;
@@ -978,6 +978,8 @@ impl ServiceSpec {
         for mount in &task.mounts {
             crate::template::check(&mount.source)
                 .map_err(|e| invalid(format!("mount source {:?}: {e}", mount.source)))?;
+            crate::template::check(&mount.target)
+                .map_err(|e| invalid(format!("mount target {:?}: {e}", mount.target)))?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Swarm's per-task placeholders (swarmkit `template/context.go`) in a task's
-//! hostname, environment values and mount sources: `{{.Service.ID}}`,
+//! hostname, environment values and mount sources and targets: `{{.Service.ID}}`,
 //! `{{.Service.Name}}`, `{{.Task.ID}}`, `{{.Task.Name}}`, `{{.Task.Slot}}`,
 //! `{{.Node.ID}}` and `{{.Node.Hostname}}`, with blanks allowed inside the braces
 //! (`{{ .Task.Slot }}`). [`check`] refuses any other `{{...}}` when a spec is validated,
@@ -153,7 +153,7 @@ pub fn expand(text: &str, cx: &Context) -> Result<String, TemplateError> {
 }
 
 /// `spec` as task `cx` runs it: the placeholders of its hostname, environment values
-/// and mount sources filled in (Swarm's fields), and its hostname, when it has none, the
+/// and mount sources and targets filled in (Swarm's fields), and its hostname, when it has none, the
 /// first 12 hex digits of its task ID (as docker names a container after its ID).
 ///
 /// # Errors
@@ -180,9 +180,11 @@ pub fn expand_task(
         }
     }
     for mount in &mut spec.mounts {
-        if is_template(&mount.source) {
+        if is_template(&mount.source) || is_template(&mount.target) {
             mount.source = expand(&mount.source, cx)
                 .map_err(|e| format!("mount source {:?}: {e}", mount.source))?;
+            mount.target = expand(&mount.target, cx)
+                .map_err(|e| format!("mount target {:?}: {e}", mount.target))?;
             mount.validate().map_err(|e| e.to_string())?;
         }
     }
@@ -241,6 +243,7 @@ mod tests {
         assert_eq!(expanded.hostname.as_deref(), Some("web-3"));
         assert_eq!(expanded.env, ["SLOT=3"]);
         assert_eq!(expanded.mounts[0].source, "data-3");
+        assert_eq!(expanded.mounts[0].target, "/d/3");
         plain.env.clear();
         let unnamed = expand_task(&plain, &cx()).unwrap();
         assert_eq!(unnamed.hostname.as_deref(), Some("000000000000"));
