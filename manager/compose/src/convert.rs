@@ -130,7 +130,7 @@ pub struct StackPlan {
     /// The services, sorted by name; each passes [`ServiceSpec::validate`].
     pub services: Vec<ServiceSpec>,
     /// What swarm would honour that this mesh does not carry yet, one line each
-    /// (`service web: hostname is not supported yet`), in service order.
+    /// (`service web: tty is not supported yet`), in service order.
     pub warnings: Vec<String>,
 }
 
