@@ -41,7 +41,9 @@ fn ctl(c: &ManagedCluster, args: &[&str]) -> String {
 
 /// `sh -c SCRIPT` in `task`: its standard output, or why it failed.
 fn sh(c: &ManagedCluster, task: &TaskRow, script: &str) -> Result<String, String> {
-    let out = c.in_task(task, &["/bin/sh", "-c", script]).map_err(|e| format!("{e:#}"))?;
+    let out = c
+        .in_task(task, &["/bin/sh", "-c", script])
+        .map_err(|e| format!("{e:#}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -70,12 +72,14 @@ fn getent(c: &ManagedCluster, task: &TaskRow, name: &str, want: usize) -> Vec<St
         Duration::from_secs(20),
         &format!("getent hosts {name} in {}", task.name),
         || {
-            let out = sh(c, task, &format!("getent hosts {name}")).ok()?;
+            let Ok(out) = sh(c, task, &format!("getent hosts {name}")) else {
+                return Ok(None);
+            };
             let addrs: Vec<String> = out
                 .lines()
                 .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
                 .collect();
-            (addrs.len() >= want).then_some(addrs)
+            Ok((addrs.len() >= want).then_some(addrs))
         },
     ))
 }
@@ -86,12 +90,15 @@ fn log_lines(c: &ManagedCluster, service: &str, prefix: &str, want: usize) -> Ve
         Duration::from_secs(30),
         &format!("{want} {prefix:?} lines in {service}'s logs"),
         || {
-            let out = c.ctl_timeout(&["service", "logs", service], CONVERGE).ok()?;
+            let out = c.ctl_timeout(&["service", "logs", service], CONVERGE)?;
             let lines: Vec<String> = out
                 .lines()
-                .filter_map(|l| l.split_once(prefix).map(|(_, rest)| format!("{prefix}{rest}")))
+                .filter_map(|l| {
+                    l.split_once(prefix)
+                        .map(|(_, rest)| format!("{prefix}{rest}"))
+                })
                 .collect();
-            (lines.len() >= want).then_some(lines)
+            Ok((lines.len() >= want).then_some(lines))
         },
     ))
 }
@@ -144,7 +151,16 @@ fn hostname_hosts_dns_workdir_and_templates_reach_each_task() {
     );
     ctl(
         &c,
-        &["service", "create", "--name", "plain", "--", "/bin/sh", "-c", "sleep 100000"],
+        &[
+            "service",
+            "create",
+            "--name",
+            "plain",
+            "--",
+            "/bin/sh",
+            "-c",
+            "sleep 100000",
+        ],
     );
     let tasks = ok(c.wait_converged("named", 2));
     let plain = ok(c.wait_converged("plain", 1)).remove(0);
@@ -194,7 +210,11 @@ fn hostname_hosts_dns_workdir_and_templates_reach_each_task() {
     assert!(!asked.iter().any(|n| n == OTHER), "{asked:?}");
     // A task without a hostname gets its task ID's first 12 digits, as docker's.
     let plain_host = must(&c, &plain, "hostname");
-    assert_eq!(plain_host.trim().len(), 12, "the default hostname: {plain_host}");
+    assert_eq!(
+        plain_host.trim().len(),
+        12,
+        "the default hostname: {plain_host}"
+    );
 
     // Each replica's environment and working directory.
     let mut started = log_lines(&c, "named", "started ", 2);
@@ -223,7 +243,10 @@ fn hostname_hosts_dns_workdir_and_templates_reach_each_task() {
     );
     let rolled = ok(c.wait_converged("named", 2));
     for task in &rolled {
-        assert!(!tasks.iter().any(|t| t.id == task.id), "not replaced: {task:?}");
+        assert!(
+            !tasks.iter().any(|t| t.id == task.id),
+            "not replaced: {task:?}"
+        );
         let host = must(&c, task, "hostname");
         let host = host.trim();
         assert!(

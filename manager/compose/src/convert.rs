@@ -1014,7 +1014,8 @@ impl ServiceCx<'_> {
     fn container(&self, s: &Service, task: &mut mesh_api::spec::TaskSpec) -> Result<(), Error> {
         use mesh_api::container::{self as c, ExtraHost};
         if let Some(hostname) = &s.hostname {
-            c::validate_hostname(hostname).map_err(|e| self.fail("hostname", e.to_string()))?;
+            // Its errors name the field already (`hostname: unknown template ...`).
+            c::validate_hostname(hostname).map_err(|e| fail(&self.object, None, e.to_string()))?;
             task.hostname = Some(hostname.clone());
         }
         for (i, host) in s.extra_hosts.iter().enumerate() {

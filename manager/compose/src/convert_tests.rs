@@ -708,7 +708,7 @@ fn container_keys_are_carried_as_written() {
         ),
         (
             "    hostname: \"{{.Task.Index}}\"\n",
-            "service web: hostname: hostname: unknown template placeholder {{.Task.Index}}",
+            "service web: hostname: unknown template placeholder {{.Task.Index}}",
         ),
         (
             "    environment: [\"A={{.Service.Labels}}\"]\n",

@@ -80,8 +80,8 @@ pub struct ContainerFlags {
     /// Add a custom host-to-IP mapping (host:ip). Docker's `service create --host`;
     /// here `--add-host` (`docker run`'s name), as meshctl's `-H/--host` names the
     /// manager.
-    #[arg(long = "add-host", value_name = "HOST:IP")]
-    pub host: Vec<String>,
+    #[arg(long, value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
     /// Set custom DNS servers.
     #[arg(long, value_name = "IP")]
     pub dns: Vec<String>,
@@ -112,7 +112,7 @@ impl ContainerFlags {
             validate_hostname(hostname).map_err(|e| bad("hostname", hostname, &e))?;
             task.hostname = Some(hostname.clone());
         }
-        task.hosts = hosts("add-host", &self.host)?;
+        task.hosts = hosts("add-host", &self.add_host)?;
         task.dns.nameservers = nameservers("dns", &self.dns)?;
         task.dns.search = checked("dns-search", &self.dns_search, validate_dns_search)?;
         task.dns.options = checked("dns-option", &self.dns_option, validate_dns_option)?;
