@@ -562,7 +562,7 @@ fn managed_docker_tasks_get_hostname_hosts_workdir_entrypoint_labels_and_templat
         let name = format!("dweb-{slot}");
         assert_eq!(exec(&["hostname"]).trim(), name);
         assert_eq!(exec(&["pwd"]).trim(), "/tmp");
-        assert_eq!(exec(&["printenv", "SLOT"]).trim(), slot);
+        assert_eq!(exec(&["/bin/sh", "-c", "echo $SLOT"]).trim(), slot);
         let hosts = exec(&["cat", "/etc/hosts"]);
         let own = task.addr.expect("a task address");
         assert!(hosts.contains("10.9.8.7\tdb.example"), "{hosts}");
