@@ -189,7 +189,7 @@ fn hostname_hosts_dns_workdir_and_templates_reach_each_task() {
         let hosts = must(&c, task, "cat /etc/hosts");
         assert!(hosts.contains(&format!("{own}\t{name}\n")), "{hosts}");
         assert!(hosts.contains("10.9.8.7\tdb.example\n"), "{hosts}");
-        assert_eq!(getent(&c, task, &name, 1), [own.clone()]);
+        assert_eq!(getent(&c, task, &name, 1), [own]);
         assert_eq!(getent(&c, task, "db.example", 1), ["10.9.8.7"]);
         // resolv.conf: the search domain and the option, applied by a lookup.
         let resolv = must(&c, task, "cat /etc/resolv.conf");

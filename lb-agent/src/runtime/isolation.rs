@@ -298,6 +298,8 @@ mod tests {
     use super::super::init::{ExecArgs, InitArgs};
     use super::*;
 
+    // A test's parser, built once: its size does not matter.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Parser)]
     enum Cli {
         TaskInit(InitArgs),

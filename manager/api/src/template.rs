@@ -229,15 +229,20 @@ mod tests {
             vec![],
         )
         .task;
-        spec.env = vec!["SLOT={{.Task.Slot}}".into(), "PLAIN={{x".into()];
+        spec.env = vec!["SLOT={{.Task.Slot}}".into(), "BAD={{x".into()];
         spec.mounts = vec![
-            "type=volume,source=data-{{.Task.Slot}},target=/d"
+            "type=volume,source=data-{{.Task.Slot}},target=/d/{{.Task.Slot}}"
                 .parse()
                 .unwrap(),
         ];
         let mut plain = spec.clone();
         spec.hostname = Some("{{.Service.Name}}-{{.Task.Slot}}".into());
-        // A value that is not a template is left as it is (validation refused it before).
+        // A bad placeholder (which validation refuses first) fails the expansion.
+        assert!(
+            expand_task(&spec, &cx())
+                .unwrap_err()
+                .starts_with("environment variable BAD: unclosed")
+        );
         spec.env.pop();
         let expanded = expand_task(&spec, &cx()).unwrap();
         assert_eq!(expanded.hostname.as_deref(), Some("web-3"));
