@@ -9,8 +9,8 @@
 //!   applies them (`tasks`, with the search domain `named`, is `tasks.named`);
 //! - names the mesh does not know are forwarded to the task's own `--dns` server, and
 //!   only for that task;
-//! - the program starts in the working directory, and `{{.Task.Slot}}` in its
-//!   environment is its own slot;
+//! - the program starts in the working directory, `{{.Task.Slot}}` in its environment
+//!   is its own slot, and a volume named `slot-{{.Task.Slot}}` is its own;
 //! - `service update --hostname "" --host-add ... --workdir ""` rolls the service: the
 //!   new tasks have the default hostname (their task ID's first 12 digits), the new
 //!   host, and start in `/`;
@@ -116,7 +116,15 @@ fn hostname_hosts_dns_workdir_and_templates_reach_each_task() {
     let workdir = c.topology().dir().join("work");
     ok(std::fs::create_dir_all(&workdir).map_err(anyhow::Error::from));
     let w = workdir.display().to_string();
-    let program = "echo \"started cwd=$(pwd) slot=$SLOT node=$NODE\"; exec sleep 100000";
+    // Each task's own volume (`slot-{{.Task.Slot}}`) at this target.
+    let cache = c.topology().dir().join("cache");
+    ok(std::fs::create_dir_all(&cache).map_err(anyhow::Error::from));
+    let k = cache.display().to_string();
+    let program = format!(
+        "echo \"started cwd=$(pwd) slot=$SLOT node=$NODE\"; echo $SLOT > {k}/slot; \
+         exec sleep 100000"
+    );
+    let mount = format!("type=volume,source=slot-{{{{.Task.Slot}}}},target={k}");
     let client_ip = client.to_string();
     ctl(
         &c,
@@ -143,10 +151,12 @@ fn hostname_hosts_dns_workdir_and_templates_reach_each_task() {
             "SLOT={{.Task.Slot}}",
             "-e",
             "NODE={{.Node.Hostname}}",
+            "--mount",
+            &mount,
             "--",
             "/bin/sh",
             "-c",
-            program,
+            &program,
         ],
     );
     ctl(
@@ -225,6 +235,27 @@ fn hostname_hosts_dns_workdir_and_templates_reach_each_task() {
         .collect();
     wanted.sort();
     assert_eq!(started, wanted);
+    // Each task's volume, named after its slot, on its node.
+    for task in &tasks {
+        let node: usize = task
+            .node
+            .trim_start_matches('n')
+            .parse()
+            .expect("a node nK");
+        let file = c
+            .agent_state_dir(node)
+            .join(format!("volumes/slot-{}/_data/slot", slot(task)));
+        let read = ok(poll_until(
+            Duration::from_secs(20),
+            &format!("{} written", file.display()),
+            || {
+                Ok(std::fs::read_to_string(&file)
+                    .ok()
+                    .filter(|t| t.ends_with('\n')))
+            },
+        ));
+        assert_eq!(read.trim(), slot(task), "{}", file.display());
+    }
 
     // An update rolls the service: the default hostname, a host more, `/`.
     ctl(
