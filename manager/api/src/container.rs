@@ -1,9 +1,9 @@
 //! The task-level keys of docker's `ContainerSpec` beyond the program and its
-//! confinement: the hostname (`--hostname`), extra `/etc/hosts` lines (`--host`), the
-//! DNS configuration (`--dns`, `--dns-search`, `--dns-option`), the working directory
-//! (`--workdir`) and container labels (`--container-label`). Parsers for what a user
-//! types, and the checks [`crate::spec::ServiceSpec::validate`] applies, in docker's
-//! words where docker has them. Sans-IO.
+//! confinement: the hostname (`--hostname`), extra `/etc/hosts` lines (`--add-host`,
+//! docker's `--host`), the DNS configuration (`--dns`, `--dns-search`, `--dns-option`),
+//! the working directory (`--workdir`) and container labels (`--container-label`).
+//! Parsers for what a user types, and the checks [`crate::spec::ServiceSpec::validate`]
+//! applies, in docker's words where docker has them. Sans-IO.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +14,7 @@ use crate::spec::{SpecError, invalid};
 
 /// The longest hostname the kernel takes (`HOST_NAME_MAX`).
 pub const MAX_HOSTNAME_LEN: usize = 64;
-/// The most `--host` entries a service may have.
+/// The most extra hosts (`--add-host`) a service may have.
 pub const MAX_EXTRA_HOSTS: usize = 256;
 /// The most DNS servers (glibc's `MAXNS`).
 pub const MAX_NAMESERVERS: usize = 3;

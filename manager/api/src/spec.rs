@@ -470,7 +470,7 @@ pub struct TaskSpec {
     /// after its ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// Extra `/etc/hosts` lines (`--host`), `host:ip` each
+    /// Extra `/etc/hosts` lines (`--add-host`, docker's `--host`), `host:ip` each
     /// ([`crate::container::ExtraHost`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
@@ -943,7 +943,7 @@ impl ServiceSpec {
         }
         if task.hosts.len() > container::MAX_EXTRA_HOSTS {
             return Err(invalid(format!(
-                "at most {} extra hosts (--host)",
+                "at most {} extra hosts (--add-host)",
                 container::MAX_EXTRA_HOSTS
             )));
         }

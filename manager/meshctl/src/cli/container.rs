@@ -3,7 +3,7 @@
 //! `--dns`, `--dns-search`, `--dns-option`, `--workdir`, `--container-label` and
 //! `--entrypoint` for `service create`, and their `-add`/`-rm` forms for `service
 //! update`. Each value is checked as it is parsed, with docker's
-//! `invalid argument "x" for "--host" flag: ...` wording.
+//! `invalid argument "x" for "--add-host" flag: ...` wording.
 
 use clap::Args;
 use mesh_api::container::{
