@@ -782,6 +782,60 @@ mod tests {
     }
 
     #[test]
+    fn a_task_gets_its_own_resolv_conf_and_hosts() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Line {
+            #[command(flatten)]
+            args: InitArgs,
+        }
+        let line = Line::try_parse_from([
+            "task-init",
+            "--dns",
+            "169.254.1.1",
+            "--dns-search",
+            "svc.example",
+            "--dns-option",
+            "ndots:2",
+            "--hostname",
+            "web-1",
+            "--addr",
+            "10.0.1.5",
+            "--host",
+            "db:10.0.0.5",
+            "--workdir",
+            "/srv",
+            "--",
+            "sleep",
+        ])
+        .unwrap();
+        assert_eq!(line.args.workdir.as_deref(), Some(Path::new("/srv")));
+        let files = own_files(&line.args).unwrap();
+        assert_eq!(files[0].0, Path::new(RESOLV_CONF));
+        assert_eq!(
+            files[0].1,
+            "nameserver 169.254.1.1\nsearch svc.example\noptions ndots:2\n"
+        );
+        assert_eq!(files[1].0, Path::new(HOSTS));
+        assert!(
+            files[1].1.ends_with("10.0.1.5\tweb-1\n10.0.0.5\tdb\n"),
+            "{}",
+            files[1].1
+        );
+        // Nothing of its own asked: the node's files.
+        let bare = Line::try_parse_from(["task-init", "--", "sleep"]).unwrap();
+        assert!(own_files(&bare.args).unwrap().is_empty());
+        let bad = Line::try_parse_from(["task-init", "--hostname", "w", "--host", "x", "--", "s"])
+            .unwrap();
+        assert!(
+            own_files(&bad.args)
+                .unwrap_err()
+                .1
+                .contains("bad format for add-host")
+        );
+    }
+
+    #[test]
     fn masks_name_capabilities() {
         let set = capabilities(0b1_0000_0001);
         assert_eq!(set.len(), 2);
