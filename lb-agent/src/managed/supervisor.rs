@@ -794,6 +794,44 @@ mod tests {
     }
 
     #[test]
+    fn a_task_starts_with_its_placeholders_expanded_or_is_rejected_saying_why() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.set_node(0xcc, "n1");
+        let mut t = task(1, TaskAction::Run, None);
+        t.slot = 3;
+        t.spec.hostname = Some("{{.Service.Name}}-{{.Task.Slot}}".into());
+        t.spec.env = vec!["NODE={{.Node.ID}}@{{.Node.Hostname}}".into()];
+        s.assign(&[t], t0);
+        let (actions, _) = s.take();
+        let [Action::Start(config)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(config.spec.hostname.as_deref(), Some("web-3"));
+        assert_eq!(config.spec.env, ["NODE=00000000000000cc@n1"]);
+        // No hostname: the task ID's first 12 hex digits.
+        s.assign(&[task(2, TaskAction::Run, None)], t0);
+        let (actions, _) = s.take();
+        let [Action::Start(config)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(config.spec.hostname.as_deref(), Some("000000000000"));
+        // A node hostname that makes no valid hostname fails the task, saying why.
+        s.set_node(0xcc, "bad name");
+        let mut t = task(4, TaskAction::Run, None);
+        t.spec.hostname = Some("{{.Node.Hostname}}".into());
+        s.assign(&[t], t0);
+        let (actions, reports) = s.take();
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(reports[0].1.state, TaskState::Rejected);
+        assert!(
+            reports[0].1.error.contains("invalid hostname \"bad name\""),
+            "{:?}",
+            reports[0].1
+        );
+    }
+
+    #[test]
     fn a_start_that_fails_is_rejected_with_the_error() {
         let t0 = Instant::now();
         let mut s = Supervisor::new(1450);
