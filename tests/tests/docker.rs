@@ -501,7 +501,8 @@ fn docker_tasks_get_bind_volume_and_tmpfs_mounts() -> Result<()> {
 /// A managed docker service's container settings (issue 15), as a user checks them in
 /// each container with `docker exec` and `docker inspect`: `--hostname` with
 /// `{{.Task.Slot}}` (each replica its own; `/etc/hosts` maps it to the task's address),
-/// `--add-host`, `--workdir`, `--entrypoint`, `--container-label`, and
+/// `--add-host`, `--dns` (the service's own server answers outside names),
+/// `--dns-search`, `--dns-option`, `--workdir`, `--entrypoint`, `--container-label`, and
 /// `{{.Task.Slot}}` in the environment.
 #[test]
 fn managed_docker_tasks_get_hostname_hosts_workdir_entrypoint_labels_and_templates() {
@@ -512,6 +513,15 @@ fn managed_docker_tasks_get_hostname_hosts_workdir_entrypoint_labels_and_templat
     options.docker = true;
     let mut c = ok(ManagedCluster::start_with(options));
     let converge = Duration::from_secs(120);
+    // The service's own DNS server, which alone knows this name.
+    let outside = ("only.example", Ipv4Addr::new(192, 0, 2, 78));
+    let client = c.topology().client_addr();
+    let _upstream = ok(mesh_tests::dns::Upstream::start(
+        &c.topology().client_ns(),
+        client,
+        &[outside],
+    ));
+    let client = client.to_string();
     ok(c.ctl_timeout(
         &[
             "service",
@@ -520,6 +530,12 @@ fn managed_docker_tasks_get_hostname_hosts_workdir_entrypoint_labels_and_templat
             "docker",
             "--name",
             "dset",
+            "--dns",
+            &client,
+            "--dns-search",
+            "dset",
+            "--dns-option",
+            "timeout:2",
             "--replicas",
             "2",
             "--hostname",
@@ -567,6 +583,27 @@ fn managed_docker_tasks_get_hostname_hosts_workdir_entrypoint_labels_and_templat
         let own = task.addr.expect("a task address");
         assert!(hosts.contains("10.9.8.7\tdb.example"), "{hosts}");
         assert!(hosts.contains(&format!("{own}\t{name}")), "{hosts}");
+        // The resolver stays the node's; the search domain and options are the task's,
+        // and its outside names go to its own server.
+        let resolv = exec(&["cat", "/etc/resolv.conf"]);
+        assert!(resolv.contains("nameserver 169.254.1.1"), "{resolv}");
+        assert!(resolv.contains("search dset"), "{resolv}");
+        assert!(
+            resolv.contains("ndots:0") && resolv.contains("timeout:2"),
+            "{resolv}"
+        );
+        let found = ok(poll_until(
+            Duration::from_secs(20),
+            "only.example through the task's own DNS server",
+            || {
+                let out = Command::new("docker")
+                    .args(["exec", &container.id, "nslookup", outside.0])
+                    .output()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                Ok(text.contains(&outside.1.to_string()).then_some(text))
+            },
+        ));
+        assert!(found.contains(outside.0), "{found}");
         let inspect = ok(run(
             "docker",
             &[
