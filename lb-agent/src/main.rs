@@ -111,7 +111,7 @@ enum Command {
     /// (Internal) The first process of a process task: confines it and runs its
     /// program (started by the agent, in the task's namespaces).
     #[command(hide = true)]
-    TaskInit(lb_agent::runtime::init::InitArgs),
+    TaskInit(Box<lb_agent::runtime::init::InitArgs>),
     /// (Internal) Runs a command inside a running process task, confined as the task
     /// is (its health checks).
     #[command(hide = true)]

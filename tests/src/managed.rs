@@ -867,7 +867,7 @@ impl ManagedCluster {
         )
     }
 
-    /// Runs `args` inside the network, mount and PID namespaces of the process task
+    /// Runs `args` inside the network, mount, PID and UTS namespaces of the process task
     /// `task` (as `service ps` lists it): what the task sees (`/proc/self` is the
     /// command's own in the task's `/proc`).
     ///
@@ -879,7 +879,7 @@ impl ManagedCluster {
             .first()
             .with_context(|| format!("no process of task {} ({})", task.name, task.id))?;
         Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-n", "-m", "-p", "--"])
+            .args(["-t", &pid.to_string(), "-n", "-m", "-p", "-u", "--"])
             .args(args)
             .output()
             .with_context(|| format!("nsenter into {}", task.name))

@@ -497,3 +497,126 @@ fn docker_tasks_get_bind_volume_and_tmpfs_mounts() -> Result<()> {
     let _ = run("docker", &["volume", "rm", "-f", &volume]);
     result
 }
+
+/// A managed docker service's container settings (issue 15), as a user checks them in
+/// each container with `docker exec` and `docker inspect`: `--hostname` with
+/// `{{.Task.Slot}}` (each replica its own; `/etc/hosts` maps it to the task's address),
+/// `--add-host`, `--dns` (the service's own server answers outside names),
+/// `--dns-search`, `--dns-option`, `--workdir`, `--entrypoint`, `--container-label`, and
+/// `{{.Task.Slot}}` in the environment.
+#[test]
+fn managed_docker_tasks_get_hostname_hosts_workdir_entrypoint_labels_and_templates() {
+    use mesh_tests::{ManagedCluster, ManagedOptions, ok, poll_until, turn};
+    let _turn = turn();
+    ok(runtime_common::busybox_image(IMAGE));
+    let mut options = ManagedOptions::new(3, 1);
+    options.docker = true;
+    let mut c = ok(ManagedCluster::start_with(options));
+    let converge = Duration::from_secs(120);
+    // The service's own DNS server, which alone knows this name.
+    let outside = ("only.example", Ipv4Addr::new(192, 0, 2, 78));
+    let client = c.topology().client_addr();
+    let _upstream = ok(mesh_tests::dns::Upstream::start(
+        &c.topology().client_ns(),
+        client,
+        &[outside],
+    ));
+    let client = client.to_string();
+    ok(c.ctl_timeout(
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "docker",
+            "--name",
+            "dset",
+            "--dns",
+            &client,
+            "--dns-search",
+            "dset",
+            "--dns-option",
+            "timeout:2",
+            "--replicas",
+            "2",
+            "--hostname",
+            "dweb-{{.Task.Slot}}",
+            "--add-host",
+            "db.example:10.9.8.7",
+            "--workdir",
+            "/tmp",
+            "--entrypoint",
+            "/bin/sh -c",
+            "--container-label",
+            "team=web",
+            "-e",
+            "SLOT={{.Task.Slot}}",
+            IMAGE,
+            "exec sleep 100000",
+        ],
+        converge,
+    ));
+    let tasks = ok(c.wait_converged("dset", 2));
+    let containers = ok(poll_until(converge, "dset's 2 containers running", || {
+        let all: Vec<_> = c
+            .containers()?
+            .into_iter()
+            .filter(|k| k.task.starts_with("dset.") && k.state == "running")
+            .collect();
+        Ok((all.len() == 2).then_some(all))
+    }));
+    for task in &tasks {
+        let slot = task.name.rsplit('.').next().unwrap_or_default();
+        let container = containers
+            .iter()
+            .find(|k| k.task == task.name)
+            .unwrap_or_else(|| panic!("no container of {}: {containers:?}", task.name));
+        let exec = |args: &[&str]| {
+            let mut all = vec!["exec", container.id.as_str()];
+            all.extend_from_slice(args);
+            ok(run("docker", &all))
+        };
+        let name = format!("dweb-{slot}");
+        assert_eq!(exec(&["hostname"]).trim(), name);
+        assert_eq!(exec(&["pwd"]).trim(), "/tmp");
+        assert_eq!(exec(&["/bin/sh", "-c", "echo $SLOT"]).trim(), slot);
+        let hosts = exec(&["cat", "/etc/hosts"]);
+        let own = task.addr.expect("a task address");
+        assert!(hosts.contains("10.9.8.7\tdb.example"), "{hosts}");
+        assert!(hosts.contains(&format!("{own}\t{name}")), "{hosts}");
+        // The resolver stays the node's; the search domain and options are the task's,
+        // and its outside names go to its own server.
+        let resolv = exec(&["cat", "/etc/resolv.conf"]);
+        assert!(resolv.contains("nameserver 169.254.1.1"), "{resolv}");
+        assert!(resolv.contains("search dset"), "{resolv}");
+        assert!(
+            resolv.contains("ndots:0") && resolv.contains("timeout:2"),
+            "{resolv}"
+        );
+        let found = ok(poll_until(
+            Duration::from_secs(20),
+            "only.example through the task's own DNS server",
+            || {
+                let out = Command::new("docker")
+                    .args(["exec", &container.id, "nslookup", outside.0])
+                    .output()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                Ok(text.contains(&outside.1.to_string()).then_some(text))
+            },
+        ));
+        assert!(found.contains(outside.0), "{found}");
+        let inspect = ok(run(
+            "docker",
+            &[
+                "inspect",
+                "--format",
+                "{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{index .Config.Labels \"team\"}}",
+                &container.id,
+            ],
+        ));
+        assert_eq!(
+            inspect.trim(),
+            r#"["/bin/sh","-c"] ["exec sleep 100000"] web"#
+        );
+    }
+    ok(c.ctl_timeout(&["service", "rm", "dset"], converge));
+}

@@ -593,6 +593,7 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
                 networks: vec![],
                 action: TaskAction::Run,
                 state: mesh_api::task::TaskState::Running,
+                slot: 1,
             }],
             services: vec![ServiceRoutes {
                 id: 1,
@@ -612,6 +613,7 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
             history: Default::default(),
             secrets: vec![],
             configs: vec![],
+            hostname: String::new(),
         }));
         rt.start(&program).await?;
         let check = |cmd: &'static str| {

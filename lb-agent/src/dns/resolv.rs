@@ -71,11 +71,36 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
 /// and `options ndots:0` (a dotted name such as `tasks.web` is tried as it is first).
 #[must_use]
 pub fn task_resolv_conf(nameserver: IpAddr, search: &[String]) -> String {
-    let mut text = format!("nameserver {nameserver}\n");
+    task_resolv_conf_with(&[nameserver], search, &[])
+}
+
+/// The `resolv.conf` of a task with its own DNS settings (`--dns-search`,
+/// `--dns-option`): `nameservers`, `search` (the task's domains; `.` alone: none),
+/// and `options` (`ndots:0` unless the task's options set `ndots`, then the task's).
+#[must_use]
+pub fn task_resolv_conf_with(
+    nameservers: &[IpAddr],
+    search: &[String],
+    options: &[String],
+) -> String {
+    let mut text = String::new();
+    for nameserver in nameservers {
+        text.push_str(&format!("nameserver {nameserver}\n"));
+    }
+    let search: Vec<&str> = search
+        .iter()
+        .map(String::as_str)
+        .filter(|d| *d != ".")
+        .collect();
     if !search.is_empty() {
         text.push_str(&format!("search {}\n", search.join(" ")));
     }
-    text.push_str("options ndots:0\n");
+    let mut words: Vec<&str> = Vec::new();
+    if !options.iter().any(|o| o.starts_with("ndots:")) {
+        words.push("ndots:0");
+    }
+    words.extend(options.iter().map(String::as_str));
+    text.push_str(&format!("options {}\n", words.join(" ")));
     text
 }
 
@@ -133,6 +158,18 @@ mod tests {
         assert_eq!(
             task_resolv_conf(gw, &["a.example".into(), "b.example".into()]),
             "nameserver 169.254.1.1\nsearch a.example b.example\noptions ndots:0\n"
+        );
+        assert_eq!(
+            task_resolv_conf_with(
+                &[gw],
+                &["svc.example".into()],
+                &["ndots:2".into(), "timeout:1".into()]
+            ),
+            "nameserver 169.254.1.1\nsearch svc.example\noptions ndots:2 timeout:1\n"
+        );
+        assert_eq!(
+            task_resolv_conf_with(&[gw], &[".".into()], &["rotate".into()]),
+            "nameserver 169.254.1.1\noptions ndots:0 rotate\n"
         );
     }
 }

@@ -214,8 +214,10 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 };
                 let (socket, shared, query) =
                     (Arc::clone(&socket), Arc::clone(&shared), query.to_vec());
+                let upstreams = view.upstreams(*source.ip()).map(<[SocketAddr]>::to_vec);
                 tokio::spawn(async move {
-                    let reply = forward(&shared, &query, Transport::Udp).await;
+                    let upstreams = upstreams.as_deref().unwrap_or(&shared.upstreams);
+                    let reply = forward(&shared, upstreams, &query, Transport::Udp).await;
                     drop(permit);
                     if let Some(reply) = reply {
                         let _ = socket.send_to(&reply, peer).await;
@@ -311,7 +313,8 @@ async fn serve_connection(
                         None => return Ok(()),
                     }
                 };
-                match forward(shared, &query, Transport::Tcp).await {
+                let upstreams = view.upstreams(source).unwrap_or(&shared.upstreams);
+                match forward(shared, upstreams, &query, Transport::Tcp).await {
                     Some(reply) => reply,
                     None => return Ok(()),
                 }
@@ -322,14 +325,20 @@ async fn serve_connection(
     Ok(())
 }
 
-/// Asks the upstream servers in turn until one answers, within the forward timeout;
-/// the reply to relay (`SERVFAIL` if none answered), counted.
-async fn forward(shared: &Shared, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+/// Asks the upstream servers (the node's, or the asking task's own `--dns`) in turn
+/// until one answers, within the forward timeout; the reply to relay (`SERVFAIL` if none
+/// answered), counted.
+async fn forward(
+    shared: &Shared,
+    upstreams: &[SocketAddr],
+    query: &[u8],
+    transport: Transport,
+) -> Option<Vec<u8>> {
     let deadline = Instant::now() + shared.limits.timeout;
     // Each server gets its share of the time left: a dead first server leaves the
     // others time, one that fails at once leaves them all of its share.
-    for (i, upstream) in shared.upstreams.iter().enumerate() {
-        let left = u32::try_from(shared.upstreams.len() - i).unwrap_or(1);
+    for (i, upstream) in upstreams.iter().enumerate() {
+        let left = u32::try_from(upstreams.len() - i).unwrap_or(1);
         let now = Instant::now();
         if now >= deadline {
             break;
@@ -435,6 +444,7 @@ mod tests {
                 networks: vec![],
                 action: TaskAction::Run,
                 state: TaskState::Running,
+                slot: 1,
             }],
             services: vec![ServiceRoutes {
                 id: 1,
@@ -454,6 +464,7 @@ mod tests {
             history: Default::default(),
             secrets: vec![],
             configs: vec![],
+            hostname: String::new(),
         })
     }
 

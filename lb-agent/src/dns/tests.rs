@@ -96,6 +96,7 @@ fn local(
         networks,
         action: TaskAction::Run,
         state: TaskState::Running,
+        slot: 1,
     }
 }
 
@@ -175,6 +176,7 @@ fn cluster() -> Assignment {
         history: Default::default(),
         secrets: vec![],
         configs: vec![],
+        hostname: String::new(),
     }
 }
 
@@ -513,6 +515,7 @@ fn big(n: u8) -> View {
         history: Default::default(),
         secrets: vec![],
         configs: vec![],
+        hostname: String::new(),
     })
 }
 
@@ -713,4 +716,21 @@ proptest! {
             let _ = answer(&view, ip(from), &q, Transport::Udp);
         }
     }
+}
+
+#[test]
+fn a_task_with_its_own_dns_servers_is_forwarded_to_them() {
+    let mut assignment = cluster();
+    let api = assignment
+        .tasks
+        .iter_mut()
+        .find(|t| t.name == "api.1")
+        .unwrap();
+    api.spec.dns.nameservers = vec!["192.0.2.53".parse().unwrap()];
+    let view = View::new(&assignment);
+    let own = ["192.0.2.53:53".parse().unwrap()];
+    // On each of its addresses; the other tasks keep the node's servers.
+    assert_eq!(view.upstreams(ip("10.1.0.31")), Some(&own[..]));
+    assert_eq!(view.upstreams(ip("10.2.0.31")), Some(&own[..]));
+    assert_eq!(view.upstreams(ip("10.1.0.51")), None);
 }

@@ -88,6 +88,9 @@ pub struct View {
     tasks: HashMap<Ipv4Addr, Vec<NetworkId>>,
     /// Each network's names.
     networks: BTreeMap<NetworkId, NetRecords>,
+    /// A source address of a task with DNS servers of its own (`--dns`) -> those
+    /// servers, where the names the cluster does not have are forwarded for it.
+    upstreams: HashMap<Ipv4Addr, Vec<std::net::SocketAddr>>,
 }
 
 impl View {
@@ -120,6 +123,7 @@ impl View {
             }
         }
         let mut tasks = HashMap::new();
+        let mut upstreams = HashMap::new();
         for task in &assignment.tasks {
             let nets: Vec<NetworkId> = if task.networks.is_empty() {
                 assignment
@@ -134,11 +138,32 @@ impl View {
             } else {
                 task.networks.iter().map(|n| n.network).collect()
             };
+            let own: Vec<std::net::SocketAddr> = task
+                .spec
+                .dns
+                .nameservers
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(*ip, 53))
+                .collect();
             for addr in std::iter::once(task.addr).chain(task.networks.iter().map(|n| n.addr)) {
                 tasks.insert(addr, nets.clone());
+                if !own.is_empty() {
+                    upstreams.insert(addr, own.clone());
+                }
             }
         }
-        Self { tasks, networks }
+        Self {
+            tasks,
+            networks,
+            upstreams,
+        }
+    }
+
+    /// The DNS servers of the task at `source`, if it has its own (`--dns`): the names
+    /// the cluster does not have are forwarded to them instead of the node's.
+    #[must_use]
+    pub fn upstreams(&self, source: Ipv4Addr) -> Option<&[std::net::SocketAddr]> {
+        self.upstreams.get(&source).map(Vec::as_slice)
     }
 
     /// Whether `addr` is one of the node's tasks' addresses (only they are answered).

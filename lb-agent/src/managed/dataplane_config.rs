@@ -432,6 +432,7 @@ mod tests {
             networks: Vec::new(),
             action,
             state: TaskState::Running,
+            slot: 1,
         }
     }
 
@@ -467,6 +468,7 @@ mod tests {
             history: Default::default(),
             secrets: vec![],
             configs: vec![],
+            hostname: String::new(),
         }
     }
 

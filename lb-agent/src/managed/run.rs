@@ -208,6 +208,7 @@ async fn drive(
                             supervisor.set_files(&assignment.secrets, &assignment.configs);
                         files_received.secrets += secrets;
                         files_received.configs += configs;
+                        supervisor.set_node(assignment.node, &assignment.hostname);
                         supervisor.assign(&assignment.tasks, now);
                         // The names follow at once (the dataplane may lag a retry).
                         dns.set_view(crate::dns::View::new(&assignment));

@@ -122,6 +122,8 @@ pub struct Supervisor {
     subnets: BTreeMap<NetworkId, (Ipv4Addr, u8)>,
     /// The secrets and configs of the last assignment (in memory only).
     files: HeldFiles,
+    /// This node's ID and hostname, for the tasks' template placeholders.
+    node: (mesh_api::node::NodeId, String),
 }
 
 fn status(clock_ms: u64, state: TaskState, message: &str) -> TaskStatus {
@@ -147,7 +149,36 @@ impl Supervisor {
             ended_away: BTreeSet::new(),
             subnets: BTreeMap::new(),
             files: HeldFiles::default(),
+            node: (0, String::new()),
         }
+    }
+
+    /// This node's ID and hostname (from the assignment), which `{{.Node.ID}}` and
+    /// `{{.Node.Hostname}}` stand for in the specs of the tasks started next.
+    pub fn set_node(&mut self, id: mesh_api::node::NodeId, hostname: &str) {
+        self.node = (id, hostname.to_owned());
+    }
+
+    /// `task`'s spec with its placeholders filled in ([`mesh_api::template::expand_task`]).
+    fn expanded(&self, task: &AssignedTask) -> Result<mesh_api::spec::TaskSpec, String> {
+        use mesh_api::node::format_id;
+        let hostname = if self.node.1.is_empty() {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            self.node.1.clone()
+        };
+        let cx = mesh_api::template::Context {
+            service_id: format_id(task.service_id),
+            service_name: task.service_name.clone(),
+            task_id: format_id(task.id),
+            task_name: task.name.clone(),
+            task_slot: task.slot,
+            node_id: format_id(self.node.0),
+            node_hostname: hostname,
+        };
+        mesh_api::template::expand_task(&task.spec, &cx)
     }
 
     /// A task a previous agent run left running, taken over by the runtimes
@@ -372,7 +403,11 @@ impl Supervisor {
         }
         match task.action {
             TaskAction::Run => {
-                let files = match self.files.task_files(&task.spec) {
+                let files = match self
+                    .files
+                    .task_files(&task.spec)
+                    .and_then(|files| Ok((files, self.expanded(task)?)))
+                {
                     Ok(files) => files,
                     Err(error) => {
                         tracked.phase = Phase::Ended;
@@ -384,6 +419,7 @@ impl Supervisor {
                         return;
                     }
                 };
+                let (files, spec) = files;
                 tracked.phase = Phase::Starting;
                 self.tasks.insert(task.id, tracked);
                 self.report(
@@ -393,7 +429,7 @@ impl Supervisor {
                 self.actions.push(Action::Start(Box::new(TaskConfig {
                     id: task.id,
                     name: task.name.clone(),
-                    spec: task.spec.clone(),
+                    spec,
                     addr: task.addr,
                     mtu: self.mtu,
                     networks: task
@@ -657,6 +693,7 @@ mod tests {
             networks: Vec::new(),
             action,
             state: TaskState::Assigned,
+            slot: 1,
         }
     }
 
@@ -754,6 +791,44 @@ mod tests {
         up.networks = vec!["m1".into(), "m2".into()];
         s.started(1, Ok(up), t0);
         assert_eq!(s.running_ifaces()[&1], ["veth1", "m1", "m2"]);
+    }
+
+    #[test]
+    fn a_task_starts_with_its_placeholders_expanded_or_is_rejected_saying_why() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(1450);
+        s.set_node(0xcc, "n1");
+        let mut t = task(1, TaskAction::Run, None);
+        t.slot = 3;
+        t.spec.hostname = Some("{{.Service.Name}}-{{.Task.Slot}}".into());
+        t.spec.env = vec!["NODE={{.Node.ID}}@{{.Node.Hostname}}".into()];
+        s.assign(&[t], t0);
+        let (actions, _) = s.take();
+        let [Action::Start(config)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(config.spec.hostname.as_deref(), Some("web-3"));
+        assert_eq!(config.spec.env, ["NODE=00000000000000cc@n1"]);
+        // No hostname: the task ID's first 12 hex digits.
+        s.assign(&[task(2, TaskAction::Run, None)], t0);
+        let (actions, _) = s.take();
+        let [Action::Start(config)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(config.spec.hostname.as_deref(), Some("000000000000"));
+        // A node hostname that makes no valid hostname fails the task, saying why.
+        s.set_node(0xcc, "bad name");
+        let mut t = task(4, TaskAction::Run, None);
+        t.spec.hostname = Some("{{.Node.Hostname}}".into());
+        s.assign(&[t], t0);
+        let (actions, reports) = s.take();
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(reports[0].1.state, TaskState::Rejected);
+        assert!(
+            reports[0].1.error.contains("invalid hostname \"bad name\""),
+            "{:?}",
+            reports[0].1
+        );
     }
 
     #[test]

@@ -243,9 +243,57 @@ impl DockerRuntime {
             read_only: Some(true),
             ..Default::default()
         }));
+        let spec = &task.spec;
+        // The container's labels, then the agent's (which win).
+        let mut labels: HashMap<String, String> = spec
+            .container_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.extend([
+            (LABEL_TASK_ID.to_owned(), format!("{:016x}", task.id)),
+            (LABEL_TASK_NAME.to_owned(), task.name.clone()),
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+        ]);
+        // Its /etc/hosts: its hostname at its own address (on its first user network,
+        // else on ingress), as docker's; the engine knows no address of a container
+        // without a network of its own. Then the extra hosts.
+        let own = task.networks.first().map_or(task.addr, |n| n.addr);
+        let mut extra_hosts: Vec<String> =
+            spec.hostname.iter().map(|h| format!("{h}:{own}")).collect();
+        extra_hosts.extend(spec.hosts.iter().map(|h| {
+            mesh_api::container::ExtraHost::parse(h).map_or_else(
+                |_| h.clone(),
+                |e| {
+                    // The engine wants brackets around an IPv6 address.
+                    if e.ip.is_ipv6() {
+                        format!("{}:[{}]", e.host, e.ip)
+                    } else {
+                        e.to_string()
+                    }
+                },
+            )
+        }));
+        let dns_servers: Vec<String> = match self.dns {
+            Some(ip) => vec![ip.to_string()],
+            None => spec
+                .dns
+                .nameservers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        };
+        let mut dns_options: Vec<String> = Vec::new();
+        if self.dns.is_some() && !spec.dns.options.iter().any(|o| o.starts_with("ndots:")) {
+            dns_options.push("ndots:0".to_owned());
+        }
+        dns_options.extend(spec.dns.options.iter().cloned());
         let body = ContainerCreateBody {
-            image: Some(task.spec.image.clone()),
-            cmd: (!task.spec.args.is_empty()).then(|| task.spec.args.clone()),
+            image: Some(spec.image.clone()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            entrypoint: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
+            hostname: spec.hostname.clone(),
+            working_dir: spec.workdir.clone(),
             env: Some(
                 task_env(task)
                     .into_iter()
@@ -253,18 +301,17 @@ impl DockerRuntime {
                     .collect(),
             ),
             user: task.spec.user.clone(),
-            labels: Some(HashMap::from([
-                (LABEL_TASK_ID.to_owned(), format!("{:016x}", task.id)),
-                (LABEL_TASK_NAME.to_owned(), task.name.clone()),
-                (LABEL_OWNER.to_owned(), self.owner.clone()),
-            ])),
+            labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
                 mounts: (!mounts.is_empty()).then_some(mounts),
                 // The node's resolver at the tasks' gateway (the engine writes the
                 // container's resolv.conf from these), as process tasks get it.
-                dns: self.dns.map(|ip| vec![ip.to_string()]),
-                dns_options: self.dns.map(|_| vec!["ndots:0".to_owned()]),
+                // The task's own servers are where that resolver forwards for it.
+                dns: (!dns_servers.is_empty()).then_some(dns_servers),
+                dns_options: (!dns_options.is_empty()).then_some(dns_options),
+                dns_search: (!spec.dns.search.is_empty()).then(|| spec.dns.search.clone()),
+                extra_hosts: (!extra_hosts.is_empty()).then_some(extra_hosts),
                 // The engine applies docker's rules to its default set, as
                 // `mesh_api::capability::resolve` does for process tasks.
                 cap_add: (!task.spec.cap_add.is_empty()).then(|| task.spec.cap_add.clone()),
@@ -293,10 +340,14 @@ impl DockerRuntime {
                 body,
             )
             .await
-            .map_err(dk(format!(
-                "create container {name} from {}",
-                task.spec.image
-            )));
+            .map_err(|e| match e {
+                // The engine's own words, as Swarm reports them: `No such image: x:1`.
+                DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => RuntimeError::Failed(message),
+                e => dk(format!("create container {name} from {}", task.spec.image))(e),
+            });
         let created = match created {
             Ok(created) => created,
             Err(e) => {

@@ -9,11 +9,14 @@
 //!    ([`super::cgroup`]);
 //! 1. catches the signals it forwards (handlers, not a blocked mask: the program would
 //!    inherit the mask, handlers are reset by `execve`);
-//! 2. enters a mount namespace of its own, a slave of the host's (the host's later
+//! 2. with `--hostname`, enters a UTS namespace of its own and sets that hostname;
+//!    enters a mount namespace of its own, a slave of the host's (the host's later
 //!    mounts show through, nothing the task mounts goes back); with `--dns`, binds a
-//!    private `/etc/resolv.conf` (that nameserver, the node's search domains,
-//!    `options ndots:0`), written to a small tmpfs of the task's, over the node's file
-//!    (over its target if it is a symbolic link); hides the agent's state
+//!    private `/etc/resolv.conf` (that nameserver, the node's search domains or the
+//!    task's `--dns-search`, `options ndots:0` and the task's `--dns-option`s), and with
+//!    `--hostname` a private `/etc/hosts` (localhost, the hostname at `--addr`, the
+//!    `--host` lines), written to a small tmpfs of the task's, over the node's files
+//!    (over a target if it is a symbolic link); hides the agent's state
 //!    directory and pin directory under empty read-only tmpfs mounts and its
 //!    configuration file under `/dev/null`, and mounts a `/proc` of the task's PID
 //!    namespace (the task sees its own processes only, `/proc/sys` read-only) and a
@@ -26,7 +29,7 @@
 //!    changed by `--cap-add`/`--cap-drop`), clears the ambient set and narrows the
 //!    inheritable one: a root program gets those capabilities, another user none;
 //! 5. starts the program (as `--user`, with no supplementary groups), in a process
-//!    group of its own;
+//!    group of its own, in `--workdir` (which must exist in the task) or `/`;
 //! 6. forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to it,
 //!    reaps every orphan of the namespace, and exits with the program's status (128 +
 //!    the signal's number if a signal ended it). The kernel then kills whatever else
@@ -101,6 +104,28 @@ pub struct InitArgs {
     /// in its mount namespace after the agent's directories are hidden.
     #[arg(long, value_name = "JSON")]
     pub mount: Vec<super::mounts::TaskMount>,
+    /// Give the task a UTS namespace of its own with this hostname, and an
+    /// `/etc/hosts` of its own mapping it to `--addr`, with the `--host` lines.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// The task's address, which its hostname maps to in its `/etc/hosts`.
+    #[arg(long, value_name = "IP")]
+    pub addr: Option<std::net::IpAddr>,
+    /// An extra `/etc/hosts` line, `HOST:IP` (with `--hostname`).
+    #[arg(long, value_name = "HOST:IP")]
+    pub host: Vec<String>,
+    /// The task's resolver configuration: its nameservers without `--dns`.
+    #[arg(long, value_name = "IP")]
+    pub nameserver: Vec<std::net::IpAddr>,
+    /// A search domain of the task's `/etc/resolv.conf`, instead of the node's.
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// An `options` word of the task's `/etc/resolv.conf`.
+    #[arg(long, value_name = "OPTION")]
+    pub dns_option: Vec<String>,
+    /// The directory the program starts in (default `/`).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
     #[command(flatten)]
     pub confinement: Confinement,
     /// The program and its arguments.
@@ -200,11 +225,12 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
         super::cgroup::join(cgroup)
             .map_err(|e| at_setup(format!("join the cgroup {}: {e}", cgroup.display())))?;
     }
-    let mut files = Vec::new();
-    if let Some(dns) = args.dns {
-        let node = crate::dns::resolv::ResolvConf::read(Path::new(RESOLV_CONF));
-        let text = crate::dns::resolv::task_resolv_conf(dns.into(), &node.search);
-        files.push((PathBuf::from(RESOLV_CONF), text));
+    let files = own_files(args)?;
+    if let Some(hostname) = &args.hostname {
+        nix::sched::unshare(CloneFlags::CLONE_NEWUTS)
+            .map_err(|e| at_setup(format!("unshare the UTS namespace: {e}")))?;
+        nix::unistd::sethostname(hostname)
+            .map_err(|e| at_setup(format!("set the hostname {hostname:?}: {e}")))?;
     }
     // Read before the mount namespace changes: a failure leaves nothing behind.
     let task_files = if args.files {
@@ -217,13 +243,65 @@ fn init(args: &InitArgs) -> Result<i32, Failed> {
     // Best effort: a kernel without the knob (before 4.11) keeps the old rule.
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
     read_only("/proc/sys").map_err(at_setup)?;
+    if let Some(dir) = &args.workdir
+        && !dir.is_dir()
+    {
+        return Err(at_setup(format!(
+            "the working directory {} does not exist in the task (or is not a directory)",
+            dir.display()
+        )));
+    }
     let user = args.confinement.apply()?;
     let mut command = command(&args.command, user.as_ref());
+    command.current_dir(args.workdir.as_deref().unwrap_or(Path::new("/")));
     command.process_group(0);
     // The program's standard input is not the pipe its files came through.
     command.stdin(std::process::Stdio::null());
     let main = spawn(&mut command, &args.command[0])?;
     supervise(main, signals)
+}
+
+/// The files the task gets in place of the node's: its `/etc/resolv.conf` (with
+/// `--dns`, or its own nameservers, search domains or options) and its `/etc/hosts`
+/// (with `--hostname`).
+fn own_files(args: &InitArgs) -> Result<Vec<(PathBuf, String)>, Failed> {
+    let mut files = Vec::new();
+    let nameservers: Vec<std::net::IpAddr> = match args.dns {
+        Some(dns) => vec![dns.into()],
+        None => args.nameserver.clone(),
+    };
+    let own_settings = !args.dns_search.is_empty() || !args.dns_option.is_empty();
+    if !nameservers.is_empty() || own_settings {
+        let node = crate::dns::resolv::ResolvConf::read(Path::new(RESOLV_CONF));
+        let nameservers = if nameservers.is_empty() {
+            node.nameservers
+                .iter()
+                .map(std::net::SocketAddr::ip)
+                .collect()
+        } else {
+            nameservers
+        };
+        let search = if args.dns_search.is_empty() {
+            &node.search
+        } else {
+            &args.dns_search
+        };
+        let text =
+            crate::dns::resolv::task_resolv_conf_with(&nameservers, search, &args.dns_option);
+        files.push((PathBuf::from(RESOLV_CONF), text));
+    }
+    if let Some(hostname) = &args.hostname {
+        let extra = args
+            .host
+            .iter()
+            .map(|h| mesh_api::container::ExtraHost::parse(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(at_setup)?;
+        let addr = args.addr.unwrap_or(std::net::IpAddr::from([127, 0, 1, 1]));
+        let text = mesh_api::container::hosts_file(hostname, addr, &extra);
+        files.push((PathBuf::from(HOSTS), text));
+    }
+    Ok(files)
 }
 
 /// The arguments of the `task-init` that runs as `pid`, from its command line.
@@ -259,16 +337,19 @@ fn exec(args: &ExecArgs) -> Result<i32, Failed> {
         let path = format!("/proc/{}/ns/{ns}", args.pid);
         File::open(&path).map_err(|e| at_setup(format!("open {path}: {e}")))
     };
-    let (net, pid, mnt) = (open("net")?, open("pid")?, open("mnt")?);
+    let (net, pid, mnt, uts) = (open("net")?, open("pid")?, open("mnt")?, open("uts")?);
     for (file, flag, what) in [
         (&net, CloneFlags::CLONE_NEWNET, "network"),
         (&pid, CloneFlags::CLONE_NEWPID, "PID"),
+        (&uts, CloneFlags::CLONE_NEWUTS, "UTS"),
         (&mnt, CloneFlags::CLONE_NEWNS, "mount"),
     ] {
         nix::sched::setns(file, flag)
             .map_err(|e| at_setup(format!("enter the task's {what} namespace: {e}")))?;
     }
-    std::env::set_current_dir("/").map_err(at_setup)?;
+    std::env::set_current_dir(init.workdir.as_deref().unwrap_or(Path::new("/")))
+        .or_else(|_| std::env::set_current_dir("/"))
+        .map_err(at_setup)?;
     let user = confinement.apply()?;
     let mut child = spawn_child(&mut command(&args.command, user.as_ref()), &args.command[0])?;
     let status = child.wait().map_err(at_setup)?;
@@ -277,6 +358,8 @@ fn exec(args: &ExecArgs) -> Result<i32, Failed> {
 
 /// The node's resolver configuration, which a task with `--dns` gets its own of.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The node's hosts file, which a task with `--hostname` gets its own of.
+const HOSTS: &str = "/etc/hosts";
 
 /// Where the task's private files are written before they are bound into place: a
 /// tmpfs mounted here in the task's mount namespace only, detached once they are bound
@@ -695,6 +778,60 @@ mod tests {
         assert_eq!(
             resolve_user("root:no-such-group").unwrap_err(),
             "unable to find group no-such-group: no matching entries in group file"
+        );
+    }
+
+    #[test]
+    fn a_task_gets_its_own_resolv_conf_and_hosts() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Line {
+            #[command(flatten)]
+            args: InitArgs,
+        }
+        let line = Line::try_parse_from([
+            "task-init",
+            "--dns",
+            "169.254.1.1",
+            "--dns-search",
+            "svc.example",
+            "--dns-option",
+            "ndots:2",
+            "--hostname",
+            "web-1",
+            "--addr",
+            "10.0.1.5",
+            "--host",
+            "db:10.0.0.5",
+            "--workdir",
+            "/srv",
+            "--",
+            "sleep",
+        ])
+        .unwrap();
+        assert_eq!(line.args.workdir.as_deref(), Some(Path::new("/srv")));
+        let files = own_files(&line.args).unwrap();
+        assert_eq!(files[0].0, Path::new(RESOLV_CONF));
+        assert_eq!(
+            files[0].1,
+            "nameserver 169.254.1.1\nsearch svc.example\noptions ndots:2\n"
+        );
+        assert_eq!(files[1].0, Path::new(HOSTS));
+        assert!(
+            files[1].1.ends_with("10.0.1.5\tweb-1\n10.0.0.5\tdb\n"),
+            "{}",
+            files[1].1
+        );
+        // Nothing of its own asked: the node's files.
+        let bare = Line::try_parse_from(["task-init", "--", "sleep"]).unwrap();
+        assert!(own_files(&bare.args).unwrap().is_empty());
+        let bad = Line::try_parse_from(["task-init", "--hostname", "w", "--host", "x", "--", "s"])
+            .unwrap();
+        assert!(
+            own_files(&bad.args)
+                .unwrap_err()
+                .1
+                .contains("bad format for add-host")
         );
     }
 

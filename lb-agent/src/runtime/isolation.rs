@@ -126,18 +126,21 @@ impl Isolation {
     }
 
     /// The program and arguments that start `spec`'s program as task `id`, whose
-    /// environment is `env`, confined (run in the task's network namespace and a new
-    /// PID namespace; its cgroup, if it gets one, made beforehand).
+    /// environment is `env` and whose address (its hostname's in its `/etc/hosts`) is
+    /// `addr`, confined (run in the task's network namespace and a new PID namespace;
+    /// its cgroup, if it gets one, made beforehand).
     ///
     /// # Errors
     /// [`RuntimeError::Failed`] if the user is unknown here, a capability is not the
-    /// agent's to grant, the program is not found, or a mount cannot be made here
-    /// ([`super::mounts::plan`]; a named volume is created on first use).
+    /// agent's to grant, the program is not found, a mount cannot be made here
+    /// ([`super::mounts::plan`]; a named volume is created on first use), or the working
+    /// directory is neither on the node nor under one of the task's mounts.
     pub fn init_command(
         &self,
         id: mesh_api::task::TaskId,
         spec: &TaskSpec,
         env: &[(String, String)],
+        addr: Ipv4Addr,
     ) -> Result<(PathBuf, Vec<OsString>), RuntimeError> {
         let caps = capabilities(spec)?;
         if let Some(user) = &spec.user {
@@ -165,6 +168,7 @@ impl Isolation {
         for mount in &mounts {
             args.extend(["--mount".into(), mount.to_string().into()]);
         }
+        args.extend(self.container_args(spec, addr)?);
         args.extend(["--caps".into(), format!("{caps:x}").into()]);
         if let Some(user) = &spec.user {
             args.extend(["--user".into(), user.into()]);
@@ -173,6 +177,49 @@ impl Isolation {
         args.push(spec.image.clone().into());
         args.extend(spec.args.iter().map(OsString::from));
         Ok((self.program.clone(), args))
+    }
+
+    /// `task-init`'s arguments for the task's hostname, `/etc/hosts` lines, DNS settings
+    /// and working directory.
+    fn container_args(
+        &self,
+        spec: &TaskSpec,
+        addr: Ipv4Addr,
+    ) -> Result<Vec<OsString>, RuntimeError> {
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(hostname) = &spec.hostname {
+            args.extend(["--hostname".into(), hostname.into()]);
+            args.extend(["--addr".into(), addr.to_string().into()]);
+            for host in &spec.hosts {
+                args.extend(["--host".into(), host.into()]);
+            }
+        }
+        // With the agent's resolver the task's servers are where it forwards for this
+        // task (`crate::dns::View`); without, they are the task's resolv.conf's.
+        if self.dns.is_none() {
+            for ns in &spec.dns.nameservers {
+                args.extend(["--nameserver".into(), ns.to_string().into()]);
+            }
+        }
+        for domain in &spec.dns.search {
+            args.extend(["--dns-search".into(), domain.into()]);
+        }
+        for option in &spec.dns.options {
+            args.extend(["--dns-option".into(), option.into()]);
+        }
+        if let Some(dir) = &spec.workdir {
+            let under_mount = spec
+                .mounts
+                .iter()
+                .any(|m| Path::new(dir).starts_with(&m.target));
+            if !under_mount && !Path::new(dir).is_dir() {
+                return Err(RuntimeError::Failed(format!(
+                    "the working directory {dir} does not exist on this node"
+                )));
+            }
+            args.extend(["--workdir".into(), dir.into()]);
+        }
+        Ok(args)
     }
 
     /// The program and arguments that run `argv` inside the task whose `task-init` is
@@ -251,6 +298,8 @@ mod tests {
     use super::super::init::{ExecArgs, InitArgs};
     use super::*;
 
+    // A test's parser, built once: its size does not matter.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Parser)]
     enum Cli {
         TaskInit(InitArgs),
@@ -282,7 +331,9 @@ mod tests {
         spec.user = Some("nobody".into());
         spec.cap_drop = vec!["CAP_NET_RAW".into()];
         spec.mounts = vec!["type=tmpfs,target=/tmp,tmpfs-size=64k".parse().unwrap()];
-        let (program, args) = isolation.init_command(7, &spec, &path_env()).unwrap();
+        let (program, args) = isolation
+            .init_command(7, &spec, &path_env(), Ipv4Addr::LOCALHOST)
+            .unwrap();
         assert_eq!(program, Path::new("/usr/local/bin/lb-agent"));
         let Cli::TaskInit(init) = Cli::parse_from(std::iter::once("lb-agent".into()).chain(args))
         else {
@@ -316,7 +367,7 @@ mod tests {
         let isolation = Isolation::new("/usr/local/bin/lb-agent".into());
         let refused = |spec: &TaskSpec| {
             isolation
-                .init_command(7, spec, &path_env())
+                .init_command(7, spec, &path_env(), Ipv4Addr::LOCALHOST)
                 .unwrap_err()
                 .to_string()
         };

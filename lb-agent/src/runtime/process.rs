@@ -201,7 +201,9 @@ impl ProcessRuntime {
             .open(&log)
             .map_err(failed(format!("open {}", log.display())))?;
         let env = task_env(task);
-        let (init, mut args) = self.isolation.init_command(id, &task.spec, &env)?;
+        // Its hostname's address: on its first user network, else on ingress.
+        let own = task.networks.first().map_or(task.addr, |n| n.addr);
+        let (init, mut args) = self.isolation.init_command(id, &task.spec, &env, own)?;
         // The task's secrets and configs go to its task-init through a pipe.
         let given = if task.files.is_empty() {
             None

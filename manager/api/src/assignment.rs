@@ -57,6 +57,9 @@ pub struct AssignedTask {
     /// The state the managers last recorded (the agent resumes from it
     /// after a restart).
     pub state: TaskState,
+    /// Its slot (replicated: from 1; global: 0), for `{{.Task.Slot}}`.
+    #[serde(default)]
+    pub slot: u32,
 }
 
 /// A task as a backend of its service.
@@ -151,4 +154,7 @@ pub struct Assignment {
     /// The configs the node's tasks to run reference, and only those.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<FileContent>,
+    /// The node's hostname as the managers know it, for `{{.Node.Hostname}}`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
 }

@@ -36,6 +36,11 @@ fn edited_spec_json(edits: &[(usize, u8, bool)]) -> Vec<u8> {
             .parse()
             .expect("a valid mount"),
     ];
+    spec.task.hostname = Some("web-{{.Task.Slot}}".into());
+    spec.task.hosts = vec!["db:10.0.0.5".into()];
+    spec.task.dns.search = vec!["example.com".into()];
+    spec.task.workdir = Some("/srv".into());
+    spec.task.env = vec!["SLOT={{ .Task.Slot }}".into()];
     spec.task.resources.limits.memory_bytes = 64 << 20;
     spec.task.resources.reservations.nano_cpus = 500_000_000;
     let mut bytes = serde_json::to_vec(&spec).expect("a spec encodes");
@@ -92,6 +97,13 @@ proptest! {
         let _ = crate::mount::Mount::parse(&text);
         let _ = crate::mount::parse_ram_bytes(&text);
         let _ = text.parse::<crate::spec::PlacementPreference>();
+        let _ = crate::container::ExtraHost::parse(&text);
+        let _ = crate::container::parse_nameserver(&text);
+        let _ = crate::container::validate_dns_search(&text);
+        let _ = crate::container::validate_hostname(&text);
+        let _ = crate::container::validate_workdir(&text);
+        let _ = crate::template::check(&text);
+        let _ = crate::template::expand(&text, &crate::template::Context::default());
     }
 
     #[test]

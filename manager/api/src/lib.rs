@@ -20,6 +20,7 @@ pub mod proto {
 pub mod assignment;
 pub mod capability;
 pub mod cluster;
+pub mod container;
 pub mod exposition;
 pub mod file;
 pub mod file_ref;
@@ -31,6 +32,7 @@ pub mod service;
 pub mod spec;
 pub mod stack;
 pub mod task;
+pub mod template;
 pub mod time;
 pub mod wire;
 

@@ -145,6 +145,17 @@ pub fn parse_ram_bytes(value: &str) -> Result<u64, SpecError> {
 /// # Errors
 /// Why it is refused, in docker's words.
 pub fn validate_volume_name(name: &str) -> Result<(), SpecError> {
+    if crate::template::is_template(name) && crate::template::check(name).is_ok() {
+        // Placeholders (`data-{{.Task.Slot}}`) are filled in on the node, which checks
+        // the name again; here only the text around them is.
+        let text = crate::template::strip(name);
+        if text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Ok(());
+        }
+    }
     let ok = name.len() >= 2
         && name.len() <= MAX_VOLUME_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())

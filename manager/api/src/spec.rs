@@ -560,6 +560,30 @@ pub struct TaskSpec {
         skip_serializing_if = "crate::resources::ResourceRequirements::is_empty"
     )]
     pub resources: crate::resources::ResourceRequirements,
+    /// The task's hostname (`--hostname`; may hold [`crate::template`] placeholders).
+    /// `None`: the first 12 hex digits of its task ID, as docker names a container
+    /// after its ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Extra `/etc/hosts` lines (`--add-host`, docker's `--host`), `host:ip` each
+    /// ([`crate::container::ExtraHost`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// DNS servers, search domains and options (`--dns`, `--dns-search`,
+    /// `--dns-option`).
+    #[serde(default, skip_serializing_if = "crate::container::DnsConfig::is_empty")]
+    pub dns: crate::container::DnsConfig,
+    /// The directory the program starts in (`--workdir`); `None`: `/` (docker: the
+    /// image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Container labels (`--container-label`): the docker runtime's containers carry
+    /// them; a process task has nothing to attach them to (kept in the spec).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
+    /// Docker runtime: replaces the image's entrypoint when not empty (`--entrypoint`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
 }
 
 /// A service's attachment to a network (`--network name=back,alias=db`).
@@ -844,6 +868,12 @@ impl ServiceSpec {
                 configs: Vec::new(),
                 mounts: Vec::new(),
                 resources: Default::default(),
+                hostname: None,
+                hosts: Vec::new(),
+                dns: Default::default(),
+                workdir: None,
+                container_labels: BTreeMap::new(),
+                entrypoint: Vec::new(),
             },
             endpoint: EndpointSpec::default(),
             constraints: Vec::new(),
@@ -986,6 +1016,7 @@ impl ServiceSpec {
         self.validate_networks()?;
         self.validate_files()?;
         crate::mount::validate_mounts(&self.task.mounts)?;
+        self.validate_container()?;
         if let Some(health) = &self.task.health {
             if health.cmd.trim().is_empty() {
                 return Err(invalid("the health command is empty"));
@@ -1030,6 +1061,58 @@ impl ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// Checks the hostname, extra hosts, DNS configuration, working directory,
+    /// container labels, entrypoint, and the template placeholders of the fields Swarm
+    /// expands (hostname, environment values, mount sources and targets).
+    fn validate_container(&self) -> Result<(), SpecError> {
+        use crate::container;
+        let task = &self.task;
+        if let Some(hostname) = &task.hostname {
+            container::validate_hostname(hostname)?;
+        }
+        if task.hosts.len() > container::MAX_EXTRA_HOSTS {
+            return Err(invalid(format!(
+                "at most {} extra hosts (--add-host)",
+                container::MAX_EXTRA_HOSTS
+            )));
+        }
+        for host in &task.hosts {
+            container::ExtraHost::parse(host)?;
+        }
+        task.dns.validate()?;
+        if let Some(dir) = &task.workdir {
+            container::validate_workdir(dir)?;
+        }
+        container::validate_labels(&task.container_labels)?;
+        if !task.entrypoint.is_empty() {
+            if task.runtime == RuntimeKind::Process {
+                return Err(invalid(
+                    "entrypoint is for the docker runtime: a process service's program is \
+                     its IMAGE",
+                ));
+            }
+            if task
+                .entrypoint
+                .iter()
+                .any(|w| w.len() > container::MAX_TEXT_LEN)
+            {
+                return Err(invalid("the entrypoint is too long"));
+            }
+        }
+        for var in &task.env {
+            let (key, value) = var.split_once('=').unwrap_or((var, ""));
+            crate::template::check(value)
+                .map_err(|e| invalid(format!("environment variable {key}: {e}")))?;
+        }
+        for mount in &task.mounts {
+            crate::template::check(&mount.source)
+                .map_err(|e| invalid(format!("mount source {:?}: {e}", mount.source)))?;
+            crate::template::check(&mount.target)
+                .map_err(|e| invalid(format!("mount target {:?}: {e}", mount.target)))?;
+        }
+        Ok(())
+    }
+
     /// Every duration of the spec, by the flag that sets it.
     fn durations(&self) -> Vec<(&'static str, u64)> {
         let task = &self.task;
@@ -1427,6 +1510,39 @@ mod tests {
         type Change = Box<dyn Fn(&mut ServiceSpec)>;
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.name = "bad name".into()), "invalid name"),
+            (
+                Box::new(|s| s.task.hosts = vec!["x".into()]),
+                "bad format for add-host: \"x\"",
+            ),
+            (
+                Box::new(|s| s.task.workdir = Some("srv".into())),
+                "it needs to be an absolute path",
+            ),
+            (
+                Box::new(|s| s.task.hostname = Some("a b".into())),
+                "invalid hostname",
+            ),
+            (
+                Box::new(|s| s.task.env = vec!["N={{.Task.Number}}".into()]),
+                "environment variable N: unknown template placeholder {{.Task.Number}}",
+            ),
+            (
+                Box::new(|s| s.task.hostname = Some("w{{.Task.Slot".into())),
+                "hostname: unclosed action",
+            ),
+            (
+                Box::new(|s| {
+                    let mut m: crate::mount::Mount =
+                        "type=bind,source=/d,target=/d".parse().unwrap();
+                    m.source = "/d-{{.Node}}".into();
+                    s.task.mounts = vec![m];
+                }),
+                "mount source \"/d-{{.Node}}\": unknown template placeholder",
+            ),
+            (
+                Box::new(|s| s.task.entrypoint = vec!["/bin/sh".into()]),
+                "entrypoint is for the docker runtime",
+            ),
             (Box::new(|s| s.name = String::new()), "invalid name"),
             (Box::new(|s| s.name = "web-".into()), "DNS name component"),
             (Box::new(|s| s.name = "web_".into()), "DNS name component"),

@@ -130,7 +130,7 @@ pub struct StackPlan {
     /// The services, sorted by name; each passes [`ServiceSpec::validate`].
     pub services: Vec<ServiceSpec>,
     /// What swarm would honour that this mesh does not carry yet, one line each
-    /// (`service web: hostname is not supported yet`), in service order.
+    /// (`service web: tty is not supported yet`), in service order.
     pub warnings: Vec<String>,
 }
 
@@ -377,12 +377,6 @@ fn planned_file(
     })
 }
 
-/// Whether a value holds a go-template placeholder swarm expands per task
-/// (`{{.Task.Slot}}`).
-fn has_template(value: &str) -> bool {
-    value.contains("{{")
-}
-
 /// Quotes a word for `/bin/sh -c` (a health check's `CMD` form).
 fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
@@ -449,7 +443,7 @@ impl ServiceCx<'_> {
         }
         spec.task.restart = self.restart(s, &deploy)?;
         spec.task.resources = self.resources(&deploy)?;
-        spec.task.env = self.environment(s);
+        spec.task.env = Self::environment(s);
         spec.task.health = self.health(s)?;
         if let Some(grace) = &s.stop_grace_period {
             spec.task.stop_grace_ms = grace.millis();
@@ -461,6 +455,7 @@ impl ServiceCx<'_> {
         spec.task.secrets = self.file_refs(FileKind::Secret, &s.secrets)?;
         spec.task.configs = self.file_refs(FileKind::Config, &s.configs)?;
         spec.task.mounts = self.mounts(s)?;
+        self.container(s, &mut spec.task)?;
         self.unsupported_keys(s);
         spec.validate()
             .map_err(|e| fail(&self.object, None, e.to_string()))?;
@@ -491,9 +486,6 @@ impl ServiceCx<'_> {
                         ),
                     ));
                 };
-                if s.entrypoint.is_some() {
-                    self.warn("entrypoint");
-                }
                 Ok((runtime, image, command))
             }
             RuntimeKind::Process => {
@@ -811,25 +803,16 @@ impl ServiceCx<'_> {
     }
 
     /// `KEY=VALUE`, sorted as docker sorts them; a name without a value (unset in the
-    /// environment too) is left out, as the engine leaves it out.
-    fn environment(&mut self, s: &Service) -> Vec<String> {
+    /// environment too) is left out, as the engine leaves it out. Template
+    /// placeholders (`{{.Task.Slot}}`) are kept as written: each node expands them for
+    /// its tasks.
+    fn environment(s: &Service) -> Vec<String> {
         let mut env: Vec<String> = s
             .environment
             .iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
             .collect();
         env.sort();
-        let templated: Vec<String> = s
-            .environment
-            .iter()
-            .filter(|(_, v)| v.as_deref().is_some_and(has_template))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in templated {
-            self.warn_text(format!(
-                "environment {key}: template placeholders ({{{{...}}}}) are not expanded yet"
-            ));
-        }
         env
     }
 
@@ -1032,11 +1015,6 @@ impl ServiceCx<'_> {
                     ));
                 }
             }
-            if has_template(&mount.source) || has_template(&mount.target) {
-                self.warn_text(format!(
-                    "{key}: template placeholders ({{{{...}}}}) are not expanded yet"
-                ));
-            }
             mount
                 .validate()
                 .map_err(|e| self.fail(&key, e.to_string()))?;
@@ -1045,15 +1023,52 @@ impl ServiceCx<'_> {
         Ok(out)
     }
 
+    /// `hostname`, `extra_hosts`, `dns`, `dns_search`, `dns_opt`, `working_dir`, the
+    /// service's (container) `labels`, and a docker service's `entrypoint`, kept as
+    /// written (a hostname's template placeholders are expanded on the node).
+    fn container(&self, s: &Service, task: &mut mesh_api::spec::TaskSpec) -> Result<(), Error> {
+        use mesh_api::container::{self as c, ExtraHost};
+        if let Some(hostname) = &s.hostname {
+            // Its errors name the field already (`hostname: unknown template ...`).
+            c::validate_hostname(hostname).map_err(|e| fail(&self.object, None, e.to_string()))?;
+            task.hostname = Some(hostname.clone());
+        }
+        for (i, host) in s.extra_hosts.iter().enumerate() {
+            let host = ExtraHost::parse(host)
+                .map_err(|e| self.fail(&format!("extra_hosts.{i}"), e.to_string()))?;
+            task.hosts.push(host.to_string());
+        }
+        for (i, server) in s.dns.iter().enumerate() {
+            let ip = c::parse_nameserver(server)
+                .map_err(|e| self.fail(&format!("dns.{i}"), e.to_string()))?;
+            task.dns.nameservers.push(ip);
+        }
+        for (i, domain) in s.dns_search.iter().enumerate() {
+            c::validate_dns_search(domain)
+                .map_err(|e| self.fail(&format!("dns_search.{i}"), e.to_string()))?;
+            task.dns.search.push(domain.clone());
+        }
+        for (i, option) in s.dns_opt.iter().enumerate() {
+            c::validate_dns_option(option)
+                .map_err(|e| self.fail(&format!("dns_opt.{i}"), e.to_string()))?;
+            task.dns.options.push(option.clone());
+        }
+        if let Some(dir) = &s.working_dir {
+            c::validate_workdir(dir).map_err(|e| self.fail("working_dir", e.to_string()))?;
+            task.workdir = Some(dir.clone());
+        }
+        task.container_labels.clone_from(&s.labels);
+        if task.runtime == RuntimeKind::Docker
+            && let Some(entrypoint) = &s.entrypoint
+        {
+            task.entrypoint.clone_from(entrypoint);
+        }
+        Ok(())
+    }
+
     /// A warning for each key swarm honours that the spec cannot carry yet.
     fn unsupported_keys(&mut self, s: &Service) {
-        let present: [(&str, bool); 17] = [
-            ("hostname", s.hostname.is_some()),
-            ("extra_hosts", !s.extra_hosts.is_empty()),
-            ("dns", !s.dns.is_empty()),
-            ("dns_search", !s.dns_search.is_empty()),
-            ("working_dir", s.working_dir.is_some()),
-            ("labels", !s.labels.is_empty()),
+        let present: [(&str, bool); 11] = [
             ("stop_signal", s.stop_signal.is_some()),
             ("tty", s.tty == Some(true)),
             ("stdin_open", s.stdin_open == Some(true)),

@@ -685,10 +685,9 @@ fn the_runtime_and_the_program() {
     );
     let s = service(&p, "app_docker");
     assert_eq!(s.task.runtime, RuntimeKind::Docker);
-    assert_eq!(
-        p.warnings,
-        ["service docker: entrypoint is not supported yet"]
-    );
+    // A docker service's entrypoint replaces its image's.
+    assert!(!s.task.entrypoint.is_empty());
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     assert_eq!(
         plan_err(
             "services:\n  web:\n    x-mesh-runtime: process\n    image: a\n    entrypoint: b\n"
@@ -706,26 +705,67 @@ fn the_runtime_and_the_program() {
 }
 
 #[test]
+fn container_keys_are_carried_as_written() {
+    let p = plan(
+        "services:\n  web:\n    image: nginx\n    hostname: \"{{.Node.Hostname}}-web-{{ .Task.Slot }}\"\n    extra_hosts:\n      db: 10.0.0.5\n      v6: \"::1\"\n    dns: [8.8.8.8, 1.1.1.1]\n    dns_search: example.com\n    dns_opt: [ndots:2, rotate]\n    working_dir: /app\n    labels: [a=b]\n    entrypoint: /bin/sh -c\n    environment:\n      SLOT: \"{{.Task.Slot}}\"\n    deploy:\n      labels: [svc=1]\n    volumes:\n      - type: volume\n        source: data\n        target: \"/data/{{.Task.Slot}}\"\nvolumes:\n  data: {}\n",
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let t = &service(&p, "app_web").task;
+    assert_eq!(
+        t.hostname.as_deref(),
+        Some("{{.Node.Hostname}}-web-{{ .Task.Slot }}")
+    );
+    assert_eq!(t.hosts, ["db:10.0.0.5", "v6:::1"]);
+    assert_eq!(t.dns.nameservers.len(), 2);
+    assert_eq!(t.dns.search, ["example.com"]);
+    assert_eq!(t.dns.options, ["ndots:2", "rotate"]);
+    assert_eq!(t.workdir.as_deref(), Some("/app"));
+    // The service's `labels` are the container's; `deploy.labels` the service's.
+    assert_eq!(t.container_labels.get("a").map(String::as_str), Some("b"));
+    assert!(!t.container_labels.contains_key("svc"));
+    assert_eq!(t.entrypoint, ["/bin/sh", "-c"]);
+    assert_eq!(t.env, ["SLOT={{.Task.Slot}}"]);
+    assert_eq!(t.mounts[0].target, "/data/{{.Task.Slot}}");
+    for (yaml, wanted) in [
+        (
+            "    extra_hosts: [\"x\"]\n",
+            "service web: extra_hosts.0: bad format for add-host: \"x\"",
+        ),
+        (
+            "    dns: nope\n",
+            "service web: dns.0: nope is not an ip address",
+        ),
+        (
+            "    working_dir: app\n",
+            "service web: working_dir: the working directory 'app' is invalid, it needs to be an absolute path",
+        ),
+        (
+            "    hostname: \"{{.Task.Index}}\"\n",
+            "service web: hostname: unknown template placeholder {{.Task.Index}}",
+        ),
+        (
+            "    environment: [\"A={{.Service.Labels}}\"]\n",
+            "environment variable A: unknown template placeholder {{.Service.Labels}}",
+        ),
+    ] {
+        let err = plan_err(&format!("services:\n  web:\n    image: nginx\n{yaml}"));
+        assert!(err.contains(wanted), "{yaml}: {err}");
+    }
+}
+
+#[test]
 fn keys_swarm_honours_that_the_mesh_does_not_carry_yet_warn() {
     let p = plan(
-        "services:\n  web:\n    image: nginx\n    hostname: \"{{.Node.Hostname}}-web\"\n    extra_hosts: [\"db:10.0.0.5\"]\n    dns: 8.8.8.8\n    dns_search: example.com\n    working_dir: /app\n    labels: [a=b]\n    stop_signal: SIGQUIT\n    tty: true\n    stdin_open: true\n    read_only: true\n    init: true\n    sysctls: [net.core.somaxconn=1024]\n    ulimits:\n      nofile: 1024\n    oom_score_adj: 10\n    logging:\n      driver: json-file\n    environment:\n      SLOT: \"{{.Task.Slot}}\"\n    networks:\n      back:\n        driver_opts:\n          x: y\n    volumes:\n      - type: bind\n        source: /srv\n        target: /srv\n        bind:\n          propagation: rshared\n      - type: volume\n        source: data\n        target: \"/data/{{.Task.Slot}}\"\n        volume:\n          subpath: sub\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      start_interval: 1s\n    deploy:\n      placement:\n        preferences:\n          - spread: node.labels.zone\n        max_replicas_per_node: 2\n      resources:\n        reservations:\n          generic_resources:\n            - discrete_resource_spec:\n                kind: gpu\n                value: 1\nnetworks:\n  back:\n    driver_opts:\n      encrypted: \"\"\n    ipam:\n      driver: custom\nvolumes:\n  data:\n    driver: rexray\n    driver_opts:\n      size: 1\n    labels: [a=b]\n",
+        "services:\n  web:\n    image: nginx\n    hostname: \"{{.Node.Hostname}}-web\"\n    extra_hosts: [\"db:10.0.0.5\"]\n    dns: 8.8.8.8\n    dns_search: example.com\n    dns_opt: [ndots:2]\n    working_dir: /app\n    labels: [a=b]\n    stop_signal: SIGQUIT\n    tty: true\n    stdin_open: true\n    read_only: true\n    init: true\n    sysctls: [net.core.somaxconn=1024]\n    ulimits:\n      nofile: 1024\n    oom_score_adj: 10\n    logging:\n      driver: json-file\n    environment:\n      SLOT: \"{{.Task.Slot}}\"\n    networks:\n      back:\n        driver_opts:\n          x: y\n    volumes:\n      - type: bind\n        source: /srv\n        target: /srv\n        bind:\n          propagation: rshared\n      - type: volume\n        source: data\n        target: \"/data/{{.Task.Slot}}\"\n        volume:\n          subpath: sub\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      start_interval: 1s\n    deploy:\n      placement:\n        preferences:\n          - spread: node.labels.zone\n        max_replicas_per_node: 2\n      resources:\n        reservations:\n          generic_resources:\n            - discrete_resource_spec:\n                kind: gpu\n                value: 1\nnetworks:\n  back:\n    driver_opts:\n      encrypted: \"\"\n    ipam:\n      driver: custom\nvolumes:\n  data:\n    driver: rexray\n    driver_opts:\n      size: 1\n    labels: [a=b]\n",
     );
     assert_eq!(
         p.warnings,
         [
             "service web: deploy.resources.reservations.generic_resources is not supported yet",
-            "service web: environment SLOT: template placeholders ({{...}}) are not expanded yet",
             "service web: healthcheck.start_interval is not supported yet",
             "service web: networks.back.driver_opts is not supported yet",
             "service web: volumes.0.bind.propagation is not supported yet",
             "service web: volumes.1.volume.subpath is not supported yet",
-            "service web: volumes.1: template placeholders ({{...}}) are not expanded yet",
-            "service web: hostname is not supported yet",
-            "service web: extra_hosts is not supported yet",
-            "service web: dns is not supported yet",
-            "service web: dns_search is not supported yet",
-            "service web: working_dir is not supported yet",
-            "service web: labels is not supported yet",
             "service web: stop_signal is not supported yet",
             "service web: tty is not supported yet",
             "service web: stdin_open is not supported yet",
@@ -1110,12 +1150,8 @@ fn real_world_swarmprom_plan() {
             "type=bind,source=/var/lib/docker/,target=/var/lib/docker,readonly",
         ]
     );
-    assert_eq!(
-        p.warnings,
-        [
-            "service node-exporter: environment NODE_ID: template placeholders ({{...}}) are not expanded yet"
-        ]
-    );
+    // Its template placeholder is kept as written, for each node to expand.
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
 }
 
 #[test]

@@ -152,6 +152,7 @@ const SERVICE_KEYS: &[&str] = &[
     "extra_hosts",
     "dns",
     "dns_search",
+    "dns_opt",
     "cap_add",
     "cap_drop",
     "tty",

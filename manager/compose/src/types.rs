@@ -139,6 +139,12 @@ pub struct Service {
         deserialize_with = "string_or_list"
     )]
     pub dns_search: Vec<String>,
+    /// Resolver options (`ndots:2`): compose's name for docker's `--dns-option`.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "string_or_list"
+    )]
+    pub dns_opt: Vec<String>,
     /// Capabilities added.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cap_add: Vec<String>,

@@ -101,6 +101,7 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
                 networks: t.networks.clone(),
                 action,
                 state: t.status.state,
+                slot: t.slot,
             })
         })
         .collect::<Vec<_>>();
@@ -148,6 +149,11 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
         history,
         secrets,
         configs,
+        hostname: state
+            .nodes
+            .get(&node)
+            .map(|n| n.hostname.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -660,3 +660,35 @@ async fn cluster_init(args: &InitArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// A service's `--add-host` is not the global `--host` (the manager's address),
+    /// though both hold host names.
+    #[test]
+    fn add_host_leaves_the_manager_address_alone() {
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "service",
+            "create",
+            "--add-host",
+            "db:10.0.0.5",
+            "sleep",
+        ])
+        .unwrap();
+        // (`MESH_HOST` may set it: only its not being the mapping matters.)
+        assert!(
+            !cli.host.iter().any(|h| h.contains("10.0.0.5")),
+            "{:?}",
+            cli.host
+        );
+        let Command::Service(service::ServiceCommand::Create(flags)) = cli.command else {
+            panic!("not a service create");
+        };
+        assert_eq!(flags.container.add_host, ["db:10.0.0.5"]);
+    }
+}

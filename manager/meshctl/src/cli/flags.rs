@@ -450,6 +450,8 @@ pub struct CreateFlags {
     pub privilege: PrivilegeFlags,
     #[command(flatten)]
     pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub container: super::container::ContainerFlags,
     /// Exit immediately instead of waiting for the service to converge.
     #[arg(long, short)]
     pub detach: bool,
@@ -548,6 +550,7 @@ impl CreateFlags {
         self.policy.apply(&mut spec)?;
         self.privilege.apply(&mut spec)?;
         self.resources.apply(&mut spec)?;
+        self.container.apply(&mut spec.task)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -628,6 +631,8 @@ pub struct UpdateFlags {
     pub privilege: PrivilegeFlags,
     #[command(flatten)]
     pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub container: super::container::ContainerUpdateFlags,
     /// Exit immediately instead of waiting for the service to converge.
     #[arg(long, short)]
     pub detach: bool,
@@ -925,6 +930,7 @@ impl UpdateFlags {
         self.policy.apply(spec)?;
         self.privilege.apply(spec)?;
         self.resources.apply(spec)?;
+        self.container.apply(&mut spec.task)?;
         spec.validate()?;
         Ok(())
     }
@@ -1352,6 +1358,123 @@ mod tests {
             let err = update(&spec, &args).unwrap_err().to_string();
             assert!(err.contains(reason), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn container_settings_as_docker_takes_them() {
+        let spec = create(&[
+            "--runtime",
+            "docker",
+            "--hostname",
+            "web-{{.Task.Slot}}",
+            "--add-host",
+            "db:10.0.0.5",
+            "--add-host",
+            "cache=10.0.0.6",
+            "--dns",
+            "1.1.1.1",
+            "--dns-search",
+            "example.com",
+            "--dns-option",
+            "ndots:2",
+            "-w",
+            "/srv",
+            "--container-label",
+            "team=web",
+            "--entrypoint",
+            "/bin/sh -c",
+            "nginx",
+        ])
+        .unwrap();
+        let task = &spec.task;
+        assert_eq!(task.hostname.as_deref(), Some("web-{{.Task.Slot}}"));
+        assert_eq!(task.hosts, ["db:10.0.0.5", "cache:10.0.0.6"]);
+        assert_eq!(
+            task.dns.nameservers,
+            ["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(task.dns.search, ["example.com"]);
+        assert_eq!(task.dns.options, ["ndots:2"]);
+        assert_eq!(task.workdir.as_deref(), Some("/srv"));
+        assert_eq!(task.container_labels["team"], "web");
+        assert_eq!(task.entrypoint, ["/bin/sh", "-c"]);
+        let after = update(
+            &spec,
+            &[
+                "--host-rm",
+                "db",
+                "--host-add",
+                "api:10.0.0.7",
+                "--dns-rm",
+                "1.1.1.1",
+                "--dns-add",
+                "9.9.9.9",
+                "--dns-search-rm",
+                "example.com",
+                "--dns-option-add",
+                "rotate",
+                "--workdir",
+                "",
+                "--container-label-rm",
+                "team",
+                "--container-label-add",
+                "tier=front",
+                "--hostname",
+                "",
+                "--entrypoint",
+                "",
+            ],
+        )
+        .unwrap();
+        let task = &after.task;
+        assert_eq!(task.hosts, ["cache:10.0.0.6", "api:10.0.0.7"]);
+        assert_eq!(
+            task.dns.nameservers,
+            ["9.9.9.9".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(task.dns.search.is_empty());
+        assert_eq!(task.dns.options, ["ndots:2", "rotate"]);
+        assert_eq!(
+            (task.workdir.as_ref(), task.hostname.as_ref()),
+            (None, None)
+        );
+        assert_eq!(task.container_labels.len(), 1);
+        assert!(task.entrypoint.is_empty());
+        // A mapping removed by host and address.
+        let fewer = update(&after, &["--host-rm", "api:10.0.0.7"]).unwrap();
+        assert_eq!(fewer.task.hosts, ["cache:10.0.0.6"]);
+        for (args, wanted) in [
+            (
+                vec!["--add-host", "x"],
+                "invalid argument \"x\" for \"--add-host\" flag: bad format for add-host: \"x\"",
+            ),
+            (
+                vec!["--dns", "nope"],
+                "invalid argument \"nope\" for \"--dns\" flag: nope is not an ip address",
+            ),
+            (vec!["--dns-search", "x_y"], "x_y is not a valid domain"),
+            (vec!["-w", "srv"], "it needs to be an absolute path"),
+            (vec!["--hostname", "a b"], "invalid hostname"),
+            (
+                vec!["--hostname", "w{{.Task.Index}}"],
+                "unknown template placeholder {{.Task.Index}}",
+            ),
+            (
+                vec!["-e", "A={{.Node.Name}}"],
+                "environment variable A: unknown template placeholder",
+            ),
+            (
+                vec!["--entrypoint", "sh"],
+                "entrypoint is for the docker runtime",
+            ),
+        ] {
+            let mut full = args.clone();
+            full.push("sleep");
+            let err = create(&full).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{args:?}: {err}");
+        }
+        let err = update(&spec, &["--host-add", "y"]).unwrap_err().to_string();
+        assert!(err.contains("for \"--host-add\" flag"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! converged ([`progress`]); `meshctl network ...`'s flags and output
 //! ([`network`]). The binary only adds the gRPC calls.
 
+pub mod container;
 pub mod file;
 pub mod flags;
 pub mod format;

@@ -44,6 +44,44 @@ pub struct TaskRow {
     pub host_ports: Vec<PortSpec>,
 }
 
+/// The task's container settings docker's pretty view leaves to the JSON one:
+/// entrypoint, hostname, extra hosts, DNS settings and container labels.
+fn container_lines(out: &mut String, task: &mesh_api::spec::TaskSpec) {
+    use std::fmt::Write as _;
+    if !task.entrypoint.is_empty() {
+        let _ = writeln!(out, " Entrypoint:\t{}", task.entrypoint.join(" "));
+    }
+    if let Some(hostname) = &task.hostname {
+        let _ = writeln!(out, " Hostname:\t{hostname}");
+    }
+    if !task.hosts.is_empty() {
+        let _ = writeln!(out, " Hosts:\t\t{}", task.hosts.join(" "));
+    }
+    let dns = &task.dns;
+    if !dns.is_empty() {
+        let _ = writeln!(out, " DNS:");
+        let join = |v: Vec<String>| v.join(" ");
+        for (title, words) in [
+            (
+                "Nameservers",
+                join(dns.nameservers.iter().map(ToString::to_string).collect()),
+            ),
+            ("Search", join(dns.search.clone())),
+            ("Options", join(dns.options.clone())),
+        ] {
+            if !words.is_empty() {
+                let _ = writeln!(out, "  {title}:\t{words}");
+            }
+        }
+    }
+    if !task.container_labels.is_empty() {
+        let _ = writeln!(out, " Labels:");
+        for (k, v) in &task.container_labels {
+            let _ = writeln!(out, "  {k}={v}");
+        }
+    }
+}
+
 /// A task's mounts as docker's API writes them (`Spec.TaskTemplate.ContainerSpec.
 /// Mounts`): `Type`, `Source`, `Target`, `ReadOnly` (when set), `TmpfsOptions`
 /// (`SizeBytes`, `Mode`) and `VolumeOptions` (`NoCopy`).
@@ -445,9 +483,13 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
     if !task.env.is_empty() {
         let _ = writeln!(out, " Env:\t\t{}", task.env.join(" "));
     }
+    if let Some(dir) = &task.workdir {
+        let _ = writeln!(out, " Dir:\t\t{dir}");
+    }
     if let Some(user) = &task.user {
         let _ = writeln!(out, " User:\t\t{user}");
     }
+    container_lines(&mut out, task);
     if !task.cap_add.is_empty() || !task.cap_drop.is_empty() {
         let _ = writeln!(out, " Capabilities:");
         if !task.cap_add.is_empty() {
@@ -848,6 +890,14 @@ mod tests {
         s.spec.task.resources.limits.nano_cpus = 500_000_000;
         s.spec.task.resources.limits.memory_bytes = 32 << 20;
         s.spec.task.resources.reservations.memory_bytes = 16 << 20;
+        s.spec.task.workdir = Some("/srv".into());
+        s.spec.task.hostname = Some("web-{{.Task.Slot}}".into());
+        s.spec.task.hosts = vec!["db:10.0.0.5".into()];
+        s.spec.task.dns.search = vec!["example.com".into()];
+        s.spec
+            .task
+            .container_labels
+            .insert("team".into(), "web".into());
         let text = pretty_service(
             &ServiceRow {
                 service: s.clone(),
@@ -865,6 +915,11 @@ mod tests {
             " Max Replicas Per Node:   2",
             " Image:             /bin/sleep",
             " Args:              1000",
+            " Dir:               /srv",
+            " Hostname:          web-{{.Task.Slot}}",
+            " Hosts:             db:10.0.0.5",
+            " DNS:\n  Search:           example.com\n",
+            " Labels:\n  team=web\n",
             "Virtual IP:         10.255.0.2",
             " PublishedPort = 8080",
             "  TargetPort = 80",
