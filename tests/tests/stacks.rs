@@ -264,6 +264,12 @@ fn a_multi_tier_stack_deploys_serves_redeploys_without_a_failed_request_and_is_r
         stats.ok + stats.failed.len(),
         &stats.failed[..stats.failed.len().min(5)]
     );
+    eprintln!(
+        "redeploy under load: {} requests answered, {} failed, by version {:?}",
+        stats.ok,
+        stats.failed.len(),
+        stats.by_tag
+    );
     assert!(stats.by_tag.contains_key("v2"), "{:?}", stats.by_tag);
     let tasks = stack_tasks(&c, "app");
     assert_eq!(running(&tasks, "app_web").len(), 3, "{tasks:?}");
