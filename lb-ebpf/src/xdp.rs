@@ -2,7 +2,7 @@
 //! VIPs from outside), VXLAN decapsulation of overlay traffic, replies of mesh flows back
 //! to clients, and encapsulation towards peers. Everything else passes untouched.
 
-use core::mem::{size_of, zeroed};
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     EbpfContext,
@@ -253,10 +253,32 @@ struct Hop {
     dmac: [u8; 6],
 }
 
+/// `bpf_fib_lookup`'s size in 8-byte words.
+const FIB_WORDS: usize = size_of::<bpf_fib_lookup>() / 8;
+const _: () = assert!(size_of::<bpf_fib_lookup>() == FIB_WORDS * 8);
+
+/// Storage for the lookup's parameters, aligned for 8-byte stores.
+#[repr(C, align(8))]
+struct FibWords([u64; FIB_WORDS]);
+
 #[inline(always)]
 fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
-    // SAFETY: plain-old-data struct, all-zero is its "unset" state.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    // The parameters start all zero (their "unset" state), written as eight volatile
+    // 8-byte stores in place: `mem::zeroed()` (or any zeroing LLVM can see through) is a
+    // `memset` call, which the BPF target compiles to a subprogram storing one byte per
+    // loop iteration, and volatile stores cannot be folded back into one.
+    let mut words = MaybeUninit::<FibWords>::uninit();
+    let base = words.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < FIB_WORDS {
+        // SAFETY: `i` is within the array, which is aligned for u64.
+        unsafe { base.add(i).write_volatile(0) };
+        i += 1;
+    }
+    let params = words.as_mut_ptr().cast::<bpf_fib_lookup>();
+    // SAFETY: `params` points at FIB_WORDS * 8 zeroed bytes, aligned for it: an all-zero
+    // `bpf_fib_lookup` (plain old data) of exactly its size.
+    let params = unsafe { &mut *params };
     params.family = AF_INET;
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ctx.ingress_ifindex() as u32;
@@ -268,7 +290,7 @@ fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
             BPF_FIB_LOOKUP_OUTPUT,
         )
