@@ -628,21 +628,17 @@ fn real_world_stacks_deploy_exactly_what_their_files_describe() {
     for real in REAL {
         let what = real.file;
         let dir = c.topology().dir().join(format!("real-{}", real.stack));
+        ok(std::fs::create_dir_all(&dir).map_err(anyhow::Error::from));
         for (path, text) in real.files {
             let path = dir.join(path);
-            if path.to_string_lossy().ends_with('/') {
-                ok(std::fs::create_dir_all(&path).map_err(anyhow::Error::from));
+            let made = if path.to_string_lossy().ends_with('/') {
+                std::fs::create_dir_all(&path)
             } else {
-                ok(std::fs::create_dir_all(path.parent().unwrap_or(&dir))
-                    .map_err(anyhow::Error::from));
-                write(
-                    path.parent().unwrap_or(&dir),
-                    &path.file_name().unwrap_or_default().to_string_lossy(),
-                    text,
-                );
-            }
+                std::fs::create_dir_all(path.parent().unwrap_or(&dir))
+                    .and_then(|()| std::fs::write(&path, text))
+            };
+            ok(made.map_err(anyhow::Error::from));
         }
-        ok(std::fs::create_dir_all(&dir).map_err(anyhow::Error::from));
         let file = dir.join("stack.yml");
         ok(std::fs::copy(testdata.join(real.file), &file).map_err(anyhow::Error::from));
         for network in real.networks {

@@ -211,6 +211,23 @@ pub(crate) fn task_rows(
         .collect()
 }
 
+/// `service ls`'s output of `rows`: IDs (`-q`), JSON or docker's table.
+pub(crate) fn print_services(rows: &[ServiceRow], format: Format, quiet: bool) -> Result<()> {
+    if quiet {
+        for row in rows {
+            println!("{}", format_id(row.service.id));
+        }
+    } else if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view::services_json(rows))?
+        );
+    } else {
+        print!("{}", view::services_table(rows));
+    }
+    Ok(())
+}
+
 pub(crate) fn print_tasks(
     rows: &[TaskRow],
     no_trunc: bool,
@@ -353,19 +370,7 @@ pub(crate) async fn run(
             }
         }
         ServiceCommand::Ls { format, quiet } => {
-            let rows = list_services(control).await?;
-            if *quiet {
-                for row in &rows {
-                    println!("{}", format_id(row.service.id));
-                }
-            } else if *format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&view::services_json(&rows))?
-                );
-            } else {
-                print!("{}", view::services_table(&rows));
-            }
+            print_services(&list_services(control).await?, *format, *quiet)?;
         }
         ServiceCommand::Ps(args) => {
             let mut ports = BTreeMap::new();

@@ -26,7 +26,7 @@ use mesh_compose::convert::{FileSource, StackPlan};
 use meshctl::cli::format::Format;
 use meshctl::cli::progress::Watch;
 use meshctl::cli::table;
-use meshctl::cli::view::{self, ServiceRow};
+use meshctl::cli::view::ServiceRow;
 use tonic::transport::Channel;
 
 use crate::rpc::rpc;
@@ -354,25 +354,22 @@ async fn rm_one(control: &mut ControlClient<Channel>, name: &str, detach: bool) 
     if !detach && !removed.is_empty() {
         wait_tasks_gone(control, name, &removed).await?;
     }
-    for file in secrets.iter().chain(&configs) {
-        let kind = if secrets.iter().any(|s| s.id == file.id) {
-            FileKind::Secret
-        } else {
-            FileKind::Config
-        };
-        println!("Removing {kind} {}", file.spec.name);
-        let reply = control
-            .remove_file(proto::FileName {
-                kind: kind.as_str().to_owned(),
-                name: format_id(file.id),
-            })
-            .await;
-        if let Err(status) = reply {
-            failed.push(format!(
-                "Failed to remove {kind} {}: {}",
-                file.spec.name,
-                rpc(status)
-            ));
+    for (kind, files) in [(FileKind::Secret, &secrets), (FileKind::Config, &configs)] {
+        for file in files {
+            println!("Removing {kind} {}", file.spec.name);
+            let reply = control
+                .remove_file(proto::FileName {
+                    kind: kind.as_str().to_owned(),
+                    name: format_id(file.id),
+                })
+                .await;
+            if let Err(status) = reply {
+                failed.push(format!(
+                    "Failed to remove {kind} {}: {}",
+                    file.spec.name,
+                    rpc(status)
+                ));
+            }
         }
     }
     for network in &networks {
@@ -463,19 +460,10 @@ pub(crate) async fn run(
             let rows = stack_services(control, name).await?;
             if rows.is_empty() {
                 eprintln!("Nothing found in stack: {name}");
-            } else if *quiet {
-                for row in &rows {
-                    println!("{}", format_id(row.service.id));
-                }
-            } else if *format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&view::services_json(&rows))?
-                );
+                Ok(())
             } else {
-                print!("{}", view::services_table(&rows));
+                service::print_services(&rows, *format, *quiet)
             }
-            Ok(())
         }
         StackCommand::Ps {
             no_trunc,
@@ -492,15 +480,12 @@ pub(crate) async fn run(
                 .iter()
                 .map(|r| (r.service.id, r.service.endpoint.ports.clone()))
                 .collect();
-            let infos: Vec<proto::TaskInfo> = service::list_tasks(control, "", "")
-                .await?
+            // Every task, then those of the stack's services.
+            let infos = service::list_tasks(control, "", "").await?;
+            let tasks: Vec<_> = service::task_rows(&infos, &ports)?
                 .into_iter()
-                .filter(|info| {
-                    info.task()
-                        .is_ok_and(|task| ports.contains_key(&task.service))
-                })
+                .filter(|row| ports.contains_key(&row.task.service))
                 .collect();
-            let tasks = service::task_rows(&infos, &ports)?;
             service::print_tasks(&tasks, *no_trunc, *format, *quiet)
         }
         StackCommand::Rm { detach, names } => rm(control, names, *detach).await,
