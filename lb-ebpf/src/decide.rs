@@ -2,6 +2,8 @@
 //! belongs to, which backend a new flow gets, how the packet is rewritten, and where it
 //! goes next. Nothing here touches packet memory; `xdp` and `tc` apply the result.
 
+use core::mem::{MaybeUninit, size_of};
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, FlowKind, IPPROTO_TCP,
@@ -351,27 +353,23 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
         backend.port = key.dst_port;
     }
     let t = now();
-    let forward = Flow {
-        kind: FlowKind::Forward as u8,
+    let forward = flow_entry(
+        FlowKind::Forward,
         backend_id,
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        service_id: svc.id,
-        created_ns: t,
-        last_seen_ns: t,
-        ..Flow::default()
-    };
+        (backend.addr, backend.port),
+        0,
+        svc.id,
+        t,
+    );
     let reply_key = key.with_dst(backend.addr, backend.port).reversed();
-    let reply = Flow {
-        kind: FlowKind::Reply as u8,
+    let reply = flow_entry(
+        FlowKind::Reply,
         backend_id,
-        nat_addr: key.dst_addr,
-        nat_port: key.dst_port,
-        service_id: svc.id,
-        created_ns: t,
-        last_seen_ns: t,
-        ..Flow::default()
-    };
+        (key.dst_addr, key.dst_port),
+        0,
+        svc.id,
+        t,
+    );
     // Reply first: by the time the backend can answer, its entry exists. A TCP
     // connection starts in the handshake table (see `handshake`).
     let inserted = if key.proto == IPPROTO_TCP {
@@ -402,6 +400,85 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
     )
 }
 
+/// A flow entry with every field written, as five 8-byte volatile stores: a struct
+/// literal's zero fields (`..Flow::default()`, or written out) become a `memset` call,
+/// which the BPF target compiles to a loop of one-byte stores.
+#[inline(always)]
+fn flow_entry(
+    kind: FlowKind,
+    backend_id: u32,
+    nat: (u32, u16),
+    node: u32,
+    service_id: u32,
+    t: u64,
+) -> Flow {
+    const _: () = assert!(size_of::<Flow>() == 40 && cfg!(target_endian = "little"));
+    let words = [
+        kind as u64 | u64::from(backend_id) << 32,
+        u64::from(nat.0) | u64::from(nat.1) << 32,
+        u64::from(node) | u64::from(service_id) << 32,
+        t,
+        t,
+    ];
+    let mut flow = MaybeUninit::<Flow>::uninit();
+    let base = flow.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < words.len() {
+        // SAFETY: `Flow` is 40 bytes, `repr(C)` with 8-byte alignment (it holds u64s):
+        // five aligned words, little-endian as the layout below assumes (kind, tcp, pad,
+        // backend_id | nat_addr, nat_port, pad2 | node, service_id | created | last_seen).
+        unsafe { base.add(i).write_volatile(words[i]) };
+        i += 1;
+    }
+    // SAFETY: every byte written above; plain old data.
+    unsafe { flow.assume_init() }
+}
+
+/// The fields of a flow entry that the packet path reads, loaded one by one: copying
+/// the whole 40-byte `Flow` out of the map is a `memmove` call, which the BPF target
+/// compiles to a loop of 40 one-byte copies (on every established packet).
+#[derive(Clone, Copy)]
+struct FlowView {
+    kind: u8,
+    tcp: u8,
+    backend_id: u32,
+    nat_addr: u32,
+    nat_port: u16,
+    node: u32,
+    service_id: u32,
+}
+
+impl FlowView {
+    #[inline(always)]
+    fn read(flow: *const Flow) -> Self {
+        // SAFETY: `flow` points at a live map value (RCU keeps it valid while the
+        // program runs); plain loads of its fields.
+        unsafe {
+            Self {
+                kind: (*flow).kind,
+                tcp: (*flow).tcp,
+                backend_id: (*flow).backend_id,
+                nat_addr: (*flow).nat_addr,
+                nat_port: (*flow).nat_port,
+                node: (*flow).node,
+                service_id: (*flow).service_id,
+            }
+        }
+    }
+
+    #[inline(always)]
+    const fn kind(&self) -> Option<FlowKind> {
+        FlowKind::from_u8(self.kind)
+    }
+
+    #[inline(always)]
+    const fn tcp_closed(&self) -> bool {
+        self.tcp & Flow::SEEN_RST != 0
+            || self.tcp & (Flow::SEEN_FIN_FWD | Flow::SEEN_FIN_REV)
+                == (Flow::SEEN_FIN_FWD | Flow::SEEN_FIN_REV)
+    }
+}
+
 /// Sets TCP event bits on the other direction's entry too, so that each entry alone tells
 /// the agent's sweep whether the connection is closed. Runs only on FIN/RST packets.
 #[inline(always)]
@@ -421,8 +498,7 @@ fn mirror_tcp_close(sibling: &FlowKey, tcp_flags: u8, fin_bit: u8) {
 /// A packet of a flow we have state for, looked up by its own 5-tuple.
 #[inline(always)]
 fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option<Decision> {
-    // SAFETY: copy of a live map value.
-    let f = unsafe { *flow };
+    let f = FlowView::read(flow);
     match f.kind()? {
         // A new connection on the 5-tuple of a closed one (the client's port came round
         // again while the entry waits for the sweep) is a new flow: it must not follow
@@ -507,8 +583,7 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
 /// handshake table only, and never evicts an established flow.
 #[inline(always)]
 fn handshake(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option<Decision> {
-    // SAFETY: copy of a live map value.
-    let f = unsafe { *flow };
+    let f = FlowView::read(flow);
     match f.kind()? {
         FlowKind::Reply | FlowKind::Return => {
             // SAFETY: as in `touch`: setting a bit, a lost update is harmless.
@@ -523,10 +598,13 @@ fn handshake(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Optio
             if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
                 let reply_key = key.with_dst(f.nat_addr, f.nat_port).reversed();
                 // SAFETY: read-only copy.
-                if let Some(reply) = unsafe { LB_SYN_FLOWS.get(reply_key) }.copied()
+                // The entries move by reference: the helper copies the value from one
+                // map into the other (a copy here would be a byte-loop `memmove`).
+                if let Some(reply) = unsafe { LB_SYN_FLOWS.get(reply_key) }
                     && reply.tcp & Flow::SEEN_REPLY != 0
                     && LB_FLOWS.insert(reply_key, reply, 0).is_ok()
-                    && LB_FLOWS.insert(key, f, 0).is_ok()
+                    // SAFETY: `flow` points at a live map value.
+                    && LB_FLOWS.insert(key, unsafe { &*flow }, 0).is_ok()
                 {
                     let _ = LB_SYN_FLOWS.remove(reply_key);
                     let _ = LB_SYN_FLOWS.remove(key);
@@ -725,9 +803,7 @@ pub(crate) fn from_overlay(
 /// closed one's FIN bits would have the sweep remove it from under the new connection.
 #[inline(always)]
 fn continues(ret: *mut Flow, node: u32, proto: u8, tcp_flags: u8) -> bool {
-    // SAFETY: `ret` points into a map entry just found; it stays valid while the program
-    // runs (RCU). Copied.
-    let f = unsafe { *ret };
+    let f = FlowView::read(ret);
     f.node == node && !(proto == IPPROTO_TCP && is_syn(tcp_flags) && f.tcp_closed())
 }
 
@@ -740,14 +816,7 @@ const fn is_syn(tcp_flags: u8) -> bool {
 /// A Return entry: replies go back through `node`.
 #[inline(always)]
 fn return_flow(node: u32) -> Flow {
-    let t = now();
-    Flow {
-        kind: FlowKind::Return as u8,
-        node,
-        created_ns: t,
-        last_seen_ns: t,
-        ..Flow::default()
-    }
+    flow_entry(FlowKind::Return, 0, (0, 0), node, 0, now())
 }
 
 /// The Return entry (`reverse`) of a TCP connection from outside the overlay, on the
@@ -770,10 +839,11 @@ fn return_flow(node: u32) -> Flow {
 fn return_handshake(reverse: &FlowKey, node: u32, tcp_flags: u8) -> bool {
     match LB_SYN_FLOWS.get_ptr_mut(reverse) {
         Some(ret) if continues(ret, node, IPPROTO_TCP, tcp_flags) => {
-            // SAFETY: copy of the live value.
-            let f = unsafe { *ret };
-            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK && f.tcp & Flow::SEEN_REPLY != 0 {
-                if LB_FLOWS.insert(reverse, f, 0).is_err() {
+            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+                && FlowView::read(ret).tcp & Flow::SEEN_REPLY != 0
+            {
+                // SAFETY: `ret` points at a live map value, passed by reference.
+                if LB_FLOWS.insert(reverse, unsafe { &*ret }, 0).is_err() {
                     return false;
                 }
                 let _ = LB_SYN_FLOWS.remove(reverse);

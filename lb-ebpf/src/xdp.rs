@@ -356,13 +356,29 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32, 
         h.eth_type = 0x0800_u16.to_be_bytes();
         h.tunnel = tunnel;
         h.inner_dst = task_mac(u32::from_be(inner_dst));
-        h.inner_src = cfg.mac;
+        copy_mac(&mut h.inner_src, &cfg.mac);
     }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         XDP_TX
     } else {
         // SAFETY: the helper has no memory preconditions.
         unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
+    }
+}
+
+/// Copies a MAC address from a map value into the frame as one 4-byte and one 2-byte
+/// load and store: a plain array assignment between two memory locations is a `memmove`
+/// call, which the BPF target compiles to a loop of one-byte copies.
+#[inline(always)]
+fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: both point at 6 bytes; unaligned accesses within them.
+    unsafe {
+        d.cast::<u32>()
+            .write_unaligned(s.cast::<u32>().read_unaligned());
+        d.add(4)
+            .cast::<u16>()
+            .write_unaligned(s.add(4).cast::<u16>().read_unaligned());
     }
 }
 
