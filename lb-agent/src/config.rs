@@ -660,6 +660,14 @@ impl Config {
                         reason: "is an endpoint's address",
                     });
                 }
+                // The node's own address takes published ports (looked up first there).
+                if Some(vip) == self.node.address {
+                    return Err(ConfigError::BadAddress {
+                        what,
+                        addr: vip,
+                        reason: "is this node's address (publish the port instead)",
+                    });
+                }
             }
             let mut seen_targets = BTreeSet::new();
             for port in &svc.ports {
@@ -1003,6 +1011,13 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
             (
                 Box::new(|c| c.services[0].vip = Some(Ipv4Addr::new(224, 0, 0, 1))),
                 "multicast",
+            ),
+            (
+                Box::new(|c| {
+                    c.node.address = Some(Ipv4Addr::new(10, 99, 0, 11));
+                    c.services[0].vip = c.node.address;
+                }),
+                "is this node's address (publish the port instead)",
             ),
             (Box::new(|c| c.node.vni = 1 << 24), "node.vni"),
             (

@@ -114,7 +114,9 @@ pub struct Flow {
     pub service_id: u32,
     /// Monotonic time (`bpf_ktime_get_ns`) when the flow was created.
     pub created_ns: u64,
-    /// Monotonic time of the last packet, refreshed at most once a second.
+    /// Monotonic time of the last packet, refreshed at most once a second; for TCP, only
+    /// once a FIN or RST was seen ([`Flow::SEEN_CLOSING`]): before that it stays at
+    /// `created_ns`.
     pub last_seen_ns: u64,
 }
 
@@ -128,6 +130,9 @@ impl Flow {
     /// A TCP connection in its handshake ([`crate::maps::SYN_FLOWS`]): its other direction
     /// passed a packet (the task's SYN-ACK), so the client's ACK completes it.
     pub const SEEN_REPLY: u8 = 8;
+    /// Any of the bits that start a TCP connection's end: FIN either way, RST. Only then
+    /// do its packets refresh `last_seen_ns` (an open connection never expires).
+    pub const SEEN_CLOSING: u8 = Self::SEEN_FIN_FWD | Self::SEEN_FIN_REV | Self::SEEN_RST;
     /// How stale `last_seen_ns` may get before a packet refreshes it.
     pub const REFRESH_NS: u64 = 1_000_000_000;
 

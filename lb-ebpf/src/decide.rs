@@ -243,6 +243,10 @@ fn now() -> u64 {
 
 /// Notes TCP events and liveness on an existing flow without a map update: a write into
 /// the value only when a FIN/RST is new or `last_seen_ns` is over a second old.
+///
+/// An open TCP connection never expires by idleness (see the agent's sweep), so its
+/// `last_seen_ns` only matters once a FIN or RST was seen (the closed entry lingers 10 s
+/// after its last packet): until then, its packets read no clock.
 #[inline(always)]
 fn touch(flow: *mut Flow, proto: u8, tcp_flags: u8, fin_bit: u8) {
     // SAFETY: `flow` points at a live map value; racing writers only store monotonic
@@ -256,8 +260,12 @@ fn touch(flow: *mut Flow, proto: u8, tcp_flags: u8, fin_bit: u8) {
             if tcp_flags & TCP_RST != 0 {
                 seen |= Flow::SEEN_RST;
             }
-            if seen != 0 && (*flow).tcp & seen != seen {
-                (*flow).tcp |= seen;
+            let tcp = (*flow).tcp;
+            if seen != 0 && tcp & seen != seen {
+                (*flow).tcp = tcp | seen;
+            }
+            if (tcp | seen) & Flow::SEEN_CLOSING == 0 {
+                return;
             }
         }
         let t = now();
@@ -278,38 +286,35 @@ pub(crate) fn route(dst: u32) -> Next {
     }
 }
 
-/// The service a packet is addressed to: its VIP on that port, its VIP on every port
-/// (port 0 in the key: Swarm's VIPs take every port), or a port published on this node.
+/// The service a packet is addressed to: a port published on this node, its VIP on that
+/// port, or its VIP on every port (port 0 in the key: Swarm's VIPs take every port).
+/// On the node's own address, the published port is looked up first (no VIP is the
+/// node's address: the agent refuses one), so the routing mesh's packets cost one
+/// lookup.
 #[inline(always)]
 pub(crate) fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service> {
-    let vip = ServiceKey {
-        addr: key.dst_addr,
+    let published = key.dst_addr == cfg.addr;
+    let first = ServiceKey {
+        addr: if published { 0 } else { key.dst_addr },
         port: key.dst_port,
         proto: key.proto,
         pad: 0,
     };
     // SAFETY: read-only access to the value.
-    if let Some(svc) = unsafe { LB_SERVICES.get(vip) } {
+    if let Some(svc) = unsafe { LB_SERVICES.get(first) } {
         return Some(svc);
     }
-    if key.dst_addr != cfg.addr {
-        let any_port = ServiceKey {
-            addr: key.dst_addr,
-            port: 0,
-            proto: key.proto,
-            pad: 0,
-        };
-        // SAFETY: as above.
-        return unsafe { LB_SERVICES.get(any_port) };
+    if published {
+        return None;
     }
-    let published = ServiceKey {
-        addr: 0,
-        port: key.dst_port,
+    let any_port = ServiceKey {
+        addr: key.dst_addr,
+        port: 0,
         proto: key.proto,
         pad: 0,
     };
     // SAFETY: as above.
-    unsafe { LB_SERVICES.get(published) }
+    unsafe { LB_SERVICES.get(any_port) }
 }
 
 /// Picks the next backend of `svc` for a new flow: this CPU's round-robin cursor over the
