@@ -14,6 +14,7 @@
 pub mod config;
 pub mod counters;
 pub mod flow;
+pub mod hop;
 pub mod maps;
 pub mod service;
 pub mod sock;
@@ -21,6 +22,7 @@ pub mod sock;
 pub use config::NodeConfig;
 pub use counters::{Counters, DropReason, FlowEvent};
 pub use flow::{Flow, FlowKey, FlowKind};
+pub use hop::{NextHop, NextHopKey};
 pub use service::{Backend, Endpoint, MESH_ONLY_VNI, Service, ServiceKey};
 pub use sock::{SockKey, SockOrigin};
 

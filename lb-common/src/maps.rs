@@ -35,6 +35,12 @@ pub const FLOW_EVENTS: &str = "LB_FLOW_EVENTS";
 pub const SOCK_ORIGINS: &str = "LB_SOCK_ORIGINS";
 /// Entries of [`SOCK_ORIGINS`].
 pub const MAX_SOCK_ORIGINS: u32 = 65_536;
+/// The XDP program's memo of next hops (LRU): [`crate::NextHopKey`] ->
+/// [`crate::NextHop`], each standing for [`crate::NextHop::TTL_NS`]. Written by the
+/// program alone; new beside the others (an agent that finds them pinned creates it).
+pub const NEXT_HOPS: &str = "LB_NEXT_HOPS";
+/// Entries of [`NEXT_HOPS`]: peers, and clients whose replies leave through the underlay.
+pub const MAX_NEXT_HOPS: u32 = 16_384;
 /// This node's settings, one element: [`crate::NodeConfig`].
 pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 

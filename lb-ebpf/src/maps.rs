@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, NodeConfig, Service,
-    ServiceKey, SockKey, SockOrigin,
+    Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, NextHop, NextHopKey,
+    NodeConfig, Service, ServiceKey, SockKey, SockOrigin,
     maps::{
-        DEFAULT_MAX_FLOWS, DEFAULT_MAX_SYN_FLOWS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_SERVICES,
-        MAX_SOCK_ORIGINS, SLOTS_LEN,
+        DEFAULT_MAX_FLOWS, DEFAULT_MAX_SYN_FLOWS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_NEXT_HOPS,
+        MAX_SERVICES, MAX_SOCK_ORIGINS, SLOTS_LEN,
     },
 };
 
@@ -69,3 +69,8 @@ pub(crate) static LB_NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map]
 pub(crate) static LB_SOCK_ORIGINS: LruHashMap<SockKey, SockOrigin> =
     LruHashMap::pinned(MAX_SOCK_ORIGINS, 0);
+
+/// Next hops found in the FIB, each used for a second (see `xdp::next_hop`).
+#[map]
+pub(crate) static LB_NEXT_HOPS: LruHashMap<NextHopKey, NextHop> =
+    LruHashMap::pinned(MAX_NEXT_HOPS, 0);

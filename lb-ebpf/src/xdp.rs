@@ -10,17 +10,22 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head,
+        generated::bpf_ktime_get_coarse_ns,
+    },
     programs::XdpContext,
 };
 use lb_common::{
-    DropReason, IPPROTO_TCP, IPPROTO_UDP, NodeConfig, VXLAN_OVERHEAD, service::task_mac,
+    DropReason, IPPROTO_TCP, IPPROTO_UDP, NextHop, NextHopKey, NodeConfig, VXLAN_OVERHEAD,
+    service::task_mac,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 
 use crate::{
     csum,
     decide::{self, Decision, NatKind, NextKind, Rewrite, TCP_SYN, Verdict, count_drop},
+    maps::LB_NEXT_HOPS,
     packet::{Ipv4Packet, ParseError, parse_ipv4, ptr_at},
     vxlan,
 };
@@ -145,7 +150,7 @@ fn apply(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, decision: Decisio
                 NatKind::Dnat => (pkt.key.src_addr, rewrite.addr),
                 NatKind::None => (pkt.key.src_addr, pkt.key.dst_addr),
             };
-            match fib(ctx, src, dst, pkt.tot_len) {
+            match next_hop(ctx, src, dst, pkt.tot_len) {
                 Some(hop) => send(ctx, hop),
                 // No resolved neighbour: the kernel can route it and resolve.
                 None => XDP_PASS,
@@ -245,12 +250,28 @@ fn clamp_mss(ctx: &XdpContext, pkt: &Ipv4Packet, mss: u16) {
     }
 }
 
-/// A next hop found in the kernel's FIB: output interface and MAC addresses.
-#[derive(Clone, Copy)]
-struct Hop {
-    ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+/// A next hop: output interface and MAC addresses (as [`NextHop`] keeps them).
+type Hop = NextHop;
+
+/// The next hop from `src` to `dst`: the memo in `LB_NEXT_HOPS` while it is under a
+/// second old (`bpf_ktime_get_coarse_ns`, a read of the last tick's time), else the
+/// kernel's FIB, whose answer is memoised. A FIB miss (no route, no resolved neighbour)
+/// is not: the next packet asks again.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
+    let key = NextHopKey { src, dst };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: read-only access to the value, copied field by field (no 6-byte arrays).
+    if let Some(hop) = unsafe { LB_NEXT_HOPS.get(key) }
+        && now.wrapping_sub(hop.filled_ns) < NextHop::TTL_NS
+    {
+        return Some(*hop);
+    }
+    let mut hop = fib(ctx, src, dst, tot_len)?;
+    hop.filled_ns = now;
+    let _ = LB_NEXT_HOPS.insert(key, hop, 0);
+    Some(hop)
 }
 
 /// `bpf_fib_lookup`'s size in 8-byte words.
@@ -298,11 +319,18 @@ fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return None;
     }
-    Some(Hop {
-        ifindex: params.ifindex,
-        smac: params.smac,
-        dmac: params.dmac,
-    })
+    let (s, d) = (params.smac.as_ptr(), params.dmac.as_ptr());
+    // SAFETY: both MACs are 6 bytes of `params`; unaligned reads within them.
+    unsafe {
+        Some(Hop {
+            ifindex: params.ifindex,
+            smac_hi: s.cast::<u32>().read_unaligned(),
+            smac_lo: s.add(4).cast::<u16>().read_unaligned(),
+            dmac_lo: d.add(4).cast::<u16>().read_unaligned(),
+            dmac_hi: d.cast::<u32>().read_unaligned(),
+            filled_ns: 0,
+        })
+    }
 }
 
 /// Sets the frame's MACs for `hop` and sends it: back out the same port, or redirected.
@@ -312,10 +340,7 @@ fn send(ctx: &XdpContext, hop: Hop) -> u32 {
         return drop(DropReason::Malformed);
     };
     // SAFETY: bounds checked.
-    unsafe {
-        (*eth).src_addr = hop.smac;
-        (*eth).dst_addr = hop.dmac;
-    }
+    unsafe { write_macs(&mut *eth, &hop) };
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         XDP_TX
     } else {
@@ -331,7 +356,7 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32, 
     if u32::from(outer_len) > cfg.mtu || outer_len < pkt.tot_len {
         return drop(DropReason::TooBig);
     }
-    let Some(hop) = fib(ctx, cfg.addr, node, outer_len) else {
+    let Some(hop) = next_hop(ctx, cfg.addr, node, outer_len) else {
         return drop(DropReason::NoRoute);
     };
     let inner_dst = match ptr_at::<Ipv4Hdr>(ctx.data(), ctx.data_end(), EthHdr::LEN) {
@@ -351,8 +376,8 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32, 
     // SAFETY: bounds checked by ptr_at; OuterHeaders is made of byte arrays.
     unsafe {
         let h = &mut *hdr;
-        h.eth_dst = hop.dmac;
-        h.eth_src = hop.smac;
+        store_mac(&mut h.eth_dst, hop.dmac_hi, hop.dmac_lo);
+        store_mac(&mut h.eth_src, hop.smac_hi, hop.smac_lo);
         h.eth_type = 0x0800_u16.to_be_bytes();
         h.tunnel = tunnel;
         h.inner_dst = task_mac(u32::from_be(inner_dst));
@@ -363,6 +388,24 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32, 
     } else {
         // SAFETY: the helper has no memory preconditions.
         unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
+    }
+}
+
+/// Writes a next hop's MACs into an Ethernet header.
+#[inline(always)]
+fn write_macs(eth: &mut EthHdr, hop: &Hop) {
+    store_mac(&mut eth.dst_addr, hop.dmac_hi, hop.dmac_lo);
+    store_mac(&mut eth.src_addr, hop.smac_hi, hop.smac_lo);
+}
+
+/// Stores a MAC address kept as a 4-byte and a 2-byte word (see [`NextHop`]).
+#[inline(always)]
+fn store_mac(dst: &mut [u8; 6], hi: u32, lo: u16) {
+    let d = dst.as_mut_ptr();
+    // SAFETY: `dst` is 6 bytes; unaligned writes within it.
+    unsafe {
+        d.cast::<u32>().write_unaligned(hi);
+        d.add(4).cast::<u16>().write_unaligned(lo);
     }
 }
 

@@ -22,7 +22,8 @@ use aya::{
 };
 use lb_agent::dataplane::loader::retry_eagain;
 use lb_common::{
-    Backend, Counters, DropReason, Endpoint, Flow, FlowKey, NodeConfig, Service, ServiceKey, maps,
+    Backend, Counters, DropReason, Endpoint, Flow, FlowKey, NextHop, NextHopKey, NodeConfig,
+    Service, ServiceKey, maps,
 };
 
 /// This node's underlay address.
@@ -260,6 +261,36 @@ impl Dataplane {
             Some(f) => Ok(Some(f)),
             None => self.flow_in(maps::SYN_FLOWS, key),
         }
+    }
+
+    /// The XDP program's memo of the next hop from `src` to `dst` (`LB_NEXT_HOPS`).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn next_hop(&mut self, src: Ipv4Addr, dst: Ipv4Addr) -> Result<Option<NextHop>> {
+        let m: HashMap<&mut MapData, NextHopKey, NextHop> =
+            self.map(maps::NEXT_HOPS)?.try_into()?;
+        let key = NextHopKey {
+            src: be(src),
+            dst: be(dst),
+        };
+        match m.get(&key, 0) {
+            Ok(hop) => Ok(Some(hop)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading LB_NEXT_HOPS"),
+        }
+    }
+
+    /// Sets the underlay's neighbour entry for `addr` to `mac` (permanent), as when a
+    /// peer node is replaced by one with the same address.
+    ///
+    /// # Errors
+    /// When `ip neigh replace` fails.
+    pub fn set_neighbour(&self, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        ip(&format!(
+            "neigh replace {addr} lladdr {mac} dev ul0 nud permanent"
+        ))
     }
 
     /// The entry for a 5-tuple in `table` ([`maps::FLOWS`] or [`maps::SYN_FLOWS`]).

@@ -115,6 +115,47 @@ fn p2_remote_task_gets_the_exact_vxlan_frame_with_mss_clamped() {
 }
 
 #[test]
+fn p2_follows_a_peers_new_mac_within_a_second() {
+    let mut dp = mesh(&[1]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 40015), (NODE, 8080), Tcp::Syn, &[]);
+    let (verdict, out) = dp.run_xdp("lb_xdp", &syn).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out[..6], PEER_MAC, "to the peer's MAC");
+    // The FIB's answer is memoised: the flow's next packets need no FIB lookup.
+    let hop = dp
+        .next_hop(NODE, PEER)
+        .unwrap()
+        .expect("the next hop is memoised");
+    assert_eq!((hop.dmac(), hop.smac()), (PEER_MAC, NODE_MAC));
+
+    // The peer is replaced by a machine with the same address and another MAC: within
+    // the memo's second, packets go to the new MAC.
+    let new_mac = [0x02, 0, 10, 99, 0, 0x42];
+    dp.set_neighbour(PEER, new_mac).unwrap();
+    let ack = tcp(FROM_CLIENT, (CLIENT, 40015), (NODE, 8080), Tcp::Ack, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (verdict, out) = dp.run_xdp("lb_xdp", &ack).unwrap();
+        assert_eq!(verdict, XDP_TX);
+        if out[..6] == new_mac {
+            break;
+        }
+        assert_eq!(
+            out[..6],
+            PEER_MAC,
+            "the old MAC or the new one, nothing else"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still sent to the old MAC 10 s after the neighbour changed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let hop = dp.next_hop(NODE, PEER).unwrap().expect("memoised again");
+    assert_eq!(hop.dmac(), new_mac);
+}
+
+#[test]
 fn p2_replies_return_through_the_ingress_node_to_the_client() {
     let dp = mesh(&[1]);
     let syn = tcp(FROM_CLIENT, (CLIENT, 40020), (NODE, 8080), Tcp::Syn, &[]);
