@@ -112,7 +112,8 @@ pub struct Flow {
     pub node: u32,
     /// Id of the service, for counters.
     pub service_id: u32,
-    /// Monotonic time (`bpf_ktime_get_ns`) when the flow was created.
+    /// Monotonic time (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC as of the last tick)
+    /// when the flow was created.
     pub created_ns: u64,
     /// Monotonic time of the last packet, refreshed at most once a second; for TCP, only
     /// once a FIN or RST was seen ([`Flow::SEEN_CLOSING`]): before that it stays at

@@ -4,7 +4,7 @@
 
 use core::mem::{MaybeUninit, size_of};
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, FlowKind, IPPROTO_TCP,
     MESH_ONLY_VNI, NodeConfig, Service, ServiceKey, maps::slot_at,
@@ -235,10 +235,13 @@ pub(crate) fn count(service_id: u32, backend_id: u32, bytes: u16, new_flow: bool
     bump(LB_BACKEND_COUNTERS.get_ptr_mut(backend_id), bytes, new_flow);
 }
 
+/// The time flows are stamped with: CLOCK_MONOTONIC as of the last tick
+/// (`bpf_ktime_get_coarse_ns`, at most a tick behind `bpf_ktime_get_ns`, and a plain read
+/// where that one reads the clock source). Expiry is counted in seconds.
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: the helper has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Notes TCP events and liveness on an existing flow without a map update: a write into
@@ -379,9 +382,15 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
     // connection starts in the handshake table (see `handshake`).
     let inserted = if key.proto == IPPROTO_TCP {
         // The entries of an earlier connection on this 5-tuple (closed, or whose backend
-        // went) must not outlive it in the flow table, which is looked up first.
-        let _ = LB_FLOWS.remove(key);
-        let _ = LB_FLOWS.remove(reply_key);
+        // went) must not outlive it in the flow table, which is looked up first. Looked
+        // up before removed: a lookup takes no lock, a removal the bucket's, and there is
+        // rarely anything to remove.
+        if LB_FLOWS.get_ptr(key).is_some() {
+            let _ = LB_FLOWS.remove(key);
+        }
+        if LB_FLOWS.get_ptr(reply_key).is_some() {
+            let _ = LB_FLOWS.remove(reply_key);
+        }
         LB_SYN_FLOWS.insert(reply_key, reply, 0).is_ok()
             && LB_SYN_FLOWS.insert(key, forward, 0).is_ok()
     } else {

@@ -7,7 +7,8 @@
 //!   never complete are left to the table's LRU eviction.
 //! - UDP and anything else: deleted after `udp_timeout` of idleness.
 //!
-//! Times are CLOCK_MONOTONIC nanoseconds, the clock of `bpf_ktime_get_ns`.
+//! Times are CLOCK_MONOTONIC nanoseconds, the clock of `bpf_ktime_get_coarse_ns` (the
+//! dataplane stamps flows with the last tick's time, at most a tick behind).
 
 use lb_common::{Flow, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
 
