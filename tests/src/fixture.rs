@@ -263,6 +263,16 @@ impl Dataplane {
         }
     }
 
+    /// Writes a flow entry into the flow table ([`maps::FLOWS`]), as the programs would.
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn set_flow(&mut self, key: FlowKey, flow: Flow) -> Result<()> {
+        let mut m: HashMap<&mut MapData, FlowKey, Flow> = self.map(maps::FLOWS)?.try_into()?;
+        m.insert(key, flow, 0)?;
+        Ok(())
+    }
+
     /// The XDP program's memo of the next hop from `src` to `dst` (`LB_NEXT_HOPS`).
     ///
     /// # Errors

@@ -9,6 +9,15 @@
 //!   what the program last wrote, so a program whose rewrite changes what it decides
 //!   (DNAT, encapsulation) would see its own output from the 65th run on. A MAC swap
 //!   swapped again is the same frame, so every run of the floor takes its path.
+//! - Established paths are also timed in live-frames mode, as Katran's figures were, on
+//!   a pair of flows whose rewrites undo each other: two VIPs of one service, `A` and
+//!   `B`, whose flows from the same client port are DNATed to each other (`A` -> `B`,
+//!   `B` -> `A`), so a reused page that keeps the last rewrite holds the other flow's
+//!   first packet, and every run is an established packet of that service (checked from
+//!   the counters, as below). Replies likewise: the Reply entry of `B`'s answer SNATs it
+//!   to `A`, and `A`'s to `B`. The path is the one the single-run case names, except
+//!   that the service is found by a VIP key instead of a published port's (one lookup
+//!   either way).
 //! - Paths that leave the frame unchanged (P7) run with `repeat`, beside `lb_xdp_pass`.
 //! - Every path that rewrites the frame, or changes the program's state (new flows), is
 //!   timed one run at a time (the kernel's time of a run of 1), over distinct frames
@@ -40,8 +49,9 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use clap::Parser;
+use lb_common::{Flow, FlowKey, FlowKind};
 use mesh_tests::{
-    fixture::{CLIENT, Dataplane, NODE, NODE_MAC, PEER, PEER_MAC},
+    fixture::{CLIENT, Dataplane, NODE, NODE_MAC, PEER, PEER_MAC, be},
     frames::*,
 };
 
@@ -238,6 +248,23 @@ fn main() -> Result<()> {
             path: Path::Established(WEB2),
         },
         Case {
+            name: "P2 established, live frames (flow pair A <-> B), DNAT + VXLAN encap + XDP_TX",
+            floor: "floor: MAC swap + XDP_TX",
+            prog: "lb_xdp",
+            mode: Mode::Live,
+            make: Box::new(move |_| {
+                tcp(
+                    FROM_CLIENT,
+                    (CLIENT, PAIR_PORT),
+                    (PAIR_RA, 80),
+                    Tcp::Ack,
+                    b"x",
+                )
+            }),
+            expect: XDP_TX.into(),
+            path: Path::Established(PAIR),
+        },
+        Case {
             name: "P2 reply at ingress, decap + SNAT + XDP_TX",
             floor: "floor: MAC swap + XDP_TX, single runs",
             prog: "lb_xdp",
@@ -254,6 +281,24 @@ fn main() -> Result<()> {
             }),
             expect: XDP_TX.into(),
             path: Path::Established(WEB2),
+        },
+        Case {
+            name: "P2 reply at ingress, live frames (flow pair A <-> B), decap + SNAT + XDP_TX",
+            floor: "floor: MAC swap + XDP_TX",
+            prog: "lb_xdp",
+            mode: Mode::Live,
+            make: Box::new(move |_| {
+                let inner = tcp(
+                    (PEER_MAC, NODE_MAC),
+                    (PAIR_RB, 80),
+                    (CLIENT, PAIR_PORT),
+                    Tcp::Ack,
+                    b"x",
+                );
+                vxlan((PEER_MAC, NODE_MAC), PEER, NODE, 50_002, &inner)
+            }),
+            expect: XDP_TX.into(),
+            path: Path::Established(PAIR),
         },
         Case {
             name: "P2 at task node, decap + redirect to task",
@@ -378,6 +423,8 @@ fn main() -> Result<()> {
         web2,
     )?;
 
+    flow_pairs_on(&mut dp)?;
+
     // User networks `front` and `back` beside the default network: `api` on `front`
     // balances to FRONT_TASK2 on this node, as `web`'s VIP to LOCAL_TASK.
     networks_on(&mut dp, &[5], &[8]);
@@ -482,6 +529,7 @@ fn main() -> Result<()> {
         }
         dp.run_xdp("lb_xdp", &task_node)?;
         establish_p3(&mut dp)?;
+        pair_flows(&mut dp)?;
     }
 
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
@@ -500,6 +548,87 @@ fn main() -> Result<()> {
 const WEB2: u32 = 2;
 /// Its backend's id (after the fixture's).
 const WEB2_BACKEND: u32 = 40;
+
+/// The service of the live-frames flow pair, reached by two VIPs.
+const PAIR: u32 = 20;
+/// The client port of the flow pairs.
+const PAIR_PORT: u16 = 62_000;
+/// The pair's VIPs, each also the address of a task on the peer.
+const PAIR_RA: Ipv4Addr = Ipv4Addr::new(10, 255, 4, 1);
+/// See [`PAIR_RA`].
+const PAIR_RB: Ipv4Addr = Ipv4Addr::new(10, 255, 4, 2);
+
+/// The service, backends and endpoints of the flow pair (see the module docs): `PAIR`
+/// at the VIPs `PAIR_RA` and `PAIR_RB`, one backend at each, tasks on the peer; then the
+/// flows. (Timed in live-frames mode, a redirect into a local task's veth would count
+/// the veth's delivery to its peer, which XDP_TX and the floor do not pay.)
+fn flow_pairs_on(dp: &mut Dataplane) -> Result<()> {
+    let svc = lb_common::Service {
+        id: PAIR,
+        base: 0,
+        slots: 0,
+        flags: 0,
+        vni: mesh_tests::fixture::VNI,
+    };
+    for (i, addr) in [PAIR_RA, PAIR_RB].into_iter().enumerate() {
+        dp.set_service(
+            lb_common::ServiceKey::new(u32::from(addr), 80, lb_common::IPPROTO_TCP),
+            svc,
+        )?;
+        dp.set_backend(
+            PAIR_BACKEND + i as u32,
+            lb_common::Backend::new(u32::from(addr), 80, PAIR),
+        )?;
+        dp.set_endpoint(
+            addr,
+            lb_common::Endpoint {
+                node: be(PEER),
+                ifindex: 0,
+                mac: lb_common::service::task_mac(u32::from(addr)),
+                gw_mac: [0; 6],
+                vni: mesh_tests::fixture::VNI,
+            },
+        )?;
+    }
+    pair_flows(dp)
+}
+
+/// The flow pair's entries: the client's flows to `A` and `B` DNATed to each other, and
+/// the Reply entries of their answers SNATed to each other.
+fn pair_flows(dp: &mut Dataplane) -> Result<()> {
+    let key = |src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)| FlowKey {
+        src_addr: be(src.0),
+        dst_addr: be(dst.0),
+        src_port: src.1.to_be(),
+        dst_port: dst.1.to_be(),
+        proto: lb_common::IPPROTO_TCP,
+        pad: 0,
+        pad2: 0,
+    };
+    let flow = |kind: FlowKind, backend: u32, nat: Ipv4Addr| Flow {
+        kind: kind as u8,
+        backend_id: PAIR_BACKEND + backend,
+        nat_addr: be(nat),
+        nat_port: 80u16.to_be(),
+        service_id: PAIR,
+        ..Flow::default()
+    };
+    let client = (CLIENT, PAIR_PORT);
+    for (from, to, to_backend) in [(PAIR_RA, PAIR_RB, 1), (PAIR_RB, PAIR_RA, 0)] {
+        dp.set_flow(
+            key(client, (from, 80)),
+            flow(FlowKind::Forward, to_backend, to),
+        )?;
+        dp.set_flow(
+            key((from, 80), client),
+            flow(FlowKind::Reply, to_backend, to),
+        )?;
+    }
+    Ok(())
+}
+
+/// The first backend id of the flow pair (two).
+const PAIR_BACKEND: u32 = 50;
 
 /// The port of the P3 flows the "established" cases use.
 const ESTABLISHED_PORT: u16 = 61_000;
