@@ -97,8 +97,11 @@ pub struct Flow {
     pub kind: u8,
     /// TCP events seen, [`Flow::SEEN_FIN_FWD`] and friends.
     pub tcp: u8,
+    /// Forward and Reply: how the packets' destination is routed, remembered at
+    /// generation `generation` ([`Flow::ROUTE_UNKNOWN`] and friends).
+    pub route: u8,
     /// Padding, always 0.
-    pub pad: u16,
+    pub pad: u8,
     /// Forward: the chosen backend's id. Reply: the backend the flow went to.
     pub backend_id: u32,
     /// Forward: the backend's address; Reply: the original destination address
@@ -108,7 +111,9 @@ pub struct Flow {
     pub nat_port: u16,
     /// Padding, always 0.
     pub pad2: u16,
-    /// Return: underlay address of the node to send replies back to (network order).
+    /// Return: underlay address of the node to send replies back to; Forward and Reply
+    /// with [`Flow::ROUTE_ENCAP`]: the peer node that runs the destination (network
+    /// order).
     pub node: u32,
     /// Id of the service, for counters.
     pub service_id: u32,
@@ -119,6 +124,12 @@ pub struct Flow {
     /// once a FIN or RST was seen ([`Flow::SEEN_CLOSING`]): before that it stays at
     /// `created_ns`.
     pub last_seen_ns: u64,
+    /// The routing generation ([`crate::maps::GENERATION`]) at which the backend (Forward)
+    /// and the route were last found valid: while the agent has changed no backend and
+    /// no endpoint since, packets use what the entry remembers without looking up either.
+    pub generation: u32,
+    /// With [`Flow::ROUTE_ENCAP`]: the VNI of the destination's network.
+    pub vni: u32,
 }
 
 impl Flow {
@@ -134,6 +145,15 @@ impl Flow {
     /// Any of the bits that start a TCP connection's end: FIN either way, RST. Only then
     /// do its packets refresh `last_seen_ns` (an open connection never expires).
     pub const SEEN_CLOSING: u8 = Self::SEEN_FIN_FWD | Self::SEEN_FIN_REV | Self::SEEN_RST;
+    /// No route remembered: look the destination up.
+    pub const ROUTE_UNKNOWN: u8 = 0;
+    /// The destination is a local task: looked up on every packet (its veth and MACs are
+    /// not kept in the entry).
+    pub const ROUTE_LOCAL: u8 = 1;
+    /// The destination runs on the peer `node`, on network `vni`: encapsulated.
+    pub const ROUTE_ENCAP: u8 = 2;
+    /// The destination is no task: out of the underlay, as the FIB routes it.
+    pub const ROUTE_UNDERLAY: u8 = 3;
     /// How stale `last_seen_ns` may get before a packet refreshes it.
     pub const REFRESH_NS: u64 = 1_000_000_000;
 

@@ -41,6 +41,10 @@ pub const MAX_SOCK_ORIGINS: u32 = 65_536;
 pub const NEXT_HOPS: &str = "LB_NEXT_HOPS";
 /// Entries of [`NEXT_HOPS`]: peers, and clients whose replies leave through the underlay.
 pub const MAX_NEXT_HOPS: u32 = 16_384;
+/// The routing generation, one element (`u32`): the agent adds one after every change
+/// of backends or endpoints it applies, so a flow entry that remembers its backend and
+/// route at an older generation checks them again ([`crate::Flow::generation`]).
+pub const GENERATION: &str = "LB_GENERATION";
 /// This node's settings, one element: [`crate::NodeConfig`].
 pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 
@@ -49,8 +53,9 @@ pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 /// pinned maps instead of reading them wrongly (1: fixed double-buffered slot tables per
 /// service; 2: slot tables allocated from one pool, [`Service::base`](crate::Service);
 /// 3: the VNI of each service and endpoint, 0 for routing-mesh-only addresses, and the
-/// `isolation` drop reason).
-pub const LAYOUT_VERSION: u32 = 3;
+/// `isolation` drop reason; 4: flow entries remember their route and the routing
+/// generation they were checked at).
+pub const LAYOUT_VERSION: u32 = 4;
 /// The layout version of the pinned maps, one element (`u32`): [`LAYOUT_VERSION`].
 pub const LAYOUT: &str = "LB_LAYOUT";
 

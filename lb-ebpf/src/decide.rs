@@ -12,7 +12,8 @@ use lb_common::{
 
 use crate::maps::{
     LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOW_EVENTS, LB_FLOWS,
-    LB_NODE_CONFIG, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS, LB_SYN_FLOWS,
+    LB_GENERATION, LB_NODE_CONFIG, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS,
+    LB_SYN_FLOWS,
 };
 
 /// TCP flag bits as they sit in the 13th byte of the TCP header.
@@ -278,6 +279,53 @@ fn touch(flow: *mut Flow, proto: u8, tcp_flags: u8, fin_bit: u8) {
     }
 }
 
+/// The routing generation: the agent adds one after each change of backends or
+/// endpoints (see [`Flow::generation`]).
+#[inline(always)]
+fn routing_generation() -> u32 {
+    LB_GENERATION.get(0).copied().unwrap_or(0)
+}
+
+/// Where the flow at `flow` (read as `f`) sends its packets, to `dst`: what the entry
+/// remembers, if it was found at the `current` generation and is not a local task's
+/// (whose veth and MACs the entry does not keep); else the overlay's table, whose
+/// answer the entry then remembers with `generation`.
+#[inline(always)]
+fn remembered_route(
+    flow: *mut Flow,
+    f: &FlowView,
+    dst: u32,
+    current: bool,
+    generation: u32,
+) -> Next {
+    if current {
+        match f.route {
+            Flow::ROUTE_ENCAP => return Next::encap(f.node, f.vni),
+            Flow::ROUTE_UNDERLAY => return Next::UNDERLAY,
+            _ => {}
+        }
+    }
+    let next = route(dst);
+    if !current || f.route == Flow::ROUTE_UNKNOWN {
+        // SAFETY: `flow` points at a live map value; racing writers store the same
+        // answer for the same generation, and a reader of a half-written one is sent by
+        // the table's answer of this generation or the previous.
+        unsafe {
+            match next.kind {
+                NextKind::Encap => {
+                    (*flow).node = next.node;
+                    (*flow).vni = next.vni;
+                    (*flow).route = Flow::ROUTE_ENCAP;
+                }
+                NextKind::Underlay => (*flow).route = Flow::ROUTE_UNDERLAY,
+                NextKind::Local => (*flow).route = Flow::ROUTE_LOCAL,
+            }
+            (*flow).generation = generation;
+        }
+    }
+    next
+}
+
 /// Where a (post-rewrite) destination address lives.
 #[inline(always)]
 pub(crate) fn route(dst: u32) -> Next {
@@ -353,6 +401,8 @@ pub(crate) fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)>
 /// without SYN (nor RST) is a connection whose state was lost ([`FlowEvent::Lost`]).
 #[inline(always)]
 fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision {
+    // Read before the backend: the entries are valid as of this generation.
+    let generation = routing_generation();
     let Some((backend_id, mut backend)) = pick_backend(svc, key.src_addr) else {
         return Decision::drop(DropReason::NoBackend);
     };
@@ -368,6 +418,7 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
         0,
         svc.id,
         t,
+        generation,
     );
     let reply_key = key.with_dst(backend.addr, backend.port).reversed();
     let reply = flow_entry(
@@ -377,6 +428,7 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
         0,
         svc.id,
         t,
+        generation,
     );
     // Reply first: by the time the backend can answer, its entry exists. A TCP
     // connection starts in the handshake table (see `handshake`).
@@ -414,7 +466,7 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
     )
 }
 
-/// A flow entry with every field written, as five 8-byte volatile stores: a struct
+/// A flow entry with every field written, as six 8-byte volatile stores: a struct
 /// literal's zero fields (`..Flow::default()`, or written out) become a `memset` call,
 /// which the BPF target compiles to a loop of one-byte stores.
 #[inline(always)]
@@ -425,22 +477,26 @@ fn flow_entry(
     node: u32,
     service_id: u32,
     t: u64,
+    generation: u32,
 ) -> Flow {
-    const _: () = assert!(size_of::<Flow>() == 40 && cfg!(target_endian = "little"));
+    const _: () = assert!(size_of::<Flow>() == 48 && cfg!(target_endian = "little"));
+    // No route remembered yet (ROUTE_UNKNOWN): the first packet that needs it finds it.
     let words = [
         kind as u64 | u64::from(backend_id) << 32,
         u64::from(nat.0) | u64::from(nat.1) << 32,
         u64::from(node) | u64::from(service_id) << 32,
         t,
         t,
+        u64::from(generation),
     ];
     let mut flow = MaybeUninit::<Flow>::uninit();
     let base = flow.as_mut_ptr().cast::<u64>();
     let mut i = 0;
     while i < words.len() {
-        // SAFETY: `Flow` is 40 bytes, `repr(C)` with 8-byte alignment (it holds u64s):
-        // five aligned words, little-endian as the layout below assumes (kind, tcp, pad,
-        // backend_id | nat_addr, nat_port, pad2 | node, service_id | created | last_seen).
+        // SAFETY: `Flow` is 48 bytes, `repr(C)` with 8-byte alignment (it holds u64s):
+        // six aligned words, little-endian as the layout assumes (kind, tcp, route, pad,
+        // backend_id | nat_addr, nat_port, pad2 | node, service_id | created | last_seen
+        // | generation, vni).
         unsafe { base.add(i).write_volatile(words[i]) };
         i += 1;
     }
@@ -449,12 +505,15 @@ fn flow_entry(
 }
 
 /// The fields of a flow entry that the packet path reads, loaded one by one: copying
-/// the whole 40-byte `Flow` out of the map is a `memmove` call, which the BPF target
-/// compiles to a loop of 40 one-byte copies (on every established packet).
+/// the whole 48-byte `Flow` out of the map is a `memmove` call, which the BPF target
+/// compiles to a loop of one-byte copies (on every established packet).
 #[derive(Clone, Copy)]
 struct FlowView {
     kind: u8,
     tcp: u8,
+    route: u8,
+    generation: u32,
+    vni: u32,
     backend_id: u32,
     nat_addr: u32,
     nat_port: u16,
@@ -471,6 +530,9 @@ impl FlowView {
             Self {
                 kind: (*flow).kind,
                 tcp: (*flow).tcp,
+                route: (*flow).route,
+                generation: (*flow).generation,
+                vni: (*flow).vni,
                 backend_id: (*flow).backend_id,
                 nat_addr: (*flow).nat_addr,
                 nat_port: (*flow).nat_port,
@@ -525,29 +587,37 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
             None
         }
         FlowKind::Forward => {
-            // The backend must still exist with the same address; a removed backend's
-            // flows are reassigned (the new backend answers a stray TCP segment with RST,
-            // which tells the client at once instead of leaving it hanging).
-            // SAFETY: read-only copy.
-            let backend = unsafe { LB_BACKENDS.get(f.backend_id) }.copied();
-            match backend {
-                // A retransmitted SYN of a connection whose backend now drains (the
-                // first SYN went there just before this node learned it drains, and got
-                // no answer: the task may be stopping) is balanced again, to a backend
-                // that takes new flows.
-                Some(b)
-                    if b.flags & Backend::FLAG_DRAINING != 0
-                        && key.proto == IPPROTO_TCP
-                        && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN =>
-                {
-                    return None;
+            // Read before the maps: what is checked below is valid as of this generation.
+            let generation = routing_generation();
+            // While the agent changed no backend or endpoint, the backend found valid at
+            // the entry's generation still is, and so is the route remembered then. A SYN
+            // always checks (a retransmitted SYN to a draining backend, below).
+            let current = f.generation == generation && tcp_flags & TCP_SYN == 0;
+            if !current {
+                // The backend must still exist with the same address; a removed backend's
+                // flows are reassigned (the new backend answers a stray TCP segment with
+                // RST, which tells the client at once instead of leaving it hanging).
+                // SAFETY: read-only copy.
+                let backend = unsafe { LB_BACKENDS.get(f.backend_id) }.copied();
+                match backend {
+                    // A retransmitted SYN of a connection whose backend now drains (the
+                    // first SYN went there just before this node learned it drains, and
+                    // got no answer: the task may be stopping) is balanced again, to a
+                    // backend that takes new flows.
+                    Some(b)
+                        if b.flags & Backend::FLAG_DRAINING != 0
+                            && key.proto == IPPROTO_TCP
+                            && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN =>
+                    {
+                        return None;
+                    }
+                    // Ids are recycled: the same id must still mean the same backend.
+                    Some(b)
+                        if b.addr == f.nat_addr
+                            && (b.port == f.nat_port || b.port == 0)
+                            && b.service_id == f.service_id => {}
+                    _ => return None,
                 }
-                // Ids are recycled: the same id must still mean the same backend.
-                Some(b)
-                    if b.addr == f.nat_addr
-                        && (b.port == f.nat_port || b.port == 0)
-                        && b.service_id == f.service_id => {}
-                _ => return None,
             }
             touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_FWD);
             let reply_key = key.with_dst(f.nat_addr, f.nat_port).reversed();
@@ -559,11 +629,12 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
                     addr: f.nat_addr,
                     port: f.nat_port,
                 },
-                route(f.nat_addr),
+                remembered_route(flow, &f, f.nat_addr, current, generation),
                 false,
             ))
         }
         FlowKind::Reply => {
+            let generation = routing_generation();
             touch(flow, key.proto, tcp_flags, Flow::SEEN_FIN_REV);
             let forward_key = key.with_src(f.nat_addr, f.nat_port).reversed();
             mirror_tcp_close(&forward_key, tcp_flags, Flow::SEEN_FIN_REV);
@@ -574,7 +645,13 @@ fn existing(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Option
                     addr: f.nat_addr,
                     port: f.nat_port,
                 },
-                route(key.dst_addr),
+                remembered_route(
+                    flow,
+                    &f,
+                    key.dst_addr,
+                    f.generation == generation,
+                    generation,
+                ),
                 false,
             ))
         }
@@ -830,7 +907,7 @@ const fn is_syn(tcp_flags: u8) -> bool {
 /// A Return entry: replies go back through `node`.
 #[inline(always)]
 fn return_flow(node: u32) -> Flow {
-    flow_entry(FlowKind::Return, 0, (0, 0), node, 0, now())
+    flow_entry(FlowKind::Return, 0, (0, 0), node, 0, now(), 0)
 }
 
 /// The Return entry (`reverse`) of a TCP connection from outside the overlay, on the

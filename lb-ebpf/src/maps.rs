@@ -74,3 +74,7 @@ pub(crate) static LB_SOCK_ORIGINS: LruHashMap<SockKey, SockOrigin> =
 #[map]
 pub(crate) static LB_NEXT_HOPS: LruHashMap<NextHopKey, NextHop> =
     LruHashMap::pinned(MAX_NEXT_HOPS, 0);
+
+/// The routing generation (one element): see `lb_common::maps::GENERATION`.
+#[map]
+pub(crate) static LB_GENERATION: Array<u32> = Array::pinned(1, 0);

@@ -228,7 +228,7 @@ impl Dataplane {
     pub fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, Backend> = self.map(maps::BACKENDS)?.try_into()?;
         m.insert(id, backend, 0)?;
-        Ok(())
+        self.next_generation()
     }
 
     /// Removes a backend.
@@ -238,7 +238,7 @@ impl Dataplane {
     pub fn remove_backend(&mut self, id: u32) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, Backend> = self.map(maps::BACKENDS)?.try_into()?;
         m.remove(&id)?;
-        Ok(())
+        self.next_generation()
     }
 
     /// Adds or replaces an endpoint of the overlay.
@@ -248,7 +248,7 @@ impl Dataplane {
     pub fn set_endpoint(&mut self, addr: Ipv4Addr, ep: Endpoint) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, Endpoint> = self.map(maps::ENDPOINTS)?.try_into()?;
         m.insert(be(addr), ep, 0)?;
-        Ok(())
+        self.next_generation()
     }
 
     /// The entry for a 5-tuple in the flow table or, for a TCP connection in its
@@ -261,6 +261,18 @@ impl Dataplane {
             Some(f) => Ok(Some(f)),
             None => self.flow_in(maps::SYN_FLOWS, key),
         }
+    }
+
+    /// Adds one to the routing generation, as the agent does after changing backends or
+    /// endpoints (flow entries then check their backend and route again).
+    ///
+    /// # Errors
+    /// When the map cannot be read or written.
+    pub fn next_generation(&mut self) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = self.map(maps::GENERATION)?.try_into()?;
+        let g = m.get(&0, 0)?;
+        m.set(0, g.wrapping_add(1), 0)?;
+        Ok(())
     }
 
     /// Writes a flow entry into the flow table ([`maps::FLOWS`]), as the programs would.

@@ -156,6 +156,37 @@ fn p2_follows_a_peers_new_mac_within_a_second() {
 }
 
 #[test]
+fn an_established_flow_follows_its_backends_task_to_another_node() {
+    let mut dp = mesh(&[1]);
+    let syn = tcp(FROM_CLIENT, (CLIENT, 40016), (NODE, 8080), Tcp::Syn, &[]);
+    let ack = tcp(FROM_CLIENT, (CLIENT, 40016), (NODE, 8080), Tcp::Ack, b"x");
+    assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_TX);
+    let (_, out) = dp.run_xdp("lb_xdp", &ack).unwrap();
+    assert_eq!(&out[30..34], &PEER.octets(), "encapsulated to the peer");
+    // The entry now remembers the route; the endpoint's change (as the agent applies it,
+    // with a new routing generation) must still reach established packets.
+    let other_peer = Ipv4Addr::new(10, 99, 0, 13);
+    let other_mac = [0x02, 0, 10, 99, 0, 13];
+    dp.set_neighbour(other_peer, other_mac).unwrap();
+    dp.set_endpoint(
+        REMOTE_TASK,
+        lb_common::Endpoint {
+            node: be(other_peer),
+            ifindex: 0,
+            mac: task_mac(u32::from(REMOTE_TASK)),
+            gw_mac: [0; 6],
+            vni: VNI,
+        },
+    )
+    .unwrap();
+    let (verdict, out) = dp.run_xdp("lb_xdp", &ack).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(&out[30..34], &other_peer.octets(), "to the task's new node");
+    assert_eq!(out[..6], other_mac);
+    assert_eq!(dp.flow_events(FlowEvent::Lost).unwrap(), 0, "the same flow");
+}
+
+#[test]
 fn p2_replies_return_through_the_ingress_node_to_the_client() {
     let dp = mesh(&[1]);
     let syn = tcp(FROM_CLIENT, (CLIENT, 40020), (NODE, 8080), Tcp::Syn, &[]);

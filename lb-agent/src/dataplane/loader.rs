@@ -217,6 +217,7 @@ pub struct Dataplane {
     endpoints: HashMap<MapData, u32, Endpoint>,
     rr_cursors: PerCpuArray<MapData, u32>,
     node: Array<MapData, NodeConfig>,
+    generation: Array<MapData, u32>,
     counters: Arc<Mutex<CounterMaps>>,
     flows: Option<FlowTable>,
 }
@@ -292,6 +293,8 @@ impl Dataplane {
             PerCpuArray::try_from(take(names::RR_CURSORS)?).map_err(map_err(names::RR_CURSORS))?;
         let node =
             Array::try_from(take(names::NODE_CONFIG)?).map_err(map_err(names::NODE_CONFIG))?;
+        let generation =
+            Array::try_from(take(names::GENERATION)?).map_err(map_err(names::GENERATION))?;
         let counters = CounterMaps {
             services: PerCpuArray::try_from(take(names::SERVICE_COUNTERS)?)
                 .map_err(map_err(names::SERVICE_COUNTERS))?,
@@ -310,6 +313,7 @@ impl Dataplane {
             endpoints,
             rr_cursors,
             node,
+            generation,
             counters: Arc::new(Mutex::new(counters)),
             flows: Some(FlowTable { flows, handshakes }),
         })
@@ -410,12 +414,36 @@ impl Dataplane {
     /// # Errors
     /// The first failed map operation; the operations before it stay applied (the order
     /// of [`crate::dataplane::map_state::diff`] keeps every prefix consistent for packets).
+    ///
+    /// After a change of backends or endpoints (even a partial one, on failure), the
+    /// routing generation goes up by one, so flow entries that remember their backend
+    /// and route check them again ([`lb_common::Flow::generation`]).
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        let mut routing_changed = false;
+        let mut result = Ok(());
         for op in ops {
             debug!(?op, "map op");
-            self.apply_one(op)?;
+            routing_changed |= changes_routing(op);
+            result = self.apply_one(op);
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
+        if routing_changed {
+            self.next_generation()?;
+        }
+        result
+    }
+
+    /// Adds one to the routing generation (the agent is its only writer).
+    fn next_generation(&mut self) -> Result<(), DataplaneError> {
+        let g = self
+            .generation
+            .get(&0, 0)
+            .map_err(map_err(names::GENERATION))?;
+        self.generation
+            .set(0, g.wrapping_add(1), 0)
+            .map_err(map_err(names::GENERATION))
     }
 
     fn apply_one(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
@@ -652,6 +680,18 @@ pub fn remove_map_pins(pin_dir: &Path) -> Result<usize, DataplaneError> {
         info!(dir = %pin_dir.display(), "removed pin directory");
     }
     Ok(removed)
+}
+
+/// Whether `op` changes what a flow entry may remember: a backend (its address, or that
+/// its id now names another) or an endpoint (where an address lives).
+const fn changes_routing(op: &MapOp) -> bool {
+    matches!(
+        op,
+        MapOp::UpsertBackend(..)
+            | MapOp::DeleteBackend(..)
+            | MapOp::UpsertEndpoint(..)
+            | MapOp::DeleteEndpoint(..)
+    )
 }
 
 #[cfg(test)]
