@@ -533,7 +533,9 @@ fn main() -> Result<()> {
     }
 
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-    let report = render(&cases, &medians, &args)?;
+    let programming = programming(args.rounds)?;
+    let mut report = render(&cases, &medians, &args)?;
+    render_programming(&mut report, &programming)?;
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -771,4 +773,130 @@ fn render(cases: &[Case], medians: &[f64], args: &Args) -> Result<String> {
         writeln!(s, "{}", line.trim_start_matches("//!").trim_start())?;
     }
     Ok(s)
+}
+
+/// How many backends the programming measurement gives one service.
+const PROGRAMMED: usize = 1_000;
+
+/// What the programming measurement times, in order, each round.
+const PROGRAMMING_STEPS: [&str; 3] = [
+    "1,000 backends of one service, from none (with their 1,000 endpoints)",
+    "one backend of the 1,000 replaced by another (a rolling update's step)",
+    "all 1,000 removed (the service and its endpoints)",
+];
+
+/// The standalone configuration of one published service whose backends are the tasks
+/// `first..first + PROGRAMMED` on the peer, or of nothing when `first` is `None`.
+fn programming_config(first: Option<usize>) -> String {
+    let mut c = String::from(
+        "[node]\nname = \"node1\"\nunderlay = \"ul0\"\naddress = \"10.99.0.11\"\n\n\
+         [[peers]]\nname = \"node2\"\naddress = \"10.99.0.12\"\n",
+    );
+    let Some(first) = first else {
+        return c;
+    };
+    let tasks = first..first + PROGRAMMED;
+    for i in tasks.clone() {
+        let _ = write!(
+            c,
+            "\n[[endpoints]]\nname = \"t{i}\"\naddress = \"10.200.{}.{}\"\nnode = \"node2\"\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    c.push_str(
+        "\n[[services]]\nname = \"big\"\nports = [{ published = 9000, target = 80, \
+         protocol = \"tcp\" }]\nbackends = [",
+    );
+    for i in tasks {
+        let _ = write!(c, "{{ endpoint = \"t{i}\" }}, ");
+    }
+    c.push_str("]\n");
+    c
+}
+
+/// Times the agent's own programming of the maps (`lb_agent::agent`'s reconcile without
+/// its attachments: read the pinned maps' state, compute the desired state, diff, apply)
+/// for the [`PROGRAMMING_STEPS`], on a dataplane the agent's loader opened in this
+/// namespace; `rounds` rounds, milliseconds per step.
+fn programming(rounds: usize) -> Result<Vec<Vec<f64>>> {
+    use lb_agent::{
+        config::Config,
+        dataplane::{desired, loader::Dataplane as AgentDataplane, map_state},
+        host::interfaces::{HostInfo, Interface},
+    };
+    let pin_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lbbench-programming-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&pin_dir)?;
+    let result = (|| {
+        let mut dp = AgentDataplane::open(
+            lb_agent::EBPF_OBJECT,
+            &pin_dir,
+            lb_common::maps::DEFAULT_MAX_FLOWS,
+        )?;
+        let mut host = HostInfo::default();
+        host.insert(Interface {
+            name: "ul0".into(),
+            index: nix::net::if_::if_nametoindex("ul0")?,
+            mac: NODE_MAC,
+            mtu: 1500,
+            ipv4: vec![NODE],
+        });
+        let configs = [Some(0), Some(1), None].map(|first| -> Result<Config> {
+            let c = Config::from_toml(&programming_config(first))?;
+            c.validate(&host)?;
+            Ok(c)
+        });
+        let mut times = vec![Vec::new(); PROGRAMMING_STEPS.len()];
+        for _ in 0..rounds {
+            for (step, config) in configs.iter().enumerate() {
+                let config = config.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                let start = std::time::Instant::now();
+                let current = dp.read_state()?;
+                let mut allocs = desired::Allocators::resume(&current);
+                let want = desired::compute(config, &host, &current, &mut allocs)?;
+                let ops = map_state::diff(&current, &want.state)?;
+                dp.apply(&ops)?;
+                times[step].push(start.elapsed().as_secs_f64() * 1e3);
+                let now = dp.read_state()?;
+                let services = now.services.len();
+                ensure!(
+                    services == usize::from(step < 2)
+                        && now.backends.len() == if step < 2 { PROGRAMMED } else { 0 },
+                    "programming step {step}: {services} service keys and {} backends in the maps",
+                    now.backends.len()
+                );
+            }
+        }
+        Ok(times)
+    })();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    result
+}
+
+/// Appends the programming measurement to the report.
+fn render_programming(s: &mut String, times: &[Vec<f64>]) -> Result<()> {
+    writeln!(s, "\n## Programming 1,000 backends\n")?;
+    writeln!(
+        s,
+        "The agent's own path from a configuration to the maps (read the pinned maps' state, \
+         compute the desired state, diff, apply the map operations: what `lb-agent` does on \
+         every change, standalone or managed, without attaching programs), timed with a \
+         monotonic clock around those four steps, on maps the agent's loader opened; one \
+         published service whose backends are tasks on a peer node. After each step the \
+         maps are read back and checked to hold what was asked. Medians of {} rounds.\n",
+        times.first().map_or(0, Vec::len)
+    )?;
+    writeln!(s, "| step | median ms | fastest ms | slowest ms |")?;
+    writeln!(s, "| --- | ---: | ---: | ---: |")?;
+    for (name, t) in PROGRAMMING_STEPS.iter().zip(times) {
+        let mut t = t.clone();
+        let (lo, hi) = t
+            .iter()
+            .fold((f64::MAX, 0.0_f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        writeln!(s, "| {name} | {:.2} | {lo:.2} | {hi:.2} |", median(&mut t))?;
+    }
+    Ok(())
 }
