@@ -41,6 +41,29 @@ pub const MAX_SOCK_ORIGINS: u32 = 65_536;
 pub const NEXT_HOPS: &str = "LB_NEXT_HOPS";
 /// Entries of [`NEXT_HOPS`]: peers, and clients whose replies leave through the underlay.
 pub const MAX_NEXT_HOPS: u32 = 16_384;
+/// Which ports are published on the node, one bit per (protocol, port): `u64` words,
+/// [`PUBLISHED_WORDS`] of them ([`published_bit`]). A packet to the node's address on a
+/// port whose bit is clear is not the mesh's, and passes without a service lookup. The
+/// agent sets a bit after inserting the port's service and clears it before removing
+/// it, and rebuilds the words from [`SERVICES`] when it starts.
+pub const PUBLISHED: &str = "LB_PUBLISHED";
+/// Words of [`PUBLISHED`]: a bit for each TCP and each UDP port.
+pub const PUBLISHED_WORDS: u32 = 2 * 65_536 / 64;
+
+/// The word index and bit mask in [`PUBLISHED`] of the port `port` (network order) of
+/// protocol `proto`; `None` for protocols other than TCP and UDP.
+#[inline(always)]
+#[must_use]
+pub const fn published_bit(port: u16, proto: u8) -> Option<(u32, u64)> {
+    let high = match proto {
+        crate::IPPROTO_TCP => 0,
+        crate::IPPROTO_UDP => 1 << 16,
+        _ => return None,
+    };
+    let idx = high | u16::from_be(port) as u32;
+    Some((idx / 64, 1 << (idx % 64)))
+}
+
 /// The routing generation, one element (`u32`): the agent adds one after every change
 /// of backends or endpoints it applies, so a flow entry that remembers its backend and
 /// route at an older generation checks them again ([`crate::Flow::generation`]).
@@ -89,4 +112,32 @@ pub const MAX_LIVE_SLOTS: u32 = SLOTS_LEN / 2;
 #[must_use]
 pub const fn slot_at(base: u32, slots: u32, pos: u32) -> u32 {
     base.wrapping_add(pos % slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tcp_and_udp_port_has_its_own_bit() {
+        let mut seen = [0u64; PUBLISHED_WORDS as usize];
+        for proto in [crate::IPPROTO_TCP, crate::IPPROTO_UDP] {
+            for port in 0..=u16::MAX {
+                let (word, mask) = published_bit(port.to_be(), proto).expect("tcp and udp");
+                assert_eq!(mask.count_ones(), 1);
+                assert!(word < PUBLISHED_WORDS);
+                assert_eq!(
+                    seen[word as usize] & mask,
+                    0,
+                    "port {port} of {proto} shares"
+                );
+                seen[word as usize] |= mask;
+            }
+        }
+        assert!(
+            seen.iter().all(|w| *w == u64::MAX),
+            "every bit is someone's"
+        );
+        assert_eq!(published_bit(80u16.to_be(), 1), None, "ICMP has no ports");
+    }
 }

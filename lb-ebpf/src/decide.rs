@@ -7,13 +7,14 @@ use core::mem::{MaybeUninit, size_of};
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, FlowKind, IPPROTO_TCP,
-    MESH_ONLY_VNI, NodeConfig, Service, ServiceKey, maps::slot_at,
+    MESH_ONLY_VNI, NodeConfig, Service, ServiceKey,
+    maps::{published_bit, slot_at},
 };
 
 use crate::maps::{
     LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOW_EVENTS, LB_FLOWS,
-    LB_GENERATION, LB_NODE_CONFIG, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS,
-    LB_SYN_FLOWS,
+    LB_GENERATION, LB_NODE_CONFIG, LB_PUBLISHED, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES,
+    LB_SLOTS, LB_SYN_FLOWS,
 };
 
 /// TCP flag bits as they sit in the 13th byte of the TCP header.
@@ -345,6 +346,11 @@ pub(crate) fn route(dst: u32) -> Next {
 #[inline(always)]
 pub(crate) fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service> {
     let published = key.dst_addr == cfg.addr;
+    // Most traffic to the node's own address is not the mesh's (its SSH, its kubelet):
+    // a port whose bit is clear passes on an array read, without a hash lookup.
+    if published && !is_published(key.dst_port, key.proto) {
+        return None;
+    }
     let first = ServiceKey {
         addr: if published { 0 } else { key.dst_addr },
         port: key.dst_port,
@@ -366,6 +372,15 @@ pub(crate) fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static S
     };
     // SAFETY: as above.
     unsafe { LB_SERVICES.get(any_port) }
+}
+
+/// Whether the port `port` (network order) of `proto` is published on the node.
+#[inline(always)]
+fn is_published(port: u16, proto: u8) -> bool {
+    match published_bit(port, proto) {
+        Some((word, mask)) => LB_PUBLISHED.get(word).is_some_and(|w| w & mask != 0),
+        None => false,
+    }
 }
 
 /// Picks the next backend of `svc` for a new flow: this CPU's round-robin cursor over the

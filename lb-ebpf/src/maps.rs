@@ -10,7 +10,7 @@ use lb_common::{
     NodeConfig, Service, ServiceKey, SockKey, SockOrigin,
     maps::{
         DEFAULT_MAX_FLOWS, DEFAULT_MAX_SYN_FLOWS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_NEXT_HOPS,
-        MAX_SERVICES, MAX_SOCK_ORIGINS, SLOTS_LEN,
+        MAX_SERVICES, MAX_SOCK_ORIGINS, PUBLISHED_WORDS, SLOTS_LEN,
     },
 };
 
@@ -78,3 +78,7 @@ pub(crate) static LB_NEXT_HOPS: LruHashMap<NextHopKey, NextHop> =
 /// The routing generation (one element): see `lb_common::maps::GENERATION`.
 #[map]
 pub(crate) static LB_GENERATION: Array<u32> = Array::pinned(1, 0);
+
+/// Published ports, a bit each: see `lb_common::maps::PUBLISHED`.
+#[map]
+pub(crate) static LB_PUBLISHED: Array<u64> = Array::pinned(PUBLISHED_WORDS, 0);

@@ -205,6 +205,14 @@ impl Dataplane {
         let mut m: HashMap<&mut MapData, ServiceKey, Service> =
             self.map(maps::SERVICES)?.try_into()?;
         m.insert(key, svc, 0)?;
+        // A published port's bit, as the agent sets it.
+        if key.addr == 0
+            && let Some((word, mask)) = maps::published_bit(key.port, key.proto)
+        {
+            let mut bits: Array<&mut MapData, u64> = self.map(maps::PUBLISHED)?.try_into()?;
+            let old = bits.get(&word, 0)?;
+            bits.set(word, old | mask, 0)?;
+        }
         Ok(())
     }
 

@@ -339,6 +339,31 @@ fn agent_lifecycle_reload_kill_restart() {
     ok(topo.metrics(1).map(drop));
 }
 
+/// A published port moved by a reload: served on the new port from every node, and the
+/// old one is the mesh's no more (the node's kernel answers it: nothing listens there).
+#[test]
+fn a_published_port_moved_by_a_reload_is_served_there_and_no_more_here() {
+    let mut topo = mesh();
+    let moved = TCP_PORT + 1;
+    topo.services_mut()[0].ports[0].published = moved;
+    ok(topo.reload());
+    for k in 1..=3 {
+        let new = SocketAddr::from((topo.node_addr(k), moved));
+        let reply = ok(from_client(&topo, || request_tcp(new)));
+        assert!(reply.task.starts_with("web."), "via n{k}: {reply:?}");
+        let old = published(&topo, k);
+        let refused = ok(from_client(&topo, || Ok(request_tcp(old).is_err())));
+        assert!(refused, "n{k} still balances the old port {old}");
+    }
+    // And back: the old port is published again.
+    topo.services_mut()[0].ports[0].published = TCP_PORT;
+    ok(topo.reload());
+    for k in 1..=3 {
+        let reply = ok(from_client(&topo, || request_tcp(published(&topo, k))));
+        assert!(reply.task.starts_with("web."), "via n{k}: {reply:?}");
+    }
+}
+
 /// Issue 12, fault 5: a bad configuration is counted once. The file watcher tries it as
 /// it is written, and the SIGHUP sent after the edit (as the docs say) tries the same
 /// bytes again: logged, not counted a second time. The dataplane keeps working.

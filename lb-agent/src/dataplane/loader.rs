@@ -218,6 +218,7 @@ pub struct Dataplane {
     rr_cursors: PerCpuArray<MapData, u32>,
     node: Array<MapData, NodeConfig>,
     generation: Array<MapData, u32>,
+    published: Array<MapData, u64>,
     counters: Arc<Mutex<CounterMaps>>,
     flows: Option<FlowTable>,
 }
@@ -295,6 +296,8 @@ impl Dataplane {
             Array::try_from(take(names::NODE_CONFIG)?).map_err(map_err(names::NODE_CONFIG))?;
         let generation =
             Array::try_from(take(names::GENERATION)?).map_err(map_err(names::GENERATION))?;
+        let published =
+            Array::try_from(take(names::PUBLISHED)?).map_err(map_err(names::PUBLISHED))?;
         let counters = CounterMaps {
             services: PerCpuArray::try_from(take(names::SERVICE_COUNTERS)?)
                 .map_err(map_err(names::SERVICE_COUNTERS))?,
@@ -304,7 +307,7 @@ impl Dataplane {
             flow_events: PerCpuArray::try_from(take(names::FLOW_EVENTS)?)
                 .map_err(map_err(names::FLOW_EVENTS))?,
         };
-        Ok(Self {
+        let mut dataplane = Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             services,
@@ -314,9 +317,55 @@ impl Dataplane {
             rr_cursors,
             node,
             generation,
+            published,
             counters: Arc::new(Mutex::new(counters)),
             flows: Some(FlowTable { flows, handshakes }),
-        })
+        };
+        dataplane.rebuild_published()?;
+        Ok(dataplane)
+    }
+
+    /// Rewrites every word of the published-ports bitmap from the services map: the bits
+    /// of the ports published there, and no other (an agent stopped between a service's
+    /// insert and its bit, or a bit's clearing and the service's removal, left them
+    /// apart).
+    fn rebuild_published(&mut self) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; names::PUBLISHED_WORDS as usize];
+        for entry in self.services.keys() {
+            let key = entry.map_err(map_err(names::SERVICES))?;
+            if key.addr == 0
+                && let Some((word, mask)) = names::published_bit(key.port, key.proto)
+            {
+                words[word as usize] |= mask;
+            }
+        }
+        for (i, word) in (0..).zip(words) {
+            self.published
+                .set(i, word, 0)
+                .map_err(map_err(names::PUBLISHED))?;
+        }
+        Ok(())
+    }
+
+    /// Sets (`on`) or clears the published-ports bit of `key`, if it is a published port.
+    fn mark_published(&mut self, key: &ServiceKey, on: bool) -> Result<(), DataplaneError> {
+        if key.addr != 0 {
+            return Ok(());
+        }
+        let Some((word, mask)) = names::published_bit(key.port, key.proto) else {
+            return Ok(());
+        };
+        let old = self
+            .published
+            .get(&word, 0)
+            .map_err(map_err(names::PUBLISHED))?;
+        let new = if on { old | mask } else { old & !mask };
+        if new != old {
+            self.published
+                .set(word, new, 0)
+                .map_err(map_err(names::PUBLISHED))?;
+        }
+        Ok(())
     }
 
     /// The pin directory.
@@ -484,12 +533,19 @@ impl Dataplane {
                 }
                 Ok(())
             }
-            MapOp::UpsertService(k, s) => self
-                .services
-                .insert(k.to_map(), s, 0)
-                .map_err(map_err(names::SERVICES)),
+            // A published port's bit is set after its service is in the map, and cleared
+            // before it leaves: a packet that sees the bit finds the service.
+            MapOp::UpsertService(k, s) => {
+                let key = k.to_map();
+                self.services
+                    .insert(key, s, 0)
+                    .map_err(map_err(names::SERVICES))?;
+                self.mark_published(&key, true)
+            }
             MapOp::DeleteService(k) => {
-                ignore_missing(self.services.remove(&k.to_map())).map_err(map_err(names::SERVICES))
+                let key = k.to_map();
+                self.mark_published(&key, false)?;
+                ignore_missing(self.services.remove(&key)).map_err(map_err(names::SERVICES))
             }
             MapOp::DeleteBackend(id) => {
                 ignore_missing(self.backends.remove(id)).map_err(map_err(names::BACKENDS))
