@@ -15,12 +15,14 @@ pub mod config;
 pub mod counters;
 pub mod flow;
 pub mod maps;
+pub mod sched;
 pub mod service;
 pub mod sock;
 
 pub use config::NodeConfig;
 pub use counters::{Counters, DropReason, FlowEvent};
 pub use flow::{Flow, FlowKey, FlowKind};
+pub use sched::Scheduler;
 pub use service::{Backend, Endpoint, MESH_ONLY_VNI, Service, ServiceKey};
 pub use sock::{SockKey, SockOrigin};
 

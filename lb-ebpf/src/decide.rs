@@ -5,12 +5,15 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, FlowKind, IPPROTO_TCP,
-    MESH_ONLY_VNI, NodeConfig, Service, ServiceKey, maps::slot_at,
+    MESH_ONLY_VNI, NodeConfig, Scheduler, Service, ServiceKey,
+    maps::slot_at,
+    sched::{LC_CANDIDATES, flow_hash, source_hash},
 };
 
 use crate::maps::{
-    LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOW_EVENTS, LB_FLOWS,
-    LB_NODE_CONFIG, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS, LB_SYN_FLOWS,
+    LB_BACKEND_CONNS, LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOW_EVENTS,
+    LB_FLOWS, LB_NODE_CONFIG, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES, LB_SLOTS,
+    LB_SYN_FLOWS,
 };
 
 /// TCP flag bits as they sit in the 13th byte of the TCP header.
@@ -310,27 +313,68 @@ pub(crate) fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static S
     unsafe { LB_SERVICES.get(published) }
 }
 
-/// Picks the next backend of `svc` for a new flow: this CPU's round-robin cursor over the
-/// service's live slot table (weights are already expanded into slots by the agent).
-/// A task connecting to its own service's VIP is not balanced to itself when another
-/// backend exists: the task's kernel would drop a packet from its own address.
+/// What a new flow's pick hashes: for `maglev` its source address and port and its
+/// destination port and protocol, for `sh` its source address (see
+/// `lb_common::sched`). The socket programs fill it as far as a socket tells.
+#[derive(Clone, Copy)]
+pub(crate) struct PickKey {
+    /// Source address (network order): the client, never balanced to itself.
+    pub src_addr: u32,
+    /// Source port (network order).
+    pub src_port: u16,
+    /// Destination port (network order).
+    pub dst_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+}
+
+impl PickKey {
+    /// The pick key of a packet's 5-tuple.
+    #[inline(always)]
+    pub(crate) const fn of(key: &FlowKey) -> Self {
+        Self {
+            src_addr: key.src_addr,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            proto: key.proto,
+        }
+    }
+}
+
+/// This CPU's round-robin cursor of `svc`, advanced.
 #[inline(always)]
-pub(crate) fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
+fn next_cursor(svc: &Service) -> Option<u32> {
+    let cursor = LB_RR_CURSORS.get_ptr_mut(svc.id)?;
+    // SAFETY: per-CPU value, only this CPU writes it.
+    Some(unsafe {
+        let pos = *cursor;
+        *cursor = pos.wrapping_add(1);
+        pos
+    })
+}
+
+/// Picks a backend of `svc` for a new flow, by the service's scheduler: `rr` takes
+/// this CPU's round-robin cursor over the live slot table (weights are already expanded
+/// into slots by the agent); `maglev` and `sh` take the slot of the flow's hash in the
+/// service's Maglev table; `lc` the least loaded backend ([`pick_least_conn`]). A task
+/// connecting to its own service's VIP is not balanced to itself when another backend
+/// exists: the task's kernel would drop a packet from its own address.
+#[inline(always)]
+pub(crate) fn pick_backend(svc: &Service, key: &PickKey) -> Option<(u32, Backend)> {
     let slots = svc.slots;
     if slots == 0 {
         return None;
     }
-    let cursor = LB_RR_CURSORS.get_ptr_mut(svc.id)?;
-    // SAFETY: per-CPU value, only this CPU writes it.
-    let pos = unsafe {
-        let pos = *cursor;
-        *cursor = pos.wrapping_add(1);
-        pos
-    };
+    let pos = match Scheduler::from_u32(svc.sched) {
+        Scheduler::RoundRobin => next_cursor(svc)?,
+        Scheduler::Maglev => flow_hash(key.src_addr, key.src_port, key.dst_port, key.proto),
+        Scheduler::SourceHash => source_hash(key.src_addr),
+        Scheduler::LeastConn => return pick_least_conn(svc, key.src_addr),
+    } % slots;
     let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos))?;
     // SAFETY: read-only copy.
     let backend = unsafe { *LB_BACKENDS.get(id)? };
-    if backend.addr != client || slots == 1 {
+    if backend.addr != key.src_addr || slots == 1 {
         return Some((id, backend));
     }
     let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(1)))?;
@@ -339,11 +383,76 @@ pub(crate) fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)>
     Some((id, backend))
 }
 
+/// The `lc` pick: among the first [`LC_CANDIDATES`] entries of the service's table
+/// (each active backend once) from this CPU's round-robin cursor, the backend with the
+/// fewest active connections per unit of weight (`LB_BACKEND_CONNS`); ties go to the
+/// first from the cursor, so equal loads still take turns. A service with more backends
+/// compares a window of that many, which moves on by one with every new flow.
+#[inline(always)]
+fn pick_least_conn(svc: &Service, client: u32) -> Option<(u32, Backend)> {
+    let slots = svc.slots;
+    let pos = next_cursor(svc)?;
+    let n = if slots < LC_CANDIDATES {
+        slots
+    } else {
+        LC_CANDIDATES
+    };
+    let mut best: Option<(u32, Backend)> = None;
+    let (mut best_conns, mut best_weight) = (0u64, 1u64);
+    for i in 0..LC_CANDIDATES {
+        if i >= n {
+            break;
+        }
+        let Some(&id) = LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(i))) else {
+            continue;
+        };
+        // SAFETY: read-only copy.
+        let Some(backend) = (unsafe { LB_BACKENDS.get(id) }).copied() else {
+            continue;
+        };
+        if backend.addr == client && slots > 1 {
+            continue;
+        }
+        let conns = match LB_BACKEND_CONNS.get_ptr(id) {
+            // SAFETY: a live map value; a torn read is impossible for an aligned u64.
+            Some(c) => unsafe { core::ptr::read_volatile(c) },
+            None => 0,
+        };
+        let weight = u64::from(if backend.weight == 0 {
+            1
+        } else {
+            backend.weight
+        });
+        // conns / weight < best_conns / best_weight, without dividing.
+        if best.is_none() || conns * best_weight < best_conns * weight {
+            best = Some((id, backend));
+            best_conns = conns;
+            best_weight = weight;
+        }
+    }
+    best
+}
+
+/// Counts a new flow of an `lc` service as an active connection of its backend.
+#[inline(always)]
+fn count_connection(svc: &Service, backend_id: u32) {
+    if svc.sched != Scheduler::LeastConn as u32 {
+        return;
+    }
+    if let Some(c) = LB_BACKEND_CONNS.get_ptr_mut(backend_id) {
+        // SAFETY: a live, aligned map value shared by every CPU. The BPF target has no
+        // atomic read-modify-write in Rust's core, so two CPUs that count a new flow of
+        // one backend at once may lose one; the agent's sweep recounts from the flow
+        // tables, which bounds the drift to one sweep interval.
+        unsafe { core::ptr::write_volatile(c, core::ptr::read_volatile(c) + 1) };
+    }
+}
+
 /// A new flow of `svc`: choose a backend and record both directions. A TCP segment
 /// without SYN (nor RST) is a connection whose state was lost ([`FlowEvent::Lost`]).
 #[inline(always)]
 fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision {
-    let Some((backend_id, mut backend)) = pick_backend(svc, key.src_addr) else {
+    let Some((backend_id, mut backend)) = pick_backend(svc, &PickKey::of(key)) else {
         return Decision::drop(DropReason::NoBackend);
     };
     // A backend of a VIP's every-port entry keeps the port the client asked for.
@@ -388,6 +497,7 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
         return Decision::drop(DropReason::Internal);
     }
     count(svc.id, backend_id, bytes, true);
+    count_connection(svc, backend_id);
     if key.proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_RST) == 0 {
         count_flow_event(FlowEvent::Lost);
     }

@@ -14,13 +14,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use lb_common::maps::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS};
+use lb_common::maps::{MAX_BACKENDS, MAX_SERVICES};
 use lb_common::{Backend, Endpoint, NodeConfig, Service};
 
 use crate::config::{Config, ConfigError, Protocol};
 use crate::dataplane::ids::IdAllocator;
+use crate::dataplane::maglev::{self, MaglevBackend};
 use crate::dataplane::map_state::{DataplaneState, SvcKey};
-use crate::dataplane::wrr;
 use crate::host::interfaces::HostInfo;
 
 /// The id allocators of an agent, kept across reloads.
@@ -213,8 +213,7 @@ pub fn compute(
                 0
             };
 
-            let mut slot_ids = Vec::new();
-            let mut weights = Vec::new();
+            let mut active = Vec::new();
             for b in &svc.backends {
                 let addr = *endpoint_addrs.get(b.endpoint.as_str()).ok_or_else(|| {
                     ConfigError::UnknownEndpoint {
@@ -226,6 +225,7 @@ pub fn compute(
                 if b.draining {
                     value.flags |= Backend::FLAG_DRAINING;
                 }
+                value.weight = b.weight.max(1);
                 let identity = (sid, value.addr, value.port);
                 let bid = match current_backend_ids.get(&identity) {
                     Some(id) if !claimed_backends.contains(id) => *id,
@@ -251,17 +251,22 @@ pub fn compute(
                     },
                 );
                 if !b.draining {
-                    slot_ids.push(bid);
-                    weights.push(b.weight);
+                    active.push(MaglevBackend {
+                        id: bid,
+                        addr: value.addr,
+                        port: value.port,
+                        weight: value.weight,
+                    });
                 }
             }
-            let slots = wrr::slot_table(&slot_ids, &weights, MAX_SLOTS);
+            let slots = maglev::slot_table(svc.scheduler, &active);
             let value = Service {
                 id: sid,
                 base: 0,
                 slots: slots.len() as u32,
                 flags,
                 vni: config.service_vni(svc),
+                sched: svc.scheduler as u32,
             };
             for k in keys {
                 state.services.insert(k, value);
@@ -378,7 +383,8 @@ mod tests {
                 base: 0,
                 slots: 3,
                 flags: Service::FLAG_MSS_CLAMP,
-                vni: 4096
+                vni: 4096,
+                sched: 0,
             }
         );
         // web.1 weight 1 (id 0), web.2 weight 2 (id 1).

@@ -8,7 +8,7 @@
 //! (a layout change across versions) cannot be reused; then every map is unpinned and
 //! created afresh, with a warning, and the agent reprograms them from the configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -146,10 +146,22 @@ fn zeroes<T: aya::Pod + Default + Clone>() -> Result<PerCpuValues<T>, MapError> 
 
 /// The flow table and the handshake table (TCP connections not established yet), handed
 /// to the sweeper thread.
-#[derive(Debug)]
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
     handshakes: HashMap<MapData, FlowKey, Flow>,
+    conns: Array<MapData, u64>,
+    /// Backend ids whose connection count the last sweep wrote non-zero; `None` before
+    /// the first sweep, which clears every count.
+    counted: Option<BTreeSet<u32>>,
+}
+
+impl std::fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTable")
+            .field("flows", &self.flows)
+            .field("handshakes", &self.handshakes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FlowTable {
@@ -192,7 +204,53 @@ impl FlowTable {
                 deleted += 1;
             }
         }
+        self.recount_connections();
         Ok((counts, deleted))
+    }
+
+    /// Recounts the active connections of every backend (`LB_BACKEND_CONNS`, which
+    /// least-connections picks read) from the flow tables: the Forward entries of flows
+    /// not closed ([`flows::active_connection`]). The dataplane only adds to the counts;
+    /// this is where closed, expired and evicted flows leave them. Failed writes are
+    /// ignored (the next sweep writes again).
+    pub fn recount_connections(&mut self) {
+        let mut active: BTreeMap<u32, u64> = BTreeMap::new();
+        for (key, flow) in self
+            .flows
+            .iter()
+            .flatten()
+            .chain(self.handshakes.iter().flatten())
+        {
+            if flows::active_connection(&key, &flow) {
+                *active.entry(flow.backend_id).or_default() += 1;
+            }
+        }
+        let stale: Vec<u32> = match &self.counted {
+            Some(ids) => ids
+                .iter()
+                .copied()
+                .filter(|id| !active.contains_key(id))
+                .collect(),
+            None => (0..names::MAX_BACKENDS)
+                .filter(|id| !active.contains_key(id))
+                .collect(),
+        };
+        for id in stale {
+            let _ = self.conns.set(id, 0, 0);
+        }
+        for (&id, &n) in &active {
+            let _ = self.conns.set(id, n, 0);
+        }
+        self.counted = Some(active.into_keys().collect());
+    }
+
+    /// The active connections of backend `id` as the dataplane's least-connections picks
+    /// see them.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn connections(&self, id: u32) -> Result<u64, MapError> {
+        self.conns.get(&id, 0)
     }
 
     /// Calls `visit` on every entry of both tables; entries that vanish meanwhile (LRU
@@ -286,6 +344,8 @@ impl Dataplane {
         let endpoints =
             HashMap::try_from(take(names::ENDPOINTS)?).map_err(map_err(names::ENDPOINTS))?;
         let flows = HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?;
+        let conns =
+            Array::try_from(take(names::BACKEND_CONNS)?).map_err(map_err(names::BACKEND_CONNS))?;
         let handshakes =
             HashMap::try_from(take(names::SYN_FLOWS)?).map_err(map_err(names::SYN_FLOWS))?;
         let rr_cursors =
@@ -311,7 +371,12 @@ impl Dataplane {
             rr_cursors,
             node,
             counters: Arc::new(Mutex::new(counters)),
-            flows: Some(FlowTable { flows, handshakes }),
+            flows: Some(FlowTable {
+                flows,
+                handshakes,
+                conns,
+                counted: None,
+            }),
         })
     }
 

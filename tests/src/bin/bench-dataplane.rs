@@ -365,6 +365,7 @@ fn main() -> Result<()> {
         slots: 1,
         flags: 0,
         vni: mesh_tests::fixture::VNI,
+        sched: 0,
     };
     // Its own backend (a backend of another service would make every packet a new flow:
     // the program checks that a flow's backend still belongs to its service).
