@@ -397,7 +397,17 @@ fn pick_least_conn(svc: &Service, client: u32) -> Option<(u32, Backend)> {
     } else {
         LC_CANDIDATES
     };
-    let mut best: Option<(u32, Backend)> = None;
+    // Plain values, no `Option` with a payload: LLVM may spill an unset payload, which
+    // the verifier refuses as an uninitialised register (see `Decision`).
+    let mut found = false;
+    let mut best_id = 0u32;
+    let mut best = Backend {
+        addr: 0,
+        port: 0,
+        flags: 0,
+        service_id: 0,
+        weight: 0,
+    };
     let (mut best_conns, mut best_weight) = (0u64, 1u64);
     for i in 0..LC_CANDIDATES {
         if i >= n {
@@ -424,13 +434,15 @@ fn pick_least_conn(svc: &Service, client: u32) -> Option<(u32, Backend)> {
             backend.weight
         });
         // conns / weight < best_conns / best_weight, without dividing.
-        if best.is_none() || conns * best_weight < best_conns * weight {
-            best = Some((id, backend));
+        if !found || conns * best_weight < best_conns * weight {
+            found = true;
+            best_id = id;
+            best = backend;
             best_conns = conns;
             best_weight = weight;
         }
     }
-    best
+    if found { Some((best_id, best)) } else { None }
 }
 
 /// Counts a new flow of an `lc` service as an active connection of its backend.

@@ -150,6 +150,8 @@ pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
     handshakes: HashMap<MapData, FlowKey, Flow>,
     conns: Array<MapData, u64>,
+    /// The backends (read only: which ids may have a count).
+    backends: HashMap<MapData, u32, Backend>,
     /// Backend ids whose connection count the last sweep wrote non-zero; `None` before
     /// the first sweep, which clears every count.
     counted: Option<BTreeSet<u32>>,
@@ -165,6 +167,23 @@ impl std::fmt::Debug for FlowTable {
 }
 
 impl FlowTable {
+    /// The flow tables and connection counts pinned under `pin_dir` (by an agent, or a
+    /// test's loader), for a sweep from outside the agent that loaded them.
+    ///
+    /// # Errors
+    /// If a map is missing or of another type.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapError> {
+        let open =
+            |name: &str| aya::maps::Map::from_map_data(MapData::from_pin(pin_dir.join(name))?);
+        Ok(Self {
+            flows: HashMap::try_from(open(names::FLOWS)?)?,
+            handshakes: HashMap::try_from(open(names::SYN_FLOWS)?)?,
+            conns: Array::try_from(open(names::BACKEND_CONNS)?)?,
+            backends: HashMap::try_from(open(names::BACKENDS)?)?,
+            counted: None,
+        })
+    }
+
     /// Deletes expired flows (see [`flows::expired`]) and counts the rest by protocol.
     ///
     /// # Errors
@@ -225,11 +244,17 @@ impl FlowTable {
                 *active.entry(flow.backend_id).or_default() += 1;
             }
         }
+        // Zeroed: every backend without an active connection (its count may hold new
+        // flows since removed, evicted or never recorded), and the ids counted last
+        // time (a backend since deleted); before the first sweep, every id.
         let stale: Vec<u32> = match &self.counted {
             Some(ids) => ids
                 .iter()
                 .copied()
+                .chain(self.backends.keys().flatten())
                 .filter(|id| !active.contains_key(id))
+                .collect::<BTreeSet<u32>>()
+                .into_iter()
                 .collect(),
             None => (0..names::MAX_BACKENDS)
                 .filter(|id| !active.contains_key(id))
@@ -343,11 +368,7 @@ impl Dataplane {
             HashMap::try_from(take(names::BACKENDS)?).map_err(map_err(names::BACKENDS))?;
         let endpoints =
             HashMap::try_from(take(names::ENDPOINTS)?).map_err(map_err(names::ENDPOINTS))?;
-        let flows = HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?;
-        let conns =
-            Array::try_from(take(names::BACKEND_CONNS)?).map_err(map_err(names::BACKEND_CONNS))?;
-        let handshakes =
-            HashMap::try_from(take(names::SYN_FLOWS)?).map_err(map_err(names::SYN_FLOWS))?;
+        let flows = FlowTable::open_pinned(pin_dir).map_err(map_err(names::FLOWS))?;
         let rr_cursors =
             PerCpuArray::try_from(take(names::RR_CURSORS)?).map_err(map_err(names::RR_CURSORS))?;
         let node =
@@ -371,12 +392,7 @@ impl Dataplane {
             rr_cursors,
             node,
             counters: Arc::new(Mutex::new(counters)),
-            flows: Some(FlowTable {
-                flows,
-                handshakes,
-                conns,
-                counted: None,
-            }),
+            flows: Some(flows),
         })
     }
 
