@@ -377,11 +377,24 @@ pub(crate) fn pick_backend(svc: &Service, key: &PickKey) -> Option<(u32, Backend
     if backend.addr != key.src_addr || slots == 1 {
         return Some((id, backend));
     }
-    let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(1)))?;
-    // SAFETY: read-only copy.
-    let backend = unsafe { *LB_BACKENDS.get(id)? };
-    Some((id, backend))
+    // The client itself: the next slot of another backend, among the next few (a Maglev
+    // table may give one backend several slots in a row).
+    let mut found = (id, backend);
+    for i in 1..=SELF_SKIP {
+        let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(i)))?;
+        // SAFETY: read-only copy.
+        let backend = unsafe { *LB_BACKENDS.get(id)? };
+        found = (id, backend);
+        if backend.addr != key.src_addr {
+            break;
+        }
+    }
+    Some(found)
 }
+
+/// How many slots after its own a client's new flow to its own service looks at for
+/// another backend.
+const SELF_SKIP: u32 = 8;
 
 /// The `lc` pick: among the first [`LC_CANDIDATES`] entries of the service's table
 /// (each active backend once) from this CPU's round-robin cursor, the backend with the

@@ -334,3 +334,35 @@ fn least_connections_picks_the_least_loaded_and_closed_connections_leave_the_cou
     let to_first = picks.iter().filter(|&&id| id == first).count();
     assert_eq!(to_first, 4, "weight 4 to 1: {picks:?}");
 }
+
+#[test]
+fn maglev_balances_a_tasks_flows_to_a_vip_too_and_never_to_itself() {
+    let mut dp = mesh(&[0]);
+    let table = schedule_web(
+        &mut dp,
+        Scheduler::Maglev,
+        &[(0, 1), (1, 1), (3, 1)],
+        10_000,
+    );
+    let from = (task_mac(u32::from(LOCAL_TASK)), GW_MAC);
+    let mut per_backend: BTreeMap<u32, u32> = BTreeMap::new();
+    for port in 33_000..33_300u16 {
+        let syn = tcp(from, (LOCAL_TASK, port), (VIP, 80), Tcp::Syn, &[]);
+        dp.run_tc(&syn).unwrap();
+        let f = dp
+            .flow(&key((LOCAL_TASK, port), (VIP, 80), IPPROTO_TCP))
+            .unwrap()
+            .expect("the task's flow is recorded");
+        let slot = flow_hash(be(LOCAL_TASK), port.to_be(), 80u16.to_be(), IPPROTO_TCP) as usize
+            % table.len();
+        // Its own address is skipped for the next slot of another backend.
+        let want = (slot..)
+            .map(|i| table[i % table.len()])
+            .find(|&id| id != 0)
+            .unwrap();
+        assert_eq!(f.backend_id, want, "port {port}");
+        assert_ne!(f.backend_id, 0, "never balanced to itself");
+        *per_backend.entry(f.backend_id).or_default() += 1;
+    }
+    assert_eq!(per_backend.len(), 2, "{per_backend:?}");
+}
