@@ -2290,6 +2290,12 @@ fn lb_algorithm_sh_keeps_a_client_on_one_task_and_update_switches_it() {
     ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
     let rr = ok(c.ctl_json(&["service", "inspect", "web"]));
     assert_eq!(rr[0]["Endpoint"]["Spec"]["LbAlgorithm"], "rr", "{rr}");
+    let ns = c.topology().node_ns(1);
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, WEB));
+    let own = ok(ok(in_netns(&ns, move || -> Result<BTreeSet<String>> {
+        (0..9).map(|_| Ok(request_tcp(local)?.task)).collect()
+    })));
+    assert!(own.len() > 1, "rr spreads n1's own connections: {own:?}");
 
     // A bad name: refused, naming the choices, and the service is unchanged.
     let out = ok(c.meshctl_timeout(
@@ -2310,4 +2316,21 @@ fn lb_algorithm_sh_keeps_a_client_on_one_task_and_update_switches_it() {
     // through all of them (every node hashes alike).
     ctl(&c, &["service", "update", "--lb-algorithm", "sh", "web"]);
     one_task_for_the_client(&c);
+
+    // The node's own connections (the socket programs) follow the algorithm too: under
+    // sh the client is the node, all of whose connections go to one task.
+    for k in 1..=3 {
+        let ns = c.topology().node_ns(k);
+        ok(poll_until(
+            PROPAGATE,
+            "one task for the node's own connections",
+            || {
+                let local = SocketAddr::from((Ipv4Addr::LOCALHOST, WEB));
+                let seen = in_netns(&ns, move || -> Result<BTreeSet<String>> {
+                    (0..6).map(|_| Ok(request_tcp(local)?.task)).collect()
+                })??;
+                Ok((seen.len() == 1).then_some(()))
+            },
+        ));
+    }
 }
