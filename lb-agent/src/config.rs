@@ -779,7 +779,7 @@ impl Config {
         }
         if live_slots > MAX_LIVE_SLOTS as usize {
             return Err(ConfigError::TooMany {
-                what: "backend slots (weights expanded, over all services)",
+                what: "backend slots (weights expanded, Maglev tables, over all services)",
                 count: live_slots,
                 max: MAX_LIVE_SLOTS,
             });
@@ -1211,7 +1211,7 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
         .unwrap_err();
         assert!(
             err.to_string().contains(&format!(
-                "backend slots (weights expanded, over all services): {}",
+                "backend slots (weights expanded, Maglev tables, over all services): {}",
                 tables * MAX_SLOTS
             )),
             "{err}"

@@ -327,7 +327,8 @@ pub fn node_config(config: &Config, host: &HostInfo) -> Result<NodeConfig, Confi
 mod tests {
     use super::*;
     use crate::config::tests::{EXAMPLE, host};
-    use crate::dataplane::map_state::{MapModel, diff};
+    use crate::dataplane::map_state::{MapModel, MapOp, diff};
+    use lb_common::Scheduler;
 
     #[test]
     fn protocol_numbers_are_the_dataplanes() {
@@ -358,6 +359,29 @@ mod tests {
             );
         }
         (d, model.state())
+    }
+
+    /// A service's scheduler reaches its map value and shapes its table; switching it is
+    /// a new table and one service update, with the backends kept.
+    #[test]
+    fn schedulers_shape_the_table() {
+        let with =
+            |name: &str| EXAMPLE.replace("vip = ", &format!("scheduler = \"{name}\"\nvip = "));
+        let mut allocs = Allocators::default();
+        let (_, rr) = step(EXAMPLE, &DataplaneState::default(), &mut allocs);
+        let (d, maglev) = step(&with("maglev"), &rr, &mut allocs);
+        let svc = d.state.services[&SvcKey::published(8080, 6)];
+        assert_eq!(svc.sched, Scheduler::Maglev as u32);
+        assert_eq!(d.state.slots[&0].len(), 1021);
+        assert_eq!(d.state.backends, rr.backends, "same backends, same ids");
+        // Weights 1 and 2: a third and two thirds of the table, to within a slot per turn.
+        let two = d.state.slots[&0].iter().filter(|&&id| id == 1).count();
+        assert!((680..=682).contains(&two), "{two} of 1021");
+        let ops = diff(&rr, &d.state).unwrap();
+        assert!(ops.iter().any(|op| matches!(op, MapOp::WriteSlots { .. })));
+        let (d, _) = step(&with("lc"), &maglev, &mut allocs);
+        assert_eq!(d.state.slots[&0], [0, 1], "each backend once");
+        assert_eq!(d.state.backends[&1].weight, 2, "lc reads the weight");
     }
 
     #[test]
