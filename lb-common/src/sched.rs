@@ -208,6 +208,22 @@ mod tests {
         assert!((400..600).contains(&high), "{high}");
     }
 
+    /// The hash is a contract between nodes (and agent versions): a node that hashed
+    /// otherwise would send a client's flow to another task than its peers do.
+    #[test]
+    fn hash_values_are_fixed() {
+        let addr = 0x0a00_0001_u32.to_be();
+        assert_eq!(
+            flow_hash(addr, 40000_u16.to_be(), 80_u16.to_be(), 6),
+            0x65c0_52e2
+        );
+        assert_eq!(source_hash(addr), 0x7536_3381);
+        assert_eq!(
+            backend_hashes(0x0a00_0002_u32.to_be(), 80_u16.to_be()),
+            (3_559_400_536, 3_850_768_010)
+        );
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(maglev_size(1), Some(1021));
