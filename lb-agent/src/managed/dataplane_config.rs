@@ -638,6 +638,42 @@ mod tests {
         assert_eq!(c.services[2].ports[0].published, Some(8081));
     }
 
+    /// `--lb-algorithm` reaches every dataplane entry of the service: its ports, its
+    /// VIP's catch-alls, its host ports.
+    #[test]
+    fn the_lb_algorithm_reaches_every_entry() {
+        let mut a = assignment(vec![
+            port(8080, 80, PublishMode::Ingress),
+            port(8081, 80, PublishMode::Ingress),
+            port(9090, 80, PublishMode::Host),
+        ]);
+        let c = config(&base(), &a, &local());
+        assert!(
+            c.services
+                .iter()
+                .all(|s| s.scheduler == Scheduler::RoundRobin)
+        );
+        for (algorithm, want) in [
+            (LbAlgorithm::Maglev, Scheduler::Maglev),
+            (LbAlgorithm::Sh, Scheduler::SourceHash),
+            (LbAlgorithm::Lc, Scheduler::LeastConn),
+        ] {
+            a.services[0].lb_algorithm = algorithm;
+            let c = config(&base(), &a, &local());
+            c.validate(&host()).expect("a valid configuration");
+            let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["web", "web/vip", "web/ports", "web/host"]);
+            assert!(
+                c.services.iter().all(|s| s.scheduler == want),
+                "{algorithm}: {:?}",
+                c.services
+                    .iter()
+                    .map(|s| (&s.name, s.scheduler))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[test]
     fn a_running_local_task_that_is_no_backend_still_gets_its_endpoint() {
         let mut a = assignment(vec![port(8080, 80, PublishMode::Ingress)]);

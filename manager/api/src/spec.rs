@@ -1316,6 +1316,32 @@ pub fn format_duration_ms(ms: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Specs stored before `lb_algorithm` existed load as round robin, and a round-robin
+    /// spec is written as before (Raft snapshots and logs of older managers stay valid).
+    #[test]
+    fn lb_algorithm_defaults_to_rr_and_is_left_out_while_it_is() {
+        let old: EndpointSpec = serde_json::from_str(r#"{"mode":"vip","ports":[]}"#).unwrap();
+        assert_eq!(old.lb_algorithm, LbAlgorithm::Rr);
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"mode":"vip","ports":[]}"#
+        );
+        let sh = EndpointSpec {
+            lb_algorithm: "sh".parse().unwrap(),
+            ..old
+        };
+        let json = serde_json::to_string(&sh).unwrap();
+        assert_eq!(json, r#"{"mode":"vip","ports":[],"lb_algorithm":"sh"}"#);
+        assert_eq!(serde_json::from_str::<EndpointSpec>(&json).unwrap(), sh);
+        for name in ["rr", "maglev", "lc", "sh"] {
+            assert_eq!(name.parse::<LbAlgorithm>().unwrap().to_string(), name);
+        }
+        assert_eq!(
+            "wlc".parse::<LbAlgorithm>().unwrap_err().to_string(),
+            "invalid load-balancing algorithm \"wlc\": expected rr, maglev, lc or sh"
+        );
+    }
+
     #[test]
     fn publish_short_and_long_syntax() {
         let p: PortSpec = "8080:80".parse().unwrap();
