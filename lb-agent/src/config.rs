@@ -11,7 +11,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use lb_common::Scheduler;
 use lb_common::maps::{MAX_BACKENDS, MAX_ENDPOINTS, MAX_LIVE_SLOTS, MAX_SERVICES, MAX_SLOTS};
+use lb_common::sched::SCHEDULER_NAMES;
 use serde::Deserialize;
 
 use crate::host::interfaces::HostInfo;
@@ -212,6 +214,22 @@ pub struct ServiceConfig {
     /// network). Every backend's endpoint must be on it. `0`: published ports balanced
     /// to routing-mesh-only addresses (no VIP then); tasks cannot open flows to it.
     pub vni: Option<u32>,
+    /// How new flows choose a backend (IPVS's word): `rr` (default, weighted round
+    /// robin), `maglev` (consistent hashing of the 5-tuple), `lc` (least connections,
+    /// weighted) or `sh` (consistent hashing of the client address); IPVS's `wrr`, `wlc`
+    /// and `mh` are accepted as `rr`, `lc` and `maglev`.
+    #[serde(default, deserialize_with = "scheduler")]
+    pub scheduler: Scheduler,
+}
+
+/// Deserializes a scheduler by name; an unknown one names the choices.
+fn scheduler<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Scheduler, D::Error> {
+    let name = String::deserialize(d)?;
+    Scheduler::from_name(&name).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown scheduler {name:?}: expected one of {SCHEDULER_NAMES}"
+        ))
+    })
 }
 
 /// A port mapping of a service.
@@ -749,23 +767,27 @@ impl Config {
                     active_weights.push(b.weight);
                 }
             }
-            if active > MAX_SLOTS as usize {
+            let Some(table) = crate::dataplane::maglev::table_len(svc.scheduler, &active_weights)
+            else {
+                let max = if svc.scheduler.is_hashing() {
+                    lb_common::sched::MAGLEV_SIZES[1]
+                } else {
+                    MAX_SLOTS
+                };
                 return Err(invalid(
                     &what,
                     format!(
-                        "{active} active backends, more than the {MAX_SLOTS} slots of a service"
+                        "{active} active backends, more than the {max} slots of a {} table",
+                        svc.scheduler.name()
                     ),
                 ));
-            }
+            };
             backends += svc.backends.len() * svc.ports.len();
-            let table: u32 = crate::dataplane::wrr::slot_counts(&active_weights, MAX_SLOTS)
-                .iter()
-                .sum();
             live_slots += table as usize * svc.ports.len();
         }
         if live_slots > MAX_LIVE_SLOTS as usize {
             return Err(ConfigError::TooMany {
-                what: "backend slots (weights expanded, over all services)",
+                what: "backend slots (weights expanded, Maglev tables, over all services)",
                 count: live_slots,
                 max: MAX_LIVE_SLOTS,
             });
@@ -947,6 +969,31 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
         assert!(err.to_string().contains("dns.example"), "{err}");
         let err = Config::from_toml(&format!("{EXAMPLE}\n[dns]\nupstreams = []\n")).unwrap_err();
         assert!(err.to_string().contains("upstreams"), "{err}");
+    }
+
+    #[test]
+    fn schedulers_by_ipvs_names() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.services[0].scheduler, Scheduler::RoundRobin, "default");
+        for (name, want) in [
+            ("maglev", Scheduler::Maglev),
+            ("mh", Scheduler::Maglev),
+            ("sh", Scheduler::SourceHash),
+            ("wlc", Scheduler::LeastConn),
+            ("wrr", Scheduler::RoundRobin),
+        ] {
+            let text = EXAMPLE.replace("vip = ", &format!("scheduler = \"{name}\"\nvip = "));
+            let c = Config::from_toml(&text).unwrap();
+            assert_eq!(c.services[0].scheduler, want, "{name}");
+            c.validate(&host()).unwrap();
+        }
+        let err = Config::from_toml(&EXAMPLE.replace("vip = ", "scheduler = \"lblc\"\nvip = "))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown scheduler \"lblc\": expected one of rr, maglev, lc, sh"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1179,7 +1226,7 @@ backends = [{ endpoint = "web.1", weight = 1 }, { endpoint = "web.2", weight = 2
         .unwrap_err();
         assert!(
             err.to_string().contains(&format!(
-                "backend slots (weights expanded, over all services): {}",
+                "backend slots (weights expanded, Maglev tables, over all services): {}",
                 tables * MAX_SLOTS
             )),
             "{err}"

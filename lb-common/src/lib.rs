@@ -16,6 +16,7 @@ pub mod counters;
 pub mod flow;
 pub mod hop;
 pub mod maps;
+pub mod sched;
 pub mod service;
 pub mod sock;
 
@@ -23,6 +24,7 @@ pub use config::NodeConfig;
 pub use counters::{Counters, DropReason, FlowEvent};
 pub use flow::{Flow, FlowKey, FlowKind};
 pub use hop::{NextHop, NextHopKey};
+pub use sched::Scheduler;
 pub use service::{Backend, Endpoint, MESH_ONLY_VNI, Service, ServiceKey};
 pub use sock::{SockKey, SockOrigin};
 

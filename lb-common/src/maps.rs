@@ -19,6 +19,11 @@ pub const FLOWS: &str = "LB_FLOWS";
 pub const SYN_FLOWS: &str = "LB_SYN_FLOWS";
 /// Per-CPU round-robin cursor per service id (`u32`).
 pub const RR_CURSORS: &str = "LB_RR_CURSORS";
+/// Active connections per backend id (`u64`, shared by all CPUs), for least-connections
+/// picks: the dataplane adds one for each new flow of an `lc` service, and the agent's
+/// flow sweep recounts them from the flow tables (closed and removed flows leave the
+/// count then).
+pub const BACKEND_CONNS: &str = "LB_BACKEND_CONNS";
 /// Per-CPU counters per service id: [`crate::Counters`].
 pub const SERVICE_COUNTERS: &str = "LB_SERVICE_COUNTERS";
 /// Per-CPU counters per backend id: [`crate::Counters`].
@@ -77,7 +82,9 @@ pub const NODE_CONFIG: &str = "LB_NODE_CONFIG";
 /// service; 2: slot tables allocated from one pool, [`Service::base`](crate::Service);
 /// 3: the VNI of each service and endpoint, 0 for routing-mesh-only addresses, and the
 /// `isolation` drop reason; 4: flow entries remember their route and the routing
-/// generation they were checked at).
+/// generation they were checked at, each service's scheduler
+/// ([`Service::sched`](crate::Service)) and each backend's weight, and the active
+/// connections per backend ([`BACKEND_CONNS`])).
 pub const LAYOUT_VERSION: u32 = 4;
 /// The layout version of the pinned maps, one element (`u32`): [`LAYOUT_VERSION`].
 pub const LAYOUT: &str = "LB_LAYOUT";

@@ -58,6 +58,10 @@ pub struct Service {
     /// (balanced to its tasks' routing-mesh-only addresses). A task's new flow to the
     /// service is allowed only from an address of the same, non-zero, VNI.
     pub vni: u32,
+    /// How new flows pick a slot: a [`Scheduler`](crate::Scheduler) as `u32` (0, round
+    /// robin, for a zeroed value). For `maglev` and `sh` the slot table is a Maglev lookup
+    /// table; for `lc` it lists each active backend once.
+    pub sched: u32,
 }
 
 impl Service {
@@ -79,6 +83,9 @@ pub struct Backend {
     pub flags: u16,
     /// Id of the service the backend belongs to.
     pub service_id: u32,
+    /// Weight, for least-connections picks (connections per unit of weight); at least 1.
+    /// Round robin and Maglev have the weights in the slot table instead.
+    pub weight: u32,
 }
 
 impl Backend {
@@ -93,6 +100,7 @@ impl Backend {
             port: port.to_be(),
             flags: 0,
             service_id,
+            weight: 1,
         }
     }
 }

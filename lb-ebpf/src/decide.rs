@@ -7,14 +7,15 @@ use core::mem::{MaybeUninit, size_of};
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Backend, Counters, DropReason, Endpoint, Flow, FlowEvent, FlowKey, FlowKind, IPPROTO_TCP,
-    MESH_ONLY_VNI, NodeConfig, Service, ServiceKey,
+    MESH_ONLY_VNI, NodeConfig, Scheduler, Service, ServiceKey,
     maps::{published_bit, slot_at},
+    sched::{LC_CANDIDATES, flow_hash, source_hash},
 };
 
 use crate::maps::{
-    LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOW_EVENTS, LB_FLOWS,
-    LB_GENERATION, LB_NODE_CONFIG, LB_PUBLISHED, LB_RR_CURSORS, LB_SERVICE_COUNTERS, LB_SERVICES,
-    LB_SLOTS, LB_SYN_FLOWS,
+    LB_BACKEND_CONNS, LB_BACKEND_COUNTERS, LB_BACKENDS, LB_DROPS, LB_ENDPOINTS, LB_FLOW_EVENTS,
+    LB_FLOWS, LB_GENERATION, LB_NODE_CONFIG, LB_PUBLISHED, LB_RR_CURSORS, LB_SERVICE_COUNTERS,
+    LB_SERVICES, LB_SLOTS, LB_SYN_FLOWS,
 };
 
 /// TCP flag bits as they sit in the 13th byte of the TCP header.
@@ -268,6 +269,11 @@ fn touch(flow: *mut Flow, proto: u8, tcp_flags: u8, fin_bit: u8) {
             let tcp = (*flow).tcp;
             if seen != 0 && tcp & seen != seen {
                 (*flow).tcp = tcp | seen;
+                // The connection starts to end: one fewer active connection of its
+                // backend, for least-connections (counted at the new flow).
+                if tcp & Flow::SEEN_CLOSING == 0 && (*flow).kind == FlowKind::Forward as u8 {
+                    uncount_connection((*flow).backend_id);
+                }
             }
             if (tcp | seen) & Flow::SEEN_CLOSING == 0 {
                 return;
@@ -383,33 +389,181 @@ fn is_published(port: u16, proto: u8) -> bool {
     }
 }
 
-/// Picks the next backend of `svc` for a new flow: this CPU's round-robin cursor over the
-/// service's live slot table (weights are already expanded into slots by the agent).
-/// A task connecting to its own service's VIP is not balanced to itself when another
-/// backend exists: the task's kernel would drop a packet from its own address.
+/// What a new flow's pick hashes: for `maglev` its source address and port and its
+/// destination port and protocol, for `sh` its source address (see
+/// `lb_common::sched`). The socket programs fill it as far as a socket tells.
+#[derive(Clone, Copy)]
+pub(crate) struct PickKey {
+    /// Source address (network order): the client, never balanced to itself.
+    pub src_addr: u32,
+    /// Source port (network order).
+    pub src_port: u16,
+    /// Destination port (network order).
+    pub dst_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+}
+
+impl PickKey {
+    /// The pick key of a packet's 5-tuple.
+    #[inline(always)]
+    pub(crate) const fn of(key: &FlowKey) -> Self {
+        Self {
+            src_addr: key.src_addr,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            proto: key.proto,
+        }
+    }
+}
+
+/// This CPU's round-robin cursor of `svc`, advanced.
 #[inline(always)]
-pub(crate) fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)> {
+fn next_cursor(svc: &Service) -> Option<u32> {
+    let cursor = LB_RR_CURSORS.get_ptr_mut(svc.id)?;
+    // SAFETY: per-CPU value, only this CPU writes it.
+    Some(unsafe {
+        let pos = *cursor;
+        *cursor = pos.wrapping_add(1);
+        pos
+    })
+}
+
+/// Picks a backend of `svc` for a new flow, by the service's scheduler: `rr` takes
+/// this CPU's round-robin cursor over the live slot table (weights are already expanded
+/// into slots by the agent); `maglev` and `sh` take the slot of the flow's hash in the
+/// service's Maglev table; `lc` the least loaded backend ([`pick_least_conn`]). A task
+/// connecting to its own service's VIP is not balanced to itself when another backend
+/// exists: the task's kernel would drop a packet from its own address.
+#[inline(always)]
+pub(crate) fn pick_backend(svc: &Service, key: &PickKey) -> Option<(u32, Backend)> {
     let slots = svc.slots;
     if slots == 0 {
         return None;
     }
-    let cursor = LB_RR_CURSORS.get_ptr_mut(svc.id)?;
-    // SAFETY: per-CPU value, only this CPU writes it.
-    let pos = unsafe {
-        let pos = *cursor;
-        *cursor = pos.wrapping_add(1);
-        pos
-    };
+    let pos = match Scheduler::from_u32(svc.sched) {
+        Scheduler::RoundRobin => next_cursor(svc)?,
+        Scheduler::Maglev => flow_hash(key.src_addr, key.src_port, key.dst_port, key.proto),
+        Scheduler::SourceHash => source_hash(key.src_addr),
+        Scheduler::LeastConn => return pick_least_conn(svc, key.src_addr),
+    } % slots;
     let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos))?;
     // SAFETY: read-only copy.
     let backend = unsafe { *LB_BACKENDS.get(id)? };
-    if backend.addr != client || slots == 1 {
+    if backend.addr != key.src_addr || slots == 1 {
         return Some((id, backend));
     }
-    let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(1)))?;
-    // SAFETY: read-only copy.
-    let backend = unsafe { *LB_BACKENDS.get(id)? };
-    Some((id, backend))
+    // The client itself: the next slot of another backend, among the next few (a Maglev
+    // table may give one backend several slots in a row).
+    let mut found = (id, backend);
+    for i in 1..=SELF_SKIP {
+        let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(i)))?;
+        // SAFETY: read-only copy.
+        let backend = unsafe { *LB_BACKENDS.get(id)? };
+        found = (id, backend);
+        if backend.addr != key.src_addr {
+            break;
+        }
+    }
+    Some(found)
+}
+
+/// How many slots after its own a client's new flow to its own service looks at for
+/// another backend.
+const SELF_SKIP: u32 = 8;
+
+/// The `lc` pick: among the first [`LC_CANDIDATES`] entries of the service's table
+/// (each active backend once) from this CPU's round-robin cursor, the backend with the
+/// fewest active connections per unit of weight (`LB_BACKEND_CONNS`); ties go to the
+/// first from the cursor, so equal loads still take turns. A service with more backends
+/// compares a window of that many, which moves on by one with every new flow.
+#[inline(always)]
+fn pick_least_conn(svc: &Service, client: u32) -> Option<(u32, Backend)> {
+    let slots = svc.slots;
+    let pos = next_cursor(svc)?;
+    let n = if slots < LC_CANDIDATES {
+        slots
+    } else {
+        LC_CANDIDATES
+    };
+    // Plain values, no `Option` with a payload: LLVM may spill an unset payload, which
+    // the verifier refuses as an uninitialised register (see `Decision`).
+    let mut found = false;
+    let mut best_id = 0u32;
+    let mut best = Backend {
+        addr: 0,
+        port: 0,
+        flags: 0,
+        service_id: 0,
+        weight: 0,
+    };
+    let (mut best_conns, mut best_weight) = (0u64, 1u64);
+    for i in 0..LC_CANDIDATES {
+        if i >= n {
+            break;
+        }
+        let Some(&id) = LB_SLOTS.get(slot_at(svc.base, slots, pos.wrapping_add(i))) else {
+            continue;
+        };
+        // SAFETY: read-only copy.
+        let Some(backend) = (unsafe { LB_BACKENDS.get(id) }).copied() else {
+            continue;
+        };
+        if backend.addr == client && slots > 1 {
+            continue;
+        }
+        let conns = match LB_BACKEND_CONNS.get_ptr(id) {
+            // SAFETY: a live map value; a torn read is impossible for an aligned u64.
+            Some(c) => unsafe { core::ptr::read_volatile(c) },
+            None => 0,
+        };
+        let weight = u64::from(if backend.weight == 0 {
+            1
+        } else {
+            backend.weight
+        });
+        // conns / weight < best_conns / best_weight, without dividing.
+        if !found || conns * best_weight < best_conns * weight {
+            found = true;
+            best_id = id;
+            best = backend;
+            best_conns = conns;
+            best_weight = weight;
+        }
+    }
+    if found { Some((best_id, best)) } else { None }
+}
+
+/// Counts a new flow of an `lc` service as an active connection of its backend.
+#[inline(always)]
+fn count_connection(svc: &Service, backend_id: u32) {
+    if svc.sched != Scheduler::LeastConn as u32 {
+        return;
+    }
+    if let Some(c) = LB_BACKEND_CONNS.get_ptr_mut(backend_id) {
+        // SAFETY: a live, aligned map value shared by every CPU. The BPF target has no
+        // atomic read-modify-write in Rust's core, so two CPUs that count a new flow of
+        // one backend at once may lose one; the agent's sweep recounts from the flow
+        // tables, which bounds the drift to one sweep interval.
+        unsafe { core::ptr::write_volatile(c, core::ptr::read_volatile(c) + 1) };
+    }
+}
+
+/// One fewer active connection of backend `backend_id` (its connection's first FIN or
+/// RST). Only least-connections services count theirs: a count of 0 stays 0. The agent's
+/// sweep recounts from the flow tables (connections whose entries were evicted, UDP
+/// flows that went quiet).
+#[inline(always)]
+fn uncount_connection(backend_id: u32) {
+    if let Some(c) = LB_BACKEND_CONNS.get_ptr_mut(backend_id) {
+        // SAFETY: as in `count_connection` (a lost update is corrected by the sweep).
+        unsafe {
+            let n = core::ptr::read_volatile(c);
+            if n > 0 {
+                core::ptr::write_volatile(c, n - 1);
+            }
+        }
+    }
 }
 
 /// A new flow of `svc`: choose a backend and record both directions. A TCP segment
@@ -418,7 +572,7 @@ pub(crate) fn pick_backend(svc: &Service, client: u32) -> Option<(u32, Backend)>
 fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision {
     // Read before the backend: the entries are valid as of this generation.
     let generation = routing_generation();
-    let Some((backend_id, mut backend)) = pick_backend(svc, key.src_addr) else {
+    let Some((backend_id, mut backend)) = pick_backend(svc, &PickKey::of(key)) else {
         return Decision::drop(DropReason::NoBackend);
     };
     // A backend of a VIP's every-port entry keeps the port the client asked for.
@@ -467,6 +621,7 @@ fn new_flow(key: &FlowKey, svc: &Service, tcp_flags: u8, bytes: u16) -> Decision
         return Decision::drop(DropReason::Internal);
     }
     count(svc.id, backend_id, bytes, true);
+    count_connection(svc, backend_id);
     if key.proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_RST) == 0 {
         count_flow_event(FlowEvent::Lost);
     }
@@ -703,14 +858,15 @@ fn handshake(key: &FlowKey, flow: *mut Flow, tcp_flags: u8, bytes: u16) -> Optio
         FlowKind::Forward => {
             if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
                 let reply_key = key.with_dst(f.nat_addr, f.nat_port).reversed();
-                // SAFETY: read-only copy.
                 // The entries move by reference: the helper copies the value from one
                 // map into the other (a copy here would be a byte-loop `memmove`).
+                // SAFETY: `flow` points at a live map value.
+                let entry: &Flow = unsafe { &*flow };
+                // SAFETY: read-only access to the value.
                 if let Some(reply) = unsafe { LB_SYN_FLOWS.get(reply_key) }
                     && reply.tcp & Flow::SEEN_REPLY != 0
                     && LB_FLOWS.insert(reply_key, reply, 0).is_ok()
-                    // SAFETY: `flow` points at a live map value.
-                    && LB_FLOWS.insert(key, unsafe { &*flow }, 0).is_ok()
+                    && LB_FLOWS.insert(key, entry, 0).is_ok()
                 {
                     let _ = LB_SYN_FLOWS.remove(reply_key);
                     let _ = LB_SYN_FLOWS.remove(key);
@@ -948,8 +1104,10 @@ fn return_handshake(reverse: &FlowKey, node: u32, tcp_flags: u8) -> bool {
             if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
                 && FlowView::read(ret).tcp & Flow::SEEN_REPLY != 0
             {
-                // SAFETY: `ret` points at a live map value, passed by reference.
-                if LB_FLOWS.insert(reverse, unsafe { &*ret }, 0).is_err() {
+                // SAFETY: `ret` points at a live map value, passed by reference (a copy
+                // would be a byte-loop `memmove`).
+                let entry: &Flow = unsafe { &*ret };
+                if LB_FLOWS.insert(reverse, entry, 0).is_err() {
                     return false;
                 }
                 let _ = LB_SYN_FLOWS.remove(reverse);

@@ -44,6 +44,11 @@ pub(crate) static LB_SYN_FLOWS: LruHashMap<FlowKey, Flow> =
 #[map]
 pub(crate) static LB_RR_CURSORS: PerCpuArray<u32> = PerCpuArray::pinned(MAX_SERVICES, 0);
 
+/// Active connections per backend id, for least-connections picks: added to by new flows
+/// of `lc` services (one value for every CPU), recounted by the agent's sweep.
+#[map]
+pub(crate) static LB_BACKEND_CONNS: Array<u64> = Array::pinned(MAX_BACKENDS, 0);
+
 /// Counters per service id.
 #[map]
 pub(crate) static LB_SERVICE_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 0);

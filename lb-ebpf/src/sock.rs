@@ -24,7 +24,7 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, ServiceKey, SockKey, SockOrigin};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Scheduler, ServiceKey, SockKey, SockOrigin};
 
 use crate::{
     decide,
@@ -87,8 +87,24 @@ pub(crate) fn balance(ctx: &SockAddrContext) -> i32 {
     let Some(svc) = (unsafe { LB_SERVICES.get(key) }) else {
         return ALLOW;
     };
+    // What the pick hashes: the socket has no source port before it connects, so its
+    // cookie (unique per socket) stands in for the source port and address under
+    // `maglev`; under `sh` the client is the node itself, whose connections then all go
+    // to one backend.
+    // SAFETY: the helper takes the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let pick = decide::PickKey {
+        src_addr: if svc.sched == Scheduler::SourceHash as u32 {
+            cfg.addr
+        } else {
+            (cookie >> 16) as u32 ^ cfg.addr
+        },
+        src_port: cookie as u16,
+        dst_port: port,
+        proto,
+    };
     // Draining backends have no slots: they get no new connections.
-    let Some((backend_id, backend)) = decide::pick_backend(svc, 0) else {
+    let Some((backend_id, backend)) = decide::pick_backend(svc, &pick) else {
         return ALLOW;
     };
     // SAFETY: read-only copy of the value.
@@ -110,8 +126,7 @@ pub(crate) fn balance(ctx: &SockAddrContext) -> i32 {
     };
     {
         let went = SockKey {
-            // SAFETY: the helper takes the program's context.
-            cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+            cookie,
             addr,
             port: to_port,
             pad: 0,

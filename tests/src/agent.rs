@@ -74,6 +74,8 @@ pub struct ServiceEntry {
     pub ports: Vec<PortEntry>,
     /// Backends.
     pub backends: Vec<BackendSpec>,
+    /// `scheduler` (`rr` when `None`).
+    pub scheduler: Option<String>,
 }
 
 /// A node of the mesh as every agent's `[[peers]]` lists it.
@@ -182,6 +184,9 @@ impl AgentConfig {
                 })
                 .collect();
             let _ = writeln!(s, "ports = [{}]", ports.join(", "));
+            if let Some(scheduler) = &svc.scheduler {
+                let _ = writeln!(s, "scheduler = {}", q(scheduler));
+            }
             let backends: Vec<String> = svc
                 .backends
                 .iter()

@@ -239,6 +239,22 @@ impl Dataplane {
         self.next_generation()
     }
 
+    /// The directory the maps are pinned in.
+    #[must_use]
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
+    /// The active connections of backend `id` that least-connections picks read
+    /// ([`maps::BACKEND_CONNS`]).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn connections(&mut self, id: u32) -> Result<u64> {
+        let m: Array<&mut MapData, u64> = self.map(maps::BACKEND_CONNS)?.try_into()?;
+        Ok(m.get(&id, 0)?)
+    }
+
     /// Removes a backend.
     ///
     /// # Errors

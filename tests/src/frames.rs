@@ -55,6 +55,7 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
         slots: web_slots.len() as u32,
         flags: Service::FLAG_MSS_CLAMP,
         vni: VNI,
+        sched: 0,
     };
     dp.set_slots(WEB_BASE, web_slots).unwrap();
     dp.set_service(ServiceKey::published(8080, IPPROTO_TCP), web)
@@ -73,6 +74,7 @@ pub fn mesh_on(dp: &mut Dataplane, web_slots: &[u32], local_ifindex: u32) {
         slots: 1,
         flags: 0,
         vni: VNI,
+        sched: 0,
     };
     dp.set_slots(DNS_BASE, &[2]).unwrap();
     dp.set_service(ServiceKey::published(5353, IPPROTO_UDP), dns)
@@ -180,6 +182,7 @@ pub fn networks_on(dp: &mut Dataplane, front_backends: &[u32], published_backend
             slots: backends.len() as u32,
             flags: Service::FLAG_MSS_CLAMP,
             vni,
+            sched: 0,
         };
         dp.set_service(ServiceKey::new(u32::from(addr), port, IPPROTO_TCP), svc)
             .unwrap();
@@ -211,6 +214,7 @@ pub fn switch_web_backends(dp: &mut Dataplane, key: ServiceKey, backend_ids: &[u
         slots: backend_ids.len() as u32,
         flags: Service::FLAG_MSS_CLAMP,
         vni: VNI,
+        sched: 0,
     };
     dp.set_service(key, web).unwrap();
 }

@@ -147,6 +147,7 @@ mod tests {
             slots: 4,
             flags: 0,
             vni: 4096,
+            sched: 0,
         };
         let a = u32::from(Ipv4Addr::new(10, 255, 0, 2));
         let mut backends = BTreeMap::new();
@@ -172,6 +173,7 @@ mod tests {
             slots: 1,
             flags: 0,
             vni: 4096,
+            sched: 0,
         };
         let mut b = Backend::new(1, 80, 0);
         b.flags = Backend::FLAG_DRAINING;

@@ -31,5 +31,6 @@ pub fn service(backends: &[&str]) -> ServiceEntry {
             },
         ],
         backends: backends.iter().map(|b| BackendSpec::new(b)).collect(),
+        scheduler: None,
     }
 }

@@ -617,6 +617,7 @@ fn p3_every_port_of_a_vip_reaches_the_same_port_of_a_task() {
         slots: 1,
         flags: 0,
         vni: VNI,
+        sched: 0,
     };
     dp.set_slots(300, &[4]).unwrap();
     dp.set_service(ServiceKey::new(u32::from(VIP), 0, IPPROTO_TCP), cache)

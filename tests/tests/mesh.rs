@@ -102,6 +102,31 @@ fn new_connections_spread_evenly() {
     }
 }
 
+/// The standalone agents' `scheduler = "sh"` (issue 16), applied by a reload on every
+/// node: the client's connections through all three nodes reach one task; back to the
+/// default, they spread again.
+#[test]
+fn scheduler_sh_in_the_config_keeps_the_client_on_one_task() {
+    let mut topo = mesh();
+    let addrs: Vec<SocketAddr> = (1..=3).map(|k| published(&topo, k)).collect();
+    let round = |topo: &Topology| -> BTreeSet<String> {
+        let addrs = addrs.clone();
+        ok(from_client(topo, move || {
+            (0..30)
+                .map(|i| Ok(request_tcp(addrs[i % 3])?.task))
+                .collect::<Result<BTreeSet<_>>>()
+        }))
+    };
+    topo.services_mut()[0].scheduler = Some("sh".into());
+    ok(topo.reload());
+    let one = round(&topo);
+    assert_eq!(one.len(), 1, "sh: {one:?}");
+    assert_eq!(round(&topo), one, "the same task again");
+    topo.services_mut()[0].scheduler = None;
+    ok(topo.reload());
+    assert_eq!(round(&topo).len(), 3, "rr again");
+}
+
 /// P3: a task connects to the service's VIP and reaches tasks on its own and other nodes.
 #[test]
 fn p3_task_to_vip() {

@@ -609,6 +609,7 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
                     draining: false,
                 }],
                 networks: vec![],
+                lb_algorithm: Default::default(),
             }],
             history: Default::default(),
             secrets: vec![],

@@ -2227,3 +2227,110 @@ fn tasks_resolve_services_by_name() {
             .filter(|n| *n > 0.0))
     }));
 }
+
+/// The tasks that answered a round of requests through every node (`n` each, each a new
+/// connection from the client's one address and a new port).
+fn answering_tasks(c: &ManagedCluster, n: usize) -> Result<BTreeSet<String>> {
+    Ok(c.requests_everywhere(WEB, n)?
+        .into_iter()
+        .map(|(_, r)| r.task)
+        .collect())
+}
+
+/// A round of 30 connections through the three nodes reaches one task, polled until it
+/// does (the change propagates), then twice more; returns it.
+fn one_task_for_the_client(c: &ManagedCluster) -> BTreeSet<String> {
+    let one = ok(poll_until(PROPAGATE, "one task for the client", || {
+        let seen = answering_tasks(c, 10)?;
+        Ok((seen.len() == 1).then_some(seen))
+    }));
+    for _ in 0..2 {
+        assert_eq!(ok(answering_tasks(c, 10)), one, "the client's task stays");
+    }
+    one
+}
+
+/// Issue 16: `--lb-algorithm sh` sends every connection of a client address to one task,
+/// through whichever node it comes (every node hashes alike), where `rr` spreads them;
+/// `service update --lb-algorithm` switches a running service on every node; a bad name
+/// is refused naming the choices, and changes nothing.
+#[test]
+fn lb_algorithm_sh_keeps_a_client_on_one_task_and_update_switches_it() {
+    let _turn = turn();
+    let mut c = cluster(1);
+    create(
+        &c,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "-p",
+            "8080:80",
+            "--lb-algorithm",
+            "sh",
+        ],
+        &[],
+    );
+    let tasks = ok(c.wait_converged("web", 3));
+    let spec = ok(c.ctl_json(&["service", "inspect", "web"]));
+    assert_eq!(spec[0]["Endpoint"]["Spec"]["LbAlgorithm"], "sh", "{spec}");
+    let pretty = ok(c.ctl(&["service", "inspect", "--pretty", "web"]));
+    assert!(
+        pretty
+            .lines()
+            .any(|l| l.starts_with("LB Algorithm:") && l.split_whitespace().last() == Some("sh")),
+        "{pretty}"
+    );
+    one_task_for_the_client(&c);
+
+    // Switched to round robin: the same client's connections reach every task through
+    // every node.
+    ctl(&c, &["service", "update", "--lb-algorithm", "rr", "web"]);
+    ok(c.wait_every_node_reaches(WEB, &names(&tasks), PROPAGATE));
+    let rr = ok(c.ctl_json(&["service", "inspect", "web"]));
+    assert_eq!(rr[0]["Endpoint"]["Spec"]["LbAlgorithm"], "rr", "{rr}");
+    let ns = c.topology().node_ns(1);
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, WEB));
+    let own = ok(ok(in_netns(&ns, move || -> Result<BTreeSet<String>> {
+        (0..9).map(|_| Ok(request_tcp(local)?.task)).collect()
+    })));
+    assert!(own.len() > 1, "rr spreads n1's own connections: {own:?}");
+
+    // A bad name: refused, naming the choices, and the service is unchanged.
+    let out = ok(c.meshctl_timeout(
+        &["service", "update", "--lb-algorithm", "lblc", "web"],
+        CONVERGE,
+    ));
+    assert!(!out.success(), "accepted: {}", out.stdout);
+    assert!(
+        out.stderr.contains("expected rr, maglev, lc or sh"),
+        "{}",
+        out.stderr
+    );
+    let after = ok(c.ctl_json(&["service", "inspect", "web"]));
+    assert_eq!(after[0]["spec_version"], rr[0]["spec_version"], "{after}");
+    assert_eq!(after[0]["Endpoint"]["Spec"]["LbAlgorithm"], "rr");
+
+    // Back to sh, now that every node routes all three tasks: one task for the client
+    // through all of them (every node hashes alike).
+    ctl(&c, &["service", "update", "--lb-algorithm", "sh", "web"]);
+    one_task_for_the_client(&c);
+
+    // The node's own connections (the socket programs) follow the algorithm too: under
+    // sh the client is the node, all of whose connections go to one task.
+    for k in 1..=3 {
+        let ns = c.topology().node_ns(k);
+        ok(poll_until(
+            PROPAGATE,
+            "one task for the node's own connections",
+            || {
+                let local = SocketAddr::from((Ipv4Addr::LOCALHOST, WEB));
+                let seen = in_netns(&ns, move || -> Result<BTreeSet<String>> {
+                    (0..6).map(|_| Ok(request_tcp(local)?.task)).collect()
+                })??;
+                Ok((seen.len() == 1).then_some(()))
+            },
+        ));
+    }
+}

@@ -14,13 +14,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use lb_common::maps::{MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS};
+use lb_common::maps::{MAX_BACKENDS, MAX_SERVICES};
 use lb_common::{Backend, Endpoint, NodeConfig, Service};
 
 use crate::config::{Config, ConfigError, Protocol};
 use crate::dataplane::ids::IdAllocator;
+use crate::dataplane::maglev::{self, MaglevBackend};
 use crate::dataplane::map_state::{DataplaneState, SvcKey};
-use crate::dataplane::wrr;
 use crate::host::interfaces::HostInfo;
 
 /// The id allocators of an agent, kept across reloads.
@@ -213,8 +213,7 @@ pub fn compute(
                 0
             };
 
-            let mut slot_ids = Vec::new();
-            let mut weights = Vec::new();
+            let mut active = Vec::new();
             for b in &svc.backends {
                 let addr = *endpoint_addrs.get(b.endpoint.as_str()).ok_or_else(|| {
                     ConfigError::UnknownEndpoint {
@@ -226,6 +225,7 @@ pub fn compute(
                 if b.draining {
                     value.flags |= Backend::FLAG_DRAINING;
                 }
+                value.weight = b.weight.max(1);
                 let identity = (sid, value.addr, value.port);
                 let bid = match current_backend_ids.get(&identity) {
                     Some(id) if !claimed_backends.contains(id) => *id,
@@ -251,17 +251,22 @@ pub fn compute(
                     },
                 );
                 if !b.draining {
-                    slot_ids.push(bid);
-                    weights.push(b.weight);
+                    active.push(MaglevBackend {
+                        id: bid,
+                        addr: value.addr,
+                        port: value.port,
+                        weight: value.weight,
+                    });
                 }
             }
-            let slots = wrr::slot_table(&slot_ids, &weights, MAX_SLOTS);
+            let slots = maglev::slot_table(svc.scheduler, &active);
             let value = Service {
                 id: sid,
                 base: 0,
                 slots: slots.len() as u32,
                 flags,
                 vni: config.service_vni(svc),
+                sched: svc.scheduler as u32,
             };
             for k in keys {
                 state.services.insert(k, value);
@@ -322,7 +327,8 @@ pub fn node_config(config: &Config, host: &HostInfo) -> Result<NodeConfig, Confi
 mod tests {
     use super::*;
     use crate::config::tests::{EXAMPLE, host};
-    use crate::dataplane::map_state::{MapModel, diff};
+    use crate::dataplane::map_state::{MapModel, MapOp, diff};
+    use lb_common::Scheduler;
 
     #[test]
     fn protocol_numbers_are_the_dataplanes() {
@@ -355,6 +361,29 @@ mod tests {
         (d, model.state())
     }
 
+    /// A service's scheduler reaches its map value and shapes its table; switching it is
+    /// a new table and one service update, with the backends kept.
+    #[test]
+    fn schedulers_shape_the_table() {
+        let with =
+            |name: &str| EXAMPLE.replace("vip = ", &format!("scheduler = \"{name}\"\nvip = "));
+        let mut allocs = Allocators::default();
+        let (_, rr) = step(EXAMPLE, &DataplaneState::default(), &mut allocs);
+        let (d, maglev) = step(&with("maglev"), &rr, &mut allocs);
+        let svc = d.state.services[&SvcKey::published(8080, 6)];
+        assert_eq!(svc.sched, Scheduler::Maglev as u32);
+        assert_eq!(d.state.slots[&0].len(), 1021);
+        assert_eq!(d.state.backends, rr.backends, "same backends, same ids");
+        // Weights 1 and 2: a third and two thirds of the table, to within a slot per turn.
+        let two = d.state.slots[&0].iter().filter(|&&id| id == 1).count();
+        assert!((680..=682).contains(&two), "{two} of 1021");
+        let ops = diff(&rr, &d.state).unwrap();
+        assert!(ops.iter().any(|op| matches!(op, MapOp::WriteSlots { .. })));
+        let (d, _) = step(&with("lc"), &maglev, &mut allocs);
+        assert_eq!(d.state.slots[&0], [0, 1], "each backend once");
+        assert_eq!(d.state.backends[&1].weight, 2, "lc reads the weight");
+    }
+
     #[test]
     fn example() {
         let (d, after) = step(
@@ -378,7 +407,8 @@ mod tests {
                 base: 0,
                 slots: 3,
                 flags: Service::FLAG_MSS_CLAMP,
-                vni: 4096
+                vni: 4096,
+                sched: 0,
             }
         );
         // web.1 weight 1 (id 0), web.2 weight 2 (id 1).

@@ -10,7 +10,7 @@
 //! Times are CLOCK_MONOTONIC nanoseconds, the clock of `bpf_ktime_get_coarse_ns` (the
 //! dataplane stamps flows with the last tick's time, at most a tick behind).
 
-use lb_common::{Flow, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{Flow, FlowKey, FlowKind, IPPROTO_TCP, IPPROTO_UDP};
 
 /// How long a closed TCP flow lingers after its last packet.
 pub const TCP_CLOSED_LINGER_NS: u64 = 10_000_000_000;
@@ -24,6 +24,14 @@ pub const fn expired(key: &FlowKey, flow: &Flow, now_ns: u64, udp_timeout_ns: u6
     } else {
         idle > udp_timeout_ns
     }
+}
+
+/// Whether the entry `key` -> `flow` is an active connection of its backend, for
+/// least-connections picks: a Forward entry (one per connection) of a flow not closed
+/// (TCP: no RST, not FIN both ways; UDP flows count until they expire).
+#[must_use]
+pub fn active_connection(key: &FlowKey, flow: &Flow) -> bool {
+    flow.kind() == Some(FlowKind::Forward) && !(key.proto == IPPROTO_TCP && flow.tcp_closed())
 }
 
 /// Flow counts by protocol, from the last sweep (after deletions).
@@ -118,6 +126,30 @@ mod tests {
     fn clock_skew_does_not_expire() {
         // last_seen after now (a packet raced the sweep's clock read).
         assert!(!expired(&key(17), &flow(0, 200), 100 * S, 1));
+    }
+
+    #[test]
+    fn active_connections_are_open_forward_entries() {
+        let fwd = |tcp| Flow {
+            kind: FlowKind::Forward as u8,
+            tcp,
+            ..Default::default()
+        };
+        assert!(active_connection(&key(6), &fwd(0)));
+        assert!(
+            active_connection(&key(6), &fwd(Flow::SEEN_FIN_FWD)),
+            "half-closed"
+        );
+        assert!(!active_connection(&key(6), &fwd(Flow::SEEN_RST)));
+        assert!(active_connection(&key(17), &fwd(0)));
+        let reply = Flow {
+            kind: FlowKind::Reply as u8,
+            ..Default::default()
+        };
+        assert!(
+            !active_connection(&key(6), &reply),
+            "one entry per connection"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! (a layout change across versions) cannot be reused; then every map is unpinned and
 //! created afresh, with a warning, and the agent reprograms them from the configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -146,13 +146,44 @@ fn zeroes<T: aya::Pod + Default + Clone>() -> Result<PerCpuValues<T>, MapError> 
 
 /// The flow table and the handshake table (TCP connections not established yet), handed
 /// to the sweeper thread.
-#[derive(Debug)]
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
     handshakes: HashMap<MapData, FlowKey, Flow>,
+    conns: Array<MapData, u64>,
+    /// The backends (read only: which ids may have a count).
+    backends: HashMap<MapData, u32, Backend>,
+    /// Backend ids whose connection count the last sweep wrote non-zero; `None` before
+    /// the first sweep, which clears every count.
+    counted: Option<BTreeSet<u32>>,
+}
+
+impl std::fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTable")
+            .field("flows", &self.flows)
+            .field("handshakes", &self.handshakes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FlowTable {
+    /// The flow tables and connection counts pinned under `pin_dir` (by an agent, or a
+    /// test's loader), for a sweep from outside the agent that loaded them.
+    ///
+    /// # Errors
+    /// If a map is missing or of another type.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapError> {
+        let open =
+            |name: &str| aya::maps::Map::from_map_data(MapData::from_pin(pin_dir.join(name))?);
+        Ok(Self {
+            flows: HashMap::try_from(open(names::FLOWS)?)?,
+            handshakes: HashMap::try_from(open(names::SYN_FLOWS)?)?,
+            conns: Array::try_from(open(names::BACKEND_CONNS)?)?,
+            backends: HashMap::try_from(open(names::BACKENDS)?)?,
+            counted: None,
+        })
+    }
+
     /// Deletes expired flows (see [`flows::expired`]) and counts the rest by protocol.
     ///
     /// # Errors
@@ -192,7 +223,59 @@ impl FlowTable {
                 deleted += 1;
             }
         }
+        self.recount_connections();
         Ok((counts, deleted))
+    }
+
+    /// Recounts the active connections of every backend (`LB_BACKEND_CONNS`, which
+    /// least-connections picks read) from the flow tables: the Forward entries of flows
+    /// not closed ([`flows::active_connection`]). The dataplane only adds to the counts;
+    /// this is where closed, expired and evicted flows leave them. Failed writes are
+    /// ignored (the next sweep writes again).
+    pub fn recount_connections(&mut self) {
+        let mut active: BTreeMap<u32, u64> = BTreeMap::new();
+        for (key, flow) in self
+            .flows
+            .iter()
+            .flatten()
+            .chain(self.handshakes.iter().flatten())
+        {
+            if flows::active_connection(&key, &flow) {
+                *active.entry(flow.backend_id).or_default() += 1;
+            }
+        }
+        // Zeroed: every backend without an active connection (its count may hold new
+        // flows since removed, evicted or never recorded), and the ids counted last
+        // time (a backend since deleted); before the first sweep, every id.
+        let stale: Vec<u32> = match &self.counted {
+            Some(ids) => ids
+                .iter()
+                .copied()
+                .chain(self.backends.keys().flatten())
+                .filter(|id| !active.contains_key(id))
+                .collect::<BTreeSet<u32>>()
+                .into_iter()
+                .collect(),
+            None => (0..names::MAX_BACKENDS)
+                .filter(|id| !active.contains_key(id))
+                .collect(),
+        };
+        for id in stale {
+            let _ = self.conns.set(id, 0, 0);
+        }
+        for (&id, &n) in &active {
+            let _ = self.conns.set(id, n, 0);
+        }
+        self.counted = Some(active.into_keys().collect());
+    }
+
+    /// The active connections of backend `id` as the dataplane's least-connections picks
+    /// see them.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn connections(&self, id: u32) -> Result<u64, MapError> {
+        self.conns.get(&id, 0)
     }
 
     /// Calls `visit` on every entry of both tables; entries that vanish meanwhile (LRU
@@ -287,9 +370,7 @@ impl Dataplane {
             HashMap::try_from(take(names::BACKENDS)?).map_err(map_err(names::BACKENDS))?;
         let endpoints =
             HashMap::try_from(take(names::ENDPOINTS)?).map_err(map_err(names::ENDPOINTS))?;
-        let flows = HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?;
-        let handshakes =
-            HashMap::try_from(take(names::SYN_FLOWS)?).map_err(map_err(names::SYN_FLOWS))?;
+        let flows = FlowTable::open_pinned(pin_dir).map_err(map_err(names::FLOWS))?;
         let rr_cursors =
             PerCpuArray::try_from(take(names::RR_CURSORS)?).map_err(map_err(names::RR_CURSORS))?;
         let node =
@@ -319,7 +400,7 @@ impl Dataplane {
             generation,
             published,
             counters: Arc::new(Mutex::new(counters)),
-            flows: Some(FlowTable { flows, handshakes }),
+            flows: Some(flows),
         };
         dataplane.rebuild_published()?;
         Ok(dataplane)

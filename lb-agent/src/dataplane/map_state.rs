@@ -440,6 +440,7 @@ mod tests {
             slots: slots.len() as u32,
             flags: 1,
             vni: 4096,
+            sched: 0,
         };
         s.services.insert(SvcKey::published(8080, TCP), svc);
         s.services.insert(
@@ -556,7 +557,8 @@ mod tests {
                         base: 1,
                         slots: 2,
                         flags: 1,
-                        vni: 4096
+                        vni: 4096,
+                        sched: 0,
                     }
                 ),
                 MapOp::UpsertService(
@@ -570,7 +572,8 @@ mod tests {
                         base: 1,
                         slots: 2,
                         flags: 1,
-                        vni: 4096
+                        vni: 4096,
+                        sched: 0,
                     }
                 ),
             ]
@@ -624,6 +627,7 @@ mod tests {
             slots: 1,
             flags: 0,
             vni: 4096,
+            sched: 0,
         };
         desired.services.insert(SvcKey::published(8080, TCP), svc);
         desired.slots.insert(4, vec![12]);
@@ -681,6 +685,7 @@ mod tests {
                 slots: 3,
                 flags: 0,
                 vni: 4096,
+                sched: 0,
             };
             current.services.insert(key, svc);
             desired.services.insert(key, svc);

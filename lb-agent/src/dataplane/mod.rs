@@ -8,6 +8,7 @@
 //! - [`desired`]: from a validated configuration to the desired map state;
 //! - [`ids`]: stable service and backend ids;
 //! - [`wrr`]: weights to slot tables;
+//! - [`maglev`]: Maglev lookup tables, and each scheduler's table;
 //! - [`flows`]: which flows the sweep expires.
 //!
 //! This module only declares its children; they depend on each other, never on it.
@@ -18,6 +19,7 @@ pub mod flows;
 pub mod ids;
 pub mod links;
 pub mod loader;
+pub mod maglev;
 pub mod map_state;
 pub mod slot_pool;
 pub mod wrr;

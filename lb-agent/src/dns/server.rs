@@ -460,6 +460,7 @@ mod tests {
                     draining: false,
                 }],
                 networks: vec![],
+                lb_algorithm: Default::default(),
             }],
             history: Default::default(),
             secrets: vec![],

@@ -67,6 +67,7 @@ fn service(
         ports: vec![],
         backends,
         networks,
+        lb_algorithm: Default::default(),
     }
 }
 

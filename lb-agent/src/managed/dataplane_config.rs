@@ -32,20 +32,31 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use lb_common::MESH_ONLY_VNI;
+use lb_common::{MESH_ONLY_VNI, Scheduler};
 use mesh_api::assignment::{Assignment, Backend};
 use mesh_api::network::{Network, NetworkId};
 use mesh_api::node::format_id;
 use mesh_api::service::ServiceId;
-use mesh_api::spec::{PortSpec, PublishMode};
+use mesh_api::spec::{LbAlgorithm, PortSpec, PublishMode};
 use mesh_api::task::TaskId;
 
-use lb_common::maps::{MAX_BACKENDS, MAX_LIVE_SLOTS, MAX_SERVICES, MAX_SLOTS};
+use lb_common::maps::{MAX_BACKENDS, MAX_LIVE_SLOTS, MAX_SERVICES};
 
 use crate::config::{
     BackendConfig, Config, EndpointConfig, PeerConfig, PortConfig, Protocol, ServiceConfig,
 };
-use crate::dataplane::wrr;
+use crate::dataplane::maglev;
+
+/// The dataplane's scheduler of a service's `--lb-algorithm`.
+#[must_use]
+pub const fn scheduler(algorithm: LbAlgorithm) -> Scheduler {
+    match algorithm {
+        LbAlgorithm::Rr => Scheduler::RoundRobin,
+        LbAlgorithm::Maglev => Scheduler::Maglev,
+        LbAlgorithm::Lc => Scheduler::LeastConn,
+        LbAlgorithm::Sh => Scheduler::SourceHash,
+    }
+}
 
 /// The name of an endpoint: the task's name and ID (a metric label).
 #[must_use]
@@ -160,6 +171,7 @@ pub fn config(
     let mut services = Vec::new();
     for routes in &assignment.services {
         let joins = !routes.networks.is_empty();
+        let scheduler = scheduler(routes.lb_algorithm);
         // A service on user networks has no ingress VIP: its published ports go to its
         // tasks' routing-mesh-only ingress addresses.
         let (vip, vni) = if joins {
@@ -192,6 +204,7 @@ pub fn config(
                 ports: on_vip,
                 backends: all.clone(),
                 vni,
+                scheduler,
             });
         }
         if let Some(vip) = vip {
@@ -200,6 +213,7 @@ pub fn config(
                 vip,
                 all.clone(),
                 None,
+                scheduler,
             ));
         }
         if !without_vip.is_empty() {
@@ -209,6 +223,7 @@ pub fn config(
                 ports: without_vip,
                 backends: all,
                 vni,
+                scheduler,
             });
         }
         let host_ports: Vec<PortConfig> = routes
@@ -226,6 +241,7 @@ pub fn config(
                 ports: host_ports,
                 backends: local_backends,
                 vni,
+                scheduler,
             });
         }
         // Its VIP on each network it joins, balanced to its tasks' addresses there.
@@ -235,7 +251,7 @@ pub fn config(
             };
             let backends = backend_configs(Some(net.id), &mut routes.backends.iter());
             let name = format!("{}@{}", routes.name, net.spec.name);
-            services.push(every_port(name, vip, backends, Some(net.vni)));
+            services.push(every_port(name, vip, backends, Some(net.vni), scheduler));
         }
     }
 
@@ -257,6 +273,7 @@ fn every_port(
     vip: Ipv4Addr,
     backends: Vec<BackendConfig>,
     vni: Option<u32>,
+    scheduler: Scheduler,
 ) -> ServiceConfig {
     ServiceConfig {
         name,
@@ -271,6 +288,7 @@ fn every_port(
             .collect(),
         backends,
         vni,
+        scheduler,
     }
 }
 
@@ -328,15 +346,15 @@ pub fn fit(config: &mut Config) -> Vec<String> {
             .filter(|b| !b.draining)
             .map(|b| b.weight)
             .collect();
-        if weights.len() > MAX_SLOTS as usize {
+        let Some(table) = maglev::table_len(svc.scheduler, &weights) else {
             left_out.push(format!(
-                "{}: {} active backends, more than the {MAX_SLOTS} slots of a table",
+                "{}: {} active backends, more than the slots of a {} table",
                 svc.name,
-                weights.len()
+                weights.len(),
+                svc.scheduler.name()
             ));
             return false;
-        }
-        let table: u32 = wrr::slot_counts(&weights, MAX_SLOTS).iter().sum();
+        };
         let next = (
             mappings + ports,
             backends + svc.backends.len() * ports,
@@ -374,6 +392,7 @@ mod tests {
     use super::*;
     use crate::config::{DataplaneSection, MetricsSection, NodeSection};
     use crate::host::interfaces::{HostInfo, Interface};
+    use lb_common::maps::MAX_SLOTS;
 
     const ME: u64 = 0xa;
     const OTHER: u64 = 0xb;
@@ -464,6 +483,7 @@ mod tests {
                     backend(4, 0xc, false),
                 ],
                 networks: Vec::new(),
+                lb_algorithm: Default::default(),
             }],
             history: Default::default(),
             secrets: vec![],
@@ -509,6 +529,7 @@ mod tests {
                 })
                 .collect(),
             vni: None,
+            scheduler: Default::default(),
         }
     }
 
@@ -617,6 +638,42 @@ mod tests {
         assert_eq!(c.services[2].ports[0].published, Some(8081));
     }
 
+    /// `--lb-algorithm` reaches every dataplane entry of the service: its ports, its
+    /// VIP's catch-alls, its host ports.
+    #[test]
+    fn the_lb_algorithm_reaches_every_entry() {
+        let mut a = assignment(vec![
+            port(8080, 80, PublishMode::Ingress),
+            port(8081, 80, PublishMode::Ingress),
+            port(9090, 80, PublishMode::Host),
+        ]);
+        let c = config(&base(), &a, &local());
+        assert!(
+            c.services
+                .iter()
+                .all(|s| s.scheduler == Scheduler::RoundRobin)
+        );
+        for (algorithm, want) in [
+            (LbAlgorithm::Maglev, Scheduler::Maglev),
+            (LbAlgorithm::Sh, Scheduler::SourceHash),
+            (LbAlgorithm::Lc, Scheduler::LeastConn),
+        ] {
+            a.services[0].lb_algorithm = algorithm;
+            let c = config(&base(), &a, &local());
+            c.validate(&host()).expect("a valid configuration");
+            let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["web", "web/vip", "web/ports", "web/host"]);
+            assert!(
+                c.services.iter().all(|s| s.scheduler == want),
+                "{algorithm}: {:?}",
+                c.services
+                    .iter()
+                    .map(|s| (&s.name, s.scheduler))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[test]
     fn a_running_local_task_that_is_no_backend_still_gets_its_endpoint() {
         let mut a = assignment(vec![port(8080, 80, PublishMode::Ingress)]);
@@ -692,6 +749,7 @@ mod tests {
                         aliases: Vec::new(),
                     })
                     .collect(),
+                lb_algorithm: Default::default(),
             });
             a
         }

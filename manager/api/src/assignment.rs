@@ -16,7 +16,7 @@ use crate::file::FileContent;
 use crate::network::{IngressNetwork, Network, NetworkAddr, NetworkId};
 use crate::node::NodeId;
 use crate::service::ServiceId;
-use crate::spec::{PortSpec, TaskSpec};
+use crate::spec::{LbAlgorithm, PortSpec, TaskSpec};
 use crate::task::{TaskId, TaskState};
 
 /// What a node's agent must do with one of its tasks.
@@ -98,6 +98,9 @@ pub struct ServiceRoutes {
     /// only on these, and its ingress addresses carry the routing mesh alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<ServiceNetwork>,
+    /// How its new connections choose a task ([`EndpointSpec::lb_algorithm`](crate::spec::EndpointSpec)).
+    #[serde(default, skip_serializing_if = "LbAlgorithm::is_default")]
+    pub lb_algorithm: LbAlgorithm,
 }
 
 /// A service on one of the user networks it joins.

@@ -691,6 +691,59 @@ impl fmt::Display for EndpointMode {
     }
 }
 
+/// How a service's new connections choose a task (IPVS calls it the scheduler).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbAlgorithm {
+    /// Round robin (the default).
+    #[default]
+    Rr,
+    /// Maglev consistent hashing of the connection's addresses and ports: a
+    /// connection gets the same task on every node, and few move when tasks come
+    /// and go.
+    Maglev,
+    /// Least connections: the task with the fewest active connections.
+    Lc,
+    /// Source hashing: every connection from one client address goes to the same
+    /// task while the tasks stay the same (consistent hashing, as `maglev`).
+    Sh,
+}
+
+impl LbAlgorithm {
+    /// Whether this is the default, round robin (left out of a serialized spec).
+    #[must_use]
+    pub fn is_default(&self) -> bool {
+        *self == Self::Rr
+    }
+}
+
+impl FromStr for LbAlgorithm {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "rr" => Ok(LbAlgorithm::Rr),
+            "maglev" => Ok(LbAlgorithm::Maglev),
+            "lc" => Ok(LbAlgorithm::Lc),
+            "sh" => Ok(LbAlgorithm::Sh),
+            other => Err(invalid(format!(
+                "invalid load-balancing algorithm {other:?}: expected rr, maglev, lc or sh"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for LbAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LbAlgorithm::Rr => "rr",
+            LbAlgorithm::Maglev => "maglev",
+            LbAlgorithm::Lc => "lc",
+            LbAlgorithm::Sh => "sh",
+        })
+    }
+}
+
 /// What a failed rolling update does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -803,6 +856,9 @@ pub struct EndpointSpec {
     /// Published ports; an ingress port without `published` gets one from
     /// the allocator.
     pub ports: Vec<PortSpec>,
+    /// How new connections to its VIP and published ports choose a task.
+    #[serde(default, skip_serializing_if = "LbAlgorithm::is_default")]
+    pub lb_algorithm: LbAlgorithm,
 }
 
 /// Everything a user says about a service (`meshctl service create`).
@@ -1259,6 +1315,32 @@ pub fn format_duration_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Specs stored before `lb_algorithm` existed load as round robin, and a round-robin
+    /// spec is written as before (Raft snapshots and logs of older managers stay valid).
+    #[test]
+    fn lb_algorithm_defaults_to_rr_and_is_left_out_while_it_is() {
+        let old: EndpointSpec = serde_json::from_str(r#"{"mode":"vip","ports":[]}"#).unwrap();
+        assert_eq!(old.lb_algorithm, LbAlgorithm::Rr);
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"mode":"vip","ports":[]}"#
+        );
+        let sh = EndpointSpec {
+            lb_algorithm: "sh".parse().unwrap(),
+            ..old
+        };
+        let json = serde_json::to_string(&sh).unwrap();
+        assert_eq!(json, r#"{"mode":"vip","ports":[],"lb_algorithm":"sh"}"#);
+        assert_eq!(serde_json::from_str::<EndpointSpec>(&json).unwrap(), sh);
+        for name in ["rr", "maglev", "lc", "sh"] {
+            assert_eq!(name.parse::<LbAlgorithm>().unwrap().to_string(), name);
+        }
+        assert_eq!(
+            "wlc".parse::<LbAlgorithm>().unwrap_err().to_string(),
+            "invalid load-balancing algorithm \"wlc\": expected rr, maglev, lc or sh"
+        );
+    }
 
     #[test]
     fn publish_short_and_long_syntax() {

@@ -130,6 +130,7 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
                 })
                 .collect(),
             networks: service_networks(s),
+            lb_algorithm: s.spec.endpoint.lb_algorithm,
         })
         .collect();
     let history = state

@@ -10,12 +10,15 @@
 //! backend. A service's tasks are its replicas (every node for a global one), plus
 //! the tasks a start-first update runs beside the old ones. Each active backend takes
 //! one slot of its table (the managers give every task weight 1), so a table is never
-//! longer than `MAX_SLOTS` (a service has at most `MAX_REPLICAS` replicas), and the
-//! live slots never exceed the backends, which stay far below `MAX_LIVE_SLOTS`.
+//! longer than `MAX_SLOTS` (a service has at most `MAX_REPLICAS` replicas). A service
+//! balanced by `maglev` or `sh` (`--lb-algorithm`) has a Maglev table per mapping
+//! instead, of `lb_common::sched::maglev_size` slots (1021 or 4093), and these count
+//! against the node's `MAX_LIVE_SLOTS`.
 
 use lb_common::maps::{MAX_BACKENDS, MAX_LIVE_SLOTS, MAX_SERVICES, MAX_SLOTS};
+use lb_common::sched::maglev_size;
 use mesh_api::service::Service;
-use mesh_api::spec::{MAX_REPLICAS, PublishMode, ServiceMode, UpdateOrder};
+use mesh_api::spec::{LbAlgorithm, MAX_REPLICAS, PublishMode, ServiceMode, UpdateOrder};
 
 // The accounting above relies on these.
 const _: () = assert!(MAX_REPLICAS * 2 <= MAX_SLOTS && MAX_BACKENDS <= MAX_LIVE_SLOTS);
@@ -27,6 +30,8 @@ pub struct Footprint {
     pub mappings: u64,
     /// Backends: each task, once per mapping.
     pub backends: u64,
+    /// Live slots: each task once per mapping, or a Maglev table per mapping.
+    pub slots: u64,
 }
 
 impl std::ops::Add for Footprint {
@@ -36,6 +41,7 @@ impl std::ops::Add for Footprint {
         Self {
             mappings: self.mappings + other.mappings,
             backends: self.backends + other.backends,
+            slots: self.slots + other.slots,
         }
     }
 }
@@ -63,9 +69,18 @@ pub fn footprint(service: &Service, nodes: usize) -> Footprint {
         UpdateOrder::StartFirst => u64::from(update.parallelism).min(replicas),
         UpdateOrder::StopFirst => 0,
     };
+    let tasks = replicas + surge;
+    let slots = match service.spec.endpoint.lb_algorithm {
+        LbAlgorithm::Maglev | LbAlgorithm::Sh => {
+            let n = u32::try_from(tasks).unwrap_or(u32::MAX);
+            u64::from(maglev_size(n).unwrap_or(MAX_SLOTS)) * mappings
+        }
+        LbAlgorithm::Rr | LbAlgorithm::Lc => tasks * mappings,
+    };
     Footprint {
         mappings,
-        backends: (replicas + surge) * mappings,
+        backends: tasks * mappings,
+        slots,
     }
 }
 
@@ -125,6 +140,18 @@ pub fn check<'a>(
             detail: detail("backends", own.backends),
         });
     }
+    if total.slots > u64::from(MAX_LIVE_SLOTS) {
+        return Err(Exceeded {
+            what: "live slots",
+            count: total.slots,
+            max: MAX_LIVE_SLOTS,
+            detail: format!(
+                " (service {:?} takes {} slots: a table per port mapping; a maglev or sh \
+                 table has 1021 slots, 4093 beyond 10 tasks)",
+                changed.spec.name, own.slots
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -173,8 +200,16 @@ mod tests {
             footprint(&s, 3),
             Footprint {
                 mappings: 4,
-                backends: 40
+                backends: 40,
+                slots: 40
             }
+        );
+        let mut maglev = s.clone();
+        maglev.spec.endpoint.lb_algorithm = LbAlgorithm::Maglev;
+        assert_eq!(
+            footprint(&maglev, 3).slots,
+            4 * 1021,
+            "10 tasks: tables of 1021"
         );
         let dnsrr = service(10, &[(8080, PublishMode::Ingress)], false);
         assert_eq!(footprint(&dnsrr, 3).mappings, 1);

@@ -410,6 +410,7 @@ fn main() -> Result<()> {
         slots: 1,
         flags: 0,
         vni: mesh_tests::fixture::VNI,
+        sched: 0,
     };
     // Its own backend (a backend of another service would make every packet a new flow:
     // the program checks that a flow's backend still belongs to its service).
@@ -571,6 +572,7 @@ fn flow_pairs_on(dp: &mut Dataplane) -> Result<()> {
         slots: 0,
         flags: 0,
         vni: mesh_tests::fixture::VNI,
+        sched: 0,
     };
     for (i, addr) in [PAIR_RA, PAIR_RB].into_iter().enumerate() {
         dp.set_service(

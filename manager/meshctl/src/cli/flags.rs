@@ -8,9 +8,9 @@ use clap::{Args, ValueEnum};
 use mesh_api::mount::Mount;
 use mesh_api::node::parse_label;
 use mesh_api::spec::{
-    Constraint, EndpointMode, FailureAction, HealthCheck, PlacementPreference, PortSpec,
-    RestartCondition, RuntimeKind, ServiceMode, ServiceSpec, SpecError, UpdateConfig, UpdateOrder,
-    parse_duration_ms,
+    Constraint, EndpointMode, FailureAction, HealthCheck, LbAlgorithm, PlacementPreference,
+    PortSpec, RestartCondition, RuntimeKind, ServiceMode, ServiceSpec, SpecError, UpdateConfig,
+    UpdateOrder, parse_duration_ms,
 };
 
 /// Why a flag was refused.
@@ -434,6 +434,11 @@ pub struct CreateFlags {
     /// Endpoint mode: vip or dnsrr.
     #[arg(long, value_name = "MODE")]
     pub endpoint_mode: Option<String>,
+    /// How new connections choose a task: rr (round robin, the default), maglev
+    /// (consistent hashing of the connection), lc (least connections) or sh (source
+    /// hashing: one client address, one task).
+    #[arg(long, value_name = "ALGORITHM")]
+    pub lb_algorithm: Option<String>,
     /// Network attachment: NAME, or name=NAME[,alias=ALIAS...] (repeatable).
     #[arg(long, value_name = "NETWORK")]
     pub network: Vec<String>,
@@ -532,6 +537,9 @@ impl CreateFlags {
         if let Some(mode) = &self.endpoint_mode {
             spec.endpoint.mode = mode.parse::<EndpointMode>()?;
         }
+        if let Some(algorithm) = &self.lb_algorithm {
+            spec.endpoint.lb_algorithm = algorithm.parse::<LbAlgorithm>()?;
+        }
         spec.constraints = parse_all("constraint", &self.constraint)?;
         spec.preferences = parse_all("placement-pref", &self.placement_pref)?;
         spec.max_replicas_per_node = self.replicas_max_per_node.unwrap_or(0);
@@ -605,6 +613,9 @@ pub struct UpdateFlags {
     /// Endpoint mode: vip or dnsrr.
     #[arg(long, value_name = "MODE")]
     pub endpoint_mode: Option<String>,
+    /// How new connections choose a task: rr, maglev, lc or sh.
+    #[arg(long, value_name = "ALGORITHM")]
+    pub lb_algorithm: Option<String>,
     /// Add a network: NAME, or name=NAME[,alias=ALIAS...].
     #[arg(long, value_name = "NETWORK")]
     pub network_add: Vec<String>,
@@ -924,6 +935,9 @@ impl UpdateFlags {
         if let Some(mode) = &self.endpoint_mode {
             spec.endpoint.mode = mode.parse::<EndpointMode>()?;
         }
+        if let Some(algorithm) = &self.lb_algorithm {
+            spec.endpoint.lb_algorithm = algorithm.parse::<LbAlgorithm>()?;
+        }
         if self.force {
             spec.task.force_update += 1;
         }
@@ -1204,6 +1218,10 @@ mod tests {
             (vec!["--health-interval", "1s", "/bin/true"], "--health-cmd"),
             (vec!["--constraint", "zone=a", "/bin/true"], "--constraint"),
             (vec!["--runtime", "vm", "/bin/true"], "invalid runtime"),
+            (
+                vec!["--lb-algorithm", "lblc", "/bin/true"],
+                "expected rr, maglev, lc or sh",
+            ),
             (vec!["--name", "bad name", "/bin/true"], "invalid name"),
             (vec!["-e", "NOEQUALS", "/bin/true"], "KEY=VALUE"),
             (vec!["-l", "bad key=1", "/bin/true"], "--label"),

@@ -283,7 +283,13 @@ pub fn service_endpoint_json(service: &Service, networks: &[NetworkInfo]) -> Val
             json!({"NetworkID": format_id(id), "Addr": format!("{addr}/{}", prefix(id))})
         })
         .collect();
-    json!({"Spec": {"Mode": service.spec.endpoint.mode.to_string()}, "VirtualIPs": vips})
+    json!({
+        "Spec": {
+            "Mode": service.spec.endpoint.mode.to_string(),
+            "LbAlgorithm": service.spec.endpoint.lb_algorithm.to_string(),
+        },
+        "VirtualIPs": vips,
+    })
 }
 
 /// A network's name, from the list, for `service inspect --pretty` (the ID when it is

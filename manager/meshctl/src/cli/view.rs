@@ -566,6 +566,7 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
         }
     }
     let _ = writeln!(out, "Endpoint Mode:\t{}", spec.endpoint.mode);
+    let _ = writeln!(out, "LB Algorithm:\t{}", spec.endpoint.lb_algorithm);
     if let Some(vip) = s.endpoint.vip {
         let _ = writeln!(out, "Virtual IP:\t{vip}");
     }
