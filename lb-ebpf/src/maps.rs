@@ -87,3 +87,8 @@ pub(crate) static LB_GENERATION: Array<u32> = Array::pinned(1, 0);
 /// Published ports, a bit each: see `lb_common::maps::PUBLISHED`.
 #[map]
 pub(crate) static LB_PUBLISHED: Array<u64> = Array::pinned(PUBLISHED_WORDS, 0);
+
+/// The layout version the maps were written with (one element), written by the agent:
+/// see `lb_common::maps::LAYOUT_VERSION`. The programs never read it.
+#[map]
+pub(crate) static LB_LAYOUT: Array<u32> = Array::pinned(1, 0);

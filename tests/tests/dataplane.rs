@@ -1376,3 +1376,41 @@ fn isolation_a_user_networks_vip_is_not_reached_from_outside() {
     let syn = tcp(FROM_CLIENT, (CLIENT, 43001), (VIP, 80), Tcp::Syn, &[]);
     assert_eq!(dp.run_xdp("lb_xdp", &syn).unwrap().0, XDP_REDIRECT);
 }
+
+/// Values that keep their size but change their meaning: pinned maps written with another
+/// layout version (`LB_LAYOUT`) are recreated by the agent's loader, never misread; maps
+/// of the same version are kept (an agent restart keeps every flow).
+#[test]
+fn pinned_maps_of_another_layout_version_are_recreated_and_of_this_one_kept() {
+    use lb_agent::dataplane::{loader::Dataplane as Agent, map_state::MapOp};
+    mesh_tests::fixture::require_root().unwrap();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbtest-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = || {
+        Agent::open(
+            lb_agent::EBPF_OBJECT,
+            &dir,
+            lb_common::maps::DEFAULT_MAX_FLOWS,
+        )
+    };
+    let backend = Backend::new(u32::from(LOCAL_TASK), 80, WEB);
+    let mut agent = open().unwrap();
+    agent.apply(&[MapOp::UpsertBackend(7, backend)]).unwrap();
+    drop(agent);
+    let kept = open().unwrap().read_state().unwrap();
+    assert_eq!(kept.backends.get(&7), Some(&backend), "same version: kept");
+
+    // An agent of another layout version wrote these pins.
+    let pin = dir.join(lb_common::maps::LAYOUT);
+    let mut layout: aya::maps::Array<aya::maps::MapData, u32> =
+        aya::maps::Map::Array(aya::maps::MapData::from_pin(&pin).unwrap())
+            .try_into()
+            .unwrap();
+    layout
+        .set(0, lb_common::maps::LAYOUT_VERSION - 1, 0)
+        .unwrap();
+    drop(layout);
+    let recreated = open().unwrap().read_state().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(recreated.backends.is_empty(), "another version: recreated");
+}

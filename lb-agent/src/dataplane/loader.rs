@@ -379,6 +379,8 @@ impl Dataplane {
             Array::try_from(take(names::GENERATION)?).map_err(map_err(names::GENERATION))?;
         let published =
             Array::try_from(take(names::PUBLISHED)?).map_err(map_err(names::PUBLISHED))?;
+        let mut layout: Array<MapData, u32> =
+            Array::try_from(take(names::LAYOUT)?).map_err(map_err(names::LAYOUT))?;
         let counters = CounterMaps {
             services: PerCpuArray::try_from(take(names::SERVICE_COUNTERS)?)
                 .map_err(map_err(names::SERVICE_COUNTERS))?,
@@ -403,6 +405,9 @@ impl Dataplane {
             flows: Some(flows),
         };
         dataplane.rebuild_published()?;
+        layout
+            .set(0, names::LAYOUT_VERSION, 0)
+            .map_err(map_err(names::LAYOUT))?;
         Ok(dataplane)
     }
 
@@ -770,6 +775,19 @@ fn check_pinned_maps(
             debug!(map = %name, "reusing pinned map");
         }
     }
+    // Values that keep their size but change their meaning: the layout version the
+    // pinned maps were written with (none: an agent from before the version was kept).
+    if !pinned.is_empty() {
+        let version = pinned_layout_version(&pin_dir.join(names::LAYOUT));
+        if version != Some(names::LAYOUT_VERSION) {
+            warn!(
+                pinned = ?version,
+                wanted = names::LAYOUT_VERSION,
+                "pinned maps have another layout version"
+            );
+            changed.push(names::LAYOUT.to_owned());
+        }
+    }
     if !changed.is_empty() {
         warn!(
             ?changed,
@@ -781,6 +799,13 @@ fn check_pinned_maps(
         }
     }
     Ok(())
+}
+
+/// The layout version held by the pinned `LB_LAYOUT` at `path`, if there is one to read.
+fn pinned_layout_version(path: &Path) -> Option<u32> {
+    let data = MapData::from_pin(path).ok()?;
+    let layout: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    layout.get(&0, 0).ok()
 }
 
 fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
