@@ -905,15 +905,29 @@ pub(crate) fn from_underlay(
     tcp_flags: u8,
     bytes: u16,
 ) -> Decision {
+    // A published port: its bit says the packet is the mesh's, so an established flow is
+    // found first, and only a new one pays the service's lookup.
+    if key.dst_addr == cfg.addr {
+        if !is_published(key.dst_port, key.proto) {
+            return Decision::PASS;
+        }
+        if let Some(d) = known(key, tcp_flags, bytes) {
+            return d;
+        }
+        return match find_service(key, cfg) {
+            Some(svc) => new_flow(key, svc, tcp_flags, bytes),
+            None => Decision::PASS,
+        };
+    }
     let Some(svc) = find_service(key, cfg) else {
         return Decision::PASS;
     };
     if let Some(d) = known(key, tcp_flags, bytes) {
         return d;
     }
-    // From outside, published ports and the default network's VIPs: a user network's VIP
+    // From outside, the default network's VIPs: a user network's VIP
     // is reached from that network only.
-    if key.dst_addr != cfg.addr && svc.vni != cfg.vni {
+    if svc.vni != cfg.vni {
         return Decision::drop(DropReason::Isolation);
     }
     new_flow(key, svc, tcp_flags, bytes)
