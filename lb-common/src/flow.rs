@@ -166,8 +166,15 @@ impl Flow {
     /// Whether TCP has closed the flow (RST, or FIN both ways).
     #[must_use]
     pub const fn tcp_closed(&self) -> bool {
-        self.tcp & Self::SEEN_RST != 0
-            || self.tcp & (Self::SEEN_FIN_FWD | Self::SEEN_FIN_REV)
+        Self::closes(self.tcp)
+    }
+
+    /// Whether TCP event bits `tcp` (a [`Flow::tcp`]) say the connection is closed: RST,
+    /// or FIN both ways.
+    #[must_use]
+    pub const fn closes(tcp: u8) -> bool {
+        tcp & Self::SEEN_RST != 0
+            || tcp & (Self::SEEN_FIN_FWD | Self::SEEN_FIN_REV)
                 == (Self::SEEN_FIN_FWD | Self::SEEN_FIN_REV)
     }
 }

@@ -346,38 +346,45 @@ pub(crate) fn route(dst: u32) -> Next {
 
 /// The service a packet is addressed to: a port published on this node, its VIP on that
 /// port, or its VIP on every port (port 0 in the key: Swarm's VIPs take every port).
-/// On the node's own address, the published port is looked up first (no VIP is the
-/// node's address: the agent refuses one), so the routing mesh's packets cost one
-/// lookup.
+/// On the node's own address, the published port alone is looked up (no VIP is the
+/// node's address: the agent refuses one), and only if its bit says it is published:
+/// most traffic to the node's own address is not the mesh's (its SSH, its kubelet), and
+/// passes on an array read, without a hash lookup.
 #[inline(always)]
 pub(crate) fn find_service(key: &FlowKey, cfg: &NodeConfig) -> Option<&'static Service> {
-    let published = key.dst_addr == cfg.addr;
-    // Most traffic to the node's own address is not the mesh's (its SSH, its kubelet):
-    // a port whose bit is clear passes on an array read, without a hash lookup.
-    if published && !is_published(key.dst_port, key.proto) {
-        return None;
+    if key.dst_addr == cfg.addr {
+        if !is_published(key.dst_port, key.proto) {
+            return None;
+        }
+        return published_service(key);
     }
-    let first = ServiceKey {
-        addr: if published { 0 } else { key.dst_addr },
+    let vip = ServiceKey {
+        addr: key.dst_addr,
         port: key.dst_port,
         proto: key.proto,
         pad: 0,
     };
     // SAFETY: read-only access to the value.
-    if let Some(svc) = unsafe { LB_SERVICES.get(first) } {
+    if let Some(svc) = unsafe { LB_SERVICES.get(vip) } {
         return Some(svc);
     }
-    if published {
-        return None;
-    }
-    let any_port = ServiceKey {
-        addr: key.dst_addr,
-        port: 0,
+    let any_port = ServiceKey { port: 0, ..vip };
+    // SAFETY: as above.
+    unsafe { LB_SERVICES.get(any_port) }
+}
+
+/// The service of the port `key` is addressed to on the node's own address (published
+/// on every node), whose bit the caller checked.
+#[inline(always)]
+fn published_service(key: &FlowKey) -> Option<&'static Service> {
+    let published = ServiceKey {
+        addr: 0,
+        port: key.dst_port,
         proto: key.proto,
         pad: 0,
     };
-    // SAFETY: as above.
-    unsafe { LB_SERVICES.get(any_port) }
+    // SAFETY: read-only access to the value.
+    unsafe { LB_SERVICES.get(published) }
 }
 
 /// Whether the port `port` (network order) of `proto` is published on the node.
@@ -446,7 +453,7 @@ pub(crate) fn pick_backend(svc: &Service, key: &PickKey) -> Option<(u32, Backend
         Scheduler::Maglev => flow_hash(key.src_addr, key.src_port, key.dst_port, key.proto),
         Scheduler::SourceHash => source_hash(key.src_addr),
         Scheduler::LeastConn => return pick_least_conn(svc, key.src_addr),
-    } % slots;
+    };
     let id = *LB_SLOTS.get(slot_at(svc.base, slots, pos))?;
     // SAFETY: read-only copy.
     let backend = unsafe { *LB_BACKENDS.get(id)? };
@@ -719,9 +726,7 @@ impl FlowView {
 
     #[inline(always)]
     const fn tcp_closed(&self) -> bool {
-        self.tcp & Flow::SEEN_RST != 0
-            || self.tcp & (Flow::SEEN_FIN_FWD | Flow::SEEN_FIN_REV)
-                == (Flow::SEEN_FIN_FWD | Flow::SEEN_FIN_REV)
+        Flow::closes(self.tcp)
     }
 }
 
@@ -914,7 +919,7 @@ pub(crate) fn from_underlay(
         if let Some(d) = known(key, tcp_flags, bytes) {
             return d;
         }
-        return match find_service(key, cfg) {
+        return match published_service(key) {
             Some(svc) => new_flow(key, svc, tcp_flags, bytes),
             None => Decision::PASS,
         };

@@ -250,15 +250,12 @@ fn clamp_mss(ctx: &XdpContext, pkt: &Ipv4Packet, mss: u16) {
     }
 }
 
-/// A next hop: output interface and MAC addresses (as [`NextHop`] keeps them).
-type Hop = NextHop;
-
 /// The next hop from `src` to `dst`: the memo in `LB_NEXT_HOPS` while it is under a
 /// second old (`bpf_ktime_get_coarse_ns`, a read of the last tick's time), else the
 /// kernel's FIB, whose answer is memoised. A FIB miss (no route, no resolved neighbour)
 /// is not: the next packet asks again.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
+fn next_hop(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<NextHop> {
     let key = NextHopKey { src, dst };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -283,7 +280,7 @@ const _: () = assert!(size_of::<bpf_fib_lookup>() == FIB_WORDS * 8);
 struct FibWords([u64; FIB_WORDS]);
 
 #[inline(always)]
-fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
+fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<NextHop> {
     // The parameters start all zero (their "unset" state), written as eight volatile
     // 8-byte stores in place: `mem::zeroed()` (or any zeroing LLVM can see through) is a
     // `memset` call, which the BPF target compiles to a subprogram storing one byte per
@@ -319,23 +316,21 @@ fn fib(ctx: &XdpContext, src: u32, dst: u32, tot_len: u16) -> Option<Hop> {
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return None;
     }
-    let (s, d) = (params.smac.as_ptr(), params.dmac.as_ptr());
-    // SAFETY: both MACs are 6 bytes of `params`; unaligned reads within them.
-    unsafe {
-        Some(Hop {
-            ifindex: params.ifindex,
-            smac_hi: s.cast::<u32>().read_unaligned(),
-            smac_lo: s.add(4).cast::<u16>().read_unaligned(),
-            dmac_lo: d.add(4).cast::<u16>().read_unaligned(),
-            dmac_hi: d.cast::<u32>().read_unaligned(),
-            filled_ns: 0,
-        })
-    }
+    let (smac_hi, smac_lo) = mac_words(&params.smac);
+    let (dmac_hi, dmac_lo) = mac_words(&params.dmac);
+    Some(NextHop {
+        ifindex: params.ifindex,
+        smac_hi,
+        smac_lo,
+        dmac_lo,
+        dmac_hi,
+        filled_ns: 0,
+    })
 }
 
 /// Sets the frame's MACs for `hop` and sends it: back out the same port, or redirected.
 #[inline(always)]
-fn send(ctx: &XdpContext, hop: Hop) -> u32 {
+fn send(ctx: &XdpContext, hop: NextHop) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
         return drop(DropReason::Malformed);
     };
@@ -381,7 +376,8 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32, 
         h.eth_type = 0x0800_u16.to_be_bytes();
         h.tunnel = tunnel;
         h.inner_dst = task_mac(u32::from_be(inner_dst));
-        copy_mac(&mut h.inner_src, &cfg.mac);
+        let (hi, lo) = mac_words(&cfg.mac);
+        store_mac(&mut h.inner_src, hi, lo);
     }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         XDP_TX
@@ -393,7 +389,7 @@ fn encapsulate(ctx: &XdpContext, cfg: &NodeConfig, pkt: &Ipv4Packet, node: u32, 
 
 /// Writes a next hop's MACs into an Ethernet header.
 #[inline(always)]
-fn write_macs(eth: &mut EthHdr, hop: &Hop) {
+fn write_macs(eth: &mut EthHdr, hop: &NextHop) {
     store_mac(&mut eth.dst_addr, hop.dmac_hi, hop.dmac_lo);
     store_mac(&mut eth.src_addr, hop.smac_hi, hop.smac_lo);
 }
@@ -409,19 +405,18 @@ fn store_mac(dst: &mut [u8; 6], hi: u32, lo: u16) {
     }
 }
 
-/// Copies a MAC address from a map value into the frame as one 4-byte and one 2-byte
-/// load and store: a plain array assignment between two memory locations is a `memmove`
-/// call, which the BPF target compiles to a loop of one-byte copies.
+/// A MAC address as a 4-byte and a 2-byte word (see [`NextHop`]), read with two loads:
+/// a plain 6-byte array copy between two memory locations is a `memmove` call, which the
+/// BPF target compiles to a loop of one-byte copies.
 #[inline(always)]
-fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
-    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
-    // SAFETY: both point at 6 bytes; unaligned accesses within them.
+fn mac_words(mac: &[u8; 6]) -> (u32, u16) {
+    let m = mac.as_ptr();
+    // SAFETY: `mac` is 6 bytes; unaligned reads within it.
     unsafe {
-        d.cast::<u32>()
-            .write_unaligned(s.cast::<u32>().read_unaligned());
-        d.add(4)
-            .cast::<u16>()
-            .write_unaligned(s.add(4).cast::<u16>().read_unaligned());
+        (
+            m.cast::<u32>().read_unaligned(),
+            m.add(4).cast::<u16>().read_unaligned(),
+        )
     }
 }
 

@@ -301,6 +301,8 @@ pub struct Dataplane {
     rr_cursors: PerCpuArray<MapData, u32>,
     node: Array<MapData, NodeConfig>,
     generation: Array<MapData, u32>,
+    /// What `generation` holds: the agent is its only writer, so it is read once.
+    generation_value: u32,
     published: Array<MapData, u64>,
     counters: Arc<Mutex<CounterMaps>>,
     flows: Option<FlowTable>,
@@ -375,8 +377,9 @@ impl Dataplane {
             PerCpuArray::try_from(take(names::RR_CURSORS)?).map_err(map_err(names::RR_CURSORS))?;
         let node =
             Array::try_from(take(names::NODE_CONFIG)?).map_err(map_err(names::NODE_CONFIG))?;
-        let generation =
+        let generation: Array<MapData, u32> =
             Array::try_from(take(names::GENERATION)?).map_err(map_err(names::GENERATION))?;
+        let generation_value = generation.get(&0, 0).map_err(map_err(names::GENERATION))?;
         let published =
             Array::try_from(take(names::PUBLISHED)?).map_err(map_err(names::PUBLISHED))?;
         let mut layout: Array<MapData, u32> =
@@ -400,6 +403,7 @@ impl Dataplane {
             rr_cursors,
             node,
             generation,
+            generation_value,
             published,
             counters: Arc::new(Mutex::new(counters)),
             flows: Some(flows),
@@ -572,13 +576,12 @@ impl Dataplane {
 
     /// Adds one to the routing generation (the agent is its only writer).
     fn next_generation(&mut self) -> Result<(), DataplaneError> {
-        let g = self
-            .generation
-            .get(&0, 0)
-            .map_err(map_err(names::GENERATION))?;
+        let next = self.generation_value.wrapping_add(1);
         self.generation
-            .set(0, g.wrapping_add(1), 0)
-            .map_err(map_err(names::GENERATION))
+            .set(0, next, 0)
+            .map_err(map_err(names::GENERATION))?;
+        self.generation_value = next;
+        Ok(())
     }
 
     fn apply_one(&mut self, op: &MapOp) -> Result<(), DataplaneError> {

@@ -851,15 +851,17 @@ fn programming(rounds: usize) -> Result<Vec<Vec<f64>>> {
             mtu: 1500,
             ipv4: vec![NODE],
         });
-        let configs = [Some(0), Some(1), None].map(|first| -> Result<Config> {
-            let c = Config::from_toml(&programming_config(first))?;
-            c.validate(&host)?;
-            Ok(c)
-        });
+        let configs = [Some(0), Some(1), None]
+            .into_iter()
+            .map(|first| -> Result<Config> {
+                let c = Config::from_toml(&programming_config(first))?;
+                c.validate(&host)?;
+                Ok(c)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut times = vec![Vec::new(); PROGRAMMING_STEPS.len()];
         for _ in 0..rounds {
             for (step, config) in configs.iter().enumerate() {
-                let config = config.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 let start = std::time::Instant::now();
                 let current = dp.read_state()?;
                 let mut allocs = desired::Allocators::resume(&current);
