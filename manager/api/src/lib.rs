@@ -20,6 +20,7 @@ pub mod proto {
 pub mod assignment;
 pub mod capability;
 pub mod cluster;
+pub mod codec;
 pub mod container;
 pub mod exposition;
 pub mod file;

@@ -33,3 +33,6 @@ pub mod reconcile;
 pub mod scheduler;
 pub mod stack;
 pub mod state;
+
+#[cfg(test)]
+mod codec_tests;
