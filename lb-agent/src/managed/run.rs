@@ -137,7 +137,7 @@ async fn drive(
     }
     let mut exits = runtimes.take_exits().ok_or(ManagedError::Exits)?;
     let mut agent: Option<Agent> = None;
-    let mut current: Option<Assignment> = None;
+    let mut current: Option<std::sync::Arc<Assignment>> = None;
     let mut applied_config: Option<Config> = None;
     let mut applied_version: Option<u64> = None;
     // The tasks whose logs stay (the last assignment's, and its history).
@@ -212,7 +212,7 @@ async fn drive(
                         supervisor.assign(&assignment.tasks, now);
                         // The names follow at once (the dataplane may lag a retry).
                         dns.set_view(crate::dns::View::new(&assignment));
-                        current = Some(*assignment);
+                        current = Some(assignment);
                         reprogram = true;
                     }
                     SessionEvent::LogsRequest { request_id, task_ids, tail, follow: false } => {

@@ -18,6 +18,7 @@ pub mod proto {
 }
 
 pub mod assignment;
+pub mod assignment_delta;
 pub mod capability;
 pub mod cluster;
 pub mod codec;

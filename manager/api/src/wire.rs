@@ -300,20 +300,13 @@ impl proto::TaskReports {
 }
 
 impl proto::Assignment {
-    /// A node's assignment, to send down its session.
+    /// A node's whole assignment as JSON, for an agent that does not follow
+    /// changes (see [`crate::assignment_delta`] for the others).
     #[must_use]
-    pub fn new(assignment: &Assignment) -> Self {
+    pub fn json(assignment: &Assignment) -> Self {
         Self {
-            json: encode(assignment),
+            body: Some(proto::assignment::Body::Json(encode(assignment))),
         }
-    }
-
-    /// The assignment.
-    ///
-    /// # Errors
-    /// [`WireError`] if the field does not hold an [`Assignment`].
-    pub fn assignment(&self) -> Result<Assignment, WireError> {
-        decode(&self.json, "Assignment", "assignment")
     }
 }
 

@@ -16,7 +16,10 @@ use crate::connect::{self, ClientError, leader_addr};
 use crate::failover::Failover;
 use crate::pki::{self, TlsDir};
 use crate::proto::{self, agent_message, dispatcher_client::DispatcherClient, manager_message};
+use std::sync::Arc;
+
 use mesh_api::assignment::Assignment;
+use mesh_api::assignment_delta::{AssignmentFollower, DeltaError, Followed};
 use mesh_api::node::Role;
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::{TaskId, TaskStatus};
@@ -39,8 +42,10 @@ pub enum SessionEvent {
     RoleChanged(Role),
     /// The session ended; it will be retried.
     Lost(String),
-    /// What the node must run and route now (sent whole on every change).
-    Assignment(Box<Assignment>),
+    /// What the node must run and route now: the whole assignment, as the
+    /// session holds it after the leader's latest change (the leader sends
+    /// it whole at the start of a session, then its changes).
+    Assignment(Arc<Assignment>),
     /// The leader asks for some tasks' output; answer with
     /// [`Uplink::Logs`] chunks carrying `request_id`, one with `done` per task.
     LogsRequest {
@@ -300,6 +305,7 @@ async fn attempt(
                 runtimes: options.runtimes.iter().map(ToString::to_string).collect(),
                 nano_cpus: options.resources.nano_cpus,
                 memory_bytes: options.resources.memory_bytes,
+                assignment_deltas: true,
             })),
         };
         if tx.send(hello).await.is_err() {
@@ -326,6 +332,8 @@ async fn attempt(
         };
         let mut established_once = false;
         let mut heartbeats: Option<tokio::task::JoinHandle<()>> = None;
+        // A new session: the leader sends the whole assignment first.
+        let mut follower = AssignmentFollower::new();
         let reason = loop {
             let message = tokio::select! {
                 message = inbound.message() => message,
@@ -385,14 +393,35 @@ async fn attempt(
                         }
                     }
                     manager_message::Kind::Assignment(assignment) => {
-                        match assignment.assignment() {
-                            Ok(assignment) => {
-                                let _ = events
-                                    .send(SessionEvent::Assignment(Box::new(assignment)))
-                                    .await;
+                        let resync = match follower.receive(&assignment) {
+                            Ok(Followed::Assignment(assignment)) => {
+                                let _ = events.send(SessionEvent::Assignment(assignment)).await;
+                                None
+                            }
+                            Ok(Followed::Ignored) => None,
+                            Ok(Followed::Resync(gap)) => {
+                                tracing::warn!(reason = %gap, "missed an assignment change; asking for the whole assignment");
+                                Some(gap)
                             }
                             Err(e) => {
-                                tracing::warn!(error = %e, "ignoring an unreadable assignment")
+                                tracing::warn!(error = %e, "an unreadable assignment; asking for the whole assignment");
+                                follower.reset();
+                                Some(e)
+                            }
+                        };
+                        if let Some(why) = resync {
+                            let (base, held) = match why {
+                                DeltaError::Gap { base, held } => (base, held),
+                                _ => (0, 0),
+                            };
+                            let message = proto::AgentMessage {
+                                kind: Some(agent_message::Kind::Resync(proto::Resync {
+                                    base,
+                                    held,
+                                })),
+                            };
+                            if tx.send(message).await.is_err() {
+                                break format!("{addr}: the session's stream closed");
                             }
                         }
                     }

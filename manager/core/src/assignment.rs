@@ -9,12 +9,15 @@
 //! told to stop it only once every live node has applied a version in which
 //! it drains, so no node still sends it new flows when it stops.
 
+use std::collections::HashMap;
+
 use mesh_api::assignment::{
     AssignedTask, Assignment, Backend, Peer, ServiceNetwork, ServiceRoutes, TaskAction,
 };
+use mesh_api::assignment_delta::{NodeWork, Routing};
 use mesh_api::file_ref::FileKind;
 use mesh_api::node::{NodeId, NodeStatus};
-use mesh_api::service::Service;
+use mesh_api::service::{Service, ServiceId};
 use mesh_api::task::{DesiredState, Task, TaskState};
 
 use crate::state::{ClusterState, parse_network_id};
@@ -59,15 +62,45 @@ fn backend_state(state: &ClusterState, task: &Task) -> Option<bool> {
     Some(task.desired != DesiredState::Running)
 }
 
-/// The assignment of `node`, given the lowest version every live agent has
-/// applied (`acked`): a stopping task whose `desired_version` is at most
-/// `acked` is drained everywhere, so its node may stop it.
+/// The state's tasks grouped by service and by node, in one pass: the
+/// assignments of every node are built from it without a pass over every task
+/// per service or per node.
+#[derive(Debug, Default)]
+pub struct TaskIndex<'a> {
+    by_service: HashMap<ServiceId, Vec<&'a Task>>,
+    by_node: HashMap<NodeId, Vec<&'a Task>>,
+}
+
+impl<'a> TaskIndex<'a> {
+    /// Groups `state`'s tasks (each list in task ID order).
+    #[must_use]
+    pub fn new(state: &'a ClusterState) -> Self {
+        let mut index = Self::default();
+        for task in state.tasks.values() {
+            index.by_service.entry(task.service).or_default().push(task);
+            if let Some(node) = task.node {
+                index.by_node.entry(node).or_default().push(task);
+            }
+        }
+        index
+    }
+
+    fn of_service(&self, service: ServiceId) -> &[&'a Task] {
+        self.by_service.get(&service).map_or(&[], Vec::as_slice)
+    }
+
+    fn of_node(&self, node: NodeId) -> &[&'a Task] {
+        self.by_node.get(&node).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The part of every node's assignment that is the same for all: the networks,
+/// the nodes with a dataplane and every service's routes (sorted by ID).
 #[must_use]
-pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
-    let peers = state
+pub fn routing(state: &ClusterState, index: &TaskIndex<'_>) -> Routing {
+    let nodes = state
         .nodes
         .values()
-        .filter(|n| n.id != node)
         .filter_map(|n| {
             n.data_addr.map(|addr| Peer {
                 id: n.id,
@@ -76,10 +109,55 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
             })
         })
         .collect();
-    let tasks = state
-        .tasks
+    let services = state
+        .services
         .values()
-        .filter(|t| t.node == Some(node) && !t.status.state.is_terminal())
+        .map(|s| ServiceRoutes {
+            id: s.id,
+            name: s.spec.name.clone(),
+            vip: s.endpoint.vip,
+            ports: s.endpoint.ports.clone(),
+            backends: index
+                .of_service(s.id)
+                .iter()
+                .filter_map(|t| {
+                    let draining = backend_state(state, t)?;
+                    Some(Backend {
+                        task: t.id,
+                        name: t.name(&s.spec.name),
+                        addr: t.addr?,
+                        networks: t.networks.clone(),
+                        node: t.node?,
+                        draining,
+                    })
+                })
+                .collect(),
+            networks: service_networks(s),
+            lb_algorithm: s.spec.endpoint.lb_algorithm,
+        })
+        .collect();
+    Routing {
+        ingress: state.ingress.clone(),
+        networks: state.networks.values().cloned().collect(),
+        nodes,
+        services,
+    }
+}
+
+/// `node`'s own part of its assignment, given the lowest version every live agent
+/// has applied (`acked`): a stopping task whose `desired_version` is at most `acked`
+/// is drained everywhere, so its node may stop it.
+#[must_use]
+pub fn node_work(
+    state: &ClusterState,
+    index: &TaskIndex<'_>,
+    node: NodeId,
+    acked: u64,
+) -> NodeWork {
+    let mine = index.of_node(node);
+    let tasks = mine
+        .iter()
+        .filter(|t| !t.status.state.is_terminal())
         .filter_map(|t| {
             let service_name = state
                 .services
@@ -105,57 +183,35 @@ pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
             })
         })
         .collect::<Vec<_>>();
-    let secrets = state.files_for(FileKind::Secret, &tasks);
-    let configs = state.files_for(FileKind::Config, &tasks);
-    let services = state
-        .services
-        .values()
-        .map(|s| ServiceRoutes {
-            id: s.id,
-            name: s.spec.name.clone(),
-            vip: s.endpoint.vip,
-            ports: s.endpoint.ports.clone(),
-            backends: state
-                .service_tasks(s.id)
-                .filter_map(|t| {
-                    let draining = backend_state(state, t)?;
-                    Some(Backend {
-                        task: t.id,
-                        name: t.name(&s.spec.name),
-                        addr: t.addr?,
-                        networks: t.networks.clone(),
-                        node: t.node?,
-                        draining,
-                    })
-                })
-                .collect(),
-            networks: service_networks(s),
-            lb_algorithm: s.spec.endpoint.lb_algorithm,
-        })
-        .collect();
-    let history = state
-        .tasks
-        .values()
-        .filter(|t| t.node == Some(node) && t.status.state.is_terminal())
-        .map(|t| t.id)
-        .collect();
-    Assignment {
-        version: state.version,
+    NodeWork {
         node,
-        ingress: state.ingress.clone(),
-        networks: state.networks.values().cloned().collect(),
-        peers,
-        tasks,
-        services,
-        history,
-        secrets,
-        configs,
         hostname: state
             .nodes
             .get(&node)
             .map(|n| n.hostname.clone())
             .unwrap_or_default(),
+        secrets: state.files_for(FileKind::Secret, &tasks),
+        configs: state.files_for(FileKind::Config, &tasks),
+        history: mine
+            .iter()
+            .filter(|t| t.status.state.is_terminal())
+            .map(|t| t.id)
+            .collect(),
+        tasks,
     }
+}
+
+/// The assignment of `node`, given the lowest version every live agent has
+/// applied (`acked`; see [`node_work`]). The leader builds the two parts apart
+/// ([`routing`] once for every node); this is both at once.
+#[must_use]
+pub fn for_node(state: &ClusterState, node: NodeId, acked: u64) -> Assignment {
+    let index = TaskIndex::new(state);
+    Assignment::compose(
+        state.version,
+        &routing(state, &index),
+        &node_work(state, &index, node, acked),
+    )
 }
 
 /// The nodes whose agents must have applied a version before a stopping
@@ -172,8 +228,12 @@ pub fn routing_nodes(state: &ClusterState) -> impl Iterator<Item = NodeId> + '_ 
 mod tests {
     use super::*;
     use crate::state::testing::{self, report};
+    use mesh_api::assignment_delta::{AssignmentFollower, Followed, NodeDelta, RoutingDelta};
+    use mesh_api::codec;
+    use mesh_api::proto::assignment::Body;
     use mesh_api::spec::{RuntimeKind, ServiceSpec};
     use mesh_api::task::TaskId;
+    use prost::Message as _;
 
     /// Three ready nodes with dataplanes and a service `web` publishing
     /// 8080:80, with one task on each node.
@@ -277,5 +337,194 @@ mod tests {
         state.nodes.get_mut(&3).unwrap().status = NodeStatus::Down;
         assert!(for_node(&state, 1, 0).services[0].backends.is_empty());
         assert_eq!(routing_nodes(&state).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    /// The leader's side of one node's session, as the dispatcher runs it: the
+    /// whole assignment first, then each change as a delta against what was sent.
+    struct Sender {
+        node: NodeId,
+        sent: Option<(u64, Routing, NodeWork)>,
+    }
+
+    impl Sender {
+        fn next(&mut self, state: &ClusterState) -> Option<mesh_api::proto::Assignment> {
+            let index = TaskIndex::new(state);
+            let routing = routing(state, &index);
+            let work = node_work(state, &index, self.node, 0);
+            let message = match &self.sent {
+                None => mesh_api::proto::Assignment::full(&Assignment::compose(
+                    state.version,
+                    &routing,
+                    &work,
+                ))
+                .unwrap(),
+                Some((version, old_routing, old_work)) => {
+                    let r = RoutingDelta::between(old_routing, &routing);
+                    let w = NodeDelta::between(old_work, &work);
+                    if r.is_empty() && w.is_empty() {
+                        return None;
+                    }
+                    mesh_api::proto::Assignment::delta(
+                        *version,
+                        state.version,
+                        codec::encode(&r).unwrap(),
+                        &w,
+                    )
+                    .unwrap()
+                }
+            };
+            self.sent = Some((state.version, routing, work));
+            Some(message)
+        }
+    }
+
+    fn held(
+        follower: &mut AssignmentFollower,
+        message: &mesh_api::proto::Assignment,
+    ) -> Assignment {
+        match follower.receive(message).unwrap() {
+            Followed::Assignment(a) => (*a).clone(),
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    /// Scales `service` by one task on `node`, running.
+    fn add_running(state: &mut ClusterState, service: ServiceId, node: NodeId) -> TaskId {
+        let id = testing::create_tasks(state, service, &[Some(node)])[0];
+        report(state, node, id, TaskState::Running);
+        id
+    }
+
+    #[test]
+    fn deltas_applied_in_turn_give_exactly_the_whole_assignment() {
+        let (mut state, ids) = cluster();
+        let web = state.tasks[&ids[0]].service;
+        let mut sender = Sender {
+            node: 1,
+            sent: None,
+        };
+        let mut follower = AssignmentFollower::new();
+        let first = sender.next(&state).unwrap();
+        assert_eq!(held(&mut follower, &first), for_node(&state, 1, 0));
+        let mut steps: Vec<Box<dyn Fn(&mut ClusterState)>> = vec![
+            Box::new(|s| report(s, 2, ids[1], TaskState::Running)),
+            Box::new(|s| report(s, 1, ids[0], TaskState::Running)),
+            Box::new(move |s| {
+                add_running(s, web, 3);
+            }),
+            Box::new(|s| testing::shut_down(s, ids[1])),
+            Box::new(|s| report(s, 2, ids[1], TaskState::Shutdown)),
+            Box::new(|s| {
+                let api = ServiceSpec::new("api", RuntimeKind::Process, "task-echo", vec![]);
+                let api = testing::create_service(s, api);
+                add_running(s, api.id, 1);
+            }),
+            Box::new(|s| s.nodes.get_mut(&3).unwrap().status = NodeStatus::Down),
+            Box::new(|s| {
+                s.nodes.get_mut(&2).unwrap().data_addr = None;
+            }),
+        ];
+        for (n, step) in steps.drain(..).enumerate() {
+            step(&mut state);
+            state.version += 1;
+            let message = sender
+                .next(&state)
+                .expect("every step changes node 1's assignment");
+            assert!(
+                matches!(message.body, Some(Body::Delta(_))),
+                "step {n} is sent as a change"
+            );
+            assert_eq!(
+                held(&mut follower, &message),
+                for_node(&state, 1, 0),
+                "step {n}"
+            );
+        }
+        state.version += 1;
+        assert!(sender.next(&state).is_none(), "no change, nothing sent");
+    }
+
+    #[test]
+    fn a_change_to_one_service_sends_that_service_alone() {
+        let mut state = testing::ready(&[1, 2]);
+        let mut services = Vec::new();
+        for n in 0..50 {
+            let spec =
+                ServiceSpec::new(&format!("s{n}"), RuntimeKind::Process, "task-echo", vec![]);
+            let service = testing::create_service(&mut state, spec);
+            add_running(&mut state, service.id, 2);
+            services.push(service.id);
+        }
+        let mut sender = Sender {
+            node: 1,
+            sent: None,
+        };
+        let whole = sender.next(&state).unwrap().encoded_len();
+        add_running(&mut state, services[7], 2);
+        state.version += 1;
+        let message = sender.next(&state).unwrap();
+        let Some(Body::Delta(delta)) = &message.body else {
+            panic!("not a delta")
+        };
+        let routing: RoutingDelta = codec::decode(&delta.routing).unwrap();
+        assert_eq!(routing.services.len(), 1);
+        assert_eq!(routing.services[0].id, services[7]);
+        assert_eq!(routing.services[0].backends.len(), 2);
+        assert!(routing.nodes.is_empty() && routing.services_removed.is_empty());
+        let w: NodeDelta = codec::decode(&delta.node).unwrap();
+        assert!(w.is_empty(), "node 1's own work did not change: {w:?}");
+        assert!(
+            message.encoded_len() * 20 < whole,
+            "{} bytes for the change, {whole} for the whole",
+            message.encoded_len()
+        );
+    }
+
+    #[test]
+    fn a_missed_change_asks_for_the_whole_assignment_and_then_follows_again() {
+        let (mut state, ids) = cluster();
+        let mut sender = Sender {
+            node: 1,
+            sent: None,
+        };
+        let mut follower = AssignmentFollower::new();
+        held(&mut follower, &sender.next(&state).unwrap());
+        report(&mut state, 2, ids[1], TaskState::Running);
+        state.version += 1;
+        let _lost = sender.next(&state).unwrap();
+        report(&mut state, 3, ids[2], TaskState::Running);
+        state.version += 1;
+        let after_gap = sender.next(&state).unwrap();
+        let before = follower.held().cloned();
+        match follower.receive(&after_gap).unwrap() {
+            Followed::Resync(e) => assert!(e.to_string().contains("while version"), "{e}"),
+            other => panic!("expected a resync, got {other:?}"),
+        }
+        assert_ne!(before.as_deref(), Some(&for_node(&state, 1, 0)));
+        // Further changes are ignored until the whole assignment comes.
+        report(&mut state, 1, ids[0], TaskState::Running);
+        state.version += 1;
+        let ignored = sender.next(&state).unwrap();
+        assert!(matches!(
+            follower.receive(&ignored).unwrap(),
+            Followed::Ignored
+        ));
+        // The leader answers the resync with the whole assignment.
+        sender.sent = None;
+        let whole = sender.next(&state).unwrap();
+        assert_eq!(held(&mut follower, &whole), for_node(&state, 1, 0));
+        report(&mut state, 1, ids[0], TaskState::Failed);
+        state.version += 1;
+        let next = sender.next(&state).unwrap();
+        assert_eq!(held(&mut follower, &next), for_node(&state, 1, 0));
+    }
+
+    #[test]
+    fn a_whole_assignment_as_json_from_an_older_manager_is_followed() {
+        let (state, _) = cluster();
+        let mut follower = AssignmentFollower::new();
+        let whole = for_node(&state, 2, 0);
+        let json = mesh_api::proto::Assignment::json(&whole);
+        assert_eq!(held(&mut follower, &json), whole);
     }
 }

@@ -12,6 +12,9 @@
 //! | `mesh_manager_nodes` (gauge) | `state` = `ready`, `down` or `unknown` |
 //! | `mesh_manager_rpc_duration_seconds` (histogram) | `method`, `code` |
 //! | `mesh_manager_raft_write_duration_seconds` (histogram) | |
+//! | `mesh_manager_assignment_refresh_duration_seconds` (histogram): the leader bringing every agent's assignment up to a state change | |
+//! | `mesh_manager_assignments_sent_total` (counter) | `kind` = `whole` or `delta` |
+//! | `mesh_manager_assignment_sent_bytes_total` (counter): their encoded size | |
 //!
 //! Every label takes a bounded set of values, whoever calls: `method` is the
 //! name of one of `mesh.proto`'s RPCs or `unknown` (any other path), `code`
@@ -28,6 +31,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::future::BoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -77,6 +81,11 @@ fn code_label(status: Option<&str>) -> &'static str {
 const UNKNOWN: &str = "unknown";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     state: &'static str,
 }
@@ -114,6 +123,9 @@ pub struct Metrics {
     nodes: Family<NodeLabels, Gauge>,
     rpc: Family<RpcLabels, Histogram>,
     writes: Histogram,
+    refreshes: Histogram,
+    assignments: Family<KindLabels, Counter>,
+    assignment_bytes: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -182,6 +194,24 @@ impl Metrics {
             "Time from proposing a command to its commit (or failure)",
             writes.clone(),
         );
+        let refreshes = latency_histogram();
+        registry.register(
+            "assignment_refresh_duration_seconds",
+            "Time the leader took to bring every agent's assignment up to a state change",
+            refreshes.clone(),
+        );
+        let assignments = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "assignments_sent",
+            "Assignment messages handed to agent sessions, whole or as changes",
+            assignments.clone(),
+        );
+        let assignment_bytes = Counter::default();
+        registry.register(
+            "assignment_sent_bytes",
+            "Encoded size of the assignment messages handed to agent sessions",
+            assignment_bytes.clone(),
+        );
         Self {
             registry,
             is_leader,
@@ -194,7 +224,24 @@ impl Metrics {
             nodes,
             rpc,
             writes,
+            refreshes,
+            assignments,
+            assignment_bytes,
         }
+    }
+
+    /// Records one refresh of the agents' assignments.
+    pub fn assignments_refreshed(&self, elapsed: Duration, pushed: crate::grpc::agents::Pushed) {
+        self.refreshes.observe(elapsed.as_secs_f64());
+        for (kind, count) in [("whole", pushed.whole), ("delta", pushed.deltas)] {
+            if count > 0 {
+                self.assignments
+                    .get_or_create(&KindLabels { kind })
+                    .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+            }
+        }
+        self.assignment_bytes
+            .inc_by(u64::try_from(pushed.bytes).unwrap_or(u64::MAX));
     }
 
     /// Records one write's latency.

@@ -4,17 +4,26 @@
 //! requests waiting for answers (a followed one is cancelled on the agent
 //! when its caller finishes it, and ends with its session).
 //!
+//! Assignments go out whole at the start of a session (and after the agent
+//! asks to resync), then as changes (`mesh_api::assignment_delta`): on every
+//! refresh the routing part common to all nodes is built and diffed once and
+//! its change encoded once, the same bytes for every session; each node's own
+//! part is diffed per node. A session's queue is bounded: an agent too slow
+//! to take its changes gets the whole assignment when it catches up instead.
+//!
 //! The bookkeeping ([`AgentRegistry::acked`], [`AgentRegistry::refresh`])
 //! takes the state and the clock as arguments, so the drain rule is
 //! unit-tested without sessions or I/O; the dispatcher feeds it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 use mesh_api::assignment::Assignment;
+use mesh_api::assignment_delta::{NodeDelta, NodeWork, Routing, RoutingDelta};
+use mesh_api::codec;
 
 use crate::proto;
 use crate::proto::manager_message;
@@ -23,24 +32,47 @@ use mesh_api::task::TaskId;
 use mesh_core::assignment;
 use mesh_core::state::ClusterState;
 
+/// The most assignment messages a session's queue holds: past it, the queue is
+/// left to drain and the agent gets the whole assignment next.
+pub const SESSION_QUEUE: usize = 64;
+
 /// What a registered session hands its serve loop.
 #[derive(Debug)]
 pub struct SessionHandle {
     /// Identifies this session among the node's successive ones.
     pub serial: u64,
-    /// The latest assignment to send (whole; older ones are skipped).
-    pub assignments: watch::Receiver<Option<Arc<Assignment>>>,
+    /// The assignment messages to send, in order.
+    pub assignments: mpsc::Receiver<proto::Assignment>,
     /// Log requests and cancellations to send down the session.
     pub logs: mpsc::UnboundedReceiver<manager_message::Kind>,
+}
+
+/// How a session's agent takes its assignments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follows {
+    /// Whole, then changes, in the compact encoding.
+    Deltas,
+    /// Whole every time, as JSON (an agent from before deltas).
+    WholeJson,
+}
+
+/// What the last assignment handed to a session held.
+#[derive(Debug)]
+struct Sent {
+    version: u64,
+    /// The routing generation ([`Inner::epoch`]) it had.
+    epoch: u64,
+    work: NodeWork,
 }
 
 #[derive(Debug)]
 struct AgentSession {
     serial: u64,
-    push: watch::Sender<Option<Arc<Assignment>>>,
+    follows: Follows,
+    push: mpsc::Sender<proto::Assignment>,
     logs: mpsc::UnboundedSender<manager_message::Kind>,
-    /// The last assignment handed to the session.
-    sent: Option<Assignment>,
+    /// The last assignment handed to the session; `None`: the next is whole.
+    sent: Option<Sent>,
     /// The highest version the agent reported applied.
     applied: u64,
     /// The newest state version whose assignment for this node equals
@@ -71,9 +103,41 @@ impl AgentSession {
     }
 }
 
+/// The routing part as last built, and its last change.
+#[derive(Debug, Default)]
+struct RoutingState {
+    /// Bumped whenever the routing part changes.
+    epoch: u64,
+    current: Routing,
+    /// The change from generation `epoch - 1` to `epoch`, encoded.
+    last_change: Vec<u8>,
+    /// An empty change, encoded (for a session whose own part alone changed).
+    no_change: Vec<u8>,
+}
+
+/// What one refresh handed out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Whole assignments.
+    pub whole: usize,
+    /// Changes.
+    pub deltas: usize,
+    /// Their encoded size.
+    pub bytes: usize,
+}
+
+impl Pushed {
+    /// How many messages in all.
+    #[must_use]
+    pub fn messages(&self) -> usize {
+        self.whole + self.deltas
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<NodeId, AgentSession>,
+    routing: Option<RoutingState>,
     next_serial: u64,
     next_request: u64,
     /// Log request -> where its chunks go.
@@ -97,24 +161,14 @@ pub struct AgentRegistry {
     changed: Notify,
 }
 
-/// Whether two assignments say the same, whatever their versions.
-fn same_content(a: &Assignment, b: &Assignment) -> bool {
-    a.node == b.node
-        && a.ingress == b.ingress
-        && a.peers == b.peers
-        && a.tasks == b.tasks
-        && a.services == b.services
-        && a.history == b.history
-}
-
 impl AgentRegistry {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().expect("agent registry lock poisoned")
     }
 
     /// Registers `node`'s new agent session, replacing an older one.
-    pub fn register(&self, node: NodeId) -> SessionHandle {
-        let (push, assignments) = watch::channel(None);
+    pub fn register(&self, node: NodeId, follows: Follows) -> SessionHandle {
+        let (push, assignments) = mpsc::channel(SESSION_QUEUE);
         let (logs_tx, logs) = mpsc::unbounded_channel();
         let serial = {
             let mut inner = self.lock();
@@ -124,6 +178,7 @@ impl AgentRegistry {
                 node,
                 AgentSession {
                     serial,
+                    follows,
                     push,
                     logs: logs_tx,
                     sent: None,
@@ -140,6 +195,18 @@ impl AgentRegistry {
             assignments,
             logs,
         }
+    }
+
+    /// Session `serial` of `node` missed a change: it gets the whole assignment next.
+    pub fn resync(&self, node: NodeId, serial: u64) {
+        {
+            let mut inner = self.lock();
+            match inner.sessions.get_mut(&node) {
+                Some(session) if session.serial == serial => session.sent = None,
+                _ => return,
+            }
+        }
+        self.changed.notify_one();
     }
 
     /// Forgets session `serial` of `node` (a newer one stays).
@@ -166,6 +233,7 @@ impl AgentRegistry {
         let mut inner = self.lock();
         inner.sessions.clear();
         inner.pending.clear();
+        inner.routing = None;
     }
 
     /// Whether `node` has a live agent session.
@@ -207,37 +275,85 @@ impl AgentRegistry {
     #[must_use]
     pub fn acked(&self, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
         let inner = self.lock();
-        acked_of(&inner, state, now, bound)
+        acked_of(&inner.sessions, state, now, bound)
     }
 
-    /// Computes every agent's assignment from `state` and hands each one that
-    /// changed (in more than its version) to its session. Repeats while the
-    /// acknowledged version moves, so a drain that every agent applied turns
-    /// into a stop in the same call. Returns how many assignments were handed
-    /// out.
-    pub fn refresh(&self, state: &ClusterState, now: Instant, bound: Duration) -> usize {
+    /// Brings every agent's assignment up to `state`: builds the routing part
+    /// common to all nodes and its change once, then each node's own part, and
+    /// hands each session whose assignment changed (in more than its version)
+    /// the change, or the whole assignment if it has none yet. Repeats while
+    /// the acknowledged version moves, so a drain that every agent applied
+    /// turns into a stop in the same call.
+    pub fn refresh(&self, state: &ClusterState, now: Instant, bound: Duration) -> Pushed {
+        let index = assignment::TaskIndex::new(state);
+        let routing = assignment::routing(state, &index);
         let mut inner = self.lock();
-        let mut pushed = 0;
+        let inner = &mut *inner;
+        let epoch = advance_routing(&mut inner.routing, routing);
+        let routing = inner.routing.as_ref().expect("built above");
+        let mut pushed = Pushed::default();
         for _ in 0..4 {
-            let acked = acked_of(&inner, state, now, bound);
+            let acked = acked_of(&inner.sessions, state, now, bound);
             for (node, session) in &mut inner.sessions {
-                let next = assignment::for_node(state, *node, acked);
-                match &session.sent {
-                    Some(sent) if same_content(sent, &next) => {
+                let work = assignment::node_work(state, &index, *node, acked);
+                let message = match &session.sent {
+                    Some(sent) if sent.epoch == epoch && sent.work == work => {
                         if session.applied >= sent.version {
                             session.current_through = state.version;
                         }
+                        continue;
+                    }
+                    Some(sent) if session.follows == Follows::Deltas && sent.epoch + 1 >= epoch => {
+                        let change = if sent.epoch == epoch {
+                            routing.no_change.clone()
+                        } else {
+                            routing.last_change.clone()
+                        };
+                        proto::Assignment::delta(
+                            sent.version,
+                            state.version,
+                            change,
+                            &NodeDelta::between(&sent.work, &work),
+                        )
                     }
                     _ => {
-                        session.unapplied.push_back((next.version, now));
-                        session.current_through = next.version;
-                        session.push.send_replace(Some(Arc::new(next.clone())));
-                        session.sent = Some(next);
-                        pushed += 1;
+                        let whole = Assignment::compose(state.version, &routing.current, &work);
+                        match session.follows {
+                            Follows::Deltas => proto::Assignment::full(&whole),
+                            Follows::WholeJson => Ok(proto::Assignment::json(&whole)),
+                        }
                     }
+                };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::error!(node = %mesh_api::node::format_id(*node), error = %e, "an assignment does not encode");
+                        continue;
+                    }
+                };
+                let bytes = prost::Message::encoded_len(&message);
+                let whole = !matches!(message.body, Some(proto::assignment::Body::Delta(_)));
+                if session.push.try_send(message).is_err() {
+                    // Full (or the session is going): what is queued drains, and
+                    // the agent gets the whole assignment after it.
+                    session.sent = None;
+                    continue;
                 }
+                pushed.bytes += bytes;
+                if whole {
+                    pushed.whole += 1;
+                } else {
+                    pushed.deltas += 1;
+                }
+                session.unapplied.push_back((state.version, now));
+                session.current_through = state.version;
+                session.sent = Some(Sent {
+                    version: state.version,
+                    epoch,
+                    work,
+                });
             }
-            if acked_of(&inner, state, now, bound) == acked {
+            if acked_of(&inner.sessions, state, now, bound) == acked {
                 break;
             }
         }
@@ -328,9 +444,45 @@ impl AgentRegistry {
     }
 }
 
-fn acked_of(inner: &Inner, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
+/// Records `next` as the routing part, and its change from the one before;
+/// returns its generation.
+fn advance_routing(held: &mut Option<RoutingState>, next: Routing) -> u64 {
+    let no_change = || codec::encode(&RoutingDelta::default()).expect("an empty change encodes");
+    match held {
+        Some(state) if state.current == next => {}
+        Some(state) => {
+            let change = RoutingDelta::between(&state.current, &next);
+            match codec::encode(&change) {
+                Ok(bytes) => state.last_change = bytes,
+                // Every session then gets the whole assignment (two generations on).
+                Err(e) => {
+                    tracing::error!(error = %e, "a routing change does not encode");
+                    state.epoch += 1;
+                }
+            }
+            state.epoch += 1;
+            state.current = next;
+        }
+        None => {
+            *held = Some(RoutingState {
+                epoch: 1,
+                current: next,
+                last_change: Vec::new(),
+                no_change: no_change(),
+            });
+        }
+    }
+    held.as_ref().map_or(0, |s| s.epoch)
+}
+
+fn acked_of(
+    sessions: &HashMap<NodeId, AgentSession>,
+    state: &ClusterState,
+    now: Instant,
+    bound: Duration,
+) -> u64 {
     assignment::routing_nodes(state)
-        .filter_map(|node| inner.sessions.get(&node))
+        .filter_map(|node| sessions.get(&node))
         .filter(|s| !s.stuck(now, bound))
         .map(AgentSession::effective)
         .min()
@@ -341,9 +493,11 @@ fn acked_of(inner: &Inner, state: &ClusterState, now: Instant, bound: Duration) 
 mod tests {
     use super::*;
     use mesh_api::assignment::TaskAction;
+    use mesh_api::assignment_delta::{AssignmentFollower, Followed};
     use mesh_api::spec::{RuntimeKind, ServiceSpec};
     use mesh_api::task::TaskState;
     use mesh_core::state::testing::{self, shut_down};
+    use std::sync::Arc;
 
     const BOUND: Duration = Duration::from_secs(1);
 
@@ -357,35 +511,65 @@ mod tests {
         (state, task)
     }
 
-    fn latest(handle: &SessionHandle) -> Arc<Assignment> {
-        handle.assignments.borrow().clone().expect("an assignment")
+    /// A session's agent: it follows what its session is handed.
+    struct Agent {
+        handle: SessionHandle,
+        follower: AssignmentFollower,
+    }
+
+    impl Agent {
+        fn serial(&self) -> u64 {
+            self.handle.serial
+        }
+
+        /// The assignment held after taking every message handed over.
+        fn latest(&mut self) -> Arc<Assignment> {
+            while let Ok(message) = self.handle.assignments.try_recv() {
+                match self.follower.receive(&message).expect("a readable message") {
+                    Followed::Assignment(_) => {}
+                    other => panic!("the agent could not follow: {other:?}"),
+                }
+            }
+            self.follower.held().cloned().expect("an assignment")
+        }
+    }
+
+    fn agent(registry: &AgentRegistry, node: NodeId) -> Agent {
+        Agent {
+            handle: registry.register(node, Follows::Deltas),
+            follower: AssignmentFollower::new(),
+        }
     }
 
     #[test]
     fn a_drain_turns_into_a_stop_once_every_agent_applied_it() {
         let (mut state, task) = cluster();
         let registry = AgentRegistry::default();
-        let (a, b) = (registry.register(1), registry.register(2));
+        let (mut a, mut b) = (agent(&registry, 1), agent(&registry, 2));
         let t0 = Instant::now();
-        assert_eq!(registry.refresh(&state, t0, BOUND), 2);
-        registry.applied(1, a.serial, state.version);
-        registry.applied(2, b.serial, state.version);
-        assert_eq!(registry.refresh(&state, t0, BOUND), 0, "nothing changed");
+        assert_eq!(registry.refresh(&state, t0, BOUND).whole, 2);
+        registry.applied(1, a.serial(), state.version);
+        registry.applied(2, b.serial(), state.version);
+        assert_eq!(
+            registry.refresh(&state, t0, BOUND).messages(),
+            0,
+            "nothing changed"
+        );
 
         shut_down(&mut state, task);
         registry.refresh(&state, t0, BOUND);
-        assert_eq!(latest(&b).tasks[0].action, TaskAction::Drain);
-        assert!(latest(&a).services[0].backends[0].draining);
-        registry.applied(2, b.serial, state.version);
+        assert_eq!(b.latest().tasks[0].action, TaskAction::Drain);
+        assert!(a.latest().services[0].backends[0].draining);
+        registry.applied(2, b.serial(), state.version);
         registry.refresh(&state, t0, BOUND);
         assert_eq!(
-            latest(&b).tasks[0].action,
+            b.latest().tasks[0].action,
             TaskAction::Drain,
             "node 1 has not applied the drain yet"
         );
-        registry.applied(1, a.serial, latest(&a).version);
+        registry.applied(1, a.serial(), a.latest().version);
         registry.refresh(&state, t0, BOUND);
-        assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+        assert_eq!(b.latest().tasks[0].action, TaskAction::Stop);
     }
 
     #[test]
@@ -395,25 +579,25 @@ mod tests {
         // a removed service's tasks stayed on a node for good when it did not).
         let (mut state, task) = cluster();
         let registry = AgentRegistry::default();
-        let (_a, b) = (registry.register(1), registry.register(2));
+        let (_a, mut b) = (agent(&registry, 1), agent(&registry, 2));
         let t0 = Instant::now();
         testing::report(&mut state, 2, task, TaskState::Complete);
         registry.refresh(&state, t0, BOUND);
-        assert_eq!(latest(&b).history, [task].into());
+        assert_eq!(b.latest().history, [task].into());
         state.tasks.remove(&task);
-        assert_eq!(registry.refresh(&state, t0, BOUND), 1);
-        assert!(latest(&b).history.is_empty());
+        assert_eq!(registry.refresh(&state, t0, BOUND).deltas, 1);
+        assert!(b.latest().history.is_empty());
     }
 
     #[test]
     fn an_agent_whose_assignment_did_not_change_does_not_hold_drains_back() {
         let (mut state, task) = cluster();
         let registry = AgentRegistry::default();
-        let (a, b) = (registry.register(1), registry.register(2));
+        let (a, b) = (agent(&registry, 1), agent(&registry, 2));
         let t0 = Instant::now();
         registry.refresh(&state, t0, BOUND);
-        registry.applied(1, a.serial, state.version);
-        registry.applied(2, b.serial, state.version);
+        registry.applied(1, a.serial(), state.version);
+        registry.applied(2, b.serial(), state.version);
         // Commands that change nothing node 1 sees (a report) move the version.
         testing::report(&mut state, 2, task, TaskState::Running);
         registry.refresh(&state, t0, BOUND);
@@ -424,40 +608,40 @@ mod tests {
     fn a_stuck_agent_holds_drains_back_for_a_bounded_time_only() {
         let (mut state, task) = cluster();
         let registry = AgentRegistry::default();
-        let (_a, b) = (registry.register(1), registry.register(2));
+        let (_a, mut b) = (agent(&registry, 1), agent(&registry, 2));
         let t0 = Instant::now();
         registry.refresh(&state, t0, BOUND);
-        registry.applied(2, b.serial, state.version);
+        registry.applied(2, b.serial(), state.version);
         shut_down(&mut state, task);
         registry.refresh(&state, t0, BOUND);
-        registry.applied(2, b.serial, state.version);
+        registry.applied(2, b.serial(), state.version);
         registry.refresh(&state, t0, BOUND);
-        assert_eq!(latest(&b).tasks[0].action, TaskAction::Drain);
+        assert_eq!(b.latest().tasks[0].action, TaskAction::Drain);
         registry.refresh(&state, t0 + BOUND, BOUND);
-        assert_eq!(latest(&b).tasks[0].action, TaskAction::Stop);
+        assert_eq!(b.latest().tasks[0].action, TaskAction::Stop);
     }
 
     #[test]
     fn an_agent_that_keeps_up_a_step_behind_a_stream_of_changes_is_not_stuck() {
         let (mut state, _) = cluster();
         let registry = AgentRegistry::default();
-        let (a, b) = (registry.register(1), registry.register(2));
+        let (mut a, b) = (agent(&registry, 1), agent(&registry, 2));
         let t0 = Instant::now();
         registry.refresh(&state, t0, BOUND);
-        registry.applied(1, a.serial, state.version);
-        registry.applied(2, b.serial, state.version);
+        registry.applied(1, a.serial(), state.version);
+        registry.applied(2, b.serial(), state.version);
         // For three bounds' time node 1's assignment changes every 100 ms (its peer's
         // name); its agent is always one assignment behind: it applies each one only
         // once the next is out.
-        let mut previous = latest(&a).version;
+        let mut previous = a.latest().version;
         for step in 1..=30u32 {
             let now = t0 + BOUND * step / 10;
             state.nodes.get_mut(&2).unwrap().hostname = format!("n2-{step}");
             state.version += 1;
             registry.refresh(&state, now, BOUND);
-            registry.applied(2, b.serial, state.version);
-            registry.applied(1, a.serial, previous);
-            let pending = latest(&a).version;
+            registry.applied(2, b.serial(), state.version);
+            registry.applied(1, a.serial(), previous);
+            let pending = a.latest().version;
             let acked = registry.acked(&state, now, BOUND);
             assert!(
                 acked < pending,
@@ -472,21 +656,109 @@ mod tests {
     fn nodes_without_an_agent_session_do_not_count() {
         let (state, _) = cluster();
         let registry = AgentRegistry::default();
-        let b = registry.register(2);
+        let b = agent(&registry, 2);
         let t0 = Instant::now();
         registry.refresh(&state, t0, BOUND);
         assert_eq!(registry.acked(&state, t0, BOUND), 0);
-        registry.applied(2, b.serial, state.version);
+        registry.applied(2, b.serial(), state.version);
         assert_eq!(registry.acked(&state, t0, BOUND), state.version);
-        registry.unregister(2, b.serial);
+        registry.unregister(2, b.serial());
         assert!(!registry.has_session(2));
         assert_eq!(registry.acked(&state, t0, BOUND), state.version);
     }
 
     #[test]
+    fn changes_follow_the_state_exactly_and_share_the_routing_bytes() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let (mut a, mut b) = (agent(&registry, 1), agent(&registry, 2));
+        let t0 = Instant::now();
+        assert_eq!(registry.refresh(&state, t0, BOUND).whole, 2);
+        assert_eq!(*a.latest(), assignment::for_node(&state, 1, state.version));
+        b.latest();
+        let service = state.tasks[&task].service;
+        let more = testing::create_tasks(&mut state, service, &[Some(1)])[0];
+        testing::report(&mut state, 1, more, TaskState::Running);
+        let pushed = registry.refresh(&state, t0, BOUND);
+        assert_eq!((pushed.whole, pushed.deltas), (0, 2));
+        // Both sessions were handed the same encoded routing change.
+        let routing = |agent: &mut Agent| match agent.handle.assignments.try_recv() {
+            Ok(proto::Assignment {
+                body: Some(proto::assignment::Body::Delta(delta)),
+            }) => {
+                let bytes = delta.routing.clone();
+                agent
+                    .follower
+                    .receive(&proto::Assignment {
+                        body: Some(proto::assignment::Body::Delta(delta)),
+                    })
+                    .unwrap();
+                bytes
+            }
+            other => panic!("expected a delta, got {other:?}"),
+        };
+        assert_eq!(routing(&mut a), routing(&mut b));
+        let acked = registry.acked(&state, t0, BOUND);
+        assert_eq!(*a.latest(), assignment::for_node(&state, 1, acked));
+        assert_eq!(*b.latest(), assignment::for_node(&state, 2, acked));
+    }
+
+    #[test]
+    fn a_resync_or_a_full_queue_sends_the_whole_assignment_next() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let mut a = agent(&registry, 1);
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        a.latest();
+        registry.resync(1, a.serial());
+        assert_eq!(registry.refresh(&state, t0, BOUND).whole, 1);
+        a.latest();
+        // An agent that takes nothing: its queue fills with changes, then the
+        // next one is dropped and it is owed the whole assignment.
+        for step in 0..=SESSION_QUEUE {
+            state.nodes.get_mut(&2).unwrap().hostname = format!("n2-{step}");
+            state.version += 1;
+            registry.refresh(&state, t0, BOUND);
+        }
+        testing::report(&mut state, 2, task, TaskState::Complete);
+        state.version += 1;
+        assert_eq!(
+            registry.refresh(&state, t0, BOUND).whole,
+            0,
+            "still no room"
+        );
+        let stale = a.latest();
+        assert_eq!(stale.peers[0].hostname, format!("n2-{}", SESSION_QUEUE - 1));
+        assert!(stale.version < state.version);
+        assert_eq!(registry.refresh(&state, t0, BOUND).whole, 1);
+        assert_eq!(*a.latest(), assignment::for_node(&state, 1, state.version));
+    }
+
+    #[test]
+    fn an_agent_from_before_deltas_gets_whole_json() {
+        let (mut state, task) = cluster();
+        let registry = AgentRegistry::default();
+        let mut old = registry.register(1, Follows::WholeJson);
+        let t0 = Instant::now();
+        registry.refresh(&state, t0, BOUND);
+        testing::report(&mut state, 2, task, TaskState::Complete);
+        registry.refresh(&state, t0, BOUND);
+        for _ in 0..2 {
+            let Ok(proto::Assignment {
+                body: Some(proto::assignment::Body::Json(json)),
+            }) = old.assignments.try_recv()
+            else {
+                panic!("expected whole JSON")
+            };
+            serde_json::from_slice::<Assignment>(&json).unwrap();
+        }
+    }
+
+    #[test]
     fn log_chunks_reach_the_request_that_asked() {
         let registry = AgentRegistry::default();
-        let mut handle = registry.register(7);
+        let mut handle = registry.register(7, Follows::Deltas);
         let (tx, mut rx) = mpsc::unbounded_channel();
         assert!(
             registry
@@ -519,7 +791,7 @@ mod tests {
     #[test]
     fn a_finished_follow_is_cancelled_on_its_agent_and_a_lost_session_ends_its_follows() {
         let registry = AgentRegistry::default();
-        let mut handle = registry.register(7);
+        let mut handle = registry.register(7, Follows::Deltas);
         let (tx, _rx) = mpsc::unbounded_channel();
         let id = registry
             .request_logs(7, &[0xab], 0, true, tx.clone())
@@ -542,7 +814,7 @@ mod tests {
         let id = registry.request_logs(7, &[0xab], 0, true, tx).unwrap();
         registry.unregister(7, handle.serial);
         assert!(!registry.is_live(id));
-        let mut next = registry.register(7);
+        let mut next = registry.register(7, Follows::Deltas);
         assert_eq!(registry.finish_logs(&[id]), 0);
         assert!(next.logs.try_recv().is_err());
     }

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
@@ -14,12 +13,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::agents::SessionHandle;
+use super::agents::{Follows, SessionHandle};
 use super::{Manager, sign_certificate, state_status};
 use crate::auth::{self, Caller};
 use crate::proto::{self, agent_message, dispatcher_server::Dispatcher, manager_message};
 use crate::raft::service::not_leader;
-use mesh_api::assignment::Assignment;
 use mesh_api::node::{NodeId, NodeStatus, format_id};
 use mesh_api::spec::RuntimeKind;
 use mesh_api::task::{TaskId, TaskStatus};
@@ -138,7 +136,12 @@ impl Dispatcher for DispatcherService {
         tx.send(Ok(established))
             .await
             .map_err(|_| Status::cancelled("the agent went away"))?;
-        let agent = data_addr.map(|_| self.manager.agents().register(caller.node_id));
+        let follows = if hello.assignment_deltas {
+            Follows::Deltas
+        } else {
+            Follows::WholeJson
+        };
+        let agent = data_addr.map(|_| self.manager.agents().register(caller.node_id, follows));
         tokio::spawn(serve_session(
             self.manager.clone(),
             caller,
@@ -222,9 +225,7 @@ async fn serve_session(
             },
             Some(assignment) = next_assignment(assignments.as_mut()) => {
                 let message = proto::ManagerMessage {
-                    kind: Some(manager_message::Kind::Assignment(proto::Assignment::new(
-                        &assignment,
-                    ))),
+                    kind: Some(manager_message::Kind::Assignment(assignment)),
                 };
                 if tx.send(Ok(message)).await.is_err() {
                     break;
@@ -283,11 +284,9 @@ async fn serve_session(
 
 /// The next assignment to send, when the registry hands one out.
 async fn next_assignment(
-    assignments: Option<&mut watch::Receiver<Option<Arc<Assignment>>>>,
-) -> Option<Arc<Assignment>> {
-    let assignments = assignments?;
-    assignments.changed().await.ok()?;
-    assignments.borrow_and_update().clone()
+    assignments: Option<&mut mpsc::Receiver<proto::Assignment>>,
+) -> Option<proto::Assignment> {
+    assignments?.recv().await
 }
 
 /// The next log request or cancellation to send.
@@ -341,6 +340,12 @@ fn on_message(
         Some(agent_message::Kind::Applied(applied)) => {
             if let Some(serial) = serial {
                 manager.agents().applied(id, serial, applied.version);
+            }
+        }
+        Some(agent_message::Kind::Resync(resync)) => {
+            if let Some(serial) = serial {
+                tracing::info!(node = %format_id(id), base = resync.base, held = resync.held, "the agent missed an assignment change; sending it whole");
+                manager.agents().resync(id, serial);
             }
         }
         Some(agent_message::Kind::Logs(chunk)) => manager.agents().deliver(chunk),
@@ -436,9 +441,19 @@ pub async fn run_assignment_loop(manager: Manager) {
             continue;
         }
         let state = manager.read_unchecked();
-        let pushed = manager.agents().refresh(&state, Instant::now(), bound);
-        if pushed > 0 {
-            tracing::debug!(version = state.version, pushed, "assignments sent");
+        let started = Instant::now();
+        let pushed = manager.agents().refresh(&state, started, bound);
+        manager
+            .metrics()
+            .assignments_refreshed(started.elapsed(), pushed);
+        if pushed.messages() > 0 {
+            tracing::debug!(
+                version = state.version,
+                whole = pushed.whole,
+                deltas = pushed.deltas,
+                bytes = pushed.bytes,
+                "assignments sent"
+            );
         }
     }
 }

@@ -1,0 +1,413 @@
+//! Assignments sent as changes: what a node's agent is sent after its first, whole
+//! assignment of a session.
+//!
+//! An [`Assignment`] has two parts. The [`Routing`] part (the networks, the nodes with
+//! a dataplane, every service's routes) is the same for every node, so the leader
+//! computes its change once per state change ([`RoutingDelta::between`]), encodes it
+//! once and sends the same bytes to every node. The [`NodeWork`] part (the node's
+//! tasks, their history, secrets and configs) is the node's own, and its change
+//! ([`NodeDelta::between`]) replaces a field whole when it changed. A change is thus
+//! in proportion to what changed (a scale of one service sends that service's routes),
+//! not to the cluster.
+//!
+//! A delta names the version of the assignment it applies to (`base`). The agent's
+//! side ([`AssignmentFollower`], sans-IO) applies a delta only on that version; on a
+//! gap (a message lost, or a delta before any whole assignment) it asks for the
+//! whole assignment again and ignores deltas until it comes, so it never acts on a
+//! state it was not sent.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::assignment::{AssignedTask, Assignment, Peer, ServiceRoutes};
+use crate::codec::{self, CodecError};
+use crate::file::FileContent;
+use crate::network::{IngressNetwork, Network};
+use crate::node::NodeId;
+use crate::proto;
+use crate::proto::assignment::Body;
+use crate::service::ServiceId;
+use crate::task::TaskId;
+
+/// The part of an assignment that is the same for every node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// The ingress network.
+    pub ingress: IngressNetwork,
+    /// The user networks.
+    pub networks: Vec<Network>,
+    /// Every node with a dataplane, by ID (each node's peers are the others).
+    pub nodes: Vec<Peer>,
+    /// Every service's routes, by ID.
+    pub services: Vec<ServiceRoutes>,
+}
+
+/// The part of an assignment that is one node's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeWork {
+    /// The node.
+    pub node: NodeId,
+    /// Its hostname as the managers know it.
+    pub hostname: String,
+    /// Its tasks that exist on it (or must).
+    pub tasks: Vec<AssignedTask>,
+    /// Its ended tasks the managers still keep.
+    pub history: BTreeSet<TaskId>,
+    /// The secrets its tasks to run reference.
+    pub secrets: Vec<FileContent>,
+    /// The configs its tasks to run reference.
+    pub configs: Vec<FileContent>,
+}
+
+impl Assignment {
+    /// The assignment of version `version` made of `routing` and `work`.
+    #[must_use]
+    pub fn compose(version: u64, routing: &Routing, work: &NodeWork) -> Self {
+        Self {
+            version,
+            node: work.node,
+            ingress: routing.ingress.clone(),
+            networks: routing.networks.clone(),
+            peers: peers_of(&routing.nodes, work.node),
+            tasks: work.tasks.clone(),
+            services: routing.services.clone(),
+            history: work.history.clone(),
+            secrets: work.secrets.clone(),
+            configs: work.configs.clone(),
+            hostname: work.hostname.clone(),
+        }
+    }
+}
+
+/// The nodes other than `node`.
+fn peers_of(nodes: &[Peer], node: NodeId) -> Vec<Peer> {
+    nodes.iter().filter(|p| p.id != node).cloned().collect()
+}
+
+/// What changed in the [`Routing`] part between two versions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingDelta {
+    /// The ingress network, if it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressNetwork>,
+    /// The user networks, whole, if any changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<Network>>,
+    /// Nodes added or changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<Peer>,
+    /// Nodes gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes_removed: Vec<NodeId>,
+    /// Services added or changed, each whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRoutes>,
+    /// Services gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services_removed: Vec<ServiceId>,
+}
+
+/// The items of `new` that are not in `old` as they are, and the keys of `old` that
+/// `new` lacks; both lists sorted by key.
+fn changes<T: Clone + PartialEq, K: Ord + Copy>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, Vec<K>) {
+    let old_by_key: std::collections::BTreeMap<K, &T> = old.iter().map(|x| (key(x), x)).collect();
+    let new_keys: BTreeSet<K> = new.iter().map(&key).collect();
+    let mut changed: Vec<T> = new
+        .iter()
+        .filter(|x| old_by_key.get(&key(x)) != Some(x))
+        .cloned()
+        .collect();
+    changed.sort_by_key(|x| key(x));
+    let removed = old_by_key
+        .keys()
+        .filter(|k| !new_keys.contains(k))
+        .copied()
+        .collect();
+    (changed, removed)
+}
+
+/// Replaces or inserts `changed` and drops `removed` in `items`, kept sorted by key.
+fn merge<T: Clone, K: Ord + Copy>(
+    items: &mut Vec<T>,
+    changed: &[T],
+    removed: &[K],
+    key: impl Fn(&T) -> K,
+) {
+    items.retain(|x| !removed.contains(&key(x)));
+    for item in changed {
+        match items.binary_search_by_key(&key(item), &key) {
+            Ok(at) => items[at] = item.clone(),
+            Err(at) => items.insert(at, item.clone()),
+        }
+    }
+}
+
+impl RoutingDelta {
+    /// What changed from `old` to `new` (both with nodes and services sorted by ID,
+    /// as the leader builds them).
+    #[must_use]
+    pub fn between(old: &Routing, new: &Routing) -> Self {
+        let (nodes, nodes_removed) = changes(&old.nodes, &new.nodes, |p| p.id);
+        let (services, services_removed) = changes(&old.services, &new.services, |s| s.id);
+        Self {
+            ingress: (old.ingress != new.ingress).then(|| new.ingress.clone()),
+            networks: (old.networks != new.networks).then(|| new.networks.clone()),
+            nodes,
+            nodes_removed,
+            services,
+            services_removed,
+        }
+    }
+
+    /// Whether nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// What changed in a node's [`NodeWork`]: each field whole, if it changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDelta {
+    /// The node's tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<AssignedTask>>,
+    /// Its ended tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<BTreeSet<TaskId>>,
+    /// The secrets of its tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<FileContent>>,
+    /// The configs of its tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configs: Option<Vec<FileContent>>,
+    /// Its hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+impl NodeDelta {
+    /// What changed from `old` to `new`.
+    #[must_use]
+    pub fn between(old: &NodeWork, new: &NodeWork) -> Self {
+        fn field<T: PartialEq + Clone>(old: &T, new: &T) -> Option<T> {
+            (old != new).then(|| new.clone())
+        }
+        Self {
+            tasks: field(&old.tasks, &new.tasks),
+            history: field(&old.history, &new.history),
+            secrets: field(&old.secrets, &new.secrets),
+            configs: field(&old.configs, &new.configs),
+            hostname: field(&old.hostname, &new.hostname),
+        }
+    }
+
+    /// Whether nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A delta that cannot apply.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// The delta applies on another version than the one held.
+    #[error("an assignment change from version {base} came while version {held} is held")]
+    Gap {
+        /// The version the delta applies on.
+        base: u64,
+        /// The version held (0: none).
+        held: u64,
+    },
+    /// The message does not decode.
+    #[error("unreadable assignment message: {0}")]
+    Codec(#[from] CodecError),
+    /// The message carries nothing.
+    #[error("an assignment message without a body")]
+    Empty,
+}
+
+impl Assignment {
+    /// Applies the change from version `base` to `version`.
+    ///
+    /// # Errors
+    /// [`DeltaError::Gap`] (and nothing changes) if this is not version `base`.
+    pub fn apply_delta(
+        &mut self,
+        base: u64,
+        version: u64,
+        routing: &RoutingDelta,
+        work: &NodeDelta,
+    ) -> Result<(), DeltaError> {
+        if self.version != base {
+            return Err(DeltaError::Gap {
+                base,
+                held: self.version,
+            });
+        }
+        self.version = version;
+        if let Some(ingress) = &routing.ingress {
+            self.ingress = ingress.clone();
+        }
+        if let Some(networks) = &routing.networks {
+            self.networks = networks.clone();
+        }
+        let node = self.node;
+        let peers: Vec<Peer> = routing
+            .nodes
+            .iter()
+            .filter(|p| p.id != node)
+            .cloned()
+            .collect();
+        merge(&mut self.peers, &peers, &routing.nodes_removed, |p| p.id);
+        merge(
+            &mut self.services,
+            &routing.services,
+            &routing.services_removed,
+            |s| s.id,
+        );
+        if let Some(tasks) = &work.tasks {
+            self.tasks = tasks.clone();
+        }
+        if let Some(history) = &work.history {
+            self.history = history.clone();
+        }
+        if let Some(secrets) = &work.secrets {
+            self.secrets = secrets.clone();
+        }
+        if let Some(configs) = &work.configs {
+            self.configs = configs.clone();
+        }
+        if let Some(hostname) = &work.hostname {
+            self.hostname = hostname.clone();
+        }
+        Ok(())
+    }
+}
+
+impl proto::Assignment {
+    /// A whole assignment in the compact encoding.
+    ///
+    /// # Errors
+    /// [`CodecError`] if it does not encode.
+    pub fn full(assignment: &Assignment) -> Result<Self, CodecError> {
+        Ok(Self {
+            body: Some(Body::Full(codec::encode(assignment)?)),
+        })
+    }
+
+    /// The change from version `base` to `version`: `routing` is the encoded
+    /// [`RoutingDelta`] (the same bytes for every node), `work` the node's [`NodeDelta`].
+    ///
+    /// # Errors
+    /// [`CodecError`] if `work` does not encode.
+    pub fn delta(
+        base: u64,
+        version: u64,
+        routing: Vec<u8>,
+        work: &NodeDelta,
+    ) -> Result<Self, CodecError> {
+        Ok(Self {
+            body: Some(Body::Delta(proto::AssignmentDelta {
+                base,
+                version,
+                routing,
+                node: codec::encode(work)?,
+            })),
+        })
+    }
+}
+
+/// What the agent's side does with an assignment message.
+#[derive(Debug)]
+pub enum Followed {
+    /// The assignment now held.
+    Assignment(Arc<Assignment>),
+    /// A delta that does not apply on what is held: ask for the whole assignment
+    /// (deltas are ignored until it comes).
+    Resync(DeltaError),
+    /// A delta that came while the whole assignment is awaited: nothing to do.
+    Ignored,
+}
+
+/// The agent's side of incremental assignments (sans-IO): the assignment held, to
+/// which deltas apply.
+#[derive(Debug, Default)]
+pub struct AssignmentFollower {
+    held: Option<Arc<Assignment>>,
+    /// A resync was asked for: deltas are ignored until the whole assignment comes.
+    awaiting_whole: bool,
+}
+
+impl AssignmentFollower {
+    /// A follower that holds nothing yet (a new session: the leader sends the whole
+    /// assignment first).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets what is held (the session ended: the next one starts whole).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// The assignment held.
+    #[must_use]
+    pub fn held(&self) -> Option<&Arc<Assignment>> {
+        self.held.as_ref()
+    }
+
+    /// Takes one assignment message.
+    ///
+    /// # Errors
+    /// [`DeltaError::Codec`] or [`DeltaError::Empty`] for a message that does not
+    /// decode (nothing changes; the caller logs it and asks for the whole
+    /// assignment).
+    pub fn receive(&mut self, message: &proto::Assignment) -> Result<Followed, DeltaError> {
+        match message.body.as_ref().ok_or(DeltaError::Empty)? {
+            // JSON from a manager that sends whole assignments only, or the
+            // compact encoding.
+            Body::Json(bytes) | Body::Full(bytes) => {
+                let whole = Arc::new(codec::decode::<Assignment>(bytes)?);
+                self.held = Some(whole.clone());
+                self.awaiting_whole = false;
+                Ok(Followed::Assignment(whole))
+            }
+            Body::Delta(delta) => {
+                let routing: RoutingDelta = codec::decode(&delta.routing)?;
+                let work: NodeDelta = codec::decode(&delta.node)?;
+                if self.awaiting_whole {
+                    return Ok(Followed::Ignored);
+                }
+                let Some(held) = self.held.as_mut() else {
+                    self.awaiting_whole = true;
+                    return Ok(Followed::Resync(DeltaError::Gap {
+                        base: delta.base,
+                        held: 0,
+                    }));
+                };
+                if held.version != delta.base {
+                    let gap = DeltaError::Gap {
+                        base: delta.base,
+                        held: held.version,
+                    };
+                    // Deltas from here on apply to what was missed: none does
+                    // until the whole assignment comes.
+                    self.held = None;
+                    self.awaiting_whole = true;
+                    return Ok(Followed::Resync(gap));
+                }
+                Arc::make_mut(held).apply_delta(delta.base, delta.version, &routing, &work)?;
+                Ok(Followed::Assignment(held.clone()))
+            }
+        }
+    }
+}
