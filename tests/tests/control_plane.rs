@@ -1430,3 +1430,281 @@ fn at_rest(c: &mut Cluster) -> Result<()> {
     c.stop(0)?;
     Ok(())
 }
+
+/// A node's agent session spoken by hand on the wire (`Dispatcher.Session`), so that
+/// the test can lose an assignment message on purpose: the agent's side of
+/// incremental assignments is the real one (`AssignmentFollower`).
+struct WireAgent {
+    tx: tokio::sync::mpsc::Sender<mesh_client::proto::AgentMessage>,
+    inbound: tonic::Streaming<mesh_client::proto::ManagerMessage>,
+    follower: mesh_api::assignment_delta::AssignmentFollower,
+    beats: tokio::task::JoinHandle<()>,
+    /// Resyncs asked for.
+    resyncs: usize,
+}
+
+impl Drop for WireAgent {
+    fn drop(&mut self) {
+        self.beats.abort();
+    }
+}
+
+impl WireAgent {
+    /// Opens a session for the node whose identity is in `tls`, with a dataplane at
+    /// `data_addr` and the process runtime.
+    async fn open(
+        addr: &str,
+        tls: &mesh_client::pki::TlsDir,
+        hostname: &str,
+        data_addr: &str,
+    ) -> Result<Self> {
+        use mesh_client::proto::{self, agent_message};
+        let identity = tls.load()?;
+        let channel = mesh_client::connect::connect(
+            &[addr.to_string()],
+            &mesh_client::connect::identity_tls(&identity),
+        )
+        .await?;
+        let mut dispatcher = proto::dispatcher_client::DispatcherClient::new(channel)
+            .max_decoding_message_size(mesh_client::session::MAX_ASSIGNMENT_BYTES);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tx.send(proto::AgentMessage {
+            kind: Some(agent_message::Kind::Hello(proto::Hello {
+                hostname: hostname.into(),
+                agent_version: "wire-test".into(),
+                data_addr: data_addr.into(),
+                runtimes: vec!["process".into()],
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 4 << 30,
+                assignment_deltas: true,
+            })),
+        })
+        .await?;
+        let inbound = dispatcher
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let beat = tx.clone();
+        let beats = tokio::spawn(async move {
+            loop {
+                let message = proto::AgentMessage {
+                    kind: Some(agent_message::Kind::Heartbeat(proto::Heartbeat {})),
+                };
+                if beat.send(message).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Self {
+            tx,
+            inbound,
+            follower: mesh_api::assignment_delta::AssignmentFollower::new(),
+            beats,
+            resyncs: 0,
+        })
+    }
+
+    /// The next assignment message.
+    async fn next(&mut self) -> Result<mesh_client::proto::Assignment> {
+        use mesh_client::proto::manager_message::Kind;
+        loop {
+            let message = tokio::time::timeout(CONVERGE, self.inbound.message())
+                .await
+                .context("no assignment message in time")??
+                .context("the session ended")?;
+            if let Some(Kind::Assignment(assignment)) = message.kind {
+                return Ok(assignment);
+            }
+        }
+    }
+
+    /// Takes `message` as an agent does: follows it, reports its tasks to run as
+    /// running and the version applied, or asks to resync.
+    async fn take(&mut self, message: &mesh_client::proto::Assignment) -> Result<()> {
+        use mesh_api::assignment::TaskAction;
+        use mesh_api::assignment_delta::Followed;
+        use mesh_api::task::{TaskState, TaskStatus};
+        use mesh_client::proto::{self, agent_message};
+        let kind = match self.follower.receive(message)? {
+            Followed::Assignment(a) => {
+                let reports: Vec<_> = a
+                    .tasks
+                    .iter()
+                    .filter(|t| t.action == TaskAction::Run && t.state != TaskState::Running)
+                    .map(|t| {
+                        (
+                            t.id,
+                            TaskStatus::new(TaskState::Running, "", mesh_api::time::now_ms()),
+                        )
+                    })
+                    .collect();
+                if !reports.is_empty() {
+                    self.tx
+                        .send(proto::AgentMessage {
+                            kind: Some(agent_message::Kind::Reports(proto::TaskReports::new(
+                                &reports,
+                            ))),
+                        })
+                        .await?;
+                }
+                agent_message::Kind::Applied(proto::AssignmentApplied { version: a.version })
+            }
+            Followed::Resync(gap) => {
+                self.resyncs += 1;
+                let (base, held) = match gap {
+                    mesh_api::assignment_delta::DeltaError::Gap { base, held } => (base, held),
+                    other => anyhow::bail!("not a gap: {other}"),
+                };
+                agent_message::Kind::Resync(proto::Resync { base, held })
+            }
+            Followed::Ignored => return Ok(()),
+        };
+        self.tx
+            .send(proto::AgentMessage { kind: Some(kind) })
+            .await?;
+        Ok(())
+    }
+
+    /// The backends of service `name` in the assignment held.
+    fn backends(&self, name: &str) -> usize {
+        self.follower
+            .held()
+            .and_then(|a| a.services.iter().find(|s| s.name == name))
+            .map_or(0, |s| s.backends.len())
+    }
+}
+
+/// Takes messages on both agents until `done` holds for both (or fails after CONVERGE).
+async fn converge(agents: &mut [&mut WireAgent], done: impl Fn(&WireAgent) -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while !agents.iter().all(|a| done(a)) {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the agents did not converge in time"
+        );
+        for agent in agents.iter_mut() {
+            if let Ok(message) = tokio::time::timeout(Duration::from_millis(20), agent.next()).await
+            {
+                agent.take(&message?).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Issue 17: an agent follows assignment changes; one that misses a change (a message
+/// lost on purpose here) notices the gap at the next change, asks for the whole
+/// assignment, and ends up holding exactly what a new session of its node is sent.
+#[test]
+fn an_agent_that_misses_an_assignment_change_resyncs_to_the_exact_state() {
+    let mut c = Cluster::start(ClusterOptions {
+        managers: 1,
+        name: "resync".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    check(runtime().block_on(resync(&mut c)));
+}
+
+async fn resync(c: &mut Cluster) -> Result<()> {
+    let token = c.ctl(0, &["cluster", "join-token", "worker", "-q"])?;
+    let addr = c.manager(0).addr.to_string();
+    let mut agents = Vec::new();
+    for (i, data) in [(1, "10.77.0.1"), (2, "10.77.0.2")] {
+        let tls = mesh_client::pki::TlsDir::new(c.root().join(format!("wire{i}/tls")));
+        mesh_client::join::join_cluster(&tls, &addr, token.trim(), &format!("wire{i}"), "")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let agent = WireAgent::open(&addr, &tls, &format!("wire{i}"), data).await?;
+        agents.push((tls, agent));
+    }
+    let [(tls_a, a), (_, b)] = &mut agents[..] else {
+        unreachable!()
+    };
+    c.ctl(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    )?;
+    converge(&mut [&mut *a, &mut *b], |x| x.backends("web") == 2).await?;
+    ensure!(a.resyncs == 0 && b.resyncs == 0, "no change was missed yet");
+
+    // Scale up; node A loses the first change it is sent.
+    c.ctl(0, &["service", "scale", "-d", "web=4"])?;
+    let lost = a.next().await?;
+    ensure!(
+        matches!(
+            lost.body,
+            Some(mesh_client::proto::assignment::Body::Delta(_))
+        ),
+        "a change is sent as a delta: {lost:?}"
+    );
+    converge(&mut [&mut *a, &mut *b], |x| x.backends("web") == 4).await?;
+    ensure!(a.resyncs == 1, "node A asked to resync {} times", a.resyncs);
+    ensure!(b.resyncs == 0, "node B missed nothing");
+    ensure!(
+        c.log(0).contains("missed an assignment change"),
+        "the manager logs the resync"
+    );
+    let held = a
+        .follower
+        .held()
+        .cloned()
+        .context("node A holds an assignment")?;
+    ensure!(
+        held.services == b.follower.held().context("node B holds one")?.services,
+        "both nodes route the same"
+    );
+    ensure!(
+        held.tasks
+            .iter()
+            .filter(|t| t.service_name == "web")
+            .count()
+            == 2,
+        "node A runs its two tasks: {:?}",
+        held.tasks
+    );
+
+    // What a new session of node A is sent whole is what it holds.
+    let quiet = a.next();
+    if let Ok(message) = tokio::time::timeout(Duration::from_millis(500), quiet).await {
+        anyhow::bail!("the cluster did not settle: {message:?}");
+    }
+    let mut fresh = WireAgent::open(&addr, tls_a, "wire1", "10.77.0.1").await?;
+    let whole = fresh.next().await?;
+    ensure!(
+        matches!(
+            whole.body,
+            Some(mesh_client::proto::assignment::Body::Full(_))
+        ),
+        "a session starts whole"
+    );
+    fresh.take(&whole).await?;
+    let mut expected = (**fresh.follower.held().context("whole")?).clone();
+    expected.version = held.version;
+    ensure!(
+        *held == expected,
+        "after the resync node A holds exactly its whole assignment:\n{held:#?}\nvs\n{expected:#?}"
+    );
+    let metrics = c.metrics(0)?;
+    ensure!(
+        metrics.iter().any(
+            |(k, v)| k.starts_with("mesh_manager_assignments_sent_total")
+                && k.contains("delta")
+                && *v > 0.0
+        ),
+        "deltas are counted: {metrics:?}"
+    );
+    Ok(())
+}
