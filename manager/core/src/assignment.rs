@@ -406,7 +406,8 @@ mod tests {
         let mut follower = AssignmentFollower::new();
         let first = sender.next(&state).unwrap();
         assert_eq!(held(&mut follower, &first), for_node(&state, 1, 0));
-        let mut steps: Vec<Box<dyn Fn(&mut ClusterState)>> = vec![
+        type Step<'a> = Box<dyn Fn(&mut ClusterState) + 'a>;
+        let mut steps: Vec<Step<'_>> = vec![
             Box::new(|s| report(s, 2, ids[1], TaskState::Running)),
             Box::new(|s| report(s, 1, ids[0], TaskState::Running)),
             Box::new(move |s| {

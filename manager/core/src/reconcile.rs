@@ -36,7 +36,9 @@ use crate::orchestrator::work::{Planned, Work};
 use crate::orchestrator::{evict, global, history, replicated};
 use crate::scheduler;
 use crate::state::{ClusterState, Command, NewTask, TaskChange};
-use mesh_api::service::{Service, UpdateStatus};
+use std::collections::HashMap;
+
+use mesh_api::service::{Service, ServiceId, UpdateStatus};
 use mesh_api::spec::{ServiceMode, ServiceSpec};
 use mesh_api::task::Task;
 
@@ -47,13 +49,36 @@ const MAX_ROUNDS: usize = 16;
 /// The commands that bring the state closer to what its services ask for,
 /// at `now_ms` (the leader's clock, ms since the epoch). Deterministic;
 /// empty when there is nothing to do now (time-based work, such as a
-/// restart delay, shows up in a later plan).
+/// restart delay, shows up in a later plan: see [`plan_with_deadline`]).
 #[must_use]
 pub fn plan(state: &ClusterState, now_ms: u64) -> Vec<Command> {
+    plan_with_deadline(state, now_ms).commands
+}
+
+/// A plan, and when the next one may have work without a state change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The commands, in order.
+    pub commands: Vec<Command>,
+    /// The earliest time (ms since the epoch) at which time-based work comes due
+    /// in the state the commands leave (a restart delay, an update's delay
+    /// between batches or its monitor window); `None`: none is waiting. Until
+    /// then, planning again without a state change yields nothing.
+    pub deadline: Option<u64>,
+}
+
+/// [`plan`], with the time at which the state it leaves has time-based work
+/// due: the leader plans on every state change and at that time, not on a
+/// fixed tick.
+#[must_use]
+pub fn plan_with_deadline(state: &ClusterState, now_ms: u64) -> Plan {
     // The common case, nothing to do, costs no copy of the state.
-    let mut next = round(state, now_ms);
+    let (mut next, mut deadline) = round(state, now_ms);
     if next.is_empty() {
-        return next;
+        return Plan {
+            commands: next,
+            deadline,
+        };
     }
     let mut sim = state.clone();
     let mut commands = Vec::new();
@@ -75,9 +100,9 @@ pub fn plan(state: &ClusterState, now_ms: u64) -> Vec<Command> {
         if refused {
             break;
         }
-        next = self::round(&sim, now_ms);
+        (next, deadline) = self::round(&sim, now_ms);
     }
-    commands
+    Plan { commands, deadline }
 }
 
 /// One service's way through a round.
@@ -95,13 +120,20 @@ struct ServiceRound<'a> {
 }
 
 /// One round: every loop once, each a pass over every service as `state`
-/// has it, then the commands.
-fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
+/// has it, then the commands, and the earliest time-based work left waiting.
+fn round(state: &ClusterState, now_ms: u64) -> (Vec<Command>, Option<u64>) {
+    // Each service's tasks, gathered in one pass over the state's tasks.
+    let mut tasks: HashMap<ServiceId, Vec<Task>> = HashMap::new();
+    for task in state.tasks.values() {
+        tasks.entry(task.service).or_default().push(task.clone());
+    }
+    let mut deadline: Option<u64> = None;
+    let mut wait_until = |at: u64| deadline = Some(deadline.map_or(at, |d| d.min(at)));
     let mut services: Vec<ServiceRound<'_>> = state
         .services
         .values()
         .map(|service| ServiceRound {
-            work: Work::new(state, service),
+            work: Work::with_tasks(service, tasks.remove(&service.id).unwrap_or_default()),
             status: None,
             rollback: None,
             restarts: Restarts::new(),
@@ -118,6 +150,7 @@ fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
     for s in &mut services {
         match update::step(s.work.service, &s.work.tasks, now_ms) {
             Step::Wait => {}
+            Step::WaitUntil(at) => wait_until(at),
             Step::Replace { tasks, order } => update::replace(&mut s.work, &tasks, order),
             Step::Status(status) => s.status = Some(status),
             Step::Rollback => s.rollback = s.work.service.previous_spec.clone(),
@@ -126,6 +159,11 @@ fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
     // 3. The restart supervisor: verdicts on the slots left empty.
     for s in in_round(&mut services) {
         s.restarts = restart::supervise(&s.work, now_ms);
+        for verdict in s.restarts.values() {
+            if let restart::Decision::At(at) = verdict.decision {
+                wait_until(at);
+            }
+        }
     }
     // 4. The orchestrators: empty wanted slots filled, extras stopped.
     for s in in_round(&mut services) {
@@ -155,7 +193,7 @@ fn round(state: &ClusterState, now_ms: u64) -> Vec<Command> {
             at_ms: now_ms,
         });
     }
-    commands
+    (commands, deadline)
 }
 
 /// The services still in the round: all but those rolling back.
@@ -595,6 +633,17 @@ mod tests {
             sim.end(task, TaskState::Failed, Some(2));
             sim.lead();
             assert!(sim.live(web).is_empty());
+            if attempt < 2 {
+                // The leader sleeps until then: nothing to do before.
+                let due = plan_with_deadline(&sim.state, sim.now);
+                assert_eq!(
+                    due,
+                    Plan {
+                        commands: vec![],
+                        deadline: Some(sim.now + 1_000)
+                    }
+                );
+            }
             sim.now += 999;
             sim.lead();
             assert!(sim.live(web).is_empty(), "the delay is respected");
@@ -738,6 +787,14 @@ mod tests {
         sim.agents();
         sim.lead();
         sim.agents();
+        let due = plan_with_deadline(&sim.state, sim.now);
+        assert_eq!(
+            due,
+            Plan {
+                commands: vec![],
+                deadline: Some(sim.now + 2_000)
+            }
+        );
         sim.now += 1_999;
         sim.lead();
         assert_eq!(v2(&sim), 1, "the delay runs");

@@ -1,21 +1,30 @@
-//! The leader's loops, as a thin shell over [`mesh_core::reconcile::plan`]:
-//! while this manager leads, it plans on every change of the replicated
-//! state and on a short tick (restart delays, update delays and monitor
-//! windows are time-based), and commits the plan's commands in order.
+//! The leader's loops, as a thin shell over [`mesh_core::reconcile::plan_with_deadline`]:
+//! while this manager leads, it plans when the replicated state changes, when
+//! time-based work it was told of comes due (a restart delay, an update's delay
+//! or monitor window), and, as a safety net, at least every [`SAFETY_NET`]; it
+//! commits the plan's commands in order. Each plan's time is measured
+//! (`mesh_manager_leader_plan_duration_seconds`, by what triggered it).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 
 use mesh_api::time::now_ms;
 
 use crate::grpc::Manager;
+use crate::metrics::PlanTrigger;
 use mesh_api::node::format_id;
 use mesh_core::reconcile;
 use mesh_core::state::Command;
 
-/// How often the loops wake up without a state change.
+/// How often the loop looks at leadership and its clock without a state change.
+/// A manager that becomes leader plans within this; nothing is planned on this
+/// tick alone.
 pub const TICK: Duration = Duration::from_millis(200);
+
+/// The longest the leader goes without a plan (a full pass over the state),
+/// whatever happens.
+pub const SAFETY_NET: Duration = Duration::from_secs(2);
 
 /// Runs the orchestrators, scheduler, restart supervisor and updater while
 /// this manager is the leader; idles while it follows. A commit that fails
@@ -26,28 +35,68 @@ pub async fn run_leader_loops(manager: Manager) {
     let mut changes_open = true;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Whether the state changed since the last plan (or leadership began).
+    let mut changed = true;
+    let mut leading = false;
+    // When time-based work comes due (the leader's clock, ms).
+    let mut deadline: Option<u64> = None;
+    let mut last_plan = Instant::now();
     loop {
+        let sleep = deadline.map_or(Duration::MAX, |at| {
+            Duration::from_millis(at.saturating_sub(now_ms()))
+        });
         tokio::select! {
             () = manager.stopped() => return,
-            changed = changes.changed(), if changes_open => {
-                changes_open = changed.is_ok();
+            result = changes.changed(), if changes_open => {
+                changes_open = result.is_ok();
+                changed = true;
             }
+            () = tokio::time::sleep(sleep), if deadline.is_some() => {}
             _ = tick.tick() => {}
         }
         if !manager.raft().is_leader() || !caught_up(&manager) {
+            leading = false;
             continue;
         }
-        let commands = {
+        if !leading {
+            leading = true;
+            changed = true;
+        }
+        let now = now_ms();
+        let trigger = if changed {
+            PlanTrigger::Change
+        } else if deadline.is_some_and(|at| at <= now) {
+            PlanTrigger::Deadline
+        } else if last_plan.elapsed() >= SAFETY_NET {
+            PlanTrigger::SafetyNet
+        } else {
+            continue;
+        };
+        changed = false;
+        let started = Instant::now();
+        last_plan = started;
+        let plan = {
             let state = manager.read_unchecked();
             if state.ca.is_none() {
                 continue;
             }
-            reconcile::plan(&state, now_ms())
+            reconcile::plan_with_deadline(&state, now)
         };
-        for command in commands {
+        manager.metrics().observe_plan(trigger, started.elapsed());
+        if trigger == PlanTrigger::SafetyNet && !plan.commands.is_empty() {
+            // Work that no event announced: a rule of time the plan did not
+            // report, or a change missed. The safety net caught it.
+            tracing::warn!(
+                commands = plan.commands.len(),
+                "the periodic pass found work no event announced"
+            );
+        }
+        deadline = plan.deadline;
+        for command in plan.commands {
             log(&command);
             if let Err(status) = manager.commit(command).await {
                 tracing::warn!(error = %status.message(), "committing the leader's plan failed; planning again");
+                changed = true;
                 break;
             }
         }

@@ -14,6 +14,7 @@
 //! | `mesh_manager_raft_write_duration_seconds` (histogram) | |
 //! | `mesh_manager_assignment_refresh_duration_seconds` (histogram): the leader bringing every agent's assignment up to a state change | |
 //! | `mesh_manager_assignments_sent_total` (counter) | `kind` = `whole` or `delta` |
+//! | `mesh_manager_leader_plan_duration_seconds` (histogram): one plan of the leader's loops (a pass over the state) | `trigger` = `change`, `deadline` or `safety_net` |
 //! | `mesh_manager_assignment_sent_bytes_total` (counter): their encoded size | |
 //!
 //! Every label takes a bounded set of values, whoever calls: `method` is the
@@ -80,6 +81,32 @@ fn code_label(status: Option<&str>) -> &'static str {
 /// The label value of anything not in a known set.
 const UNKNOWN: &str = "unknown";
 
+/// What made the leader plan.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum PlanTrigger {
+    /// The replicated state changed (or leadership began).
+    Change,
+    /// Time-based work came due.
+    Deadline,
+    /// The periodic pass.
+    SafetyNet,
+}
+
+impl PlanTrigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Change => "change",
+            Self::Deadline => "deadline",
+            Self::SafetyNet => "safety_net",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
@@ -124,6 +151,7 @@ pub struct Metrics {
     rpc: Family<RpcLabels, Histogram>,
     writes: Histogram,
     refreshes: Histogram,
+    plans: Family<TriggerLabels, Histogram>,
     assignments: Family<KindLabels, Counter>,
     assignment_bytes: Counter,
 }
@@ -200,6 +228,14 @@ impl Metrics {
             "Time the leader took to bring every agent's assignment up to a state change",
             refreshes.clone(),
         );
+        let plans = Family::<TriggerLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "leader_plan_duration_seconds",
+            "Time of one plan of the leader's loops (a pass over the state), by what triggered it",
+            plans.clone(),
+        );
         let assignments = Family::<KindLabels, Counter>::default();
         registry.register(
             "assignments_sent",
@@ -225,9 +261,19 @@ impl Metrics {
             rpc,
             writes,
             refreshes,
+            plans,
             assignments,
             assignment_bytes,
         }
+    }
+
+    /// Records one plan of the leader's loops.
+    pub fn observe_plan(&self, trigger: PlanTrigger, elapsed: Duration) {
+        self.plans
+            .get_or_create(&TriggerLabels {
+                trigger: trigger.as_str(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Records one refresh of the agents' assignments.

@@ -34,9 +34,12 @@ use mesh_api::task::{Task, TaskId, TaskState};
 /// What the updater wants done now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Nothing (no update in progress, a batch in flight, or the delay or
-    /// the monitor window runs).
+    /// Nothing until the state changes (no update in progress, or a batch in
+    /// flight).
     Wait,
+    /// Nothing before this time (ms since the epoch), unless the state changes:
+    /// the delay between batches or the monitor window runs.
+    WaitUntil(u64),
     /// Replace these live tasks with tasks on the current spec, in this
     /// order (a batch).
     Replace {
@@ -151,7 +154,8 @@ pub fn step(service: &Service, tasks: &[Task], now_ms: u64) -> Step {
             .map(|t| t.status.at_ms)
             .max()
             .unwrap_or(status.started_at_ms);
-        if settled && now_ms >= last_start.saturating_add(config.monitor_ms) {
+        let monitored = last_start.saturating_add(config.monitor_ms);
+        if settled && now_ms >= monitored {
             return Step::Status(UpdateStatus {
                 state: if rollback {
                     UpdateState::RollbackCompleted
@@ -167,12 +171,16 @@ pub fn step(service: &Service, tasks: &[Task], now_ms: u64) -> Step {
                 },
             });
         }
-        return Step::Wait;
+        return if settled {
+            Step::WaitUntil(monitored)
+        } else {
+            Step::Wait
+        };
     }
     if let Some(last_change) = new.iter().map(|t| t.status.at_ms).max()
         && now_ms < last_change.saturating_add(config.delay_ms)
     {
-        return Step::Wait;
+        return Step::WaitUntil(last_change.saturating_add(config.delay_ms));
     }
     outdated.sort_by_key(|t| (slot_key(service, t), t.created_at_ms, t.id));
     let size = match config.parallelism {

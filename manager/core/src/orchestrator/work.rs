@@ -85,6 +85,17 @@ impl<'a> Work<'a> {
         }
     }
 
+    /// The service with `tasks`, its tasks in `state` (in ID order), unchanged yet.
+    #[must_use]
+    pub fn with_tasks(service: &'a Service, tasks: Vec<Task>) -> Self {
+        Self {
+            service,
+            tasks,
+            create: Vec::new(),
+            delete: BTreeSet::new(),
+        }
+    }
+
     /// Whether the service is global (one task per node).
     #[must_use]
     pub fn global(&self) -> bool {
