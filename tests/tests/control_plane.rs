@@ -1686,7 +1686,7 @@ async fn resync(c: &mut Cluster) -> Result<()> {
     ensure!(
         matches!(
             whole.body,
-            Some(mesh_client::proto::assignment::Body::Full(_))
+            Some(mesh_client::proto::assignment::Body::Whole(_))
         ),
         "a session starts whole"
     );

@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use prost::bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::assignment::{AssignedTask, Assignment, Peer, ServiceRoutes};
@@ -293,13 +294,18 @@ impl Assignment {
 }
 
 impl proto::Assignment {
-    /// A whole assignment in the compact encoding.
+    /// The whole assignment of version `version`: `routing` is the encoded
+    /// [`Routing`] (the same bytes for every node), `work` the node's [`NodeWork`].
     ///
     /// # Errors
-    /// [`CodecError`] if it does not encode.
-    pub fn full(assignment: &Assignment) -> Result<Self, CodecError> {
+    /// [`CodecError`] if `work` does not encode.
+    pub fn whole(version: u64, routing: Bytes, work: &NodeWork) -> Result<Self, CodecError> {
         Ok(Self {
-            body: Some(Body::Full(codec::encode(assignment)?)),
+            body: Some(Body::Whole(proto::AssignmentWhole {
+                version,
+                routing,
+                node: codec::encode(work)?,
+            })),
         })
     }
 
@@ -311,7 +317,7 @@ impl proto::Assignment {
     pub fn delta(
         base: u64,
         version: u64,
-        routing: Vec<u8>,
+        routing: Bytes,
         work: &NodeDelta,
     ) -> Result<Self, CodecError> {
         Ok(Self {
@@ -373,9 +379,16 @@ impl AssignmentFollower {
     /// assignment).
     pub fn receive(&mut self, message: &proto::Assignment) -> Result<Followed, DeltaError> {
         match message.body.as_ref().ok_or(DeltaError::Empty)? {
-            // JSON from a manager that sends whole assignments only, or the
-            // compact encoding.
-            Body::Json(bytes) | Body::Full(bytes) => {
+            Body::Whole(whole) => {
+                let routing: Routing = codec::decode(&whole.routing)?;
+                let work: NodeWork = codec::decode(&whole.node)?;
+                let whole = Arc::new(Assignment::compose(whole.version, &routing, &work));
+                self.held = Some(whole.clone());
+                self.awaiting_whole = false;
+                Ok(Followed::Assignment(whole))
+            }
+            // From a manager that sends whole assignments as JSON only.
+            Body::Json(bytes) => {
                 let whole = Arc::new(codec::decode::<Assignment>(bytes)?);
                 self.held = Some(whole.clone());
                 self.awaiting_whole = false;

@@ -352,11 +352,11 @@ mod tests {
             let routing = routing(state, &index);
             let work = node_work(state, &index, self.node, 0);
             let message = match &self.sent {
-                None => mesh_api::proto::Assignment::full(&Assignment::compose(
+                None => mesh_api::proto::Assignment::whole(
                     state.version,
-                    &routing,
+                    codec::encode(&routing).unwrap().into(),
                     &work,
-                ))
+                )
                 .unwrap(),
                 Some((version, old_routing, old_work)) => {
                     let r = RoutingDelta::between(old_routing, &routing);
@@ -367,7 +367,7 @@ mod tests {
                     mesh_api::proto::Assignment::delta(
                         *version,
                         state.version,
-                        codec::encode(&r).unwrap(),
+                        codec::encode(&r).unwrap().into(),
                         &w,
                     )
                     .unwrap()

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use mesh_api::assignment::Assignment;
 use mesh_api::assignment_delta::{NodeDelta, NodeWork, Routing, RoutingDelta};
 use mesh_api::codec;
+use prost::bytes::Bytes;
 
 use crate::proto;
 use crate::proto::manager_message;
@@ -103,16 +104,31 @@ impl AgentSession {
     }
 }
 
-/// The routing part as last built, and its last change.
+/// The routing part as last built, and its last change, each encoded once and
+/// shared by every session's message (reference-counted bytes).
 #[derive(Debug, Default)]
 struct RoutingState {
     /// Bumped whenever the routing part changes.
     epoch: u64,
     current: Routing,
+    /// `current`, encoded, once a session needed it whole.
+    whole: Option<Bytes>,
     /// The change from generation `epoch - 1` to `epoch`, encoded.
-    last_change: Vec<u8>,
+    last_change: Bytes,
     /// An empty change, encoded (for a session whose own part alone changed).
-    no_change: Vec<u8>,
+    no_change: Bytes,
+}
+
+impl RoutingState {
+    /// `current`, encoded (once per generation).
+    fn whole(&mut self) -> Result<Bytes, codec::CodecError> {
+        if let Some(bytes) = &self.whole {
+            return Ok(bytes.clone());
+        }
+        let bytes = Bytes::from(codec::encode(&self.current)?);
+        self.whole = Some(bytes.clone());
+        Ok(bytes)
+    }
 }
 
 /// What one refresh handed out.
@@ -290,7 +306,7 @@ impl AgentRegistry {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let epoch = advance_routing(&mut inner.routing, routing);
-        let routing = inner.routing.as_ref().expect("built above");
+        let routing = inner.routing.as_mut().expect("built above");
         let mut pushed = Pushed::default();
         for _ in 0..4 {
             let acked = acked_of(&inner.sessions, state, now, bound);
@@ -317,10 +333,13 @@ impl AgentRegistry {
                         )
                     }
                     _ => {
-                        let whole = Assignment::compose(state.version, &routing.current, &work);
                         match session.follows {
-                            Follows::Deltas => proto::Assignment::full(&whole),
-                            Follows::WholeJson => Ok(proto::Assignment::json(&whole)),
+                            Follows::Deltas => routing
+                                .whole()
+                                .and_then(|r| proto::Assignment::whole(state.version, r, &work)),
+                            Follows::WholeJson => Ok(proto::Assignment::json(
+                                &Assignment::compose(state.version, &routing.current, &work),
+                            )),
                         }
                     }
                 };
@@ -452,8 +471,9 @@ fn advance_routing(held: &mut Option<RoutingState>, next: Routing) -> u64 {
         Some(state) if state.current == next => {}
         Some(state) => {
             let change = RoutingDelta::between(&state.current, &next);
+            state.whole = None;
             match codec::encode(&change) {
-                Ok(bytes) => state.last_change = bytes,
+                Ok(bytes) => state.last_change = bytes.into(),
                 // Every session then gets the whole assignment (two generations on).
                 Err(e) => {
                     tracing::error!(error = %e, "a routing change does not encode");
@@ -467,8 +487,9 @@ fn advance_routing(held: &mut Option<RoutingState>, next: Routing) -> u64 {
             *held = Some(RoutingState {
                 epoch: 1,
                 current: next,
-                last_change: Vec::new(),
-                no_change: no_change(),
+                whole: None,
+                last_change: Bytes::new(),
+                no_change: no_change().into(),
             });
         }
     }
