@@ -309,8 +309,13 @@ async fn run_agent(
     stop: watch::Receiver<bool>,
 ) {
     let hostname = format!("{}{i:04}", options.hostname_prefix);
-    let tls = TlsDir::new(options.root.join(&hostname).join("tls"));
+    let dir = options.root.join(&hostname);
+    let tls = TlsDir::new(dir.join("tls"));
     if !tls.exists() {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            shared.error(format!("{hostname}: creating {}: {e}", dir.display()));
+            return;
+        }
         let Ok(_permit) = joins.acquire().await else {
             return;
         };
@@ -459,7 +464,8 @@ fn apply(
     let now = Instant::now();
     let (all, one) = digests(assignment, watched);
     {
-        let mut seen = view.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = view.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = &mut *guard;
         for (slot, new) in [(&mut seen.0, all), (&mut seen.1, one)] {
             if slot.since.is_none() || slot.digest != new.digest {
                 *slot = Seen {
@@ -684,7 +690,7 @@ pub async fn running_desired(control: &mut Control) -> anyhow::Result<(u64, u64)
 pub async fn wait_for<T, F, Fut>(deadline: Instant, what: &str, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
     loop {
         if let Some(v) = f().await? {

@@ -35,7 +35,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use mesh_client::proto;
 use mesh_tests::cluster::{Cluster, ClusterOptions, connect_control};
-use mesh_tests::sim::{self, Control, CountingProxy, Fleet, FleetOptions};
+use mesh_tests::sim::{self, CountingProxy, Fleet, FleetOptions};
 
 #[derive(Debug, Parser)]
 #[command(about = "Control plane at scale: real managers, simulated agents")]
@@ -373,14 +373,30 @@ async fn drive(
         result??;
     }
     let want = u64::from(args.big) + u64::from(fill) * u64::from(args.replicas);
-    sim::wait_for(t0 + limit, "every task to run", || {
+    let progress = std::sync::Mutex::new((Instant::now(), 0u64, 0u64));
+    let waited = sim::wait_for(t0 + limit, "every task to run", || {
         let mut control = control.clone();
+        let progress = &progress;
         async move {
             let (running, desired) = sim::running_desired(&mut control).await?;
+            let mut p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if p.0.elapsed() >= Duration::from_secs(15) {
+                eprintln!(
+                    "  fill: {running} of {desired} tasks running ({:.0} s)",
+                    t0.elapsed().as_secs_f64()
+                );
+                p.0 = Instant::now();
+            }
+            (p.1, p.2) = (running, desired);
             Ok((running >= want && desired == want).then_some(()))
         }
     })
-    .await?;
+    .await;
+    if let Err(e) = waited {
+        let p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        run.running = p.1;
+        bail!("{e} ({} of {} desired running; {want} wanted)", p.1, p.2);
+    }
     run.fill_s = Some(t0.elapsed().as_secs_f64());
     run.running = want;
     run.services = 1 + u64::from(fill);
@@ -435,12 +451,14 @@ async fn drive(
                 bytes,
             };
             eprintln!(
-                "  round {round}/{} {}1: every agent after {:.0} ms (ack {:.0} ms), {:.0} bytes",
+                "  round {round}/{} {}1: every agent after {:.0} ms (ack {:.0} ms), {:.0} bytes \
+                 ({} before taking the idle traffic out)",
                 args.rounds,
                 if up { '+' } else { '-' },
                 change.all_ms,
                 change.ack_ms,
-                change.bytes
+                change.bytes,
+                change.bytes_raw
             );
             if up {
                 run.up.push(change);
