@@ -321,7 +321,9 @@ async fn run_agent(
         };
         let mut last = String::from("no manager to join through");
         let mut joined = false;
-        'attempts: for attempt in 0..5u32 {
+        // An overloaded leader refuses joins (no quorum for the write): retried for
+        // about two and a half minutes.
+        'attempts: for attempt in 0..32u32 {
             for manager in &options.join {
                 match mesh_client::join::join_cluster(&tls, manager, &options.token, &hostname, "")
                     .await
@@ -333,7 +335,8 @@ async fn run_agent(
                     Err(e) => last = e,
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+            let backoff = Duration::from_millis(200) * 2u32.pow(attempt.min(5));
+            tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
         }
         if !joined {
             shared.error(format!("{hostname}: joining: {last}"));

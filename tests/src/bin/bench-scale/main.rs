@@ -124,6 +124,8 @@ struct Run {
     snapshot_index: Option<f64>,
     commit_index: Option<f64>,
     sessions_lost: u64,
+    /// Calls refused (e.g. no quorum) and retried while filling.
+    failed_calls: u64,
     note: Option<String>,
 }
 
@@ -335,11 +337,14 @@ async fn drive(
     sim::wait_for(t0 + limit, "the big service's tasks to run", || {
         let mut control = control.clone();
         async move {
-            let reply = control
+            // A refused read (no quorum) is one more poll.
+            let Ok(reply) = control
                 .inspect_service(proto::ServiceRef { name: "big".into() })
                 .await
-                .map_err(|s| anyhow::anyhow!("InspectService big: {}", s.message()))?
-                .into_inner();
+            else {
+                return Ok(None);
+            };
+            let reply = reply.into_inner();
             Ok((reply.running >= reply.desired && reply.desired > 0).then_some(()))
         }
     })
@@ -363,22 +368,43 @@ async fn drive(
         let permit = permits.clone().acquire_owned().await?;
         let mut control = control.clone();
         let replicas = args.replicas;
+        let deadline = t0 + limit;
         creates.spawn(async move {
-            let result = sim::create_service(&mut control, &format!("s{s:04}"), replicas).await;
+            // A refused write (no quorum while the leader is overloaded) is retried, as
+            // a user would; a service that exists already was created by an attempt
+            // whose answer was lost.
+            let name = format!("s{s:04}");
+            let mut failed = 0u64;
+            loop {
+                match sim::create_service(&mut control, &name, replicas).await {
+                    Ok(()) => break,
+                    Err(e) if format!("{e}").contains("already exists") => break,
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => {
+                        failed += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
             drop(permit);
-            result
+            Ok::<u64, anyhow::Error>(failed)
         });
     }
     while let Some(result) = creates.join_next().await {
-        result??;
+        run.failed_calls += result??;
     }
     let want = u64::from(args.big) + u64::from(fill) * u64::from(args.replicas);
     let progress = std::sync::Mutex::new((Instant::now(), 0u64, 0u64));
+    let failed_polls = std::sync::atomic::AtomicU64::new(0);
     let waited = sim::wait_for(t0 + limit, "every task to run", || {
         let mut control = control.clone();
-        let progress = &progress;
+        let (progress, failed_polls) = (&progress, &failed_polls);
         async move {
-            let (running, desired) = sim::running_desired(&mut control).await?;
+            // A refused read (no quorum) is one more poll.
+            let Ok((running, desired)) = sim::running_desired(&mut control).await else {
+                failed_polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(None);
+            };
             let mut p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if p.0.elapsed() >= Duration::from_secs(15) {
                 eprintln!(
@@ -392,6 +418,7 @@ async fn drive(
         }
     })
     .await;
+    run.failed_calls += failed_polls.load(std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = waited {
         let p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         run.running = p.1;
@@ -571,12 +598,12 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
     writeln!(s, "## Time\n")?;
     writeln!(
         s,
-        "| managers | nodes | tasks running | join (all agents) | create {big} replicas → running | fill | scale +1 → every agent p50 / p99 | scale −1 → every agent p50 / p99 | median agent (+1 / −1) | scale call |",
+        "| managers | nodes | tasks running | join (all agents) | create {big} replicas → running | fill | scale +1 → every agent p50 / p99 | scale −1 → every agent p50 / p99 | median agent (+1 / −1) | scale call | calls refused while filling / sessions lost |",
         big = args.big
     )?;
     writeln!(
         s,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     for r in runs {
         let (u50, u99) = changes_cell(&r.up, |c| c.all_ms);
@@ -588,7 +615,7 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
         let scaled = !r.up.is_empty();
         writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
             r.managers,
             r.nodes,
             r.running,
@@ -599,6 +626,8 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
             if r.down.is_empty() { "—".into() } else { format!("{d50:.0} / {d99:.0} ms") },
             if scaled { format!("{ua:.0} / {da:.0} ms") } else { "—".into() },
             if scaled { format!("{:.0} ms", percentile(&acks, 0.5)) } else { "—".into() },
+            r.failed_calls,
+            r.sessions_lost,
         )?;
     }
     writeln!(s, "\n## Cost\n")?;
