@@ -626,7 +626,8 @@ pub type Control = mesh_client::proto::control_client::ControlClient<tonic::tran
 /// `task-echo` (which no simulated agent starts), every policy at its default.
 #[must_use]
 pub fn service_spec(name: &str, replicas: u32) -> mesh_api::spec::ServiceSpec {
-    let mut spec = mesh_api::spec::ServiceSpec::new(name, RuntimeKind::Process, "task-echo", vec![]);
+    let mut spec =
+        mesh_api::spec::ServiceSpec::new(name, RuntimeKind::Process, "task-echo", vec![]);
     spec.mode = mesh_api::spec::ServiceMode::Replicated { replicas };
     spec
 }
@@ -636,7 +637,11 @@ pub fn service_spec(name: &str, replicas: u32) -> mesh_api::spec::ServiceSpec {
 ///
 /// # Errors
 /// The call's failure.
-pub async fn create_service(control: &mut Control, name: &str, replicas: u32) -> anyhow::Result<()> {
+pub async fn create_service(
+    control: &mut Control,
+    name: &str,
+    replicas: u32,
+) -> anyhow::Result<()> {
     let spec = service_spec(name, replicas);
     control
         .create_service(mesh_client::proto::CreateServiceRequest::new(&spec))

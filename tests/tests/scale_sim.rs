@@ -35,11 +35,15 @@ async fn scenario(cluster: &Cluster, token: String) -> Result<()> {
         join_concurrency: 8,
     });
     let mut control = connect_control(std::slice::from_ref(&addr), &m.tls_dir()).await?;
-    sim::wait_for(Instant::now() + CONVERGE, "every agent's first assignment", || async {
-        let errors = fleet.errors();
-        ensure!(errors.is_empty(), "agents failed: {}", errors.join("; "));
-        Ok((fleet.assigned() == NODES).then_some(()))
-    })
+    sim::wait_for(
+        Instant::now() + CONVERGE,
+        "every agent's first assignment",
+        || async {
+            let errors = fleet.errors();
+            ensure!(errors.is_empty(), "agents failed: {}", errors.join("; "));
+            Ok((fleet.assigned() == NODES).then_some(()))
+        },
+    )
     .await?;
     // Placed only once the leader counts the nodes ready.
     sim::wait_for(Instant::now() + CONVERGE, "every node ready", || {
@@ -69,9 +73,11 @@ async fn scenario(cluster: &Cluster, token: String) -> Result<()> {
     .await
     .context("the leader never reported every task running")?;
     // What the leader reports comes from the agents' reports: they hold those tasks.
-    sim::wait_for(Instant::now() + CONVERGE, "the agents to hold every task", || async {
-        Ok((fleet.running() == usize::try_from(total)?).then_some(()))
-    })
+    sim::wait_for(
+        Instant::now() + CONVERGE,
+        "the agents to hold every task",
+        || async { Ok((fleet.running() == usize::try_from(total)?).then_some(())) },
+    )
     .await?;
     let idle: Vec<String> = fleet
         .agents()

@@ -73,6 +73,10 @@ struct Args {
     /// The agents' heartbeat period (`mesh-manager --heartbeat-ms`; the daemon's default).
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// `mesh-manager --snapshot-interval`: entries between snapshots (the daemon's
+    /// default is 5000; lower, a run of a few thousand writes takes some).
+    #[arg(long, default_value_t = 5000)]
+    snapshot_interval: u64,
     /// Seconds of idle traffic measured before the scale rounds.
     #[arg(long, default_value_t = 3.0)]
     idle_seconds: f64,
@@ -161,12 +165,20 @@ fn clock_ticks() -> f64 {
 
 /// utime + stime of `pid` (or this process), in seconds.
 fn cpu_seconds(pid: Option<u32>, ticks: f64) -> f64 {
-    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     // The fields after the command (which may hold spaces), from field 3 on.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15, that is 11 and 12 after the command.
     (field(11) + field(12)) / ticks
 }
@@ -306,12 +318,27 @@ async fn drive(
     let nodes = run.nodes;
     // 1. Join.
     let mut control = connect_control(&[target.leader_addr.to_string()], &target.tls).await?;
-    sim::wait_for(start + limit, "every simulated agent's first assignment", || async {
-        let errors = fleet.errors();
-        ensure!(errors.is_empty(), "simulated agents failed: {}", errors.join("; "));
-        Ok((fleet.assigned() == nodes).then_some(()))
-    })
-    .await?;
+    sim::wait_for(
+        start + limit,
+        "every simulated agent's first assignment",
+        || async {
+            let errors = fleet.errors();
+            ensure!(
+                errors.is_empty(),
+                "simulated agents failed: {}",
+                errors.join("; ")
+            );
+            Ok((fleet.assigned() == nodes).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "{} of {nodes} agents had an assignment, {} had a session",
+            fleet.assigned(),
+            fleet.established()
+        )
+    })?;
     let want_ready = nodes + target.managers;
     sim::wait_for(start + limit, "every node ready", || {
         let mut control = control.clone();
@@ -329,7 +356,10 @@ async fn drive(
     .await?;
     run.join_s = Some(start.elapsed().as_secs_f64());
     run.phases.push(meter.phase("join"));
-    eprintln!("  joined {nodes} agents in {:.1} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "  joined {nodes} agents in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 
     // 2. One big service.
     let t0 = Instant::now();
@@ -405,7 +435,9 @@ async fn drive(
                 failed_polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(None);
             };
-            let mut p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut p = progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if p.0.elapsed() >= Duration::from_secs(15) {
                 eprintln!(
                     "  fill: {running} of {desired} tasks running ({:.0} s)",
@@ -420,7 +452,9 @@ async fn drive(
     .await;
     run.failed_calls += failed_polls.load(std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = waited {
-        let p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         run.running = p.1;
         bail!("{e} ({} of {} desired running; {want} wanted)", p.1, p.2);
     }
@@ -433,7 +467,10 @@ async fn drive(
         run.services,
         t0.elapsed().as_secs_f64()
     );
-    ensure!(fill > 0, "no service to scale: --tasks leaves none beside the big one");
+    ensure!(
+        fill > 0,
+        "no service to scale: --tasks leaves none beside the big one"
+    );
 
     // 4. Idle.
     let _ = settle(proxy, 0.0).await;
@@ -511,7 +548,7 @@ fn measure(args: &Args, managers: usize, nodes: usize, ticks: f64) -> Result<Run
         managers,
         heartbeat_ms: args.heartbeat_ms,
         heartbeat_misses: 3,
-        snapshot_interval: 5000,
+        snapshot_interval: args.snapshot_interval,
         name: format!("scale-{managers}m-{nodes}n"),
     })?;
     let leader = cluster.wait_leader(Duration::from_secs(30))?;
@@ -622,10 +659,26 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
             opt(r.join_s, " s"),
             opt(r.big_s, " s"),
             opt(r.fill_s, " s"),
-            if scaled { format!("{u50:.0} / {u99:.0} ms") } else { "—".into() },
-            if r.down.is_empty() { "—".into() } else { format!("{d50:.0} / {d99:.0} ms") },
-            if scaled { format!("{ua:.0} / {da:.0} ms") } else { "—".into() },
-            if scaled { format!("{:.0} ms", percentile(&acks, 0.5)) } else { "—".into() },
+            if scaled {
+                format!("{u50:.0} / {u99:.0} ms")
+            } else {
+                "—".into()
+            },
+            if r.down.is_empty() {
+                "—".into()
+            } else {
+                format!("{d50:.0} / {d99:.0} ms")
+            },
+            if scaled {
+                format!("{ua:.0} / {da:.0} ms")
+            } else {
+                "—".into()
+            },
+            if scaled {
+                format!("{:.0} ms", percentile(&acks, 0.5))
+            } else {
+                "—".into()
+            },
             r.failed_calls,
             r.sessions_lost,
         )?;
@@ -635,7 +688,10 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
         s,
         "| managers | nodes | bytes to agents per change: total / per agent | idle traffic to agents | leader CPU: fill / per change / idle | leader memory: peak (VmHWM) / now (VmRSS) | raft.redb | snapshot | commit index / snapshot index | simulator peak memory (so far) |"
     )?;
-    writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(
+        s,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
     for r in runs {
         let changes: Vec<f64> = r.up.iter().chain(&r.down).map(|c| c.bytes).collect();
         let per_change = percentile(&changes, 0.5);
@@ -671,7 +727,10 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
             mib(r.sim_hwm_kib as f64 * 1024.0),
         )?;
     }
-    writeln!(s, "\n## Phases (wall clock; CPU of the leader and of the simulator)\n")?;
+    writeln!(
+        s,
+        "\n## Phases (wall clock; CPU of the leader and of the simulator)\n"
+    )?;
     writeln!(
         s,
         "| managers | nodes | phase | wall | leader CPU | simulator CPU | stopped because |"
@@ -703,7 +762,7 @@ other flags of `bench-scale --help` select what runs).\n\n\
 - Managers: release builds of `mesh-manager` started by the test harness \
 (`tests/src/cluster.rs`), each its own process with its own data directory on its own \
 loopback address, mutual TLS everywhere; heartbeats every {hb} ms, 3 misses; snapshots \
-every 5000 entries. The managers' own nodes run no tasks (no runtime).\n\
+every {si} entries. The managers' own nodes run no tasks (no runtime).\n\
 - Nodes: simulated agents in the benchmark's process (`tests/src/sim.rs`), each a Tokio \
 task that joins with the worker token (`mesh_client::join::join_cluster`, its own \
 identity) and keeps its session with the client library the real agent uses \
@@ -736,6 +795,7 @@ leader's `/metrics`.\n\
 - The simulator shares the machine's cores with the managers: its CPU is in the phase \
 table. A phase that exceeds the time limit ends its configuration (\"stopped because\").",
         hb = args.heartbeat_ms,
+        si = args.snapshot_interval,
         jc = args.join_concurrency,
         cc = args.create_concurrency,
     )?;
@@ -760,7 +820,10 @@ fn main() -> Result<()> {
         "--big: 1 to {}",
         mesh_api::spec::MAX_REPLICAS
     );
-    ensure!(args.replicas >= 2, "--replicas: at least 2 (the scale goes -1)");
+    ensure!(
+        args.replicas >= 2,
+        "--replicas: at least 2 (the scale goes -1)"
+    );
     if args.tasks < args.big + args.replicas {
         bail!("--tasks must leave room for one service of --replicas beside --big");
     }
