@@ -94,6 +94,12 @@ impl ManagerProcess {
         self.data_dir.join("tls")
     }
 
+    /// The process ID, while the harness has the process.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the harness believes the process runs (started and not seen exiting).
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {

@@ -20,6 +20,7 @@ pub mod machine;
 pub mod managed;
 pub mod netns;
 pub mod pinned;
+pub mod sim;
 pub mod topology;
 pub mod web;
 

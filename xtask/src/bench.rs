@@ -24,6 +24,12 @@ pub(crate) enum Bench {
     /// after the release build). Run as root; `-- --phases raft` runs only what needs no
     /// root.
     ControlPlane,
+    /// The control plane with many nodes: real `mesh-manager` processes (1 and 3) and
+    /// 10, 100 and 1,000 simulated agents (the real session protocol, no dataplane) in
+    /// one process; service creation, scale propagation to every agent, bytes per change,
+    /// the leader's CPU and memory, Raft sizes. Writes bench-results/scale.md. No root.
+    /// `-- --nodes 10,100 --managers 1 --time-limit 300` selects and bounds the run.
+    Scale,
 }
 
 /// Options of `cargo xtask bench`.
@@ -46,6 +52,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         Bench::Dataplane => dataplane(&args),
         Bench::Mesh => mesh(&args),
         Bench::ControlPlane => control_plane(&args),
+        Bench::Scale => scale(&args),
     }
 }
 
@@ -143,4 +150,32 @@ fn control_plane(args: &BenchArgs) -> Result<()> {
         .run()?;
     // The release binaries it starts: mesh-manager, meshctl, lb-agent and task-echo.
     run_bench("bench-control-plane", "control-plane.md", args, true)
+}
+
+/// `bench scale`: builds `mesh-manager`, `meshctl` and `bench-scale` in release mode,
+/// then runs `bench-scale`, which starts 1- and 3-manager clusters on loopback and, for
+/// each, simulated agents in its own process; writes bench-results/scale.md. Needs no
+/// root and no `cargo xtask setup` (`--no-setup` changes nothing).
+fn scale(args: &BenchArgs) -> Result<()> {
+    cmd::step("build (release): mesh-manager, meshctl, bench-scale");
+    Cmd::cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mesh-manager",
+            "-p",
+            "meshctl",
+            "-p",
+            "mesh-tests",
+            "--bin",
+            "mesh-manager",
+            "--bin",
+            "meshctl",
+            "--bin",
+            "bench-scale",
+        ])
+        .run()?;
+    // The release binaries it starts: mesh-manager and meshctl.
+    run_bench("bench-scale", "scale.md", args, true)
 }

@@ -147,6 +147,7 @@ impl StateMachineStore {
         let (meta, data) =
             self.seal
                 .seal_snapshot(&meta.snapshot_id, &serde_json::to_vec(meta)?, &data)?;
+        crate::metrics::record_snapshot_bytes(meta.len() + data.len());
         let db = self.db.clone();
         blocking(move || {
             write_txn(&db, |txn| {
