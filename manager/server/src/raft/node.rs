@@ -38,11 +38,13 @@ pub const DB_FILE: &str = mesh_client::state_dir::RAFT_DB;
 /// Timing and snapshot settings.
 ///
 /// The defaults are for managers on one LAN (sub-millisecond RTT, fsync in
-/// milliseconds): a 150 ms heartbeat, and an election timeout drawn from
-/// 600-1200 ms, four to eight heartbeats, so a follower tolerates a few
-/// lost or late heartbeats (a busy disk, a GC-like stall of the host) before
-/// it starts an election, while a dead leader is replaced in about a
-/// second, well inside Swarm's 15 s node-down window. Snapshots every 1000
+/// milliseconds): a 100 ms heartbeat, and an election timeout drawn from
+/// 600-1200 ms. openraft adds the leader's lease (the longest election
+/// timeout) before a follower elects, so a follower tolerates 1.8-2.4 s of
+/// silence (a busy disk, a stalled host) before it starts an election; a
+/// leader whose process died is replaced much sooner, on the positive
+/// signal of its refused address ([`super::failover`]), two heartbeats
+/// after its last word. Snapshots every 1000
 /// entries keep restarts fast (the cluster state is small); 500 entries
 /// stay in the log after a snapshot so a briefly lagging follower catches
 /// up from the log rather than by snapshot.
