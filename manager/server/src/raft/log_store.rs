@@ -15,9 +15,8 @@
 //! for a group commit below it to gather: the grouping happens above, where
 //! the leader's proposer puts the writes that arrive together into one
 //! entry ([`super::proposer`]), and a follower gets each `AppendEntries`'
-//! entries in one append. The committed marker is not fsynced on its own:
-//! it rides along with the next append (see
-//! [`RaftLogStorage::save_committed`] below).
+//! entries in one append. The committed marker is committed without fsync
+//! (see [`RaftLogStorage::save_committed`] below).
 //!
 //! Entries and metadata written as JSON (before the compact encoding) are
 //! still read: [`codec::decode`] tells the two apart.
@@ -131,9 +130,6 @@ pub struct LogStore {
     seal: Arc<StoreSeal>,
     /// The last committed index openraft saved, for metrics (0 = none).
     committed: Arc<std::sync::atomic::AtomicU64>,
-    /// The committed log id openraft saved last, encoded, until the next
-    /// append writes it.
-    unsaved_committed: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 impl LogStore {
@@ -152,7 +148,6 @@ impl LogStore {
             db,
             seal,
             committed: Arc::default(),
-            unsaved_committed: Arc::default(),
         })
     }
 
@@ -337,19 +332,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.committed
                 .fetch_max(log_id.index, std::sync::atomic::Ordering::Relaxed);
         }
-        // Written with the next append, not now: the committed marker only
-        // saves re-applying entries after a restart. If the last one is
-        // lost, the node applies from its snapshot and learns the commit
-        // index from the leader again; nothing that was acknowledged depends
-        // on it (the entries themselves are durable). One transaction per
-        // commit fewer on openraft's path.
+        // Not fsynced: the committed marker only saves re-applying entries
+        // after a restart. If it is lost, the node applies from its snapshot
+        // and learns the commit index from the leader again; nothing that
+        // was acknowledged depends on it (the entries themselves are
+        // durable). One fsync per commit fewer. (Not deferred to the next
+        // append either: a lone manager restarting without a quorum rebuilds
+        // its state up to this marker.)
         let bytes = codec::encode(&committed)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &DbError::from(e)))?;
-        *self
-            .unsaved_committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bytes);
-        Ok(())
+        let db = self.db.clone();
+        blocking(move || {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            txn.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e: DbError| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -377,11 +378,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| Self::encode(&self.seal, &e))
             .collect::<Result<Vec<_>, DbError>>();
-        let committed = self
-            .unsaved_committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
         let db = self.db.clone();
         let result = match rows {
             Ok(rows) => {
@@ -392,10 +388,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             for (index, bytes) in &rows {
                                 table.insert(*index, bytes.as_slice())?;
                             }
-                        }
-                        if let Some(committed) = committed {
-                            txn.open_table(META)?
-                                .insert(COMMITTED, committed.as_slice())?;
                         }
                         Ok(())
                     })
