@@ -298,6 +298,15 @@ pub enum Command {
         /// Task and status.
         reports: Vec<(TaskId, TaskStatus)>,
     },
+    /// Several commands committed as one log entry (the leader's proposer
+    /// gathers the writes that arrive while earlier ones are in flight).
+    /// Each is applied on its own, in order, exactly as if it had its own
+    /// entry: a refused one changes nothing and does not affect the others.
+    /// Answers [`Applied::Batch`] with each command's response, in order.
+    Batch {
+        /// The commands, in the order they are applied.
+        commands: Vec<Command>,
+    },
 }
 
 /// What a successfully applied command returns.
@@ -317,6 +326,8 @@ pub enum Applied {
     File(Box<FileInfo>),
     /// What a stack deploy did to each object.
     Stack(Box<mesh_api::stack::StackDeployed>),
+    /// Each command's response to a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// The state machine's answer to a command: every replica computes the same.
@@ -483,6 +494,13 @@ impl ClusterState {
     /// # Errors
     /// The command's [`StateError`]; see each variant.
     pub fn apply(&mut self, command: &Command) -> Response {
+        if let Command::Batch { commands } = command {
+            // Never refused as a whole: each command answers for itself
+            // (and bumps the version when it is applied).
+            return Ok(Applied::Batch(
+                commands.iter().map(|c| self.apply(c)).collect(),
+            ));
+        }
         let applied = self.apply_command(command)?;
         self.version += 1;
         Ok(applied)
@@ -673,6 +691,10 @@ impl ClusterState {
                 }
                 Ok(Applied::Done)
             }
+            // `apply` answers batches before they get here.
+            Command::Batch { commands } => Ok(Applied::Batch(
+                commands.iter().map(|c| self.apply(c)).collect(),
+            )),
         }
     }
 
@@ -1436,6 +1458,61 @@ mod tests {
                 node: Node::new(id, host.into(), role, 2),
             })
             .unwrap();
+    }
+
+    fn label(id: NodeId, key: &str, value: &str) -> Command {
+        Command::UpdateNode {
+            id,
+            availability: None,
+            label_add: BTreeMap::from([(key.to_owned(), value.to_owned())]),
+            label_rm: Vec::new(),
+            at_ms: 7,
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_on_its_own_in_order() {
+        let mut state = bootstrapped();
+        let version = state.version;
+        let response = state
+            .apply(&Command::Batch {
+                commands: vec![
+                    label(0xaa00, "k", "1"),
+                    // Refused: no such node. It changes nothing and the
+                    // others still apply.
+                    label(0xdead, "k", "x"),
+                    label(0xaa00, "bad key!", "x"),
+                    // Applied after the first: its value wins.
+                    label(0xaa00, "k", "2"),
+                ],
+            })
+            .unwrap();
+        let Applied::Batch(responses) = response else {
+            panic!("a batch answers a batch: {response:?}");
+        };
+        assert_eq!(responses.len(), 4);
+        assert!(matches!(&responses[0], Ok(Applied::Node(n)) if n.labels["k"] == "1"));
+        assert_eq!(
+            responses[1],
+            Err(StateError::UnknownNode(format_id(0xdead)))
+        );
+        assert!(matches!(responses[2], Err(StateError::Invalid(_))));
+        assert!(matches!(&responses[3], Ok(Applied::Node(n)) if n.labels["k"] == "2"));
+        assert_eq!(state.node(0xaa00).unwrap().labels["k"], "2");
+        // One version per applied command, as with one entry each.
+        assert_eq!(state.version, version + 2);
+
+        // The same commands one by one reach the same state.
+        let mut one_by_one = bootstrapped();
+        for c in [
+            label(0xaa00, "k", "1"),
+            label(0xdead, "k", "x"),
+            label(0xaa00, "bad key!", "x"),
+            label(0xaa00, "k", "2"),
+        ] {
+            let _ = one_by_one.apply(&c);
+        }
+        assert_eq!(one_by_one, state);
     }
 
     #[test]

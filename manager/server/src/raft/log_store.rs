@@ -1,15 +1,25 @@
 //! The Raft log, the vote and the committed/purged markers, in redb.
 //!
 //! One redb database file holds the log (table `raft_log`, key = log index,
-//! value = the entry as JSON, sealed with the storage key: [`super::seal`]),
-//! a small metadata table (`raft_meta`: vote, committed log id, last purged
-//! log id, in clear, and the store's sealing record) and, written by the
-//! state machine, the latest snapshot (sealed too). Votes, truncations, purges and snapshots commit with
-//! [`Durability::Immediate`] (fsync) before they return. Appends commit
-//! without fsync and are made durable by a flusher thread that fsyncs once
-//! for every batch of appends waiting (group commit) and only then tells
-//! openraft they are on disk; openraft acknowledges nothing before that, so
-//! an acknowledged vote or log entry survives a crash.
+//! value = the entry in [`mesh_api::codec`]'s compact encoding, sealed with
+//! the storage key: [`super::seal`]), a small metadata table (`raft_meta`:
+//! vote, committed log id, last purged log id, in the same encoding, in
+//! clear, and the store's sealing record) and, written by the
+//! state machine, the latest snapshot (sealed too). Votes, appends,
+//! truncations, purges and snapshots commit with [`Durability::Immediate`]
+//! (fsync) before openraft is told they are done, so an acknowledged vote or
+//! log entry survives a crash.
+//!
+//! One append is one transaction and one fsync. openraft 0.9 waits for
+//! each append to be on disk before it appends again, so there is nothing
+//! for a group commit below it to gather: the grouping happens above, where
+//! the leader's proposer puts the writes that arrive together into one
+//! entry ([`super::proposer`]), and a follower gets each `AppendEntries`'
+//! entries in one append. The committed marker is committed without fsync
+//! (see [`RaftLogStorage::save_committed`] below).
+//!
+//! Entries and metadata written as JSON (before the compact encoding) are
+//! still read: [`codec::decode`] tells the two apart.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -28,11 +38,12 @@ use serde::de::DeserializeOwned;
 
 use super::seal::{SealError, StoreSeal};
 use super::types::{Entry, TypeConfig};
+use mesh_api::codec::{self, CodecError};
 use mesh_api::node::NodeId;
 
-/// Log entries by index, JSON-encoded and sealed.
+/// Log entries by index, encoded ([`codec`]) and sealed.
 pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
-/// Vote, committed and last purged log ids, JSON-encoded.
+/// Vote, committed and last purged log ids, encoded ([`codec`]).
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
 
 const VOTE: &str = "vote";
@@ -45,9 +56,10 @@ pub enum DbError {
     /// redb failed.
     #[error("raft database: {0}")]
     Redb(#[from] redb::Error),
-    /// A stored value is not valid JSON for its type, or a value could not be encoded.
+    /// A stored value does not decode as its type, or a value could not be
+    /// encoded.
     #[error("raft database: bad stored value: {0}")]
-    Json(#[from] serde_json::Error),
+    Codec(#[from] CodecError),
     /// The blocking task running a database write panicked or was cancelled.
     #[error("raft database: write task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -105,7 +117,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 fn put_meta<T: Serialize>(txn: &WriteTransaction, key: &str, value: &T) -> Result<(), DbError> {
-    let bytes = serde_json::to_vec(value)?;
+    let bytes = codec::encode(value)?;
     txn.open_table(META)?.insert(key, bytes.as_slice())?;
     Ok(())
 }
@@ -118,38 +130,6 @@ pub struct LogStore {
     seal: Arc<StoreSeal>,
     /// The last committed index openraft saved, for metrics (0 = none).
     committed: Arc<std::sync::atomic::AtomicU64>,
-    /// Appends waiting for their fsync, handed to the flusher thread.
-    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
-}
-
-/// Group commit: appends are committed without fsync (visible to readers
-/// at once); this thread then makes everything appended so far durable
-/// with one fsync (an empty commit with immediate durability, which in
-/// redb persists every earlier non-durable commit) and tells openraft,
-/// for every append that was waiting, in order. Under load one fsync
-/// covers many appends; openraft never waits for the disk to accept the
-/// next entries. The thread holds the database weakly and ends when the
-/// last `LogStore` clone is dropped.
-fn spawn_flusher(db: &Arc<Database>) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
-    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
-    let db = Arc::downgrade(db);
-    std::thread::Builder::new()
-        .name("raft-log-flush".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut waiting = vec![first];
-                waiting.extend(rx.try_iter());
-                let flushed = match db.upgrade() {
-                    Some(db) => write_txn(&db, |_| Ok(())).map_err(|e| e.to_string()),
-                    None => Err("the raft database is closed".to_string()),
-                };
-                for callback in waiting {
-                    callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
-                }
-            }
-        })
-        .expect("spawning the raft log flusher thread");
-    tx
 }
 
 impl LogStore {
@@ -164,12 +144,10 @@ impl LogStore {
             txn.open_table(META)?;
             Ok(())
         })?;
-        let flusher = spawn_flusher(&db);
         Ok(Self {
             db,
             seal,
             committed: Arc::default(),
-            flusher,
         })
     }
 
@@ -184,7 +162,7 @@ impl LogStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(META)?;
         match table.get(key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            Some(v) => Ok(Some(codec::decode(v.value())?)),
             None => Ok(None),
         }
     }
@@ -209,17 +187,16 @@ impl LogStore {
         }
     }
 
-    /// The entry stored at `index`, opened and decoded.
+    /// The entry stored at `index`, opened and decoded (JSON, as written
+    /// before the compact encoding, included).
     fn decode(&self, index: u64, record: &[u8]) -> Result<Entry, DbError> {
-        Ok(serde_json::from_slice(
-            &self.seal.open_entry(index, record)?,
-        )?)
+        Ok(codec::decode(&self.seal.open_entry(index, record)?)?)
     }
 
-    /// `entry` as stored: JSON, sealed for its index.
+    /// `entry` as stored: encoded ([`codec`]), sealed for its index.
     fn encode(seal: &StoreSeal, entry: &Entry) -> Result<(u64, Vec<u8>), DbError> {
         let index = entry.log_id.index;
-        Ok((index, seal.seal_entry(index, &serde_json::to_vec(entry)?)?))
+        Ok((index, seal.seal_entry(index, &codec::encode(entry)?)?))
     }
 
     /// The last purged log id, if any.
@@ -294,7 +271,7 @@ impl LogStore {
         key: &'static str,
         value: &T,
     ) -> Result<(), DbError> {
-        let bytes = serde_json::to_vec(value)?;
+        let bytes = codec::encode(value)?;
         let db = self.db.clone();
         blocking(move || {
             write_txn(&db, |txn| {
@@ -359,8 +336,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // after a restart. If it is lost, the node applies from its snapshot
         // and learns the commit index from the leader again; nothing that
         // was acknowledged depends on it (the entries themselves are
-        // durable). One fsync per commit fewer.
-        let bytes = serde_json::to_vec(&committed)
+        // durable). One fsync per commit fewer. (Not deferred to the next
+        // append either: a lone manager restarting without a quorum rebuilds
+        // its state up to this marker.)
+        let bytes = codec::encode(&committed)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &DbError::from(e)))?;
         let db = self.db.clone();
         blocking(move || {
@@ -395,26 +374,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encode = entries
+        let rows = entries
             .into_iter()
             .map(|e| Self::encode(&self.seal, &e))
             .collect::<Result<Vec<_>, DbError>>();
         let db = self.db.clone();
-        let result = match encode {
+        let result = match rows {
             Ok(rows) => {
                 blocking(move || {
-                    let mut txn = db.begin_write()?;
-                    // Visible to readers now, durable when the flusher's
-                    // next fsync lands.
-                    txn.set_durability(Durability::None)?;
-                    {
-                        let mut table = txn.open_table(LOG)?;
-                        for (index, bytes) in &rows {
-                            table.insert(*index, bytes.as_slice())?;
+                    write_txn(&db, |txn| {
+                        {
+                            let mut table = txn.open_table(LOG)?;
+                            for (index, bytes) in &rows {
+                                table.insert(*index, bytes.as_slice())?;
+                            }
                         }
-                    }
-                    txn.commit()?;
-                    Ok(())
+                        Ok(())
+                    })
                 })
                 .await
             }
@@ -422,11 +398,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         match result {
             Ok(()) => {
-                if let Err(unsent) = self.flusher.send(callback) {
-                    unsent
-                        .0
-                        .log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
-                }
+                callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {

@@ -10,9 +10,11 @@
 //! ([`seal`], [`storage_key`]). The state machine itself is in memory and
 //! is rebuilt on start from the snapshot and the committed log tail.
 
+pub mod failover;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod reachability;
 pub mod seal;
 pub mod service;
@@ -29,6 +31,7 @@ pub use network::{Connector, Network};
 pub use node::{
     DB_FILE, MembershipError, RaftError, RaftNode, RaftTuning, WriteError, current_leader,
 };
+pub use proposer::BatchLimits;
 pub use reachability::{ManagerStatus, ManagerView};
 pub use service::RaftService;
 pub use state_machine::StateMachineStore;

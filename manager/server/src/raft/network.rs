@@ -1,6 +1,8 @@
 //! openraft's network over gRPC: every Raft RPC is a `mesh.v1.Raft` call
 //! whose [`RaftPayload`] carries openraft's request (and, back, its
-//! `Result<response, RaftError>`) as JSON.
+//! `Result<response, RaftError>`) in [`mesh_api::codec`]'s compact encoding
+//! (the proto field is still named `json`: a peer from before the encoding
+//! sends JSON there, which [`codec::decode`] reads, and is answered in JSON).
 //!
 //! Channels come from a caller-supplied [`Connector`] (the manager passes an
 //! mTLS endpoint builder, tests plain `http://`) and are cached per address;
@@ -34,6 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::types::TypeConfig;
 use crate::proto::RaftPayload;
 use crate::proto::raft_client::RaftClient;
+use mesh_api::codec;
 use mesh_api::node::NodeId;
 
 /// Builds the endpoint for a manager's Raft address (`host:port`). The real
@@ -41,7 +44,8 @@ use mesh_api::node::NodeId;
 pub type Connector = Arc<dyn Fn(&str) -> Result<Endpoint, tonic::transport::Error> + Send + Sync>;
 
 /// Largest Raft message, both directions. Snapshot chunks are 512 KiB of
-/// data, which JSON (an array of numbers) inflates to at most 2 MiB.
+/// data, which the encoding (an array of small integers) inflates to at
+/// most 1 MiB (2 MiB from a peer that still sends JSON).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The Raft network: a connector and a channel per peer address.
@@ -181,7 +185,7 @@ impl Connection {
             target: self.target,
             timeout: ttl,
         };
-        let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let json = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self
             .network
             .client(&self.node.addr)
@@ -200,9 +204,8 @@ impl Connection {
             .map_err(|_elapsed| RPCError::Timeout(timeout.clone()))?
             .map_err(|status| status_error(status, timeout))?;
         self.network.answered(self.target);
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            serde_json::from_slice(&reply.into_inner().json)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = codec::decode(&reply.into_inner().json)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,

@@ -15,12 +15,15 @@ use openraft::{
 };
 use tokio::time::Instant;
 
+use mesh_api::codec;
 use mesh_api::node::{NodeId, format_id};
 
 use mesh_client::pki::{create_private_dir, create_private_file};
 
+use super::failover::{self, LeaderContact};
 use super::log_store::{DbError, LogStore};
 use super::network::{Connector, Network};
+use super::proposer::{BatchLimits, Proposer};
 use super::reachability::ManagerView;
 use super::seal::StoreSeal;
 use super::state_machine::StateMachineStore;
@@ -35,11 +38,13 @@ pub const DB_FILE: &str = mesh_client::state_dir::RAFT_DB;
 /// Timing and snapshot settings.
 ///
 /// The defaults are for managers on one LAN (sub-millisecond RTT, fsync in
-/// milliseconds): a 150 ms heartbeat, and an election timeout drawn from
-/// 600-1200 ms, four to eight heartbeats, so a follower tolerates a few
-/// lost or late heartbeats (a busy disk, a GC-like stall of the host) before
-/// it starts an election, while a dead leader is replaced in about a
-/// second, well inside Swarm's 15 s node-down window. Snapshots every 1000
+/// milliseconds): a 100 ms heartbeat, and an election timeout drawn from
+/// 600-1200 ms. openraft adds the leader's lease (the longest election
+/// timeout) before a follower elects, so a follower tolerates 1.8-2.4 s of
+/// silence (a busy disk, a stalled host) before it starts an election; a
+/// leader whose process died is replaced much sooner, on the positive
+/// signal of its refused address ([`super::failover`]), two heartbeats
+/// after its last word. Snapshots every 1000
 /// entries keep restarts fast (the cluster state is small); 500 entries
 /// stay in the log after a snapshot so a briefly lagging follower catches
 /// up from the log rather than by snapshot.
@@ -60,18 +65,22 @@ pub struct RaftTuning {
     pub write_timeout: Duration,
     /// How long a membership change (adding, removing a voter) may take.
     pub membership_timeout: Duration,
+    /// How the leader gathers concurrent writes into entries
+    /// ([`super::proposer`]).
+    pub batch: BatchLimits,
 }
 
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_millis(150),
+            heartbeat: Duration::from_millis(100),
             election_min: Duration::from_millis(600),
             election_max: Duration::from_millis(1200),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
             logs_to_keep: 500,
             write_timeout: Duration::from_secs(5),
             membership_timeout: Duration::from_secs(10),
+            batch: BatchLimits::default(),
         }
     }
 }
@@ -91,6 +100,9 @@ impl RaftTuning {
             snapshot_policy: self.snapshot_policy.clone(),
             max_in_snapshot_log_to_keep: self.logs_to_keep,
             snapshot_max_chunk_size: 512 * 1024,
+            // Entries are batches of up to 256 KiB (`BatchLimits`): 32 of
+            // them stay well inside one gRPC message.
+            max_payload_entries: 32,
             ..openraft::Config::default()
         }
         .validate()
@@ -199,7 +211,7 @@ pub enum MembershipError {
 }
 
 /// Outcome of a write attempted on this node only.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum LocalWriteError {
     NotLeader(Option<(NodeId, String)>),
     NoQuorum,
@@ -221,6 +233,10 @@ struct Inner {
     /// Held across a membership decision and its change (see
     /// [`RaftNode::membership_lock`]).
     membership: tokio::sync::Mutex<()>,
+    /// Gathers the writes proposed on this node into entries.
+    proposer: Proposer,
+    /// When a leader's request last arrived ([`super::failover`]).
+    contact: LeaderContact,
 }
 
 impl std::fmt::Debug for Inner {
@@ -365,7 +381,8 @@ impl RaftNode {
         let db = Arc::downgrade(&db);
         let committed = log.committed_index();
         let raft = MeshRaft::new(id, config, network.clone(), log, sm).await?;
-        Ok(Self {
+        let proposer = Proposer::start(raft.clone(), tuning.batch, tuning.write_timeout);
+        let node = Self {
             inner: Arc::new(Inner {
                 id,
                 raft,
@@ -376,8 +393,19 @@ impl RaftNode {
                 tuning,
                 db,
                 membership: tokio::sync::Mutex::new(()),
+                proposer,
+                contact: LeaderContact::new(),
             }),
-        })
+        };
+        tokio::spawn(watch_leader(Arc::downgrade(&node.inner)));
+        Ok(node)
+    }
+
+    /// Notes that a request from a leader (`AppendEntries`,
+    /// `InstallSnapshot`) arrived: the leader is alive
+    /// ([`super::failover`]).
+    pub(crate) fn leader_heard(&self) {
+        self.inner.contact.heard();
     }
 
     /// This node's ID.
@@ -596,7 +624,7 @@ impl RaftNode {
                 source,
             }))
         };
-        let json = match serde_json::to_vec(command) {
+        let json = match codec::encode(command) {
             Ok(json) => json,
             Err(e) => {
                 return Some(Err(WriteError::Fatal(format!(
@@ -617,7 +645,7 @@ impl RaftNode {
         };
         match reply {
             Ok(reply) => Some(
-                serde_json::from_slice::<state::Response>(&reply.into_inner().json).map_err(|e| {
+                codec::decode::<state::Response>(&reply.into_inner().json).map_err(|e| {
                     WriteError::Fatal(format!("malformed propose reply from the leader: {e}"))
                 }),
             ),
@@ -629,30 +657,17 @@ impl RaftNode {
         }
     }
 
-    /// Proposes `command` on this node only (it must be the leader) and
-    /// waits up to the write timeout for its commit.
+    /// Proposes `command` on this node only (it must be the leader), with
+    /// the other writes proposed meanwhile ([`super::proposer`]), and waits
+    /// up to the write timeout for its commit and its own response.
     pub(crate) async fn write_local(
         &self,
         command: Command,
     ) -> Result<state::Response, LocalWriteError> {
         let timeout = self.inner.tuning.write_timeout;
-        match tokio::time::timeout(timeout, self.inner.raft.client_write(command)).await {
-            Err(_elapsed) => Err(LocalWriteError::NoQuorum),
-            Ok(Ok(reply)) => Ok(reply.data),
-            Ok(Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                let leader = f
-                    .leader_id
-                    .zip(f.leader_node)
-                    .map(|(id, node)| (id, node.addr));
-                Err(LocalWriteError::NotLeader(leader))
-            }
-            Ok(Err(openraft::error::RaftError::APIError(e))) => {
-                Err(LocalWriteError::Fatal(e.to_string()))
-            }
-            Ok(Err(openraft::error::RaftError::Fatal(f))) => {
-                Err(LocalWriteError::Fatal(f.to_string()))
-            }
-        }
+        tokio::time::timeout(timeout, self.inner.proposer.propose(command))
+            .await
+            .unwrap_or(Err(LocalWriteError::NoQuorum))
     }
 
     /// Adds node `id`, reachable at Raft address `addr`, as a voter: first
@@ -745,6 +760,78 @@ impl RaftNode {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+}
+
+/// Fast failover on a positive signal ([`super::failover`]): while this
+/// node is a voter following a leader it has not heard from for a few
+/// heartbeats, it checks whether the leader's address refuses connections
+/// (its process is gone) and, if so, starts an election at once, trying
+/// again after a random pause until a new leader is known. Ends when the
+/// node is dropped or Raft stops.
+async fn watch_leader(node: Weak<Inner>) {
+    let Some(heartbeat) = node.upgrade().map(|n| n.tuning.heartbeat) else {
+        return;
+    };
+    let silent = heartbeat * failover::SILENT_HEARTBEATS;
+    let mut tick = tokio::time::interval(heartbeat / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The silence last probed (the time of the last word heard then), so a
+    // leader that is slow but alive is asked once per silence.
+    let mut probed: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let Some(inner) = node.upgrade() else {
+            return;
+        };
+        let metrics = inner.raft.metrics().borrow().clone();
+        if metrics.running_state.is_err() {
+            return;
+        }
+        let last = inner.contact.last();
+        if metrics.state != openraft::ServerState::Follower
+            || last.elapsed() < silent
+            || probed == Some(last)
+            || !metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == inner.id)
+        {
+            continue;
+        }
+        let Some((leader, addr)) = leader_of(inner.id, &metrics) else {
+            continue;
+        };
+        if leader == inner.id {
+            continue;
+        }
+        probed = Some(last);
+        if !failover::refuses(&addr, heartbeat).await {
+            continue;
+        }
+        tracing::warn!(
+            leader = %format_id(leader),
+            %addr,
+            silent_ms = last.elapsed().as_millis(),
+            "the leader's address refuses connections (its process is gone): electing a new leader now"
+        );
+        for _ in 0..failover::ELECTION_TRIES {
+            if inner.raft.trigger().elect().await.is_err() {
+                return;
+            }
+            let elected = inner
+                .raft
+                .wait(Some(failover::jitter(heartbeat)))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != leader),
+                    "a new leader",
+                )
+                .await;
+            if elected.is_ok() {
+                break;
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use mesh_api::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 use crate::auth::Caller;
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{AddManagerRequest, AddManagerResponse, RaftPayload};
+use mesh_api::codec;
 use mesh_api::node::{NodeId, Role, format_id};
 use mesh_core::state::Command;
 
@@ -43,14 +44,32 @@ impl RaftService {
     }
 }
 
-fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&request.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+/// How a peer encoded its request, so the answer goes back the same way: a
+/// peer from before [`codec`] sends and reads JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Codec,
+    Json,
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    let json = serde_json::to_vec(value)
-        .map_err(|e| Status::internal(format!("cannot encode raft payload: {e}")))?;
+fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<(T, Format), Status> {
+    let bytes = request.into_inner().json;
+    let format = if codec::is_current(&bytes) {
+        Format::Codec
+    } else {
+        Format::Json
+    };
+    let value = codec::decode(&bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))?;
+    Ok((value, format))
+}
+
+fn encode<T: Serialize>(value: &T, format: Format) -> Result<Response<RaftPayload>, Status> {
+    let json = match format {
+        Format::Codec => codec::encode(value).map_err(|e| e.to_string()),
+        Format::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+    }
+    .map_err(|e| Status::internal(format!("cannot encode raft payload: {e}")))?;
     Ok(Response::new(RaftPayload { json }))
 }
 
@@ -83,30 +102,32 @@ impl Raft for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
-        encode(&self.node.raft().append_entries(rpc).await)
+        self.node.leader_heard();
+        let (rpc, format) = decode(request)?;
+        encode(&self.node.raft().append_entries(rpc).await, format)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
-        encode(&self.node.raft().vote(rpc).await)
+        let (rpc, format) = decode(request)?;
+        encode(&self.node.raft().vote(rpc).await, format)
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
-        encode(&self.node.raft().install_snapshot(rpc).await)
+        self.node.leader_heard();
+        let (rpc, format) = decode(request)?;
+        encode(&self.node.raft().install_snapshot(rpc).await, format)
     }
 
     async fn propose(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let command: Command = decode(request)?;
+        let (command, format): (Command, _) = decode(request)?;
         match self.node.write_local(command).await {
-            Ok(response) => encode(&response),
+            Ok(response) => encode(&response, format),
             Err(LocalWriteError::NotLeader(leader)) => Err(not_leader(leader)),
             Err(LocalWriteError::NoQuorum) => Err(Status::deadline_exceeded(
                 "no quorum: the write was not committed",

@@ -4,7 +4,9 @@
 //! Applying an entry runs [`ClusterState::apply`]; its result, including a
 //! refused command's [`StateError`](mesh_core::state::StateError), is the
 //! entry's response: a refusal is a deterministic outcome every replica
-//! shares, not a storage failure. A snapshot is the state as JSON; its
+//! shares, not a storage failure. A snapshot is the state in
+//! [`mesh_api::codec`]'s compact encoding (one written as JSON before it
+//! still loads, and so does one a leader from before it sends); its
 //! metadata and data are sealed with the storage key ([`super::seal`]: the
 //! data bound to the snapshot's ID), written to the `raft_snapshot` table
 //! of the same database in one durable transaction, and loaded back when
@@ -25,10 +27,12 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use super::log_store::{DbError, blocking, storage_error, write_txn};
 use super::seal::StoreSeal;
 use super::types::{Entry, TypeConfig};
+use mesh_api::codec;
 use mesh_api::node::NodeId;
 use mesh_core::state::{Applied, ClusterState, Response, SharedState};
 
-/// The latest snapshot: `meta` (JSON) and `data` (the state as JSON), each sealed.
+/// The latest snapshot: `meta` and `data` (the state), each encoded
+/// ([`codec`]) and sealed.
 pub(crate) const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_snapshot");
 pub(crate) const SNAPSHOT_META: &str = "meta";
 pub(crate) const SNAPSHOT_DATA: &str = "data";
@@ -89,7 +93,7 @@ impl StateMachineStore {
             snapshot_seq: Arc::default(),
         };
         if let Some((meta, data)) = sm.read_snapshot()? {
-            let restored: ClusterState = serde_json::from_slice(&data)?;
+            let restored: ClusterState = codec::decode(&data)?;
             sm.replace(&meta, restored);
         }
         Ok(sm)
@@ -136,17 +140,17 @@ impl StateMachineStore {
         let opened = self
             .seal
             .open_snapshot(meta.value(), data.value(), |plain| {
-                let meta: Meta = serde_json::from_slice(plain)?;
+                let meta: Meta = codec::decode(plain)?;
                 Ok::<_, DbError>(meta.snapshot_id)
             })?;
-        let meta: Meta = serde_json::from_slice(&opened.meta)?;
+        let meta: Meta = codec::decode(&opened.meta)?;
         Ok(Some((meta, opened.data.into_owned())))
     }
 
     async fn save_snapshot(&self, meta: &Meta, data: Vec<u8>) -> Result<(), DbError> {
         let (meta, data) =
             self.seal
-                .seal_snapshot(&meta.snapshot_id, &serde_json::to_vec(meta)?, &data)?;
+                .seal_snapshot(&meta.snapshot_id, &codec::encode(meta)?, &data)?;
         crate::metrics::record_snapshot_bytes(meta.len() + data.len());
         let db = self.db.clone();
         blocking(move || {
@@ -166,7 +170,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let err = |e: &DbError| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
         let (data, info) = {
             let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-            let data = serde_json::to_vec(&*state).map_err(|e| err(&e.into()))?;
+            let data = codec::encode(&*state).map_err(|e| err(&e.into()))?;
             (data, lock(&self.applied).clone())
         };
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             )
         };
         let data = snapshot.into_inner();
-        let new_state: ClusterState = serde_json::from_slice(&data).map_err(|e| err(&e.into()))?;
+        let new_state: ClusterState = codec::decode(&data).map_err(|e| err(&e.into()))?;
         self.save_snapshot(meta, data).await.map_err(|e| err(&e))?;
         self.replace(meta, new_state);
         Ok(())

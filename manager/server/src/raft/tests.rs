@@ -668,6 +668,101 @@ mod at_rest {
         n.stop().await;
     }
 
+    /// A store whose log entries, markers and snapshot were written (and
+    /// sealed) as JSON, before the compact encoding, is read back; what is
+    /// written after is in the encoding.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_and_a_snapshot_written_as_json_are_read_back() {
+        use crate::raft::log_store::{LOG, LogStore, META};
+        use crate::raft::state_machine::{
+            SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, StateMachineStore,
+        };
+        use crate::raft::types::Entry;
+        use openraft::{CommittedLeaderId, EntryPayload, LogId, SnapshotMeta, StoredMembership};
+
+        let dir = TestDir::new("json-store");
+        let raft = raft_dir(&dir);
+        std::fs::create_dir_all(&raft).expect("mkdir");
+        let db = Arc::new(redb::Database::create(raft.join(crate::raft::DB_FILE)).expect("db"));
+        let seal =
+            Arc::new(crate::raft::storage_key::unlock(&db, &key_file(&dir)).expect("unlock"));
+        let entry = |index: u64, k: NodeId| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(add_worker(k)),
+        };
+        let mut state = ClusterState::default();
+        state.apply(&bootstrap(1)).expect("bootstrap");
+        state.apply(&add_worker(102)).expect("a worker");
+        let meta = SnapshotMeta::<NodeId, openraft::BasicNode> {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 2)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "json".to_owned(),
+        };
+        let vote = openraft::Vote::new_committed(1, 1);
+        {
+            // As the manager wrote them before the encoding: JSON, sealed.
+            let (meta, data) = seal
+                .seal_snapshot(
+                    &meta.snapshot_id,
+                    &serde_json::to_vec(&meta).expect("json"),
+                    &serde_json::to_vec(&state).expect("json"),
+                )
+                .expect("seal");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut log = txn.open_table(LOG).expect("table");
+                for i in 3..=4 {
+                    let json = serde_json::to_vec(&entry(i, 100 + i)).expect("json");
+                    log.insert(i, seal.seal_entry(i, &json).expect("seal").as_slice())
+                        .expect("insert");
+                }
+                let mut markers = txn.open_table(META).expect("table");
+                markers
+                    .insert("vote", serde_json::to_vec(&vote).expect("json").as_slice())
+                    .expect("insert");
+                let mut snapshot = txn.open_table(SNAPSHOT).expect("table");
+                snapshot
+                    .insert(SNAPSHOT_META, meta.as_slice())
+                    .expect("insert");
+                snapshot
+                    .insert(SNAPSHOT_DATA, data.as_slice())
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let restored = mesh_core::state::SharedState::default();
+        drop(
+            StateMachineStore::open(db.clone(), restored.clone(), seal.clone())
+                .expect("a JSON snapshot loads"),
+        );
+        assert_eq!(*restored.read().expect("lock"), state);
+        let log = LogStore::new(db.clone(), seal.clone()).expect("log");
+        assert_eq!(log.vote().expect("a JSON vote reads"), Some(vote));
+        let old = log.entries_from(3).expect("JSON entries read");
+        assert_eq!(old, vec![entry(3, 103), entry(4, 104)]);
+        log.append_with_vote(&[entry(5, 105)], &vote, None)
+            .expect("append");
+        {
+            let txn = redb::ReadableDatabase::begin_read(&*db).expect("txn");
+            let table = txn.open_table(LOG).expect("table");
+            let stored = table
+                .get(5)
+                .expect("get")
+                .expect("entry 5")
+                .value()
+                .to_vec();
+            let plain = seal.open_entry(5, &stored).expect("open").into_owned();
+            assert!(
+                mesh_api::codec::is_current(&plain),
+                "entry 5 is not in the encoding"
+            );
+        }
+        assert_eq!(
+            log.entries_from(3).expect("read"),
+            vec![entry(3, 103), entry(4, 104), entry(5, 105)]
+        );
+    }
+
     /// A store written without encryption (as by an older manager) is
     /// sealed when first opened: its log entries and snapshot stay
     /// readable, later ones are sealed, and an unsealed entry or snapshot

@@ -87,6 +87,9 @@ struct Throughput {
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
+    /// Elections (Raft term increments) during the measurement: the leader lives
+    /// throughout, so any is a needless one.
+    elections: u64,
 }
 
 /// One failover measurement.
@@ -94,6 +97,27 @@ struct Throughput {
 struct Failover {
     election_ms: f64,
     write_ms: f64,
+    /// Elections (term increments) from the kill until the write committed.
+    elections: u64,
+    /// Elections while the killed manager restarted and caught up (the new leader
+    /// lives throughout: any is a needless one).
+    rejoin_elections: u64,
+}
+
+/// The highest Raft term the running managers of `cluster` report on `/metrics`
+/// (`mesh_manager_raft_term`): every election increments it.
+fn term(cluster: &mut Cluster) -> Result<u64> {
+    let mut highest = 0.0f64;
+    for i in cluster.running() {
+        let metrics = cluster.metrics(i)?;
+        let t = metrics
+            .get("mesh_manager_raft_term")
+            .copied()
+            .context("no mesh_manager_raft_term on /metrics")?;
+        highest = highest.max(t);
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(highest as u64)
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -192,6 +216,7 @@ async fn throughput(
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         errors,
+        elections: 0,
     })
 }
 
@@ -208,6 +233,7 @@ async fn failover(cluster: &mut Cluster) -> Result<Failover> {
     let node = cluster.manager(follower).hostname.clone();
     let mut writer = connect_control(&addr, &tls).await?;
     let mut watcher = connect_control(&addr, &tls).await?;
+    let term_before = term(cluster)?;
     // Writes flow before the kill.
     for n in 0..20 {
         write_label(
@@ -278,6 +304,7 @@ async fn failover(cluster: &mut Cluster) -> Result<Failover> {
     let committed = committed
         .context("no write committed within 30 s of the kill")??
         .context("the writer stopped")?;
+    let term_elected = term(cluster)?;
     // Bring the killed manager back and let it catch up.
     cluster.restart(leader, &[])?;
     let new_leader = cluster.wait_leader(Duration::from_secs(30))?;
@@ -287,9 +314,12 @@ async fn failover(cluster: &mut Cluster) -> Result<Failover> {
         "the restarted manager to catch up",
         |c| Ok((c.info(leader)?.applied_index >= target).then_some(())),
     )?;
+    let term_rejoined = term(cluster)?;
     Ok(Failover {
         election_ms: ms(elected - t0),
         write_ms: ms(committed - t0),
+        elections: term_elected.saturating_sub(term_before),
+        rejoin_elections: term_rejoined.saturating_sub(term_elected),
     })
 }
 
@@ -321,20 +351,29 @@ fn raft_phase(args: &Args) -> Result<String> {
     let mut fo = Vec::new();
     for round in 1..=args.rounds {
         let l1 = one.wait_leader(Duration::from_secs(30))?;
-        let r1 = runtime.block_on(throughput(&one, l1, args.writers, args.seconds))?;
+        let before = term(&mut one)?;
+        let mut r1 = runtime.block_on(throughput(&one, l1, args.writers, args.seconds))?;
+        r1.elections = term(&mut one)?.saturating_sub(before);
         let l3 = three.wait_leader(Duration::from_secs(30))?;
-        let r3 = runtime.block_on(throughput(&three, l3, args.writers, args.seconds))?;
+        let before = term(&mut three)?;
+        let mut r3 = runtime.block_on(throughput(&three, l3, args.writers, args.seconds))?;
+        r3.elections = term(&mut three)?.saturating_sub(before);
         let f = runtime.block_on(failover(&mut three))?;
         eprintln!(
             "round {round}/{}: 1 manager {:.0} writes/s (p50 {:.1} ms), 3 managers {:.0} writes/s \
-             (p50 {:.1} ms); failover: leader after {:.0} ms, write after {:.0} ms",
+             (p50 {:.1} ms), elections during them {} and {}; failover: leader after {:.0} ms, \
+             write after {:.0} ms, {} election(s), {} while the old leader rejoined",
             args.rounds,
             r1.per_second,
             r1.p50_ms,
             r3.per_second,
             r3.p50_ms,
+            r1.elections,
+            r3.elections,
             f.election_ms,
-            f.write_ms
+            f.write_ms,
+            f.elections,
+            f.rejoin_elections,
         );
         t1.push(r1);
         t3.push(r3);
@@ -360,14 +399,15 @@ fn raft_phase(args: &Args) -> Result<String> {
     )?;
     writeln!(
         s,
-        "| managers | committed writes/s | write latency p50 | p99 | failed writes |"
+        "| managers | committed writes/s | write latency p50 | p99 | failed writes | elections during the writes |"
     )?;
-    writeln!(s, "| ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
     for (n, v) in [(1, &t1), (3, &t3)] {
         let errors: usize = v.iter().map(|t| t.errors).sum();
+        let elections: u64 = v.iter().map(|t| t.elections).sum();
         writeln!(
             s,
-            "| {n} | {:.0} | {:.2} ms | {:.2} ms | {errors} |",
+            "| {n} | {:.0} | {:.2} ms | {:.2} ms | {errors} | {elections} |",
             med(v, |t| t.per_second),
             med(v, |t| t.p50_ms),
             med(v, |t| t.p99_ms),
@@ -396,21 +436,37 @@ fn raft_phase(args: &Args) -> Result<String> {
         "| until a write started after the kill commits | {:.0} ms | {wr} |",
         median(&mut write)
     )?;
+    let failover_elections: u64 = fo.iter().map(|f| f.elections).sum();
+    let rejoin_elections: u64 = fo.iter().map(|f| f.rejoin_elections).sum();
+    let needless = rejoin_elections
+        + t1.iter().map(|t| t.elections).sum::<u64>()
+        + t3.iter().map(|t| t.elections).sum::<u64>();
+    writeln!(
+        s,
+        "\nElections (Raft term increments, from `mesh_manager_raft_term`): {failover_elections} \
+         over {} failovers (one each when the first vote succeeds, more after a split vote); \
+         {needless} while a leader lived (during the throughput runs: {} on 1 manager, {} on 3; \
+         while the killed manager restarted and caught up: {rejoin_elections}).",
+        fo.len(),
+        t1.iter().map(|t| t.elections).sum::<u64>(),
+        t3.iter().map(|t| t.elections).sum::<u64>(),
+    )?;
     writeln!(s, "\nPer round:\n")?;
     writeln!(
         s,
-        "| round | 1 manager writes/s | 3 managers writes/s | new leader | write commits |"
+        "| round | 1 manager writes/s | 3 managers writes/s | new leader | write commits | failover elections |"
     )?;
-    writeln!(s, "| ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
     for (i, ((a, b), f)) in t1.iter().zip(&t3).zip(&fo).enumerate() {
         writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.0} ms | {:.0} ms |",
+            "| {} | {:.0} | {:.0} | {:.0} ms | {:.0} ms | {} |",
             i + 1,
             a.per_second,
             b.per_second,
             f.election_ms,
-            f.write_ms
+            f.write_ms,
+            f.elections
         )?;
     }
     writeln!(
