@@ -233,11 +233,12 @@ fn answer_each(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_core::state::StateError;
 
     #[test]
     fn each_caller_of_a_batch_gets_its_own_answer_in_order() {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| oneshot::channel()).unzip();
-        let refused = mesh_core::state::StateError::UnknownNode("x".into());
+        let refused = StateError::UnknownNode("x".into());
         answer_each(
             txs,
             Ok(Ok(Applied::Batch(vec![
