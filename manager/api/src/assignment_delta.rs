@@ -6,7 +6,8 @@
 //! computes its change once per state change ([`RoutingDelta::between`]), encodes it
 //! once and sends the same bytes to every node. The [`NodeWork`] part (the node's
 //! tasks, their history, secrets and configs) is the node's own, and its change
-//! ([`NodeDelta::between`]) replaces a field whole when it changed. A change is thus
+//! ([`NodeDelta::between`]) carries the tasks added, changed or removed, the history's
+//! additions and removals, and the other fields whole when they changed. A change is thus
 //! in proportion to what changed (a scale of one service sends that service's routes),
 //! not to the cluster.
 //!
@@ -173,15 +174,22 @@ impl RoutingDelta {
     }
 }
 
-/// What changed in a node's [`NodeWork`]: each field whole, if it changed.
+/// What changed in a node's [`NodeWork`]: its tasks and history item by item, the
+/// other fields whole if they changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDelta {
-    /// The node's tasks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tasks: Option<Vec<AssignedTask>>,
-    /// Its ended tasks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<BTreeSet<TaskId>>,
+    /// The node's tasks added or changed, each whole, by ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<AssignedTask>,
+    /// The node's tasks gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks_removed: Vec<TaskId>,
+    /// Ended tasks added to its history.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub history_added: BTreeSet<TaskId>,
+    /// Ended tasks the managers forgot.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub history_removed: BTreeSet<TaskId>,
     /// The secrets of its tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<FileContent>>,
@@ -200,9 +208,12 @@ impl NodeDelta {
         fn field<T: PartialEq + Clone>(old: &T, new: &T) -> Option<T> {
             (old != new).then(|| new.clone())
         }
+        let (tasks, tasks_removed) = changes(&old.tasks, &new.tasks, |t| t.id);
         Self {
-            tasks: field(&old.tasks, &new.tasks),
-            history: field(&old.history, &new.history),
+            tasks,
+            tasks_removed,
+            history_added: new.history.difference(&old.history).copied().collect(),
+            history_removed: old.history.difference(&new.history).copied().collect(),
             secrets: field(&old.secrets, &new.secrets),
             configs: field(&old.configs, &new.configs),
             hostname: field(&old.hostname, &new.hostname),
@@ -274,12 +285,9 @@ impl Assignment {
             &routing.services_removed,
             |s| s.id,
         );
-        if let Some(tasks) = &work.tasks {
-            self.tasks = tasks.clone();
-        }
-        if let Some(history) = &work.history {
-            self.history = history.clone();
-        }
+        merge(&mut self.tasks, &work.tasks, &work.tasks_removed, |t| t.id);
+        self.history.retain(|id| !work.history_removed.contains(id));
+        self.history.extend(&work.history_added);
         if let Some(secrets) = &work.secrets {
             self.secrets = secrets.clone();
         }

@@ -482,6 +482,32 @@ mod tests {
     }
 
     #[test]
+    fn a_change_to_one_of_a_nodes_many_tasks_sends_that_task_alone() {
+        let mut state = testing::ready(&[1]);
+        let spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
+        let web = testing::create_service(&mut state, spec);
+        let ids = testing::create_tasks(&mut state, web.id, &[Some(1); 200]);
+        let mut sender = Sender {
+            node: 1,
+            sent: None,
+        };
+        let mut follower = AssignmentFollower::new();
+        held(&mut follower, &sender.next(&state).unwrap());
+        report(&mut state, 1, ids[150], TaskState::Running);
+        report(&mut state, 1, ids[3], TaskState::Complete);
+        state.version += 1;
+        let message = sender.next(&state).unwrap();
+        let Some(Body::Delta(delta)) = &message.body else {
+            panic!("not a delta")
+        };
+        let w: NodeDelta = codec::decode(&delta.node).unwrap();
+        assert_eq!(w.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[150]]);
+        assert_eq!(w.tasks_removed, [ids[3]], "an ended task leaves the tasks");
+        assert_eq!(w.history_added, [ids[3]].into(), "and joins the history");
+        assert_eq!(held(&mut follower, &message), for_node(&state, 1, 0));
+    }
+
+    #[test]
     fn a_missed_change_asks_for_the_whole_assignment_and_then_follows_again() {
         let (mut state, ids) = cluster();
         let mut sender = Sender {

@@ -69,8 +69,9 @@ impl Authenticator {
     /// # Errors
     ///
     /// `UNAUTHENTICATED` without a (node) certificate; `PERMISSION_DENIED`
-    /// if the node is not a member, or not a manager where `policy` wants
-    /// one.
+    /// if the node was removed, or is not a manager where `policy` wants
+    /// one; `UNAVAILABLE` if this manager's copy of the state does not know
+    /// the node (yet).
     pub fn authorize<T>(&self, request: &Request<T>, policy: Policy) -> Result<Caller, Status> {
         let certs = request.peer_certs();
         self.authorize_certs(certs.as_deref().map(Vec::as_slice), policy)
@@ -110,7 +111,15 @@ impl Authenticator {
             // first entries arrive): a manager certificate the CA signed,
             // of a node not known to be removed, is a manager's.
             (None, Policy::RaftPeer) => info.role,
-            (None, _) => return Err(not_member()),
+            // Not removed, but not known here: this copy of the state may lag
+            // the commit of the node's join (a follower, a manager that just
+            // joined). Refused for now, and not as a removal, which a session
+            // takes as final: the caller tries again or elsewhere.
+            (None, _) => {
+                return Err(Status::unavailable(format!(
+                    "node {id} is not known to this manager yet (its copy of the cluster state may lag): try again"
+                )));
+            }
         };
         let admitted = match policy {
             Policy::AnyNode => true,
@@ -355,12 +364,13 @@ mod tests {
             assert_eq!(code, Code::PermissionDenied);
             assert!(msg.contains("is a worker"), "{msg}");
         }
-        // A node the state does not know: refused, except a manager
-        // certificate on Raft traffic (this replica may be behind).
+        // A node the state does not know: refused for now (this replica may be
+        // behind the commit of its join; a session must not take that as a
+        // removal), except a manager certificate on Raft traffic.
         for policy in [Policy::AnyNode, Policy::ManagerOnly] {
             let (code, msg) = denied(f.authorize(UNKNOWN, Role::Manager, policy));
-            assert_eq!(code, Code::PermissionDenied);
-            assert!(msg.contains("is not a member"), "{msg}");
+            assert_eq!(code, Code::Unavailable);
+            assert!(msg.contains("not known to this manager yet"), "{msg}");
         }
         assert_eq!(
             f.authorize(UNKNOWN, Role::Manager, Policy::RaftPeer)

@@ -95,6 +95,10 @@ struct Change {
     bytes_raw: u64,
     /// The same less the idle traffic of that window.
     bytes: f64,
+    /// The assignment messages' encoded size over the same window, by the leader's
+    /// own count (`mesh_manager_assignment_sent_bytes_total`): protobuf, without TLS
+    /// and HTTP/2 framing, and whichever address the agents reach the leader on.
+    encoded: f64,
 }
 
 /// A leader's CPU and the simulator's over one phase.
@@ -277,6 +281,20 @@ struct Target {
     root: PathBuf,
     token: String,
     managers: usize,
+    metrics: SocketAddr,
+}
+
+/// The leader's count of assignment bytes sent so far.
+async fn assignment_bytes(metrics: SocketAddr) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        mesh_tests::client::http_get(metrics, "/metrics")
+            .map(|body| mesh_tests::cluster::parse_metrics(&body))
+            .ok()
+            .and_then(|m| m.get("mesh_manager_assignment_sent_bytes_total").copied())
+            .unwrap_or(f64::NAN)
+    })
+    .await
+    .unwrap_or(f64::NAN)
 }
 
 /// The phases of one configuration, filling `run` as they go.
@@ -491,6 +509,7 @@ async fn drive(
         for up in [true, false] {
             let to = if up { replicas + 1 } else { replicas - 1 };
             let b0 = proxy.down();
+            let e0 = assignment_bytes(target.metrics).await;
             let called = Instant::now();
             let acked = sim::scale(&mut control, name, to).await?;
             let (last, times) = sim::wait_for(
@@ -501,6 +520,7 @@ async fn drive(
             .await?;
             let end = settle(proxy, idle).await;
             let raw = proxy.down() - b0;
+            let encoded = assignment_bytes(target.metrics).await - e0;
             #[allow(clippy::cast_precision_loss)]
             let bytes = (raw as f64 - idle * end.duration_since(called).as_secs_f64()).max(0.0);
             let per_agent: Vec<f64> = times
@@ -513,16 +533,18 @@ async fn drive(
                 agent_p50_ms: percentile(&per_agent, 0.5),
                 bytes_raw: raw,
                 bytes,
+                encoded,
             };
             eprintln!(
                 "  round {round}/{} {}1: every agent after {:.0} ms (ack {:.0} ms), {:.0} bytes \
-                 ({} before taking the idle traffic out)",
+                 ({} before taking the idle traffic out; {:.0} encoded by the leader)",
                 args.rounds,
                 if up { '+' } else { '-' },
                 change.all_ms,
                 change.ack_ms,
                 change.bytes,
-                change.bytes_raw
+                change.bytes_raw,
+                change.encoded
             );
             if up {
                 run.up.push(change);
@@ -571,6 +593,7 @@ fn measure(args: &Args, managers: usize, nodes: usize, ticks: f64) -> Result<Run
         root: cluster.root().join("sim"),
         token,
         managers,
+        metrics: m.metrics_addr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -686,13 +709,25 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
     writeln!(s, "\n## Cost\n")?;
     writeln!(
         s,
-        "| managers | nodes | bytes to agents per change: total / per agent | idle traffic to agents | leader CPU: fill / per change / idle | leader memory: peak (VmHWM) / now (VmRSS) | raft.redb | snapshot | commit index / snapshot index | simulator peak memory (so far) |"
+        "| managers | nodes | bytes to agents per change: total / per agent | assignment messages per change, encoded (leader's count): total / per agent | idle traffic to agents | leader CPU: fill / per change / idle | leader memory: peak (VmHWM) / now (VmRSS) | raft.redb | snapshot | commit index / snapshot index | simulator peak memory (so far) |"
     )?;
     writeln!(
         s,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     for r in runs {
+        let encoded: Vec<f64> =
+            r.up.iter()
+                .chain(&r.down)
+                .map(|c| c.encoded)
+                .filter(|b| b.is_finite())
+                .collect();
+        let encoded = if encoded.is_empty() {
+            "—".to_owned()
+        } else {
+            let median = percentile(&encoded, 0.5);
+            format!("{} / {}", mib(median), mib(median / r.nodes as f64))
+        };
         let changes: Vec<f64> = r.up.iter().chain(&r.down).map(|c| c.bytes).collect();
         let per_change = percentile(&changes, 0.5);
         let bytes = if changes.is_empty() {
@@ -710,7 +745,7 @@ Machine: {}; load average (1, 5, 15 min) {} before, {} after.\n",
         let dash = || "—".to_owned();
         writeln!(
             s,
-            "| {} | {} | {bytes} | {} | {} / {} / {} | {} / {} | {} | {} | {} / {} | {} |",
+            "| {} | {} | {bytes} | {encoded} | {} | {} / {} / {} | {} / {} | {} | {} | {} / {} | {} |",
             r.managers,
             r.nodes,
             r.idle_bytes_per_s
