@@ -595,7 +595,7 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
                 state: mesh_api::task::TaskState::Running,
                 slot: 1,
             }],
-            services: vec![ServiceRoutes {
+            services: vec![std::sync::Arc::new(ServiceRoutes {
                 id: 1,
                 name: "web".into(),
                 vip: Some(Ipv4Addr::new(10, 255, 0, 100)),
@@ -610,7 +610,7 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
                 }],
                 networks: vec![],
                 lb_algorithm: Default::default(),
-            }],
+            })],
             history: Default::default(),
             secrets: vec![],
             configs: vec![],

@@ -33,6 +33,7 @@ async fn scenario(cluster: &Cluster, token: String) -> Result<()> {
         root: cluster.root().join("sim"),
         hostname_prefix: "sim".into(),
         join_concurrency: 8,
+        digest_every_service: true,
     });
     let mut control = connect_control(std::slice::from_ref(&addr), &m.tls_dir()).await?;
     sim::wait_for(

@@ -446,7 +446,7 @@ mod tests {
                 state: TaskState::Running,
                 slot: 1,
             }],
-            services: vec![ServiceRoutes {
+            services: vec![std::sync::Arc::new(ServiceRoutes {
                 id: 1,
                 name: "web".into(),
                 vip: Some(vip.parse().unwrap()),
@@ -461,7 +461,7 @@ mod tests {
                 }],
                 networks: vec![],
                 lb_algorithm: Default::default(),
-            }],
+            })],
             history: Default::default(),
             secrets: vec![],
             configs: vec![],

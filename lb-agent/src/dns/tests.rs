@@ -59,8 +59,8 @@ fn service(
     vip: Option<&str>,
     backends: Vec<Backend>,
     networks: Vec<ServiceNetwork>,
-) -> ServiceRoutes {
-    ServiceRoutes {
+) -> std::sync::Arc<ServiceRoutes> {
+    std::sync::Arc::new(ServiceRoutes {
         id,
         name: name.into(),
         vip: vip.map(ip),
@@ -68,7 +68,7 @@ fn service(
         backends,
         networks,
         lb_algorithm: Default::default(),
-    }
+    })
 }
 
 fn joins(network: NetworkId, vip: Option<&str>, aliases: &[&str]) -> ServiceNetwork {
@@ -679,7 +679,9 @@ fn a_task_on_a_network_the_assignment_does_not_name_still_resolves_there() {
 fn a_name_shared_by_two_services_on_a_network_has_both_addresses() {
     let mut a = cluster();
     // `cli` takes the alias `gateway` on front too.
-    a.services[4].networks[0].aliases.push("gateway".into());
+    std::sync::Arc::make_mut(&mut a.services[4]).networks[0]
+        .aliases
+        .push("gateway".into());
     let view = View::new(&a);
     assert_eq!(
         ask(&view, CLI1, "gateway"),

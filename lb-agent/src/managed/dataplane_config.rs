@@ -472,7 +472,7 @@ mod tests {
                 local_task(1, TaskAction::Run),
                 local_task(2, TaskAction::Run),
             ],
-            services: vec![ServiceRoutes {
+            services: vec![std::sync::Arc::new(ServiceRoutes {
                 id: 100,
                 name: "web".into(),
                 vip: Some(Ipv4Addr::new(10, 255, 0, 200)),
@@ -484,7 +484,7 @@ mod tests {
                 ],
                 networks: Vec::new(),
                 lb_algorithm: Default::default(),
-            }],
+            })],
             history: Default::default(),
             secrets: vec![],
             configs: vec![],
@@ -658,7 +658,7 @@ mod tests {
             (LbAlgorithm::Sh, Scheduler::SourceHash),
             (LbAlgorithm::Lc, Scheduler::LeastConn),
         ] {
-            a.services[0].lb_algorithm = algorithm;
+            std::sync::Arc::make_mut(&mut a.services[0]).lb_algorithm = algorithm;
             let c = config(&base(), &a, &local());
             c.validate(&host()).expect("a valid configuration");
             let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
@@ -677,7 +677,9 @@ mod tests {
     #[test]
     fn a_running_local_task_that_is_no_backend_still_gets_its_endpoint() {
         let mut a = assignment(vec![port(8080, 80, PublishMode::Ingress)]);
-        a.services[0].backends.clear();
+        std::sync::Arc::make_mut(&mut a.services[0])
+            .backends
+            .clear();
         let c = config(&base(), &a, &local());
         c.validate(&host()).expect("a valid configuration");
         assert_eq!(c.endpoints.len(), 1);
@@ -735,7 +737,7 @@ mod tests {
                 networks: vec![on(FRONT, task as u8), on(BACK, task as u8)],
                 ..backend(task, node, false)
             };
-            a.services.push(ServiceRoutes {
+            a.services.push(std::sync::Arc::new(ServiceRoutes {
                 id: API,
                 name: "api".into(),
                 vip: None,
@@ -750,7 +752,7 @@ mod tests {
                     })
                     .collect(),
                 lb_algorithm: Default::default(),
-            });
+            }));
             a
         }
 
@@ -933,7 +935,7 @@ mod tests {
         fn dnsrr_unknown_networks_and_missing_veths_leave_out_what_cannot_be_routed() {
             let mut a = assignment();
             // dnsrr on back: no VIP there; an unknown network: nothing.
-            a.services[1].networks[1].vip = None;
+            std::sync::Arc::make_mut(&mut a.services[1]).networks[1].vip = None;
             a.networks.retain(|n| n.id != FRONT);
             let mut local = local();
             // The adopted task's second network veth was not found.

@@ -9,6 +9,7 @@
 //! in which it drains.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -142,8 +143,10 @@ pub struct Assignment {
     pub peers: Vec<Peer>,
     /// The node's tasks that exist on it (or must).
     pub tasks: Vec<AssignedTask>,
-    /// Every service's routing table.
-    pub services: Vec<ServiceRoutes>,
+    /// Every service's routing table, each shared (reference-counted): a copy of
+    /// the assignment shares the routes it did not change, so following a change
+    /// costs in proportion to the change (on the wire, each is the routes alone).
+    pub services: Vec<Arc<ServiceRoutes>>,
     /// The node's ended tasks that the managers still keep (`service ps` lists
     /// them, `service logs` reads them): the agent keeps their logs, and removes
     /// those of tasks neither here nor in `tasks`.

@@ -42,8 +42,8 @@ pub struct Routing {
     pub networks: Vec<Network>,
     /// Every node with a dataplane, by ID (each node's peers are the others).
     pub nodes: Vec<Peer>,
-    /// Every service's routes, by ID.
-    pub services: Vec<ServiceRoutes>,
+    /// Every service's routes, by ID (each shared, as in [`Assignment::services`]).
+    pub services: Vec<Arc<ServiceRoutes>>,
 }
 
 /// The part of an assignment that is one node's own.
@@ -105,7 +105,7 @@ pub struct RoutingDelta {
     pub nodes_removed: Vec<NodeId>,
     /// Services added or changed, each whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<ServiceRoutes>,
+    pub services: Vec<Arc<ServiceRoutes>>,
     /// Services gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services_removed: Vec<ServiceId>,
@@ -141,7 +141,10 @@ fn merge<T: Clone, K: Ord + Copy>(
     removed: &[K],
     key: impl Fn(&T) -> K,
 ) {
-    items.retain(|x| !removed.contains(&key(x)));
+    if !removed.is_empty() {
+        let removed: BTreeSet<K> = removed.iter().copied().collect();
+        items.retain(|x| !removed.contains(&key(x)));
+    }
     for item in changed {
         match items.binary_search_by_key(&key(item), &key) {
             Ok(at) => items[at] = item.clone(),
@@ -171,6 +174,28 @@ impl RoutingDelta {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self == &Self::default()
+    }
+}
+
+impl Routing {
+    /// Applies `delta` (the leader keeps its routing part up to date this way, as
+    /// agents keep theirs).
+    pub fn apply(&mut self, delta: &RoutingDelta) {
+        if let Some(ingress) = &delta.ingress {
+            self.ingress = ingress.clone();
+        }
+        if let Some(networks) = &delta.networks {
+            self.networks = networks.clone();
+        }
+        merge(&mut self.nodes, &delta.nodes, &delta.nodes_removed, |p| {
+            p.id
+        });
+        merge(
+            &mut self.services,
+            &delta.services,
+            &delta.services_removed,
+            |s| s.id,
+        );
     }
 }
 

@@ -78,40 +78,47 @@ pub fn allocate_host(
     None
 }
 
-/// Takes a free address on the ingress network, none of `used`, and moves the cursor
-/// past it.
+/// Takes a free address on the ingress network, none of `used`, moves the cursor
+/// past it and adds it to `used`.
 ///
 /// # Errors
 /// [`AllocError::NetworkFull`] when the network is full.
 pub fn allocate_addr(
     net: &mut IngressNetwork,
-    used: &BTreeSet<Ipv4Addr>,
+    used: &mut BTreeSet<Ipv4Addr>,
 ) -> Result<Ipv4Addr, AllocError> {
     let hosts = net.hosts();
-    allocate_host(net.subnet, hosts, &mut net.cursor, used).ok_or_else(|| AllocError::NetworkFull {
-        name: mesh_api::network::INGRESS_NAME.to_string(),
-        subnet: net.cidr(),
-    })
+    let addr = allocate_host(net.subnet, hosts, &mut net.cursor, used).ok_or_else(|| {
+        AllocError::NetworkFull {
+            name: mesh_api::network::INGRESS_NAME.to_string(),
+            subnet: net.cidr(),
+        }
+    })?;
+    used.insert(addr);
+    Ok(addr)
 }
 
 /// Takes a free address on user network `net`: none of `used`, never its network or
-/// broadcast address nor its gateway, and moves its cursor past it.
+/// broadcast address nor its gateway (both added to `used`, as the address taken
+/// is), and moves its cursor past it.
 ///
 /// # Errors
 /// [`AllocError::NetworkFull`] when the network is full.
 pub fn allocate_network_addr(
     net: &mut Network,
-    used: &BTreeSet<Ipv4Addr>,
+    used: &mut BTreeSet<Ipv4Addr>,
 ) -> Result<Ipv4Addr, AllocError> {
     let hosts = (1u32 << (32 - u32::from(net.subnet.prefix()))).saturating_sub(2);
-    let mut used = used.clone();
     used.insert(net.gateway);
-    allocate_host(net.subnet.network(), hosts, &mut net.cursor, &used).ok_or_else(|| {
-        AllocError::NetworkFull {
-            name: net.spec.name.clone(),
-            subnet: net.subnet.to_string(),
-        }
-    })
+    let addr =
+        allocate_host(net.subnet.network(), hosts, &mut net.cursor, used).ok_or_else(|| {
+            AllocError::NetworkFull {
+                name: net.spec.name.clone(),
+                subnet: net.subnet.to_string(),
+            }
+        })?;
+    used.insert(addr);
+    Ok(addr)
 }
 
 /// Fills in the published port of every ingress port that has none, keeping
@@ -181,22 +188,22 @@ mod tests {
     #[test]
     fn addresses_rotate_and_skip_used_ones() {
         let mut ingress = IngressNetwork::default();
-        let none = BTreeSet::new();
-        let a = allocate_addr(&mut ingress, &none).unwrap();
-        let b = allocate_addr(&mut ingress, &none).unwrap();
+        let mut none = BTreeSet::new();
+        let a = allocate_addr(&mut ingress, &mut none).unwrap();
+        let b = allocate_addr(&mut ingress, &mut BTreeSet::new()).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 255, 0, 1));
         assert_eq!(b, Ipv4Addr::new(10, 255, 0, 2));
         // A tiny network: two hosts, one taken by a VIP.
         let mut tiny = net([10, 9, 0, 0], 30);
-        let used = BTreeSet::from([Ipv4Addr::new(10, 9, 0, 1)]);
+        let mut used = BTreeSet::from([Ipv4Addr::new(10, 9, 0, 1)]);
         assert_eq!(
-            allocate_addr(&mut tiny, &used).unwrap(),
+            allocate_addr(&mut tiny, &mut used).unwrap(),
             Ipv4Addr::new(10, 9, 0, 2)
         );
         // The cursor wrapped: .1 is free again.
-        let used = BTreeSet::from([Ipv4Addr::new(10, 9, 0, 2)]);
+        let mut used = BTreeSet::from([Ipv4Addr::new(10, 9, 0, 2)]);
         assert_eq!(
-            allocate_addr(&mut tiny, &used).unwrap(),
+            allocate_addr(&mut tiny, &mut used).unwrap(),
             Ipv4Addr::new(10, 9, 0, 1)
         );
     }
@@ -204,7 +211,7 @@ mod tests {
     #[test]
     fn a_full_network_is_an_error() {
         let mut full = net([10, 9, 0, 0], 31);
-        let err = allocate_addr(&mut full, &BTreeSet::new()).unwrap_err();
+        let err = allocate_addr(&mut full, &mut BTreeSet::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "network ingress (10.9.0.0/31) has no free address left"
@@ -226,12 +233,15 @@ mod tests {
         let mut got = Vec::new();
         // Six hosts (.1-.6), .1 the gateway: five addresses, then full.
         for _ in 0..5 {
-            let addr = allocate_network_addr(&mut back, &used).unwrap();
-            used.insert(addr);
+            let addr = allocate_network_addr(&mut back, &mut used).unwrap();
+            assert!(
+                used.contains(&addr),
+                "the address taken is recorded as used"
+            );
             got.push(addr.octets()[3]);
         }
         assert_eq!(got, [2, 3, 4, 5, 6]);
-        let err = allocate_network_addr(&mut back, &used).unwrap_err();
+        let err = allocate_network_addr(&mut back, &mut used).unwrap_err();
         assert_eq!(
             err.to_string(),
             "network back (10.0.1.0/29) has no free address left"
@@ -239,7 +249,7 @@ mod tests {
         // A freed address is taken again only after the cursor wrapped past the others.
         used.remove(&Ipv4Addr::new(10, 0, 1, 3));
         assert_eq!(
-            allocate_network_addr(&mut back, &used).unwrap(),
+            allocate_network_addr(&mut back, &mut used).unwrap(),
             Ipv4Addr::new(10, 0, 1, 3)
         );
     }

@@ -9,12 +9,13 @@
 //! told to stop it only once every live node has applied a version in which
 //! it drains, so no node still sends it new flows when it stops.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mesh_api::assignment::{
     AssignedTask, Assignment, Backend, Peer, ServiceNetwork, ServiceRoutes, TaskAction,
 };
-use mesh_api::assignment_delta::{NodeWork, Routing};
+use mesh_api::assignment_delta::{NodeWork, Routing, RoutingDelta};
 use mesh_api::file_ref::FileKind;
 use mesh_api::node::{NodeId, NodeStatus};
 use mesh_api::service::{Service, ServiceId};
@@ -112,29 +113,7 @@ pub fn routing(state: &ClusterState, index: &TaskIndex<'_>) -> Routing {
     let services = state
         .services
         .values()
-        .map(|s| ServiceRoutes {
-            id: s.id,
-            name: s.spec.name.clone(),
-            vip: s.endpoint.vip,
-            ports: s.endpoint.ports.clone(),
-            backends: index
-                .of_service(s.id)
-                .iter()
-                .filter_map(|t| {
-                    let draining = backend_state(state, t)?;
-                    Some(Backend {
-                        task: t.id,
-                        name: t.name(&s.spec.name),
-                        addr: t.addr?,
-                        networks: t.networks.clone(),
-                        node: t.node?,
-                        draining,
-                    })
-                })
-                .collect(),
-            networks: service_networks(s),
-            lb_algorithm: s.spec.endpoint.lb_algorithm,
-        })
+        .map(|s| Arc::new(service_routes(state, index, s)))
         .collect();
     Routing {
         ingress: state.ingress.clone(),
@@ -142,6 +121,98 @@ pub fn routing(state: &ClusterState, index: &TaskIndex<'_>) -> Routing {
         nodes,
         services,
     }
+}
+
+/// One service's routes: its VIPs, ports and backends.
+fn service_routes(state: &ClusterState, index: &TaskIndex<'_>, s: &Service) -> ServiceRoutes {
+    ServiceRoutes {
+        id: s.id,
+        name: s.spec.name.clone(),
+        vip: s.endpoint.vip,
+        ports: s.endpoint.ports.clone(),
+        backends: index
+            .of_service(s.id)
+            .iter()
+            .filter_map(|t| {
+                let draining = backend_state(state, t)?;
+                Some(Backend {
+                    task: t.id,
+                    name: t.name(&s.spec.name),
+                    addr: t.addr?,
+                    networks: t.networks.clone(),
+                    node: t.node?,
+                    draining,
+                })
+            })
+            .collect(),
+        networks: service_networks(s),
+        lb_algorithm: s.spec.endpoint.lb_algorithm,
+    }
+}
+
+/// The change from `held` (the routing part as it was built for an earlier
+/// version) to `state`'s, given the services changed since (`touched`; nodes
+/// unchanged): the routes of those services alone are rebuilt, so the cost is
+/// in proportion to the change. The ingress network and the user networks
+/// (whose allocation cursors move with every new task) are compared whole.
+#[must_use]
+pub fn routing_change(
+    state: &ClusterState,
+    index: &TaskIndex<'_>,
+    touched: &BTreeSet<ServiceId>,
+    held: &Routing,
+) -> RoutingDelta {
+    let mut delta = RoutingDelta::default();
+    if held.ingress != state.ingress {
+        delta.ingress = Some(state.ingress.clone());
+    }
+    if !held.networks.iter().eq(state.networks.values()) {
+        delta.networks = Some(state.networks.values().cloned().collect());
+    }
+    for id in touched {
+        let before = held
+            .services
+            .binary_search_by_key(id, |s| s.id)
+            .ok()
+            .map(|at| &held.services[at]);
+        match (state.services.get(id), before) {
+            (Some(service), before) => {
+                let routes = service_routes(state, index, service);
+                if before.map(|b| &**b) != Some(&routes) {
+                    delta.services.push(Arc::new(routes));
+                }
+            }
+            (None, Some(_)) => delta.services_removed.push(*id),
+            (None, None) => {}
+        }
+    }
+    delta
+}
+
+/// The nodes whose own part changes when the lowest acknowledged version moves
+/// from `before` to `after` (either way): those holding a task to stop whose
+/// `desired_version` lies between, which turns from `Drain` into `Stop` (or back).
+#[must_use]
+pub fn nodes_with_drains_between(
+    state: &ClusterState,
+    before: u64,
+    after: u64,
+) -> BTreeSet<NodeId> {
+    let (low, high) = (before.min(after), before.max(after));
+    if low == high {
+        return BTreeSet::new();
+    }
+    state
+        .tasks
+        .values()
+        .filter(|t| {
+            t.desired != DesiredState::Running
+                && !t.status.state.is_terminal()
+                && t.desired_version > low
+                && t.desired_version <= high
+        })
+        .filter_map(|t| t.node)
+        .collect()
 }
 
 /// `node`'s own part of its assignment, given the lowest version every live agent

@@ -3,7 +3,8 @@
 //!
 //! - [`state`]: the replicated [`state::ClusterState`] and the
 //!   [`state::Command`]s that change it (the Raft state machine's `apply`);
-//! - [`allocator`]: addresses and published ports, inside `apply`;
+//! - [`allocator`]: addresses and published ports, inside `apply` (one command's
+//!   allocations on copies of the cursors, so a refused command changes nothing);
 //! - [`ipam`]: overlay networks' subnets, gateways and VNIs, inside `apply`;
 //! - [`network_info`]: a network with what is attached to it, as the API shows it;
 //! - [`capacity`]: what every node's dataplane must hold, checked inside `apply`;
@@ -12,6 +13,8 @@
 //!   [`reconcile::plan`]: evictions, the rolling updater, the restart
 //!   supervisor and the replicated and global orchestrators (all under
 //!   [`orchestrator`]), then the [`scheduler`], then history;
+//! - [`journal`]: what each applied command touched, so the leader's loops work
+//!   in proportion to a change;
 //! - [`liveness`]: node status from heartbeats;
 //! - [`assignment`]: what each node is sent.
 //!
@@ -21,11 +24,13 @@
 //! `cargo test -p mesh-core`.
 #![forbid(unsafe_code)]
 
+mod allocation;
 pub mod allocator;
 pub mod assignment;
 pub mod capacity;
 pub mod files;
 pub mod ipam;
+pub mod journal;
 pub mod liveness;
 pub mod network_info;
 pub mod orchestrator;

@@ -36,7 +36,7 @@ use crate::orchestrator::work::{Planned, Work};
 use crate::orchestrator::{evict, global, history, replicated};
 use crate::scheduler;
 use crate::state::{ClusterState, Command, NewTask, TaskChange};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use mesh_api::service::{Service, ServiceId, UpdateStatus};
 use mesh_api::spec::{ServiceMode, ServiceSpec};
@@ -72,8 +72,38 @@ pub struct Plan {
 /// fixed tick.
 #[must_use]
 pub fn plan_with_deadline(state: &ClusterState, now_ms: u64) -> Plan {
+    plan_scoped(state, now_ms, None)
+}
+
+/// [`plan_with_deadline`] for what changed since version `since`: the services
+/// the commands since then touched (see [`crate::journal`]), and those with a
+/// task waiting for a node (a change elsewhere may have freed one); every
+/// service if the journal cannot narrow the change down (a node's, a
+/// network's). Its cost is in proportion to the change, not to the cluster.
+///
+/// Its deadline covers those services only: the caller keeps the earlier
+/// deadlines of the others (a plan of every service replaces them).
+#[must_use]
+pub fn plan_changed(state: &ClusterState, now_ms: u64, since: u64) -> Plan {
+    let touch = state.journal.since(since, state.version);
+    if touch.everything {
+        return plan_with_deadline(state, now_ms);
+    }
+    let mut scope = touch.services;
+    scope.extend(
+        state
+            .tasks
+            .values()
+            .filter(|t| t.node.is_none() && t.is_live())
+            .map(|t| t.service),
+    );
+    plan_scoped(state, now_ms, Some(&scope))
+}
+
+/// A plan of the services in `scope` (all of them if `None`).
+fn plan_scoped(state: &ClusterState, now_ms: u64, scope: Option<&BTreeSet<ServiceId>>) -> Plan {
     // The common case, nothing to do, costs no copy of the state.
-    let (mut next, mut deadline) = round(state, now_ms);
+    let (mut next, mut deadline) = round(state, now_ms, scope);
     if next.is_empty() {
         return Plan {
             commands: next,
@@ -100,7 +130,9 @@ pub fn plan_with_deadline(state: &ClusterState, now_ms: u64) -> Plan {
         if refused {
             break;
         }
-        (next, deadline) = self::round(&sim, now_ms);
+        // The commands touch only the services in scope (and removed
+        // services' tasks): the next round looks at the same ones.
+        (next, deadline) = self::round(&sim, now_ms, scope);
     }
     Plan { commands, deadline }
 }
@@ -119,12 +151,18 @@ struct ServiceRound<'a> {
     restarts: Restarts,
 }
 
-/// One round: every loop once, each a pass over every service as `state`
-/// has it, then the commands, and the earliest time-based work left waiting.
-fn round(state: &ClusterState, now_ms: u64) -> (Vec<Command>, Option<u64>) {
+/// One round: every loop once, each a pass over every service in `scope` (all
+/// if `None`) as `state` has it, then the commands, and the earliest time-based
+/// work left waiting.
+fn round(
+    state: &ClusterState,
+    now_ms: u64,
+    scope: Option<&BTreeSet<ServiceId>>,
+) -> (Vec<Command>, Option<u64>) {
+    let in_scope = |id: &ServiceId| scope.is_none_or(|s| s.contains(id));
     // Each service's tasks, gathered in one pass over the state's tasks.
     let mut tasks: HashMap<ServiceId, Vec<Task>> = HashMap::new();
-    for task in state.tasks.values() {
+    for task in state.tasks.values().filter(|t| in_scope(&t.service)) {
         tasks.entry(task.service).or_default().push(task.clone());
     }
     let mut deadline: Option<u64> = None;
@@ -132,6 +170,7 @@ fn round(state: &ClusterState, now_ms: u64) -> (Vec<Command>, Option<u64>) {
     let mut services: Vec<ServiceRound<'_>> = state
         .services
         .values()
+        .filter(|service| in_scope(&service.id))
         .map(|service| ServiceRound {
             work: Work::with_tasks(service, tasks.remove(&service.id).unwrap_or_default()),
             status: None,
@@ -184,7 +223,8 @@ fn round(state: &ClusterState, now_ms: u64) -> (Vec<Command>, Option<u64>) {
     for s in services {
         commands.extend(service_commands(state, s, now_ms));
     }
-    let removed = history::removed(state);
+    let mut removed = history::removed(state);
+    removed.retain(|id| state.tasks.get(id).is_some_and(|t| in_scope(&t.service)));
     if !removed.is_empty() {
         commands.push(Command::ChangeTasks {
             create: Vec::new(),
@@ -306,11 +346,16 @@ mod tests {
     /// The image fake agents fail to run.
     const BAD: &str = "bad-image";
 
-    /// A cluster driven by [`plan`], with fake agents that report what the
-    /// real ones would.
+    /// A cluster driven as the leader drives it ([`plan_changed`] on a change,
+    /// [`plan_with_deadline`] when time-based work comes due), with fake agents
+    /// that report what the real ones would.
     struct Sim {
         state: ClusterState,
         now: u64,
+        /// The version the last plan looked at.
+        planned_at: Option<u64>,
+        /// When time-based work comes due.
+        deadline: Option<u64>,
     }
 
     impl Sim {
@@ -323,6 +368,8 @@ mod tests {
             Self {
                 state,
                 now: 1_000_000,
+                planned_at: None,
+                deadline: None,
             }
         }
 
@@ -381,10 +428,29 @@ mod tests {
             });
         }
 
-        /// Plans and commits; checks that a plan reaches a fixed point.
-        /// Returns how many commands were committed.
+        /// Plans (what changed since the last plan, or everything when time-based
+        /// work is due, as the leader does) and commits; checks that a plan of
+        /// every service then has nothing left: a plan of what changed missed
+        /// nothing. Returns how many commands were committed.
         fn lead(&mut self) -> usize {
-            let commands = plan(&self.state, self.now);
+            let due = self.deadline.is_some_and(|at| at <= self.now);
+            let planned = match self.planned_at {
+                Some(since) if !due => {
+                    let changed = plan_changed(&self.state, self.now, since);
+                    self.deadline = match (self.deadline, changed.deadline) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    changed
+                }
+                _ => {
+                    let all = plan_with_deadline(&self.state, self.now);
+                    self.deadline = all.deadline;
+                    all
+                }
+            };
+            self.planned_at = Some(self.state.version);
+            let commands = planned.commands;
             for command in &commands {
                 self.state.apply(command).expect("planned commands apply");
             }

@@ -21,9 +21,11 @@ use mesh_api::network::{
 };
 use mesh_api::node::{Availability, Node, NodeId, NodeStatus, ParseError, Role, format_id};
 
+use crate::allocation::{self, Allocations};
 use crate::allocator::{self, AllocError, PublishedPort};
 use crate::capacity;
 use crate::ipam::{self, TakenSubnet};
+use crate::journal::{self, Journal, Touch};
 use mesh_api::service::{Service, ServiceEndpoint, ServiceId, UpdateState, UpdateStatus};
 use mesh_api::spec::{EndpointMode, RuntimeKind, ServiceSpec, TaskSpec};
 use mesh_api::task::{DesiredState, Task, TaskId, TaskState, TaskStatus};
@@ -69,6 +71,10 @@ pub struct ClusterState {
     /// Counter behind service and task IDs.
     #[serde(default)]
     pub next_id: u64,
+    /// What the commands this copy applied touched (not replicated: see
+    /// [`crate::journal`]).
+    #[serde(skip)]
+    pub journal: Journal,
 }
 
 /// A task to create (by the orchestrators).
@@ -501,8 +507,18 @@ impl ClusterState {
                 commands.iter().map(|c| self.apply(c)).collect(),
             ));
         }
+        let touch = journal::touch_before(self, command);
         let applied = self.apply_command(command)?;
+        let touch = match (command, &applied) {
+            // A new service's ID is known once it is applied.
+            (Command::CreateService { .. }, Applied::Service(service)) => Touch {
+                services: BTreeSet::from([service.id]),
+                ..Touch::default()
+            },
+            _ => touch,
+        };
         self.version += 1;
+        self.journal.record(self.version, touch);
         Ok(applied)
     }
 
@@ -702,17 +718,7 @@ impl ClusterState {
     /// same), but spread over the whole range like a random one.
     pub(crate) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
-        let seed = self
-            .cluster_id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        // splitmix64
-        let mut z = seed.wrapping_add(self.next_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        allocation::fresh_id(&self.cluster_id, self.next_id)
     }
 
     pub(crate) fn create_service(&mut self, spec: &ServiceSpec, at_ms: u64) -> Response {
@@ -725,10 +731,10 @@ impl ClusterState {
         self.check_file_refs(spec)?;
         let ports =
             allocator::allocate_ports(&self.published_ports(None), &spec.endpoint.ports, &[])?;
-        // Allocate on a copy: a refusal changes nothing.
-        let mut next = self.clone();
-        let (vip, vips) = next.allocate_vips(spec, None)?;
-        let id = next.fresh_id();
+        // Allocate on copies of the cursors: a refusal changes nothing.
+        let mut allocations = Allocations::new(self);
+        let (vip, vips) = self.allocate_vips(&mut allocations, spec, None)?;
+        let id = allocations.fresh_id(self);
         let service = Service {
             id,
             spec: spec.clone(),
@@ -739,10 +745,14 @@ impl ClusterState {
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
         };
-        next.services.insert(id, service.clone());
-        capacity::check(next.services.values(), next.nodes.len(), &service)
-            .map_err(|e| StateError::Capacity(e.to_string()))?;
-        *self = next;
+        capacity::check(
+            self.services.values().chain([&service]),
+            self.nodes.len(),
+            &service,
+        )
+        .map_err(|e| StateError::Capacity(e.to_string()))?;
+        allocations.commit(self);
+        self.services.insert(id, service.clone());
         Ok(Applied::Service(Box::new(service)))
     }
 
@@ -779,10 +789,10 @@ impl ClusterState {
             &spec.endpoint.ports,
             &current.endpoint.ports,
         )?;
-        let mut next = self.clone();
-        let (vip, vips) = next.allocate_vips(spec, Some(&current.endpoint))?;
+        let mut allocations = Allocations::new(self);
+        let (vip, vips) = self.allocate_vips(&mut allocations, spec, Some(&current.endpoint))?;
         let tasks_change = spec.task != current.spec.task;
-        let service = next.services.get_mut(&id).expect("checked above");
+        let mut service = current.clone();
         service.previous_spec = Some(current.spec.clone());
         service.spec = spec.clone();
         service.spec_version += 1;
@@ -804,10 +814,17 @@ impl ClusterState {
                 },
             });
         }
-        let service = service.clone();
-        capacity::check(next.services.values(), next.nodes.len(), &service)
-            .map_err(|e| StateError::Capacity(e.to_string()))?;
-        *self = next;
+        capacity::check(
+            self.services
+                .values()
+                .filter(|s| s.id != id)
+                .chain([&service]),
+            self.nodes.len(),
+            &service,
+        )
+        .map_err(|e| StateError::Capacity(e.to_string()))?;
+        allocations.commit(self);
+        self.services.insert(id, service.clone());
         Ok(Applied::Service(Box::new(service)))
     }
 
@@ -860,7 +877,8 @@ impl ClusterState {
     /// network, one on each network it joins otherwise; none in `dnsrr` mode. An update
     /// (`current`) keeps the VIPs it had on the networks it stays on.
     fn allocate_vips(
-        &mut self,
+        &self,
+        allocations: &mut Allocations,
         spec: &ServiceSpec,
         current: Option<&ServiceEndpoint>,
     ) -> Result<(Option<Ipv4Addr>, Vec<NetworkAddr>), StateError> {
@@ -870,7 +888,7 @@ impl ClusterState {
         if spec.task.networks.is_empty() {
             let vip = match current.and_then(|c| c.vip) {
                 Some(vip) => vip,
-                None => self.allocate_addr()?,
+                None => allocations.addr(self)?,
             };
             return Ok((Some(vip), Vec::new()));
         }
@@ -880,7 +898,7 @@ impl ClusterState {
             let kept = current.and_then(|c| c.vips.iter().find(|v| v.network == network));
             let vip = match kept {
                 Some(vip) => *vip,
-                None => self.allocate_network_addr(network)?,
+                None => allocations.network_addr(self, network)?,
             };
             vips.push(vip);
         }
@@ -915,11 +933,11 @@ impl ClusterState {
             .collect();
         let plan = ipam::plan(spec.subnet, spec.gateway, &taken, &vnis)
             .map_err(|e| StateError::Invalid(e.to_string()))?;
-        let mut next = self.clone();
+        // Nothing fails past the plan: no copy to apply on.
         // An ID no network has (the ingress one included), drawn again on the rare clash.
-        let mut id = next.fresh_id();
-        while id == INGRESS_ID || next.networks.contains_key(&id) {
-            id = next.fresh_id();
+        let mut id = self.fresh_id();
+        while id == INGRESS_ID || self.networks.contains_key(&id) {
+            id = self.fresh_id();
         }
         let network = Network {
             id,
@@ -930,8 +948,7 @@ impl ClusterState {
             cursor: 1,
             created_at_ms: at_ms,
         };
-        next.networks.insert(id, network.clone());
-        *self = next;
+        self.networks.insert(id, network.clone());
         Ok(Applied::Network(Box::new(network)))
     }
 
@@ -1043,55 +1060,63 @@ impl ClusterState {
         delete: &[TaskId],
         at_ms: u64,
     ) -> Response {
-        // Work on a copy: one refused item refuses the whole batch.
-        let mut next = self.clone();
+        // Checked and allocated before anything changes: one refused item
+        // refuses the whole batch (without a copy of the state).
+        let mut allocations = Allocations::new(self);
         // The version this command will have once applied.
         let version = self.version + 1;
         let mut created = Vec::with_capacity(create.len());
         for new in create {
-            let service = next.service(new.service)?;
+            let service = self.service(new.service)?;
             let (spec, spec_version) = (service.spec.task.clone(), service.spec_version);
             if let Some(node) = new.node {
-                next.node(node)?;
+                self.node(node)?;
             }
-            let addr = next.allocate_addr()?;
+            let addr = allocations.addr(self)?;
             let mut networks = Vec::with_capacity(spec.networks.len());
             for attachment in &spec.networks {
                 let network = parse_network_id(&attachment.target)?;
-                networks.push(next.allocate_network_addr(network)?);
+                networks.push(allocations.network_addr(self, network)?);
             }
-            let id = next.fresh_id();
+            let id = allocations.fresh_id(self);
             let status = match new.node {
                 Some(_) => TaskStatus::new(TaskState::Assigned, "scheduled", at_ms),
                 None => TaskStatus::new(TaskState::Pending, new.message.clone(), at_ms),
             };
-            next.tasks.insert(
+            created.push(Task {
                 id,
-                Task {
-                    id,
-                    service: new.service,
-                    slot: new.slot,
-                    node: new.node,
-                    spec,
-                    spec_version,
-                    desired: DesiredState::Running,
-                    desired_version: version,
-                    status,
-                    addr: Some(addr),
-                    networks,
-                    created_at_ms: at_ms,
-                },
-            );
-            created.push(id);
+                service: new.service,
+                slot: new.slot,
+                node: new.node,
+                spec,
+                spec_version,
+                desired: DesiredState::Running,
+                desired_version: version,
+                status,
+                addr: Some(addr),
+                networks,
+                created_at_ms: at_ms,
+            });
         }
         for change in update {
             if let Some(node) = change.node {
-                next.node(node)?;
+                self.node(node)?;
             }
-            let task = next
-                .tasks
-                .get_mut(&change.id)
-                .ok_or_else(|| StateError::UnknownTask(format_id(change.id)))?;
+            if !self.tasks.contains_key(&change.id) {
+                return Err(StateError::UnknownTask(format_id(change.id)));
+            }
+        }
+        let mut deleted = BTreeSet::new();
+        for id in delete {
+            if !self.tasks.contains_key(id) || !deleted.insert(*id) {
+                return Err(StateError::UnknownTask(format_id(*id)));
+            }
+        }
+        allocations.commit(self);
+        let ids = created.iter().map(|t| t.id).collect();
+        self.tasks.extend(created.into_iter().map(|t| (t.id, t)));
+        for change in update {
+            let task = self.tasks.get_mut(&change.id).expect("checked above");
             if let Some(node) = change.node {
                 task.node = Some(node);
                 if task.status.state < TaskState::Assigned {
@@ -1109,33 +1134,14 @@ impl ClusterState {
             }
         }
         for id in delete {
-            next.tasks
-                .remove(id)
-                .ok_or_else(|| StateError::UnknownTask(format_id(*id)))?;
+            self.tasks.remove(id);
         }
-        *self = next;
-        Ok(Applied::Tasks(created))
-    }
-
-    /// Every ingress address in use: task addresses (while the task's record
-    /// exists) and VIPs.
-    fn used_addrs(&self) -> BTreeSet<Ipv4Addr> {
-        self.tasks
-            .values()
-            .filter_map(|t| t.addr)
-            .chain(self.services.values().filter_map(|s| s.endpoint.vip))
-            .collect()
-    }
-
-    /// Takes a free ingress address (see [`allocator::allocate_addr`]).
-    fn allocate_addr(&mut self) -> Result<Ipv4Addr, AllocError> {
-        let used = self.used_addrs();
-        allocator::allocate_addr(&mut self.ingress, &used)
+        Ok(Applied::Tasks(ids))
     }
 
     /// Every address in use on user network `id`: its tasks' (while the task's record
     /// exists, as on ingress) and its VIPs.
-    fn used_network_addrs(&self, id: NetworkId) -> BTreeSet<Ipv4Addr> {
+    pub(crate) fn used_network_addrs(&self, id: NetworkId) -> BTreeSet<Ipv4Addr> {
         self.tasks
             .values()
             .flat_map(|t| &t.networks)
@@ -1143,17 +1149,6 @@ impl ClusterState {
             .filter(|a| a.network == id)
             .map(|a| a.addr)
             .collect()
-    }
-
-    /// Takes a free address on user network `id` (see [`allocator::allocate_host`]).
-    fn allocate_network_addr(&mut self, id: NetworkId) -> Result<NetworkAddr, StateError> {
-        let used = self.used_network_addrs(id);
-        let network = self
-            .networks
-            .get_mut(&id)
-            .ok_or_else(|| StateError::UnknownNetwork(format_id(id)))?;
-        let addr = allocator::allocate_network_addr(network, &used)?;
-        Ok(NetworkAddr { network: id, addr })
     }
 
     /// The ports every service but `except` publishes.
@@ -1922,6 +1917,55 @@ mod tests {
                 Applied::Service(s) => Ok(*s),
                 other => panic!("unexpected {other:?}"),
             }
+        }
+
+        #[test]
+        fn a_batch_that_fills_a_network_part_way_changes_nothing() {
+            let mut state = bootstrapped();
+            // A /29: six hosts, the gateway and the service's VIP: four for tasks.
+            let mut small = NetworkSpec::new("small");
+            small.subnet = Some("10.9.9.0/29".parse().unwrap());
+            net(&mut state, small).unwrap();
+            let api = service(&mut state, on("api", &["small"])).unwrap();
+            let create = |slots: std::ops::Range<u32>| Command::ChangeTasks {
+                create: slots
+                    .map(|slot| NewTask {
+                        service: api.id,
+                        slot,
+                        node: None,
+                        message: "pending".into(),
+                    })
+                    .collect(),
+                update: vec![],
+                delete: vec![],
+                at_ms: 15,
+            };
+            let before = state.clone();
+            let err = state.apply(&create(1..6)).unwrap_err();
+            assert!(err.to_string().contains("no free address"), "{err}");
+            assert_eq!(state, before, "cursors, IDs and tasks as they were");
+            let Ok(Applied::Tasks(ids)) = state.apply(&create(1..5)) else {
+                panic!("four tasks fit");
+            };
+            let addrs: BTreeSet<_> = ids
+                .iter()
+                .map(|id| state.tasks[id].networks[0].addr)
+                .chain([api.endpoint.vips[0].addr])
+                .collect();
+            assert_eq!(addrs.len(), 5, "distinct addresses: {addrs:?}");
+            // A delete named twice is refused whole, as an unknown task is.
+            let before = state.clone();
+            let twice = Command::ChangeTasks {
+                create: vec![],
+                update: vec![],
+                delete: vec![ids[0], ids[0]],
+                at_ms: 16,
+            };
+            assert!(matches!(
+                state.apply(&twice),
+                Err(StateError::UnknownTask(_))
+            ));
+            assert_eq!(state, before);
         }
 
         fn update(state: &mut ClusterState, id: ServiceId, spec: ServiceSpec) -> Service {

@@ -1,8 +1,10 @@
-//! The leader's loops, as a thin shell over [`mesh_core::reconcile::plan_with_deadline`]:
-//! while this manager leads, it plans when the replicated state changes, when
-//! time-based work it was told of comes due (a restart delay, an update's delay
-//! or monitor window), and, as a safety net, at least every [`SAFETY_NET`]; it
-//! commits the plan's commands in order. Each plan's time is measured
+//! The leader's loops, as a thin shell over [`mesh_core::reconcile`]: while this
+//! manager leads, it plans what changed when the replicated state changes
+//! ([`reconcile::plan_changed`]: the services the commands since its last plan
+//! touched), and every service when time-based work it was told of comes due (a
+//! restart delay, an update's delay or monitor window), when it becomes leader
+//! and, as a safety net, at least every [`SAFETY_NET`]; it commits the plan's
+//! commands in order. Each plan's time is measured
 //! (`mesh_manager_leader_plan_duration_seconds`, by what triggered it).
 
 use std::time::{Duration, Instant};
@@ -40,6 +42,8 @@ pub async fn run_leader_loops(manager: Manager) {
     let mut leading = false;
     // When time-based work comes due (the leader's clock, ms).
     let mut deadline: Option<u64> = None;
+    // The state version the last plan looked at (`None`: plan everything next).
+    let mut planned_at: Option<u64> = None;
     let mut last_plan = Instant::now();
     loop {
         let sleep = deadline.map_or(Duration::MAX, |at| {
@@ -61,6 +65,7 @@ pub async fn run_leader_loops(manager: Manager) {
         if !leading {
             leading = true;
             changed = true;
+            planned_at = None;
         }
         let now = now_ms();
         let trigger = if changed {
@@ -75,12 +80,18 @@ pub async fn run_leader_loops(manager: Manager) {
         changed = false;
         let started = Instant::now();
         last_plan = started;
-        let plan = {
+        let (plan, everything) = {
             let state = manager.read_unchecked();
             if state.ca.is_none() {
                 continue;
             }
-            reconcile::plan_with_deadline(&state, now)
+            let since = planned_at.replace(state.version);
+            match since {
+                Some(since) if trigger == PlanTrigger::Change => {
+                    (reconcile::plan_changed(&state, now, since), false)
+                }
+                _ => (reconcile::plan_with_deadline(&state, now), true),
+            }
         };
         manager.metrics().observe_plan(trigger, started.elapsed());
         if trigger == PlanTrigger::SafetyNet && !plan.commands.is_empty() {
@@ -91,12 +102,19 @@ pub async fn run_leader_loops(manager: Manager) {
                 "the periodic pass found work no event announced"
             );
         }
-        deadline = plan.deadline;
+        // A plan of what changed knows only its services' deadlines.
+        deadline = match (everything, deadline, plan.deadline) {
+            (false, Some(held), Some(new)) => Some(held.min(new)),
+            (false, held, new) => held.or(new),
+            (true, _, new) => new,
+        };
         for command in plan.commands {
             log(&command);
             if let Err(status) = manager.commit(command).await {
                 tracing::warn!(error = %status.message(), "committing the leader's plan failed; planning again");
                 changed = true;
+                // What was not committed is not in the journal: plan everything.
+                planned_at = None;
                 break;
             }
         }

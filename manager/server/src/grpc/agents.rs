@@ -15,7 +15,7 @@
 //! takes the state and the clock as arguments, so the drain rule is
 //! unit-tested without sessions or I/O; the dispatcher feeds it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use crate::proto::manager_message;
 use mesh_api::node::NodeId;
 use mesh_api::task::TaskId;
 use mesh_core::assignment;
+use mesh_core::journal::Touch;
 use mesh_core::state::ClusterState;
 
 /// The most assignment messages a session's queue holds: past it, the queue is
@@ -111,6 +112,11 @@ struct RoutingState {
     /// Bumped whenever the routing part changes.
     epoch: u64,
     current: Routing,
+    /// The state version `current` and the sessions' node parts were last
+    /// brought up to.
+    built_at: u64,
+    /// The lowest acknowledged version the node parts were last built with.
+    acked: u64,
     /// `current`, encoded, once a session needed it whole.
     whole: Option<Bytes>,
     /// The change from generation `epoch - 1` to `epoch`, encoded.
@@ -294,51 +300,89 @@ impl AgentRegistry {
         acked_of(&inner.sessions, state, now, bound)
     }
 
-    /// Brings every agent's assignment up to `state`: builds the routing part
-    /// common to all nodes and its change once, then each node's own part, and
-    /// hands each session whose assignment changed (in more than its version)
-    /// the change, or the whole assignment if it has none yet. Repeats while
-    /// the acknowledged version moves, so a drain that every agent applied
-    /// turns into a stop in the same call.
+    /// Brings every agent's assignment up to `state`: brings the routing part
+    /// common to all nodes up to date and encodes its change once, then each
+    /// node's own part, and hands each session whose assignment changed (in more
+    /// than its version) the change, or the whole assignment if it has none yet.
+    /// Repeats while the acknowledged version moves, so a drain that every agent
+    /// applied turns into a stop in the same call.
+    ///
+    /// The cost is in proportion to what changed since the last call (the
+    /// state's [`mesh_core::journal`]): the routes of the services a change
+    /// touched are rebuilt, and the own parts of the nodes whose tasks it
+    /// touched (or whose drains the acknowledged version turns into stops).
+    /// The first call, and a change the journal cannot narrow down (nodes,
+    /// networks, files), rebuild everything.
     pub fn refresh(&self, state: &ClusterState, now: Instant, bound: Duration) -> Pushed {
         let index = assignment::TaskIndex::new(state);
-        let routing = assignment::routing(state, &index);
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let epoch = advance_routing(&mut inner.routing, routing);
+        let touch = match &inner.routing {
+            Some(held) => state.journal.since(held.built_at, state.version),
+            None => Touch::everything(),
+        };
+        let epoch = match inner.routing.as_mut() {
+            Some(held) if !touch.everything => {
+                let change =
+                    assignment::routing_change(state, &index, &touch.services, &held.current);
+                held.advance(&change)
+            }
+            _ => advance_routing(&mut inner.routing, assignment::routing(state, &index)),
+        };
         let routing = inner.routing.as_mut().expect("built above");
+        routing.built_at = state.version;
         let mut pushed = Pushed::default();
         for _ in 0..4 {
             let acked = acked_of(&inner.sessions, state, now, bound);
+            let drains = if touch.everything {
+                BTreeSet::new()
+            } else {
+                assignment::nodes_with_drains_between(state, routing.acked, acked)
+            };
+            routing.acked = acked;
             for (node, session) in &mut inner.sessions {
-                let work = assignment::node_work(state, &index, *node, acked);
-                let message = match &session.sent {
-                    Some(sent) if sent.epoch == epoch && sent.work == work => {
+                let rebuild = touch.everything
+                    || session.sent.is_none()
+                    || touch.nodes.contains(node)
+                    || drains.contains(node);
+                let work = match &session.sent {
+                    Some(sent) if !rebuild => None,
+                    _ => Some(assignment::node_work(state, &index, *node, acked)),
+                };
+                let message = match (&session.sent, &work) {
+                    (Some(sent), work)
+                        if sent.epoch == epoch && work.as_ref().is_none_or(|w| *w == sent.work) =>
+                    {
                         if session.applied >= sent.version {
                             session.current_through = state.version;
                         }
                         continue;
                     }
-                    Some(sent) if session.follows == Follows::Deltas && sent.epoch + 1 >= epoch => {
+                    (Some(sent), work)
+                        if session.follows == Follows::Deltas && sent.epoch + 1 >= epoch =>
+                    {
                         let change = if sent.epoch == epoch {
                             routing.no_change.clone()
                         } else {
                             routing.last_change.clone()
                         };
-                        proto::Assignment::delta(
-                            sent.version,
-                            state.version,
-                            change,
-                            &NodeDelta::between(&sent.work, &work),
-                        )
+                        let delta = work
+                            .as_ref()
+                            .map(|w| NodeDelta::between(&sent.work, w))
+                            .unwrap_or_default();
+                        proto::Assignment::delta(sent.version, state.version, change, &delta)
                     }
-                    _ => {
+                    (sent, work) => {
+                        let work = work
+                            .as_ref()
+                            .or(sent.as_ref().map(|s| &s.work))
+                            .expect("built when nothing was sent");
                         match session.follows {
                             Follows::Deltas => routing
                                 .whole()
-                                .and_then(|r| proto::Assignment::whole(state.version, r, &work)),
+                                .and_then(|r| proto::Assignment::whole(state.version, r, work)),
                             Follows::WholeJson => Ok(proto::Assignment::json(
-                                &Assignment::compose(state.version, &routing.current, &work),
+                                &Assignment::compose(state.version, &routing.current, work),
                             )),
                         }
                     }
@@ -366,6 +410,11 @@ impl AgentRegistry {
                 }
                 session.unapplied.push_back((state.version, now));
                 session.current_through = state.version;
+                let work = match (work, session.sent.take()) {
+                    (Some(work), _) => work,
+                    (None, Some(sent)) => sent.work,
+                    (None, None) => unreachable!("built when nothing was sent"),
+                };
                 session.sent = Some(Sent {
                     version: state.version,
                     epoch,
@@ -463,37 +512,50 @@ impl AgentRegistry {
     }
 }
 
-/// Records `next` as the routing part, and its change from the one before;
-/// returns its generation.
+/// Records `next` as the routing part (rebuilt whole), and its change from the
+/// one before; returns its generation.
 fn advance_routing(held: &mut Option<RoutingState>, next: Routing) -> u64 {
-    let no_change = || codec::encode(&RoutingDelta::default()).expect("an empty change encodes");
     match held {
-        Some(state) if state.current == next => {}
         Some(state) => {
             let change = RoutingDelta::between(&state.current, &next);
-            state.whole = None;
-            match codec::encode(&change) {
-                Ok(bytes) => state.last_change = bytes.into(),
-                // Every session then gets the whole assignment (two generations on).
-                Err(e) => {
-                    tracing::error!(error = %e, "a routing change does not encode");
-                    state.epoch += 1;
-                }
-            }
-            state.epoch += 1;
-            state.current = next;
+            state.advance(&change)
         }
         None => {
+            let no_change =
+                codec::encode(&RoutingDelta::default()).expect("an empty change encodes");
             *held = Some(RoutingState {
                 epoch: 1,
                 current: next,
-                whole: None,
-                last_change: Bytes::new(),
-                no_change: no_change().into(),
+                no_change: no_change.into(),
+                ..RoutingState::default()
             });
+            1
         }
     }
-    held.as_ref().map_or(0, |s| s.epoch)
+}
+
+impl RoutingState {
+    /// Applies `change` to the routing part, encodes it once for every session,
+    /// and returns the generation (bumped if anything changed).
+    fn advance(&mut self, change: &RoutingDelta) -> u64 {
+        if change.is_empty() {
+            return self.epoch;
+        }
+        self.current.apply(change);
+        self.whole = None;
+        match codec::encode(change) {
+            Ok(bytes) => {
+                self.last_change = bytes.into();
+                self.epoch += 1;
+            }
+            Err(e) => {
+                // Two generations on: every session gets the whole assignment.
+                tracing::error!(error = %e, "a routing change does not encode");
+                self.epoch += 2;
+            }
+        }
+        self.epoch
+    }
 }
 
 fn acked_of(
@@ -518,6 +580,7 @@ mod tests {
     use mesh_api::spec::{RuntimeKind, ServiceSpec};
     use mesh_api::task::TaskState;
     use mesh_core::state::testing::{self, shut_down};
+    use mesh_core::state::{Command, TaskChange};
     use std::sync::Arc;
 
     const BOUND: Duration = Duration::from_secs(1);
@@ -605,7 +668,14 @@ mod tests {
         testing::report(&mut state, 2, task, TaskState::Complete);
         registry.refresh(&state, t0, BOUND);
         assert_eq!(b.latest().history, [task].into());
-        state.tasks.remove(&task);
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![],
+                delete: vec![task],
+                at_ms: 5,
+            })
+            .unwrap();
         assert_eq!(registry.refresh(&state, t0, BOUND).deltas, 1);
         assert!(b.latest().history.is_empty());
     }
@@ -754,6 +824,81 @@ mod tests {
         assert!(stale.version < state.version);
         assert_eq!(registry.refresh(&state, t0, BOUND).whole, 1);
         assert_eq!(*a.latest(), assignment::for_node(&state, 1, state.version));
+    }
+
+    #[test]
+    fn changes_built_from_what_each_command_touched_equal_a_rebuild_from_scratch() {
+        // Every kind of change the journal narrows down (new and removed services,
+        // tasks created, placed, reported, stopped and forgotten, a service scaled)
+        // and one it cannot (a node going down), in turn: after each, what every agent
+        // holds is exactly what a rebuild of its whole assignment from the state gives.
+        let (mut state, _) = cluster();
+        let registry = AgentRegistry::default();
+        let mut agents = [agent(&registry, 1), agent(&registry, 2)];
+        let t0 = Instant::now();
+        let check = |state: &ClusterState, agents: &mut [Agent; 2], step: &str| {
+            let pushed = registry.refresh(state, t0, BOUND);
+            let acked = registry.acked(state, t0, BOUND);
+            for (agent, node) in agents.iter_mut().zip([1, 2]) {
+                let held = agent.latest();
+                // An agent whose assignment did not change is sent nothing: it
+                // holds an earlier version of the same content.
+                let expected = Assignment {
+                    version: held.version,
+                    ..assignment::for_node(state, node, acked)
+                };
+                assert_eq!(*held, expected, "node {node} after {step}");
+                registry.applied(node, agent.serial(), state.version);
+            }
+            pushed
+        };
+        check(&state, &mut agents, "the start");
+        let api = testing::create_service(
+            &mut state,
+            ServiceSpec::new("api", RuntimeKind::Process, "task-echo", vec![]),
+        );
+        check(&state, &mut agents, "a new service");
+        let ids = testing::create_tasks(&mut state, api.id, &[Some(1), None, Some(2)]);
+        check(&state, &mut agents, "new tasks");
+        state
+            .apply(&Command::ChangeTasks {
+                create: vec![],
+                update: vec![TaskChange {
+                    id: ids[1],
+                    node: Some(1),
+                    ..TaskChange::default()
+                }],
+                delete: vec![],
+                at_ms: 3,
+            })
+            .unwrap();
+        check(&state, &mut agents, "a pending task placed");
+        for (id, node) in [(ids[0], 1), (ids[1], 1), (ids[2], 2)] {
+            testing::report(&mut state, node, id, TaskState::Running);
+        }
+        let pushed = check(&state, &mut agents, "reports");
+        assert_eq!((pushed.whole, pushed.deltas), (0, 2), "changes, not whole");
+        shut_down(&mut state, ids[2]);
+        check(&state, &mut agents, "a drain");
+        check(&state, &mut agents, "every agent applied the drain: a stop");
+        testing::report(&mut state, 2, ids[2], TaskState::Shutdown);
+        check(&state, &mut agents, "the stopped task reported");
+        state
+            .apply(&Command::RemoveService {
+                id: api.id,
+                at_ms: 4,
+            })
+            .unwrap();
+        check(&state, &mut agents, "a removed service");
+        state
+            .apply(&Command::SetStatus {
+                id: 2,
+                status: mesh_api::node::NodeStatus::Down,
+                agent_version: String::new(),
+                at_ms: 5,
+            })
+            .unwrap();
+        check(&state, &mut agents, "a node down");
     }
 
     #[test]

@@ -311,6 +311,7 @@ async fn phases(args: &Args, target: &Target, run: &mut Run, ticks: f64) -> Resu
         root: target.root.clone(),
         hostname_prefix: "sim".into(),
         join_concurrency: args.join_concurrency,
+        digest_every_service: false,
     });
     let result = drive(args, target, run, &fleet, &proxy, &mut meter, start, limit).await;
     run.sessions_lost = fleet.lost();
