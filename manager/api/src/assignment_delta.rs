@@ -23,7 +23,7 @@ use std::sync::Arc;
 use prost::bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::assignment::{AssignedTask, Assignment, Peer, ServiceRoutes};
+use crate::assignment::{AssignedTask, Assignment, Backend, Peer, ServiceRoutes};
 use crate::codec::{self, CodecError};
 use crate::file::FileContent;
 use crate::network::{IngressNetwork, Network};
@@ -109,6 +109,34 @@ pub struct RoutingDelta {
     /// Services gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services_removed: Vec<ServiceId>,
+    /// Services whose backends alone changed, each with its backends' changes
+    /// (applied after `services`): one task more in a service of a thousand sends
+    /// that task, not the thousand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendsDelta>,
+}
+
+/// What changed in the backends of a service whose other routes did not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendsDelta {
+    /// The service.
+    pub service: ServiceId,
+    /// Backends added or changed, by task ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<Backend>,
+    /// Backends gone, by task ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<TaskId>,
+}
+
+/// Whether `a` and `b` differ in their backends at most.
+fn same_but_backends(a: &ServiceRoutes, b: &ServiceRoutes) -> bool {
+    a.id == b.id
+        && a.name == b.name
+        && a.vip == b.vip
+        && a.ports == b.ports
+        && a.networks == b.networks
+        && a.lb_algorithm == b.lb_algorithm
 }
 
 /// The items of `new` that are not in `old` as they are, and the keys of `old` that
@@ -160,14 +188,55 @@ impl RoutingDelta {
     pub fn between(old: &Routing, new: &Routing) -> Self {
         let (nodes, nodes_removed) = changes(&old.nodes, &new.nodes, |p| p.id);
         let (services, services_removed) = changes(&old.services, &new.services, |s| s.id);
-        Self {
+        let mut delta = Self {
             ingress: (old.ingress != new.ingress).then(|| new.ingress.clone()),
             networks: (old.networks != new.networks).then(|| new.networks.clone()),
             nodes,
             nodes_removed,
-            services,
             services_removed,
+            ..Self::default()
+        };
+        for service in services {
+            let before = old
+                .services
+                .binary_search_by_key(&service.id, |s| s.id)
+                .ok()
+                .map(|at| &*old.services[at]);
+            delta.service_changed(before, service);
         }
+        delta
+    }
+
+    /// Records that a service's routes are now `new` (they were `old`, if it
+    /// existed): nothing if they are the same, its backends' changes if nothing
+    /// else changed, else its routes whole. Services are to be recorded in ID
+    /// order.
+    pub fn service_changed(&mut self, old: Option<&ServiceRoutes>, new: Arc<ServiceRoutes>) {
+        match old {
+            Some(old) if *old == *new => {}
+            Some(old) if same_but_backends(old, &new) => {
+                let (changed, removed) = changes(&old.backends, &new.backends, |b| b.task);
+                self.backends.push(BackendsDelta {
+                    service: new.id,
+                    changed,
+                    removed,
+                });
+            }
+            _ => self.services.push(new),
+        }
+    }
+
+    /// Checks that every service whose backends it changes exists once its
+    /// services are applied to `services`.
+    fn check_backends(&self, services: &[Arc<ServiceRoutes>]) -> Result<(), DeltaError> {
+        for b in &self.backends {
+            let held = services.binary_search_by_key(&b.service, |s| s.id).is_ok()
+                && !self.services_removed.contains(&b.service);
+            if !held && !self.services.iter().any(|s| s.id == b.service) {
+                return Err(DeltaError::UnknownService(b.service));
+            }
+        }
+        Ok(())
     }
 
     /// Whether nothing changed.
@@ -177,10 +246,29 @@ impl RoutingDelta {
     }
 }
 
+/// Applies backends' changes to `services` (checked by
+/// [`RoutingDelta::check_backends`]): only the changed services' routes are copied
+/// (if shared).
+fn apply_backends(services: &mut [Arc<ServiceRoutes>], deltas: &[BackendsDelta]) {
+    for delta in deltas {
+        if let Ok(at) = services.binary_search_by_key(&delta.service, |s| s.id) {
+            let routes = Arc::make_mut(&mut services[at]);
+            merge(&mut routes.backends, &delta.changed, &delta.removed, |b| {
+                b.task
+            });
+        }
+    }
+}
+
 impl Routing {
     /// Applies `delta` (the leader keeps its routing part up to date this way, as
     /// agents keep theirs).
-    pub fn apply(&mut self, delta: &RoutingDelta) {
+    ///
+    /// # Errors
+    /// [`DeltaError::UnknownService`] (and nothing changes) if it changes the
+    /// backends of a service this does not hold.
+    pub fn apply(&mut self, delta: &RoutingDelta) -> Result<(), DeltaError> {
+        delta.check_backends(&self.services)?;
         if let Some(ingress) = &delta.ingress {
             self.ingress = ingress.clone();
         }
@@ -196,6 +284,8 @@ impl Routing {
             &delta.services_removed,
             |s| s.id,
         );
+        apply_backends(&mut self.services, &delta.backends);
+        Ok(())
     }
 }
 
@@ -269,6 +359,9 @@ pub enum DeltaError {
     /// The message carries nothing.
     #[error("an assignment message without a body")]
     Empty,
+    /// A change to the backends of a service the assignment does not hold.
+    #[error("an assignment change names the backends of unknown service {0:016x}")]
+    UnknownService(ServiceId),
 }
 
 impl Assignment {
@@ -289,6 +382,7 @@ impl Assignment {
                 held: self.version,
             });
         }
+        routing.check_backends(&self.services)?;
         self.version = version;
         if let Some(ingress) = &routing.ingress {
             self.ingress = ingress.clone();
@@ -310,6 +404,7 @@ impl Assignment {
             &routing.services_removed,
             |s| s.id,
         );
+        apply_backends(&mut self.services, &routing.backends);
         merge(&mut self.tasks, &work.tasks, &work.tasks_removed, |t| t.id);
         self.history.retain(|id| !work.history_removed.contains(id));
         self.history.extend(&work.history_added);

@@ -178,9 +178,7 @@ pub fn routing_change(
         match (state.services.get(id), before) {
             (Some(service), before) => {
                 let routes = service_routes(state, index, service);
-                if before.map(|b| &**b) != Some(&routes) {
-                    delta.services.push(Arc::new(routes));
-                }
+                delta.service_changed(before.map(|b| &**b), Arc::new(routes));
             }
             (None, Some(_)) => delta.services_removed.push(*id),
             (None, None) => {}
@@ -539,9 +537,10 @@ mod tests {
             panic!("not a delta")
         };
         let routing: RoutingDelta = codec::decode(&delta.routing).unwrap();
-        assert_eq!(routing.services.len(), 1);
-        assert_eq!(routing.services[0].id, services[7]);
-        assert_eq!(routing.services[0].backends.len(), 2);
+        assert!(routing.services.is_empty(), "only its backends changed");
+        assert_eq!(routing.backends.len(), 1);
+        assert_eq!(routing.backends[0].service, services[7]);
+        assert_eq!(routing.backends[0].changed.len(), 1, "the new task alone");
         assert!(routing.nodes.is_empty() && routing.services_removed.is_empty());
         let w: NodeDelta = codec::decode(&delta.node).unwrap();
         assert!(w.is_empty(), "node 1's own work did not change: {w:?}");
@@ -550,6 +549,64 @@ mod tests {
             "{} bytes for the change, {whole} for the whole",
             message.encoded_len()
         );
+    }
+
+    #[test]
+    fn one_task_more_in_a_big_service_sends_that_task_alone() {
+        let mut state = testing::ready(&[1, 2]);
+        let spec = ServiceSpec::new("big", RuntimeKind::Process, "task-echo", vec![]);
+        let big = testing::create_service(&mut state, spec);
+        for id in testing::create_tasks(&mut state, big.id, &[Some(2); 1000]) {
+            report(&mut state, 2, id, TaskState::Running);
+        }
+        let mut sender = Sender {
+            node: 1,
+            sent: None,
+        };
+        let mut follower = AssignmentFollower::new();
+        held(&mut follower, &sender.next(&state).unwrap());
+        let more = add_running(&mut state, big.id, 2);
+        let gone = state.service_tasks(big.id).next().unwrap().id;
+        testing::shut_down(&mut state, gone);
+        report(&mut state, 2, gone, TaskState::Shutdown);
+        state.version += 1;
+        let message = sender.next(&state).unwrap();
+        let Some(Body::Delta(delta)) = &message.body else {
+            panic!("not a delta")
+        };
+        let routing: RoutingDelta = codec::decode(&delta.routing).unwrap();
+        assert!(routing.services.is_empty());
+        let changed: Vec<_> = routing.backends[0].changed.iter().map(|b| b.task).collect();
+        assert_eq!(changed, [more]);
+        assert_eq!(routing.backends[0].removed, [gone]);
+        assert!(
+            message.encoded_len() < 1024,
+            "{} bytes for one backend in and one out",
+            message.encoded_len()
+        );
+        let got = held(&mut follower, &message);
+        assert_eq!(got, for_node(&state, 1, 0));
+        assert_eq!(got.services[0].backends.len(), 1000);
+    }
+
+    #[test]
+    fn a_change_to_the_backends_of_a_service_not_held_is_refused_whole() {
+        let (state, _) = cluster();
+        let mut a = for_node(&state, 1, 0);
+        let before = a.clone();
+        let routing = RoutingDelta {
+            services_removed: vec![a.services[0].id],
+            backends: vec![mesh_api::assignment_delta::BackendsDelta {
+                service: a.services[0].id,
+                ..Default::default()
+            }],
+            ..RoutingDelta::default()
+        };
+        let err = a
+            .apply_delta(a.version, a.version + 1, &routing, &NodeDelta::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown service"), "{err}");
+        assert_eq!(a, before, "nothing applied");
     }
 
     #[test]

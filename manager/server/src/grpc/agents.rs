@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
 use mesh_api::assignment::Assignment;
-use mesh_api::assignment_delta::{NodeDelta, NodeWork, Routing, RoutingDelta};
+use mesh_api::assignment_delta::{DeltaError, NodeDelta, NodeWork, Routing, RoutingDelta};
 use mesh_api::codec;
 use prost::bytes::Bytes;
 
@@ -321,13 +321,21 @@ impl AgentRegistry {
             Some(held) => state.journal.since(held.built_at, state.version),
             None => Touch::everything(),
         };
-        let epoch = match inner.routing.as_mut() {
+        let incremental = match inner.routing.as_mut() {
             Some(held) if !touch.everything => {
                 let change =
                     assignment::routing_change(state, &index, &touch.services, &held.current);
-                held.advance(&change)
+                Some(held.advance(&change))
             }
-            _ => advance_routing(&mut inner.routing, assignment::routing(state, &index)),
+            _ => None,
+        };
+        let epoch = match incremental {
+            Some(Ok(epoch)) => epoch,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "the routing part held does not take its change; rebuilding it");
+                advance_routing(&mut inner.routing, assignment::routing(state, &index))
+            }
+            None => advance_routing(&mut inner.routing, assignment::routing(state, &index)),
         };
         let routing = inner.routing.as_mut().expect("built above");
         routing.built_at = state.version;
@@ -518,7 +526,15 @@ fn advance_routing(held: &mut Option<RoutingState>, next: Routing) -> u64 {
     match held {
         Some(state) => {
             let change = RoutingDelta::between(&state.current, &next);
-            state.advance(&change)
+            state.advance(&change).unwrap_or_else(|e| {
+                // Never: a change made from the part held applies to it.
+                tracing::error!(error = %e, "a rebuilt routing part's change does not apply");
+                state.current = next;
+                state.whole = None;
+                // Two generations on: every session gets the whole assignment.
+                state.epoch += 2;
+                state.epoch
+            })
         }
         None => {
             let no_change =
@@ -537,11 +553,14 @@ fn advance_routing(held: &mut Option<RoutingState>, next: Routing) -> u64 {
 impl RoutingState {
     /// Applies `change` to the routing part, encodes it once for every session,
     /// and returns the generation (bumped if anything changed).
-    fn advance(&mut self, change: &RoutingDelta) -> u64 {
+    ///
+    /// # Errors
+    /// The change does not apply to the part held (nothing changed).
+    fn advance(&mut self, change: &RoutingDelta) -> Result<u64, DeltaError> {
         if change.is_empty() {
-            return self.epoch;
+            return Ok(self.epoch);
         }
-        self.current.apply(change);
+        self.current.apply(change)?;
         self.whole = None;
         match codec::encode(change) {
             Ok(bytes) => {
@@ -554,7 +573,7 @@ impl RoutingState {
                 self.epoch += 2;
             }
         }
-        self.epoch
+        Ok(self.epoch)
     }
 }
 
