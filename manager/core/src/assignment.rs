@@ -65,11 +65,14 @@ fn backend_state(state: &ClusterState, task: &Task) -> Option<bool> {
 
 /// The state's tasks grouped by service and by node, in one pass: the
 /// assignments of every node are built from it without a pass over every task
-/// per service or per node.
+/// per service or per node. A partial index ([`TaskIndex::partial`]) holds the
+/// tasks of some services and nodes only, for a refresh of what changed.
 #[derive(Debug, Default)]
 pub struct TaskIndex<'a> {
     by_service: HashMap<ServiceId, Vec<&'a Task>>,
     by_node: HashMap<NodeId, Vec<&'a Task>>,
+    /// The nodes whose tasks are indexed; `None`: every node's.
+    nodes: Option<BTreeSet<NodeId>>,
 }
 
 impl<'a> TaskIndex<'a> {
@@ -86,11 +89,53 @@ impl<'a> TaskIndex<'a> {
         index
     }
 
+    /// The tasks of `services` and those of `nodes` alone: enough for those
+    /// services' routes ([`routing_change`]) and those nodes' own parts
+    /// ([`node_work`]; more nodes with [`TaskIndex::add_node`]).
+    #[must_use]
+    pub fn partial(
+        state: &'a ClusterState,
+        services: &BTreeSet<ServiceId>,
+        nodes: &BTreeSet<NodeId>,
+    ) -> Self {
+        let mut index = Self {
+            nodes: Some(nodes.clone()),
+            ..Self::default()
+        };
+        if services.is_empty() && nodes.is_empty() {
+            return index;
+        }
+        for task in state.tasks.values() {
+            if services.contains(&task.service) {
+                index.by_service.entry(task.service).or_default().push(task);
+            }
+            if let Some(node) = task.node.filter(|n| nodes.contains(n)) {
+                index.by_node.entry(node).or_default().push(task);
+            }
+        }
+        index
+    }
+
+    /// Indexes `node`'s tasks too, if they are not yet (one pass over the tasks).
+    pub fn add_node(&mut self, state: &'a ClusterState, node: NodeId) {
+        let Some(nodes) = &mut self.nodes else {
+            return;
+        };
+        if nodes.insert(node) {
+            let tasks = state.tasks.values().filter(|t| t.node == Some(node));
+            self.by_node.insert(node, tasks.collect());
+        }
+    }
+
     fn of_service(&self, service: ServiceId) -> &[&'a Task] {
         self.by_service.get(&service).map_or(&[], Vec::as_slice)
     }
 
     fn of_node(&self, node: NodeId) -> &[&'a Task] {
+        debug_assert!(
+            self.nodes.as_ref().is_none_or(|n| n.contains(&node)),
+            "node {node:x} is not indexed"
+        );
         self.by_node.get(&node).map_or(&[], Vec::as_slice)
     }
 }

@@ -63,10 +63,20 @@ impl Touch {
 }
 
 /// The touches of the last [`KEPT`] versions.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Journal {
     /// `(version, touch)`, consecutive versions, oldest first.
     entries: VecDeque<(u64, Touch)>,
+}
+
+/// A copy of the state starts with an empty journal (a reader of the copy is
+/// told everything changed before it): copies are made to try commands on (a
+/// plan's simulation, a stack deploy), which need no history, and copying
+/// thousands of entries with each would cost more than the copy's use.
+impl Clone for Journal {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 /// Two states are equal whatever their journals (it is bookkeeping of how a

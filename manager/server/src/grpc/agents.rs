@@ -314,12 +314,17 @@ impl AgentRegistry {
     /// The first call, and a change the journal cannot narrow down (nodes,
     /// networks, files), rebuild everything.
     pub fn refresh(&self, state: &ClusterState, now: Instant, bound: Duration) -> Pushed {
-        let index = assignment::TaskIndex::new(state);
         let mut inner = self.lock();
         let inner = &mut *inner;
         let touch = match &inner.routing {
             Some(held) => state.journal.since(held.built_at, state.version),
             None => Touch::everything(),
+        };
+        let mut index = if touch.everything {
+            assignment::TaskIndex::new(state)
+        } else {
+            // The touched services' tasks and nodes' (more nodes as needed below).
+            assignment::TaskIndex::partial(state, &touch.services, &touch.nodes)
         };
         let incremental = match inner.routing.as_mut() {
             Some(held) if !touch.everything => {
@@ -333,6 +338,7 @@ impl AgentRegistry {
             Some(Ok(epoch)) => epoch,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "the routing part held does not take its change; rebuilding it");
+                index = assignment::TaskIndex::new(state);
                 advance_routing(&mut inner.routing, assignment::routing(state, &index))
             }
             None => advance_routing(&mut inner.routing, assignment::routing(state, &index)),
@@ -354,8 +360,11 @@ impl AgentRegistry {
                     || touch.nodes.contains(node)
                     || drains.contains(node);
                 let work = match &session.sent {
-                    Some(sent) if !rebuild => None,
-                    _ => Some(assignment::node_work(state, &index, *node, acked)),
+                    Some(_) if !rebuild => None,
+                    _ => {
+                        index.add_node(state, *node);
+                        Some(assignment::node_work(state, &index, *node, acked))
+                    }
                 };
                 let message = match (&session.sent, &work) {
                     (Some(sent), work)

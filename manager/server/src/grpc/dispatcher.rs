@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
@@ -420,15 +420,23 @@ fn spawn_report_committer(
     tx
 }
 
+/// The least time between two refreshes of the agents' assignments: under a
+/// stream of commits (a thousand agents reporting their tasks) each agent gets
+/// one message per spacing with every change in it, instead of one per commit
+/// (and acknowledges one). A lone change goes out at once.
+pub const REFRESH_SPACING: Duration = Duration::from_millis(10);
+
 /// The leader loop that keeps every agent's assignment current: on every
-/// state change, session change or acknowledgement, recomputes each agent
-/// session's assignment and sends those that changed. An agent whose oldest
-/// unapplied assignment is two heartbeat periods old stops holding drains back.
+/// state change, session change or acknowledgement (at most once per
+/// [`REFRESH_SPACING`]), recomputes each agent session's assignment and sends
+/// those that changed. An agent whose oldest unapplied assignment is two
+/// heartbeat periods old stops holding drains back.
 pub async fn run_assignment_loop(manager: Manager) {
     let mut changes = manager.state_changes();
     let mut tick = tokio::time::interval(manager.heartbeat() / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let bound = manager.heartbeat() * 2;
+    let mut last = Instant::now();
     loop {
         tokio::select! {
             () = manager.stopped() => return,
@@ -436,6 +444,10 @@ pub async fn run_assignment_loop(manager: Manager) {
             () = manager.agents().changed() => {}
             _ = tick.tick() => {}
         }
+        // Changes that come meanwhile go out with this one.
+        tokio::time::sleep(REFRESH_SPACING.saturating_sub(last.elapsed())).await;
+        last = Instant::now();
+        changes.borrow_and_update();
         if !manager.raft().is_leader() {
             manager.agents().clear();
             continue;
