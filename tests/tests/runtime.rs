@@ -582,7 +582,7 @@ fn a_process_task_resolves_names_through_its_own_resolv_conf() -> Result<()> {
             node: 1,
             ingress: Default::default(),
             networks: vec![],
-            peers: vec![],
+            peers: Default::default(),
             tasks: vec![AssignedTask {
                 id,
                 name: "web.1".into(),

@@ -433,7 +433,7 @@ mod tests {
             node: 1,
             ingress: IngressNetwork::default(),
             networks: vec![],
-            peers: vec![],
+            peers: Default::default(),
             tasks: vec![AssignedTask {
                 id: 1,
                 name: "web.1".into(),

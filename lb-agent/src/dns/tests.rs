@@ -124,7 +124,7 @@ fn cluster() -> Assignment {
             network(FRONT, "front", "10.1.0.0/24"),
             network(BACK, "Back", "10.2.0.0/24"),
         ],
-        peers: vec![],
+        peers: Default::default(),
         tasks: vec![
             local(0x11, "web.1", 1, "10.255.0.11", vec![]),
             local(0x51, "cli.1", 5, "10.255.0.51", cli1.clone()),
@@ -510,7 +510,7 @@ fn big(n: u8) -> View {
         node: 1,
         ingress: IngressNetwork::default(),
         networks: vec![],
-        peers: vec![],
+        peers: Default::default(),
         tasks: vec![local(1, "big.1", 9, "10.255.1.1", vec![])],
         services: vec![service(9, "big", None, backends, vec![])],
         history: Default::default(),

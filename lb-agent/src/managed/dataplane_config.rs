@@ -463,11 +463,11 @@ mod tests {
             node: ME,
             ingress: IngressNetwork::default(),
             networks: Vec::new(),
-            peers: vec![Peer {
+            peers: std::sync::Arc::new(vec![Peer {
                 id: OTHER,
                 hostname: "b".into(),
                 addr: Ipv4Addr::new(192, 168, 0, 2),
-            }],
+            }]),
             tasks: vec![
                 local_task(1, TaskAction::Run),
                 local_task(2, TaskAction::Run),

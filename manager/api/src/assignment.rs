@@ -139,8 +139,9 @@ pub struct Assignment {
     /// The user networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<Network>,
-    /// The other nodes with a dataplane.
-    pub peers: Vec<Peer>,
+    /// The other nodes with a dataplane (shared, as the routes are: a copy of the
+    /// assignment does not copy them).
+    pub peers: Arc<Vec<Peer>>,
     /// The node's tasks that exist on it (or must).
     pub tasks: Vec<AssignedTask>,
     /// Every service's routing table, each shared (reference-counted): a copy of

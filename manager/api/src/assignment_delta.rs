@@ -72,7 +72,7 @@ impl Assignment {
             node: work.node,
             ingress: routing.ingress.clone(),
             networks: routing.networks.clone(),
-            peers: peers_of(&routing.nodes, work.node),
+            peers: Arc::new(peers_of(&routing.nodes, work.node)),
             tasks: work.tasks.clone(),
             services: routing.services.clone(),
             history: work.history.clone(),
@@ -397,7 +397,14 @@ impl Assignment {
             .filter(|p| p.id != node)
             .cloned()
             .collect();
-        merge(&mut self.peers, &peers, &routing.nodes_removed, |p| p.id);
+        if !peers.is_empty() || !routing.nodes_removed.is_empty() {
+            merge(
+                Arc::make_mut(&mut self.peers),
+                &peers,
+                &routing.nodes_removed,
+                |p| p.id,
+            );
+        }
         merge(
             &mut self.services,
             &routing.services,
