@@ -137,8 +137,10 @@ pub struct Task {
     pub slot: u32,
     /// Where it runs, once scheduled.
     pub node: Option<NodeId>,
-    /// The spec it runs (a copy: the service's may have moved on).
-    pub spec: TaskSpec,
+    /// The spec it runs (the service's as it was when the task was created: the
+    /// service's may have moved on). Shared by the tasks created from it, so a
+    /// copy of a task (the leader's plans copy thousands) does not copy its spec.
+    pub spec: std::sync::Arc<TaskSpec>,
     /// The service's `spec_version` it was created from.
     pub spec_version: u64,
     /// What the leader wants.

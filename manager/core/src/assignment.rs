@@ -288,7 +288,7 @@ pub fn node_work(
                 name: t.name(&service_name),
                 service_id: t.service,
                 service_name,
-                spec: t.spec.clone(),
+                spec: mesh_api::spec::TaskSpec::clone(&t.spec),
                 addr: t.addr?,
                 networks: t.networks.clone(),
                 action,

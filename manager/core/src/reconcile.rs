@@ -796,7 +796,7 @@ mod tests {
             let in_flight = sim
                 .live(web)
                 .iter()
-                .filter(|t| t.spec == *current && t.status.state < TaskState::Running)
+                .filter(|t| *t.spec == *current && t.status.state < TaskState::Running)
                 .count();
             most_in_flight = most_in_flight.max(in_flight);
             assert!(in_flight <= 5, "{in_flight} tasks replaced at once");

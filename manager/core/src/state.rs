@@ -1066,9 +1066,15 @@ impl ClusterState {
         // The version this command will have once applied.
         let version = self.version + 1;
         let mut created = Vec::with_capacity(create.len());
+        // The tasks of a service created together share its spec.
+        let mut specs: BTreeMap<ServiceId, Arc<TaskSpec>> = BTreeMap::new();
         for new in create {
             let service = self.service(new.service)?;
-            let (spec, spec_version) = (service.spec.task.clone(), service.spec_version);
+            let spec = specs
+                .entry(new.service)
+                .or_insert_with(|| Arc::new(service.spec.task.clone()))
+                .clone();
+            let spec_version = service.spec_version;
             if let Some(node) = new.node {
                 self.node(node)?;
             }

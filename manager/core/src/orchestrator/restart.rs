@@ -154,7 +154,7 @@ mod tests {
             service: 1,
             slot: 1,
             node: Some(1),
-            spec,
+            spec: spec.into(),
             spec_version: 1,
             desired: DesiredState::Running,
             desired_version: 1,

@@ -88,7 +88,7 @@ pub fn stop_extras(work: &mut Work<'_>, in_range: impl Fn(SlotKey) -> bool) {
         }
         tasks.sort_by_key(|t| (t.created_at_ms, t.id));
         let (new, old): (Vec<&Task>, Vec<&Task>) =
-            tasks.into_iter().partition(|t| t.spec == *current);
+            tasks.into_iter().partition(|t| *t.spec == *current);
         let keep_new = new
             .iter()
             .find(|t| t.status.state == TaskState::Running)

@@ -37,7 +37,7 @@ pub(crate) fn task(
         service: service.id,
         slot,
         node: Some(1),
-        spec,
+        spec: spec.into(),
         spec_version: 1,
         desired: DesiredState::Running,
         desired_version: 1,

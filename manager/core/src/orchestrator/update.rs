@@ -85,7 +85,7 @@ pub fn step(service: &Service, tasks: &[Task], now_ms: u64) -> Step {
     let current = &service.spec.task;
     let new: Vec<&Task> = tasks
         .iter()
-        .filter(|t| t.spec == *current && t.created_at_ms >= status.started_at_ms)
+        .filter(|t| *t.spec == *current && t.created_at_ms >= status.started_at_ms)
         .collect();
 
     // Failures first: they may stop the update.
@@ -130,13 +130,13 @@ pub fn step(service: &Service, tasks: &[Task], now_ms: u64) -> Step {
     // old task is being replaced (start-first) or is an extra.
     let covered: BTreeSet<_> = live
         .iter()
-        .filter(|t| t.spec == *current)
+        .filter(|t| *t.spec == *current)
         .map(|t| slot_key(service, t))
         .collect();
     let mut outdated: Vec<&Task> = live
         .iter()
         .copied()
-        .filter(|t| t.spec != *current && !covered.contains(&slot_key(service, t)))
+        .filter(|t| *t.spec != *current && !covered.contains(&slot_key(service, t)))
         .collect();
     let in_flight = new
         .iter()
@@ -147,7 +147,7 @@ pub fn step(service: &Service, tasks: &[Task], now_ms: u64) -> Step {
     if outdated.is_empty() {
         let settled = live
             .iter()
-            .all(|t| t.spec == *current && t.status.state == TaskState::Running);
+            .all(|t| *t.spec == *current && t.status.state == TaskState::Running);
         let last_start = new
             .iter()
             .filter(|t| t.is_live())

@@ -79,7 +79,7 @@ fn failures(
     done: &BTreeSet<Place>,
 ) -> (Vec<String>, bool) {
     let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
-    for t in tasks.iter().filter(|t| t.spec == service.spec.task) {
+    for t in tasks.iter().filter(|t| *t.spec == service.spec.task) {
         by_place.entry(place(t)).or_default().push(t);
     }
     let in_range = |p: &Place| service.spec.replicas().is_none_or(|r| p.0 <= r);
@@ -121,7 +121,7 @@ fn failures(
 #[must_use]
 pub fn progress(service: &Service, wanted: u32, tasks: &[Task], watch: Watch) -> Progress {
     let tasks: Vec<&Task> = tasks.iter().filter(|t| t.service == service.id).collect();
-    let current = |t: &&&Task| t.spec == service.spec.task;
+    let current = |t: &&&Task| *t.spec == service.spec.task;
     // One per slot (replicated) or node (global): a start-first update
     // briefly runs two tasks in a slot.
     let done_places: BTreeSet<(u32, Option<u64>)> = tasks
@@ -235,7 +235,7 @@ mod tests {
             service: service.id,
             slot,
             node: Some(1),
-            spec: service.spec.task.clone(),
+            spec: service.spec.task.clone().into(),
             spec_version: service.spec_version,
             desired: DesiredState::Running,
             desired_version: 1,
@@ -417,7 +417,7 @@ mod tests {
         );
         // A slot still pending (never failed) keeps the wait going.
         let mut pending = task(5, &s, 3, TaskState::Pending);
-        pending.spec = s.spec.task.clone();
+        pending.spec = s.spec.task.clone().into();
         let s3 = service(3);
         let p = progress(
             &s3,

@@ -728,7 +728,7 @@ mod tests {
                 service: s.id,
                 slot,
                 node: Some(0xaa),
-                spec: s.spec.task.clone(),
+                spec: s.spec.task.clone().into(),
                 spec_version: 1,
                 desired: DesiredState::Running,
                 desired_version: 1,
