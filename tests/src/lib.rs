@@ -21,6 +21,7 @@ pub mod managed;
 pub mod netns;
 pub mod pinned;
 pub mod sim;
+pub mod stats;
 pub mod topology;
 pub mod web;
 

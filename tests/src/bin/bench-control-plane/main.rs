@@ -34,6 +34,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use mesh_client::proto;
 use mesh_tests::cluster::{Cluster, ClusterOptions, connect_control, write_label};
+use mesh_tests::stats::{median, percentile};
 
 mod dns;
 mod services;
@@ -120,15 +121,6 @@ fn term(cluster: &mut Cluster) -> Result<u64> {
     Ok(highest as u64)
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => f64::midpoint(values[n / 2 - 1], values[n / 2]),
-    }
-}
-
 /// p50, p99 and the largest of `values`.
 fn stats(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
@@ -138,19 +130,6 @@ fn stats(values: &[f64]) -> (f64, f64, f64) {
         percentile(&sorted, 0.99),
         sorted.last().copied().unwrap_or(f64::NAN),
     )
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -383,8 +362,8 @@ fn raft_phase(args: &Args) -> Result<String> {
     drop(three);
 
     let med = |v: &[Throughput], f: fn(&Throughput) -> f64| {
-        let mut xs: Vec<f64> = v.iter().map(f).collect();
-        median(&mut xs)
+        let xs: Vec<f64> = v.iter().map(f).collect();
+        median(&xs)
     };
     let mut s = String::new();
     writeln!(
@@ -413,8 +392,8 @@ fn raft_phase(args: &Args) -> Result<String> {
             med(v, |t| t.p99_ms),
         )?;
     }
-    let mut election: Vec<f64> = fo.iter().map(|f| f.election_ms).collect();
-    let mut write: Vec<f64> = fo.iter().map(|f| f.write_ms).collect();
+    let election: Vec<f64> = fo.iter().map(|f| f.election_ms).collect();
+    let write: Vec<f64> = fo.iter().map(|f| f.write_ms).collect();
     let range = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -429,12 +408,12 @@ fn raft_phase(args: &Args) -> Result<String> {
     writeln!(
         s,
         "| until a survivor names a new leader | {:.0} ms | {er} |",
-        median(&mut election)
+        median(&election)
     )?;
     writeln!(
         s,
         "| until a write started after the kill commits | {:.0} ms | {wr} |",
-        median(&mut write)
+        median(&write)
     )?;
     let failover_elections: u64 = fo.iter().map(|f| f.elections).sum();
     let rejoin_elections: u64 = fo.iter().map(|f| f.rejoin_elections).sum();

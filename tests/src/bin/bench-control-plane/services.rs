@@ -502,13 +502,13 @@ pub(crate) fn report(measured: &[Measured]) -> Result<String> {
                 l.replaced_ms
             )?;
         }
-        let mut removed: Vec<f64> = m.losses.iter().map(|l| l.removed_ms).collect();
-        let mut replaced: Vec<f64> = m.losses.iter().map(|l| l.replaced_ms).collect();
-        loss_median = super::median(&mut removed);
+        let removed: Vec<f64> = m.losses.iter().map(|l| l.removed_ms).collect();
+        let replaced: Vec<f64> = m.losses.iter().map(|l| l.replaced_ms).collect();
+        loss_median = super::median(&removed);
         writeln!(
             s,
             "| median | | | {loss_median:.0} ms | {:.0} ms |",
-            super::median(&mut replaced)
+            super::median(&replaced)
         )?;
     }
 

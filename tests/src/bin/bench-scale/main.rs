@@ -36,6 +36,7 @@ use clap::Parser;
 use mesh_client::proto;
 use mesh_tests::cluster::{Cluster, ClusterOptions, connect_control};
 use mesh_tests::sim::{self, CountingProxy, Fleet, FleetOptions};
+use mesh_tests::stats::percentile;
 
 #[derive(Debug, Parser)]
 #[command(about = "Control plane at scale: real managers, simulated agents")]
@@ -139,21 +140,6 @@ struct Run {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Clock ticks per second, for /proc/<pid>/stat.
