@@ -211,6 +211,13 @@ pub(crate) fn ensure_docker() -> Result<()> {
 /// If busybox is missing or docker fails.
 pub(crate) fn busybox_image(tag: &str) -> Result<()> {
     ensure_docker()?;
+    // The suite's tests run in parallel in one process: one builds, the others
+    // wait for it and find the image (they shared the root directory, and a
+    // second build failed on the first's symlinks).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if run("docker", &["image", "inspect", tag]).is_ok() {
         return Ok(());
     }
