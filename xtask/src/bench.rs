@@ -70,24 +70,24 @@ fn mesh(args: &BenchArgs) -> Result<()> {
         );
     }
     cmd::step("build (release): lb-agent, task-echo, bench-mesh");
-    Cmd::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "lb-agent",
-            "-p",
-            "mesh-tests",
-            "--bin",
-            "lb-agent",
-            "--bin",
-            "task-echo",
-            "--bin",
-            "bench-mesh",
-        ])
-        .run()?;
+    release_build(
+        &["lb-agent", "mesh-tests"],
+        &["lb-agent", "task-echo", "bench-mesh"],
+    )?;
     // The release binaries it starts: lb-agent and task-echo.
     run_bench("bench-mesh", "mesh.md", args, true)
+}
+
+/// Builds binaries `bins` of packages `packages` in release mode.
+fn release_build(packages: &[&str], bins: &[&str]) -> Result<()> {
+    let mut args = vec!["build", "--release"];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    for bin in bins {
+        args.extend(["--bin", bin]);
+    }
+    Cmd::cargo().args(args).run()
 }
 
 /// Runs the release build of benchmark binary `bin` from `mesh-tests`, writing
@@ -124,30 +124,16 @@ fn dataplane(args: &BenchArgs) -> Result<()> {
 /// accepted and changes nothing): the agent's build needs its prerequisites.
 fn control_plane(args: &BenchArgs) -> Result<()> {
     cmd::step("build (release): mesh-manager, meshctl, lb-agent, task-echo, bench-control-plane");
-    Cmd::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
+    release_build(
+        &["mesh-manager", "meshctl", "lb-agent", "mesh-tests"],
+        &[
             "mesh-manager",
-            "-p",
             "meshctl",
-            "-p",
             "lb-agent",
-            "-p",
-            "mesh-tests",
-            "--bin",
-            "mesh-manager",
-            "--bin",
-            "meshctl",
-            "--bin",
-            "lb-agent",
-            "--bin",
             "task-echo",
-            "--bin",
             "bench-control-plane",
-        ])
-        .run()?;
+        ],
+    )?;
     // The release binaries it starts: mesh-manager, meshctl, lb-agent and task-echo.
     run_bench("bench-control-plane", "control-plane.md", args, true)
 }
@@ -158,24 +144,10 @@ fn control_plane(args: &BenchArgs) -> Result<()> {
 /// root and no `cargo xtask setup` (`--no-setup` changes nothing).
 fn scale(args: &BenchArgs) -> Result<()> {
     cmd::step("build (release): mesh-manager, meshctl, bench-scale");
-    Cmd::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "mesh-manager",
-            "-p",
-            "meshctl",
-            "-p",
-            "mesh-tests",
-            "--bin",
-            "mesh-manager",
-            "--bin",
-            "meshctl",
-            "--bin",
-            "bench-scale",
-        ])
-        .run()?;
+    release_build(
+        &["mesh-manager", "meshctl", "mesh-tests"],
+        &["mesh-manager", "meshctl", "bench-scale"],
+    )?;
     // The release binaries it starts: mesh-manager and meshctl.
     run_bench("bench-scale", "scale.md", args, true)
 }
