@@ -471,15 +471,18 @@ forwards it to the new leader). The killed manager is then restarted from its da
 directory and caught up before the next round, so leadership moves between rounds.\n\
 - The benchmark's clients share the machine's cores with the managers.\n\n\
 ### Reading\n\n\
-- 1 and 3 managers commit about as many writes per second: on loopback, replicating an \
-entry to a follower costs less than the leader's own work per write (TLS, HTTP/2, JSON \
-encoding of the entry, the state machine), which the two cores share with the clients.\n\
+- Writes that arrive while two entries are in flight go out together in the next one \
+(`Command::Batch`): each writer waits for its own commit, so the rate is the writers over \
+the commit latency. With 3 managers each entry is also appended and applied by two \
+followers, and the three managers and the clients share the two cores: fewer writes per \
+second than on 1 manager.\n\
 - Writes used to run at about 20 per second per client: the API's listener did not set \
 TCP_NODELAY, so each small reply waited for the client's delayed ACK (~40 ms). It does now.\n\
-- Failover takes about two seconds: the followers notice the silence after an election \
-timeout (600-1200 ms), and a vote needs the old leader's lease to have run out on a \
-majority. Shorter timeouts would cut it, at the price of needless elections on a busy \
-machine; the daemon's defaults favour stability.",
+- Failover: a follower whose connection to the silent leader's Raft port is refused (the \
+process is gone) starts an election at once instead of waiting out the election timeout \
+(600-1200 ms) and the leader's lease; one vote usually does it (a split vote costs \
+another). A leader that is alive but slow answers, so a busy machine causes no election \
+(counted above).",
         bin = bin_dir.display(),
         w = args.writers,
         sec = args.seconds,
