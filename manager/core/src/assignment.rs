@@ -461,6 +461,11 @@ mod tests {
     }
 
     impl Sender {
+        /// Nothing sent yet to `node`.
+        fn new(node: NodeId) -> Self {
+            Self { node, sent: None }
+        }
+
         fn next(&mut self, state: &ClusterState) -> Option<mesh_api::proto::Assignment> {
             let index = TaskIndex::new(state);
             let routing = routing(state, &index);
@@ -513,10 +518,7 @@ mod tests {
     fn deltas_applied_in_turn_give_exactly_the_whole_assignment() {
         let (mut state, ids) = cluster();
         let web = state.tasks[&ids[0]].service;
-        let mut sender = Sender {
-            node: 1,
-            sent: None,
-        };
+        let mut sender = Sender::new(1);
         let mut follower = AssignmentFollower::new();
         let first = sender.next(&state).unwrap();
         assert_eq!(held(&mut follower, &first), for_node(&state, 1, 0));
@@ -570,10 +572,7 @@ mod tests {
             add_running(&mut state, service.id, 2);
             services.push(service.id);
         }
-        let mut sender = Sender {
-            node: 1,
-            sent: None,
-        };
+        let mut sender = Sender::new(1);
         let whole = sender.next(&state).unwrap().encoded_len();
         add_running(&mut state, services[7], 2);
         state.version += 1;
@@ -604,10 +603,7 @@ mod tests {
         for id in testing::create_tasks(&mut state, big.id, &[Some(2); 1000]) {
             report(&mut state, 2, id, TaskState::Running);
         }
-        let mut sender = Sender {
-            node: 1,
-            sent: None,
-        };
+        let mut sender = Sender::new(1);
         let mut follower = AssignmentFollower::new();
         held(&mut follower, &sender.next(&state).unwrap());
         let more = add_running(&mut state, big.id, 2);
@@ -660,10 +656,7 @@ mod tests {
         let spec = ServiceSpec::new("web", RuntimeKind::Process, "task-echo", vec![]);
         let web = testing::create_service(&mut state, spec);
         let ids = testing::create_tasks(&mut state, web.id, &[Some(1); 200]);
-        let mut sender = Sender {
-            node: 1,
-            sent: None,
-        };
+        let mut sender = Sender::new(1);
         let mut follower = AssignmentFollower::new();
         held(&mut follower, &sender.next(&state).unwrap());
         report(&mut state, 1, ids[150], TaskState::Running);
@@ -683,10 +676,7 @@ mod tests {
     #[test]
     fn a_missed_change_asks_for_the_whole_assignment_and_then_follows_again() {
         let (mut state, ids) = cluster();
-        let mut sender = Sender {
-            node: 1,
-            sent: None,
-        };
+        let mut sender = Sender::new(1);
         let mut follower = AssignmentFollower::new();
         held(&mut follower, &sender.next(&state).unwrap());
         report(&mut state, 2, ids[1], TaskState::Running);

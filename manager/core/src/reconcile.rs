@@ -223,8 +223,7 @@ fn round(
     for s in services {
         commands.extend(service_commands(state, s, now_ms));
     }
-    let mut removed = history::removed(state);
-    removed.retain(|id| state.tasks.get(id).is_some_and(|t| in_scope(&t.service)));
+    let removed = history::removed(state, in_scope);
     if !removed.is_empty() {
         commands.push(Command::ChangeTasks {
             create: Vec::new(),

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::orchestrator::work::{SlotKey, Work};
 use crate::state::ClusterState;
 use mesh_api::node::NodeStatus;
+use mesh_api::service::ServiceId;
 use mesh_api::task::{DesiredState, Task, TaskId};
 
 /// Terminal tasks kept per slot (per node, for global services): Swarm's
@@ -44,13 +45,14 @@ pub fn prune_history(work: &mut Work<'_>) {
 
 /// The tasks of removed services (their desired state is `Remove`) that
 /// can be forgotten: those that have stopped, and at once those no agent
-/// will report stopped (never placed, node down or gone).
+/// will report stopped (never placed, node down or gone); of the services
+/// `in_scope` says to look at (a plan of what changed looks at those it touched).
 #[must_use]
-pub fn removed(state: &ClusterState) -> Vec<TaskId> {
+pub fn removed(state: &ClusterState, in_scope: impl Fn(&ServiceId) -> bool) -> Vec<TaskId> {
     state
         .tasks
         .values()
-        .filter(|t| !state.services.contains_key(&t.service))
+        .filter(|t| in_scope(&t.service) && !state.services.contains_key(&t.service))
         .filter(|t| {
             let unreachable = t
                 .node
