@@ -292,8 +292,11 @@ impl AgentRegistry {
     }
 
     /// The lowest version every routing node's agent acts on (see
-    /// [`assignment::for_node`]). Routing nodes without a session, and
-    /// agents whose oldest unapplied assignment is older than `bound`, do not count.
+    /// [`assignment::for_node`]). A routing node without a session counts as
+    /// having applied nothing: its dataplane routes by an assignment this leader
+    /// does not know until its agent is back (or the node is marked down, when
+    /// it no longer routes). Agents whose oldest unapplied assignment is older
+    /// than `bound` do not count.
     #[must_use]
     pub fn acked(&self, state: &ClusterState, now: Instant, bound: Duration) -> u64 {
         let inner = self.lock();
@@ -593,9 +596,14 @@ fn acked_of(
     bound: Duration,
 ) -> u64 {
     assignment::routing_nodes(state)
-        .filter_map(|node| sessions.get(&node))
-        .filter(|s| !s.stuck(now, bound))
-        .map(AgentSession::effective)
+        .filter_map(|node| match sessions.get(&node) {
+            // Its dataplane still routes by the last assignment it applied, which
+            // this leader does not know (it just took over, or the agent is
+            // reconnecting): it holds every drain back until it is back or down.
+            None => Some(0),
+            Some(session) if session.stuck(now, bound) => None,
+            Some(session) => Some(session.effective()),
+        })
         .min()
         .unwrap_or(state.version)
 }
@@ -772,18 +780,52 @@ mod tests {
     }
 
     #[test]
-    fn nodes_without_an_agent_session_do_not_count() {
-        let (state, _) = cluster();
+    fn a_node_without_a_session_holds_drains_back_until_it_is_back_or_down() {
+        // A new leader, or an agent reconnecting: the node's dataplane still routes
+        // by the last assignment it had, with the task among the backends. Stopping
+        // the task before it applied the drain refuses its new connections (seen
+        // when the leader was killed during a rolling update).
+        let (mut state, task) = cluster();
         let registry = AgentRegistry::default();
-        let b = agent(&registry, 2);
+        let mut b = agent(&registry, 2);
         let t0 = Instant::now();
         registry.refresh(&state, t0, BOUND);
-        assert_eq!(registry.acked(&state, t0, BOUND), 0);
         registry.applied(2, b.serial(), state.version);
-        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
-        registry.unregister(2, b.serial());
-        assert!(!registry.has_session(2));
-        assert_eq!(registry.acked(&state, t0, BOUND), state.version);
+        assert_eq!(
+            registry.acked(&state, t0, BOUND),
+            0,
+            "node 1 has no session"
+        );
+        shut_down(&mut state, task);
+        registry.refresh(&state, t0, BOUND);
+        registry.applied(2, b.serial(), state.version);
+        // Long past the bound of a stuck agent: node 1 is still up.
+        registry.refresh(&state, t0 + BOUND * 10, BOUND);
+        assert_eq!(b.latest().tasks[0].action, TaskAction::Drain);
+
+        // Back: it holds the drain until it applied it.
+        let mut a = agent(&registry, 1);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(b.latest().tasks[0].action, TaskAction::Drain);
+        assert!(a.latest().services[0].backends[0].draining);
+        registry.applied(1, a.serial(), state.version);
+        registry.refresh(&state, t0, BOUND);
+        assert_eq!(b.latest().tasks[0].action, TaskAction::Stop);
+
+        // Gone again, then marked down: a down node does not route.
+        registry.unregister(1, a.serial());
+        assert!(!registry.has_session(1));
+        assert_eq!(registry.acked(&state, t0, BOUND), 0);
+        let applied = state.version;
+        state
+            .apply(&Command::SetStatus {
+                id: 1,
+                status: mesh_api::node::NodeStatus::Down,
+                agent_version: String::new(),
+                at_ms: 9,
+            })
+            .unwrap();
+        assert_eq!(registry.acked(&state, t0, BOUND), applied, "node 2's alone");
     }
 
     #[test]
