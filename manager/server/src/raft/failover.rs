@@ -12,8 +12,10 @@
 //! [`SILENT_HEARTBEATS`] heartbeats tries a connection; only a refusal,
 //! never a timeout or silence, makes it start an election at once
 //! ([`openraft::raft::trigger::Trigger::elect`]). The other follower has
-//! seen the same and does the same; the two candidates may split the vote,
-//! so each tries again after a random pause until one of them leads.
+//! seen the same: the survivors take turns by id ([`turn`]), the first
+//! standing at once and the next a heartbeat later unless a leader is known
+//! by then, so that they do not split the vote; a candidate that does not
+//! win tries again after a random pause until one of them leads.
 //! A leader that is only slow accepts the connection and nothing happens;
 //! a leader whose host is down or cut off refuses nothing and is replaced
 //! by the election timeout, as before.
@@ -21,6 +23,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use mesh_api::node::NodeId;
 use tokio::time::Instant;
 
 /// Heartbeats without a word from the leader before a follower checks
@@ -76,6 +79,14 @@ pub(crate) async fn refuses(addr: &str, timeout: Duration) -> bool {
     }
 }
 
+/// This node's turn to stand for election when `dead` stopped leading: its
+/// rank by id among the other voters. Turn 0 stands at once; turn `k` waits
+/// `k` heartbeats for another to win first.
+pub(crate) fn turn(this: NodeId, dead: NodeId, voters: impl Iterator<Item = NodeId>) -> u32 {
+    let ahead = voters.filter(|v| *v != dead && *v < this).count();
+    u32::try_from(ahead).unwrap_or(u32::MAX)
+}
+
 /// A random pause between `base / 2` and `3 * base / 2`, so that two
 /// followers retrying an election do not keep colliding.
 pub(crate) fn jitter(base: Duration) -> Duration {
@@ -86,6 +97,21 @@ pub(crate) fn jitter(base: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn survivors_take_turns_by_id_and_the_dead_leader_has_none() {
+        let voters = [7, 3, 9];
+        // 3 led and died: 7 stands first, 9 a turn later.
+        assert_eq!(turn(7, 3, voters.into_iter()), 0);
+        assert_eq!(turn(9, 3, voters.into_iter()), 1);
+        // 7 led: 3 first, 9 next.
+        assert_eq!(turn(3, 7, voters.into_iter()), 0);
+        assert_eq!(turn(9, 7, voters.into_iter()), 1);
+        // Five voters, the lowest led: every survivor has its own turn.
+        let five = [1, 2, 3, 4, 5];
+        let turns: Vec<u32> = (2..=5).map(|v| turn(v, 1, five.into_iter())).collect();
+        assert_eq!(turns, [0, 1, 2, 3]);
+    }
 
     #[tokio::test]
     async fn a_closed_port_refuses_and_a_listening_one_does_not() {

@@ -766,8 +766,9 @@ impl RaftNode {
 /// Fast failover on a positive signal ([`super::failover`]): while this
 /// node is a voter following a leader it has not heard from for a few
 /// heartbeats, it checks whether the leader's address refuses connections
-/// (its process is gone) and, if so, starts an election at once, trying
-/// again after a random pause until a new leader is known. Ends when the
+/// (its process is gone) and, if so, starts an election, at once or after
+/// its turn among the surviving voters ([`failover::turn`]), trying again
+/// after a random pause until a new leader is known. Ends when the
 /// node is dropped or Raft stops.
 async fn watch_leader(node: Weak<Inner>) {
     let Some(heartbeat) = node.upgrade().map(|n| n.tuning.heartbeat) else {
@@ -816,13 +817,35 @@ async fn watch_leader(node: Weak<Inner>) {
             silent_ms = last.elapsed().as_millis(),
             "the leader's address refuses connections (its process is gone): electing a new leader now"
         );
+        // The surviving voters take turns (by id): the first starts an election
+        // at once, the next one a turn later unless a leader is known by then.
+        // Two followers that saw the leader die at the same moment and both
+        // stood split the vote, and under load split it again and again.
+        let turn = failover::turn(
+            inner.id,
+            leader,
+            metrics.membership_config.membership().voter_ids(),
+        );
+        if turn > 0 {
+            let led = inner
+                .raft
+                .wait(Some(heartbeat * turn))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != leader),
+                    "a new leader",
+                )
+                .await;
+            if led.is_ok() {
+                continue;
+            }
+        }
         for _ in 0..failover::ELECTION_TRIES {
             if inner.raft.trigger().elect().await.is_err() {
                 return;
             }
             let elected = inner
                 .raft
-                .wait(Some(failover::jitter(heartbeat)))
+                .wait(Some(failover::jitter(heartbeat * 2)))
                 .metrics(
                     |m| m.current_leader.is_some_and(|l| l != leader),
                     "a new leader",
