@@ -9,6 +9,14 @@
 //! then costs one append, one fsync, one replication and one apply for
 //! many writes, and a lone write waits for nothing.
 //!
+//! One proposal in flight gathers the most writes per entry. On a machine
+//! where the managers are CPU-bound (the per-entry costs: an append and an
+//! fsync, a replication round, an apply on every manager), bigger entries
+//! commit more writes per second than more, smaller ones in flight at once:
+//! `bench-control-plane` measured 1 in flight against 2 with 16 writers on
+//! 2 cores at about 1.3-1.6 times the writes per second on 1 manager and
+//! 1.15-1.3 times on 3, at a lower latency.
+//!
 //! The state machine applies a batch's commands one after the other, in
 //! the order they arrived, each as if it had its own entry, and answers
 //! [`Applied::Batch`] with one response per command: each caller gets its
@@ -42,7 +50,7 @@ pub struct BatchLimits {
 impl Default for BatchLimits {
     fn default() -> Self {
         Self {
-            in_flight: 2,
+            in_flight: 1,
             max_commands: 256,
             max_bytes: 256 * 1024,
         }

@@ -455,8 +455,8 @@ Rerun alone with `cargo xtask bench control-plane -- --phases raft` (no root; ab
 minute after the release build).\n\n\
 - Release builds of `mesh-manager` and `meshctl` from {bin}, started by the test harness \
 (`tests/src/cluster.rs`): each manager is its own process with its own data directory \
-(redb; log appends are fsynced in groups before openraft counts them), on its own loopback address; mutual TLS on every \
-connection. Raft: 150 ms heartbeat, election timeout 600-1200 ms (the daemon's \
+(redb; each log append is one transaction and one fsync before openraft counts it), on \
+its own loopback address; mutual TLS on every connection. Raft: 100 ms heartbeat, election timeout 600-1200 ms (the daemon's \
 defaults); node heartbeats every 1 s; snapshots every 5000 entries. The 1-manager and \
 the 3-manager cluster run side by side; each round measures both, then the failover.\n\
 - Committed writes: {w} gRPC clients (one connection each) send `UpdateNode` (a label \
@@ -471,17 +471,21 @@ forwards it to the new leader). The killed manager is then restarted from its da
 directory and caught up before the next round, so leadership moves between rounds.\n\
 - The benchmark's clients share the machine's cores with the managers.\n\n\
 ### Reading\n\n\
-- Writes that arrive while two entries are in flight go out together in the next one \
+- Writes that arrive while an entry is in flight go out together in the next one \
 (`Command::Batch`): each writer waits for its own commit, so the rate is the writers over \
 the commit latency. With 3 managers each entry is also appended and applied by two \
 followers, and the three managers and the clients share the two cores: fewer writes per \
-second than on 1 manager.\n\
+second than on 1 manager. The managers are CPU-bound here (a profile of the 3-manager \
+run: about 85% of both cores busy; the leader uses about 0.7 of a core, each follower \
+0.35, the clients 0.2), so one entry in flight, which gathers the most writes per entry, \
+commits more per second than two.\n\
 - Writes used to run at about 20 per second per client: the API's listener did not set \
 TCP_NODELAY, so each small reply waited for the client's delayed ACK (~40 ms). It does now.\n\
 - Failover: a follower whose connection to the silent leader's Raft port is refused (the \
 process is gone) starts an election at once instead of waiting out the election timeout \
-(600-1200 ms) and the leader's lease; one vote usually does it (a split vote costs \
-another). A leader that is alive but slow answers, so a busy machine causes no election \
+(600-1200 ms) and the leader's lease. The survivors take turns by id (the next one \
+stands a heartbeat later unless a leader is known by then), so one vote does it; when \
+both stood at once they could split the vote several times in a row under load. A leader that is alive but slow answers, so a busy machine causes no election \
 (counted above).",
         bin = bin_dir.display(),
         w = args.writers,
