@@ -236,11 +236,14 @@ fn docker_task_is_plumbed_reachable_logged_checked_and_stopped() -> Result<()> {
             hog,
             "hog.1",
             Ipv4Addr::new(10, 202, 0, 7),
-            // A 64 MiB shell variable, past a 16 MiB limit.
+            // A 64 MiB shell variable, past a 16 MiB limit. A second after the
+            // start: containerd watches a container's OOM kills only once its task
+            // has started, and misses one that comes first (containerd/containerd#8180),
+            // so the engine would report a plain SIGKILL.
             &[
                 "/bin/sh",
                 "-c",
-                "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}",
+                "sleep 1; x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}",
             ],
         );
         config.spec.resources.limits.memory_bytes = 16 << 20;

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -73,6 +74,9 @@ struct Ctr {
     /// The container's ID.
     id: String,
     exited: watch::Receiver<Option<Exit>>,
+    /// The agent sent it SIGKILL (its stop grace ran out): an exit by SIGKILL
+    /// is not asked again for an OOM kill.
+    killed: Arc<AtomicBool>,
 }
 
 /// Docker tasks on this node.
@@ -438,11 +442,13 @@ impl DockerRuntime {
     /// Registers the container and reports its exit through the wait API.
     fn watch(&self, id: TaskId, container: String) {
         let (tx, rx) = watch::channel(None);
+        let killed = Arc::new(AtomicBool::new(false));
         self.tasks.insert(
             id,
             Ctr {
                 id: container.clone(),
                 exited: rx,
+                killed: Arc::clone(&killed),
             },
         );
         let docker = self.docker.clone();
@@ -466,14 +472,8 @@ impl DockerRuntime {
                         .unwrap_or(-1)
                 }
             };
-            // The engine knows whether the kernel killed it for its memory limit.
-            let oom_killed = docker
-                .inspect_container(&container, None)
-                .await
-                .ok()
-                .and_then(|i| i.state)
-                .and_then(|s| s.oom_killed)
-                .unwrap_or(false);
+            let by_sigkill = code == 137 && !killed.load(Ordering::Relaxed);
+            let oom_killed = oom_killed(&docker, &container, by_sigkill).await;
             let exit = Exit {
                 code: i32::try_from(code).unwrap_or(-1),
                 oom_killed,
@@ -511,6 +511,7 @@ impl DockerRuntime {
                 .await
                 .is_err()
             {
+                c.killed.store(true, Ordering::Relaxed);
                 self.kill(&c.id, "SIGKILL").await;
                 let _ =
                     tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some))
@@ -739,6 +740,37 @@ impl DockerRuntime {
             container, running, "adopted a container"
         );
         Ok(true)
+    }
+}
+
+/// How long an exit by SIGKILL waits for the engine to record an OOM kill:
+/// containerd's OOM event may arrive after its exit event
+/// (containerd/containerd#12260), and an inspect between the two says the
+/// container was not OOM-killed.
+const OOM_SETTLE: Duration = Duration::from_secs(1);
+
+/// Whether the kernel killed `container` for its memory limit, as the engine
+/// knows it. An exit by a SIGKILL the agent did not send is asked again until
+/// the engine says so or [`OOM_SETTLE`] has passed.
+async fn oom_killed(docker: &Docker, container: &str, by_sigkill: bool) -> bool {
+    let settle = if by_sigkill {
+        OOM_SETTLE
+    } else {
+        Duration::ZERO
+    };
+    let deadline = tokio::time::Instant::now() + settle;
+    loop {
+        let oom = docker
+            .inspect_container(container, None)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false);
+        if oom || tokio::time::Instant::now() >= deadline {
+            return oom;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
