@@ -137,17 +137,13 @@ fn stack_tasks(c: &ManagedCluster, stack: &str) -> Vec<TaskRow> {
 /// [`stack_tasks`], or the error of `stack ps` (a manager that has no leader yet refuses).
 fn try_stack_tasks(c: &ManagedCluster, stack: &str) -> anyhow::Result<Vec<TaskRow>> {
     let out = c.ctl(&["stack", "ps", stack, "--format", "json"])?;
-    Ok(parse_stack_tasks(&out))
-}
-
-fn parse_stack_tasks(out: &str) -> Vec<TaskRow> {
     if out.trim().is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let v: Value = ok(serde_json::from_str(out).map_err(anyhow::Error::from));
-    v.as_array()
+    let v: Value = ok(serde_json::from_str(&out).map_err(anyhow::Error::from));
+    Ok(v.as_array()
         .map(|a| a.iter().map(|t| ok(TaskRow::from_json(t))).collect())
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// The running tasks of `service` in `tasks`.

@@ -826,36 +826,29 @@ async fn watch_leader(node: Weak<Inner>) {
             leader,
             metrics.membership_config.membership().voter_ids(),
         );
-        if turn > 0 {
-            let led = inner
-                .raft
-                .wait(Some(heartbeat * turn))
-                .metrics(
-                    |m| m.current_leader.is_some_and(|l| l != leader),
-                    "a new leader",
-                )
-                .await;
-            if led.is_ok() {
-                continue;
-            }
+        if turn > 0 && new_leader_within(&inner.raft, leader, heartbeat * turn).await {
+            continue;
         }
         for _ in 0..failover::ELECTION_TRIES {
             if inner.raft.trigger().elect().await.is_err() {
                 return;
             }
-            let elected = inner
-                .raft
-                .wait(Some(failover::jitter(heartbeat * 2)))
-                .metrics(
-                    |m| m.current_leader.is_some_and(|l| l != leader),
-                    "a new leader",
-                )
-                .await;
-            if elected.is_ok() {
+            if new_leader_within(&inner.raft, leader, failover::jitter(heartbeat * 2)).await {
                 break;
             }
         }
     }
+}
+
+/// Whether `raft` knows a leader other than `dead` within `within`.
+async fn new_leader_within(raft: &MeshRaft, dead: NodeId, within: Duration) -> bool {
+    raft.wait(Some(within))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != dead),
+            "a new leader",
+        )
+        .await
+        .is_ok()
 }
 
 /// The leader `this` node knows from `metrics`. openraft keeps a leader
