@@ -57,6 +57,11 @@ const TOOL_PACKAGES: &[&str] = &[
     // The stacks test's data store, run as a process task (`stack deploy` of a web tier
     // and Redis).
     "redis-server",
+    // `meshctl completion`'s tests load each script into its shell; `meshctl man`'s
+    // render the pages with groff.
+    "zsh",
+    "fish",
+    "groff-base",
 ];
 
 /// The Debian package whose `promtool` the setup step takes (its only file we keep).

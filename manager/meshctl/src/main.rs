@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use mesh_api::file_ref::FileKind;
 use mesh_api::node::Role;
 use mesh_client::connect;
@@ -73,6 +73,36 @@ enum Command {
     /// Manage stacks: applications from compose files.
     #[command(subcommand)]
     Stack(stack::StackCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(
+        long_about = "Print the shell completion script for bash, zsh or fish.\n\n\
+        Load it in the current shell:\n  \
+        bash: source <(meshctl completion bash)\n  \
+        zsh:  source <(meshctl completion zsh)\n  \
+        fish: meshctl completion fish | source\n\n\
+        Or install it for every shell: meshctl completion bash > /etc/bash_completion.d/meshctl, \
+        meshctl completion zsh > /usr/local/share/zsh/site-functions/_meshctl, \
+        meshctl completion fish > /etc/fish/completions/meshctl.fish."
+    )]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write meshctl's man pages (meshctl.1 and a page per command) into a directory.
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// A shell `meshctl completion` writes a script for.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +319,36 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Stack(stack::StackCommand::Config { compose_file }) => stack::config(compose_file),
         Command::Stack(command) => stack::run(&mut control(&cli).await?, command).await,
+        Command::Completion { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            // Into a buffer first: the generator panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "meshctl", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+                // A reader that stops early (`| head`) is not a failure.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing the completion script")
+                }
+                _ => Ok(()),
+            }
+        }
+        Command::Man { dir } => {
+            let dir = dir.as_path();
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            let pages = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".1"))
+                .count();
+            println!("{pages} man pages in {}", dir.display());
+            Ok(())
+        }
     }
 }
 
