@@ -18,6 +18,7 @@ pub mod images;
 pub mod load;
 pub mod machine;
 pub mod managed;
+pub mod monitoring;
 pub mod netns;
 pub mod pinned;
 pub mod sim;

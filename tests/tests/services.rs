@@ -1728,7 +1728,21 @@ fn metrics_lint_clean_and_keep_backend_series_across_a_replacement() {
     let namespaces: Vec<String> = (0..=3).map(|k| c.topology().node_ns(k.max(1))).collect();
     let ns = |k: usize| namespaces[k].clone();
 
-    assert_both_formats_clean("the manager", &ns(1), manager_addr);
+    let manager_text = assert_both_formats_clean("the manager", &ns(1), manager_addr);
+    // `service ls`'s REPLICAS as metrics: what the alert on a service below its replicas
+    // and the dashboard read.
+    for (state, want) in [("running", 3.0), ("desired", 3.0)] {
+        assert_eq!(
+            value(
+                &manager_text,
+                "mesh_manager_service_tasks",
+                &[("service", "web"), ("state", state)]
+            ),
+            Some(want),
+            "mesh_manager_service_tasks{{service=\"web\",state={state:?}}}"
+        );
+    }
+    let mut exposed = mesh_tests::monitoring::exposed_names(&manager_text);
     let per = per_node(&tasks);
     for k in 1..=3 {
         let what = format!("n{k}'s agent");
@@ -1767,7 +1781,22 @@ fn metrics_lint_clean_and_keep_backend_series_across_a_replacement() {
             names(&tasks),
             "{what}: web's backend series are not labelled by slot"
         );
+        exposed.extend(mesh_tests::monitoring::exposed_names(&text));
     }
+    // The dashboard's queries and the alert rules name only metrics that are served.
+    let mut referenced = BTreeSet::new();
+    for query in ok(mesh_tests::monitoring::dashboard_queries()) {
+        referenced.extend(mesh_tests::monitoring::metric_names(&query.expr));
+    }
+    for (_, expr) in ok(mesh_tests::monitoring::alert_rules()) {
+        referenced.extend(mesh_tests::monitoring::metric_names(&expr));
+    }
+    assert!(referenced.len() >= 20, "{referenced:?}");
+    let missing: Vec<&String> = referenced.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard or the alert rules name metrics nobody serves: {missing:?}"
+    );
 
     // Replace one task: its slot's series goes on, with no new one.
     let before = backend_series(&scrape(&ns(1), agent_addr, None).1);

@@ -119,6 +119,12 @@ struct NodeLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceTaskLabels {
+    service: String,
+    state: &'static str,
+}
+
 /// Raft figures the metrics report, read at scrape time.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RaftFigures {
@@ -161,6 +167,7 @@ pub struct Metrics {
     purged_index: Gauge,
     snapshot_bytes: Gauge,
     nodes: Family<NodeLabels, Gauge>,
+    service_tasks: Family<ServiceTaskLabels, Gauge>,
     rpc: Family<RpcLabels, Histogram>,
     writes: Histogram,
     refreshes: Histogram,
@@ -227,6 +234,12 @@ impl Metrics {
         );
         let nodes = Family::<NodeLabels, Gauge>::default();
         registry.register("nodes", "Cluster nodes by state", nodes.clone());
+        let service_tasks = Family::<ServiceTaskLabels, Gauge>::default();
+        registry.register(
+            "service_tasks",
+            "A service's tasks: running now, and desired (its replicas, or for a global service its eligible nodes), as `service ls` counts them",
+            service_tasks.clone(),
+        );
         let rpc = Family::<RpcLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
@@ -278,6 +291,7 @@ impl Metrics {
             purged_index,
             snapshot_bytes,
             nodes,
+            service_tasks,
             rpc,
             writes,
             refreshes,
@@ -346,6 +360,18 @@ impl Metrics {
                     state: status.as_str(),
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        // Rebuilt from the state: a removed service's series goes with it.
+        self.service_tasks.clear();
+        for (service, (running, desired)) in crate::grpc::control::all_task_counts(state) {
+            for (label, count) in [("running", running), ("desired", desired)] {
+                self.service_tasks
+                    .get_or_create(&ServiceTaskLabels {
+                        service: service.spec.name.clone(),
+                        state: label,
+                    })
+                    .set(i64::from(count));
+            }
         }
     }
 

@@ -274,27 +274,61 @@ fn network_reply(
 /// a global service its live tasks or its eligible nodes, whichever is more.
 #[must_use]
 pub fn task_counts(state: &ClusterState, service: &Service) -> (u32, u32) {
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    let tasks: Vec<&Task> = state.service_tasks(service.id).collect();
-    let running = count(
-        tasks
-            .iter()
-            .filter(|t| t.desired == DesiredState::Running && t.status.state == TaskState::Running)
-            .count(),
-    );
-    let desired = match service.spec.replicas() {
-        Some(replicas) => replicas,
-        None => {
-            let live = tasks.iter().filter(|t| t.is_live()).count();
-            let eligible = state
-                .nodes
-                .values()
-                .filter(|n| scheduler::eligible(n, &service.spec))
-                .count();
-            count(live.max(eligible))
+    let mut counts = TaskCounts::default();
+    state.service_tasks(service.id).for_each(|t| counts.add(t));
+    counts.of(state, service)
+}
+
+/// [`task_counts`] of every service, in one pass over the tasks.
+#[must_use]
+pub fn all_task_counts(state: &ClusterState) -> Vec<(&Service, (u32, u32))> {
+    let mut counts: BTreeMap<mesh_api::service::ServiceId, TaskCounts> = BTreeMap::new();
+    for task in state.tasks.values() {
+        counts.entry(task.service).or_default().add(task);
+    }
+    state
+        .services
+        .values()
+        .map(|s| {
+            let of = counts.get(&s.id).copied().unwrap_or_default();
+            (s, of.of(state, s))
+        })
+        .collect()
+}
+
+/// A service's running and live tasks, counted task by task.
+#[derive(Clone, Copy, Debug, Default)]
+struct TaskCounts {
+    running: usize,
+    live: usize,
+}
+
+impl TaskCounts {
+    fn add(&mut self, task: &Task) {
+        if task.desired == DesiredState::Running && task.status.state == TaskState::Running {
+            self.running += 1;
         }
-    };
-    (running, desired)
+        if task.is_live() {
+            self.live += 1;
+        }
+    }
+
+    /// (running, desired) of `service`, whose tasks these are.
+    fn of(self, state: &ClusterState, service: &Service) -> (u32, u32) {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let desired = match service.spec.replicas() {
+            Some(replicas) => replicas,
+            None => {
+                let eligible = state
+                    .nodes
+                    .values()
+                    .filter(|n| scheduler::eligible(n, &service.spec))
+                    .count();
+                count(self.live.max(eligible))
+            }
+        };
+        (count(self.running), desired)
+    }
 }
 
 /// The API's view of a service.
