@@ -7,7 +7,8 @@
 //!   command;
 //! - `demo`: setup, build, and a local three-node mesh in network namespaces;
 //! - `bench <what>`: benchmarks, reports under `bench-results/`;
-//! - `fuzz <what>`: the dataplane's programs and the parsers, fuzzed.
+//! - `fuzz <what>`: the dataplane's programs and the parsers, fuzzed;
+//! - `package`: Debian packages of the agent, the manager and the CLI.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -16,6 +17,7 @@ mod demo;
 mod ebpf;
 mod fuzz;
 mod layers;
+mod package;
 mod setup;
 mod test;
 
@@ -49,6 +51,9 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fuzz the dataplane's programs (mutated frames) or the parsers (property tests).
     Fuzz(fuzz::FuzzArgs),
+    /// Build Debian packages of lb-agent, mesh-manager and meshctl (release build) into
+    /// target/debian.
+    Package(package::PackageArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::Package(args) => package::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,8 @@ const TOOL_PACKAGES: &[&str] = &[
     "zsh",
     "fish",
     "groff-base",
+    // `cargo xtask package`: the Depends of the packages' binaries (dpkg-shlibdeps).
+    "dpkg-dev",
 ];
 
 /// The Debian package whose `promtool` the setup step takes (its only file we keep).
