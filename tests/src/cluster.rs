@@ -38,6 +38,9 @@ use crate::{bin, poll_until};
 pub const API_PORT: u16 = 4242;
 /// The port every manager's `/metrics` listens on.
 pub const METRICS_PORT: u16 = 9465;
+/// The port the managers of a namespace cluster serve the cluster view on (loopback of
+/// their node's namespace).
+pub const WEB_PORT: u16 = 9466;
 /// How long a `meshctl` run may take before the harness kills it.
 pub const MESHCTL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a manager may take to answer after it starts.

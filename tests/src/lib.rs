@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod dns;

@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use crate::agent::Agent;
 use crate::client::{EchoConn, Reply, request_tcp, request_udp};
-use crate::cluster::{API_PORT, CtlOutput, MESHCTL_TIMEOUT, METRICS_PORT, run_captured};
+use crate::cluster::{API_PORT, CtlOutput, MESHCTL_TIMEOUT, METRICS_PORT, WEB_PORT, run_captured};
 use crate::netns::{self, ip_in};
 use crate::topology::METRICS_LISTEN;
 use crate::{Topology, bin, in_netns, poll_until, spawn_in_netns};
@@ -327,6 +327,10 @@ impl ManagedCluster {
             .args([
                 "--metrics-addr",
                 &SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT)).to_string(),
+            ])
+            .args([
+                "--web-addr",
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, WEB_PORT)).to_string(),
             ])
             .args(["--heartbeat-ms", &self.options.heartbeat_ms.to_string()])
             .args([

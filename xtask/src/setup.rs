@@ -64,6 +64,8 @@ const TOOL_PACKAGES: &[&str] = &[
     "groff-base",
     // `cargo xtask package`: the Depends of the packages' binaries (dpkg-shlibdeps).
     "dpkg-dev",
+    // The cluster view's test and the demo's screenshot: a headless browser.
+    "chromium",
 ];
 
 /// The Debian package whose `promtool` the setup step takes (its only file we keep).

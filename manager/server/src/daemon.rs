@@ -45,6 +45,8 @@ pub struct DaemonOptions {
     pub advertise: String,
     /// Where `/metrics` listens, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the cluster view ([`crate::web`]) listens, if anywhere.
+    pub web_listen: Option<SocketAddr>,
     /// Interval agents heartbeat at.
     pub heartbeat: Duration,
     /// Heartbeats a node may miss before it is marked down.
@@ -213,6 +215,12 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| failed(&format!("listening on {}", options.listen))(e.to_string()))?;
+    let web_listener = match options.web_listen {
+        Some(addr) => Some(crate::web::bind(addr).await.map_err(|e| {
+            failed(&format!("listening on {addr} for the cluster view"))(e.to_string())
+        })?),
+        None => None,
+    };
     let server_tls =
         crate::tls::server_tls(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
             .map_err(|e| failed("TLS setup")(e.to_string()))?;
@@ -283,6 +291,16 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
                 tracing::error!(error = %e, %addr, "metrics endpoint failed");
             }
         });
+    }
+    if let Some(web) = web_listener {
+        let addr = web.local_addr().ok();
+        let web_manager = manager.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::web::serve(web, web_manager).await {
+                tracing::error!(error = %e, ?addr, "cluster view failed");
+            }
+        });
+        tracing::info!(?addr, "cluster view served");
     }
     tracing::info!(node = %format_id(id), listen = %options.listen, "mesh-manager ready");
 
@@ -673,6 +691,7 @@ mod tests {
             listen,
             advertise: listen.to_string(),
             metrics_listen: None,
+            web_listen: None,
             heartbeat: Duration::from_millis(500),
             allowed_misses: 3,
             hostname: "test-manager".into(),

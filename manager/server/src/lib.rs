@@ -30,3 +30,4 @@ pub mod listener;
 pub mod metrics;
 pub mod raft;
 pub mod tls;
+pub mod web;

@@ -78,6 +78,11 @@ struct Common {
     /// Where `/metrics` listens; `off` disables it.
     #[arg(long, env = "MESH_METRICS_ADDR", default_value = "127.0.0.1:9465")]
     metrics_addr: String,
+    /// Where the cluster view (a read-only web page of the nodes and their tasks,
+    /// live) listens; `off` (the default) disables it. It has no authentication: keep it
+    /// on loopback (`127.0.0.1:9466`) and reach it through an SSH tunnel.
+    #[arg(long, env = "MESH_WEB_ADDR", default_value = "off")]
+    web_addr: String,
     /// This node's hostname (default: the system's).
     #[arg(long, env = "MESH_HOSTNAME")]
     hostname: Option<String>,
@@ -109,6 +114,13 @@ impl Common {
                     .with_context(|| format!("invalid --metrics-addr {addr:?}"))?,
             ),
         };
+        let web_listen = match self.web_addr.as_str() {
+            "off" => None,
+            addr => Some(
+                addr.parse()
+                    .with_context(|| format!("invalid --web-addr {addr:?}"))?,
+            ),
+        };
         let hostname = mesh_client::join::node_hostname(self.hostname.as_deref())
             .context("reading the hostname")?;
         let tuning = RaftTuning {
@@ -122,6 +134,7 @@ impl Common {
             listen: self.listen_addr,
             advertise,
             metrics_listen,
+            web_listen,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             allowed_misses: self.heartbeat_misses,
             hostname,

@@ -151,6 +151,19 @@ fn demo(once: bool) -> Result<()> {
         }
     }
     println!();
+    // The cluster view, as a browser shows it now, saved beside the demo's output.
+    let bin_dir = mesh_tests::bin_dir();
+    let shot = bin_dir
+        .parent()
+        .unwrap_or(&bin_dir)
+        .join("demo/cluster-view.png");
+    match screenshot(&c, &shot) {
+        Ok(()) => println!(
+            "The cluster view (mesh-manager --web-addr), now: {}\n",
+            shot.display()
+        ),
+        Err(e) => println!("(no screenshot of the cluster view: {e:#})\n"),
+    }
     if once {
         drop(c);
         if failures > 0 {
@@ -179,6 +192,12 @@ fn demo(once: bool) -> Result<()> {
     println!("Requests from the client namespace ({p}-c), through any node:");
     println!("  ip netns exec {p}-c nc -w1 10.99.0.12 {TCP_PORT} </dev/null");
     println!("  echo hi | ip netns exec {p}-c nc -u -w1 10.99.0.13 {UDP_PORT}");
+    println!(
+        "The cluster view in your browser, at http://127.0.0.1:9466/ (n1's manager, forwarded):"
+    );
+    println!(
+        "  socat TCP-LISTEN:9466,bind=127.0.0.1,reuseaddr,fork EXEC:'ip netns exec {p}-n1 socat STDIO TCP\\:127.0.0.1\\:9466' &"
+    );
     println!("Inside:");
     println!("  ip netns exec {p}-n1 curl -s 127.0.0.1:9464/metrics     # n1's agent");
     println!("  ip -n {p}-n1 -d link show eth0                          # its XDP program");
@@ -192,4 +211,23 @@ fn demo(once: bool) -> Result<()> {
         bail!("{failures} requests failed; the cluster was left running for inspection");
     }
     Ok(())
+}
+
+/// Saves a screenshot of n1's cluster view at `path`, once it shows the service's tasks.
+fn screenshot(c: &ManagedCluster, path: &std::path::Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let url = format!("http://127.0.0.1:{}/", mesh_tests::cluster::WEB_PORT);
+    let mut browser =
+        mesh_tests::browser::Browser::open_in(&c.topology().node_ns(1), &url, 1100, 560)?;
+    mesh_tests::poll_until(
+        std::time::Duration::from_secs(20),
+        "the view to show web's tasks",
+        || {
+            let cards = browser.eval("document.querySelectorAll('.task').length")?;
+            Ok((cards.as_u64() >= Some(3)).then_some(()))
+        },
+    )?;
+    browser.screenshot(path)
 }
