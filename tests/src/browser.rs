@@ -41,8 +41,8 @@ impl std::fmt::Debug for Browser {
 }
 
 impl Browser {
-    /// Starts Chromium in network namespace `ns` (a window of `width` x `height`) and
-    /// opens `url` in a page.
+    /// Starts Chromium in network namespace `ns` (`""`: this process's) with a window of
+    /// `width` x `height`, and opens `url` in a page.
     ///
     /// # Errors
     /// If Chromium is missing (`cargo xtask setup` installs it) or does not start, or
@@ -55,8 +55,14 @@ impl Browser {
             PROFILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&profile)?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "chromium"])
+        let mut command = if ns.is_empty() {
+            Command::new("chromium")
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "chromium"]);
+            c
+        };
+        let mut child = command
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -104,23 +110,21 @@ impl Browser {
             let _ = child.kill();
             e
         };
-        let target = in_netns(ns, || put_json(devtools, &format!("/json/new?{url}")))
-            .and_then(|r| r)
+        let target = in_ns(ns, || put_json(devtools, &format!("/json/new?{url}")))
             .map_err(|e| cleanup(&mut child, e))?;
         let page_url = target["webSocketDebuggerUrl"]
             .as_str()
             .context("no webSocketDebuggerUrl for the new page")
             .map_err(|e| cleanup(&mut child, e))?
             .to_owned();
-        let page = in_netns(ns, || {
+        let page = in_ns(ns, || {
             let (mut socket, _) = tungstenite::connect(page_url.as_str())
                 .with_context(|| format!("connecting to {page_url}"))?;
             if let MaybeTlsStream::Plain(stream) = socket.get_mut() {
                 stream.set_read_timeout(Some(DEADLINE))?;
             }
-            Ok::<_, anyhow::Error>(socket)
+            Ok(socket)
         })
-        .and_then(|r| r)
         .map_err(|e| cleanup(&mut child, e))?;
         Ok(Self {
             child,
@@ -201,6 +205,11 @@ impl Drop for Browser {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
+}
+
+/// `f` in network namespace `ns` (`""`: here).
+fn in_ns<R: Send>(ns: &str, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    if ns.is_empty() { f() } else { in_netns(ns, f)? }
 }
 
 /// `PUT path` on `addr` (DevTools wants PUT for `/json/new`); the JSON answer.

@@ -38,8 +38,8 @@ use crate::{bin, poll_until};
 pub const API_PORT: u16 = 4242;
 /// The port every manager's `/metrics` listens on.
 pub const METRICS_PORT: u16 = 9465;
-/// The port the managers of a namespace cluster serve the cluster view on (loopback of
-/// their node's namespace).
+/// The port every manager serves the cluster view on (`--web-addr`; on its own
+/// address, or on the loopback of its node's namespace).
 pub const WEB_PORT: u16 = 9466;
 /// How long a `meshctl` run may take before the harness kills it.
 pub const MESHCTL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,6 +82,8 @@ pub struct ManagerProcess {
     pub addr: SocketAddr,
     /// The `/metrics` address.
     pub metrics_addr: SocketAddr,
+    /// The cluster view's address (`--web-addr`).
+    pub web_addr: SocketAddr,
     /// `--data-dir`.
     pub data_dir: PathBuf,
     /// Its node ID, as `meshctl` prints it.
@@ -451,6 +453,7 @@ impl Cluster {
                 hostname: format!("m{i}"),
                 addr: SocketAddr::V4(SocketAddrV4::new(ip, API_PORT)),
                 metrics_addr: SocketAddr::V4(SocketAddrV4::new(ip, METRICS_PORT)),
+                web_addr: SocketAddr::V4(SocketAddrV4::new(ip, WEB_PORT)),
                 data_dir: self.root.join(format!("m{i}")),
                 node_id: String::new(),
                 log: self.root.join(format!("m{i}.log")),
@@ -502,6 +505,7 @@ impl Cluster {
             .arg(&m.data_dir)
             .args(["--listen-addr", &m.addr.to_string()])
             .args(["--metrics-addr", &m.metrics_addr.to_string()])
+            .args(["--web-addr", &m.web_addr.to_string()])
             .args(["--hostname", &m.hostname])
             .args(["--heartbeat-ms", &o.heartbeat_ms.to_string()])
             .args(["--heartbeat-misses", &o.heartbeat_misses.to_string()])

@@ -7,8 +7,12 @@
 //! - after a scale up and a scale down of one service, every agent's assignment routes
 //!   it to the new backend set, and every agent routes every service the same way.
 //!
+//! And the cluster view (issue 18) with 50 simulated nodes and 1,000 tasks in headless
+//! Chromium: every node's column and every task's card drawn, and a scale shown
+//! without a reload; what it took is printed (`--nocapture`), not asserted.
+//!
 //! Needs the `mesh-manager` and `meshctl` binaries (`cargo xtask test` builds them; see
-//! `mesh_tests::bin_dir`). No root needed.
+//! `mesh_tests::bin_dir`) and Debian's `chromium`. No root needed.
 
 use std::time::{Duration, Instant};
 
@@ -133,6 +137,116 @@ fn simulated_agents_get_their_tasks_and_converge_after_a_scale() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = runtime.block_on(scenario(&cluster, token.trim().to_owned())) {
+        panic!("{e:?}");
+    }
+}
+
+/// The cluster view of a cluster of 50 nodes and 1,000 tasks.
+async fn view_scenario(cluster: &Cluster, token: String) -> Result<()> {
+    const NODES: usize = 50;
+    const SERVICES: u32 = 20;
+    const REPLICAS: u32 = 50;
+    let m = cluster.manager(0);
+    let addr = m.addr.to_string();
+    let fleet = Fleet::start(FleetOptions {
+        nodes: NODES,
+        join: vec![addr.clone()],
+        session: vec![addr.clone()],
+        token,
+        root: cluster.root().join("sim"),
+        hostname_prefix: "sim".into(),
+        join_concurrency: 8,
+        digest_every_service: false,
+    });
+    let mut control = connect_control(std::slice::from_ref(&addr), &m.tls_dir()).await?;
+    sim::wait_for(Instant::now() + CONVERGE, "every node ready", || {
+        let mut control = control.clone();
+        let errors = fleet.errors();
+        async move {
+            ensure!(errors.is_empty(), "agents failed: {}", errors.join("; "));
+            let nodes = control
+                .list_nodes(mesh_client::proto::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            Ok((nodes.iter().filter(|n| n.status == "ready").count() > NODES).then_some(()))
+        }
+    })
+    .await?;
+    for s in 0..SERVICES {
+        sim::create_service(&mut control, &format!("v{s:02}"), REPLICAS).await?;
+    }
+    let total = u64::from(SERVICES * REPLICAS);
+    sim::wait_for(Instant::now() + CONVERGE, "every task running", || {
+        let mut control = control.clone();
+        async move {
+            let (running, desired) = sim::running_desired(&mut control).await?;
+            Ok((running == total && desired == total).then_some(()))
+        }
+    })
+    .await?;
+
+    let url = format!("http://{}/", m.web_addr);
+    let json = mesh_tests::client::http_get(m.web_addr, "/api/view")?;
+    let opened = Instant::now();
+    let page = url.clone();
+    let mut browser = tokio::task::spawn_blocking(move || {
+        mesh_tests::browser::Browser::open_in("", &page, 1400, 900)
+    })
+    .await??;
+    const COUNTS: &str = "JSON.stringify({columns: document.querySelectorAll('#nodes .node').length, \
+        cards: document.querySelectorAll('.task').length, \
+        running: document.querySelectorAll('.task[data-state=Running]').length, \
+        loadedAt: window.meshView ? window.meshView.loadedAt : null, \
+        renderMs: window.meshView ? window.meshView.renderMs : null})";
+    let counts = |browser: &mut mesh_tests::browser::Browser| -> Result<serde_json::Value> {
+        let text = browser.eval(COUNTS)?;
+        Ok(serde_json::from_str(text.as_str().unwrap_or("{}"))?)
+    };
+    let want_cards = u64::from(SERVICES * REPLICAS);
+    let first = mesh_tests::poll_until(CONVERGE, "the page to draw every node and task", || {
+        let c = counts(&mut browser)?;
+        Ok((c["columns"] == NODES as u64 + 1 && c["running"] == want_cards).then_some(c))
+    })?;
+    let drawn = opened.elapsed();
+    let loaded_at = first["loadedAt"].clone();
+    let scaled = sim::scale(&mut control, "v00", REPLICAS + 10).await?;
+    let after = mesh_tests::poll_until(CONVERGE, "the page to show the scale", || {
+        let c = counts(&mut browser)?;
+        Ok((c["running"] == want_cards + 10).then_some(c))
+    })?;
+    let shown = scaled.elapsed();
+    ensure!(after["loadedAt"] == loaded_at, "the page was reloaded");
+    println!(
+        "cluster view, {NODES} nodes and {want_cards} tasks: a view of {} KiB; \
+         opened and drawn in {:.1} s (a draw: {:.0} ms); a scale of 10 on the page {:.2} s \
+         after its acknowledgement (a draw: {:.0} ms)",
+        json.len() / 1024,
+        drawn.as_secs_f64(),
+        first["renderMs"].as_f64().unwrap_or(f64::NAN),
+        shown.as_secs_f64(),
+        after["renderMs"].as_f64().unwrap_or(f64::NAN),
+    );
+    drop(browser);
+    fleet.stop().await;
+    Ok(())
+}
+
+#[test]
+fn the_cluster_view_draws_50_nodes_and_1000_tasks_and_follows_a_scale() {
+    let _turn = mesh_tests::turn();
+    let cluster = mesh_tests::ok(Cluster::start(ClusterOptions {
+        managers: 1,
+        name: "scale-view".into(),
+        ..ClusterOptions::default()
+    }));
+    let token = mesh_tests::ok(cluster.ctl(0, &["cluster", "join-token", "worker", "-q"]));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(view_scenario(&cluster, token.trim().to_owned())) {
         panic!("{e:?}");
     }
 }

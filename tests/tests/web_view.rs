@@ -147,4 +147,52 @@ fn the_cluster_view_shows_every_node_and_task_and_follows_a_scale_live() {
     );
     let services = seen["services"].to_string();
     assert!(services.contains("5/5"), "{services}");
+
+    // A rolling update, one task at a time with a pause between: the legend shows it in
+    // progress (how many tasks run the new spec), the old tasks are marked, and the
+    // badge goes once the update completes.
+    ok(c.ctl_timeout(
+        &[
+            "service",
+            "update",
+            "-d",
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "2s",
+            "--args",
+            "--port 80 --tag v2",
+            "web",
+        ],
+        CONVERGE,
+    ));
+    const UPDATE: &str = r#"(() => ({
+      badge: document.querySelector('#services [data-update]')?.textContent ?? null,
+      outdated: document.querySelectorAll('.task.outdated').length,
+    }))()"#;
+    let shown = ok(poll_until(
+        SEEN_WITHIN,
+        "the page to show the update in progress",
+        || {
+            let v = browser.eval(UPDATE)?;
+            Ok(v["badge"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("updating "))
+                .then_some(v))
+        },
+    ));
+    assert!(shown["outdated"].as_u64() > Some(0), "{shown}");
+    ok(poll_until(
+        CONVERGE,
+        "the update to complete on the page",
+        || {
+            let v = browser.eval(UPDATE)?;
+            Ok((v["badge"].is_null() && v["outdated"] == 0).then_some(()))
+        },
+    ));
+    assert_eq!(
+        browser.eval("window.meshView.loadedAt").expect("loadedAt"),
+        loaded_at,
+        "the page was reloaded"
+    );
 }

@@ -4,7 +4,7 @@
 
 // What a test (or a curious user) can read: when the page was loaded and how many
 // views it has drawn since, without a reload.
-window.meshView = { loadedAt: Date.now(), updates: 0, version: null };
+window.meshView = { loadedAt: Date.now(), updates: 0, version: null, renderMs: null };
 
 let offset = 0; // the manager's clock minus ours, from the last view
 
@@ -94,6 +94,7 @@ function nodeColumn(node, hues) {
 }
 
 function render(view) {
+  const started = performance.now();
   offset = view.now_ms - Date.now();
   const hues = new Map(view.services.map((s) => [s.name, s.hue]));
   const tasks = view.nodes.reduce((n, node) => n + node.tasks.length, 0);
@@ -112,6 +113,7 @@ function render(view) {
   document.getElementById('nodes').replaceChildren(...columns);
   window.meshView.updates += 1;
   window.meshView.version = view.version;
+  window.meshView.renderMs = performance.now() - started;
 }
 
 function connect() {
