@@ -122,12 +122,12 @@ async fn scenario(cluster: &Cluster, token: String) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn simulated_agents_get_their_tasks_and_converge_after_a_scale() {
-    let _turn = mesh_tests::turn();
+/// A 1-manager cluster named `name`, its worker join token, and a runtime to run a
+/// scenario on it.
+fn one_manager(name: &str) -> (Cluster, String, tokio::runtime::Runtime) {
     let cluster = mesh_tests::ok(Cluster::start(ClusterOptions {
         managers: 1,
-        name: "scale-sim".into(),
+        name: name.into(),
         ..ClusterOptions::default()
     }));
     let token = mesh_tests::ok(cluster.ctl(0, &["cluster", "join-token", "worker", "-q"]));
@@ -136,7 +136,14 @@ fn simulated_agents_get_their_tasks_and_converge_after_a_scale() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(scenario(&cluster, token.trim().to_owned())) {
+    (cluster, token.trim().to_owned(), runtime)
+}
+
+#[test]
+fn simulated_agents_get_their_tasks_and_converge_after_a_scale() {
+    let _turn = mesh_tests::turn();
+    let (cluster, token, runtime) = one_manager("scale-sim");
+    if let Err(e) = runtime.block_on(scenario(&cluster, token)) {
         panic!("{e:?}");
     }
 }
@@ -235,18 +242,8 @@ async fn view_scenario(cluster: &Cluster, token: String) -> Result<()> {
 #[test]
 fn the_cluster_view_draws_50_nodes_and_1000_tasks_and_follows_a_scale() {
     let _turn = mesh_tests::turn();
-    let cluster = mesh_tests::ok(Cluster::start(ClusterOptions {
-        managers: 1,
-        name: "scale-view".into(),
-        ..ClusterOptions::default()
-    }));
-    let token = mesh_tests::ok(cluster.ctl(0, &["cluster", "join-token", "worker", "-q"]));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(view_scenario(&cluster, token.trim().to_owned())) {
+    let (cluster, token, runtime) = one_manager("scale-view");
+    if let Err(e) = runtime.block_on(view_scenario(&cluster, token)) {
         panic!("{e:?}");
     }
 }
