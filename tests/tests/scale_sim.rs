@@ -27,19 +27,7 @@ const SERVICES: u32 = 5;
 const REPLICAS: u32 = 10;
 
 async fn scenario(cluster: &Cluster, token: String) -> Result<()> {
-    let m = cluster.manager(0);
-    let addr = m.addr.to_string();
-    let fleet = Fleet::start(FleetOptions {
-        nodes: NODES,
-        join: vec![addr.clone()],
-        session: vec![addr.clone()],
-        token,
-        root: cluster.root().join("sim"),
-        hostname_prefix: "sim".into(),
-        join_concurrency: 8,
-        digest_every_service: true,
-    });
-    let mut control = connect_control(std::slice::from_ref(&addr), &m.tls_dir()).await?;
+    let (fleet, mut control) = start_fleet(cluster, token, NODES, true).await?;
     sim::wait_for(
         Instant::now() + CONVERGE,
         "every agent's first assignment",
@@ -50,33 +38,7 @@ async fn scenario(cluster: &Cluster, token: String) -> Result<()> {
         },
     )
     .await?;
-    // Placed only once the leader counts the nodes ready.
-    sim::wait_for(Instant::now() + CONVERGE, "every node ready", || {
-        let mut control = control.clone();
-        async move {
-            let nodes = control
-                .list_nodes(mesh_client::proto::ListNodesRequest {})
-                .await?
-                .into_inner()
-                .nodes;
-            let ready = nodes.iter().filter(|n| n.status == "ready").count();
-            Ok((ready > NODES).then_some(()))
-        }
-    })
-    .await?;
-    for s in 0..SERVICES {
-        sim::create_service(&mut control, &format!("s{s}"), REPLICAS).await?;
-    }
-    let total = u64::from(SERVICES * REPLICAS);
-    sim::wait_for(Instant::now() + CONVERGE, "every task running", || {
-        let mut control = control.clone();
-        async move {
-            let (running, desired) = sim::running_desired(&mut control).await?;
-            Ok((running == total && desired == total).then_some(()))
-        }
-    })
-    .await
-    .context("the leader never reported every task running")?;
+    let total = create_services(&mut control, "s", SERVICES, REPLICAS).await?;
     // What the leader reports comes from the agents' reports: they hold those tasks.
     sim::wait_for(
         Instant::now() + CONVERGE,
@@ -122,6 +84,71 @@ async fn scenario(cluster: &Cluster, token: String) -> Result<()> {
     Ok(())
 }
 
+/// Starts `nodes` simulated agents that join the cluster's first manager, connects a
+/// control client, and waits until the leader counts every node ready (placement needs
+/// it). `digest_every_service`: see [`FleetOptions`].
+async fn start_fleet(
+    cluster: &Cluster,
+    token: String,
+    nodes: usize,
+    digest_every_service: bool,
+) -> Result<(Fleet, sim::Control)> {
+    let m = cluster.manager(0);
+    let addr = m.addr.to_string();
+    let fleet = Fleet::start(FleetOptions {
+        nodes,
+        join: vec![addr.clone()],
+        session: vec![addr.clone()],
+        token,
+        root: cluster.root().join("sim"),
+        hostname_prefix: "sim".into(),
+        join_concurrency: 8,
+        digest_every_service,
+    });
+    let control = connect_control(std::slice::from_ref(&addr), &m.tls_dir()).await?;
+    sim::wait_for(Instant::now() + CONVERGE, "every node ready", || {
+        let mut control = control.clone();
+        let errors = fleet.errors();
+        async move {
+            ensure!(errors.is_empty(), "agents failed: {}", errors.join("; "));
+            let listed = control
+                .list_nodes(mesh_client::proto::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            // The manager is a node too.
+            Ok((listed.iter().filter(|n| n.status == "ready").count() > nodes).then_some(()))
+        }
+    })
+    .await?;
+    Ok((fleet, control))
+}
+
+/// Creates `services` services named `{prefix}0`, `{prefix}1`, ... of `replicas` each
+/// and waits until the leader reports every task running; returns the task count.
+async fn create_services(
+    control: &mut sim::Control,
+    prefix: &str,
+    services: u32,
+    replicas: u32,
+) -> Result<u64> {
+    let width = services.saturating_sub(1).to_string().len();
+    for s in 0..services {
+        sim::create_service(control, &format!("{prefix}{s:0width$}"), replicas).await?;
+    }
+    let total = u64::from(services * replicas);
+    sim::wait_for(Instant::now() + CONVERGE, "every task running", || {
+        let mut control = control.clone();
+        async move {
+            let (running, desired) = sim::running_desired(&mut control).await?;
+            Ok((running == total && desired == total).then_some(()))
+        }
+    })
+    .await
+    .context("the leader never reported every task running")?;
+    Ok(total)
+}
+
 /// A 1-manager cluster named `name`, its worker join token, and a runtime to run a
 /// scenario on it.
 fn one_manager(name: &str) -> (Cluster, String, tokio::runtime::Runtime) {
@@ -154,44 +181,8 @@ async fn view_scenario(cluster: &Cluster, token: String) -> Result<()> {
     const SERVICES: u32 = 20;
     const REPLICAS: u32 = 50;
     let m = cluster.manager(0);
-    let addr = m.addr.to_string();
-    let fleet = Fleet::start(FleetOptions {
-        nodes: NODES,
-        join: vec![addr.clone()],
-        session: vec![addr.clone()],
-        token,
-        root: cluster.root().join("sim"),
-        hostname_prefix: "sim".into(),
-        join_concurrency: 8,
-        digest_every_service: false,
-    });
-    let mut control = connect_control(std::slice::from_ref(&addr), &m.tls_dir()).await?;
-    sim::wait_for(Instant::now() + CONVERGE, "every node ready", || {
-        let mut control = control.clone();
-        let errors = fleet.errors();
-        async move {
-            ensure!(errors.is_empty(), "agents failed: {}", errors.join("; "));
-            let nodes = control
-                .list_nodes(mesh_client::proto::ListNodesRequest {})
-                .await?
-                .into_inner()
-                .nodes;
-            Ok((nodes.iter().filter(|n| n.status == "ready").count() > NODES).then_some(()))
-        }
-    })
-    .await?;
-    for s in 0..SERVICES {
-        sim::create_service(&mut control, &format!("v{s:02}"), REPLICAS).await?;
-    }
-    let total = u64::from(SERVICES * REPLICAS);
-    sim::wait_for(Instant::now() + CONVERGE, "every task running", || {
-        let mut control = control.clone();
-        async move {
-            let (running, desired) = sim::running_desired(&mut control).await?;
-            Ok((running == total && desired == total).then_some(()))
-        }
-    })
-    .await?;
+    let (fleet, mut control) = start_fleet(cluster, token, NODES, false).await?;
+    let want_cards = create_services(&mut control, "v", SERVICES, REPLICAS).await?;
 
     let url = format!("http://{}/", m.web_addr);
     let json = mesh_tests::client::http_get(m.web_addr, "/api/view")?;
@@ -210,7 +201,6 @@ async fn view_scenario(cluster: &Cluster, token: String) -> Result<()> {
         let text = browser.eval(COUNTS)?;
         Ok(serde_json::from_str(text.as_str().unwrap_or("{}"))?)
     };
-    let want_cards = u64::from(SERVICES * REPLICAS);
     let first = mesh_tests::poll_until(CONVERGE, "the page to draw every node and task", || {
         let c = counts(&mut browser)?;
         Ok((c["columns"] == NODES as u64 + 1 && c["running"] == want_cards).then_some(c))
