@@ -4,7 +4,7 @@
 //! looks (`Page.captureScreenshot`). One page per browser; the browser and its profile
 //! go with the value.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -198,10 +198,12 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.page.close(None);
-        let pgid = self.child.id().to_string();
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .status();
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
@@ -212,38 +214,19 @@ fn in_ns<R: Send>(ns: &str, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
     if ns.is_empty() { f() } else { in_netns(ns, f)? }
 }
 
-/// `PUT path` on `addr` (DevTools wants PUT for `/json/new`); the JSON answer.
+/// `PUT path` on `addr` (DevTools wants PUT for `/json/new`, and HTTP/1.1); the JSON
+/// answer.
 fn put_json(addr: SocketAddr, path: &str) -> Result<Value> {
-    let mut stream = TcpStream::connect_timeout(&addr, DEADLINE)?;
-    stream.set_read_timeout(Some(DEADLINE))?;
-    write!(
-        stream,
-        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    // DevTools keeps the connection open: read the head, then Content-Length bytes.
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("DevTools closed the connection mid-answer");
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse()?;
-        }
-        head.push_str(&line);
+    let answer = crate::client::http_exchange(
+        addr,
+        &format!(
+            "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        DEADLINE,
+    )
+    .with_context(|| format!("PUT {path}"))?;
+    if answer.code != 200 {
+        bail!("PUT {path}: {}", answer.head);
     }
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("PUT {path}: {head}");
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    let body = String::from_utf8_lossy(&body);
-    serde_json::from_str(&body).with_context(|| format!("DevTools' answer: {body}"))
+    serde_json::from_str(&answer.body).with_context(|| format!("DevTools' answer: {}", answer.body))
 }

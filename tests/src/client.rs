@@ -3,7 +3,7 @@
 //! These functions use ordinary sockets of the calling thread's namespace: call them
 //! inside [`crate::in_netns`] (or on sockets created there).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -350,31 +350,22 @@ pub fn http_get_accept(
     path: &str,
     accept: Option<&str>,
 ) -> Result<(String, String)> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(TIMEOUT))?;
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .with_context(|| format!("read the answer of {addr}{path}"))?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP answer from {addr}{path}"))?;
-    let mut lines = head.lines();
-    let status = lines.next().unwrap_or_default();
+    let answer = http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"),
+        TIMEOUT,
+    )
+    .with_context(|| format!("GET {addr}{path}"))?;
     ensure!(
-        status.split_whitespace().nth(1) == Some("200"),
-        "GET {addr}{path}: {status}"
+        answer.code == 200,
+        "GET {addr}{path}: {}",
+        answer.head.lines().next().unwrap_or_default()
     );
-    let content_type = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    Ok((content_type, body.to_owned()))
+    let content_type = answer.header("content-type").unwrap_or_default().to_owned();
+    Ok((content_type, answer.body))
 }
 
 /// `GET path` on `addr` (HTTP/1.0): the status code and the body, whatever the code.
@@ -382,23 +373,93 @@ pub fn http_get_accept(
 /// # Errors
 /// If the connection fails or the answer is not HTTP.
 pub fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .with_context(|| format!("read the answer of {addr}{path}"))?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP answer from {addr}{path}"))?;
+    let answer = http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+        TIMEOUT,
+    )
+    .with_context(|| format!("GET {addr}{path}"))?;
+    Ok((answer.code, answer.body))
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub code: u16,
+    /// The status line and the headers, as received.
+    pub head: String,
+    /// The body (lossily UTF-8).
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (any case), if present.
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.x request) to `addr` and reads the answer, each read
+/// within `timeout`: its body is `Content-Length` bytes when the answer gives one (a
+/// server may keep the connection open after it, as Chromium's DevTools does), else
+/// what comes until the server closes.
+///
+/// # Errors
+/// If the connection fails, or the answer is not HTTP or ends early.
+pub fn http_exchange(addr: SocketAddr, request: &str, timeout: Duration) -> Result<HttpAnswer> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let read = reader
+            .read_line(&mut line)
+            .with_context(|| format!("read the answer of {addr}"))?;
+        if read == 0 {
+            bail!("not an HTTP answer from {addr}: {head:?}");
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
     let status = head.lines().next().unwrap_or_default();
     let code = status
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .with_context(|| format!("GET {addr}{path}: no status code in {status:?}"))?;
-    Ok((code, body.to_owned()))
+        .with_context(|| format!("no status code in {status:?} from {addr}"))?;
+    let mut answer = HttpAnswer {
+        code,
+        head,
+        body: String::new(),
+    };
+    let mut body = Vec::new();
+    match answer.header("content-length") {
+        Some(length) => {
+            body.resize(length.parse().context("a Content-Length")?, 0);
+            reader
+                .read_exact(&mut body)
+                .with_context(|| format!("read the body of {addr}'s answer"))?;
+        }
+        None => {
+            reader
+                .read_to_end(&mut body)
+                .with_context(|| format!("read the body of {addr}'s answer"))?;
+        }
+    }
+    answer.body = String::from_utf8_lossy(&body).into_owned();
+    Ok(answer)
 }
 
 /// Connects to `addr` with a short timeout: `Ok(true)` if it connected.

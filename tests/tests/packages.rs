@@ -24,22 +24,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mesh_tests::{netns, ok, poll_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const PACKAGES: [&str; 3] = ["lb-agent", "mesh-manager", "meshctl"];
 
 /// `program args` must succeed; its stdout.
 fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} does not run: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ok(netns::run(program, args))
 }
 
 /// The `ExecStart=` command line of an installed unit.
@@ -88,9 +80,9 @@ fn start_in(ns: &str, command: &[String], env: &[(String, String)], log: &Path) 
 }
 
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
     let _ = child.wait();
 }
 
@@ -155,11 +147,16 @@ fn packages_install_verify_run_and_purge() {
             debs_dir.to_str().expect("UTF-8"),
         ],
     );
+    let arch = run("dpkg", &["--print-architecture"]);
     let debs: Vec<String> = PACKAGES
         .iter()
         .map(|p| {
             debs_dir
-                .join(format!("{p}_{}_amd64.deb", env!("CARGO_PKG_VERSION")))
+                .join(format!(
+                    "{p}_{}_{}.deb",
+                    env!("CARGO_PKG_VERSION"),
+                    arch.trim()
+                ))
                 .to_string_lossy()
                 .into_owned()
         })

@@ -209,18 +209,11 @@ pub(crate) fn run(args: PackageArgs) -> Result<()> {
     let bin_dir = if args.debug {
         cmd::target_dir().join("debug")
     } else {
-        cmd::step("cargo build --release (lb-agent, mesh-manager, meshctl)");
+        cmd::step("cargo build --release (the packages' crates)");
+        // Each package is its crate's binaries.
         Cmd::cargo()
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "lb-agent",
-                "-p",
-                "mesh-manager",
-                "-p",
-                "meshctl",
-            ])
+            .args(["build", "--release"])
+            .args(packages().iter().flat_map(|p| ["-p", p.name]))
             .run()?;
         cmd::target_dir().join("release")
     };
@@ -313,14 +306,7 @@ fn meshctl_extras(meshctl: &Path, stage: &Path) -> Result<()> {
     let pages = std::fs::read_dir(&man)?
         .map(|e| Ok(e?.path()))
         .collect::<Result<Vec<PathBuf>>>()?;
-    let status = std::process::Command::new("gzip")
-        .arg("-9n")
-        .args(&pages)
-        .status()
-        .context("running gzip")?;
-    if !status.success() {
-        bail!("gzip of the man pages failed");
-    }
+    Cmd::new("gzip").arg("-9n").args(&pages).run()?;
     for page in pages {
         std::fs::set_permissions(
             page.with_extension("1.gz"),

@@ -104,3 +104,16 @@ pub struct Service {
     /// Ms since the epoch.
     pub updated_at_ms: u64,
 }
+
+impl Service {
+    /// The ports it publishes, as `service ls` shows them: the allocated ones once the
+    /// allocator has filled them in, the spec's until then.
+    #[must_use]
+    pub fn published_ports(&self) -> &[PortSpec] {
+        if self.endpoint.ports.is_empty() {
+            &self.spec.endpoint.ports
+        } else {
+            &self.endpoint.ports
+        }
+    }
+}

@@ -216,7 +216,8 @@ pub async fn run(options: DaemonOptions, start: Start) -> Result<(), DaemonError
         .await
         .map_err(|e| failed(&format!("listening on {}", options.listen))(e.to_string()))?;
     let web_listener = match options.web_listen {
-        Some(addr) => Some(crate::web::bind(addr).await.map_err(|e| {
+        // A daemon asked for the page that cannot serve it does not start.
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             failed(&format!("listening on {addr} for the cluster view"))(e.to_string())
         })?),
         None => None,

@@ -11,6 +11,7 @@
 //! | `mesh_manager_raft_snapshot_index`, `mesh_manager_raft_purged_index` (gauges) | |
 //! | `mesh_manager_raft_snapshot_bytes` (gauge) | |
 //! | `mesh_manager_nodes` (gauge) | `state` = `ready`, `down` or `unknown` |
+//! | `mesh_manager_service_tasks` (gauge): `service ls`'s replicas | `service`, `state` = `running` or `desired` |
 //! | `mesh_manager_rpc_duration_seconds` (histogram) | `method`, `code` |
 //! | `mesh_manager_raft_write_duration_seconds` (histogram) | |
 //! | `mesh_manager_assignment_refresh_duration_seconds` (histogram): the leader bringing every agent's assignment up to a state change | |
@@ -20,11 +21,13 @@
 //!
 //! Every label takes a bounded set of values, whoever calls: `method` is the
 //! name of one of `mesh.proto`'s RPCs or `unknown` (any other path), `code`
-//! a gRPC status code (`0` to `16`) or `unknown`.
+//! a gRPC status code (`0` to `16`) or `unknown`, `service` the name of a service
+//! in the state (a removed service's series go with it).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -168,6 +171,8 @@ pub struct Metrics {
     snapshot_bytes: Gauge,
     nodes: Family<NodeLabels, Gauge>,
     service_tasks: Family<ServiceTaskLabels, Gauge>,
+    /// The services `service_tasks` has series of, to remove a removed service's.
+    service_tasks_of: Mutex<BTreeSet<String>>,
     rpc: Family<RpcLabels, Histogram>,
     writes: Histogram,
     refreshes: Histogram,
@@ -292,6 +297,7 @@ impl Metrics {
             snapshot_bytes,
             nodes,
             service_tasks,
+            service_tasks_of: Mutex::default(),
             rpc,
             writes,
             refreshes,
@@ -361,8 +367,13 @@ impl Metrics {
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
-        // Rebuilt from the state: a removed service's series goes with it.
-        self.service_tasks.clear();
+        // Set in place (a concurrent scrape sees every series), then a removed
+        // service's series removed.
+        let mut served = self
+            .service_tasks_of
+            .lock()
+            .expect("service_tasks_of lock poisoned");
+        let mut now = BTreeSet::new();
         for (service, (running, desired)) in crate::grpc::control::all_task_counts(state) {
             for (label, count) in [("running", running), ("desired", desired)] {
                 self.service_tasks
@@ -372,7 +383,17 @@ impl Metrics {
                     })
                     .set(i64::from(count));
             }
+            now.insert(service.spec.name.clone());
         }
+        for gone in served.difference(&now) {
+            for label in ["running", "desired"] {
+                self.service_tasks.remove(&ServiceTaskLabels {
+                    service: gone.clone(),
+                    state: label,
+                });
+            }
+        }
+        *served = now;
     }
 
     /// The OpenMetrics exposition.
@@ -516,7 +537,7 @@ mod tests {
 
     use tower::{Layer as _, Service as _, ServiceExt as _};
 
-    use super::{Metrics, RpcMetricsLayer, healthz_response};
+    use super::{Metrics, RaftFigures, RpcMetricsLayer, healthz_response};
 
     /// Fault 7: `/healthz` answered 200 whatever the manager's state.
     #[test]
@@ -561,6 +582,48 @@ mod tests {
             methods,
             ["Join", "ListNodes", "unknown"].into_iter().collect(),
             "{text}"
+        );
+    }
+
+    /// `mesh_manager_service_tasks` has a service's series while it exists, and none of
+    /// a removed one.
+    #[test]
+    fn service_task_series_follow_the_services() {
+        use mesh_api::spec::{RuntimeKind, ServiceSpec};
+        use mesh_core::state::Command;
+
+        let metrics = Metrics::new();
+        let mut state = crate::grpc::control::tests::cluster();
+        for name in ["web", "api"] {
+            let spec = ServiceSpec::new(name, RuntimeKind::Process, "/bin/sleep", vec![]);
+            state
+                .apply(&Command::CreateService { spec, at_ms: 1 })
+                .unwrap();
+        }
+        let series = |metrics: &Metrics| -> Vec<String> {
+            let text = metrics.encode().unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("mesh_manager_service_tasks{"))
+                .map(str::to_owned)
+                .collect()
+        };
+        metrics.refresh(RaftFigures::default(), &state);
+        assert_eq!(series(&metrics).len(), 4, "{:?}", series(&metrics));
+        let web = state
+            .services
+            .values()
+            .find(|s| s.spec.name == "web")
+            .unwrap()
+            .id;
+        state
+            .apply(&Command::RemoveService { id: web, at_ms: 2 })
+            .unwrap();
+        metrics.refresh(RaftFigures::default(), &state);
+        let left = series(&metrics);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(
+            left.iter().all(|l| l.contains("service=\"api\"")),
+            "{left:?}"
         );
     }
 }

@@ -136,12 +136,8 @@ pub fn mode_name(mode: ServiceMode) -> &'static str {
 /// `*:8080->80/tcp, *:5353->53/udp`. Allocated ports are shown once known.
 #[must_use]
 pub fn ports_text(service: &Service) -> String {
-    let ports = if service.endpoint.ports.is_empty() {
-        &service.spec.endpoint.ports
-    } else {
-        &service.endpoint.ports
-    };
-    ports
+    service
+        .published_ports()
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -577,11 +573,7 @@ pub fn pretty_service(row: &ServiceRow, networks: &[mesh_api::network::NetworkIn
             let _ = writeln!(out, " {name}:\t{}", v.addr);
         }
     }
-    let ports = if s.endpoint.ports.is_empty() {
-        &spec.endpoint.ports
-    } else {
-        &s.endpoint.ports
-    };
+    let ports = s.published_ports();
     if !ports.is_empty() {
         let _ = writeln!(out, "Ports:");
         for p in ports {

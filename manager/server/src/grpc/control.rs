@@ -931,7 +931,7 @@ impl Control for ControlService {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mesh_api::cluster::{CaMaterial, JoinSecrets};
     use mesh_api::node::NodeStatus;
@@ -939,7 +939,8 @@ mod tests {
     use mesh_api::task::TaskStatus;
     use mesh_core::state::{NewTask, TaskChange};
 
-    fn cluster() -> ClusterState {
+    /// A bootstrapped state of one ready manager node, `0xaa`.
+    pub(crate) fn cluster() -> ClusterState {
         let mut state = ClusterState::default();
         let mut first = Node::new(0xaa, "m1".into(), Role::Manager, 0);
         first.status = NodeStatus::Ready;

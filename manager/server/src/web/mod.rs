@@ -5,9 +5,10 @@
 //!   fetched at run time), with a Content-Security-Policy that lets it load only itself.
 //! - `GET /api/events`: `text/event-stream`; a `view` event with the whole
 //!   [`view::ClusterView`] at once, then one after each change of the state (changes
-//!   within [`COALESCE`] go out together) or of the leader. Nothing is polled: the stream
-//!   waits on the state machine's change notification; the leader, which is not in the
-//!   state, is compared once a second.
+//!   within [`COALESCE`] go out together) or of the leader. Nothing is polled: one task
+//!   waits on the state machine's change notification (the leader, which is not in the
+//!   state, it compares once a second) and renders each change once for all the open
+//!   streams, and nothing while none is open.
 //! - `GET /api/view`: the same JSON, once.
 //!
 //! The page has no authentication: it is off by default and meant for loopback
@@ -18,7 +19,6 @@
 
 pub mod view;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::grpc::Manager;
 
@@ -69,49 +69,68 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The views sent to the open streams after the first: [`publish`] renders each change
+/// once, whatever the number of streams, and only while one is open.
+type Views = Arc<watch::Sender<Arc<str>>>;
+
+/// Renders the view into `views` after each change of the state (changes within
+/// [`COALESCE`] together) or of the leader, while a stream listens; until the manager
+/// stops.
+async fn publish(manager: Manager, views: Views) {
+    let leader = || manager.raft().leader().map(|(id, _)| id);
+    let mut changes = manager.state_changes();
+    let mut sent_leader = leader();
+    let mut tick = tokio::time::interval(LEADER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = manager.stopped() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tick.tick() => if leader() == sent_leader { continue },
+        }
+        tokio::time::sleep(COALESCE).await;
+        changes.borrow_and_update();
+        sent_leader = leader();
+        if views.receiver_count() > 0 {
+            views.send_replace(snapshot(&manager).into());
+        }
+    }
+}
+
 /// What one event stream keeps between events.
 struct Stream {
     manager: Manager,
-    changes: tokio::sync::watch::Receiver<u64>,
-    leader: Option<mesh_api::node::NodeId>,
+    views: watch::Receiver<Arc<str>>,
     first: bool,
     /// Held while the stream lives.
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Stream {
-    /// Waits for the next thing to send: at once the first time, then a change of the
-    /// state or of the leader. `None` when the manager stops.
+    /// The next view to send: the state now the first time, then each one [`publish`]
+    /// renders. `None` when the manager stops.
     async fn next(mut self) -> Option<(Result<Event, std::convert::Infallible>, Self)> {
-        if !self.first {
-            let mut tick = tokio::time::interval(LEADER_CHECK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    changed = self.changes.changed() => {
-                        changed.ok()?;
-                        break;
-                    }
-                    _ = tick.tick() => {
-                        if self.manager.raft().leader().map(|(id, _)| id) != self.leader {
-                            break;
-                        }
-                    }
-                }
+        let view: Arc<str> = if self.first {
+            self.first = false;
+            snapshot(&self.manager).into()
+        } else {
+            tokio::select! {
+                () = self.manager.stopped() => return None,
+                changed = self.views.changed() => changed.ok()?,
             }
-            tokio::time::sleep(COALESCE).await;
-        }
-        self.first = false;
-        self.changes.borrow_and_update();
-        self.leader = self.manager.raft().leader().map(|(id, _)| id);
-        let event = Event::default().event("view").data(snapshot(&self.manager));
+            Arc::clone(&self.views.borrow_and_update())
+        };
+        let event = Event::default().event("view").data(&*view);
         Some((Ok(event), self))
     }
 }
 
-/// The page's routes over `manager`.
+/// The page's routes over `manager` (and the task that renders its views for the
+/// streams, which ends when the manager stops).
 pub fn router(manager: Manager) -> Router {
     let streams = Arc::new(Semaphore::new(MAX_STREAMS));
+    let views: Views = Arc::new(watch::Sender::new(Arc::from("")));
+    tokio::spawn(publish(manager.clone(), Arc::clone(&views)));
     let view_manager = manager.clone();
     Router::new()
         .route(
@@ -143,6 +162,7 @@ pub fn router(manager: Manager) -> Router {
             get(move || {
                 let manager = manager.clone();
                 let streams = Arc::clone(&streams);
+                let views = views.subscribe();
                 async move {
                     let Ok(permit) = streams.try_acquire_owned() else {
                         return (
@@ -152,9 +172,8 @@ pub fn router(manager: Manager) -> Router {
                             .into_response();
                     };
                     let stream = Stream {
-                        changes: manager.state_changes(),
                         manager,
-                        leader: None,
+                        views,
                         first: true,
                         _permit: permit,
                     };
@@ -175,13 +194,4 @@ pub async fn serve(listener: TcpListener, manager: Manager) -> std::io::Result<(
     axum::serve(listener, router(manager))
         .with_graceful_shutdown(async move { stop.stopped().await })
         .await
-}
-
-/// Binds the page's listener (a daemon that was asked for the page and cannot serve it
-/// does not start).
-///
-/// # Errors
-/// If the address cannot be bound.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

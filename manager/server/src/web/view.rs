@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use mesh_api::node::{NodeId, Role, format_id};
-use mesh_api::service::Service;
+use mesh_api::service::{Service, UpdateState};
 use mesh_api::task::{DesiredState, Task, TaskState};
 use mesh_core::state::ClusterState;
 use serde::Serialize;
@@ -130,18 +130,13 @@ pub fn hue(name: &str) -> u16 {
 /// The view of `state` as this manager sees it (`raft`), at `now_ms`.
 #[must_use]
 pub fn build(state: &ClusterState, raft: &ManagerView, now_ms: u64) -> ClusterView {
-    let names: BTreeMap<_, &str> = state
-        .services
-        .values()
-        .map(|s| (s.id, s.spec.name.as_str()))
-        .collect();
     let mut by_node: BTreeMap<NodeId, Vec<TaskView>> = BTreeMap::new();
     let mut unassigned = Vec::new();
     for task in state.tasks.values().filter(|t| shown(t)) {
         let Some(service) = state.services.get(&task.service) else {
             continue;
         };
-        let card = task_view(task, service, names[&task.service]);
+        let card = task_view(task, service);
         match task.node {
             Some(node) => by_node.entry(node).or_default().push(card),
             None => unassigned.push(card),
@@ -194,7 +189,8 @@ fn shown(task: &Task) -> bool {
     !task.status.state.is_terminal()
 }
 
-fn task_view(task: &Task, service: &Service, service_name: &str) -> TaskView {
+fn task_view(task: &Task, service: &Service) -> TaskView {
+    let service_name = service.spec.name.as_str();
     let health = match (&task.spec.health, task.status.state) {
         (None, _) => "",
         (Some(_), TaskState::Running) => "healthy",
@@ -229,19 +225,13 @@ fn service_view(
     running: u32,
     desired: u32,
 ) -> ServiceView {
-    let ports = if service.endpoint.ports.is_empty() {
-        &service.spec.endpoint.ports
-    } else {
-        &service.endpoint.ports
-    };
     let update = service
         .update_status
         .as_ref()
         .filter(|u| {
             !matches!(
                 u.state,
-                mesh_api::service::UpdateState::Completed
-                    | mesh_api::service::UpdateState::RollbackCompleted
+                UpdateState::Completed | UpdateState::RollbackCompleted
             )
         })
         .map(|u| UpdateView {
@@ -269,7 +259,11 @@ fn service_view(
         .to_owned(),
         running,
         desired,
-        ports: ports.iter().map(ToString::to_string).collect(),
+        ports: service
+            .published_ports()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         hue: hue(&service.spec.name),
         update,
     }
